@@ -1,0 +1,394 @@
+//! The scheduler: lease, verify, run, report, record.
+//!
+//! Nothing from the pool is trusted until it is checked: a manifest must carry
+//! a valid signature from the pool key pinned at enrollment, and the kernel
+//! and input bytes must hash to what that manifest promised. A task that fails
+//! a check is refused (logged, recorded in the ledger, handed back) and the
+//! agent carries on with the next one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use idlemesh_protocol::api::{Capabilities, EnrollRequest, ResultSubmission};
+use idlemesh_protocol::{KernelKind, Keypair, PublicKey, Sha256, Signed, TaskManifest};
+use idlemesh_runtime::{RunLimits, RunReport, Status, WorkRequest, WorkerCommand, WorkerProcess};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::ledger::{Ledger, LedgerError, ReceiptEntry};
+use crate::pool_client::{PoolClient, PoolClientError};
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub pool_url: String,
+    pub data_dir: PathBuf,
+    pub ledger_path: PathBuf,
+    pub worker: WorkerCommand,
+    pub capabilities: Capabilities,
+    /// Exactly what is disclosed to the pool at enrollment.
+    pub device_info: BTreeMap<String, String>,
+    pub max_tasks_per_lease: u32,
+    /// Longest wait between two lease requests when the pool has no work.
+    pub max_idle_poll: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Pool(#[from] PoolClientError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("the pool's key changed: pinned {pinned}, the pool now says {offered}; refusing to continue")]
+    PoolKeyChanged { pinned: Box<PublicKey>, offered: Box<PublicKey> },
+}
+
+/// What one run of the agent did.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct AgentSummary {
+    pub tasks_finished: u64,
+    pub tasks_failed: u64,
+    pub tasks_refused: u64,
+    pub cpu_ms: u64,
+    pub wall_ms: u64,
+    pub credits: f64,
+    pub receipts: u64,
+}
+
+pub struct Agent {
+    config: AgentConfig,
+    client: PoolClient,
+    pool_key: PublicKey,
+    ledger: Ledger,
+    worker: Option<WorkerProcess>,
+    blobs: HashMap<Sha256, Arc<Vec<u8>>>,
+    summary: AgentSummary,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("pool", &self.config.pool_url)
+            .field("summary", &self.summary)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a task was not run.
+struct Refusal {
+    lease: Option<(u64, String)>,
+    task_id: Option<u64>,
+    reason: String,
+}
+
+impl Agent {
+    /// Contacts the pool, pins its key, enrolls this device and records what
+    /// was disclosed.
+    pub async fn connect(config: AgentConfig, device_key: Arc<Keypair>) -> Result<Self, AgentError> {
+        let mut client = PoolClient::new(&config.pool_url, device_key.clone())?;
+        let info = client.info().await?;
+        let pool_key = info.public_key;
+        let enrolled = client
+            .enroll(&EnrollRequest {
+                public_key: device_key.public(),
+                token: None,
+                device_info: config.device_info.clone(),
+            })
+            .await?;
+        if enrolled.pool_public_key != pool_key {
+            return Err(AgentError::PoolKeyChanged {
+                pinned: Box::new(pool_key),
+                offered: Box::new(enrolled.pool_public_key),
+            });
+        }
+        let mut ledger = Ledger::open(&config.ledger_path)?;
+        ledger.append(
+            "disclosure",
+            &json!({
+                "pool": config.pool_url,
+                "pool_name": info.name,
+                "pool_public_key": pool_key,
+                "device_id": enrolled.device_id,
+                "purpose": "enrollment",
+                "fields": config.device_info,
+                "device_public_key": device_key.public(),
+            }),
+        )?;
+        tracing::info!(pool = %config.pool_url, device_id = enrolled.device_id, "enrolled");
+        Ok(Self {
+            config,
+            client,
+            pool_key,
+            ledger,
+            worker: None,
+            blobs: HashMap::new(),
+            summary: AgentSummary::default(),
+        })
+    }
+
+    pub fn device_id(&self) -> Option<u64> {
+        self.client.device_id()
+    }
+
+    pub fn pool_key(&self) -> PublicKey {
+        self.pool_key
+    }
+
+    /// Works until `stop` turns true, then returns what it did. Errors talking
+    /// to the pool are logged and retried with backoff; only ledger failures
+    /// end the run, since work that cannot be recorded must not be done.
+    pub async fn run(&mut self, mut stop: watch::Receiver<bool>) -> Result<AgentSummary, AgentError> {
+        let mut backoff = Duration::from_millis(250);
+        while !*stop.borrow() {
+            let leased = self.client.lease(self.config.capabilities.clone(), self.config.max_tasks_per_lease).await;
+            let wait = match leased {
+                Ok(resp) if !resp.tasks.is_empty() => {
+                    backoff = Duration::from_millis(250);
+                    let mut tasks = resp.tasks.into_iter();
+                    for signed in tasks.by_ref() {
+                        self.handle(signed).await?;
+                        if *stop.borrow() {
+                            break;
+                        }
+                    }
+                    // Leases we will not get to go back to the pool at once.
+                    for rest in tasks {
+                        if let Ok(m) = rest.verify(&self.pool_key) {
+                            let _ = self.client.give_back(m.lease_id, &m.lease_token).await;
+                        }
+                    }
+                    continue;
+                }
+                Ok(resp) => Duration::from_millis(resp.retry_after_ms.unwrap_or(1_000)).min(self.config.max_idle_poll),
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "asking the pool for work failed");
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                    wait
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => {}
+            }
+        }
+        Ok(self.summary.clone())
+    }
+
+    async fn handle(&mut self, signed: Signed<TaskManifest>) -> Result<(), AgentError> {
+        match self.check(&signed).await {
+            Ok((manifest, kernel, input)) => self.execute(manifest, kernel, input).await,
+            Err(refusal) => {
+                tracing::warn!(task_id = ?refusal.task_id, reason = %refusal.reason, "refusing a task: nothing was run");
+                self.summary.tasks_refused += 1;
+                self.ledger.append(
+                    "task_refused",
+                    &json!({"pool": self.config.pool_url, "task_id": refusal.task_id, "reason": refusal.reason}),
+                )?;
+                if let Some((lease_id, token)) = refusal.lease {
+                    let _ = self.client.give_back(lease_id, &token).await;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Every check before a task may run.
+    async fn check(
+        &mut self,
+        signed: &Signed<TaskManifest>,
+    ) -> Result<(TaskManifest, Arc<Vec<u8>>, Arc<Vec<u8>>), Refusal> {
+        let manifest = signed.verify(&self.pool_key).map_err(|e| Refusal {
+            lease: None,
+            task_id: None,
+            reason: format!("manifest signature: {e}"),
+        })?;
+        let refuse = |m: &TaskManifest, reason: String| Refusal {
+            lease: Some((m.lease_id, m.lease_token.clone())),
+            task_id: Some(m.task_id),
+            reason,
+        };
+        if Some(manifest.device_id) != self.client.device_id() {
+            return Err(refuse(&manifest, format!("manifest is for device {}, not this one", manifest.device_id)));
+        }
+        if manifest.deadline_ms <= crate::now_ms() {
+            return Err(refuse(&manifest, "lease deadline already passed".into()));
+        }
+        if manifest.kernel.kind != KernelKind::Wasm {
+            return Err(refuse(
+                &manifest,
+                format!("{} kernels are not supported by this agent yet", manifest.kernel.kind.as_str()),
+            ));
+        }
+        let kernel = self.fetch_verified(&manifest.kernel.sha256, "kernel").await.map_err(|e| refuse(&manifest, e))?;
+        let input = self.fetch_verified(&manifest.input_sha256, "input").await.map_err(|e| refuse(&manifest, e))?;
+        Ok((manifest, kernel, input))
+    }
+
+    async fn fetch_verified(&mut self, sha: &Sha256, what: &str) -> Result<Arc<Vec<u8>>, String> {
+        if let Some(b) = self.blobs.get(sha) {
+            return Ok(b.clone());
+        }
+        let bytes = self.client.blob(sha).await.map_err(|e| format!("downloading the {what}: {e}"))?;
+        let actual = Sha256::of(&bytes);
+        if actual != *sha {
+            return Err(format!("{what} SHA-256 mismatch: the manifest promised {sha}, the pool sent {actual}"));
+        }
+        let bytes = Arc::new(bytes);
+        // Kernels are reused across tasks; inputs rarely are, but are small.
+        if self.blobs.len() > 64 {
+            self.blobs.clear();
+        }
+        self.blobs.insert(*sha, bytes.clone());
+        Ok(bytes)
+    }
+
+    fn checkpoint_path(&self, m: &TaskManifest) -> PathBuf {
+        self.config.data_dir.join("checkpoints").join(format!("{}-{}-{}.bin", m.job_id, m.task_id, m.kernel.sha256))
+    }
+
+    async fn execute(&mut self, m: TaskManifest, kernel: Arc<Vec<u8>>, input: Arc<Vec<u8>>) -> Result<(), AgentError> {
+        let checkpoint_path = self.checkpoint_path(&m);
+        let resume = std::fs::read(&checkpoint_path).ok();
+        self.ledger.append(
+            "task_started",
+            &json!({
+                "pool": self.config.pool_url, "job_id": m.job_id, "task_id": m.task_id, "replica_id": m.replica_id,
+                "lease_id": m.lease_id, "kernel_kind": m.kernel.kind, "kernel_sha256": m.kernel.sha256,
+                "input_sha256": m.input_sha256, "input_bytes": m.input_bytes, "credits_offered": m.credits,
+                "resumed_from_checkpoint": resume.is_some(),
+            }),
+        )?;
+
+        let limits = RunLimits {
+            max_memory_bytes: m.limits.max_memory_bytes,
+            max_output_bytes: m.limits.max_output_bytes,
+            max_fuel: m.limits.max_fuel,
+            // Replicas of a task share the seed, so their randomness agrees.
+            seed: u64::from_le_bytes(
+                Sha256::of(format!("{}/{}", m.job_id, m.task_id).as_bytes()).0[..8].try_into().unwrap(),
+            ),
+        };
+        let command = self.config.worker.clone();
+        let worker = self.worker.take();
+        let params = m.params.clone();
+        let task = format!("{}/{}", m.job_id, m.task_id);
+        let timeout = Duration::from_millis(m.limits.timeout_ms);
+        let ckpt = checkpoint_path.clone();
+        let (worker, report) = tokio::task::spawn_blocking(move || {
+            let mut worker = match worker {
+                Some(w) => w,
+                None => match WorkerProcess::spawn(&command) {
+                    Ok(w) => w,
+                    Err(e) => return (None, Err(e)),
+                },
+            };
+            let req = WorkRequest {
+                task,
+                kernel: &kernel,
+                input: &input,
+                params: &params,
+                resume: resume.as_deref(),
+                limits,
+                timeout,
+            };
+            let report = worker.run(&req, |_| {}, |state| save_checkpoint(&ckpt, &state));
+            // A worker that timed out was killed; one that errored is gone.
+            let keep = matches!(&report, Ok(r) if r.outcome.status != Status::TimedOut);
+            (keep.then_some(worker), report)
+        })
+        .await
+        .expect("the worker thread does not panic");
+        self.worker = worker;
+        let _ = std::fs::remove_file(&checkpoint_path);
+
+        let report = match report {
+            Ok(r) => r,
+            Err(e) => RunReport {
+                outcome: idlemesh_runtime::Outcome::failed(Status::Error, e.to_string()),
+                wall_ms: 0,
+                cpu_ms: 0,
+            },
+        };
+        self.summary.cpu_ms += report.cpu_ms;
+        self.summary.wall_ms += report.wall_ms;
+        let o = &report.outcome;
+        let output_sha256 = Sha256::of(&o.output);
+        let body = json!({
+            "pool": self.config.pool_url, "job_id": m.job_id, "task_id": m.task_id, "replica_id": m.replica_id,
+            "status": o.status, "error": o.error, "output_sha256": (o.status == Status::Ok).then_some(output_sha256),
+            "output_bytes": o.output.len(), "wall_ms": report.wall_ms, "cpu_ms": report.cpu_ms, "fuel": o.fuel,
+            "peak_memory_bytes": o.peak_memory_bytes, "bytes_in": kernel_and_input_bytes(&m),
+        });
+        if o.status != Status::Ok {
+            tracing::warn!(task_id = m.task_id, status = %o.status, error = ?o.error, "task failed");
+            self.summary.tasks_failed += 1;
+            self.ledger.append("task_failed", &body)?;
+            let _ = self.client.give_back(m.lease_id, &m.lease_token).await;
+            return Ok(());
+        }
+        self.summary.tasks_finished += 1;
+        self.ledger.append("task_finished", &body)?;
+
+        let submission = ResultSubmission {
+            lease_id: m.lease_id,
+            lease_token: m.lease_token.clone(),
+            output_sha256,
+            output: report.outcome.output.into(),
+            fuel: report.outcome.fuel,
+            wall_ms: report.wall_ms,
+            cpu_ms: report.cpu_ms,
+        };
+        match self.client.submit_result(&submission).await {
+            Ok(resp) => {
+                if let Some(receipt) = resp.receipt {
+                    match receipt.verify(&self.pool_key) {
+                        Ok(r)
+                            if r.device_id == m.device_id
+                                && r.task_id == m.task_id
+                                && r.output_sha256 == output_sha256 =>
+                        {
+                            self.summary.receipts += 1;
+                            self.summary.credits += r.credits;
+                            self.ledger.append(
+                                "receipt",
+                                &ReceiptEntry {
+                                    pool: self.config.pool_url.clone(),
+                                    pool_public_key: self.pool_key,
+                                    receipt,
+                                },
+                            )?;
+                        }
+                        Ok(_) => tracing::warn!(task_id = m.task_id, "ignoring a receipt for another task or output"),
+                        Err(e) => {
+                            tracing::warn!(task_id = m.task_id, error = %e, "ignoring a receipt with a bad signature")
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(task_id = m.task_id, error = %e, "posting the result failed"),
+        }
+        Ok(())
+    }
+}
+
+fn kernel_and_input_bytes(m: &TaskManifest) -> u64 {
+    m.kernel.size_bytes + m.input_bytes
+}
+
+/// Atomic: write a temp file, fsync, rename over the old checkpoint.
+fn save_checkpoint(path: &std::path::Path, state: &[u8]) {
+    use std::io::Write as _;
+    let result = (|| -> std::io::Result<()> {
+        let dir = path.parent().expect("checkpoint paths have a parent");
+        std::fs::create_dir_all(dir)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        tmp.write_all(state)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(path).map(drop).map_err(|e| e.error)
+    })();
+    if let Err(e) = result {
+        tracing::warn!(path = %path.display(), error = %e, "could not save a checkpoint");
+    }
+}

@@ -1,0 +1,275 @@
+//! The local ledger: append-only, hash-chained entries in SQLite.
+//!
+//! Each entry's hash covers its sequence number, time, kind, body and the
+//! previous entry's hash, so changing any byte of any entry breaks the chain
+//! from there on, and [`Ledger::verify`] names the first entry that no longer
+//! matches. Receipt entries carry the pool's signature, which verify checks
+//! too. Writes use `synchronous=FULL`: an entry that `append` returned is on
+//! disk.
+
+use std::path::Path;
+
+use idlemesh_protocol::{PublicKey, Receipt, Sha256, Signed};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde::Serialize;
+
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("ledger database {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("ledger database: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("{0} is not an Idlemesh ledger (no entries table)")]
+    NotALedger(String),
+}
+
+/// One ledger entry as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Entry {
+    pub seq: u64,
+    pub at_ms: u64,
+    pub kind: String,
+    /// JSON text.
+    pub body: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// The first entry that does not verify, and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BadEntry {
+    pub seq: u64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VerifyReport {
+    pub entries: u64,
+    pub receipts_checked: u64,
+    /// Hash of the last entry: anchors the whole chain.
+    pub head: String,
+    pub first_bad: Option<BadEntry>,
+}
+
+impl VerifyReport {
+    pub fn ok(&self) -> bool {
+        self.first_bad.is_none()
+    }
+}
+
+fn entry_hash(seq: u64, at_ms: u64, kind: &str, body: &str, prev_hash: &str) -> String {
+    let text = format!("idlemesh-ledger-v1\n{seq}\n{at_ms}\n{kind}\n{body}\n{prev_hash}");
+    Sha256::of(text.as_bytes()).to_hex()
+}
+
+#[derive(Debug)]
+pub struct Ledger {
+    conn: Connection,
+}
+
+impl Ledger {
+    /// Opens or creates the ledger at `path`.
+    pub fn open(path: &Path) -> Result<Self, LedgerError> {
+        if let Some(parent) = path.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let open = |source| LedgerError::Open { path: path.display().to_string(), source };
+        let conn = Connection::open(path).map_err(open)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(open)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(open)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(open)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS entries (
+                seq INTEGER PRIMARY KEY,
+                at_ms INTEGER NOT NULL,
+                kind TEXT NOT NULL,
+                body TEXT NOT NULL,
+                prev_hash TEXT NOT NULL,
+                hash TEXT NOT NULL
+            );",
+        )
+        .map_err(open)?;
+        Ok(Self { conn })
+    }
+
+    /// Opens an existing ledger without creating anything (for `verify`/`show`).
+    pub fn open_existing(path: &Path) -> Result<Self, LedgerError> {
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE;
+        let conn = Connection::open_with_flags(path, flags)
+            .map_err(|source| LedgerError::Open { path: path.display().to_string(), source })?;
+        let has_table: bool = conn
+            .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'entries'", [], |r| r.get(0))
+            .map_err(|source| LedgerError::Open { path: path.display().to_string(), source })?;
+        if !has_table {
+            return Err(LedgerError::NotALedger(path.display().to_string()));
+        }
+        Ok(Self { conn })
+    }
+
+    /// Appends an entry and returns it. The read of the previous hash and the
+    /// insert are one immediate transaction, so concurrent writers chain, not fork.
+    pub fn append(&mut self, kind: &str, body: &impl Serialize) -> Result<Entry, LedgerError> {
+        let body = serde_json::to_string(body).expect("ledger bodies serialise");
+        let at_ms = crate::now_ms();
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let last: Option<(i64, String)> = tx
+            .query_row("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let (seq, prev_hash) = match last {
+            Some((seq, hash)) => (seq as u64 + 1, hash),
+            None => (1, GENESIS.to_owned()),
+        };
+        let hash = entry_hash(seq, at_ms, kind, &body, &prev_hash);
+        tx.execute(
+            "INSERT INTO entries (seq, at_ms, kind, body, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![seq as i64, at_ms as i64, kind, body, prev_hash, hash],
+        )?;
+        tx.commit()?;
+        Ok(Entry { seq, at_ms, kind: kind.to_owned(), body, prev_hash, hash })
+    }
+
+    /// Entries in order, optionally only of one kind.
+    pub fn entries(&self, kind: Option<&str>) -> Result<Vec<Entry>, LedgerError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT seq, at_ms, kind, body, prev_hash, hash FROM entries WHERE ?1 IS NULL OR kind = ?1 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([kind], |r| {
+            Ok(Entry {
+                seq: r.get::<_, i64>(0)? as u64,
+                at_ms: r.get::<_, i64>(1)? as u64,
+                kind: r.get(2)?,
+                body: r.get(3)?,
+                prev_hash: r.get(4)?,
+                hash: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Recomputes the chain and checks every receipt's signature.
+    pub fn verify(&self) -> Result<VerifyReport, LedgerError> {
+        let mut report = VerifyReport { entries: 0, receipts_checked: 0, head: GENESIS.to_owned(), first_bad: None };
+        let mut expected_prev = GENESIS.to_owned();
+        for (i, e) in self.entries(None)?.into_iter().enumerate() {
+            report.entries += 1;
+            let bad = |reason: String| Some(BadEntry { seq: e.seq, reason });
+            let problem = if e.seq != i as u64 + 1 {
+                bad(format!("sequence number {} where {} was expected: an entry was removed or inserted", e.seq, i + 1))
+            } else if e.prev_hash != expected_prev {
+                bad("its link to the previous entry does not match that entry's hash".into())
+            } else if entry_hash(e.seq, e.at_ms, &e.kind, &e.body, &e.prev_hash) != e.hash {
+                bad("its content does not match its hash: the entry was altered".into())
+            } else if e.kind == "receipt" {
+                report.receipts_checked += 1;
+                check_receipt(&e.body).err().and_then(bad)
+            } else {
+                None
+            };
+            if problem.is_some() {
+                report.first_bad = problem;
+                return Ok(report);
+            }
+            expected_prev = e.hash.clone();
+            report.head = e.hash;
+        }
+        Ok(report)
+    }
+}
+
+/// The body of a `receipt` entry.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub(crate) struct ReceiptEntry {
+    pub pool: String,
+    pub pool_public_key: PublicKey,
+    pub receipt: Signed<Receipt>,
+}
+
+fn check_receipt(body: &str) -> Result<(), String> {
+    let entry: ReceiptEntry = serde_json::from_str(body).map_err(|e| format!("receipt entry is malformed: {e}"))?;
+    entry
+        .receipt
+        .verify(&entry.pool_public_key)
+        .map(drop)
+        .map_err(|e| format!("receipt signature from {}: {e}", entry.pool))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn chain_verifies_and_names_the_altered_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.sqlite");
+        let mut ledger = Ledger::open(&path).unwrap();
+        for i in 0..5 {
+            ledger.append("task_finished", &json!({"task": i, "cpu_ms": 10})).unwrap();
+        }
+        let report = ledger.verify().unwrap();
+        assert!(report.ok());
+        assert_eq!(report.entries, 5);
+
+        ledger
+            .conn
+            .execute("UPDATE entries SET body = replace(body, '\"task\":2', '\"task\":9') WHERE seq = 3", [])
+            .unwrap();
+        let report = ledger.verify().unwrap();
+        assert_eq!(report.first_bad.as_ref().map(|b| b.seq), Some(3), "{report:?}");
+
+        // Recomputing the altered entry's own hash only moves the break to the next link.
+        let e = &ledger.entries(None).unwrap()[2];
+        let rehashed = entry_hash(e.seq, e.at_ms, &e.kind, &e.body, &e.prev_hash);
+        ledger.conn.execute("UPDATE entries SET hash = ?1 WHERE seq = 3", [rehashed]).unwrap();
+        assert_eq!(ledger.verify().unwrap().first_bad.map(|b| b.seq), Some(4));
+    }
+
+    #[test]
+    fn removed_entries_and_forged_receipts_are_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(&dir.path().join("l.sqlite")).unwrap();
+        let key = idlemesh_protocol::Keypair::generate().unwrap();
+        let receipt = Receipt {
+            receipt_id: 1,
+            device_id: 1,
+            job_id: 1,
+            task_id: 1,
+            replica_id: 1,
+            output_sha256: Sha256::of(b"x"),
+            fuel: None,
+            credits: 1.0,
+            wall_ms: 1,
+            cpu_ms: 1,
+            issued_at_ms: 1,
+        };
+        let mut signed = Signed::sign(&receipt, &key);
+        ledger
+            .append(
+                "receipt",
+                &ReceiptEntry { pool: "p".into(), pool_public_key: key.public(), receipt: signed.clone() },
+            )
+            .unwrap();
+        assert_eq!(ledger.verify().unwrap().receipts_checked, 1);
+        // A receipt whose credits were inflated before it was chained: the chain holds, the signature does not.
+        signed.payload = signed.payload.replace("\"credits\":1.0", "\"credits\":100.0");
+        ledger
+            .append("receipt", &ReceiptEntry { pool: "p".into(), pool_public_key: key.public(), receipt: signed })
+            .unwrap();
+        let report = ledger.verify().unwrap();
+        assert_eq!(report.first_bad.as_ref().map(|b| b.seq), Some(2));
+        assert!(report.first_bad.unwrap().reason.contains("receipt signature"));
+
+        let mut ledger = Ledger::open(&dir.path().join("m.sqlite")).unwrap();
+        for i in 0..3 {
+            ledger.append("pause", &json!({"i": i})).unwrap();
+        }
+        ledger.conn.execute("DELETE FROM entries WHERE seq = 2", []).unwrap();
+        assert_eq!(ledger.verify().unwrap().first_bad.map(|b| b.seq), Some(3));
+    }
+}

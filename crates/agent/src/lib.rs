@@ -1,0 +1,27 @@
+//! The Idlemesh agent: everything between the user's machine and a pool.
+//!
+//! - [`Agent`] leases tasks from a pool over HTTP, checks every manifest's
+//!   signature and every kernel's SHA-256 before anything runs, runs kernels
+//!   in a child worker process, posts results and keeps the receipts.
+//! - [`Ledger`] is the local, append-only, hash-chained record of what ran,
+//!   what was earned and what was disclosed; [`Ledger::verify`] proves it
+//!   was not altered.
+//! - [`PoolClient`] speaks the pool's HTTP API with device-signed requests.
+//! - [`paths`] says where data lives.
+//!
+//! Sensors, the governor, limits and IT policy join here as their issues land;
+//! the scheduler already takes its stop signal from outside, which is where
+//! the governor's decisions will come in.
+
+mod agent;
+mod ledger;
+pub mod paths;
+mod pool_client;
+
+pub use agent::{Agent, AgentConfig, AgentError, AgentSummary};
+pub use ledger::{BadEntry, Entry, Ledger, LedgerError, VerifyReport};
+pub use pool_client::{PoolClient, PoolClientError};
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

@@ -1,0 +1,26 @@
+//! Where the agent keeps its files (DESIGN §6).
+//!
+//! `IDLEMESH_DATA_DIR` overrides the platform's data dir; tests and
+//! side-by-side installs use it.
+
+use std::path::PathBuf;
+
+pub const DATA_DIR_ENV: &str = "IDLEMESH_DATA_DIR";
+
+/// The agent's data dir: ledger, compiled-kernel cache, checkpoints.
+pub fn data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os(DATA_DIR_ENV).filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    directories::ProjectDirs::from("org", "Idlemesh", "idlemesh")
+        .map(|d| d.data_dir().to_owned())
+        .unwrap_or_else(|| PathBuf::from(".idlemesh"))
+}
+
+pub fn ledger_path() -> PathBuf {
+    data_dir().join("ledger.sqlite")
+}
+
+pub fn kernel_cache_dir() -> PathBuf {
+    data_dir().join("compiled")
+}

@@ -1,0 +1,193 @@
+//! The pool's HTTP API, as a device speaks it.
+//!
+//! Every device request is signed with the device key (method, path, body
+//! hash, timestamp). Replies are input from outside: JSON is parsed into typed
+//! bodies, errors keep the pool's own code and message, and nothing a pool
+//! signed is believed before it is verified against the pinned key (that is
+//! the scheduler's job, which holds the key).
+
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use idlemesh_protocol::api::{
+    Capabilities, EnrollRequest, EnrollResponse, ErrorBody, LeaseRequest, LeaseResponse, LeaseTokenBody, PoolInfo,
+    ResultResponse, ResultSubmission,
+};
+use idlemesh_protocol::{Keypair, Sha256, auth};
+use reqwest::Method;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolClientError {
+    #[error("pool URL {0:?} is not an http(s) URL")]
+    BadUrl(String),
+    #[error("pool unreachable at {url}: {source}")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("pool refused {what} ({status}, {code}): {message}")]
+    Refused { what: String, status: u16, code: String, message: String },
+    #[error("pool sent a malformed reply to {what}: {detail}")]
+    BadReply { what: String, detail: String },
+    #[error("this device is not enrolled in the pool yet")]
+    NotEnrolled,
+}
+
+impl PoolClientError {
+    /// A stale lease token: the result earns nothing, and retrying will not help.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Self::Refused { status: 409, .. })
+    }
+}
+
+/// The largest blob (kernel or input) the agent downloads.
+const MAX_BLOB_BYTES: u64 = 256 << 20;
+
+fn install_crypto() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // Another part of the process may have installed one already; either is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolClient {
+    http: reqwest::Client,
+    base: String,
+    key: Arc<Keypair>,
+    device_id: Option<u64>,
+}
+
+impl PoolClient {
+    pub fn new(base_url: &str, key: Arc<Keypair>) -> Result<Self, PoolClientError> {
+        let base = base_url.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) || reqwest::Url::parse(&base).is_err() {
+            return Err(PoolClientError::BadUrl(base_url.to_owned()));
+        }
+        install_crypto();
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(120))
+            .user_agent(concat!("idlemesh-agent/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|source| PoolClientError::Unreachable { url: base.clone(), source })?;
+        Ok(Self { http, base, key, device_id: None })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    pub fn device_id(&self) -> Option<u64> {
+        self.device_id
+    }
+
+    pub fn set_device_id(&mut self, id: u64) {
+        self.device_id = Some(id);
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        signed: bool,
+    ) -> Result<reqwest::Response, PoolClientError> {
+        let url = format!("{}{path}", self.base);
+        let body = body.unwrap_or_default();
+        let mut req = self.http.request(method.clone(), &url);
+        if signed {
+            let device = self.device_id.ok_or(PoolClientError::NotEnrolled)?;
+            let sig = auth::sign_request(&self.key, device, method.as_str(), path, &body, crate::now_ms());
+            req = req
+                .header(auth::HEADER_DEVICE, device.to_string())
+                .header(auth::HEADER_TIMESTAMP, sig.timestamp.to_string())
+                .header(auth::HEADER_SIGNATURE, sig.signature);
+        }
+        if !body.is_empty() {
+            req = req.header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
+        }
+        let resp = req.send().await.map_err(|source| PoolClientError::Unreachable { url: url.clone(), source })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let what = format!("{method} {path}");
+        let text = resp.text().await.unwrap_or_default();
+        Err(match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(e) => {
+                PoolClientError::Refused { what, status: status.as_u16(), code: e.error.code, message: e.error.message }
+            }
+            Err(_) => PoolClientError::Refused {
+                what,
+                status: status.as_u16(),
+                code: status.canonical_reason().unwrap_or("error").to_owned(),
+                message: text.chars().take(300).collect(),
+            },
+        })
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+        signed: bool,
+    ) -> Result<T, PoolClientError> {
+        let body = body.map(|b| serde_json::to_vec(b).expect("request bodies serialise"));
+        let resp = self.send(method.clone(), path, body, signed).await?;
+        let what = format!("{method} {path}");
+        let bytes =
+            resp.bytes().await.map_err(|e| PoolClientError::BadReply { what: what.clone(), detail: e.to_string() })?;
+        serde_json::from_slice(&bytes).map_err(|e| PoolClientError::BadReply { what, detail: e.to_string() })
+    }
+
+    pub async fn info(&self) -> Result<PoolInfo, PoolClientError> {
+        self.json(Method::GET, "/v1/info", None::<&()>, false).await
+    }
+
+    pub async fn enroll(&mut self, req: &EnrollRequest) -> Result<EnrollResponse, PoolClientError> {
+        let resp: EnrollResponse = self.json(Method::POST, "/v1/enroll", Some(req), false).await?;
+        self.device_id = Some(resp.device_id);
+        Ok(resp)
+    }
+
+    pub async fn lease(&self, capabilities: Capabilities, max_tasks: u32) -> Result<LeaseResponse, PoolClientError> {
+        self.json(Method::POST, "/v1/leases", Some(&LeaseRequest { capabilities, max_tasks }), true).await
+    }
+
+    pub async fn give_back(&self, lease_id: u64, lease_token: &str) -> Result<(), PoolClientError> {
+        let body = serde_json::to_vec(&LeaseTokenBody { lease_token: lease_token.to_owned() }).expect("serialises");
+        self.send(Method::DELETE, &format!("/v1/leases/{lease_id}"), Some(body), true).await.map(drop)
+    }
+
+    pub async fn submit_result(&self, submission: &ResultSubmission) -> Result<ResultResponse, PoolClientError> {
+        self.json(Method::POST, "/v1/results", Some(submission), true).await
+    }
+
+    /// Downloads a content-addressed blob and checks it against its name.
+    /// The caller compares the digest with what a signed manifest promised.
+    pub async fn blob(&self, sha: &Sha256) -> Result<Vec<u8>, PoolClientError> {
+        let path = format!("/v1/blobs/{sha}");
+        let resp = self.send(Method::GET, &path, None, true).await?;
+        if resp.content_length().is_some_and(|n| n > MAX_BLOB_BYTES) {
+            return Err(PoolClientError::BadReply {
+                what: path,
+                detail: format!("blob larger than {MAX_BLOB_BYTES} bytes"),
+            });
+        }
+        let bytes =
+            resp.bytes().await.map_err(|e| PoolClientError::BadReply { what: path.clone(), detail: e.to_string() })?;
+        if bytes.len() as u64 > MAX_BLOB_BYTES {
+            return Err(PoolClientError::BadReply {
+                what: path,
+                detail: format!("blob larger than {MAX_BLOB_BYTES} bytes"),
+            });
+        }
+        Ok(bytes.to_vec())
+    }
+}

@@ -1,0 +1,112 @@
+//! `idlemesh kernel run`: one kernel, in a worker process, as the agent runs it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Subcommand;
+use idlemesh_agent::paths;
+use idlemesh_protocol::Sha256;
+use idlemesh_runtime::{RunLimits, Status, WorkRequest, WorkerCommand, WorkerProcess};
+use serde_json::json;
+
+use crate::exit::{WorkFailed, bad_input};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    action: Action,
+}
+
+#[derive(Subcommand)]
+enum Action {
+    /// Run FILE.wasm (a component exporting the idlemesh:kernel world) once.
+    Run {
+        file: PathBuf,
+        /// The task's input bytes (default: empty).
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// The task's params, JSON text.
+        #[arg(long, default_value = "{}")]
+        params: String,
+        #[arg(long, default_value_t = 256)]
+        max_memory_mb: u64,
+        /// Meter the run with this much fuel and report what it used.
+        #[arg(long)]
+        max_fuel: Option<u64>,
+        #[arg(long, default_value_t = 60)]
+        timeout_s: u64,
+        #[arg(long, default_value_t = 64)]
+        max_output_mb: u64,
+        /// Write the output here.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let Action::Run { file, input, params, max_memory_mb, max_fuel, timeout_s, max_output_mb, output, json } =
+        args.action;
+    if file.extension().is_some_and(|e| e == "wgsl") {
+        return Err(bad_input("WGSL kernels are not supported by this build yet; give a .wasm component"));
+    }
+    let kernel = std::fs::read(&file).map_err(|e| bad_input(format!("{}: {e}", file.display())))?;
+    let input = match &input {
+        Some(p) => std::fs::read(p).map_err(|e| bad_input(format!("--input {}: {e}", p.display())))?,
+        None => Vec::new(),
+    };
+    serde_json::from_str::<serde_json::Value>(&params).map_err(|e| bad_input(format!("--params is not JSON: {e}")))?;
+    if max_memory_mb == 0 || timeout_s == 0 {
+        return Err(bad_input("--max-memory-mb and --timeout-s must be at least 1"));
+    }
+
+    let cache = paths::kernel_cache_dir();
+    let mut worker = WorkerProcess::spawn(&WorkerCommand::current_exe(Some(&cache))?).context("starting the worker")?;
+    let limits =
+        RunLimits { max_memory_bytes: max_memory_mb << 20, max_output_bytes: max_output_mb << 20, max_fuel, seed: 0 };
+    let request = WorkRequest {
+        task: file.display().to_string(),
+        kernel: &kernel,
+        input: &input,
+        params: &params,
+        resume: None,
+        limits,
+        timeout: Duration::from_secs(timeout_s),
+    };
+    let report = worker.run(&request, |_| {}, |_| {})?;
+    let o = &report.outcome;
+    let ok = o.status == Status::Ok;
+    if ok && let Some(path) = &output {
+        std::fs::write(path, &o.output).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let sha = ok.then(|| Sha256::of(&o.output));
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "status": o.status, "output_sha256": sha, "output_bytes": o.output.len(), "fuel": o.fuel,
+                "wall_ms": report.wall_ms, "cpu_ms": report.cpu_ms, "peak_memory_bytes": o.peak_memory_bytes,
+                "adapter": null, "error": o.error, "log": o.log, "cache_hit": o.cache_hit,
+            }))?
+        );
+    } else {
+        println!("status       {}", o.status);
+        if let Some(sha) = sha {
+            println!("output       {} bytes, sha256 {sha}", o.output.len());
+        }
+        if let Some(fuel) = o.fuel {
+            println!("fuel         {fuel}");
+        }
+        println!("time         {} ms wall, {} ms CPU", report.wall_ms, report.cpu_ms);
+        println!("peak memory  {} bytes", o.peak_memory_bytes);
+        if let Some(e) = &o.error {
+            println!("error        {e}");
+        }
+        if !o.log.is_empty() {
+            println!("log\n{}", o.log.trim_end());
+        }
+    }
+    if ok { Ok(()) } else { Err(WorkFailed.into()) }
+}

@@ -1,0 +1,128 @@
+//! `idlemesh ledger show|export|verify`.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Subcommand, ValueEnum};
+use idlemesh_agent::{Entry, Ledger, paths};
+
+use crate::exit::{WorkFailed, bad_input};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The ledger file (default: the agent's ledger in its data dir).
+    #[arg(long, global = true)]
+    ledger: Option<PathBuf>,
+    #[command(subcommand)]
+    action: Action,
+}
+
+#[derive(Subcommand)]
+enum Action {
+    /// List the entries.
+    Show {
+        /// Only entries of this kind (task_started, task_finished, receipt, disclosure, ...).
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write every entry as CSV or JSON to stdout (or --output).
+    Export {
+        #[arg(long, value_enum)]
+        format: Format,
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Recompute the hash chain and check every receipt signature.
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Csv,
+    Json,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let path = args.ledger.unwrap_or_else(paths::ledger_path);
+    if !path.is_file() {
+        return Err(bad_input(format!("no ledger at {}", path.display())));
+    }
+    let ledger = Ledger::open_existing(&path).map_err(|e| bad_input(e.to_string()))?;
+    match args.action {
+        Action::Show { kind, json } => {
+            let entries = ledger.entries(kind.as_deref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            } else {
+                for e in &entries {
+                    println!("{:>6}  {}  {:<14} {}", e.seq, format_time(e.at_ms), e.kind, e.body);
+                }
+                eprintln!("{} entries in {}", entries.len(), path.display());
+            }
+            Ok(())
+        }
+        Action::Export { format, output } => {
+            let entries = ledger.entries(None)?;
+            let text = match format {
+                Format::Json => serde_json::to_string_pretty(&entries)? + "\n",
+                Format::Csv => to_csv(&entries),
+            };
+            match output {
+                Some(file) => std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?,
+                None => std::io::stdout().write_all(text.as_bytes())?,
+            }
+            Ok(())
+        }
+        Action::Verify { json } => {
+            let report = ledger.verify()?;
+            if json {
+                let mut value = serde_json::to_value(&report)?;
+                value["ledger"] = path.display().to_string().into();
+                value["ok"] = report.ok().into();
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else if let Some(bad) = &report.first_bad {
+                println!("ledger {}: entry {} does not verify: {}", path.display(), bad.seq, bad.reason);
+            } else {
+                println!(
+                    "ledger {}: {} entries, {} receipt signatures checked, chain intact (head {})",
+                    path.display(),
+                    report.entries,
+                    report.receipts_checked,
+                    &report.head[..16]
+                );
+            }
+            if report.ok() { Ok(()) } else { Err(WorkFailed.into()) }
+        }
+    }
+}
+
+fn format_time(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn to_csv(entries: &[Entry]) -> String {
+    fn field(s: &str) -> String {
+        if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_owned() }
+    }
+    let mut out = String::from("seq,at,kind,body,prev_hash,hash\n");
+    for e in entries {
+        let row = [
+            e.seq.to_string(),
+            format_time(e.at_ms),
+            e.kind.clone(),
+            e.body.clone(),
+            e.prev_hash.clone(),
+            e.hash.clone(),
+        ];
+        out.push_str(&row.iter().map(|f| field(f)).collect::<Vec<_>>().join(","));
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,72 @@
+//! `idlemesh`: wiring only. Each subcommand parses its arguments and calls a
+//! library; `main` maps the result to the exit status of DESIGN §4:
+//! 0 success, 1 the work failed, 2 bad usage or bad input.
+
+mod demo;
+mod exit;
+mod kernel;
+mod ledger;
+mod operator;
+mod pool;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\nwasmtime ",
+    env!("IDLEMESH_WASMTIME_VERSION"),
+    "\nwgpu ",
+    env!("IDLEMESH_WGPU_VERSION"),
+    "\nprofile ",
+    env!("IDLEMESH_PROFILE"),
+);
+
+#[derive(Parser)]
+#[command(name = "idlemesh", version, long_version = LONG_VERSION, about = "Lend your computer's idle time to a compute pool, safely.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a local pool with a Mandelbrot job and work on it here: the first thing to try.
+    Demo(demo::Args),
+    /// Read, export and verify the local ledger.
+    Ledger(ledger::Args),
+    /// Run one kernel in the sandbox, exactly as the agent would.
+    Kernel(kernel::Args),
+    /// Run or administer a pool server.
+    Pool(pool::Args),
+    /// Internal: the sandboxed worker process the agent starts.
+    #[command(hide = true)]
+    Worker {
+        /// Where compiled kernels are cached.
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(matches!(cli.command, Command::Worker { .. }));
+    let result = match cli.command {
+        Command::Demo(args) => demo::run(args),
+        Command::Ledger(args) => ledger::run(args),
+        Command::Kernel(args) => kernel::run(args),
+        Command::Pool(args) => pool::run(args),
+        Command::Worker { cache_dir } => idlemesh_runtime::worker::serve(cache_dir).map_err(Into::into),
+    };
+    exit::code(result)
+}
+
+fn init_tracing(worker: bool) {
+    use tracing_subscriber::EnvFilter;
+    // Warnings by default: progress bars and summaries are the user interface.
+    let default = if worker { "warn" } else { "warn,idlemesh=info" };
+    let filter = EnvFilter::try_from_env("IDLEMESH_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}

@@ -1,0 +1,58 @@
+//! A pool operator's client: upload blobs, submit jobs, follow them, fetch output.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use idlemesh_protocol::api::{BlobStored, ErrorBody, JobCreated, JobSpec, JobStatus};
+use idlemesh_protocol::auth::OPERATOR_SCHEME;
+
+pub struct OperatorClient {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl OperatorClient {
+    pub fn new(base: &str, token: &str) -> anyhow::Result<Self> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build()?;
+        Ok(Self { http, base: base.trim_end_matches('/').to_owned(), token: token.to_owned() })
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder, what: &str) -> anyhow::Result<reqwest::Response> {
+        let resp = req
+            .header(reqwest::header::AUTHORIZATION, format!("{OPERATOR_SCHEME}{}", self.token))
+            .send()
+            .await
+            .with_context(|| format!("{what}: pool unreachable at {}", self.base))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(e) => bail!("{what}: pool answered {status} {}: {}", e.error.code, e.error.message),
+            Err(_) => bail!("{what}: pool answered {status}"),
+        }
+    }
+
+    pub async fn put_blob(&self, bytes: Vec<u8>) -> anyhow::Result<BlobStored> {
+        let req = self.http.post(format!("{}/v1/blobs", self.base)).body(bytes);
+        Ok(self.send(req, "uploading a blob").await?.json().await?)
+    }
+
+    pub async fn submit(&self, spec: &JobSpec) -> anyhow::Result<JobCreated> {
+        let req = self.http.post(format!("{}/v1/jobs", self.base)).json(spec);
+        Ok(self.send(req, "submitting the job").await?.json().await?)
+    }
+
+    pub async fn status(&self, job: u64) -> anyhow::Result<JobStatus> {
+        let req = self.http.get(format!("{}/v1/jobs/{job}", self.base));
+        Ok(self.send(req, "reading the job's status").await?.json().await?)
+    }
+
+    pub async fn output(&self, job: u64) -> anyhow::Result<Vec<u8>> {
+        let req = self.http.get(format!("{}/v1/jobs/{job}/output", self.base));
+        Ok(self.send(req, "fetching the job's output").await?.bytes().await?.to_vec())
+    }
+}

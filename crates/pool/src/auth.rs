@@ -1,0 +1,83 @@
+//! Who is asking: devices by request signature, operators by bearer token.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use axum::http::{HeaderMap, Method};
+use idlemesh_protocol::Sha256;
+use idlemesh_protocol::auth::{self, RequestSignature};
+
+use crate::http::ApiError;
+use crate::{Pool, now_ms};
+
+/// Signatures seen within the clock-skew window; a second use is a replay.
+#[derive(Default)]
+pub(crate) struct ReplayGuard {
+    seen: Mutex<HashMap<String, u64>>,
+}
+
+impl ReplayGuard {
+    fn check_and_remember(&self, signature: &str, now: u64) -> bool {
+        let mut seen = self.seen.lock().unwrap();
+        if seen.len() > 100_000 {
+            seen.retain(|_, at| now.saturating_sub(*at) <= 2 * auth::MAX_CLOCK_SKEW_MS);
+        }
+        seen.insert(signature.to_owned(), now).is_none()
+    }
+}
+
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> Result<&'h str, ApiError> {
+    headers
+        .get(name)
+        .ok_or_else(|| ApiError::unauthorized(format!("missing header {name}")))?
+        .to_str()
+        .map_err(|_| ApiError::unauthorized(format!("header {name} is not ASCII")))
+}
+
+/// Verifies a device-signed request and returns the device id.
+pub(crate) fn device(
+    pool: &Pool,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<u64, ApiError> {
+    let device_id: u64 = header(headers, auth::HEADER_DEVICE)?
+        .parse()
+        .map_err(|_| ApiError::unauthorized(format!("{} is not a device id", auth::HEADER_DEVICE)))?;
+    let timestamp: u64 = header(headers, auth::HEADER_TIMESTAMP)?
+        .parse()
+        .map_err(|_| ApiError::unauthorized(format!("{} is not a number of milliseconds", auth::HEADER_TIMESTAMP)))?;
+    let signature = header(headers, auth::HEADER_SIGNATURE)?.to_owned();
+    let key = pool
+        .inner
+        .store
+        .lock()
+        .unwrap()
+        .device_key(device_id)
+        .map_err(ApiError::from)?
+        .ok_or_else(|| ApiError::unauthorized(format!("device {device_id} is not enrolled in this pool")))?;
+    let sig = RequestSignature { device_id, timestamp, signature };
+    let now = now_ms();
+    auth::verify_request(&key, &sig, method.as_str(), path, body, now)
+        .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+    if !pool.inner.replay.check_and_remember(&sig.signature, now) {
+        return Err(ApiError::unauthorized("replayed request: this signature was already used"));
+    }
+    Ok(device_id)
+}
+
+/// Checks `Authorization: Bearer <operator token>`.
+pub(crate) fn operator(pool: &Pool, headers: &HeaderMap) -> Result<(), ApiError> {
+    let expected = &pool.inner.config.operator_token;
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix(auth::OPERATOR_SCHEME))
+        .ok_or_else(|| ApiError::unauthorized("operator endpoints need Authorization: Bearer <operator token>"))?;
+    // Compare digests so the time taken does not depend on how much matched.
+    if expected.is_empty() || Sha256::of(given.as_bytes()) != Sha256::of(expected.as_bytes()) {
+        return Err(ApiError::forbidden("wrong operator token"));
+    }
+    Ok(())
+}

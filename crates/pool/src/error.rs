@@ -1,0 +1,18 @@
+use std::path::PathBuf;
+
+/// Errors opening or running a pool (not per-request errors: see `http`).
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pool key file {path} is malformed (want 32 bytes)")]
+    BadKeyFile { path: PathBuf },
+    #[error("pool database: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("{0}")]
+    Protocol(#[from] idlemesh_protocol::ProtocolError),
+}

@@ -1,0 +1,325 @@
+//! The HTTP API (DESIGN §5). Handlers parse and authenticate, then call the
+//! store on a blocking thread; every error is `{"error": {code, message}}`.
+
+use std::collections::BTreeMap;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use idlemesh_protocol::Sha256;
+use idlemesh_protocol::api::{
+    BlobStored, EnrollRequest, EnrollResponse, ErrorBody, ErrorDetail, HeartbeatResponse, JobCreated, JobSpec,
+    LeaseRequest, LeaseResponse, LeaseTokenBody, PoolInfo, ResultResponse, ResultSubmission,
+};
+use serde::de::DeserializeOwned;
+
+use crate::store::StoreError;
+use crate::{Pool, auth, now_ms, split};
+
+/// Kernels and job inputs can be large; everything else is small.
+const MAX_BODY_BYTES: usize = 256 << 20;
+/// Most tasks one lease request may take.
+const MAX_TASKS_PER_LEASE: u32 = 64;
+/// What a device with nothing to do is told to wait.
+const IDLE_RETRY_AFTER_MS: u64 = 2_000;
+
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+    pub(crate) fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+    pub(crate) fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+    fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound { .. } => Self::not_found(e.to_string()),
+            StoreError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
+            StoreError::Invalid(m) => Self::bad_request(m),
+            StoreError::Db(e) => {
+                tracing::error!(error = %e, "pool database error");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the pool's database failed; try again later")
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: ErrorDetail { code: self.code.into(), message: self.message } };
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn parse<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("malformed request body: {e}")))
+}
+
+fn id(text: &str, what: &str) -> ApiResult<u64> {
+    text.parse().map_err(|_| ApiError::bad_request(format!("{what} {text:?} is not a number")))
+}
+
+/// Runs store work on a blocking thread: SQLite calls must not stall the reactor.
+async fn blocking<T: Send + 'static>(
+    pool: &Pool,
+    f: impl FnOnce(&Pool) -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    let pool = pool.clone();
+    tokio::task::spawn_blocking(move || f(&pool))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "request handler panicked"))?
+}
+
+pub(crate) fn router(pool: Pool) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/info", get(info))
+        .route("/v1/enroll", post(enroll))
+        .route("/v1/leases", post(lease))
+        .route("/v1/leases/{id}/heartbeat", post(heartbeat))
+        .route("/v1/leases/{id}", delete(give_back))
+        .route("/v1/results", post(submit_result))
+        .route("/v1/blobs", post(put_blob))
+        .route("/v1/blobs/{sha256}", get(get_blob))
+        .route("/v1/jobs", post(create_job))
+        .route("/v1/jobs/{id}", get(job_status))
+        .route("/v1/jobs/{id}/output", get(job_output))
+        .route("/v1/stats", get(stats))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(pool)
+}
+
+async fn health() -> impl IntoResponse {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn info(State(pool): State<Pool>) -> impl IntoResponse {
+    let c = &pool.inner.config;
+    axum::Json(PoolInfo {
+        name: c.name.clone(),
+        operator: c.operator.clone(),
+        public_key: pool.public_key(),
+        device_info_requested: vec![
+            idlemesh_protocol::api::DeviceInfoRequest {
+                field: "cores".into(),
+                reason: "to hand out as many tasks as the device runs at once".into(),
+            },
+            idlemesh_protocol::api::DeviceInfoRequest {
+                field: "memory_bytes".into(),
+                reason: "to hand out only tasks that fit in memory".into(),
+            },
+        ],
+        open_enrollment: c.open_enrollment,
+        payout: None,
+    })
+}
+
+async fn enroll(State(pool): State<Pool>, body: Bytes) -> ApiResult<impl IntoResponse> {
+    let req: EnrollRequest = parse(&body)?;
+    if !pool.inner.config.open_enrollment && req.token.is_none() {
+        return Err(ApiError::forbidden("this pool needs an enrollment token"));
+    }
+    let allowed: BTreeMap<&str, ()> = [("cores", ()), ("memory_bytes", ()), ("os", ()), ("agent_version", ())].into();
+    if let Some(field) = req.device_info.keys().find(|k| !allowed.contains_key(k.as_str())) {
+        return Err(ApiError::bad_request(format!("device_info field {field:?} is not one this pool asks for")));
+    }
+    let info = serde_json::to_string(&req.device_info).expect("a map serialises");
+    let device_id =
+        blocking(&pool, move |pool| Ok(pool.inner.store.lock().unwrap().enroll(&req.public_key, &info, now_ms())?))
+            .await?;
+    Ok(axum::Json(EnrollResponse { device_id, pool_public_key: pool.public_key() }))
+}
+
+async fn lease(
+    State(pool): State<Pool>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let tasks = blocking(&pool, move |pool| {
+        let device = auth::device(pool, &method, uri.path(), &headers, &body)?;
+        let req: LeaseRequest = parse(&body)?;
+        if !req.capabilities.wasm {
+            return Ok(Vec::new());
+        }
+        let max = req.max_tasks.clamp(1, MAX_TASKS_PER_LEASE);
+        Ok(pool.inner.store.lock().unwrap().lease(device, max, &pool.inner.key, now_ms())?)
+    })
+    .await?;
+    let retry_after_ms = tasks.is_empty().then_some(IDLE_RETRY_AFTER_MS);
+    Ok(axum::Json(LeaseResponse { tasks, retry_after_ms }))
+}
+
+async fn heartbeat(
+    State(pool): State<Pool>,
+    Path(lease): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let lease = id(&lease, "lease id")?;
+    let deadline_ms = blocking(&pool, move |pool| {
+        let device = auth::device(pool, &method, uri.path(), &headers, &body)?;
+        let req: LeaseTokenBody = parse(&body)?;
+        Ok(pool.inner.store.lock().unwrap().heartbeat(device, lease, &req.lease_token, now_ms())?)
+    })
+    .await?;
+    Ok(axum::Json(HeartbeatResponse { deadline_ms }))
+}
+
+async fn give_back(
+    State(pool): State<Pool>,
+    Path(lease): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let lease = id(&lease, "lease id")?;
+    blocking(&pool, move |pool| {
+        let device = auth::device(pool, &method, uri.path(), &headers, &body)?;
+        let req: LeaseTokenBody = parse(&body)?;
+        Ok(pool.inner.store.lock().unwrap().give_back(device, lease, &req.lease_token)?)
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn submit_result(
+    State(pool): State<Pool>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let outcome = blocking(&pool, move |pool| {
+        let device = auth::device(pool, &method, uri.path(), &headers, &body)?;
+        let req: ResultSubmission = parse(&body)?;
+        if Sha256::of(&req.output.0) != req.output_sha256 {
+            return Err(ApiError::bad_request("output_sha256 does not match the output bytes"));
+        }
+        let mut store = pool.inner.store.lock().unwrap();
+        Ok(store.submit_result(
+            device,
+            req.lease_id,
+            &req.lease_token,
+            &req.output.0,
+            req.fuel,
+            req.wall_ms,
+            req.cpu_ms,
+            &pool.inner.key,
+            now_ms(),
+        )?)
+    })
+    .await?;
+    Ok(axum::Json(ResultResponse { task_state: outcome.task_state, receipt: outcome.receipt }))
+}
+
+async fn put_blob(State(pool): State<Pool>, headers: HeaderMap, body: Bytes) -> ApiResult<impl IntoResponse> {
+    auth::operator(&pool, &headers)?;
+    let size_bytes = body.len() as u64;
+    let sha256 = blocking(&pool, move |pool| Ok(pool.inner.store.lock().unwrap().put_blob(&body)?)).await?;
+    Ok((StatusCode::CREATED, axum::Json(BlobStored { sha256, size_bytes })))
+}
+
+async fn get_blob(
+    State(pool): State<Pool>,
+    Path(sha): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let sha: Sha256 =
+        sha.parse().map_err(|e: idlemesh_protocol::ProtocolError| ApiError::bad_request(e.to_string()))?;
+    let bytes = blocking(&pool, move |pool| {
+        // Devices (signed) and the operator may read blobs.
+        if auth::operator(pool, &headers).is_err() {
+            auth::device(pool, &method, uri.path(), &headers, b"")?;
+        }
+        Ok(pool.inner.store.lock().unwrap().blob(&sha)?)
+    })
+    .await?
+    .ok_or_else(|| ApiError::not_found(format!("blob {sha} not found")))?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+async fn create_job(State(pool): State<Pool>, headers: HeaderMap, body: Bytes) -> ApiResult<impl IntoResponse> {
+    auth::operator(&pool, &headers)?;
+    let spec: JobSpec = parse(&body)?;
+    let seeds = split::expand(&spec).map_err(|e| ApiError::bad_request(format!("job spec: {e}")))?;
+    let tasks = seeds.len() as u64;
+    let job_id =
+        blocking(&pool, move |pool| Ok(pool.inner.store.lock().unwrap().create_job(&spec, seeds, now_ms())?)).await?;
+    tracing::info!(job_id, tasks, "job created");
+    Ok((StatusCode::CREATED, axum::Json(JobCreated { job_id, tasks })))
+}
+
+async fn job_status(
+    State(pool): State<Pool>,
+    Path(job): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<impl IntoResponse> {
+    auth::operator(&pool, &headers)?;
+    let job = id(&job, "job id")?;
+    Ok(axum::Json(blocking(&pool, move |pool| Ok(pool.inner.store.lock().unwrap().job_status(job)?)).await?))
+}
+
+async fn job_output(State(pool): State<Pool>, Path(job): Path<String>, headers: HeaderMap) -> ApiResult<Response> {
+    auth::operator(&pool, &headers)?;
+    let job = id(&job, "job id")?;
+    match blocking(&pool, move |pool| Ok(pool.inner.store.lock().unwrap().job_output(job)?)).await? {
+        Some(bytes) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response()),
+        None => Err(ApiError::new(StatusCode::CONFLICT, "not_ready", format!("job {job} has no output yet"))),
+    }
+}
+
+async fn stats(State(pool): State<Pool>) -> ApiResult<impl IntoResponse> {
+    Ok(axum::Json(blocking(&pool, |pool| Ok(pool.inner.store.lock().unwrap().stats()?)).await?))
+}
+
+async fn metrics(State(pool): State<Pool>) -> ApiResult<impl IntoResponse> {
+    let s = blocking(&pool, |pool| Ok(pool.inner.store.lock().unwrap().stats()?)).await?;
+    let text = format!(
+        "# TYPE idlemesh_pool_jobs gauge\nidlemesh_pool_jobs {}\n\
+         # TYPE idlemesh_pool_tasks gauge\n\
+         idlemesh_pool_tasks{{state=\"pending\"}} {}\nidlemesh_pool_tasks{{state=\"leased\"}} {}\n\
+         idlemesh_pool_tasks{{state=\"done\"}} {}\nidlemesh_pool_tasks{{state=\"failed\"}} {}\n\
+         # TYPE idlemesh_pool_devices gauge\nidlemesh_pool_devices {}\n\
+         # TYPE idlemesh_pool_credits_granted counter\nidlemesh_pool_credits_granted {}\n",
+        s.jobs,
+        s.tasks.pending,
+        s.tasks.leased,
+        s.tasks.done,
+        s.tasks.failed,
+        s.devices.len(),
+        s.credits_granted
+    );
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
+}

@@ -1,0 +1,109 @@
+//! The Idlemesh reference pool server.
+//!
+//! A pool takes jobs from its operator, splits them into tasks, leases task
+//! replicas to enrolled devices with signed manifests, accepts results when a
+//! quorum of output hashes agrees, signs receipts for the credit, and combines
+//! task outputs into the job's output. Everything is stored in one SQLite file.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use idlemesh_pool::{Pool, PoolConfig};
+//! let pool = Pool::open(PoolConfig::new("/var/lib/idlemesh-pool".into()))?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8470").await?;
+//! pool.serve(listener).await?;
+//! # Ok(()) }
+//! ```
+
+mod auth;
+mod combine;
+mod error;
+mod http;
+mod keys;
+mod split;
+mod store;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use idlemesh_protocol::{Keypair, PublicKey};
+
+pub use error::PoolError;
+
+/// How a pool is set up.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Holds the pool's key (`pool.key`, 0600).
+    pub data_dir: PathBuf,
+    /// The SQLite database; defaults to `pool.sqlite` in `data_dir`.
+    pub db_path: Option<PathBuf>,
+    pub name: String,
+    pub operator: String,
+    /// Bearer token for operator endpoints (jobs, blobs).
+    pub operator_token: String,
+    /// Whether devices may enroll without an enrollment token.
+    pub open_enrollment: bool,
+}
+
+impl PoolConfig {
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            db_path: None,
+            name: "Idlemesh pool".into(),
+            operator: "unknown operator".into(),
+            operator_token: String::new(),
+            open_enrollment: true,
+        }
+    }
+}
+
+/// A pool: its key, its database and its configuration.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: PoolConfig,
+    key: Keypair,
+    store: Mutex<store::Store>,
+    replay: auth::ReplayGuard,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("name", &self.inner.config.name).field("key", &self.inner.key.public()).finish()
+    }
+}
+
+impl Pool {
+    /// Opens (or creates) the pool's key and database, applying migrations.
+    pub fn open(config: PoolConfig) -> Result<Self, PoolError> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|source| PoolError::Io { path: config.data_dir.clone(), source })?;
+        let key = keys::load_or_create(&config.data_dir.join("pool.key"))?;
+        let db_path = config.db_path.clone().unwrap_or_else(|| config.data_dir.join("pool.sqlite"));
+        let store = store::Store::open(&db_path)?;
+        Ok(Self {
+            inner: Arc::new(Inner { config, key, store: Mutex::new(store), replay: auth::ReplayGuard::default() }),
+        })
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        self.inner.key.public()
+    }
+
+    /// The axum router of the HTTP API (DESIGN §5).
+    pub fn router(&self) -> axum::Router {
+        http::router(self.clone())
+    }
+
+    /// Serves the API until the listener fails.
+    pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        axum::serve(listener, self.router()).await
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

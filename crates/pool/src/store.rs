@@ -1,0 +1,562 @@
+//! The pool's SQLite storage.
+//!
+//! Every state change of a task happens in one transaction here, so a crash
+//! leaves either the old state or the new one. Lease ids are replica ids; each
+//! new lease of a replica gets a new random token, which fences off results
+//! and heartbeats from an earlier holder.
+
+use std::path::Path;
+
+use idlemesh_protocol::api::{DeviceStats, JobSpec, JobState, JobStatus, PoolStats, TaskCounts, TaskState};
+use idlemesh_protocol::{KernelRef, Keypair, PublicKey, Receipt, Sha256, Signed, TaskManifest};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::combine;
+use crate::split::TaskSeed;
+
+/// Migrations, applied in order at start-up; `user_version` counts them.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE blobs (
+    sha256 TEXT PRIMARY KEY,
+    bytes BLOB NOT NULL
+);
+CREATE TABLE devices (
+    id INTEGER PRIMARY KEY,
+    public_key TEXT NOT NULL UNIQUE,
+    info TEXT NOT NULL,
+    enrolled_ms INTEGER NOT NULL,
+    credits REAL NOT NULL DEFAULT 0,
+    valid_results INTEGER NOT NULL DEFAULT 0,
+    invalid_results INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE jobs (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    output_sha256 TEXT,
+    error TEXT
+);
+CREATE TABLE tasks (
+    id INTEGER PRIMARY KEY,
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    idx INTEGER NOT NULL,
+    params TEXT NOT NULL,
+    input_sha256 TEXT NOT NULL,
+    state TEXT NOT NULL,
+    canonical_sha256 TEXT,
+    UNIQUE (job_id, idx)
+);
+CREATE TABLE replicas (
+    id INTEGER PRIMARY KEY,
+    task_id INTEGER NOT NULL REFERENCES tasks(id),
+    state TEXT NOT NULL,
+    device_id INTEGER REFERENCES devices(id),
+    lease_token TEXT,
+    lease_deadline_ms INTEGER,
+    output_sha256 TEXT,
+    fuel INTEGER,
+    wall_ms INTEGER,
+    cpu_ms INTEGER,
+    valid INTEGER
+);
+CREATE INDEX replicas_claimable ON replicas(state, lease_deadline_ms);
+CREATE INDEX replicas_task ON replicas(task_id);
+CREATE TABLE receipts (
+    id INTEGER PRIMARY KEY,
+    replica_id INTEGER NOT NULL UNIQUE REFERENCES replicas(id),
+    device_id INTEGER NOT NULL,
+    payload TEXT NOT NULL,
+    signature TEXT NOT NULL
+);
+"#];
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StoreError {
+    #[error("{0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("{what} {id} not found")]
+    NotFound { what: &'static str, id: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub(crate) struct Store {
+    conn: Connection,
+}
+
+/// What `submit_result` decided.
+pub(crate) struct ResultOutcome {
+    pub task_state: TaskState,
+    pub receipt: Option<Signed<Receipt>>,
+}
+
+fn random_token() -> String {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).expect("the OS has no randomness source");
+    hex::encode(b)
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self, rusqlite::Error> {
+        let mut conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i as i64 + 1)?;
+            tx.commit()?;
+        }
+        Ok(Self { conn })
+    }
+
+    pub fn put_blob(&mut self, bytes: &[u8]) -> Result<Sha256, StoreError> {
+        let sha = Sha256::of(bytes);
+        self.conn
+            .execute("INSERT OR IGNORE INTO blobs (sha256, bytes) VALUES (?1, ?2)", params![sha.to_hex(), bytes])?;
+        Ok(sha)
+    }
+
+    pub fn blob(&self, sha: &Sha256) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.conn.query_row("SELECT bytes FROM blobs WHERE sha256 = ?1", [sha.to_hex()], |r| r.get(0)).optional()?)
+    }
+
+    fn blob_size(&self, sha: &Sha256) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT length(bytes) FROM blobs WHERE sha256 = ?1", [sha.to_hex()], |r| r.get::<_, i64>(0))
+            .optional()?
+            .map(|n| n as u64))
+    }
+
+    pub fn enroll(&mut self, key: &PublicKey, info: &str, now: u64) -> Result<u64, StoreError> {
+        let existing: Option<i64> = self
+            .conn
+            .query_row("SELECT id FROM devices WHERE public_key = ?1", [key.to_hex()], |r| r.get(0))
+            .optional()?;
+        if let Some(id) = existing {
+            return Ok(id as u64);
+        }
+        self.conn.execute(
+            "INSERT INTO devices (public_key, info, enrolled_ms) VALUES (?1, ?2, ?3)",
+            params![key.to_hex(), info, now as i64],
+        )?;
+        Ok(self.conn.last_insert_rowid() as u64)
+    }
+
+    pub fn device_key(&self, device_id: u64) -> Result<Option<PublicKey>, StoreError> {
+        let hex: Option<String> = self
+            .conn
+            .query_row("SELECT public_key FROM devices WHERE id = ?1", [device_id as i64], |r| r.get(0))
+            .optional()?;
+        hex.map(|h| h.parse().map_err(|e| StoreError::Invalid(format!("stored device key: {e}")))).transpose()
+    }
+
+    pub fn create_job(&mut self, spec: &JobSpec, seeds: Vec<TaskSeed>, now: u64) -> Result<u64, StoreError> {
+        if self.blob_size(&spec.kernel_sha256)?.is_none() {
+            return Err(StoreError::Invalid(format!(
+                "kernel_sha256 {} is not a stored blob: upload it with POST /v1/blobs first",
+                spec.kernel_sha256
+            )));
+        }
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO jobs (name, spec, state, created_ms) VALUES (?1, ?2, 'running', ?3)",
+            params![spec.name, serde_json::to_string(spec).expect("spec serialises"), now as i64],
+        )?;
+        let job_id = tx.last_insert_rowid();
+        for (idx, seed) in seeds.into_iter().enumerate() {
+            let input_sha = Sha256::of(&seed.input);
+            tx.execute(
+                "INSERT OR IGNORE INTO blobs (sha256, bytes) VALUES (?1, ?2)",
+                params![input_sha.to_hex(), seed.input],
+            )?;
+            tx.execute(
+                "INSERT INTO tasks (job_id, idx, params, input_sha256, state) VALUES (?1, ?2, ?3, ?4, 'pending')",
+                params![job_id, idx as i64, seed.params, input_sha.to_hex()],
+            )?;
+            let task_id = tx.last_insert_rowid();
+            for _ in 0..spec.replication {
+                tx.execute("INSERT INTO replicas (task_id, state) VALUES (?1, 'queued')", [task_id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(job_id as u64)
+    }
+
+    fn job_spec(&self, job_id: u64) -> Result<JobSpec, StoreError> {
+        let text: String = self
+            .conn
+            .query_row("SELECT spec FROM jobs WHERE id = ?1", [job_id as i64], |r| r.get(0))
+            .optional()?
+            .ok_or(StoreError::NotFound { what: "job", id: job_id.to_string() })?;
+        serde_json::from_str(&text).map_err(|e| StoreError::Invalid(format!("stored job spec: {e}")))
+    }
+
+    /// Claims up to `max` replicas for a device: queued ones, or leased ones
+    /// whose lease ran out. Never two replicas of one task to one device.
+    pub fn lease(
+        &mut self,
+        device_id: u64,
+        max: u32,
+        key: &Keypair,
+        now: u64,
+    ) -> Result<Vec<Signed<TaskManifest>>, StoreError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let claimed: Vec<(i64, i64, i64, String, String, String)> = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT r.id, t.id, t.job_id, t.params, t.input_sha256, j.spec
+                 FROM replicas r JOIN tasks t ON t.id = r.task_id JOIN jobs j ON j.id = t.job_id
+                 WHERE t.state = 'pending' AND j.state = 'running'
+                   AND (r.state = 'queued' OR (r.state = 'leased' AND r.lease_deadline_ms < ?1))
+                   AND NOT EXISTS (SELECT 1 FROM replicas o WHERE o.task_id = r.task_id AND o.id != r.id
+                                   AND o.device_id = ?2 AND o.state IN ('leased', 'reported'))
+                 GROUP BY t.id
+                 ORDER BY r.id LIMIT ?3",
+            )?;
+            stmt.query_map(params![now as i64, device_id as i64, max as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+            })?
+            .collect::<Result<_, _>>()?
+        };
+        let mut manifests = Vec::with_capacity(claimed.len());
+        for (replica_id, task_id, job_id, params, input_sha, spec) in claimed {
+            let spec: JobSpec = serde_json::from_str(&spec).map_err(|e| StoreError::Invalid(e.to_string()))?;
+            let token = random_token();
+            let deadline = now + spec.lease_ms;
+            tx.execute(
+                "UPDATE replicas SET state = 'leased', device_id = ?1, lease_token = ?2, lease_deadline_ms = ?3 WHERE id = ?4",
+                params![device_id as i64, token, deadline as i64, replica_id],
+            )?;
+            let input_sha256: Sha256 = input_sha.parse().map_err(|e| StoreError::Invalid(format!("{e}")))?;
+            let size = |sha: &Sha256| -> Result<u64, StoreError> {
+                Ok(tx.query_row("SELECT length(bytes) FROM blobs WHERE sha256 = ?1", [sha.to_hex()], |r| {
+                    r.get::<_, i64>(0)
+                })? as u64)
+            };
+            let manifest = TaskManifest {
+                job_id: job_id as u64,
+                task_id: task_id as u64,
+                replica_id: replica_id as u64,
+                device_id,
+                lease_id: replica_id as u64,
+                lease_token: token,
+                kernel: KernelRef {
+                    kind: spec.kernel_kind,
+                    sha256: spec.kernel_sha256,
+                    size_bytes: size(&spec.kernel_sha256)?,
+                },
+                input_sha256,
+                input_bytes: size(&input_sha256)?,
+                params,
+                limits: spec.limits,
+                credits: spec.credits_per_task,
+                issued_at_ms: now,
+                deadline_ms: deadline,
+            };
+            manifests.push(Signed::sign(&manifest, key));
+        }
+        tx.commit()?;
+        Ok(manifests)
+    }
+
+    fn check_lease(&self, lease_id: u64, token: &str, device_id: u64) -> Result<(i64, String), StoreError> {
+        let row: Option<(i64, String, Option<String>, Option<i64>)> = self
+            .conn
+            .query_row(
+                "SELECT task_id, state, lease_token, device_id FROM replicas WHERE id = ?1",
+                [lease_id as i64],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        let Some((task_id, state, stored_token, holder)) = row else {
+            return Err(StoreError::NotFound { what: "lease", id: lease_id.to_string() });
+        };
+        if stored_token.as_deref() != Some(token) || holder != Some(device_id as i64) {
+            return Err(StoreError::Conflict(
+                "stale lease token: this lease was given to another device or renewed".into(),
+            ));
+        }
+        Ok((task_id, state))
+    }
+
+    pub fn heartbeat(&mut self, device_id: u64, lease_id: u64, token: &str, now: u64) -> Result<u64, StoreError> {
+        let (task_id, state) = self.check_lease(lease_id, token, device_id)?;
+        if state != "leased" {
+            return Err(StoreError::Conflict(format!("lease {lease_id} is {state}, not leased")));
+        }
+        let job_id: i64 = self.conn.query_row("SELECT job_id FROM tasks WHERE id = ?1", [task_id], |r| r.get(0))?;
+        let deadline = now + self.job_spec(job_id as u64)?.lease_ms;
+        self.conn.execute(
+            "UPDATE replicas SET lease_deadline_ms = ?1 WHERE id = ?2",
+            params![deadline as i64, lease_id as i64],
+        )?;
+        Ok(deadline)
+    }
+
+    pub fn give_back(&mut self, device_id: u64, lease_id: u64, token: &str) -> Result<(), StoreError> {
+        let (_, state) = self.check_lease(lease_id, token, device_id)?;
+        if state != "leased" {
+            return Err(StoreError::Conflict(format!("lease {lease_id} is {state}, not leased")));
+        }
+        self.conn.execute(
+            "UPDATE replicas SET state = 'queued', device_id = NULL, lease_token = NULL, lease_deadline_ms = NULL WHERE id = ?1",
+            [lease_id as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Records a result and, when a quorum agrees, finishes the task: credits
+    /// and receipts for the agreeing replicas, invalid marks for the others,
+    /// and the job's combined output once every task is done.
+    #[allow(clippy::too_many_arguments, reason = "one call per field of a result submission")]
+    pub fn submit_result(
+        &mut self,
+        device_id: u64,
+        lease_id: u64,
+        token: &str,
+        output: &[u8],
+        fuel: Option<u64>,
+        wall_ms: u64,
+        cpu_ms: u64,
+        key: &Keypair,
+        now: u64,
+    ) -> Result<ResultOutcome, StoreError> {
+        let (task_id, state) = self.check_lease(lease_id, token, device_id)?;
+        if state != "leased" {
+            return Err(StoreError::Conflict(format!("lease {lease_id} is {state}: a result was already recorded")));
+        }
+        let output_sha = Sha256::of(output);
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT OR IGNORE INTO blobs (sha256, bytes) VALUES (?1, ?2)",
+            params![output_sha.to_hex(), output],
+        )?;
+        tx.execute(
+            "UPDATE replicas SET state = 'reported', output_sha256 = ?1, fuel = ?2, wall_ms = ?3, cpu_ms = ?4 WHERE id = ?5",
+            params![output_sha.to_hex(), fuel.map(|f| f as i64), wall_ms as i64, cpu_ms as i64, lease_id as i64],
+        )?;
+        let (job_id, task_state): (i64, String) =
+            tx.query_row("SELECT job_id, state FROM tasks WHERE id = ?1", [task_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let spec_text: String = tx.query_row("SELECT spec FROM jobs WHERE id = ?1", [job_id], |r| r.get(0))?;
+        let spec: JobSpec = serde_json::from_str(&spec_text).map_err(|e| StoreError::Invalid(e.to_string()))?;
+
+        let mut receipt = None;
+        let mut new_state = match task_state.as_str() {
+            "done" => TaskState::Done,
+            "failed" => TaskState::Failed,
+            _ => TaskState::Pending,
+        };
+        if new_state == TaskState::Pending {
+            // Quorum: the most common (output, fuel when metered) among reported replicas.
+            let metered = spec.limits.max_fuel.is_some();
+            let reported: Vec<(i64, i64, String, Option<i64>, i64, i64)> = {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT id, device_id, output_sha256, fuel, wall_ms, cpu_ms FROM replicas WHERE task_id = ?1 AND state = 'reported'",
+                )?;
+                stmt.query_map([task_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?
+                    .collect::<Result<_, _>>()?
+            };
+            let vote = |r: &(i64, i64, String, Option<i64>, i64, i64)| (r.2.clone(), if metered { r.3 } else { None });
+            let winner = reported
+                .iter()
+                .map(vote)
+                .find(|v| reported.iter().filter(|r| vote(r) == *v).count() as u32 >= spec.quorum);
+            if let Some(canonical) = winner {
+                new_state = TaskState::Done;
+                tx.execute(
+                    "UPDATE tasks SET state = 'done', canonical_sha256 = ?1 WHERE id = ?2",
+                    params![canonical.0, task_id],
+                )?;
+                // Replicas still out on lease are no longer needed.
+                tx.execute(
+                    "UPDATE replicas SET state = 'cancelled' WHERE task_id = ?1 AND state IN ('queued', 'leased')",
+                    [task_id],
+                )?;
+                for r in &reported {
+                    let valid = vote(r) == canonical;
+                    tx.execute("UPDATE replicas SET valid = ?1 WHERE id = ?2", params![valid, r.0])?;
+                    let column = if valid { "valid_results" } else { "invalid_results" };
+                    tx.execute(&format!("UPDATE devices SET {column} = {column} + 1 WHERE id = ?1"), [r.1])?;
+                    if valid {
+                        tx.execute(
+                            "UPDATE devices SET credits = credits + ?1 WHERE id = ?2",
+                            params![spec.credits_per_task, r.1],
+                        )?;
+                        let receipt_id: i64 =
+                            tx.query_row("SELECT coalesce(max(id), 0) + 1 FROM receipts", [], |row| row.get(0))?;
+                        let signed = Signed::sign(
+                            &Receipt {
+                                receipt_id: receipt_id as u64,
+                                device_id: r.1 as u64,
+                                job_id: job_id as u64,
+                                task_id: task_id as u64,
+                                replica_id: r.0 as u64,
+                                output_sha256: r.2.parse().map_err(|e| StoreError::Invalid(format!("{e}")))?,
+                                fuel: r.3.map(|f| f as u64),
+                                credits: spec.credits_per_task,
+                                wall_ms: r.4 as u64,
+                                cpu_ms: r.5 as u64,
+                                issued_at_ms: now,
+                            },
+                            key,
+                        );
+                        tx.execute(
+                            "INSERT INTO receipts (id, replica_id, device_id, payload, signature) VALUES (?1, ?2, ?3, ?4, ?5)",
+                            params![receipt_id, r.0, r.1, signed.payload, signed.signature],
+                        )?;
+                        if r.0 == lease_id as i64 {
+                            receipt = Some(signed);
+                        }
+                    }
+                }
+            } else {
+                let outstanding: i64 = tx.query_row(
+                    "SELECT count(*) FROM replicas WHERE task_id = ?1 AND state IN ('queued', 'leased')",
+                    [task_id],
+                    |r| r.get(0),
+                )?;
+                if outstanding == 0 {
+                    // Disagreement with every replica in: ask one more device, up
+                    // to twice the replication, then give up on the task.
+                    if reported.len() < 2 * spec.replication as usize {
+                        tx.execute("INSERT INTO replicas (task_id, state) VALUES (?1, 'queued')", [task_id])?;
+                    } else {
+                        new_state = TaskState::Failed;
+                        tx.execute("UPDATE tasks SET state = 'failed' WHERE id = ?1", [task_id])?;
+                        tx.execute(
+                            "UPDATE jobs SET state = 'failed', error = ?1 WHERE id = ?2",
+                            params![format!("task {task_id}: no quorum among {} results", reported.len()), job_id],
+                        )?;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        if new_state == TaskState::Done {
+            self.finish_job_if_complete(job_id as u64, &spec)?;
+        }
+        Ok(ResultOutcome { task_state: new_state, receipt })
+    }
+
+    fn finish_job_if_complete(&mut self, job_id: u64, spec: &JobSpec) -> Result<(), StoreError> {
+        let open: i64 = self.conn.query_row(
+            "SELECT count(*) FROM tasks WHERE job_id = ?1 AND state != 'done'",
+            [job_id as i64],
+            |r| r.get(0),
+        )?;
+        if open > 0 {
+            return Ok(());
+        }
+        let outputs: Vec<(String, Vec<u8>)> = {
+            let mut stmt = self.conn.prepare(
+                "SELECT t.params, b.bytes FROM tasks t JOIN blobs b ON b.sha256 = t.canonical_sha256 WHERE t.job_id = ?1 ORDER BY t.idx",
+            )?;
+            stmt.query_map([job_id as i64], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?
+        };
+        match combine::combine(spec, &outputs) {
+            Ok(bytes) => {
+                let sha = self.put_blob(&bytes)?;
+                self.conn.execute(
+                    "UPDATE jobs SET state = 'done', output_sha256 = ?1 WHERE id = ?2",
+                    params![sha.to_hex(), job_id as i64],
+                )?;
+            }
+            Err(e) => {
+                tracing::warn!(job_id, error = %e, "combining the job's outputs failed");
+                self.conn
+                    .execute("UPDATE jobs SET state = 'failed', error = ?1 WHERE id = ?2", params![e, job_id as i64])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn task_counts(&self, job: Option<u64>) -> Result<TaskCounts, StoreError> {
+        let mut counts = TaskCounts::default();
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT t.state, EXISTS (SELECT 1 FROM replicas r WHERE r.task_id = t.id AND r.state = 'leased'), count(*)
+             FROM tasks t WHERE ?1 IS NULL OR t.job_id = ?1 GROUP BY 1, 2",
+        )?;
+        let rows = stmt.query_map([job.map(|j| j as i64)], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?, r.get::<_, i64>(2)?))
+        })?;
+        for row in rows {
+            let (state, leased, n) = row?;
+            let n = n as u64;
+            counts.total += n;
+            match (state.as_str(), leased) {
+                ("done", _) => counts.done += n,
+                ("failed", _) => counts.failed += n,
+                (_, true) => counts.leased += n,
+                _ => counts.pending += n,
+            }
+        }
+        Ok(counts)
+    }
+
+    pub fn job_status(&self, job_id: u64) -> Result<JobStatus, StoreError> {
+        let (name, state): (String, String) = self
+            .conn
+            .query_row("SELECT name, state FROM jobs WHERE id = ?1", [job_id as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?
+            .ok_or(StoreError::NotFound { what: "job", id: job_id.to_string() })?;
+        let credits: f64 = self.conn.query_row(
+            "SELECT coalesce(sum(json_extract(payload, '$.credits')), 0.0) FROM receipts WHERE json_extract(payload, '$.job_id') = ?1",
+            [job_id as i64],
+            |r| r.get(0),
+        )?;
+        Ok(JobStatus {
+            job_id,
+            name,
+            state: match state.as_str() {
+                "done" => JobState::Done,
+                "failed" => JobState::Failed,
+                _ => JobState::Running,
+            },
+            tasks: self.task_counts(Some(job_id))?,
+            credits_granted: credits,
+        })
+    }
+
+    /// The combined output, once the job is done; `Ok(None)` while it runs.
+    pub fn job_output(&self, job_id: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let sha: Option<String> = self
+            .conn
+            .query_row("SELECT output_sha256 FROM jobs WHERE id = ?1", [job_id as i64], |r| r.get(0))
+            .optional()?
+            .ok_or(StoreError::NotFound { what: "job", id: job_id.to_string() })?;
+        match sha {
+            Some(sha) => self.blob(&sha.parse().map_err(|e| StoreError::Invalid(format!("{e}")))?),
+            None => Ok(None),
+        }
+    }
+
+    pub fn stats(&self) -> Result<PoolStats, StoreError> {
+        let jobs: i64 = self.conn.query_row("SELECT count(*) FROM jobs", [], |r| r.get(0))?;
+        let mut stmt =
+            self.conn.prepare("SELECT id, credits, valid_results, invalid_results FROM devices ORDER BY id")?;
+        let devices = stmt
+            .query_map([], |r| {
+                Ok(DeviceStats {
+                    device_id: r.get::<_, i64>(0)? as u64,
+                    credits: r.get(1)?,
+                    valid_results: r.get::<_, i64>(2)? as u64,
+                    invalid_results: r.get::<_, i64>(3)? as u64,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(PoolStats {
+            jobs: jobs as u64,
+            tasks: self.task_counts(None)?,
+            credits_granted: devices.iter().map(|d| d.credits).sum(),
+            devices,
+        })
+    }
+}

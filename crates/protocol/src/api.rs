@@ -1,0 +1,257 @@
+//! Bodies of the pool's HTTP API (DESIGN §5). Field names here are the wire format.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Base64Bytes, KernelKind, PublicKey, Receipt, Sha256, Signed, TaskLimits, TaskManifest};
+
+/// Every error answer: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+/// `GET /v1/info`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PoolInfo {
+    pub name: String,
+    pub operator: String,
+    pub public_key: PublicKey,
+    /// Each piece of device information the pool asks for, and why.
+    pub device_info_requested: Vec<DeviceInfoRequest>,
+    pub open_enrollment: bool,
+    pub payout: Option<Payout>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceInfoRequest {
+    pub field: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Payout {
+    pub per_credit: f64,
+    pub currency: String,
+}
+
+/// `POST /v1/enroll`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    pub public_key: PublicKey,
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Exactly the device information disclosed; the agent records it in its ledger.
+    #[serde(default)]
+    pub device_info: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    pub device_id: u64,
+    pub pool_public_key: PublicKey,
+}
+
+/// What a device can run, stated when it asks for work.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capabilities {
+    pub wasm: bool,
+    #[serde(default)]
+    pub wgpu_adapter: Option<String>,
+    pub cores: u32,
+    pub memory_bytes: u64,
+}
+
+/// `POST /v1/leases`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    pub capabilities: Capabilities,
+    /// How many tasks the device wants at most.
+    pub max_tasks: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseResponse {
+    pub tasks: Vec<Signed<TaskManifest>>,
+    /// When nothing was handed out: how long to wait before asking again.
+    pub retry_after_ms: Option<u64>,
+}
+
+/// `POST /v1/leases/{id}/heartbeat` and the body of `DELETE /v1/leases/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseTokenBody {
+    pub lease_token: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    pub deadline_ms: u64,
+}
+
+/// `POST /v1/results`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResultSubmission {
+    pub lease_id: u64,
+    pub lease_token: String,
+    pub output_sha256: Sha256,
+    pub output: Base64Bytes,
+    #[serde(default)]
+    pub fuel: Option<u64>,
+    pub wall_ms: u64,
+    pub cpu_ms: u64,
+}
+
+/// The state of a task (all its replicas together).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// Waiting for results.
+    Pending,
+    /// A quorum agreed: the task is done.
+    Done,
+    /// Too many disagreeing or failed results.
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResultResponse {
+    pub task_state: TaskState,
+    /// Present once the task reached quorum and this result was in it.
+    pub receipt: Option<Signed<Receipt>>,
+}
+
+/// How a job is split into tasks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SplitSpec {
+    /// `[start, end)` in chunks of `chunk`; each task's params get `"start"` and `"end"`.
+    Range { start: i64, end: i64, chunk: i64 },
+    /// A 2D grid of tiles; each task's params get `"tile": {x, y, width, height}`.
+    Tiles { width: u32, height: u32, tile_width: u32, tile_height: u32 },
+}
+
+/// How task outputs become the job's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Combiner {
+    /// Outputs concatenated in task order.
+    Concat,
+    /// RGB8 tiles of a `tiles` split assembled into one PNG.
+    PngTiles,
+    /// Each output is a decimal number as text; the job's output is their sum.
+    Sum,
+}
+
+/// `POST /v1/jobs`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub name: String,
+    pub kernel_kind: KernelKind,
+    /// The kernel, uploaded before with `POST /v1/blobs`.
+    pub kernel_sha256: Sha256,
+    /// Params every task gets; a split adds its own keys. Must be a JSON object.
+    #[serde(default = "empty_object")]
+    pub params: serde_json::Value,
+    /// One task per input. Exactly one of `inputs` and `split` is given.
+    #[serde(default)]
+    pub inputs: Option<Vec<Base64Bytes>>,
+    #[serde(default)]
+    pub split: Option<SplitSpec>,
+    /// Replication factor k: how many devices run each task.
+    #[serde(default = "one")]
+    pub replication: u32,
+    /// How many agreeing results make a task done (q ≤ k).
+    #[serde(default = "one")]
+    pub quorum: u32,
+    #[serde(default = "one_f")]
+    pub credits_per_task: f64,
+    pub combiner: Combiner,
+    #[serde(default)]
+    pub limits: TaskLimits,
+    /// Lease length before an unfinished replica goes back to the queue.
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+fn one() -> u32 {
+    1
+}
+fn one_f() -> f64 {
+    1.0
+}
+fn default_lease_ms() -> u64 {
+    15 * 60 * 1000
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobCreated {
+    pub job_id: u64,
+    pub tasks: u64,
+}
+
+/// `POST /v1/blobs`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlobStored {
+    pub sha256: Sha256,
+    pub size_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Running,
+    Done,
+    Failed,
+}
+
+/// `GET /v1/jobs/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub job_id: u64,
+    pub name: String,
+    pub state: JobState,
+    pub tasks: TaskCounts,
+    pub credits_granted: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskCounts {
+    pub total: u64,
+    pub pending: u64,
+    pub leased: u64,
+    pub done: u64,
+    pub failed: u64,
+}
+
+/// `GET /v1/stats`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PoolStats {
+    pub jobs: u64,
+    pub tasks: TaskCounts,
+    pub credits_granted: f64,
+    pub devices: Vec<DeviceStats>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceStats {
+    pub device_id: u64,
+    pub credits: f64,
+    pub valid_results: u64,
+    pub invalid_results: u64,
+}

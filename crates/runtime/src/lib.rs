@@ -1,0 +1,37 @@
+//! Executing one kernel, safely.
+//!
+//! The runtime is where strangers' code meets a volunteer's machine. It has
+//! two halves:
+//!
+//! - [`Sandbox`] runs a WebAssembly component in wasmtime, inside the worker
+//!   process: a WASI context that grants nothing, deterministic floats, capped
+//!   memory, output and logs, optional fuel metering, and a compiled-artifact
+//!   cache on local disk.
+//! - [`WorkerProcess`] is the supervisor's side: it starts `idlemesh worker`
+//!   as a child at the lowest OS priority, sends it tasks over a framed pipe,
+//!   enforces the wall-clock limit from outside, and can freeze, thaw or kill
+//!   it at any moment without harm to the caller.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use idlemesh_runtime::{Sandbox, SandboxConfig, RunLimits, NoEvents};
+//! let wasm = std::fs::read("kernel.wasm")?;
+//! let sandbox = Sandbox::new(SandboxConfig::default())?;
+//! let outcome = sandbox.run(&wasm, b"", "{}", None, &RunLimits::default(), NoEvents);
+//! println!("{:?}", outcome.status);
+//! # Ok(()) }
+//! ```
+
+mod cache;
+mod host;
+pub mod ipc;
+mod limiter;
+mod outcome;
+mod sandbox;
+mod wasi_ctx;
+pub mod worker;
+mod worker_process;
+
+pub use outcome::{Outcome, Status};
+pub use sandbox::{Events, NoEvents, RunLimits, Sandbox, SandboxConfig, SandboxError};
+pub use worker_process::{RunReport, WorkRequest, WorkerCommand, WorkerControl, WorkerError, WorkerProcess};

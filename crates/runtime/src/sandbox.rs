@@ -1,0 +1,272 @@
+//! Running a WASM component under wasmtime, configured for untrusted code.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+
+use idlemesh_protocol::Sha256;
+use serde::{Deserialize, Serialize};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, OptLevel, Store, Strategy, Trap};
+
+use crate::cache::ArtifactCache;
+use crate::host::{HostState, Kernel, KernelPre};
+use crate::limiter::MemoryCap;
+use crate::outcome::{Outcome, Status};
+use crate::wasi_ctx;
+
+/// What a kernel reports while it runs. Implementations are cheap handles
+/// (a pipe, a channel): the sandbox owns one per run.
+pub trait Events: Send + 'static {
+    fn progress(&mut self, done: f32);
+    fn checkpoint(&mut self, state: Vec<u8>);
+}
+
+/// Ignores every event.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoEvents;
+
+impl Events for NoEvents {
+    fn progress(&mut self, _done: f32) {}
+    fn checkpoint(&mut self, _state: Vec<u8>) {}
+}
+
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Where compiled components are cached; `None` compiles every time.
+    pub cache_dir: Option<PathBuf>,
+    pub max_wasm_stack_bytes: usize,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self { cache_dir: None, max_wasm_stack_bytes: 512 * 1024 }
+    }
+}
+
+/// Per-run limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunLimits {
+    pub max_memory_bytes: u64,
+    pub max_output_bytes: u64,
+    /// Meter the run with this much fuel; `None` runs unmetered (and faster).
+    pub max_fuel: Option<u64>,
+    /// Seeds the kernel's randomness; replicas of one task share it.
+    pub seed: u64,
+}
+
+impl Default for RunLimits {
+    fn default() -> Self {
+        Self { max_memory_bytes: 256 << 20, max_output_bytes: 16 << 20, max_fuel: None, seed: 0 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("could not configure the wasmtime engine: {0}")]
+    Engine(String),
+    #[error("could not open the compiled-kernel cache at {path}: {source}")]
+    Cache {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One engine with its linker and the kernels already prepared for it.
+struct Flavour {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache: Option<ArtifactCache>,
+    prepared: Mutex<HashMap<Sha256, KernelPre<HostState>>>,
+}
+
+/// Runs kernels. Fuel metering changes code generation, so metered runs use a
+/// second engine, built the first time a metered task arrives.
+pub struct Sandbox {
+    config: SandboxConfig,
+    plain: Flavour,
+    metered: OnceLock<Result<Flavour, String>>,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// `\0asm`, then the binary version: 0x0d/layer 1 for components, 1/layer 0 for core modules.
+const COMPONENT_HEADER: &[u8] = b"\0asm\x0d\0\x01\0";
+const CORE_MODULE_HEADER: &[u8] = b"\0asm\x01\0\0\0";
+
+fn engine_config(max_wasm_stack_bytes: usize, metered: bool) -> Config {
+    let mut c = Config::new();
+    c.strategy(Strategy::Cranelift)
+        .cranelift_opt_level(OptLevel::Speed)
+        // Replicas on different machines must agree bit for bit.
+        .cranelift_nan_canonicalization(true)
+        .wasm_simd(true)
+        .wasm_relaxed_simd(true)
+        .relaxed_simd_deterministic(true)
+        .wasm_component_model(true)
+        .max_wasm_stack(max_wasm_stack_bytes)
+        // Fuel costs up to 2-5x in tight loops (docs/benchmarks.md): only when asked.
+        .consume_fuel(metered);
+    c
+}
+
+impl Flavour {
+    fn new(config: &SandboxConfig, metered: bool) -> Result<Self, SandboxError> {
+        let engine = Engine::new(&engine_config(config.max_wasm_stack_bytes, metered))
+            .map_err(|e| SandboxError::Engine(e.to_string()))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| SandboxError::Engine(e.to_string()))?;
+        Kernel::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| SandboxError::Engine(e.to_string()))?;
+        let cache = match &config.cache_dir {
+            Some(dir) => {
+                let dir = dir.join(if metered { "metered" } else { "plain" });
+                Some(ArtifactCache::open(&dir, &engine).map_err(|source| SandboxError::Cache { path: dir, source })?)
+            }
+            None => None,
+        };
+        Ok(Self { engine, linker, cache, prepared: Mutex::new(HashMap::new()) })
+    }
+
+    /// The kernel ready to instantiate: from memory, the disk cache, or a compile.
+    fn prepare(&self, wasm: &[u8], sha: Sha256) -> Result<(KernelPre<HostState>, bool), String> {
+        if let Some(pre) = self.prepared.lock().unwrap().get(&sha) {
+            return Ok((pre.clone(), true));
+        }
+        let cached = self.cache.as_ref().and_then(|c| c.load(&self.engine, &sha));
+        let cache_hit = cached.is_some();
+        let component = match cached {
+            Some(c) => c,
+            None => {
+                if !wasm.starts_with(COMPONENT_HEADER) {
+                    return Err(if wasm.starts_with(CORE_MODULE_HEADER) {
+                        "a core WebAssembly module, not a component: build the kernel for wasm32-wasip2".into()
+                    } else {
+                        "not a WebAssembly component (bad magic number or version)".into()
+                    });
+                }
+                // from_binary, not new: never parse WAT text handed to us.
+                let c = Component::from_binary(&self.engine, wasm).map_err(|e| format!("does not compile: {e:#}"))?;
+                if let Some(cache) = &self.cache {
+                    cache.store(&sha, &c);
+                }
+                c
+            }
+        };
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| format!("cannot link: {e:#}"))?;
+        let pre =
+            KernelPre::new(instance_pre).map_err(|e| format!("does not export the idlemesh:kernel world: {e:#}"))?;
+        self.prepared.lock().unwrap().insert(sha, pre.clone());
+        Ok((pre, cache_hit))
+    }
+}
+
+impl Sandbox {
+    pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
+        let plain = Flavour::new(&config, false)?;
+        Ok(Self { config, plain, metered: OnceLock::new() })
+    }
+
+    fn flavour(&self, metered: bool) -> Result<&Flavour, String> {
+        if !metered {
+            return Ok(&self.plain);
+        }
+        self.metered
+            .get_or_init(|| Flavour::new(&self.config, true).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// Runs `wasm` once. Never panics on anything the kernel does: every way a
+    /// run can end is an [`Outcome`].
+    pub fn run(
+        &self,
+        wasm: &[u8],
+        input: &[u8],
+        params: &str,
+        resume: Option<&[u8]>,
+        limits: &RunLimits,
+        events: impl Events,
+    ) -> Outcome {
+        let flavour = match self.flavour(limits.max_fuel.is_some()) {
+            Ok(f) => f,
+            Err(e) => return Outcome::failed(Status::Error, e),
+        };
+        let sha = Sha256::of(wasm);
+        let (pre, cache_hit) = match flavour.prepare(wasm, sha) {
+            Ok(p) => p,
+            Err(e) => return Outcome::failed(Status::InvalidKernel, e),
+        };
+
+        let (wasi, stdio) = wasi_ctx::build(limits.seed);
+        let state = HostState {
+            wasi,
+            table: ResourceTable::new(),
+            memory: MemoryCap::new(usize::try_from(limits.max_memory_bytes).unwrap_or(usize::MAX)),
+            events: Box::new(events),
+            log: String::new(),
+            log_dropped_bytes: 0,
+            host_calls: 0,
+            // A checkpoint is at most about an output's worth of state.
+            max_checkpoint_bytes: usize::try_from(limits.max_output_bytes.saturating_mul(2).max(1 << 20))
+                .unwrap_or(usize::MAX),
+            violation: None,
+        };
+        let mut store = Store::new(&flavour.engine, state);
+        store.limiter(|s| &mut s.memory);
+        if let Some(fuel) = limits.max_fuel {
+            store.set_fuel(fuel).expect("fuel is enabled on the metered engine");
+        }
+
+        let result = pre.instantiate(&mut store).and_then(|k| k.call_run(&mut store, input, params, resume));
+        let fuel = limits.max_fuel.map(|max| max - store.get_fuel().unwrap_or(0));
+        let mut outcome = match result {
+            Ok(Ok(output)) if output.len() as u64 > limits.max_output_bytes => Outcome::failed(
+                Status::Error,
+                format!("output of {} bytes exceeds the cap of {} bytes", output.len(), limits.max_output_bytes),
+            ),
+            Ok(Ok(output)) => Outcome { output, ..Outcome::failed(Status::Ok, "") },
+            Ok(Err(message)) => Outcome::failed(Status::Error, format!("kernel reported: {message}")),
+            Err(e) => classify(&e, store.data()),
+        };
+        if outcome.status == Status::Ok {
+            outcome.error = None;
+        }
+        let data = store.data_mut();
+        outcome.fuel = fuel;
+        outcome.peak_memory_bytes = data.memory.peak_bytes as u64;
+        outcome.cache_hit = cache_hit;
+        outcome.log = std::mem::take(&mut data.log);
+        outcome.log_dropped_bytes = data.log_dropped_bytes;
+        // stdout/stderr are captured like `log`, within their own caps.
+        for (name, pipe) in [("stdout", &stdio.stdout), ("stderr", &stdio.stderr)] {
+            let bytes = pipe.contents();
+            if !bytes.is_empty() {
+                outcome.log.push_str(&format!("[{name}] {}\n", String::from_utf8_lossy(&bytes)));
+            }
+        }
+        outcome
+    }
+}
+
+fn classify(e: &wasmtime::Error, state: &HostState) -> Outcome {
+    if state.memory.refused {
+        return Outcome::failed(
+            Status::OutOfMemory,
+            format!("memory limit of {} bytes reached", state.memory.max_bytes),
+        );
+    }
+    if let Some(why) = &state.violation {
+        return Outcome::failed(Status::Trapped, why.clone());
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => Outcome::failed(Status::OutOfFuel, "fuel budget exhausted"),
+        Some(trap) => Outcome::failed(Status::Trapped, format!("{trap}")),
+        None => Outcome::failed(Status::Trapped, format!("{e:#}")),
+    }
+}

@@ -1,0 +1,309 @@
+//! The supervisor's side of a worker: start it, feed it, time it, freeze it,
+//! kill it. Nothing a kernel does can block or crash the caller.
+
+use std::ffi::OsString;
+use std::io::{self, BufReader, BufWriter};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use idlemesh_protocol::Sha256;
+
+use crate::ipc::{self, Event, Request};
+use crate::{Outcome, RunLimits, Status};
+
+/// How long a new worker may take to say it is ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest frame blob we accept from a worker (outputs are capped lower by their limits).
+const MAX_WORKER_BLOB_BYTES: u64 = 1 << 30;
+
+/// How to start a worker: normally this very executable with `worker`.
+#[derive(Debug, Clone)]
+pub struct WorkerCommand {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+}
+
+impl WorkerCommand {
+    /// `<current exe> worker [--cache-dir DIR]`.
+    pub fn current_exe(cache_dir: Option<&std::path::Path>) -> io::Result<Self> {
+        let mut args: Vec<OsString> = vec!["worker".into()];
+        if let Some(dir) = cache_dir {
+            args.push("--cache-dir".into());
+            args.push(dir.into());
+        }
+        Ok(Self { program: std::env::current_exe()?, args })
+    }
+}
+
+/// One task for a worker.
+#[derive(Debug, Clone)]
+pub struct WorkRequest<'a> {
+    pub task: String,
+    pub kernel: &'a [u8],
+    pub input: &'a [u8],
+    pub params: &'a str,
+    pub resume: Option<&'a [u8]>,
+    pub limits: RunLimits,
+    /// Wall-clock limit, counting only time the worker was not frozen.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub outcome: Outcome,
+    pub wall_ms: u64,
+    pub cpu_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("could not start the worker process: {0}")]
+    Spawn(#[source] io::Error),
+    #[error("the worker process died: {0}")]
+    Died(String),
+    #[error("the worker broke the pipe protocol: {0}")]
+    Protocol(String),
+}
+
+type Frame = io::Result<(Event, Vec<Vec<u8>>)>;
+
+/// Freezes and thaws a worker from any thread.
+#[derive(Debug, Clone)]
+pub struct WorkerControl {
+    pid: u32,
+    frozen_since: Arc<AtomicU64>,
+    frozen_total_ms: Arc<AtomicU64>,
+    frozen: Arc<AtomicBool>,
+    epoch: Instant,
+}
+
+impl WorkerControl {
+    /// Stops the worker where it stands (SIGSTOP): no CPU, all state kept.
+    pub fn freeze(&self) {
+        if !self.frozen.swap(true, Ordering::SeqCst) {
+            self.frozen_since.store(self.epoch.elapsed().as_millis() as u64, Ordering::SeqCst);
+            signal(self.pid, Signal::Stop);
+        }
+    }
+
+    /// Lets a frozen worker continue exactly where it stopped (SIGCONT).
+    pub fn thaw(&self) {
+        if self.frozen.swap(false, Ordering::SeqCst) {
+            signal(self.pid, Signal::Continue);
+            let since = self.frozen_since.load(Ordering::SeqCst);
+            let now = self.epoch.elapsed().as_millis() as u64;
+            self.frozen_total_ms.fetch_add(now.saturating_sub(since), Ordering::SeqCst);
+        }
+    }
+
+    pub fn is_frozen(&self) -> bool {
+        self.frozen.load(Ordering::SeqCst)
+    }
+
+    fn frozen_ms(&self) -> u64 {
+        let mut total = self.frozen_total_ms.load(Ordering::SeqCst);
+        if self.is_frozen() {
+            total += (self.epoch.elapsed().as_millis() as u64).saturating_sub(self.frozen_since.load(Ordering::SeqCst));
+        }
+        total
+    }
+}
+
+enum Signal {
+    Stop,
+    Continue,
+}
+
+fn signal(pid: u32, which: Signal) {
+    #[cfg(unix)]
+    {
+        let sig = match which {
+            Signal::Stop => libc::SIGSTOP,
+            Signal::Continue => libc::SIGCONT,
+        };
+        // SAFETY: kill(2) on our own child's pid; at worst it fails with ESRCH.
+        unsafe {
+            libc::kill(pid as libc::pid_t, sig);
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        // Windows thread suspension arrives with the Windows port (issue 3).
+        let _ = (pid, which);
+    }
+}
+
+/// A running worker process.
+pub struct WorkerProcess {
+    child: Child,
+    stdin: BufWriter<ChildStdin>,
+    frames: Receiver<Frame>,
+    control: WorkerControl,
+}
+
+impl std::fmt::Debug for WorkerProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerProcess").field("pid", &self.control.pid).finish_non_exhaustive()
+    }
+}
+
+impl WorkerProcess {
+    pub fn spawn(command: &WorkerCommand) -> Result<Self, WorkerError> {
+        let mut child = Command::new(&command.program)
+            .args(&command.args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(WorkerError::Spawn)?;
+        let stdin = BufWriter::new(child.stdin.take().expect("piped"));
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, frames) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("worker-reader".into())
+            .spawn(move || {
+                let mut r = BufReader::new(stdout);
+                loop {
+                    let frame = ipc::read_frame::<Event>(&mut r, MAX_WORKER_BLOB_BYTES);
+                    let stop = !matches!(frame, Ok(Some(_)));
+                    let sent = match frame {
+                        Ok(Some(f)) => tx.send(Ok(f)),
+                        Ok(None) => break,
+                        Err(e) => tx.send(Err(e)),
+                    };
+                    if stop || sent.is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(WorkerError::Spawn)?;
+        let pid = child.id();
+        let mut worker = Self {
+            child,
+            stdin,
+            frames,
+            control: WorkerControl {
+                pid,
+                frozen_since: Arc::default(),
+                frozen_total_ms: Arc::default(),
+                frozen: Arc::default(),
+                epoch: Instant::now(),
+            },
+        };
+        match worker.frames.recv_timeout(READY_TIMEOUT) {
+            Ok(Ok((Event::Ready { .. }, _))) => Ok(worker),
+            Ok(Ok((other, _))) => Err(WorkerError::Protocol(format!("expected ready, got {other:?}"))),
+            Ok(Err(e)) => Err(WorkerError::Protocol(e.to_string())),
+            Err(_) => Err(WorkerError::Died(worker.reap())),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.control.pid
+    }
+
+    pub fn control(&self) -> WorkerControl {
+        self.control.clone()
+    }
+
+    /// Runs one task. On a timeout the worker is killed (it is the only way to
+    /// stop a kernel that never yields) and the outcome is `timed-out`; the
+    /// caller starts a new worker for the next task.
+    pub fn run(
+        &mut self,
+        req: &WorkRequest<'_>,
+        mut on_progress: impl FnMut(f32),
+        mut on_checkpoint: impl FnMut(Vec<u8>),
+    ) -> Result<RunReport, WorkerError> {
+        let header = Request::Run {
+            task: req.task.clone(),
+            kernel_sha256: Sha256::of(req.kernel),
+            params: req.params.to_owned(),
+            limits: req.limits,
+            resume: req.resume.is_some(),
+        };
+        let mut blobs = vec![req.kernel, req.input];
+        blobs.extend(req.resume);
+        if let Err(e) = ipc::write_frame(&mut self.stdin, &header, &blobs) {
+            return Err(WorkerError::Died(format!("{e}; {}", self.reap())));
+        }
+        let started = Instant::now();
+        let frozen_at_start = self.control.frozen_ms();
+        loop {
+            let frozen = Duration::from_millis(self.control.frozen_ms() - frozen_at_start);
+            let remaining = (req.timeout + frozen).saturating_sub(started.elapsed());
+            match self.frames.recv_timeout(remaining) {
+                Ok(Ok((Event::Progress { done }, _))) => on_progress(done),
+                Ok(Ok((Event::Checkpoint, mut blobs))) if blobs.len() == 1 => on_checkpoint(blobs.remove(0)),
+                Ok(Ok((Event::Done { mut outcome, wall_ms, cpu_ms }, mut blobs))) if blobs.len() == 1 => {
+                    outcome.output = blobs.remove(0);
+                    return Ok(RunReport { outcome, wall_ms, cpu_ms });
+                }
+                Ok(Ok((other, _))) => {
+                    self.kill();
+                    return Err(WorkerError::Protocol(format!("unexpected {other:?}")));
+                }
+                Ok(Err(e)) => {
+                    self.kill();
+                    return Err(WorkerError::Protocol(e.to_string()));
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    // Frozen time does not count: look again before giving up.
+                    let frozen = Duration::from_millis(self.control.frozen_ms() - frozen_at_start);
+                    if started.elapsed() < req.timeout + frozen {
+                        continue;
+                    }
+                    self.kill();
+                    let wall_ms = started.elapsed().as_millis() as u64;
+                    return Ok(RunReport {
+                        outcome: Outcome::failed(
+                            Status::TimedOut,
+                            format!("wall-clock limit of {} ms reached", req.timeout.as_millis()),
+                        ),
+                        wall_ms,
+                        cpu_ms: 0,
+                    });
+                }
+                Err(RecvTimeoutError::Disconnected) => return Err(WorkerError::Died(self.reap())),
+            }
+        }
+    }
+
+    /// Kills the worker now (a frozen one too) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        self.control.thaw();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for a worker that is going away and says how it ended.
+    fn reap(&mut self) -> String {
+        match self.child.wait() {
+            Ok(status) => describe_exit(status),
+            Err(e) => e.to_string(),
+        }
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.kill();
+        }
+    }
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt as _;
+        if let Some(sig) = status.signal() {
+            return format!("killed by signal {sig}");
+        }
+    }
+    status.to_string()
+}

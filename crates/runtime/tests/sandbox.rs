@@ -1,0 +1,78 @@
+//! The sandbox against real kernels: same bytes as native, statuses for failures.
+
+use idlemesh_kernel_mandelbrot as mandelbrot;
+use idlemesh_runtime::{NoEvents, RunLimits, Sandbox, SandboxConfig, Status};
+
+const PARAMS: &str = r#"{"width":96,"height":64,"max_iter":200,"tile":{"x":16,"y":8,"width":40,"height":30}}"#;
+
+#[test]
+fn mandelbrot_wasm_equals_native_byte_for_byte() {
+    let sandbox = Sandbox::new(SandboxConfig::default()).unwrap();
+    let outcome = sandbox.run(idlemesh_kernels::MANDELBROT, b"", PARAMS, None, &RunLimits::default(), NoEvents);
+    assert_eq!(outcome.status, Status::Ok, "{:?}", outcome.error);
+    let params: mandelbrot::Params = serde_json::from_str(PARAMS).unwrap();
+    let native = mandelbrot::render_tile(&params, params.tile_or_whole()).unwrap();
+    assert_eq!(outcome.output.len(), 40 * 30 * 3);
+    assert!(outcome.output == native, "WASM output differs from native");
+    assert!(outcome.peak_memory_bytes > 0);
+}
+
+#[test]
+fn kernel_errors_and_limits_have_their_statuses() {
+    let sandbox = Sandbox::new(SandboxConfig::default()).unwrap();
+    let bad = sandbox.run(idlemesh_kernels::MANDELBROT, b"", "{", None, &RunLimits::default(), NoEvents);
+    assert_eq!(bad.status, Status::Error);
+    assert!(bad.error.unwrap().contains("bad params"));
+
+    let tiny_memory = RunLimits { max_memory_bytes: 64 * 1024, ..RunLimits::default() };
+    let oom = sandbox.run(idlemesh_kernels::MANDELBROT, b"", PARAMS, None, &tiny_memory, NoEvents);
+    assert_eq!(oom.status, Status::OutOfMemory, "{:?}", oom.error);
+
+    let small_output = RunLimits { max_output_bytes: 100, ..RunLimits::default() };
+    let big = sandbox.run(idlemesh_kernels::MANDELBROT, b"", PARAMS, None, &small_output, NoEvents);
+    assert_eq!(big.status, Status::Error);
+    assert!(big.error.unwrap().contains("exceeds the cap"));
+
+    let not_wasm = sandbox.run(b"\0asm garbage", b"", PARAMS, None, &RunLimits::default(), NoEvents);
+    assert_eq!(not_wasm.status, Status::InvalidKernel);
+}
+
+#[test]
+fn fuel_is_metered_deterministically_and_enforced() {
+    let sandbox = Sandbox::new(SandboxConfig::default()).unwrap();
+    let metered = RunLimits { max_fuel: Some(u64::MAX / 2), ..RunLimits::default() };
+    let a = sandbox.run(idlemesh_kernels::MANDELBROT, b"", PARAMS, None, &metered, NoEvents);
+    let b = sandbox.run(idlemesh_kernels::MANDELBROT, b"", PARAMS, None, &metered, NoEvents);
+    assert_eq!(a.status, Status::Ok);
+    let fuel = a.fuel.unwrap();
+    assert!(fuel > 100_000, "fuel {fuel}");
+    assert_eq!(a.fuel, b.fuel);
+    let starved = RunLimits { max_fuel: Some(fuel / 2), ..RunLimits::default() };
+    let c = sandbox.run(idlemesh_kernels::MANDELBROT, b"", PARAMS, None, &starved, NoEvents);
+    assert_eq!(c.status, Status::OutOfFuel);
+}
+
+#[test]
+fn compiled_kernels_are_cached_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SandboxConfig { cache_dir: Some(dir.path().to_owned()), ..SandboxConfig::default() };
+    let first = Sandbox::new(config.clone()).unwrap().run(
+        idlemesh_kernels::MANDELBROT,
+        b"",
+        PARAMS,
+        None,
+        &RunLimits::default(),
+        NoEvents,
+    );
+    assert!(!first.cache_hit);
+    let second = Sandbox::new(config).unwrap().run(
+        idlemesh_kernels::MANDELBROT,
+        b"",
+        PARAMS,
+        None,
+        &RunLimits::default(),
+        NoEvents,
+    );
+    assert!(second.cache_hit);
+    assert_eq!(first.output, second.output);
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests: real processes, real HTTP, real SQLite files.
+//!
+//! Each test gets its own temp dir as the agent's data dir, so nothing here
+//! touches the user's real ledger.
+
+mod demo;
+mod harness;
+mod tampering;

@@ -1,0 +1,183 @@
+//! A pool (or someone between it and us) that lies: the agent must refuse a
+//! kernel whose bytes do not match the signed SHA-256 and a manifest whose
+//! signature does not verify, run nothing for them, and carry on.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use idlemesh_agent::{Agent, AgentConfig, Ledger};
+use idlemesh_protocol::api::{Capabilities, Combiner, JobSpec, JobState, SplitSpec};
+use idlemesh_protocol::{KernelKind, Keypair, Sha256, TaskLimits};
+use idlemesh_runtime::WorkerCommand;
+use serde_json::{Value, json};
+
+use crate::harness::{BIN, PoolProcess};
+
+/// Forwards everything to the real pool, but breaks the first kernel
+/// download and the first manifest it sees.
+#[derive(Clone)]
+struct Tamperer {
+    upstream: String,
+    http: reqwest::Client,
+    kernel_path: String,
+    kernel_tampered: Arc<AtomicBool>,
+    manifest_tampered: Arc<AtomicBool>,
+}
+
+async fn forward(
+    State(t): State<Tamperer>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, HeaderMap, Vec<u8>) {
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+    let mut req = t.http.request(method, format!("{}{path}", t.upstream)).body(body);
+    for (name, value) in &headers {
+        if name.as_str().starts_with("x-idlemesh-") || name == "content-type" || name == "authorization" {
+            req = req.header(name, value);
+        }
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    let mut out_headers = HeaderMap::new();
+    if let Some(ct) = resp.headers().get("content-type") {
+        out_headers.insert("content-type", ct.clone());
+    }
+    let mut bytes = resp.bytes().await.unwrap().to_vec();
+    if status.is_success() && path == t.kernel_path && !t.kernel_tampered.swap(true, Ordering::SeqCst) {
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x01;
+    }
+    if status.is_success() && path == "/v1/leases" {
+        let mut v: Value = serde_json::from_slice(&bytes).unwrap();
+        if let Some(task) = v["tasks"].as_array_mut().and_then(|t| t.first_mut())
+            && !t.manifest_tampered.swap(true, Ordering::SeqCst)
+        {
+            // Inflate the credits without re-signing: what a forger would try.
+            let payload = task["payload"].as_str().unwrap().replace("\"credits\":1.0", "\"credits\":1000.0");
+            task["payload"] = payload.into();
+            bytes = serde_json::to_vec(&v).unwrap();
+        }
+    }
+    (status, out_headers, bytes)
+}
+
+#[test]
+fn tampered_kernel_and_forged_manifest_are_refused_and_the_agent_carries_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = PoolProcess::start(&tmp.path().join("pool"));
+    // reqwest is built without a default TLS provider; the agent installs ring, and so do we.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let auth = format!("Bearer {}", pool.token);
+        let kernel: Value = http
+            .post(format!("{}/v1/blobs", pool.url))
+            .header("authorization", &auth)
+            .body(idlemesh_kernels::MANDELBROT.to_vec())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let kernel_sha: Sha256 = kernel["sha256"].as_str().unwrap().parse().unwrap();
+        let spec = JobSpec {
+            name: "tamper test".into(),
+            kernel_kind: KernelKind::Wasm,
+            kernel_sha256: kernel_sha,
+            params: json!({"width": 64, "height": 48, "max_iter": 64}),
+            inputs: None,
+            split: Some(SplitSpec::Tiles { width: 64, height: 48, tile_width: 16, tile_height: 48 }),
+            replication: 1,
+            quorum: 1,
+            credits_per_task: 1.0,
+            combiner: Combiner::PngTiles,
+            limits: TaskLimits::default(),
+            // Short, so the replica behind the forged manifest comes back soon.
+            lease_ms: 1_000,
+        };
+        let job: Value = http
+            .post(format!("{}/v1/jobs", pool.url))
+            .header("authorization", &auth)
+            .json(&spec)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let job_id = job["job_id"].as_u64().unwrap();
+        let tasks = job["tasks"].as_u64().unwrap();
+        assert_eq!(tasks, 4);
+
+        let tamperer = Tamperer {
+            upstream: pool.url.clone(),
+            http: reqwest::Client::new(),
+            kernel_path: format!("/v1/blobs/{kernel_sha}"),
+            kernel_tampered: Arc::default(),
+            manifest_tampered: Arc::default(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy_url = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new().fallback(forward).with_state(tamperer.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+        let data = tmp.path().join("agent");
+        let ledger_path = data.join("ledger.sqlite");
+        let config = AgentConfig {
+            pool_url: proxy_url,
+            data_dir: data.clone(),
+            ledger_path: ledger_path.clone(),
+            worker: WorkerCommand { program: BIN.into(), args: vec!["worker".into()] },
+            capabilities: Capabilities { wasm: true, wgpu_adapter: None, cores: 1, memory_bytes: 1 << 30 },
+            device_info: BTreeMap::new(),
+            max_tasks_per_lease: 1,
+            max_idle_poll: Duration::from_millis(100),
+        };
+        let mut agent = Agent::connect(config, Arc::new(Keypair::generate().unwrap())).await.unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let running = tokio::spawn(async move { agent.run(stop_rx).await });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let status: Value = http
+                .get(format!("{}/v1/jobs/{job_id}", pool.url))
+                .header("authorization", &auth)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if status["state"] != serde_json::to_value(JobState::Running).unwrap() {
+                assert_eq!(status["state"], "done", "{status}");
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "job did not finish: {status}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        stop_tx.send(true).unwrap();
+        let summary = running.await.unwrap().unwrap();
+        assert!(tamperer.kernel_tampered.load(Ordering::SeqCst) && tamperer.manifest_tampered.load(Ordering::SeqCst));
+        assert_eq!(summary.tasks_refused, 2, "{summary:?}");
+        assert_eq!(summary.tasks_finished, tasks, "{summary:?}");
+        assert_eq!(summary.credits, tasks as f64, "forged credits must not count");
+
+        let ledger = Ledger::open(&ledger_path).unwrap();
+        let refused: Vec<String> = ledger.entries(Some("task_refused")).unwrap().into_iter().map(|e| e.body).collect();
+        assert_eq!(refused.len(), 2);
+        assert!(refused.iter().any(|b| b.contains("manifest signature")), "{refused:?}");
+        assert!(refused.iter().any(|b| b.contains("kernel SHA-256 mismatch")), "{refused:?}");
+        // Nothing ran for the refused attempts: every start is a task that finished.
+        let started = ledger.entries(Some("task_started")).unwrap().len() as u64;
+        assert_eq!(started, tasks);
+        assert!(ledger.verify().unwrap().ok());
+    });
+}
