@@ -66,7 +66,8 @@ fn main() -> ExitCode {
 fn init_tracing(worker: bool) {
     use tracing_subscriber::EnvFilter;
     // Warnings by default: progress bars and summaries are the user interface.
-    let default = if worker { "warn" } else { "warn,idlemesh=info" };
+    let default = "warn";
+    let _ = worker;
     let filter = EnvFilter::try_from_env("IDLEMESH_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
 }

@@ -30,6 +30,8 @@ pub(crate) struct HostState {
     pub max_checkpoint_bytes: usize,
     /// Set when a host call broke a rule; the trap that follows is reported with it.
     pub violation: Option<String>,
+    /// The last progress passed on: repeats are not worth a message.
+    pub last_progress: f32,
 }
 
 impl HostState {
@@ -53,8 +55,12 @@ impl WasiView for HostState {
 impl idlemesh::kernel::host::Host for HostState {
     fn progress(&mut self, done: f32) -> wasmtime::Result<()> {
         self.count_call()?;
-        if done.is_finite() {
-            self.events.progress(done.clamp(0.0, 1.0));
+        // Pass on only real movement (0.1 %), so a kernel reporting in a
+        // tight loop cannot flood the pipe to the supervisor.
+        let done = if done.is_finite() { done.clamp(0.0, 1.0) } else { return Ok(()) };
+        if (done - self.last_progress).abs() >= 0.001 || (done == 1.0 && self.last_progress != 1.0) {
+            self.last_progress = done;
+            self.events.progress(done);
         }
         Ok(())
     }

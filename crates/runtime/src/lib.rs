@@ -33,5 +33,5 @@ pub mod worker;
 mod worker_process;
 
 pub use outcome::{Outcome, Status};
-pub use sandbox::{Events, NoEvents, RunLimits, Sandbox, SandboxConfig, SandboxError};
+pub use sandbox::{Events, MAX_KERNEL_BYTES, NoEvents, RunLimits, Sandbox, SandboxConfig, SandboxError};
 pub use worker_process::{RunReport, WorkRequest, WorkerCommand, WorkerControl, WorkerError, WorkerProcess};

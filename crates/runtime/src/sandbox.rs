@@ -7,7 +7,7 @@ use std::sync::{Mutex, OnceLock};
 use idlemesh_protocol::Sha256;
 use serde::{Deserialize, Serialize};
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, OptLevel, Store, Strategy, Trap};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig, Store, Strategy, Trap};
 
 use crate::cache::ArtifactCache;
 use crate::host::{HostState, Kernel, KernelPre};
@@ -95,6 +95,10 @@ impl std::fmt::Debug for Sandbox {
     }
 }
 
+/// The largest kernel we compile: far above real kernels, far below what
+/// would make compiling one a denial of service by itself.
+pub const MAX_KERNEL_BYTES: usize = 32 << 20;
+
 /// `\0asm`, then the binary version: 0x0d/layer 1 for components, 1/layer 0 for core modules.
 const COMPONENT_HEADER: &[u8] = b"\0asm\x0d\0\x01\0";
 const CORE_MODULE_HEADER: &[u8] = b"\0asm\x01\0\0\0";
@@ -111,8 +115,33 @@ fn engine_config(max_wasm_stack_bytes: usize, metered: bool) -> Config {
         .wasm_component_model(true)
         .max_wasm_stack(max_wasm_stack_bytes)
         // Fuel costs up to 2-5x in tight loops (docs/benchmarks.md): only when asked.
-        .consume_fuel(metered);
+        .consume_fuel(metered)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(laptop_pool()));
     c
+}
+
+/// Pre-reserved instance slots make instantiation a few microseconds. Sized
+/// for one worker running one kernel at a time on a laptop, not for a server:
+/// every memory slot reserves address space (not RAM), so keep them few.
+/// A wasm32-wasip2 component holds several core instances (the program plus
+/// WASI adapter shims), hence more core instances and tables than memories.
+fn laptop_pool() -> PoolingAllocationConfig {
+    let mut p = PoolingAllocationConfig::new();
+    p.total_component_instances(4)
+        .total_core_instances(64)
+        .total_memories(8)
+        .total_tables(64)
+        .max_core_instances_per_component(32)
+        .max_memories_per_component(4)
+        .max_tables_per_component(32)
+        .max_memories_per_module(1)
+        .max_tables_per_module(4)
+        // Keep a freed slot's pages resident up to this size: the next task
+        // starts without faulting its memory in again.
+        .linear_memory_keep_resident(1 << 20)
+        .table_keep_resident(64 << 10)
+        .max_unused_warm_slots(4);
+    p
 }
 
 impl Flavour {
@@ -197,6 +226,12 @@ impl Sandbox {
             Ok(f) => f,
             Err(e) => return Outcome::failed(Status::Error, e),
         };
+        if wasm.len() > MAX_KERNEL_BYTES {
+            return Outcome::failed(
+                Status::InvalidKernel,
+                format!("kernel of {} bytes is over the {MAX_KERNEL_BYTES}-byte limit", wasm.len()),
+            );
+        }
         let sha = Sha256::of(wasm);
         let (pre, cache_hit) = match flavour.prepare(wasm, sha) {
             Ok(p) => p,
@@ -216,6 +251,7 @@ impl Sandbox {
             max_checkpoint_bytes: usize::try_from(limits.max_output_bytes.saturating_mul(2).max(1 << 20))
                 .unwrap_or(usize::MAX),
             violation: None,
+            last_progress: 0.0,
         };
         let mut store = Store::new(&flavour.engine, state);
         store.limiter(|s| &mut s.memory);

@@ -206,6 +206,14 @@ impl WorkerProcess {
         self.control.pid
     }
 
+    /// The worker's peak resident memory so far (Linux: VmHWM), if readable.
+    pub fn peak_rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.control.pid)).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
     pub fn control(&self) -> WorkerControl {
         self.control.clone()
     }

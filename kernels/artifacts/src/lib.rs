@@ -4,4 +4,4 @@
 include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 
 /// Every embedded kernel, by name.
-pub const ALL: &[(&str, &[u8])] = &[("mandelbrot", MANDELBROT)];
+pub const ALL: &[(&str, &[u8])] = &[("mandelbrot", MANDELBROT), ("hostile", HOSTILE)];

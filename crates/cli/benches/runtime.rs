@@ -1,0 +1,192 @@
+//! Runtime figures (DESIGN §7, issue 3), printed, not asserted: this machine is
+//! shared and noisy, so compare the ratios within one run.
+//!
+//! `cargo bench -p idlemesh-cli --bench runtime` (release profile).
+
+use std::time::{Duration, Instant};
+
+use idlemesh_kernel_mandelbrot as mandelbrot;
+use idlemesh_runtime::{
+    NoEvents, RunLimits, Sandbox, SandboxConfig, Status, WorkRequest, WorkerCommand, WorkerProcess,
+};
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn main() {
+    let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
+    let want = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
+    println!("machine: {} cores, {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), cpu_model());
+    if want("start") {
+        warm_start();
+    }
+    if want("throughput") {
+        throughput();
+    }
+    if want("compile") {
+        compile_and_load();
+    }
+    if want("pause") {
+        pause_latency();
+    }
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// Instantiate + first call of a trivial kernel, with the component already
+/// prepared (the state of a warm worker).
+fn warm_start() {
+    let sandbox = Sandbox::new(SandboxConfig::default()).unwrap();
+    let kernel = idlemesh_kernels::HOSTILE;
+    let limits = RunLimits::default();
+    for _ in 0..200 {
+        assert_eq!(sandbox.run(kernel, b"", "echo", None, &limits, NoEvents).status, Status::Ok);
+    }
+    let mut samples: Vec<Duration> = (0..5_000)
+        .map(|_| {
+            let t = Instant::now();
+            let o = sandbox.run(kernel, b"", "echo", None, &limits, NoEvents);
+            let d = t.elapsed();
+            debug_assert_eq!(o.status, Status::Ok);
+            d
+        })
+        .collect();
+    samples.sort();
+    println!(
+        "warm start (WASI context + store + instantiate + call `run`), 5000 runs: p50 {:.1} µs, p99 {:.1} µs  (target p50 <= 50, p99 <= 250)",
+        micros(percentile(&samples, 0.5)),
+        micros(percentile(&samples, 0.99))
+    );
+}
+
+fn best_of(n: usize, mut f: impl FnMut()) -> Duration {
+    (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed()
+        })
+        .min()
+        .unwrap()
+}
+
+/// Mandelbrot in the sandbox vs the same Rust code native; metered vs not.
+fn throughput() {
+    let params = r#"{"width":512,"height":384,"max_iter":512}"#;
+    let p: mandelbrot::Params = serde_json::from_str(params).unwrap();
+    let sandbox = Sandbox::new(SandboxConfig::default()).unwrap();
+    let plain = RunLimits::default();
+    let metered = RunLimits { max_fuel: Some(u64::MAX / 4), ..RunLimits::default() };
+    let kernel = idlemesh_kernels::MANDELBROT;
+    // Warm both engines' prepared components.
+    sandbox.run(kernel, b"", params, None, &plain, NoEvents);
+    sandbox.run(kernel, b"", params, None, &metered, NoEvents);
+    let native = best_of(7, || {
+        std::hint::black_box(mandelbrot::render_tile(&p, p.tile_or_whole()).unwrap());
+    });
+    let wasm = best_of(7, || assert_eq!(sandbox.run(kernel, b"", params, None, &plain, NoEvents).status, Status::Ok));
+    let fuel = best_of(7, || assert_eq!(sandbox.run(kernel, b"", params, None, &metered, NoEvents).status, Status::Ok));
+    println!(
+        "mandelbrot 512x384x512: native {:.1} ms, wasm {:.1} ms -> wasm speed {:.2}x native (target >= 0.8); fuel-metered {:.1} ms -> metering costs {:.2}x",
+        native.as_secs_f64() * 1e3,
+        wasm.as_secs_f64() * 1e3,
+        native.as_secs_f64() / wasm.as_secs_f64(),
+        fuel.as_secs_f64() * 1e3,
+        fuel.as_secs_f64() / wasm.as_secs_f64()
+    );
+}
+
+/// First compile of each kernel, and loading its artifact from the disk cache.
+fn compile_and_load() {
+    for (name, kernel) in idlemesh_kernels::ALL {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SandboxConfig { cache_dir: Some(dir.path().to_owned()), ..SandboxConfig::default() };
+        let params = if *name == "mandelbrot" { r#"{"width":8,"height":8}"# } else { "echo" };
+        let t = Instant::now();
+        let first =
+            Sandbox::new(config.clone()).unwrap().run(kernel, b"", params, None, &RunLimits::default(), NoEvents);
+        let compile = t.elapsed();
+        assert!(!first.cache_hit);
+        let t = Instant::now();
+        let second = Sandbox::new(config).unwrap().run(kernel, b"", params, None, &RunLimits::default(), NoEvents);
+        let load = t.elapsed();
+        assert!(second.cache_hit);
+        println!(
+            "{name} ({} KiB): engine + compile + run {:.1} ms; engine + cached load + run {:.1} ms",
+            kernel.len() / 1024,
+            compile.as_secs_f64() * 1e3,
+            load.as_secs_f64() * 1e3
+        );
+    }
+}
+
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The state follows the parenthesised command name.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// From the freeze call to the kernel's process being stopped (no CPU), and
+/// from thaw to running again, on a worker busy with a runaway kernel.
+fn pause_latency() {
+    let bin = env!("CARGO_BIN_EXE_idlemesh");
+    let mut worker = WorkerProcess::spawn(&WorkerCommand { program: bin.into(), args: vec!["worker".into()] }).unwrap();
+    let pid = worker.pid();
+    let control = worker.control();
+    let runner = std::thread::spawn(move || {
+        let req = WorkRequest {
+            task: "spin".into(),
+            kernel: idlemesh_kernels::HOSTILE,
+            input: b"",
+            params: "spin",
+            resume: None,
+            limits: RunLimits::default(),
+            timeout: Duration::from_secs(600),
+        };
+        worker.run(&req, |_| {}, |_| {}).map(|r| r.outcome.status)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (mut stops, mut resumes) = (Vec::new(), Vec::new());
+    for _ in 0..300 {
+        let t = Instant::now();
+        control.freeze();
+        while proc_state(pid) != Some('T') {
+            std::hint::spin_loop();
+        }
+        stops.push(t.elapsed());
+        std::thread::sleep(Duration::from_millis(2));
+        let t = Instant::now();
+        control.thaw();
+        while proc_state(pid) == Some('T') {
+            std::hint::spin_loop();
+        }
+        resumes.push(t.elapsed());
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    stops.sort();
+    resumes.sort();
+    println!(
+        "pause (freeze -> worker stopped, 300 runs): p50 {:.0} µs, p99 {:.0} µs (target p99 <= 1000); resume: p50 {:.0} µs, p99 {:.0} µs",
+        micros(percentile(&stops, 0.5)),
+        micros(percentile(&stops, 0.99)),
+        micros(percentile(&resumes, 0.5)),
+        micros(percentile(&resumes, 0.99))
+    );
+    // SAFETY: kill(2) on our own child, which is spinning until we stop it.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+    let _ = runner.join();
+}

@@ -1,0 +1,206 @@
+//! The hostile-kernel corpus, run through real worker processes exactly as
+//! the agent runs kernels. Each must end with its own status within its
+//! limit, leave the supervisor (this process) unharmed, and the next kernel
+//! must run normally.
+
+use std::time::{Duration, Instant};
+
+use idlemesh_runtime::{RunLimits, RunReport, Status, WorkRequest, WorkerCommand, WorkerProcess};
+
+use crate::harness::BIN;
+
+/// Keeps one worker and replaces it when a timeout killed it, as the agent does.
+struct Supervisor {
+    worker: Option<WorkerProcess>,
+}
+
+impl Supervisor {
+    fn new() -> Self {
+        Self { worker: None }
+    }
+
+    fn run(&mut self, kernel: &[u8], params: &str, limits: RunLimits, timeout: Duration) -> (RunReport, Duration) {
+        let mut worker = match self.worker.take() {
+            Some(w) => w,
+            None => WorkerProcess::spawn(&WorkerCommand { program: BIN.into(), args: vec!["worker".into()] }).unwrap(),
+        };
+        let req = WorkRequest { task: params.into(), kernel, input: b"", params, resume: None, limits, timeout };
+        let started = Instant::now();
+        let report = worker.run(&req, |_| {}, |_| {}).expect("the worker answers or is killed on time");
+        let took = started.elapsed();
+        if report.outcome.status != Status::TimedOut {
+            self.worker = Some(worker);
+        }
+        eprintln!(
+            "{params:>24}: {:<14} {:>6} ms  {:?}",
+            report.outcome.status.as_str(),
+            took.as_millis(),
+            report.outcome.error
+        );
+        (report, took)
+    }
+
+    fn peak_rss(&self) -> u64 {
+        self.worker.as_ref().and_then(|w| w.peak_rss_bytes()).unwrap_or(0)
+    }
+}
+
+const MIB: u64 = 1 << 20;
+
+fn limits(memory_mib: u64) -> RunLimits {
+    RunLimits { max_memory_bytes: memory_mib * MIB, max_output_bytes: 16 * MIB, max_fuel: None, seed: 1 }
+}
+
+/// A component exporting `run` with the world's type, whose core function
+/// does `body`; `extra` adds core module fields. Hand-written canonical ABI:
+/// seven flat params, and the result returned through a pointer.
+fn wat_kernel(memory_pages: u32, extra: &str, body: &str) -> Vec<u8> {
+    let text = format!(
+        r#"(component
+  (core module $m
+    (memory (export "memory") {memory_pages})
+    (global $bump (mut i32) (i32.const 1024))
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32)
+      (local $r i32)
+      (local.set $r (global.get $bump))
+      (global.set $bump (i32.add (global.get $bump) (local.get 3)))
+      (local.get $r))
+    {extra}
+    (func (export "run") (param i32 i32 i32 i32 i32 i32 i32) (result i32)
+      {body}
+      (i32.store (i32.const 16) (i32.const 0))
+      (i32.store (i32.const 20) (i32.const 0))
+      (i32.store (i32.const 24) (i32.const 0))
+      (i32.const 16)))
+  (core instance $i (instantiate $m))
+  (func (export "run")
+    (param "input" (list u8)) (param "params" string) (param "resume" (option (list u8)))
+    (result (result (list u8) (error string)))
+    (canon lift (core func $i "run") (memory (core memory $i "memory")) (realloc (core func $i "realloc")))))"#
+    );
+    wat::parse_str(text).expect("test WAT is valid")
+}
+
+#[test]
+fn hostile_kernels_end_with_their_status_within_their_limits() {
+    let hostile = idlemesh_kernels::HOSTILE;
+    let mut s = Supervisor::new();
+    let timeout = Duration::from_millis(1500);
+    let within = |took: Duration| took < 2 * timeout;
+
+    // A kernel that does nothing wrong runs first: the baseline.
+    let (r, _) = s.run(&wat_kernel(1, "", ""), "{}", limits(64), timeout);
+    assert_eq!(r.outcome.status, Status::Ok, "{:?}", r.outcome.error);
+
+    // Runaway loops: stopped from outside by the supervisor.
+    let (r, took) = s.run(hostile, "spin", limits(64), timeout);
+    assert_eq!(r.outcome.status, Status::TimedOut);
+    assert!(within(took), "spin took {took:?}");
+    let (r, took) = s.run(&wat_kernel(1, "", "(loop $l (br $l))"), "wat-spin-no-host", limits(64), timeout);
+    assert_eq!(r.outcome.status, Status::TimedOut);
+    assert!(within(took));
+    // A loop that calls the host is cut off by the host-call cap.
+    let (r, _) = s.run(hostile, "spin-calling-host", limits(64), Duration::from_secs(30));
+    assert_eq!(r.outcome.status, Status::Trapped);
+    assert!(r.outcome.error.unwrap().contains("host calls"));
+
+    // Memory: refused growth, and a data segment larger than the limit.
+    let (r, _) = s.run(hostile, "grow", limits(64), timeout * 4);
+    assert_eq!(r.outcome.status, Status::OutOfMemory, "{:?}", r.outcome.error);
+    assert!(r.outcome.peak_memory_bytes <= 64 * MIB);
+    let worker_rss = s.peak_rss();
+    assert!(worker_rss < (64 + 192) * MIB, "worker peak RSS {} MiB for a 64 MiB kernel", worker_rss / MIB);
+    let grow_wat = "(loop $l (br_if $l (i32.ne (memory.grow (i32.const 16)) (i32.const -1))))";
+    let (r, _) = s.run(&wat_kernel(1, "", grow_wat), "wat-grow", limits(32), timeout);
+    assert_eq!(r.outcome.status, Status::OutOfMemory);
+    let big_data = format!(r#"(data (i32.const 0) "{}")"#, "\\00".repeat(16));
+    let (r, _) = s.run(&wat_kernel(2048, &big_data, ""), "wat-128MiB-memory", limits(64), timeout);
+    assert_eq!(r.outcome.status, Status::OutOfMemory, "{:?}", r.outcome.error);
+
+    // Stack, traps, panics.
+    let (r, _) = s.run(hostile, "recurse", limits(64), timeout * 4);
+    assert_eq!(r.outcome.status, Status::Trapped);
+    assert!(r.outcome.error.as_deref().unwrap_or("").contains("stack"), "{:?}", r.outcome.error);
+    for (name, body) in [
+        ("wat-unreachable", "unreachable"),
+        ("wat-divide-by-zero", "(drop (i32.div_s (i32.const 1) (i32.const 0)))"),
+        ("wat-out-of-bounds", "(drop (i32.load (i32.const -4)))"),
+    ] {
+        let (r, _) = s.run(&wat_kernel(1, "", body), name, limits(64), timeout);
+        assert_eq!(r.outcome.status, Status::Trapped, "{name}");
+    }
+    for mode in ["panic", "divide-by-zero"] {
+        let (r, _) = s.run(hostile, mode, limits(64), timeout * 4);
+        assert_eq!(r.outcome.status, Status::Trapped, "{mode}");
+    }
+    let (r, _) = s.run(hostile, "error", limits(64), timeout * 4);
+    assert_eq!(r.outcome.status, Status::Error);
+    assert!(r.outcome.error.unwrap().contains("kernel refused its input"));
+
+    // Output, logs and checkpoints over their caps.
+    let (r, _) = s.run(hostile, "big-output", limits(128), timeout * 4);
+    assert_eq!(r.outcome.status, Status::Error);
+    assert!(r.outcome.error.unwrap().contains("exceeds the cap"));
+    assert!(r.outcome.output.is_empty());
+    let (r, _) = s.run(hostile, "log-spam", limits(64), timeout * 4);
+    assert_eq!(r.outcome.status, Status::Ok);
+    assert_eq!(r.outcome.output, b"still here");
+    assert!(r.outcome.log.len() <= 64 * 1024 + 64 * 1024 + 64, "log of {} bytes", r.outcome.log.len());
+    assert!(r.outcome.log_dropped_bytes > 0);
+    let (r, _) = s.run(hostile, "huge-checkpoint", limits(256), timeout * 4);
+    assert_eq!(r.outcome.status, Status::Trapped);
+    assert!(r.outcome.error.unwrap().contains("checkpoint"));
+
+    // What a kernel can reach: nothing.
+    let (r, _) = s.run(hostile, "probe", limits(64), timeout * 4);
+    assert_eq!(r.outcome.status, Status::Ok, "{:?}", r.outcome.error);
+    let seen = String::from_utf8(r.outcome.output.clone()).unwrap();
+    for line in [
+        "file: denied",
+        "dir: denied",
+        "write: denied",
+        "env: 0",
+        "args: 0",
+        "tcp: denied",
+        "udp: denied",
+        "wall_clock_s: 1704067200",
+    ] {
+        assert!(seen.lines().any(|l| l == line), "expected {line:?} in:\n{seen}");
+    }
+    // Randomness is seeded per task: the same seed sees the same bytes.
+    let (again, _) = s.run(hostile, "probe", limits(64), timeout * 4);
+    assert_eq!(again.outcome.output, r.outcome.output);
+
+    // Not kernels at all.
+    let mandelbrot = idlemesh_kernels::MANDELBROT;
+    let core_module = wat::parse_str("(module (func (export \"run\")))").unwrap();
+    let unknown_import = wat::parse_str(
+        r#"(component (import "evil:net/socket" (instance (export "connect" (func (param "host" string) (result u32))))))"#,
+    )
+    .unwrap();
+    for (name, bytes) in [
+        ("garbage", b"this is not wasm".to_vec()),
+        ("truncated", mandelbrot[..mandelbrot.len() / 2].to_vec()),
+        ("core-module", core_module),
+        ("unknown-import", unknown_import),
+        ("no-run-export", wat::parse_str("(component)").unwrap()),
+    ] {
+        let (r, _) = s.run(&bytes, name, limits(64), timeout);
+        assert_eq!(r.outcome.status, Status::InvalidKernel, "{name}: {:?}", r.outcome.error);
+    }
+
+    // A compile bomb: one enormous function. Compiling happens in the worker,
+    // under the same wall-clock limit as running.
+    let bomb_body =
+        format!("{}(loop $l (br $l))", "(local.set 0 (i32.add (local.get 0) (i32.const 1)))".repeat(400_000));
+    let bomb = wat_kernel(1, "", &bomb_body);
+    let (r, took) = s.run(&bomb, "compile-bomb", limits(64), timeout);
+    assert!(matches!(r.outcome.status, Status::TimedOut | Status::InvalidKernel), "{:?}", r.outcome.status);
+    assert!(within(took), "compile bomb took {took:?}");
+
+    // And after all that, a real kernel runs normally.
+    let params = r#"{"width":64,"height":48,"max_iter":100}"#;
+    let (r, _) = s.run(mandelbrot, params, limits(64), Duration::from_secs(30));
+    assert_eq!(r.outcome.status, Status::Ok);
+    assert_eq!(r.outcome.output.len(), 64 * 48 * 3);
+}
