@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use idlemesh_protocol::Sha256;
 use idlemesh_runtime::{RunLimits, RunReport, Status, WorkRequest, WorkerCommand, WorkerProcess};
 
 use crate::harness::BIN;
@@ -24,7 +25,17 @@ impl Supervisor {
             Some(w) => w,
             None => WorkerProcess::spawn(&WorkerCommand { program: BIN.into(), args: vec!["worker".into()] }).unwrap(),
         };
-        let req = WorkRequest { task: params.into(), kernel, input: b"", params, resume: None, limits, timeout };
+        let kernel_sha256 = Sha256::of(kernel);
+        let req = WorkRequest {
+            task: params.into(),
+            kernel_sha256,
+            kernel,
+            input: b"",
+            params,
+            resume: None,
+            limits,
+            timeout,
+        };
         let started = Instant::now();
         let report = worker.run(&req, |_| {}, |_| {}).expect("the worker answers or is killed on time");
         let took = started.elapsed();

@@ -276,6 +276,7 @@ impl Agent {
         let task = format!("{}/{}", m.job_id, m.task_id);
         let timeout = Duration::from_millis(m.limits.timeout_ms);
         let ckpt = checkpoint_path.clone();
+        let kernel_sha256 = m.kernel.sha256;
         let (worker, report) = tokio::task::spawn_blocking(move || {
             let mut worker = match worker {
                 Some(w) => w,
@@ -286,6 +287,7 @@ impl Agent {
             };
             let req = WorkRequest {
                 task,
+                kernel_sha256,
                 kernel: &kernel,
                 input: &input,
                 params: &params,

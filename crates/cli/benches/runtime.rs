@@ -50,6 +50,7 @@ fn cpu_model() -> String {
 fn warm_start() {
     let sandbox = Sandbox::new(SandboxConfig::default()).unwrap();
     let kernel = idlemesh_kernels::HOSTILE;
+    let sha = idlemesh_protocol::Sha256::of(kernel);
     let limits = RunLimits::default();
     for _ in 0..200 {
         assert_eq!(sandbox.run(kernel, b"", "echo", None, &limits, NoEvents).status, Status::Ok);
@@ -57,7 +58,7 @@ fn warm_start() {
     let mut samples: Vec<Duration> = (0..5_000)
         .map(|_| {
             let t = Instant::now();
-            let o = sandbox.run(kernel, b"", "echo", None, &limits, NoEvents);
+            let o = sandbox.run_known(sha, b"", b"", "echo", None, &limits, NoEvents);
             let d = t.elapsed();
             debug_assert_eq!(o.status, Status::Ok);
             d
@@ -148,6 +149,7 @@ fn pause_latency() {
     let runner = std::thread::spawn(move || {
         let req = WorkRequest {
             task: "spin".into(),
+            kernel_sha256: idlemesh_protocol::Sha256::of(idlemesh_kernels::HOSTILE),
             kernel: idlemesh_kernels::HOSTILE,
             input: b"",
             params: "spin",

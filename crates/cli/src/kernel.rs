@@ -68,6 +68,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         RunLimits { max_memory_bytes: max_memory_mb << 20, max_output_bytes: max_output_mb << 20, max_fuel, seed: 0 };
     let request = WorkRequest {
         task: file.display().to_string(),
+        kernel_sha256: Sha256::of(&kernel),
         kernel: &kernel,
         input: &input,
         params: &params,

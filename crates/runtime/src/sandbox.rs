@@ -136,9 +136,10 @@ fn laptop_pool() -> PoolingAllocationConfig {
         .max_tables_per_component(32)
         .max_memories_per_module(1)
         .max_tables_per_module(4)
-        // Keep a freed slot's pages resident up to this size: the next task
-        // starts without faulting its memory in again.
-        .linear_memory_keep_resident(1 << 20)
+        // Zeroing kept pages costs more than faulting fresh ones beyond a
+        // little: measured warm start p50 42 µs at 64 KiB, 73 µs at 1 MiB,
+        // 53 µs at 4 MiB (docs/benchmarks.md).
+        .linear_memory_keep_resident(64 << 10)
         .table_keep_resident(64 << 10)
         .max_unused_warm_slots(4);
     p
@@ -162,7 +163,8 @@ impl Flavour {
         Ok(Self { engine, linker, cache, prepared: Mutex::new(HashMap::new()) })
     }
 
-    /// The kernel ready to instantiate: from memory, the disk cache, or a compile.
+    /// The kernel ready to instantiate: from memory, the disk cache, or a
+    /// compile. Bytes are needed, and checked against `sha`, only for a compile.
     fn prepare(&self, wasm: &[u8], sha: Sha256) -> Result<(KernelPre<HostState>, bool), String> {
         if let Some(pre) = self.prepared.lock().unwrap().get(&sha) {
             return Ok((pre.clone(), true));
@@ -172,6 +174,15 @@ impl Flavour {
         let component = match cached {
             Some(c) => c,
             None => {
+                if wasm.is_empty() {
+                    return Err(format!("no bytes given for kernel {sha}, which this sandbox has not seen"));
+                }
+                if wasm.len() > MAX_KERNEL_BYTES {
+                    return Err(format!("kernel of {} bytes is over the {MAX_KERNEL_BYTES}-byte limit", wasm.len()));
+                }
+                if Sha256::of(wasm) != sha {
+                    return Err(format!("kernel bytes do not match their SHA-256 {sha}"));
+                }
                 if !wasm.starts_with(COMPONENT_HEADER) {
                     return Err(if wasm.starts_with(CORE_MODULE_HEADER) {
                         "a core WebAssembly module, not a component: build the kernel for wasm32-wasip2".into()
@@ -222,17 +233,33 @@ impl Sandbox {
         limits: &RunLimits,
         events: impl Events,
     ) -> Outcome {
+        self.run_known(Sha256::of(wasm), wasm, input, params, resume, limits, events)
+    }
+
+    /// Whether the kernel `sha` is compiled and linked for runs with `metered` fuel.
+    pub fn is_prepared(&self, sha: &Sha256, metered: bool) -> bool {
+        self.flavour(metered).is_ok_and(|f| f.prepared.lock().unwrap().contains_key(sha))
+    }
+
+    /// Like [`Sandbox::run`] for a kernel named by its SHA-256: hashing a
+    /// large kernel costs more than starting it, so a warm sandbox skips it.
+    /// `wasm` may be empty once the kernel is prepared (see
+    /// [`Sandbox::is_prepared`]); when it is compiled, it is checked against `sha`.
+    #[allow(clippy::too_many_arguments, reason = "mirrors `run` plus the kernel's name")]
+    pub fn run_known(
+        &self,
+        sha: Sha256,
+        wasm: &[u8],
+        input: &[u8],
+        params: &str,
+        resume: Option<&[u8]>,
+        limits: &RunLimits,
+        events: impl Events,
+    ) -> Outcome {
         let flavour = match self.flavour(limits.max_fuel.is_some()) {
             Ok(f) => f,
             Err(e) => return Outcome::failed(Status::Error, e),
         };
-        if wasm.len() > MAX_KERNEL_BYTES {
-            return Outcome::failed(
-                Status::InvalidKernel,
-                format!("kernel of {} bytes is over the {MAX_KERNEL_BYTES}-byte limit", wasm.len()),
-            );
-        }
-        let sha = Sha256::of(wasm);
         let (pre, cache_hit) = match flavour.prepare(wasm, sha) {
             Ok(p) => p,
             Err(e) => return Outcome::failed(Status::InvalidKernel, e),

@@ -9,8 +9,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use idlemesh_protocol::Sha256;
-
 use crate::ipc::{self, Event, Request};
 use crate::{Events, Outcome, Sandbox, SandboxConfig, Status};
 
@@ -40,13 +38,14 @@ pub fn serve(cache_dir: Option<PathBuf>) -> io::Result<()> {
         let Request::Run { task, kernel_sha256, params, limits, resume } = request;
         let started = Instant::now();
         let cpu_before = process_cpu_ms();
+        // The kernel blob is empty when the supervisor knows we have it prepared.
+        let events = PipeEvents(sink.clone());
         let outcome = match blobs.as_slice() {
-            [kernel, ..] if Sha256::of(kernel) != kernel_sha256 => {
-                Outcome::failed(Status::InvalidKernel, "kernel bytes do not match their SHA-256")
+            [kernel, input] if !resume => {
+                sandbox.run_known(kernel_sha256, kernel, input, &params, None, &limits, events)
             }
-            [kernel, input] if !resume => sandbox.run(kernel, input, &params, None, &limits, PipeEvents(sink.clone())),
             [kernel, input, state] if resume => {
-                sandbox.run(kernel, input, &params, Some(state), &limits, PipeEvents(sink.clone()))
+                sandbox.run_known(kernel_sha256, kernel, input, &params, Some(state), &limits, events)
             }
             _ => Outcome::failed(Status::Error, "malformed request from the supervisor"),
         };

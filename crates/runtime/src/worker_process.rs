@@ -1,6 +1,7 @@
 //! The supervisor's side of a worker: start it, feed it, time it, freeze it,
 //! kill it. Nothing a kernel does can block or crash the caller.
 
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::io::{self, BufReader, BufWriter};
 use std::path::PathBuf;
@@ -43,6 +44,9 @@ impl WorkerCommand {
 #[derive(Debug, Clone)]
 pub struct WorkRequest<'a> {
     pub task: String,
+    /// The kernel's SHA-256, as the caller verified it (the agent: against a
+    /// signed manifest). The worker checks it again whenever it compiles.
+    pub kernel_sha256: Sha256,
     pub kernel: &'a [u8],
     pub input: &'a [u8],
     pub params: &'a str,
@@ -139,6 +143,8 @@ fn signal(pid: u32, which: Signal) {
 
 /// A running worker process.
 pub struct WorkerProcess {
+    /// Kernels (and whether metered) the worker has prepared: they are not sent again.
+    prepared: HashSet<(Sha256, bool)>,
     child: Child,
     stdin: BufWriter<ChildStdin>,
     frames: Receiver<Frame>,
@@ -183,6 +189,7 @@ impl WorkerProcess {
             .map_err(WorkerError::Spawn)?;
         let pid = child.id();
         let mut worker = Self {
+            prepared: HashSet::new(),
             child,
             stdin,
             frames,
@@ -229,12 +236,14 @@ impl WorkerProcess {
     ) -> Result<RunReport, WorkerError> {
         let header = Request::Run {
             task: req.task.clone(),
-            kernel_sha256: Sha256::of(req.kernel),
+            kernel_sha256: req.kernel_sha256,
             params: req.params.to_owned(),
             limits: req.limits,
             resume: req.resume.is_some(),
         };
-        let mut blobs = vec![req.kernel, req.input];
+        let flavour = (req.kernel_sha256, req.limits.max_fuel.is_some());
+        let kernel: &[u8] = if self.prepared.contains(&flavour) { b"" } else { req.kernel };
+        let mut blobs = vec![kernel, req.input];
         blobs.extend(req.resume);
         if let Err(e) = ipc::write_frame(&mut self.stdin, &header, &blobs) {
             return Err(WorkerError::Died(format!("{e}; {}", self.reap())));
@@ -249,6 +258,9 @@ impl WorkerProcess {
                 Ok(Ok((Event::Checkpoint, mut blobs))) if blobs.len() == 1 => on_checkpoint(blobs.remove(0)),
                 Ok(Ok((Event::Done { mut outcome, wall_ms, cpu_ms }, mut blobs))) if blobs.len() == 1 => {
                     outcome.output = blobs.remove(0);
+                    if outcome.status != Status::InvalidKernel {
+                        self.prepared.insert(flavour);
+                    }
                     return Ok(RunReport { outcome, wall_ms, cpu_ms });
                 }
                 Ok(Ok((other, _))) => {
