@@ -323,3 +323,6 @@ async fn metrics(State(pool): State<Pool>) -> ApiResult<impl IntoResponse> {
     );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }
+
+#[cfg(test)]
+mod tests;

@@ -560,3 +560,6 @@ impl Store {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,138 @@
+//! The store's state machine on values: fencing, replication, quorum.
+
+use idlemesh_protocol::api::{JobSpec, TaskState};
+use idlemesh_protocol::{Keypair, Signed, TaskManifest};
+use serde_json::json;
+
+use super::{Store, StoreError};
+use crate::split;
+
+struct World {
+    store: Store,
+    key: Keypair,
+    devices: Vec<u64>,
+    _dir: tempfile::TempDir,
+}
+
+fn world(devices: usize, replication: u32, quorum: u32, tasks: i64) -> (World, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("pool.sqlite")).unwrap();
+    let kernel = store.put_blob(b"kernel bytes").unwrap();
+    let spec: JobSpec = serde_json::from_value(json!({
+        "name": "t", "kernel_kind": "wasm", "kernel_sha256": kernel,
+        "split": {"kind": "range", "start": 0, "end": tasks, "chunk": 1},
+        "replication": replication, "quorum": quorum, "credits_per_task": 2.5,
+        "combiner": {"kind": "concat"}, "lease_ms": 10_000,
+    }))
+    .unwrap();
+    let seeds = split::expand(&spec).unwrap();
+    let job = store.create_job(&spec, seeds, 1_000).unwrap();
+    let devices =
+        (0..devices).map(|_| store.enroll(&Keypair::generate().unwrap().public(), "{}", 1_000).unwrap()).collect();
+    (World { store, key: Keypair::generate().unwrap(), devices, _dir: dir }, job)
+}
+
+impl World {
+    /// Leases and verifies the manifests, as a device would.
+    fn lease(&mut self, device: u64, max: u32, now: u64) -> Vec<TaskManifest> {
+        let signed: Vec<Signed<TaskManifest>> = self.store.lease(device, max, &self.key, now).unwrap();
+        signed.iter().map(|s| s.verify(&self.key.public()).unwrap()).collect()
+    }
+}
+
+fn report(w: &mut World, m: &TaskManifest, output: &[u8], now: u64) -> Result<super::ResultOutcome, StoreError> {
+    w.store.submit_result(m.device_id, m.lease_id, &m.lease_token, output, None, 5, 4, &w.key, now)
+}
+
+#[test]
+fn a_device_never_gets_two_replicas_of_one_task() {
+    let (mut w, _) = world(2, 3, 2, 2);
+    let a = w.devices[0];
+    let leased = w.lease(a, 10, 2_000);
+    assert_eq!(leased.len(), 2, "one replica of each of the two tasks");
+    assert_ne!(leased[0].task_id, leased[1].task_id);
+    // Asking again gets nothing more for this device while it holds them.
+    assert!(w.lease(a, 10, 2_000).is_empty());
+    let b = w.lease(w.devices[1], 10, 2_000);
+    assert_eq!(b.len(), 2);
+}
+
+#[test]
+fn expired_leases_are_fenced_off() {
+    let (mut w, _) = world(2, 1, 1, 1);
+    let (a, b) = (w.devices[0], w.devices[1]);
+    let first = w.lease(a, 1, 2_000).remove(0);
+    // Still leased: nobody else gets it.
+    assert!(w.lease(b, 1, 5_000).is_empty());
+    // After the deadline it goes to b, with a new token.
+    let second = w.lease(b, 1, first.deadline_ms + 1).remove(0);
+    assert_eq!(second.replica_id, first.replica_id);
+    assert_ne!(second.lease_token, first.lease_token);
+    // a's late result and heartbeat are refused and earn nothing.
+    assert!(matches!(report(&mut w, &first, b"late", 13_000), Err(StoreError::Conflict(_))));
+    assert!(matches!(w.store.heartbeat(a, first.lease_id, &first.lease_token, 13_000), Err(StoreError::Conflict(_))));
+    let done = report(&mut w, &second, b"on time", 13_000).unwrap();
+    assert_eq!(done.task_state, TaskState::Done);
+    let stats = w.store.stats().unwrap();
+    assert_eq!(stats.devices.iter().find(|d| d.device_id == a).unwrap().credits, 0.0);
+    assert_eq!(stats.devices.iter().find(|d| d.device_id == b).unwrap().credits, 2.5);
+    // A second result on the same lease is refused too.
+    assert!(matches!(report(&mut w, &second, b"again", 13_000), Err(StoreError::Conflict(_))));
+}
+
+#[test]
+fn heartbeat_extends_and_give_back_requeues() {
+    let (mut w, _) = world(2, 1, 1, 1);
+    let (a, b) = (w.devices[0], w.devices[1]);
+    let m = w.lease(a, 1, 2_000).remove(0);
+    let extended = w.store.heartbeat(a, m.lease_id, &m.lease_token, 9_000).unwrap();
+    assert_eq!(extended, 19_000);
+    // The old deadline (12_000) has passed but the heartbeat moved it: not claimable.
+    assert!(w.lease(b, 1, 12_500).is_empty());
+    assert!(matches!(w.store.give_back(a, m.lease_id, "wrong token"), Err(StoreError::Conflict(_))));
+    w.store.give_back(a, m.lease_id, &m.lease_token).unwrap();
+    assert_eq!(w.lease(b, 1, 12_500).len(), 1);
+}
+
+#[test]
+fn quorum_agrees_marks_the_odd_one_out_and_signs_receipts() {
+    let (mut w, job) = world(3, 2, 2, 1);
+    let (a, b, c) = (w.devices[0], w.devices[1], w.devices[2]);
+    let ma = w.lease(a, 1, 2_000).remove(0);
+    let mb = w.lease(b, 1, 2_000).remove(0);
+    assert!(w.lease(c, 1, 2_000).is_empty(), "k = 2 replicas only");
+    let ra = report(&mut w, &ma, b"42", 3_000).unwrap();
+    assert_eq!(ra.task_state, TaskState::Pending);
+    assert!(ra.receipt.is_none());
+    // b disagrees: no quorum, so a third replica is created for another device.
+    let rb = report(&mut w, &mb, b"41", 3_000).unwrap();
+    assert_eq!(rb.task_state, TaskState::Pending);
+    let mc = w.lease(c, 1, 3_000).remove(0);
+    let rc = report(&mut w, &mc, b"42", 4_000).unwrap();
+    assert_eq!(rc.task_state, TaskState::Done);
+    let receipt = rc.receipt.unwrap().verify(&w.key.public()).unwrap();
+    assert_eq!((receipt.device_id, receipt.credits), (c, 2.5));
+    assert_eq!(receipt.output_sha256, idlemesh_protocol::Sha256::of(b"42"));
+
+    let stats = w.store.stats().unwrap();
+    let by = |d: u64| stats.devices.iter().find(|s| s.device_id == d).unwrap().clone();
+    assert_eq!((by(a).valid_results, by(a).credits), (1, 2.5));
+    assert_eq!((by(b).invalid_results, by(b).credits), (1, 0.0));
+    assert_eq!(by(c).valid_results, 1);
+    let status = w.store.job_status(job).unwrap();
+    assert_eq!(status.tasks.done, 1);
+    assert_eq!(status.credits_granted, 5.0);
+    assert_eq!(w.store.job_output(job).unwrap().unwrap(), b"42");
+}
+
+#[test]
+fn jobs_need_a_stored_kernel() {
+    let (mut w, _) = world(1, 1, 1, 1);
+    let spec: JobSpec = serde_json::from_value(json!({
+        "name": "t", "kernel_kind": "wasm", "kernel_sha256": "a".repeat(64),
+        "inputs": ["AA=="], "combiner": {"kind": "concat"},
+    }))
+    .unwrap();
+    let seeds = split::expand(&spec).unwrap();
+    assert!(matches!(w.store.create_job(&spec, seeds, 1), Err(StoreError::Invalid(m)) if m.contains("POST /v1/blobs")));
+}
