@@ -67,3 +67,45 @@ impl Drop for PoolProcess {
         let _ = self.child.wait();
     }
 }
+
+/// An agent configuration for tests: the real worker binary, a temp data dir.
+pub fn agent_config(pool_url: &str, data_dir: &Path) -> idlemesh_agent::AgentConfig {
+    idlemesh_agent::AgentConfig {
+        pool_url: pool_url.to_owned(),
+        data_dir: data_dir.to_owned(),
+        ledger_path: data_dir.join("ledger.sqlite"),
+        worker: idlemesh_runtime::WorkerCommand { program: BIN.into(), args: vec!["worker".into()] },
+        capabilities: idlemesh_protocol::api::Capabilities {
+            wasm: true,
+            wgpu_adapter: None,
+            cores: 1,
+            memory_bytes: 1 << 30,
+        },
+        device_info: Default::default(),
+        max_tasks_per_lease: 1,
+        max_idle_poll: std::time::Duration::from_millis(100),
+    }
+}
+
+/// `idlemesh ARGS` against a pool, as its operator.
+pub fn operator(pool: &PoolProcess, args: &[&str]) -> Output {
+    operator_at(&pool.url, &pool.token, args)
+}
+
+pub fn operator_at(url: &str, token: &str, args: &[&str]) -> Output {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("IDLEMESH_POOL_URL", url)
+        .env("IDLEMESH_OPERATOR_TOKEN", token)
+        .stdin(Stdio::null())
+        .output()
+        .expect("idlemesh runs");
+    eprintln!(
+        "$ idlemesh {}\nexit {:?}\n{}{}",
+        args.join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

@@ -6,4 +6,5 @@
 mod demo;
 mod harness;
 mod hostile;
+mod jobs;
 mod tampering;

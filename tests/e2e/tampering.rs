@@ -2,7 +2,6 @@
 //! kernel whose bytes do not match the signed SHA-256 and a manifest whose
 //! signature does not verify, run nothing for them, and carry on.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -10,13 +9,12 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use idlemesh_agent::{Agent, AgentConfig, Ledger};
-use idlemesh_protocol::api::{Capabilities, Combiner, JobSpec, JobState, SplitSpec};
+use idlemesh_agent::{Agent, Ledger};
+use idlemesh_protocol::api::{Combiner, JobSpec, JobState, SplitSpec};
 use idlemesh_protocol::{KernelKind, Keypair, Sha256, TaskLimits};
-use idlemesh_runtime::WorkerCommand;
 use serde_json::{Value, json};
 
-use crate::harness::{BIN, PoolProcess};
+use crate::harness::{PoolProcess, agent_config};
 
 /// Forwards everything to the real pool, but breaks the first kernel
 /// download and the first manifest it sees.
@@ -132,16 +130,7 @@ fn tampered_kernel_and_forged_manifest_are_refused_and_the_agent_carries_on() {
 
         let data = tmp.path().join("agent");
         let ledger_path = data.join("ledger.sqlite");
-        let config = AgentConfig {
-            pool_url: proxy_url,
-            data_dir: data.clone(),
-            ledger_path: ledger_path.clone(),
-            worker: WorkerCommand { program: BIN.into(), args: vec!["worker".into()] },
-            capabilities: Capabilities { wasm: true, wgpu_adapter: None, cores: 1, memory_bytes: 1 << 30 },
-            device_info: BTreeMap::new(),
-            max_tasks_per_lease: 1,
-            max_idle_poll: Duration::from_millis(100),
-        };
+        let config = agent_config(&proxy_url, &data);
         let mut agent = Agent::connect(config, Arc::new(Keypair::generate().unwrap())).await.unwrap();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let running = tokio::spawn(async move { agent.run(stop_rx).await });

@@ -4,6 +4,7 @@
 
 mod demo;
 mod exit;
+mod job;
 mod kernel;
 mod ledger;
 mod operator;
@@ -41,6 +42,8 @@ enum Command {
     Kernel(kernel::Args),
     /// Run or administer a pool server.
     Pool(pool::Args),
+    /// Submit jobs to a pool and follow them (operator).
+    Job(job::Args),
     /// Internal: the sandboxed worker process the agent starts.
     #[command(hide = true)]
     Worker {
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Ledger(args) => ledger::run(args),
         Command::Kernel(args) => kernel::run(args),
         Command::Pool(args) => pool::run(args),
+        Command::Job(args) => job::run(args),
         Command::Worker { cache_dir } => idlemesh_runtime::worker::serve(cache_dir).map_err(Into::into),
     };
     exit::code(result)
