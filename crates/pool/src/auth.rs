@@ -81,3 +81,29 @@ pub(crate) fn operator(pool: &Pool, headers: &HeaderMap) -> Result<(), ApiError>
     }
     Ok(())
 }
+
+/// A token bucket per device for lease requests: a burst of
+/// [`LeaseRate::BURST`], then [`LeaseRate::PER_SECOND`] a second.
+#[derive(Default)]
+pub(crate) struct LeaseRate {
+    buckets: Mutex<HashMap<u64, (f64, std::time::Instant)>>,
+}
+
+impl LeaseRate {
+    const BURST: f64 = 20.0;
+    const PER_SECOND: f64 = 10.0;
+
+    /// `None` if the device may ask now; else how long it must wait, in ms.
+    pub fn check(&self, device: u64, now: std::time::Instant) -> Option<u64> {
+        let mut buckets = self.buckets.lock().unwrap();
+        let (tokens, last) = buckets.entry(device).or_insert((Self::BURST, now));
+        *tokens = (*tokens + now.saturating_duration_since(*last).as_secs_f64() * Self::PER_SECOND).min(Self::BURST);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            None
+        } else {
+            Some(((1.0 - *tokens) / Self::PER_SECOND * 1000.0).ceil() as u64)
+        }
+    }
+}

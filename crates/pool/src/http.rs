@@ -31,11 +31,22 @@ pub(crate) struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    retry_after_ms: Option<u64>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self { status, code, message: message.into(), retry_after_ms: None }
+    }
+    fn too_many_requests(wait_ms: u64) -> Self {
+        Self {
+            retry_after_ms: Some(wait_ms),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("asking too often: retry in {wait_ms} ms"),
+            )
+        }
     }
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
@@ -68,7 +79,12 @@ impl From<StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody { error: ErrorDetail { code: self.code.into(), message: self.message } };
-        (self.status, axum::Json(body)).into_response()
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(ms) = self.retry_after_ms {
+            // Retry-After counts whole seconds; round up so a client never comes back early.
+            resp.headers_mut().insert(header::RETRY_AFTER, ms.div_ceil(1000).max(1).into());
+        }
+        resp
     }
 }
 
@@ -96,6 +112,7 @@ async fn blocking<T: Send + 'static>(
 pub(crate) fn router(pool: Pool) -> Router {
     Router::new()
         .route("/v1/health", get(health))
+        .route("/v1/openapi.json", get(openapi))
         .route("/v1/info", get(info))
         .route("/v1/enroll", post(enroll))
         .route("/v1/leases", post(lease))
@@ -112,6 +129,13 @@ pub(crate) fn router(pool: Pool) -> Router {
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(pool)
+}
+
+/// The API's description; the tests check the server against it.
+pub(crate) const OPENAPI: &str = include_str!("../api/openapi.json");
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
 }
 
 async fn health() -> impl IntoResponse {
@@ -141,8 +165,14 @@ async fn info(State(pool): State<Pool>) -> impl IntoResponse {
 
 async fn enroll(State(pool): State<Pool>, body: Bytes) -> ApiResult<impl IntoResponse> {
     let req: EnrollRequest = parse(&body)?;
-    if !pool.inner.config.open_enrollment && req.token.is_none() {
-        return Err(ApiError::forbidden("this pool needs an enrollment token"));
+    if !pool.inner.config.open_enrollment {
+        // Enrollment tokens (organisations, expiry, revocation) are not built
+        // yet: a closed pool refuses every enrollment rather than accept a
+        // token it cannot check.
+        return Err(ApiError::forbidden(match req.token {
+            None => "this pool is closed: it needs an enrollment token",
+            Some(_) => "this pool cannot check enrollment tokens yet, so it enrolls no devices",
+        }));
     }
     let allowed: BTreeMap<&str, ()> = [("cores", ()), ("memory_bytes", ()), ("os", ()), ("agent_version", ())].into();
     if let Some(field) = req.device_info.keys().find(|k| !allowed.contains_key(k.as_str())) {
@@ -165,11 +195,11 @@ async fn lease(
     let tasks = blocking(&pool, move |pool| {
         let device = auth::device(pool, &method, uri.path(), &headers, &body)?;
         let req: LeaseRequest = parse(&body)?;
-        if !req.capabilities.wasm {
-            return Ok(Vec::new());
+        if let Some(wait_ms) = pool.inner.lease_rate.check(device, std::time::Instant::now()) {
+            return Err(ApiError::too_many_requests(wait_ms));
         }
         let max = req.max_tasks.clamp(1, MAX_TASKS_PER_LEASE);
-        Ok(pool.inner.store.lock().unwrap().lease(device, max, &pool.inner.key, now_ms())?)
+        Ok(pool.inner.store.lock().unwrap().lease(device, &req.capabilities, max, &pool.inner.key, now_ms())?)
     })
     .await?;
     let retry_after_ms = tasks.is_empty().then_some(IDLE_RETRY_AFTER_MS);

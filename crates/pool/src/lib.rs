@@ -68,6 +68,7 @@ struct Inner {
     key: Keypair,
     store: Mutex<store::Store>,
     replay: auth::ReplayGuard,
+    lease_rate: auth::LeaseRate,
 }
 
 impl std::fmt::Debug for Pool {
@@ -85,7 +86,13 @@ impl Pool {
         let db_path = config.db_path.clone().unwrap_or_else(|| config.data_dir.join("pool.sqlite"));
         let store = store::Store::open(&db_path)?;
         Ok(Self {
-            inner: Arc::new(Inner { config, key, store: Mutex::new(store), replay: auth::ReplayGuard::default() }),
+            inner: Arc::new(Inner {
+                config,
+                key,
+                store: Mutex::new(store),
+                replay: auth::ReplayGuard::default(),
+                lease_rate: auth::LeaseRate::default(),
+            }),
         })
     }
 

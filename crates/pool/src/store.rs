@@ -7,7 +7,9 @@
 
 use std::path::Path;
 
-use idlemesh_protocol::api::{DeviceStats, JobSpec, JobState, JobStatus, PoolStats, TaskCounts, TaskState};
+use idlemesh_protocol::api::{
+    Capabilities, DeviceStats, JobSpec, JobState, JobStatus, PoolStats, TaskCounts, TaskState,
+};
 use idlemesh_protocol::{KernelRef, Keypair, PublicKey, Receipt, Sha256, Signed, TaskManifest};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -15,7 +17,8 @@ use crate::combine;
 use crate::split::TaskSeed;
 
 /// Migrations, applied in order at start-up; `user_version` counts them.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE blobs (
     sha256 TEXT PRIMARY KEY,
     bytes BLOB NOT NULL
@@ -70,7 +73,15 @@ CREATE TABLE receipts (
     payload TEXT NOT NULL,
     signature TEXT NOT NULL
 );
-"#];
+"#,
+    // 2: what a device must offer to run a job's tasks, as columns the lease query can filter on.
+    r#"
+ALTER TABLE jobs ADD COLUMN kernel_kind TEXT NOT NULL DEFAULT 'wasm';
+ALTER TABLE jobs ADD COLUMN max_memory_bytes INTEGER NOT NULL DEFAULT 0;
+UPDATE jobs SET kernel_kind = json_extract(spec, '$.kernel_kind'),
+                max_memory_bytes = coalesce(json_extract(spec, '$.limits.max_memory_bytes'), 0);
+"#,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StoreError {
@@ -168,8 +179,14 @@ impl Store {
         }
         let tx = self.conn.transaction()?;
         tx.execute(
-            "INSERT INTO jobs (name, spec, state, created_ms) VALUES (?1, ?2, 'running', ?3)",
-            params![spec.name, serde_json::to_string(spec).expect("spec serialises"), now as i64],
+            "INSERT INTO jobs (name, spec, state, created_ms, kernel_kind, max_memory_bytes) VALUES (?1, ?2, 'running', ?3, ?4, ?5)",
+            params![
+                spec.name,
+                serde_json::to_string(spec).expect("spec serialises"),
+                now as i64,
+                spec.kernel_kind.as_str(),
+                spec.limits.max_memory_bytes as i64
+            ],
         )?;
         let job_id = tx.last_insert_rowid();
         for (idx, seed) in seeds.into_iter().enumerate() {
@@ -201,10 +218,12 @@ impl Store {
     }
 
     /// Claims up to `max` replicas for a device: queued ones, or leased ones
-    /// whose lease ran out. Never two replicas of one task to one device.
+    /// whose lease ran out, of jobs the device can run. Never two replicas of
+    /// one task to one device.
     pub fn lease(
         &mut self,
         device_id: u64,
+        caps: &Capabilities,
         max: u32,
         key: &Keypair,
         now: u64,
@@ -215,13 +234,17 @@ impl Store {
                 "SELECT r.id, t.id, t.job_id, t.params, t.input_sha256, j.spec
                  FROM replicas r JOIN tasks t ON t.id = r.task_id JOIN jobs j ON j.id = t.job_id
                  WHERE t.state = 'pending' AND j.state = 'running'
+                   AND ((j.kernel_kind = 'wasm' AND ?4) OR (j.kernel_kind = 'wgsl' AND ?5))
+                   AND (?6 = 0 OR j.max_memory_bytes <= ?6)
                    AND (r.state = 'queued' OR (r.state = 'leased' AND r.lease_deadline_ms < ?1))
                    AND NOT EXISTS (SELECT 1 FROM replicas o WHERE o.task_id = r.task_id AND o.id != r.id
                                    AND o.device_id = ?2 AND o.state IN ('leased', 'reported'))
                  GROUP BY t.id
                  ORDER BY r.id LIMIT ?3",
             )?;
-            stmt.query_map(params![now as i64, device_id as i64, max as i64], |r| {
+            let memory = i64::try_from(caps.memory_bytes).unwrap_or(i64::MAX);
+            let gpu = caps.wgpu_adapter.is_some();
+            stmt.query_map(params![now as i64, device_id as i64, max as i64, caps.wasm, gpu, memory], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
             })?
             .collect::<Result<_, _>>()?

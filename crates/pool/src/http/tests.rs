@@ -106,3 +106,139 @@ async fn device_requests_are_signed_fresh_and_used_once() {
     *tampered.body_mut() = Body::from(body.replace("\"max_tasks\":1", "\"max_tasks\":64"));
     assert_eq!(call(&pool, tampered).await.0, StatusCode::UNAUTHORIZED);
 }
+
+/// A small JSON Schema check: `$ref`, objects (required, properties,
+/// additionalProperties false), arrays, anyOf/oneOf, const, enum and types.
+fn conforms(value: &Value, schema: &Value, doc: &Value) -> Result<(), String> {
+    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+        let name = r.rsplit('/').next().unwrap();
+        return conforms(value, &doc["components"]["schemas"][name], doc).map_err(|e| format!("{name}: {e}"));
+    }
+    for key in ["anyOf", "oneOf"] {
+        if let Some(options) = schema.get(key).and_then(Value::as_array) {
+            return if options.iter().any(|o| conforms(value, o, doc).is_ok()) {
+                Ok(())
+            } else {
+                Err(format!("{value} matches none of {key}"))
+            };
+        }
+    }
+    if let Some(c) = schema.get("const") {
+        return if value == c { Ok(()) } else { Err(format!("{value} != const {c}")) };
+    }
+    if let Some(e) = schema.get("enum").and_then(Value::as_array) {
+        return if e.contains(value) { Ok(()) } else { Err(format!("{value} not in {e:?}")) };
+    }
+    match schema.get("type").and_then(Value::as_str) {
+        Some("object") => {
+            let obj = value.as_object().ok_or(format!("{value} is not an object"))?;
+            let props = schema.get("properties").and_then(Value::as_object);
+            for req in schema.get("required").and_then(Value::as_array).into_iter().flatten() {
+                let req = req.as_str().unwrap();
+                if !obj.contains_key(req) {
+                    return Err(format!("missing required {req:?} in {value}"));
+                }
+            }
+            for (k, v) in obj {
+                match props.and_then(|p| p.get(k)) {
+                    Some(s) => conforms(v, s, doc).map_err(|e| format!("{k}: {e}"))?,
+                    None if schema.get("additionalProperties") == Some(&Value::Bool(false)) => {
+                        return Err(format!("undocumented field {k:?}"));
+                    }
+                    None => {}
+                }
+            }
+            Ok(())
+        }
+        Some("array") => {
+            let items = value.as_array().ok_or(format!("{value} is not an array"))?;
+            items.iter().try_for_each(|i| conforms(i, &schema["items"], doc))
+        }
+        Some("string") if !value.is_string() => Err(format!("{value} is not a string")),
+        Some("integer") if !(value.is_u64() || value.is_i64()) => Err(format!("{value} is not an integer")),
+        Some("number") if !value.is_number() => Err(format!("{value} is not a number")),
+        Some("boolean") if !value.is_boolean() => Err(format!("{value} is not a boolean")),
+        Some("null") if !value.is_null() => Err(format!("{value} is not null")),
+        _ => Ok(()),
+    }
+}
+
+fn response_schema<'d>(doc: &'d Value, path: &str, method: &str, status: StatusCode) -> &'d Value {
+    let op = &doc["paths"][path][method];
+    let resp = &op["responses"][status.as_str()];
+    assert!(resp.is_object(), "{method} {path}: status {status} is not documented");
+    &resp["content"]["application/json"]["schema"]
+}
+
+#[tokio::test]
+async fn the_server_matches_its_openapi_document() {
+    let (pool, _dir) = pool();
+    let (status, doc) = call(&pool, Request::get("/v1/openapi.json").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(doc["openapi"], "3.1.0");
+
+    // Every documented operation exists, and what it answers to an empty,
+    // unauthenticated request is a documented status with a documented body.
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            let uri = path.replace("{id}", "1").replace("{sha256}", &"0".repeat(64));
+            let req = Request::builder().method(method.to_uppercase().as_str()).uri(&uri).body(Body::empty()).unwrap();
+            let resp = pool.router().oneshot(req).await.unwrap();
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            assert_ne!(body["error"]["message"], "no such endpoint", "{method} {path} is documented but not served");
+            let schema = response_schema(&doc, path, method, status);
+            if !schema.is_null() {
+                conforms(&body, schema, &doc).unwrap_or_else(|e| panic!("{method} {path} -> {status}: {e}"));
+            }
+        }
+    }
+
+    // Real answers conform to their schemas.
+    let key = Keypair::generate().unwrap();
+    let enroll_body = json!({"public_key": key.public(), "device_info": {"cores": "2"}}).to_string();
+    let (status, enrolled) = call(&pool, post("/v1/enroll", &enroll_body)).await;
+    conforms(&enrolled, response_schema(&doc, "/v1/enroll", "post", status), &doc).unwrap();
+    let device = enrolled["device_id"].as_u64().unwrap();
+    let lease_body = json!({"capabilities": {"wasm": true, "cores": 2, "memory_bytes": 1}, "max_tasks": 1}).to_string();
+    let (status, leases) = call(&pool, signed(&key, device, "/v1/leases", &lease_body, crate::now_ms())).await;
+    conforms(&leases, response_schema(&doc, "/v1/leases", "post", status), &doc).unwrap();
+    for (path, get) in [("/v1/info", "/v1/info"), ("/v1/stats", "/v1/stats"), ("/v1/health", "/v1/health")] {
+        let (status, body) = call(&pool, Request::get(get).body(Body::empty()).unwrap()).await;
+        conforms(&body, response_schema(&doc, path, "get", status), &doc).unwrap_or_else(|e| panic!("{path}: {e}"));
+    }
+    // The manifest inside a signed payload is documented too.
+    let manifest = json!({
+        "job_id": 1, "task_id": 1, "replica_id": 1, "device_id": 1, "lease_id": 1, "lease_token": "t",
+        "kernel": {"kind": "wasm", "sha256": "0".repeat(64), "size_bytes": 1}, "input_sha256": "0".repeat(64),
+        "input_bytes": 0, "params": "{}", "limits": idlemesh_protocol::TaskLimits::default(), "credits": 1.0,
+        "issued_at_ms": 1, "deadline_ms": 2,
+    });
+    let typed: idlemesh_protocol::TaskManifest = serde_json::from_value(manifest).unwrap();
+    conforms(&serde_json::to_value(&typed).unwrap(), &json!({"$ref": "#/components/schemas/TaskManifest"}), &doc)
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_device_asking_too_often_is_told_to_wait() {
+    let (pool, _dir) = pool();
+    let key = Keypair::generate().unwrap();
+    let (_, enrolled) = call(&pool, post("/v1/enroll", &json!({"public_key": key.public()}).to_string())).await;
+    let device = enrolled["device_id"].as_u64().unwrap();
+    let body = json!({"capabilities": {"wasm": true, "cores": 2, "memory_bytes": 0}, "max_tasks": 1}).to_string();
+    let now = crate::now_ms();
+    let mut limited = None;
+    for i in 0..100 {
+        let resp = pool.router().oneshot(signed(&key, device, "/v1/leases", &body, now + i)).await.unwrap();
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some((i, resp.headers().get("retry-after").cloned()));
+            break;
+        }
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+    let (after, retry) = limited.expect("a burst of 100 requests is limited");
+    assert!(after >= 20, "the first {after} requests passed; the burst allows 20");
+    assert!(retry.is_some(), "429 carries Retry-After");
+}

@@ -1,6 +1,6 @@
 //! The store's state machine on values: fencing, replication, quorum.
 
-use idlemesh_protocol::api::{JobSpec, TaskState};
+use idlemesh_protocol::api::{Capabilities, JobSpec, TaskState};
 use idlemesh_protocol::{Keypair, Signed, TaskManifest};
 use serde_json::json;
 
@@ -35,7 +35,8 @@ fn world(devices: usize, replication: u32, quorum: u32, tasks: i64) -> (World, u
 impl World {
     /// Leases and verifies the manifests, as a device would.
     fn lease(&mut self, device: u64, max: u32, now: u64) -> Vec<TaskManifest> {
-        let signed: Vec<Signed<TaskManifest>> = self.store.lease(device, max, &self.key, now).unwrap();
+        let caps = Capabilities { wasm: true, wgpu_adapter: None, cores: 2, memory_bytes: 0 };
+        let signed: Vec<Signed<TaskManifest>> = self.store.lease(device, &caps, max, &self.key, now).unwrap();
         signed.iter().map(|s| s.verify(&self.key.public()).unwrap()).collect()
     }
 }
@@ -135,4 +136,38 @@ fn jobs_need_a_stored_kernel() {
     .unwrap();
     let seeds = split::expand(&spec).unwrap();
     assert!(matches!(w.store.create_job(&spec, seeds, 1), Err(StoreError::Invalid(m)) if m.contains("POST /v1/blobs")));
+}
+
+#[test]
+fn devices_get_only_jobs_they_can_run() {
+    let (mut w, _) = world(1, 1, 1, 1);
+    let a = w.devices[0];
+    let lease = |w: &mut World, caps: Capabilities| w.store.lease(a, &caps, 5, &w.key, 2_000).unwrap().len();
+    // The job needs 256 MiB (the default limit) and a WASM runtime.
+    let small = Capabilities { wasm: true, wgpu_adapter: None, cores: 2, memory_bytes: 128 << 20 };
+    assert_eq!(lease(&mut w, small), 0);
+    let gpu_only = Capabilities { wasm: false, wgpu_adapter: Some("lavapipe".into()), cores: 2, memory_bytes: 8 << 30 };
+    assert_eq!(lease(&mut w, gpu_only), 0);
+    let fits = Capabilities { wasm: true, wgpu_adapter: None, cores: 2, memory_bytes: 8 << 30 };
+    assert_eq!(lease(&mut w, fits), 1);
+}
+
+#[test]
+fn migrations_apply_to_an_existing_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.sqlite");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(super::MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute("INSERT INTO jobs (name, spec, state, created_ms) VALUES ('old', '{\"kernel_kind\":\"wgsl\",\"limits\":{\"max_memory_bytes\":5}}', 'running', 1)", []).unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    let (kind, memory): (String, i64) = store
+        .conn
+        .query_row("SELECT kernel_kind, max_memory_bytes FROM jobs", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap();
+    assert_eq!((kind.as_str(), memory), ("wgsl", 5));
+    let version: i64 = store.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(version as usize, super::MIGRATIONS.len());
 }
