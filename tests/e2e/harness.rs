@@ -34,9 +34,14 @@ pub struct PoolProcess {
 
 impl PoolProcess {
     pub fn start(dir: &Path) -> Self {
+        Self::start_on(dir, "127.0.0.1:0")
+    }
+
+    /// On a given address: a restarted pool comes back where its devices look for it.
+    pub fn start_on(dir: &Path, listen: &str) -> Self {
         let token = "test-operator-token".to_string();
         let mut child = Command::new(BIN)
-            .args(["pool", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["pool", "serve", "--listen", listen, "--data-dir"])
             .arg(dir)
             .env("IDLEMESH_OPERATOR_TOKEN", &token)
             .env("IDLEMESH_LOG", "warn")
@@ -58,6 +63,14 @@ impl PoolProcess {
             }
         });
         Self { child, url, token }
+    }
+}
+
+impl PoolProcess {
+    /// SIGKILL: no shutdown, no flush, as in a power cut.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

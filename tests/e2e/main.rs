@@ -3,8 +3,10 @@
 //! Each test gets its own temp dir as the agent's data dir, so nothing here
 //! touches the user's real ledger.
 
+mod api_fuzz;
 mod demo;
 mod harness;
 mod hostile;
 mod jobs;
+mod restart;
 mod tampering;

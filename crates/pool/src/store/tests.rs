@@ -171,3 +171,66 @@ fn migrations_apply_to_an_existing_database() {
     let version: i64 = store.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
     assert_eq!(version as usize, super::MIGRATIONS.len());
 }
+
+#[test]
+fn two_honest_devices_outvote_a_liar() {
+    // k = 3, q = 2: two agreeing devices and one liar.
+    let (mut w, job) = world(3, 3, 2, 1);
+    let (honest1, honest2, liar) = (w.devices[0], w.devices[1], w.devices[2]);
+    let m1 = w.lease(honest1, 1, 2_000).remove(0);
+    let ml = w.lease(liar, 1, 2_000).remove(0);
+    let m2 = w.lease(honest2, 1, 2_000).remove(0);
+    let lie = report(&mut w, &ml, b"forged answer", 3_000).unwrap();
+    assert_eq!((lie.task_state, lie.receipt.is_none()), (TaskState::Pending, true));
+    let first = report(&mut w, &m1, b"true answer", 3_000).unwrap();
+    assert_eq!((first.task_state, first.receipt.is_none()), (TaskState::Pending, true));
+    let second = report(&mut w, &m2, b"true answer", 3_000).unwrap();
+    assert_eq!(second.task_state, TaskState::Done);
+    let receipt = second.receipt.unwrap().verify(&w.key.public()).unwrap();
+    assert_eq!(receipt.device_id, honest2);
+
+    assert_eq!(w.store.job_output(job).unwrap().unwrap(), b"true answer", "the honest output wins");
+    // Receipts: one per honest device, none for the liar.
+    let receipts: Vec<(i64, String, String)> = w
+        .store
+        .conn
+        .prepare("SELECT device_id, payload, signature FROM receipts ORDER BY device_id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let holders: Vec<u64> = receipts.iter().map(|r| r.0 as u64).collect();
+    assert_eq!(holders, vec![honest1, honest2]);
+    for (_, payload, signature) in receipts {
+        let signed: Signed<idlemesh_protocol::Receipt> =
+            serde_json::from_value(json!({"payload": payload, "signature": signature})).unwrap();
+        assert!(signed.verify(&w.key.public()).is_ok());
+    }
+    let stats = w.store.stats().unwrap();
+    let by = |d: u64| stats.devices.iter().find(|s| s.device_id == d).unwrap().clone();
+    assert_eq!((by(liar).valid_results, by(liar).invalid_results, by(liar).credits), (0, 1, 0.0));
+    assert_eq!((by(honest1).valid_results, by(honest1).credits), (1, 2.5));
+    assert_eq!((by(honest2).valid_results, by(honest2).credits), (1, 2.5));
+}
+
+#[test]
+fn manifests_and_receipts_verify_and_modified_ones_fail() {
+    let (mut w, _) = world(1, 1, 1, 1);
+    let a = w.devices[0];
+    let caps = Capabilities { wasm: true, wgpu_adapter: None, cores: 2, memory_bytes: 0 };
+    let signed = w.store.lease(a, &caps, 1, &w.key, 2_000).unwrap().remove(0);
+    let manifest = signed.verify(&w.key.public()).unwrap();
+    let mut forged = signed.clone();
+    forged.payload = forged.payload.replace("\"credits\":2.5", "\"credits\":25.0");
+    assert_ne!(forged.payload, signed.payload);
+    assert!(forged.verify(&w.key.public()).is_err());
+    assert!(signed.verify(&Keypair::generate().unwrap().public()).is_err(), "another pool's key");
+
+    let receipt = report(&mut w, &manifest, b"x", 3_000).unwrap().receipt.unwrap();
+    assert!(receipt.verify(&w.key.public()).is_ok());
+    let mut forged = receipt.clone();
+    forged.payload = forged.payload.replace(&format!("\"device_id\":{a}"), "\"device_id\":999");
+    assert_ne!(forged.payload, receipt.payload);
+    assert!(forged.verify(&w.key.public()).is_err());
+}
