@@ -24,7 +24,10 @@ fn fuzzing_the_api_finds_no_server_errors() {
         .arg("run")
         .arg(format!("{}/v1/openapi.json", pool.url))
         .args(["--header", &format!("Authorization: Bearer {}", pool.token)])
-        .args(["--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"])
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+        ])
         .args(["--max-time", "45", "--workers", "2"])
         .env("NO_COLOR", "1")
         .env("SCHEMATHESIS_TELEMETRY", "false")

@@ -35,7 +35,7 @@ fn header<'h>(headers: &'h HeaderMap, name: &str) -> Result<&'h str, ApiError> {
 }
 
 /// Verifies a device-signed request and returns the device id.
-pub(crate) fn device(
+pub(crate) async fn device(
     pool: &Pool,
     method: &Method,
     path: &str,
@@ -49,14 +49,18 @@ pub(crate) fn device(
         .parse()
         .map_err(|_| ApiError::unauthorized(format!("{} is not a number of milliseconds", auth::HEADER_TIMESTAMP)))?;
     let signature = header(headers, auth::HEADER_SIGNATURE)?.to_owned();
-    let key = pool
-        .inner
-        .store
-        .lock()
-        .unwrap()
-        .device_key(device_id)
-        .map_err(ApiError::from)?
-        .ok_or_else(|| ApiError::unauthorized(format!("device {device_id} is not enrolled in this pool")))?;
+    let cached = pool.inner.device_keys.read().unwrap().get(&device_id).copied();
+    let key = match cached {
+        Some(key) => key,
+        None => {
+            let key =
+                pool.inner.store.run(move |s| s.device_key(device_id)).await.map_err(ApiError::from)?.ok_or_else(
+                    || ApiError::unauthorized(format!("device {device_id} is not enrolled in this pool")),
+                )?;
+            pool.inner.device_keys.write().unwrap().insert(device_id, key);
+            key
+        }
+    };
     let sig = RequestSignature { device_id, timestamp, signature };
     let now = now_ms();
     auth::verify_request(&key, &sig, method.as_str(), path, body, now)

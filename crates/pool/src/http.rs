@@ -1,19 +1,17 @@
 //! The HTTP API (DESIGN §5). Handlers parse and authenticate, then call the
 //! store on a blocking thread; every error is `{"error": {code, message}}`.
 
-use std::collections::BTreeMap;
-
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use idlemesh_protocol::Sha256;
 use idlemesh_protocol::api::{
     BlobStored, EnrollRequest, EnrollResponse, ErrorBody, ErrorDetail, HeartbeatResponse, JobCreated, JobSpec,
     LeaseRequest, LeaseResponse, LeaseTokenBody, PoolInfo, ResultResponse, ResultSubmission,
 };
+use idlemesh_protocol::{Sha256, Signed};
 use serde::de::DeserializeOwned;
 
 use crate::store::StoreError;
@@ -68,7 +66,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound { .. } => Self::not_found(e.to_string()),
             StoreError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
             StoreError::Invalid(m) => Self::bad_request(m),
-            StoreError::Db(e) => {
+            StoreError::Db(_) | StoreError::Commit(_) | StoreError::Closed => {
                 tracing::error!(error = %e, "pool database error");
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the pool's database failed; try again later")
             }
@@ -96,17 +94,6 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
 
 fn id(text: &str, what: &str) -> ApiResult<u64> {
     text.parse().map_err(|_| ApiError::bad_request(format!("{what} {text:?} is not a number")))
-}
-
-/// Runs store work on a blocking thread: SQLite calls must not stall the reactor.
-async fn blocking<T: Send + 'static>(
-    pool: &Pool,
-    f: impl FnOnce(&Pool) -> ApiResult<T> + Send + 'static,
-) -> ApiResult<T> {
-    let pool = pool.clone();
-    tokio::task::spawn_blocking(move || f(&pool))
-        .await
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "request handler panicked"))?
 }
 
 pub(crate) fn router(pool: Pool) -> Router {
@@ -174,14 +161,13 @@ async fn enroll(State(pool): State<Pool>, body: Bytes) -> ApiResult<impl IntoRes
             Some(_) => "this pool cannot check enrollment tokens yet, so it enrolls no devices",
         }));
     }
-    let allowed: BTreeMap<&str, ()> = [("cores", ()), ("memory_bytes", ()), ("os", ()), ("agent_version", ())].into();
-    if let Some(field) = req.device_info.keys().find(|k| !allowed.contains_key(k.as_str())) {
+    const ASKED: [&str; 4] = ["cores", "memory_bytes", "os", "agent_version"];
+    if let Some(field) = req.device_info.keys().find(|k| !ASKED.contains(&k.as_str())) {
         return Err(ApiError::bad_request(format!("device_info field {field:?} is not one this pool asks for")));
     }
     let info = serde_json::to_string(&req.device_info).expect("a map serialises");
-    let device_id =
-        blocking(&pool, move |pool| Ok(pool.inner.store.lock().unwrap().enroll(&req.public_key, &info, now_ms())?))
-            .await?;
+    let key = req.public_key;
+    let device_id = pool.inner.store.run(move |s| s.enroll(&key, &info, now_ms())).await?;
     Ok(axum::Json(EnrollResponse { device_id, pool_public_key: pool.public_key() }))
 }
 
@@ -192,16 +178,15 @@ async fn lease(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
-    let tasks = blocking(&pool, move |pool| {
-        let device = auth::device(pool, &method, uri.path(), &headers, &body)?;
-        let req: LeaseRequest = parse(&body)?;
-        if let Some(wait_ms) = pool.inner.lease_rate.check(device, std::time::Instant::now()) {
-            return Err(ApiError::too_many_requests(wait_ms));
-        }
-        let max = req.max_tasks.clamp(1, MAX_TASKS_PER_LEASE);
-        Ok(pool.inner.store.lock().unwrap().lease(device, &req.capabilities, max, &pool.inner.key, now_ms())?)
-    })
-    .await?;
+    let device = auth::device(&pool, &method, uri.path(), &headers, &body).await?;
+    let req: LeaseRequest = parse(&body)?;
+    if let Some(wait_ms) = pool.inner.lease_rate.check(device, std::time::Instant::now()) {
+        return Err(ApiError::too_many_requests(wait_ms));
+    }
+    let max = req.max_tasks.clamp(1, MAX_TASKS_PER_LEASE);
+    let manifests = pool.inner.store.run(move |s| s.lease(device, &req.capabilities, max, now_ms())).await?;
+    // Signed here, on the request's own thread, not on the database thread.
+    let tasks: Vec<_> = manifests.iter().map(|m| Signed::sign(m, &pool.inner.key)).collect();
     let retry_after_ms = tasks.is_empty().then_some(IDLE_RETRY_AFTER_MS);
     Ok(axum::Json(LeaseResponse { tasks, retry_after_ms }))
 }
@@ -215,12 +200,9 @@ async fn heartbeat(
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
     let lease = id(&lease, "lease id")?;
-    let deadline_ms = blocking(&pool, move |pool| {
-        let device = auth::device(pool, &method, uri.path(), &headers, &body)?;
-        let req: LeaseTokenBody = parse(&body)?;
-        Ok(pool.inner.store.lock().unwrap().heartbeat(device, lease, &req.lease_token, now_ms())?)
-    })
-    .await?;
+    let device = auth::device(&pool, &method, uri.path(), &headers, &body).await?;
+    let req: LeaseTokenBody = parse(&body)?;
+    let deadline_ms = pool.inner.store.run(move |s| s.heartbeat(device, lease, &req.lease_token, now_ms())).await?;
     Ok(axum::Json(HeartbeatResponse { deadline_ms }))
 }
 
@@ -233,12 +215,9 @@ async fn give_back(
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
     let lease = id(&lease, "lease id")?;
-    blocking(&pool, move |pool| {
-        let device = auth::device(pool, &method, uri.path(), &headers, &body)?;
-        let req: LeaseTokenBody = parse(&body)?;
-        Ok(pool.inner.store.lock().unwrap().give_back(device, lease, &req.lease_token)?)
-    })
-    .await?;
+    let device = auth::device(&pool, &method, uri.path(), &headers, &body).await?;
+    let req: LeaseTokenBody = parse(&body)?;
+    pool.inner.store.run(move |s| s.give_back(device, lease, &req.lease_token)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -249,33 +228,36 @@ async fn submit_result(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
-    let outcome = blocking(&pool, move |pool| {
-        let device = auth::device(pool, &method, uri.path(), &headers, &body)?;
-        let req: ResultSubmission = parse(&body)?;
-        if Sha256::of(&req.output.0) != req.output_sha256 {
-            return Err(ApiError::bad_request("output_sha256 does not match the output bytes"));
-        }
-        let mut store = pool.inner.store.lock().unwrap();
-        Ok(store.submit_result(
-            device,
-            req.lease_id,
-            &req.lease_token,
-            &req.output.0,
-            req.fuel,
-            req.wall_ms,
-            req.cpu_ms,
-            &pool.inner.key,
-            now_ms(),
-        )?)
-    })
-    .await?;
+    let device = auth::device(&pool, &method, uri.path(), &headers, &body).await?;
+    let req: ResultSubmission = parse(&body)?;
+    if Sha256::of(&req.output.0) != req.output_sha256 {
+        return Err(ApiError::bad_request("output_sha256 does not match the output bytes"));
+    }
+    let key = pool.inner.key.clone();
+    let outcome = pool
+        .inner
+        .store
+        .run(move |s| {
+            s.submit_result(
+                device,
+                req.lease_id,
+                &req.lease_token,
+                &req.output.0,
+                req.fuel,
+                req.wall_ms,
+                req.cpu_ms,
+                &key,
+                now_ms(),
+            )
+        })
+        .await?;
     Ok(axum::Json(ResultResponse { task_state: outcome.task_state, receipt: outcome.receipt }))
 }
 
 async fn put_blob(State(pool): State<Pool>, headers: HeaderMap, body: Bytes) -> ApiResult<impl IntoResponse> {
     auth::operator(&pool, &headers)?;
     let size_bytes = body.len() as u64;
-    let sha256 = blocking(&pool, move |pool| Ok(pool.inner.store.lock().unwrap().put_blob(&body)?)).await?;
+    let sha256 = pool.inner.store.run(move |s| s.put_blob(&body)).await?;
     Ok((StatusCode::CREATED, axum::Json(BlobStored { sha256, size_bytes })))
 }
 
@@ -288,15 +270,16 @@ async fn get_blob(
 ) -> ApiResult<Response> {
     let sha: Sha256 =
         sha.parse().map_err(|e: idlemesh_protocol::ProtocolError| ApiError::bad_request(e.to_string()))?;
-    let bytes = blocking(&pool, move |pool| {
-        // Devices (signed) and the operator may read blobs.
-        if auth::operator(pool, &headers).is_err() {
-            auth::device(pool, &method, uri.path(), &headers, b"")?;
-        }
-        Ok(pool.inner.store.lock().unwrap().blob(&sha)?)
-    })
-    .await?
-    .ok_or_else(|| ApiError::not_found(format!("blob {sha} not found")))?;
+    // Devices (signed) and the operator may read blobs.
+    if auth::operator(&pool, &headers).is_err() {
+        auth::device(&pool, &method, uri.path(), &headers, b"").await?;
+    }
+    let bytes = pool
+        .inner
+        .store
+        .run(move |s| s.blob(&sha))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("blob {sha} not found")))?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
@@ -305,8 +288,7 @@ async fn create_job(State(pool): State<Pool>, headers: HeaderMap, body: Bytes) -
     let spec: JobSpec = parse(&body)?;
     let seeds = split::expand(&spec).map_err(|e| ApiError::bad_request(format!("job spec: {e}")))?;
     let tasks = seeds.len() as u64;
-    let job_id =
-        blocking(&pool, move |pool| Ok(pool.inner.store.lock().unwrap().create_job(&spec, seeds, now_ms())?)).await?;
+    let job_id = pool.inner.store.run(move |s| s.create_job(&spec, seeds, now_ms())).await?;
     tracing::info!(job_id, tasks, "job created");
     Ok((StatusCode::CREATED, axum::Json(JobCreated { job_id, tasks })))
 }
@@ -318,24 +300,24 @@ async fn job_status(
 ) -> ApiResult<impl IntoResponse> {
     auth::operator(&pool, &headers)?;
     let job = id(&job, "job id")?;
-    Ok(axum::Json(blocking(&pool, move |pool| Ok(pool.inner.store.lock().unwrap().job_status(job)?)).await?))
+    Ok(axum::Json(pool.inner.store.run(move |s| s.job_status(job)).await?))
 }
 
 async fn job_output(State(pool): State<Pool>, Path(job): Path<String>, headers: HeaderMap) -> ApiResult<Response> {
     auth::operator(&pool, &headers)?;
     let job = id(&job, "job id")?;
-    match blocking(&pool, move |pool| Ok(pool.inner.store.lock().unwrap().job_output(job)?)).await? {
+    match pool.inner.store.run(move |s| s.job_output(job)).await? {
         Some(bytes) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response()),
         None => Err(ApiError::new(StatusCode::CONFLICT, "not_ready", format!("job {job} has no output yet"))),
     }
 }
 
 async fn stats(State(pool): State<Pool>) -> ApiResult<impl IntoResponse> {
-    Ok(axum::Json(blocking(&pool, |pool| Ok(pool.inner.store.lock().unwrap().stats()?)).await?))
+    Ok(axum::Json(pool.inner.store.run(|s| s.stats()).await?))
 }
 
 async fn metrics(State(pool): State<Pool>) -> ApiResult<impl IntoResponse> {
-    let s = blocking(&pool, |pool| Ok(pool.inner.store.lock().unwrap().stats()?)).await?;
+    let s = pool.inner.store.run(|s| s.stats()).await?;
     let text = format!(
         "# TYPE idlemesh_pool_jobs gauge\nidlemesh_pool_jobs {}\n\
          # TYPE idlemesh_pool_tasks gauge\n\

@@ -21,9 +21,11 @@ mod http;
 mod keys;
 mod split;
 mod store;
+mod writer;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 
 use idlemesh_protocol::{Keypair, PublicKey};
 
@@ -65,8 +67,10 @@ pub struct Pool {
 
 struct Inner {
     config: PoolConfig,
-    key: Keypair,
-    store: Mutex<store::Store>,
+    key: Arc<Keypair>,
+    store: writer::StoreWriter,
+    /// Device keys never change once enrolled: verify requests without a database trip.
+    device_keys: RwLock<HashMap<u64, PublicKey>>,
     replay: auth::ReplayGuard,
     lease_rate: auth::LeaseRate,
 }
@@ -85,11 +89,13 @@ impl Pool {
         let key = keys::load_or_create(&config.data_dir.join("pool.key"))?;
         let db_path = config.db_path.clone().unwrap_or_else(|| config.data_dir.join("pool.sqlite"));
         let store = store::Store::open(&db_path)?;
+        let store = writer::StoreWriter::start(store).map_err(|source| PoolError::Io { path: db_path, source })?;
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
-                key,
-                store: Mutex::new(store),
+                key: Arc::new(key),
+                store,
+                device_keys: RwLock::default(),
                 replay: auth::ReplayGuard::default(),
                 lease_rate: auth::LeaseRate::default(),
             }),

@@ -1,0 +1,160 @@
+//! Pool load: simulated devices doing lease → result round trips over HTTP
+//! on loopback against a real `idlemesh pool serve` process. Prints round
+//! trips per second and latency percentiles (DESIGN §7: >= 2,000/s).
+//!
+//! `cargo bench -p idlemesh-cli --bench pool -- [DEVICES] [SECONDS] [CONCURRENCY]`
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use idlemesh_protocol::api::{Capabilities, LeaseRequest, LeaseResponse, ResultSubmission};
+use idlemesh_protocol::{Keypair, Sha256, auth};
+use serde_json::{Value, json};
+
+fn arg(n: usize, default: u64) -> u64 {
+    std::env::args().filter(|a| !a.starts_with('-')).nth(n).and_then(|a| a.parse().ok()).unwrap_or(default)
+}
+
+struct Device {
+    id: u64,
+    key: Keypair,
+}
+
+async fn signed(http: &reqwest::Client, base: &str, d: &Device, path: &str, body: Vec<u8>) -> reqwest::Response {
+    let sig = auth::sign_request(&d.key, d.id, "POST", path, &body, now_ms());
+    http.post(format!("{base}{path}"))
+        .header(auth::HEADER_DEVICE, d.id.to_string())
+        .header(auth::HEADER_TIMESTAMP, sig.timestamp.to_string())
+        .header(auth::HEADER_SIGNATURE, sig.signature)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("pool reachable")
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+fn main() {
+    let devices_n = arg(1, 10_000) as usize;
+    let seconds = arg(2, 15);
+    let concurrency = arg(3, 64) as usize;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut pool = Command::new(env!("CARGO_BIN_EXE_idlemesh"))
+        .args(["pool", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("IDLEMESH_OPERATOR_TOKEN", "bench")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(pool.stderr.take().unwrap()).lines();
+    let base = loop {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(at) = line.find("listening on ") {
+            break line[at + 13..].trim().to_string();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let http = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap();
+        let kernel: Value = http.post(format!("{base}/v1/blobs")).bearer_auth("bench").body(b"kernel".to_vec())
+            .send().await.unwrap().json().await.unwrap();
+        let tasks = (seconds as i64 * 4_000).max(10_000);
+        let t = Instant::now();
+        let job: Value = http.post(format!("{base}/v1/jobs")).bearer_auth("bench")
+            .json(&json!({"name": "load", "kernel_kind": "wasm", "kernel_sha256": kernel["sha256"],
+                "split": {"kind": "range", "start": 0, "end": tasks, "chunk": 1}, "combiner": {"kind": "concat"}}))
+            .send().await.unwrap().json().await.unwrap();
+        println!("job of {} tasks created in {:.1} s", job["tasks"], t.elapsed().as_secs_f64());
+
+        let t = Instant::now();
+        let mut devices = Vec::with_capacity(devices_n);
+        for chunk in (0..devices_n).collect::<Vec<_>>().chunks(256) {
+            let enrolls = chunk.iter().map(|_| {
+                let http = http.clone();
+                let base = base.clone();
+                async move {
+                    let key = Keypair::generate().unwrap();
+                    let r: Value = http.post(format!("{base}/v1/enroll")).json(&json!({"public_key": key.public()}))
+                        .send().await.unwrap().json().await.unwrap();
+                    Device { id: r["device_id"].as_u64().unwrap(), key }
+                }
+            });
+            devices.extend(futures_join(enrolls.collect()).await);
+        }
+        println!("{} devices enrolled in {:.1} s", devices.len(), t.elapsed().as_secs_f64());
+
+        let devices = Arc::new(devices);
+        let next = Arc::new(AtomicUsize::new(0));
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        let caps = Capabilities { wasm: true, wgpu_adapter: None, cores: 4, memory_bytes: 8 << 30 };
+        let workers: Vec<_> = (0..concurrency).map(|_| {
+            let (http, base, devices, next, caps) = (http.clone(), base.clone(), devices.clone(), next.clone(), caps.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut refused = 0u64;
+                while Instant::now() < deadline {
+                    let d = &devices[next.fetch_add(1, Ordering::Relaxed) % devices.len()];
+                    let t = Instant::now();
+                    let body = serde_json::to_vec(&LeaseRequest { capabilities: caps.clone(), max_tasks: 1 }).unwrap();
+                    let resp = signed(&http, &base, d, "/v1/leases", body).await;
+                    if !resp.status().is_success() {
+                        refused += 1;
+                        continue;
+                    }
+                    let leases: LeaseResponse = resp.json().await.unwrap();
+                    let Some(signed_manifest) = leases.tasks.first() else { refused += 1; continue };
+                    let m: idlemesh_protocol::TaskManifest = serde_json::from_str(&signed_manifest.payload).unwrap();
+                    let output = m.task_id.to_le_bytes().to_vec();
+                    let submission = ResultSubmission {
+                        lease_id: m.lease_id, lease_token: m.lease_token, output_sha256: Sha256::of(&output),
+                        output: output.into(), fuel: None, wall_ms: 1, cpu_ms: 1,
+                    };
+                    let resp = signed(&http, &base, d, "/v1/results", serde_json::to_vec(&submission).unwrap()).await;
+                    if resp.status().is_success() {
+                        latencies.push(t.elapsed());
+                    } else {
+                        refused += 1;
+                    }
+                }
+                (latencies, refused)
+            })
+        }).collect();
+        let started = Instant::now();
+        let mut all = Vec::new();
+        let mut refused = 0;
+        for w in workers {
+            let (l, r) = w.await.unwrap();
+            all.extend(l);
+            refused += r;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        all.sort();
+        let pct = |p: f64| all[((all.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
+        println!(
+            "{} lease+result round trips in {:.1} s from {} devices, {} in flight: {:.0} round trips/s (target >= 2000); latency p50 {:.2} ms, p99 {:.2} ms; {} requests refused",
+            all.len(), elapsed, devices.len(), concurrency, all.len() as f64 / elapsed, pct(0.5), pct(0.99), refused
+        );
+    });
+    let _ = pool.kill();
+    let _ = pool.wait();
+}
+
+/// Awaits a batch of futures concurrently on the current runtime.
+async fn futures_join<T: Send + 'static>(futs: Vec<impl std::future::Future<Output = T> + Send + 'static>) -> Vec<T> {
+    let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
