@@ -9,16 +9,22 @@
 //! - [`PoolClient`] speaks the pool's HTTP API with device-signed requests.
 //! - [`paths`] says where data lives.
 //!
-//! Sensors, the governor, limits and IT policy join here as their issues land;
-//! the scheduler already takes its stop signal from outside, which is where
-//! the governor's decisions will come in.
+//! - [`governor`] decides, as a pure function of a sensor snapshot, the
+//!   effective limits and the user's pause, whether to run and how much,
+//!   with reasons in plain words and hysteresis on every threshold.
+//!
+//! Sensors, settings and IT policy join here as their issues land; the
+//! scheduler already takes its stop signal from outside, which is where the
+//! governor's decisions will come in.
 
 mod agent;
+pub mod governor;
 mod ledger;
 pub mod paths;
 mod pool_client;
 
 pub use agent::{Agent, AgentConfig, AgentError, AgentSummary};
+pub use governor::{Decision, Limits};
 pub use ledger::{BadEntry, Entry, Ledger, LedgerError, VerifyReport};
 pub use pool_client::{PoolClient, PoolClientError};
 

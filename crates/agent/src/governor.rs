@@ -1,0 +1,363 @@
+//! The governor: when may this machine be lent, and how much of it.
+//!
+//! A pure function of what the sensors saw ([`Snapshot`]), the effective
+//! limits (defaults < user settings < IT policy, merged before they get
+//! here), the user's manual pause and the previous [`GovernorState`]. No I/O
+//! and no clock of its own: time comes in with the snapshot, so every case is
+//! a table row in the tests. The state carries the hysteresis, so a reading
+//! that hovers at a threshold cannot flap work on and off.
+//!
+//! Every [`Decision`] lists its reasons in plain words; the tray and
+//! `idlemesh status` show them verbatim, and branch only on [`ReasonCode`].
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Battery must climb this far past the minimum before work resumes.
+pub const BATTERY_HYSTERESIS_PERCENT: f32 = 5.0;
+/// The CPU must cool this far below the maximum before work resumes.
+pub const TEMPERATURE_HYSTERESIS_C: f32 = 5.0;
+/// Other programs' load must stay high (or low) this long to change the decision:
+/// a compile that spikes for a second does not stop work, a busy minute does.
+pub const LOAD_GRACE: Duration = Duration::from_secs(10);
+/// Load must fall this far below the limit to count as quiet again.
+pub const LOAD_HYSTERESIS_PERCENT: f32 = 5.0;
+
+/// What the sensors saw at one moment. `None` means the sensor is absent or
+/// could not be read: never a reason to crash, sometimes a reason to wait.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// When this was taken, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// Minutes since local midnight, for allowed hours.
+    pub local_minute_of_day: u16,
+    /// The local clock's offset from UTC in minutes, to show times the user reads.
+    pub utc_offset_minutes: i32,
+    pub user_idle: Option<Duration>,
+    /// Load of every other process, percent of the whole machine (our worker excluded).
+    pub other_cpu_percent: Option<f32>,
+    /// `None` on machines without a battery.
+    pub battery: Option<Battery>,
+    pub cpu_temp_c: Option<f32>,
+    pub metered_network: Option<bool>,
+    pub uploaded_today_bytes: u64,
+    pub downloaded_today_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Battery {
+    pub percent: f32,
+    pub on_ac: bool,
+}
+
+/// A daily window of allowed hours, in minutes since local midnight;
+/// `start > end` wraps past midnight (22:00–06:00).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hours {
+    pub start_minute: u16,
+    pub end_minute: u16,
+}
+
+impl Hours {
+    pub fn contains(&self, minute: u16) -> bool {
+        if self.start_minute <= self.end_minute {
+            (self.start_minute..self.end_minute).contains(&minute)
+        } else {
+            minute >= self.start_minute || minute < self.end_minute
+        }
+    }
+}
+
+/// The effective limits (DESIGN §6), already resolved to this machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    pub idle_after: Duration,
+    pub cores: u32,
+    pub duty_cycle_percent: u8,
+    pub gpu_enabled: bool,
+    pub run_on_battery: bool,
+    pub min_battery_percent: u8,
+    pub max_cpu_temp_c: f32,
+    /// `None`: any time.
+    pub allowed_hours: Option<Hours>,
+    pub memory_per_task_bytes: u64,
+    pub daily_upload_cap_bytes: Option<u64>,
+    pub daily_download_cap_bytes: Option<u64>,
+    pub pause_on_metered_network: bool,
+    /// Pause while other programs use more than this share of the machine.
+    pub max_other_cpu_percent: f32,
+}
+
+impl Limits {
+    /// DESIGN §6 defaults for a machine with `total_cores` and `total_memory_bytes`.
+    pub fn defaults(total_cores: u32, total_memory_bytes: u64) -> Self {
+        Self {
+            idle_after: Duration::from_secs(3 * 60),
+            cores: (total_cores / 2).max(1),
+            duty_cycle_percent: 60,
+            gpu_enabled: false,
+            run_on_battery: false,
+            min_battery_percent: 80,
+            max_cpu_temp_c: 85.0,
+            allowed_hours: None,
+            memory_per_task_bytes: total_memory_bytes / 4,
+            daily_upload_cap_bytes: None,
+            daily_download_cap_bytes: None,
+            pause_on_metered_network: true,
+            max_other_cpu_percent: 50.0,
+        }
+    }
+}
+
+/// The user's own pause, always allowed, whatever the policy says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ManualPause {
+    None,
+    Until { until_ms: u64 },
+    UntilResumed,
+}
+
+/// What the governor remembers between decisions: the latched thresholds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GovernorState {
+    battery_low: bool,
+    too_hot: bool,
+    /// Other load over the limit since then (not yet acted on) ...
+    loud_since_ms: Option<u64>,
+    /// ... below the limit since then, while paused for it.
+    quiet_since_ms: Option<u64>,
+    paused_for_load: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    Run { cores: u32, duty_cycle_percent: u8, gpu: bool },
+    Pause,
+}
+
+/// A stable code for the UI to branch on; the text is for people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReasonCode {
+    PausedByUser,
+    UserActive,
+    UserIdle,
+    IdleUnknown,
+    OnBattery,
+    BatteryLow,
+    PowerOk,
+    TooHot,
+    OutsideHours,
+    MeteredNetwork,
+    UploadCapReached,
+    DownloadCapReached,
+    OtherProgramsBusy,
+    Throttled,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reason {
+    pub code: ReasonCode,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub action: Action,
+    /// For a pause, every reason that holds; for a run, why it may run and how much.
+    pub reasons: Vec<Reason>,
+}
+
+impl Decision {
+    pub fn is_paused(&self) -> bool {
+        self.action == Action::Pause
+    }
+}
+
+fn ago(d: Duration) -> String {
+    let s = d.as_secs();
+    if s < 90 {
+        format!("{s} s")
+    } else if s < 90 * 60 {
+        format!("{} min", s / 60)
+    } else {
+        format!("{} h", s / 3600)
+    }
+}
+
+fn clock(ms: u64, utc_offset_minutes: i32) -> String {
+    let local_minutes = (ms / 60_000) as i64 + i64::from(utc_offset_minutes);
+    let m = local_minutes.rem_euclid(24 * 60);
+    format!("{:02}:{:02}", m / 60, m % 60)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{} MB", bytes / 1_000_000)
+}
+
+/// Decides; returns the decision and the state to pass in next time.
+pub fn decide(prev: &GovernorState, s: &Snapshot, l: &Limits, pause: ManualPause) -> (Decision, GovernorState) {
+    let mut state = prev.clone();
+    let mut blocking = Vec::new();
+    let mut allowing = Vec::new();
+    let reason = |list: &mut Vec<Reason>, code, text: String| list.push(Reason { code, text });
+
+    match pause {
+        ManualPause::Until { until_ms } if s.at_ms < until_ms => reason(
+            &mut blocking,
+            ReasonCode::PausedByUser,
+            format!("paused by you until {}", clock(until_ms, s.utc_offset_minutes)),
+        ),
+        ManualPause::UntilResumed => {
+            reason(&mut blocking, ReasonCode::PausedByUser, "paused by you until you resume".into())
+        }
+        _ => {}
+    }
+
+    match s.user_idle {
+        Some(idle) if idle < l.idle_after => reason(
+            &mut blocking,
+            ReasonCode::UserActive,
+            format!("you were active {} ago; work starts after {} idle", ago(idle), ago(l.idle_after)),
+        ),
+        Some(idle) => reason(&mut allowing, ReasonCode::UserIdle, format!("you have been away for {}", ago(idle))),
+        None => reason(
+            &mut allowing,
+            ReasonCode::IdleUnknown,
+            "no input sensor here (headless): running as if nobody were using this machine".into(),
+        ),
+    }
+
+    match s.battery {
+        Some(b) => {
+            let min = f32::from(l.min_battery_percent);
+            if b.percent < min {
+                state.battery_low = true;
+            } else if b.percent >= min + BATTERY_HYSTERESIS_PERCENT {
+                state.battery_low = false;
+            }
+            if !b.on_ac && !l.run_on_battery {
+                reason(&mut blocking, ReasonCode::OnBattery, format!("on battery ({:.0} %)", b.percent));
+            } else if state.battery_low {
+                let resume = min + BATTERY_HYSTERESIS_PERCENT;
+                let text = if b.percent < min {
+                    format!("battery {:.0} % < {min:.0} %", b.percent)
+                } else {
+                    format!("battery {:.0} %: waiting for {resume:.0} % before starting again", b.percent)
+                };
+                reason(&mut blocking, ReasonCode::BatteryLow, text);
+            } else if b.on_ac {
+                reason(&mut allowing, ReasonCode::PowerOk, format!("on AC power, battery {:.0} %", b.percent));
+            } else {
+                reason(
+                    &mut allowing,
+                    ReasonCode::PowerOk,
+                    format!("on battery {:.0} %, allowed by your settings", b.percent),
+                );
+            }
+        }
+        None => reason(&mut allowing, ReasonCode::PowerOk, "on mains power (no battery)".into()),
+    }
+
+    if let Some(t) = s.cpu_temp_c {
+        if t >= l.max_cpu_temp_c {
+            state.too_hot = true;
+        } else if t <= l.max_cpu_temp_c - TEMPERATURE_HYSTERESIS_C {
+            state.too_hot = false;
+        }
+        if state.too_hot {
+            reason(
+                &mut blocking,
+                ReasonCode::TooHot,
+                format!(
+                    "CPU at {t:.0} °C; limit {:.0} °C, resuming below {:.0} °C",
+                    l.max_cpu_temp_c,
+                    l.max_cpu_temp_c - TEMPERATURE_HYSTERESIS_C
+                ),
+            );
+        }
+    }
+
+    if let Some(hours) = l.allowed_hours
+        && !hours.contains(s.local_minute_of_day)
+    {
+        let hm = |m: u16| format!("{:02}:{:02}", m / 60, m % 60);
+        reason(
+            &mut blocking,
+            ReasonCode::OutsideHours,
+            format!("outside allowed hours ({}–{})", hm(hours.start_minute), hm(hours.end_minute)),
+        );
+    }
+
+    if l.pause_on_metered_network && s.metered_network == Some(true) {
+        reason(&mut blocking, ReasonCode::MeteredNetwork, "on a metered network".into());
+    }
+    if let Some(cap) = l.daily_upload_cap_bytes
+        && s.uploaded_today_bytes >= cap
+    {
+        reason(&mut blocking, ReasonCode::UploadCapReached, format!("today's upload cap of {} is used up", mib(cap)));
+    }
+    if let Some(cap) = l.daily_download_cap_bytes
+        && s.downloaded_today_bytes >= cap
+    {
+        reason(
+            &mut blocking,
+            ReasonCode::DownloadCapReached,
+            format!("today's download cap of {} is used up", mib(cap)),
+        );
+    }
+
+    if let Some(load) = s.other_cpu_percent {
+        let grace_ms = LOAD_GRACE.as_millis() as u64;
+        if load > l.max_other_cpu_percent {
+            state.quiet_since_ms = None;
+            let since = *state.loud_since_ms.get_or_insert(s.at_ms);
+            if s.at_ms.saturating_sub(since) >= grace_ms {
+                state.paused_for_load = true;
+            }
+        } else {
+            state.loud_since_ms = None;
+            if load <= l.max_other_cpu_percent - LOAD_HYSTERESIS_PERCENT {
+                let since = *state.quiet_since_ms.get_or_insert(s.at_ms);
+                if s.at_ms.saturating_sub(since) >= grace_ms {
+                    state.paused_for_load = false;
+                }
+            } else {
+                state.quiet_since_ms = None;
+            }
+        }
+        if state.paused_for_load {
+            reason(
+                &mut blocking,
+                ReasonCode::OtherProgramsBusy,
+                format!("other programs are using {load:.0} % of the CPU (limit {:.0} %)", l.max_other_cpu_percent),
+            );
+        }
+    }
+
+    let decision = if blocking.is_empty() {
+        let total = l.cores.max(1);
+        reason(
+            &mut allowing,
+            ReasonCode::Throttled,
+            format!("using {total} core{} at {} % duty cycle", if total == 1 { "" } else { "s" }, l.duty_cycle_percent),
+        );
+        Decision {
+            action: Action::Run {
+                cores: total,
+                duty_cycle_percent: l.duty_cycle_percent.clamp(1, 100),
+                gpu: l.gpu_enabled,
+            },
+            reasons: allowing,
+        }
+    } else {
+        Decision { action: Action::Pause, reasons: blocking }
+    };
+    (decision, state)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,307 @@
+//! Table-driven: every limit of DESIGN §6, their combinations, and the
+//! hysteresis of every threshold that could flap.
+
+use std::time::Duration;
+
+use super::*;
+use ReasonCode::*;
+
+const MIN: u64 = 60_000;
+/// 2026-11-22 13:00 UTC.
+const T0: u64 = 1_795_352_400_000;
+
+fn snap() -> Snapshot {
+    Snapshot {
+        at_ms: T0,
+        local_minute_of_day: 13 * 60,
+        utc_offset_minutes: 60,
+        user_idle: Some(Duration::from_secs(600)),
+        other_cpu_percent: Some(5.0),
+        battery: None,
+        cpu_temp_c: Some(50.0),
+        metered_network: Some(false),
+        uploaded_today_bytes: 0,
+        downloaded_today_bytes: 0,
+    }
+}
+
+fn limits() -> Limits {
+    Limits::defaults(8, 16 << 30)
+}
+
+fn codes(d: &Decision) -> Vec<ReasonCode> {
+    d.reasons.iter().map(|r| r.code).collect()
+}
+
+type Tweak = fn(&mut Snapshot, &mut Limits);
+
+#[test]
+fn every_limit_alone_and_in_combination() {
+    let table: &[(&str, Tweak, ManualPause, Option<&[ReasonCode]>)] = &[
+        ("idle, mains, cool: runs", |_, _| {}, ManualPause::None, None),
+        ("user active", |s, _| s.user_idle = Some(Duration::from_secs(3)), ManualPause::None, Some(&[UserActive])),
+        (
+            "idle just under the limit",
+            |s, _| s.user_idle = Some(Duration::from_secs(179)),
+            ManualPause::None,
+            Some(&[UserActive]),
+        ),
+        ("idle exactly the limit", |s, _| s.user_idle = Some(Duration::from_secs(180)), ManualPause::None, None),
+        (
+            "custom idle limit",
+            |s, l| {
+                s.user_idle = Some(Duration::from_secs(30));
+                l.idle_after = Duration::from_secs(20)
+            },
+            ManualPause::None,
+            None,
+        ),
+        ("no idle sensor", |s, _| s.user_idle = None, ManualPause::None, None),
+        (
+            "on battery, not allowed",
+            |s, _| s.battery = Some(Battery { percent: 95.0, on_ac: false }),
+            ManualPause::None,
+            Some(&[OnBattery]),
+        ),
+        (
+            "on battery, allowed, full",
+            |s, l| {
+                s.battery = Some(Battery { percent: 95.0, on_ac: false });
+                l.run_on_battery = true
+            },
+            ManualPause::None,
+            None,
+        ),
+        (
+            "on battery, allowed, low",
+            |s, l| {
+                s.battery = Some(Battery { percent: 41.0, on_ac: false });
+                l.run_on_battery = true
+            },
+            ManualPause::None,
+            Some(&[BatteryLow]),
+        ),
+        (
+            "on AC, charging below the minimum",
+            |s, _| s.battery = Some(Battery { percent: 50.0, on_ac: true }),
+            ManualPause::None,
+            Some(&[BatteryLow]),
+        ),
+        ("on AC, charged", |s, _| s.battery = Some(Battery { percent: 90.0, on_ac: true }), ManualPause::None, None),
+        ("too hot", |s, _| s.cpu_temp_c = Some(85.0), ManualPause::None, Some(&[TooHot])),
+        (
+            "custom temperature limit",
+            |s, l| {
+                s.cpu_temp_c = Some(71.0);
+                l.max_cpu_temp_c = 70.0
+            },
+            ManualPause::None,
+            Some(&[TooHot]),
+        ),
+        ("no temperature sensor", |s, _| s.cpu_temp_c = None, ManualPause::None, None),
+        (
+            "inside allowed hours",
+            |_, l| l.allowed_hours = Some(Hours { start_minute: 9 * 60, end_minute: 17 * 60 }),
+            ManualPause::None,
+            None,
+        ),
+        (
+            "outside allowed hours",
+            |s, l| {
+                s.local_minute_of_day = 8 * 60;
+                l.allowed_hours = Some(Hours { start_minute: 9 * 60, end_minute: 17 * 60 })
+            },
+            ManualPause::None,
+            Some(&[OutsideHours]),
+        ),
+        (
+            "night window, after midnight",
+            |s, l| {
+                s.local_minute_of_day = 60;
+                l.allowed_hours = Some(Hours { start_minute: 22 * 60, end_minute: 6 * 60 })
+            },
+            ManualPause::None,
+            None,
+        ),
+        (
+            "night window, at noon",
+            |s, l| {
+                s.local_minute_of_day = 12 * 60;
+                l.allowed_hours = Some(Hours { start_minute: 22 * 60, end_minute: 6 * 60 })
+            },
+            ManualPause::None,
+            Some(&[OutsideHours]),
+        ),
+        ("metered network", |s, _| s.metered_network = Some(true), ManualPause::None, Some(&[MeteredNetwork])),
+        (
+            "metered network, allowed",
+            |s, l| {
+                s.metered_network = Some(true);
+                l.pause_on_metered_network = false
+            },
+            ManualPause::None,
+            None,
+        ),
+        (
+            "upload cap used up",
+            |s, l| {
+                s.uploaded_today_bytes = 50_000_000;
+                l.daily_upload_cap_bytes = Some(50_000_000)
+            },
+            ManualPause::None,
+            Some(&[UploadCapReached]),
+        ),
+        (
+            "download cap used up",
+            |s, l| {
+                s.downloaded_today_bytes = 60_000_000;
+                l.daily_download_cap_bytes = Some(50_000_000)
+            },
+            ManualPause::None,
+            Some(&[DownloadCapReached]),
+        ),
+        (
+            "under both caps",
+            |s, l| {
+                s.uploaded_today_bytes = 1;
+                l.daily_upload_cap_bytes = Some(2);
+                l.daily_download_cap_bytes = Some(2)
+            },
+            ManualPause::None,
+            None,
+        ),
+        (
+            "paused by the user for a while",
+            |_, _| {},
+            ManualPause::Until { until_ms: T0 + 15 * MIN },
+            Some(&[PausedByUser]),
+        ),
+        ("a manual pause that has run out", |_, _| {}, ManualPause::Until { until_ms: T0 - 1 }, None),
+        ("paused until resumed", |_, _| {}, ManualPause::UntilResumed, Some(&[PausedByUser])),
+        (
+            "everything at once: every reason listed",
+            |s, l| {
+                s.user_idle = Some(Duration::from_secs(1));
+                s.battery = Some(Battery { percent: 30.0, on_ac: false });
+                s.cpu_temp_c = Some(99.0);
+                s.metered_network = Some(true);
+                s.local_minute_of_day = 3 * 60;
+                l.allowed_hours = Some(Hours { start_minute: 9 * 60, end_minute: 17 * 60 });
+            },
+            ManualPause::UntilResumed,
+            Some(&[PausedByUser, UserActive, OnBattery, TooHot, OutsideHours, MeteredNetwork]),
+        ),
+    ];
+    for (name, tweak, pause, expected) in table {
+        let (mut s, mut l) = (snap(), limits());
+        tweak(&mut s, &mut l);
+        let (d, _) = decide(&GovernorState::default(), &s, &l, *pause);
+        match expected {
+            None => {
+                assert_eq!(
+                    d.action,
+                    Action::Run { cores: l.cores, duty_cycle_percent: l.duty_cycle_percent, gpu: false },
+                    "{name}: {d:?}"
+                );
+                assert!(codes(&d).contains(&Throttled), "{name}: a run says how much it uses");
+            }
+            Some(want) => {
+                assert!(d.is_paused(), "{name}: expected a pause, got {d:?}");
+                assert_eq!(codes(&d), want.to_vec(), "{name}");
+            }
+        }
+        assert!(d.reasons.iter().all(|r| !r.text.is_empty()), "{name}: every reason has words");
+    }
+}
+
+#[test]
+fn reasons_read_as_the_design_says() {
+    let mut s = snap();
+    s.user_idle = Some(Duration::from_secs(3));
+    let (d, _) = decide(&GovernorState::default(), &s, &limits(), ManualPause::None);
+    assert!(d.reasons[0].text.starts_with("you were active 3 s ago"), "{}", d.reasons[0].text);
+
+    let mut l = limits();
+    l.run_on_battery = true;
+    l.min_battery_percent = 50;
+    s.user_idle = None;
+    s.battery = Some(Battery { percent: 41.0, on_ac: false });
+    let (d, _) = decide(&GovernorState::default(), &s, &l, ManualPause::None);
+    assert_eq!(d.reasons[0].text, "battery 41 % < 50 %");
+
+    // T0 is 13:00 UTC; the user's clock is UTC+1, so 15 minutes on is 14:15 for them.
+    let (d, _) = decide(&GovernorState::default(), &snap(), &limits(), ManualPause::Until { until_ms: T0 + 15 * MIN });
+    assert_eq!(d.reasons[0].text, "paused by you until 14:15");
+}
+
+#[test]
+fn defaults_follow_the_design() {
+    let l = Limits::defaults(8, 16 << 30);
+    assert_eq!((l.idle_after, l.cores, l.duty_cycle_percent), (Duration::from_secs(180), 4, 60));
+    assert_eq!((l.gpu_enabled, l.run_on_battery, l.min_battery_percent, l.max_cpu_temp_c), (false, false, 80, 85.0));
+    assert_eq!((l.allowed_hours, l.memory_per_task_bytes, l.pause_on_metered_network), (None, 4 << 30, true));
+    assert_eq!(Limits::defaults(1, 0).cores, 1, "at least one core");
+}
+
+/// Runs a sequence of snapshots through the governor, carrying its state.
+fn run(l: &Limits, steps: &[Snapshot]) -> Vec<bool> {
+    let mut state = GovernorState::default();
+    steps
+        .iter()
+        .map(|s| {
+            let (d, next) = decide(&state, s, l, ManualPause::None);
+            state = next;
+            d.is_paused()
+        })
+        .collect()
+}
+
+#[test]
+fn battery_resumes_only_past_the_hysteresis() {
+    let mut l = limits();
+    l.run_on_battery = true;
+    let at = |percent: f32, on_ac: bool| Snapshot { battery: Some(Battery { percent, on_ac }), ..snap() };
+    let paused =
+        run(&l, &[at(81.0, false), at(79.0, false), at(80.5, true), at(84.0, true), at(85.0, true), at(83.0, true)]);
+    assert_eq!(paused, [false, true, true, true, false, false]);
+}
+
+#[test]
+fn temperature_resumes_only_after_cooling() {
+    let l = limits();
+    let at = |t: f32| Snapshot { cpu_temp_c: Some(t), ..snap() };
+    assert_eq!(
+        run(&l, &[at(84.0), at(86.0), at(84.0), at(81.0), at(80.0), at(84.9)]),
+        [false, true, true, true, false, false]
+    );
+}
+
+#[test]
+fn other_load_needs_a_grace_period_both_ways() {
+    let l = limits();
+    let at = |secs: u64, load: f32| Snapshot { at_ms: T0 + secs * 1000, other_cpu_percent: Some(load), ..snap() };
+    let paused = run(
+        &l,
+        &[
+            at(0, 90.0),  // a spike: not yet
+            at(5, 10.0),  // gone: the clock resets
+            at(6, 90.0),  // busy again
+            at(15, 90.0), // 9 s: still within grace
+            at(16, 90.0), // 10 s: pause
+            at(17, 48.0), // below the limit but inside the hysteresis band: stay paused
+            at(20, 30.0), // quiet starts
+            at(29, 30.0), // 9 s quiet
+            at(30, 30.0), // 10 s quiet: resume
+        ],
+    );
+    assert_eq!(paused, [false, false, false, false, true, true, true, true, false]);
+}
+
+#[test]
+fn hours_wrap_midnight() {
+    let night = Hours { start_minute: 22 * 60, end_minute: 6 * 60 };
+    assert!(night.contains(23 * 60) && night.contains(0) && night.contains(5 * 60 + 59));
+    assert!(!night.contains(6 * 60) && !night.contains(12 * 60) && !night.contains(22 * 60 - 1));
+    let day = Hours { start_minute: 9 * 60, end_minute: 17 * 60 };
+    assert!(day.contains(9 * 60) && !day.contains(17 * 60));
+}
