@@ -13,7 +13,12 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// (constant name, package) of each guest.
-const GUESTS: &[(&str, &str)] = &[("MANDELBROT", "idlemesh-kernel-mandelbrot"), ("HOSTILE", "idlemesh-kernel-hostile")];
+const GUESTS: &[(&str, &str)] = &[
+    ("MANDELBROT", "idlemesh-kernel-mandelbrot"),
+    ("HOSTILE", "idlemesh-kernel-hostile"),
+    ("SHA256CHAIN", "idlemesh-kernel-sha256chain"),
+    ("MATMUL", "idlemesh-kernel-matmul"),
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());

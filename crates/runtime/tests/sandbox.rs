@@ -76,3 +76,24 @@ fn compiled_kernels_are_cached_on_disk() {
     assert!(second.cache_hit);
     assert_eq!(first.output, second.output);
 }
+
+#[test]
+fn every_kernel_matches_its_native_build() {
+    let sandbox = Sandbox::new(SandboxConfig::default()).unwrap();
+    let run = |kernel: &[u8], input: &[u8], params: &str| {
+        let o = sandbox.run(kernel, input, params, None, &RunLimits::default(), NoEvents);
+        assert_eq!(o.status, Status::Ok, "{params}: {:?}", o.error);
+        o.output
+    };
+    let params = r#"{"seed":"idlemesh","iterations":1000}"#;
+    assert_eq!(run(idlemesh_kernels::SHA256CHAIN, b"", params), idlemesh_kernel_sha256chain::run(b"", params).unwrap());
+    assert_eq!(
+        run(idlemesh_kernels::SHA256CHAIN, b"other seed", params),
+        idlemesh_kernel_sha256chain::chain(b"other seed", 1000)
+    );
+    let params = r#"{"n":48,"seed":11}"#;
+    assert!(
+        run(idlemesh_kernels::MATMUL, b"", params) == idlemesh_kernel_matmul::run(params).unwrap(),
+        "matmul differs from native"
+    );
+}

@@ -4,4 +4,5 @@
 include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 
 /// Every embedded kernel, by name.
-pub const ALL: &[(&str, &[u8])] = &[("mandelbrot", MANDELBROT), ("hostile", HOSTILE)];
+pub const ALL: &[(&str, &[u8])] =
+    &[("mandelbrot", MANDELBROT), ("hostile", HOSTILE), ("sha256chain", SHA256CHAIN), ("matmul", MATMUL)];
