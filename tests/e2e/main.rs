@@ -8,5 +8,6 @@ mod demo;
 mod harness;
 mod hostile;
 mod jobs;
+mod outage;
 mod restart;
 mod tampering;

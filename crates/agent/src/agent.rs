@@ -12,12 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use idlemesh_protocol::api::{Capabilities, EnrollRequest, ResultSubmission};
-use idlemesh_protocol::{KernelKind, Keypair, PublicKey, Sha256, Signed, TaskManifest};
+use idlemesh_protocol::{KernelKind, Keypair, PublicKey, Receipt, Sha256, Signed, TaskManifest};
 use idlemesh_runtime::{RunLimits, RunReport, Status, WorkRequest, WorkerCommand, WorkerProcess};
 use serde_json::json;
 use tokio::sync::watch;
 
 use crate::ledger::{Ledger, LedgerError, ReceiptEntry};
+use crate::outbox::{Outbox, Pending};
 use crate::pool_client::{PoolClient, PoolClientError};
 
 #[derive(Debug, Clone)]
@@ -40,6 +41,12 @@ pub enum AgentError {
     Pool(#[from] PoolClientError),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    #[error("cannot create the data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the pool's key changed: pinned {pinned}, the pool now says {offered}; refusing to continue")]
     PoolKeyChanged { pinned: Box<PublicKey>, offered: Box<PublicKey> },
 }
@@ -54,6 +61,8 @@ pub struct AgentSummary {
     pub wall_ms: u64,
     pub credits: f64,
     pub receipts: u64,
+    /// Results still waiting in the outbox when the run ended.
+    pub results_pending: u64,
 }
 
 pub struct Agent {
@@ -61,6 +70,7 @@ pub struct Agent {
     client: PoolClient,
     pool_key: PublicKey,
     ledger: Ledger,
+    outbox: Outbox,
     worker: Option<WorkerProcess>,
     blobs: HashMap<Sha256, Arc<Vec<u8>>>,
     summary: AgentSummary,
@@ -102,6 +112,8 @@ impl Agent {
                 offered: Box::new(enrolled.pool_public_key),
             });
         }
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| AgentError::DataDir { path: config.data_dir.clone(), source: e })?;
         let mut ledger = Ledger::open(&config.ledger_path)?;
         ledger.append(
             "disclosure",
@@ -116,11 +128,13 @@ impl Agent {
             }),
         )?;
         tracing::info!(pool = %config.pool_url, device_id = enrolled.device_id, "enrolled");
+        let outbox = Outbox::open(&config.data_dir.join("outbox.sqlite"))?;
         Ok(Self {
             config,
             client,
             pool_key,
             ledger,
+            outbox,
             worker: None,
             blobs: HashMap::new(),
             summary: AgentSummary::default(),
@@ -141,6 +155,7 @@ impl Agent {
     pub async fn run(&mut self, mut stop: watch::Receiver<bool>) -> Result<AgentSummary, AgentError> {
         let mut backoff = Duration::from_millis(250);
         while !*stop.borrow() {
+            self.flush_outbox().await?;
             let leased = self.client.lease(self.config.capabilities.clone(), self.config.max_tasks_per_lease).await;
             let wait = match leased {
                 Ok(resp) if !resp.tasks.is_empty() => {
@@ -173,6 +188,7 @@ impl Agent {
                 _ = stop.changed() => {}
             }
         }
+        self.summary.results_pending = self.outbox.len()?;
         Ok(self.summary.clone())
     }
 
@@ -342,37 +358,74 @@ impl Agent {
             wall_ms: report.wall_ms,
             cpu_ms: report.cpu_ms,
         };
-        match self.client.submit_result(&submission).await {
-            Ok(resp) => {
-                if let Some(receipt) = resp.receipt {
-                    match receipt.verify(&self.pool_key) {
-                        Ok(r)
-                            if r.device_id == m.device_id
-                                && r.task_id == m.task_id
-                                && r.output_sha256 == output_sha256 =>
-                        {
-                            self.summary.receipts += 1;
-                            self.summary.credits += r.credits;
-                            self.ledger.append(
-                                "receipt",
-                                &ReceiptEntry {
-                                    pool: self.config.pool_url.clone(),
-                                    pool_public_key: self.pool_key,
-                                    receipt,
-                                },
-                            )?;
-                        }
-                        Ok(_) => tracing::warn!(task_id = m.task_id, "ignoring a receipt for another task or output"),
-                        Err(e) => {
-                            tracing::warn!(task_id = m.task_id, error = %e, "ignoring a receipt with a bad signature")
-                        }
+        // Durable before the first attempt: from here on the result cannot be lost.
+        self.outbox.put(&Pending {
+            pool: self.config.pool_url.clone(),
+            job_id: m.job_id,
+            task_id: m.task_id,
+            device_id: m.device_id,
+            submission,
+        })?;
+        self.flush_outbox().await
+    }
+
+    /// Delivers every due result, oldest first. Stops at the first one the
+    /// pool cannot take now (unreachable, busy) and schedules it for later;
+    /// a result the pool refuses for good (a stale lease) is recorded and dropped.
+    async fn flush_outbox(&mut self) -> Result<(), AgentError> {
+        while let Some((p, attempts)) = self.outbox.next_due(crate::now_ms())? {
+            let lease_id = p.submission.lease_id;
+            match self.client.submit_result(&p.submission).await {
+                Ok(resp) => {
+                    if let Some(receipt) = resp.receipt {
+                        self.keep_receipt(&p, receipt)?;
                     }
+                    self.outbox.done(lease_id)?;
+                }
+                Err(PoolClientError::Refused { status, code, message, .. }) if status != 429 && status < 500 => {
+                    tracing::warn!(task_id = p.task_id, status, %message, "the pool refused a result; it earns nothing");
+                    self.ledger.append(
+                        "result_refused",
+                        &json!({"pool": p.pool, "job_id": p.job_id, "task_id": p.task_id, "status": status, "code": code, "message": message}),
+                    )?;
+                    self.outbox.done(lease_id)?;
+                }
+                Err(e) => {
+                    let wait = crate::outbox::backoff_ms(attempts, random_u64());
+                    tracing::warn!(task_id = p.task_id, error = %e, retry_in_ms = wait, "posting a result failed; it stays in the outbox");
+                    self.outbox.retry_later(lease_id, attempts + 1, crate::now_ms() + wait)?;
+                    break;
                 }
             }
-            Err(e) => tracing::warn!(task_id = m.task_id, error = %e, "posting the result failed"),
         }
         Ok(())
     }
+
+    fn keep_receipt(&mut self, p: &Pending, receipt: Signed<Receipt>) -> Result<(), AgentError> {
+        match receipt.verify(&self.pool_key) {
+            Ok(r)
+                if r.device_id == p.device_id
+                    && r.task_id == p.task_id
+                    && r.output_sha256 == p.submission.output_sha256 =>
+            {
+                self.summary.receipts += 1;
+                self.summary.credits += r.credits;
+                self.ledger.append(
+                    "receipt",
+                    &ReceiptEntry { pool: p.pool.clone(), pool_public_key: self.pool_key, receipt },
+                )?;
+            }
+            Ok(_) => tracing::warn!(task_id = p.task_id, "ignoring a receipt for another task or output"),
+            Err(e) => tracing::warn!(task_id = p.task_id, error = %e, "ignoring a receipt with a bad signature"),
+        }
+        Ok(())
+    }
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    u64::from_le_bytes(b)
 }
 
 fn kernel_and_input_bytes(m: &TaskManifest) -> u64 {

@@ -20,6 +20,7 @@
 mod agent;
 pub mod governor;
 mod ledger;
+mod outbox;
 pub mod paths;
 mod pool_client;
 
