@@ -86,6 +86,7 @@ fn best_of(n: usize, f: impl Fn()) -> Duration {
 /// Each kernel in the sandbox vs the same Rust code native; metered vs not.
 fn throughput() {
     let sandbox = Sandbox::new(SandboxConfig::default()).unwrap();
+    let with_epochs = Sandbox::new(SandboxConfig { epoch_interruption: true, ..SandboxConfig::default() }).unwrap();
     let plain = RunLimits::default();
     let metered = RunLimits { max_fuel: Some(u64::MAX / 4), ..RunLimits::default() };
     type Native = Box<dyn Fn()>;
@@ -128,14 +129,17 @@ fn throughput() {
             best_of(5, || assert_eq!(sandbox.run(kernel, b"", params, None, &plain, NoEvents).status, Status::Ok));
         let fuel =
             best_of(5, || assert_eq!(sandbox.run(kernel, b"", params, None, &metered, NoEvents).status, Status::Ok));
+        with_epochs.run(kernel, b"", params, None, &plain, NoEvents);
+        let epochs =
+            best_of(5, || assert_eq!(with_epochs.run(kernel, b"", params, None, &plain, NoEvents).status, Status::Ok));
         let ratio = native.as_secs_f64() / wasm.as_secs_f64();
         ratios.push(ratio);
         println!(
-            "{name}: native {:.1} ms, wasm {:.1} ms -> {ratio:.2}x native; fuel-metered {:.1} ms -> metering costs {:.2}x",
+            "{name}: native {:.1} ms, wasm {:.1} ms -> {ratio:.2}x native; fuel metering costs {:.2}x, epoch checks cost {:.2}x",
             native.as_secs_f64() * 1e3,
             wasm.as_secs_f64() * 1e3,
-            fuel.as_secs_f64() * 1e3,
-            fuel.as_secs_f64() / wasm.as_secs_f64()
+            fuel.as_secs_f64() / wasm.as_secs_f64(),
+            epochs.as_secs_f64() / wasm.as_secs_f64()
         );
     }
     ratios.sort_by(f64::total_cmp);

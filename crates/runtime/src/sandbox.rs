@@ -36,11 +36,15 @@ pub struct SandboxConfig {
     /// Where compiled components are cached; `None` compiles every time.
     pub cache_dir: Option<PathBuf>,
     pub max_wasm_stack_bytes: usize,
+    /// Compile epoch checks into kernels. Off in production: pausing freezes
+    /// the worker process instead, at no cost while running. Kept to measure
+    /// that cost (docs/benchmarks.md) and for platforms that cannot freeze.
+    pub epoch_interruption: bool,
 }
 
 impl Default for SandboxConfig {
     fn default() -> Self {
-        Self { cache_dir: None, max_wasm_stack_bytes: 512 * 1024 }
+        Self { cache_dir: None, max_wasm_stack_bytes: 512 * 1024, epoch_interruption: false }
     }
 }
 
@@ -103,7 +107,7 @@ pub const MAX_KERNEL_BYTES: usize = 32 << 20;
 const COMPONENT_HEADER: &[u8] = b"\0asm\x0d\0\x01\0";
 const CORE_MODULE_HEADER: &[u8] = b"\0asm\x01\0\0\0";
 
-fn engine_config(max_wasm_stack_bytes: usize, metered: bool) -> Config {
+fn engine_config(config: &SandboxConfig, metered: bool) -> Config {
     let mut c = Config::new();
     c.strategy(Strategy::Cranelift)
         .cranelift_opt_level(OptLevel::Speed)
@@ -113,7 +117,8 @@ fn engine_config(max_wasm_stack_bytes: usize, metered: bool) -> Config {
         .wasm_relaxed_simd(true)
         .relaxed_simd_deterministic(true)
         .wasm_component_model(true)
-        .max_wasm_stack(max_wasm_stack_bytes)
+        .max_wasm_stack(config.max_wasm_stack_bytes)
+        .epoch_interruption(config.epoch_interruption)
         // Fuel costs up to 2-5x in tight loops (docs/benchmarks.md): only when asked.
         .consume_fuel(metered)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(laptop_pool()));
@@ -147,8 +152,7 @@ fn laptop_pool() -> PoolingAllocationConfig {
 
 impl Flavour {
     fn new(config: &SandboxConfig, metered: bool) -> Result<Self, SandboxError> {
-        let engine = Engine::new(&engine_config(config.max_wasm_stack_bytes, metered))
-            .map_err(|e| SandboxError::Engine(e.to_string()))?;
+        let engine = Engine::new(&engine_config(config, metered)).map_err(|e| SandboxError::Engine(e.to_string()))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| SandboxError::Engine(e.to_string()))?;
         Kernel::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
@@ -282,6 +286,10 @@ impl Sandbox {
         };
         let mut store = Store::new(&flavour.engine, state);
         store.limiter(|s| &mut s.memory);
+        if self.config.epoch_interruption {
+            // Nobody advances the epoch yet: the checks run, and never fire.
+            store.set_epoch_deadline(u64::MAX / 2);
+        }
         if let Some(fuel) = limits.max_fuel {
             store.set_fuel(fuel).expect("fuel is enabled on the metered engine");
         }
