@@ -8,13 +8,17 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_idlemesh");
 
 /// `idlemesh ARGS` with its data dir in `data_dir`; waits for it.
 pub fn idlemesh(data_dir: &Path, args: &[&str]) -> Output {
-    let out = Command::new(BIN)
-        .args(args)
-        .env("IDLEMESH_DATA_DIR", data_dir)
-        .env("IDLEMESH_LOG", "warn")
-        .stdin(Stdio::null())
-        .output()
-        .expect("idlemesh runs");
+    run_logged(args, &[("IDLEMESH_DATA_DIR", data_dir.as_os_str()), ("IDLEMESH_LOG", "warn".as_ref())])
+}
+
+/// Runs `idlemesh ARGS` with extra environment and shows what it printed.
+fn run_logged(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("idlemesh runs");
     eprintln!(
         "$ idlemesh {}\nexit {:?}\n--- stdout\n{}--- stderr\n{}",
         args.join(" "),
@@ -106,19 +110,87 @@ pub fn operator(pool: &PoolProcess, args: &[&str]) -> Output {
 }
 
 pub fn operator_at(url: &str, token: &str, args: &[&str]) -> Output {
-    let out = Command::new(BIN)
-        .args(args)
-        .env("IDLEMESH_POOL_URL", url)
-        .env("IDLEMESH_OPERATOR_TOKEN", token)
-        .stdin(Stdio::null())
-        .output()
-        .expect("idlemesh runs");
-    eprintln!(
-        "$ idlemesh {}\nexit {:?}\n{}{}",
-        args.join(" "),
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    run_logged(args, &[("IDLEMESH_POOL_URL", url.as_ref()), ("IDLEMESH_OPERATOR_TOKEN", token.as_ref())])
+}
+
+/// The operator's side of the pool's HTTP API, for tests that drive a pool
+/// process from inside an async test.
+#[derive(Clone)]
+pub struct OperatorHttp {
+    http: reqwest::Client,
+    pub url: String,
+    auth: String,
+}
+
+impl OperatorHttp {
+    pub fn new(url: &str, token: &str) -> Self {
+        // reqwest is built without a default TLS provider; the agent installs ring, and so do we.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Self { http: reqwest::Client::new(), url: url.to_owned(), auth: format!("Bearer {token}") }
+    }
+
+    /// Uploads the mandelbrot kernel and submits a job with it; `fields` are
+    /// the rest of the job spec. Returns the job id and its task count.
+    pub async fn mandelbrot_job(&self, mut fields: serde_json::Value) -> (u64, u64) {
+        let kernel: serde_json::Value = self
+            .http
+            .post(format!("{}/v1/blobs", self.url))
+            .header("authorization", &self.auth)
+            .body(idlemesh_kernels::MANDELBROT.to_vec())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        fields["kernel_kind"] = "wasm".into();
+        fields["kernel_sha256"] = kernel["sha256"].clone();
+        let job: serde_json::Value = self
+            .http
+            .post(format!("{}/v1/jobs", self.url))
+            .header("authorization", &self.auth)
+            .json(&fields)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (job["job_id"].as_u64().expect("job created"), job["tasks"].as_u64().unwrap())
+    }
+
+    /// The job's status, or `None` while the pool cannot be reached.
+    pub async fn status(&self, job: u64) -> Option<serde_json::Value> {
+        let resp = self
+            .http
+            .get(format!("{}/v1/jobs/{job}", self.url))
+            .header("authorization", &self.auth)
+            .send()
+            .await
+            .ok()?;
+        resp.json().await.ok()
+    }
+
+    /// Waits (through outages) until the job is no longer running.
+    pub async fn until_finished(&self, job: u64, limit: std::time::Duration) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(s) = self.status(job).await
+                && s["state"] != "running"
+            {
+                return s;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "job {job} did not finish within {limit:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn stats(&self) -> serde_json::Value {
+        self.http.get(format!("{}/v1/stats", self.url)).send().await.unwrap().json().await.unwrap()
+    }
+
+    pub async fn output(&self, job: u64) -> Vec<u8> {
+        let resp = self.http.get(format!("{}/v1/jobs/{job}/output", self.url)).header("authorization", &self.auth);
+        resp.send().await.unwrap().bytes().await.unwrap().to_vec()
+    }
 }

@@ -10,11 +10,10 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use idlemesh_agent::{Agent, Ledger};
-use idlemesh_protocol::api::{Combiner, JobSpec, JobState, SplitSpec};
-use idlemesh_protocol::{KernelKind, Keypair, Sha256, TaskLimits};
+use idlemesh_protocol::{Keypair, Sha256};
 use serde_json::{Value, json};
 
-use crate::harness::{PoolProcess, agent_config};
+use crate::harness::{OperatorHttp, PoolProcess, agent_config};
 
 /// Forwards everything to the real pool, but breaks the first kernel
 /// download and the first manifest it sees.
@@ -70,51 +69,20 @@ async fn forward(
 fn tampered_kernel_and_forged_manifest_are_refused_and_the_agent_carries_on() {
     let tmp = tempfile::tempdir().unwrap();
     let pool = PoolProcess::start(&tmp.path().join("pool"));
-    // reqwest is built without a default TLS provider; the agent installs ring, and so do we.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let op = OperatorHttp::new(&pool.url, &pool.token);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let http = reqwest::Client::new();
-        let auth = format!("Bearer {}", pool.token);
-        let kernel: Value = http
-            .post(format!("{}/v1/blobs", pool.url))
-            .header("authorization", &auth)
-            .body(idlemesh_kernels::MANDELBROT.to_vec())
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let kernel_sha: Sha256 = kernel["sha256"].as_str().unwrap().parse().unwrap();
-        let spec = JobSpec {
-            name: "tamper test".into(),
-            kernel_kind: KernelKind::Wasm,
-            kernel_sha256: kernel_sha,
-            params: json!({"width": 64, "height": 48, "max_iter": 64}),
-            inputs: None,
-            split: Some(SplitSpec::Tiles { width: 64, height: 48, tile_width: 16, tile_height: 48 }),
-            replication: 1,
-            quorum: 1,
-            credits_per_task: 1.0,
-            combiner: Combiner::PngTiles,
-            limits: TaskLimits::default(),
-            // Short, so the replica behind the forged manifest comes back soon.
-            lease_ms: 1_000,
-        };
-        let job: Value = http
-            .post(format!("{}/v1/jobs", pool.url))
-            .header("authorization", &auth)
-            .json(&spec)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let job_id = job["job_id"].as_u64().unwrap();
-        let tasks = job["tasks"].as_u64().unwrap();
+        let (job_id, tasks) = op
+            .mandelbrot_job(json!({
+                "name": "tamper test", "params": {"width": 64, "height": 48, "max_iter": 64},
+                "split": {"kind": "tiles", "width": 64, "height": 48, "tile_width": 16, "tile_height": 48},
+                "combiner": {"kind": "png_tiles"},
+                // Short, so the replica behind the forged manifest comes back soon.
+                "lease_ms": 1000,
+            }))
+            .await;
         assert_eq!(tasks, 4);
+        let kernel_sha = Sha256::of(idlemesh_kernels::MANDELBROT);
 
         let tamperer = Tamperer {
             upstream: pool.url.clone(),
@@ -134,24 +102,8 @@ fn tampered_kernel_and_forged_manifest_are_refused_and_the_agent_carries_on() {
         let mut agent = Agent::connect(config, Arc::new(Keypair::generate().unwrap())).await.unwrap();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let running = tokio::spawn(async move { agent.run(stop_rx).await });
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let status: Value = http
-                .get(format!("{}/v1/jobs/{job_id}", pool.url))
-                .header("authorization", &auth)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if status["state"] != serde_json::to_value(JobState::Running).unwrap() {
-                assert_eq!(status["state"], "done", "{status}");
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "job did not finish: {status}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let status = op.until_finished(job_id, Duration::from_secs(60)).await;
+        assert_eq!(status["state"], "done", "{status}");
         stop_tx.send(true).unwrap();
         let summary = running.await.unwrap().unwrap();
         assert!(tamperer.kernel_tampered.load(Ordering::SeqCst) && tamperer.manifest_tampered.load(Ordering::SeqCst));
