@@ -97,19 +97,22 @@ fn hostile_kernels_end_with_their_status_within_their_limits() {
     let hostile = idlemesh_kernels::HOSTILE;
     let mut s = Supervisor::new();
     let timeout = Duration::from_millis(1500);
-    let within = |took: Duration| took < 2 * timeout;
+    // Measured by the supervisor from handing the task over to the worker
+    // being gone: not the time a SCHED_IDLE worker on a busy machine takes
+    // to read a large kernel off its pipe, which is the point of SCHED_IDLE.
+    let within = |r: &RunReport| Duration::from_millis(r.wall_ms) < 2 * timeout;
 
     // A kernel that does nothing wrong runs first: the baseline.
     let (r, _) = s.run(&wat_kernel(1, "", ""), "{}", limits(64), timeout);
     assert_eq!(r.outcome.status, Status::Ok, "{:?}", r.outcome.error);
 
     // Runaway loops: stopped from outside by the supervisor.
-    let (r, took) = s.run(hostile, "spin", limits(64), timeout);
+    let (r, _) = s.run(hostile, "spin", limits(64), timeout);
     assert_eq!(r.outcome.status, Status::TimedOut);
-    assert!(within(took), "spin took {took:?}");
-    let (r, took) = s.run(&wat_kernel(1, "", "(loop $l (br $l))"), "wat-spin-no-host", limits(64), timeout);
+    assert!(within(&r), "spin took {} ms", r.wall_ms);
+    let (r, _) = s.run(&wat_kernel(1, "", "(loop $l (br $l))"), "wat-spin-no-host", limits(64), timeout);
     assert_eq!(r.outcome.status, Status::TimedOut);
-    assert!(within(took));
+    assert!(within(&r), "wat spin took {} ms", r.wall_ms);
     // A loop that calls the host is cut off by the host-call cap.
     let (r, _) = s.run(hostile, "spin-calling-host", limits(64), Duration::from_secs(30));
     assert_eq!(r.outcome.status, Status::Trapped);
@@ -205,9 +208,9 @@ fn hostile_kernels_end_with_their_status_within_their_limits() {
     let bomb_body =
         format!("{}(loop $l (br $l))", "(local.set 0 (i32.add (local.get 0) (i32.const 1)))".repeat(400_000));
     let bomb = wat_kernel(1, "", &bomb_body);
-    let (r, took) = s.run(&bomb, "compile-bomb", limits(64), timeout);
+    let (r, _) = s.run(&bomb, "compile-bomb", limits(64), timeout);
     assert!(matches!(r.outcome.status, Status::TimedOut | Status::InvalidKernel), "{:?}", r.outcome.status);
-    assert!(within(took), "compile bomb took {took:?}");
+    assert!(within(&r), "compile bomb took {} ms", r.wall_ms);
 
     // And after all that, a real kernel runs normally.
     let params = r#"{"width":64,"height":48,"max_iter":100}"#;

@@ -101,6 +101,7 @@ async fn demo(args: Args) -> anyhow::Result<()> {
         combiner: Combiner::PngTiles,
         limits: TaskLimits { timeout_ms: 120_000, ..TaskLimits::default() },
         lease_ms: 60_000,
+        spot_checks: Vec::new(),
     };
     let job = operator.submit(&spec).await?;
 

@@ -207,6 +207,7 @@ async fn submit(client: &OperatorClient, a: SubmitArgs) -> anyhow::Result<()> {
             ..TaskLimits::default()
         },
         lease_ms: (a.timeout_s * 1000 * 2).max(60_000),
+        spot_checks: Vec::new(),
     };
     // The pool checks the spec and names what is wrong; that is bad input too.
     let created = client

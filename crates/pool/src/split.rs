@@ -1,5 +1,6 @@
 //! Expanding a job into its tasks: pure, so it is tested on values.
 
+use idlemesh_protocol::Sha256;
 use idlemesh_protocol::api::{Combiner, JobSpec, SplitSpec};
 use serde_json::{Value, json};
 
@@ -11,6 +12,8 @@ pub(crate) const MAX_TASKS: u64 = 1_000_000;
 pub(crate) struct TaskSeed {
     pub params: String,
     pub input: Vec<u8>,
+    /// Set for a spot check: the output the task must produce.
+    pub expected_sha256: Option<Sha256>,
 }
 
 /// Checks a job spec and expands it. Errors name the bad field.
@@ -49,7 +52,10 @@ pub(crate) fn expand(spec: &JobSpec) -> Result<Vec<TaskSeed>, String> {
                 return Err("inputs is empty".into());
             }
             let params = Value::Object(base.clone()).to_string();
-            inputs.iter().map(|i| TaskSeed { params: params.clone(), input: i.0.clone() }).collect()
+            inputs
+                .iter()
+                .map(|i| TaskSeed { params: params.clone(), input: i.0.clone(), expected_sha256: None })
+                .collect()
         }
         (None, Some(SplitSpec::Range { start, end, chunk })) => {
             if *chunk <= 0 || end <= start {
@@ -62,7 +68,11 @@ pub(crate) fn expand(spec: &JobSpec) -> Result<Vec<TaskSeed>, String> {
             (0..count)
                 .map(|i| {
                     let a = start + i * chunk;
-                    TaskSeed { params: with(json!({"start": a, "end": (a + chunk).min(*end)})), input: Vec::new() }
+                    TaskSeed {
+                        params: with(json!({"start": a, "end": (a + chunk).min(*end)})),
+                        input: Vec::new(),
+                        expected_sha256: None,
+                    }
                 })
                 .collect()
         }
@@ -79,7 +89,11 @@ pub(crate) fn expand(spec: &JobSpec) -> Result<Vec<TaskSeed>, String> {
                 for col in 0..cols {
                     let (x, y) = (col * tile_width, row * tile_height);
                     let tile = json!({"x": x, "y": y, "width": (*tile_width).min(width - x), "height": (*tile_height).min(height - y)});
-                    seeds.push(TaskSeed { params: with(json!({"tile": tile})), input: Vec::new() });
+                    seeds.push(TaskSeed {
+                        params: with(json!({"tile": tile})),
+                        input: Vec::new(),
+                        expected_sha256: None,
+                    });
                 }
             }
             seeds
@@ -89,6 +103,24 @@ pub(crate) fn expand(spec: &JobSpec) -> Result<Vec<TaskSeed>, String> {
     };
     if spec.combiner == Combiner::PngTiles && !matches!(spec.split, Some(SplitSpec::Tiles { .. })) {
         return Err("combiner png_tiles needs a split of kind tiles".into());
+    }
+    if spec.spot_checks.len() > seeds.len() {
+        return Err(format!("{} spot checks for {} tasks: at most one per task", spec.spot_checks.len(), seeds.len()));
+    }
+    // Spread the spot checks evenly through the queue, so nothing about their
+    // position gives them away.
+    let mut seeds = seeds;
+    let stride = seeds.len() / spec.spot_checks.len().max(1) + 1;
+    for (i, check) in spec.spot_checks.iter().enumerate() {
+        if !check.params.is_object() {
+            return Err(format!("spot_checks[{i}].params must be a JSON object"));
+        }
+        let seed = TaskSeed {
+            params: with(check.params.clone()),
+            input: check.input.0.clone(),
+            expected_sha256: Some(check.expected_sha256),
+        };
+        seeds.insert((i * stride + stride / 2).min(seeds.len()), seed);
     }
     Ok(seeds)
 }

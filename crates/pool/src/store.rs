@@ -92,6 +92,10 @@ UPDATE jobs SET kernel_kind = json_extract(spec, '$.kernel_kind'),
 CREATE INDEX replicas_queue ON replicas(state, id);
 CREATE INDEX tasks_open ON tasks(job_id, state);
 "#,
+    // 4: spot checks, tasks whose right answer the job owner knows.
+    r#"
+ALTER TABLE tasks ADD COLUMN expected_sha256 TEXT;
+"#,
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +153,45 @@ fn job_info(
 pub(crate) struct ResultOutcome {
     pub task_state: TaskState,
     pub receipt: Option<Signed<Receipt>>,
+}
+
+/// A reported replica: (replica, device, output SHA-256, fuel, wall ms, CPU ms, judged valid).
+type Reported = (i64, i64, String, Option<i64>, i64, i64, Option<bool>);
+
+/// Pays a replica's device and signs its receipt.
+fn grant(
+    conn: &Connection,
+    r: &Reported,
+    job_id: i64,
+    task_id: i64,
+    credits: f64,
+    key: &Keypair,
+    now: u64,
+) -> Result<Signed<Receipt>, StoreError> {
+    exec(conn, "UPDATE devices SET credits = credits + ?1 WHERE id = ?2", params![credits, r.1])?;
+    let receipt_id: i64 = conn.query_row("SELECT coalesce(max(id), 0) + 1 FROM receipts", [], |row| row.get(0))?;
+    let signed = Signed::sign(
+        &Receipt {
+            receipt_id: receipt_id as u64,
+            device_id: r.1 as u64,
+            job_id: job_id as u64,
+            task_id: task_id as u64,
+            replica_id: r.0 as u64,
+            output_sha256: r.2.parse().map_err(|e| StoreError::Invalid(format!("{e}")))?,
+            fuel: r.3.map(|f| f as u64),
+            credits,
+            wall_ms: r.4 as u64,
+            cpu_ms: r.5 as u64,
+            issued_at_ms: now,
+        },
+        key,
+    );
+    exec(
+        conn,
+        "INSERT INTO receipts (id, replica_id, device_id, payload, signature) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![receipt_id, r.0, r.1, signed.payload, signed.signature],
+    )?;
+    Ok(signed)
 }
 
 /// Executes with a cached prepared statement: parsing SQL on every call cost
@@ -266,8 +309,9 @@ impl Store {
             )?;
             exec(
                 &tx,
-                "INSERT INTO tasks (job_id, idx, params, input_sha256, state) VALUES (?1, ?2, ?3, ?4, 'pending')",
-                params![job_id, idx as i64, seed.params, input_sha.to_hex()],
+                "INSERT INTO tasks (job_id, idx, params, input_sha256, state, expected_sha256)
+                 VALUES (?1, ?2, ?3, ?4, 'pending', ?5)",
+                params![job_id, idx as i64, seed.params, input_sha.to_hex(), seed.expected_sha256.map(|s| s.to_hex())],
             )?;
             let task_id = tx.last_insert_rowid();
             for _ in 0..spec.replication {
@@ -439,10 +483,74 @@ impl Store {
             "UPDATE replicas SET state = 'reported', output_sha256 = ?1, fuel = ?2, wall_ms = ?3, cpu_ms = ?4 WHERE id = ?5",
             params![output_sha.to_hex(), fuel.map(|f| f as i64), wall_ms as i64, cpu_ms as i64, lease_id as i64],
         )?;
-        let (job_id, task_state): (i64, String) =
-            tx.query_row("SELECT job_id, state FROM tasks WHERE id = ?1", [task_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let (job_id, task_state, expected): (i64, String, Option<String>) =
+            tx.query_row("SELECT job_id, state, expected_sha256 FROM tasks WHERE id = ?1", [task_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
         let info = job_info(&tx, &mut self.jobs, job_id as u64)?;
         let spec = &info.spec;
+
+        // A spot check judges each answer on arrival, right or wrong, even
+        // after the task is done: a late liar must not slip through.
+        if let Some(expected) = &expected {
+            let row: Reported = tx.query_row(
+                "SELECT id, device_id, output_sha256, fuel, wall_ms, cpu_ms, valid FROM replicas WHERE id = ?1",
+                [lease_id as i64],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
+            )?;
+            let right = &row.2 == expected;
+            exec(&tx, "UPDATE replicas SET valid = ?1 WHERE id = ?2", params![right, row.0])?;
+            let tally = if right {
+                "UPDATE devices SET valid_results = valid_results + 1 WHERE id = ?1"
+            } else {
+                "UPDATE devices SET invalid_results = invalid_results + 1 WHERE id = ?1"
+            };
+            exec(&tx, tally, [row.1])?;
+            let receipt =
+                if right { Some(grant(&tx, &row, job_id, task_id, spec.credits_per_task, key, now)?) } else { None };
+            let task_state = match (task_state.as_str(), right) {
+                ("pending", true) => {
+                    exec(
+                        &tx,
+                        "UPDATE tasks SET state = 'done', canonical_sha256 = ?1 WHERE id = ?2",
+                        params![expected, task_id],
+                    )?;
+                    exec(
+                        &tx,
+                        "UPDATE replicas SET state = 'cancelled' WHERE task_id = ?1 AND state IN ('queued', 'leased')",
+                        [task_id],
+                    )?;
+                    TaskState::Done
+                }
+                ("pending", false) => {
+                    let outstanding: i64 = tx.query_row(
+                        "SELECT count(*) FROM replicas WHERE task_id = ?1 AND state IN ('queued', 'leased')",
+                        [task_id],
+                        |r| r.get(0),
+                    )?;
+                    let answered: i64 = tx.query_row(
+                        "SELECT count(*) FROM replicas WHERE task_id = ?1 AND state = 'reported'",
+                        [task_id],
+                        |r| r.get(0),
+                    )?;
+                    if outstanding == 0 && answered < 2 * i64::from(spec.replication) {
+                        exec(&tx, "INSERT INTO replicas (task_id, state) VALUES (?1, 'queued')", [task_id])?;
+                        TaskState::Pending
+                    } else if outstanding == 0 {
+                        // Nobody answered right: that says something about the
+                        // devices, not about the job, which goes on without it.
+                        exec(&tx, "UPDATE tasks SET state = 'failed' WHERE id = ?1", [task_id])?;
+                        TaskState::Failed
+                    } else {
+                        TaskState::Pending
+                    }
+                }
+                ("done", _) => TaskState::Done,
+                _ => TaskState::Failed,
+            };
+            tx.commit()?;
+            return Ok(ResultOutcome { task_state, receipt });
+        }
 
         let mut receipt = None;
         let mut new_state = match task_state.as_str() {
@@ -453,14 +561,17 @@ impl Store {
         if new_state == TaskState::Pending {
             // Quorum: the most common (output, fuel when metered) among reported replicas.
             let metered = spec.limits.max_fuel.is_some();
-            let reported: Vec<(i64, i64, String, Option<i64>, i64, i64)> = {
+            let reported: Vec<Reported> = {
                 let mut stmt = tx.prepare_cached(
-                    "SELECT id, device_id, output_sha256, fuel, wall_ms, cpu_ms FROM replicas WHERE task_id = ?1 AND state = 'reported'",
+                    "SELECT id, device_id, output_sha256, fuel, wall_ms, cpu_ms, valid FROM replicas
+                     WHERE task_id = ?1 AND state = 'reported'",
                 )?;
-                stmt.query_map([task_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?
-                    .collect::<Result<_, _>>()?
+                stmt.query_map([task_id], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+                })?
+                .collect::<Result<_, _>>()?
             };
-            let vote = |r: &(i64, i64, String, Option<i64>, i64, i64)| (r.2.clone(), if metered { r.3 } else { None });
+            let vote = |r: &Reported| (r.2.clone(), if metered { r.3 } else { None });
             let winner = reported
                 .iter()
                 .map(vote)
@@ -488,34 +599,7 @@ impl Store {
                     };
                     exec(&tx, tally, [r.1])?;
                     if valid {
-                        exec(
-                            &tx,
-                            "UPDATE devices SET credits = credits + ?1 WHERE id = ?2",
-                            params![spec.credits_per_task, r.1],
-                        )?;
-                        let receipt_id: i64 =
-                            tx.query_row("SELECT coalesce(max(id), 0) + 1 FROM receipts", [], |row| row.get(0))?;
-                        let signed = Signed::sign(
-                            &Receipt {
-                                receipt_id: receipt_id as u64,
-                                device_id: r.1 as u64,
-                                job_id: job_id as u64,
-                                task_id: task_id as u64,
-                                replica_id: r.0 as u64,
-                                output_sha256: r.2.parse().map_err(|e| StoreError::Invalid(format!("{e}")))?,
-                                fuel: r.3.map(|f| f as u64),
-                                credits: spec.credits_per_task,
-                                wall_ms: r.4 as u64,
-                                cpu_ms: r.5 as u64,
-                                issued_at_ms: now,
-                            },
-                            key,
-                        );
-                        exec(
-                            &tx,
-                            "INSERT INTO receipts (id, replica_id, device_id, payload, signature) VALUES (?1, ?2, ?3, ?4, ?5)",
-                            params![receipt_id, r.0, r.1, signed.payload, signed.signature],
-                        )?;
+                        let signed = grant(&tx, r, job_id, task_id, spec.credits_per_task, key, now)?;
                         if r.0 == lease_id as i64 {
                             receipt = Some(signed);
                         }
@@ -553,7 +637,7 @@ impl Store {
 
     fn finish_job_if_complete(&mut self, job_id: u64, spec: &JobSpec) -> Result<(), StoreError> {
         let open: i64 = self.conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM tasks WHERE job_id = ?1 AND state IN ('pending', 'failed'))",
+            "SELECT EXISTS (SELECT 1 FROM tasks WHERE job_id = ?1 AND state IN ('pending', 'failed') AND expected_sha256 IS NULL)",
             [job_id as i64],
             |r| r.get(0),
         )?;
@@ -562,7 +646,8 @@ impl Store {
         }
         let outputs: Vec<(String, Vec<u8>)> = {
             let mut stmt = self.conn.prepare(
-                "SELECT t.params, b.bytes FROM tasks t JOIN blobs b ON b.sha256 = t.canonical_sha256 WHERE t.job_id = ?1 ORDER BY t.idx",
+                "SELECT t.params, b.bytes FROM tasks t JOIN blobs b ON b.sha256 = t.canonical_sha256
+                 WHERE t.job_id = ?1 AND t.expected_sha256 IS NULL ORDER BY t.idx",
             )?;
             stmt.query_map([job_id as i64], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?
         };

@@ -184,6 +184,24 @@ pub struct JobSpec {
     /// Lease length before an unfinished replica goes back to the queue.
     #[serde(default = "default_lease_ms")]
     pub lease_ms: u64,
+    /// Tasks with known answers, hidden among the job's tasks: a device that
+    /// gets one wrong is marked invalid and earns nothing for it. Their
+    /// outputs are not part of the job's output.
+    #[serde(default)]
+    pub spot_checks: Vec<SpotCheck>,
+}
+
+/// A task whose correct output the job owner already knows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpotCheck {
+    /// Merged over the job's params.
+    #[serde(default = "empty_object")]
+    pub params: serde_json::Value,
+    #[serde(default)]
+    pub input: Base64Bytes,
+    /// SHA-256 of the correct output.
+    pub expected_sha256: Sha256,
 }
 
 fn empty_object() -> serde_json::Value {

@@ -278,6 +278,7 @@ impl WorkerProcess {
                         continue;
                     }
                     self.kill();
+                    // Until the worker is gone, not just until the deadline.
                     let wall_ms = started.elapsed().as_millis() as u64;
                     return Ok(RunReport {
                         outcome: Outcome::failed(

@@ -233,3 +233,50 @@ fn manifests_and_receipts_verify_and_modified_ones_fail() {
     assert_ne!(forged.payload, receipt.payload);
     assert!(forged.verify(&w.key.public()).is_err());
 }
+
+#[test]
+fn spot_checks_catch_a_liar_and_stay_out_of_the_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("pool.sqlite")).unwrap();
+    let key = Keypair::generate().unwrap();
+    let kernel = store.put_blob(b"kernel bytes").unwrap();
+    // k = 2, q = 1: both devices get a replica of every task.
+    let spec: JobSpec = serde_json::from_value(json!({
+        "name": "t", "kernel_kind": "wasm", "kernel_sha256": kernel, "replication": 2,
+        "split": {"kind": "range", "start": 0, "end": 2, "chunk": 1},
+        "combiner": {"kind": "concat"},
+        "spot_checks": [{"params": {"start": 100, "end": 101}, "expected_sha256": idlemesh_protocol::Sha256::of(b"known")}],
+    }))
+    .unwrap();
+    let seeds = split::expand(&spec).unwrap();
+    assert_eq!(seeds.len(), 3);
+    assert!(seeds[0].expected_sha256.is_none() && seeds[1].expected_sha256.is_some(), "spot check hidden mid-queue");
+    let job = store.create_job(&spec, seeds, 1_000).unwrap();
+    let caps = Capabilities { wasm: true, wgpu_adapter: None, cores: 2, memory_bytes: 0 };
+    let liar = store.enroll(&Keypair::generate().unwrap().public(), "{}", 1).unwrap();
+    let honest = store.enroll(&Keypair::generate().unwrap().public(), "{}", 1).unwrap();
+    let liar_tasks = store.lease(liar, &caps, 10, 2_000).unwrap();
+    let honest_tasks = store.lease(honest, &caps, 10, 2_000).unwrap();
+    assert_eq!((liar_tasks.len(), honest_tasks.len()), (3, 3));
+
+    // The liar answers everything first, wrongly: ordinary tasks (q = 1)
+    // take it, the spot check does not and pays nothing.
+    for m in &liar_tasks {
+        let outcome = store.submit_result(liar, m.lease_id, &m.lease_token, b"wrong", None, 1, 1, &key, 3_000).unwrap();
+        assert_eq!(outcome.receipt.is_some(), !m.params.contains("100"), "{}", m.params);
+    }
+    // The honest device answers the spot check right: judged valid, paid.
+    let spot = honest_tasks.iter().find(|m| m.params.contains("100")).unwrap();
+    let outcome =
+        store.submit_result(honest, spot.lease_id, &spot.lease_token, b"known", None, 1, 1, &key, 4_000).unwrap();
+    assert_eq!(outcome.task_state, TaskState::Done);
+    assert!(outcome.receipt.unwrap().verify(&key.public()).is_ok());
+
+    let stats = store.stats().unwrap();
+    let by = |d: u64| stats.devices.iter().find(|s| s.device_id == d).unwrap().clone();
+    assert_eq!((by(liar).valid_results, by(liar).invalid_results, by(liar).credits), (2, 1, 2.0));
+    assert_eq!((by(honest).valid_results, by(honest).invalid_results, by(honest).credits), (1, 0, 1.0));
+    // The job's output leaves the spot check out.
+    assert_eq!(store.job_status(job).unwrap().state, idlemesh_protocol::api::JobState::Done);
+    assert_eq!(store.job_output(job).unwrap().unwrap(), b"wrongwrong");
+}
