@@ -11,18 +11,28 @@ use crate::http::ApiError;
 use crate::{Pool, now_ms};
 
 /// Signatures seen within the clock-skew window; a second use is a replay.
+/// Older ones need not be remembered: their timestamps are refused anyway.
 #[derive(Default)]
 pub(crate) struct ReplayGuard {
-    seen: Mutex<HashMap<String, u64>>,
+    seen: Mutex<Seen>,
+}
+
+#[derive(Default)]
+struct Seen {
+    /// Signature → the request's own timestamp.
+    by_signature: HashMap<String, u64>,
+    last_prune_ms: u64,
 }
 
 impl ReplayGuard {
-    fn check_and_remember(&self, signature: &str, now: u64) -> bool {
+    pub fn check_and_remember(&self, signature: &str, timestamp: u64, now: u64) -> bool {
         let mut seen = self.seen.lock().unwrap();
-        if seen.len() > 100_000 {
-            seen.retain(|_, at| now.saturating_sub(*at) <= 2 * auth::MAX_CLOCK_SKEW_MS);
+        // Prune at most once a second, so a busy pool does not scan the map per request.
+        if now.saturating_sub(seen.last_prune_ms) >= 1_000 {
+            seen.by_signature.retain(|_, ts| ts.abs_diff(now) <= auth::MAX_CLOCK_SKEW_MS);
+            seen.last_prune_ms = now;
         }
-        seen.insert(signature.to_owned(), now).is_none()
+        seen.by_signature.insert(signature.to_owned(), timestamp).is_none()
     }
 }
 
@@ -65,7 +75,7 @@ pub(crate) async fn device(
     let now = now_ms();
     auth::verify_request(&key, &sig, method.as_str(), path, body, now)
         .map_err(|e| ApiError::unauthorized(e.to_string()))?;
-    if !pool.inner.replay.check_and_remember(&sig.signature, now) {
+    if !pool.inner.replay.check_and_remember(&sig.signature, sig.timestamp, now) {
         return Err(ApiError::unauthorized("replayed request: this signature was already used"));
     }
     Ok(device_id)
@@ -109,5 +119,34 @@ impl LeaseRate {
         } else {
             Some(((1.0 - *tokens) / Self::PER_SECOND * 1000.0).ceil() as u64)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replays_are_caught_and_old_signatures_forgotten() {
+        let guard = ReplayGuard::default();
+        let t0 = 10_000_000;
+        assert!(guard.check_and_remember("a", t0, t0));
+        assert!(!guard.check_and_remember("a", t0, t0 + 5), "the same signature twice");
+        assert!(guard.check_and_remember("b", t0, t0 + 5));
+        // Past the skew window "a" is forgotten (its timestamp would be refused as stale).
+        let later = t0 + auth::MAX_CLOCK_SKEW_MS + 2_000;
+        assert!(guard.check_and_remember("c", later, later));
+        assert_eq!(guard.seen.lock().unwrap().by_signature.len(), 1);
+    }
+
+    #[test]
+    fn the_lease_bucket_allows_a_burst_then_a_steady_rate() {
+        let rate = LeaseRate::default();
+        let t = std::time::Instant::now();
+        let allowed = (0..30).filter(|_| rate.check(7, t).is_none()).count();
+        assert_eq!(allowed, 20);
+        assert!(rate.check(7, t).unwrap() > 0);
+        assert!(rate.check(8, t).is_none(), "per device");
+        assert!(rate.check(7, t + std::time::Duration::from_millis(150)).is_none(), "refilled at 10/s");
     }
 }
