@@ -6,6 +6,7 @@
 mod api_fuzz;
 mod demo;
 mod harness;
+mod heartbeat;
 mod hostile;
 mod jobs;
 mod outage;

@@ -293,6 +293,7 @@ impl Agent {
         let timeout = Duration::from_millis(m.limits.timeout_ms);
         let ckpt = checkpoint_path.clone();
         let kernel_sha256 = m.kernel.sha256;
+        let heartbeat = self.keep_lease_alive(&m);
         let (worker, report) = tokio::task::spawn_blocking(move || {
             let mut worker = match worker {
                 Some(w) => w,
@@ -318,6 +319,7 @@ impl Agent {
         })
         .await
         .expect("the worker thread does not panic");
+        heartbeat.abort();
         self.worker = worker;
         let _ = std::fs::remove_file(&checkpoint_path);
 
@@ -367,6 +369,28 @@ impl Agent {
             submission,
         })?;
         self.flush_outbox().await
+    }
+
+    /// Heartbeats the lease at a third of its length while the task runs, so
+    /// a long task is not taken away and given to another device.
+    fn keep_lease_alive(&self, m: &TaskManifest) -> tokio::task::JoinHandle<()> {
+        let client = self.client.clone();
+        let (lease_id, token, task_id) = (m.lease_id, m.lease_token.clone(), m.task_id);
+        let period = Duration::from_millis((m.deadline_ms.saturating_sub(m.issued_at_ms) / 3).max(200));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            loop {
+                tick.tick().await;
+                match client.heartbeat(lease_id, &token).await {
+                    Ok(_) => {}
+                    Err(e) if e.is_conflict() => {
+                        tracing::warn!(task_id, "lost the lease: another device holds this task now");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(task_id, error = %e, "heartbeat failed; trying again"),
+                }
+            }
+        })
     }
 
     /// Delivers every due result, oldest first. Stops at the first one the

@@ -10,8 +10,8 @@ use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use idlemesh_protocol::api::{
-    Capabilities, EnrollRequest, EnrollResponse, ErrorBody, LeaseRequest, LeaseResponse, LeaseTokenBody, PoolInfo,
-    ResultResponse, ResultSubmission,
+    Capabilities, EnrollRequest, EnrollResponse, ErrorBody, HeartbeatResponse, LeaseRequest, LeaseResponse,
+    LeaseTokenBody, PoolInfo, ResultResponse, ResultSubmission,
 };
 use idlemesh_protocol::{Keypair, Sha256, auth};
 use reqwest::Method;
@@ -158,6 +158,14 @@ impl PoolClient {
 
     pub async fn lease(&self, capabilities: Capabilities, max_tasks: u32) -> Result<LeaseResponse, PoolClientError> {
         self.json(Method::POST, "/v1/leases", Some(&LeaseRequest { capabilities, max_tasks }), true).await
+    }
+
+    /// Extends a lease; returns its new deadline.
+    pub async fn heartbeat(&self, lease_id: u64, lease_token: &str) -> Result<u64, PoolClientError> {
+        let body = LeaseTokenBody { lease_token: lease_token.to_owned() };
+        let resp: HeartbeatResponse =
+            self.json(Method::POST, &format!("/v1/leases/{lease_id}/heartbeat"), Some(&body), true).await?;
+        Ok(resp.deadline_ms)
     }
 
     pub async fn give_back(&self, lease_id: u64, lease_token: &str) -> Result<(), PoolClientError> {
