@@ -194,6 +194,51 @@ fn grant(
     Ok(signed)
 }
 
+/// Records the verdict on one reported replica: its validity, its device's
+/// reputation, and for a valid one the credit and a signed receipt.
+#[allow(clippy::too_many_arguments, reason = "one value per field of the receipt it may sign")]
+fn judge(
+    conn: &Connection,
+    r: &Reported,
+    valid: bool,
+    job_id: i64,
+    task_id: i64,
+    credits: f64,
+    key: &Keypair,
+    now: u64,
+) -> Result<Option<Signed<Receipt>>, StoreError> {
+    exec(conn, "UPDATE replicas SET valid = ?1 WHERE id = ?2", params![valid, r.0])?;
+    let tally = if valid {
+        "UPDATE devices SET valid_results = valid_results + 1 WHERE id = ?1"
+    } else {
+        "UPDATE devices SET invalid_results = invalid_results + 1 WHERE id = ?1"
+    };
+    exec(conn, tally, [r.1])?;
+    if valid { grant(conn, r, job_id, task_id, credits, key, now).map(Some) } else { Ok(None) }
+}
+
+/// Marks a task done with its canonical output; replicas still out are no longer needed.
+fn close_task(conn: &Connection, task_id: i64, canonical_sha256: &str) -> Result<(), StoreError> {
+    exec(
+        conn,
+        "UPDATE tasks SET state = 'done', canonical_sha256 = ?1 WHERE id = ?2",
+        params![canonical_sha256, task_id],
+    )?;
+    exec(
+        conn,
+        "UPDATE replicas SET state = 'cancelled' WHERE task_id = ?1 AND state IN ('queued', 'leased')",
+        [task_id],
+    )?;
+    Ok(())
+}
+
+/// Replicas of a task still queued or out on lease.
+fn outstanding(conn: &Connection, task_id: i64) -> Result<i64, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT count(*) FROM replicas WHERE task_id = ?1 AND state IN ('queued', 'leased')")?
+        .query_row([task_id], |r| r.get(0))?)
+}
+
 /// Executes with a cached prepared statement: parsing SQL on every call cost
 /// more than running it on the hot path.
 fn exec(conn: &Connection, sql: &str, params: impl Params) -> rusqlite::Result<usize> {
@@ -499,35 +544,14 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
             )?;
             let right = &row.2 == expected;
-            exec(&tx, "UPDATE replicas SET valid = ?1 WHERE id = ?2", params![right, row.0])?;
-            let tally = if right {
-                "UPDATE devices SET valid_results = valid_results + 1 WHERE id = ?1"
-            } else {
-                "UPDATE devices SET invalid_results = invalid_results + 1 WHERE id = ?1"
-            };
-            exec(&tx, tally, [row.1])?;
-            let receipt =
-                if right { Some(grant(&tx, &row, job_id, task_id, spec.credits_per_task, key, now)?) } else { None };
+            let receipt = judge(&tx, &row, right, job_id, task_id, spec.credits_per_task, key, now)?;
             let task_state = match (task_state.as_str(), right) {
                 ("pending", true) => {
-                    exec(
-                        &tx,
-                        "UPDATE tasks SET state = 'done', canonical_sha256 = ?1 WHERE id = ?2",
-                        params![expected, task_id],
-                    )?;
-                    exec(
-                        &tx,
-                        "UPDATE replicas SET state = 'cancelled' WHERE task_id = ?1 AND state IN ('queued', 'leased')",
-                        [task_id],
-                    )?;
+                    close_task(&tx, task_id, expected)?;
                     TaskState::Done
                 }
                 ("pending", false) => {
-                    let outstanding: i64 = tx.query_row(
-                        "SELECT count(*) FROM replicas WHERE task_id = ?1 AND state IN ('queued', 'leased')",
-                        [task_id],
-                        |r| r.get(0),
-                    )?;
+                    let outstanding = outstanding(&tx, task_id)?;
                     let answered: i64 = tx.query_row(
                         "SELECT count(*) FROM replicas WHERE task_id = ?1 AND state = 'reported'",
                         [task_id],
@@ -578,39 +602,15 @@ impl Store {
                 .find(|v| reported.iter().filter(|r| vote(r) == *v).count() as u32 >= spec.quorum);
             if let Some(canonical) = winner {
                 new_state = TaskState::Done;
-                exec(
-                    &tx,
-                    "UPDATE tasks SET state = 'done', canonical_sha256 = ?1 WHERE id = ?2",
-                    params![canonical.0, task_id],
-                )?;
-                // Replicas still out on lease are no longer needed.
-                exec(
-                    &tx,
-                    "UPDATE replicas SET state = 'cancelled' WHERE task_id = ?1 AND state IN ('queued', 'leased')",
-                    [task_id],
-                )?;
+                close_task(&tx, task_id, &canonical.0)?;
                 for r in &reported {
-                    let valid = vote(r) == canonical;
-                    exec(&tx, "UPDATE replicas SET valid = ?1 WHERE id = ?2", params![valid, r.0])?;
-                    let tally = if valid {
-                        "UPDATE devices SET valid_results = valid_results + 1 WHERE id = ?1"
-                    } else {
-                        "UPDATE devices SET invalid_results = invalid_results + 1 WHERE id = ?1"
-                    };
-                    exec(&tx, tally, [r.1])?;
-                    if valid {
-                        let signed = grant(&tx, r, job_id, task_id, spec.credits_per_task, key, now)?;
-                        if r.0 == lease_id as i64 {
-                            receipt = Some(signed);
-                        }
+                    let signed = judge(&tx, r, vote(r) == canonical, job_id, task_id, spec.credits_per_task, key, now)?;
+                    if r.0 == lease_id as i64 {
+                        receipt = signed;
                     }
                 }
             } else {
-                let outstanding: i64 = tx.query_row(
-                    "SELECT count(*) FROM replicas WHERE task_id = ?1 AND state IN ('queued', 'leased')",
-                    [task_id],
-                    |r| r.get(0),
-                )?;
+                let outstanding = outstanding(&tx, task_id)?;
                 if outstanding == 0 {
                     // Disagreement with every replica in: ask one more device, up
                     // to twice the replication, then give up on the task.
