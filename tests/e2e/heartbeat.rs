@@ -4,29 +4,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use idlemesh_agent::Agent;
-use idlemesh_protocol::{Keypair, auth};
-use serde_json::{Value, json};
+use idlemesh_agent::{Agent, PoolClient};
+use idlemesh_protocol::Keypair;
+use idlemesh_protocol::api::{Capabilities, EnrollRequest};
+use serde_json::json;
 
 use crate::harness::{OperatorHttp, PoolProcess, agent_config};
-
-async fn signed_post(http: &reqwest::Client, url: &str, key: &Keypair, device: u64, path: &str, body: &Value) -> Value {
-    let body = serde_json::to_vec(body).unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-    let sig = auth::sign_request(key, device, "POST", path, &body, now);
-    http.post(format!("{url}{path}"))
-        .header(auth::HEADER_DEVICE, device.to_string())
-        .header(auth::HEADER_TIMESTAMP, sig.timestamp.to_string())
-        .header(auth::HEADER_SIGNATURE, sig.signature)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
 
 #[test]
 fn a_long_task_keeps_its_lease_by_heartbeats() {
@@ -51,20 +34,14 @@ fn a_long_task_keeps_its_lease_by_heartbeats() {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let running = tokio::spawn(async move { agent.run(stop_rx).await });
 
-        // Another device asks for work all along.
-        let http = reqwest::Client::new();
-        let other = Keypair::generate().unwrap();
-        let enrolled: Value = http
-            .post(format!("{}/v1/enroll", op.url))
-            .json(&json!({"public_key": other.public()}))
-            .send()
-            .await
-            .unwrap()
-            .json()
+        // Another device, with the agent's own client, asks for work all along.
+        let other = Arc::new(Keypair::generate().unwrap());
+        let mut client = PoolClient::new(&op.url, other.clone()).unwrap();
+        client
+            .enroll(&EnrollRequest { public_key: other.public(), token: None, device_info: Default::default() })
             .await
             .unwrap();
-        let other_id = enrolled["device_id"].as_u64().unwrap();
-        let ask = json!({"capabilities": {"wasm": true, "cores": 1, "memory_bytes": 0}, "max_tasks": 1});
+        let caps = Capabilities { wasm: true, wgpu_adapter: None, cores: 1, memory_bytes: 0 };
         let started = Instant::now();
         let mut asked = 0;
         let status = loop {
@@ -73,8 +50,8 @@ fn a_long_task_keeps_its_lease_by_heartbeats() {
                 break s;
             }
             if s["tasks"]["leased"] == 1 {
-                let got = signed_post(&http, &op.url, &other, other_id, "/v1/leases", &ask).await;
-                assert_eq!(got["tasks"], json!([]), "the task was taken from a device still working on it");
+                let got = client.lease(caps.clone(), 1).await.unwrap();
+                assert!(got.tasks.is_empty(), "the task was taken from a device still working on it");
                 asked += 1;
             }
             assert!(started.elapsed() < Duration::from_secs(120), "job did not finish");
