@@ -55,7 +55,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(matches!(cli.command, Command::Worker { .. }));
+    init_tracing();
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Ledger(args) => ledger::run(args),
@@ -67,11 +67,10 @@ fn main() -> ExitCode {
     exit::code(result)
 }
 
-fn init_tracing(worker: bool) {
+fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     // Warnings by default: progress bars and summaries are the user interface.
     let default = "warn";
-    let _ = worker;
     let filter = EnvFilter::try_from_env("IDLEMESH_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
 }
