@@ -40,6 +40,8 @@ pub struct Snapshot {
     /// `None` on machines without a battery.
     pub battery: Option<Battery>,
     pub cpu_temp_c: Option<f32>,
+    /// The busiest GPU's utilisation, where a driver reports it.
+    pub gpu_busy_percent: Option<f32>,
     pub metered_network: Option<bool>,
     pub uploaded_today_bytes: u64,
     pub downloaded_today_bytes: u64,

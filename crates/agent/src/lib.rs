@@ -23,6 +23,8 @@ mod ledger;
 mod outbox;
 pub mod paths;
 mod pool_client;
+pub mod sensors;
+pub mod settings;
 
 pub use agent::{Agent, AgentConfig, AgentError, AgentSummary};
 pub use governor::{Decision, Limits};

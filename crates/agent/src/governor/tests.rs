@@ -19,6 +19,7 @@ fn snap() -> Snapshot {
         other_cpu_percent: Some(5.0),
         battery: None,
         cpu_temp_c: Some(50.0),
+        gpu_busy_percent: None,
         metered_network: Some(false),
         uploaded_today_bytes: 0,
         downloaded_today_bytes: 0,

@@ -1,0 +1,136 @@
+//! Input idle time. X11 through the XScreenSaver extension (one round trip,
+//! tens of microseconds, so it can be polled fast while a kernel runs);
+//! elsewhere on Linux logind's IdleHint, which desktops (GNOME, KDE, also on
+//! Wayland) keep current for their session.
+
+use std::time::{Duration, Instant};
+
+use super::IdleSensor;
+
+/// The best idle sensor this session offers, or one that always answers "unknown".
+pub fn open_idle_sensor() -> Box<dyn IdleSensor> {
+    #[cfg(target_os = "linux")]
+    {
+        if std::env::var_os("DISPLAY").is_some_and(|d| !d.is_empty()) {
+            match x11::X11Idle::connect() {
+                Ok(s) => return Box::new(s),
+                Err(e) => tracing::info!(error = %e, "no X11 idle time; trying logind"),
+            }
+        }
+        match logind::LogindIdle::connect() {
+            Ok(s) => return Box::new(s),
+            Err(e) => tracing::info!(error = %e, "no logind idle hint: treating this machine as unattended"),
+        }
+    }
+    Box::new(NoIdleSensor)
+}
+
+/// Headless machines (servers, CI): nobody's input to wait for.
+#[derive(Debug)]
+pub struct NoIdleSensor;
+
+impl IdleSensor for NoIdleSensor {
+    fn idle(&mut self) -> Option<Duration> {
+        None
+    }
+    fn name(&self) -> &'static str {
+        "none"
+    }
+}
+
+/// How long to wait before trying a lost connection again.
+const RECONNECT_EVERY: Duration = Duration::from_secs(5);
+
+#[cfg(target_os = "linux")]
+mod x11 {
+    use x11rb::connection::{Connection as _, RequestConnection as _};
+    use x11rb::protocol::screensaver::{self, ConnectionExt as _};
+    use x11rb::rust_connection::RustConnection;
+
+    use super::*;
+
+    pub struct X11Idle {
+        conn: Option<(RustConnection, u32)>,
+        last_attempt: Instant,
+    }
+
+    impl X11Idle {
+        pub fn connect() -> Result<Self, String> {
+            Ok(Self { conn: Some(open()?), last_attempt: Instant::now() })
+        }
+    }
+
+    fn open() -> Result<(RustConnection, u32), String> {
+        let (conn, screen) = RustConnection::connect(None).map_err(|e| format!("cannot open the X display: {e}"))?;
+        if conn.extension_information(screensaver::X11_EXTENSION_NAME).map_err(|e| e.to_string())?.is_none() {
+            return Err("the X server has no MIT-SCREEN-SAVER extension".into());
+        }
+        let root = conn.setup().roots.get(screen).ok_or("the X display has no such screen")?.root;
+        Ok((conn, root))
+    }
+
+    impl IdleSensor for X11Idle {
+        fn idle(&mut self) -> Option<Duration> {
+            if self.conn.is_none() && self.last_attempt.elapsed() >= RECONNECT_EVERY {
+                self.last_attempt = Instant::now();
+                self.conn = open().ok();
+            }
+            let (conn, root) = self.conn.as_ref()?;
+            match conn.screensaver_query_info(*root).map_err(|e| e.to_string()).and_then(|c| c.reply().map_err(|e| e.to_string())) {
+                Ok(r) => Some(Duration::from_millis(u64::from(r.ms_since_user_input))),
+                Err(e) => {
+                    tracing::warn!(error = %e, "lost the X display; idle time unknown until it is back");
+                    self.conn = None;
+                    self.last_attempt = Instant::now();
+                    None
+                }
+            }
+        }
+        fn name(&self) -> &'static str {
+            "x11-screensaver"
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod logind {
+    use zbus::blocking::{Connection, Proxy};
+
+    use super::*;
+
+    pub struct LogindIdle {
+        proxy: Proxy<'static>,
+    }
+
+    impl LogindIdle {
+        pub fn connect() -> Result<Self, String> {
+            let conn = Connection::system().map_err(|e| format!("no system bus: {e}"))?;
+            let proxy = Proxy::new_owned(
+                conn,
+                "org.freedesktop.login1".to_string(),
+                "/org/freedesktop/login1/session/auto".to_string(),
+                "org.freedesktop.login1.Session".to_string(),
+            )
+            .map_err(|e| e.to_string())?;
+            // A session must exist and answer, or this sensor would only ever say "unknown".
+            proxy.get_property::<bool>("IdleHint").map_err(|e| format!("no logind session: {e}"))?;
+            Ok(Self { proxy })
+        }
+    }
+
+    impl IdleSensor for LogindIdle {
+        fn idle(&mut self) -> Option<Duration> {
+            let idle: bool = self.proxy.get_property("IdleHint").ok()?;
+            if !idle {
+                return Some(Duration::ZERO);
+            }
+            // CLOCK_REALTIME microseconds of the moment the session went idle.
+            let since_us: u64 = self.proxy.get_property("IdleSinceHint").ok()?;
+            let now_us = crate::now_ms() * 1000;
+            Some(Duration::from_micros(now_us.saturating_sub(since_us)))
+        }
+        fn name(&self) -> &'static str {
+            "logind"
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Sensors: what the machine is doing right now, each behind a small trait
+//! with a real OS implementation. A sensor that is absent or cannot be read
+//! answers `None` ("unknown"), never an error that could stop the agent.
+//!
+//! Reading costs differ by orders of magnitude, so the watcher polls input
+//! idleness often (it decides how fast the user gets the machine back) and
+//! everything else every couple of seconds.
+
+mod gpu;
+mod idle;
+mod load;
+mod network;
+mod power;
+mod thermal;
+
+use std::time::Duration;
+
+use crate::governor::{Battery, Snapshot};
+
+pub use idle::open_idle_sensor;
+pub use power::SysfsPower;
+
+/// Seconds since the user last touched keyboard or mouse.
+pub trait IdleSensor {
+    /// `None`: no session to watch (headless, or the display went away).
+    fn idle(&mut self) -> Option<Duration>;
+    /// Which mechanism answers, for `idlemesh status`.
+    fn name(&self) -> &'static str;
+}
+
+/// CPU use of everything except the agent and its workers.
+pub trait LoadSensor {
+    /// Percent of the whole machine; `ours` are the pids to leave out.
+    fn other_cpu_percent(&mut self, ours: &[u32]) -> Option<f32>;
+}
+
+pub trait PowerSensor {
+    /// `None` on machines without a battery.
+    fn battery(&mut self) -> Option<Battery>;
+}
+
+pub trait ThermalSensor {
+    fn cpu_temp_c(&mut self) -> Option<f32>;
+}
+
+pub trait GpuSensor {
+    /// The busiest GPU's utilisation in percent, where a driver reports it.
+    fn busy_percent(&mut self) -> Option<f32>;
+}
+
+pub trait NetworkSensor {
+    /// Whether the current connection is metered, where the OS knows.
+    fn metered(&mut self) -> Option<bool>;
+}
+
+/// The slow sensors' last readings; idle time is read separately and often.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SlowReadings {
+    pub other_cpu_percent: Option<f32>,
+    pub battery: Option<Battery>,
+    pub cpu_temp_c: Option<f32>,
+    pub gpu_busy_percent: Option<f32>,
+    pub metered_network: Option<bool>,
+}
+
+/// Every sensor of this machine. Some OS handles (NVML's, D-Bus proxies)
+/// must stay on the thread that opened them, so the watcher builds its
+/// sensors on its own thread.
+pub struct Sensors {
+    pub idle: Box<dyn IdleSensor>,
+    pub load: Box<dyn LoadSensor>,
+    pub power: Box<dyn PowerSensor>,
+    pub thermal: Box<dyn ThermalSensor>,
+    pub gpu: Box<dyn GpuSensor>,
+    pub network: Box<dyn NetworkSensor>,
+}
+
+impl std::fmt::Debug for Sensors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sensors").field("idle", &self.idle.name()).finish_non_exhaustive()
+    }
+}
+
+impl Sensors {
+    /// The real sensors of this OS.
+    pub fn this_machine() -> Self {
+        Self {
+            idle: open_idle_sensor(),
+            load: Box::new(load::SysinfoLoad::new()),
+            power: Box::new(power::SysfsPower::new()),
+            thermal: Box::new(thermal::SysinfoThermal::new()),
+            gpu: Box::new(gpu::SysinfoGpu::new()),
+            network: network::open(),
+        }
+    }
+
+    pub fn read_slow(&mut self, ours: &[u32]) -> SlowReadings {
+        SlowReadings {
+            other_cpu_percent: self.load.other_cpu_percent(ours),
+            battery: self.power.battery(),
+            cpu_temp_c: self.thermal.cpu_temp_c(),
+            gpu_busy_percent: self.gpu.busy_percent(),
+            metered_network: self.network.metered(),
+        }
+    }
+}
+
+/// Builds the governor's snapshot from the latest readings and the clock.
+pub fn snapshot(
+    now: jiff::Zoned,
+    user_idle: Option<Duration>,
+    slow: &SlowReadings,
+    uploaded_today_bytes: u64,
+    downloaded_today_bytes: u64,
+) -> Snapshot {
+    let at_ms = now.timestamp().as_millisecond().max(0) as u64;
+    let local_minute_of_day = (now.hour() as u16) * 60 + now.minute() as u16;
+    let utc_offset_minutes = now.offset().seconds() / 60;
+    Snapshot {
+        at_ms,
+        local_minute_of_day,
+        utc_offset_minutes,
+        user_idle,
+        other_cpu_percent: slow.other_cpu_percent,
+        battery: slow.battery,
+        cpu_temp_c: slow.cpu_temp_c,
+        gpu_busy_percent: slow.gpu_busy_percent,
+        metered_network: slow.metered_network,
+        uploaded_today_bytes,
+        downloaded_today_bytes,
+    }
+}

@@ -1,0 +1,58 @@
+//! Metered networks: NetworkManager's `Metered` property of the primary
+//! connection, over the system D-Bus.
+
+use super::NetworkSensor;
+
+pub fn open() -> Box<dyn NetworkSensor> {
+    #[cfg(target_os = "linux")]
+    match network_manager::NetworkManager::connect() {
+        Ok(s) => return Box::new(s),
+        Err(e) => tracing::debug!(error = %e, "NetworkManager not reachable: metered network unknown"),
+    }
+    Box::new(Unknown)
+}
+
+struct Unknown;
+
+impl NetworkSensor for Unknown {
+    fn metered(&mut self) -> Option<bool> {
+        None
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod network_manager {
+    use zbus::blocking::{Connection, Proxy};
+
+    use super::NetworkSensor;
+
+    pub struct NetworkManager {
+        proxy: Proxy<'static>,
+    }
+
+    impl NetworkManager {
+        pub fn connect() -> Result<Self, String> {
+            let conn = Connection::system().map_err(|e| e.to_string())?;
+            let proxy = Proxy::new_owned(
+                conn,
+                "org.freedesktop.NetworkManager".to_string(),
+                "/org/freedesktop/NetworkManager".to_string(),
+                "org.freedesktop.NetworkManager".to_string(),
+            )
+            .map_err(|e| e.to_string())?;
+            proxy.get_property::<u32>("Metered").map_err(|e| e.to_string())?;
+            Ok(Self { proxy })
+        }
+    }
+
+    impl NetworkSensor for NetworkManager {
+        fn metered(&mut self) -> Option<bool> {
+            // NMMetered: 0 unknown, 1 yes, 2 no, 3 guessed yes, 4 guessed no.
+            match self.proxy.get_property::<u32>("Metered").ok()? {
+                1 | 3 => Some(true),
+                2 | 4 => Some(false),
+                _ => None,
+            }
+        }
+    }
+}

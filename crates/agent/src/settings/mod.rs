@@ -1,0 +1,326 @@
+//! User settings and IT policy, merged into the effective settings (DESIGN §6).
+//!
+//! Precedence, lowest first: built-in defaults < the policy's `[defaults]` <
+//! the user's settings file < the policy's `[locked]` values. A locked key
+//! cannot be changed by the user: not in the file (the file's value is
+//! ignored and the status says so), not through `idlemesh settings set`.
+//!
+//! A file that does not parse or holds a bad value never stops the agent: the
+//! last good version of that file stays in force and the error is reported,
+//! naming the file, the key and the value.
+
+mod schema;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use toml::Value;
+
+pub use schema::{Kind, Machine, SPECS, Spec, parse_cli_value, parse_hours};
+
+use crate::governor::Limits;
+
+/// Where the policy lives when nothing overrides it.
+pub const SYSTEM_POLICY_PATH: &str = "/etc/idlemesh/policy.toml";
+pub const POLICY_ENV: &str = "IDLEMESH_POLICY";
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SettingsError {
+    #[error("{file}: cannot read: {message}")]
+    Read { file: String, message: String },
+    #[error("{file}: not valid TOML: {message}")]
+    Syntax { file: String, message: String },
+    #[error("{file}: unknown setting `{key}` (known: {known})")]
+    UnknownKey { file: String, key: String, known: String },
+    #[error("{file}: `{key}` = {value}: {expected}")]
+    BadValue { file: String, key: String, value: String, expected: String },
+    #[error("{file}: `{key}` is in both [defaults] and [locked]")]
+    Twice { file: String, key: String },
+    #[error("`{key}` is managed by your organisation (locked to {value} by {policy}) and cannot be changed here")]
+    Locked { key: String, value: String, policy: String },
+    #[error("cannot write the settings file {file}: {message}")]
+    Write { file: String, message: String },
+}
+
+/// Where an effective value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Default,
+    PolicyDefault,
+    User,
+    /// Locked by the IT policy: "managed by your organisation".
+    Policy,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EffectiveValue {
+    /// `null` when not set (e.g. no pool chosen yet).
+    pub value: Option<Value>,
+    pub source: Source,
+    pub locked: bool,
+}
+
+/// One parsed, checked settings table.
+pub type Values = BTreeMap<String, Value>;
+
+/// The IT policy file.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Policy {
+    pub defaults: Values,
+    pub locked: Values,
+    /// A token to enroll with, for pools that require one.
+    pub enrollment_token: Option<String>,
+}
+
+/// Parses a user settings file's text: a flat table of known keys.
+pub fn parse_user(file: &str, text: &str) -> Result<Values, SettingsError> {
+    let table: toml::Table =
+        toml::from_str(text).map_err(|e| SettingsError::Syntax { file: file.into(), message: one_line(&e) })?;
+    check_table(file, "", table)
+}
+
+/// Parses a policy file: `enrollment_token`, and `[defaults]` and `[locked]`
+/// tables of the same keys as the user's file.
+pub fn parse_policy(file: &str, text: &str) -> Result<Policy, SettingsError> {
+    let table: toml::Table =
+        toml::from_str(text).map_err(|e| SettingsError::Syntax { file: file.into(), message: one_line(&e) })?;
+    let mut policy = Policy::default();
+    for (key, value) in table {
+        match (key.as_str(), value) {
+            ("enrollment_token", Value::String(t)) if !t.trim().is_empty() => policy.enrollment_token = Some(t),
+            ("enrollment_token", v) => {
+                return Err(SettingsError::BadValue {
+                    file: file.into(),
+                    key,
+                    value: v.to_string(),
+                    expected: "expected a non-empty string".into(),
+                });
+            }
+            ("defaults", Value::Table(t)) => policy.defaults = check_table(file, "defaults.", t)?,
+            ("locked", Value::Table(t)) => policy.locked = check_table(file, "locked.", t)?,
+            _ => {
+                return Err(SettingsError::UnknownKey {
+                    file: file.into(),
+                    key,
+                    known: "enrollment_token, [defaults], [locked]".into(),
+                });
+            }
+        }
+    }
+    if let Some(key) = policy.defaults.keys().find(|k| policy.locked.contains_key(*k)) {
+        return Err(SettingsError::Twice { file: file.into(), key: key.clone() });
+    }
+    Ok(policy)
+}
+
+fn check_table(file: &str, prefix: &str, table: toml::Table) -> Result<Values, SettingsError> {
+    let mut out = Values::new();
+    for (key, value) in table {
+        let spec = schema::spec(&key).ok_or_else(|| SettingsError::UnknownKey {
+            file: file.into(),
+            key: format!("{prefix}{key}"),
+            known: SPECS.iter().map(|s| s.key).collect::<Vec<_>>().join(", "),
+        })?;
+        let value = check_value(file, &format!("{prefix}{key}"), spec, &value)?;
+        out.insert(key, value);
+    }
+    Ok(out)
+}
+
+fn check_value(file: &str, key: &str, spec: &Spec, value: &Value) -> Result<Value, SettingsError> {
+    schema::check(spec.kind, value).map_err(|expected| SettingsError::BadValue {
+        file: file.into(),
+        key: key.into(),
+        value: value.to_string(),
+        expected,
+    })
+}
+
+fn one_line(e: &toml::de::Error) -> String {
+    e.to_string().lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join(" ").replace("  ", " ")
+}
+
+/// The settings in force.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Effective {
+    pub values: BTreeMap<&'static str, EffectiveValue>,
+    pub enrollment_token: Option<String>,
+    pub machine: Machine,
+}
+
+impl Effective {
+    pub fn merge(machine: Machine, user: &Values, policy: &Policy) -> Self {
+        let mut values = BTreeMap::new();
+        for spec in SPECS {
+            let key = spec.key;
+            let (value, source) = if let Some(v) = policy.locked.get(key) {
+                (Some(v.clone()), Source::Policy)
+            } else if let Some(v) = user.get(key) {
+                (Some(v.clone()), Source::User)
+            } else if let Some(v) = policy.defaults.get(key) {
+                (Some(v.clone()), Source::PolicyDefault)
+            } else {
+                (schema::default_value(key, machine), Source::Default)
+            };
+            values.insert(key, EffectiveValue { value, source, locked: source == Source::Policy });
+        }
+        Self { values, enrollment_token: policy.enrollment_token.clone(), machine }
+    }
+
+    pub fn get(&self, key: &str) -> Option<Value> {
+        self.values.get(key).and_then(|v| v.value.clone())
+    }
+
+    pub fn limits(&self) -> Limits {
+        schema::to_limits(|k| self.get(k), self.machine)
+    }
+
+    pub fn pool_url(&self) -> Option<String> {
+        self.get("pool_url").and_then(|v| v.as_str().map(str::to_string))
+    }
+}
+
+/// A file and the last good version of what it said.
+#[derive(Debug)]
+struct Watched<T> {
+    path: PathBuf,
+    seen: Option<Option<SystemTime>>,
+    good: T,
+    error: Option<SettingsError>,
+}
+
+impl<T: Default + Clone> Watched<T> {
+    fn new(path: PathBuf) -> Self {
+        Self { path, seen: None, good: T::default(), error: None }
+    }
+
+    /// Re-reads the file if it changed. A missing file means "nothing set";
+    /// a bad one keeps the last good contents and records why.
+    fn refresh(&mut self, parse: impl Fn(&str, &str) -> Result<T, SettingsError>) -> bool {
+        let stamp = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
+        if self.seen == Some(stamp) {
+            return false;
+        }
+        self.seen = Some(stamp);
+        let file = self.path.display().to_string();
+        let parsed = match std::fs::read_to_string(&self.path) {
+            Ok(text) => parse(&file, &text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+            Err(e) => Err(SettingsError::Read { file, message: e.to_string() }),
+        };
+        match parsed {
+            Ok(v) => {
+                self.good = v;
+                self.error = None;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "keeping the last good settings");
+                self.error = Some(e);
+            }
+        }
+        true
+    }
+}
+
+/// The user's settings file and the IT policy, watched for changes.
+#[derive(Debug)]
+pub struct Settings {
+    machine: Machine,
+    user: Watched<Values>,
+    policy: Watched<Policy>,
+    effective: Effective,
+}
+
+impl Settings {
+    pub fn open(machine: Machine, user_path: PathBuf, policy_path: PathBuf) -> Self {
+        let mut s = Self {
+            machine,
+            user: Watched::new(user_path),
+            policy: Watched::new(policy_path),
+            effective: Effective::merge(machine, &Values::new(), &Policy::default()),
+        };
+        s.refresh();
+        s
+    }
+
+    /// Re-reads whichever file changed; true if the effective settings changed.
+    pub fn refresh(&mut self) -> bool {
+        let a = self.user.refresh(parse_user);
+        let b = self.policy.refresh(parse_policy);
+        if a || b {
+            let next = Effective::merge(self.machine, &self.user.good, &self.policy.good);
+            let changed = next != self.effective;
+            self.effective = next;
+            return changed;
+        }
+        false
+    }
+
+    pub fn effective(&self) -> &Effective {
+        &self.effective
+    }
+
+    pub fn user_path(&self) -> &Path {
+        &self.user.path
+    }
+
+    pub fn policy_path(&self) -> &Path {
+        &self.policy.path
+    }
+
+    /// Current problems with the files (the last good values are in force meanwhile).
+    pub fn errors(&self) -> Vec<String> {
+        [&self.user.error, &self.policy.error].into_iter().flatten().map(|e| e.to_string()).collect()
+    }
+
+    /// Changes one user setting: checked, refused if the policy locks it,
+    /// written atomically into the user's file with every other line kept.
+    pub fn set(&mut self, key: &str, value: &Value) -> Result<(), SettingsError> {
+        let file = self.user.path.display().to_string();
+        let spec = schema::spec(key).ok_or_else(|| SettingsError::UnknownKey {
+            file: "settings".into(),
+            key: key.into(),
+            known: SPECS.iter().map(|s| s.key).collect::<Vec<_>>().join(", "),
+        })?;
+        if let Some(locked) = self.policy.good.locked.get(key) {
+            return Err(SettingsError::Locked {
+                key: key.into(),
+                value: locked.to_string(),
+                policy: self.policy.path.display().to_string(),
+            });
+        }
+        let value = check_value("settings", key, spec, value)?;
+        // Edit what is on disk, not what we parsed: a file with an error is
+        // fixed by setting the bad key, and comments elsewhere survive.
+        let text = match std::fs::read_to_string(&self.user.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(SettingsError::Read { file, message: e.to_string() }),
+        };
+        let mut doc: toml::Table = toml::from_str(&text)
+            .map_err(|e| SettingsError::Syntax { file: file.clone(), message: one_line(&e) })?;
+        doc.insert(key.into(), value);
+        let text = toml::to_string(&doc).map_err(|e| SettingsError::Write { file: file.clone(), message: e.to_string() })?;
+        write_atomically(&self.user.path, text.as_bytes())
+            .map_err(|e| SettingsError::Write { file, message: e.to_string() })?;
+        self.user.seen = None;
+        self.refresh();
+        Ok(())
+    }
+}
+
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map(drop).map_err(|e| e.error)
+}
+
+#[cfg(test)]
+mod tests;

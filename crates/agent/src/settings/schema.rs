@@ -1,0 +1,199 @@
+//! Every setting a user or an IT policy may set (DESIGN §6): its key, what it
+//! accepts and its default. One table, so the settings file, the policy file,
+//! `idlemesh settings set` and `idlemesh status --json` cannot disagree.
+
+use std::time::Duration;
+
+use toml::Value;
+
+use crate::governor::{Hours, Limits};
+
+/// What this machine has, for the defaults that depend on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Machine {
+    pub cores: u32,
+    pub memory_bytes: u64,
+}
+
+impl Machine {
+    pub fn this() -> Self {
+        let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+        let memory_bytes = sysinfo::System::new()
+            .map(|mut sys| {
+                sys.refresh_memory();
+                sys.total_memory()
+            })
+            .unwrap_or(0)
+            .max(256 << 20);
+        Self { cores, memory_bytes }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Kind {
+    Bool,
+    Int { min: i64, max: i64 },
+    Float { min: f64, max: f64 },
+    /// `"always"` or `"HH:MM-HH:MM"` (may wrap past midnight).
+    Hours,
+    /// An `http://` or `https://` URL, or absent.
+    Url,
+    /// Megabytes per day, or `"unlimited"`.
+    CapMb,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    pub key: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+}
+
+pub const SPECS: &[Spec] = &[
+    Spec { key: "pool_url", kind: Kind::Url, help: "the pool this machine works for" },
+    Spec {
+        key: "idle_minutes",
+        kind: Kind::Float { min: 0.0, max: 24.0 * 60.0 },
+        help: "run only after the user has been idle this many minutes",
+    },
+    Spec { key: "cpu_cores", kind: Kind::Int { min: 1, max: 1024 }, help: "CPU cores to use at most" },
+    Spec {
+        key: "cpu_duty_cycle_percent",
+        kind: Kind::Int { min: 1, max: 100 },
+        help: "share of each 100 ms the worker may run",
+    },
+    Spec { key: "gpu_enabled", kind: Kind::Bool, help: "use the GPU" },
+    Spec { key: "run_on_battery", kind: Kind::Bool, help: "work while on battery" },
+    Spec {
+        key: "min_battery_percent",
+        kind: Kind::Int { min: 0, max: 100 },
+        help: "never work below this battery charge",
+    },
+    Spec {
+        key: "max_cpu_temp_c",
+        kind: Kind::Float { min: 40.0, max: 110.0 },
+        help: "pause when the CPU is this hot (°C)",
+    },
+    Spec { key: "allowed_hours", kind: Kind::Hours, help: "\"always\" or a daily window such as \"22:00-06:00\"" },
+    Spec {
+        key: "memory_per_task_mb",
+        kind: Kind::Int { min: 16, max: 1 << 30 },
+        help: "memory one task may use (MB)",
+    },
+    Spec { key: "daily_upload_cap_mb", kind: Kind::CapMb, help: "MB uploaded per day at most, or \"unlimited\"" },
+    Spec { key: "daily_download_cap_mb", kind: Kind::CapMb, help: "MB downloaded per day at most, or \"unlimited\"" },
+    Spec { key: "pause_on_metered_network", kind: Kind::Bool, help: "pause on metered networks" },
+    Spec {
+        key: "max_other_cpu_percent",
+        kind: Kind::Float { min: 1.0, max: 100.0 },
+        help: "pause while other programs use more of the CPU than this (%)",
+    },
+];
+
+pub fn spec(key: &str) -> Option<&'static Spec> {
+    SPECS.iter().find(|s| s.key == key)
+}
+
+/// The built-in default of `key` on `machine`; `None` for "not set".
+pub fn default_value(key: &str, machine: Machine) -> Option<Value> {
+    let v = match key {
+        "pool_url" => return None,
+        "idle_minutes" => Value::Float(3.0),
+        "cpu_cores" => Value::Integer(i64::from((machine.cores / 2).max(1))),
+        "cpu_duty_cycle_percent" => Value::Integer(60),
+        "gpu_enabled" => Value::Boolean(false),
+        "run_on_battery" => Value::Boolean(false),
+        "min_battery_percent" => Value::Integer(80),
+        "max_cpu_temp_c" => Value::Float(85.0),
+        "allowed_hours" => Value::String("always".into()),
+        "memory_per_task_mb" => Value::Integer((machine.memory_bytes / 4 / 1_000_000) as i64),
+        "daily_upload_cap_mb" | "daily_download_cap_mb" => Value::String("unlimited".into()),
+        "pause_on_metered_network" => Value::Boolean(true),
+        "max_other_cpu_percent" => Value::Float(50.0),
+        _ => return None,
+    };
+    Some(v)
+}
+
+/// Checks one value against its spec and returns it in canonical form
+/// (integers where a float is expected become floats), or says what was expected.
+pub fn check(kind: Kind, v: &Value) -> Result<Value, String> {
+    match (kind, v) {
+        (Kind::Bool, Value::Boolean(_)) => Ok(v.clone()),
+        (Kind::Bool, _) => Err("expected true or false".into()),
+        (Kind::Int { min, max }, Value::Integer(i)) if (min..=max).contains(i) => Ok(v.clone()),
+        (Kind::Int { min, max }, _) => Err(format!("expected a whole number from {min} to {max}")),
+        (Kind::Float { min, max }, Value::Integer(i)) if (min..=max).contains(&(*i as f64)) => {
+            Ok(Value::Float(*i as f64))
+        }
+        (Kind::Float { min, max }, Value::Float(f)) if (min..=max).contains(f) => Ok(v.clone()),
+        (Kind::Float { min, max }, _) => Err(format!("expected a number from {min} to {max}")),
+        (Kind::Hours, Value::String(s)) if parse_hours(s).is_ok() => Ok(v.clone()),
+        (Kind::Hours, Value::String(s)) => Err(parse_hours(s).unwrap_err()),
+        (Kind::Hours, _) => Err("expected \"always\" or a window such as \"22:00-06:00\"".into()),
+        (Kind::Url, Value::String(s)) if s.starts_with("http://") || s.starts_with("https://") => {
+            if s.len() > "https://".len() && !s.contains(char::is_whitespace) {
+                Ok(Value::String(s.trim_end_matches('/').to_string()))
+            } else {
+                Err("expected a URL such as \"https://pool.example.org\"".into())
+            }
+        }
+        (Kind::Url, _) => Err("expected a URL starting with http:// or https://".into()),
+        (Kind::CapMb, Value::Integer(i)) if *i >= 0 => Ok(v.clone()),
+        (Kind::CapMb, Value::String(s)) if s == "unlimited" => Ok(v.clone()),
+        (Kind::CapMb, _) => Err("expected megabytes (0 or more) or \"unlimited\"".into()),
+    }
+}
+
+/// `None` for "always".
+pub fn parse_hours(s: &str) -> Result<Option<Hours>, String> {
+    if s == "always" {
+        return Ok(None);
+    }
+    let bad = || format!("expected \"always\" or a window such as \"22:00-06:00\", not {s:?}");
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let minute = |t: &str| -> Option<u16> {
+        let (h, m) = t.trim().split_once(':')?;
+        let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+        (h < 24 && m < 60 && t.trim().len() == 5).then_some(h * 60 + m)
+    };
+    let (start_minute, end_minute) = (minute(a).ok_or_else(bad)?, minute(b).ok_or_else(bad)?);
+    if start_minute == end_minute {
+        return Err(format!("{s:?} is an empty window; use \"always\" to allow any time"));
+    }
+    Ok(Some(Hours { start_minute, end_minute }))
+}
+
+/// Reads a text value the way a TOML file would (`60`, `true`, `"22:00-06:00"`),
+/// and bare words as strings, so `idlemesh settings set allowed_hours 22:00-06:00` works.
+pub fn parse_cli_value(raw: &str) -> Value {
+    match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| Value::String(raw.into())),
+        Err(_) => Value::String(raw.into()),
+    }
+}
+
+/// Turns checked values into the governor's limits. Every key has a value
+/// here (defaults fill the gaps), so the lookups cannot miss.
+pub fn to_limits(get: impl Fn(&str) -> Option<Value>, machine: Machine) -> Limits {
+    let int = |k: &str| get(k).and_then(|v| v.as_integer()).unwrap_or(0);
+    let float = |k: &str| get(k).and_then(|v| v.as_float()).unwrap_or(0.0);
+    let boolean = |k: &str| get(k).and_then(|v| v.as_bool()).unwrap_or(false);
+    let cap = |k: &str| get(k).and_then(|v| v.as_integer()).map(|mb| mb as u64 * 1_000_000);
+    let hours = get("allowed_hours").and_then(|v| v.as_str().and_then(|s| parse_hours(s).ok().flatten()));
+    Limits {
+        idle_after: Duration::from_secs_f64(float("idle_minutes") * 60.0),
+        cores: (int("cpu_cores") as u32).clamp(1, machine.cores.max(1)),
+        duty_cycle_percent: int("cpu_duty_cycle_percent").clamp(1, 100) as u8,
+        gpu_enabled: boolean("gpu_enabled"),
+        run_on_battery: boolean("run_on_battery"),
+        min_battery_percent: int("min_battery_percent").clamp(0, 100) as u8,
+        max_cpu_temp_c: float("max_cpu_temp_c") as f32,
+        allowed_hours: hours,
+        memory_per_task_bytes: (int("memory_per_task_mb").max(16) as u64 * 1_000_000).min(machine.memory_bytes),
+        daily_upload_cap_bytes: cap("daily_upload_cap_mb"),
+        daily_download_cap_bytes: cap("daily_download_cap_mb"),
+        pause_on_metered_network: boolean("pause_on_metered_network"),
+        max_other_cpu_percent: float("max_other_cpu_percent") as f32,
+    }
+}

@@ -1,0 +1,159 @@
+use std::time::Duration;
+
+use super::*;
+
+const MACHINE: Machine = Machine { cores: 8, memory_bytes: 16_000_000_000 };
+
+fn settings(dir: &tempfile::TempDir, user: Option<&str>, policy: Option<&str>) -> Settings {
+    let (u, p) = (dir.path().join("settings.toml"), dir.path().join("policy.toml"));
+    if let Some(t) = user {
+        std::fs::write(&u, t).unwrap();
+    }
+    if let Some(t) = policy {
+        std::fs::write(&p, t).unwrap();
+    }
+    Settings::open(MACHINE, u, p)
+}
+
+/// Rewrites a watched file so the watcher sees a new modification time
+/// even on file systems with coarse timestamps.
+fn rewrite(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    let f = std::fs::File::options().write(true).open(path).unwrap();
+    f.set_modified(SystemTime::now() + Duration::from_secs(1)).unwrap();
+}
+
+#[test]
+fn no_files_means_the_design_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(&dir, None, None);
+    assert!(s.errors().is_empty());
+    let l = s.effective().limits();
+    assert_eq!(l, Limits::defaults(8, 16_000_000_000));
+    assert_eq!(s.effective().pool_url(), None);
+    assert!(s.effective().values.values().all(|v| v.source == Source::Default && !v.locked));
+}
+
+#[test]
+fn user_values_override_defaults_and_policy_defaults_but_not_locks() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(
+        &dir,
+        Some("cpu_duty_cycle_percent = 30\nidle_minutes = 1\nmin_battery_percent = 20\n"),
+        Some(
+            "enrollment_token = \"tok\"\n[defaults]\ncpu_duty_cycle_percent = 50\ngpu_enabled = true\n\
+             [locked]\nmin_battery_percent = 90\npool_url = \"https://pool.example.org/\"\n",
+        ),
+    );
+    assert!(s.errors().is_empty(), "{:?}", s.errors());
+    let e = s.effective();
+    assert_eq!(e.values["cpu_duty_cycle_percent"].source, Source::User);
+    assert_eq!(e.values["gpu_enabled"].source, Source::PolicyDefault);
+    assert_eq!(e.values["min_battery_percent"].source, Source::Policy);
+    assert!(e.values["min_battery_percent"].locked);
+    assert_eq!(e.pool_url().as_deref(), Some("https://pool.example.org"));
+    assert_eq!(e.enrollment_token.as_deref(), Some("tok"));
+    let l = e.limits();
+    assert_eq!((l.duty_cycle_percent, l.gpu_enabled, l.min_battery_percent), (30, true, 90));
+    assert_eq!(l.idle_after, Duration::from_secs(60));
+}
+
+#[test]
+fn bad_values_name_the_file_the_key_and_the_value() {
+    let cases: &[(&str, &str)] = &[
+        ("cpu_duty_cycle_percent = 150", "`cpu_duty_cycle_percent` = 150: expected a whole number from 1 to 100"),
+        ("gpu_enabled = \"yes\"", "`gpu_enabled` = \"yes\": expected true or false"),
+        ("allowed_hours = \"25:00-06:00\"", "`allowed_hours` = \"25:00-06:00\""),
+        ("allowed_hours = \"08:00-08:00\"", "empty window"),
+        ("pool_url = \"ftp://x\"", "`pool_url` = \"ftp://x\": expected a URL"),
+        ("daily_upload_cap_mb = -1", "expected megabytes"),
+        ("idle_minuts = 3", "unknown setting `idle_minuts`"),
+        ("idle_minutes = ", "not valid TOML"),
+    ];
+    for (text, want) in cases {
+        let err = parse_user("/home/u/settings.toml", text).unwrap_err().to_string();
+        assert!(err.starts_with("/home/u/settings.toml: "), "{text}: {err}");
+        assert!(err.contains(want), "{text}: {err} should say {want}");
+    }
+    let err = parse_policy("/etc/p.toml", "[locked]\ncpu_cores = 0").unwrap_err().to_string();
+    assert!(err.contains("`locked.cpu_cores` = 0"), "{err}");
+    let err = parse_policy("/etc/p.toml", "[defaults]\ngpu_enabled = true\n[locked]\ngpu_enabled = false")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("both"), "{err}");
+    let err = parse_policy("/etc/p.toml", "cpu_cores = 2").unwrap_err().to_string();
+    assert!(err.contains("unknown setting `cpu_cores`"), "{err}");
+}
+
+#[test]
+fn a_bad_file_keeps_the_last_good_values_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(&dir, Some("cpu_duty_cycle_percent = 40\n"), Some("[locked]\nrun_on_battery = false\n"));
+    assert_eq!(s.effective().limits().duty_cycle_percent, 40);
+
+    rewrite(s.user_path(), "cpu_duty_cycle_percent = 400\n");
+    s.refresh();
+    assert_eq!(s.effective().limits().duty_cycle_percent, 40, "last good value stays");
+    assert_eq!(s.errors().len(), 1);
+    assert!(s.errors()[0].contains("cpu_duty_cycle_percent` = 400"), "{:?}", s.errors());
+
+    let policy = s.policy_path().to_owned();
+    rewrite(&policy, "[locked\n");
+    s.refresh();
+    assert_eq!(s.errors().len(), 2);
+    assert!(s.effective().values["run_on_battery"].locked, "the last good policy stays in force");
+
+    rewrite(s.user_path(), "cpu_duty_cycle_percent = 70\n");
+    rewrite(&policy, "[locked]\nrun_on_battery = true\n");
+    assert!(s.refresh());
+    assert!(s.errors().is_empty());
+    assert_eq!(s.effective().limits().duty_cycle_percent, 70);
+    assert!(s.effective().limits().run_on_battery);
+}
+
+#[test]
+fn set_writes_the_user_file_and_refuses_locked_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(&dir, Some("# mine\nidle_minutes = 5\n"), Some("[locked]\nmin_battery_percent = 90\n"));
+    s.set("cpu_duty_cycle_percent", &parse_cli_value("25")).unwrap();
+    s.set("allowed_hours", &parse_cli_value("22:00-06:00")).unwrap();
+    let l = s.effective().limits();
+    assert_eq!(l.duty_cycle_percent, 25);
+    assert_eq!(l.allowed_hours, parse_hours("22:00-06:00").unwrap());
+    assert_eq!(l.idle_after, Duration::from_secs(300), "other keys kept");
+
+    let err = s.set("min_battery_percent", &parse_cli_value("10")).unwrap_err();
+    assert!(matches!(err, SettingsError::Locked { .. }));
+    assert!(err.to_string().contains("managed by your organisation"), "{err}");
+    assert_eq!(s.effective().limits().min_battery_percent, 90);
+    let on_disk = std::fs::read_to_string(s.user_path()).unwrap();
+    assert!(!on_disk.contains("min_battery_percent"), "{on_disk}");
+
+    // Writing the locked key into the file by hand changes nothing either.
+    rewrite(s.user_path(), "min_battery_percent = 10\n");
+    s.refresh();
+    assert_eq!(s.effective().limits().min_battery_percent, 90);
+    assert_eq!(s.effective().values["min_battery_percent"].source, Source::Policy);
+
+    assert!(matches!(s.set("cpu_duty_cycle_percent", &parse_cli_value("0")), Err(SettingsError::BadValue { .. })));
+    assert!(matches!(s.set("nonsense", &parse_cli_value("1")), Err(SettingsError::UnknownKey { .. })));
+}
+
+#[test]
+fn set_refuses_to_overwrite_a_file_it_cannot_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(&dir, Some("idle_minutes = 5\n[broken\n"), None);
+    let err = s.set("cpu_cores", &parse_cli_value("2")).unwrap_err();
+    assert!(matches!(err, SettingsError::Syntax { .. }), "{err}");
+    assert!(std::fs::read_to_string(s.user_path()).unwrap().contains("[broken"), "the user's file is untouched");
+}
+
+#[test]
+fn hours_parse_and_wrap() {
+    assert_eq!(parse_hours("always").unwrap(), None);
+    let h = parse_hours("22:00-06:00").unwrap().unwrap();
+    assert!(h.contains(23 * 60) && h.contains(5 * 60) && !h.contains(12 * 60));
+    for bad in ["22-06", "22:00", "9:00-10:00", "10:60-11:00", "a:bc-de:fg"] {
+        assert!(parse_hours(bad).is_err(), "{bad}");
+    }
+}
