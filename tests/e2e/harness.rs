@@ -101,6 +101,7 @@ pub fn agent_config(pool_url: &str, data_dir: &Path) -> idlemesh_agent::AgentCon
         device_info: Default::default(),
         max_tasks_per_lease: 1,
         max_idle_poll: std::time::Duration::from_millis(100),
+        watcher: None,
     }
 }
 

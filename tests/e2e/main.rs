@@ -3,6 +3,7 @@
 //! Each test gets its own temp dir as the agent's data dir, so nothing here
 //! touches the user's real ledger.
 
+mod agent_daemon;
 mod api_fuzz;
 mod demo;
 mod harness;

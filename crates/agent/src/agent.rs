@@ -8,7 +8,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use idlemesh_protocol::api::{Capabilities, EnrollRequest, ResultSubmission};
@@ -20,6 +21,7 @@ use tokio::sync::watch;
 use crate::ledger::{Ledger, LedgerError, ReceiptEntry};
 use crate::outbox::{Outbox, Pending};
 use crate::pool_client::{PoolClient, PoolClientError};
+use crate::watcher::Watcher;
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -33,6 +35,9 @@ pub struct AgentConfig {
     pub max_tasks_per_lease: u32,
     /// Longest wait between two lease requests when the pool has no work.
     pub max_idle_poll: Duration,
+    /// The governor's watcher: when present, work is leased only while it
+    /// allows, and every worker is handed to it to freeze and throttle.
+    pub watcher: Option<Watcher>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,8 +70,29 @@ pub struct AgentSummary {
     pub results_pending: u64,
 }
 
+/// What the scheduler is doing, for `idlemesh status`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SchedulerStatus {
+    pub pool: String,
+    pub device_id: Option<u64>,
+    /// The task running now, if any.
+    pub current_task: Option<CurrentTask>,
+    pub summary: AgentSummary,
+    pub last_pool_error: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CurrentTask {
+    pub job_id: u64,
+    pub task_id: u64,
+    pub kernel_sha256: Sha256,
+    pub started_ms: u64,
+    pub deadline_ms: u64,
+}
+
 pub struct Agent {
     config: AgentConfig,
+    status: Arc<Mutex<SchedulerStatus>>,
     client: PoolClient,
     pool_key: PublicKey,
     ledger: Ledger,
@@ -129,8 +155,14 @@ impl Agent {
         )?;
         tracing::info!(pool = %config.pool_url, device_id = enrolled.device_id, "enrolled");
         let outbox = Outbox::open(&config.data_dir.join("outbox.sqlite"))?;
+        let status = SchedulerStatus {
+            pool: config.pool_url.clone(),
+            device_id: Some(enrolled.device_id),
+            ..Default::default()
+        };
         Ok(Self {
             config,
+            status: Arc::new(Mutex::new(status)),
             client,
             pool_key,
             ledger,
@@ -149,13 +181,63 @@ impl Agent {
         self.pool_key
     }
 
+    /// A live view of what the scheduler is doing.
+    pub fn status(&self) -> Arc<Mutex<SchedulerStatus>> {
+        self.status.clone()
+    }
+
+    fn publish(&self, f: impl FnOnce(&mut SchedulerStatus)) {
+        let mut st = self.status.lock().expect("status lock");
+        f(&mut st);
+        st.summary = self.summary.clone();
+    }
+
+    /// Resumes the leases a previous run was working on when it stopped
+    /// (killed, crashed, powered off), or gives them back when their
+    /// deadline is gone: nothing leased is silently dropped.
+    async fn recover_inflight(&mut self) -> Result<(), AgentError> {
+        for signed in self.outbox.inflight()? {
+            let Ok(m) = signed.verify(&self.pool_key) else {
+                // Signed by another pool (the pool was changed): not ours to resume here.
+                continue;
+            };
+            if m.deadline_ms > crate::now_ms() + 1_000 {
+                tracing::info!(task_id = m.task_id, "resuming a task an earlier run had started");
+                self.handle(signed).await?;
+            } else {
+                tracing::info!(
+                    task_id = m.task_id,
+                    "giving back a task whose deadline passed while the agent was down"
+                );
+                let _ = self.client.give_back(m.lease_id, &m.lease_token).await;
+                self.ledger.append(
+                    "task_given_back",
+                    &json!({"pool": self.config.pool_url, "job_id": m.job_id, "task_id": m.task_id, "reason": "the lease ran out while the agent was not running"}),
+                )?;
+                self.outbox.forget(m.lease_id)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn allowed(&self, stop: &watch::Receiver<bool>) -> impl Future<Output = bool> + Send + 'static {
+        let decisions = self.config.watcher.as_ref().map(Watcher::decisions);
+        let stop = stop.clone();
+        allowed(decisions, stop)
+    }
+
     /// Works until `stop` turns true, then returns what it did. Errors talking
     /// to the pool are logged and retried with backoff; only ledger failures
     /// end the run, since work that cannot be recorded must not be done.
     pub async fn run(&mut self, mut stop: watch::Receiver<bool>) -> Result<AgentSummary, AgentError> {
         let mut backoff = Duration::from_millis(250);
+        self.flush_outbox().await?;
+        self.recover_inflight().await?;
         while !*stop.borrow() {
             self.flush_outbox().await?;
+            if !self.allowed(&stop).await {
+                break;
+            }
             let leased = self.client.lease(self.config.capabilities.clone(), self.config.max_tasks_per_lease).await;
             let wait = match leased {
                 Ok(resp) if !resp.tasks.is_empty() => {
@@ -178,6 +260,7 @@ impl Agent {
                 Ok(resp) => Duration::from_millis(resp.retry_after_ms.unwrap_or(1_000)).min(self.config.max_idle_poll),
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "asking the pool for work failed");
+                    self.publish(|st| st.last_pool_error = Some(e.to_string()));
                     let wait = backoff;
                     backoff = (backoff * 2).min(Duration::from_secs(60));
                     wait
@@ -189,12 +272,16 @@ impl Agent {
             }
         }
         self.summary.results_pending = self.outbox.len()?;
+        self.publish(|_| {});
         Ok(self.summary.clone())
     }
 
     async fn handle(&mut self, signed: Signed<TaskManifest>) -> Result<(), AgentError> {
         match self.check(&signed).await {
-            Ok((manifest, kernel, input)) => self.execute(manifest, kernel, input).await,
+            Ok((manifest, kernel, input)) => {
+                self.outbox.start(manifest.lease_id, &signed)?;
+                self.execute(manifest, kernel, input).await
+            }
             Err(refusal) => {
                 tracing::warn!(task_id = ?refusal.task_id, reason = %refusal.reason, "refusing a task: nothing was run");
                 self.summary.tasks_refused += 1;
@@ -287,40 +374,72 @@ impl Agent {
             ),
         };
         let command = self.config.worker.clone();
-        let worker = self.worker.take();
         let params = m.params.clone();
         let task = format!("{}/{}", m.job_id, m.task_id);
         let timeout = Duration::from_millis(m.limits.timeout_ms);
         let ckpt = checkpoint_path.clone();
         let kernel_sha256 = m.kernel.sha256;
-        let heartbeat = self.keep_lease_alive(&m);
-        let (worker, report) = tokio::task::spawn_blocking(move || {
-            let mut worker = match worker {
-                Some(w) => w,
-                None => match WorkerProcess::spawn(&command) {
-                    Ok(w) => w,
-                    Err(e) => return (None, Err(e)),
-                },
-            };
-            let req = WorkRequest {
-                task,
-                kernel_sha256,
-                kernel: &kernel,
-                input: &input,
-                params: &params,
-                resume: resume.as_deref(),
-                limits,
-                timeout,
-            };
-            let report = worker.run(&req, |_| {}, |state| save_checkpoint(&ckpt, &state));
-            // A worker that timed out was killed; one that errored is gone.
-            let keep = matches!(&report, Ok(r) if r.outcome.status != Status::TimedOut);
-            (keep.then_some(worker), report)
-        })
-        .await
-        .expect("the worker thread does not panic");
-        heartbeat.abort();
+        let worker = match self.worker.take() {
+            Some(w) => Ok(w),
+            None => tokio::task::spawn_blocking(move || WorkerProcess::spawn(&command))
+                .await
+                .expect("starting a worker does not panic"),
+        };
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let (worker, report) = match worker {
+            Err(e) => (None, Err(e)),
+            Ok(mut worker) => {
+                let control = worker.control();
+                if let Some(w) = &self.config.watcher {
+                    w.attach(control.clone());
+                }
+                let current = CurrentTask {
+                    job_id: m.job_id,
+                    task_id: m.task_id,
+                    kernel_sha256,
+                    started_ms: crate::now_ms(),
+                    deadline_ms: m.deadline_ms,
+                };
+                self.publish(|st| st.current_task = Some(current));
+                let heartbeat = self.keep_lease_alive(&m, control.clone(), abandoned.clone());
+                let result = tokio::task::spawn_blocking(move || {
+                    let req = WorkRequest {
+                        task,
+                        kernel_sha256,
+                        kernel: &kernel,
+                        input: &input,
+                        params: &params,
+                        resume: resume.as_deref(),
+                        limits,
+                        timeout,
+                    };
+                    let report = worker.run(&req, |_| {}, |state| save_checkpoint(&ckpt, &state));
+                    // A worker that timed out was killed; one that errored is gone.
+                    let keep = matches!(&report, Ok(r) if r.outcome.status != Status::TimedOut);
+                    (keep.then_some(worker), report)
+                })
+                .await
+                .expect("the worker thread does not panic");
+                heartbeat.abort();
+                if let Some(w) = &self.config.watcher {
+                    w.detach(control.pid());
+                }
+                self.publish(|st| st.current_task = None);
+                result
+            }
+        };
         self.worker = worker;
+        if abandoned.load(Ordering::SeqCst) {
+            // The checkpoint stays: if this device gets the task again, it resumes.
+            tracing::info!(task_id = m.task_id, "gave a task back: paused for longer than its lease");
+            self.ledger.append(
+                "task_given_back",
+                &json!({"pool": self.config.pool_url, "job_id": m.job_id, "task_id": m.task_id, "reason": "paused for longer than the lease"}),
+            )?;
+            let _ = self.client.give_back(m.lease_id, &m.lease_token).await;
+            self.outbox.forget(m.lease_id)?;
+            return Ok(());
+        }
         let _ = std::fs::remove_file(&checkpoint_path);
 
         let report = match report {
@@ -346,6 +465,8 @@ impl Agent {
             self.summary.tasks_failed += 1;
             self.ledger.append("task_failed", &body)?;
             let _ = self.client.give_back(m.lease_id, &m.lease_token).await;
+            self.outbox.forget(m.lease_id)?;
+            self.publish(|_| {});
             return Ok(());
         }
         self.summary.tasks_finished += 1;
@@ -372,15 +493,38 @@ impl Agent {
     }
 
     /// Heartbeats the lease at a third of its length while the task runs, so
-    /// a long task is not taken away and given to another device.
-    fn keep_lease_alive(&self, m: &TaskManifest) -> tokio::task::JoinHandle<()> {
+    /// a long task is not taken away and given to another device. A task
+    /// held paused for longer than a whole lease is given up instead (its
+    /// worker killed, the lease returned): the pool should not wait on a
+    /// machine its user has taken back.
+    fn keep_lease_alive(
+        &self,
+        m: &TaskManifest,
+        control: idlemesh_runtime::WorkerControl,
+        abandoned: Arc<AtomicBool>,
+    ) -> tokio::task::JoinHandle<()> {
         let client = self.client.clone();
         let (lease_id, token, task_id) = (m.lease_id, m.lease_token.clone(), m.task_id);
-        let period = Duration::from_millis((m.deadline_ms.saturating_sub(m.issued_at_ms) / 3).max(200));
+        let lease = Duration::from_millis(m.deadline_ms.saturating_sub(m.issued_at_ms).max(600));
+        let period = lease / 3;
+        let decisions = self.config.watcher.as_ref().map(Watcher::decisions);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            let mut paused_since: Option<tokio::time::Instant> = None;
             loop {
                 tick.tick().await;
+                let paused = decisions.as_ref().is_some_and(|d| d.borrow().is_paused());
+                let since = if paused {
+                    *paused_since.get_or_insert_with(tokio::time::Instant::now)
+                } else {
+                    paused_since = None;
+                    tokio::time::Instant::now()
+                };
+                if since.elapsed() >= lease {
+                    abandoned.store(true, Ordering::SeqCst);
+                    control.kill();
+                    return;
+                }
                 match client.heartbeat(lease_id, &token).await {
                     Ok(_) => {}
                     Err(e) if e.is_conflict() => {
@@ -469,5 +613,22 @@ fn save_checkpoint(path: &std::path::Path, state: &[u8]) {
     })();
     if let Err(e) = result {
         tracing::warn!(path = %path.display(), error = %e, "could not save a checkpoint");
+    }
+}
+
+/// Waits until the governor allows work (or `stop`); true if allowed.
+async fn allowed(decisions: Option<watch::Receiver<crate::Decision>>, mut stop: watch::Receiver<bool>) -> bool {
+    let Some(mut decisions) = decisions else { return !*stop.borrow() };
+    loop {
+        if *stop.borrow() {
+            return false;
+        }
+        if !decisions.borrow_and_update().is_paused() {
+            return true;
+        }
+        tokio::select! {
+            r = decisions.changed() => if r.is_err() { return false },
+            _ = stop.changed() => {}
+        }
     }
 }

@@ -18,15 +18,19 @@
 //! governor's decisions will come in.
 
 mod agent;
+pub mod control;
+pub mod daemon;
 pub mod governor;
 mod ledger;
 mod outbox;
 pub mod paths;
 mod pool_client;
+pub mod secrets;
 pub mod sensors;
 pub mod settings;
+pub mod watcher;
 
-pub use agent::{Agent, AgentConfig, AgentError, AgentSummary};
+pub use agent::{Agent, AgentConfig, AgentError, AgentSummary, CurrentTask, SchedulerStatus};
 pub use governor::{Decision, Limits};
 pub use ledger::{BadEntry, Entry, Ledger, LedgerError, VerifyReport};
 pub use pool_client::{PoolClient, PoolClientError};

@@ -1,10 +1,15 @@
 //! Results waiting for the pool: written before the first upload, deleted
 //! only once the pool has answered. A pool that is down for hours, or an
 //! agent killed between finishing a task and reporting it, loses nothing.
+//!
+//! The same file keeps the leases being worked on (`inflight`), so an agent
+//! killed mid-task resumes them from their checkpoint when it starts again,
+//! or gives them back if their deadline is gone.
 
 use std::path::Path;
 
 use idlemesh_protocol::api::ResultSubmission;
+use idlemesh_protocol::{Signed, TaskManifest};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
@@ -38,19 +43,50 @@ impl Outbox {
                 pending TEXT NOT NULL,
                 attempts INTEGER NOT NULL DEFAULT 0,
                 next_attempt_ms INTEGER NOT NULL DEFAULT 0
+            );
+            CREATE TABLE IF NOT EXISTS inflight (
+                lease_id INTEGER PRIMARY KEY,
+                manifest TEXT NOT NULL
             );",
         )
         .map_err(open)?;
         Ok(Self { conn })
     }
 
-    pub fn put(&self, p: &Pending) -> Result<(), LedgerError> {
+    /// Queues a result; its lease stops being in flight in the same transaction.
+    pub fn put(&mut self, p: &Pending) -> Result<(), LedgerError> {
         let text = serde_json::to_string(p).expect("pending results serialise");
-        self.conn.execute(
+        let tx = self.conn.transaction()?;
+        tx.execute(
             "INSERT OR REPLACE INTO outbox (lease_id, pending) VALUES (?1, ?2)",
             params![p.submission.lease_id as i64, text],
         )?;
+        tx.execute("DELETE FROM inflight WHERE lease_id = ?1", [p.submission.lease_id as i64])?;
+        tx.commit()?;
         Ok(())
+    }
+
+    /// Remembers a lease being worked on, with its signed manifest.
+    pub fn start(&self, lease_id: u64, manifest: &Signed<TaskManifest>) -> Result<(), LedgerError> {
+        let text = serde_json::to_string(manifest).expect("manifests serialise");
+        self.conn.execute(
+            "INSERT OR REPLACE INTO inflight (lease_id, manifest) VALUES (?1, ?2)",
+            params![lease_id as i64, text],
+        )?;
+        Ok(())
+    }
+
+    /// The lease ended without a result (failed, given back).
+    pub fn forget(&self, lease_id: u64) -> Result<(), LedgerError> {
+        self.conn.execute("DELETE FROM inflight WHERE lease_id = ?1", [lease_id as i64])?;
+        Ok(())
+    }
+
+    /// Leases an earlier run was working on when it stopped.
+    pub fn inflight(&self) -> Result<Vec<Signed<TaskManifest>>, LedgerError> {
+        let mut stmt = self.conn.prepare("SELECT manifest FROM inflight ORDER BY lease_id")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+        Ok(rows.iter().filter_map(|t| serde_json::from_str(t).ok()).collect())
     }
 
     /// The oldest result that is due, if any.
@@ -126,7 +162,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("outbox.sqlite");
         {
-            let o = Outbox::open(&path).unwrap();
+            let mut o = Outbox::open(&path).unwrap();
             o.put(&pending(7)).unwrap();
             o.put(&pending(3)).unwrap();
         }

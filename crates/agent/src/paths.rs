@@ -24,3 +24,27 @@ pub fn ledger_path() -> PathBuf {
 pub fn kernel_cache_dir() -> PathBuf {
     data_dir().join("compiled")
 }
+
+pub const CONFIG_DIR_ENV: &str = "IDLEMESH_CONFIG_DIR";
+
+/// The user's config dir, where `settings.toml` lives.
+pub fn config_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os(CONFIG_DIR_ENV).filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    directories::ProjectDirs::from("org", "Idlemesh", "idlemesh")
+        .map(|d| d.config_dir().to_owned())
+        .unwrap_or_else(|| PathBuf::from(".idlemesh"))
+}
+
+pub fn settings_path() -> PathBuf {
+    config_dir().join("settings.toml")
+}
+
+/// The IT policy: `$IDLEMESH_POLICY`, else the system-wide file.
+pub fn policy_path() -> PathBuf {
+    std::env::var_os(crate::settings::POLICY_ENV)
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(crate::settings::SYSTEM_POLICY_PATH))
+}

@@ -2,6 +2,7 @@
 //! library; `main` maps the result to the exit status of DESIGN §4:
 //! 0 success, 1 the work failed, 2 bad usage or bad input.
 
+mod agent;
 mod demo;
 mod exit;
 mod job;
@@ -36,6 +37,16 @@ struct Cli {
 enum Command {
     /// Run a local pool with a Mandelbrot job and work on it here: the first thing to try.
     Demo(demo::Args),
+    /// The headless agent: watch this machine and work for a pool when allowed.
+    Agent(agent::AgentArgs),
+    /// What the running agent is doing and why.
+    Status(agent::StatusArgs),
+    /// Pause the running agent now (15m, 1h, tomorrow, indefinitely).
+    Pause(agent::PauseArgs),
+    /// Let the running agent work again.
+    Resume(agent::ResumeArgs),
+    /// Show or change the running agent's settings.
+    Settings(agent::SettingsArgs),
     /// Read, export and verify the local ledger.
     Ledger(ledger::Args),
     /// Run one kernel in the sandbox, exactly as the agent would.
@@ -58,6 +69,11 @@ fn main() -> ExitCode {
     init_tracing();
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
+        Command::Agent(args) => agent::agent(args),
+        Command::Status(args) => agent::status(args),
+        Command::Pause(args) => agent::pause(args),
+        Command::Resume(args) => agent::resume(args),
+        Command::Settings(args) => agent::settings(args),
         Command::Ledger(args) => ledger::run(args),
         Command::Kernel(args) => kernel::run(args),
         Command::Pool(args) => pool::run(args),

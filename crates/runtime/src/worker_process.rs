@@ -108,6 +108,16 @@ impl WorkerControl {
         self.frozen.load(Ordering::SeqCst)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Ends the worker from any thread (SIGKILL works on a frozen process
+    /// too); the thread running its task then sees it die.
+    pub fn kill(&self) {
+        signal(self.pid, Signal::Kill);
+    }
+
     fn frozen_ms(&self) -> u64 {
         let mut total = self.frozen_total_ms.load(Ordering::SeqCst);
         if self.is_frozen() {
@@ -120,6 +130,7 @@ impl WorkerControl {
 enum Signal {
     Stop,
     Continue,
+    Kill,
 }
 
 fn signal(pid: u32, which: Signal) {
@@ -128,6 +139,7 @@ fn signal(pid: u32, which: Signal) {
         let sig = match which {
             Signal::Stop => libc::SIGSTOP,
             Signal::Continue => libc::SIGCONT,
+            Signal::Kill => libc::SIGKILL,
         };
         // SAFETY: kill(2) on our own child's pid; at worst it fails with ESRCH.
         unsafe {

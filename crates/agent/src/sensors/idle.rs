@@ -76,7 +76,11 @@ mod x11 {
                 self.conn = open().ok();
             }
             let (conn, root) = self.conn.as_ref()?;
-            match conn.screensaver_query_info(*root).map_err(|e| e.to_string()).and_then(|c| c.reply().map_err(|e| e.to_string())) {
+            match conn
+                .screensaver_query_info(*root)
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.reply().map_err(|e| e.to_string()))
+            {
                 Ok(r) => Some(Duration::from_millis(u64::from(r.ms_since_user_input))),
                 Err(e) => {
                     tracing::warn!(error = %e, "lost the X display; idle time unknown until it is back");

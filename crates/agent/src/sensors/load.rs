@@ -24,11 +24,7 @@ impl LoadSensor for SysinfoLoad {
         sys.refresh_cpu_usage();
         let total = sys.global_cpu_usage();
         let pids: Vec<Pid> = ours.iter().chain([&self.me]).map(|p| Pid::from_u32(*p)).collect();
-        sys.refresh_processes_specifics(
-            ProcessesToUpdate::Some(&pids),
-            true,
-            ProcessRefreshKind::nothing().with_cpu(),
-        );
+        sys.refresh_processes_specifics(ProcessesToUpdate::Some(&pids), true, ProcessRefreshKind::nothing().with_cpu());
         // A process's usage is in percent of one core; the total is of the whole machine.
         let own: f32 = pids.iter().filter_map(|p| sys.process(*p)).map(|p| p.cpu_usage()).sum::<f32>() / self.cores;
         total.is_finite().then(|| (total - own).clamp(0.0, 100.0))

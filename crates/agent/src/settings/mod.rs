@@ -300,10 +300,11 @@ impl Settings {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(SettingsError::Read { file, message: e.to_string() }),
         };
-        let mut doc: toml::Table = toml::from_str(&text)
-            .map_err(|e| SettingsError::Syntax { file: file.clone(), message: one_line(&e) })?;
+        let mut doc: toml::Table =
+            toml::from_str(&text).map_err(|e| SettingsError::Syntax { file: file.clone(), message: one_line(&e) })?;
         doc.insert(key.into(), value);
-        let text = toml::to_string(&doc).map_err(|e| SettingsError::Write { file: file.clone(), message: e.to_string() })?;
+        let text =
+            toml::to_string(&doc).map_err(|e| SettingsError::Write { file: file.clone(), message: e.to_string() })?;
         write_atomically(&self.user.path, text.as_bytes())
             .map_err(|e| SettingsError::Write { file, message: e.to_string() })?;
         self.user.seen = None;

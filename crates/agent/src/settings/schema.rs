@@ -32,8 +32,14 @@ impl Machine {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Kind {
     Bool,
-    Int { min: i64, max: i64 },
-    Float { min: f64, max: f64 },
+    Int {
+        min: i64,
+        max: i64,
+    },
+    Float {
+        min: f64,
+        max: f64,
+    },
     /// `"always"` or `"HH:MM-HH:MM"` (may wrap past midnight).
     Hours,
     /// An `http://` or `https://` URL, or absent.
@@ -75,11 +81,7 @@ pub const SPECS: &[Spec] = &[
         help: "pause when the CPU is this hot (°C)",
     },
     Spec { key: "allowed_hours", kind: Kind::Hours, help: "\"always\" or a daily window such as \"22:00-06:00\"" },
-    Spec {
-        key: "memory_per_task_mb",
-        kind: Kind::Int { min: 16, max: 1 << 30 },
-        help: "memory one task may use (MB)",
-    },
+    Spec { key: "memory_per_task_mb", kind: Kind::Int { min: 16, max: 1 << 30 }, help: "memory one task may use (MB)" },
     Spec { key: "daily_upload_cap_mb", kind: Kind::CapMb, help: "MB uploaded per day at most, or \"unlimited\"" },
     Spec { key: "daily_download_cap_mb", kind: Kind::CapMb, help: "MB downloaded per day at most, or \"unlimited\"" },
     Spec { key: "pause_on_metered_network", kind: Kind::Bool, help: "pause on metered networks" },

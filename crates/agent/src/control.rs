@@ -1,0 +1,230 @@
+//! Local control: a Unix socket in the user's runtime dir, mode 0600 in a
+//! 0700 directory, and a peer-credential check on every connection, so only
+//! the same user can see or steer the agent. One JSON request per line, one
+//! JSON answer per line.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::governor::ManualPause;
+
+pub const SOCKET_ENV: &str = "IDLEMESH_CONTROL_SOCKET";
+/// Longest request line accepted.
+const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+
+/// Where the agent listens: `$IDLEMESH_CONTROL_SOCKET`, else
+/// `$XDG_RUNTIME_DIR/idlemesh/agent.sock`, else a per-user dir under /tmp.
+pub fn socket_path() -> PathBuf {
+    if let Some(p) = std::env::var_os(SOCKET_ENV).filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|d| !d.is_empty())
+        .map(|d| PathBuf::from(d).join("idlemesh"))
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("idlemesh-{}", current_uid())));
+    base.join("agent.sock")
+}
+
+fn current_uid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    /// `duration`: "15m", "1h", "tomorrow", "indefinitely" (the default).
+    Pause {
+        #[serde(default)]
+        duration: Option<String>,
+    },
+    Resume,
+    /// Changes one user setting (refused for keys the IT policy locks).
+    SettingsSet {
+        key: String,
+        value: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("no agent is running (nothing answers at {path}): start one with `idlemesh agent`")]
+    NotRunning { path: String },
+    #[error("another agent is already running and listening at {path}")]
+    AlreadyRunning { path: String },
+    #[error("control socket {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the agent said: {message}")]
+    Refused { code: String, message: String },
+    #[error("the agent's answer was not understood: {0}")]
+    BadAnswer(String),
+}
+
+/// Answers requests; the daemon implements it.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, request: Request) -> Result<Value, (String, String)>;
+}
+
+/// Binds the socket (replacing a stale one, refusing if an agent answers there).
+pub async fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let io = |source| ControlError::Io { path: path.display().to_string(), source };
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(ControlError::AlreadyRunning { path: path.display().to_string() });
+        }
+        std::fs::remove_file(path).map_err(io)?;
+    }
+    let listener = UnixListener::bind(path).map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    Ok(listener)
+}
+
+/// Serves connections until the listener is dropped.
+pub async fn serve(listener: UnixListener, handler: std::sync::Arc<dyn Handler>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection(stream, handler).await {
+                tracing::debug!(error = %e, "control connection ended");
+            }
+        });
+    }
+}
+
+async fn connection(stream: UnixStream, handler: std::sync::Arc<dyn Handler>) -> std::io::Result<()> {
+    let peer = stream.peer_cred()?;
+    let (read, mut write) = stream.into_split();
+    if peer.uid() != current_uid() {
+        tracing::warn!(uid = peer.uid(), "refused a control connection from another user");
+        let answer = refusal("forbidden", "only the user running the agent may control it");
+        write.write_all(format!("{answer}\n").as_bytes()).await?;
+        return Ok(());
+    }
+    let mut lines = BufReader::new(read.take(MAX_REQUEST_BYTES)).lines();
+    while let Some(line) = lines.next_line().await? {
+        let answer = match serde_json::from_str::<Request>(&line) {
+            Ok(request) => {
+                let handler = handler.clone();
+                match tokio::task::spawn_blocking(move || handler.handle(request)).await {
+                    Ok(Ok(v)) => json!({"ok": true, "result": v}),
+                    Ok(Err((code, message))) => refusal(&code, &message),
+                    Err(_) => refusal("internal", "the request handler failed"),
+                }
+            }
+            Err(e) => refusal(
+                "bad_request",
+                &format!("not a request the agent knows ({e}); expected one of status, pause, resume, settings_set"),
+            ),
+        };
+        write.write_all(format!("{answer}\n").as_bytes()).await?;
+    }
+    Ok(())
+}
+
+fn refusal(code: &str, message: &str) -> Value {
+    json!({"ok": false, "error": {"code": code, "message": message}})
+}
+
+/// Sends one request to the running agent and returns its result.
+pub async fn call(path: &Path, request: &Request) -> Result<Value, ControlError> {
+    let io = |source| ControlError::Io { path: path.display().to_string(), source };
+    let stream = match UnixStream::connect(path).await {
+        Ok(s) => s,
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
+            return Err(ControlError::NotRunning { path: path.display().to_string() });
+        }
+        Err(e) => return Err(io(e)),
+    };
+    let (read, mut write) = stream.into_split();
+    let line = serde_json::to_string(request).expect("requests serialise");
+    write.write_all(format!("{line}\n").as_bytes()).await.map_err(io)?;
+    let mut lines = BufReader::new(read).lines();
+    let answer = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .map_err(|_| ControlError::BadAnswer("no answer within 10 s".into()))?
+        .map_err(io)?
+        .ok_or_else(|| ControlError::BadAnswer("the agent closed the connection".into()))?;
+    let answer: Value = serde_json::from_str(&answer).map_err(|e| ControlError::BadAnswer(e.to_string()))?;
+    if answer["ok"] == json!(true) {
+        Ok(answer["result"].clone())
+    } else {
+        Err(ControlError::Refused {
+            code: answer["error"]["code"].as_str().unwrap_or("unknown").into(),
+            message: answer["error"]["message"].as_str().unwrap_or("no reason given").into(),
+        })
+    }
+}
+
+/// Reads a pause length: `15m`, `1h 30m`, `tomorrow` (until local midnight),
+/// `indefinitely` (until resumed; also when no length is given).
+pub fn parse_pause(duration: Option<&str>, now: &jiff::Zoned) -> Result<ManualPause, String> {
+    let Some(d) = duration.map(str::trim).filter(|d| !d.is_empty()) else {
+        return Ok(ManualPause::UntilResumed);
+    };
+    match d {
+        "indefinitely" | "forever" | "until-resumed" => Ok(ManualPause::UntilResumed),
+        "tomorrow" => {
+            let midnight = now
+                .tomorrow()
+                .and_then(|t| t.start_of_day())
+                .map_err(|e| format!("cannot work out tomorrow's date: {e}"))?;
+            Ok(ManualPause::Until { until_ms: midnight.timestamp().as_millisecond().max(0) as u64 })
+        }
+        _ => {
+            let span = humantime::parse_duration(d).map_err(|e| {
+                format!("{d:?} is not a pause length ({e}); use e.g. 15m, 1h, tomorrow or indefinitely")
+            })?;
+            if span.is_zero() || span > Duration::from_secs(366 * 24 * 3600) {
+                return Err(format!("{d:?}: a pause must be longer than 0 and at most a year"));
+            }
+            let until = now.timestamp().as_millisecond().max(0) as u64 + span.as_millis() as u64;
+            Ok(ManualPause::Until { until_ms: until })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pause_lengths() {
+        let now: jiff::Zoned = "2026-11-22T13:05:00+01:00[+01:00]".parse().unwrap();
+        let t0 = now.timestamp().as_millisecond() as u64;
+        assert_eq!(parse_pause(None, &now), Ok(ManualPause::UntilResumed));
+        assert_eq!(parse_pause(Some("indefinitely"), &now), Ok(ManualPause::UntilResumed));
+        assert_eq!(parse_pause(Some("15m"), &now), Ok(ManualPause::Until { until_ms: t0 + 15 * 60_000 }));
+        assert_eq!(parse_pause(Some("1h"), &now), Ok(ManualPause::Until { until_ms: t0 + 3_600_000 }));
+        let midnight: jiff::Zoned = "2026-11-23T00:00:00+01:00[+01:00]".parse().unwrap();
+        assert_eq!(
+            parse_pause(Some("tomorrow"), &now),
+            Ok(ManualPause::Until { until_ms: midnight.timestamp().as_millisecond() as u64 })
+        );
+        for bad in ["soon", "0s", "-5m", "400 days"] {
+            assert!(parse_pause(Some(bad), &now).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn requests_are_strict() {
+        let ok: Request = serde_json::from_str(r#"{"command":"pause","duration":"15m"}"#).unwrap();
+        assert_eq!(ok, Request::Pause { duration: Some("15m".into()) });
+        assert!(serde_json::from_str::<Request>(r#"{"command":"shutdown"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"command":"status","extra":1}"#).is_err());
+    }
+}

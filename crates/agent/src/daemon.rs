@@ -1,0 +1,286 @@
+//! The headless agent (`idlemesh agent`, and what the tray app embeds):
+//! settings and policy, the keyring's device key, the watcher, the control
+//! socket and the scheduler, tied together and kept running.
+//!
+//! Nothing here gives up on the pool: no pool configured means waiting for
+//! one; an unreachable pool means trying again with backoff; a changed
+//! `pool_url` means finishing the current task and switching.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use idlemesh_protocol::api::Capabilities;
+use idlemesh_runtime::WorkerCommand;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::agent::{Agent, AgentConfig, SchedulerStatus};
+use crate::control::{self, Handler, Request};
+use crate::governor::ManualPause;
+use crate::sensors::Sensors;
+use crate::settings::{Machine, Settings};
+use crate::watcher::{Watcher, WatcherConfig};
+
+pub struct DaemonConfig {
+    /// `--pool`: overrides the settings (not a locked policy value).
+    pub pool_override: Option<String>,
+    pub settings_path: PathBuf,
+    pub policy_path: PathBuf,
+    pub data_dir: PathBuf,
+    pub socket_path: PathBuf,
+    pub worker: WorkerCommand,
+    pub sensors: Box<dyn FnOnce() -> Sensors + Send>,
+}
+
+impl std::fmt::Debug for DaemonConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DaemonConfig")
+            .field("settings_path", &self.settings_path)
+            .field("data_dir", &self.data_dir)
+            .field("socket_path", &self.socket_path)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::SecretsError),
+    #[error("cannot start: {0}")]
+    Start(String),
+}
+
+const NO_POOL: &str =
+    "no pool configured: set one with `idlemesh settings set pool_url URL` or `idlemesh agent --pool URL`";
+
+/// Everything the control socket can see and steer.
+struct Shared {
+    watcher: Watcher,
+    settings: Arc<Mutex<Settings>>,
+    scheduler: Mutex<Option<Arc<Mutex<SchedulerStatus>>>>,
+    /// Why there is no scheduler yet (no pool set, pool unreachable).
+    pool_problem: Mutex<Option<String>>,
+    info: Value,
+}
+
+impl Handler for Shared {
+    fn handle(&self, request: Request) -> Result<Value, (String, String)> {
+        match request {
+            Request::Status => Ok(self.status()),
+            Request::Pause { duration } => {
+                let pause = control::parse_pause(duration.as_deref(), &jiff::Zoned::now())
+                    .map_err(|e| ("bad_duration".to_string(), e))?;
+                self.watcher.set_pause(pause);
+                Ok(json!({"manual_pause": pause}))
+            }
+            Request::Resume => {
+                self.watcher.set_pause(ManualPause::None);
+                Ok(json!({"manual_pause": ManualPause::None}))
+            }
+            Request::SettingsSet { key, value } => {
+                let mut settings = self.settings.lock().expect("settings lock");
+                settings.set(&key, &crate::settings::parse_cli_value(&value)).map_err(|e| {
+                    let code = match e {
+                        crate::settings::SettingsError::Locked { .. } => "locked",
+                        crate::settings::SettingsError::UnknownKey { .. } => "unknown_setting",
+                        crate::settings::SettingsError::BadValue { .. } => "bad_value",
+                        _ => "settings_file",
+                    };
+                    (code.to_string(), e.to_string())
+                })?;
+                let effective = settings.effective().values.get(key.as_str()).cloned();
+                drop(settings);
+                self.watcher.settings_changed();
+                Ok(json!({"key": key, "effective": effective}))
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn status(&self) -> Value {
+        let watch = self.watcher.status();
+        let (settings, errors, user_path, policy_path) = {
+            let s = self.settings.lock().expect("settings lock");
+            (s.effective().values.clone(), s.errors(), s.user_path().to_owned(), s.policy_path().to_owned())
+        };
+        let scheduler =
+            self.scheduler.lock().expect("scheduler lock").as_ref().map(|s| s.lock().expect("status").clone());
+        let paused = watch.as_ref().is_none_or(|w| w.decision.is_paused());
+        let state = match (&watch, &scheduler) {
+            (None, _) => "starting",
+            _ if paused => "paused",
+            (_, Some(s)) if s.current_task.is_some() => "working",
+            (_, Some(_)) => "waiting_for_work",
+            (_, None) if self.pool_problem.lock().expect("lock").as_deref() == Some(NO_POOL) => "no_pool",
+            (_, None) => "connecting",
+        };
+        json!({
+            "state": state,
+            "paused": paused,
+            "reasons": watch.as_ref().map(|w| w.decision.reasons.clone()).unwrap_or_default(),
+            "decision": watch.as_ref().map(|w| &w.decision),
+            "manual_pause": watch.as_ref().map(|w| w.manual_pause),
+            "sensors": watch.as_ref().map(|w| json!({"idle_source": w.idle_sensor, "snapshot": w.snapshot})),
+            "workers": watch.as_ref().map(|w| json!({"pids": w.workers, "frozen": w.frozen})),
+            "scheduler": scheduler,
+            "pool_problem": self.pool_problem.lock().expect("lock").clone(),
+            "settings": settings,
+            "settings_errors": errors,
+            "files": {"settings": user_path, "policy": policy_path},
+            "agent": self.info,
+        })
+    }
+}
+
+/// Runs until `shutdown` resolves.
+pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| DaemonError::Start(format!("data dir {}: {e}", config.data_dir.display())))?;
+    let machine = Machine::this();
+    let settings =
+        Arc::new(Mutex::new(Settings::open(machine, config.settings_path.clone(), config.policy_path.clone())));
+    for e in settings.lock().expect("settings lock").errors() {
+        tracing::warn!("{e}");
+    }
+    let keyring = crate::secrets::use_os_keyring()?;
+    let scope = crate::secrets::scope_of(&config.data_dir);
+    let device_key = Arc::new(
+        tokio::task::spawn_blocking(move || crate::secrets::device_key(&scope))
+            .await
+            .map_err(|e| DaemonError::Start(format!("keyring thread: {e}")))??,
+    );
+    let ledger_path = config.data_dir.join("ledger.sqlite");
+    let watcher = Watcher::start(WatcherConfig {
+        settings: settings.clone(),
+        pause_file: config.data_dir.join("pause.json"),
+        ledger_path: ledger_path.clone(),
+        sensors: config.sensors,
+    })
+    .map_err(|e| DaemonError::Start(format!("watcher thread: {e}")))?;
+    let listener = control::bind(&config.socket_path).await?;
+    let shared = Arc::new(Shared {
+        watcher: watcher.clone(),
+        settings: settings.clone(),
+        scheduler: Mutex::new(None),
+        pool_problem: Mutex::new(None),
+        info: json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "data_dir": config.data_dir,
+            "ledger": ledger_path,
+            "socket": config.socket_path,
+            "keyring": keyring,
+            "device_public_key": device_key.public(),
+        }),
+    });
+    let server = tokio::spawn(control::serve(listener, shared.clone()));
+    tracing::info!(socket = %config.socket_path.display(), keyring, "agent started");
+
+    let scheduler = schedule(
+        shared.clone(),
+        config.pool_override,
+        config.data_dir.clone(),
+        ledger_path,
+        config.worker,
+        device_key,
+        machine,
+    );
+    tokio::select! {
+        () = shutdown => {}
+        () = scheduler => {}
+    }
+    watcher.shutdown();
+    server.abort();
+    let _ = std::fs::remove_file(&config.socket_path);
+    Ok(())
+}
+
+/// Connects to the configured pool and works for it, forever.
+async fn schedule(
+    shared: Arc<Shared>,
+    pool_override: Option<String>,
+    data_dir: PathBuf,
+    ledger_path: PathBuf,
+    worker: WorkerCommand,
+    device_key: Arc<idlemesh_protocol::Keypair>,
+    machine: Machine,
+) {
+    let pool_url = move |shared: &Shared| {
+        let s = shared.settings.lock().expect("settings lock");
+        let locked = s.effective().values.get("pool_url").is_some_and(|v| v.locked);
+        if locked { s.effective().pool_url() } else { pool_override.clone().or_else(|| s.effective().pool_url()) }
+    };
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let Some(url) = pool_url(&shared) else {
+            if shared.pool_problem.lock().expect("lock").replace(NO_POOL.into()).as_deref() != Some(NO_POOL) {
+                tracing::info!("{NO_POOL}");
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            continue;
+        };
+        let limits = shared.settings.lock().expect("settings lock").effective().limits();
+        let config = AgentConfig {
+            pool_url: url.clone(),
+            data_dir: data_dir.clone(),
+            ledger_path: ledger_path.clone(),
+            worker: worker.clone(),
+            capabilities: Capabilities {
+                wasm: true,
+                wgpu_adapter: None,
+                cores: limits.cores,
+                memory_bytes: limits.memory_per_task_bytes,
+            },
+            device_info: BTreeMap::from([
+                ("cores".to_string(), machine.cores.to_string()),
+                ("memory_bytes".to_string(), machine.memory_bytes.to_string()),
+            ]),
+            max_tasks_per_lease: 1,
+            max_idle_poll: Duration::from_secs(30),
+            watcher: Some(shared.watcher.clone()),
+        };
+        let mut agent = match Agent::connect(config, device_key.clone()).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(pool = %url, error = %e, retry_in_s = backoff.as_secs(), "cannot join the pool yet");
+                *shared.pool_problem.lock().expect("lock") = Some(format!("cannot join {url}: {e}"));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(300));
+                continue;
+            }
+        };
+        backoff = Duration::from_secs(1);
+        *shared.pool_problem.lock().expect("lock") = None;
+        *shared.scheduler.lock().expect("scheduler lock") = Some(agent.status());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        // Switch pools when the setting changes; the current task finishes first.
+        let watch_url = {
+            let shared = shared.clone();
+            let url = url.clone();
+            let pool_url = pool_url.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    if pool_url(&shared).as_deref() != Some(url.as_str()) {
+                        let _ = stop_tx.send(true);
+                        return;
+                    }
+                }
+            })
+        };
+        match agent.run(stop_rx).await {
+            Ok(summary) => tracing::info!(pool = %url, ?summary, "left the pool"),
+            Err(e) => {
+                tracing::error!(pool = %url, error = %e, "the scheduler stopped; starting again");
+                tokio::time::sleep(backoff).await;
+            }
+        }
+        watch_url.abort();
+        *shared.scheduler.lock().expect("scheduler lock") = None;
+    }
+}

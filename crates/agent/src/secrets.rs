@@ -1,0 +1,143 @@
+//! Secrets in the OS keyring, never in files or logs: the device's ed25519
+//! key (and, later, pool tokens).
+//!
+//! Linux has two real backends. The Secret Service (GNOME Keyring, KWallet)
+//! is the desktop's, persistent and unlocked with the session; the kernel's
+//! keyutils is there on every machine, including headless ones, but its keys
+//! live until reboot. `IDLEMESH_KEYRING=secret-service|keyutils` picks one;
+//! by default the Secret Service is used when the session offers it.
+
+use std::sync::Arc;
+
+use idlemesh_protocol::Keypair;
+use keyring_core::{Entry, Error as KeyringError};
+
+pub const KEYRING_ENV: &str = "IDLEMESH_KEYRING";
+const SERVICE: &str = "idlemesh";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
+    #[error("no usable keyring: {0}")]
+    NoKeyring(String),
+    #[error("unknown keyring {0:?} in {KEYRING_ENV}: expected secret-service or keyutils")]
+    UnknownBackend(String),
+    #[error(
+        "the keyring refused: {0} (with the kernel keyring this usually means the process has no session keyring: start the agent from a login session, or under `keyctl session -`)"
+    )]
+    Keyring(#[from] KeyringError),
+    #[error("the device key in the keyring is damaged ({0}); remove the entry `{SERVICE}/{1}` to enroll anew")]
+    Damaged(String, String),
+}
+
+/// Chooses the keyring backend for this process; returns its name.
+pub fn use_os_keyring() -> Result<&'static str, SecretsError> {
+    let wanted = std::env::var(KEYRING_ENV).ok().filter(|s| !s.is_empty());
+    #[cfg(target_os = "linux")]
+    {
+        let secret_service = || -> Result<Arc<keyring_core::CredentialStore>, String> {
+            zbus_secret_service_keyring_store::Store::new()
+                .map(|s| s as Arc<keyring_core::CredentialStore>)
+                .map_err(|e| e.to_string())
+        };
+        let keyutils = || -> Result<Arc<keyring_core::CredentialStore>, String> {
+            linux_keyutils_keyring_store::Store::new()
+                .map(|s| s as Arc<keyring_core::CredentialStore>)
+                .map_err(|e| e.to_string())
+        };
+        let (name, store) = match wanted.as_deref() {
+            Some("secret-service") => ("secret-service", secret_service().map_err(SecretsError::NoKeyring)?),
+            Some("keyutils") => ("keyutils", keyutils().map_err(SecretsError::NoKeyring)?),
+            Some(other) => return Err(SecretsError::UnknownBackend(other.into())),
+            None => match secret_service() {
+                Ok(s) => ("secret-service", s),
+                Err(e) => {
+                    tracing::info!(error = %e, "no Secret Service in this session: using the kernel keyring");
+                    ("keyutils", keyutils().map_err(SecretsError::NoKeyring)?)
+                }
+            },
+        };
+        keyring_core::set_default_store(store);
+        Ok(name)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = wanted;
+        Err(SecretsError::NoKeyring("this platform's keyring store is not wired in yet".into()))
+    }
+}
+
+/// The device key for `scope` (one per data dir, so side-by-side agents are
+/// distinct devices): read from the keyring, or made and stored on first use.
+pub fn device_key(scope: &str) -> Result<Keypair, SecretsError> {
+    let user = format!("device-key:{scope}");
+    let entry = Entry::new(SERVICE, &user)?;
+    match entry.get_secret() {
+        Ok(bytes) => {
+            let seed: [u8; 32] = bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| SecretsError::Damaged(format!("{} bytes instead of 32", bytes.len()), user.clone()))?;
+            Ok(Keypair::from_secret_bytes(&seed))
+        }
+        Err(KeyringError::NoEntry) => {
+            let key = Keypair::generate().map_err(|e| SecretsError::NoKeyring(e.to_string()))?;
+            entry.set_secret(&key.secret_bytes())?;
+            // Read back: a keyring that silently drops writes would make a new device each start.
+            let back = entry.get_secret()?;
+            if back.as_slice() != key.secret_bytes().as_slice() {
+                return Err(SecretsError::Damaged("it did not keep what was written".into(), user));
+            }
+            tracing::info!(public_key = %key.public(), "made a new device key and stored it in the keyring");
+            Ok(key)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes the device key for `scope` (leaving a pool for good).
+pub fn forget_device_key(scope: &str) -> Result<(), SecretsError> {
+    match Entry::new(SERVICE, &format!("device-key:{scope}"))?.delete_credential() {
+        Ok(()) | Err(KeyringError::NoEntry) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A stable name for a data dir, to scope its device key.
+pub fn scope_of(data_dir: &std::path::Path) -> String {
+    let abs = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_owned());
+    idlemesh_protocol::Sha256::of(abs.as_os_str().as_encoded_bytes()).to_string()[..16].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Needs a writable kernel keyring: the session keyring of this process
+    /// tree. Test runs that have none create one first (see `join_session_keyring`).
+    #[test]
+    fn device_key_round_trips_through_the_kernel_keyring() {
+        join_session_keyring();
+        // SAFETY: no other thread of this test reads the environment meanwhile.
+        unsafe { std::env::set_var(KEYRING_ENV, "keyutils") };
+        assert_eq!(use_os_keyring().unwrap(), "keyutils");
+        let scope = format!("unit-test-{}", std::process::id());
+        let a = device_key(&scope).unwrap();
+        let b = device_key(&scope).unwrap();
+        assert_eq!(a.public(), b.public(), "the same key comes back");
+        let other = device_key(&format!("{scope}-other")).unwrap();
+        assert_ne!(a.public(), other.public(), "each data dir is its own device");
+        forget_device_key(&scope).unwrap();
+        forget_device_key(&format!("{scope}-other")).unwrap();
+        let c = device_key(&scope).unwrap();
+        assert_ne!(a.public(), c.public(), "forgotten means a new device");
+        forget_device_key(&scope).unwrap();
+    }
+
+    fn join_session_keyring() {
+        // KEYCTL_JOIN_SESSION_KEYRING with no name: a fresh anonymous session
+        // keyring for this process (and its children), as `keyctl session -` does.
+        // SAFETY: a plain syscall with integer arguments.
+        let r = unsafe { libc::syscall(libc::SYS_keyctl, 1, 0usize, 0usize, 0usize, 0usize) };
+        assert!(r >= 0, "keyctl join session: {}", std::io::Error::last_os_error());
+    }
+}

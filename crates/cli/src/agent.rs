@@ -1,0 +1,200 @@
+//! `idlemesh agent` (the daemon) and its local controls: `status`, `pause`,
+//! `resume`, `settings`.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Subcommand;
+use idlemesh_agent::control::{self, ControlError, Request};
+use idlemesh_agent::{daemon, paths};
+use idlemesh_runtime::WorkerCommand;
+use serde_json::Value;
+
+use crate::exit::{WorkFailed, bad_input};
+
+#[derive(clap::Args)]
+pub struct AgentArgs {
+    /// The user settings file (default: settings.toml in the config dir).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The pool to work for, instead of `pool_url` from the settings.
+    #[arg(long)]
+    pool: Option<String>,
+}
+
+pub fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    if let Some(url) = &args.pool
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        return Err(bad_input(format!("--pool {url:?}: expected a URL starting with http:// or https://")));
+    }
+    let data_dir = paths::data_dir();
+    let config = daemon::DaemonConfig {
+        pool_override: args.pool.map(|u| u.trim_end_matches('/').to_string()),
+        settings_path: args.config.unwrap_or_else(paths::settings_path),
+        policy_path: paths::policy_path(),
+        socket_path: control::socket_path(),
+        worker: WorkerCommand::current_exe(Some(&paths::kernel_cache_dir()))?,
+        data_dir,
+        sensors: Box::new(idlemesh_agent::sensors::Sensors::this_machine),
+    };
+    rustls::crypto::ring::default_provider().install_default().ok();
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        daemon::run(config, shutdown).await
+    })?;
+    Ok(())
+}
+
+fn call(request: Request) -> anyhow::Result<Value> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let path = control::socket_path();
+    rt.block_on(control::call(&path, &request)).map_err(|e| match e {
+        ControlError::Refused { ref code, .. }
+            if matches!(code.as_str(), "locked" | "bad_value" | "unknown_setting" | "bad_duration" | "bad_request") =>
+        {
+            bad_input(e.to_string())
+        }
+        e => anyhow::Error::new(e),
+    })
+}
+
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let s = call(Request::Status)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    println!("Idlemesh agent: {}", s["state"].as_str().unwrap_or("unknown").replace('_', " "));
+    for r in s["reasons"].as_array().into_iter().flatten() {
+        println!("  - {}", r["text"].as_str().unwrap_or_default());
+    }
+    match &s["scheduler"] {
+        Value::Null => println!("Pool: not connected"),
+        sch => {
+            let sum = &sch["summary"];
+            println!(
+                "Pool: {} (device {}): {} tasks done, {} credits, {} results waiting to upload",
+                sch["pool"].as_str().unwrap_or("?"),
+                sch["device_id"],
+                sum["tasks_finished"],
+                sum["credits"],
+                sum["results_pending"]
+            );
+            if let Some(t) = sch["current_task"].as_object() {
+                println!("Now: job {} task {}", t["job_id"], t["task_id"]);
+            }
+            if let Some(e) = sch["last_pool_error"].as_str() {
+                println!("Last pool error: {e}");
+            }
+        }
+    }
+    for e in s["settings_errors"].as_array().into_iter().flatten() {
+        println!("Settings problem (last good values in force): {}", e.as_str().unwrap_or_default());
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct PauseArgs {
+    /// How long: 15m, 1h, tomorrow, indefinitely (default: until `idlemesh resume`).
+    duration: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn pause(args: PauseArgs) -> anyhow::Result<()> {
+    // Checked here too, so a typo is a usage error even before the agent answers.
+    control::parse_pause(args.duration.as_deref(), &jiff::Zoned::now()).map_err(bad_input)?;
+    let r = call(Request::Pause { duration: args.duration })?;
+    if args.json {
+        println!("{r}");
+    } else {
+        match r["manual_pause"]["until_ms"].as_i64() {
+            Some(ms) => {
+                let until =
+                    jiff::Timestamp::from_millisecond(ms).context("pause end")?.to_zoned(jiff::tz::TimeZone::system());
+                println!("Paused until {}", until.strftime("%Y-%m-%d %H:%M"));
+            }
+            None => println!("Paused until you resume (idlemesh resume)"),
+        }
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct ResumeArgs {
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn resume(args: ResumeArgs) -> anyhow::Result<()> {
+    let r = call(Request::Resume)?;
+    if args.json {
+        println!("{r}");
+    } else {
+        println!("Resumed: work continues whenever your limits allow");
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct SettingsArgs {
+    #[command(subcommand)]
+    action: SettingsAction,
+}
+
+#[derive(Subcommand)]
+enum SettingsAction {
+    /// Every effective setting, its value and where it comes from.
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change one setting (refused for settings your organisation locks).
+    Set { key: String, value: String },
+}
+
+pub fn settings(args: SettingsArgs) -> anyhow::Result<()> {
+    match args.action {
+        SettingsAction::Set { key, value } => {
+            let r = call(Request::SettingsSet { key: key.clone(), value })?;
+            println!("{key} = {}", r["effective"]["value"]);
+            Ok(())
+        }
+        SettingsAction::Show { json } => {
+            let s = call(Request::Status)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s["settings"])?);
+                return Ok(());
+            }
+            for (key, v) in s["settings"].as_object().into_iter().flatten() {
+                let source = match v["source"].as_str() {
+                    Some("policy") => "managed by your organisation",
+                    Some("policy_default") => "organisation default",
+                    Some("user") => "yours",
+                    _ => "default",
+                };
+                println!("{key:26} {:24} ({source})", v["value"].to_string());
+            }
+            if s["settings_errors"].as_array().is_some_and(|e| !e.is_empty()) {
+                return Err(WorkFailed.into());
+            }
+            Ok(())
+        }
+    }
+}

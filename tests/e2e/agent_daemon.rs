@@ -1,0 +1,432 @@
+//! `idlemesh agent` as a user runs it: a real daemon process with its
+//! settings file, an IT policy file, the kernel keyring for its device key,
+//! its control socket, and `idlemesh status|pause|resume|settings` talking
+//! to it; under Xvfb, real input from xdotool.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::harness::{BIN, OperatorHttp, PoolProcess};
+
+/// Children inherit the session keyring of the thread that starts them, so
+/// every agent a test starts finds the device key its predecessor stored.
+/// Credentials are per thread on Linux, and each test has its own thread.
+fn session_keyring() {
+    thread_local!(static ONCE: std::sync::Once = const { std::sync::Once::new() });
+    ONCE.with(|once| {
+        once.call_once(|| {
+            // KEYCTL_JOIN_SESSION_KEYRING (1) with no name: a new anonymous session keyring.
+            // SAFETY: a plain syscall with integer arguments.
+            let r = unsafe { libc::syscall(libc::SYS_keyctl, 1, 0usize, 0usize, 0usize, 0usize) };
+            assert!(r >= 0, "keyctl: {}", std::io::Error::last_os_error());
+        })
+    });
+}
+
+pub struct AgentProcess {
+    child: Option<Child>,
+    dir: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl AgentProcess {
+    /// Starts `idlemesh agent` with its files in `dir` and waits for its socket.
+    pub fn start(dir: &Path, pool: Option<&str>, extra_env: &[(&str, &str)]) -> Self {
+        session_keyring();
+        std::fs::create_dir_all(dir.join("config")).unwrap();
+        let mut env: Vec<(String, String)> = vec![
+            ("IDLEMESH_DATA_DIR".into(), dir.join("data").display().to_string()),
+            ("IDLEMESH_CONFIG_DIR".into(), dir.join("config").display().to_string()),
+            ("IDLEMESH_POLICY".into(), dir.join("policy.toml").display().to_string()),
+            ("IDLEMESH_CONTROL_SOCKET".into(), dir.join("agent.sock").display().to_string()),
+            ("IDLEMESH_KEYRING".into(), "keyutils".into()),
+            ("IDLEMESH_LOG".into(), "info".into()),
+        ];
+        env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut cmd = Command::new(BIN);
+        cmd.arg("agent").stdin(Stdio::null()).stdout(Stdio::null());
+        if let Some(url) = pool {
+            cmd.args(["--pool", url]);
+        }
+        // No display unless the test gives one: the idle sensor is then "none".
+        cmd.env_remove("DISPLAY").env_remove("DBUS_SESSION_BUS_ADDRESS");
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let log = std::fs::File::options().create(true).append(true).open(dir.join("agent.log")).unwrap();
+        cmd.stderr(log);
+        let mut agent = Self { child: Some(cmd.spawn().expect("agent starts")), dir: dir.to_owned(), env };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = agent.ctl(&["status", "--json"]);
+            if out.status.success() {
+                break;
+            }
+            if let Some(status) = agent.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("the agent exited with {status}:\n{}", agent.log());
+            }
+            assert!(Instant::now() < deadline, "the agent did not answer on its socket:\n{}", agent.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        agent
+    }
+
+    /// `idlemesh ARGS` against this agent.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).stdin(Stdio::null());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.env("IDLEMESH_LOG", "warn");
+        cmd.output().expect("idlemesh runs")
+    }
+
+    pub fn status(&self) -> Value {
+        let out = self.ctl(&["status", "--json"]);
+        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Waits until `pred` holds for the status, or fails with the last one seen.
+    pub fn wait_for(&self, what: &str, limit: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let s = self.status();
+            if pred(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; last status: {s:#}\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    pub fn ledger(&self) -> PathBuf {
+        self.dir.join("data").join("ledger.sqlite")
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait: the agent's orderly shutdown.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Whether a process is stopped (SIGSTOP), and its CPU ticks so far.
+pub fn proc_state(pid: u64) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields[0].chars().next()?;
+    // utime and stime are fields 14 and 15 of stat; 12 and 13 after the state.
+    let ticks = fields[11].parse::<u64>().ok()? + fields[12].parse::<u64>().ok()?;
+    Some((state, ticks))
+}
+
+fn worker_pid(s: &Value) -> Option<u64> {
+    s["workers"]["pids"].as_array()?.first()?.as_u64()
+}
+
+fn slow_job() -> Value {
+    // Inside the set every pixel runs to max_iter: a few seconds per tile,
+    // so a task is running when we look.
+    json!({
+        "name": "agent", "params": {"width": 160, "height": 120, "max_iter": 100000, "center_re": -0.2, "center_im": 0.0, "span": 0.4},
+        "split": {"kind": "tiles", "width": 160, "height": 120, "tile_width": 80, "tile_height": 60},
+        "combiner": {"kind": "png_tiles"}, "lease_ms": 600000,
+    })
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Ensures a frozen worker really uses no CPU: its ticks do not move.
+fn assert_frozen(pid: u64) {
+    let (state, before) = proc_state(pid).expect("worker alive");
+    assert_eq!(state, 'T', "the worker is stopped");
+    std::thread::sleep(Duration::from_millis(300));
+    let (state, after) = proc_state(pid).expect("worker alive");
+    assert_eq!((state, after), ('T', before), "a frozen worker consumes no CPU");
+}
+
+fn assert_running(pid: u64) {
+    let (_, before) = proc_state(pid).expect("worker alive");
+    std::thread::sleep(Duration::from_millis(300));
+    let (state, after) = proc_state(pid).expect("worker alive");
+    assert_ne!(state, 'T');
+    assert!(after > before, "a thawed worker computes again ({before} → {after} ticks)");
+}
+
+#[test]
+fn pause_resume_settings_and_a_locked_policy_through_the_control_socket() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = PoolProcess::start(&tmp.path().join("pool"));
+    let op = OperatorHttp::new(&pool.url, &pool.token);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (job, _tasks) = rt.block_on(op.mandelbrot_job(slow_job()));
+
+    let dir = tmp.path().join("agent");
+    std::fs::create_dir_all(dir.join("config")).unwrap();
+    std::fs::write(dir.join("config/settings.toml"), "cpu_duty_cycle_percent = 100\n").unwrap();
+    std::fs::write(dir.join("policy.toml"), "[locked]\nmin_battery_percent = 90\n[defaults]\ngpu_enabled = false\n")
+        .unwrap();
+    let agent = AgentProcess::start(&dir, Some(&pool.url), &[]);
+
+    let s = agent.status();
+    assert_eq!(s["settings"]["min_battery_percent"], json!({"value": 90, "source": "policy", "locked": true}));
+    assert_eq!(s["settings"]["cpu_duty_cycle_percent"]["source"], "user");
+    assert_eq!(s["settings"]["idle_minutes"]["source"], "default");
+    assert_eq!(s["sensors"]["idle_source"], "none");
+
+    let s = agent
+        .wait_for("a task to run", Duration::from_secs(60), |s| worker_pid(s).is_some() && s["state"] == "working");
+    let pid = worker_pid(&s).unwrap();
+    assert_running(pid);
+
+    // Pause: the worker is frozen by the time the command returns.
+    let out = agent.ctl(&["pause", "1h"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(proc_state(pid).unwrap().0, 'T', "frozen when `pause` returns: {:#}", agent.status());
+    assert_frozen(pid);
+    let s = agent.status();
+    assert_eq!(s["state"], "paused");
+    assert_eq!(s["reasons"][0]["code"], "paused_by_user", "{s}");
+    assert!(s["reasons"][0]["text"].as_str().unwrap().starts_with("paused by you until "), "{s}");
+
+    // Human-readable status says why.
+    let out = agent.ctl(&["status"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("paused by you until"));
+
+    let out = agent.ctl(&["resume"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_running(pid);
+
+    // Bad input to the commands: exit 2 with the reason.
+    let out = agent.ctl(&["pause", "a while"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not a pause length"), "{}", stderr(&out));
+    let out = agent.ctl(&["settings", "set", "cpu_duty_cycle_percent", "250"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("`cpu_duty_cycle_percent` = 250"), "{}", stderr(&out));
+
+    // A locked value cannot be changed through idlemesh ...
+    let out = agent.ctl(&["settings", "set", "min_battery_percent", "10"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("managed by your organisation"), "{}", stderr(&out));
+    // ... nor through the settings file.
+    let settings_file = dir.join("config/settings.toml");
+    std::fs::write(&settings_file, "cpu_duty_cycle_percent = 100\nmin_battery_percent = 10\n").unwrap();
+    let out = agent.ctl(&["settings", "set", "cpu_duty_cycle_percent", "95"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s = agent.status();
+    assert_eq!(s["settings"]["cpu_duty_cycle_percent"]["value"], 95);
+    assert_eq!(s["settings"]["min_battery_percent"]["value"], 90);
+
+    // A bad settings file and a bad policy file: clear errors, last good values kept, agent alive.
+    std::fs::write(&settings_file, "cpu_duty_cycle_percent = 500\n").unwrap();
+    std::fs::write(dir.join("policy.toml"), "[locked\nmin_battery_percent = 5\n").unwrap();
+    let s = agent.wait_for("the settings errors", Duration::from_secs(10), |s| {
+        s["settings_errors"].as_array().is_some_and(|e| e.len() == 2)
+    });
+    let errors = s["settings_errors"].to_string();
+    assert!(errors.contains("settings.toml: `cpu_duty_cycle_percent` = 500"), "{errors}");
+    assert!(errors.contains("policy.toml: not valid TOML"), "{errors}");
+    assert_eq!(s["settings"]["cpu_duty_cycle_percent"]["value"], 95);
+    assert_eq!(s["settings"]["min_battery_percent"], json!({"value": 90, "source": "policy", "locked": true}));
+
+    let status = rt.block_on(op.until_finished(job, Duration::from_secs(300)));
+    assert_eq!(status["state"], "done", "{status}");
+    let out = crate::harness::idlemesh(&dir.join("data"), &["ledger", "verify"]);
+    assert!(out.status.success());
+    let ledger = idlemesh_agent::Ledger::open(&agent.ledger()).unwrap();
+    let paused = ledger.entries(Some("paused")).unwrap();
+    assert!(paused.iter().any(|e| e.body.contains("paused_by_user")), "the pause and its reason are in the ledger");
+    assert!(!ledger.entries(Some("resumed")).unwrap().is_empty());
+}
+
+/// Starts Xvfb on a free display; killed on drop.
+struct Xvfb {
+    child: Child,
+    display: String,
+}
+
+impl Xvfb {
+    fn start() -> Self {
+        for n in 0..50 {
+            let display = format!(":{}", 90 + (std::process::id() as usize + n) % 400);
+            let lock = format!("/tmp/.X{}-lock", &display[1..]);
+            if Path::new(&lock).exists() {
+                continue;
+            }
+            let mut child = Command::new("Xvfb")
+                .args([display.as_str(), "-noreset", "-nolisten", "tcp", "-screen", "0", "640x480x24"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("Xvfb is installed (scripts/setup installs xvfb)");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if Command::new("xdotool")
+                    .args(["getmouselocation"])
+                    .env("DISPLAY", &display)
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+                {
+                    return Self { child, display };
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("could not start Xvfb");
+    }
+
+    fn input(&self, n: u32) {
+        let out = Command::new("xdotool")
+            .args(["mousemove", &(100 + n % 300).to_string(), &(100 + n % 200).to_string()])
+            .env("DISPLAY", &self.display)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+}
+
+impl Drop for Xvfb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn under_xvfb_input_freezes_the_worker_and_idleness_resumes_it() {
+    let x = Xvfb::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = PoolProcess::start(&tmp.path().join("pool"));
+    let op = OperatorHttp::new(&pool.url, &pool.token);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (job, _) = rt.block_on(op.mandelbrot_job(slow_job()));
+
+    let dir = tmp.path().join("agent");
+    std::fs::create_dir_all(dir.join("config")).unwrap();
+    // Work after 2 s without input.
+    std::fs::write(dir.join("config/settings.toml"), "idle_minutes = 0.0333\ncpu_duty_cycle_percent = 100\n").unwrap();
+    let agent = AgentProcess::start(&dir, Some(&pool.url), &[("DISPLAY", &x.display)]);
+    assert_eq!(agent.status()["sensors"]["idle_source"], "x11-screensaver");
+
+    let s = agent.wait_for("a task to run", Duration::from_secs(60), |s| {
+        worker_pid(s).is_some() && !s["paused"].as_bool().unwrap()
+    });
+    let pid = worker_pid(&s).unwrap();
+    assert_running(pid);
+
+    // The user comes back: the worker stops at once.
+    let t0 = Instant::now();
+    x.input(1);
+    while proc_state(pid).is_some_and(|(st, _)| st != 'T') {
+        assert!(t0.elapsed() < Duration::from_secs(2), "the worker was not frozen after input");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    eprintln!("input → frozen in {:?} (one sample; the benchmark measures the distribution)", t0.elapsed());
+    let s = agent.status();
+    assert_eq!(s["state"], "paused", "{s}");
+    assert!(s["reasons"].to_string().contains("user_active"), "{s}");
+    // Keep using the machine: it stays frozen.
+    for n in 0..5 {
+        x.input(n + 2);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(proc_state(pid).unwrap().0, 'T', "frozen while the user is active");
+    }
+    assert_frozen(pid);
+
+    // Idle again for the configured time: it resumes the same task and finishes.
+    agent.wait_for("work to resume after idle", Duration::from_secs(15), |s| !s["paused"].as_bool().unwrap());
+    assert_running(pid);
+    let status = rt.block_on(op.until_finished(job, Duration::from_secs(300)));
+    assert_eq!(status["state"], "done", "{status}");
+    let png = rt.block_on(op.output(job));
+    assert_eq!(&png[1..4], b"PNG");
+    let ledger = idlemesh_agent::Ledger::open(&agent.ledger()).unwrap();
+    assert!(ledger.entries(Some("paused")).unwrap().iter().any(|e| e.body.contains("user_active")));
+    assert!(ledger.verify().unwrap().ok());
+}
+
+#[test]
+fn kill_9_at_random_moments_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = PoolProcess::start(&tmp.path().join("pool"));
+    let op = OperatorHttp::new(&pool.url, &pool.token);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    // Many short tasks, so kills land before, during and after tasks and uploads.
+    let (job, tasks) = rt.block_on(op.mandelbrot_job(json!({
+        "name": "kill9", "params": {"width": 480, "height": 320, "max_iter": 3000},
+        "split": {"kind": "tiles", "width": 480, "height": 320, "tile_width": 60, "tile_height": 80},
+        "combiner": {"kind": "png_tiles"}, "lease_ms": 600000,
+    })));
+    assert_eq!(tasks, 32);
+    let dir = tmp.path().join("agent");
+    std::fs::create_dir_all(dir.join("config")).unwrap();
+    std::fs::write(dir.join("config/settings.toml"), "cpu_duty_cycle_percent = 100\n").unwrap();
+
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(std::process::id());
+    let mut rounds = 0;
+    while rounds < 20 {
+        let mut agent = AgentProcess::start(&dir, Some(&pool.url), &[]);
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(50 + seed % 700));
+        agent.kill9();
+        rounds += 1;
+        let out = crate::harness::idlemesh(&dir.join("data"), &["ledger", "verify"]);
+        assert!(out.status.success(), "round {rounds}: the ledger must verify after kill -9");
+    }
+
+    // A last, undisturbed run finishes the job: every task done exactly once at the pool.
+    let mut agent = AgentProcess::start(&dir, Some(&pool.url), &[]);
+    let status = rt.block_on(op.until_finished(job, Duration::from_secs(300)));
+    assert_eq!(status["state"], "done", "{status}\n{}", agent.log());
+    agent.wait_for("the outbox to drain", Duration::from_secs(30), |s| {
+        s["scheduler"]["summary"]["results_pending"] == 0 && s["scheduler"]["current_task"].is_null()
+    });
+    agent.stop();
+    let stats = rt.block_on(op.stats());
+    assert_eq!(
+        stats["devices"].as_array().unwrap().len(),
+        1,
+        "one device across restarts (key from the keyring): {stats}"
+    );
+    assert_eq!(stats["devices"][0]["valid_results"], tasks, "{stats}");
+    let ledger = idlemesh_agent::Ledger::open(&agent.ledger()).unwrap();
+    assert!(ledger.verify().unwrap().ok());
+    assert!(!ledger.entries(Some("receipt")).unwrap().is_empty());
+}
