@@ -28,6 +28,8 @@ fn session_keyring() {
 
 pub struct AgentProcess {
     child: Option<Child>,
+    /// The agent's own pid (not the wrapper's, when wrapped).
+    pid: Option<i32>,
     dir: PathBuf,
     env: Vec<(String, String)>,
 }
@@ -35,6 +37,16 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Starts `idlemesh agent` with its files in `dir` and waits for its socket.
     pub fn start(dir: &Path, pool: Option<&str>, extra_env: &[(&str, &str)]) -> Self {
+        Self::start_with(dir, pool, extra_env, |cmd| cmd)
+    }
+
+    /// The same, with the command wrapped (in umockdev-run, for example).
+    pub fn start_with(
+        dir: &Path,
+        pool: Option<&str>,
+        extra_env: &[(&str, &str)],
+        wrap: impl FnOnce(Command) -> Command,
+    ) -> Self {
         session_keyring();
         std::fs::create_dir_all(dir.join("config")).unwrap();
         let mut env: Vec<(String, String)> = vec![
@@ -56,13 +68,20 @@ impl AgentProcess {
         for (k, v) in &env {
             cmd.env(k, v);
         }
+        let mut cmd = wrap(cmd);
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null());
         let log = std::fs::File::options().create(true).append(true).open(dir.join("agent.log")).unwrap();
         cmd.stderr(log);
-        let mut agent = Self { child: Some(cmd.spawn().expect("agent starts")), dir: dir.to_owned(), env };
+        let mut agent = Self { child: Some(cmd.spawn().expect("agent starts")), pid: None, dir: dir.to_owned(), env };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let out = agent.ctl(&["status", "--json"]);
             if out.status.success() {
+                let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+                agent.pid = s["agent"]["pid"].as_i64().map(|p| p as i32);
                 break;
             }
             if let Some(status) = agent.child.as_mut().unwrap().try_wait().unwrap() {
@@ -113,6 +132,10 @@ impl AgentProcess {
     }
 
     pub fn kill9(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            // SAFETY: kill(2); the agent is our child or our grandchild.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -121,9 +144,11 @@ impl AgentProcess {
 
     /// SIGTERM and wait: the agent's orderly shutdown.
     pub fn stop(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            // SAFETY: kill(2); the agent is our child or our grandchild.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
         if let Some(mut c) = self.child.take() {
-            // SAFETY: kill(2) on our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
             let _ = c.wait();
         }
     }
@@ -429,4 +454,67 @@ fn kill_9_at_random_moments_loses_nothing() {
     let ledger = idlemesh_agent::Ledger::open(&agent.ledger()).unwrap();
     assert!(ledger.verify().unwrap().ok());
     assert!(!ledger.entries(Some("receipt")).unwrap().is_empty());
+}
+
+/// The real power sensor (the battery crate and our sysfs reader) on a
+/// battery and a mains adapter faked by umockdev: the agent process runs
+/// under `umockdev-run`, which redirects its /sys reads to a test bed whose
+/// files this test rewrites while it runs.
+#[test]
+fn on_battery_below_the_minimum_it_pauses_and_resumes_only_past_the_hysteresis() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("agent");
+    std::fs::create_dir_all(dir.join("config")).unwrap();
+    std::fs::write(dir.join("config/settings.toml"), "min_battery_percent = 50\nrun_on_battery = false\n").unwrap();
+    let device = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/e2e/data/battery.umockdev");
+    let bed_file = dir.join("umockdev-dir");
+    let agent = AgentProcess::start_with(&dir, None, &[], |cmd| {
+        let mut wrapped = Command::new("umockdev-run");
+        wrapped.arg("-d").arg(&device).args(["--", "sh", "-c"]);
+        wrapped.arg(format!("echo \"$UMOCKDEV_DIR\" > '{}' && exec \"$0\" \"$@\"", bed_file.display()));
+        wrapped.arg(cmd.get_program()).args(cmd.get_args());
+        wrapped
+    });
+    let bed = PathBuf::from(std::fs::read_to_string(&bed_file).unwrap().trim());
+    let set = |dev: &str, attr: &str, value: &str| {
+        std::fs::write(bed.join("sys/class/power_supply").join(dev).join(attr), value).unwrap();
+    };
+    let codes = |s: &Value| -> Vec<String> {
+        s["reasons"].as_array().unwrap().iter().map(|r| r["code"].as_str().unwrap().to_string()).collect()
+    };
+
+    // 40 % and unplugged: paused, saying both.
+    let s = agent
+        .wait_for("the battery reading", Duration::from_secs(10), |s| !s["sensors"]["snapshot"]["battery"].is_null());
+    assert_eq!(s["sensors"]["snapshot"]["battery"], json!({"percent": 40.0, "on_ac": false}), "{s}");
+    assert_eq!(s["state"], "paused");
+    assert_eq!(codes(&s), ["on_battery"], "{s}");
+
+    // Plugged in, still below the minimum: paused for the charge.
+    set("AC", "online", "1");
+    set("BAT0", "status", "Charging");
+    let s = agent
+        .wait_for("mains power", Duration::from_secs(10), |s| s["sensors"]["snapshot"]["battery"]["on_ac"] == true);
+    assert_eq!(codes(&s), ["battery_low"], "{s}");
+    assert!(s["reasons"][0]["text"].as_str().unwrap().contains("battery 40 % < 50 %"), "{s}");
+
+    // Past the minimum but inside the hysteresis band: still waiting.
+    set("BAT0", "energy_now", "26000000");
+    set("BAT0", "capacity", "52");
+    let s = agent.wait_for("52 %", Duration::from_secs(10), |s| s["sensors"]["snapshot"]["battery"]["percent"] == 52.0);
+    assert_eq!(codes(&s), ["battery_low"], "{s}");
+    assert!(s["reasons"][0]["text"].as_str().unwrap().contains("waiting for 55 %"), "{s}");
+
+    // Past the hysteresis: work may run (no pool here, so it waits for one).
+    set("BAT0", "energy_now", "28000000");
+    set("BAT0", "capacity", "56");
+    let s = agent.wait_for("resuming at 56 %", Duration::from_secs(10), |s| s["paused"] == false);
+    assert!(codes(&s).contains(&"power_ok".to_string()), "{s}");
+    assert_eq!(s["state"], "no_pool");
+
+    // Unplugged again: paused at once, on battery.
+    set("AC", "online", "0");
+    set("BAT0", "status", "Discharging");
+    let s = agent.wait_for("unplugged", Duration::from_secs(10), |s| s["paused"] == true);
+    assert_eq!(codes(&s), ["on_battery"], "{s}");
 }

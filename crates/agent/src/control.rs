@@ -225,6 +225,6 @@ mod tests {
         let ok: Request = serde_json::from_str(r#"{"command":"pause","duration":"15m"}"#).unwrap();
         assert_eq!(ok, Request::Pause { duration: Some("15m".into()) });
         assert!(serde_json::from_str::<Request>(r#"{"command":"shutdown"}"#).is_err());
-        assert!(serde_json::from_str::<Request>(r#"{"command":"status","extra":1}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"command":"pause","duration":"1h","extra":1}"#).is_err());
     }
 }

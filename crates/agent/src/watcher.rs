@@ -82,10 +82,13 @@ impl Watcher {
         let initial = Decision { action: Action::Pause, reasons: Vec::new() };
         let (decision_tx, decisions) = watch::channel(initial);
         let shared = status.clone();
+        let (ready_tx, ready) = mpsc::channel();
         std::thread::Builder::new().name("watcher".into()).spawn(move || {
             let mut w = Loop::new(config, shared, decision_tx);
-            w.run(rx);
+            w.run(rx, ready_tx);
         })?;
+        // Callers (the control socket first) may rely on a first decision.
+        let _ = ready.recv_timeout(Duration::from_secs(10));
         Ok(Self { tx, status, decisions })
     }
 
@@ -177,7 +180,7 @@ impl Loop {
         }
     }
 
-    fn run(&mut self, rx: mpsc::Receiver<Command>) {
+    fn run(&mut self, rx: mpsc::Receiver<Command>, ready: mpsc::Sender<()>) {
         let mut sensors = (std::mem::replace(&mut self.config.sensors, Box::new(Sensors::this_machine)))();
         let idle_sensor = sensors.idle.name();
         let mut slow = SlowReadings::default();
@@ -226,6 +229,7 @@ impl Loop {
             for ack in self.acks.drain(..) {
                 let _ = ack.send(());
             }
+            let _ = ready.send(());
             // Last: the ledger's fsync must not delay the freeze or the answer.
             let key = (decision.is_paused(), decision.is_paused().then(|| codes(&decision)));
             if self.recorded.as_ref() != Some(&key) {
