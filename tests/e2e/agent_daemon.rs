@@ -216,7 +216,7 @@ fn pause_resume_settings_and_a_locked_policy_through_the_control_socket() {
 
     let dir = tmp.path().join("agent");
     std::fs::create_dir_all(dir.join("config")).unwrap();
-    std::fs::write(dir.join("config/settings.toml"), "cpu_duty_cycle_percent = 100\n").unwrap();
+    std::fs::write(dir.join("config/settings.toml"), "cpu_duty_cycle_percent = 100\ncpu_cores = 2\n").unwrap();
     std::fs::write(dir.join("policy.toml"), "[locked]\nmin_battery_percent = 90\n[defaults]\ngpu_enabled = false\n")
         .unwrap();
     let agent = AgentProcess::start(&dir, Some(&pool.url), &[]);
@@ -227,14 +227,20 @@ fn pause_resume_settings_and_a_locked_policy_through_the_control_socket() {
     assert_eq!(s["settings"]["idle_minutes"]["source"], "default");
     assert_eq!(s["sensors"]["idle_source"], "none");
 
-    let s = agent
-        .wait_for("a task to run", Duration::from_secs(60), |s| worker_pid(s).is_some() && s["state"] == "working");
-    let pid = worker_pid(&s).unwrap();
+    // Two cores allowed: two tasks side by side, each in its own worker.
+    let s = agent.wait_for("two tasks to run", Duration::from_secs(60), |s| {
+        s["workers"]["pids"].as_array().is_some_and(|p| p.len() == 2) && s["state"] == "working"
+    });
+    assert_eq!(s["scheduler"]["slots"], 2);
+    let pids: Vec<u64> = s["workers"]["pids"].as_array().unwrap().iter().map(|p| p.as_u64().unwrap()).collect();
+    assert_ne!(pids[0], pids[1]);
+    let pid = pids[0];
     assert_running(pid);
 
-    // Pause: the worker is frozen by the time the command returns.
+    // Pause: the workers are frozen by the time the command returns.
     let out = agent.ctl(&["pause", "1h"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(proc_state(pids[1]).unwrap().0, 'T', "every worker is frozen");
     assert_eq!(proc_state(pid).unwrap().0, 'T', "frozen when `pause` returns: {:#}", agent.status());
     assert_frozen(pid);
     let s = agent.status();

@@ -92,6 +92,11 @@ pub struct CurrentTask {
 
 pub struct Agent {
     config: AgentConfig,
+    /// 0 for the agent that enrolled; others are extra slots (one task each)
+    /// sharing its enrollment. Slot 0 also resumes in-flight leases.
+    slot: u32,
+    /// One slot delivers the outbox at a time (it delivers everyone's results).
+    flush_lock: Arc<tokio::sync::Mutex<()>>,
     status: Arc<Mutex<SchedulerStatus>>,
     client: PoolClient,
     pool_key: PublicKey,
@@ -162,11 +167,38 @@ impl Agent {
         };
         Ok(Self {
             config,
+            slot: 0,
+            flush_lock: Arc::default(),
             status: Arc::new(Mutex::new(status)),
             client,
             pool_key,
             ledger,
             outbox,
+            worker: None,
+            blobs: HashMap::new(),
+            summary: AgentSummary::default(),
+        })
+    }
+
+    /// Another slot working for the same pool as the same device, so
+    /// `cores` tasks run side by side. Shares the enrollment and the pinned
+    /// key; has its own worker and its own connections to the ledger and
+    /// outbox files (both take concurrent writers).
+    pub fn another_slot(&self, slot: u32) -> Result<Self, AgentError> {
+        let status = SchedulerStatus {
+            pool: self.config.pool_url.clone(),
+            device_id: self.client.device_id(),
+            ..Default::default()
+        };
+        Ok(Self {
+            config: self.config.clone(),
+            slot,
+            flush_lock: self.flush_lock.clone(),
+            status: Arc::new(Mutex::new(status)),
+            client: self.client.clone(),
+            pool_key: self.pool_key,
+            ledger: Ledger::open(&self.config.ledger_path)?,
+            outbox: Outbox::open(&self.config.data_dir.join("outbox.sqlite"))?,
             worker: None,
             blobs: HashMap::new(),
             summary: AgentSummary::default(),
@@ -187,9 +219,11 @@ impl Agent {
     }
 
     fn publish(&self, f: impl FnOnce(&mut SchedulerStatus)) {
+        let pending = self.outbox.len().unwrap_or(0);
         let mut st = self.status.lock().expect("status lock");
         f(&mut st);
         st.summary = self.summary.clone();
+        st.summary.results_pending = pending;
     }
 
     /// Resumes the leases a previous run was working on when it stopped
@@ -232,7 +266,9 @@ impl Agent {
     pub async fn run(&mut self, mut stop: watch::Receiver<bool>) -> Result<AgentSummary, AgentError> {
         let mut backoff = Duration::from_millis(250);
         self.flush_outbox().await?;
-        self.recover_inflight().await?;
+        if self.slot == 0 {
+            self.recover_inflight().await?;
+        }
         while !*stop.borrow() {
             self.flush_outbox().await?;
             if !self.allowed(&stop).await {
@@ -541,6 +577,13 @@ impl Agent {
     /// pool cannot take now (unreachable, busy) and schedules it for later;
     /// a result the pool refuses for good (a stale lease) is recorded and dropped.
     async fn flush_outbox(&mut self) -> Result<(), AgentError> {
+        let Ok(_one_at_a_time) = self.flush_lock.clone().try_lock_owned() else { return Ok(()) };
+        self.deliver_due().await?;
+        self.publish(|_| {});
+        Ok(())
+    }
+
+    async fn deliver_due(&mut self) -> Result<(), AgentError> {
         while let Some((p, attempts)) = self.outbox.next_due(crate::now_ms())? {
             let lease_id = p.submission.lease_id;
             match self.client.submit_result(&p.submission).await {

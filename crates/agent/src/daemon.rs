@@ -61,7 +61,8 @@ const NO_POOL: &str =
 struct Shared {
     watcher: Watcher,
     settings: Arc<Mutex<Settings>>,
-    scheduler: Mutex<Option<Arc<Mutex<SchedulerStatus>>>>,
+    /// One status per slot (one slot per allowed core), empty while not connected.
+    scheduler: Mutex<Vec<Arc<Mutex<SchedulerStatus>>>>,
     /// Why there is no scheduler yet (no pool set, pool unreachable).
     pool_problem: Mutex<Option<String>>,
     info: Value,
@@ -108,13 +109,14 @@ impl Shared {
             let s = self.settings.lock().expect("settings lock");
             (s.effective().values.clone(), s.errors(), s.user_path().to_owned(), s.policy_path().to_owned())
         };
-        let scheduler =
-            self.scheduler.lock().expect("scheduler lock").as_ref().map(|s| s.lock().expect("status").clone());
+        let slots: Vec<SchedulerStatus> =
+            self.scheduler.lock().expect("scheduler lock").iter().map(|s| s.lock().expect("status").clone()).collect();
+        let scheduler = combine(&slots);
         let paused = watch.as_ref().is_none_or(|w| w.decision.is_paused());
         let state = match (&watch, &scheduler) {
             (None, _) => "starting",
             _ if paused => "paused",
-            (_, Some(s)) if s.current_task.is_some() => "working",
+            (_, Some(s)) if !s["current_task"].is_null() => "working",
             (_, Some(_)) => "waiting_for_work",
             (_, None) if self.pool_problem.lock().expect("lock").as_deref() == Some(NO_POOL) => "no_pool",
             (_, None) => "connecting",
@@ -166,7 +168,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     let shared = Arc::new(Shared {
         watcher: watcher.clone(),
         settings: settings.clone(),
-        scheduler: Mutex::new(None),
+        scheduler: Mutex::new(Vec::new()),
         pool_problem: Mutex::new(None),
         info: json!({
             "version": env!("CARGO_PKG_VERSION"),
@@ -244,7 +246,7 @@ async fn schedule(
             max_idle_poll: Duration::from_secs(30),
             watcher: Some(shared.watcher.clone()),
         };
-        let mut agent = match Agent::connect(config, device_key.clone()).await {
+        let agent = match Agent::connect(config, device_key.clone()).await {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(pool = %url, error = %e, retry_in_s = backoff.as_secs(), "cannot join the pool yet");
@@ -256,31 +258,87 @@ async fn schedule(
         };
         backoff = Duration::from_secs(1);
         *shared.pool_problem.lock().expect("lock") = None;
-        *shared.scheduler.lock().expect("scheduler lock") = Some(agent.status());
+        // One slot per allowed core, each running one task at a time in its own worker.
+        let mut agents = Vec::new();
+        for slot in 1..limits.cores {
+            match agent.another_slot(slot) {
+                Ok(a) => agents.push(a),
+                Err(e) => tracing::error!(slot, error = %e, "cannot open another slot; running fewer tasks at once"),
+            }
+        }
+        agents.insert(0, agent);
+        *shared.scheduler.lock().expect("scheduler lock") = agents.iter().map(Agent::status).collect();
         let (stop_tx, stop_rx) = watch::channel(false);
-        // Switch pools when the setting changes; the current task finishes first.
-        let watch_url = {
+        // Switch pools, or the number of slots, when the settings change; the
+        // current tasks finish first.
+        let watch_settings = {
             let shared = shared.clone();
             let url = url.clone();
             let pool_url = pool_url.clone();
+            let cores = limits.cores;
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(Duration::from_secs(2)).await;
-                    if pool_url(&shared).as_deref() != Some(url.as_str()) {
+                    let now_cores = shared.settings.lock().expect("settings lock").effective().limits().cores;
+                    if pool_url(&shared).as_deref() != Some(url.as_str()) || now_cores != cores {
                         let _ = stop_tx.send(true);
                         return;
                     }
                 }
             })
         };
-        match agent.run(stop_rx).await {
-            Ok(summary) => tracing::info!(pool = %url, ?summary, "left the pool"),
-            Err(e) => {
-                tracing::error!(pool = %url, error = %e, "the scheduler stopped; starting again");
-                tokio::time::sleep(backoff).await;
+        let runs = agents.into_iter().map(|mut agent| {
+            let stop_rx = stop_rx.clone();
+            tokio::spawn(async move { agent.run(stop_rx).await })
+        });
+        for run in futures_join(runs.collect()).await {
+            match run {
+                Ok(Ok(summary)) => tracing::info!(pool = %url, ?summary, "a slot stopped"),
+                Ok(Err(e)) => {
+                    tracing::error!(pool = %url, error = %e, "the scheduler stopped; starting again");
+                    tokio::time::sleep(backoff).await;
+                }
+                Err(e) => tracing::error!(error = %e, "a scheduler slot panicked"),
             }
         }
-        watch_url.abort();
-        *shared.scheduler.lock().expect("scheduler lock") = None;
+        watch_settings.abort();
+        shared.scheduler.lock().expect("scheduler lock").clear();
     }
+}
+
+/// Waits for every handle, in order.
+async fn futures_join<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<Result<T, tokio::task::JoinError>> {
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await);
+    }
+    out
+}
+
+/// The slots' statuses as one: the first slot's pool and device, every
+/// running task, summed totals (results waiting: the shared outbox's count).
+fn combine(slots: &[SchedulerStatus]) -> Option<Value> {
+    let first = slots.first()?;
+    let mut total = crate::AgentSummary::default();
+    for s in slots {
+        let t = &s.summary;
+        total.tasks_finished += t.tasks_finished;
+        total.tasks_failed += t.tasks_failed;
+        total.tasks_refused += t.tasks_refused;
+        total.cpu_ms += t.cpu_ms;
+        total.wall_ms += t.wall_ms;
+        total.credits += t.credits;
+        total.receipts += t.receipts;
+        total.results_pending = total.results_pending.max(t.results_pending);
+    }
+    let tasks: Vec<_> = slots.iter().filter_map(|s| s.current_task.clone()).collect();
+    Some(json!({
+        "pool": first.pool,
+        "device_id": first.device_id,
+        "slots": slots.len(),
+        "current_task": tasks.first(),
+        "current_tasks": tasks,
+        "summary": total,
+        "last_pool_error": slots.iter().find_map(|s| s.last_pool_error.clone()),
+    }))
 }

@@ -37,6 +37,8 @@ impl Outbox {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open)?;
         // An acknowledged task must survive power loss: its result is here.
         conn.pragma_update(None, "synchronous", "FULL").map_err(open)?;
+        // Several slots of one agent share this file.
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(open)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS outbox (
                 lease_id INTEGER PRIMARY KEY,
