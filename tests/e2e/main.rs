@@ -4,6 +4,7 @@
 //! touches the user's real ledger.
 
 mod agent_daemon;
+mod agent_process;
 mod api_fuzz;
 mod demo;
 mod harness;

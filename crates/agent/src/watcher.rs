@@ -217,6 +217,8 @@ impl Loop {
             if decision != self.decision {
                 self.decision = decision.clone();
                 self.decision_tx.send_replace(decision.clone());
+                // Work just resumed: watch input closely from now, not from the next slow tick.
+                next_fast = next_fast.min(Instant::now() + self.fast_period());
             }
             *self.shared.lock().expect("status lock") = Some(WatchStatus {
                 snapshot,

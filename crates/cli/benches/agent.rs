@@ -1,0 +1,250 @@
+//! Agent figures (DESIGN §7, issue 5), printed, not asserted: the machine is
+//! shared and noisy, so read them as a distribution, and the interference
+//! figure as a ratio within one run.
+//!
+//! `cargo bench --bench agent [input|idle|duty|interference]` (release profile;
+//! needs Xvfb and xdotool for `input`, the kernel keyring for all).
+//!
+//! Everything runs for real: a `pool serve` process, the `idlemesh agent`
+//! daemon with its settings file, its workers, and Xvfb with xdotool input.
+
+#[allow(dead_code, reason = "shared with the end-to-end tests; the benchmarks use part of it")]
+#[path = "../../../tests/e2e/harness.rs"]
+mod harness;
+
+#[allow(dead_code, reason = "shared with the end-to-end tests; the benchmarks use part of it")]
+#[path = "../../../tests/e2e/agent_process.rs"]
+mod agent_process;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use agent_process::{AgentProcess, Xvfb, proc_state};
+use harness::{OperatorHttp, PoolProcess};
+use serde_json::{Value, json};
+
+fn main() {
+    let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
+    let want = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!("machine: {cores} cores, {}", cpu_model());
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = PoolProcess::start(&tmp.path().join("pool"));
+    let op = OperatorHttp::new(&pool.url, &pool.token);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let long_job = || {
+        rt.block_on(op.mandelbrot_job(json!({
+            "name": "bench", "params": {"width": 1280, "height": 960, "max_iter": 100000, "center_re": -0.2, "center_im": 0.0, "span": 0.4},
+            "split": {"kind": "tiles", "width": 1280, "height": 960, "tile_width": 320, "tile_height": 240},
+            "combiner": {"kind": "png_tiles"}, "lease_ms": 600000,
+        })))
+    };
+    if want("input") {
+        long_job();
+        input_to_stop(&tmp.path().join("input"), &pool.url);
+    }
+    if want("idle") {
+        let empty = PoolProcess::start(&tmp.path().join("empty-pool"));
+        idle_overhead(&tmp.path().join("idle"), &empty.url);
+    }
+    if want("duty") {
+        long_job();
+        duty_cycle(&tmp.path().join("duty"), &pool.url);
+    }
+    if want("interference") {
+        long_job();
+        interference(&tmp.path().join("interference"), &pool.url, cores);
+    }
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// CPU time of every thread of a process, in ns (schedstat: finer than ticks).
+fn cpu_ns(pid: u64) -> Option<u64> {
+    let mut total = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let s = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
+        total += s.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
+fn rss_kib(pid: u64) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn worker_pids(s: &Value) -> Vec<u64> {
+    s["workers"]["pids"].as_array().map(|a| a.iter().filter_map(Value::as_u64).collect()).unwrap_or_default()
+}
+
+fn settings(dir: &Path, text: &str) {
+    std::fs::create_dir_all(dir.join("config")).unwrap();
+    std::fs::write(dir.join("config/settings.toml"), text).unwrap();
+}
+
+/// Waits until the worker is computing (not frozen, CPU time moving).
+fn wait_computing(pid: u64) {
+    loop {
+        let a = cpu_ns(pid).unwrap_or(0);
+        std::thread::sleep(Duration::from_millis(20));
+        if proc_state(pid).is_some_and(|(s, _)| s != 'T') && cpu_ns(pid).unwrap_or(0) > a + 5_000_000 {
+            return;
+        }
+    }
+}
+
+/// Input → all kernel CPU use stopped, under Xvfb, with xdotool.
+fn input_to_stop(dir: &Path, pool: &str) {
+    const TRIALS: usize = 60;
+    let x = Xvfb::start();
+    settings(dir, "idle_minutes = 0.01\ncpu_duty_cycle_percent = 100\ncpu_cores = 1\n");
+    let agent = AgentProcess::start(dir, Some(pool), &[("DISPLAY", &x.display), ("IDLEMESH_LOG", "warn")]);
+    let s = agent.wait_for("a worker", Duration::from_secs(60), |s| !worker_pids(s).is_empty() && s["paused"] == false);
+    let pid = worker_pids(&s)[0];
+
+    // xdotool's own start-up is part of every figure below; measured alone for context.
+    let mut spawn = Vec::new();
+    for _ in 0..10 {
+        let t = Instant::now();
+        std::process::Command::new("xdotool").arg("getmouselocation").env("DISPLAY", &x.display).output().unwrap();
+        spawn.push(t.elapsed());
+    }
+    spawn.sort();
+
+    let mut lat = Vec::with_capacity(TRIALS);
+    let mut jitter = 0x2545_f491_4f6c_dd1du64;
+    for trial in 0..TRIALS {
+        wait_computing(pid);
+        jitter ^= jitter << 13;
+        jitter ^= jitter >> 7;
+        jitter ^= jitter << 17;
+        // Land at a random point of the watcher's polling period.
+        std::thread::sleep(Duration::from_micros(jitter % 30_000));
+        let t0 = Instant::now();
+        x.input(trial as u32);
+        loop {
+            if proc_state(pid).is_some_and(|(s, _)| s == 'T') {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(5) {
+                panic!("not frozen 5 s after input (trial {trial}): {:#}", agent.status());
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        lat.push(t0.elapsed());
+    }
+    lat.sort();
+    println!(
+        "input → worker stopped (xdotool under Xvfb, {TRIALS} trials): p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms; \
+         of which starting xdotool alone: p50 {:.1} ms",
+        ms(percentile(&lat, 0.5)),
+        ms(percentile(&lat, 0.95)),
+        ms(*lat.last().unwrap()),
+        ms(percentile(&spawn, 0.5)),
+    );
+}
+
+/// The headless agent watching, enrolled in a pool with no work.
+fn idle_overhead(dir: &Path, pool: &str) {
+    const WINDOW: Duration = Duration::from_secs(60);
+    settings(dir, "");
+    let agent = AgentProcess::start(dir, Some(pool), &[("IDLEMESH_LOG", "warn")]);
+    let s = agent.wait_for("enrolment", Duration::from_secs(30), |s| s["state"] == "waiting_for_work");
+    let pid = s["agent"]["pid"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let (c0, t0) = (cpu_ns(pid).unwrap(), Instant::now());
+    let mut peak_rss = 0;
+    while t0.elapsed() < WINDOW {
+        std::thread::sleep(Duration::from_secs(1));
+        peak_rss = peak_rss.max(rss_kib(pid).unwrap_or(0));
+    }
+    let cpu = (cpu_ns(pid).unwrap() - c0) as f64 / t0.elapsed().as_nanos() as f64 * 100.0;
+    println!(
+        "headless agent watching, no work, {} s: {cpu:.3} % of one core, RSS {:.1} MB (peak)",
+        WINDOW.as_secs(),
+        peak_rss as f64 * 1024.0 / 1e6
+    );
+}
+
+/// Configured duty cycle vs the worker's measured CPU over 10 s.
+fn duty_cycle(dir: &Path, pool: &str) {
+    settings(dir, "cpu_duty_cycle_percent = 100\ncpu_cores = 1\n");
+    let agent = AgentProcess::start(dir, Some(pool), &[("IDLEMESH_LOG", "warn")]);
+    for duty in [25, 50, 75, 100] {
+        let out = agent.ctl(&["settings", "set", "cpu_duty_cycle_percent", &duty.to_string()]);
+        assert!(out.status.success());
+        let s = agent.wait_for("a worker", Duration::from_secs(60), |s| !worker_pids(s).is_empty());
+        let pid = worker_pids(&s)[0];
+        std::thread::sleep(Duration::from_secs(1));
+        let (c0, t0) = (cpu_ns(pid).unwrap(), Instant::now());
+        std::thread::sleep(Duration::from_secs(10));
+        let measured = (cpu_ns(pid).unwrap_or(c0) - c0) as f64 / t0.elapsed().as_nanos() as f64 * 100.0;
+        println!(
+            "duty cycle {duty:3} %: worker used {measured:5.1} % of a core over 10 s ({:+.1} points)",
+            measured - f64::from(duty)
+        );
+    }
+}
+
+/// A CPU-bound foreground program on every core, alone and beside the agent.
+fn interference(dir: &Path, pool: &str, cores: usize) {
+    fn foreground(threads: usize) -> Duration {
+        let t = Instant::now();
+        let handles: Vec<_> = (0..threads)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    // Hashing: real, unvectorisable work of a fixed size (~2 s here).
+                    let mut block = vec![i as u8; 1 << 20];
+                    for _ in 0..4000 {
+                        let h = idlemesh_protocol::Sha256::of(&block);
+                        block[..32].copy_from_slice(&h.0);
+                    }
+                    std::hint::black_box(block[0])
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        t.elapsed()
+    }
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let alone_a: Vec<_> = (0..3).map(|_| foreground(cores)).collect();
+    settings(dir, &format!("cpu_duty_cycle_percent = 100\ncpu_cores = {cores}\n"));
+    let agent = AgentProcess::start(dir, Some(pool), &[("IDLEMESH_LOG", "warn")]);
+    agent.wait_for("workers", Duration::from_secs(60), |s| worker_pids(s).len() == cores);
+    let beside: Vec<_> = (0..3).map(|_| foreground(cores)).collect();
+    let s = agent.status();
+    drop(agent);
+    let alone_b: Vec<_> = (0..3).map(|_| foreground(cores)).collect();
+    let alone = median([alone_a, alone_b].concat());
+    let with = median(beside);
+    println!(
+        "interference: {cores}-thread CPU-bound program {:.0} ms alone, {:.0} ms beside {} agent workers at 100 % duty: {:+.1} %",
+        ms(alone),
+        ms(with),
+        worker_pids(&s).len(),
+        (with.as_secs_f64() / alone.as_secs_f64() - 1.0) * 100.0
+    );
+}

@@ -1,0 +1,229 @@
+//! Running `idlemesh agent` and Xvfb as child processes, for the end-to-end
+//! tests and the agent benchmarks.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::BIN;
+
+/// Children inherit the session keyring of the thread that starts them, so
+/// every agent a test starts finds the device key its predecessor stored.
+/// Credentials are per thread on Linux, and each test has its own thread.
+fn session_keyring() {
+    thread_local!(static ONCE: std::sync::Once = const { std::sync::Once::new() });
+    ONCE.with(|once| {
+        once.call_once(|| {
+            // KEYCTL_JOIN_SESSION_KEYRING (1) with no name: a new anonymous session keyring.
+            // SAFETY: a plain syscall with integer arguments.
+            let r = unsafe { libc::syscall(libc::SYS_keyctl, 1, 0usize, 0usize, 0usize, 0usize) };
+            assert!(r >= 0, "keyctl: {}", std::io::Error::last_os_error());
+        })
+    });
+}
+
+pub struct AgentProcess {
+    child: Option<Child>,
+    /// The agent's own pid (not the wrapper's, when wrapped).
+    pid: Option<i32>,
+    dir: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl AgentProcess {
+    /// Starts `idlemesh agent` with its files in `dir` and waits for its socket.
+    pub fn start(dir: &Path, pool: Option<&str>, extra_env: &[(&str, &str)]) -> Self {
+        Self::start_with(dir, pool, extra_env, |cmd| cmd)
+    }
+
+    /// The same, with the command wrapped (in umockdev-run, for example).
+    pub fn start_with(
+        dir: &Path,
+        pool: Option<&str>,
+        extra_env: &[(&str, &str)],
+        wrap: impl FnOnce(Command) -> Command,
+    ) -> Self {
+        session_keyring();
+        std::fs::create_dir_all(dir.join("config")).unwrap();
+        let mut env: Vec<(String, String)> = vec![
+            ("IDLEMESH_DATA_DIR".into(), dir.join("data").display().to_string()),
+            ("IDLEMESH_CONFIG_DIR".into(), dir.join("config").display().to_string()),
+            ("IDLEMESH_POLICY".into(), dir.join("policy.toml").display().to_string()),
+            ("IDLEMESH_CONTROL_SOCKET".into(), dir.join("agent.sock").display().to_string()),
+            ("IDLEMESH_KEYRING".into(), "keyutils".into()),
+            ("IDLEMESH_LOG".into(), "info".into()),
+        ];
+        env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut cmd = Command::new(BIN);
+        cmd.arg("agent").stdin(Stdio::null()).stdout(Stdio::null());
+        if let Some(url) = pool {
+            cmd.args(["--pool", url]);
+        }
+        // No display unless the test gives one: the idle sensor is then "none".
+        cmd.env_remove("DISPLAY").env_remove("DBUS_SESSION_BUS_ADDRESS");
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let mut cmd = wrap(cmd);
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null());
+        let log = std::fs::File::options().create(true).append(true).open(dir.join("agent.log")).unwrap();
+        cmd.stderr(log);
+        let mut agent = Self { child: Some(cmd.spawn().expect("agent starts")), pid: None, dir: dir.to_owned(), env };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = agent.ctl(&["status", "--json"]);
+            if out.status.success() {
+                let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+                agent.pid = s["agent"]["pid"].as_i64().map(|p| p as i32);
+                break;
+            }
+            if let Some(status) = agent.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("the agent exited with {status}:\n{}", agent.log());
+            }
+            assert!(Instant::now() < deadline, "the agent did not answer on its socket:\n{}", agent.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        agent
+    }
+
+    /// `idlemesh ARGS` against this agent.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).stdin(Stdio::null());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.env("IDLEMESH_LOG", "warn");
+        cmd.output().expect("idlemesh runs")
+    }
+
+    pub fn status(&self) -> Value {
+        let out = self.ctl(&["status", "--json"]);
+        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Waits until `pred` holds for the status, or fails with the last one seen.
+    pub fn wait_for(&self, what: &str, limit: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let s = self.status();
+            if pred(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; last status: {s:#}\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    pub fn ledger(&self) -> PathBuf {
+        self.dir.join("data").join("ledger.sqlite")
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            // SAFETY: kill(2); the agent is our child or our grandchild.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait: the agent's orderly shutdown.
+    pub fn stop(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            // SAFETY: kill(2); the agent is our child or our grandchild.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Whether a process is stopped (SIGSTOP), and its CPU ticks so far.
+pub fn proc_state(pid: u64) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields[0].chars().next()?;
+    // utime and stime are fields 14 and 15 of stat; 12 and 13 after the state.
+    let ticks = fields[11].parse::<u64>().ok()? + fields[12].parse::<u64>().ok()?;
+    Some((state, ticks))
+}
+
+/// Starts Xvfb on a free display; killed on drop.
+pub struct Xvfb {
+    child: Child,
+    pub display: String,
+}
+
+impl Xvfb {
+    pub fn start() -> Self {
+        for n in 0..50 {
+            let display = format!(":{}", 90 + (std::process::id() as usize + n) % 400);
+            let lock = format!("/tmp/.X{}-lock", &display[1..]);
+            if Path::new(&lock).exists() {
+                continue;
+            }
+            let mut child = Command::new("Xvfb")
+                .args([display.as_str(), "-noreset", "-nolisten", "tcp", "-screen", "0", "640x480x24"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("Xvfb is installed (scripts/setup installs xvfb)");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if Command::new("xdotool")
+                    .args(["getmouselocation"])
+                    .env("DISPLAY", &display)
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+                {
+                    return Self { child, display };
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("could not start Xvfb");
+    }
+
+    pub fn input(&self, n: u32) {
+        let out = Command::new("xdotool")
+            .args(["mousemove", &(100 + n % 300).to_string(), &(100 + n % 200).to_string()])
+            .env("DISPLAY", &self.display)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+}
+
+impl Drop for Xvfb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
