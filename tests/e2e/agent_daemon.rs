@@ -138,6 +138,31 @@ fn pause_resume_settings_and_a_locked_policy_through_the_control_socket() {
     let paused = ledger.entries(Some("paused")).unwrap();
     assert!(paused.iter().any(|e| e.body.contains("paused_by_user")), "the pause and its reason are in the ledger");
     assert!(!ledger.entries(Some("resumed")).unwrap().is_empty());
+
+    // The read models the tray shows: totals, per day, per pool, disclosures.
+    let out = crate::harness::idlemesh(&dir.join("data"), &["ledger", "show", "--summary", "--json"]);
+    assert!(out.status.success());
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let by_pool = &summary["per_pool"][pool.url.as_str()];
+    assert!(by_pool["tasks_finished"].as_u64().unwrap() >= 1, "{summary}");
+    assert!(by_pool["energy_j"].as_f64().unwrap() > 0.0, "{summary}");
+    assert!(by_pool["bytes_in"].as_u64().unwrap() > 0, "{summary}");
+    assert_eq!(summary["disclosures"][0]["pool"], pool.url.as_str());
+
+    // While the settings file is bad, changing a value says so instead of pretending.
+    let out = agent.ctl(&["settings", "set", "daily_download_cap_mb", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("`cpu_duty_cycle_percent` = 500"), "{}", stderr(&out));
+    std::fs::write(&settings_file, "cpu_duty_cycle_percent = 100\n").unwrap();
+
+    // Today's transfers feed the daily caps: a cap already used up pauses work.
+    let out = agent.ctl(&["settings", "set", "daily_download_cap_mb", "0"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = agent.ctl(&["resume"]);
+    assert!(out.status.success());
+    let s = agent.wait_for("the download cap", Duration::from_secs(10), |s| s["paused"] == true);
+    assert!(s["reasons"].to_string().contains("download_cap_reached"), "{s}");
+    assert!(s["sensors"]["snapshot"]["downloaded_today_bytes"].as_u64().unwrap() > 0, "{s}");
 }
 
 #[test]

@@ -422,6 +422,7 @@ impl Agent {
                 .expect("starting a worker does not panic"),
         };
         let abandoned = Arc::new(AtomicBool::new(false));
+        let energy = crate::energy::EnergyMeter::start();
         let (worker, report) = match worker {
             Err(e) => (None, Err(e)),
             Ok(mut worker) => {
@@ -490,11 +491,13 @@ impl Agent {
         self.summary.wall_ms += report.wall_ms;
         let o = &report.outcome;
         let output_sha256 = Sha256::of(&o.output);
+        let joules = energy.finish(report.cpu_ms);
         let body = json!({
             "pool": self.config.pool_url, "job_id": m.job_id, "task_id": m.task_id, "replica_id": m.replica_id,
             "status": o.status, "error": o.error, "output_sha256": (o.status == Status::Ok).then_some(output_sha256),
             "output_bytes": o.output.len(), "wall_ms": report.wall_ms, "cpu_ms": report.cpu_ms, "fuel": o.fuel,
             "peak_memory_bytes": o.peak_memory_bytes, "bytes_in": kernel_and_input_bytes(&m),
+            "gpu_ms": 0, "energy_j": joules.joules, "energy_method": joules.method,
         });
         if o.status != Status::Ok {
             tracing::warn!(task_id = m.task_id, status = %o.status, error = ?o.error, "task failed");

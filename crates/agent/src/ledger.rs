@@ -136,10 +136,23 @@ impl Ledger {
 
     /// Entries in order, optionally only of one kind.
     pub fn entries(&self, kind: Option<&str>) -> Result<Vec<Entry>, LedgerError> {
-        let mut stmt = self.conn.prepare(
+        self.query(
             "SELECT seq, at_ms, kind, body, prev_hash, hash FROM entries WHERE ?1 IS NULL OR kind = ?1 ORDER BY seq",
-        )?;
-        let rows = stmt.query_map([kind], |r| {
+            rusqlite::params![kind],
+        )
+    }
+
+    /// Entries after `seq`, in order: for readers that follow the ledger as it grows.
+    pub fn entries_after(&self, seq: u64) -> Result<Vec<Entry>, LedgerError> {
+        self.query(
+            "SELECT seq, at_ms, kind, body, prev_hash, hash FROM entries WHERE seq > ?1 ORDER BY seq",
+            rusqlite::params![seq as i64],
+        )
+    }
+
+    fn query(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<Entry>, LedgerError> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(params, |r| {
             Ok(Entry {
                 seq: r.get::<_, i64>(0)? as u64,
                 at_ms: r.get::<_, i64>(1)? as u64,

@@ -20,8 +20,10 @@
 mod agent;
 pub mod control;
 pub mod daemon;
+pub mod energy;
 pub mod governor;
 mod ledger;
+pub mod ledger_summary;
 mod outbox;
 pub mod paths;
 mod pool_client;

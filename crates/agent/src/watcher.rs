@@ -141,6 +141,8 @@ struct Loop {
     frozen: bool,
     /// Callers waiting for their pause or resume to take effect.
     acks: Vec<mpsc::Sender<()>>,
+    /// Today's transfers, for the daily caps.
+    transfer: crate::ledger_summary::DailyTransfer,
     /// The last pause state written to the ledger, and its reasons.
     recorded: Option<(bool, Option<Vec<ReasonCode>>)>,
     duty_epoch: Instant,
@@ -176,6 +178,7 @@ impl Loop {
             frozen: false,
             acks: Vec::new(),
             recorded: None,
+            transfer: Default::default(),
             duty_epoch: Instant::now(),
         }
     }
@@ -197,6 +200,11 @@ impl Loop {
                 next_slow = now + SLOW_POLL;
                 let ours: Vec<u32> = self.workers.iter().map(WorkerControl::pid).collect();
                 slow = sensors.read_slow(&ours);
+                if let Some(ledger) = &self.ledger {
+                    let tz = jiff::tz::TimeZone::system();
+                    let today = crate::ledger_summary::local_day(crate::now_ms(), &tz);
+                    self.transfer.update(ledger, &today, &tz);
+                }
                 idle = sensors.idle.idle();
                 next_fast = now + self.fast_period();
             } else if now >= next_fast {
@@ -209,7 +217,8 @@ impl Loop {
                 self.command(Command::Pause(ManualPause::None, None));
             }
             let limits = self.config.settings.lock().expect("settings lock").effective().limits();
-            let snapshot = sensors::snapshot(jiff::Zoned::now(), idle, &slow, 0, 0);
+            let snapshot =
+                sensors::snapshot(jiff::Zoned::now(), idle, &slow, self.transfer.uploaded, self.transfer.downloaded);
             let (decision, state) = governor::decide(&self.state, &snapshot, &limits, self.manual);
             self.state = state;
             self.enforce(&decision);

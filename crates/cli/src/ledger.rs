@@ -25,6 +25,9 @@ enum Action {
         /// Only entries of this kind (task_started, task_finished, receipt, disclosure, ...).
         #[arg(long)]
         kind: Option<String>,
+        /// Totals, per day, per pool and the disclosures, instead of the entries.
+        #[arg(long, conflicts_with = "kind")]
+        summary: bool,
         #[arg(long)]
         json: bool,
     },
@@ -55,7 +58,38 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let ledger = Ledger::open_existing(&path).map_err(|e| bad_input(e.to_string()))?;
     match args.action {
-        Action::Show { kind, json } => {
+        Action::Show { summary: true, json, .. } => {
+            let s = idlemesh_agent::ledger_summary::summarise(&ledger.entries(None)?, &jiff::tz::TimeZone::system());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+                return Ok(());
+            }
+            let line = |label: &str, t: &idlemesh_agent::ledger_summary::Totals| {
+                println!(
+                    "{label:24} {:>6} tasks ({} failed)  {:>9.1} CPU-s  {:>9.1} J  {:>8.2} credits  {} in / {} out  {} pauses",
+                    t.tasks_finished,
+                    t.tasks_failed,
+                    t.cpu_s,
+                    t.energy_j,
+                    t.credits,
+                    bytes(t.bytes_in),
+                    bytes(t.bytes_out),
+                    t.pauses
+                )
+            };
+            line("total", &s.totals);
+            for (day, t) in &s.per_day {
+                line(day, t);
+            }
+            for (pool, t) in &s.per_pool {
+                line(pool, t);
+            }
+            for d in &s.disclosures {
+                println!("disclosed to {} at {}: {}", d.pool, format_time(d.at_ms), d.fields);
+            }
+            Ok(())
+        }
+        Action::Show { kind, json, .. } => {
             let entries = ledger.entries(kind.as_deref())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&entries)?);
@@ -99,6 +133,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
             if report.ok() { Ok(()) } else { Err(WorkFailed.into()) }
         }
+    }
+}
+
+fn bytes(n: u64) -> String {
+    match n {
+        0..1_000_000 => format!("{:.1} kB", n as f64 / 1e3),
+        _ => format!("{:.1} MB", n as f64 / 1e6),
     }
 }
 

@@ -305,6 +305,8 @@ impl Settings {
         doc.insert(key.into(), value);
         let text =
             toml::to_string(&doc).map_err(|e| SettingsError::Write { file: file.clone(), message: e.to_string() })?;
+        // The file must be good as a whole, or this value would not take effect.
+        parse_user(&file, &text)?;
         write_atomically(&self.user.path, text.as_bytes())
             .map_err(|e| SettingsError::Write { file, message: e.to_string() })?;
         self.user.seen = None;

@@ -146,6 +146,13 @@ fn set_refuses_to_overwrite_a_file_it_cannot_read() {
     let err = s.set("cpu_cores", &parse_cli_value("2")).unwrap_err();
     assert!(matches!(err, SettingsError::Syntax { .. }), "{err}");
     assert!(std::fs::read_to_string(s.user_path()).unwrap().contains("[broken"), "the user's file is untouched");
+
+    // A file whose other values are bad: the new value could not take effect, so say so.
+    rewrite(s.user_path(), "cpu_duty_cycle_percent = 500\n");
+    s.refresh();
+    let err = s.set("cpu_cores", &parse_cli_value("2")).unwrap_err();
+    assert!(err.to_string().contains("`cpu_duty_cycle_percent` = 500"), "{err}");
+    assert!(!std::fs::read_to_string(s.user_path()).unwrap().contains("cpu_cores"));
 }
 
 #[test]
