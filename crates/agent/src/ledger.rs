@@ -212,6 +212,24 @@ fn check_receipt(body: &str) -> Result<(), String> {
         .map_err(|e| format!("receipt signature from {}: {e}", entry.pool))
 }
 
+/// A receipt for tests of what reads the ledger.
+#[cfg(test)]
+pub(crate) fn sample_receipt(credits: f64) -> Receipt {
+    Receipt {
+        receipt_id: 1,
+        device_id: 1,
+        job_id: 1,
+        task_id: 1,
+        replica_id: 1,
+        output_sha256: Sha256::of(b"x"),
+        fuel: None,
+        credits,
+        wall_ms: 1,
+        cpu_ms: 1,
+        issued_at_ms: 1,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,19 +266,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut ledger = Ledger::open(&dir.path().join("l.sqlite")).unwrap();
         let key = idlemesh_protocol::Keypair::generate().unwrap();
-        let receipt = Receipt {
-            receipt_id: 1,
-            device_id: 1,
-            job_id: 1,
-            task_id: 1,
-            replica_id: 1,
-            output_sha256: Sha256::of(b"x"),
-            fuel: None,
-            credits: 1.0,
-            wall_ms: 1,
-            cpu_ms: 1,
-            issued_at_ms: 1,
-        };
+        let receipt = sample_receipt(1.0);
         let mut signed = Signed::sign(&receipt, &key);
         ledger
             .append(

@@ -136,7 +136,7 @@ impl DailyTransfer {
 
 #[cfg(test)]
 mod tests {
-    use idlemesh_protocol::{Keypair, Receipt, Sha256, Signed};
+    use idlemesh_protocol::{Keypair, Signed};
     use serde_json::json;
 
     use super::*;
@@ -157,19 +157,7 @@ mod tests {
         l.append("task_failed", &json!({"pool": "http://b", "cpu_ms": 250, "bytes_in": 50, "output_bytes": 9}))
             .unwrap();
         let key = Keypair::generate().unwrap();
-        let receipt = Receipt {
-            receipt_id: 1,
-            device_id: 1,
-            job_id: 1,
-            task_id: 1,
-            replica_id: 1,
-            output_sha256: Sha256::of(b"x"),
-            fuel: None,
-            credits: 2.5,
-            wall_ms: 1,
-            cpu_ms: 1,
-            issued_at_ms: 0,
-        };
+        let receipt = crate::ledger::sample_receipt(2.5);
         let entry = ReceiptEntry {
             pool: "http://a".into(),
             pool_public_key: key.public(),
