@@ -226,11 +226,11 @@ fn kill_9_at_random_moments_loses_nothing() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     // Many short tasks, so kills land before, during and after tasks and uploads.
     let (job, tasks) = rt.block_on(op.mandelbrot_job(json!({
-        "name": "kill9", "params": {"width": 480, "height": 320, "max_iter": 3000},
-        "split": {"kind": "tiles", "width": 480, "height": 320, "tile_width": 60, "tile_height": 80},
+        "name": "kill9", "params": {"width": 640, "height": 480, "max_iter": 6000, "center_re": -0.2, "center_im": 0.0, "span": 0.4},
+        "split": {"kind": "tiles", "width": 640, "height": 480, "tile_width": 80, "tile_height": 60},
         "combiner": {"kind": "png_tiles"}, "lease_ms": 600000,
     })));
-    assert_eq!(tasks, 32);
+    assert_eq!(tasks, 64);
     let dir = tmp.path().join("agent");
     std::fs::create_dir_all(dir.join("config")).unwrap();
     std::fs::write(dir.join("config/settings.toml"), "cpu_duty_cycle_percent = 100\n").unwrap();
@@ -249,6 +249,11 @@ fn kill_9_at_random_moments_loses_nothing() {
         assert!(out.status.success(), "round {rounds}: the ledger must verify after kill -9");
     }
 
+    // The kills landed while the job was under way, not after it.
+    let done = rt.block_on(op.status(job)).unwrap()["tasks"]["done"].as_u64().unwrap();
+    eprintln!("{done} of {tasks} tasks done across the 20 killed runs");
+    assert!(done > 0 && done < tasks, "{done} of {tasks} done during the kill rounds");
+
     // A last, undisturbed run finishes the job: every task done exactly once at the pool.
     let mut agent = AgentProcess::start(&dir, Some(&pool.url), &[]);
     let status = rt.block_on(op.until_finished(job, Duration::from_secs(300)));
@@ -266,7 +271,11 @@ fn kill_9_at_random_moments_loses_nothing() {
     assert_eq!(stats["devices"][0]["valid_results"], tasks, "{stats}");
     let ledger = idlemesh_agent::Ledger::open(&agent.ledger()).unwrap();
     assert!(ledger.verify().unwrap().ok());
-    assert!(!ledger.entries(Some("receipt")).unwrap().is_empty());
+    // Every task's receipt is in the local ledger, each counted once, even
+    // those whose acknowledgement a kill interrupted (the pool answers a
+    // repeated result with the same receipt).
+    let summary = idlemesh_agent::ledger_summary::summarise(&ledger.entries(None).unwrap(), &jiff::tz::TimeZone::UTC);
+    assert_eq!(summary.totals.receipts, tasks, "{:?}", summary.totals);
 }
 
 /// The real power sensor (the battery crate and our sysfs reader) on a

@@ -51,6 +51,9 @@ pub fn local_day(at_ms: u64, tz: &jiff::tz::TimeZone) -> String {
 /// Summarises `entries` (in ledger order) with days in `tz`.
 pub fn summarise(entries: &[Entry], tz: &jiff::tz::TimeZone) -> LedgerSummary {
     let mut out = LedgerSummary::default();
+    // An agent killed between recording a receipt and clearing its outbox
+    // is sent the same receipt again: count each once.
+    let mut seen_receipts = std::collections::HashSet::new();
     for e in entries {
         let body: Value = serde_json::from_str(&e.body).unwrap_or(Value::Null);
         let pool = body["pool"].as_str().unwrap_or("").to_string();
@@ -83,8 +86,9 @@ pub fn summarise(entries: &[Entry], tz: &jiff::tz::TimeZone) -> LedgerSummary {
             "receipt" => {
                 let credits = serde_json::from_str::<ReceiptEntry>(&e.body)
                     .ok()
-                    .and_then(|r| r.receipt.verify(&r.pool_public_key).ok())
-                    .map(|r| r.credits);
+                    .and_then(|r| r.receipt.verify(&r.pool_public_key).ok().map(|v| (r.pool_public_key, v)))
+                    .filter(|(key, v)| seen_receipts.insert((key.to_hex(), v.receipt_id)))
+                    .map(|(_, v)| v.credits);
                 // A receipt whose signature fails earns nothing here (verify names it).
                 if let Some(c) = credits {
                     add(&|t| {
@@ -164,6 +168,7 @@ mod tests {
             receipt: Signed::sign(&receipt, &key),
         };
         l.append("receipt", &entry).unwrap();
+        l.append("receipt", &entry).unwrap(); // the same receipt again: counted once
         // A receipt signed by someone else earns nothing in the summary.
         let forged = ReceiptEntry {
             pool: "http://a".into(),

@@ -517,10 +517,15 @@ impl Store {
         now: u64,
     ) -> Result<ResultOutcome, StoreError> {
         let (task_id, state) = self.check_lease(lease_id, token, device_id)?;
+        let output_sha = Sha256::of(output);
         if state != "leased" {
+            // The same device sending the same result again (its agent died
+            // before it could record our answer) gets the same answer again.
+            if let Some(outcome) = self.repeat_outcome(lease_id, task_id, &output_sha)? {
+                return Ok(outcome);
+            }
             return Err(StoreError::Conflict(format!("lease {lease_id} is {state}: a result was already recorded")));
         }
-        let output_sha = Sha256::of(output);
         let tx = self.conn.savepoint()?;
         exec(&tx, "INSERT OR IGNORE INTO blobs (sha256, bytes) VALUES (?1, ?2)", params![output_sha.to_hex(), output])?;
         exec(
@@ -633,6 +638,39 @@ impl Store {
             self.finish_job_if_complete(job_id as u64, &info.spec)?;
         }
         Ok(ResultOutcome { task_state: new_state, receipt })
+    }
+
+    /// The recorded outcome of a replica whose result is already in, if `output_sha` is that result.
+    fn repeat_outcome(
+        &self,
+        lease_id: u64,
+        task_id: i64,
+        output_sha: &Sha256,
+    ) -> Result<Option<ResultOutcome>, StoreError> {
+        let recorded: Option<String> = self
+            .conn
+            .query_row("SELECT output_sha256 FROM replicas WHERE id = ?1", [lease_id as i64], |r| r.get(0))
+            .optional()?
+            .flatten();
+        if recorded.as_deref() != Some(output_sha.to_hex().as_str()) {
+            return Ok(None);
+        }
+        let task_state = match self
+            .conn
+            .query_row("SELECT state FROM tasks WHERE id = ?1", [task_id], |r| r.get::<_, String>(0))?
+            .as_str()
+        {
+            "done" => TaskState::Done,
+            "failed" => TaskState::Failed,
+            _ => TaskState::Pending,
+        };
+        let receipt = self
+            .conn
+            .query_row("SELECT payload, signature FROM receipts WHERE replica_id = ?1", [lease_id as i64], |r| {
+                Ok(Signed::from_parts(r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        Ok(Some(ResultOutcome { task_state, receipt }))
     }
 
     fn finish_job_if_complete(&mut self, job_id: u64, spec: &JobSpec) -> Result<(), StoreError> {

@@ -137,6 +137,11 @@ pub trait SignedKind {
 }
 
 impl<T: Serialize + DeserializeOwned + SignedKind> Signed<T> {
+    /// A signed value as it was stored: nothing is trusted until `verify`.
+    pub fn from_parts(payload: String, signature: String) -> Self {
+        Self { payload, signature, _type: PhantomData }
+    }
+
     pub fn sign(value: &T, key: &Keypair) -> Self {
         let payload = serde_json::to_string(value).expect("wire types always serialise");
         let signature = key.sign_bytes(&signed_message(T::KIND, &payload));

@@ -76,8 +76,16 @@ fn expired_leases_are_fenced_off() {
     let stats = w.store.stats().unwrap();
     assert_eq!(stats.devices.iter().find(|d| d.device_id == a).unwrap().credits, 0.0);
     assert_eq!(stats.devices.iter().find(|d| d.device_id == b).unwrap().credits, 2.5);
-    // A second result on the same lease is refused too.
+    // A second, different result on the same lease is refused too.
     assert!(matches!(report(&mut w, &second, b"again", 13_000), Err(StoreError::Conflict(_))));
+    // The same result again (an agent that died before recording the answer)
+    // gets the same receipt back and earns nothing twice.
+    let repeat = report(&mut w, &second, b"on time", 14_000).unwrap();
+    assert_eq!(repeat.task_state, TaskState::Done);
+    assert_eq!(repeat.receipt.as_ref().map(|r| &r.payload), done.receipt.as_ref().map(|r| &r.payload));
+    assert!(done.receipt.is_some());
+    let stats = w.store.stats().unwrap();
+    assert_eq!(stats.devices.iter().find(|d| d.device_id == b).unwrap().credits, 2.5);
 }
 
 #[test]
