@@ -354,6 +354,19 @@ impl Agent {
         if manifest.deadline_ms <= crate::now_ms() {
             return Err(refuse(&manifest, "lease deadline already passed".into()));
         }
+        // The user's memory limit per task: a task that needs more is not run
+        // with less (it would only fail later); it goes back for a bigger machine.
+        let allowed = self.config.capabilities.memory_bytes;
+        if allowed > 0 && manifest.limits.max_memory_bytes > allowed {
+            return Err(refuse(
+                &manifest,
+                format!(
+                    "the task needs up to {} MB of memory; your limit per task is {} MB",
+                    manifest.limits.max_memory_bytes / 1_000_000,
+                    allowed / 1_000_000
+                ),
+            ));
+        }
         if manifest.kernel.kind != KernelKind::Wasm {
             return Err(refuse(
                 &manifest,

@@ -269,18 +269,19 @@ async fn schedule(
         agents.insert(0, agent);
         *shared.scheduler.lock().expect("scheduler lock") = agents.iter().map(Agent::status).collect();
         let (stop_tx, stop_rx) = watch::channel(false);
-        // Switch pools, or the number of slots, when the settings change; the
-        // current tasks finish first.
+        // Switch pools, or the slots and what they offer the pool, when the
+        // settings change; the current tasks finish first.
         let watch_settings = {
             let shared = shared.clone();
             let url = url.clone();
             let pool_url = pool_url.clone();
-            let cores = limits.cores;
+            let (cores, memory) = (limits.cores, limits.memory_per_task_bytes);
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(Duration::from_secs(2)).await;
-                    let now_cores = shared.settings.lock().expect("settings lock").effective().limits().cores;
-                    if pool_url(&shared).as_deref() != Some(url.as_str()) || now_cores != cores {
+                    let now = shared.settings.lock().expect("settings lock").effective().limits();
+                    let changed = (now.cores, now.memory_per_task_bytes) != (cores, memory);
+                    if pool_url(&shared).as_deref() != Some(url.as_str()) || changed {
                         let _ = stop_tx.send(true);
                         return;
                     }

@@ -66,7 +66,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // The daemon's log is its interface; every other command speaks through its output.
+    init_tracing(if matches!(cli.command, Command::Agent(_)) { "info" } else { "warn" });
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Agent(args) => agent::agent(args),
@@ -83,10 +84,8 @@ fn main() -> ExitCode {
     exit::code(result)
 }
 
-fn init_tracing() {
+fn init_tracing(default: &str) {
     use tracing_subscriber::EnvFilter;
-    // Warnings by default: progress bars and summaries are the user interface.
-    let default = "warn";
     let filter = EnvFilter::try_from_env("IDLEMESH_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
 }

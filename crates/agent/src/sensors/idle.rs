@@ -1,7 +1,9 @@
 //! Input idle time. X11 through the XScreenSaver extension (one round trip,
 //! tens of microseconds, so it can be polled fast while a kernel runs);
 //! elsewhere on Linux logind's IdleHint, which desktops (GNOME, KDE, also on
-//! Wayland) keep current for their session.
+//! Wayland) keep current for their session. Windows: GetLastInputInfo;
+//! macOS: the HID system's idle time through CoreGraphics. Both are cheap
+//! calls that can be polled as fast as X11.
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +24,15 @@ pub fn open_idle_sensor() -> Box<dyn IdleSensor> {
             Err(e) => tracing::info!(error = %e, "no logind idle hint: treating this machine as unattended"),
         }
     }
+    #[cfg(windows)]
+    {
+        return Box::new(windows::LastInput);
+    }
+    #[cfg(target_os = "macos")]
+    {
+        return Box::new(macos::HidIdle);
+    }
+    #[allow(unreachable_code, reason = "the fallback for platforms without an idle sensor")]
     Box::new(NoIdleSensor)
 }
 
@@ -135,6 +146,61 @@ mod logind {
         }
         fn name(&self) -> &'static str {
             "logind"
+        }
+    }
+}
+
+#[cfg(windows)]
+mod windows {
+    use windows_sys::Win32::System::SystemInformation::GetTickCount;
+    use windows_sys::Win32::UI::Input::KeyboardAndMouse::{GetLastInputInfo, LASTINPUTINFO};
+
+    use super::*;
+
+    /// The session's last keyboard or mouse input (GetLastInputInfo).
+    pub struct LastInput;
+
+    impl IdleSensor for LastInput {
+        fn idle(&mut self) -> Option<Duration> {
+            let mut info = LASTINPUTINFO { cbSize: std::mem::size_of::<LASTINPUTINFO>() as u32, dwTime: 0 };
+            // SAFETY: `info` is a valid LASTINPUTINFO with cbSize set, as the API requires.
+            if unsafe { GetLastInputInfo(&mut info) } == 0 {
+                return None;
+            }
+            // SAFETY: no arguments; both counters are milliseconds since boot and wrap together.
+            let now = unsafe { GetTickCount() };
+            Some(Duration::from_millis(u64::from(now.wrapping_sub(info.dwTime))))
+        }
+        fn name(&self) -> &'static str {
+            "windows-last-input"
+        }
+    }
+}
+
+#[cfg(target_os = "macos")]
+mod macos {
+    use super::*;
+
+    #[link(name = "CoreGraphics", kind = "framework")]
+    unsafe extern "C" {
+        fn CGEventSourceSecondsSinceLastEventType(state: i32, event_type: u32) -> f64;
+    }
+    /// kCGEventSourceStateCombinedSessionState: input from every source in this session.
+    const COMBINED_SESSION_STATE: i32 = 0;
+    /// kCGAnyInputEventType.
+    const ANY_INPUT_EVENT: u32 = !0;
+
+    /// Seconds since the last HID event (the same clock as IOKit's HIDIdleTime).
+    pub struct HidIdle;
+
+    impl IdleSensor for HidIdle {
+        fn idle(&mut self) -> Option<Duration> {
+            // SAFETY: a pure query with constant arguments.
+            let s = unsafe { CGEventSourceSecondsSinceLastEventType(COMBINED_SESSION_STATE, ANY_INPUT_EVENT) };
+            (s.is_finite() && s >= 0.0).then(|| Duration::from_secs_f64(s))
+        }
+        fn name(&self) -> &'static str {
+            "macos-hid"
         }
     }
 }
