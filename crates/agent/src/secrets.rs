@@ -6,6 +6,7 @@
 //! keyutils is there on every machine, including headless ones, but its keys
 //! live until reboot. `IDLEMESH_KEYRING=secret-service|keyutils` picks one;
 //! by default the Secret Service is used when the session offers it.
+//! Windows uses the Credential Manager, macOS the login keychain.
 
 use std::sync::Arc;
 
@@ -19,7 +20,9 @@ const SERVICE: &str = "idlemesh";
 pub enum SecretsError {
     #[error("no usable keyring: {0}")]
     NoKeyring(String),
-    #[error("unknown keyring {0:?} in {KEYRING_ENV}: expected secret-service or keyutils")]
+    #[error(
+        "unknown keyring {0:?} in {KEYRING_ENV}: expected secret-service or keyutils (Linux), windows, keychain (macOS)"
+    )]
     UnknownBackend(String),
     #[error(
         "the keyring refused: {0} (with the kernel keyring this usually means the process has no session keyring: start the agent from a login session, or under `keyctl session -`)"
@@ -32,38 +35,57 @@ pub enum SecretsError {
 /// Chooses the keyring backend for this process; returns its name.
 pub fn use_os_keyring() -> Result<&'static str, SecretsError> {
     let wanted = std::env::var(KEYRING_ENV).ok().filter(|s| !s.is_empty());
-    #[cfg(target_os = "linux")]
-    {
-        let secret_service = || -> Result<Arc<keyring_core::CredentialStore>, String> {
-            zbus_secret_service_keyring_store::Store::new()
-                .map(|s| s as Arc<keyring_core::CredentialStore>)
-                .map_err(|e| e.to_string())
-        };
-        let keyutils = || -> Result<Arc<keyring_core::CredentialStore>, String> {
-            linux_keyutils_keyring_store::Store::new()
-                .map(|s| s as Arc<keyring_core::CredentialStore>)
-                .map_err(|e| e.to_string())
-        };
-        let (name, store) = match wanted.as_deref() {
-            Some("secret-service") => ("secret-service", secret_service().map_err(SecretsError::NoKeyring)?),
-            Some("keyutils") => ("keyutils", keyutils().map_err(SecretsError::NoKeyring)?),
-            Some(other) => return Err(SecretsError::UnknownBackend(other.into())),
-            None => match secret_service() {
-                Ok(s) => ("secret-service", s),
-                Err(e) => {
-                    tracing::info!(error = %e, "no Secret Service in this session: using the kernel keyring");
-                    ("keyutils", keyutils().map_err(SecretsError::NoKeyring)?)
-                }
-            },
-        };
-        keyring_core::set_default_store(store);
-        Ok(name)
+    let (name, store) = platform_store(wanted.as_deref())?;
+    keyring_core::set_default_store(store);
+    Ok(name)
+}
+
+type Store = Arc<keyring_core::CredentialStore>;
+
+#[cfg(target_os = "linux")]
+fn platform_store(wanted: Option<&str>) -> Result<(&'static str, Store), SecretsError> {
+    let secret_service =
+        || zbus_secret_service_keyring_store::Store::new().map(|s| s as Store).map_err(|e| e.to_string());
+    let keyutils = || linux_keyutils_keyring_store::Store::new().map(|s| s as Store).map_err(|e| e.to_string());
+    Ok(match wanted {
+        Some("secret-service") => ("secret-service", secret_service().map_err(SecretsError::NoKeyring)?),
+        Some("keyutils") => ("keyutils", keyutils().map_err(SecretsError::NoKeyring)?),
+        Some(other) => return Err(SecretsError::UnknownBackend(other.into())),
+        None => match secret_service() {
+            Ok(s) => ("secret-service", s),
+            Err(e) => {
+                tracing::info!(error = %e, "no Secret Service in this session: using the kernel keyring");
+                ("keyutils", keyutils().map_err(SecretsError::NoKeyring)?)
+            }
+        },
+    })
+}
+
+/// The Windows Credential Manager.
+#[cfg(windows)]
+fn platform_store(wanted: Option<&str>) -> Result<(&'static str, Store), SecretsError> {
+    match wanted {
+        None | Some("windows") => windows_native_keyring_store::Store::new()
+            .map(|s| ("windows", s as Store))
+            .map_err(|e| SecretsError::NoKeyring(e.to_string())),
+        Some(other) => Err(SecretsError::UnknownBackend(other.into())),
     }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = wanted;
-        Err(SecretsError::NoKeyring("this platform's keyring store is not wired in yet".into()))
+}
+
+/// The user's login keychain.
+#[cfg(target_os = "macos")]
+fn platform_store(wanted: Option<&str>) -> Result<(&'static str, Store), SecretsError> {
+    match wanted {
+        None | Some("keychain") => apple_native_keyring_store::keychain::Store::new()
+            .map(|s| ("keychain", s as Store))
+            .map_err(|e| SecretsError::NoKeyring(e.to_string())),
+        Some(other) => Err(SecretsError::UnknownBackend(other.into())),
     }
+}
+
+#[cfg(not(any(target_os = "linux", windows, target_os = "macos")))]
+fn platform_store(_wanted: Option<&str>) -> Result<(&'static str, Store), SecretsError> {
+    Err(SecretsError::NoKeyring("no keyring store for this platform".into()))
 }
 
 /// The device key for `scope` (one per data dir, so side-by-side agents are
