@@ -105,6 +105,20 @@ fn pause_resume_settings_and_a_locked_policy_through_the_control_socket() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("`cpu_duty_cycle_percent` = 250"), "{}", stderr(&out));
 
+    // Malformed and unknown requests on the socket itself get a clear error, and the agent carries on.
+    {
+        use std::io::{BufRead as _, Write as _};
+        let mut sock = std::os::unix::net::UnixStream::connect(dir.join("agent.sock")).unwrap();
+        sock.write_all(b"this is not json\n{\"command\":\"format_disk\"}\n").unwrap();
+        let mut lines = std::io::BufReader::new(sock).lines();
+        for _ in 0..2 {
+            let answer: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+            assert_eq!(answer["ok"], false);
+            assert_eq!(answer["error"]["code"], "bad_request");
+            assert!(answer["error"]["message"].as_str().unwrap().contains("expected one of status, pause"), "{answer}");
+        }
+    }
+
     // A locked value cannot be changed through idlemesh ...
     let out = agent.ctl(&["settings", "set", "min_battery_percent", "10"]);
     assert_eq!(out.status.code(), Some(2));

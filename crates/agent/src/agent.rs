@@ -93,10 +93,12 @@ pub struct CurrentTask {
 pub struct Agent {
     config: AgentConfig,
     /// 0 for the agent that enrolled; others are extra slots (one task each)
-    /// sharing its enrollment. Slot 0 also resumes in-flight leases.
+    /// sharing its enrollment; recorded with each task it starts.
     slot: u32,
     /// One slot delivers the outbox at a time (it delivers everyone's results).
     flush_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Leases an earlier run left in flight, read before any slot leases anew.
+    to_recover: Vec<Signed<TaskManifest>>,
     status: Arc<Mutex<SchedulerStatus>>,
     client: PoolClient,
     pool_key: PublicKey,
@@ -165,10 +167,12 @@ impl Agent {
             device_id: Some(enrolled.device_id),
             ..Default::default()
         };
+        let to_recover = outbox.inflight()?;
         Ok(Self {
             config,
             slot: 0,
             flush_lock: Arc::default(),
+            to_recover,
             status: Arc::new(Mutex::new(status)),
             client,
             pool_key,
@@ -194,6 +198,7 @@ impl Agent {
             config: self.config.clone(),
             slot,
             flush_lock: self.flush_lock.clone(),
+            to_recover: Vec::new(),
             status: Arc::new(Mutex::new(status)),
             client: self.client.clone(),
             pool_key: self.pool_key,
@@ -230,7 +235,7 @@ impl Agent {
     /// (killed, crashed, powered off), or gives them back when their
     /// deadline is gone: nothing leased is silently dropped.
     async fn recover_inflight(&mut self) -> Result<(), AgentError> {
-        for signed in self.outbox.inflight()? {
+        for signed in std::mem::take(&mut self.to_recover) {
             let Ok(m) = signed.verify(&self.pool_key) else {
                 // Signed by another pool (the pool was changed): not ours to resume here.
                 continue;
@@ -264,11 +269,9 @@ impl Agent {
     /// to the pool are logged and retried with backoff; only ledger failures
     /// end the run, since work that cannot be recorded must not be done.
     pub async fn run(&mut self, mut stop: watch::Receiver<bool>) -> Result<AgentSummary, AgentError> {
-        let mut backoff = Duration::from_millis(250);
+        let mut failures = 0u32;
         self.flush_outbox().await?;
-        if self.slot == 0 {
-            self.recover_inflight().await?;
-        }
+        self.recover_inflight().await?;
         while !*stop.borrow() {
             self.flush_outbox().await?;
             if !self.allowed(&stop).await {
@@ -277,7 +280,14 @@ impl Agent {
             let leased = self.client.lease(self.config.capabilities.clone(), self.config.max_tasks_per_lease).await;
             let wait = match leased {
                 Ok(resp) if !resp.tasks.is_empty() => {
-                    backoff = Duration::from_millis(250);
+                    failures = 0;
+                    // Every lease is remembered before any runs: a crash while
+                    // one waits in the queue must not strand it.
+                    for signed in &resp.tasks {
+                        if let Ok(m) = signed.verify(&self.pool_key) {
+                            self.outbox.start(m.lease_id, signed)?;
+                        }
+                    }
                     let mut tasks = resp.tasks.into_iter();
                     for signed in tasks.by_ref() {
                         self.handle(signed).await?;
@@ -289,16 +299,18 @@ impl Agent {
                     for rest in tasks {
                         if let Ok(m) = rest.verify(&self.pool_key) {
                             let _ = self.client.give_back(m.lease_id, &m.lease_token).await;
+                            self.outbox.forget(m.lease_id)?;
                         }
                     }
                     continue;
                 }
                 Ok(resp) => Duration::from_millis(resp.retry_after_ms.unwrap_or(1_000)).min(self.config.max_idle_poll),
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "asking the pool for work failed");
+                    // Jittered, so agents coming back after an outage do not knock in step.
+                    let wait = Duration::from_millis(crate::outbox::backoff_ms(failures, random_u64()).min(60_000));
+                    failures += 1;
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "asking the pool for work failed");
                     self.publish(|st| st.last_pool_error = Some(e.to_string()));
-                    let wait = backoff;
-                    backoff = (backoff * 2).min(Duration::from_secs(60));
                     wait
                 }
             };
@@ -327,6 +339,7 @@ impl Agent {
                 )?;
                 if let Some((lease_id, token)) = refusal.lease {
                     let _ = self.client.give_back(lease_id, &token).await;
+                    self.outbox.forget(lease_id)?;
                 }
                 Ok(())
             }
@@ -409,7 +422,7 @@ impl Agent {
                 "pool": self.config.pool_url, "job_id": m.job_id, "task_id": m.task_id, "replica_id": m.replica_id,
                 "lease_id": m.lease_id, "kernel_kind": m.kernel.kind, "kernel_sha256": m.kernel.sha256,
                 "input_sha256": m.input_sha256, "input_bytes": m.input_bytes, "credits_offered": m.credits,
-                "resumed_from_checkpoint": resume.is_some(),
+                "resumed_from_checkpoint": resume.is_some(), "slot": self.slot,
             }),
         )?;
 
@@ -649,7 +662,7 @@ impl Agent {
     }
 }
 
-fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     let mut b = [0u8; 8];
     let _ = getrandom::fill(&mut b);
     u64::from_le_bytes(b)

@@ -217,8 +217,9 @@ async fn schedule(
         let locked = s.effective().values.get("pool_url").is_some_and(|v| v.locked);
         if locked { s.effective().pool_url() } else { pool_override.clone().or_else(|| s.effective().pool_url()) }
     };
-    let mut backoff = Duration::from_secs(1);
+    let mut failures = 0u32;
     loop {
+        let backoff = Duration::from_millis(crate::outbox::backoff_ms(failures + 1, crate::agent::random_u64()));
         let Some(url) = pool_url(&shared) else {
             if shared.pool_problem.lock().expect("lock").replace(NO_POOL.into()).as_deref() != Some(NO_POOL) {
                 tracing::info!("{NO_POOL}");
@@ -242,21 +243,22 @@ async fn schedule(
                 ("cores".to_string(), machine.cores.to_string()),
                 ("memory_bytes".to_string(), machine.memory_bytes.to_string()),
             ]),
-            max_tasks_per_lease: 1,
+            // A small local queue: the next task is at hand when one ends.
+            max_tasks_per_lease: 2,
             max_idle_poll: Duration::from_secs(30),
             watcher: Some(shared.watcher.clone()),
         };
         let agent = match Agent::connect(config, device_key.clone()).await {
             Ok(a) => a,
             Err(e) => {
-                tracing::warn!(pool = %url, error = %e, retry_in_s = backoff.as_secs(), "cannot join the pool yet");
+                tracing::warn!(pool = %url, error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot join the pool yet");
                 *shared.pool_problem.lock().expect("lock") = Some(format!("cannot join {url}: {e}"));
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(300));
+                failures += 1;
                 continue;
             }
         };
-        backoff = Duration::from_secs(1);
+        failures = 0;
         *shared.pool_problem.lock().expect("lock") = None;
         // One slot per allowed core, each running one task at a time in its own worker.
         let mut agents = Vec::new();
