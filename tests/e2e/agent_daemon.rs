@@ -354,3 +354,39 @@ fn on_battery_below_the_minimum_it_pauses_and_resumes_only_past_the_hysteresis()
     let s = agent.wait_for("unplugged", Duration::from_secs(10), |s| s["paused"] == true);
     assert_eq!(codes(&s), ["on_battery"], "{s}");
 }
+
+/// The desktop keyring: the agent under its own D-Bus session with
+/// gnome-keyring's Secret Service, twice with the same home. The device key
+/// made the first time is the one found the second time, and it is in the
+/// (encrypted) keyring, not in the agent's files.
+#[test]
+fn the_device_key_lives_in_the_secret_service_across_sessions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let dir = tmp.path().join("agent");
+    let run = || {
+        let mut agent = AgentProcess::start_with(
+            &dir,
+            None,
+            &[("HOME", home.to_str().unwrap()), ("IDLEMESH_KEYRING", "secret-service")],
+            |cmd| {
+                let mut wrapped = Command::new("dbus-run-session");
+                wrapped.args(["--", "sh", "-c"]);
+                wrapped.arg(
+                    "printf pw | gnome-keyring-daemon --unlock --components=secrets >/dev/null && exec \"$0\" \"$@\"",
+                );
+                wrapped.arg(cmd.get_program()).args(cmd.get_args());
+                wrapped
+            },
+        );
+        let s = agent.status();
+        agent.stop();
+        assert_eq!(s["agent"]["keyring"], "secret-service", "{s}");
+        s["agent"]["device_public_key"].as_str().unwrap().to_string()
+    };
+    let first = run();
+    let second = run();
+    assert_eq!(first, second, "the same device after a new login session");
+    assert!(home.join(".local/share/keyrings").is_dir(), "stored by gnome-keyring in its own encrypted files");
+}
