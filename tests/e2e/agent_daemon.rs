@@ -4,12 +4,12 @@
 //! to it; under Xvfb, real input from xdotool.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::agent_process::{AgentProcess, Xvfb, proc_state};
+use crate::agent_process::{AgentProcess, Xvfb, proc_state, run_under, write_settings};
 use crate::harness::{OperatorHttp, PoolProcess};
 
 fn worker_pid(s: &Value) -> Option<u64> {
@@ -56,8 +56,7 @@ fn pause_resume_settings_and_a_locked_policy_through_the_control_socket() {
     let (job, _tasks) = rt.block_on(op.mandelbrot_job(slow_job()));
 
     let dir = tmp.path().join("agent");
-    std::fs::create_dir_all(dir.join("config")).unwrap();
-    std::fs::write(dir.join("config/settings.toml"), "cpu_duty_cycle_percent = 100\ncpu_cores = 2\n").unwrap();
+    write_settings(&dir, "cpu_duty_cycle_percent = 100\ncpu_cores = 2\n");
     std::fs::write(dir.join("policy.toml"), "[locked]\nmin_battery_percent = 90\n[defaults]\ngpu_enabled = false\n")
         .unwrap();
     let agent = AgentProcess::start(&dir, Some(&pool.url), &[]);
@@ -189,9 +188,8 @@ fn under_xvfb_input_freezes_the_worker_and_idleness_resumes_it() {
     let (job, _) = rt.block_on(op.mandelbrot_job(slow_job()));
 
     let dir = tmp.path().join("agent");
-    std::fs::create_dir_all(dir.join("config")).unwrap();
     // Work after 2 s without input.
-    std::fs::write(dir.join("config/settings.toml"), "idle_minutes = 0.0333\ncpu_duty_cycle_percent = 100\n").unwrap();
+    write_settings(&dir, "idle_minutes = 0.0333\ncpu_duty_cycle_percent = 100\n");
     let agent = AgentProcess::start(&dir, Some(&pool.url), &[("DISPLAY", &x.display)]);
     assert_eq!(agent.status()["sensors"]["idle_source"], "x11-screensaver");
 
@@ -246,8 +244,7 @@ fn kill_9_at_random_moments_loses_nothing() {
     })));
     assert_eq!(tasks, 64);
     let dir = tmp.path().join("agent");
-    std::fs::create_dir_all(dir.join("config")).unwrap();
-    std::fs::write(dir.join("config/settings.toml"), "cpu_duty_cycle_percent = 100\n").unwrap();
+    write_settings(&dir, "cpu_duty_cycle_percent = 100\n");
 
     let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(std::process::id());
     let mut rounds = 0;
@@ -300,16 +297,12 @@ fn kill_9_at_random_moments_loses_nothing() {
 fn on_battery_below_the_minimum_it_pauses_and_resumes_only_past_the_hysteresis() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("agent");
-    std::fs::create_dir_all(dir.join("config")).unwrap();
-    std::fs::write(dir.join("config/settings.toml"), "min_battery_percent = 50\nrun_on_battery = false\n").unwrap();
+    write_settings(&dir, "min_battery_percent = 50\nrun_on_battery = false\n");
     let device = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/e2e/data/battery.umockdev");
     let bed_file = dir.join("umockdev-dir");
     let agent = AgentProcess::start_with(&dir, None, &[], |cmd| {
-        let mut wrapped = Command::new("umockdev-run");
-        wrapped.arg("-d").arg(&device).args(["--", "sh", "-c"]);
-        wrapped.arg(format!("echo \"$UMOCKDEV_DIR\" > '{}' && exec \"$0\" \"$@\"", bed_file.display()));
-        wrapped.arg(cmd.get_program()).args(cmd.get_args());
-        wrapped
+        let prefix = ["umockdev-run".as_ref(), "-d".as_ref(), device.as_os_str(), "--".as_ref()];
+        run_under(cmd, &prefix, &format!("echo \"$UMOCKDEV_DIR\" > '{}'", bed_file.display()))
     });
     let bed = PathBuf::from(std::fs::read_to_string(&bed_file).unwrap().trim());
     let set = |dev: &str, attr: &str, value: &str| {
@@ -371,13 +364,8 @@ fn the_device_key_lives_in_the_secret_service_across_sessions() {
             None,
             &[("HOME", home.to_str().unwrap()), ("IDLEMESH_KEYRING", "secret-service")],
             |cmd| {
-                let mut wrapped = Command::new("dbus-run-session");
-                wrapped.args(["--", "sh", "-c"]);
-                wrapped.arg(
-                    "printf pw | gnome-keyring-daemon --unlock --components=secrets >/dev/null && exec \"$0\" \"$@\"",
-                );
-                wrapped.arg(cmd.get_program()).args(cmd.get_args());
-                wrapped
+                let prefix = ["dbus-run-session".as_ref(), "--".as_ref()];
+                run_under(cmd, &prefix, "printf pw | gnome-keyring-daemon --unlock --components=secrets >/dev/null")
             },
         );
         let s = agent.status();

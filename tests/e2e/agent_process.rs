@@ -158,6 +158,21 @@ impl Drop for AgentProcess {
     }
 }
 
+/// Writes the agent's user settings file (in the config dir `AgentProcess` uses).
+pub fn write_settings(dir: &Path, text: &str) {
+    std::fs::create_dir_all(dir.join("config")).unwrap();
+    std::fs::write(dir.join("config/settings.toml"), text).unwrap();
+}
+
+/// `cmd` run by `prefix` (e.g. `umockdev-run -d FILE --`) through `sh -c
+/// script`, where the script ends by exec'ing the original command.
+pub fn run_under(cmd: Command, prefix: &[&std::ffi::OsStr], script: &str) -> Command {
+    let mut wrapped = Command::new(prefix[0]);
+    wrapped.args(&prefix[1..]).args(["sh", "-c"]).arg(format!("{script} && exec \"$0\" \"$@\""));
+    wrapped.arg(cmd.get_program()).args(cmd.get_args());
+    wrapped
+}
+
 /// Whether a process is stopped (SIGSTOP), and its CPU ticks so far.
 pub fn proc_state(pid: u64) -> Option<(char, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

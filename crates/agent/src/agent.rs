@@ -326,10 +326,8 @@ impl Agent {
 
     async fn handle(&mut self, signed: Signed<TaskManifest>) -> Result<(), AgentError> {
         match self.check(&signed).await {
-            Ok((manifest, kernel, input)) => {
-                self.outbox.start(manifest.lease_id, &signed)?;
-                self.execute(manifest, kernel, input).await
-            }
+            // Already in flight: recorded when leased, or left by an earlier run.
+            Ok((manifest, kernel, input)) => self.execute(manifest, kernel, input).await,
             Err(refusal) => {
                 tracing::warn!(task_id = ?refusal.task_id, reason = %refusal.reason, "refusing a task: nothing was run");
                 self.summary.tasks_refused += 1;

@@ -290,12 +290,15 @@ async fn schedule(
                 }
             })
         };
-        let runs = agents.into_iter().map(|mut agent| {
-            let stop_rx = stop_rx.clone();
-            tokio::spawn(async move { agent.run(stop_rx).await })
-        });
-        for run in futures_join(runs.collect()).await {
-            match run {
+        let runs: Vec<_> = agents
+            .into_iter()
+            .map(|mut agent| {
+                let stop_rx = stop_rx.clone();
+                tokio::spawn(async move { agent.run(stop_rx).await })
+            })
+            .collect();
+        for run in runs {
+            match run.await {
                 Ok(Ok(summary)) => tracing::info!(pool = %url, ?summary, "a slot stopped"),
                 Ok(Err(e)) => {
                     tracing::error!(pool = %url, error = %e, "the scheduler stopped; starting again");
@@ -307,15 +310,6 @@ async fn schedule(
         watch_settings.abort();
         shared.scheduler.lock().expect("scheduler lock").clear();
     }
-}
-
-/// Waits for every handle, in order.
-async fn futures_join<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<Result<T, tokio::task::JoinError>> {
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        out.push(h.await);
-    }
-    out
 }
 
 /// The slots' statuses as one: the first slot's pool and device, every

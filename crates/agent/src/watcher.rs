@@ -191,10 +191,10 @@ impl Loop {
         let (mut next_fast, mut next_slow, mut next_settings) = (Instant::now(), Instant::now(), Instant::now());
         loop {
             let now = Instant::now();
-            let mut changed = false;
             if now >= next_settings {
                 next_settings = now + SETTINGS_POLL;
-                changed |= self.config.settings.lock().expect("settings lock").refresh();
+                // The limits are read from the effective settings below, every pass.
+                self.config.settings.lock().expect("settings lock").refresh();
             }
             if now >= next_slow {
                 next_slow = now + SLOW_POLL;
@@ -222,7 +222,6 @@ impl Loop {
             let (decision, state) = governor::decide(&self.state, &snapshot, &limits, self.manual);
             self.state = state;
             self.enforce(&decision);
-            let _ = changed;
             if decision != self.decision {
                 self.decision = decision.clone();
                 self.decision_tx.send_replace(decision.clone());

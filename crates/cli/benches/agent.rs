@@ -19,7 +19,7 @@ mod agent_process;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agent_process::{AgentProcess, Xvfb, proc_state};
+use agent_process::{AgentProcess, Xvfb, proc_state, write_settings};
 use harness::{OperatorHttp, PoolProcess};
 use serde_json::{Value, json};
 
@@ -95,11 +95,6 @@ fn worker_pids(s: &Value) -> Vec<u64> {
     s["workers"]["pids"].as_array().map(|a| a.iter().filter_map(Value::as_u64).collect()).unwrap_or_default()
 }
 
-fn settings(dir: &Path, text: &str) {
-    std::fs::create_dir_all(dir.join("config")).unwrap();
-    std::fs::write(dir.join("config/settings.toml"), text).unwrap();
-}
-
 /// Waits until the worker is computing (not frozen, CPU time moving).
 fn wait_computing(pid: u64) {
     loop {
@@ -115,7 +110,7 @@ fn wait_computing(pid: u64) {
 fn input_to_stop(dir: &Path, pool: &str) {
     const TRIALS: usize = 60;
     let x = Xvfb::start();
-    settings(dir, "idle_minutes = 0.01\ncpu_duty_cycle_percent = 100\ncpu_cores = 1\n");
+    write_settings(dir, "idle_minutes = 0.01\ncpu_duty_cycle_percent = 100\ncpu_cores = 1\n");
     let agent = AgentProcess::start(dir, Some(pool), &[("DISPLAY", &x.display), ("IDLEMESH_LOG", "warn")]);
     let s = agent.wait_for("a worker", Duration::from_secs(60), |s| !worker_pids(s).is_empty() && s["paused"] == false);
     let pid = worker_pids(&s)[0];
@@ -165,7 +160,7 @@ fn input_to_stop(dir: &Path, pool: &str) {
 /// The headless agent watching, enrolled in a pool with no work.
 fn idle_overhead(dir: &Path, pool: &str) {
     const WINDOW: Duration = Duration::from_secs(60);
-    settings(dir, "");
+    write_settings(dir, "");
     let agent = AgentProcess::start(dir, Some(pool), &[("IDLEMESH_LOG", "warn")]);
     let s = agent.wait_for("enrolment", Duration::from_secs(30), |s| s["state"] == "waiting_for_work");
     let pid = s["agent"]["pid"].as_u64().unwrap();
@@ -186,7 +181,7 @@ fn idle_overhead(dir: &Path, pool: &str) {
 
 /// Configured duty cycle vs the worker's measured CPU over 10 s.
 fn duty_cycle(dir: &Path, pool: &str) {
-    settings(dir, "cpu_duty_cycle_percent = 100\ncpu_cores = 1\n");
+    write_settings(dir, "cpu_duty_cycle_percent = 100\ncpu_cores = 1\n");
     let agent = AgentProcess::start(dir, Some(pool), &[("IDLEMESH_LOG", "warn")]);
     for duty in [25, 50, 75, 100] {
         let out = agent.ctl(&["settings", "set", "cpu_duty_cycle_percent", &duty.to_string()]);
@@ -231,7 +226,7 @@ fn interference(dir: &Path, pool: &str, cores: usize) {
         v[v.len() / 2]
     };
     let alone_a: Vec<_> = (0..3).map(|_| foreground(cores)).collect();
-    settings(dir, &format!("cpu_duty_cycle_percent = 100\ncpu_cores = {cores}\n"));
+    write_settings(dir, &format!("cpu_duty_cycle_percent = 100\ncpu_cores = {cores}\n"));
     let agent = AgentProcess::start(dir, Some(pool), &[("IDLEMESH_LOG", "warn")]);
     agent.wait_for("workers", Duration::from_secs(60), |s| worker_pids(s).len() == cores);
     let beside: Vec<_> = (0..3).map(|_| foreground(cores)).collect();

@@ -109,7 +109,7 @@ mod x11 {
 
 #[cfg(target_os = "linux")]
 mod logind {
-    use zbus::blocking::{Connection, Proxy};
+    use zbus::blocking::Proxy;
 
     use super::*;
 
@@ -119,14 +119,11 @@ mod logind {
 
     impl LogindIdle {
         pub fn connect() -> Result<Self, String> {
-            let conn = Connection::system().map_err(|e| format!("no system bus: {e}"))?;
-            let proxy = Proxy::new_owned(
-                conn,
-                "org.freedesktop.login1".to_string(),
-                "/org/freedesktop/login1/session/auto".to_string(),
-                "org.freedesktop.login1.Session".to_string(),
-            )
-            .map_err(|e| e.to_string())?;
+            let proxy = crate::sensors::system_bus_proxy(
+                "org.freedesktop.login1",
+                "/org/freedesktop/login1/session/auto",
+                "org.freedesktop.login1.Session",
+            )?;
             // A session must exist and answer, or this sensor would only ever say "unknown".
             proxy.get_property::<bool>("IdleHint").map_err(|e| format!("no logind session: {e}"))?;
             Ok(Self { proxy })

@@ -53,6 +53,14 @@ pub trait NetworkSensor {
     fn metered(&mut self) -> Option<bool>;
 }
 
+/// A proxy to a service on the system D-Bus (logind, NetworkManager).
+#[cfg(target_os = "linux")]
+fn system_bus_proxy(destination: &str, path: &str, interface: &str) -> Result<zbus::blocking::Proxy<'static>, String> {
+    let conn = zbus::blocking::Connection::system().map_err(|e| format!("no system bus: {e}"))?;
+    zbus::blocking::Proxy::new_owned(conn, destination.to_string(), path.to_string(), interface.to_string())
+        .map_err(|e| e.to_string())
+}
+
 /// The slow sensors' last readings; idle time is read separately and often.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SlowReadings {

@@ -22,7 +22,7 @@ impl NetworkSensor for Unknown {
 
 #[cfg(target_os = "linux")]
 mod network_manager {
-    use zbus::blocking::{Connection, Proxy};
+    use zbus::blocking::Proxy;
 
     use super::NetworkSensor;
 
@@ -32,14 +32,11 @@ mod network_manager {
 
     impl NetworkManager {
         pub fn connect() -> Result<Self, String> {
-            let conn = Connection::system().map_err(|e| e.to_string())?;
-            let proxy = Proxy::new_owned(
-                conn,
-                "org.freedesktop.NetworkManager".to_string(),
-                "/org/freedesktop/NetworkManager".to_string(),
-                "org.freedesktop.NetworkManager".to_string(),
-            )
-            .map_err(|e| e.to_string())?;
+            let proxy = crate::sensors::system_bus_proxy(
+                "org.freedesktop.NetworkManager",
+                "/org/freedesktop/NetworkManager",
+                "org.freedesktop.NetworkManager",
+            )?;
             proxy.get_property::<u32>("Metered").map_err(|e| e.to_string())?;
             Ok(Self { proxy })
         }
