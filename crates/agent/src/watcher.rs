@@ -236,8 +236,18 @@ impl Loop {
                 workers: self.workers.iter().map(WorkerControl::pid).collect(),
                 frozen: self.frozen,
             });
-            for ack in self.acks.drain(..) {
-                let _ = ack.send(());
+            if !self.acks.is_empty() {
+                // `pause` promises the workers are stopped when it returns, not just signalled.
+                if self.frozen {
+                    for w in &self.workers {
+                        if !w.wait_stopped(Duration::from_millis(500)) {
+                            tracing::warn!(pid = w.pid(), "a worker is slow to stop");
+                        }
+                    }
+                }
+                for ack in self.acks.drain(..) {
+                    let _ = ack.send(());
+                }
             }
             let _ = ready.send(());
             // Last: the ledger's fsync must not delay the freeze or the answer.

@@ -112,6 +112,21 @@ impl WorkerControl {
         self.pid
     }
 
+    /// Waits (up to `limit`) until a frozen worker has actually stopped:
+    /// SIGSTOP is delivered asynchronously, and a worker at idle priority on
+    /// a busy machine may take a moment to be scheduled to receive it.
+    /// True once stopped (or gone); false if still running at `limit`.
+    pub fn wait_stopped(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            match process_state(self.pid) {
+                Some('T' | 't') | None => return true,
+                Some(_) if Instant::now() >= deadline => return false,
+                Some(_) => std::thread::sleep(Duration::from_micros(200)),
+            }
+        }
+    }
+
     /// Ends the worker from any thread (SIGKILL works on a frozen process
     /// too); the thread running its task then sees it die.
     pub fn kill(&self) {
@@ -124,6 +139,21 @@ impl WorkerControl {
             total += (self.epoch.elapsed().as_millis() as u64).saturating_sub(self.frozen_since.load(Ordering::SeqCst));
         }
         total
+    }
+}
+
+/// The scheduler state letter of a process (`R`, `S`, `T`, ...), `None` if it is gone.
+fn process_state(pid: u32) -> Option<char> {
+    #[cfg(target_os = "linux")]
+    {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        // No cheap portable probe: trust the signal.
+        let _ = pid;
+        Some('T')
     }
 }
 
