@@ -18,6 +18,8 @@ const GUESTS: &[(&str, &str)] = &[
     ("HOSTILE", "idlemesh-kernel-hostile"),
     ("SHA256CHAIN", "idlemesh-kernel-sha256chain"),
     ("MATMUL", "idlemesh-kernel-matmul"),
+    ("NBODY", "idlemesh-kernel-nbody"),
+    ("DOWNSCALE", "idlemesh-kernel-downscale"),
 ];
 
 fn main() {

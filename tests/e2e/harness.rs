@@ -43,9 +43,20 @@ impl PoolProcess {
 
     /// On a given address: a restarted pool comes back where its devices look for it.
     pub fn start_on(dir: &Path, listen: &str) -> Self {
+        Self::spawn(dir, listen, &[])
+    }
+
+    /// A pool that enrolls only devices with an organisation's token.
+    pub fn start_closed(dir: &Path, listen: &str) -> Self {
+        Self::spawn(dir, listen, &["--closed"])
+    }
+
+    fn spawn(dir: &Path, listen: &str, extra: &[&str]) -> Self {
         let token = "test-operator-token".to_string();
         let mut child = Command::new(BIN)
-            .args(["pool", "serve", "--listen", listen, "--data-dir"])
+            .args(["pool", "serve", "--listen", listen])
+            .args(extra)
+            .arg("--data-dir")
             .arg(dir)
             .env("IDLEMESH_OPERATOR_TOKEN", &token)
             .env("IDLEMESH_LOG", "warn")
@@ -99,6 +110,7 @@ pub fn agent_config(pool_url: &str, data_dir: &Path) -> idlemesh_agent::AgentCon
             memory_bytes: 1 << 30,
         },
         device_info: Default::default(),
+        enrollment_token: None,
         max_tasks_per_lease: 1,
         max_idle_poll: std::time::Duration::from_millis(100),
         watcher: None,

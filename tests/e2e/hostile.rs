@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use idlemesh_protocol::Sha256;
+use idlemesh_protocol::wgsl::WgslLayout;
 use idlemesh_runtime::{RunLimits, RunReport, Status, WorkRequest, WorkerCommand, WorkerProcess};
 
 use crate::harness::BIN;
@@ -21,16 +22,29 @@ impl Supervisor {
     }
 
     fn run(&mut self, kernel: &[u8], params: &str, limits: RunLimits, timeout: Duration) -> (RunReport, Duration) {
+        self.run_task(kernel, None, b"", params, limits, timeout)
+    }
+
+    fn run_task(
+        &mut self,
+        kernel: &[u8],
+        wgsl: Option<&WgslLayout>,
+        input: &[u8],
+        params: &str,
+        limits: RunLimits,
+        timeout: Duration,
+    ) -> (RunReport, Duration) {
         let mut worker = match self.worker.take() {
             Some(w) => w,
             None => WorkerProcess::spawn(&WorkerCommand { program: BIN.into(), args: vec!["worker".into()] }).unwrap(),
         };
         let kernel_sha256 = Sha256::of(kernel);
         let req = WorkRequest {
+            wgsl,
             task: params.into(),
             kernel_sha256,
             kernel,
-            input: b"",
+            input,
             params,
             resume: None,
             limits,
@@ -39,7 +53,7 @@ impl Supervisor {
         let started = Instant::now();
         let report = worker.run(&req, |_| {}, |_| {}).expect("the worker answers or is killed on time");
         let took = started.elapsed();
-        if report.outcome.status != Status::TimedOut {
+        if worker.is_alive() {
             self.worker = Some(worker);
         }
         eprintln!(
@@ -217,4 +231,73 @@ fn hostile_kernels_end_with_their_status_within_their_limits() {
     let (r, _) = s.run(mandelbrot, params, limits(64), Duration::from_secs(30));
     assert_eq!(r.outcome.status, Status::Ok);
     assert_eq!(r.outcome.output.len(), 64 * 48 * 3);
+}
+
+#[test]
+fn hostile_wgsl_kernels_end_with_their_status_within_their_limits() {
+    use idlemesh_kernels::wgsl;
+    let mut s = Supervisor::new();
+    let layout = |text: &str| serde_json::from_str::<WgslLayout>(text).unwrap();
+    let matmul = layout(wgsl::MATMUL_LAYOUT);
+    let timeout = Duration::from_millis(2000);
+    let within = |r: &RunReport| Duration::from_millis(r.wall_ms) < 2 * timeout;
+    let n4 = vec![0u8; 4 * 4 * 8];
+
+    // The baseline: a real shader runs and names its adapter.
+    let (r, _) = s.run_task(wgsl::MATMUL.as_bytes(), Some(&matmul), &n4, r#"{"n":4}"#, limits(64), timeout * 10);
+    assert_eq!(r.outcome.status, Status::Ok, "{:?}", r.outcome.error);
+    assert!(r.outcome.adapter.is_some());
+
+    // A shader that runs for very long in one submission (no dispatch
+    // binding, so it cannot be sliced): each invocation loops just under
+    // lavapipe's 65,535-iteration cut-off, over millions of invocations.
+    let spin = r#"
+        @group(0) @binding(0) var<storage, read_write> out: array<u32>;
+        @compute @workgroup_size(64)
+        fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+            var x = gid.x;
+            for (var i = 0u; i < 60000u; i = i + 1u) { x = x * 1664525u + 1013904223u; }
+            out[gid.x % 1024u] = x;
+        }"#;
+    let spin_layout =
+        layout(r#"{"invocations": [4194240], "bindings": [{"binding": 0, "role": "output", "size": 4096}]}"#);
+    let (r, _) = s.run_task(spin.as_bytes(), Some(&spin_layout), b"", "{}", limits(64), timeout);
+    assert_eq!(r.outcome.status, Status::TimedOut, "{:?}", r.outcome.error);
+    assert!(within(&r), "the GPU spin took {} ms", r.wall_ms);
+
+    // Buffers over the memory limit, and over any device's limit.
+    let huge = layout(r#"{"invocations": [1], "bindings": [{"binding": 0, "role": "output", "size": 104857600}]}"#);
+    let shader = "@group(0) @binding(0) var<storage, read_write> out: array<u32>;
+                  @compute @workgroup_size(1) fn main() { out[0] = 1u; }";
+    let (r, _) = s.run_task(shader.as_bytes(), Some(&huge), b"", "{}", limits(64), timeout);
+    assert_eq!(r.outcome.status, Status::OutOfMemory, "{:?}", r.outcome.error);
+    let vast = layout(r#"{"invocations": [1], "bindings": [{"binding": 0, "role": "output", "size": 68719476736}]}"#);
+    let mut unlimited = limits(1 << 20);
+    unlimited.max_output_bytes = u64::MAX;
+    let (r, _) = s.run_task(shader.as_bytes(), Some(&vast), b"", "{}", unlimited, timeout);
+    assert_eq!(r.outcome.status, Status::OutOfMemory, "{:?}", r.outcome.error);
+    assert!(r.outcome.error.unwrap().contains("device's limit"));
+
+    // Not WGSL, or not what the layout says.
+    for (name, bytes) in [
+        ("malformed", b"@compute fn main( {".to_vec()),
+        ("binary", vec![0xff, 0xfe, 0x00, 0x01]),
+        ("vertex-stage", b"@vertex fn main() -> @builtin(position) vec4<f32> { return vec4<f32>(); }".to_vec()),
+        ("no-bindings", b"@compute @workgroup_size(1) fn main() {}".to_vec()),
+    ] {
+        let (r, _) = s.run_task(&bytes, Some(&huge), b"", "{}", limits(64), timeout);
+        assert_eq!(r.outcome.status, Status::InvalidKernel, "{name}: {:?}", r.outcome.error);
+    }
+    let worker_rss = s.peak_rss();
+    assert!(worker_rss < (64 + 192) * MIB, "worker peak RSS {} MiB with a 64 MiB limit", worker_rss / MIB);
+
+    // And after all that, real kernels run normally: WGSL and WASM.
+    let (a, b) = (idlemesh_kernel_matmul::matrix(16, 1), idlemesh_kernel_matmul::matrix(16, 2));
+    let input: Vec<u8> = a.iter().chain(&b).flat_map(|v| v.to_le_bytes()).collect();
+    let (r, _) = s.run_task(wgsl::MATMUL.as_bytes(), Some(&matmul), &input, r#"{"n":16}"#, limits(64), timeout * 10);
+    assert_eq!(r.outcome.status, Status::Ok, "{:?}", r.outcome.error);
+    assert_eq!(r.outcome.output.len(), 16 * 16 * 4);
+    let params = r#"{"width":64,"height":48,"max_iter":100}"#;
+    let (r, _) = s.run(idlemesh_kernels::MANDELBROT, params, limits(64), Duration::from_secs(30));
+    assert_eq!(r.outcome.status, Status::Ok);
 }

@@ -32,6 +32,9 @@ pub struct AgentConfig {
     pub capabilities: Capabilities,
     /// Exactly what is disclosed to the pool at enrollment.
     pub device_info: BTreeMap<String, String>,
+    /// An organisation's enrollment token (from the IT policy), for pools
+    /// that require one; it makes this device "managed by" the organisation.
+    pub enrollment_token: Option<String>,
     pub max_tasks_per_lease: u32,
     /// Longest wait between two lease requests when the pool has no work.
     pub max_idle_poll: Duration,
@@ -52,8 +55,14 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the pool's key changed: pinned {pinned}, the pool now says {offered}; refusing to continue")]
+    #[error(
+        "the pool's key changed: this device pinned {pinned} when it enrolled, the pool now offers {offered}. \
+         It may be a different server or a man in the middle; refusing to continue. \
+         If the operator really replaced the key, remove this pool from pinned_pools.json in the data dir."
+    )]
     PoolKeyChanged { pinned: Box<PublicKey>, offered: Box<PublicKey> },
+    #[error(transparent)]
+    Pin(#[from] crate::pins::PinError),
 }
 
 /// What one run of the agent did.
@@ -75,6 +84,8 @@ pub struct AgentSummary {
 pub struct SchedulerStatus {
     pub pool: String,
     pub device_id: Option<u64>,
+    /// The organisation this device enrolled with, if any.
+    pub managed_by: Option<String>,
     /// The task running now, if any.
     pub current_task: Option<CurrentTask>,
     pub summary: AgentSummary,
@@ -97,6 +108,9 @@ pub struct Agent {
     slot: u32,
     /// One slot delivers the outbox at a time (it delivers everyone's results).
     flush_lock: Arc<tokio::sync::Mutex<()>>,
+    /// WGSL kernels that hung or lost the GPU device here: never run again
+    /// by this agent (DESIGN §3), shared by every slot.
+    gpu_banned: Arc<Mutex<std::collections::HashSet<Sha256>>>,
     /// Leases an earlier run left in flight, read before any slot leases anew.
     to_recover: Vec<Signed<TaskManifest>>,
     status: Arc<Mutex<SchedulerStatus>>,
@@ -130,12 +144,19 @@ impl Agent {
     /// was disclosed.
     pub async fn connect(config: AgentConfig, device_key: Arc<Keypair>) -> Result<Self, AgentError> {
         let mut client = PoolClient::new(&config.pool_url, device_key.clone())?;
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| AgentError::DataDir { path: config.data_dir.clone(), source: e })?;
         let info = client.info().await?;
-        let pool_key = info.public_key;
+        let pinned = crate::pins::pinned(&config.data_dir, &config.pool_url)?;
+        // Nothing is disclosed to a pool whose key is not the pinned one.
+        let pool_key = pinned.unwrap_or(info.public_key);
+        if info.public_key != pool_key {
+            return Err(AgentError::PoolKeyChanged { pinned: Box::new(pool_key), offered: Box::new(info.public_key) });
+        }
         let enrolled = client
             .enroll(&EnrollRequest {
                 public_key: device_key.public(),
-                token: None,
+                token: config.enrollment_token.clone(),
                 device_info: config.device_info.clone(),
             })
             .await?;
@@ -145,8 +166,7 @@ impl Agent {
                 offered: Box::new(enrolled.pool_public_key),
             });
         }
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|e| AgentError::DataDir { path: config.data_dir.clone(), source: e })?;
+        crate::pins::pin(&config.data_dir, &config.pool_url, pool_key)?;
         let mut ledger = Ledger::open(&config.ledger_path)?;
         ledger.append(
             "disclosure",
@@ -156,6 +176,7 @@ impl Agent {
                 "pool_public_key": pool_key,
                 "device_id": enrolled.device_id,
                 "purpose": "enrollment",
+                "organisation": enrolled.org.as_ref().map(|o| &o.name),
                 "fields": config.device_info,
                 "device_public_key": device_key.public(),
             }),
@@ -165,6 +186,7 @@ impl Agent {
         let status = SchedulerStatus {
             pool: config.pool_url.clone(),
             device_id: Some(enrolled.device_id),
+            managed_by: enrolled.org.map(|o| o.name),
             ..Default::default()
         };
         let to_recover = outbox.inflight()?;
@@ -172,6 +194,7 @@ impl Agent {
             config,
             slot: 0,
             flush_lock: Arc::default(),
+            gpu_banned: Arc::default(),
             to_recover,
             status: Arc::new(Mutex::new(status)),
             client,
@@ -192,12 +215,14 @@ impl Agent {
         let status = SchedulerStatus {
             pool: self.config.pool_url.clone(),
             device_id: self.client.device_id(),
+            managed_by: self.status.lock().expect("status lock").managed_by.clone(),
             ..Default::default()
         };
         Ok(Self {
             config: self.config.clone(),
             slot,
             flush_lock: self.flush_lock.clone(),
+            gpu_banned: self.gpu_banned.clone(),
             to_recover: Vec::new(),
             status: Arc::new(Mutex::new(status)),
             client: self.client.clone(),
@@ -378,11 +403,21 @@ impl Agent {
                 ),
             ));
         }
-        if manifest.kernel.kind != KernelKind::Wasm {
-            return Err(refuse(
-                &manifest,
-                format!("{} kernels are not supported by this agent yet", manifest.kernel.kind.as_str()),
-            ));
+        match (manifest.kernel.kind, &manifest.wgsl) {
+            (KernelKind::Wasm, None) => {}
+            (KernelKind::Wasm, Some(_)) => return Err(refuse(&manifest, "a WASM kernel with a WGSL layout".into())),
+            (KernelKind::Wgsl, None) => return Err(refuse(&manifest, "a WGSL kernel without its layout".into())),
+            (KernelKind::Wgsl, Some(_)) if self.config.capabilities.wgpu_adapter.is_none() => {
+                return Err(refuse(&manifest, "GPU use is off on this device".into()));
+            }
+            (KernelKind::Wgsl, Some(_)) => {
+                if self.gpu_banned.lock().expect("lock").contains(&manifest.kernel.sha256) {
+                    return Err(refuse(
+                        &manifest,
+                        "this kernel hung or lost the GPU here before; GPU work for it stopped".into(),
+                    ));
+                }
+            }
         }
         let kernel = self.fetch_verified(&manifest.kernel.sha256, "kernel").await.map_err(|e| refuse(&manifest, e))?;
         let input = self.fetch_verified(&manifest.input_sha256, "input").await.map_err(|e| refuse(&manifest, e))?;
@@ -439,6 +474,7 @@ impl Agent {
         let timeout = Duration::from_millis(m.limits.timeout_ms);
         let ckpt = checkpoint_path.clone();
         let kernel_sha256 = m.kernel.sha256;
+        let wgsl = m.wgsl.clone();
         let worker = match self.worker.take() {
             Some(w) => Ok(w),
             None => tokio::task::spawn_blocking(move || WorkerProcess::spawn(&command))
@@ -471,12 +507,14 @@ impl Agent {
                         input: &input,
                         params: &params,
                         resume: resume.as_deref(),
+                        wgsl: wgsl.as_ref(),
                         limits,
                         timeout,
                     };
                     let report = worker.run(&req, |_| {}, |state| save_checkpoint(&ckpt, &state));
-                    // A worker that timed out was killed; one that errored is gone.
-                    let keep = matches!(&report, Ok(r) if r.outcome.status != Status::TimedOut);
+                    // A worker that timed out was killed, one that errored or
+                    // retired after a GPU failure is gone: start a new one.
+                    let keep = report.is_ok() && worker.is_alive();
                     (keep.then_some(worker), report)
                 })
                 .await
@@ -514,6 +552,12 @@ impl Agent {
         self.summary.cpu_ms += report.cpu_ms;
         self.summary.wall_ms += report.wall_ms;
         let o = &report.outcome;
+        let gpu_failed =
+            o.status == Status::TimedOut || o.error.as_deref().is_some_and(|e| e.starts_with("GPU device lost"));
+        if m.wgsl.is_some() && gpu_failed {
+            tracing::warn!(kernel = %m.kernel.sha256, "a WGSL kernel hung or lost the GPU: no more GPU work for it here");
+            self.gpu_banned.lock().expect("lock").insert(m.kernel.sha256);
+        }
         let output_sha256 = Sha256::of(&o.output);
         let joules = energy.finish(report.cpu_ms);
         let body = json!({
@@ -521,7 +565,7 @@ impl Agent {
             "status": o.status, "error": o.error, "output_sha256": (o.status == Status::Ok).then_some(output_sha256),
             "output_bytes": o.output.len(), "wall_ms": report.wall_ms, "cpu_ms": report.cpu_ms, "fuel": o.fuel,
             "peak_memory_bytes": o.peak_memory_bytes, "bytes_in": kernel_and_input_bytes(&m),
-            "gpu_ms": 0, "energy_j": joules.joules, "energy_method": joules.method,
+            "gpu_ms": o.gpu_ms, "adapter": o.adapter, "energy_j": joules.joules, "energy_method": joules.method,
         });
         if o.status != Status::Ok {
             tracing::warn!(task_id = m.task_id, status = %o.status, error = ?o.error, "task failed");

@@ -227,7 +227,13 @@ async fn schedule(
             tokio::time::sleep(Duration::from_secs(2)).await;
             continue;
         };
-        let limits = shared.settings.lock().expect("settings lock").effective().limits();
+        let (limits, enrollment_token) = {
+            let s = shared.settings.lock().expect("settings lock");
+            (s.effective().limits(), s.effective().enrollment_token.clone())
+        };
+        // The GPU is offered only when the user (or policy) enabled it, and
+        // only if a worker finds one; probed once per setting change.
+        let wgpu_adapter = if limits.gpu_enabled { gpu_adapter(&worker).await } else { None };
         let config = AgentConfig {
             pool_url: url.clone(),
             data_dir: data_dir.clone(),
@@ -235,7 +241,7 @@ async fn schedule(
             worker: worker.clone(),
             capabilities: Capabilities {
                 wasm: true,
-                wgpu_adapter: None,
+                wgpu_adapter: wgpu_adapter.clone(),
                 cores: limits.cores,
                 memory_bytes: limits.memory_per_task_bytes,
             },
@@ -243,6 +249,7 @@ async fn schedule(
                 ("cores".to_string(), machine.cores.to_string()),
                 ("memory_bytes".to_string(), machine.memory_bytes.to_string()),
             ]),
+            enrollment_token,
             // A small local queue: the next task is at hand when one ends.
             max_tasks_per_lease: 2,
             max_idle_poll: Duration::from_secs(30),
@@ -277,12 +284,12 @@ async fn schedule(
             let shared = shared.clone();
             let url = url.clone();
             let pool_url = pool_url.clone();
-            let (cores, memory) = (limits.cores, limits.memory_per_task_bytes);
+            let (cores, memory, gpu) = (limits.cores, limits.memory_per_task_bytes, limits.gpu_enabled);
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(Duration::from_secs(2)).await;
                     let now = shared.settings.lock().expect("settings lock").effective().limits();
-                    let changed = (now.cores, now.memory_per_task_bytes) != (cores, memory);
+                    let changed = (now.cores, now.memory_per_task_bytes, now.gpu_enabled) != (cores, memory, gpu);
                     if pool_url(&shared).as_deref() != Some(url.as_str()) || changed {
                         let _ = stop_tx.send(true);
                         return;
@@ -312,6 +319,21 @@ async fn schedule(
     }
 }
 
+/// The adapter a worker finds, or `None` (logged) when there is no usable GPU.
+async fn gpu_adapter(worker: &WorkerCommand) -> Option<String> {
+    let worker = worker.clone();
+    match tokio::task::spawn_blocking(move || worker.probe_gpu()).await.expect("the probe does not panic") {
+        Ok(adapter) => {
+            tracing::info!(%adapter, "GPU work enabled");
+            Some(adapter)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "GPU use is enabled but there is no usable GPU; running CPU work only");
+            None
+        }
+    }
+}
+
 /// The slots' statuses as one: the first slot's pool and device, every
 /// running task, summed totals (results waiting: the shared outbox's count).
 fn combine(slots: &[SchedulerStatus]) -> Option<Value> {
@@ -332,6 +354,7 @@ fn combine(slots: &[SchedulerStatus]) -> Option<Value> {
     Some(json!({
         "pool": first.pool,
         "device_id": first.device_id,
+        "managed_by": first.managed_by,
         "slots": slots.len(),
         "current_task": tasks.first(),
         "current_tasks": tasks,

@@ -26,6 +26,7 @@ mod ledger;
 pub mod ledger_summary;
 mod outbox;
 pub mod paths;
+pub mod pins;
 mod pool_client;
 pub mod secrets;
 pub mod sensors;

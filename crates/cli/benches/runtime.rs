@@ -185,6 +185,7 @@ fn pause_latency() {
     let control = worker.control();
     let runner = std::thread::spawn(move || {
         let req = WorkRequest {
+            wgsl: None,
             task: "spin".into(),
             kernel_sha256: idlemesh_protocol::Sha256::of(idlemesh_kernels::HOSTILE),
             kernel: idlemesh_kernels::HOSTILE,

@@ -61,7 +61,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 async fn demo(args: Args) -> anyhow::Result<()> {
     let out = args.out.clone().unwrap_or_else(|| paths::data_dir().join("demo"));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let data_dir = paths::data_dir();
     let ledger_path = paths::ledger_path();
 
     // The pool, on a loopback port, its database in `out`.
@@ -87,6 +86,7 @@ async fn demo(args: Args) -> anyhow::Result<()> {
         name: "demo: mandelbrot".into(),
         kernel_kind: KernelKind::Wasm,
         kernel_sha256: kernel.sha256,
+        wgsl: None,
         params: json!({"width": args.width, "height": args.height, "max_iter": 256, "center_re": -0.5, "center_im": 0.0, "span": 3.0}),
         inputs: None,
         split: Some(SplitSpec::Tiles {
@@ -110,11 +110,14 @@ async fn demo(args: Args) -> anyhow::Result<()> {
     let device_info = BTreeMap::from([("cores".to_string(), cores.to_string())]);
     let config = AgentConfig {
         pool_url: pool_url.clone(),
-        data_dir: data_dir.clone(),
+        // The throwaway device's outbox and pinned pool key stay with the
+        // throwaway pool: the next demo's pool has a new key, maybe on this port.
+        data_dir: out.join("device"),
         ledger_path: ledger_path.clone(),
         worker: WorkerCommand::current_exe(Some(&paths::kernel_cache_dir()))?,
         capabilities: Capabilities { wasm: true, wgpu_adapter: None, cores, memory_bytes: 0 },
         device_info,
+        enrollment_token: None,
         max_tasks_per_lease: 4,
         max_idle_poll: Duration::from_millis(100),
         watcher: None,

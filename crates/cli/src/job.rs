@@ -11,9 +11,6 @@ use idlemesh_protocol::{Base64Bytes, KernelKind, TaskLimits};
 use crate::exit::{WorkFailed, bad_input};
 use crate::operator::OperatorClient;
 
-const POOL_ENV: &str = "IDLEMESH_POOL_URL";
-const TOKEN_ENV: &str = "IDLEMESH_OPERATOR_TOKEN";
-
 #[derive(clap::Args)]
 pub struct Args {
     /// The pool's base URL (default: $IDLEMESH_POOL_URL, else http://127.0.0.1:8470).
@@ -51,6 +48,9 @@ struct SubmitArgs {
     /// The kernel: a .wasm component (or .wgsl shader).
     #[arg(long)]
     kernel: PathBuf,
+    /// For a .wgsl kernel: its layout (bindings and invocations), a JSON file.
+    #[arg(long)]
+    manifest: Option<PathBuf>,
     #[arg(long, default_value = "job")]
     name: String,
     /// Params every task gets, a JSON object.
@@ -106,12 +106,7 @@ fn pair(text: &str, sep: char, what: &str) -> anyhow::Result<(u32, u32)> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let pool = args.pool.or_else(|| std::env::var(POOL_ENV).ok()).unwrap_or_else(|| "http://127.0.0.1:8470".into());
-    let token = std::env::var(TOKEN_ENV)
-        .ok()
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| bad_input(format!("set {TOKEN_ENV} to the pool's operator token")))?;
-    let client = OperatorClient::new(&pool, &token)?;
+    let client = crate::operator::from_env(args.pool)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match args.action {
         Action::Submit(a) => rt.block_on(submit(&client, *a)),
@@ -184,11 +179,18 @@ async fn submit(client: &OperatorClient, a: SubmitArgs) -> anyhow::Result<()> {
             "say how to split the job: --input FILE..., --range START..END or --tiles WxH --tile WxH",
         ));
     };
+    let wgsl = match (&a.manifest, kernel_kind) {
+        (Some(path), KernelKind::Wgsl) => Some(crate::kernel::read_layout(path)?),
+        (None, KernelKind::Wgsl) => return Err(bad_input("a .wgsl kernel needs --manifest FILE (its layout)")),
+        (Some(_), KernelKind::Wasm) => return Err(bad_input("--manifest is only for .wgsl kernels")),
+        (None, KernelKind::Wasm) => None,
+    };
     let blob = client.put_blob(kernel).await?;
     let spec = JobSpec {
         name: a.name,
         kernel_kind,
         kernel_sha256: blob.sha256,
+        wgsl,
         params,
         inputs,
         split,

@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use clap::Subcommand;
 use idlemesh_agent::paths;
 use idlemesh_protocol::Sha256;
+use idlemesh_protocol::wgsl::WgslLayout;
 use idlemesh_runtime::{RunLimits, Status, WorkRequest, WorkerCommand, WorkerProcess};
 use serde_json::json;
 
@@ -20,9 +21,13 @@ pub struct Args {
 
 #[derive(Subcommand)]
 enum Action {
-    /// Run FILE.wasm (a component exporting the idlemesh:kernel world) once.
+    /// Run FILE.wasm (a component exporting the idlemesh:kernel world) or
+    /// FILE.wgsl (a compute shader, with --manifest) once.
     Run {
         file: PathBuf,
+        /// For a .wgsl kernel: its layout (bindings and invocations), a JSON file.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
         /// The task's input bytes (default: empty).
         #[arg(long)]
         input: Option<PathBuf>,
@@ -47,10 +52,18 @@ enum Action {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let Action::Run { file, input, params, max_memory_mb, max_fuel, timeout_s, max_output_mb, output, json } =
+    let Action::Run { file, manifest, input, params, max_memory_mb, max_fuel, timeout_s, max_output_mb, output, json } =
         args.action;
-    if file.extension().is_some_and(|e| e == "wgsl") {
-        return Err(bad_input("WGSL kernels are not supported by this build yet; give a .wasm component"));
+    let layout = match (&manifest, file.extension().is_some_and(|e| e == "wgsl")) {
+        (Some(path), true) => Some(read_layout(path)?),
+        (None, true) => {
+            return Err(bad_input(format!("{} is WGSL: give its layout with --manifest FILE", file.display())));
+        }
+        (Some(_), false) => return Err(bad_input("--manifest is only for .wgsl kernels")),
+        (None, false) => None,
+    };
+    if layout.is_some() && max_fuel.is_some() {
+        return Err(bad_input("--max-fuel meters WASM kernels only"));
     }
     let kernel = std::fs::read(&file).map_err(|e| bad_input(format!("{}: {e}", file.display())))?;
     let input = match &input {
@@ -73,6 +86,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         input: &input,
         params: &params,
         resume: None,
+        wgsl: layout.as_ref(),
         limits,
         timeout: Duration::from_secs(timeout_s),
     };
@@ -89,7 +103,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             serde_json::to_string_pretty(&json!({
                 "status": o.status, "output_sha256": sha, "output_bytes": o.output.len(), "fuel": o.fuel,
                 "wall_ms": report.wall_ms, "cpu_ms": report.cpu_ms, "peak_memory_bytes": o.peak_memory_bytes,
-                "adapter": null, "error": o.error, "log": o.log, "cache_hit": o.cache_hit,
+                "adapter": o.adapter, "gpu_ms": o.gpu_ms, "error": o.error, "log": o.log, "cache_hit": o.cache_hit,
             }))?
         );
     } else {
@@ -102,6 +116,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         println!("time         {} ms wall, {} ms CPU", report.wall_ms, report.cpu_ms);
         println!("peak memory  {} bytes", o.peak_memory_bytes);
+        if let Some(adapter) = &o.adapter {
+            println!("adapter      {adapter} ({} ms of GPU time)", o.gpu_ms);
+        }
         if let Some(e) = &o.error {
             println!("error        {e}");
         }
@@ -110,4 +127,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     if ok { Ok(()) } else { Err(WorkFailed.into()) }
+}
+
+/// Reads a WGSL kernel's layout (its manifest) and checks it.
+pub fn read_layout(path: &std::path::Path) -> anyhow::Result<WgslLayout> {
+    let text = std::fs::read_to_string(path).map_err(|e| bad_input(format!("--manifest {}: {e}", path.display())))?;
+    let layout: WgslLayout =
+        serde_json::from_str(&text).map_err(|e| bad_input(format!("--manifest {}: {e}", path.display())))?;
+    layout.check().map_err(|e| bad_input(format!("--manifest {}: {e}", path.display())))?;
+    Ok(layout)
 }

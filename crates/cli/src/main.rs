@@ -61,6 +61,9 @@ enum Command {
         /// Where compiled kernels are cached.
         #[arg(long)]
         cache_dir: Option<PathBuf>,
+        /// Print the GPU adapter WGSL kernels would run on, and exit.
+        #[arg(long)]
+        probe_gpu: bool,
     },
 }
 
@@ -79,7 +82,10 @@ fn main() -> ExitCode {
         Command::Kernel(args) => kernel::run(args),
         Command::Pool(args) => pool::run(args),
         Command::Job(args) => job::run(args),
-        Command::Worker { cache_dir } => idlemesh_runtime::worker::serve(cache_dir).map_err(Into::into),
+        Command::Worker { probe_gpu: true, .. } => {
+            idlemesh_runtime::worker::probe_gpu().map_err(|e| anyhow::anyhow!("no GPU for WGSL kernels: {e}"))
+        }
+        Command::Worker { cache_dir, .. } => idlemesh_runtime::worker::serve(cache_dir).map_err(Into::into),
     };
     exit::code(result)
 }

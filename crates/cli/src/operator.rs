@@ -3,8 +3,26 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use idlemesh_protocol::api::{BlobStored, ErrorBody, JobCreated, JobSpec, JobStatus};
+use idlemesh_protocol::api::{
+    BlobStored, ErrorBody, JobCreated, JobSpec, JobStatus, Org, OrgCreate, OrgStats, TokenCreate, TokenCreated,
+    TokenInfo,
+};
 use idlemesh_protocol::auth::OPERATOR_SCHEME;
+
+const POOL_ENV: &str = "IDLEMESH_POOL_URL";
+const TOKEN_ENV: &str = "IDLEMESH_OPERATOR_TOKEN";
+
+/// The pool from `--pool`, else `$IDLEMESH_POOL_URL`, else the local default;
+/// the operator token only from `$IDLEMESH_OPERATOR_TOKEN`, never from a
+/// command line other users can read in the process list.
+pub fn from_env(pool: Option<String>) -> anyhow::Result<OperatorClient> {
+    let pool = pool.or_else(|| std::env::var(POOL_ENV).ok()).unwrap_or_else(|| "http://127.0.0.1:8470".into());
+    let token = std::env::var(TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| crate::exit::bad_input(format!("set {TOKEN_ENV} to the pool's operator token")))?;
+    OperatorClient::new(&pool, &token)
+}
 
 pub struct OperatorClient {
     http: reqwest::Client,
@@ -49,6 +67,26 @@ impl OperatorClient {
     pub async fn status(&self, job: u64) -> anyhow::Result<JobStatus> {
         let req = self.http.get(format!("{}/v1/jobs/{job}", self.base));
         Ok(self.send(req, "reading the job's status").await?.json().await?)
+    }
+
+    pub async fn create_org(&self, name: &str) -> anyhow::Result<Org> {
+        let req = self.http.post(format!("{}/v1/orgs", self.base)).json(&OrgCreate { name: name.into() });
+        Ok(self.send(req, "creating the organisation").await?.json().await?)
+    }
+
+    pub async fn org_stats(&self, org: u64) -> anyhow::Result<OrgStats> {
+        let req = self.http.get(format!("{}/v1/orgs/{org}/stats", self.base));
+        Ok(self.send(req, "reading the organisation's stats").await?.json().await?)
+    }
+
+    pub async fn create_token(&self, org: u64, spec: &TokenCreate) -> anyhow::Result<TokenCreated> {
+        let req = self.http.post(format!("{}/v1/orgs/{org}/tokens", self.base)).json(spec);
+        Ok(self.send(req, "creating the enrollment token").await?.json().await?)
+    }
+
+    pub async fn revoke_token(&self, token: u64) -> anyhow::Result<TokenInfo> {
+        let req = self.http.delete(format!("{}/v1/tokens/{token}", self.base));
+        Ok(self.send(req, "revoking the enrollment token").await?.json().await?)
     }
 
     pub async fn output(&self, job: u64) -> anyhow::Result<Vec<u8>> {

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use idlemesh_protocol::api::{
     BlobStored, EnrollRequest, EnrollResponse, ErrorBody, ErrorDetail, HeartbeatResponse, JobCreated, JobSpec,
-    LeaseRequest, LeaseResponse, LeaseTokenBody, PoolInfo, ResultResponse, ResultSubmission,
+    LeaseRequest, LeaseResponse, LeaseTokenBody, OrgCreate, PoolInfo, ResultResponse, ResultSubmission, TokenCreate,
 };
 use idlemesh_protocol::{Sha256, Signed};
 use serde::de::DeserializeOwned;
@@ -66,6 +66,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound { .. } => Self::not_found(e.to_string()),
             StoreError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
             StoreError::Invalid(m) => Self::bad_request(m),
+            StoreError::Token(refusal, m) => Self::new(StatusCode::FORBIDDEN, refusal.code(), m),
             StoreError::Db(_) | StoreError::Commit(_) | StoreError::Closed => {
                 tracing::error!(error = %e, "pool database error");
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the pool's database failed; try again later")
@@ -112,6 +113,10 @@ pub(crate) fn router(pool: Pool) -> Router {
         .route("/v1/jobs/{id}", get(job_status))
         .route("/v1/jobs/{id}/output", get(job_output))
         .route("/v1/stats", get(stats))
+        .route("/v1/orgs", post(create_org).get(list_orgs))
+        .route("/v1/orgs/{id}/stats", get(org_stats))
+        .route("/v1/orgs/{id}/tokens", post(create_token))
+        .route("/v1/tokens/{id}", delete(revoke_token))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -152,14 +157,12 @@ async fn info(State(pool): State<Pool>) -> impl IntoResponse {
 
 async fn enroll(State(pool): State<Pool>, body: Bytes) -> ApiResult<impl IntoResponse> {
     let req: EnrollRequest = parse(&body)?;
-    if !pool.inner.config.open_enrollment {
-        // Enrollment tokens (organisations, expiry, revocation) are not built
-        // yet: a closed pool refuses every enrollment rather than accept a
-        // token it cannot check.
-        return Err(ApiError::forbidden(match req.token {
-            None => "this pool is closed: it needs an enrollment token",
-            Some(_) => "this pool cannot check enrollment tokens yet, so it enrolls no devices",
-        }));
+    if !pool.inner.config.open_enrollment && req.token.is_none() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "token_required",
+            "this pool is closed: it needs an enrollment token",
+        ));
     }
     const ASKED: [&str; 4] = ["cores", "memory_bytes", "os", "agent_version"];
     if let Some(field) = req.device_info.keys().find(|k| !ASKED.contains(&k.as_str())) {
@@ -167,8 +170,60 @@ async fn enroll(State(pool): State<Pool>, body: Bytes) -> ApiResult<impl IntoRes
     }
     let info = serde_json::to_string(&req.device_info).expect("a map serialises");
     let key = req.public_key;
-    let device_id = pool.inner.store.run(move |s| s.enroll(&key, &info, now_ms())).await?;
-    Ok(axum::Json(EnrollResponse { device_id, pool_public_key: pool.public_key() }))
+    let token = req.token;
+    let (device_id, org) = pool.inner.store.run(move |s| s.enroll(&key, &info, token.as_deref(), now_ms())).await?;
+    if let Some(org) = &org {
+        tracing::info!(device_id, org_id = org.org_id, "device enrolled with an organisation's token");
+    }
+    Ok(axum::Json(EnrollResponse { device_id, pool_public_key: pool.public_key(), org }))
+}
+
+async fn create_org(State(pool): State<Pool>, headers: HeaderMap, body: Bytes) -> ApiResult<impl IntoResponse> {
+    auth::operator(&pool, &headers)?;
+    let req: OrgCreate = parse(&body)?;
+    let org = pool.inner.store.run(move |s| s.create_org(&req.name, now_ms())).await?;
+    Ok((StatusCode::CREATED, axum::Json(org)))
+}
+
+async fn list_orgs(State(pool): State<Pool>, headers: HeaderMap) -> ApiResult<impl IntoResponse> {
+    auth::operator(&pool, &headers)?;
+    Ok(axum::Json(pool.inner.store.run(|s| s.orgs()).await?))
+}
+
+async fn org_stats(
+    State(pool): State<Pool>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<impl IntoResponse> {
+    auth::operator(&pool, &headers)?;
+    let org = id(&org, "organisation id")?;
+    Ok(axum::Json(pool.inner.store.run(move |s| s.org_stats(org)).await?))
+}
+
+async fn create_token(
+    State(pool): State<Pool>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    auth::operator(&pool, &headers)?;
+    let org = id(&org, "organisation id")?;
+    let req: TokenCreate = parse(&body)?;
+    let created = pool.inner.store.run(move |s| s.create_token(org, &req, now_ms())).await?;
+    tracing::info!(org_id = org, token_id = created.info.token_id, "enrollment token created");
+    Ok((StatusCode::CREATED, axum::Json(created)))
+}
+
+async fn revoke_token(
+    State(pool): State<Pool>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<impl IntoResponse> {
+    auth::operator(&pool, &headers)?;
+    let token = id(&token, "token id")?;
+    let info = pool.inner.store.run(move |s| s.revoke_token(token, now_ms())).await?;
+    tracing::info!(token_id = token, "enrollment token revoked");
+    Ok(axum::Json(info))
 }
 
 async fn lease(

@@ -1,7 +1,7 @@
 //! Expanding a job into its tasks: pure, so it is tested on values.
 
-use idlemesh_protocol::Sha256;
 use idlemesh_protocol::api::{Combiner, JobSpec, SplitSpec};
+use idlemesh_protocol::{KernelKind, Sha256};
 use serde_json::{Value, json};
 
 /// The most tasks one job may have.
@@ -38,6 +38,12 @@ pub(crate) fn expand(spec: &JobSpec) -> Result<Vec<TaskSeed>, String> {
     }
     if spec.limits.timeout_ms == 0 || spec.limits.max_memory_bytes == 0 {
         return Err("limits.timeout_ms and limits.max_memory_bytes must be > 0".into());
+    }
+    match (spec.kernel_kind, &spec.wgsl) {
+        (KernelKind::Wgsl, None) => return Err("a wgsl job needs a wgsl layout (bindings and invocations)".into()),
+        (KernelKind::Wgsl, Some(layout)) => layout.check().map_err(|e| format!("wgsl: {e}"))?,
+        (KernelKind::Wasm, Some(_)) => return Err("wgsl is only for kernel_kind wgsl".into()),
+        (KernelKind::Wasm, None) => {}
     }
     let with = |extra: Value| {
         let mut params = base.clone();

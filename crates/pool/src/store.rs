@@ -17,6 +17,8 @@ use idlemesh_protocol::api::{
 use idlemesh_protocol::{KernelRef, Keypair, PublicKey, Receipt, Sha256, Signed, TaskManifest};
 use rusqlite::{Connection, OptionalExtension, Params, params};
 
+mod orgs;
+
 use crate::combine;
 use crate::split::TaskSeed;
 
@@ -96,6 +98,27 @@ CREATE INDEX tasks_open ON tasks(job_id, state);
     r#"
 ALTER TABLE tasks ADD COLUMN expected_sha256 TEXT;
 "#,
+    // 5: organisations, their enrollment tokens (hashes only) and devices.
+    r#"
+CREATE TABLE orgs (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE enrollment_tokens (
+    id INTEGER PRIMARY KEY,
+    org_id INTEGER NOT NULL REFERENCES orgs(id),
+    token_sha256 TEXT NOT NULL UNIQUE,
+    label TEXT,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    revoked_ms INTEGER,
+    uses INTEGER NOT NULL DEFAULT 0,
+    max_uses INTEGER
+);
+ALTER TABLE devices ADD COLUMN org_id INTEGER REFERENCES orgs(id);
+CREATE INDEX devices_org ON devices(org_id);
+"#,
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +131,8 @@ pub(crate) enum StoreError {
     Conflict(String),
     #[error("{0}")]
     Invalid(String),
+    #[error("{1}")]
+    Token(orgs::TokenRefusal, String),
     #[error("committing to the database failed: {0}")]
     Commit(String),
     #[error("the database thread stopped")]
@@ -300,22 +325,6 @@ impl Store {
             .map(|n| n as u64))
     }
 
-    pub fn enroll(&mut self, key: &PublicKey, info: &str, now: u64) -> Result<u64, StoreError> {
-        let existing: Option<i64> = self
-            .conn
-            .query_row("SELECT id FROM devices WHERE public_key = ?1", [key.to_hex()], |r| r.get(0))
-            .optional()?;
-        if let Some(id) = existing {
-            return Ok(id as u64);
-        }
-        exec(
-            &self.conn,
-            "INSERT INTO devices (public_key, info, enrolled_ms) VALUES (?1, ?2, ?3)",
-            params![key.to_hex(), info, now as i64],
-        )?;
-        Ok(self.conn.last_insert_rowid() as u64)
-    }
-
     pub fn device_key(&self, device_id: u64) -> Result<Option<PublicKey>, StoreError> {
         let hex: Option<String> = self
             .conn
@@ -442,6 +451,7 @@ impl Store {
                 input_bytes: size(&input_sha256)?,
                 params,
                 limits: spec.limits,
+                wgsl: spec.wgsl.clone(),
                 credits: spec.credits_per_task,
                 issued_at_ms: now,
                 deadline_ms: deadline,

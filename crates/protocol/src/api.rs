@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Base64Bytes, KernelKind, PublicKey, Receipt, Sha256, Signed, TaskLimits, TaskManifest};
+use crate::{Base64Bytes, KernelKind, PublicKey, Receipt, Sha256, Signed, TaskLimits, TaskManifest, UnixMillis};
 
 /// Every error answer: `{"error": {"code": "...", "message": "..."}}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,6 +58,83 @@ pub struct EnrollRequest {
 pub struct EnrollResponse {
     pub device_id: u64,
     pub pool_public_key: PublicKey,
+    /// The organisation whose enrollment token the device used, if any: the
+    /// agent shows "managed by <name>".
+    #[serde(default)]
+    pub org: Option<Org>,
+}
+
+/// `POST /v1/orgs`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrgCreate {
+    pub name: String,
+}
+
+/// An organisation: the devices enrolled with its tokens contribute under it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Org {
+    pub org_id: u64,
+    pub name: String,
+    pub created_ms: UnixMillis,
+}
+
+/// `POST /v1/orgs/{id}/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCreate {
+    /// How long the token may be used, from now.
+    pub expires_in_s: u64,
+    /// How many devices may enroll with it (default: any number).
+    #[serde(default)]
+    pub max_uses: Option<u64>,
+    /// A note for the operator ("laptops, 3rd floor").
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+/// An enrollment token as the operator sees it; the secret itself is shown
+/// only once, in [`TokenCreated`]: the pool keeps just its hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub token_id: u64,
+    pub org_id: u64,
+    pub label: Option<String>,
+    pub created_ms: UnixMillis,
+    pub expires_ms: UnixMillis,
+    pub revoked_ms: Option<UnixMillis>,
+    pub uses: u64,
+    pub max_uses: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenCreated {
+    /// The secret to put in the devices' policy file.
+    pub token: String,
+    #[serde(flatten)]
+    pub info: TokenInfo,
+}
+
+/// `GET /v1/orgs/{id}/stats`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrgStats {
+    pub org: Org,
+    pub credits: f64,
+    pub valid_results: u64,
+    pub invalid_results: u64,
+    pub devices: Vec<OrgDevice>,
+    pub tokens: Vec<TokenInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrgDevice {
+    pub device_id: u64,
+    pub enrolled_ms: UnixMillis,
+    /// The device information it disclosed at enrollment.
+    pub device_info: BTreeMap<String, String>,
+    pub credits: f64,
+    pub valid_results: u64,
+    pub invalid_results: u64,
 }
 
 /// What a device can run, stated when it asks for work.
@@ -162,6 +239,10 @@ pub struct JobSpec {
     pub kernel_kind: KernelKind,
     /// The kernel, uploaded before with `POST /v1/blobs`.
     pub kernel_sha256: Sha256,
+    /// How a WGSL kernel binds its buffers and dispatches; required for
+    /// `kernel_kind: wgsl`, refused otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wgsl: Option<crate::wgsl::WgslLayout>,
     /// Params every task gets; a split adds its own keys. Must be a JSON object.
     #[serde(default = "empty_object")]
     pub params: serde_json::Value,

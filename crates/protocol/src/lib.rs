@@ -8,6 +8,7 @@
 //! - [`TaskManifest`] and [`Receipt`]: what a pool signs for a device.
 //! - [`api`]: request and response bodies of the pool's HTTP API (DESIGN §5).
 //! - [`auth`]: how a device signs its requests.
+//! - [`wgsl`]: how a WGSL compute kernel's buffers and dispatch are declared.
 
 pub mod api;
 pub mod auth;
@@ -16,6 +17,7 @@ mod error;
 mod hash;
 mod manifest;
 mod sign;
+pub mod wgsl;
 
 pub use bytes::Base64Bytes;
 pub use error::ProtocolError;

@@ -83,6 +83,9 @@ pub struct TaskManifest {
     /// JSON text handed to the kernel as its `params`.
     pub params: String,
     pub limits: TaskLimits,
+    /// A WGSL kernel's buffers and dispatch; absent for WASM kernels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wgsl: Option<crate::wgsl::WgslLayout>,
     /// Credits paid for a result that reaches quorum.
     pub credits: f64,
     pub issued_at_ms: UnixMillis,

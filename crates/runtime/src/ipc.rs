@@ -8,6 +8,7 @@
 use std::io::{self, Read, Write};
 
 use idlemesh_protocol::Sha256;
+use idlemesh_protocol::wgsl::WgslLayout;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -21,7 +22,19 @@ const MAX_BLOBS: u32 = 4;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Request {
     /// Blobs: kernel, input, and the checkpoint to resume from if `resume`.
-    Run { task: String, kernel_sha256: Sha256, params: String, limits: RunLimits, resume: bool },
+    /// A WGSL kernel comes with its layout; a WASM one without.
+    Run {
+        task: String,
+        kernel_sha256: Sha256,
+        params: String,
+        limits: RunLimits,
+        resume: bool,
+        #[serde(default)]
+        wgsl: Option<WgslLayout>,
+        /// Bounds the worker's own waits on a GPU; the supervisor enforces it anyway.
+        #[serde(default)]
+        timeout_ms: u64,
+    },
 }
 
 /// Worker → supervisor.
@@ -36,11 +49,14 @@ pub enum Event {
     },
     /// Blob: the checkpoint.
     Checkpoint,
-    /// Blob: the output (empty unless the status is ok).
+    /// Blob: the output (empty unless the status is ok). `retire`: the
+    /// worker exits after this (its GPU device is lost or stuck).
     Done {
         outcome: Outcome,
         wall_ms: u64,
         cpu_ms: u64,
+        #[serde(default)]
+        retire: bool,
     },
 }
 

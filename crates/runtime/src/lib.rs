@@ -7,6 +7,9 @@
 //!   process: a WASI context that grants nothing, deterministic floats, capped
 //!   memory, output and logs, optional fuel metering, and a compiled-artifact
 //!   cache on local disk.
+//! - [`gpu::Gpu`] runs a WGSL compute shader on wgpu, also inside the worker:
+//!   naga-validated, bindings checked against the task's layout, buffers
+//!   capped, dispatches sliced so a pause lands between slices.
 //! - [`WorkerProcess`] is the supervisor's side: it starts `idlemesh worker`
 //!   as a child at the lowest OS priority, sends it tasks over a framed pipe,
 //!   enforces the wall-clock limit from outside, and can freeze, thaw or kill
@@ -23,6 +26,7 @@
 //! ```
 
 mod cache;
+pub mod gpu;
 mod host;
 pub mod ipc;
 mod limiter;

@@ -59,6 +59,12 @@ pub struct Outcome {
     pub error: Option<String>,
     /// Whether the component came from the local compiled cache.
     pub cache_hit: bool,
+    /// The GPU that ran a WGSL kernel.
+    #[serde(default)]
+    pub adapter: Option<String>,
+    /// Time the GPU spent on the kernel's dispatches.
+    #[serde(default)]
+    pub gpu_ms: u64,
 }
 
 impl Outcome {
@@ -72,6 +78,8 @@ impl Outcome {
             log_dropped_bytes: 0,
             error: Some(error.into()),
             cache_hit: false,
+            adapter: None,
+            gpu_ms: 0,
         }
     }
 }

@@ -7,8 +7,9 @@
 use std::io::{self, BufReader, BufWriter};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use crate::gpu::Gpu;
 use crate::ipc::{self, Event, Request};
 use crate::{Events, Outcome, Sandbox, SandboxConfig, Status};
 
@@ -33,18 +34,34 @@ pub fn serve(cache_dir: Option<PathBuf>) -> io::Result<()> {
     let sandbox = Sandbox::new(SandboxConfig { cache_dir, ..SandboxConfig::default() }).map_err(io::Error::other)?;
     let sink: Sink = Arc::new(Mutex::new(BufWriter::new(io::stdout())));
     ipc::write_frame(&mut *sink.lock().unwrap(), &Event::Ready { pid: std::process::id() }, &[])?;
+    // Opened at the first WGSL task: most workers never touch a GPU.
+    let mut gpu: Option<Result<Gpu, String>> = None;
     let mut stdin = BufReader::new(io::stdin().lock());
     while let Some((request, blobs)) = ipc::read_frame::<Request>(&mut stdin, MAX_REQUEST_BLOB_BYTES)? {
-        let Request::Run { task, kernel_sha256, params, limits, resume } = request;
+        let Request::Run { task, kernel_sha256, params, limits, resume, wgsl, timeout_ms } = request;
         let started = Instant::now();
         let cpu_before = process_cpu_ms();
-        // The kernel blob is empty when the supervisor knows we have it prepared.
-        let events = PipeEvents(sink.clone());
-        let outcome = match blobs.as_slice() {
-            [kernel, input] if !resume => {
+        let mut events = PipeEvents(sink.clone());
+        let mut retire = false;
+        let outcome = match (blobs.as_slice(), wgsl) {
+            (_, Some(_)) if resume => Outcome::failed(Status::Error, "WGSL kernels do not checkpoint"),
+            ([source, input], Some(layout)) => {
+                let deadline = started + Duration::from_millis(if timeout_ms == 0 { 60_000 } else { timeout_ms });
+                match gpu.get_or_insert_with(Gpu::open) {
+                    Ok(gpu) => {
+                        let run =
+                            gpu.run(kernel_sha256, source, &layout, input, &params, &limits, deadline, &mut events);
+                        retire = run.retire;
+                        run.outcome
+                    }
+                    Err(e) => Outcome::failed(Status::Error, e.clone()),
+                }
+            }
+            // The kernel blob is empty when the supervisor knows we have it prepared.
+            ([kernel, input], None) if !resume => {
                 sandbox.run_known(kernel_sha256, kernel, input, &params, None, &limits, events)
             }
-            [kernel, input, state] if resume => {
+            ([kernel, input, state], None) if resume => {
                 sandbox.run_known(kernel_sha256, kernel, input, &params, Some(state), &limits, events)
             }
             _ => Outcome::failed(Status::Error, "malformed request from the supervisor"),
@@ -53,8 +70,24 @@ pub fn serve(cache_dir: Option<PathBuf>) -> io::Result<()> {
         let cpu_ms = process_cpu_ms().saturating_sub(cpu_before);
         tracing::debug!(%task, status = %outcome.status, wall_ms, cpu_ms, "task finished");
         let output = outcome.output.clone();
-        ipc::write_frame(&mut *sink.lock().unwrap(), &Event::Done { outcome, wall_ms, cpu_ms }, &[&output])?;
+        let done = Event::Done { outcome, wall_ms, cpu_ms, retire };
+        ipc::write_frame(&mut *sink.lock().unwrap(), &done, &[&output])?;
+        if retire {
+            // A lost or stuck device cannot be trusted with the next task,
+            // and lavapipe would block us on it: leave now, without the
+            // destructors that would wait for the device.
+            std::process::exit(3);
+        }
     }
+    Ok(())
+}
+
+/// `idlemesh worker --probe-gpu`: prints the adapter a WGSL task would run
+/// on, or fails saying why there is none.
+pub fn probe_gpu() -> Result<(), String> {
+    lower_priority();
+    let gpu = Gpu::open()?;
+    println!("{}", gpu.adapter());
     Ok(())
 }
 

@@ -12,6 +12,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use idlemesh_protocol::Sha256;
+use idlemesh_protocol::wgsl::WgslLayout;
 
 use crate::ipc::{self, Event, Request};
 use crate::{Outcome, RunLimits, Status};
@@ -38,6 +39,35 @@ impl WorkerCommand {
         }
         Ok(Self { program: std::env::current_exe()?, args })
     }
+
+    /// Asks a worker process which GPU adapter it would use, so the agent
+    /// never loads a GPU driver into its own process. `Err` says why there
+    /// is none (no driver, no device, or the probe hung and was killed).
+    pub fn probe_gpu(&self) -> Result<String, String> {
+        let mut child = Command::new(&self.program)
+            .args(&self.args)
+            .arg("--probe-gpu")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("could not start the GPU probe: {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err("the GPU probe did not answer within 20 s".into());
+                }
+            }
+        }
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_owned();
+        if out.status.success() { Ok(text(&out.stdout)) } else { Err(text(&out.stderr)) }
+    }
 }
 
 /// One task for a worker.
@@ -51,6 +81,8 @@ pub struct WorkRequest<'a> {
     pub input: &'a [u8],
     pub params: &'a str,
     pub resume: Option<&'a [u8]>,
+    /// Set for a WGSL kernel (then `kernel` is its source): how it binds and dispatches.
+    pub wgsl: Option<&'a WgslLayout>,
     pub limits: RunLimits,
     /// Wall-clock limit, counting only time the worker was not frozen.
     pub timeout: Duration,
@@ -282,9 +314,13 @@ impl WorkerProcess {
             params: req.params.to_owned(),
             limits: req.limits,
             resume: req.resume.is_some(),
+            wgsl: req.wgsl.cloned(),
+            timeout_ms: req.timeout.as_millis() as u64,
         };
         let flavour = (req.kernel_sha256, req.limits.max_fuel.is_some());
-        let kernel: &[u8] = if self.prepared.contains(&flavour) { b"" } else { req.kernel };
+        // A shader is small and the worker keeps only its pipeline: always send it.
+        let known = req.wgsl.is_none() && self.prepared.contains(&flavour);
+        let kernel: &[u8] = if known { b"" } else { req.kernel };
         let mut blobs = vec![kernel, req.input];
         blobs.extend(req.resume);
         if let Err(e) = ipc::write_frame(&mut self.stdin, &header, &blobs) {
@@ -298,8 +334,12 @@ impl WorkerProcess {
             match self.frames.recv_timeout(remaining) {
                 Ok(Ok((Event::Progress { done }, _))) => on_progress(done),
                 Ok(Ok((Event::Checkpoint, mut blobs))) if blobs.len() == 1 => on_checkpoint(blobs.remove(0)),
-                Ok(Ok((Event::Done { mut outcome, wall_ms, cpu_ms }, mut blobs))) if blobs.len() == 1 => {
+                Ok(Ok((Event::Done { mut outcome, wall_ms, cpu_ms, retire }, mut blobs))) if blobs.len() == 1 => {
                     outcome.output = blobs.remove(0);
+                    if retire {
+                        // It exits by itself; make sure, and reap it.
+                        self.kill();
+                    }
                     if outcome.status != Status::InvalidKernel {
                         self.prepared.insert(flavour);
                     }
@@ -334,6 +374,12 @@ impl WorkerProcess {
                 Err(RecvTimeoutError::Disconnected) => return Err(WorkerError::Died(self.reap())),
             }
         }
+    }
+
+    /// False once the worker has exited (killed, timed out, or retired after
+    /// a GPU failure): the caller then starts a new one.
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Kills the worker now (a frozen one too) and reaps it.

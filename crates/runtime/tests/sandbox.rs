@@ -96,4 +96,14 @@ fn every_kernel_matches_its_native_build() {
         run(idlemesh_kernels::MATMUL, b"", params) == idlemesh_kernel_matmul::run(params).unwrap(),
         "matmul differs from native"
     );
+    let bodies = idlemesh_kernel_nbody::bodies(64, 5);
+    let params = r#"{"n":64,"dt":0.01,"eps2":0.001}"#;
+    let wasm = run(idlemesh_kernels::NBODY, &bodies, params);
+    assert_eq!(wasm.len(), 64 * 32);
+    assert!(wasm == idlemesh_kernel_nbody::run(&bodies, params).unwrap(), "nbody differs from native");
+    let image: Vec<u8> = (0..32u32 * 16 * 4).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let params = r#"{"width":32,"height":16,"factor":4}"#;
+    let wasm = run(idlemesh_kernels::DOWNSCALE, &image, params);
+    assert_eq!(wasm.len(), 8 * 4 * 4);
+    assert_eq!(wasm, idlemesh_kernel_downscale::run(&image, params).unwrap());
 }

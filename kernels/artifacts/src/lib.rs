@@ -4,5 +4,29 @@
 include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 
 /// Every embedded kernel, by name.
-pub const ALL: &[(&str, &[u8])] =
-    &[("mandelbrot", MANDELBROT), ("hostile", HOSTILE), ("sha256chain", SHA256CHAIN), ("matmul", MATMUL)];
+pub const ALL: &[(&str, &[u8])] = &[
+    ("mandelbrot", MANDELBROT),
+    ("hostile", HOSTILE),
+    ("sha256chain", SHA256CHAIN),
+    ("matmul", MATMUL),
+    ("nbody", NBODY),
+    ("downscale", DOWNSCALE),
+];
+
+/// The WGSL kernels of `kernels/wgsl/`: each shader with its layout (the
+/// bindings and invocations a task manifest carries for it).
+pub mod wgsl {
+    pub const MANDELBROT: &str = include_str!("../../wgsl/mandelbrot.wgsl");
+    pub const MANDELBROT_LAYOUT: &str = include_str!("../../wgsl/mandelbrot.json");
+    pub const MATMUL: &str = include_str!("../../wgsl/matmul.wgsl");
+    pub const MATMUL_LAYOUT: &str = include_str!("../../wgsl/matmul.json");
+    pub const NBODY: &str = include_str!("../../wgsl/nbody.wgsl");
+    pub const NBODY_LAYOUT: &str = include_str!("../../wgsl/nbody.json");
+
+    /// Every WGSL kernel: (name, shader, layout).
+    pub const ALL: &[(&str, &str, &str)] = &[
+        ("mandelbrot", MANDELBROT, MANDELBROT_LAYOUT),
+        ("matmul", MATMUL, MATMUL_LAYOUT),
+        ("nbody", NBODY, NBODY_LAYOUT),
+    ];
+}

@@ -27,8 +27,9 @@ fn world(devices: usize, replication: u32, quorum: u32, tasks: i64) -> (World, u
     .unwrap();
     let seeds = split::expand(&spec).unwrap();
     let job = store.create_job(&spec, seeds, 1_000).unwrap();
-    let devices =
-        (0..devices).map(|_| store.enroll(&Keypair::generate().unwrap().public(), "{}", 1_000).unwrap()).collect();
+    let devices = (0..devices)
+        .map(|_| store.enroll(&Keypair::generate().unwrap().public(), "{}", None, 1_000).unwrap().0)
+        .collect();
     (World { store, key: Keypair::generate().unwrap(), devices, _dir: dir }, job)
 }
 
@@ -261,8 +262,8 @@ fn spot_checks_catch_a_liar_and_stay_out_of_the_output() {
     assert!(seeds[0].expected_sha256.is_none() && seeds[1].expected_sha256.is_some(), "spot check hidden mid-queue");
     let job = store.create_job(&spec, seeds, 1_000).unwrap();
     let caps = Capabilities { wasm: true, wgpu_adapter: None, cores: 2, memory_bytes: 0 };
-    let liar = store.enroll(&Keypair::generate().unwrap().public(), "{}", 1).unwrap();
-    let honest = store.enroll(&Keypair::generate().unwrap().public(), "{}", 1).unwrap();
+    let liar = store.enroll(&Keypair::generate().unwrap().public(), "{}", None, 1).unwrap().0;
+    let honest = store.enroll(&Keypair::generate().unwrap().public(), "{}", None, 1).unwrap().0;
     let liar_tasks = store.lease(liar, &caps, 10, 2_000).unwrap();
     let honest_tasks = store.lease(honest, &caps, 10, 2_000).unwrap();
     assert_eq!((liar_tasks.len(), honest_tasks.len()), (3, 3));
@@ -287,4 +288,66 @@ fn spot_checks_catch_a_liar_and_stay_out_of_the_output() {
     // The job's output leaves the spot check out.
     assert_eq!(store.job_status(job).unwrap().state, idlemesh_protocol::api::JobState::Done);
     assert_eq!(store.job_output(job).unwrap().unwrap(), b"wrongwrong");
+}
+
+#[test]
+fn enrollment_tokens_expire_are_revocable_and_counted() {
+    use idlemesh_protocol::api::TokenCreate;
+
+    use super::orgs::TokenRefusal;
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("pool.sqlite")).unwrap();
+    let org = store.create_org("  Acme Research ", 1_000).unwrap();
+    assert_eq!(org.name, "Acme Research");
+    assert!(matches!(store.create_org("Acme Research", 1_000), Err(StoreError::Conflict(_))));
+    assert!(matches!(store.create_org(" ", 1_000), Err(StoreError::Invalid(_))));
+    let make = |store: &mut Store, expires_in_s, max_uses| {
+        store.create_token(org.org_id, &TokenCreate { expires_in_s, max_uses, label: None }, 1_000).unwrap()
+    };
+    let day = make(&mut store, 86_400, None);
+    assert!(day.token.starts_with("imt_") && day.token.len() > 40);
+    let once = make(&mut store, 86_400, Some(1));
+    let short = make(&mut store, 10, None);
+    assert!(matches!(
+        store.create_token(99, &TokenCreate { expires_in_s: 10, max_uses: None, label: None }, 1),
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.create_token(org.org_id, &TokenCreate { expires_in_s: 0, max_uses: None, label: None }, 1),
+        Err(StoreError::Invalid(_))
+    ));
+
+    let key = || Keypair::generate().unwrap().public();
+    let refusal = |r: Result<(u64, Option<_>), StoreError>| match r {
+        Err(StoreError::Token(why, _)) => why,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    // A valid token enrolls into the organisation; enrolling again is idempotent.
+    let laptop = key();
+    let (id, got) = store.enroll(&laptop, r#"{"cores":"4"}"#, Some(&day.token), 2_000).unwrap();
+    assert_eq!(got.as_ref().map(|o| o.org_id), Some(org.org_id));
+    assert_eq!(store.enroll(&laptop, "{}", None, 3_000).unwrap(), (id, got));
+    // Limited, expired, unknown and revoked tokens are refused, each saying why.
+    store.enroll(&key(), "{}", Some(&once.token), 2_000).unwrap();
+    assert_eq!(refusal(store.enroll(&key(), "{}", Some(&once.token), 2_000)), TokenRefusal::UsedUp);
+    assert_eq!(refusal(store.enroll(&key(), "{}", Some(&short.token), 11_000)), TokenRefusal::Expired);
+    assert_eq!(refusal(store.enroll(&key(), "{}", Some("imt_guess"), 2_000)), TokenRefusal::Unknown);
+    let revoked = store.revoke_token(day.info.token_id, 5_000).unwrap();
+    assert_eq!(revoked.revoked_ms, Some(5_000));
+    assert_eq!(store.revoke_token(day.info.token_id, 6_000).unwrap().revoked_ms, Some(5_000), "first revocation kept");
+    assert_eq!(refusal(store.enroll(&key(), "{}", Some(&day.token), 6_000)), TokenRefusal::Revoked);
+    assert_eq!(refusal(store.enroll(&laptop, "{}", Some(&day.token), 6_000)), TokenRefusal::Revoked);
+    // A refused enrollment wrote nothing: the organisation has its two devices.
+    let stats = store.org_stats(org.org_id).unwrap();
+    assert_eq!(stats.devices.len(), 2);
+    assert_eq!(stats.devices[0].device_info.get("cores").map(String::as_str), Some("4"));
+    assert_eq!(stats.tokens.len(), 3);
+    assert_eq!(stats.tokens.iter().map(|t| t.uses).collect::<Vec<_>>(), vec![1, 1, 0]);
+    // A device of one organisation cannot be moved to another by a token.
+    let other = store.create_org("Other", 1).unwrap();
+    let theirs = store
+        .create_token(other.org_id, &TokenCreate { expires_in_s: 60, max_uses: None, label: None }, 1_000)
+        .unwrap();
+    assert!(matches!(store.enroll(&laptop, "{}", Some(&theirs.token), 2_000), Err(StoreError::Conflict(_))));
+    assert!(matches!(store.org_stats(42), Err(StoreError::NotFound { .. })));
 }

@@ -170,6 +170,43 @@ fn render_row(p: &Params, tile: Tile, row: u32, out: &mut Vec<u8>) {
     }
 }
 
+/// The tile's escape-time counts in `f32`, exactly as the WGSL version
+/// (`kernels/wgsl/mandelbrot.wgsl`) computes them: GPUs have no portable
+/// `f64`, so this is the reference a GPU's output is held to.
+pub fn escape_counts_f32(p: &Params, tile: Tile) -> Result<Vec<u32>, String> {
+    p.validate(tile)?;
+    let (span, center_re, center_im) = (p.span as f32, p.center_re as f32, p.center_im as f32);
+    let pixel = span / p.width as f32;
+    let left = center_re - span / 2.0;
+    let top = center_im - pixel * p.height as f32 / 2.0;
+    let mut counts = Vec::with_capacity(tile.width as usize * tile.height as usize);
+    for row in 0..tile.height {
+        let c_im = top + ((tile.y + row) as f32 + 0.5) * pixel;
+        for col in 0..tile.width {
+            let c_re = left + ((tile.x + col) as f32 + 0.5) * pixel;
+            let (mut re, mut im, mut i) = (0.0f32, 0.0f32, 0);
+            while i < p.max_iter {
+                let re2 = re * re;
+                let im2 = im * im;
+                if re2 + im2 > 4.0 {
+                    break;
+                }
+                im = 2.0 * re * im + c_im;
+                re = re2 - im2 + c_re;
+                i += 1;
+            }
+            counts.push(i);
+        }
+    }
+    Ok(counts)
+}
+
+/// The colour of one pixel with this escape-time count: what the WASM
+/// kernel's image shows for it.
+pub fn palette(iter: u32, max_iter: u32) -> [u8; 3] {
+    colour(iter, max_iter)
+}
+
 #[inline]
 fn escape_time(c_re: f64, c_im: f64, max_iter: u32) -> u32 {
     let (mut re, mut im) = (0.0f64, 0.0f64);
