@@ -15,5 +15,6 @@ mod hostile;
 mod jobs;
 mod kernel_cli;
 mod outage;
+mod packaging;
 mod restart;
 mod tampering;

@@ -20,6 +20,7 @@ mod error;
 mod http;
 mod keys;
 mod split;
+mod storage;
 mod store;
 mod writer;
 
@@ -89,7 +90,8 @@ impl Pool {
         let key = keys::load_or_create(&config.data_dir.join("pool.key"))?;
         let db_path = config.db_path.clone().unwrap_or_else(|| config.data_dir.join("pool.sqlite"));
         let store = store::Store::open(&db_path)?;
-        let store = writer::StoreWriter::start(store).map_err(|source| PoolError::Io { path: db_path, source })?;
+        let store =
+            writer::StoreWriter::start(Box::new(store)).map_err(|source| PoolError::Io { path: db_path, source })?;
         Ok(Self {
             inner: Arc::new(Inner {
                 config,

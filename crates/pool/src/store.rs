@@ -800,5 +800,96 @@ impl Store {
     }
 }
 
+impl crate::storage::Storage for Store {
+    fn begin(&mut self) -> Result<(), StoreError> {
+        Ok(Store::begin(self)?)
+    }
+    fn commit(&mut self) -> Result<(), StoreError> {
+        Ok(Store::commit(self)?)
+    }
+    fn rollback(&mut self) {
+        Store::rollback(self)
+    }
+    fn put_blob(&mut self, bytes: &[u8]) -> Result<Sha256, StoreError> {
+        Store::put_blob(self, bytes)
+    }
+    fn blob(&self, sha: &Sha256) -> Result<Option<Vec<u8>>, StoreError> {
+        Store::blob(self, sha)
+    }
+    fn enroll(
+        &mut self,
+        key: &PublicKey,
+        info: &str,
+        token: Option<&str>,
+        now: u64,
+    ) -> Result<(u64, Option<idlemesh_protocol::api::Org>), StoreError> {
+        Store::enroll(self, key, info, token, now)
+    }
+    fn device_key(&self, device_id: u64) -> Result<Option<PublicKey>, StoreError> {
+        Store::device_key(self, device_id)
+    }
+    fn create_job(&mut self, spec: &JobSpec, seeds: Vec<TaskSeed>, now: u64) -> Result<u64, StoreError> {
+        Store::create_job(self, spec, seeds, now)
+    }
+    fn job_status(&self, job_id: u64) -> Result<JobStatus, StoreError> {
+        Store::job_status(self, job_id)
+    }
+    fn job_output(&self, job_id: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Store::job_output(self, job_id)
+    }
+    fn lease(
+        &mut self,
+        device_id: u64,
+        caps: &Capabilities,
+        max: u32,
+        now: u64,
+    ) -> Result<Vec<TaskManifest>, StoreError> {
+        Store::lease(self, device_id, caps, max, now)
+    }
+    fn heartbeat(&mut self, device_id: u64, lease_id: u64, token: &str, now: u64) -> Result<u64, StoreError> {
+        Store::heartbeat(self, device_id, lease_id, token, now)
+    }
+    fn give_back(&mut self, device_id: u64, lease_id: u64, token: &str) -> Result<(), StoreError> {
+        Store::give_back(self, device_id, lease_id, token)
+    }
+    fn submit_result(
+        &mut self,
+        device_id: u64,
+        lease_id: u64,
+        token: &str,
+        output: &[u8],
+        fuel: Option<u64>,
+        wall_ms: u64,
+        cpu_ms: u64,
+        key: &Keypair,
+        now: u64,
+    ) -> Result<ResultOutcome, StoreError> {
+        Store::submit_result(self, device_id, lease_id, token, output, fuel, wall_ms, cpu_ms, key, now)
+    }
+    fn stats(&self) -> Result<PoolStats, StoreError> {
+        Store::stats(self)
+    }
+    fn create_org(&mut self, name: &str, now: u64) -> Result<idlemesh_protocol::api::Org, StoreError> {
+        Store::create_org(self, name, now)
+    }
+    fn orgs(&self) -> Result<Vec<idlemesh_protocol::api::Org>, StoreError> {
+        Store::orgs(self)
+    }
+    fn org_stats(&self, org_id: u64) -> Result<idlemesh_protocol::api::OrgStats, StoreError> {
+        Store::org_stats(self, org_id)
+    }
+    fn create_token(
+        &mut self,
+        org_id: u64,
+        req: &idlemesh_protocol::api::TokenCreate,
+        now: u64,
+    ) -> Result<idlemesh_protocol::api::TokenCreated, StoreError> {
+        Store::create_token(self, org_id, req, now)
+    }
+    fn revoke_token(&mut self, token_id: u64, now: u64) -> Result<idlemesh_protocol::api::TokenInfo, StoreError> {
+        Store::revoke_token(self, token_id, now)
+    }
+}
+
 #[cfg(test)]
 mod tests;

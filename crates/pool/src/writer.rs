@@ -10,13 +10,14 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc;
 
-use crate::store::{Store, StoreError};
+use crate::storage::Storage;
+use crate::store::StoreError;
 
 /// Most operations in one transaction: bounds the latency one batch adds.
 const MAX_BATCH: usize = 256;
 
 type Deliver = Box<dyn FnOnce(Option<&str>) + Send>;
-type Job = Box<dyn FnOnce(&mut Store) -> Deliver + Send>;
+type Job = Box<dyn FnOnce(&mut dyn Storage) -> Deliver + Send>;
 
 #[derive(Clone)]
 pub(crate) struct StoreWriter {
@@ -24,7 +25,7 @@ pub(crate) struct StoreWriter {
 }
 
 impl StoreWriter {
-    pub fn start(mut store: Store) -> std::io::Result<Self> {
+    pub fn start(mut store: Box<dyn Storage>) -> std::io::Result<Self> {
         let (jobs, queue) = mpsc::channel::<Job>();
         std::thread::Builder::new().name("pool-store".into()).spawn(move || {
             while let Ok(first) = queue.recv() {
@@ -40,7 +41,7 @@ impl StoreWriter {
                 for job in batch {
                     // A panic drops that job's reply (its caller sees an
                     // internal error); its savepoint rolled back while unwinding.
-                    if let Ok(deliver) = catch_unwind(AssertUnwindSafe(|| job(&mut store))) {
+                    if let Ok(deliver) = catch_unwind(AssertUnwindSafe(|| job(store.as_mut()))) {
                         deliveries.push(deliver);
                     }
                 }
@@ -61,7 +62,7 @@ impl StoreWriter {
     /// Runs `f` on the database thread; resolves once its change is committed.
     pub async fn run<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&mut dyn Storage) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |store| {

@@ -1,0 +1,84 @@
+//! What the pool needs of its database, as one trait.
+//!
+//! [`crate::store::Store`] (SQLite, one file, WAL) implements it today; a
+//! PostgreSQL implementation is planned to satisfy the same trait so that
+//! several stateless pool processes can share one database (DESIGN §1):
+//!
+//! - every operation stays one savepoint inside the writer's batch
+//!   transaction ([`Storage::begin`] / [`Storage::commit`]); each pool
+//!   process keeps its own writer thread and batches its own requests;
+//! - [`Storage::lease`] claims replicas with
+//!   `SELECT ... FOR UPDATE OF r SKIP LOCKED` over the same two index walks
+//!   (expired leases by deadline, then the queue by id), so concurrent pool
+//!   processes never claim one replica twice and never wait on each other;
+//! - quorum judging in [`Storage::submit_result`] locks the task row
+//!   (`SELECT ... FOR UPDATE` on `tasks`) before counting agreeing results,
+//!   so two results arriving at two processes cannot both close a task;
+//! - the migrations are the same tables; `INTEGER PRIMARY KEY` becomes
+//!   `BIGINT GENERATED ALWAYS AS IDENTITY`, blobs `BYTEA`.
+//!
+//! The HTTP layer sees only this trait (through the writer), never SQLite.
+
+use idlemesh_protocol::api::{
+    Capabilities, JobSpec, JobStatus, Org, OrgStats, PoolStats, TokenCreate, TokenCreated, TokenInfo,
+};
+use idlemesh_protocol::{Keypair, PublicKey, Sha256, TaskManifest};
+
+use crate::split::TaskSeed;
+use crate::store::{ResultOutcome, StoreError};
+
+pub(crate) trait Storage: Send {
+    /// Opens the writer's batch transaction; operations nest savepoints in it.
+    fn begin(&mut self) -> Result<(), StoreError>;
+    fn commit(&mut self) -> Result<(), StoreError>;
+    fn rollback(&mut self);
+
+    fn put_blob(&mut self, bytes: &[u8]) -> Result<Sha256, StoreError>;
+    fn blob(&self, sha: &Sha256) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Enrolls a device (or finds it again), with an organisation's token if given.
+    fn enroll(
+        &mut self,
+        key: &PublicKey,
+        info: &str,
+        token: Option<&str>,
+        now: u64,
+    ) -> Result<(u64, Option<Org>), StoreError>;
+    fn device_key(&self, device_id: u64) -> Result<Option<PublicKey>, StoreError>;
+
+    fn create_job(&mut self, spec: &JobSpec, seeds: Vec<TaskSeed>, now: u64) -> Result<u64, StoreError>;
+    fn job_status(&self, job_id: u64) -> Result<JobStatus, StoreError>;
+    fn job_output(&self, job_id: u64) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Claims up to `max` replicas the device can run, never two of one task.
+    fn lease(
+        &mut self,
+        device_id: u64,
+        caps: &Capabilities,
+        max: u32,
+        now: u64,
+    ) -> Result<Vec<TaskManifest>, StoreError>;
+    fn heartbeat(&mut self, device_id: u64, lease_id: u64, token: &str, now: u64) -> Result<u64, StoreError>;
+    fn give_back(&mut self, device_id: u64, lease_id: u64, token: &str) -> Result<(), StoreError>;
+    #[allow(clippy::too_many_arguments, reason = "one call per field of a result submission")]
+    fn submit_result(
+        &mut self,
+        device_id: u64,
+        lease_id: u64,
+        token: &str,
+        output: &[u8],
+        fuel: Option<u64>,
+        wall_ms: u64,
+        cpu_ms: u64,
+        key: &Keypair,
+        now: u64,
+    ) -> Result<ResultOutcome, StoreError>;
+
+    fn stats(&self) -> Result<PoolStats, StoreError>;
+
+    fn create_org(&mut self, name: &str, now: u64) -> Result<Org, StoreError>;
+    fn orgs(&self) -> Result<Vec<Org>, StoreError>;
+    fn org_stats(&self, org_id: u64) -> Result<OrgStats, StoreError>;
+    fn create_token(&mut self, org_id: u64, req: &TokenCreate, now: u64) -> Result<TokenCreated, StoreError>;
+    fn revoke_token(&mut self, token_id: u64, now: u64) -> Result<TokenInfo, StoreError>;
+}
