@@ -46,5 +46,5 @@ pub fn policy_path() -> PathBuf {
     std::env::var_os(crate::settings::POLICY_ENV)
         .filter(|p| !p.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(crate::settings::SYSTEM_POLICY_PATH))
+        .unwrap_or_else(|| PathBuf::from(crate::settings::default_policy_path()))
 }

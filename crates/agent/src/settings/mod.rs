@@ -9,20 +9,24 @@
 //! last good version of that file stays in force and the error is reported,
 //! naming the file, the key and the value.
 
+mod platform;
 mod schema;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use serde::Serialize;
 use toml::Value;
 
+pub use platform::{
+    MACOS_POLICY, REGISTRY_POLICY, RegKey, RegValue, default_policy_path, plist_to_table, registry_to_table,
+};
 pub use schema::{Kind, Machine, SPECS, Spec, parse_cli_value, parse_hours};
 
 use crate::governor::Limits;
 
-/// Where the policy lives when nothing overrides it.
+/// Where the policy lives on Linux when nothing overrides it (see
+/// [`default_policy_path`] for every platform).
 pub const SYSTEM_POLICY_PATH: &str = "/etc/idlemesh/policy.toml";
 pub const POLICY_ENV: &str = "IDLEMESH_POLICY";
 
@@ -87,6 +91,26 @@ pub fn parse_user(file: &str, text: &str) -> Result<Values, SettingsError> {
 pub fn parse_policy(file: &str, text: &str) -> Result<Policy, SettingsError> {
     let table: toml::Table =
         toml::from_str(text).map_err(|e| SettingsError::Syntax { file: file.into(), message: one_line(&e) })?;
+    policy_from_table(file, table)
+}
+
+/// A policy file of any platform's format: a property list (macOS managed
+/// preferences) by its `.plist` name, else TOML.
+pub fn parse_policy_bytes(file: &str, bytes: &[u8]) -> Result<Policy, SettingsError> {
+    if file.ends_with(".plist") {
+        let table = plist_to_table(bytes).map_err(|message| SettingsError::Syntax { file: file.into(), message })?;
+        return policy_from_table(file, table);
+    }
+    parse_policy(file, utf8(file, bytes)?)
+}
+
+fn utf8<'a>(file: &str, bytes: &'a [u8]) -> Result<&'a str, SettingsError> {
+    std::str::from_utf8(bytes)
+        .map_err(|e| SettingsError::Read { file: file.into(), message: format!("not UTF-8 text: {e}") })
+}
+
+/// Checks a policy already in TOML's shape, whichever format it came from.
+pub fn policy_from_table(file: &str, table: toml::Table) -> Result<Policy, SettingsError> {
     let mut policy = Policy::default();
     for (key, value) in table {
         match (key.as_str(), value) {
@@ -187,7 +211,9 @@ impl Effective {
 #[derive(Debug)]
 struct Watched<T> {
     path: PathBuf,
-    seen: Option<Option<SystemTime>>,
+    /// What the source looked like when last read (a file's mtime, or the
+    /// registry key's contents), to re-read only what changed.
+    seen: Option<String>,
     good: T,
     error: Option<SettingsError>,
 }
@@ -199,18 +225,27 @@ impl<T: Default + Clone> Watched<T> {
 
     /// Re-reads the file if it changed. A missing file means "nothing set";
     /// a bad one keeps the last good contents and records why.
-    fn refresh(&mut self, parse: impl Fn(&str, &str) -> Result<T, SettingsError>) -> bool {
+    fn refresh(&mut self, parse: impl Fn(&str, &[u8]) -> Result<T, SettingsError>) -> bool {
         let stamp = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
-        if self.seen == Some(stamp) {
+        let path = self.path.clone();
+        self.update(format!("{stamp:?}"), || {
+            let file = path.display().to_string();
+            match std::fs::read(&path) {
+                Ok(bytes) => parse(&file, &bytes),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+                Err(e) => Err(SettingsError::Read { file, message: e.to_string() }),
+            }
+        })
+    }
+
+    /// Takes a new reading if the source's stamp changed; a bad one keeps
+    /// the last good contents and records why.
+    fn update(&mut self, stamp: String, read: impl FnOnce() -> Result<T, SettingsError>) -> bool {
+        if self.seen.as_ref() == Some(&stamp) {
             return false;
         }
         self.seen = Some(stamp);
-        let file = self.path.display().to_string();
-        let parsed = match std::fs::read_to_string(&self.path) {
-            Ok(text) => parse(&file, &text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
-            Err(e) => Err(SettingsError::Read { file, message: e.to_string() }),
-        };
+        let parsed = read();
         match parsed {
             Ok(v) => {
                 self.good = v;
@@ -248,8 +283,8 @@ impl Settings {
 
     /// Re-reads whichever file changed; true if the effective settings changed.
     pub fn refresh(&mut self) -> bool {
-        let a = self.user.refresh(parse_user);
-        let b = self.policy.refresh(parse_policy);
+        let a = self.user.refresh(|file, bytes| parse_user(file, utf8(file, bytes)?));
+        let b = self.refresh_policy();
         if a || b {
             let next = Effective::merge(self.machine, &self.user.good, &self.policy.good);
             let changed = next != self.effective;
@@ -261,6 +296,20 @@ impl Settings {
 
     pub fn effective(&self) -> &Effective {
         &self.effective
+    }
+
+    fn refresh_policy(&mut self) -> bool {
+        #[cfg(windows)]
+        if self.policy.path.as_os_str() == REGISTRY_POLICY {
+            let read = platform::read_registry();
+            let stamp = format!("{read:?}");
+            return self.policy.update(stamp, || match read {
+                Ok(Some(key)) => policy_from_table(REGISTRY_POLICY, registry_to_table(&key)),
+                Ok(None) => Ok(Policy::default()),
+                Err(e) => Err(SettingsError::Read { file: REGISTRY_POLICY.into(), message: e.to_string() }),
+            });
+        }
+        self.policy.refresh(parse_policy_bytes)
     }
 
     pub fn user_path(&self) -> &Path {
