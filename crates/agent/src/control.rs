@@ -1,7 +1,9 @@
 //! Local control: a Unix socket in the user's runtime dir, mode 0600 in a
 //! 0700 directory, and a peer-credential check on every connection, so only
-//! the same user can see or steer the agent. One JSON request per line, one
-//! JSON answer per line.
+//! the same user can see or steer the agent (on Windows: a named pipe, whose
+//! default security lets only its creator, SYSTEM and administrators in, and
+//! which refuses remote clients). One JSON request per line, one JSON answer
+//! per line.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,7 +11,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+
+pub use transport::Listener;
 
 use crate::governor::ManualPause;
 
@@ -18,21 +21,13 @@ pub const SOCKET_ENV: &str = "IDLEMESH_CONTROL_SOCKET";
 const MAX_REQUEST_BYTES: u64 = 64 * 1024;
 
 /// Where the agent listens: `$IDLEMESH_CONTROL_SOCKET`, else
-/// `$XDG_RUNTIME_DIR/idlemesh/agent.sock`, else a per-user dir under /tmp.
+/// `$XDG_RUNTIME_DIR/idlemesh/agent.sock`, else a per-user dir under /tmp
+/// (Windows: the pipe `\\.\pipe\idlemesh-<user>`).
 pub fn socket_path() -> PathBuf {
     if let Some(p) = std::env::var_os(SOCKET_ENV).filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
-    let base = std::env::var_os("XDG_RUNTIME_DIR")
-        .filter(|d| !d.is_empty())
-        .map(|d| PathBuf::from(d).join("idlemesh"))
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("idlemesh-{}", current_uid())));
-    base.join("agent.sock")
-}
-
-fn current_uid() -> u32 {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() }
+    transport::default_path()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,27 +71,14 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// Binds the socket (replacing a stale one, refusing if an agent answers there).
-pub async fn bind(path: &Path) -> Result<UnixListener, ControlError> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let io = |source| ControlError::Io { path: path.display().to_string(), source };
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
-    if path.exists() {
-        if UnixStream::connect(path).await.is_ok() {
-            return Err(ControlError::AlreadyRunning { path: path.display().to_string() });
-        }
-        std::fs::remove_file(path).map_err(io)?;
-    }
-    let listener = UnixListener::bind(path).map_err(io)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-    Ok(listener)
+pub async fn bind(path: &Path) -> Result<Listener, ControlError> {
+    transport::bind(path).await
 }
 
 /// Serves connections until the listener is dropped.
-pub async fn serve(listener: UnixListener, handler: std::sync::Arc<dyn Handler>) {
+pub async fn serve(mut listener: Listener, handler: std::sync::Arc<dyn Handler>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok(stream) = listener.accept().await else { continue };
         let handler = handler.clone();
         tokio::spawn(async move {
             if let Err(e) = connection(stream, handler).await {
@@ -106,11 +88,11 @@ pub async fn serve(listener: UnixListener, handler: std::sync::Arc<dyn Handler>)
     }
 }
 
-async fn connection(stream: UnixStream, handler: std::sync::Arc<dyn Handler>) -> std::io::Result<()> {
-    let peer = stream.peer_cred()?;
-    let (read, mut write) = stream.into_split();
-    if peer.uid() != current_uid() {
-        tracing::warn!(uid = peer.uid(), "refused a control connection from another user");
+async fn connection(stream: transport::Stream, handler: std::sync::Arc<dyn Handler>) -> std::io::Result<()> {
+    let same_user = transport::same_user(&stream)?;
+    let (read, mut write) = tokio::io::split(stream);
+    if !same_user {
+        tracing::warn!("refused a control connection from another user");
         let answer = refusal("forbidden", "only the user running the agent may control it");
         write.write_all(format!("{answer}\n").as_bytes()).await?;
         return Ok(());
@@ -143,14 +125,14 @@ fn refusal(code: &str, message: &str) -> Value {
 /// Sends one request to the running agent and returns its result.
 pub async fn call(path: &Path, request: &Request) -> Result<Value, ControlError> {
     let io = |source| ControlError::Io { path: path.display().to_string(), source };
-    let stream = match UnixStream::connect(path).await {
+    let stream = match transport::connect(path).await {
         Ok(s) => s,
         Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
             return Err(ControlError::NotRunning { path: path.display().to_string() });
         }
         Err(e) => return Err(io(e)),
     };
-    let (read, mut write) = stream.into_split();
+    let (read, mut write) = tokio::io::split(stream);
     let line = serde_json::to_string(request).expect("requests serialise");
     write.write_all(format!("{line}\n").as_bytes()).await.map_err(io)?;
     let mut lines = BufReader::new(read).lines();
@@ -167,6 +149,160 @@ pub async fn call(path: &Path, request: &Request) -> Result<Value, ControlError>
             code: answer["error"]["code"].as_str().unwrap_or("unknown").into(),
             message: answer["error"]["message"].as_str().unwrap_or("no reason given").into(),
         })
+    }
+}
+
+#[cfg(unix)]
+mod transport {
+    use std::path::{Path, PathBuf};
+
+    use tokio::net::{UnixListener, UnixStream};
+
+    use super::ControlError;
+
+    pub type Stream = UnixStream;
+
+    pub struct Listener(UnixListener);
+
+    impl Listener {
+        pub async fn accept(&mut self) -> std::io::Result<Stream> {
+            Ok(self.0.accept().await?.0)
+        }
+    }
+
+    pub fn default_path() -> PathBuf {
+        let base = std::env::var_os("XDG_RUNTIME_DIR")
+            .filter(|d| !d.is_empty())
+            .map(|d| PathBuf::from(d).join("idlemesh"))
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("idlemesh-{}", current_uid())));
+        base.join("agent.sock")
+    }
+
+    fn current_uid() -> u32 {
+        // SAFETY: geteuid cannot fail.
+        unsafe { libc::geteuid() }
+    }
+
+    pub async fn bind(path: &Path) -> Result<Listener, ControlError> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let io = |source| ControlError::Io { path: path.display().to_string(), source };
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        std::fs::create_dir_all(dir).map_err(io)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+        if path.exists() {
+            if UnixStream::connect(path).await.is_ok() {
+                return Err(ControlError::AlreadyRunning { path: path.display().to_string() });
+            }
+            std::fs::remove_file(path).map_err(io)?;
+        }
+        let listener = UnixListener::bind(path).map_err(io)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        Ok(Listener(listener))
+    }
+
+    pub async fn connect(path: &Path) -> std::io::Result<Stream> {
+        UnixStream::connect(path).await
+    }
+
+    pub fn same_user(stream: &Stream) -> std::io::Result<bool> {
+        Ok(stream.peer_cred()?.uid() == current_uid())
+    }
+}
+
+#[cfg(windows)]
+mod transport {
+    use std::path::{Path, PathBuf};
+
+    use tokio::net::windows::named_pipe::{ClientOptions, NamedPipeClient, NamedPipeServer, ServerOptions};
+
+    use super::ControlError;
+
+    /// Either end of the pipe: the server's side after `accept`, the client's after `connect`.
+    pub enum Stream {
+        Server(NamedPipeServer),
+        Client(NamedPipeClient),
+    }
+
+    macro_rules! either {
+        ($self:ident, $s:ident => $e:expr) => {
+            match $self.get_mut() {
+                Stream::Server($s) => $e,
+                Stream::Client($s) => $e,
+            }
+        };
+    }
+
+    impl tokio::io::AsyncRead for Stream {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            either!(self, s => std::pin::Pin::new(s).poll_read(cx, buf))
+        }
+    }
+
+    impl tokio::io::AsyncWrite for Stream {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            either!(self, s => std::pin::Pin::new(s).poll_write(cx, buf))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            either!(self, s => std::pin::Pin::new(s).poll_flush(cx))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            either!(self, s => std::pin::Pin::new(s).poll_shutdown(cx))
+        }
+    }
+
+    /// The next pipe instance waits for a client while the last one is served.
+    pub struct Listener {
+        name: String,
+        next: NamedPipeServer,
+    }
+
+    impl Listener {
+        pub async fn accept(&mut self) -> std::io::Result<Stream> {
+            self.next.connect().await?;
+            let fresh = ServerOptions::new().reject_remote_clients(true).create(&self.name)?;
+            Ok(Stream::Server(std::mem::replace(&mut self.next, fresh)))
+        }
+    }
+
+    pub fn default_path() -> PathBuf {
+        let user = std::env::var("USERNAME").unwrap_or_else(|_| "user".into());
+        PathBuf::from(format!(r"\\.\pipe\idlemesh-{user}"))
+    }
+
+    pub async fn bind(path: &Path) -> Result<Listener, ControlError> {
+        let name = path.display().to_string();
+        // The first instance fails if another agent owns the name already.
+        let next = ServerOptions::new().first_pipe_instance(true).reject_remote_clients(true).create(&name).map_err(
+            |source| match source.kind() {
+                std::io::ErrorKind::PermissionDenied => ControlError::AlreadyRunning { path: name.clone() },
+                _ => ControlError::Io { path: name.clone(), source },
+            },
+        )?;
+        Ok(Listener { name, next })
+    }
+
+    pub async fn connect(path: &Path) -> std::io::Result<Stream> {
+        ClientOptions::new().open(path.as_os_str()).map(Stream::Client)
+    }
+
+    /// The pipe's default security already admits only its creator (and
+    /// SYSTEM and administrators), so a connected client is the same user.
+    pub fn same_user(_stream: &Stream) -> std::io::Result<bool> {
+        Ok(true)
     }
 }
 

@@ -94,10 +94,16 @@ fn throughput() {
     let p: mandelbrot::Params = serde_json::from_str(mandel).unwrap();
     let sha = r#"{"seed":"idlemesh","iterations":200000}"#;
     let mm = r#"{"n":256,"seed":1}"#;
-    let cases: Vec<(&str, &[u8], &str, Native)> = vec![
+    let nb = r#"{"n":1024,"dt":0.01,"eps2":0.001}"#;
+    let bodies: &'static [u8] = Box::leak(idlemesh_kernel_nbody::bodies(1024, 1).into_boxed_slice());
+    let ds = r#"{"width":1024,"height":1024,"factor":4}"#;
+    let image: &'static [u8] =
+        Box::leak((0..1024u32 * 1024 * 4).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect());
+    let cases: Vec<(&str, &[u8], &[u8], &str, Native)> = vec![
         (
             "mandelbrot 512x384x512 (f64)",
             idlemesh_kernels::MANDELBROT,
+            b"",
             mandel,
             Box::new(move || {
                 std::hint::black_box(mandelbrot::render_tile(&p, p.tile_or_whole()).unwrap());
@@ -106,6 +112,7 @@ fn throughput() {
         (
             "sha256 chain 200k (integer)",
             idlemesh_kernels::SHA256CHAIN,
+            b"",
             sha,
             Box::new(move || {
                 std::hint::black_box(idlemesh_kernel_sha256chain::run(b"", sha).unwrap());
@@ -114,24 +121,44 @@ fn throughput() {
         (
             "matmul 256 (f32, SIMD)",
             idlemesh_kernels::MATMUL,
+            b"",
             mm,
             Box::new(move || {
                 std::hint::black_box(idlemesh_kernel_matmul::run(mm).unwrap());
             }),
         ),
+        (
+            "n-body 1024, one step (f32, sqrt)",
+            idlemesh_kernels::NBODY,
+            bodies,
+            nb,
+            Box::new(move || {
+                std::hint::black_box(idlemesh_kernel_nbody::run(bodies, nb).unwrap());
+            }),
+        ),
+        (
+            "downscale 1024x1024 RGBA by 4 (integer)",
+            idlemesh_kernels::DOWNSCALE,
+            image,
+            ds,
+            Box::new(move || {
+                std::hint::black_box(idlemesh_kernel_downscale::run(image, ds).unwrap());
+            }),
+        ),
     ];
     let mut ratios = Vec::new();
-    for (name, kernel, params, native_fn) in cases {
-        sandbox.run(kernel, b"", params, None, &plain, NoEvents);
-        sandbox.run(kernel, b"", params, None, &metered, NoEvents);
+    for (name, kernel, input, params, native_fn) in cases {
+        sandbox.run(kernel, input, params, None, &plain, NoEvents);
+        sandbox.run(kernel, input, params, None, &metered, NoEvents);
         let native = best_of(5, &*native_fn);
         let wasm =
-            best_of(5, || assert_eq!(sandbox.run(kernel, b"", params, None, &plain, NoEvents).status, Status::Ok));
+            best_of(5, || assert_eq!(sandbox.run(kernel, input, params, None, &plain, NoEvents).status, Status::Ok));
         let fuel =
-            best_of(5, || assert_eq!(sandbox.run(kernel, b"", params, None, &metered, NoEvents).status, Status::Ok));
-        with_epochs.run(kernel, b"", params, None, &plain, NoEvents);
-        let epochs =
-            best_of(5, || assert_eq!(with_epochs.run(kernel, b"", params, None, &plain, NoEvents).status, Status::Ok));
+            best_of(5, || assert_eq!(sandbox.run(kernel, input, params, None, &metered, NoEvents).status, Status::Ok));
+        with_epochs.run(kernel, input, params, None, &plain, NoEvents);
+        let epochs = best_of(5, || {
+            assert_eq!(with_epochs.run(kernel, input, params, None, &plain, NoEvents).status, Status::Ok)
+        });
         let ratio = native.as_secs_f64() / wasm.as_secs_f64();
         ratios.push(ratio);
         println!(

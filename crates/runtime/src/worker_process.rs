@@ -208,10 +208,76 @@ fn signal(pid: u32, which: Signal) {
             libc::kill(pid as libc::pid_t, sig);
         }
     }
-    #[cfg(not(unix))]
-    {
-        // Windows thread suspension arrives with the Windows port (issue 3).
-        let _ = (pid, which);
+    #[cfg(windows)]
+    windows_threads::signal(pid, which);
+    #[cfg(not(any(unix, windows)))]
+    let _ = (pid, which);
+}
+
+/// Windows has no SIGSTOP: freezing a worker suspends each of its threads,
+/// thawing resumes each once (suspension counts, and `WorkerControl` never
+/// freezes twice without a thaw between). Once every thread is suspended none
+/// can start another; a thread born during the snapshot itself escapes
+/// until the next freeze.
+#[cfg(windows)]
+mod windows_threads {
+    use windows_sys::Win32::Foundation::{CloseHandle, INVALID_HANDLE_VALUE};
+    use windows_sys::Win32::System::Diagnostics::ToolHelp::{
+        CreateToolhelp32Snapshot, TH32CS_SNAPTHREAD, THREADENTRY32, Thread32First, Thread32Next,
+    };
+    use windows_sys::Win32::System::Threading::{
+        OpenProcess, OpenThread, PROCESS_TERMINATE, ResumeThread, SuspendThread, THREAD_SUSPEND_RESUME,
+        TerminateProcess,
+    };
+
+    use super::Signal;
+
+    pub(super) fn signal(pid: u32, which: Signal) {
+        match which {
+            Signal::Stop => each_thread(pid, |t| {
+                // SAFETY: a thread handle we opened with THREAD_SUSPEND_RESUME.
+                unsafe { SuspendThread(t) };
+            }),
+            Signal::Continue => each_thread(pid, |t| {
+                // SAFETY: as above; resuming undoes exactly one suspension.
+                unsafe { ResumeThread(t) };
+            }),
+            Signal::Kill => {
+                // SAFETY: a process handle we opened for termination, closed after.
+                unsafe {
+                    let p = OpenProcess(PROCESS_TERMINATE, 0, pid);
+                    if !p.is_null() {
+                        TerminateProcess(p, 1);
+                        CloseHandle(p);
+                    }
+                }
+            }
+        }
+    }
+
+    fn each_thread(pid: u32, mut f: impl FnMut(windows_sys::Win32::Foundation::HANDLE)) {
+        // SAFETY: the snapshot and every thread handle are closed before returning;
+        // THREADENTRY32 is plain data with its size set as the API requires.
+        unsafe {
+            let snapshot = CreateToolhelp32Snapshot(TH32CS_SNAPTHREAD, 0);
+            if snapshot == INVALID_HANDLE_VALUE {
+                return;
+            }
+            let mut entry: THREADENTRY32 = std::mem::zeroed();
+            entry.dwSize = std::mem::size_of::<THREADENTRY32>() as u32;
+            let mut more = Thread32First(snapshot, &mut entry) != 0;
+            while more {
+                if entry.th32OwnerProcessID == pid {
+                    let thread = OpenThread(THREAD_SUSPEND_RESUME, 0, entry.th32ThreadID);
+                    if !thread.is_null() {
+                        f(thread);
+                        CloseHandle(thread);
+                    }
+                }
+                more = Thread32Next(snapshot, &mut entry) != 0;
+            }
+            CloseHandle(snapshot);
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 //! macOS: the HID system's idle time through CoreGraphics. Both are cheap
 //! calls that can be polled as fast as X11.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::IdleSensor;
 
@@ -49,16 +49,18 @@ impl IdleSensor for NoIdleSensor {
     }
 }
 
-/// How long to wait before trying a lost connection again.
-const RECONNECT_EVERY: Duration = Duration::from_secs(5);
-
 #[cfg(target_os = "linux")]
 mod x11 {
+    use std::time::Instant;
+
     use x11rb::connection::{Connection as _, RequestConnection as _};
     use x11rb::protocol::screensaver::{self, ConnectionExt as _};
     use x11rb::rust_connection::RustConnection;
 
     use super::*;
+
+    /// How long to wait before trying a lost connection again.
+    const RECONNECT_EVERY: Duration = Duration::from_secs(5);
 
     pub struct X11Idle {
         conn: Option<(RustConnection, u32)>,
