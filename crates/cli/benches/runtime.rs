@@ -99,7 +99,9 @@ fn throughput() {
     let ds = r#"{"width":1024,"height":1024,"factor":4}"#;
     let image: &'static [u8] =
         Box::leak((0..1024u32 * 1024 * 4).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect());
-    let cases: Vec<(&str, &[u8], &[u8], &str, Native)> = vec![
+    // (name, kernel, input, params, the same code natively)
+    type Case = (&'static str, &'static [u8], &'static [u8], &'static str, Native);
+    let cases: Vec<Case> = vec![
         (
             "mandelbrot 512x384x512 (f64)",
             idlemesh_kernels::MANDELBROT,
