@@ -109,3 +109,64 @@ fn devices_enroll_with_an_organisations_token_and_only_with_a_good_one() {
     assert_eq!(ledger.entries(Some("disclosure")).unwrap().len(), 1, "nothing was disclosed to the impostor");
     drop(impostor);
 }
+
+/// A man in the middle who repeats the pool's public key (anyone can) but
+/// does not hold its private key: the device asks it to sign a fresh nonce,
+/// the signature fails against the pinned key, and no enrollment request
+/// (token, device details) is ever sent.
+#[test]
+fn a_server_repeating_the_pinned_key_without_holding_it_gets_nothing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::routing::{get, post};
+    use idlemesh_protocol::api::{PoolChallenge, PoolInfo};
+    use idlemesh_protocol::{Keypair, Signed};
+
+    let real = Keypair::generate().unwrap();
+    let forger = Arc::new(Keypair::generate().unwrap());
+    let enrolls = Arc::new(AtomicUsize::new(0));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let info = PoolInfo {
+        name: "pool".into(),
+        operator: "op".into(),
+        public_key: real.public(),
+        device_info_requested: vec![],
+        open_enrollment: true,
+        payout: None,
+    };
+    let hits = enrolls.clone();
+    let app = axum::Router::new()
+        .route("/v1/info", get(move || async move { axum::Json(info) }))
+        .route(
+            "/v1/challenge",
+            post(move |axum::Json(c): axum::Json<PoolChallenge>| {
+                let forger = forger.clone();
+                async move { axum::Json(Signed::sign(&c, &forger)) }
+            }),
+        )
+        .route(
+            "/v1/enroll",
+            post(move || async move {
+                hits.fetch_add(1, Ordering::SeqCst);
+                axum::http::StatusCode::FORBIDDEN
+            }),
+        );
+    rt.spawn(async move { axum::serve(listener, app).await });
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("device");
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    // This device enrolled with the real pool at this address before.
+    std::fs::write(dir.join("data/pinned_pools.json"), format!("{{\"{url}\": \"{}\"}}", real.public().to_hex()))
+        .unwrap();
+    policy(&dir, &url, "imt_secret_for_the_real_pool");
+    let mut agent = AgentProcess::start(&dir, None, &[]);
+    let why = problem(&agent, "key changed");
+    assert!(why.contains("man in the middle"), "{why}");
+    std::thread::sleep(Duration::from_millis(500));
+    agent.stop();
+    assert_eq!(enrolls.load(Ordering::SeqCst), 0, "the token and device details were never sent");
+}

@@ -26,7 +26,7 @@ fn exercise(root: &Path, home: &Path) {
     assert!(data.join("ledger.sqlite").exists());
     let unit = std::fs::read_to_string(root.join("usr/lib/systemd/user/idlemesh-agent.service")).unwrap();
     for hardening in
-        ["NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "ExecStart=/usr/bin/idlemesh agent"]
+        ["NoNewPrivileges=yes", "ProtectSystem=full", "PrivateTmp=yes", "ExecStart=/usr/bin/idlemesh agent"]
     {
         assert!(unit.contains(hardening), "the user unit lacks {hardening}");
     }

@@ -153,6 +153,13 @@ impl Agent {
         if info.public_key != pool_key {
             return Err(AgentError::PoolKeyChanged { pinned: Box::new(pool_key), offered: Box::new(info.public_key) });
         }
+        // Anyone can repeat a public key: the server must also sign a fresh
+        // nonce with it before the token and the device's details go out.
+        let nonce = format!("{:016x}{:016x}{:016x}{:016x}", random_u64(), random_u64(), random_u64(), random_u64());
+        let proof = client.challenge(&nonce).await?;
+        if !proof.verify(&pool_key).is_ok_and(|c| c.nonce == nonce) {
+            return Err(AgentError::PoolKeyChanged { pinned: Box::new(pool_key), offered: Box::new(info.public_key) });
+        }
         let enrolled = client
             .enroll(&EnrollRequest {
                 public_key: device_key.public(),

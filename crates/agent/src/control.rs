@@ -272,9 +272,16 @@ mod transport {
 
     impl Listener {
         pub async fn accept(&mut self) -> std::io::Result<Stream> {
-            self.next.connect().await?;
+            let connected = self.next.connect().await;
+            // A failed instance (a client that left before being served) is
+            // not tried again: every accept leaves a fresh one waiting.
             let fresh = ServerOptions::new().reject_remote_clients(true).create(&self.name)?;
-            Ok(Stream::Server(std::mem::replace(&mut self.next, fresh)))
+            let served = std::mem::replace(&mut self.next, fresh);
+            if let Err(e) = connected {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                return Err(e);
+            }
+            Ok(Stream::Server(served))
         }
     }
 

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use idlemesh_protocol::api::{
     Capabilities, EnrollRequest, EnrollResponse, ErrorBody, HeartbeatResponse, LeaseRequest, LeaseResponse,
-    LeaseTokenBody, PoolInfo, ResultResponse, ResultSubmission,
+    LeaseTokenBody, PoolChallenge, PoolInfo, ResultResponse, ResultSubmission,
 };
-use idlemesh_protocol::{Keypair, Sha256, auth};
+use idlemesh_protocol::{Keypair, Sha256, Signed, auth};
 use reqwest::Method;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -148,6 +148,12 @@ impl PoolClient {
 
     pub async fn info(&self) -> Result<PoolInfo, PoolClientError> {
         self.json(Method::GET, "/v1/info", None::<&()>, false).await
+    }
+
+    /// Has the pool sign a fresh nonce; the caller verifies it against the
+    /// key it trusts.
+    pub async fn challenge(&self, nonce: &str) -> Result<Signed<PoolChallenge>, PoolClientError> {
+        self.json(Method::POST, "/v1/challenge", Some(&PoolChallenge { nonce: nonce.to_owned() }), false).await
     }
 
     pub async fn enroll(&mut self, req: &EnrollRequest) -> Result<EnrollResponse, PoolClientError> {

@@ -9,7 +9,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use idlemesh_protocol::api::{
     BlobStored, EnrollRequest, EnrollResponse, ErrorBody, ErrorDetail, HeartbeatResponse, JobCreated, JobSpec,
-    LeaseRequest, LeaseResponse, LeaseTokenBody, OrgCreate, PoolInfo, ResultResponse, ResultSubmission, TokenCreate,
+    LeaseRequest, LeaseResponse, LeaseTokenBody, OrgCreate, PoolChallenge, PoolInfo, ResultResponse, ResultSubmission,
+    TokenCreate,
 };
 use idlemesh_protocol::{Sha256, Signed};
 use serde::de::DeserializeOwned;
@@ -102,6 +103,7 @@ pub(crate) fn router(pool: Pool) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/info", get(info))
+        .route("/v1/challenge", post(challenge))
         .route("/v1/enroll", post(enroll))
         .route("/v1/leases", post(lease))
         .route("/v1/leases/{id}/heartbeat", post(heartbeat))
@@ -153,6 +155,15 @@ async fn info(State(pool): State<Pool>) -> impl IntoResponse {
         open_enrollment: c.open_enrollment,
         payout: None,
     })
+}
+
+/// Signs a device's nonce: proof that this server holds the pool's key.
+async fn challenge(State(pool): State<Pool>, body: Bytes) -> ApiResult<impl IntoResponse> {
+    let req: PoolChallenge = parse(&body)?;
+    if req.nonce.len() != 64 || !req.nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::bad_request("nonce must be 64 hex digits (32 random bytes)"));
+    }
+    Ok(axum::Json(Signed::sign(&req, &pool.inner.key)))
 }
 
 async fn enroll(State(pool): State<Pool>, body: Bytes) -> ApiResult<impl IntoResponse> {

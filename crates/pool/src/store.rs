@@ -194,7 +194,7 @@ fn grant(
     now: u64,
 ) -> Result<Signed<Receipt>, StoreError> {
     exec(conn, "UPDATE devices SET credits = credits + ?1 WHERE id = ?2", params![credits, r.1])?;
-    let receipt_id: i64 = cached_row(&conn, "SELECT coalesce(max(id), 0) + 1 FROM receipts", [], |row| row.get(0))?;
+    let receipt_id: i64 = cached_row(conn, "SELECT coalesce(max(id), 0) + 1 FROM receipts", [], |row| row.get(0))?;
     let signed = Signed::sign(
         &Receipt {
             receipt_id: receipt_id as u64,

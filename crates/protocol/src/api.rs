@@ -64,6 +64,20 @@ pub struct EnrollResponse {
     pub org: Option<Org>,
 }
 
+/// `POST /v1/challenge`: a device proves the server holds the pool key it
+/// pinned before it discloses anything (the pool's public key alone, which
+/// anyone can repeat, proves nothing).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolChallenge {
+    /// 32 random bytes as 64 hex digits, chosen by the device.
+    pub nonce: String,
+}
+
+impl crate::SignedKind for PoolChallenge {
+    const KIND: &'static str = "pool-challenge";
+}
+
 /// `POST /v1/orgs`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

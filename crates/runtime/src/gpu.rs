@@ -6,7 +6,7 @@
 //! checks (bounds checks, loop bounding); buffers are capped by the task's
 //! memory limit and the device's limits; a dispatch is split into slices of
 //! about [`SLICE_TARGET`] so a pause (SIGSTOP of this process) or a timeout
-//! lands between them; every wait has a deadline. A driver that hangs or
+//! lands between them; every wait has a stall limit. A driver that hangs or
 //! loses the device cannot be recovered in-process (lavapipe blocks on the
 //! next submit until the stuck work ends), so such a run tells the worker to
 //! retire: the supervisor starts a fresh one.
@@ -30,7 +30,7 @@ pub const MAX_WORKGROUPS: u64 = 1 << 24;
 const SLICE_TARGET: Duration = Duration::from_millis(20);
 
 /// A run's outcome, and whether the worker must exit afterwards because the
-/// device can no longer be trusted (lost, or still busy past a deadline).
+/// device can no longer be trusted (lost, or still busy past its stall limit).
 #[derive(Debug)]
 pub struct GpuRun {
     pub outcome: Outcome,
@@ -99,7 +99,10 @@ impl Gpu {
         &self.adapter
     }
 
-    /// Runs one WGSL task. The deadline bounds every wait on the device.
+    /// Runs one WGSL task. `stall` bounds each wait on the device: a single
+    /// submission or readback taking longer means the GPU is stuck. The
+    /// task's total time is the supervisor's to enforce, since only it knows
+    /// how long the worker was frozen (paused, or by the duty cycle).
     #[allow(clippy::too_many_arguments, reason = "one task's parts, as the worker received them")]
     pub fn run(
         &mut self,
@@ -109,7 +112,7 @@ impl Gpu {
         input: &[u8],
         params: &str,
         limits: &RunLimits,
-        deadline: Instant,
+        stall: Duration,
         events: &mut impl Events,
     ) -> GpuRun {
         let finish = |mut outcome: Outcome, retire: bool, adapter: &str| {
@@ -142,11 +145,12 @@ impl Gpu {
             Ok(plan) => plan,
             Err((status, e)) => return finish(Outcome::failed(status, e), false, &self.adapter),
         };
-        let (outcome, retire) = match self.execute(&key, layout, &plan, input, deadline, events) {
+        let (outcome, retire) = match self.execute(&key, layout, &plan, input, stall, events) {
             Ok(outcome) => (outcome, false),
-            Err(Failure::Timeout) => {
-                (Outcome::failed(Status::TimedOut, "the GPU did not finish before the deadline"), true)
-            }
+            Err(Failure::Timeout) => (
+                Outcome::failed(Status::TimedOut, "a GPU submission did not finish within the task's time limit"),
+                true,
+            ),
             Err(Failure::Lost(why)) => (Outcome::failed(Status::Error, format!("GPU device lost: {why}")), true),
             Err(Failure::Device(e)) => (Outcome::failed(Status::Error, format!("GPU: {e}")), false),
             Err(Failure::OutOfMemory(e)) => (Outcome::failed(Status::OutOfMemory, format!("GPU: {e}")), false),
@@ -234,7 +238,7 @@ impl Gpu {
         layout: &WgslLayout,
         plan: &Plan,
         input: &[u8],
-        deadline: Instant,
+        stall: Duration,
         events: &mut impl Events,
     ) -> Result<Outcome, Failure> {
         let prepared = &self.pipelines[key];
@@ -244,7 +248,7 @@ impl Gpu {
         let mut buffers = Vec::with_capacity(layout.bindings.len());
         let mut dispatch_buffer = None;
         let mut input_at = 0usize;
-        for (b, &size) in layout.bindings.iter().zip(&plan.sizes) {
+        for ((b, &size), &exact) in layout.bindings.iter().zip(&plan.sizes).zip(&plan.bytes) {
             let usage = match b {
                 Binding::Input { .. } => wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
                 Binding::Output { .. } => wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
@@ -257,9 +261,9 @@ impl Gpu {
                 device.create_buffer(&wgpu::BufferDescriptor { label: None, size, usage, mapped_at_creation: false });
             match b {
                 Binding::Input { .. } => {
-                    let take = (size as usize).min(input.len() - input_at);
-                    let mut bytes = input[input_at..input_at + take].to_vec();
-                    input_at += take;
+                    // Exactly this binding's bytes; the padding stays zero.
+                    let mut bytes = input[input_at..input_at + exact as usize].to_vec();
+                    input_at += exact as usize;
                     bytes.resize(size as usize, 0);
                     self.queue.write_buffer(&buffer, 0, &bytes);
                 }
@@ -323,7 +327,7 @@ impl Gpu {
             }
             let started = Instant::now();
             let index = self.queue.submit([encoder.finish()]);
-            self.wait(index, deadline)?;
+            self.wait(index, stall)?;
             let took = started.elapsed();
             gpu_time += took;
             done += count;
@@ -336,12 +340,21 @@ impl Gpu {
             }
         }
 
+        if plan.output_bytes == 0 {
+            return Ok(Outcome {
+                peak_memory_bytes: plan.memory_bytes,
+                gpu_ms: gpu_time.as_millis() as u64,
+                error: None,
+                ..Outcome::failed(Status::Ok, "")
+            });
+        }
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
         let mut at = 0;
-        for (b, buf) in layout.bindings.iter().zip(&buffers) {
-            if matches!(b, Binding::Output { .. }) {
-                encoder.copy_buffer_to_buffer(buf, 0, &staging, at, buf.size());
-                at += buf.size();
+        for ((b, buf), &exact) in layout.bindings.iter().zip(&buffers).zip(&plan.bytes) {
+            // Output sizes are multiples of 4 (checked in `plan`); empty ones add nothing.
+            if matches!(b, Binding::Output { .. }) && exact > 0 {
+                encoder.copy_buffer_to_buffer(buf, 0, &staging, at, exact);
+                at += exact;
             }
         }
         let index = self.queue.submit([encoder.finish()]);
@@ -349,13 +362,13 @@ impl Gpu {
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = tx.send(r);
         });
-        self.wait(index, deadline)?;
+        self.wait(index, stall)?;
         match rx.try_recv() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(Failure::Device(format!("reading the output back: {e}"))),
             Err(_) => {
                 // Mapping completes on a later poll than the copy's.
-                self.wait_idle(deadline)?;
+                self.wait_idle(stall)?;
                 rx.try_recv()
                     .map_err(|_| Failure::Timeout)?
                     .map_err(|e| Failure::Device(format!("reading the output back: {e}")))?;
@@ -375,15 +388,13 @@ impl Gpu {
         })
     }
 
-    fn wait(&self, index: wgpu::SubmissionIndex, deadline: Instant) -> Result<(), Failure> {
-        let timeout = deadline.saturating_duration_since(Instant::now());
-        let result = self.device.poll(wgpu::PollType::Wait { submission_index: Some(index), timeout: Some(timeout) });
+    fn wait(&self, index: wgpu::SubmissionIndex, stall: Duration) -> Result<(), Failure> {
+        let result = self.device.poll(wgpu::PollType::Wait { submission_index: Some(index), timeout: Some(stall) });
         self.judge(result)
     }
 
-    fn wait_idle(&self, deadline: Instant) -> Result<(), Failure> {
-        let timeout = deadline.saturating_duration_since(Instant::now());
-        let result = self.device.poll(wgpu::PollType::Wait { submission_index: None, timeout: Some(timeout) });
+    fn wait_idle(&self, stall: Duration) -> Result<(), Failure> {
+        let result = self.device.poll(wgpu::PollType::Wait { submission_index: None, timeout: Some(stall) });
         self.judge(result)
     }
 
@@ -394,7 +405,12 @@ impl Gpu {
         match result {
             Ok(_) => Ok(()),
             Err(wgpu::PollError::Timeout) => Err(Failure::Timeout),
-            Err(e) => Err(Failure::Lost(e.to_string())),
+            // The submission was refused (a validation error found at submit,
+            // such as a shader struct larger than its buffer): the task's
+            // fault, and the device is fine.
+            Err(e @ wgpu::PollError::WrongSubmissionIndex(..)) => {
+                Err(Failure::Device(format!("the GPU refused the work ({e}); do the layout's sizes match the shader?")))
+            }
         }
     }
 }
@@ -410,8 +426,10 @@ enum Failure {
 #[derive(Debug)]
 struct Plan {
     params: serde_json::Value,
-    /// Per binding, in layout order.
+    /// Per binding, in layout order: the buffer sizes (non-zero multiples of
+    /// 4, as wgpu wants) and the bytes that are really the task's.
     sizes: Vec<u64>,
+    bytes: Vec<u64>,
     workgroups: [u32; 3],
     output_bytes: u64,
     memory_bytes: u64,
@@ -428,6 +446,7 @@ fn plan(
     let bad = |e: String| (Status::Error, e);
     let align = |n: u64| n.div_ceil(4) * 4;
     let mut sizes = Vec::with_capacity(layout.bindings.len());
+    let mut exact = Vec::with_capacity(layout.bindings.len());
     let mut input_left = input.len() as u64;
     let mut output_bytes = 0u64;
     for b in &layout.bindings {
@@ -458,6 +477,7 @@ fn plan(
             }
             Binding::Dispatch { .. } => 16,
         };
+        exact.push(size);
         // wgpu wants sizes that are non-zero multiples of 4.
         let size = align(size.max(4));
         let cap = match b {
@@ -506,7 +526,7 @@ fn plan(
     if total > MAX_WORKGROUPS {
         return Err(bad(format!("{total} workgroups is over the cap of {MAX_WORKGROUPS}")));
     }
-    Ok(Plan { params: params.clone(), sizes, workgroups, output_bytes, memory_bytes })
+    Ok(Plan { params: params.clone(), sizes, bytes: exact, workgroups, output_bytes, memory_bytes })
 }
 
 /// Every resource the shader declares must be in the layout with the same

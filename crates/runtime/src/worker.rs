@@ -46,11 +46,12 @@ pub fn serve(cache_dir: Option<PathBuf>) -> io::Result<()> {
         let outcome = match (blobs.as_slice(), wgsl) {
             (_, Some(_)) if resume => Outcome::failed(Status::Error, "WGSL kernels do not checkpoint"),
             ([source, input], Some(layout)) => {
-                let deadline = started + Duration::from_millis(if timeout_ms == 0 { 60_000 } else { timeout_ms });
+                // One submission stuck for the whole task budget is a stuck
+                // GPU; the total, net of frozen time, is the supervisor's.
+                let stall = Duration::from_millis(if timeout_ms == 0 { 60_000 } else { timeout_ms });
                 match gpu.get_or_insert_with(Gpu::open) {
                     Ok(gpu) => {
-                        let run =
-                            gpu.run(kernel_sha256, source, &layout, input, &params, &limits, deadline, &mut events);
+                        let run = gpu.run(kernel_sha256, source, &layout, input, &params, &limits, stall, &mut events);
                         retire = run.retire;
                         run.outcome
                     }

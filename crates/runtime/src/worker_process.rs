@@ -44,7 +44,7 @@ impl WorkerCommand {
     /// never loads a GPU driver into its own process. `Err` says why there
     /// is none (no driver, no device, or the probe hung and was killed).
     pub fn probe_gpu(&self) -> Result<String, String> {
-        let mut child = Command::new(&self.program)
+        let child = Command::new(&self.program)
             .args(&self.args)
             .arg("--probe-gpu")
             .stdin(Stdio::null())
@@ -52,19 +52,20 @@ impl WorkerCommand {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("could not start the GPU probe: {e}"))?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err("the GPU probe did not answer within 20 s".into());
-                }
+        let pid = child.id();
+        // Read its output while it runs (a chatty driver must not fill a
+        // pipe and stall it), and kill it if it hangs.
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        let out = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(out) => out.map_err(|e| e.to_string())?,
+            Err(_) => {
+                signal(pid, Signal::Kill);
+                return Err("the GPU probe did not answer within 20 s".into());
             }
-        }
-        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        };
         let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_owned();
         if out.status.success() { Ok(text(&out.stdout)) } else { Err(text(&out.stderr)) }
     }

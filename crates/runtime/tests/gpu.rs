@@ -3,7 +3,7 @@
 //! task can be wrong ending in its own status.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use idlemesh_kernel_mandelbrot as mandelbrot;
 use idlemesh_kernels::wgsl;
@@ -26,8 +26,8 @@ fn run_with(
     let layout: WgslLayout = serde_json::from_str(layout).expect("layout parses");
     let mut gpu = GPU.lock().unwrap_or_else(|e| e.into_inner());
     let gpu = gpu.get_or_insert_with(|| Gpu::open().expect("a wgpu adapter (scripts/setup installs lavapipe)"));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    gpu.run(Sha256::of(shader.as_bytes()), shader.as_bytes(), &layout, input, params, &limits, deadline, events)
+    let stall = Duration::from_secs(60);
+    gpu.run(Sha256::of(shader.as_bytes()), shader.as_bytes(), &layout, input, params, &limits, stall, events)
 }
 
 fn run(shader: &str, layout: &str, input: &[u8], params: &str) -> GpuRun {
@@ -207,4 +207,24 @@ fn bad_shaders_layouts_and_inputs_get_their_statuses() {
 
     // And the device still works.
     ok(run(wgsl::MATMUL, layout, &input, r#"{"n":4}"#));
+}
+
+#[test]
+fn inputs_get_exactly_their_bytes_and_empty_outputs_are_empty() {
+    // Two inputs of 6 and 2 bytes: each gets its own bytes, zero-padded to
+    // a whole word; the shader copies the three words out.
+    let shader = "@group(0) @binding(0) var<storage, read> a: array<u32>;
+                  @group(0) @binding(1) var<storage, read> b: array<u32>;
+                  @group(0) @binding(2) var<storage, read_write> out: array<u32>;
+                  @compute @workgroup_size(1) fn main() { out[0] = a[0]; out[1] = a[1]; out[2] = b[0]; }";
+    let layout = r#"{"invocations": [1], "bindings": [
+        {"binding": 0, "role": "input", "size": 6}, {"binding": 1, "role": "input", "size": 2},
+        {"binding": 2, "role": "output", "size": 12}]}"#;
+    let out = ok(run(shader, layout, &[1, 2, 3, 4, 5, 6, 7, 8], "{}"));
+    assert_eq!(out, [1, 2, 3, 4, 5, 6, 0, 0, 7, 8, 0, 0]);
+
+    let empty = r#"{"invocations": [1], "bindings": [
+        {"binding": 0, "role": "input", "size": 6}, {"binding": 1, "role": "input", "size": 2},
+        {"binding": 2, "role": "output", "size": "n"}]}"#;
+    assert!(ok(run(shader, empty, &[0; 8], r#"{"n": 0}"#)).is_empty());
 }

@@ -76,6 +76,10 @@ fn reg_value(key: &str, value: &RegValue) -> Value {
         (Some(Kind::Float { .. }), None, RegValue::Sz(s)) => {
             s.trim().parse::<f64>().map(Value::Float).unwrap_or_else(|_| Value::String(s.clone()))
         }
+        // Caps are text in the ADMX (a number or "unlimited").
+        (Some(Kind::CapMb | Kind::Int { .. }), None, RegValue::Sz(s)) => {
+            s.trim().parse::<i64>().map(Value::Integer).unwrap_or_else(|_| Value::String(s.clone()))
+        }
         (_, Some(n), _) => Value::Integer(i64::try_from(n).unwrap_or(i64::MAX)),
         (_, None, RegValue::Sz(s)) => Value::String(s.clone()),
         (_, None, _) => unreachable!("only REG_SZ has no number"),
@@ -168,6 +172,7 @@ mod tests {
                             ("max_cpu_temp_c".into(), RegValue::Sz("77.5".into())),
                             ("idle_minutes".into(), RegValue::Dword(10)),
                             ("daily_upload_cap_mb".into(), RegValue::Sz("unlimited".into())),
+                            ("daily_download_cap_mb".into(), RegValue::Sz(" 500 ".into())),
                         ],
                         subkeys: vec![],
                     },
@@ -191,6 +196,7 @@ mod tests {
         assert_eq!(p.defaults["gpu_enabled"], Value::Boolean(true));
         assert_eq!(p.defaults["max_cpu_temp_c"], Value::Float(77.5));
         assert_eq!(p.defaults["idle_minutes"], Value::Float(10.0));
+        assert_eq!(p.defaults["daily_download_cap_mb"], Value::Integer(500));
         assert_eq!(p.locked["run_on_battery"], Value::Boolean(false));
         assert_eq!(p.locked["memory_per_task_mb"], Value::Integer(2048));
 

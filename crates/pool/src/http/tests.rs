@@ -242,3 +242,19 @@ async fn a_device_asking_too_often_is_told_to_wait() {
     assert!(after >= 20, "the first {after} requests passed; the burst allows 20");
     assert!(retry.is_some(), "429 carries Retry-After");
 }
+
+#[tokio::test]
+async fn the_pool_proves_it_holds_its_key() {
+    let (pool, _dir) = pool();
+    let nonce = "ab".repeat(32);
+    let (status, body) = call(&pool, post("/v1/challenge", &format!(r#"{{"nonce":"{nonce}"}}"#))).await;
+    assert_eq!(status, StatusCode::OK);
+    let signed: idlemesh_protocol::Signed<idlemesh_protocol::api::PoolChallenge> =
+        serde_json::from_value(body).unwrap();
+    assert_eq!(signed.verify(&pool.public_key()).unwrap().nonce, nonce);
+    assert!(signed.verify(&Keypair::generate().unwrap().public()).is_err(), "another key does not verify it");
+    for bad in [r#"{"nonce":"short"}"#, r#"{"nonce":"zz"}"#, r#"{}"#] {
+        let (status, body) = call(&pool, post("/v1/challenge", bad)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
+}

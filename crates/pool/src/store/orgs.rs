@@ -161,8 +161,9 @@ impl Store {
     }
 
     /// Enrolls a device (or finds it again) with an optional token; the
-    /// organisation comes from the token. A token is checked even for a
-    /// device that is enrolled already, so a revoked one never works again.
+    /// organisation comes from the token. A device that is already in the
+    /// token's organisation is simply found again, even once the token has
+    /// expired or been revoked: those stop new devices, not enrolled ones.
     pub fn enroll(
         &mut self,
         key: &PublicKey,
@@ -170,42 +171,43 @@ impl Store {
         token: Option<&str>,
         now: u64,
     ) -> Result<(u64, Option<Org>), StoreError> {
-        let token = match token {
-            None => None,
-            Some(secret) => {
-                let row = self
-                    .conn
-                    .query_row(
-                        &format!("SELECT {TOKEN_COLUMNS} FROM enrollment_tokens WHERE token_sha256 = ?1"),
-                        [hash(secret)],
-                        token_row,
-                    )
-                    .optional()?;
-                let t = row.ok_or(StoreError::Token(
-                    TokenRefusal::Unknown,
-                    "this enrollment token is not one of this pool's".into(),
-                ))?;
-                if let Some(at) = t.revoked_ms {
-                    return Err(StoreError::Token(
-                        TokenRefusal::Revoked,
-                        format!("this enrollment token was revoked (at {at} ms since the epoch)"),
-                    ));
-                }
-                if now >= t.expires_ms {
-                    return Err(StoreError::Token(
-                        TokenRefusal::Expired,
-                        format!("this enrollment token expired (at {} ms since the epoch)", t.expires_ms),
-                    ));
-                }
-                Some(t)
-            }
-        };
         let existing: Option<(i64, Option<i64>)> = self
             .conn
             .query_row("SELECT id, org_id FROM devices WHERE public_key = ?1", [key.to_hex()], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .optional()?;
+        let token = match token {
+            None => None,
+            Some(secret) => Some(
+                self.conn
+                    .query_row(
+                        &format!("SELECT {TOKEN_COLUMNS} FROM enrollment_tokens WHERE token_sha256 = ?1"),
+                        [hash(secret)],
+                        token_row,
+                    )
+                    .optional()?
+                    .ok_or(StoreError::Token(
+                        TokenRefusal::Unknown,
+                        "this enrollment token is not one of this pool's".into(),
+                    ))?,
+            ),
+        };
+        let member_already = matches!((&existing, &token), (Some((_, Some(org))), Some(t)) if *org == t.org_id as i64);
+        if let (Some(t), false) = (&token, member_already) {
+            if let Some(at) = t.revoked_ms {
+                return Err(StoreError::Token(
+                    TokenRefusal::Revoked,
+                    format!("this enrollment token was revoked (at {at} ms since the epoch)"),
+                ));
+            }
+            if now >= t.expires_ms {
+                return Err(StoreError::Token(
+                    TokenRefusal::Expired,
+                    format!("this enrollment token expired (at {} ms since the epoch)", t.expires_ms),
+                ));
+            }
+        }
         let org_id = token.as_ref().map(|t| t.org_id as i64);
         let device_id = match existing {
             Some((id, current)) => {

@@ -336,7 +336,9 @@ fn enrollment_tokens_expire_are_revocable_and_counted() {
     assert_eq!(revoked.revoked_ms, Some(5_000));
     assert_eq!(store.revoke_token(day.info.token_id, 6_000).unwrap().revoked_ms, Some(5_000), "first revocation kept");
     assert_eq!(refusal(store.enroll(&key(), "{}", Some(&day.token), 6_000)), TokenRefusal::Revoked);
-    assert_eq!(refusal(store.enroll(&laptop, "{}", Some(&day.token), 6_000)), TokenRefusal::Revoked);
+    // A device already enrolled with it stays enrolled, token revoked or expired.
+    assert_eq!(store.enroll(&laptop, "{}", Some(&day.token), 6_000).unwrap().0, id);
+    assert_eq!(store.enroll(&laptop, "{}", Some(&day.token), 999_999_999).unwrap().0, id);
     // A refused enrollment wrote nothing: the organisation has its two devices.
     let stats = store.org_stats(org.org_id).unwrap();
     assert_eq!(stats.devices.len(), 2);
