@@ -57,6 +57,9 @@ struct Prepared {
     pipeline: wgpu::ComputePipeline,
     bind_layout: wgpu::BindGroupLayout,
     workgroup_size: [u32; 3],
+    /// The fewest bytes each binding's WGSL type needs (a runtime-sized
+    /// array counted with one element), by binding number.
+    min_sizes: HashMap<u32, u64>,
 }
 
 /// The adapter's name as reported to users and pools: name, backend, type.
@@ -141,10 +144,21 @@ impl Gpu {
                 Err(e) => return finish(Outcome::failed(Status::InvalidKernel, e), false, &self.adapter),
             }
         }
-        let plan = match plan(layout, &params, input, limits, &self.limits, self.pipelines[&key].workgroup_size) {
+        let prepared = &self.pipelines[&key];
+        let plan = match plan(layout, &params, input, limits, &self.limits, prepared.workgroup_size) {
             Ok(plan) => plan,
             Err((status, e)) => return finish(Outcome::failed(status, e), false, &self.adapter),
         };
+        // A buffer smaller than the shader's type for it is the layout's
+        // mistake: named here rather than refused by the driver at submit.
+        for (b, &size) in layout.bindings.iter().zip(&plan.sizes) {
+            if let Some(&need) = prepared.min_sizes.get(&b.binding())
+                && size < need
+            {
+                let e = format!("binding {} is {size} bytes, but the shader's type for it needs {need}", b.binding());
+                return finish(Outcome::failed(Status::Error, e), false, &self.adapter);
+            }
+        }
         let (outcome, retire) = match self.execute(&key, layout, &plan, input, stall, events) {
             Ok(outcome) => (outcome, false),
             Err(Failure::Timeout) => (
@@ -185,6 +199,7 @@ impl Gpu {
             return Err("@workgroup_size must be constant, not an override".into());
         }
         check_bindings(&module, layout)?;
+        let min_sizes = min_binding_sizes(&module)?;
 
         let entries: Vec<_> = layout
             .bindings
@@ -201,7 +216,7 @@ impl Gpu {
                         Binding::Params { .. } | Binding::Dispatch { .. } => wgpu::BufferBindingType::Uniform,
                     },
                     has_dynamic_offset: false,
-                    min_binding_size: None,
+                    min_binding_size: min_sizes.get(&b.binding()).copied().and_then(std::num::NonZeroU64::new),
                 },
                 count: None,
             })
@@ -229,7 +244,7 @@ impl Gpu {
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(format!("the GPU refused the shader: {e}"));
         }
-        Ok(Prepared { pipeline, bind_layout, workgroup_size: entry.workgroup_size })
+        Ok(Prepared { pipeline, bind_layout, workgroup_size: entry.workgroup_size, min_sizes })
     }
 
     fn execute(
@@ -527,6 +542,17 @@ fn plan(
         return Err(bad(format!("{total} workgroups is over the cap of {MAX_WORKGROUPS}")));
     }
     Ok(Plan { params: params.clone(), sizes, bytes: exact, workgroups, output_bytes, memory_bytes })
+}
+
+/// The byte size of each bound global's type, as WGSL lays it out.
+fn min_binding_sizes(module: &naga::Module) -> Result<HashMap<u32, u64>, String> {
+    let mut layouter = naga::proc::Layouter::default();
+    layouter.update(module.to_ctx()).map_err(|e| format!("cannot lay out the shader's types: {e}"))?;
+    Ok(module
+        .global_variables
+        .iter()
+        .filter_map(|(_, var)| Some((var.binding.as_ref()?.binding, u64::from(layouter[var.ty].size))))
+        .collect())
 }
 
 /// Every resource the shader declares must be in the layout with the same

@@ -194,6 +194,20 @@ fn bad_shaders_layouts_and_inputs_get_their_statuses() {
         assert!(!r.retire, "a refused task leaves the device usable");
     }
 
+    // A params struct larger than the fields the layout packs is named, and
+    // the device stays usable.
+    let wide = "struct P { n: u32, a: u32, b: u32, c: u32, d: u32 }
+                @group(0) @binding(0) var<uniform> p: P;
+                @group(0) @binding(1) var<storage, read_write> out: array<u32>;
+                @compute @workgroup_size(1) fn main() { out[0] = p.d; }";
+    let wide_layout = r#"{"invocations": [1], "bindings": [
+        {"binding": 0, "role": "params", "fields": [{"name": "n", "type": "u32"}]},
+        {"binding": 1, "role": "output", "size": 4}]}"#;
+    let r = run(wide, wide_layout, b"", r#"{"n":1}"#);
+    assert_eq!(r.outcome.status, Status::Error, "{:?}", r.outcome.error);
+    assert!(r.outcome.error.unwrap().contains("binding 0 is 16 bytes, but the shader's type for it needs 20"));
+    assert!(!r.retire);
+
     // Buffers over the task's memory limit are refused before allocation.
     let big = RunLimits { max_memory_bytes: 1 << 20, ..RunLimits::default() };
     let params = r#"{"n":512}"#;
