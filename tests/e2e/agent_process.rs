@@ -9,6 +9,10 @@ use serde_json::Value;
 
 use crate::harness::BIN;
 
+#[path = "../common/xvfb.rs"]
+mod xvfb;
+pub use xvfb::Xvfb;
+
 /// Children inherit the session keyring of the thread that starts them, so
 /// every agent a test starts finds the device key its predecessor stored.
 /// Credentials are per thread on Linux, and each test has its own thread.
@@ -182,63 +186,4 @@ pub fn proc_state(pid: u64) -> Option<(char, u64)> {
     // utime and stime are fields 14 and 15 of stat; 12 and 13 after the state.
     let ticks = fields[11].parse::<u64>().ok()? + fields[12].parse::<u64>().ok()?;
     Some((state, ticks))
-}
-
-/// Starts Xvfb on a free display; killed on drop.
-pub struct Xvfb {
-    child: Child,
-    pub display: String,
-}
-
-impl Xvfb {
-    pub fn start() -> Self {
-        for n in 0..50 {
-            let display = format!(":{}", 90 + (std::process::id() as usize + n) % 400);
-            let lock = format!("/tmp/.X{}-lock", &display[1..]);
-            if Path::new(&lock).exists() {
-                continue;
-            }
-            let mut child = Command::new("Xvfb")
-                .args([display.as_str(), "-noreset", "-nolisten", "tcp", "-screen", "0", "640x480x24"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("Xvfb is installed (scripts/setup installs xvfb)");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if Command::new("xdotool")
-                    .args(["getmouselocation"])
-                    .env("DISPLAY", &display)
-                    .output()
-                    .is_ok_and(|o| o.status.success())
-                {
-                    return Self { child, display };
-                }
-                if child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("could not start Xvfb");
-    }
-
-    pub fn input(&self, n: u32) {
-        let out = Command::new("xdotool")
-            .args(["mousemove", &(100 + n % 300).to_string(), &(100 + n % 200).to_string()])
-            .env("DISPLAY", &self.display)
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-    }
-}
-
-impl Drop for Xvfb {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

@@ -45,6 +45,22 @@ pub enum Request {
         key: String,
         value: String,
     },
+    /// The pools this device has enrolled with (and the one it is joining).
+    Pools,
+    /// Work for `url` from now on, enrolling with `token` if the pool needs
+    /// one. `temporary`: only until the agent stops (the demo pool), the
+    /// settings file keeps its `pool_url`.
+    PoolJoin {
+        url: String,
+        #[serde(default)]
+        token: Option<String>,
+        #[serde(default)]
+        temporary: bool,
+    },
+    /// Stop working for `url` and forget its pinned key.
+    PoolLeave {
+        url: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,7 +126,9 @@ async fn connection(stream: transport::Stream, handler: std::sync::Arc<dyn Handl
             }
             Err(e) => refusal(
                 "bad_request",
-                &format!("not a request the agent knows ({e}); expected one of status, pause, resume, settings_set"),
+                &format!(
+                    "not a request the agent knows ({e}); expected one of status, pause, resume, settings_set, pools, pool_join, pool_leave"
+                ),
             ),
         };
         write.write_all(format!("{answer}\n").as_bytes()).await?;
@@ -368,6 +386,8 @@ mod tests {
         let ok: Request = serde_json::from_str(r#"{"command":"pause","duration":"15m"}"#).unwrap();
         assert_eq!(ok, Request::Pause { duration: Some("15m".into()) });
         assert!(serde_json::from_str::<Request>(r#"{"command":"shutdown"}"#).is_err());
+        let join: Request = serde_json::from_str(r#"{"command":"pool_join","url":"http://p"}"#).unwrap();
+        assert_eq!(join, Request::PoolJoin { url: "http://p".into(), token: None, temporary: false });
         assert!(serde_json::from_str::<Request>(r#"{"command":"pause","duration":"1h","extra":1}"#).is_err());
     }
 }

@@ -65,7 +65,34 @@ struct Shared {
     scheduler: Mutex<Vec<Arc<Mutex<SchedulerStatus>>>>,
     /// Why there is no scheduler yet (no pool set, pool unreachable).
     pool_problem: Mutex<Option<String>>,
+    /// `--pool`, or a temporary join (the demo pool): used instead of the
+    /// settings' `pool_url` unless the policy locks that.
+    pool_override: Mutex<Option<String>>,
+    /// Enrollment tokens given with `pool_join`, by pool URL: kept in memory
+    /// only (a secret), needed only until the device has enrolled.
+    join_tokens: Mutex<BTreeMap<String, String>>,
+    data_dir: PathBuf,
     info: Value,
+}
+
+/// The embedding app's way in: the same requests as the control socket.
+#[derive(Clone)]
+pub struct Control(Arc<Shared>);
+
+impl Control {
+    pub fn request(&self, request: Request) -> Result<Value, (String, String)> {
+        self.0.handle(request)
+    }
+}
+
+fn settings_refusal(e: crate::settings::SettingsError) -> (String, String) {
+    let code = match e {
+        crate::settings::SettingsError::Locked { .. } => "locked",
+        crate::settings::SettingsError::UnknownKey { .. } => "unknown_setting",
+        crate::settings::SettingsError::BadValue { .. } => "bad_value",
+        _ => "settings_file",
+    };
+    (code.to_string(), e.to_string())
 }
 
 impl Handler for Shared {
@@ -84,21 +111,109 @@ impl Handler for Shared {
             }
             Request::SettingsSet { key, value } => {
                 let mut settings = self.settings.lock().expect("settings lock");
-                settings.set(&key, &crate::settings::parse_cli_value(&value)).map_err(|e| {
-                    let code = match e {
-                        crate::settings::SettingsError::Locked { .. } => "locked",
-                        crate::settings::SettingsError::UnknownKey { .. } => "unknown_setting",
-                        crate::settings::SettingsError::BadValue { .. } => "bad_value",
-                        _ => "settings_file",
-                    };
-                    (code.to_string(), e.to_string())
-                })?;
+                settings.set(&key, &crate::settings::parse_cli_value(&value)).map_err(settings_refusal)?;
                 let effective = settings.effective().values.get(key.as_str()).cloned();
                 drop(settings);
                 self.watcher.settings_changed();
                 Ok(json!({"key": key, "effective": effective}))
             }
+            Request::Pools => self.pools(),
+            Request::PoolJoin { url, token, temporary } => self.join(&url, token, temporary),
+            Request::PoolLeave { url } => self.leave(&url),
         }
+    }
+}
+
+impl Shared {
+    /// The pool to work for now: a locked policy value wins, then an
+    /// override (`--pool`, the demo pool), then the user's setting.
+    fn pool_url(&self) -> Option<String> {
+        let s = self.settings.lock().expect("settings lock");
+        let locked = s.effective().values.get("pool_url").is_some_and(|v| v.locked);
+        if locked {
+            return s.effective().pool_url();
+        }
+        self.pool_override.lock().expect("lock").clone().or_else(|| s.effective().pool_url())
+    }
+
+    fn pool_url_locked(&self) -> bool {
+        self.settings.lock().expect("settings lock").effective().values.get("pool_url").is_some_and(|v| v.locked)
+    }
+
+    fn pools(&self) -> Result<Value, (String, String)> {
+        let pins = crate::pins::all(&self.data_dir).map_err(|e| ("pins".to_string(), e.to_string()))?;
+        let current = self.pool_url();
+        let locked = self.pool_url_locked();
+        let slot = self.scheduler.lock().expect("scheduler lock").first().map(|s| s.lock().expect("status").clone());
+        let mut urls: Vec<&String> = pins.keys().collect();
+        if let Some(c) = current.as_ref().filter(|c| !pins.contains_key(*c)) {
+            urls.insert(0, c);
+        }
+        let pools: Vec<Value> = urls
+            .into_iter()
+            .map(|url| {
+                let is_current = current.as_deref() == Some(url.as_str());
+                let live = slot.as_ref().filter(|s| is_current && s.pool == *url);
+                json!({
+                    "url": url,
+                    "public_key": pins.get(url),
+                    "current": is_current,
+                    "locked": is_current && locked,
+                    "device_id": live.and_then(|s| s.device_id),
+                    "organisation": live.and_then(|s| s.managed_by.clone()),
+                })
+            })
+            .collect();
+        Ok(Value::Array(pools))
+    }
+
+    fn join(&self, url: &str, token: Option<String>, temporary: bool) -> Result<Value, (String, String)> {
+        let spec = crate::settings::schema::spec("pool_url").expect("pool_url is a setting");
+        let url = match crate::settings::schema::check(spec.kind, &toml::Value::String(url.trim().to_string())) {
+            Ok(toml::Value::String(u)) => u,
+            Ok(_) => unreachable!("a URL checks to a string"),
+            Err(e) => return Err(("bad_value".into(), format!("pool URL {url:?}: {e}"))),
+        };
+        if let Some(token) = token.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()) {
+            self.join_tokens.lock().expect("lock").insert(url.clone(), token);
+        }
+        if temporary {
+            if self.pool_url_locked() {
+                return Err(("locked".into(), "the pool is managed by your organisation".into()));
+            }
+            *self.pool_override.lock().expect("lock") = Some(url.clone());
+        } else {
+            self.settings
+                .lock()
+                .expect("settings lock")
+                .set("pool_url", &toml::Value::String(url.clone()))
+                .map_err(settings_refusal)?;
+            *self.pool_override.lock().expect("lock") = None;
+            self.watcher.settings_changed();
+        }
+        tracing::info!(pool = %url, temporary, "joining a pool");
+        Ok(json!({"url": url}))
+    }
+
+    fn leave(&self, url: &str) -> Result<Value, (String, String)> {
+        let url = url.trim().trim_end_matches('/');
+        {
+            let mut settings = self.settings.lock().expect("settings lock");
+            if settings.effective().pool_url().as_deref() == Some(url) {
+                settings.unset("pool_url").map_err(settings_refusal)?;
+            }
+        }
+        {
+            let mut o = self.pool_override.lock().expect("lock");
+            if o.as_deref() == Some(url) {
+                *o = None;
+            }
+        }
+        self.join_tokens.lock().expect("lock").remove(url);
+        crate::pins::unpin(&self.data_dir, url).map_err(|e| ("pins".to_string(), e.to_string()))?;
+        self.watcher.settings_changed();
+        tracing::info!(pool = %url, "left a pool");
+        Ok(json!({"url": url}))
     }
 }
 
@@ -141,6 +256,16 @@ impl Shared {
 
 /// Runs until `shutdown` resolves.
 pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    run_with(config, shutdown, |_| {}).await
+}
+
+/// Runs until `shutdown` resolves; `started` gets the in-process control
+/// once the agent answers requests (the tray app's way in).
+pub async fn run_with(
+    config: DaemonConfig,
+    shutdown: impl Future<Output = ()>,
+    started: impl FnOnce(Control),
+) -> Result<(), DaemonError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| DaemonError::Start(format!("data dir {}: {e}", config.data_dir.display())))?;
     let machine = Machine::this();
@@ -170,6 +295,9 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         settings: settings.clone(),
         scheduler: Mutex::new(Vec::new()),
         pool_problem: Mutex::new(None),
+        pool_override: Mutex::new(config.pool_override),
+        join_tokens: Mutex::new(BTreeMap::new()),
+        data_dir: config.data_dir.clone(),
         info: json!({
             "version": env!("CARGO_PKG_VERSION"),
             "pid": std::process::id(),
@@ -182,16 +310,9 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     });
     let server = tokio::spawn(control::serve(listener, shared.clone()));
     tracing::info!(socket = %config.socket_path.display(), keyring, "agent started");
+    started(Control(shared.clone()));
 
-    let scheduler = schedule(
-        shared.clone(),
-        config.pool_override,
-        config.data_dir.clone(),
-        ledger_path,
-        config.worker,
-        device_key,
-        machine,
-    );
+    let scheduler = schedule(shared.clone(), config.data_dir.clone(), ledger_path, config.worker, device_key, machine);
     tokio::select! {
         () = shutdown => {}
         () = scheduler => {}
@@ -205,22 +326,16 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
 /// Connects to the configured pool and works for it, forever.
 async fn schedule(
     shared: Arc<Shared>,
-    pool_override: Option<String>,
     data_dir: PathBuf,
     ledger_path: PathBuf,
     worker: WorkerCommand,
     device_key: Arc<idlemesh_protocol::Keypair>,
     machine: Machine,
 ) {
-    let pool_url = move |shared: &Shared| {
-        let s = shared.settings.lock().expect("settings lock");
-        let locked = s.effective().values.get("pool_url").is_some_and(|v| v.locked);
-        if locked { s.effective().pool_url() } else { pool_override.clone().or_else(|| s.effective().pool_url()) }
-    };
     let mut failures = 0u32;
     loop {
         let backoff = Duration::from_millis(crate::outbox::backoff_ms(failures + 1, crate::agent::random_u64()));
-        let Some(url) = pool_url(&shared) else {
+        let Some(url) = shared.pool_url() else {
             if shared.pool_problem.lock().expect("lock").replace(NO_POOL.into()).as_deref() != Some(NO_POOL) {
                 tracing::info!("{NO_POOL}");
             }
@@ -231,6 +346,7 @@ async fn schedule(
             let s = shared.settings.lock().expect("settings lock");
             (s.effective().limits(), s.effective().enrollment_token.clone())
         };
+        let enrollment_token = shared.join_tokens.lock().expect("lock").get(&url).cloned().or(enrollment_token);
         // The GPU is offered only when the user (or policy) enabled it, and
         // only if a worker finds one; probed once per setting change.
         let wgpu_adapter = if limits.gpu_enabled { gpu_adapter(&worker).await } else { None };
@@ -283,14 +399,13 @@ async fn schedule(
         let watch_settings = {
             let shared = shared.clone();
             let url = url.clone();
-            let pool_url = pool_url.clone();
             let (cores, memory, gpu) = (limits.cores, limits.memory_per_task_bytes, limits.gpu_enabled);
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(Duration::from_secs(2)).await;
                     let now = shared.settings.lock().expect("settings lock").effective().limits();
                     let changed = (now.cores, now.memory_per_task_bytes, now.gpu_enabled) != (cores, memory, gpu);
-                    if pool_url(&shared).as_deref() != Some(url.as_str()) || changed {
+                    if shared.pool_url().as_deref() != Some(url.as_str()) || changed {
                         let _ = stop_tx.send(true);
                         return;
                     }

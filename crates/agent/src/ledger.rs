@@ -213,6 +213,33 @@ fn check_receipt(body: &str) -> Result<(), String> {
 }
 
 /// A receipt for tests of what reads the ledger.
+/// RFC 3339 UTC time with milliseconds, as the exports write it.
+pub fn format_time(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// The entries as CSV (RFC 4180 quoting), one row per entry, bodies as JSON text.
+pub fn to_csv(entries: &[Entry]) -> String {
+    fn field(s: &str) -> String {
+        if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_owned() }
+    }
+    let mut out = String::from("seq,at,kind,body,prev_hash,hash\n");
+    for e in entries {
+        let row = [
+            e.seq.to_string(),
+            format_time(e.at_ms),
+            e.kind.clone(),
+            e.body.clone(),
+            e.prev_hash.clone(),
+            e.hash.clone(),
+        ];
+        out.push_str(&row.iter().map(|f| field(f)).collect::<Vec<_>>().join(","));
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 pub(crate) fn sample_receipt(credits: f64) -> Receipt {
     Receipt {

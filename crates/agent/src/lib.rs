@@ -22,7 +22,7 @@ pub mod control;
 pub mod daemon;
 pub mod energy;
 pub mod governor;
-mod ledger;
+pub mod ledger;
 pub mod ledger_summary;
 mod outbox;
 pub mod paths;

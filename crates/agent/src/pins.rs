@@ -39,10 +39,29 @@ pub fn pin(data_dir: &Path, pool_url: &str, key: PublicKey) -> Result<(), PinErr
         return Ok(());
     }
     pins.insert(pool_url.to_owned(), key);
+    write(data_dir, &pins)
+}
+
+/// Every pool this device has enrolled with, and its pinned key.
+pub fn all(data_dir: &Path) -> Result<BTreeMap<String, PublicKey>, PinError> {
+    read(data_dir)
+}
+
+/// Forgets `pool_url`'s key (leaving the pool): joining it again trusts
+/// whatever key it then shows, as on first enrollment.
+pub fn unpin(data_dir: &Path, pool_url: &str) -> Result<(), PinError> {
+    let mut pins = read(data_dir)?;
+    if pins.remove(pool_url).is_some() {
+        write(data_dir, &pins)?;
+    }
+    Ok(())
+}
+
+fn write(data_dir: &Path, pins: &BTreeMap<String, PublicKey>) -> Result<(), PinError> {
     let file = path(data_dir);
     let write = || -> std::io::Result<()> {
         let mut tmp = tempfile::NamedTempFile::new_in(data_dir)?;
-        serde_json::to_writer_pretty(&mut tmp, &pins)?;
+        serde_json::to_writer_pretty(&mut tmp, pins)?;
         tmp.as_file().sync_all()?;
         tmp.persist(&file)?;
         Ok(())
@@ -75,6 +94,10 @@ mod tests {
         pin(dir.path(), "http://q", b).unwrap();
         assert_eq!(pinned(dir.path(), "http://p").unwrap(), Some(a));
         assert_eq!(pinned(dir.path(), "http://q").unwrap(), Some(b));
+        unpin(dir.path(), "http://p").unwrap();
+        assert_eq!(all(dir.path()).unwrap().into_keys().collect::<Vec<_>>(), ["http://q"]);
+        pin(dir.path(), "http://p", b).unwrap();
+        assert_eq!(pinned(dir.path(), "http://p").unwrap(), Some(b), "a left pool is trusted anew");
         std::fs::write(path(dir.path()), "not json").unwrap();
         assert!(matches!(pinned(dir.path(), "http://p"), Err(PinError::Read { .. })));
     }

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use idlemesh_agent::{Agent, AgentConfig, paths};
 use idlemesh_pool::{Pool, PoolConfig};
-use idlemesh_protocol::api::{Capabilities, Combiner, JobSpec, JobState, SplitSpec};
-use idlemesh_protocol::{KernelKind, Keypair, TaskLimits};
+use idlemesh_protocol::Keypair;
+use idlemesh_protocol::api::{Capabilities, JobState};
 use idlemesh_runtime::WorkerCommand;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -82,27 +82,7 @@ async fn demo(args: Args) -> anyhow::Result<()> {
     // The job: a Mandelbrot image in tiles.
     let operator = OperatorClient::new(&pool_url, &operator_token)?;
     let kernel = operator.put_blob(idlemesh_kernels::MANDELBROT.to_vec()).await?;
-    let spec = JobSpec {
-        name: "demo: mandelbrot".into(),
-        kernel_kind: KernelKind::Wasm,
-        kernel_sha256: kernel.sha256,
-        wgsl: None,
-        params: json!({"width": args.width, "height": args.height, "max_iter": 256, "center_re": -0.5, "center_im": 0.0, "span": 3.0}),
-        inputs: None,
-        split: Some(SplitSpec::Tiles {
-            width: args.width,
-            height: args.height,
-            tile_width: args.width.div_ceil(args.columns),
-            tile_height: args.height.div_ceil(args.rows),
-        }),
-        replication: 1,
-        quorum: 1,
-        credits_per_task: 1.0,
-        combiner: Combiner::PngTiles,
-        limits: TaskLimits { timeout_ms: 120_000, ..TaskLimits::default() },
-        lease_ms: 60_000,
-        spot_checks: Vec::new(),
-    };
+    let spec = idlemesh_pool::demo::mandelbrot_job(kernel.sha256, args.width, args.height, args.columns, args.rows);
     let job = operator.submit(&spec).await?;
 
     // The agent, against that pool over HTTP.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Subcommand, ValueEnum};
-use idlemesh_agent::{Entry, Ledger, paths};
+use idlemesh_agent::{Ledger, paths};
 
 use crate::exit::{WorkFailed, bad_input};
 
@@ -105,7 +105,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let entries = ledger.entries(None)?;
             let text = match format {
                 Format::Json => serde_json::to_string_pretty(&entries)? + "\n",
-                Format::Csv => to_csv(&entries),
+                Format::Csv => idlemesh_agent::ledger::to_csv(&entries),
             };
             match output {
                 Some(file) => std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?,
@@ -144,26 +144,5 @@ fn bytes(n: u64) -> String {
 }
 
 fn format_time(ms: u64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
-fn to_csv(entries: &[Entry]) -> String {
-    fn field(s: &str) -> String {
-        if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_owned() }
-    }
-    let mut out = String::from("seq,at,kind,body,prev_hash,hash\n");
-    for e in entries {
-        let row = [
-            e.seq.to_string(),
-            format_time(e.at_ms),
-            e.kind.clone(),
-            e.body.clone(),
-            e.prev_hash.clone(),
-            e.hash.clone(),
-        ];
-        out.push_str(&row.iter().map(|f| field(f)).collect::<Vec<_>>().join(","));
-        out.push('\n');
-    }
-    out
+    idlemesh_agent::ledger::format_time(ms)
 }

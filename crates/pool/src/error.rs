@@ -15,4 +15,8 @@ pub enum PoolError {
     Db(#[from] rusqlite::Error),
     #[error("{0}")]
     Protocol(#[from] idlemesh_protocol::ProtocolError),
+    #[error("job spec: {0}")]
+    BadJob(String),
+    #[error("pool storage: {0}")]
+    Storage(String),
 }

@@ -16,6 +16,7 @@
 
 mod auth;
 mod combine;
+pub mod demo;
 mod error;
 mod http;
 mod keys;
@@ -111,6 +112,28 @@ impl Pool {
     /// The axum router of the HTTP API (DESIGN §5).
     pub fn router(&self) -> axum::Router {
         http::router(self.clone())
+    }
+
+    /// Stores a blob (a kernel, an input) in-process, as `PUT /v1/blobs` would.
+    pub async fn put_blob(&self, bytes: Vec<u8>) -> Result<idlemesh_protocol::Sha256, PoolError> {
+        self.inner.store.run(move |s| s.put_blob(&bytes)).await.map_err(|e| PoolError::Storage(e.to_string()))
+    }
+
+    /// Creates a job in-process, as `POST /v1/jobs` would: for an embedding
+    /// app (the tray app's demo pool), which has no operator token to send.
+    pub async fn submit(
+        &self,
+        spec: idlemesh_protocol::api::JobSpec,
+    ) -> Result<idlemesh_protocol::api::JobCreated, PoolError> {
+        let seeds = split::expand(&spec).map_err(PoolError::BadJob)?;
+        let tasks = seeds.len() as u64;
+        let job_id = self
+            .inner
+            .store
+            .run(move |s| s.create_job(&spec, seeds, now_ms()))
+            .await
+            .map_err(|e| PoolError::Storage(e.to_string()))?;
+        Ok(idlemesh_protocol::api::JobCreated { job_id, tasks })
     }
 
     /// Serves the API until the listener fails.

@@ -25,6 +25,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod access;
 mod cache;
 pub mod gpu;
 mod host;

@@ -10,7 +10,7 @@
 //! naming the file, the key and the value.
 
 mod platform;
-mod schema;
+pub mod schema;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -328,7 +328,18 @@ impl Settings {
     /// Changes one user setting: checked, refused if the policy locks it,
     /// written atomically into the user's file with every other line kept.
     pub fn set(&mut self, key: &str, value: &Value) -> Result<(), SettingsError> {
-        let file = self.user.path.display().to_string();
+        let spec = self.editable(key)?;
+        let value = check_value("settings", key, spec, value)?;
+        self.edit(key, Some(value))
+    }
+
+    /// Removes one user setting, so the default (or the policy's) applies again.
+    pub fn unset(&mut self, key: &str) -> Result<(), SettingsError> {
+        self.editable(key)?;
+        self.edit(key, None)
+    }
+
+    fn editable(&self, key: &str) -> Result<&'static schema::Spec, SettingsError> {
         let spec = schema::spec(key).ok_or_else(|| SettingsError::UnknownKey {
             file: "settings".into(),
             key: key.into(),
@@ -341,7 +352,11 @@ impl Settings {
                 policy: self.policy.path.display().to_string(),
             });
         }
-        let value = check_value("settings", key, spec, value)?;
+        Ok(spec)
+    }
+
+    fn edit(&mut self, key: &str, value: Option<Value>) -> Result<(), SettingsError> {
+        let file = self.user.path.display().to_string();
         // Edit what is on disk, not what we parsed: a file with an error is
         // fixed by setting the bad key, and comments elsewhere survive.
         let text = match std::fs::read_to_string(&self.user.path) {
@@ -351,7 +366,10 @@ impl Settings {
         };
         let mut doc: toml::Table =
             toml::from_str(&text).map_err(|e| SettingsError::Syntax { file: file.clone(), message: one_line(&e) })?;
-        doc.insert(key.into(), value);
+        match value {
+            Some(value) => doc.insert(key.into(), value),
+            None => doc.remove(key),
+        };
         let text =
             toml::to_string(&doc).map_err(|e| SettingsError::Write { file: file.clone(), message: e.to_string() })?;
         // The file must be good as a whole, or this value would not take effect.

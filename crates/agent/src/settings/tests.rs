@@ -140,6 +140,23 @@ fn set_writes_the_user_file_and_refuses_locked_keys() {
 }
 
 #[test]
+fn unset_returns_to_the_default_and_refuses_locked_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(
+        &dir,
+        Some("# mine\nidle_minutes = 5\ncpu_duty_cycle_percent = 30\n"),
+        Some("[locked]\nmin_battery_percent = 90\n"),
+    );
+    s.unset("cpu_duty_cycle_percent").unwrap();
+    assert_eq!(s.effective().limits().duty_cycle_percent, 60);
+    assert_eq!(s.effective().values["cpu_duty_cycle_percent"].source, Source::Default);
+    let on_disk = std::fs::read_to_string(s.user_path()).unwrap();
+    assert!(!on_disk.contains("cpu_duty_cycle_percent") && on_disk.contains("idle_minutes"), "{on_disk}");
+    assert!(matches!(s.unset("min_battery_percent"), Err(SettingsError::Locked { .. })));
+    assert!(matches!(s.unset("nonsense"), Err(SettingsError::UnknownKey { .. })));
+}
+
+#[test]
 fn set_refuses_to_overwrite_a_file_it_cannot_read() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = settings(&dir, Some("idle_minutes = 5\n[broken\n"), None);

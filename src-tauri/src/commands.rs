@@ -1,0 +1,202 @@
+//! The dashboard's IPC commands (docs/app-ipc.md): each one delegation to
+//! `idlemesh-agent` (or the pool library, for the demo pool).
+
+use std::sync::Arc;
+
+use idlemesh_agent::control::Request;
+use idlemesh_agent::{Entry, Ledger, ledger_summary};
+use serde_json::{Value, json};
+use tauri::State;
+use tauri_plugin_autostart::ManagerExt as _;
+
+use crate::app::{AppState, CommandError};
+
+type Result<T> = std::result::Result<T, CommandError>;
+type S<'a> = State<'a, Arc<AppState>>;
+
+pub fn handler() -> impl Fn(tauri::ipc::Invoke) -> bool + Send + Sync + 'static {
+    tauri::generate_handler![
+        status,
+        pause,
+        resume,
+        settings_set,
+        ledger_entries,
+        ledger_summary,
+        ledger_verify,
+        ledger_export,
+        pools,
+        pool_join,
+        pool_leave,
+        demo_start,
+        app_info,
+        autostart_set,
+    ]
+}
+
+#[tauri::command]
+async fn status(state: S<'_>) -> Result<Value> {
+    Ok(state.status().await)
+}
+
+#[tauri::command]
+async fn pause(state: S<'_>, duration: Option<String>) -> Result<Value> {
+    state.request(Request::Pause { duration }).await
+}
+
+#[tauri::command]
+async fn resume(state: S<'_>) -> Result<Value> {
+    state.request(Request::Resume).await
+}
+
+#[tauri::command]
+async fn settings_set(state: S<'_>, key: String, value: String) -> Result<Value> {
+    state.request(Request::SettingsSet { key, value }).await
+}
+
+#[tauri::command]
+async fn pools(state: S<'_>) -> Result<Value> {
+    state.request(Request::Pools).await
+}
+
+#[tauri::command]
+async fn pool_join(state: S<'_>, url: String, token: Option<String>) -> Result<Value> {
+    state.request(Request::PoolJoin { url, token, temporary: false }).await
+}
+
+#[tauri::command]
+async fn pool_leave(state: S<'_>, url: String) -> Result<Value> {
+    state.request(Request::PoolLeave { url }).await
+}
+
+/// Reads the ledger on a blocking thread; a ledger not yet written reads as empty.
+async fn with_ledger<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(Option<Ledger>) -> std::result::Result<T, idlemesh_agent::LedgerError> + Send + 'static,
+) -> Result<T> {
+    let path = state.ledger_path.clone();
+    tauri::async_runtime::spawn_blocking(move || {
+        let ledger = if path.exists() { Some(Ledger::open_existing(&path)?) } else { None };
+        f(ledger)
+    })
+    .await
+    .map_err(|e| CommandError::new("internal", e))?
+    .map_err(|e| CommandError::new("ledger", e))
+}
+
+fn all(ledger: Option<Ledger>) -> std::result::Result<Vec<Entry>, idlemesh_agent::LedgerError> {
+    ledger.map_or(Ok(Vec::new()), |l| l.entries(None))
+}
+
+#[tauri::command]
+async fn ledger_entries(state: S<'_>, kind: Option<String>, limit: Option<usize>) -> Result<Value> {
+    let limit = limit.unwrap_or(1000).min(10_000);
+    let entries = with_ledger(&state, move |l| l.map_or(Ok(Vec::new()), |l| l.entries(kind.as_deref()))).await?;
+    let newest: Vec<Value> = entries
+        .into_iter()
+        .rev()
+        .take(limit)
+        .map(|e| {
+            let body = serde_json::from_str::<Value>(&e.body).unwrap_or(Value::String(e.body.clone()));
+            json!({"seq": e.seq, "at_ms": e.at_ms, "kind": e.kind, "body": body, "prev_hash": e.prev_hash, "hash": e.hash})
+        })
+        .collect();
+    Ok(Value::Array(newest))
+}
+
+#[tauri::command]
+async fn ledger_summary(state: S<'_>) -> Result<ledger_summary::LedgerSummary> {
+    let entries = with_ledger(&state, all).await?;
+    Ok(ledger_summary::summarise(&entries, &jiff::tz::TimeZone::system()))
+}
+
+#[tauri::command]
+async fn ledger_verify(state: S<'_>) -> Result<Value> {
+    let path = state.ledger_path.clone();
+    let report = with_ledger(&state, |l| match l {
+        Some(l) => l.verify().map(Some),
+        None => Ok(None),
+    })
+    .await?;
+    let Some(report) = report else {
+        return Ok(
+            json!({"ok": true, "entries": 0, "receipts_checked": 0, "head": null, "first_bad": null, "ledger": path}),
+        );
+    };
+    let mut value = serde_json::to_value(&report).map_err(|e| CommandError::new("internal", e))?;
+    value["ok"] = report.ok().into();
+    value["ledger"] = json!(path);
+    Ok(value)
+}
+
+/// Writes the whole ledger to the Downloads folder (else the data dir).
+#[tauri::command]
+async fn ledger_export(state: S<'_>, format: String) -> Result<Value> {
+    let (text_of, ext): (fn(&[Entry]) -> String, _) = match format.as_str() {
+        "csv" => (idlemesh_agent::ledger::to_csv, "csv"),
+        "json" => (|e| serde_json::to_string_pretty(e).unwrap_or_default() + "\n", "json"),
+        other => return Err(CommandError::new("bad_value", format!("export format {other:?}: expected csv or json"))),
+    };
+    let entries = with_ledger(&state, all).await?;
+    let dir = directories::UserDirs::new()
+        .and_then(|d| d.download_dir().map(ToOwned::to_owned))
+        .filter(|d| d.is_dir())
+        .unwrap_or_else(|| state.data_dir.clone());
+    let stamp = jiff::Zoned::now().strftime("%Y%m%d-%H%M%S");
+    let path = dir.join(format!("idlemesh-ledger-{stamp}.{ext}"));
+    let text = text_of(&entries);
+    tauri::async_runtime::spawn_blocking({
+        let path = path.clone();
+        move || std::fs::write(&path, text)
+    })
+    .await
+    .map_err(|e| CommandError::new("internal", e))?
+    .map_err(|e| CommandError::new("io", format!("writing {}: {e}", path.display())))?;
+    Ok(json!({"path": path, "entries": entries.len()}))
+}
+
+#[tauri::command]
+async fn demo_start(state: S<'_>) -> Result<Value> {
+    let url = {
+        let mut demo = state.demo.lock().await;
+        let pool = match demo.take() {
+            Some(pool) => pool,
+            None => crate::demo::DemoPool::start(&state.data_dir.join("demo-pool"))
+                .await
+                .map_err(|e| CommandError::new("pool", format!("cannot start the demo pool: {e}")))?,
+        };
+        // A fresh job each time, so there is always something to watch.
+        pool.submit_job().await.map_err(|e| CommandError::new("pool", e))?;
+        let url = pool.url.clone();
+        *demo = Some(pool);
+        url
+    };
+    state.request(Request::PoolJoin { url: url.clone(), token: None, temporary: true }).await?;
+    Ok(json!({"url": url}))
+}
+
+#[tauri::command]
+async fn app_info(app: tauri::AppHandle, state: S<'_>) -> Result<Value> {
+    let status = state.status().await;
+    let pools = state.request(Request::Pools).await.unwrap_or(Value::Array(Vec::new()));
+    let has_ledger = with_ledger(&state, |l| l.map_or(Ok(0), |l| l.entries(None).map(|e| e.len()))).await? > 0;
+    let no_pool = pools.as_array().is_none_or(Vec::is_empty) && status["settings"]["pool_url"]["value"].is_null();
+    let demo_url = state.demo.lock().await.as_ref().map(|d| d.url.clone());
+    Ok(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "first_run": no_pool && !has_ledger,
+        "autostart": app.autolaunch().is_enabled().unwrap_or(false),
+        "demo_url": demo_url,
+        "kernel_access": {
+            "allowed": idlemesh_runtime::access::ALLOWED,
+            "denied": idlemesh_runtime::access::DENIED,
+        },
+    }))
+}
+
+#[tauri::command]
+async fn autostart_set(app: tauri::AppHandle, enabled: bool) -> Result<Value> {
+    let launcher = app.autolaunch();
+    let result = if enabled { launcher.enable() } else { launcher.disable() };
+    result.map_err(|e| CommandError::new("io", format!("cannot change start at login: {e}")))?;
+    Ok(json!({"autostart": launcher.is_enabled().unwrap_or(enabled)}))
+}

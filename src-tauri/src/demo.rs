@@ -1,0 +1,63 @@
+//! The demo pool (`demo_start`): the reference pool server on a loopback
+//! port inside this process, with a Mandelbrot job, so a new user sees the
+//! whole loop work at once. Its key and database stay in the data dir, so
+//! the pin the agent keeps for it holds from one start to the next.
+
+use std::path::Path;
+
+use idlemesh_pool::{Pool, PoolConfig};
+
+/// The port tried first: the same URL each start keeps one pinned entry.
+const PREFERRED_PORT: u16 = 8471;
+
+pub struct DemoPool {
+    pub url: String,
+    pool: Pool,
+    server: tauri::async_runtime::JoinHandle<()>,
+}
+
+impl Drop for DemoPool {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl DemoPool {
+    pub async fn start(dir: &Path) -> Result<Self, String> {
+        let mut token = [0u8; 16];
+        token.copy_from_slice(&idlemesh_protocol::Keypair::generate().map_err(|e| e.to_string())?.secret_bytes()[..16]);
+        let pool = Pool::open(PoolConfig {
+            data_dir: dir.to_path_buf(),
+            db_path: Some(dir.join("pool.sqlite")),
+            name: "Idlemesh demo pool".into(),
+            operator: "you, on this computer".into(),
+            // Nobody uses the HTTP operator API of the demo pool: jobs are
+            // submitted in-process. A random token keeps it shut.
+            operator_token: token.iter().map(|b| format!("{b:02x}")).collect(),
+            open_enrollment: true,
+        })
+        .map_err(|e| e.to_string())?;
+        let listener = match tokio::net::TcpListener::bind(("127.0.0.1", PREFERRED_PORT)).await {
+            Ok(l) => l,
+            Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?,
+        };
+        let url = format!("http://{}", listener.local_addr().map_err(|e| e.to_string())?);
+        let server = tauri::async_runtime::spawn({
+            let pool = pool.clone();
+            async move {
+                if let Err(e) = pool.serve(listener).await {
+                    tracing::error!(error = %e, "the demo pool stopped");
+                }
+            }
+        });
+        tracing::info!(%url, "demo pool started");
+        Ok(Self { url, pool, server })
+    }
+
+    /// A 512×384 Mandelbrot image in 16 tiles.
+    pub async fn submit_job(&self) -> Result<u64, String> {
+        let kernel = self.pool.put_blob(idlemesh_kernels::MANDELBROT.to_vec()).await.map_err(|e| e.to_string())?;
+        let spec = idlemesh_pool::demo::mandelbrot_job(kernel, 512, 384, 4, 4);
+        Ok(self.pool.submit(spec).await.map_err(|e| e.to_string())?.job_id)
+    }
+}

@@ -1,0 +1,116 @@
+//! Native notifications for the few changes a user should hear about
+//! (paused on battery, tasks failing, credit milestones), each once, not on
+//! every status tick.
+
+use serde_json::Value;
+use tauri_plugin_notification::NotificationExt as _;
+
+#[derive(Debug, Default)]
+pub struct Notifier {
+    battery_told: bool,
+    failures_seen: Option<u64>,
+    credits_seen: Option<f64>,
+}
+
+/// Failed tasks since the last notice that make a notice.
+const FAILURES_WORTH_TELLING: u64 = 3;
+
+impl Notifier {
+    /// What to tell the user about this status, given what came before.
+    pub fn observe(&mut self, status: &Value) -> Vec<String> {
+        let mut out = Vec::new();
+        let battery = if status["paused"] == Value::Bool(true) {
+            status["reasons"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|r| matches!(r["code"].as_str(), Some("on_battery" | "battery_low")))
+        } else {
+            None
+        };
+        match battery {
+            Some(reason) if !self.battery_told => {
+                self.battery_told = true;
+                out.push(format!("Paused: {}", reason["text"].as_str().unwrap_or("on battery")));
+            }
+            Some(_) => {}
+            None => self.battery_told = false,
+        }
+        let summary = &status["scheduler"]["summary"];
+        if let Some(failed) = summary["tasks_failed"].as_u64() {
+            let seen = *self.failures_seen.get_or_insert(failed);
+            if failed >= seen + FAILURES_WORTH_TELLING {
+                self.failures_seen = Some(failed);
+                let why = status["scheduler"]["last_pool_error"]
+                    .as_str()
+                    .map(|e| format!(" Last problem: {e}"))
+                    .unwrap_or_default();
+                out.push(format!("{} tasks failed on this computer recently.{why}", failed - seen));
+            }
+        }
+        if let Some(credits) = summary["credits"].as_f64() {
+            let seen = *self.credits_seen.get_or_insert(credits);
+            if let Some(m) = milestone_crossed(seen, credits) {
+                out.push(format!("You have earned {m} credits with this computer. Thank you!"));
+            }
+            self.credits_seen = Some(credits);
+        }
+        out
+    }
+}
+
+/// The highest of 10, 100, 1,000 … passed on the way from `before` to `now`.
+fn milestone_crossed(before: f64, now: f64) -> Option<u64> {
+    let mut m = 10u64;
+    let mut crossed = None;
+    while (m as f64) <= now {
+        if (m as f64) > before {
+            crossed = Some(m);
+        }
+        m = m.checked_mul(10)?;
+    }
+    crossed
+}
+
+pub fn show(app: &tauri::AppHandle, message: &str) {
+    if let Err(e) = app.notification().builder().title("Idlemesh").body(message).show() {
+        // No notification service (a bare X session): the tray still says it.
+        tracing::debug!(error = %e, "notification not shown");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn status(paused: bool, code: &str, failed: u64, credits: f64) -> Value {
+        json!({"paused": paused, "reasons": [{"code": code, "text": "on battery 41 % < 50 %"}],
+               "scheduler": {"summary": {"tasks_failed": failed, "credits": credits}, "last_pool_error": null}})
+    }
+
+    #[test]
+    fn each_change_is_told_once() {
+        let mut n = Notifier::default();
+        assert!(n.observe(&status(false, "power_ok", 0, 0.0)).is_empty());
+        assert_eq!(n.observe(&status(true, "on_battery", 0, 0.0)), ["Paused: on battery 41 % < 50 %"]);
+        assert!(n.observe(&status(true, "on_battery", 0, 0.0)).is_empty(), "not again while it lasts");
+        assert!(n.observe(&status(false, "power_ok", 2, 9.0)).is_empty());
+        assert_eq!(n.observe(&status(true, "battery_low", 2, 9.0)).len(), 1, "a new battery pause is told");
+        let told = n.observe(&status(false, "power_ok", 3, 12.0));
+        assert_eq!(told.len(), 2, "{told:?}");
+        assert!(told[0].starts_with("3 tasks failed"), "{told:?}");
+        assert!(told[1].contains("10 credits"), "{told:?}");
+        assert!(n.observe(&status(false, "power_ok", 4, 99.0)).is_empty());
+        assert!(n.observe(&status(false, "power_ok", 4, 1500.0))[0].contains("1000 credits"));
+    }
+
+    #[test]
+    fn milestones() {
+        assert_eq!(milestone_crossed(0.0, 9.9), None);
+        assert_eq!(milestone_crossed(9.0, 10.0), Some(10));
+        assert_eq!(milestone_crossed(10.0, 99.0), None);
+        assert_eq!(milestone_crossed(5.0, 150.0), Some(100));
+    }
+}

@@ -1,0 +1,126 @@
+//! The tray icon and its menu: the state in words, pause for a chosen time,
+//! resume, the dashboard, quit. The icon's colour is the state at a glance.
+
+use std::sync::{Arc, Mutex};
+
+use idlemesh_agent::control::Request;
+use serde_json::Value;
+use tauri::image::Image;
+use tauri::menu::{Menu, MenuItem, PredefinedMenuItem};
+use tauri::tray::TrayIconBuilder;
+use tauri::{AppHandle, Manager as _};
+
+use crate::app::AppState;
+
+const TRAY: &str = "idlemesh";
+
+/// The menu's first line, rewritten as the state changes.
+struct StateLine {
+    item: MenuItem<tauri::Wry>,
+    shown: Mutex<(String, String)>,
+}
+
+pub fn create(app: &AppHandle) -> tauri::Result<()> {
+    let state_line = MenuItem::with_id(app, "state", "Idlemesh: starting", false, None::<&str>)?;
+    let item = |id: &str, text: &str| MenuItem::with_id(app, id, text, true, None::<&str>);
+    let menu = Menu::with_items(
+        app,
+        &[
+            &state_line,
+            &PredefinedMenuItem::separator(app)?,
+            &item("pause-15m", "Pause for 15 minutes")?,
+            &item("pause-1h", "Pause for 1 hour")?,
+            &item("pause-tomorrow", "Pause until tomorrow")?,
+            &item("pause-indefinitely", "Pause until I resume")?,
+            &item("resume", "Resume")?,
+            &PredefinedMenuItem::separator(app)?,
+            &item("open", "Open dashboard")?,
+            &item("quit", "Quit Idlemesh")?,
+        ],
+    )?;
+    TrayIconBuilder::with_id(TRAY)
+        .icon(icon("starting"))
+        .tooltip("Idlemesh: starting")
+        .menu(&menu)
+        .show_menu_on_left_click(true)
+        .on_menu_event(|app, event| on_menu(app, event.id().as_ref()))
+        .build(app)?;
+    app.manage(StateLine { item: state_line, shown: Mutex::new(Default::default()) });
+    Ok(())
+}
+
+fn on_menu(app: &AppHandle, id: &str) {
+    let state = app.state::<Arc<AppState>>();
+    let request = match id {
+        "open" => return crate::app::open(app),
+        "quit" => return app.exit(0),
+        "resume" => Request::Resume,
+        pause => match pause.strip_prefix("pause-") {
+            Some(duration) => Request::Pause { duration: Some(duration.to_string()) },
+            None => return,
+        },
+    };
+    // Applied before this returns: the worker is frozen by then.
+    match state.request_now(request) {
+        Ok(_) => tracing::info!(item = id, "tray menu"),
+        Err(e) => tracing::warn!(item = id, error = %e.message, "tray menu action refused"),
+    }
+}
+
+/// The state in a few words, for the menu and the tooltip.
+pub fn words(status: &Value) -> String {
+    let first_reason = || status["reasons"][0]["text"].as_str().unwrap_or_default().to_string();
+    match status["state"].as_str().unwrap_or("starting") {
+        "working" => "Working for the pool".into(),
+        "waiting_for_work" => "Waiting for work from the pool".into(),
+        "paused" => format!("Paused: {}", first_reason()),
+        "no_pool" => "Not connected to a pool".into(),
+        "connecting" => "Connecting to the pool".into(),
+        "error" => format!("Problem: {}", status["error"].as_str().unwrap_or("unknown")),
+        _ => "Starting".into(),
+    }
+}
+
+pub fn update(app: &AppHandle, status: &Value) {
+    let Some(line) = app.try_state::<StateLine>() else { return };
+    let state = status["state"].as_str().unwrap_or("starting").to_string();
+    let words = words(status);
+    let mut shown = line.shown.lock().expect("lock");
+    if shown.1 != words {
+        let _ = line.item.set_text(format!("Idlemesh: {words}"));
+        if let Some(tray) = app.tray_by_id(TRAY) {
+            let _ = tray.set_tooltip(Some(format!("Idlemesh: {words}")));
+        }
+    }
+    if shown.0 != state
+        && let Some(tray) = app.tray_by_id(TRAY)
+    {
+        let _ = tray.set_icon(Some(icon(&state)));
+    }
+    *shown = (state, words);
+}
+
+/// A 32×32 disc in the state's colour: green working, amber waiting, grey
+/// paused, red for a problem.
+fn icon(state: &str) -> Image<'static> {
+    let (r, g, b) = match state {
+        "working" => (46, 160, 67),
+        "waiting_for_work" | "connecting" | "no_pool" => (210, 153, 34),
+        "paused" => (110, 118, 129),
+        "error" => (207, 34, 46),
+        _ => (150, 150, 150),
+    };
+    const N: usize = 32;
+    let mut rgba = vec![0u8; N * N * 4];
+    let c = (N as f32 - 1.0) / 2.0;
+    for y in 0..N {
+        for x in 0..N {
+            let d = ((x as f32 - c).powi(2) + (y as f32 - c).powi(2)).sqrt();
+            // Anti-aliased edge: one pixel of falloff.
+            let alpha = (c + 0.5 - d).clamp(0.0, 1.0);
+            let i = (y * N + x) * 4;
+            rgba[i..i + 4].copy_from_slice(&[r, g, b, (alpha * 255.0) as u8]);
+        }
+    }
+    Image::new_owned(rgba, N as u32, N as u32)
+}

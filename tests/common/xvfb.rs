@@ -1,0 +1,70 @@
+//! Xvfb for the end-to-end tests (idle detection, the tray app), shared by
+//! `tests/e2e` and `tests/app`.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Starts Xvfb on a free display; killed on drop.
+pub struct Xvfb {
+    child: Child,
+    pub display: String,
+}
+
+impl Xvfb {
+    pub fn start() -> Self {
+        Self::with_screen("640x480x24")
+    }
+
+    /// `screen`: width x height x depth, e.g. "1280x1024x24".
+    pub fn with_screen(screen: &str) -> Self {
+        for n in 0..50 {
+            let display = format!(":{}", 90 + (std::process::id() as usize + n) % 400);
+            let lock = format!("/tmp/.X{}-lock", &display[1..]);
+            if Path::new(&lock).exists() {
+                continue;
+            }
+            let mut child = Command::new("Xvfb")
+                .args([display.as_str(), "-noreset", "-nolisten", "tcp", "-screen", "0", screen])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("Xvfb is installed (scripts/setup installs xvfb)");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if Command::new("xdotool")
+                    .args(["getmouselocation"])
+                    .env("DISPLAY", &display)
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+                {
+                    return Self { child, display };
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("could not start Xvfb");
+    }
+
+    pub fn input(&self, n: u32) {
+        let out = Command::new("xdotool")
+            .args(["mousemove", &(100 + n % 300).to_string(), &(100 + n % 200).to_string()])
+            .env("DISPLAY", &self.display)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+}
+
+impl Drop for Xvfb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

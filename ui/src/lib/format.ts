@@ -1,0 +1,672 @@
+// Pure helpers: words for states, times, durations, energy, bytes, the
+// "next expected start" sentence, one-line ledger summaries and client-side
+// checks of settings. No DOM, no IPC: everything here is unit-tested.
+
+import type {
+  Action,
+  Entry,
+  ManualPause,
+  SettingSource,
+  SettingValue,
+  Status,
+  Totals,
+} from './api';
+
+// ---------------------------------------------------------------- numbers
+
+let numberLocale: string | undefined = undefined;
+
+/** The locale numbers are formatted in; `undefined` is the user's own. Tests pin it. */
+export function setNumberLocale(locale: string | undefined): void {
+  numberLocale = locale;
+}
+
+export function formatNumber(n: number, maxFractionDigits = 2, minFractionDigits = 0): string {
+  if (!Number.isFinite(n)) return '–';
+  return new Intl.NumberFormat(numberLocale, {
+    maximumFractionDigits: maxFractionDigits,
+    minimumFractionDigits: minFractionDigits,
+  }).format(n);
+}
+
+/** Bytes in SI units (1 kB = 1000 B, as the agent's caps count them). */
+export function formatBytes(bytes: number): string {
+  if (!Number.isFinite(bytes) || bytes < 0) return '–';
+  const units = ['B', 'kB', 'MB', 'GB', 'TB', 'PB'];
+  let v = bytes;
+  let i = 0;
+  while (v >= 1000 && i < units.length - 1) {
+    v /= 1000;
+    i++;
+  }
+  return `${formatNumber(v, i === 0 ? 0 : v < 10 ? 2 : 1)} ${units[i]}`;
+}
+
+/** Joules as watt-hours, or kilowatt-hours from 1 kWh on. */
+export function formatEnergy(joules: number): string {
+  if (!Number.isFinite(joules) || joules < 0) return '–';
+  const wh = joules / 3600;
+  if (wh >= 1000) return `${formatNumber(wh / 1000, 2)} kWh`;
+  if (wh === 0) return '0 Wh';
+  if (wh < 1) return `${formatNumber(wh, 3)} Wh`;
+  return `${formatNumber(wh, wh < 100 ? 1 : 0)} Wh`;
+}
+
+/** Seconds as hours ("0.42"), for CPU-hours and GPU-hours. */
+export function formatHours(seconds: number): string {
+  const h = seconds / 3600;
+  if (h === 0) return '0';
+  return formatNumber(h, h < 10 ? 2 : 1);
+}
+
+export function formatCredits(c: number): string {
+  return formatNumber(c, c !== 0 && Math.abs(c) < 1 ? 4 : 2);
+}
+
+export function formatPercent(p: number): string {
+  return `${formatNumber(p, p < 10 ? 1 : 0)} %`;
+}
+
+// ---------------------------------------------------------------- time
+
+const pad2 = (n: number) => String(n).padStart(2, '0');
+
+/** Local wall-clock time, 24-hour, "14:30" (the agent's reasons use the same). */
+export function clock(ms: number): string {
+  const d = new Date(ms);
+  return `${pad2(d.getHours())}:${pad2(d.getMinutes())}`;
+}
+
+/** Local calendar date, "2026-11-29". */
+export function localDate(ms: number): string {
+  const d = new Date(ms);
+  return `${d.getFullYear()}-${pad2(d.getMonth() + 1)}-${pad2(d.getDate())}`;
+}
+
+/** Local date and time, "2026-11-29 14:30:05". */
+export function formatDateTime(ms: number): string {
+  const d = new Date(ms);
+  return `${localDate(ms)} ${clock(ms)}:${pad2(d.getSeconds())}`;
+}
+
+/** A moment relative to now, in local time: "14:30", "tomorrow 08:00" or "2026-12-03 08:00". */
+export function formatWhen(ms: number, nowMs: number): string {
+  const day = localDate(ms);
+  if (day === localDate(nowMs)) return clock(ms);
+  const tomorrow = new Date(nowMs);
+  tomorrow.setDate(tomorrow.getDate() + 1);
+  if (day === localDate(tomorrow.getTime())) return `tomorrow ${clock(ms)}`;
+  return `${day} ${clock(ms)}`;
+}
+
+/** A length of time in words: "45 s", "3 min 12 s", "2 h 05 min", "1 d 3 h". */
+export function formatDuration(ms: number): string {
+  if (!Number.isFinite(ms)) return '–';
+  const s = Math.max(0, Math.floor(ms / 1000));
+  if (s < 60) return `${s} s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m} min ${pad2(s % 60)} s`;
+  const h = Math.floor(m / 60);
+  if (h < 24) return `${h} h ${pad2(m % 60)} min`;
+  return `${Math.floor(h / 24)} d ${h % 24} h`;
+}
+
+/** A number of minutes in words: "3 minutes", "1 minute", "30 seconds". */
+export function minutesWords(minutes: number): string {
+  if (!Number.isFinite(minutes) || minutes <= 0) return 'a moment';
+  if (minutes < 1) {
+    const s = Math.round(minutes * 60);
+    return `${s} second${s === 1 ? '' : 's'}`;
+  }
+  if (minutes >= 120 && minutes % 60 === 0) return `${minutes / 60} hours`;
+  const n = formatNumber(minutes, 1);
+  return `${n} minute${minutes === 1 ? '' : 's'}`;
+}
+
+// ---------------------------------------------------------------- state
+
+const STATE_WORDS: Record<string, string> = {
+  working: 'Working for the pool',
+  waiting_for_work: 'Waiting for work',
+  paused: 'Paused',
+  no_pool: 'Not connected to a pool',
+  connecting: 'Connecting to the pool',
+  starting: 'Starting',
+};
+
+export function stateWords(state: string): string {
+  return STATE_WORDS[state] ?? state.replace(/_/g, ' ');
+}
+
+/** "Paused by you until 14:30" / "Paused by you until you resume", or null. */
+export function manualPauseText(mp: ManualPause | null | undefined, nowMs: number): string | null {
+  if (!mp || mp.kind === 'none') return null;
+  if (mp.kind === 'until') return `Paused by you until ${formatWhen(mp.until_ms, nowMs)}`;
+  if (mp.kind === 'until_resumed') return 'Paused by you until you resume';
+  return 'Paused by you';
+}
+
+/** Cores and duty cycle in words, from `decision.action`. */
+export function actionWords(action: Action | null | undefined): string {
+  if (!action) return 'not decided yet';
+  if (action.action === 'pause') return 'none (paused)';
+  const cores = `${action.cores} core${action.cores === 1 ? '' : 's'}`;
+  const duty = action.duty_cycle_percent >= 100 ? 'full time' : `${action.duty_cycle_percent} % of the time`;
+  return `${cores}, ${duty}${action.gpu ? ', and the GPU' : ''}`;
+}
+
+export function shortHash(h: string | null | undefined, n = 12): string {
+  if (!h) return '';
+  return h.length > n ? `${h.slice(0, n)}…` : h;
+}
+
+/** First minute of an "HH:MM-HH:MM" window, as "HH:MM", or null. */
+function windowStart(hours: SettingValue | undefined): string | null {
+  if (typeof hours !== 'string') return null;
+  const m = /^\s*(\d{2}:\d{2})\s*-/.exec(hours);
+  return m ? m[1] : null;
+}
+
+/**
+ * When work is expected to start again, in plain words (best effort), or
+ * null when nothing needs to change (working, starting).
+ */
+export function nextStartText(status: Status, nowMs: number): string | null {
+  const setting = (k: string) => status.settings?.[k]?.value;
+  switch (status.state) {
+    case 'working':
+    case 'starting':
+      return null;
+    case 'no_pool':
+      return 'when you join a pool (see Pools)';
+    case 'connecting':
+      return 'as soon as the pool answers';
+    case 'waiting_for_work':
+      return 'as soon as the pool has work for this machine';
+  }
+  const parts: string[] = [];
+  const mp = status.manual_pause;
+  if (mp?.kind === 'until') parts.push(`at ${formatWhen(mp.until_ms, nowMs)} when your pause ends`);
+  if (mp?.kind === 'until_resumed') parts.push('when you resume');
+  const seen = new Set<string>();
+  for (const r of status.reasons ?? []) {
+    if (seen.has(r.code)) continue;
+    seen.add(r.code);
+    switch (r.code) {
+      case 'user_active': {
+        const idle = setting('idle_minutes');
+        parts.push(
+          typeof idle === 'number'
+            ? `when you have been away ${minutesWords(idle)}`
+            : 'when you have been away for a while',
+        );
+        break;
+      }
+      case 'on_battery':
+        parts.push('when the charger is plugged in');
+        break;
+      case 'battery_low':
+        parts.push('when the battery has charged enough');
+        break;
+      case 'too_hot':
+        parts.push('when the CPU has cooled down');
+        break;
+      case 'outside_hours': {
+        const start = windowStart(setting('allowed_hours'));
+        parts.push(start ? `at ${start} when your allowed hours begin` : 'when your allowed hours begin');
+        break;
+      }
+      case 'metered_network':
+        parts.push('when this machine is on a network that is not metered');
+        break;
+      case 'upload_cap_reached':
+      case 'download_cap_reached':
+        if (!seen.has('cap')) parts.push("after midnight, when today's transfer limit resets");
+        seen.add('cap');
+        break;
+      case 'other_programs_busy':
+        parts.push('when your other programs need less of the CPU');
+        break;
+    }
+  }
+  if (parts.length === 0) return status.state === 'paused' ? 'as soon as the reasons above no longer hold' : null;
+  return parts.join(' and ');
+}
+
+// ---------------------------------------------------------------- ledger
+
+export const LEDGER_KINDS = [
+  'task_started',
+  'task_finished',
+  'task_failed',
+  'task_given_back',
+  'receipt',
+  'disclosure',
+  'paused',
+  'resumed',
+] as const;
+
+const KIND_WORDS: Record<string, string> = {
+  task_started: 'Task started',
+  task_finished: 'Task finished',
+  task_failed: 'Task failed',
+  task_given_back: 'Task given back',
+  receipt: 'Receipt',
+  disclosure: 'Disclosure',
+  paused: 'Paused',
+  resumed: 'Resumed',
+};
+
+export function kindWords(kind: string): string {
+  return KIND_WORDS[kind] ?? kind.replace(/_/g, ' ');
+}
+
+type Body = Record<string, unknown>;
+
+const num = (v: unknown): number | null => (typeof v === 'number' && Number.isFinite(v) ? v : null);
+const str = (v: unknown): string | null => (typeof v === 'string' && v !== '' ? v : null);
+
+function jobTask(b: Body): string {
+  const job = num(b.job_id);
+  const task = num(b.task_id);
+  if (job === null && task === null) return 'task';
+  return `job ${job ?? '?'}, task ${task ?? '?'}`;
+}
+
+function valueText(v: unknown): string {
+  if (v === null || v === undefined) return '–';
+  if (typeof v === 'object') {
+    try {
+      return JSON.stringify(v);
+    } catch {
+      return String(v);
+    }
+  }
+  return String(v);
+}
+
+/** `key = value` pairs of a disclosure's fields. */
+export function fieldsText(fields: unknown): string {
+  if (!fields || typeof fields !== 'object') return 'nothing';
+  const pairs = Object.entries(fields as Body).map(([k, v]) => `${k} = ${valueText(v)}`);
+  return pairs.length ? pairs.join(', ') : 'nothing';
+}
+
+function reasonsText(b: Body): string {
+  const reasons = Array.isArray(b.reasons) ? (b.reasons as unknown[]) : [];
+  const texts = reasons
+    .map((r) => (r && typeof r === 'object' ? str((r as Body).text) : str(r)))
+    .filter((t): t is string => !!t);
+  return texts.length ? texts.join('; ') : 'no reasons recorded';
+}
+
+function truncate(s: string, n = 160): string {
+  return s.length > n ? `${s.slice(0, n - 1)}…` : s;
+}
+
+/** One line that says what a ledger entry records. */
+export function entrySummary(e: Pick<Entry, 'kind' | 'body'>): string {
+  const b: Body = e.body && typeof e.body === 'object' ? e.body : {};
+  switch (e.kind) {
+    case 'task_started': {
+      const kernel = str(b.kernel_sha256);
+      const extra = [kernel ? `kernel ${shortHash(kernel)}` : null, b.resumed_from_checkpoint ? 'from a checkpoint' : null]
+        .filter(Boolean)
+        .join(', ');
+      return `${jobTask(b)} started${extra ? ` (${extra})` : ''}`;
+    }
+    case 'task_finished':
+    case 'task_failed': {
+      const status = str(b.status) ?? (e.kind === 'task_finished' ? 'ok' : 'failed');
+      const bits = [status];
+      const err = str(b.error);
+      if (err) bits.push(truncate(err, 80));
+      const cpu = num(b.cpu_ms);
+      if (cpu !== null) bits.push(`${formatNumber(cpu, 0)} ms CPU`);
+      const gpu = num(b.gpu_ms);
+      if (gpu) bits.push(`${formatNumber(gpu, 0)} ms GPU`);
+      const out = num(b.output_bytes);
+      if (e.kind === 'task_finished' && out !== null) bits.push(`${formatBytes(out)} out`);
+      return `${jobTask(b)} ${e.kind === 'task_finished' ? 'finished' : 'failed'}: ${bits.join(', ')}`;
+    }
+    case 'task_given_back':
+      return `${jobTask(b)} given back${str(b.reason) ? `: ${b.reason}` : ''}`;
+    case 'receipt': {
+      const pool = str(b.pool);
+      let credits: number | null = null;
+      let jt = '';
+      const receipt = b.receipt as Body | undefined;
+      const payload = receipt && typeof receipt === 'object' ? receipt.payload : undefined;
+      let r: Body | null = null;
+      if (typeof payload === 'string') {
+        try {
+          r = JSON.parse(payload) as Body;
+        } catch {
+          r = null;
+        }
+      } else if (payload && typeof payload === 'object') {
+        r = payload as Body;
+      }
+      if (r) {
+        credits = num(r.credits);
+        jt = ` for ${jobTask(r)}`;
+      }
+      const c = credits === null ? '' : `: ${formatCredits(credits)} credit${credits === 1 ? '' : 's'}`;
+      return `receipt${jt}${c}${pool ? ` from ${pool}` : ''}`;
+    }
+    case 'disclosure': {
+      const pool = str(b.pool) ?? 'a pool';
+      const purpose = str(b.purpose);
+      return `sent to ${pool}${purpose ? ` (${purpose})` : ''}: ${fieldsText(b.fields)}`;
+    }
+    case 'paused':
+      return `paused: ${reasonsText(b)}`;
+    case 'resumed':
+      return `resumed: ${reasonsText(b)}`;
+    default:
+      return truncate(valueText(e.body ?? {}));
+  }
+}
+
+// ---------------------------------------------------------------- stats
+
+export type Metric = 'cpu_hours' | 'gpu_hours' | 'tasks' | 'credits' | 'energy_wh';
+
+export const METRICS: { id: Metric; label: string }[] = [
+  { id: 'cpu_hours', label: 'CPU-hours' },
+  { id: 'gpu_hours', label: 'GPU-hours' },
+  { id: 'tasks', label: 'Tasks finished' },
+  { id: 'credits', label: 'Credits' },
+  { id: 'energy_wh', label: 'Energy (Wh, estimated)' },
+];
+
+export function metricValue(t: Totals, m: Metric): number {
+  switch (m) {
+    case 'cpu_hours':
+      return t.cpu_s / 3600;
+    case 'gpu_hours':
+      return t.gpu_s / 3600;
+    case 'tasks':
+      return t.tasks_finished;
+    case 'credits':
+      return t.credits;
+    case 'energy_wh':
+      return t.energy_j / 3600;
+  }
+}
+
+/**
+ * One value per day from the first to the last day of `perDay` (days without
+ * entries count as 0), the last `maxDays` of them.
+ */
+export function dailySeries(
+  perDay: Record<string, Totals>,
+  metric: Metric,
+  maxDays = 60,
+): { labels: string[]; values: number[] } {
+  const days = Object.keys(perDay)
+    .filter((d) => /^\d{4}-\d{2}-\d{2}$/.test(d))
+    .sort();
+  if (days.length === 0) return { labels: [], values: [] };
+  const toUtc = (d: string) => Date.UTC(+d.slice(0, 4), +d.slice(5, 7) - 1, +d.slice(8, 10));
+  const dayMs = 86_400_000;
+  const last = toUtc(days[days.length - 1]);
+  const first = Math.max(toUtc(days[0]), last - (maxDays - 1) * dayMs);
+  const labels: string[] = [];
+  const values: number[] = [];
+  for (let t = first; t <= last; t += dayMs) {
+    const label = new Date(t).toISOString().slice(0, 10);
+    labels.push(label);
+    const totals = perDay[label];
+    values.push(totals ? metricValue(totals, metric) : 0);
+  }
+  return { labels, values };
+}
+
+export function isEmptyTotals(t: Totals | null | undefined): boolean {
+  if (!t) return true;
+  return (
+    t.tasks_finished === 0 &&
+    t.tasks_failed === 0 &&
+    t.receipts === 0 &&
+    t.cpu_s === 0 &&
+    t.gpu_s === 0 &&
+    t.bytes_in === 0 &&
+    t.bytes_out === 0
+  );
+}
+
+// ---------------------------------------------------------------- settings
+
+export type SettingKind =
+  | { type: 'bool' }
+  | { type: 'int'; min: number; max: number }
+  | { type: 'float'; min: number; max: number; step: number }
+  | { type: 'url' }
+  | { type: 'hours' }
+  | { type: 'cap' }
+  /** a key this UI does not know: sent as typed */
+  | { type: 'text' };
+
+export interface SettingSpec {
+  key: string;
+  label: string;
+  help: string;
+  kind: SettingKind;
+}
+
+/** DESIGN §6 and crates/agent/src/settings/schema.rs, in display order. */
+export const SETTING_SPECS: SettingSpec[] = [
+  {
+    key: 'pool_url',
+    label: 'Pool address',
+    help: 'The pool this computer works for, such as https://pool.example.org.',
+    kind: { type: 'url' },
+  },
+  {
+    key: 'idle_minutes',
+    label: 'Start after I have been away for (minutes)',
+    help: 'Work starts only when nobody has used the keyboard or mouse for this long. 0 starts right away.',
+    kind: { type: 'float', min: 0, max: 1440, step: 0.5 },
+  },
+  {
+    key: 'cpu_cores',
+    label: 'Processor cores to lend',
+    help: 'At most this many cores work for the pool at the same time.',
+    kind: { type: 'int', min: 1, max: 1024 },
+  },
+  {
+    key: 'cpu_duty_cycle_percent',
+    label: 'Share of each core’s time (%)',
+    help: 'Work runs for this share of every tenth of a second and rests for the remainder, which keeps the computer cool and quiet.',
+    kind: { type: 'int', min: 1, max: 100 },
+  },
+  {
+    key: 'gpu_enabled',
+    label: 'Use the graphics card (GPU)',
+    help: 'Off until you turn it on. GPU work may make the fans louder.',
+    kind: { type: 'bool' },
+  },
+  {
+    key: 'run_on_battery',
+    label: 'Work while on battery',
+    help: 'When off, work stops as soon as the charger is unplugged.',
+    kind: { type: 'bool' },
+  },
+  {
+    key: 'min_battery_percent',
+    label: 'Lowest battery charge (%)',
+    help: 'Never work when the battery is below this charge.',
+    kind: { type: 'int', min: 0, max: 100 },
+  },
+  {
+    key: 'max_cpu_temp_c',
+    label: 'Highest processor temperature (°C)',
+    help: 'Work pauses when the processor gets this hot and starts again once it has cooled down.',
+    kind: { type: 'float', min: 40, max: 110, step: 1 },
+  },
+  {
+    key: 'allowed_hours',
+    label: 'Allowed hours',
+    help: 'Type "always", or a daily window such as 22:00-06:00 (it may run past midnight).',
+    kind: { type: 'hours' },
+  },
+  {
+    key: 'memory_per_task_mb',
+    label: 'Memory per task (MB)',
+    help: 'The most memory one task may use.',
+    kind: { type: 'int', min: 16, max: 1073741824 },
+  },
+  {
+    key: 'daily_upload_cap_mb',
+    label: 'Daily upload limit (MB)',
+    help: 'Megabytes sent to pools per day at most, or "unlimited".',
+    kind: { type: 'cap' },
+  },
+  {
+    key: 'daily_download_cap_mb',
+    label: 'Daily download limit (MB)',
+    help: 'Megabytes received from pools per day at most, or "unlimited".',
+    kind: { type: 'cap' },
+  },
+  {
+    key: 'pause_on_metered_network',
+    label: 'Pause on metered networks',
+    help: 'Stop working on mobile hotspots and other networks that count your data.',
+    kind: { type: 'bool' },
+  },
+  {
+    key: 'max_other_cpu_percent',
+    label: 'Make way when my programs use more than (% of the CPU)',
+    help: 'When your own programs need the processor this much, work pauses for them.',
+    kind: { type: 'float', min: 1, max: 100, step: 1 },
+  },
+];
+
+/** The spec of `key`; keys the UI does not know yet get a plain text input. */
+export function settingSpec(key: string): SettingSpec {
+  return (
+    SETTING_SPECS.find((s) => s.key === key) ?? {
+      key,
+      label: key.replace(/_/g, ' '),
+      help: '',
+      kind: { type: 'text' },
+    }
+  );
+}
+
+/** The keys of `settings` in the documented order, unknown keys last (sorted). */
+export function orderedSettingKeys(settings: Record<string, unknown>): string[] {
+  const known = SETTING_SPECS.map((s) => s.key).filter((k) => k in settings);
+  const rest = Object.keys(settings)
+    .filter((k) => !SETTING_SPECS.some((s) => s.key === k))
+    .sort();
+  return [...known, ...rest];
+}
+
+const SOURCE_WORDS: Record<SettingSource, string> = {
+  default: 'default',
+  user: 'your setting',
+  policy_default: 'organisation default',
+  policy: 'organisation',
+};
+
+export function sourceWords(source: SettingSource | string): string {
+  return SOURCE_WORDS[source as SettingSource] ?? source;
+}
+
+/** A setting's value as the text shown in its input. */
+export function settingText(v: SettingValue | undefined): string {
+  if (v === null || v === undefined) return '';
+  return String(v);
+}
+
+export type Checked = { ok: true; value: string } | { ok: false; message: string };
+
+const HOURS_EXPECTED = 'expected "always" or a window such as "22:00-06:00"';
+
+/**
+ * Checks what the user typed before it is sent, with the agent's own words
+ * for what is expected; on success returns the value to send (canonical).
+ * Unknown keys are sent as typed: the agent decides.
+ */
+export function checkSetting(key: string, raw: string): Checked {
+  const spec = SETTING_SPECS.find((s) => s.key === key);
+  const text = raw.trim();
+  if (!spec) return { ok: true, value: text };
+  const k = spec.kind;
+  switch (k.type) {
+    case 'bool':
+      if (text === 'true' || text === 'false') return { ok: true, value: text };
+      return { ok: false, message: 'expected true or false' };
+    case 'int': {
+      const n = Number(text);
+      if (text === '' || !Number.isInteger(n) || n < k.min || n > k.max) {
+        return { ok: false, message: `expected a whole number from ${k.min} to ${k.max}` };
+      }
+      return { ok: true, value: String(n) };
+    }
+    case 'float': {
+      const n = Number(text);
+      if (text === '' || !Number.isFinite(n) || n < k.min || n > k.max) {
+        return { ok: false, message: `expected a number from ${k.min} to ${k.max}` };
+      }
+      return { ok: true, value: String(n) };
+    }
+    case 'url': {
+      if (!/^https?:\/\//.test(text)) return { ok: false, message: 'expected a URL starting with http:// or https://' };
+      if (text.length <= 'https://'.length || /\s/.test(text)) {
+        return { ok: false, message: 'expected a URL such as "https://pool.example.org"' };
+      }
+      return { ok: true, value: text };
+    }
+    case 'hours': {
+      if (text === 'always') return { ok: true, value: text };
+      const m = /^(\d{2}):(\d{2})\s*-\s*(\d{2}):(\d{2})$/.exec(text);
+      if (!m) return { ok: false, message: HOURS_EXPECTED };
+      const [h1, m1, h2, m2] = m.slice(1).map(Number);
+      if (h1 > 23 || h2 > 23 || m1 > 59 || m2 > 59) return { ok: false, message: HOURS_EXPECTED };
+      if (h1 === h2 && m1 === m2) {
+        return { ok: false, message: `"${text}" is an empty window; use "always" to allow any time` };
+      }
+      return { ok: true, value: `${m[1]}:${m[2]}-${m[3]}:${m[4]}` };
+    }
+    case 'text':
+      return { ok: true, value: text };
+    case 'cap': {
+      if (text === 'unlimited') return { ok: true, value: text };
+      const n = Number(text);
+      if (text === '' || !Number.isInteger(n) || n < 0) {
+        return { ok: false, message: 'expected megabytes (0 or more) or "unlimited"' };
+      }
+      return { ok: true, value: String(n) };
+    }
+  }
+}
+
+/** The join form's check: null when the URL may be sent. */
+export function checkPoolUrl(url: string): string | null {
+  const u = url.trim();
+  if (u === '') return 'Type the pool’s address, starting with http:// or https://.';
+  if (!/^https?:\/\//i.test(u)) return 'The pool address must start with http:// or https://.';
+  if (/\s/.test(u) || u.replace(/^https?:\/\//i, '') === '') return 'That does not look like a pool address.';
+  return null;
+}
+
+// ---------------------------------------------------------------- errors
+
+const ERROR_TITLES: Record<string, string> = {
+  not_running: 'The Idlemesh agent is not running',
+  no_shell: 'Not inside the Idlemesh app',
+  ledger: 'Cannot read the ledger',
+  pool: 'Cannot reach the pool',
+  locked: 'Managed by your organisation',
+  io: 'Could not read or write a file',
+  bad_value: 'That value is not accepted',
+  bad_request: 'The request was not understood',
+};
+
+/** A heading for an error code; the agent's message is shown under it verbatim. */
+export function errorTitle(code: string): string {
+  return ERROR_TITLES[code] ?? 'Something went wrong';
+}
