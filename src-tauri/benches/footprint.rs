@@ -97,16 +97,17 @@ fn close_dashboard(display: &str) -> bool {
     let atom = |name: &str| conn.intern_atom(false, name.as_bytes()).unwrap().reply().unwrap().atom;
     let (protocols, delete) = (atom("WM_PROTOCOLS"), atom("WM_DELETE_WINDOW"));
     let tree = conn.query_tree(root).unwrap().reply().unwrap();
+    let mut found = false;
     for window in tree.children {
-        let name = conn.get_property(false, window, AtomEnum::WM_NAME, AtomEnum::STRING, 0, 64).unwrap().reply();
+        let name = conn.get_property(false, window, AtomEnum::WM_NAME, AtomEnum::ANY, 0, 64).unwrap().reply();
         if name.is_ok_and(|n| n.value == b"Idlemesh") {
-            let event = ClientMessageEvent::new(32, window, protocols, [delete, 0, 0, 0, 0]);
+            let event = ClientMessageEvent::new(32, window, protocols, [delete, x11rb::CURRENT_TIME, 0, 0, 0]);
             conn.send_event(false, window, EventMask::NO_EVENT, event).unwrap();
-            conn.flush().unwrap();
-            return true;
+            found = true;
         }
     }
-    false
+    conn.flush().unwrap();
+    found
 }
 
 fn main() {
@@ -157,6 +158,7 @@ fn main() {
     std::thread::sleep(Duration::from_secs(5));
     report("dashboard closed (start)", pid);
     idle_cpu("idle, dashboard closed", pid, Duration::from_secs(30));
+    report("dashboard closed (35 s)", pid);
 
     let mut second = Command::new(APP);
     env(&mut second);
@@ -169,8 +171,8 @@ fn main() {
     assert!(close_dashboard(&x.display), "found the dashboard window");
     std::thread::sleep(Duration::from_secs(5));
     report("dashboard closed again", pid);
-    let webkit_left = tree(pid).iter().filter(|&&p| comm(p).starts_with("WebKit")).count();
-    println!("WebKit processes left after closing: {webkit_left}");
+    let left: Vec<String> = tree(pid).iter().map(|&p| comm(p)).filter(|c| c.starts_with("WebKit")).collect();
+    println!("WebKit processes left after closing: {left:?}");
 
     // SAFETY: signalling our own children.
     unsafe {

@@ -158,17 +158,16 @@ async fn ledger_export(state: S<'_>, format: String) -> Result<Value> {
 async fn demo_start(state: S<'_>) -> Result<Value> {
     let url = {
         let mut demo = state.demo.lock().await;
-        let pool = match demo.take() {
-            Some(pool) => pool,
-            None => crate::demo::DemoPool::start(&state.data_dir.join("demo-pool"))
+        if demo.is_none() {
+            let pool = crate::demo::DemoPool::start(&state.data_dir.join("demo-pool"))
                 .await
-                .map_err(|e| CommandError::new("pool", format!("cannot start the demo pool: {e}")))?,
-        };
+                .map_err(|e| CommandError::new("pool", format!("cannot start the demo pool: {e}")))?;
+            *demo = Some(pool);
+        }
+        let pool = demo.as_ref().expect("started above");
         // A fresh job each time, so there is always something to watch.
         pool.submit_job().await.map_err(|e| CommandError::new("pool", e))?;
-        let url = pool.url.clone();
-        *demo = Some(pool);
-        url
+        pool.url.clone()
     };
     state.request(Request::PoolJoin { url: url.clone(), token: None, temporary: true }).await?;
     Ok(json!({"url": url}))
@@ -178,7 +177,9 @@ async fn demo_start(state: S<'_>) -> Result<Value> {
 async fn app_info(app: tauri::AppHandle, state: S<'_>) -> Result<Value> {
     let status = state.status().await;
     let pools = state.request(Request::Pools).await.unwrap_or(Value::Array(Vec::new()));
-    let has_ledger = with_ledger(&state, |l| l.map_or(Ok(0), |l| l.entries(None).map(|e| e.len()))).await? > 0;
+    // An unreadable ledger is the Ledger page's to report; here it only means "not new".
+    let has_ledger =
+        with_ledger(&state, |l| l.map_or(Ok(0), |l| l.entries(None).map(|e| e.len()))).await.map_or(true, |n| n > 0);
     let no_pool = pools.as_array().is_none_or(Vec::is_empty) && status["settings"]["pool_url"]["value"].is_null();
     let demo_url = state.demo.lock().await.as_ref().map(|d| d.url.clone());
     Ok(json!({

@@ -279,7 +279,11 @@ async fn the_dashboard_shows_controls_and_verifies_a_real_agent() {
             panic!("no WebDriver session with the app: {e}\n{log}")
         });
     let ui = Ui { client, display: x.display.clone(), socket, shots };
-    let result = steps(&ui, &pool_url, &config_dir).await;
+    // A WebDriver call that never returns must fail the test, not hang it.
+    let result = match tokio::time::timeout(Duration::from_secs(300), steps(&ui, &pool_url, &config_dir)).await {
+        Ok(result) => result,
+        Err(_) => Err(Box::new("the test steps took over 5 minutes") as Box<dyn std::any::Any + Send>),
+    };
     // Quit the app as a logout would (closing the window only hides it in
     // the tray, so WebKitWebDriver would wait for it for ever), then end the session.
     let app_pid = control::call(&ui.socket, &Request::Status).await.ok().and_then(|s| s["agent"]["pid"].as_i64());

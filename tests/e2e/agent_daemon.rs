@@ -378,3 +378,41 @@ fn the_device_key_lives_in_the_secret_service_across_sessions() {
     assert_eq!(first, second, "the same device after a new login session");
     assert!(home.join(".local/share/keyrings").is_dir(), "stored by gnome-keyring in its own encrypted files");
 }
+
+/// The dashboard's Pools page through the control socket: join a pool (it
+/// is written to the settings and the agent enrolls and pins its key), list
+/// it, refuse a bad URL, leave it (the pin and the setting are gone).
+#[test]
+fn pools_are_joined_listed_and_left_through_the_control_socket() {
+    use idlemesh_agent::control::{self, Request};
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = PoolProcess::start(&tmp.path().join("pool"));
+    let dir = tmp.path().join("agent");
+    write_settings(&dir, "");
+    let agent = AgentProcess::start(&dir, None, &[]);
+    let socket = dir.join("agent.sock");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let call = |r: Request| rt.block_on(control::call(&socket, &r));
+
+    assert_eq!(call(Request::Pools).unwrap(), json!([]));
+    let bad = call(Request::PoolJoin { url: "ftp://pool".into(), token: None, temporary: false }).unwrap_err();
+    assert!(matches!(&bad, control::ControlError::Refused { code, .. } if code == "bad_value"), "{bad}");
+
+    let joined = call(Request::PoolJoin { url: format!("{}/", pool.url), token: None, temporary: false }).unwrap();
+    assert_eq!(joined["url"], pool.url.as_str(), "the URL is normalised");
+    let s = agent.wait_for("enrolled with the joined pool", Duration::from_secs(30), |s| {
+        s["scheduler"]["pool"] == pool.url.as_str() && s["scheduler"]["device_id"].is_u64()
+    });
+    assert_eq!(s["settings"]["pool_url"]["source"], "user");
+    assert!(std::fs::read_to_string(dir.join("config/settings.toml")).unwrap().contains(&pool.url));
+    let pools = call(Request::Pools).unwrap();
+    assert_eq!(pools.as_array().unwrap().len(), 1, "{pools}");
+    assert_eq!(pools[0]["url"], pool.url.as_str());
+    assert_eq!(pools[0]["current"], true);
+    assert!(pools[0]["public_key"].is_string(), "pinned at enrollment: {pools}");
+
+    call(Request::PoolLeave { url: pool.url.clone() }).unwrap();
+    assert_eq!(call(Request::Pools).unwrap(), json!([]), "the pin is forgotten");
+    agent.wait_for("no pool", Duration::from_secs(30), |s| s["state"] == "no_pool");
+    assert!(!std::fs::read_to_string(dir.join("config/settings.toml")).unwrap().contains("pool_url"));
+}

@@ -90,7 +90,8 @@ fn settings_refusal(e: crate::settings::SettingsError) -> (String, String) {
         crate::settings::SettingsError::Locked { .. } => "locked",
         crate::settings::SettingsError::UnknownKey { .. } => "unknown_setting",
         crate::settings::SettingsError::BadValue { .. } => "bad_value",
-        _ => "settings_file",
+        // The settings file cannot be read or written.
+        _ => "io",
     };
     (code.to_string(), e.to_string())
 }
@@ -141,7 +142,7 @@ impl Shared {
     }
 
     fn pools(&self) -> Result<Value, (String, String)> {
-        let pins = crate::pins::all(&self.data_dir).map_err(|e| ("pins".to_string(), e.to_string()))?;
+        let pins = crate::pins::all(&self.data_dir).map_err(|e| ("io".to_string(), e.to_string()))?;
         let current = self.pool_url();
         let locked = self.pool_url_locked();
         let slot = self.scheduler.lock().expect("scheduler lock").first().map(|s| s.lock().expect("status").clone());
@@ -174,9 +175,6 @@ impl Shared {
             Ok(_) => unreachable!("a URL checks to a string"),
             Err(e) => return Err(("bad_value".into(), format!("pool URL {url:?}: {e}"))),
         };
-        if let Some(token) = token.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()) {
-            self.join_tokens.lock().expect("lock").insert(url.clone(), token);
-        }
         if temporary {
             if self.pool_url_locked() {
                 return Err(("locked".into(), "the pool is managed by your organisation".into()));
@@ -190,6 +188,10 @@ impl Shared {
                 .map_err(settings_refusal)?;
             *self.pool_override.lock().expect("lock") = None;
             self.watcher.settings_changed();
+        }
+        // Kept only once the join is accepted; never logged.
+        if let Some(token) = token.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()) {
+            self.join_tokens.lock().expect("lock").insert(url.clone(), token);
         }
         tracing::info!(pool = %url, temporary, "joining a pool");
         Ok(json!({"url": url}))
@@ -209,8 +211,15 @@ impl Shared {
                 *o = None;
             }
         }
+        // A pool the policy names (as a default) stays the pool: keep trusting its key.
+        if self.pool_url().as_deref() == Some(url) {
+            return Err((
+                "locked".into(),
+                format!("{url} is the pool your organisation set for this computer; choose another pool to leave it"),
+            ));
+        }
         self.join_tokens.lock().expect("lock").remove(url);
-        crate::pins::unpin(&self.data_dir, url).map_err(|e| ("pins".to_string(), e.to_string()))?;
+        crate::pins::unpin(&self.data_dir, url).map_err(|e| ("io".to_string(), e.to_string()))?;
         self.watcher.settings_changed();
         tracing::info!(pool = %url, "left a pool");
         Ok(json!({"url": url}))
