@@ -358,11 +358,22 @@ fn the_device_key_lives_in_the_secret_service_across_sessions() {
     let home = tmp.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
     let dir = tmp.path().join("agent");
-    let run = || {
+    let run = |login: u32| {
+        // Each login session has its own runtime dir, as logind gives one:
+        // without it gnome-keyring falls back to a shared place, where its
+        // `--unlock` can reach a daemon left over from an earlier session
+        // (on another, dead bus) instead of starting one on this bus.
+        let runtime = tmp.path().join(format!("run-{login}"));
+        std::fs::create_dir_all(&runtime).unwrap();
+        std::fs::set_permissions(&runtime, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
         let mut agent = AgentProcess::start_with(
             &dir,
             None,
-            &[("HOME", home.to_str().unwrap()), ("IDLEMESH_KEYRING", "secret-service")],
+            &[
+                ("HOME", home.to_str().unwrap()),
+                ("XDG_RUNTIME_DIR", runtime.to_str().unwrap()),
+                ("IDLEMESH_KEYRING", "secret-service"),
+            ],
             |cmd| {
                 let prefix = ["dbus-run-session".as_ref(), "--".as_ref()];
                 run_under(cmd, &prefix, "printf pw | gnome-keyring-daemon --unlock --components=secrets >/dev/null")
@@ -373,8 +384,8 @@ fn the_device_key_lives_in_the_secret_service_across_sessions() {
         assert_eq!(s["agent"]["keyring"], "secret-service", "{s}");
         s["agent"]["device_public_key"].as_str().unwrap().to_string()
     };
-    let first = run();
-    let second = run();
+    let first = run(1);
+    let second = run(2);
     assert_eq!(first, second, "the same device after a new login session");
     assert!(home.join(".local/share/keyrings").is_dir(), "stored by gnome-keyring in its own encrypted files");
 }
