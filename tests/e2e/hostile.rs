@@ -301,3 +301,23 @@ fn hostile_wgsl_kernels_end_with_their_status_within_their_limits() {
     let (r, _) = s.run(idlemesh_kernels::MANDELBROT, params, limits(64), Duration::from_secs(30));
     assert_eq!(r.outcome.status, Status::Ok);
 }
+
+/// The worker asks to die with its parent, and Linux means the parent
+/// *thread*: the agent starts workers from pooled threads that retire, so a
+/// worker must outlive the thread that asked for it (a retired tokio thread
+/// used to kill a frozen worker mid-task).
+#[test]
+fn a_worker_outlives_the_thread_that_started_it() {
+    let mut worker = std::thread::spawn(|| {
+        WorkerProcess::spawn(&WorkerCommand { program: BIN.into(), args: vec!["worker".into()] }).unwrap()
+    })
+    .join()
+    .unwrap();
+    // The thread is gone; give a death signal time to arrive.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(worker.is_alive(), "the worker died with the thread that started it");
+    let mut s = Supervisor { worker: Some(worker) };
+    let params = r#"{"width":64,"height":48,"max_iter":100}"#;
+    let (r, _) = s.run(idlemesh_kernels::MANDELBROT, params, limits(64), Duration::from_secs(30));
+    assert_eq!(r.outcome.status, Status::Ok, "{:?}", r.outcome.error);
+}

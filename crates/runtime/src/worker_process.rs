@@ -6,9 +6,9 @@ use std::ffi::OsString;
 use std::io::{self, BufReader, BufWriter};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use idlemesh_protocol::Sha256;
@@ -69,6 +69,33 @@ impl WorkerCommand {
         let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_owned();
         if out.status.success() { Ok(text(&out.stdout)) } else { Err(text(&out.stderr)) }
     }
+}
+
+/// Starts `cmd` from one thread that lives as long as this process.
+///
+/// The worker asks to be killed when its parent dies (`PR_SET_PDEATHSIG`),
+/// and Linux means the parent *thread*: a worker started from a pooled
+/// thread (tokio's blocking pool retires idle ones after 10 s) would be
+/// killed mid-task, or while frozen, when that thread happened to retire.
+fn spawn_from_long_lived_thread(cmd: Command) -> io::Result<Child> {
+    type Job = (Command, mpsc::Sender<io::Result<Child>>);
+    static SPAWNER: OnceLock<io::Result<mpsc::Sender<Job>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new().name("worker-spawner".into()).spawn(move || {
+            for (mut cmd, reply) in rx {
+                let _ = reply.send(cmd.spawn());
+            }
+        })?;
+        Ok(tx)
+    });
+    let spawner = match spawner {
+        Ok(tx) => tx,
+        Err(e) => return Err(io::Error::new(e.kind(), format!("could not start the worker-spawner thread: {e}"))),
+    };
+    let (reply, answer) = mpsc::channel();
+    spawner.send((cmd, reply)).map_err(|_| io::Error::other("the worker-spawner thread is gone"))?;
+    answer.recv().map_err(|_| io::Error::other("the worker-spawner thread is gone"))?
 }
 
 /// One task for a worker.
@@ -300,13 +327,9 @@ impl std::fmt::Debug for WorkerProcess {
 
 impl WorkerProcess {
     pub fn spawn(command: &WorkerCommand) -> Result<Self, WorkerError> {
-        let mut child = Command::new(&command.program)
-            .args(&command.args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(WorkerError::Spawn)?;
+        let mut cmd = Command::new(&command.program);
+        cmd.args(&command.args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = spawn_from_long_lived_thread(cmd).map_err(WorkerError::Spawn)?;
         let stdin = BufWriter::new(child.stdin.take().expect("piped"));
         let stdout = child.stdout.take().expect("piped");
         let (tx, frames) = mpsc::channel();
