@@ -76,6 +76,12 @@ fn pause_resume_settings_and_a_locked_policy_through_the_control_socket() {
     assert_ne!(pids[0], pids[1]);
     let pid = pids[0];
     assert_running(pid);
+    // The kernel reports its rows as it goes, and status passes that on.
+    agent.wait_for("a task to report progress", Duration::from_secs(30), |s| {
+        s["scheduler"]["current_tasks"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["progress"].as_f64().is_some_and(|p| p > 0.0 && p <= 1.0)))
+    });
 
     // Pause: the workers are frozen by the time the command returns.
     let out = agent.ctl(&["pause", "1h"]);

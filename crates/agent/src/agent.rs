@@ -99,6 +99,9 @@ pub struct CurrentTask {
     pub kernel_sha256: Sha256,
     pub started_ms: u64,
     pub deadline_ms: u64,
+    /// What the kernel last reported through `host.progress`, 0.0..=1.0;
+    /// `None` until it reports (many kernels never do).
+    pub progress: Option<f32>,
 }
 
 pub struct Agent {
@@ -503,9 +506,11 @@ impl Agent {
                     kernel_sha256,
                     started_ms: crate::now_ms(),
                     deadline_ms: m.deadline_ms,
+                    progress: None,
                 };
                 self.publish(|st| st.current_task = Some(current));
                 let heartbeat = self.keep_lease_alive(&m, control.clone(), abandoned.clone());
+                let status = self.status.clone();
                 let result = tokio::task::spawn_blocking(move || {
                     let req = WorkRequest {
                         task,
@@ -518,7 +523,13 @@ impl Agent {
                         limits,
                         timeout,
                     };
-                    let report = worker.run(&req, |_| {}, |state| save_checkpoint(&ckpt, &state));
+                    let on_progress = |done: f32| {
+                        let mut st = status.lock().expect("status lock");
+                        if let Some(t) = st.current_task.as_mut() {
+                            t.progress = Some(done.clamp(0.0, 1.0));
+                        }
+                    };
+                    let report = worker.run(&req, on_progress, |state| save_checkpoint(&ckpt, &state));
                     // A worker that timed out was killed, one that errored or
                     // retired after a GPU failure is gone: start a new one.
                     let keep = report.is_ok() && worker.is_alive();

@@ -6,6 +6,7 @@
 //! signed is believed before it is verified against the pinned key (that is
 //! the scheduler's job, which holds the key).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
@@ -102,7 +103,7 @@ impl PoolClient {
         let mut req = self.http.request(method.clone(), &url);
         if signed {
             let device = self.device_id.ok_or(PoolClientError::NotEnrolled)?;
-            let sig = auth::sign_request(&self.key, device, method.as_str(), path, &body, crate::now_ms());
+            let sig = auth::sign_request(&self.key, device, method.as_str(), path, &body, unique_timestamp());
             req = req
                 .header(auth::HEADER_DEVICE, device.to_string())
                 .header(auth::HEADER_TIMESTAMP, sig.timestamp.to_string())
@@ -203,5 +204,39 @@ impl PoolClient {
             });
         }
         Ok(bytes.to_vec())
+    }
+}
+
+/// Now in milliseconds, but never the same value twice in this process.
+///
+/// Ed25519 signatures are deterministic and the pool refuses a signature it
+/// has seen (replay protection), so two slots asking for a lease with the
+/// same body in the same millisecond would have the second refused as a
+/// replay. A strictly increasing timestamp makes every request unique; it
+/// runs ahead of the clock only by one millisecond per request in a burst.
+fn unique_timestamp() -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = crate::now_ms();
+    let prev = LAST
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| Some(now.max(last + 1)))
+        .expect("the update always succeeds");
+    now.max(prev + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_timestamps_never_repeat_even_across_threads() {
+        let before = crate::now_ms();
+        let threads: Vec<_> =
+            (0..4).map(|_| std::thread::spawn(|| (0..2_000).map(|_| unique_timestamp()).collect::<Vec<_>>())).collect();
+        let mut all: Vec<u64> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        assert!(all.iter().all(|&t| t >= before));
+        let n = all.len();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), n, "a timestamp was handed out twice");
     }
 }

@@ -107,6 +107,8 @@ export interface Task {
   kernel_sha256: string;
   started_ms: number;
   deadline_ms: number;
+  /** 0..=1 as the kernel last reported it; null until it reports. */
+  progress?: number | null;
 }
 
 export interface SchedulerSummary {

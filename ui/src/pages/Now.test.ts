@@ -22,6 +22,8 @@ describe('Now page', () => {
     expect($('#current-task').textContent).toContain('job 1, task 3');
     expect($('#current-task').textContent).toContain('8abcdef01234…');
     expect($('#current-task').textContent).toMatch(/1 min 0[5-9] s/);
+    expect($('#current-task .progress').textContent).toContain('42 %');
+    expect(($('#current-task progress') as HTMLProgressElement).value).toBeCloseTo(0.425);
     expect($('#cores').textContent).toContain('1 core, 60 % of the time');
   });
 
@@ -69,6 +71,15 @@ describe('Now page', () => {
     await emit('status', status({ state: 'connecting', pool_problem: 'cannot join http://x: refused' }));
     await waitFor(() => expect($('#state').textContent?.trim()).toBe('Connecting to the pool'));
     expect($('#pool-problem').textContent).toContain('cannot join http://x: refused');
+  });
+
+  it('says when a kernel does not report progress', async () => {
+    const base = status();
+    const task = { ...base.scheduler!.current_task!, progress: null };
+    mockIPC((cmd) => (cmd === 'status' ? status({ scheduler: { ...base.scheduler!, current_task: task } }) : undefined));
+    render(Now);
+    await waitFor(() => expect($('#current-task .progress').textContent).toContain('not reported by this kernel'));
+    expect(document.querySelector('#current-task progress')).toBeNull();
   });
 
   it('says so clearly when the agent is not running', async () => {

@@ -48,6 +48,7 @@ export function status(over: Partial<Status> = {}): Status {
         kernel_sha256: '8abcdef0123456789abcdef0123456789abcdef0123456789abcdef012345678',
         started_ms: Date.now() - 65_000,
         deadline_ms: Date.now() + 600_000,
+        progress: 0.425,
       },
       current_tasks: [],
       summary: {

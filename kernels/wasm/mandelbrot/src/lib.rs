@@ -121,11 +121,13 @@ pub fn run(input: &[u8], params: &str, resume: Option<&[u8]>, host: &mut impl Ho
     };
     while rows_done < tile.height {
         let end = (rows_done + CHECKPOINT_ROWS).min(tile.height);
+        // Progress every row (the host drops repeats), so the user sees a
+        // tile move even when it is shorter than a checkpoint.
         for row in rows_done..end {
             render_row(&params, tile, row, &mut pixels);
+            host.progress((row + 1) as f32 / tile.height as f32);
         }
         rows_done = end;
-        host.progress(rows_done as f32 / tile.height as f32);
         if rows_done < tile.height {
             let mut state = Vec::with_capacity(4 + pixels.len());
             state.extend_from_slice(&rows_done.to_le_bytes());
@@ -305,6 +307,8 @@ mod tests {
         let mut rec = Recorder::default();
         let full = run(b"", params, None, &mut rec).unwrap();
         assert_eq!(rec.checkpoints.len(), 3, "rows 64, 128, 192");
+        assert_eq!(rec.progress.len(), 200, "one report per row");
+        assert!(rec.progress.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(rec.progress.last(), Some(&1.0));
         let resumed = run(b"", params, Some(&rec.checkpoints[1]), &mut NoHost).unwrap();
         assert_eq!(full, resumed);
