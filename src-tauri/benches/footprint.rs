@@ -79,6 +79,28 @@ fn report(label: &str, root: u32) {
     );
 }
 
+/// The process's largest mappings by RSS, named by file (or [heap], [anon]):
+/// where the memory is, so a change in the totals can be traced.
+fn largest_mappings(pid: u32, n: usize) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut by_name: std::collections::HashMap<String, u64> = Default::default();
+    let mut current = String::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            let name = words.nth(4).unwrap_or("[anon]");
+            current = name.rsplit('/').next().unwrap_or(name).to_string();
+        } else if first == "Rss:" {
+            *by_name.entry(current.clone()).or_default() +=
+                words.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    let mut all: Vec<_> = by_name.into_iter().collect();
+    all.sort_by_key(|a| std::cmp::Reverse(a.1));
+    all.iter().take(n).map(|(name, kib)| format!("{name} {:.1}", *kib as f64 / 1024.0)).collect::<Vec<_>>().join(", ")
+}
+
 /// CPU of the whole tree over `span`, as % of one core.
 fn idle_cpu(label: &str, root: u32, span: Duration) {
     let hz = 100.0; // USER_HZ on Linux
@@ -159,6 +181,7 @@ fn main() {
     report("dashboard closed (start)", pid);
     idle_cpu("idle, dashboard closed", pid, Duration::from_secs(30));
     report("dashboard closed (35 s)", pid);
+    println!("  largest mappings (MiB): {}", largest_mappings(pid, 8));
 
     let mut second = Command::new(APP);
     env(&mut second);
@@ -171,6 +194,7 @@ fn main() {
     assert!(close_dashboard(&x.display), "found the dashboard window");
     std::thread::sleep(Duration::from_secs(5));
     report("dashboard closed again", pid);
+    println!("  largest mappings (MiB): {}", largest_mappings(pid, 8));
     let left: Vec<String> = tree(pid).iter().map(|&p| comm(p)).filter(|c| c.starts_with("WebKit")).collect();
     println!("WebKit processes left after closing: {left:?}");
 

@@ -54,8 +54,8 @@ impl AppState {
             .map_err(|(code, message)| CommandError { code, message })
     }
 
-    /// The tray's way in: no thread hop, so a pause from the menu is applied
-    /// before the menu handler returns.
+    /// The tray's way in, from a plain thread: blocks until the agent has
+    /// applied the request (a pause: the worker is frozen).
     pub fn request_now(&self, request: Request) -> Result<Value, CommandError> {
         let control = self.control.get().ok_or_else(|| CommandError::new("not_running", "the agent is not running"))?;
         control.request(request).map_err(|(code, message)| CommandError { code, message })

@@ -1,6 +1,7 @@
 //! The dashboard's IPC commands (docs/app-ipc.md): each one delegation to
 //! `idlemesh-agent` (or the pool library, for the demo pool).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use idlemesh_agent::control::Request;
@@ -131,27 +132,47 @@ async fn ledger_verify(state: S<'_>) -> Result<Value> {
 /// Writes the whole ledger to the Downloads folder (else the data dir).
 #[tauri::command]
 async fn ledger_export(state: S<'_>, format: String) -> Result<Value> {
-    let (text_of, ext): (fn(&[Entry]) -> String, _) = match format.as_str() {
-        "csv" => (idlemesh_agent::ledger::to_csv, "csv"),
-        "json" => (|e| serde_json::to_string_pretty(e).unwrap_or_default() + "\n", "json"),
+    let ext = match format.as_str() {
+        "csv" | "json" => format.clone(),
         other => return Err(CommandError::new("bad_value", format!("export format {other:?}: expected csv or json"))),
     };
     let entries = with_ledger(&state, all).await?;
+    let text = match ext.as_str() {
+        "csv" => idlemesh_agent::ledger::to_csv(&entries),
+        _ => serde_json::to_string_pretty(&entries).map_err(|e| CommandError::new("internal", e))? + "\n",
+    };
     let dir = directories::UserDirs::new()
         .and_then(|d| d.download_dir().map(ToOwned::to_owned))
         .filter(|d| d.is_dir())
         .unwrap_or_else(|| state.data_dir.clone());
-    let stamp = jiff::Zoned::now().strftime("%Y%m%d-%H%M%S");
-    let path = dir.join(format!("idlemesh-ledger-{stamp}.{ext}"));
-    let text = text_of(&entries);
-    tauri::async_runtime::spawn_blocking({
-        let path = path.clone();
-        move || std::fs::write(&path, text)
-    })
-    .await
-    .map_err(|e| CommandError::new("internal", e))?
-    .map_err(|e| CommandError::new("io", format!("writing {}: {e}", path.display())))?;
+    let stem = format!("idlemesh-ledger-{}", jiff::Zoned::now().strftime("%Y%m%d-%H%M%S"));
+    let path = tauri::async_runtime::spawn_blocking(move || write_new_file(&dir, &stem, &ext, text.as_bytes()))
+        .await
+        .map_err(|e| CommandError::new("internal", e))?
+        .map_err(|e| CommandError::new("io", e))?;
     Ok(json!({"path": path, "entries": entries.len()}))
+}
+
+/// Writes `dir/stem.ext`, or `stem-2.ext`, `stem-3.ext`… if that exists: two
+/// exports in one second must not overwrite each other (or anything else).
+fn write_new_file(dir: &std::path::Path, stem: &str, ext: &str, bytes: &[u8]) -> std::result::Result<PathBuf, String> {
+    use std::io::Write as _;
+    for n in 1..1000 {
+        let name = if n == 1 { format!("{stem}.{ext}") } else { format!("{stem}-{n}.{ext}") };
+        let path = dir.join(name);
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(mut file) => {
+                return file
+                    .write_all(bytes)
+                    .and_then(|()| file.sync_all())
+                    .map(|()| path.clone())
+                    .map_err(|e| format!("writing {}: {e}", path.display()));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(format!("creating {}: {e}", path.display())),
+        }
+    }
+    Err(format!("{} already holds 999 exports named {stem}", dir.display()))
 }
 
 #[tauri::command]
@@ -200,4 +221,23 @@ async fn autostart_set(app: tauri::AppHandle, enabled: bool) -> Result<Value> {
     let result = if enabled { launcher.enable() } else { launcher.disable() };
     result.map_err(|e| CommandError::new("io", format!("cannot change start at login: {e}")))?;
     Ok(json!({"autostart": launcher.is_enabled().unwrap_or(enabled)}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exports_in_the_same_second_never_overwrite_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = write_new_file(dir.path(), "idlemesh-ledger-x", "csv", b"one").unwrap();
+        let second = write_new_file(dir.path(), "idlemesh-ledger-x", "csv", b"two").unwrap();
+        assert_eq!(first.file_name().unwrap(), "idlemesh-ledger-x.csv");
+        assert_eq!(second.file_name().unwrap(), "idlemesh-ledger-x-2.csv");
+        assert_eq!(std::fs::read(&first).unwrap(), b"one");
+        assert_eq!(std::fs::read(&second).unwrap(), b"two");
+        let missing = dir.path().join("no-such-dir");
+        let err = write_new_file(&missing, "x", "csv", b"").unwrap_err();
+        assert!(err.contains("no-such-dir"), "{err}");
+    }
 }

@@ -18,7 +18,23 @@ fn main() -> ExitCode {
     if args.next().as_deref() == Some("worker".as_ref()) {
         return worker(args.collect());
     }
+    #[cfg(target_os = "linux")]
+    keep_gl_out_of_gtk();
     app::run()
+}
+
+/// GTK 3 initialises GLX when it opens the X display, only to choose its
+/// visuals, and that maps Mesa's driver (with LLVM: about 50 MiB) into a
+/// tray app that never draws with GL: 129 MiB RSS with the dashboard closed
+/// instead of 77 MiB (docs/benchmarks.md). The webview draws without GDK's
+/// GL (checked on screenshots with and without WebKit's DMA-BUF renderer).
+/// A GDK_GL the user set wins.
+#[cfg(target_os = "linux")]
+fn keep_gl_out_of_gtk() {
+    if std::env::var_os("GDK_GL").is_none() {
+        // SAFETY: first thing in main, before any other thread exists.
+        unsafe { std::env::set_var("GDK_GL", "disable") };
+    }
 }
 
 /// `worker [--cache-dir DIR] [--probe-gpu]`: exactly what `WorkerCommand::current_exe` passes.

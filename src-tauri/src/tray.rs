@@ -50,9 +50,14 @@ pub fn create(app: &AppHandle) -> tauri::Result<()> {
 }
 
 fn on_menu(app: &AppHandle, id: &str) {
-    let state = app.state::<Arc<AppState>>();
     let request = match id {
-        "open" => return crate::app::open(app),
+        // Not built inside the menu handler: creating a webview window from
+        // an event handler deadlocks on Windows.
+        "open" => {
+            let app = app.clone();
+            std::thread::spawn(move || crate::app::open(&app));
+            return;
+        }
         "quit" => return app.exit(0),
         "resume" => Request::Resume,
         pause => match pause.strip_prefix("pause-") {
@@ -60,11 +65,14 @@ fn on_menu(app: &AppHandle, id: &str) {
             None => return,
         },
     };
-    // Applied before this returns: the worker is frozen by then.
-    match state.request_now(request) {
+    // Off the UI thread, which must not wait for the agent; the agent
+    // freezes the worker before it answers.
+    let state = app.state::<Arc<AppState>>().inner().clone();
+    let id = id.to_owned();
+    std::thread::spawn(move || match state.request_now(request) {
         Ok(_) => tracing::info!(item = id, "tray menu"),
         Err(e) => tracing::warn!(item = id, error = %e.message, "tray menu action refused"),
-    }
+    });
 }
 
 /// The state in a few words, for the menu and the tooltip.
@@ -85,19 +93,23 @@ pub fn update(app: &AppHandle, status: &Value) {
     let Some(line) = app.try_state::<StateLine>() else { return };
     let state = status["state"].as_str().unwrap_or("starting").to_string();
     let words = words(status);
-    let mut shown = line.shown.lock().expect("lock");
-    if shown.1 != words {
+    // Decide under the lock, change the tray after it: the changes wait for
+    // the UI thread, and nothing should wait while holding a lock.
+    let (new_words, new_icon) = {
+        let mut shown = line.shown.lock().expect("lock");
+        let changes = (shown.1 != words, shown.0 != state);
+        *shown = (state.clone(), words.clone());
+        changes
+    };
+    if new_words {
         let _ = line.item.set_text(format!("Idlemesh: {words}"));
         if let Some(tray) = app.tray_by_id(TRAY) {
             let _ = tray.set_tooltip(Some(format!("Idlemesh: {words}")));
         }
     }
-    if shown.0 != state
-        && let Some(tray) = app.tray_by_id(TRAY)
-    {
+    if new_icon && let Some(tray) = app.tray_by_id(TRAY) {
         let _ = tray.set_icon(Some(icon(&state)));
     }
-    *shown = (state, words);
 }
 
 /// A 32×32 disc in the state's colour: green working, amber waiting, grey

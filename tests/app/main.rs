@@ -8,13 +8,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use app_env::{AppEnv, app_env, pool_with_job, proc_state, session_keyring};
 use fantoccini::{Client, ClientBuilder, Locator};
 use idlemesh_agent::control::{self, Request};
-use idlemesh_pool::{Pool, PoolConfig};
 use serde_json::{Value, json};
 
+#[path = "../common/app_env.rs"]
+mod app_env;
 #[path = "../common/session_bus.rs"]
 mod session_bus;
+#[path = "../common/sni.rs"]
+mod sni;
+mod tray;
 #[path = "../common/xvfb.rs"]
 #[allow(dead_code, reason = "shared with tests/e2e, which uses all of it")]
 mod xvfb;
@@ -23,14 +28,6 @@ const APP: &str = env!("CARGO_BIN_EXE_idlemesh-app");
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Children inherit the session keyring of the thread that starts them: the
-/// app's device key lives there (kernel keyutils), not in the user's keyring.
-fn session_keyring() {
-    // SAFETY: KEYCTL_JOIN_SESSION_KEYRING (1) with no name, integer arguments only.
-    let r = unsafe { libc::syscall(libc::SYS_keyctl, 1, 0usize, 0usize, 0usize, 0usize) };
-    assert!(r >= 0, "keyctl: {}", std::io::Error::last_os_error());
 }
 
 /// WebKitWebDriver, which starts the app and automates its webview.
@@ -82,31 +79,6 @@ impl Drop for Driver {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A pool with a job of slow tiles, so a worker is busy while the test pauses it.
-async fn pool_with_job(dir: &Path) -> (String, tokio::task::JoinHandle<()>) {
-    let pool = Pool::open(PoolConfig {
-        data_dir: dir.to_path_buf(),
-        db_path: None,
-        name: "app test pool".into(),
-        operator: "tests".into(),
-        operator_token: "test-operator-token-0123456789".into(),
-        open_enrollment: true,
-    })
-    .unwrap();
-    let kernel = pool.put_blob(idlemesh_kernels::MANDELBROT.to_vec()).await.unwrap();
-    let mut spec = idlemesh_pool::demo::mandelbrot_job(kernel, 1024, 1024, 1, 8);
-    // Deep zoom into the set's edge: most pixels run to max_iter, seconds per tile.
-    spec.params["max_iter"] = json!(2_000);
-    spec.params["span"] = json!(0.5);
-    pool.submit(spec).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let server = tokio::spawn(async move {
-        let _ = pool.serve(listener).await;
-    });
-    (url, server)
 }
 
 struct Ui {
@@ -206,11 +178,6 @@ fn x_screenshot(display: &str, path: &Path) -> Result<(), Box<dyn std::error::Er
     Ok(())
 }
 
-fn proc_state(pid: u64) -> char {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    stat.rsplit(") ").next().and_then(|rest| rest.chars().next()).unwrap_or('?')
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn the_dashboard_shows_controls_and_verifies_a_real_agent() {
     session_keyring();
@@ -221,46 +188,7 @@ async fn the_dashboard_shows_controls_and_verifies_a_real_agent() {
 
     let x = xvfb::Xvfb::with_screen("1280x1024x24");
     let bus = session_bus::SessionBus::start();
-    let config_dir = root.join("config");
-    std::fs::create_dir_all(&config_dir).unwrap();
-    // Work at once (Xvfb has had no input), at full speed, for the test pool.
-    std::fs::write(
-        config_dir.join("settings.toml"),
-        format!("pool_url = \"{pool_url}\"\nidle_minutes = 0\ncpu_cores = 1\ncpu_duty_cycle_percent = 100\n"),
-    )
-    .unwrap();
-    let policy = root.join("policy.toml");
-    std::fs::write(&policy, "[locked]\nmin_battery_percent = 90\n").unwrap();
-    let runtime_dir = root.join("run");
-    std::fs::create_dir_all(&runtime_dir).unwrap();
-    std::fs::set_permissions(&runtime_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    let socket = root.join("agent.sock");
-    let env: Vec<(String, String)> = [
-        ("HOME", root.join("home")),
-        ("XDG_RUNTIME_DIR", runtime_dir.clone()),
-        ("XDG_CONFIG_HOME", root.join("home/.config")),
-        ("XDG_DATA_HOME", root.join("home/.local/share")),
-        ("IDLEMESH_DATA_DIR", root.join("data")),
-        ("IDLEMESH_CONFIG_DIR", config_dir.clone()),
-        ("IDLEMESH_POLICY", policy.clone()),
-        ("IDLEMESH_CONTROL_SOCKET", socket.clone()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.display().to_string()))
-    .chain(
-        [
-            ("DISPLAY", x.display.as_str()),
-            ("DBUS_SESSION_BUS_ADDRESS", bus.address.as_str()),
-            ("IDLEMESH_KEYRING", "keyutils"),
-            ("IDLEMESH_LOG", "info"),
-            // Saves ~60 MiB under Xvfb and silences the accessibility bus.
-            ("WEBKIT_DISABLE_DMABUF_RENDERER", "1"),
-            ("NO_AT_BRIDGE", "1"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string())),
-    )
-    .collect();
+    let AppEnv { env, socket, config_dir } = app_env(root, &pool_url, &x, &bus);
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("app-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
     let driver = Driver::start(&env, shots.join("webdriver.log"));

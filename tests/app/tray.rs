@@ -1,0 +1,155 @@
+//! The tray icon and its menu, seen the way a desktop panel sees them: over
+//! the StatusNotifierItem and dbusmenu D-Bus interfaces, with the real app
+//! working for a real pool.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use idlemesh_agent::control::{self, Request};
+use serde_json::Value;
+
+use crate::app_env::{AppEnv, app_env, pool_with_job, proc_state, session_keyring};
+use crate::{APP, session_bus, sni, xvfb};
+
+/// Kills the app if the test fails half way, so no stray app keeps the bus busy.
+struct App(Child);
+
+impl Drop for App {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// The colours of the tray icon (`src-tauri/src/tray.rs`).
+const GREEN_WORKING: [u8; 4] = [46, 160, 67, 255];
+const GREY_PAUSED: [u8; 4] = [110, 118, 129, 255];
+
+fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !ok() {
+        assert!(started.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    started.elapsed()
+}
+
+/// Whether a viewable top-level window titled "Idlemesh" is on the display.
+fn dashboard_shown(display: &str) -> bool {
+    use x11rb::connection::Connection as _;
+    use x11rb::protocol::xproto::{AtomEnum, ConnectionExt as _, MapState};
+    let Ok((conn, screen)) = x11rb::connect(Some(display)) else { return false };
+    let root = conn.setup().roots[screen].root;
+    let Ok(tree) = conn.query_tree(root).unwrap().reply() else { return false };
+    tree.children.into_iter().any(|w| {
+        let named = conn
+            .get_property(false, w, AtomEnum::WM_NAME, AtomEnum::ANY, 0, 64)
+            .unwrap()
+            .reply()
+            .is_ok_and(|n| n.value == b"Idlemesh");
+        let viewable = conn.get_window_attributes(w).unwrap().reply().is_ok_and(|a| a.map_state == MapState::VIEWABLE);
+        named && viewable
+    })
+}
+
+#[test]
+fn the_tray_shows_the_state_and_its_menu_pauses_resumes_opens_and_quits() {
+    session_keyring();
+    rustls::crypto::ring::default_provider().install_default().ok();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (pool_url, _server) = rt.block_on(pool_with_job(&root.join("pool")));
+    let x = xvfb::Xvfb::with_screen("1280x1024x24");
+    let bus = session_bus::SessionBus::start();
+    // The panel is there before the app, as at login.
+    let host = sni::Host::start(&bus.address);
+    let AppEnv { env, socket, .. } = app_env(root, &pool_url, &x, &bus);
+    let log = root.join("app.log");
+    let log_file = std::fs::File::create(&log).unwrap();
+    let app = Command::new(APP)
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file)
+        .spawn()
+        .unwrap();
+    let mut app = App(app);
+    let status = || -> Value {
+        rt.block_on(control::call(&socket, &Request::Status)).unwrap_or_else(|e| panic!("status: {e:?}"))
+    };
+
+    let item = host.item(Duration::from_secs(30));
+    eprintln!("tray test: item {}{} registered", item.bus, item.path);
+
+    // Working: the menu says so in words, the icon is green.
+    wait_until("the agent to start", Duration::from_secs(30), || socket.exists());
+    wait_until("a task to run", Duration::from_secs(90), || status()["state"] == "working");
+    item.wait_state_line(Duration::from_secs(5), |l| l == "Idlemesh: Working for the pool");
+    wait_until("the green icon", Duration::from_secs(5), || item.icon_centre() == GREEN_WORKING);
+    let entries = item.menu_entries();
+    let labels: Vec<&str> = entries.iter().map(|e| e.label.as_str()).collect();
+    assert_eq!(
+        labels,
+        [
+            "Idlemesh: Working for the pool",
+            "Pause for 15 minutes",
+            "Pause for 1 hour",
+            "Pause until tomorrow",
+            "Pause until I resume",
+            "Resume",
+            "Open dashboard",
+            "Quit Idlemesh",
+        ]
+    );
+    assert!(!entries[0].enabled, "the state line is information, not a button");
+    assert!(entries[1..].iter().all(|e| e.enabled));
+
+    // Pause for 15 minutes: the worker freezes, the menu and icon follow.
+    let s = status();
+    let pid = s["workers"]["pids"][0].as_u64().expect("a worker runs");
+    let clicked = Instant::now();
+    item.click("Pause for 15 minutes");
+    let took = wait_until("the worker to freeze", Duration::from_secs(10), || proc_state(pid) == 'T');
+    eprintln!("tray test: menu click to frozen worker: {:.1} ms", took.as_secs_f64() * 1e3);
+    let s = status();
+    assert_eq!(s["paused"], true, "{s:#}");
+    assert_eq!(s["manual_pause"]["kind"], "until", "{s:#}");
+    let until = s["manual_pause"]["until_ms"].as_u64().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let expected = now + 15 * 60_000 - clicked.elapsed().as_millis() as u64;
+    assert!(until.abs_diff(expected) < 30_000, "paused until {until}, expected about {expected}");
+    item.wait_state_line(Duration::from_secs(5), |l| l.starts_with("Idlemesh: Paused: paused by you until"));
+    wait_until("the grey icon", Duration::from_secs(5), || item.icon_centre() == GREY_PAUSED);
+
+    // Resume: the same worker continues.
+    item.click("Resume");
+    wait_until("the worker to run again", Duration::from_secs(10), || proc_state(pid) != 'T');
+    assert_eq!(status()["paused"], false);
+    item.wait_state_line(Duration::from_secs(5), |l| l == "Idlemesh: Working for the pool");
+
+    // Until I resume: no end time.
+    item.click("Pause until I resume");
+    wait_until("the worker to freeze", Duration::from_secs(10), || proc_state(pid) == 'T');
+    assert_eq!(status()["manual_pause"]["kind"], "until_resumed");
+    item.click("Resume");
+    wait_until("the worker to run again", Duration::from_secs(10), || proc_state(pid) != 'T');
+
+    // Open dashboard: the window (and its webview) is created on demand.
+    assert!(!dashboard_shown(&x.display), "the app starts in the tray, without a window");
+    item.click("Open dashboard");
+    wait_until("the dashboard window", Duration::from_secs(30), || dashboard_shown(&x.display));
+
+    // Quit: the app stops its agent and its worker, and exits cleanly.
+    item.click("Quit Idlemesh");
+    let mut exit = None;
+    wait_until("the app to quit", Duration::from_secs(15), || {
+        exit = app.0.try_wait().unwrap();
+        exit.is_some()
+    });
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(exit.unwrap().success(), "the app quit with {exit:?}:\n{log}");
+    wait_until("the worker to end", Duration::from_secs(5), || proc_state(pid) == '?' || proc_state(pid) == 'Z');
+}
