@@ -227,6 +227,9 @@ pub fn open(app: &AppHandle) {
         .title("Idlemesh")
         .inner_size(1040.0, 740.0)
         .min_inner_size(420.0, 360.0)
+        // Ctrl+= / Ctrl+- / Ctrl+0 and Ctrl+wheel: the dashboard must be
+        // readable at 200 %, so the user needs a way to get there.
+        .zoom_hotkeys_enabled(true)
         .build();
     if let Err(e) = built {
         tracing::error!(error = %e, "cannot open the dashboard");

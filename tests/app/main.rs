@@ -151,6 +151,11 @@ impl Ui {
         }
     }
 
+    /// Runs `script` in the page and returns its value.
+    async fn script(&self, script: &str) -> Value {
+        self.client.execute(script, vec![]).await.unwrap_or_else(|e| panic!("{script}: {e}"))
+    }
+
     /// `invoke` from inside the webview, as the dashboard's code would.
     async fn invoke(&self, command: &str, args: Value) -> Value {
         let script = r#"
@@ -163,6 +168,19 @@ impl Ui {
 }
 
 /// The root window of `display` as an RGB PNG.
+/// The luma (0–255) of a CSS `rgb(r, g, b)` colour.
+fn luma(css: &str) -> f64 {
+    let n: Vec<f64> = css
+        .trim_start_matches("rgba(")
+        .trim_start_matches("rgb(")
+        .trim_end_matches(')')
+        .split(',')
+        .filter_map(|c| c.trim().parse().ok())
+        .collect();
+    assert!(n.len() >= 3, "not an rgb() colour: {css}");
+    0.299 * n[0] + 0.587 * n[1] + 0.114 * n[2]
+}
+
 fn x_screenshot(display: &str, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
     use x11rb::connection::Connection as _;
     use x11rb::protocol::xproto::{ConnectionExt as _, ImageFormat};
@@ -342,6 +360,61 @@ async fn steps(ui: &Ui, pool_url: &str, config_dir: &Path) -> Result<(), Box<dyn
         assert!(rows.contains(pool_url), "{rows}");
         ui.page("ledger").await;
         ui.shot("ledger").await;
+
+        // Light mode here (the system's, as GTK reports it): the page is light.
+        let scheme = ui.script("return [matchMedia('(prefers-color-scheme: dark)').matches, getComputedStyle(document.documentElement).backgroundColor]").await;
+        assert_eq!(scheme[0], false, "{scheme}");
+        assert!(luma(scheme[1].as_str().unwrap()) > 180.0, "a light background: {scheme}");
+
+        // 200 % zoom with the keyboard (Ctrl+= five times, 20 % each): the
+        // layout reflows to half the CSS width and nothing scrolls sideways.
+        eprintln!("app test: 200 % zoom");
+        let width = ui.script("return window.innerWidth").await.as_f64().unwrap();
+        let body = ui.client.find(Locator::Css("body")).await.unwrap();
+        for _ in 0..5 {
+            // U+E009 holds Control, U+E000 releases it.
+            body.send_keys("\u{E009}=\u{E000}").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let zoomed = ui.script("return window.innerWidth").await.as_f64().unwrap();
+            if (zoomed - width / 2.0).abs() <= 2.0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "innerWidth {zoomed} after zooming in from {width}: not 200 %");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for name in ["now", "limits", "stats", "ledger", "privacy", "pools"] {
+            // By keyboard: WebKitWebDriver's clicks miss under page zoom
+            // (it does not scale the element's coordinates).
+            let link = ui.client.find(Locator::Css(&format!("#nav-{name}"))).await.unwrap();
+            link.send_keys("\u{E007}").await.unwrap();
+            ui.client
+                .wait()
+                .at_most(Duration::from_secs(10))
+                .for_element(Locator::Css(&format!("#page-{name}")))
+                .await
+                .unwrap_or_else(|e| panic!("Enter on #nav-{name} at 200 %: {e}"));
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let overflow = ui
+                .script("return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+                .await;
+            ui.shot(&format!("{name}-200-percent")).await;
+            let culprits = ui
+                .script(
+                    "const w = document.documentElement.clientWidth; return [...document.querySelectorAll('body *')]
+                       .filter((e) => e.getBoundingClientRect().right > w + 1)
+                       .filter((e) => ![...e.children].some((c) => c.getBoundingClientRect().right > w + 1))
+                       .sort((a, b) => b.getBoundingClientRect().right - a.getBoundingClientRect().right)
+                       .slice(0, 5).map((e) => e.tagName + '#' + e.id + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right))",
+                )
+                .await;
+            assert!(
+                overflow.as_f64().unwrap() <= 1.0,
+                "{name} scrolls sideways at 200 %: {overflow} px; wider than the page: {culprits}"
+            );
+        }
     })
     .catch_unwind()
     .await

@@ -54,6 +54,17 @@ fn dashboard_shown(display: &str) -> bool {
     })
 }
 
+/// One pixel of the X screen.
+fn pixel(display: &str, x: i16, y: i16) -> Option<[u8; 3]> {
+    use x11rb::connection::Connection as _;
+    use x11rb::protocol::xproto::{ConnectionExt as _, ImageFormat};
+    let (conn, screen) = x11rb::connect(Some(display)).ok()?;
+    let root = conn.setup().roots[screen].root;
+    let image = conn.get_image(ImageFormat::Z_PIXMAP, root, x, y, 1, 1, !0).ok()?.reply().ok()?;
+    // Depth 24 in a 32-bit pixel, little-endian: B, G, R.
+    Some([image.data[2], image.data[1], image.data[0]])
+}
+
 #[test]
 fn the_tray_shows_the_state_and_its_menu_pauses_resumes_opens_and_quits() {
     session_keyring();
@@ -66,7 +77,9 @@ fn the_tray_shows_the_state_and_its_menu_pauses_resumes_opens_and_quits() {
     let bus = session_bus::SessionBus::start();
     // The panel is there before the app, as at login.
     let host = sni::Host::start(&bus.address);
-    let AppEnv { env, socket, .. } = app_env(root, &pool_url, &x, &bus);
+    let AppEnv { mut env, socket, .. } = app_env(root, &pool_url, &x, &bus);
+    // A dark system theme: the dashboard must follow it.
+    env.push(("GTK_THEME".into(), "Adwaita:dark".into()));
     let log = root.join("app.log");
     let log_file = std::fs::File::create(&log).unwrap();
     let app = Command::new(APP)
@@ -141,6 +154,14 @@ fn the_tray_shows_the_state_and_its_menu_pauses_resumes_opens_and_quits() {
     assert!(!dashboard_shown(&x.display), "the app starts in the tray, without a window");
     item.click("Open dashboard");
     wait_until("the dashboard window", Duration::from_secs(30), || dashboard_shown(&x.display));
+    // Dark, as the system theme is: the page background (top of the main
+    // area; the window sits at the screen's origin without a window manager).
+    wait_until("the dashboard drawn dark", Duration::from_secs(30), || {
+        pixel(&x.display, 700, 6).is_some_and(|[r, g, b]| {
+            let luma = 0.299 * f64::from(r) + 0.587 * f64::from(g) + 0.114 * f64::from(b);
+            luma < 60.0 && luma > 5.0
+        })
+    });
 
     // Quit: the app stops its agent and its worker, and exits cleanly.
     item.click("Quit Idlemesh");
