@@ -18,7 +18,11 @@ impl Xvfb {
 
     /// `screen`: width x height x depth, e.g. "1280x1024x24".
     pub fn with_screen(screen: &str) -> Self {
-        for n in 0..50 {
+        // Threads of one test binary start servers at the same moment: each
+        // takes its own numbers, or two would find the same new server up.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        for _ in 0..50 {
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let display = format!(":{}", 90 + (std::process::id() as usize + n) % 400);
             let lock = format!("/tmp/.X{}-lock", &display[1..]);
             if Path::new(&lock).exists() {
