@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 #[path = "../common/app_env.rs"]
 mod app_env;
+mod packages;
 #[path = "../common/session_bus.rs"]
 mod session_bus;
 #[path = "../common/sni.rs"]

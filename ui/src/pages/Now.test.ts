@@ -104,4 +104,37 @@ describe('Now page', () => {
     await waitFor(() => expect($('#first-run-result').textContent).toContain('http://127.0.0.1:40000'));
     expect(started).toHaveBeenCalledOnce();
   });
+
+  it('asks on first run whether to start at login', async () => {
+    const calls: unknown[] = [];
+    mockIPC((cmd, args) => {
+      if (cmd === 'status') return status({ state: 'no_pool', scheduler: null });
+      if (cmd === 'app_info') return { ...appInfo, first_run: true, autostart: false };
+      if (cmd === 'autostart_set') {
+        calls.push(args);
+        return { autostart: (args as { enabled: boolean }).enabled };
+      }
+    });
+    render(Now);
+    await waitFor(() => expect(document.querySelector('#first-run-autostart')).not.toBeNull());
+    const box = $('#first-run-autostart') as HTMLInputElement;
+    expect(box.checked).toBe(false);
+    await fireEvent.click(box);
+    await waitFor(() => expect($('#first-run-autostart-message').textContent).toContain('will start when you log in'));
+    expect(calls).toEqual([{ enabled: true }]);
+    expect(box.checked).toBe(true);
+  });
+
+  it('shows why starting at login could not be set', async () => {
+    mockIPC((cmd) => {
+      if (cmd === 'status') return status({ state: 'no_pool', scheduler: null });
+      if (cmd === 'app_info') return { ...appInfo, first_run: true, autostart: false };
+      if (cmd === 'autostart_set') throw { code: 'io', message: 'cannot write ~/.config/autostart: read-only' };
+    });
+    render(Now);
+    await waitFor(() => expect(document.querySelector('#first-run-autostart')).not.toBeNull());
+    await fireEvent.click($('#first-run-autostart'));
+    await waitFor(() => expect($('#first-run-autostart-message').textContent).toContain('read-only'));
+    expect(($('#first-run-autostart') as HTMLInputElement).checked).toBe(false);
+  });
 });
