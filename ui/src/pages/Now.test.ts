@@ -82,6 +82,16 @@ describe('Now page', () => {
     expect(document.querySelector('#current-task progress')).toBeNull();
   });
 
+  it('names the organisation that manages this device', async () => {
+    const base = status();
+    mockIPC((cmd) =>
+      cmd === 'status' ? status({ scheduler: { ...base.scheduler!, managed_by: 'Acme Research' } }) : undefined,
+    );
+    render(Now);
+    await waitFor(() => expect($('#managed-by').textContent).toBe('Acme Research'));
+    expect($('#session').textContent).toContain('Managed by');
+  });
+
   it('says so clearly when the agent is not running', async () => {
     mockIPC((cmd) => {
       if (cmd === 'status') throw { code: 'not_running', message: 'the agent has not started yet' };
