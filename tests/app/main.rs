@@ -16,6 +16,8 @@ use serde_json::{Value, json};
 #[path = "../common/app_env.rs"]
 mod app_env;
 mod packages;
+#[path = "../common/private_root.rs"]
+mod private_root;
 #[path = "../common/session_bus.rs"]
 mod session_bus;
 #[path = "../common/sni.rs"]

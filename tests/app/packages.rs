@@ -13,14 +13,8 @@ use idlemesh_agent::control::{self, Request};
 use serde_json::Value;
 
 use crate::app_env::{AppEnv, app_env, pool_with_job, session_keyring};
+use crate::private_root::{DpkgRoot, RpmRoot, run};
 use crate::{APP, session_bus, sni, xvfb};
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
-    text
-}
 
 fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     let started = Instant::now();
@@ -95,20 +89,11 @@ fn the_tray_app_packages_install_start_and_remove_cleanly_leaving_the_ledger() {
     }
 
     // dpkg, into a root of its own: nothing on this machine changes.
-    let root = tmp.path().join("deb-root");
-    std::fs::create_dir_all(root.join("var/lib/dpkg/info")).unwrap();
-    std::fs::create_dir_all(root.join("var/lib/dpkg/updates")).unwrap();
-    std::fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
-    let dpkg = |args: &[&str]| {
-        let mut cmd = Command::new("dpkg");
-        cmd.arg(format!("--root={}", root.display())).args(["--force-not-root", "--log=/dev/null"]).args(args);
-        run(&mut cmd)
-    };
+    let deb_root = DpkgRoot::new(&tmp.path().join("deb-root"));
+    let (root, dpkg) = (&deb_root.root, |args: &[&str]| deb_root.dpkg(args));
     // Without its headless package the app is refused (its Depends is real);
     // the fake root has no libc6 or WebKit, so only that one is checked here.
-    let mut alone = Command::new("dpkg");
-    alone.arg(format!("--root={}", root.display())).args(["--force-not-root", "--log=/dev/null", "-i", &app_deb]);
-    let refused = alone.output().unwrap();
+    let refused = deb_root.command(&["-i", &app_deb]).output().unwrap();
     assert!(!refused.status.success(), "dpkg installed the app without `idlemesh`");
     let why = String::from_utf8_lossy(&refused.stderr);
     assert!(why.contains("depends on idlemesh (= 0.1.0)"), "{why}");
@@ -138,14 +123,8 @@ fn the_tray_app_packages_install_start_and_remove_cleanly_leaving_the_ledger() {
     assert!(ledger.exists(), "the user's ledger stays");
 
     // rpm, likewise: the same files, the same dependency, installed and erased.
-    let root = tmp.path().join("rpm-root");
-    std::fs::create_dir_all(&root).unwrap();
-    let rpm = |args: &[&str]| {
-        let mut cmd = Command::new("rpm");
-        cmd.arg("--root").arg(&root).args(args);
-        run(&mut cmd)
-    };
-    rpm(&["--initdb"]);
+    let rpm_root = RpmRoot::new(&tmp.path().join("rpm-root"));
+    let (root, rpm) = (&rpm_root.root, |args: &[&str]| rpm_root.rpm(args));
     let requires = rpm(&["-qpR", &app_rpm]);
     assert!(requires.contains("idlemesh = 0.1.0"), "{requires}");
     let files = rpm(&["-qpl", &app_rpm]);

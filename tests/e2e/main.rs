@@ -16,5 +16,7 @@ mod jobs;
 mod kernel_cli;
 mod outage;
 mod packaging;
+#[path = "../common/private_root.rs"]
+mod private_root;
 mod restart;
 mod tampering;

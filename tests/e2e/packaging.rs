@@ -6,13 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::harness::BIN;
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
-    text
-}
+use crate::private_root::{DpkgRoot, RpmRoot, run};
 
 /// The installed binary does what the built one does: reports its
 /// versions and runs the demo (its workers are the installed binary too).
@@ -48,40 +42,27 @@ fn deb_and_rpm_install_run_and_remove_cleanly_leaving_the_ledger() {
     let rpm = out.lines().find(|l| l.ends_with(".rpm")).expect("an .rpm was built (rpmbuild comes with scripts/setup)");
 
     // dpkg, into a root of its own: nothing on this machine changes.
-    let root = tmp.path().join("deb-root");
-    std::fs::create_dir_all(root.join("var/lib/dpkg/info")).unwrap();
-    std::fs::create_dir_all(root.join("var/lib/dpkg/updates")).unwrap();
-    std::fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
-    let dpkg = |args: &[&str]| {
-        let mut cmd = Command::new("dpkg");
-        cmd.arg(format!("--root={}", root.display())).args(["--force-not-root", "--log=/dev/null"]).args(args);
-        run(&mut cmd)
-    };
+    let deb_root = DpkgRoot::new(&tmp.path().join("deb-root"));
+    let (root, dpkg) = (&deb_root.root, |args: &[&str]| deb_root.dpkg(args));
     let info = run(Command::new("dpkg-deb").args(["--info", &deb]));
     assert!(info.contains("Package: idlemesh") && info.contains("Recommends: mesa-vulkan-drivers"), "{info}");
     // The fake root has no libc6 package to satisfy Depends.
     dpkg(&["--force-depends", "-i", &deb]);
     let home = tmp.path().join("deb-user");
-    exercise(&root, &home);
+    exercise(root, &home);
     dpkg(&["-r", "idlemesh"]);
     assert!(!root.join("usr/bin/idlemesh").exists(), "removed");
     assert!(!root.join("usr/lib/systemd/user/idlemesh-agent.service").exists());
     assert!(home.join("data/ledger.sqlite").exists(), "the user's ledger stays");
 
     // rpm, likewise.
-    let root = tmp.path().join("rpm-root");
-    std::fs::create_dir_all(&root).unwrap();
-    let rpm_cmd = |args: &[&str]| {
-        let mut cmd = Command::new("rpm");
-        cmd.arg("--root").arg(&root).args(args);
-        run(&mut cmd)
-    };
-    rpm_cmd(&["--initdb"]);
+    let rpm_root = RpmRoot::new(&tmp.path().join("rpm-root"));
+    let (root, rpm_cmd) = (&rpm_root.root, |args: &[&str]| rpm_root.rpm(args));
     let files = rpm_cmd(&["-qpl", rpm]);
     assert!(files.contains("/usr/bin/idlemesh") && files.contains("idlemesh-agent.service"), "{files}");
     rpm_cmd(&["-i", "--nodeps", "--noscripts", rpm]);
     let home = tmp.path().join("rpm-user");
-    exercise(&root, &home);
+    exercise(root, &home);
     rpm_cmd(&["-e", "--nodeps", "--noscripts", "idlemesh"]);
     assert!(!root.join("usr/bin/idlemesh").exists(), "removed");
     assert!(home.join("data/ledger.sqlite").exists(), "the user's ledger stays");
