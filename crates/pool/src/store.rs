@@ -14,7 +14,7 @@ use std::sync::Arc;
 use idlemesh_protocol::api::{
     Capabilities, DeviceStats, JobSpec, JobState, JobStatus, PoolStats, TaskCounts, TaskState,
 };
-use idlemesh_protocol::{KernelRef, Keypair, PublicKey, Receipt, Sha256, Signed, TaskManifest};
+use idlemesh_protocol::{KernelKind, KernelRef, Keypair, PublicKey, Receipt, Sha256, Signed, TaskManifest};
 use rusqlite::{Connection, OptionalExtension, Params, params};
 
 mod orgs;
@@ -118,6 +118,11 @@ CREATE TABLE enrollment_tokens (
 );
 ALTER TABLE devices ADD COLUMN org_id INTEGER REFERENCES orgs(id);
 CREATE INDEX devices_org ON devices(org_id);
+"#,
+    // 6: the GPU adapter a WGSL replica was leased to: GPU results agree
+    // only within one adapter class, so a task's replicas stay in one.
+    r#"
+ALTER TABLE replicas ADD COLUMN adapter TEXT;
 "#,
 ];
 
@@ -423,6 +428,10 @@ impl Store {
                    AND (?6 = 0 OR j.max_memory_bytes <= ?6)
                    AND NOT EXISTS (SELECT 1 FROM replicas o WHERE o.task_id = r.task_id AND o.id != r.id
                                    AND o.device_id = ?2 AND o.state IN ('leased', 'reported'))
+                   AND (j.kernel_kind != 'wgsl' OR NOT EXISTS (
+                        SELECT 1 FROM replicas c WHERE c.task_id = r.task_id AND c.id != r.id
+                        AND (c.state = 'reported' OR (c.state = 'leased' AND c.lease_deadline_ms >= ?1))
+                        AND c.adapter IS NOT ?7))
                  ORDER BY {order} LIMIT ?3"
             );
             let mut stmt = tx.prepare_cached(&sql)?;
@@ -430,9 +439,14 @@ impl Store {
             let gpu = caps.wgpu_adapter.is_some();
             // Ask for extra rows: replicas of a task already claimed in this batch are skipped.
             let limit = i64::from(max) * 4;
-            let rows = stmt.query_map(params![now as i64, device_id as i64, limit, caps.wasm, gpu, memory], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })?;
+            // A WGSL task's replicas go to one adapter class (the exact adapter
+            // string: vendor, device, driver): floating point on GPUs agrees
+            // bit for bit only within one (docs/architecture.md, "WGSL kernels").
+            let adapter = caps.wgpu_adapter.as_deref();
+            let rows = stmt
+                .query_map(params![now as i64, device_id as i64, limit, caps.wasm, gpu, memory, adapter], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })?;
             for row in rows {
                 let row: (i64, i64, i64, String, String) = row?;
                 if claimed.len() < max as usize && !claimed.iter().any(|c| c.1 == row.1) {
@@ -446,10 +460,15 @@ impl Store {
             let spec = &info.spec;
             let token = random_token();
             let deadline = now + spec.lease_ms;
+            let adapter = match spec.kernel_kind {
+                KernelKind::Wgsl => caps.wgpu_adapter.as_deref(),
+                KernelKind::Wasm => None,
+            };
             exec(
                 &tx,
-                "UPDATE replicas SET state = 'leased', device_id = ?1, lease_token = ?2, lease_deadline_ms = ?3 WHERE id = ?4",
-                params![device_id as i64, token, deadline as i64, replica_id],
+                "UPDATE replicas SET state = 'leased', device_id = ?1, lease_token = ?2, lease_deadline_ms = ?3, adapter = ?5
+                 WHERE id = ?4",
+                params![device_id as i64, token, deadline as i64, replica_id, adapter],
             )?;
             let input_sha256: Sha256 = input_sha.parse().map_err(|e| StoreError::Invalid(format!("{e}")))?;
             let size = |sha: &Sha256| -> Result<u64, StoreError> {

@@ -161,6 +161,46 @@ fn devices_get_only_jobs_they_can_run() {
 }
 
 #[test]
+fn replicas_of_a_gpu_task_stay_within_one_adapter_class() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("pool.sqlite")).unwrap();
+    let kernel = store.put_blob(b"@compute @workgroup_size(1) fn main() {}").unwrap();
+    let spec: JobSpec = serde_json::from_value(json!({
+        "name": "gpu", "kernel_kind": "wgsl", "kernel_sha256": kernel,
+        "wgsl": {"entry_point": "main", "invocations": [1],
+                 "bindings": [{"binding": 0, "role": "output", "size": "4"}]},
+        "split": {"kind": "range", "start": 0, "end": 1, "chunk": 1},
+        "replication": 2, "quorum": 2, "credits_per_task": 1.0,
+        "combiner": {"kind": "concat"}, "lease_ms": 10_000,
+    }))
+    .unwrap();
+    store.create_job(&spec, split::expand(&spec).unwrap(), 1_000).unwrap();
+    let mut device = || store.enroll(&Keypair::generate().unwrap().public(), "{}", None, 1_000).unwrap().0;
+    let (a, b, c) = (device(), device(), device());
+    let gpu =
+        |name: &str| Capabilities { wasm: true, wgpu_adapter: Some(name.into()), cores: 2, memory_bytes: 8 << 30 };
+    let lavapipe = "llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan, Cpu)";
+    let nvidia = "NVIDIA GeForce RTX 3060 (Vulkan, DiscreteGpu)";
+
+    let first = store.lease(a, &gpu(lavapipe), 5, 2_000).unwrap();
+    assert_eq!(first.len(), 1);
+    // Another adapter would not agree bit for bit: it gets nothing.
+    assert!(store.lease(b, &gpu(nvidia), 5, 2_000).unwrap().is_empty());
+    // The same adapter gets the second replica.
+    let second = store.lease(c, &gpu(lavapipe), 5, 2_000).unwrap();
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].task_id, first[0].task_id);
+    assert_ne!(second[0].replica_id, first[0].replica_id);
+
+    // Both leases lapse unreported: the class binds nothing any more, and the
+    // other adapter may take the task, after which it binds its own class.
+    let later = first[0].deadline_ms.max(second[0].deadline_ms) + 1;
+    let taken = store.lease(b, &gpu(nvidia), 1, later).unwrap();
+    assert_eq!(taken.len(), 1);
+    assert!(store.lease(a, &gpu(lavapipe), 5, later).unwrap().is_empty(), "now bound to the other class");
+}
+
+#[test]
 fn migrations_apply_to_an_existing_database() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("old.sqlite");
