@@ -32,6 +32,8 @@ impl ArtifactCache {
         }
         let mut h = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
+        // The artifact is of the rewritten kernel: a new rewrite, a new key.
+        crate::nan_canon::VERSION.hash(&mut h);
         Ok(Self { dir: dir.to_owned(), engine_hash: h.finish() })
     }
 

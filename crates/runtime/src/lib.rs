@@ -31,6 +31,7 @@ pub mod gpu;
 mod host;
 pub mod ipc;
 mod limiter;
+pub mod nan_canon;
 mod outcome;
 mod sandbox;
 mod wasi_ctx;

@@ -111,8 +111,10 @@ fn engine_config(config: &SandboxConfig, metered: bool) -> Config {
     let mut c = Config::new();
     c.strategy(Strategy::Cranelift)
         .cranelift_opt_level(OptLevel::Speed)
-        // Replicas on different machines must agree bit for bit.
-        .cranelift_nan_canonicalization(true)
+        // Replicas on different machines must agree bit for bit: NaN bits
+        // are made canonical where they become observable, by rewriting the
+        // kernel before compiling (nan_canon.rs), not after every float op.
+        .cranelift_nan_canonicalization(false)
         .wasm_simd(true)
         .wasm_relaxed_simd(true)
         .relaxed_simd_deterministic(true)
@@ -194,8 +196,11 @@ impl Flavour {
                         "not a WebAssembly component (bad magic number or version)".into()
                     });
                 }
+                let rewritten = crate::nan_canon::rewrite_component(wasm)
+                    .map_err(|e| format!("does not compile: not a valid component: {e}"))?;
                 // from_binary, not new: never parse WAT text handed to us.
-                let c = Component::from_binary(&self.engine, wasm).map_err(|e| format!("does not compile: {e:#}"))?;
+                let c =
+                    Component::from_binary(&self.engine, &rewritten).map_err(|e| format!("does not compile: {e:#}"))?;
                 if let Some(cache) = &self.cache {
                     cache.store(&sha, &c);
                 }
