@@ -21,7 +21,7 @@ fn a_long_task_keeps_its_lease_by_heartbeats() {
         // One task of a few seconds, on a one-second lease.
         let (job_id, tasks) = op
             .mandelbrot_job(json!({
-                "name": "long", "params": {"width": 640, "height": 480, "max_iter": 5000},
+                "name": "long", "params": {"width": 640, "height": 480, "max_iter": 20000},
                 "split": {"kind": "tiles", "width": 640, "height": 480, "tile_width": 640, "tile_height": 480},
                 "combiner": {"kind": "png_tiles"}, "lease_ms": 1000,
             }))

@@ -122,6 +122,18 @@ fn fix_for(op: &Operator<'_>) -> Option<Fix> {
     })
 }
 
+/// The lanes a canonicalised vector float operation reads its top operand as.
+fn lanes_read(op: &Operator<'_>) -> Option<ValType> {
+    match op {
+        Operator::F32x4DemoteF64x2Zero => Some(ValType::F64),
+        Operator::F64x2PromoteLowF32x4 => Some(ValType::F32),
+        _ => match fix_for(op) {
+            Some(Fix::LanesAfter(lanes)) => Some(lanes),
+            _ => None,
+        },
+    }
+}
+
 /// Scratch locals appended to each function.
 struct Scratch {
     f32: u32,
@@ -191,15 +203,25 @@ impl Reencode for Canonicaliser {
         locals.extend([(1, ValType::F32), (1, ValType::F64), (1, ValType::V128)]);
         let mut f = Function::new(locals);
         let mut reader = func.get_operators_reader()?;
+        let mut ops = Vec::new();
         while !reader.eof() {
-            let op = reader.read()?;
+            ops.push(reader.read()?);
+        }
+        let mut ops = ops.into_iter().peekable();
+        while let Some(op) = ops.next() {
             let fix = fix_for(&op);
             if let Some(Fix::ScalarBefore(ty)) = fix {
                 canonicalise_scalar(&mut f, ty, &scratch);
             }
             f.instruction(&self.instruction(op)?);
             if let Some(Fix::LanesAfter(lanes)) = fix {
-                canonicalise_lanes(&mut f, lanes, &scratch);
+                // When the next operation reads this result as the same
+                // lanes and makes its own (canonicalised) result, a NaN here
+                // shows there only as a NaN: skip the work (matmul's mul → add).
+                let consumed = ops.peek().is_some_and(|next| lanes_read(next) == Some(lanes));
+                if !consumed {
+                    canonicalise_lanes(&mut f, lanes, &scratch);
+                }
             }
         }
         code.function(&f);
@@ -274,6 +296,27 @@ mod tests {
         }
         assert_eq!(f32::from_le_bytes(fixed[24..28].try_into().unwrap()), -2.5);
         assert_eq!(f32::from_le_bytes(fixed[28..32].try_into().unwrap()), 2.0);
+    }
+
+    #[test]
+    fn chained_vector_ops_are_canonicalised_once_and_never_across_lane_types() {
+        let wat = r#"(module
+          (memory (export "memory") 1)
+          (func (export "run")
+            ;; div makes a NaN in lane 0 and feeds add directly (same lanes)
+            (v128.store (i32.const 0)
+              (f32x4.add (v128.const f32x4 0 0 0 0)
+                (f32x4.div (v128.const f32x4 0 1 2 3) (v128.const f32x4 0 1 1 1))))
+            ;; the same NaN read as f64 lanes: its bits would leak into a number
+            (v128.store (i32.const 16)
+              (f64x2.add (v128.const f64x2 0 0)
+                (f32x4.div (v128.const f32x4 0 1 2 3) (v128.const f32x4 0 1 1 1))))))"#;
+        let m = run_f32(wat, true);
+        assert_eq!(u32::from_le_bytes(m[0..4].try_into().unwrap()), CANONICAL_F32);
+        assert_eq!(f32::from_le_bytes(m[4..8].try_into().unwrap()), 1.0);
+        // Lane 0 of the f64 view is (1.0f32, canonical NaN) as bits: a number, the same everywhere.
+        let expected = f64::from_bits((u64::from(1.0f32.to_bits()) << 32) | u64::from(CANONICAL_F32));
+        assert_eq!(f64::from_le_bytes(m[16..24].try_into().unwrap()), expected);
     }
 
     #[test]
