@@ -31,7 +31,7 @@ pub async fn pool_with_job(dir: &Path) -> (String, tokio::task::JoinHandle<()>) 
     let kernel = pool.put_blob(idlemesh_kernels::MANDELBROT.to_vec()).await.unwrap();
     let mut spec = idlemesh_pool::demo::mandelbrot_job(kernel, 1024, 1024, 1, 8);
     // Deep zoom into the set's edge: most pixels run to max_iter, seconds per tile.
-    spec.params["max_iter"] = json!(2_000);
+    spec.params["max_iter"] = json!(8_000);
     spec.params["span"] = json!(0.5);
     pool.submit(spec).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

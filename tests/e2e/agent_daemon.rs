@@ -20,7 +20,7 @@ fn slow_job() -> Value {
     // Inside the set every pixel runs to max_iter: a few seconds per tile,
     // so a task is running when we look.
     json!({
-        "name": "agent", "params": {"width": 160, "height": 120, "max_iter": 100000, "center_re": -0.2, "center_im": 0.0, "span": 0.4},
+        "name": "agent", "params": {"width": 160, "height": 120, "max_iter": 400000, "center_re": -0.2, "center_im": 0.0, "span": 0.4},
         "split": {"kind": "tiles", "width": 160, "height": 120, "tile_width": 80, "tile_height": 60},
         "combiner": {"kind": "png_tiles"}, "lease_ms": 600000,
     })
@@ -244,7 +244,7 @@ fn kill_9_at_random_moments_loses_nothing() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     // Many short tasks, so kills land before, during and after tasks and uploads.
     let (job, tasks) = rt.block_on(op.mandelbrot_job(json!({
-        "name": "kill9", "params": {"width": 640, "height": 480, "max_iter": 6000, "center_re": -0.2, "center_im": 0.0, "span": 0.4},
+        "name": "kill9", "params": {"width": 640, "height": 480, "max_iter": 24000, "center_re": -0.2, "center_im": 0.0, "span": 0.4},
         "split": {"kind": "tiles", "width": 640, "height": 480, "tile_width": 80, "tile_height": 60},
         "combiner": {"kind": "png_tiles"}, "lease_ms": 600000,
     })));

@@ -18,7 +18,7 @@ fn a_pool_killed_mid_job_restarts_and_finishes_it() {
     let pool = PoolProcess::start(&dir);
     let op = OperatorHttp::new(&pool.url, &pool.token);
     let listen = pool.url.trim_start_matches("http://").to_string();
-    let params = json!({"width": 320, "height": 240, "max_iter": 2000});
+    let params = json!({"width": 320, "height": 240, "max_iter": 8000});
     let expected: mandelbrot::Params = serde_json::from_value(params.clone()).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async move {
