@@ -6,23 +6,15 @@
 //! and installed into a private rpm database likewise.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use idlemesh_agent::control::{self, Request};
 use serde_json::Value;
 
-use crate::app_env::{AppEnv, app_env, pool_with_job, session_keyring};
+use crate::app_env::{AppEnv, app_env, pool_with_job, session_keyring, spawn_logged, wait_until};
 use crate::private_root::{DpkgRoot, RpmRoot, run};
 use crate::{APP, session_bus, sni, xvfb};
-
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !ok() {
-        assert!(started.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// Starts the installed app, sees its tray icon and a task run, quits it from the menu.
 fn start_installed_app(app: &Path, root: &Path) {
@@ -33,14 +25,7 @@ fn start_installed_app(app: &Path, root: &Path) {
     let host = sni::Host::start(&bus.address);
     let AppEnv { env, socket, .. } = app_env(root, &pool_url, &x, &bus);
     let log = root.join("installed-app.log");
-    let log_file = std::fs::File::create(&log).unwrap();
-    let mut child = Command::new(app)
-        .envs(env)
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone().unwrap())
-        .stderr(log_file)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_logged(app, env, &log);
     let item = host.item(Duration::from_secs(30));
     wait_until("the agent's socket", Duration::from_secs(30), || socket.exists());
     let status = || -> Value { rt.block_on(control::call(&socket, &Request::Status)).unwrap_or_default() };

@@ -2,13 +2,14 @@
 //! the StatusNotifierItem and dbusmenu D-Bus interfaces, with the real app
 //! working for a real pool.
 
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use idlemesh_agent::control::{self, Request};
 use serde_json::Value;
 
-use crate::app_env::{AppEnv, app_env, pool_with_job, proc_state, session_keyring};
+use crate::app_env::{AppEnv, app_env, pool_with_job, proc_state, session_keyring, spawn_logged, wait_until};
 use crate::{APP, session_bus, sni, xvfb};
 
 /// Kills the app if the test fails half way, so no stray app keeps the bus busy.
@@ -26,15 +27,6 @@ impl Drop for App {
 /// The colours of the tray icon (`src-tauri/src/tray.rs`).
 const GREEN_WORKING: [u8; 4] = [46, 160, 67, 255];
 const GREY_PAUSED: [u8; 4] = [110, 118, 129, 255];
-
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !ok() {
-        assert!(started.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    started.elapsed()
-}
 
 /// Whether a viewable top-level window titled "Idlemesh" is on the display.
 fn dashboard_shown(display: &str) -> bool {
@@ -81,15 +73,7 @@ fn the_tray_shows_the_state_and_its_menu_pauses_resumes_opens_and_quits() {
     // A dark system theme: the dashboard must follow it.
     env.push(("GTK_THEME".into(), "Adwaita:dark".into()));
     let log = root.join("app.log");
-    let log_file = std::fs::File::create(&log).unwrap();
-    let app = Command::new(APP)
-        .envs(env)
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone().unwrap())
-        .stderr(log_file)
-        .spawn()
-        .unwrap();
-    let mut app = App(app);
+    let mut app = App(spawn_logged(Path::new(APP), env, &log));
     let status = || -> Value {
         rt.block_on(control::call(&socket, &Request::Status)).unwrap_or_else(|e| panic!("status: {e:?}"))
     };

@@ -3,6 +3,8 @@
 //! config, policy, socket, display and session bus.
 
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use idlemesh_pool::{Pool, PoolConfig};
 use serde_json::json;
@@ -97,4 +99,26 @@ pub fn app_env(root: &Path, pool_url: &str, x: &xvfb::Xvfb, bus: &session_bus::S
     )
     .collect();
     AppEnv { env, socket, config_dir }
+}
+
+/// Starts `program` (the app, built or installed) with `env`, its output in `log`.
+pub fn spawn_logged(program: &Path, env: Vec<(String, String)>, log: &Path) -> Child {
+    let log_file = std::fs::File::create(log).unwrap();
+    Command::new(program)
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", program.display()))
+}
+
+/// Polls `ok` every millisecond until it holds; returns how long that took.
+pub fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !ok() {
+        assert!(started.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    started.elapsed()
 }
