@@ -1,25 +1,37 @@
 //! The HTTP API (DESIGN §5). Handlers parse and authenticate, then call the
 //! store on a blocking thread; every error is `{"error": {code, message}}`.
 
+use std::sync::OnceLock;
+
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use idlemesh_protocol::api::{
     BlobStored, EnrollRequest, EnrollResponse, ErrorBody, ErrorDetail, HeartbeatResponse, JobCreated, JobSpec,
-    LeaseRequest, LeaseResponse, LeaseTokenBody, OrgCreate, PoolChallenge, PoolInfo, ResultResponse, ResultSubmission,
-    TokenCreate,
+    JobStatus, LeaseRequest, LeaseResponse, LeaseTokenBody, Org, OrgCreate, OrgStats, PoolChallenge, PoolInfo,
+    PoolStats, ResultResponse, ResultSubmission, TokenCreate, TokenCreated, TokenInfo,
 };
+use idlemesh_protocol::openapi::{RawBytes, SignedPoolChallenge};
 use idlemesh_protocol::{Sha256, Signed};
 use serde::de::DeserializeOwned;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::store::StoreError;
 use crate::{Pool, auth, now_ms, split};
 
-/// Kernels and job inputs can be large; everything else is small.
-const MAX_BODY_BYTES: usize = 256 << 20;
+mod doc;
+use doc::{BadRequest, Conflict, Forbidden, NotFound, TooLarge, Unauthorized};
+
+/// Body size limits, per route: kernels and job inputs can be large, a
+/// result carries one task's output (base64), everything else is small.
+const SMALL_BODY: usize = 64 << 10;
+const RESULT_BODY: usize = (idlemesh_protocol::MAX_OUTPUT_BYTES as usize).div_ceil(3) * 4 + SMALL_BODY;
+const LARGE_BODY: usize = 256 << 20;
 /// Most tasks one lease request may take.
 const MAX_TASKS_PER_LEASE: u32 = 64;
 /// What a device with nothing to do is told to wait.
@@ -90,6 +102,28 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// A request body of at most `MAX` bytes; a larger one is refused with 413
+/// before it is read in full, in the API's error format.
+struct Body<const MAX: usize>(Bytes);
+
+impl<S: Send + Sync, const MAX: usize> FromRequest<S> for Body<MAX> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        let too_large =
+            || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("request body over {MAX} bytes"));
+        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX as u64) {
+            return Err(too_large());
+        }
+        match Limited::new(req.into_body(), MAX).collect().await {
+            Ok(collected) => Ok(Self(collected.to_bytes())),
+            Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
+            Err(e) => Err(ApiError::bad_request(format!("could not read the request body: {e}"))),
+        }
+    }
+}
+
 fn parse<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("malformed request body: {e}")))
 }
@@ -98,44 +132,60 @@ fn id(text: &str, what: &str) -> ApiResult<u64> {
     text.parse().map_err(|_| ApiError::bad_request(format!("{what} {text:?} is not a number")))
 }
 
+/// Every route with its description: registering a handler and documenting
+/// it are one step, so the served document cannot miss a route.
+fn api() -> OpenApiRouter<Pool> {
+    OpenApiRouter::with_openapi(doc::ApiDoc::openapi())
+        .routes(routes!(health))
+        .routes(routes!(openapi))
+        .routes(routes!(info))
+        .routes(routes!(challenge))
+        .routes(routes!(enroll))
+        .routes(routes!(lease))
+        .routes(routes!(heartbeat))
+        .routes(routes!(give_back))
+        .routes(routes!(submit_result))
+        .routes(routes!(put_blob))
+        .routes(routes!(get_blob))
+        .routes(routes!(create_job))
+        .routes(routes!(job_status))
+        .routes(routes!(job_output))
+        .routes(routes!(stats))
+        .routes(routes!(create_org, list_orgs))
+        .routes(routes!(org_stats))
+        .routes(routes!(create_token))
+        .routes(routes!(revoke_token))
+        .routes(routes!(metrics))
+}
+
 pub(crate) fn router(pool: Pool) -> Router {
-    Router::new()
-        .route("/v1/health", get(health))
-        .route("/v1/openapi.json", get(openapi))
-        .route("/v1/info", get(info))
-        .route("/v1/challenge", post(challenge))
-        .route("/v1/enroll", post(enroll))
-        .route("/v1/leases", post(lease))
-        .route("/v1/leases/{id}/heartbeat", post(heartbeat))
-        .route("/v1/leases/{id}", delete(give_back))
-        .route("/v1/results", post(submit_result))
-        .route("/v1/blobs", post(put_blob))
-        .route("/v1/blobs/{sha256}", get(get_blob))
-        .route("/v1/jobs", post(create_job))
-        .route("/v1/jobs/{id}", get(job_status))
-        .route("/v1/jobs/{id}/output", get(job_output))
-        .route("/v1/stats", get(stats))
-        .route("/v1/orgs", post(create_org).get(list_orgs))
-        .route("/v1/orgs/{id}/stats", get(org_stats))
-        .route("/v1/orgs/{id}/tokens", post(create_token))
-        .route("/v1/tokens/{id}", delete(revoke_token))
-        .route("/metrics", get(metrics))
-        .fallback(|| async { ApiError::not_found("no such endpoint") })
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(pool)
+    let (router, _) = api().split_for_parts();
+    router.fallback(|| async { ApiError::not_found("no such endpoint") }).with_state(pool)
 }
 
-/// The API's description; the tests check the server against it.
-pub(crate) const OPENAPI: &str = include_str!("../api/openapi.json");
+/// The API's OpenAPI 3.1 document, generated from the routes above.
+pub(crate) fn openapi_json() -> &'static str {
+    static DOC: OnceLock<String> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let (_, doc) = api().split_for_parts();
+        doc.to_pretty_json().expect("the OpenAPI document serialises")
+    })
+}
 
+#[utoipa::path(get, path = "/v1/openapi.json", operation_id = "openapi",
+    responses((status = 200, description = "This document (OpenAPI 3.1)", body = Object)))]
 async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+    ([(header::CONTENT_TYPE, "application/json")], openapi_json())
 }
 
-async fn health() -> impl IntoResponse {
-    axum::Json(serde_json::json!({"status": "ok"}))
+#[utoipa::path(get, path = "/v1/health", operation_id = "health",
+    responses((status = 200, description = "The pool is up", body = doc::Health)))]
+async fn health() -> axum::Json<doc::Health> {
+    axum::Json(doc::Health { status: doc::HealthStatus::Ok })
 }
 
+#[utoipa::path(get, path = "/v1/info", operation_id = "info",
+    responses((status = 200, description = "Who runs the pool, its key, and what device information it asks for", body = PoolInfo)))]
 async fn info(State(pool): State<Pool>) -> impl IntoResponse {
     let c = &pool.inner.config;
     axum::Json(PoolInfo {
@@ -158,7 +208,10 @@ async fn info(State(pool): State<Pool>) -> impl IntoResponse {
 }
 
 /// Signs a device's nonce: proof that this server holds the pool's key.
-async fn challenge(State(pool): State<Pool>, body: Bytes) -> ApiResult<impl IntoResponse> {
+/// The device's nonce, signed with the pool key.
+#[utoipa::path(post, path = "/v1/challenge", operation_id = "challenge", request_body = PoolChallenge,
+    responses((status = 200, description = "The nonce signed by the pool", body = SignedPoolChallenge), BadRequest, TooLarge))]
+async fn challenge(State(pool): State<Pool>, Body(body): Body<SMALL_BODY>) -> ApiResult<impl IntoResponse> {
     let req: PoolChallenge = parse(&body)?;
     if req.nonce.len() != 64 || !req.nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(ApiError::bad_request("nonce must be 64 hex digits (32 random bytes)"));
@@ -166,7 +219,10 @@ async fn challenge(State(pool): State<Pool>, body: Bytes) -> ApiResult<impl Into
     Ok(axum::Json(Signed::sign(&req, &pool.inner.key)))
 }
 
-async fn enroll(State(pool): State<Pool>, body: Bytes) -> ApiResult<impl IntoResponse> {
+#[utoipa::path(post, path = "/v1/enroll", operation_id = "enroll", request_body = EnrollRequest,
+    responses((status = 200, description = "Enrolled (or already enrolled with this key)", body = EnrollResponse),
+        BadRequest, Forbidden, Conflict, TooLarge))]
+async fn enroll(State(pool): State<Pool>, Body(body): Body<SMALL_BODY>) -> ApiResult<impl IntoResponse> {
     let req: EnrollRequest = parse(&body)?;
     if !pool.inner.config.open_enrollment && req.token.is_none() {
         return Err(ApiError::new(
@@ -189,18 +245,31 @@ async fn enroll(State(pool): State<Pool>, body: Bytes) -> ApiResult<impl IntoRes
     Ok(axum::Json(EnrollResponse { device_id, pool_public_key: pool.public_key(), org }))
 }
 
-async fn create_org(State(pool): State<Pool>, headers: HeaderMap, body: Bytes) -> ApiResult<impl IntoResponse> {
+#[utoipa::path(post, path = "/v1/orgs", operation_id = "create_org", request_body = OrgCreate,
+    security(("operator" = [])),
+    responses((status = 201, description = "Created", body = Org), BadRequest, Unauthorized, Forbidden, Conflict, TooLarge))]
+async fn create_org(
+    State(pool): State<Pool>,
+    headers: HeaderMap,
+    Body(body): Body<SMALL_BODY>,
+) -> ApiResult<impl IntoResponse> {
     auth::operator(&pool, &headers)?;
     let req: OrgCreate = parse(&body)?;
     let org = pool.inner.store.run(move |s| s.create_org(&req.name, now_ms())).await?;
     Ok((StatusCode::CREATED, axum::Json(org)))
 }
 
+#[utoipa::path(get, path = "/v1/orgs", operation_id = "list_orgs", security(("operator" = [])),
+    responses((status = 200, description = "Every organisation", body = Vec<Org>), Unauthorized, Forbidden))]
 async fn list_orgs(State(pool): State<Pool>, headers: HeaderMap) -> ApiResult<impl IntoResponse> {
     auth::operator(&pool, &headers)?;
     Ok(axum::Json(pool.inner.store.run(|s| s.orgs()).await?))
 }
 
+#[utoipa::path(get, path = "/v1/orgs/{id}/stats", operation_id = "org_stats", security(("operator" = [])),
+    params(("id" = u64, Path, description = "organisation id")),
+    responses((status = 200, description = "The organisation's devices, credits and tokens", body = OrgStats),
+        BadRequest, Unauthorized, Forbidden, NotFound))]
 async fn org_stats(
     State(pool): State<Pool>,
     Path(org): Path<String>,
@@ -211,11 +280,15 @@ async fn org_stats(
     Ok(axum::Json(pool.inner.store.run(move |s| s.org_stats(org)).await?))
 }
 
+#[utoipa::path(post, path = "/v1/orgs/{id}/tokens", operation_id = "create_token", request_body = TokenCreate,
+    security(("operator" = [])), params(("id" = u64, Path, description = "organisation id")),
+    responses((status = 201, description = "Created; the secret is shown only here", body = TokenCreated),
+        BadRequest, Unauthorized, Forbidden, NotFound, TooLarge))]
 async fn create_token(
     State(pool): State<Pool>,
     Path(org): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    Body(body): Body<SMALL_BODY>,
 ) -> ApiResult<impl IntoResponse> {
     auth::operator(&pool, &headers)?;
     let org = id(&org, "organisation id")?;
@@ -225,6 +298,9 @@ async fn create_token(
     Ok((StatusCode::CREATED, axum::Json(created)))
 }
 
+#[utoipa::path(delete, path = "/v1/tokens/{id}", operation_id = "revoke_token", security(("operator" = [])),
+    params(("id" = u64, Path, description = "enrollment token id")),
+    responses((status = 200, description = "Revoked", body = TokenInfo), BadRequest, Unauthorized, Forbidden, NotFound))]
 async fn revoke_token(
     State(pool): State<Pool>,
     Path(token): Path<String>,
@@ -237,12 +313,18 @@ async fn revoke_token(
     Ok(axum::Json(info))
 }
 
+#[utoipa::path(post, path = "/v1/leases", operation_id = "lease", request_body = LeaseRequest,
+    security(("device" = [])),
+    responses((status = 200, description = "Signed task manifests (possibly none, with a time to wait)", body = LeaseResponse),
+        BadRequest, Unauthorized,
+        (status = 429, description = "Asking too often", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds to wait"))), TooLarge))]
 async fn lease(
     State(pool): State<Pool>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    Body(body): Body<SMALL_BODY>,
 ) -> ApiResult<impl IntoResponse> {
     let device = auth::device(&pool, &method, uri.path(), &headers, &body).await?;
     let req: LeaseRequest = parse(&body)?;
@@ -257,13 +339,17 @@ async fn lease(
     Ok(axum::Json(LeaseResponse { tasks, retry_after_ms }))
 }
 
+#[utoipa::path(post, path = "/v1/leases/{id}/heartbeat", operation_id = "heartbeat", request_body = LeaseTokenBody,
+    security(("device" = [])), params(("id" = u64, Path, description = "lease id")),
+    responses((status = 200, description = "The lease's new deadline", body = HeartbeatResponse),
+        BadRequest, Unauthorized, NotFound, Conflict, TooLarge))]
 async fn heartbeat(
     State(pool): State<Pool>,
     Path(lease): Path<String>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    Body(body): Body<SMALL_BODY>,
 ) -> ApiResult<impl IntoResponse> {
     let lease = id(&lease, "lease id")?;
     let device = auth::device(&pool, &method, uri.path(), &headers, &body).await?;
@@ -272,13 +358,17 @@ async fn heartbeat(
     Ok(axum::Json(HeartbeatResponse { deadline_ms }))
 }
 
+#[utoipa::path(delete, path = "/v1/leases/{id}", operation_id = "give_back", request_body = LeaseTokenBody,
+    security(("device" = [])), params(("id" = u64, Path, description = "lease id")),
+    responses((status = 204, description = "Given back: the replica is queued again"),
+        BadRequest, Unauthorized, NotFound, Conflict, TooLarge))]
 async fn give_back(
     State(pool): State<Pool>,
     Path(lease): Path<String>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    Body(body): Body<SMALL_BODY>,
 ) -> ApiResult<impl IntoResponse> {
     let lease = id(&lease, "lease id")?;
     let device = auth::device(&pool, &method, uri.path(), &headers, &body).await?;
@@ -287,12 +377,16 @@ async fn give_back(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/v1/results", operation_id = "submit_result", request_body = ResultSubmission,
+    security(("device" = [])),
+    responses((status = 200, description = "Recorded; a receipt once the task reached quorum with this result", body = ResultResponse),
+        BadRequest, Unauthorized, NotFound, Conflict, TooLarge))]
 async fn submit_result(
     State(pool): State<Pool>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    Body(body): Body<RESULT_BODY>,
 ) -> ApiResult<impl IntoResponse> {
     let device = auth::device(&pool, &method, uri.path(), &headers, &body).await?;
     let req: ResultSubmission = parse(&body)?;
@@ -320,13 +414,26 @@ async fn submit_result(
     Ok(axum::Json(ResultResponse { task_state: outcome.task_state, receipt: outcome.receipt }))
 }
 
-async fn put_blob(State(pool): State<Pool>, headers: HeaderMap, body: Bytes) -> ApiResult<impl IntoResponse> {
+#[utoipa::path(post, path = "/v1/blobs", operation_id = "put_blob",
+    request_body(content = RawBytes, content_type = "application/octet-stream", description = "A kernel or an input"),
+    security(("operator" = [])),
+    responses((status = 201, description = "Stored", body = BlobStored), Unauthorized, Forbidden, TooLarge))]
+async fn put_blob(
+    State(pool): State<Pool>,
+    headers: HeaderMap,
+    Body(body): Body<LARGE_BODY>,
+) -> ApiResult<impl IntoResponse> {
     auth::operator(&pool, &headers)?;
     let size_bytes = body.len() as u64;
     let sha256 = pool.inner.store.run(move |s| s.put_blob(&body)).await?;
     Ok((StatusCode::CREATED, axum::Json(BlobStored { sha256, size_bytes })))
 }
 
+#[utoipa::path(get, path = "/v1/blobs/{sha256}", operation_id = "get_blob",
+    security(("device" = []), ("operator" = [])),
+    params(("sha256" = Sha256, Path, description = "the blob's SHA-256")),
+    responses((status = 200, description = "The blob's bytes", body = RawBytes, content_type = "application/octet-stream"),
+        BadRequest, Unauthorized, NotFound))]
 async fn get_blob(
     State(pool): State<Pool>,
     Path(sha): Path<String>,
@@ -349,7 +456,15 @@ async fn get_blob(
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
-async fn create_job(State(pool): State<Pool>, headers: HeaderMap, body: Bytes) -> ApiResult<impl IntoResponse> {
+#[utoipa::path(post, path = "/v1/jobs", operation_id = "create_job", request_body = JobSpec,
+    security(("operator" = [])),
+    responses((status = 201, description = "Created and split into tasks", body = JobCreated),
+        BadRequest, Unauthorized, Forbidden, TooLarge))]
+async fn create_job(
+    State(pool): State<Pool>,
+    headers: HeaderMap,
+    Body(body): Body<LARGE_BODY>,
+) -> ApiResult<impl IntoResponse> {
     auth::operator(&pool, &headers)?;
     let spec: JobSpec = parse(&body)?;
     let seeds = split::expand(&spec).map_err(|e| ApiError::bad_request(format!("job spec: {e}")))?;
@@ -359,6 +474,10 @@ async fn create_job(State(pool): State<Pool>, headers: HeaderMap, body: Bytes) -
     Ok((StatusCode::CREATED, axum::Json(JobCreated { job_id, tasks })))
 }
 
+#[utoipa::path(get, path = "/v1/jobs/{id}", operation_id = "job_status", security(("operator" = [])),
+    params(("id" = u64, Path, description = "job id")),
+    responses((status = 200, description = "Progress per state", body = JobStatus),
+        BadRequest, Unauthorized, Forbidden, NotFound))]
 async fn job_status(
     State(pool): State<Pool>,
     Path(job): Path<String>,
@@ -369,6 +488,10 @@ async fn job_status(
     Ok(axum::Json(pool.inner.store.run(move |s| s.job_status(job)).await?))
 }
 
+#[utoipa::path(get, path = "/v1/jobs/{id}/output", operation_id = "job_output", security(("operator" = [])),
+    params(("id" = u64, Path, description = "job id")),
+    responses((status = 200, description = "The combined output", body = RawBytes, content_type = "application/octet-stream"),
+        BadRequest, Unauthorized, Forbidden, NotFound, Conflict))]
 async fn job_output(State(pool): State<Pool>, Path(job): Path<String>, headers: HeaderMap) -> ApiResult<Response> {
     auth::operator(&pool, &headers)?;
     let job = id(&job, "job id")?;
@@ -378,10 +501,14 @@ async fn job_output(State(pool): State<Pool>, Path(job): Path<String>, headers: 
     }
 }
 
+#[utoipa::path(get, path = "/v1/stats", operation_id = "stats",
+    responses((status = 200, description = "Totals, and each device's credits and reputation", body = PoolStats)))]
 async fn stats(State(pool): State<Pool>) -> ApiResult<impl IntoResponse> {
     Ok(axum::Json(pool.inner.store.run(|s| s.stats()).await?))
 }
 
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 async fn metrics(State(pool): State<Pool>) -> ApiResult<impl IntoResponse> {
     let s = pool.inner.store.run(|s| s.stats()).await?;
     let text = format!(

@@ -39,6 +39,13 @@ pub(crate) fn expand(spec: &JobSpec) -> Result<Vec<TaskSeed>, String> {
     if spec.limits.timeout_ms == 0 || spec.limits.max_memory_bytes == 0 {
         return Err("limits.timeout_ms and limits.max_memory_bytes must be > 0".into());
     }
+    if spec.limits.max_output_bytes > idlemesh_protocol::MAX_OUTPUT_BYTES {
+        return Err(format!(
+            "limits.max_output_bytes {} is over {} (64 MiB)",
+            spec.limits.max_output_bytes,
+            idlemesh_protocol::MAX_OUTPUT_BYTES
+        ));
+    }
     match (spec.kernel_kind, &spec.wgsl) {
         (KernelKind::Wgsl, None) => return Err("a wgsl job needs a wgsl layout (bindings and invocations)".into()),
         (KernelKind::Wgsl, Some(layout)) => layout.check().map_err(|e| format!("wgsl: {e}"))?,
@@ -171,5 +178,8 @@ mod tests {
         let mut s = spec(SplitSpec::Range { start: 0, end: 10, chunk: 1 });
         s.combiner = Combiner::PngTiles;
         assert!(expand(&s).unwrap_err().contains("png_tiles"));
+        let mut s = spec(SplitSpec::Range { start: 0, end: 10, chunk: 1 });
+        s.limits.max_output_bytes = idlemesh_protocol::MAX_OUTPUT_BYTES + 1;
+        assert!(expand(&s).unwrap_err().contains("limits.max_output_bytes"));
     }
 }

@@ -8,11 +8,13 @@ use crate::{Base64Bytes, KernelKind, PublicKey, Receipt, Sha256, Signed, TaskLim
 
 /// Every error answer: `{"error": {"code": "...", "message": "..."}}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,
@@ -20,6 +22,7 @@ pub struct ErrorDetail {
 
 /// `GET /v1/info`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PoolInfo {
     pub name: String,
     pub operator: String,
@@ -31,12 +34,14 @@ pub struct PoolInfo {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceInfoRequest {
     pub field: String,
     pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Payout {
     pub per_credit: f64,
     pub currency: String,
@@ -44,6 +49,7 @@ pub struct Payout {
 
 /// `POST /v1/enroll`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
     pub public_key: PublicKey,
@@ -55,6 +61,7 @@ pub struct EnrollRequest {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrollResponse {
     pub device_id: u64,
     pub pool_public_key: PublicKey,
@@ -68,9 +75,11 @@ pub struct EnrollResponse {
 /// pinned before it discloses anything (the pool's public key alone, which
 /// anyone can repeat, proves nothing).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PoolChallenge {
     /// 32 random bytes as 64 hex digits, chosen by the device.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[0-9a-fA-F]{64}$"))]
     pub nonce: String,
 }
 
@@ -80,13 +89,16 @@ impl crate::SignedKind for PoolChallenge {
 
 /// `POST /v1/orgs`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct OrgCreate {
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 200, pattern = "\\S"))]
     pub name: String,
 }
 
 /// An organisation: the devices enrolled with its tokens contribute under it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Org {
     pub org_id: u64,
     pub name: String,
@@ -95,6 +107,7 @@ pub struct Org {
 
 /// `POST /v1/orgs/{id}/tokens`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TokenCreate {
     /// How long the token may be used, from now.
@@ -110,6 +123,7 @@ pub struct TokenCreate {
 /// An enrollment token as the operator sees it; the secret itself is shown
 /// only once, in [`TokenCreated`]: the pool keeps just its hash.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenInfo {
     pub token_id: u64,
     pub org_id: u64,
@@ -122,6 +136,7 @@ pub struct TokenInfo {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenCreated {
     /// The secret to put in the devices' policy file.
     pub token: String,
@@ -131,6 +146,7 @@ pub struct TokenCreated {
 
 /// `GET /v1/orgs/{id}/stats`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OrgStats {
     pub org: Org,
     pub credits: f64,
@@ -141,6 +157,7 @@ pub struct OrgStats {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OrgDevice {
     pub device_id: u64,
     pub enrolled_ms: UnixMillis,
@@ -153,6 +170,7 @@ pub struct OrgDevice {
 
 /// What a device can run, stated when it asks for work.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Capabilities {
     pub wasm: bool,
@@ -164,6 +182,7 @@ pub struct Capabilities {
 
 /// `POST /v1/leases`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LeaseRequest {
     pub capabilities: Capabilities,
@@ -172,7 +191,9 @@ pub struct LeaseRequest {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LeaseResponse {
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<crate::openapi::SignedTaskManifest>))]
     pub tasks: Vec<Signed<TaskManifest>>,
     /// When nothing was handed out: how long to wait before asking again.
     pub retry_after_ms: Option<u64>,
@@ -180,18 +201,21 @@ pub struct LeaseResponse {
 
 /// `POST /v1/leases/{id}/heartbeat` and the body of `DELETE /v1/leases/{id}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LeaseTokenBody {
     pub lease_token: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HeartbeatResponse {
     pub deadline_ms: u64,
 }
 
 /// `POST /v1/results`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ResultSubmission {
     pub lease_id: u64,
@@ -206,6 +230,7 @@ pub struct ResultSubmission {
 
 /// The state of a task (all its replicas together).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
     /// Waiting for results.
@@ -217,14 +242,17 @@ pub enum TaskState {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ResultResponse {
     pub task_state: TaskState,
     /// Present once the task reached quorum and this result was in it.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::openapi::SignedReceipt>))]
     pub receipt: Option<Signed<Receipt>>,
 }
 
 /// How a job is split into tasks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SplitSpec {
     /// `[start, end)` in chunks of `chunk`; each task's params get `"start"` and `"end"`.
@@ -235,6 +263,7 @@ pub enum SplitSpec {
 
 /// How task outputs become the job's output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Combiner {
     /// Outputs concatenated in task order.
@@ -247,8 +276,10 @@ pub enum Combiner {
 
 /// `POST /v1/jobs`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 200, pattern = "\\S"))]
     pub name: String,
     pub kernel_kind: KernelKind,
     /// The kernel, uploaded before with `POST /v1/blobs`.
@@ -259,6 +290,7 @@ pub struct JobSpec {
     pub wgsl: Option<crate::wgsl::WgslLayout>,
     /// Params every task gets; a split adds its own keys. Must be a JSON object.
     #[serde(default = "empty_object")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub params: serde_json::Value,
     /// One task per input. Exactly one of `inputs` and `split` is given.
     #[serde(default)]
@@ -267,17 +299,21 @@ pub struct JobSpec {
     pub split: Option<SplitSpec>,
     /// Replication factor k: how many devices run each task.
     #[serde(default = "one")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 16))]
     pub replication: u32,
     /// How many agreeing results make a task done (q ≤ k).
     #[serde(default = "one")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 16))]
     pub quorum: u32,
     #[serde(default = "one_f")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub credits_per_task: f64,
     pub combiner: Combiner,
     #[serde(default)]
     pub limits: TaskLimits,
     /// Lease length before an unfinished replica goes back to the queue.
     #[serde(default = "default_lease_ms")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1000, maximum = 604800000))]
     pub lease_ms: u64,
     /// Tasks with known answers, hidden among the job's tasks: a device that
     /// gets one wrong is marked invalid and earns nothing for it. Their
@@ -288,10 +324,12 @@ pub struct JobSpec {
 
 /// A task whose correct output the job owner already knows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SpotCheck {
     /// Merged over the job's params.
     #[serde(default = "empty_object")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub params: serde_json::Value,
     #[serde(default)]
     pub input: Base64Bytes,
@@ -313,6 +351,7 @@ fn default_lease_ms() -> u64 {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobCreated {
     pub job_id: u64,
     pub tasks: u64,
@@ -320,12 +359,14 @@ pub struct JobCreated {
 
 /// `POST /v1/blobs`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BlobStored {
     pub sha256: Sha256,
     pub size_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     Running,
@@ -335,6 +376,7 @@ pub enum JobState {
 
 /// `GET /v1/jobs/{id}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobStatus {
     pub job_id: u64,
     pub name: String,
@@ -344,6 +386,7 @@ pub struct JobStatus {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskCounts {
     pub total: u64,
     pub pending: u64,
@@ -354,6 +397,7 @@ pub struct TaskCounts {
 
 /// `GET /v1/stats`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PoolStats {
     pub jobs: u64,
     pub tasks: TaskCounts,
@@ -362,6 +406,7 @@ pub struct PoolStats {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceStats {
     pub device_id: u64,
     pub credits: f64,

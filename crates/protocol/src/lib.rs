@@ -16,13 +16,15 @@ mod bytes;
 mod error;
 mod hash;
 mod manifest;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 mod sign;
 pub mod wgsl;
 
 pub use bytes::Base64Bytes;
 pub use error::ProtocolError;
 pub use hash::Sha256;
-pub use manifest::{KernelKind, KernelRef, Receipt, TaskLimits, TaskManifest};
+pub use manifest::{KernelKind, KernelRef, MAX_OUTPUT_BYTES, Receipt, TaskLimits, TaskManifest};
 pub use sign::{Keypair, PublicKey, Signed, SignedKind};
 
 /// Milliseconds since the Unix epoch: the one time unit on the wire.

@@ -5,6 +5,7 @@ use crate::{Sha256, UnixMillis};
 
 /// What kind of code a kernel is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum KernelKind {
     /// A WebAssembly component exporting the `idlemesh:kernel` world.
@@ -24,22 +25,31 @@ impl KernelKind {
 
 /// A content-addressed kernel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KernelRef {
     pub kind: KernelKind,
     pub sha256: Sha256,
     pub size_bytes: u64,
 }
 
+/// The most output a task may be allowed: results travel as base64 in one
+/// JSON body.
+pub const MAX_OUTPUT_BYTES: u64 = 64 << 20;
+
 /// The limits a task runs under. The agent may lower them (the user's limits
 /// always win) but never raise them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TaskLimits {
     #[serde(default = "default_memory")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub max_memory_bytes: u64,
     #[serde(default = "default_output")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 67108864))]
     pub max_output_bytes: u64,
     #[serde(default = "default_timeout")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub timeout_ms: u64,
     /// Fuel budget; set when the job pays metered credit.
     #[serde(default)]
@@ -69,6 +79,7 @@ impl Default for TaskLimits {
 
 /// What a pool hands a device for one replica of one task; always signed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskManifest {
     pub job_id: u64,
     pub task_id: u64,
@@ -98,6 +109,7 @@ impl SignedKind for TaskManifest {
 
 /// A pool's signed acknowledgement that a device's result was accepted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Receipt {
     pub receipt_id: u64,
     pub device_id: u64,

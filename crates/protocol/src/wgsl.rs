@@ -29,6 +29,7 @@ pub const MAX_BINDINGS: usize = 8;
 pub const MAX_PARAM_FIELDS: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct WgslLayout {
     /// The `@compute` function to run.
@@ -37,8 +38,10 @@ pub struct WgslLayout {
     /// Invocations along x, y, z (one to three entries; missing ones are 1).
     /// The runtime divides by the shader's `@workgroup_size`, rounding up, so
     /// a shader must ignore invocations past the end.
+    #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 3))]
     pub invocations: Vec<SizeExpr>,
     /// Every resource the shader binds, in `@group(0)`.
+    #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 8))]
     pub bindings: Vec<Binding>,
 }
 
@@ -49,6 +52,7 @@ fn default_entry() -> String {
 /// One resource the shader binds at `@group(0) @binding(binding)`: where its
 /// bytes come from and where they go.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "role", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Binding {
     /// `var<storage, read>`: the next `size` bytes of the task's input (the
@@ -85,6 +89,7 @@ impl Binding {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ParamField {
     pub name: String,
@@ -93,6 +98,7 @@ pub struct ParamField {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Scalar {
     U32,
@@ -103,6 +109,7 @@ pub enum Scalar {
 /// A byte or invocation count: a number, or a product of numbers and integer
 /// params such as `"width*height*4"`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(untagged)]
 pub enum SizeExpr {
     Literal(u64),

@@ -129,6 +129,19 @@ fn conforms(value: &Value, schema: &Value, doc: &Value) -> Result<(), String> {
     if let Some(e) = schema.get("enum").and_then(Value::as_array) {
         return if e.contains(value) { Ok(()) } else { Err(format!("{value} not in {e:?}")) };
     }
+    if let Some(parts) = schema.get("allOf").and_then(Value::as_array) {
+        // Each part sees the whole object (a flattened struct), so none may
+        // forbid the other parts' fields.
+        return parts.iter().try_for_each(|p| conforms(value, p, doc));
+    }
+    if let Some(types) = schema.get("type").and_then(Value::as_array) {
+        // `type: ["integer", "null"]`: an optional field.
+        return if types.iter().any(|t| conforms(value, &with_type(schema, t), doc).is_ok()) {
+            Ok(())
+        } else {
+            Err(format!("{value} is none of {types:?}"))
+        };
+    }
     match schema.get("type").and_then(Value::as_str) {
         Some("object") => {
             let obj = value.as_object().ok_or(format!("{value} is not an object"))?;
@@ -163,11 +176,30 @@ fn conforms(value: &Value, schema: &Value, doc: &Value) -> Result<(), String> {
     }
 }
 
+fn with_type(schema: &Value, ty: &Value) -> Value {
+    let mut one = schema.clone();
+    one["type"] = ty.clone();
+    one
+}
+
 fn response_schema<'d>(doc: &'d Value, path: &str, method: &str, status: StatusCode) -> &'d Value {
     let op = &doc["paths"][path][method];
     let resp = &op["responses"][status.as_str()];
     assert!(resp.is_object(), "{method} {path}: status {status} is not documented");
     &resp["content"]["application/json"]["schema"]
+}
+
+/// The generated document is kept in the repository so API changes show in
+/// review; `IDLEMESH_BLESS=1 cargo test -p idlemesh-pool` rewrites it.
+#[test]
+fn the_checked_in_openapi_document_is_the_generated_one() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("api/openapi.json");
+    let generated = format!("{}\n", super::openapi_json());
+    if std::env::var_os("IDLEMESH_BLESS").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let stored = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(stored == generated, "{} is stale: run IDLEMESH_BLESS=1 cargo test -p idlemesh-pool", path.display());
 }
 
 #[tokio::test]
@@ -257,4 +289,24 @@ async fn the_pool_proves_it_holds_its_key() {
         let (status, body) = call(&pool, post("/v1/challenge", bad)).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
     }
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_refused_per_route_in_the_error_format() {
+    let (pool, _dir) = pool();
+    let big = vec![b' '; 100 << 10];
+    // Declared too large: refused before reading; undeclared: cut off while reading.
+    for declare in [true, false] {
+        let mut req = Request::post("/v1/enroll").header("content-type", "application/json");
+        if declare {
+            req = req.header("content-length", big.len());
+        }
+        let (status, body) = call(&pool, req.body(Body::from(big.clone())).unwrap()).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "declared {declare}: {body}");
+        assert_eq!(body["error"]["code"], "too_large");
+        assert!(body["error"]["message"].as_str().unwrap().contains("65536 bytes"), "{body}");
+    }
+    // The same size is fine where kernels are uploaded (it fails on auth instead).
+    let (status, _) = call(&pool, Request::post("/v1/blobs").body(Body::from(big)).unwrap()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
