@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::agent_process::{AgentProcess, Xvfb, proc_state, run_under, write_settings};
+use crate::agent_process::{AgentProcess, Kwin, Xvfb, proc_state, run_under, write_settings};
 use crate::harness::{OperatorHttp, PoolProcess};
 
 fn worker_pid(s: &Value) -> Option<u64> {
@@ -187,6 +187,29 @@ fn pause_resume_settings_and_a_locked_policy_through_the_control_socket() {
 #[test]
 fn under_xvfb_input_freezes_the_worker_and_idleness_resumes_it() {
     let x = Xvfb::start();
+    input_freezes_the_worker_and_idleness_resumes_it(&[("DISPLAY", &x.display)], "x11-screensaver", |n| x.input(n));
+}
+
+/// KWin (headless) offers ext-idle-notify-v1; an X display is given too, as
+/// on a Wayland desktop with Xwayland, and must not be used: Xwayland sees
+/// only X clients' input.
+#[test]
+fn under_wayland_input_freezes_the_worker_and_idleness_resumes_it() {
+    let x = Xvfb::start();
+    let mut kwin = Kwin::start();
+    let socket = kwin.socket.display().to_string();
+    let env = [("WAYLAND_DISPLAY", socket.as_str()), ("DISPLAY", x.display.as_str())];
+    input_freezes_the_worker_and_idleness_resumes_it(&env, "wayland-ext-idle-notify", |n| kwin.input(n));
+}
+
+/// With the agent running a kernel in a session, the user's input freezes
+/// the worker at once, it stays frozen while input goes on, and being idle
+/// for the configured time resumes the same task, which completes.
+fn input_freezes_the_worker_and_idleness_resumes_it(
+    session: &[(&str, &str)],
+    idle_source: &str,
+    mut input: impl FnMut(u32),
+) {
     let tmp = tempfile::tempdir().unwrap();
     let pool = PoolProcess::start(&tmp.path().join("pool"));
     let op = OperatorHttp::new(&pool.url, &pool.token);
@@ -196,8 +219,8 @@ fn under_xvfb_input_freezes_the_worker_and_idleness_resumes_it() {
     let dir = tmp.path().join("agent");
     // Work after 2 s without input.
     write_settings(&dir, "idle_minutes = 0.0333\ncpu_duty_cycle_percent = 100\n");
-    let agent = AgentProcess::start(&dir, Some(&pool.url), &[("DISPLAY", &x.display)]);
-    assert_eq!(agent.status()["sensors"]["idle_source"], "x11-screensaver");
+    let agent = AgentProcess::start(&dir, Some(&pool.url), session);
+    assert_eq!(agent.status()["sensors"]["idle_source"], idle_source);
 
     let s = agent.wait_for("a task to run", Duration::from_secs(60), |s| {
         worker_pid(s).is_some() && !s["paused"].as_bool().unwrap()
@@ -207,7 +230,7 @@ fn under_xvfb_input_freezes_the_worker_and_idleness_resumes_it() {
 
     // The user comes back: the worker stops at once.
     let t0 = Instant::now();
-    x.input(1);
+    input(1);
     while proc_state(pid).is_some_and(|(st, _)| st != 'T') {
         assert!(t0.elapsed() < Duration::from_secs(2), "the worker was not frozen after input");
         std::thread::sleep(Duration::from_millis(1));
@@ -218,7 +241,7 @@ fn under_xvfb_input_freezes_the_worker_and_idleness_resumes_it() {
     assert!(s["reasons"].to_string().contains("user_active"), "{s}");
     // Keep using the machine: it stays frozen.
     for n in 0..5 {
-        x.input(n + 2);
+        input(n + 2);
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(proc_state(pid).unwrap().0, 'T', "frozen while the user is active");
     }

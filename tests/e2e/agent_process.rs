@@ -12,6 +12,9 @@ use crate::harness::BIN;
 #[path = "../common/xvfb.rs"]
 mod xvfb;
 pub use xvfb::Xvfb;
+#[path = "../common/kwin.rs"]
+mod kwin;
+pub use kwin::Kwin;
 
 /// Children inherit the session keyring of the thread that starts them, so
 /// every agent a test starts finds the device key its predecessor stored.
@@ -66,7 +69,7 @@ impl AgentProcess {
             cmd.args(["--pool", url]);
         }
         // No display unless the test gives one: the idle sensor is then "none".
-        cmd.env_remove("DISPLAY").env_remove("DBUS_SESSION_BUS_ADDRESS");
+        cmd.env_remove("DISPLAY").env_remove("WAYLAND_DISPLAY").env_remove("DBUS_SESSION_BUS_ADDRESS");
         for (k, v) in &env {
             cmd.env(k, v);
         }

@@ -3,7 +3,7 @@
 //! figure as a ratio within one run.
 //!
 //! `cargo bench --bench agent [input|idle|duty|interference]` (release profile;
-//! needs Xvfb and xdotool for `input`, the kernel keyring for all).
+//! needs Xvfb, xdotool and KWin for `input`, the kernel keyring for all).
 //!
 //! Everything runs for real: a `pool serve` process, the `idlemesh agent`
 //! daemon with its settings file, its workers, and Xvfb with xdotool input.
@@ -19,7 +19,7 @@ mod agent_process;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agent_process::{AgentProcess, Xvfb, proc_state, write_settings};
+use agent_process::{AgentProcess, Kwin, Xvfb, proc_state, write_settings};
 use harness::{OperatorHttp, PoolProcess};
 use serde_json::{Value, json};
 
@@ -106,16 +106,11 @@ fn wait_computing(pid: u64) {
     }
 }
 
-/// Input → all kernel CPU use stopped, under Xvfb, with xdotool.
+/// Input → all kernel CPU use stopped, under Xvfb with xdotool, then under
+/// KWin (Wayland, ext-idle-notify) with KWin's fake input.
 fn input_to_stop(dir: &Path, pool: &str) {
-    const TRIALS: usize = 60;
     let x = Xvfb::start();
-    write_settings(dir, "idle_minutes = 0.01\ncpu_duty_cycle_percent = 100\ncpu_cores = 1\n");
-    let agent = AgentProcess::start(dir, Some(pool), &[("DISPLAY", &x.display), ("IDLEMESH_LOG", "warn")]);
-    let s = agent.wait_for("a worker", Duration::from_secs(60), |s| !worker_pids(s).is_empty() && s["paused"] == false);
-    let pid = worker_pids(&s)[0];
-
-    // xdotool's own start-up is part of every figure below; measured alone for context.
+    // xdotool's own start-up is part of every X11 figure; measured alone for context.
     let mut spawn = Vec::new();
     for _ in 0..10 {
         let t = Instant::now();
@@ -123,7 +118,32 @@ fn input_to_stop(dir: &Path, pool: &str) {
         spawn.push(t.elapsed());
     }
     spawn.sort();
+    let (p50, p95, max) = trials(&dir.join("x11"), pool, &[("DISPLAY", &x.display)], |n| x.input(n));
+    println!(
+        "input → worker stopped (xdotool under Xvfb, {TRIALS} trials): p50 {p50:.1} ms, p95 {p95:.1} ms, max {max:.1} ms; \
+         of which starting xdotool alone: p50 {:.1} ms",
+        ms(percentile(&spawn, 0.5)),
+    );
+    drop(x);
+    let mut kwin = Kwin::start();
+    let socket = kwin.socket.display().to_string();
+    let (p50, p95, max) = trials(&dir.join("wayland"), pool, &[("WAYLAND_DISPLAY", &socket)], |n| kwin.input(n));
+    println!(
+        "input → worker stopped (KWin fake input, Wayland ext-idle-notify, {TRIALS} trials): \
+         p50 {p50:.1} ms, p95 {p95:.1} ms, max {max:.1} ms"
+    );
+}
 
+const TRIALS: usize = 60;
+
+/// p50, p95 and max in ms of input → the worker frozen.
+fn trials(dir: &Path, pool: &str, session: &[(&str, &str)], mut input: impl FnMut(u32)) -> (f64, f64, f64) {
+    write_settings(dir, "idle_minutes = 0.01\ncpu_duty_cycle_percent = 100\ncpu_cores = 1\n");
+    let mut env = session.to_vec();
+    env.push(("IDLEMESH_LOG", "warn"));
+    let mut agent = AgentProcess::start(dir, Some(pool), &env);
+    let s = agent.wait_for("a worker", Duration::from_secs(60), |s| !worker_pids(s).is_empty() && s["paused"] == false);
+    let pid = worker_pids(&s)[0];
     let mut lat = Vec::with_capacity(TRIALS);
     let mut jitter = 0x2545_f491_4f6c_dd1du64;
     for trial in 0..TRIALS {
@@ -134,7 +154,7 @@ fn input_to_stop(dir: &Path, pool: &str) {
         // Land at a random point of the watcher's polling period.
         std::thread::sleep(Duration::from_micros(jitter % 30_000));
         let t0 = Instant::now();
-        x.input(trial as u32);
+        input(trial as u32);
         loop {
             if proc_state(pid).is_some_and(|(s, _)| s == 'T') {
                 break;
@@ -146,15 +166,9 @@ fn input_to_stop(dir: &Path, pool: &str) {
         }
         lat.push(t0.elapsed());
     }
+    agent.stop();
     lat.sort();
-    println!(
-        "input → worker stopped (xdotool under Xvfb, {TRIALS} trials): p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms; \
-         of which starting xdotool alone: p50 {:.1} ms",
-        ms(percentile(&lat, 0.5)),
-        ms(percentile(&lat, 0.95)),
-        ms(*lat.last().unwrap()),
-        ms(percentile(&spawn, 0.5)),
-    );
+    (ms(percentile(&lat, 0.5)), ms(percentile(&lat, 0.95)), ms(*lat.last().unwrap()))
 }
 
 /// The headless agent watching, enrolled in a pool with no work.

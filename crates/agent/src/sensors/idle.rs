@@ -1,7 +1,8 @@
 //! Input idle time. X11 through the XScreenSaver extension (one round trip,
 //! tens of microseconds, so it can be polled fast while a kernel runs);
-//! elsewhere on Linux logind's IdleHint, which desktops (GNOME, KDE, also on
-//! Wayland) keep current for their session. Windows: GetLastInputInfo;
+//! Wayland through the compositor's ext-idle-notify-v1 events (KWin, and
+//! wlroots compositors since 0.16); elsewhere on Linux logind's IdleHint,
+//! which desktops (GNOME, KDE) keep current for their session. Windows: GetLastInputInfo;
 //! macOS: the HID system's idle time through CoreGraphics. Both are cheap
 //! calls that can be polled as fast as X11.
 
@@ -13,7 +14,14 @@ use super::IdleSensor;
 pub fn open_idle_sensor() -> Box<dyn IdleSensor> {
     #[cfg(target_os = "linux")]
     {
-        if std::env::var_os("DISPLAY").is_some_and(|d| !d.is_empty()) {
+        let set = |var| std::env::var_os(var).is_some_and(|v| !v.is_empty());
+        if set("WAYLAND_DISPLAY") {
+            // Not X11 after this: Xwayland sees only its own clients' input.
+            match wayland::WaylandIdle::connect() {
+                Ok(s) => return Box::new(s),
+                Err(e) => tracing::info!(error = %e, "no Wayland idle notifications; trying logind"),
+            }
+        } else if set("DISPLAY") {
             match x11::X11Idle::connect() {
                 Ok(s) => return Box::new(s),
                 Err(e) => tracing::info!(error = %e, "no X11 idle time; trying logind"),
@@ -48,6 +56,9 @@ impl IdleSensor for NoIdleSensor {
         "none"
     }
 }
+
+#[cfg(target_os = "linux")]
+mod wayland;
 
 #[cfg(target_os = "linux")]
 mod x11 {
