@@ -1,10 +1,11 @@
 //! `idlemesh agent` as a user runs it: a real daemon process with its
 //! settings file, an IT policy file, the kernel keyring for its device key,
 //! its control socket, and `idlemesh status|pause|resume|settings` talking
-//! to it; under Xvfb, real input from xdotool.
+//! to it; under Xvfb, real input from xdotool; under KWin (Wayland), input
+//! through KWin's fake-input protocol.
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -417,6 +418,71 @@ fn the_device_key_lives_in_the_secret_service_across_sessions() {
     let second = run(2);
     assert_eq!(first, second, "the same device after a new login session");
     assert!(home.join(".local/share/keyrings").is_dir(), "stored by gnome-keyring in its own encrypted files");
+}
+
+/// A headless machine has no Secret Service and kernel keys end at reboot:
+/// the administrator makes the device key a systemd credential once, and
+/// systemd decrypts it for the service at every start. The real
+/// `systemd-creds` encrypts (host key) and decrypts here, as systemd does.
+#[test]
+fn on_a_headless_machine_the_device_key_is_a_systemd_credential() {
+    let tmp = tempfile::tempdir().unwrap();
+    let seed: [u8; 32] = std::array::from_fn(|i| (i as u8).wrapping_mul(37) ^ (std::process::id() as u8));
+    // Encrypted from stdin: the plain key never touches the disk.
+    let cred = tmp.path().join("idlemesh-device-key.cred");
+    let mut enc = Command::new("systemd-creds")
+        .args(["encrypt", "--with-key=host", "--name=idlemesh-device-key", "-"])
+        .arg(&cred)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("systemd-creds is installed (systemd)");
+    std::io::Write::write_all(enc.stdin.as_mut().unwrap(), &seed).unwrap();
+    drop(enc.stdin.take());
+    assert!(enc.wait().unwrap().success(), "systemd-creds encrypt (needs root for the host key)");
+    assert!(!std::fs::read(&cred).unwrap().windows(32).any(|w| w == seed), "the credential is encrypted");
+
+    let expected = idlemesh_protocol::Keypair::from_secret_bytes(&seed).public().to_string();
+    let dir = tmp.path().join("agent");
+    let start = |boot: u32| {
+        // What systemd does at each start: decrypt into a directory only the service reads.
+        let creds = tmp.path().join(format!("credentials-{boot}"));
+        std::fs::create_dir(&creds).unwrap();
+        std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        let out = Command::new("systemd-creds")
+            .args(["decrypt", "--name=idlemesh-device-key"])
+            .arg(&cred)
+            .arg(creds.join("idlemesh-device-key"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        creds
+    };
+    for boot in 1..=2 {
+        let creds = start(boot);
+        let mut agent = AgentProcess::start(&dir, None, &[("CREDENTIALS_DIRECTORY", creds.to_str().unwrap())]);
+        let s = agent.status();
+        agent.stop();
+        assert_eq!(s["agent"]["keyring"], "systemd-credential", "{s}");
+        assert_eq!(s["agent"]["device_public_key"], expected.as_str(), "boot {boot}: the credential is the device key");
+    }
+    let keys = Command::new("keyctl").args(["show", "@s"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&keys.stdout).contains("device-key"), "nothing was put in the kernel keyring");
+
+    // A credential that is not a key stops the agent with a message naming it.
+    let creds = start(3);
+    std::fs::write(creds.join("idlemesh-device-key"), b"not a key").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_idlemesh"))
+        .arg("agent")
+        .env("CREDENTIALS_DIRECTORY", &creds)
+        .env("IDLEMESH_DATA_DIR", dir.join("data"))
+        .env("IDLEMESH_CONFIG_DIR", dir.join("config"))
+        .env("IDLEMESH_CONTROL_SOCKET", dir.join("agent.sock"))
+        .env("IDLEMESH_KEYRING", "keyutils")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("systemd credential idlemesh-device-key is not a device key: 9 bytes"), "{err}");
 }
 
 /// The dashboard's Pools page through the control socket: join a pool (it

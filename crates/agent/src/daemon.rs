@@ -283,13 +283,18 @@ pub async fn run_with(
     for e in settings.lock().expect("settings lock").errors() {
         tracing::warn!("{e}");
     }
-    let keyring = crate::secrets::use_os_keyring()?;
-    let scope = crate::secrets::scope_of(&config.data_dir);
-    let device_key = Arc::new(
-        tokio::task::spawn_blocking(move || crate::secrets::device_key(&scope))
-            .await
-            .map_err(|e| DaemonError::Start(format!("keyring thread: {e}")))??,
-    );
+    let (keyring, device_key) = match crate::secrets::device_key_from_credential()? {
+        Some(key) => ("systemd-credential", key),
+        None => {
+            let keyring = crate::secrets::use_os_keyring()?;
+            let scope = crate::secrets::scope_of(&config.data_dir);
+            let key = tokio::task::spawn_blocking(move || crate::secrets::device_key(&scope))
+                .await
+                .map_err(|e| DaemonError::Start(format!("keyring thread: {e}")))??;
+            (keyring, key)
+        }
+    };
+    let device_key = Arc::new(device_key);
     let ledger_path = config.data_dir.join("ledger.sqlite");
     let watcher = Watcher::start(WatcherConfig {
         settings: settings.clone(),

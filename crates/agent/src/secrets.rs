@@ -7,6 +7,13 @@
 //! live until reboot. `IDLEMESH_KEYRING=secret-service|keyutils` picks one;
 //! by default the Secret Service is used when the session offers it.
 //! Windows uses the Credential Manager, macOS the login keychain.
+//!
+//! A headless machine has no Secret Service, and kernel keys end at reboot.
+//! There the agent runs as a systemd service and its key is a systemd
+//! credential: encrypted at rest with the machine's TPM2 and/or host key
+//! (`systemd-creds encrypt`), decrypted by systemd at start into a private,
+//! unswappable directory only the service can read (`$CREDENTIALS_DIRECTORY`).
+//! When that credential is there it is the device key, and no keyring is used.
 
 use std::sync::Arc;
 
@@ -28,6 +35,8 @@ pub enum SecretsError {
         "the keyring refused: {0} (with the kernel keyring this usually means the process has no session keyring: start the agent from a login session, or under `keyctl session -`)"
     )]
     Keyring(#[from] KeyringError),
+    #[error("the systemd credential {CREDENTIAL} is not a device key: {0}")]
+    Credential(String),
     #[error("the device key in the keyring is damaged ({0}); remove the entry `{SERVICE}/{1}` to enroll anew")]
     Damaged(String, String),
 }
@@ -86,6 +95,37 @@ fn platform_store(wanted: Option<&str>) -> Result<(&'static str, Store), Secrets
 #[cfg(not(any(target_os = "linux", windows, target_os = "macos")))]
 fn platform_store(_wanted: Option<&str>) -> Result<(&'static str, Store), SecretsError> {
     Err(SecretsError::NoKeyring("no keyring store for this platform".into()))
+}
+
+/// The name of the device key's systemd credential.
+pub const CREDENTIAL: &str = "idlemesh-device-key";
+
+/// The device key systemd handed this service as a credential, if any: 32
+/// random bytes, raw or as 64 hex digits.
+pub fn device_key_from_credential() -> Result<Option<Keypair>, SecretsError> {
+    let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty()) else {
+        return Ok(None);
+    };
+    let path = std::path::Path::new(&dir).join(CREDENTIAL);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(SecretsError::Credential(format!("cannot read it: {e}"))),
+    };
+    let hex_digits = std::str::from_utf8(&bytes).map(str::trim).ok().filter(|t| t.len() == 64);
+    let mut seed = [0u8; 32];
+    match hex_digits {
+        _ if bytes.len() == 32 => seed.copy_from_slice(&bytes),
+        Some(t) => hex::decode_to_slice(t, &mut seed)
+            .map_err(|e| SecretsError::Credential(format!("64 characters but not hex: {e}")))?,
+        None => {
+            return Err(SecretsError::Credential(format!(
+                "{} bytes; expected 32 random bytes, raw or as 64 hex digits",
+                bytes.len()
+            )));
+        }
+    }
+    Ok(Some(Keypair::from_secret_bytes(&seed)))
 }
 
 /// The device key for `scope` (one per data dir, so side-by-side agents are
