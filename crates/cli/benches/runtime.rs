@@ -84,6 +84,9 @@ fn best_of(n: usize, f: impl Fn()) -> Duration {
 }
 
 /// Each kernel in the sandbox vs the same Rust code native; metered vs not.
+/// Every case runs 30–100 ms natively: a task's fixed cost (instantiation,
+/// copying input and output across the sandbox) is then a small part, as it
+/// is for real tasks, which run for seconds.
 fn throughput() {
     let sandbox = Sandbox::new(SandboxConfig::default()).unwrap();
     let with_epochs = Sandbox::new(SandboxConfig { epoch_interruption: true, ..SandboxConfig::default() }).unwrap();
@@ -93,12 +96,12 @@ fn throughput() {
     let mandel = r#"{"width":512,"height":384,"max_iter":512}"#;
     let p: mandelbrot::Params = serde_json::from_str(mandel).unwrap();
     let sha = r#"{"seed":"idlemesh","iterations":200000}"#;
-    let mm = r#"{"n":256,"seed":1}"#;
-    let nb = r#"{"n":1024,"dt":0.01,"eps2":0.001}"#;
-    let bodies: &'static [u8] = Box::leak(idlemesh_kernel_nbody::bodies(1024, 1).into_boxed_slice());
-    let ds = r#"{"width":1024,"height":1024,"factor":4}"#;
+    let mm = r#"{"n":512,"seed":1}"#;
+    let nb = r#"{"n":4096,"dt":0.01,"eps2":0.001}"#;
+    let bodies: &'static [u8] = Box::leak(idlemesh_kernel_nbody::bodies(4096, 1).into_boxed_slice());
+    let ds = r#"{"width":2048,"height":2048,"factor":4}"#;
     let image: &'static [u8] =
-        Box::leak((0..1024u32 * 1024 * 4).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect());
+        Box::leak((0..2048u32 * 2048 * 4).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect());
     // (name, kernel, input, params, the same code natively)
     type Case = (&'static str, &'static [u8], &'static [u8], &'static str, Native);
     let cases: Vec<Case> = vec![
@@ -121,7 +124,7 @@ fn throughput() {
             }),
         ),
         (
-            "matmul 256 (f32, SIMD)",
+            "matmul 512 (f32, SIMD)",
             idlemesh_kernels::MATMUL,
             b"",
             mm,
@@ -130,7 +133,7 @@ fn throughput() {
             }),
         ),
         (
-            "n-body 1024, one step (f32, sqrt)",
+            "n-body 4096, one step (f32, sqrt)",
             idlemesh_kernels::NBODY,
             bodies,
             nb,
@@ -139,7 +142,7 @@ fn throughput() {
             }),
         ),
         (
-            "downscale 1024x1024 RGBA by 4 (integer)",
+            "downscale 2048x2048 RGBA by 4 (integer)",
             idlemesh_kernels::DOWNSCALE,
             image,
             ds,

@@ -44,12 +44,13 @@ pub fn step(p: &Params, input: &[u8]) -> Result<Vec<u8>, String> {
     for i in 0..n {
         let (xi, yi, zi) = (pos[i * 4], pos[i * 4 + 1], pos[i * 4 + 2]);
         let (mut ax, mut ay, mut az) = (0f32, 0f32, 0f32);
-        for j in 0..n {
-            let dx = pos[j * 4] - xi;
-            let dy = pos[j * 4 + 1] - yi;
-            let dz = pos[j * 4 + 2] - zi;
+        // Chunks, not indices: no bounds check per body in the hot loop.
+        for body in pos.chunks_exact(4) {
+            let dx = body[0] - xi;
+            let dy = body[1] - yi;
+            let dz = body[2] - zi;
             let r2 = dx * dx + dy * dy + dz * dz + p.eps2;
-            let s = pos[j * 4 + 3] / (r2 * r2.sqrt());
+            let s = body[3] / (r2 * r2.sqrt());
             ax += dx * s;
             ay += dy * s;
             az += dz * s;
