@@ -45,7 +45,10 @@ impl Kwin {
             .env_remove("WAYLAND_DISPLAY")
             .env_remove("DBUS_SESSION_BUS_ADDRESS")
             .env("XDG_RUNTIME_DIR", &runtime)
+            .env("HOME", dir.path())
             .env("XDG_CONFIG_HOME", dir.path().join("config"))
+            .env("XDG_CACHE_HOME", dir.path().join("cache"))
+            .env("XDG_DATA_HOME", dir.path().join("data"))
             // Offers the fake-input protocol to the test without a .desktop file.
             .env("KWIN_WAYLAND_NO_PERMISSION_CHECKS", "1")
             .stdin(Stdio::null())
@@ -79,7 +82,10 @@ impl Kwin {
 impl Drop for Kwin {
     fn drop(&mut self) {
         // SIGTERM: KWin takes its Xwayland down with it.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        if self.child.try_wait().ok().flatten().is_none() {
+            // SAFETY: kill(2) on our own child, not yet reaped, so its pid is not reused.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        }
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));

@@ -423,14 +423,17 @@ fn the_device_key_lives_in_the_secret_service_across_sessions() {
 /// A headless machine has no Secret Service and kernel keys end at reboot:
 /// the administrator makes the device key a systemd credential once, and
 /// systemd decrypts it for the service at every start. The real
-/// `systemd-creds` encrypts (host key) and decrypts here, as systemd does.
+/// `systemd-creds` encrypts and decrypts here, as systemd does, with a host
+/// key of the test's own (`SYSTEMD_CREDENTIAL_SECRET`), not the machine's.
 #[test]
 fn on_a_headless_machine_the_device_key_is_a_systemd_credential() {
     let tmp = tempfile::tempdir().unwrap();
     let seed: [u8; 32] = std::array::from_fn(|i| (i as u8).wrapping_mul(37) ^ (std::process::id() as u8));
     // Encrypted from stdin: the plain key never touches the disk.
     let cred = tmp.path().join("idlemesh-device-key.cred");
+    let host_key = tmp.path().join("credential.secret");
     let mut enc = Command::new("systemd-creds")
+        .env("SYSTEMD_CREDENTIAL_SECRET", &host_key)
         .args(["encrypt", "--with-key=host", "--name=idlemesh-device-key", "-"])
         .arg(&cred)
         .stdin(std::process::Stdio::piped())
@@ -438,7 +441,7 @@ fn on_a_headless_machine_the_device_key_is_a_systemd_credential() {
         .expect("systemd-creds is installed (systemd)");
     std::io::Write::write_all(enc.stdin.as_mut().unwrap(), &seed).unwrap();
     drop(enc.stdin.take());
-    assert!(enc.wait().unwrap().success(), "systemd-creds encrypt (needs root for the host key)");
+    assert!(enc.wait().unwrap().success(), "systemd-creds encrypt");
     assert!(!std::fs::read(&cred).unwrap().windows(32).any(|w| w == seed), "the credential is encrypted");
 
     let expected = idlemesh_protocol::Keypair::from_secret_bytes(&seed).public().to_string();
@@ -449,6 +452,7 @@ fn on_a_headless_machine_the_device_key_is_a_systemd_credential() {
         std::fs::create_dir(&creds).unwrap();
         std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
         let out = Command::new("systemd-creds")
+            .env("SYSTEMD_CREDENTIAL_SECRET", &host_key)
             .args(["decrypt", "--name=idlemesh-device-key"])
             .arg(&cred)
             .arg(creds.join("idlemesh-device-key"))

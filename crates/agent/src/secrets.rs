@@ -117,7 +117,8 @@ pub fn device_key_from_credential() -> Result<Option<Keypair>, SecretsError> {
     match hex_digits {
         _ if bytes.len() == 32 => seed.copy_from_slice(&bytes),
         Some(t) => hex::decode_to_slice(t, &mut seed)
-            .map_err(|e| SecretsError::Credential(format!("64 characters but not hex: {e}")))?,
+            // Not the decoder's message: it would quote a character of the key.
+            .map_err(|_| SecretsError::Credential("64 characters but not hex digits".into()))?,
         None => {
             return Err(SecretsError::Credential(format!(
                 "{} bytes; expected 32 random bytes, raw or as 64 hex digits",

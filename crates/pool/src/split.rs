@@ -21,7 +21,7 @@ pub(crate) fn expand(spec: &JobSpec) -> Result<Vec<TaskSeed>, String> {
     let Value::Object(base) = &spec.params else {
         return Err("params must be a JSON object".into());
     };
-    if spec.name.trim().is_empty() || spec.name.len() > 200 {
+    if spec.name.trim().is_empty() || spec.name.chars().count() > 200 {
         return Err("name must be 1..=200 characters".into());
     }
     if spec.replication == 0 || spec.replication > 16 {

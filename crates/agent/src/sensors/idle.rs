@@ -44,6 +44,17 @@ pub fn open_idle_sensor() -> Box<dyn IdleSensor> {
     Box::new(NoIdleSensor)
 }
 
+/// How long a display that went away still counts as a user present. Most
+/// often it is coming back (a compositor restarting after a crash, a new
+/// login); if it stays away, the user has logged out and the machine is
+/// unattended.
+const LOST_GRACE: Duration = Duration::from_secs(60);
+
+/// What a sensor whose display went away at `lost_at` answers meanwhile.
+fn while_lost(lost_at: std::time::Instant) -> Option<Duration> {
+    (lost_at.elapsed() < LOST_GRACE).then_some(Duration::ZERO)
+}
+
 /// Headless machines (servers, CI): nobody's input to wait for.
 #[derive(Debug)]
 pub struct NoIdleSensor;
@@ -76,11 +87,12 @@ mod x11 {
     pub struct X11Idle {
         conn: Option<(RustConnection, u32)>,
         last_attempt: Instant,
+        lost_at: Instant,
     }
 
     impl X11Idle {
         pub fn connect() -> Result<Self, String> {
-            Ok(Self { conn: Some(open()?), last_attempt: Instant::now() })
+            Ok(Self { conn: Some(open()?), last_attempt: Instant::now(), lost_at: Instant::now() })
         }
     }
 
@@ -99,7 +111,9 @@ mod x11 {
                 self.last_attempt = Instant::now();
                 self.conn = open().ok();
             }
-            let (conn, root) = self.conn.as_ref()?;
+            let Some((conn, root)) = self.conn.as_ref() else {
+                return super::while_lost(self.lost_at);
+            };
             match conn
                 .screensaver_query_info(*root)
                 .map_err(|e| e.to_string())
@@ -107,10 +121,11 @@ mod x11 {
             {
                 Ok(r) => Some(Duration::from_millis(u64::from(r.ms_since_user_input))),
                 Err(e) => {
-                    tracing::warn!(error = %e, "lost the X display; idle time unknown until it is back");
+                    tracing::warn!(error = %e, "lost the X display; the user counts as present for a minute");
                     self.conn = None;
                     self.last_attempt = Instant::now();
-                    None
+                    self.lost_at = Instant::now();
+                    super::while_lost(self.lost_at)
                 }
             }
         }
@@ -212,5 +227,19 @@ mod macos {
         fn name(&self) -> &'static str {
             "macos-hid"
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    #[test]
+    fn a_lost_display_means_present_for_a_while_then_unattended() {
+        assert_eq!(while_lost(Instant::now()), Some(Duration::ZERO), "just lost: most likely restarting");
+        let long_ago = Instant::now().checked_sub(LOST_GRACE + Duration::from_secs(1)).unwrap();
+        assert_eq!(while_lost(long_ago), None, "gone for good: logged out");
     }
 }

@@ -75,7 +75,11 @@ pub(super) struct NotFound(#[to_schema] ErrorBody);
 
 #[allow(dead_code, reason = "described in the document only: handlers answer with ApiError")]
 #[derive(IntoResponses)]
-#[response(status = 409, description = "Conflict: a stale lease token, a result already recorded, or not ready yet")]
+#[response(
+    status = 409,
+    description = "Conflicts with what the pool holds: a stale lease token, a result already recorded, a name taken, \
+        a device already in another organisation, or an output not ready yet"
+)]
 pub(super) struct Conflict(#[to_schema] ErrorBody);
 
 #[allow(dead_code, reason = "described in the document only: handlers answer with ApiError")]

@@ -309,4 +309,15 @@ async fn oversized_bodies_are_refused_per_route_in_the_error_format() {
     // The same size is fine where kernels are uploaded (it fails on auth instead).
     let (status, _) = call(&pool, Request::post("/v1/blobs").body(Body::from(big)).unwrap()).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Who is asking is checked from the headers before any body is read: a
+    // stranger announcing a body over the limit is refused as a stranger.
+    for path in ["/v1/results", "/v1/jobs"] {
+        let req = Request::post(path).header("content-length", 1u64 << 40).body(Body::empty()).unwrap();
+        let (status, body) = call(&pool, req).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}: {body}");
+    }
+    // A method an endpoint does not take: the error format too.
+    let (status, body) = call(&pool, Request::put("/v1/leases").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(body["error"]["code"], "method_not_allowed");
 }

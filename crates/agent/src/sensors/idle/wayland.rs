@@ -8,6 +8,8 @@
 //! notification also honours idle inhibitors: a video playing full screen
 //! keeps the user "present", which is what a volunteer would want.
 
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use wayland_client::backend::WaylandError;
@@ -31,6 +33,7 @@ const RECONNECT_EVERY: Duration = Duration::from_secs(5);
 pub struct WaylandIdle {
     session: Option<Session>,
     last_attempt: Instant,
+    lost_at: Instant,
 }
 
 struct Session {
@@ -48,12 +51,26 @@ struct State {
 
 impl WaylandIdle {
     pub fn connect() -> Result<Self, String> {
-        Ok(Self { session: Some(open()?), last_attempt: Instant::now() })
+        Ok(Self { session: Some(open()?), last_attempt: Instant::now(), lost_at: Instant::now() })
     }
 }
 
+/// The compositor's socket, as libwayland finds it: `WAYLAND_DISPLAY`, an
+/// absolute path or a name in `XDG_RUNTIME_DIR`. (Not `connect_to_env`,
+/// which may change the environment of this multi-threaded process.)
+fn socket() -> Result<UnixStream, String> {
+    let display = std::env::var_os("WAYLAND_DISPLAY").ok_or("WAYLAND_DISPLAY is not set")?;
+    let path = if Path::new(&display).is_absolute() {
+        PathBuf::from(display)
+    } else {
+        let runtime = std::env::var_os("XDG_RUNTIME_DIR").ok_or("XDG_RUNTIME_DIR is not set")?;
+        Path::new(&runtime).join(display)
+    };
+    UnixStream::connect(&path).map_err(|e| format!("cannot reach the Wayland compositor at {}: {e}", path.display()))
+}
+
 fn open() -> Result<Session, String> {
-    let conn = Connection::connect_to_env().map_err(|e| format!("cannot reach the Wayland compositor: {e}"))?;
+    let conn = Connection::from_socket(socket()?).map_err(|e| format!("cannot reach the Wayland compositor: {e}"))?;
     let (globals, mut queue) =
         registry_queue_init::<State>(&conn).map_err(|e| format!("the Wayland registry failed: {e}"))?;
     let qh = queue.handle();
@@ -90,12 +107,15 @@ impl IdleSensor for WaylandIdle {
             self.last_attempt = Instant::now();
             self.session = open().ok();
         }
-        let session = self.session.as_mut()?;
+        let Some(session) = self.session.as_mut() else {
+            return super::while_lost(self.lost_at);
+        };
         if let Err(e) = session.pump() {
-            tracing::warn!(error = %e, "lost the Wayland compositor; idle time unknown until it is back");
+            tracing::warn!(error = %e, "lost the Wayland compositor; the user counts as present for a minute");
             self.session = None;
             self.last_attempt = Instant::now();
-            return None;
+            self.lost_at = Instant::now();
+            return super::while_lost(self.lost_at);
         }
         Some(session.state.idle_since.map_or(Duration::ZERO, |since| since.elapsed()))
     }
