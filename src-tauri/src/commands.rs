@@ -132,21 +132,23 @@ async fn ledger_verify(state: S<'_>) -> Result<Value> {
 /// Writes the whole ledger to the Downloads folder (else the data dir).
 #[tauri::command]
 async fn ledger_export(state: S<'_>, format: String) -> Result<Value> {
-    let ext = match format.as_str() {
-        "csv" | "json" => format.clone(),
+    let as_csv = match format.as_str() {
+        "csv" => true,
+        "json" => false,
         other => return Err(CommandError::new("bad_value", format!("export format {other:?}: expected csv or json"))),
     };
     let entries = with_ledger(&state, all).await?;
-    let text = match ext.as_str() {
-        "csv" => idlemesh_agent::ledger::to_csv(&entries),
-        _ => serde_json::to_string_pretty(&entries).map_err(|e| CommandError::new("internal", e))? + "\n",
+    let (ext, text) = if as_csv {
+        ("csv", idlemesh_agent::ledger::to_csv(&entries))
+    } else {
+        ("json", serde_json::to_string_pretty(&entries).map_err(|e| CommandError::new("internal", e))? + "\n")
     };
     let dir = directories::UserDirs::new()
         .and_then(|d| d.download_dir().map(ToOwned::to_owned))
         .filter(|d| d.is_dir())
         .unwrap_or_else(|| state.data_dir.clone());
     let stem = format!("idlemesh-ledger-{}", jiff::Zoned::now().strftime("%Y%m%d-%H%M%S"));
-    let path = tauri::async_runtime::spawn_blocking(move || write_new_file(&dir, &stem, &ext, text.as_bytes()))
+    let path = tauri::async_runtime::spawn_blocking(move || write_new_file(&dir, &stem, ext, text.as_bytes()))
         .await
         .map_err(|e| CommandError::new("internal", e))?
         .map_err(|e| CommandError::new("io", e))?;
@@ -162,11 +164,14 @@ fn write_new_file(dir: &std::path::Path, stem: &str, ext: &str, bytes: &[u8]) ->
         let path = dir.join(name);
         match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
             Ok(mut file) => {
-                return file
-                    .write_all(bytes)
-                    .and_then(|()| file.sync_all())
-                    .map(|()| path.clone())
-                    .map_err(|e| format!("writing {}: {e}", path.display()));
+                return match file.write_all(bytes).and_then(|()| file.sync_all()) {
+                    Ok(()) => Ok(path),
+                    Err(e) => {
+                        // A half-written export is worse than none: it looks complete.
+                        let _ = std::fs::remove_file(&path);
+                        Err(format!("writing {}: {e}", path.display()))
+                    }
+                };
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(format!("creating {}: {e}", path.display())),

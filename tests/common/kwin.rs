@@ -5,7 +5,7 @@
 //! what ends an idle period for every client.
 
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -32,55 +32,23 @@ impl Kwin {
         // Debian installs kwin_wayland with the file capability
         // cap_sys_resource; where the bounding set lacks it (containers,
         // sandboxed CI) exec fails with EPERM. A copy carries no capability.
-        let bin = dir.path().join("kwin_wayland");
-        std::fs::copy(KWIN, &bin).expect("KWin is installed (scripts/setup installs kwin-wayland)");
+        std::fs::copy(KWIN, dir.path().join("kwin_wayland"))
+            .expect("KWin is installed (scripts/setup installs kwin-wayland)");
         let runtime = dir.path().join("run");
         std::fs::create_dir(&runtime).unwrap();
         std::fs::set_permissions(&runtime, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-        let log = std::fs::File::create(dir.path().join("kwin.log")).unwrap();
-        let mut child = Command::new(&bin)
-            .args(["--virtual", "--socket", "wl-idlemesh", "--no-lockscreen", "--no-global-shortcuts"])
-            .args(["--no-kactivities", "--width", "800", "--height", "600"])
-            .env_remove("DISPLAY")
-            .env_remove("WAYLAND_DISPLAY")
-            .env_remove("DBUS_SESSION_BUS_ADDRESS")
-            .env("XDG_RUNTIME_DIR", &runtime)
-            .env("HOME", dir.path())
-            .env("XDG_CONFIG_HOME", dir.path().join("config"))
-            .env("XDG_CACHE_HOME", dir.path().join("cache"))
-            .env("XDG_DATA_HOME", dir.path().join("data"))
-            // Offers the fake-input protocol to the test without a .desktop file.
-            .env("KWIN_WAYLAND_NO_PERMISSION_CHECKS", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let socket = runtime.join("wl-idlemesh");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let input = loop {
-            if let Ok(input) = FakeInput::connect(&socket) {
-                break input;
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("kwin_wayland exited with {status}:\n{}", read(&dir.path().join("kwin.log")));
-            }
-            assert!(Instant::now() < deadline, "KWin did not come up:\n{}", read(&dir.path().join("kwin.log")));
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        Self { child, _dir: dir, socket, input }
+        let (child, input) = spawn(dir.path());
+        Self { child, socket: runtime.join(SOCKET), _dir: dir, input }
     }
 
-    /// The user moves the mouse.
-    pub fn input(&mut self, n: u32) {
-        let d = if n.is_multiple_of(2) { 3.0 } else { -3.0 };
-        self.input.fake.pointer_motion(d, d);
-        self.input.queue.roundtrip(&mut FakeState).expect("KWin takes the input");
+    /// The compositor comes back on the same socket after [`Kwin::stop`].
+    pub fn start_again(&mut self) {
+        let (child, input) = spawn(self._dir.path());
+        self.child = child;
+        self.input = input;
     }
-}
 
-impl Drop for Kwin {
-    fn drop(&mut self) {
+    pub fn stop(&mut self) {
         // SIGTERM: KWin takes its Xwayland down with it.
         if self.child.try_wait().ok().flatten().is_none() {
             // SAFETY: kill(2) on our own child, not yet reaped, so its pid is not reused.
@@ -93,9 +61,59 @@ impl Drop for Kwin {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// The user moves the mouse.
+    pub fn input(&mut self, n: u32) {
+        let d = if n.is_multiple_of(2) { 3.0 } else { -3.0 };
+        self.input.fake.pointer_motion(d, d);
+        self.input.queue.roundtrip(&mut FakeState).expect("KWin takes the input");
+    }
 }
 
-fn read(path: &std::path::Path) -> String {
+impl Drop for Kwin {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+const SOCKET: &str = "wl-idlemesh";
+
+/// Starts KWin with everything in `dir` and waits until it takes input.
+fn spawn(dir: &Path) -> (Child, FakeInput) {
+    let runtime = dir.join("run");
+    let log = std::fs::File::options().create(true).append(true).open(dir.join("kwin.log")).unwrap();
+    let mut child = Command::new(dir.join("kwin_wayland"))
+        .args(["--virtual", "--socket", SOCKET, "--no-lockscreen", "--no-global-shortcuts"])
+        .args(["--no-kactivities", "--width", "800", "--height", "600"])
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .env_remove("DBUS_SESSION_BUS_ADDRESS")
+        .env("XDG_RUNTIME_DIR", &runtime)
+        .env("HOME", dir)
+        .env("XDG_CONFIG_HOME", dir.join("config"))
+        .env("XDG_CACHE_HOME", dir.join("cache"))
+        .env("XDG_DATA_HOME", dir.join("data"))
+        // Offers the fake-input protocol to the test without a .desktop file.
+        .env("KWIN_WAYLAND_NO_PERMISSION_CHECKS", "1")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(input) = FakeInput::connect(&runtime.join(SOCKET)) {
+            return (child, input);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("kwin_wayland exited with {status}:\n{}", read(&dir.join("kwin.log")));
+        }
+        assert!(Instant::now() < deadline, "KWin did not come up:\n{}", read(&dir.join("kwin.log")));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 

@@ -188,7 +188,12 @@ fn pause_resume_settings_and_a_locked_policy_through_the_control_socket() {
 #[test]
 fn under_xvfb_input_freezes_the_worker_and_idleness_resumes_it() {
     let x = Xvfb::start();
-    input_freezes_the_worker_and_idleness_resumes_it(&[("DISPLAY", &x.display)], "x11-screensaver", |n| x.input(n));
+    input_freezes_the_worker_and_idleness_resumes_it(
+        &[("DISPLAY", &x.display)],
+        "x11-screensaver",
+        |n| x.input(n),
+        |_| {},
+    );
 }
 
 /// KWin (headless) offers ext-idle-notify-v1; an X display is given too, as
@@ -197,10 +202,30 @@ fn under_xvfb_input_freezes_the_worker_and_idleness_resumes_it() {
 #[test]
 fn under_wayland_input_freezes_the_worker_and_idleness_resumes_it() {
     let x = Xvfb::start();
-    let mut kwin = Kwin::start();
-    let socket = kwin.socket.display().to_string();
+    let kwin = std::cell::RefCell::new(Kwin::start());
+    let socket = kwin.borrow().socket.display().to_string();
     let env = [("WAYLAND_DISPLAY", socket.as_str()), ("DISPLAY", x.display.as_str())];
-    input_freezes_the_worker_and_idleness_resumes_it(&env, "wayland-ext-idle-notify", |n| kwin.input(n));
+    let user_idle = |s: &Value| s["sensors"]["snapshot"]["user_idle"]["secs"].as_u64();
+    input_freezes_the_worker_and_idleness_resumes_it(
+        &env,
+        "wayland-ext-idle-notify",
+        |n| kwin.borrow_mut().input(n),
+        |agent| {
+            // The compositor crashes and comes back: meanwhile the user counts
+            // as present (not "headless"), then idle time is read again.
+            kwin.borrow_mut().stop();
+            agent.wait_for("the user to count as present", Duration::from_secs(10), |s| user_idle(s) == Some(0));
+            std::thread::sleep(Duration::from_secs(2));
+            let s = agent.status();
+            assert_eq!(user_idle(&s), Some(0), "still present while the compositor is away: {s}");
+            let t0 = Instant::now();
+            kwin.borrow_mut().start_again();
+            agent.wait_for("idle time from the restarted compositor", Duration::from_secs(30), |s| {
+                user_idle(s).is_some_and(|secs| secs >= 1)
+            });
+            eprintln!("reconnected to the restarted compositor within {:?}", t0.elapsed());
+        },
+    );
 }
 
 /// With the agent running a kernel in a session, the user's input freezes
@@ -210,6 +235,7 @@ fn input_freezes_the_worker_and_idleness_resumes_it(
     session: &[(&str, &str)],
     idle_source: &str,
     mut input: impl FnMut(u32),
+    after: impl FnOnce(&AgentProcess),
 ) {
     let tmp = tempfile::tempdir().unwrap();
     let pool = PoolProcess::start(&tmp.path().join("pool"));
@@ -258,6 +284,7 @@ fn input_freezes_the_worker_and_idleness_resumes_it(
     let ledger = idlemesh_agent::Ledger::open(&agent.ledger()).unwrap();
     assert!(ledger.entries(Some("paused")).unwrap().iter().any(|e| e.body.contains("user_active")));
     assert!(ledger.verify().unwrap().ok());
+    after(&agent);
 }
 
 #[test]

@@ -125,7 +125,7 @@ describe('Limits page', () => {
     render(Limits);
     await waitFor(() => expect($<HTMLInputElement>('#autostart').disabled).toBe(false));
     await fireEvent.click($('#autostart'));
-    await waitFor(() => expect($('#message-autostart').textContent).toBe('Saved'));
+    await waitFor(() => expect($('#autostart-message').textContent).toContain('will start when you log in'));
     expect(calls).toEqual([{ enabled: true }]);
     expect($<HTMLInputElement>('#autostart').checked).toBe(true);
   });

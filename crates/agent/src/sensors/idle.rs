@@ -48,9 +48,11 @@ pub fn open_idle_sensor() -> Box<dyn IdleSensor> {
 /// often it is coming back (a compositor restarting after a crash, a new
 /// login); if it stays away, the user has logged out and the machine is
 /// unattended.
+#[cfg(target_os = "linux")]
 const LOST_GRACE: Duration = Duration::from_secs(60);
 
 /// What a sensor whose display went away at `lost_at` answers meanwhile.
+#[cfg(target_os = "linux")]
 fn while_lost(lost_at: std::time::Instant) -> Option<Duration> {
     (lost_at.elapsed() < LOST_GRACE).then_some(Duration::ZERO)
 }
@@ -230,7 +232,7 @@ mod macos {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use std::time::Instant;
 

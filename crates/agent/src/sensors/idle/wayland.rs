@@ -34,6 +34,10 @@ pub struct WaylandIdle {
     session: Option<Session>,
     last_attempt: Instant,
     lost_at: Instant,
+    /// A reconnection under way on its own thread: connecting takes round
+    /// trips, and the watcher thread, which freezes workers, must not wait
+    /// on a compositor that may hang.
+    reconnecting: Option<std::sync::mpsc::Receiver<Result<Session, String>>>,
 }
 
 struct Session {
@@ -51,7 +55,7 @@ struct State {
 
 impl WaylandIdle {
     pub fn connect() -> Result<Self, String> {
-        Ok(Self { session: Some(open()?), last_attempt: Instant::now(), lost_at: Instant::now() })
+        Ok(Self { session: Some(open()?), last_attempt: Instant::now(), lost_at: Instant::now(), reconnecting: None })
     }
 }
 
@@ -101,11 +105,35 @@ impl Session {
     }
 }
 
+impl WaylandIdle {
+    fn reconnect(&mut self) {
+        if let Some(rx) = &self.reconnecting {
+            match rx.try_recv() {
+                Ok(Ok(session)) => {
+                    tracing::info!("the Wayland compositor is back");
+                    self.session = Some(session);
+                    self.reconnecting = None;
+                }
+                Ok(Err(_)) | Err(std::sync::mpsc::TryRecvError::Disconnected) => self.reconnecting = None,
+                Err(std::sync::mpsc::TryRecvError::Empty) => {}
+            }
+        } else if self.last_attempt.elapsed() >= RECONNECT_EVERY {
+            self.last_attempt = Instant::now();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let spawned = std::thread::Builder::new().name("wayland-reconnect".into()).spawn(move || {
+                let _ = tx.send(open());
+            });
+            if spawned.is_ok() {
+                self.reconnecting = Some(rx);
+            }
+        }
+    }
+}
+
 impl IdleSensor for WaylandIdle {
     fn idle(&mut self) -> Option<Duration> {
-        if self.session.is_none() && self.last_attempt.elapsed() >= RECONNECT_EVERY {
-            self.last_attempt = Instant::now();
-            self.session = open().ok();
+        if self.session.is_none() {
+            self.reconnect();
         }
         let Some(session) = self.session.as_mut() else {
             return super::while_lost(self.lost_at);
