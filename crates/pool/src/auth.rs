@@ -44,60 +44,41 @@ fn header<'h>(headers: &'h HeaderMap, name: &str) -> Result<&'h str, ApiError> {
         .map_err(|_| ApiError::unauthorized(format!("header {name} is not ASCII")))
 }
 
-/// A device's claim from its request headers: an enrolled device, a fresh
-/// timestamp and a signature to check against the body. Checked before the
-/// body is read, so a stranger cannot make the pool buffer large bodies.
-pub(crate) struct DeviceClaim {
-    key: idlemesh_protocol::PublicKey,
-    sig: RequestSignature,
-    method: Method,
-    path: String,
-}
-
-impl DeviceClaim {
-    pub(crate) async fn from_headers(
-        pool: &Pool,
-        method: &Method,
-        path: &str,
-        headers: &HeaderMap,
-    ) -> Result<Self, ApiError> {
-        let device_id: u64 = header(headers, auth::HEADER_DEVICE)?
-            .parse()
-            .map_err(|_| ApiError::unauthorized(format!("{} is not a device id", auth::HEADER_DEVICE)))?;
-        let timestamp: u64 = header(headers, auth::HEADER_TIMESTAMP)?.parse().map_err(|_| {
-            ApiError::unauthorized(format!("{} is not a number of milliseconds", auth::HEADER_TIMESTAMP))
-        })?;
-        let signature = header(headers, auth::HEADER_SIGNATURE)?.to_owned();
-        let skew_ms = timestamp.abs_diff(now_ms());
-        if skew_ms > auth::MAX_CLOCK_SKEW_MS {
-            return Err(ApiError::unauthorized(auth::AuthError::StaleTimestamp { skew_ms }.to_string()));
+/// Verifies a device-signed request and returns the device id.
+pub(crate) async fn device(
+    pool: &Pool,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<u64, ApiError> {
+    let device_id: u64 = header(headers, auth::HEADER_DEVICE)?
+        .parse()
+        .map_err(|_| ApiError::unauthorized(format!("{} is not a device id", auth::HEADER_DEVICE)))?;
+    let timestamp: u64 = header(headers, auth::HEADER_TIMESTAMP)?
+        .parse()
+        .map_err(|_| ApiError::unauthorized(format!("{} is not a number of milliseconds", auth::HEADER_TIMESTAMP)))?;
+    let signature = header(headers, auth::HEADER_SIGNATURE)?.to_owned();
+    let cached = pool.inner.device_keys.read().unwrap().get(&device_id).copied();
+    let key = match cached {
+        Some(key) => key,
+        None => {
+            let key =
+                pool.inner.store.run(move |s| s.device_key(device_id)).await.map_err(ApiError::from)?.ok_or_else(
+                    || ApiError::unauthorized(format!("device {device_id} is not enrolled in this pool")),
+                )?;
+            pool.inner.device_keys.write().unwrap().insert(device_id, key);
+            key
         }
-        let cached = pool.inner.device_keys.read().unwrap().get(&device_id).copied();
-        let key = match cached {
-            Some(key) => key,
-            None => {
-                let key =
-                    pool.inner.store.run(move |s| s.device_key(device_id)).await.map_err(ApiError::from)?.ok_or_else(
-                        || ApiError::unauthorized(format!("device {device_id} is not enrolled in this pool")),
-                    )?;
-                pool.inner.device_keys.write().unwrap().insert(device_id, key);
-                key
-            }
-        };
-        let sig = RequestSignature { device_id, timestamp, signature };
-        Ok(Self { key, sig, method: method.clone(), path: path.to_owned() })
+    };
+    let sig = RequestSignature { device_id, timestamp, signature };
+    let now = now_ms();
+    auth::verify_request(&key, &sig, method.as_str(), path, body, now)
+        .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+    if !pool.inner.replay.check_and_remember(&sig.signature, sig.timestamp, now) {
+        return Err(ApiError::unauthorized("replayed request: this signature was already used"));
     }
-
-    /// Checks the signature over the body, once: returns the device id.
-    pub(crate) fn verify(self, pool: &Pool, body: &[u8]) -> Result<u64, ApiError> {
-        let now = now_ms();
-        auth::verify_request(&self.key, &self.sig, self.method.as_str(), &self.path, body, now)
-            .map_err(|e| ApiError::unauthorized(e.to_string()))?;
-        if !pool.inner.replay.check_and_remember(&self.sig.signature, self.sig.timestamp, now) {
-            return Err(ApiError::unauthorized("replayed request: this signature was already used"));
-        }
-        Ok(self.sig.device_id)
-    }
+    Ok(device_id)
 }
 
 /// Checks `Authorization: Bearer <operator token>`.

@@ -5,8 +5,7 @@ use std::sync::OnceLock;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
-use axum::http::request::Parts;
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -22,7 +21,6 @@ use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::DeviceClaim;
 use crate::store::StoreError;
 use crate::{Pool, auth, now_ms, split};
 
@@ -123,26 +121,6 @@ impl<S: Send + Sync, const MAX: usize> FromRequest<S> for Body<MAX> {
             Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
             Err(e) => Err(ApiError::bad_request(format!("could not read the request body: {e}"))),
         }
-    }
-}
-
-/// The operator, by `Authorization: Bearer`; checked before the body is read.
-struct Operator;
-
-impl FromRequestParts<Pool> for Operator {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, pool: &Pool) -> Result<Self, ApiError> {
-        auth::operator(pool, &parts.headers)?;
-        Ok(Self)
-    }
-}
-
-impl FromRequestParts<Pool> for DeviceClaim {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, pool: &Pool) -> Result<Self, ApiError> {
-        DeviceClaim::from_headers(pool, &parts.method, parts.uri.path(), &parts.headers).await
     }
 }
 
@@ -281,9 +259,10 @@ async fn enroll(State(pool): State<Pool>, Body(body): Body<SMALL_BODY>) -> ApiRe
     responses((status = 201, description = "Created", body = Org), BadRequest, Unauthorized, Forbidden, Conflict, TooLarge))]
 async fn create_org(
     State(pool): State<Pool>,
-    _: Operator,
+    headers: HeaderMap,
     Body(body): Body<SMALL_BODY>,
 ) -> ApiResult<impl IntoResponse> {
+    auth::operator(&pool, &headers)?;
     let req: OrgCreate = parse(&body)?;
     let org = pool.inner.store.run(move |s| s.create_org(&req.name, now_ms())).await?;
     Ok((StatusCode::CREATED, axum::Json(org)))
@@ -291,7 +270,8 @@ async fn create_org(
 
 #[utoipa::path(get, path = "/v1/orgs", operation_id = "list_orgs", security(("operator" = [])),
     responses((status = 200, description = "Every organisation", body = Vec<Org>), Unauthorized, Forbidden))]
-async fn list_orgs(State(pool): State<Pool>, _: Operator) -> ApiResult<impl IntoResponse> {
+async fn list_orgs(State(pool): State<Pool>, headers: HeaderMap) -> ApiResult<impl IntoResponse> {
+    auth::operator(&pool, &headers)?;
     Ok(axum::Json(pool.inner.store.run(|s| s.orgs()).await?))
 }
 
@@ -299,7 +279,12 @@ async fn list_orgs(State(pool): State<Pool>, _: Operator) -> ApiResult<impl Into
     params(("id" = u64, Path, description = "organisation id")),
     responses((status = 200, description = "The organisation's devices, credits and tokens", body = OrgStats),
         BadRequest, Unauthorized, Forbidden, NotFound))]
-async fn org_stats(State(pool): State<Pool>, Path(org): Path<String>, _: Operator) -> ApiResult<impl IntoResponse> {
+async fn org_stats(
+    State(pool): State<Pool>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<impl IntoResponse> {
+    auth::operator(&pool, &headers)?;
     let org = id(&org, "organisation id")?;
     Ok(axum::Json(pool.inner.store.run(move |s| s.org_stats(org)).await?))
 }
@@ -311,9 +296,10 @@ async fn org_stats(State(pool): State<Pool>, Path(org): Path<String>, _: Operato
 async fn create_token(
     State(pool): State<Pool>,
     Path(org): Path<String>,
-    _: Operator,
+    headers: HeaderMap,
     Body(body): Body<SMALL_BODY>,
 ) -> ApiResult<impl IntoResponse> {
+    auth::operator(&pool, &headers)?;
     let org = id(&org, "organisation id")?;
     let req: TokenCreate = parse(&body)?;
     let created = pool.inner.store.run(move |s| s.create_token(org, &req, now_ms())).await?;
@@ -327,8 +313,9 @@ async fn create_token(
 async fn revoke_token(
     State(pool): State<Pool>,
     Path(token): Path<String>,
-    _: Operator,
+    headers: HeaderMap,
 ) -> ApiResult<impl IntoResponse> {
+    auth::operator(&pool, &headers)?;
     let token = id(&token, "token id")?;
     let info = pool.inner.store.run(move |s| s.revoke_token(token, now_ms())).await?;
     tracing::info!(token_id = token, "enrollment token revoked");
@@ -343,10 +330,12 @@ async fn revoke_token(
             headers(("Retry-After" = u64, description = "seconds to wait"))), TooLarge))]
 async fn lease(
     State(pool): State<Pool>,
-    claim: DeviceClaim,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
     Body(body): Body<SMALL_BODY>,
 ) -> ApiResult<impl IntoResponse> {
-    let device = claim.verify(&pool, &body)?;
+    let device = auth::device(&pool, &method, uri.path(), &headers, &body).await?;
     let req: LeaseRequest = parse(&body)?;
     if let Some(wait_ms) = pool.inner.lease_rate.check(device, std::time::Instant::now()) {
         return Err(ApiError::too_many_requests(wait_ms));
@@ -366,11 +355,13 @@ async fn lease(
 async fn heartbeat(
     State(pool): State<Pool>,
     Path(lease): Path<String>,
-    claim: DeviceClaim,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
     Body(body): Body<SMALL_BODY>,
 ) -> ApiResult<impl IntoResponse> {
     let lease = id(&lease, "lease id")?;
-    let device = claim.verify(&pool, &body)?;
+    let device = auth::device(&pool, &method, uri.path(), &headers, &body).await?;
     let req: LeaseTokenBody = parse(&body)?;
     let deadline_ms = pool.inner.store.run(move |s| s.heartbeat(device, lease, &req.lease_token, now_ms())).await?;
     Ok(axum::Json(HeartbeatResponse { deadline_ms }))
@@ -383,11 +374,13 @@ async fn heartbeat(
 async fn give_back(
     State(pool): State<Pool>,
     Path(lease): Path<String>,
-    claim: DeviceClaim,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
     Body(body): Body<SMALL_BODY>,
 ) -> ApiResult<impl IntoResponse> {
     let lease = id(&lease, "lease id")?;
-    let device = claim.verify(&pool, &body)?;
+    let device = auth::device(&pool, &method, uri.path(), &headers, &body).await?;
     let req: LeaseTokenBody = parse(&body)?;
     pool.inner.store.run(move |s| s.give_back(device, lease, &req.lease_token)).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -399,10 +392,12 @@ async fn give_back(
         BadRequest, Unauthorized, NotFound, Conflict, TooLarge))]
 async fn submit_result(
     State(pool): State<Pool>,
-    claim: DeviceClaim,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
     Body(body): Body<RESULT_BODY>,
 ) -> ApiResult<impl IntoResponse> {
-    let device = claim.verify(&pool, &body)?;
+    let device = auth::device(&pool, &method, uri.path(), &headers, &body).await?;
     let req: ResultSubmission = parse(&body)?;
     if Sha256::of(&req.output.0) != req.output_sha256 {
         return Err(ApiError::bad_request("output_sha256 does not match the output bytes"));
@@ -432,7 +427,12 @@ async fn submit_result(
     request_body(content = RawBytes, content_type = "application/octet-stream", description = "A kernel or an input"),
     security(("operator" = [])),
     responses((status = 201, description = "Stored", body = BlobStored), BadRequest, Unauthorized, Forbidden, TooLarge))]
-async fn put_blob(State(pool): State<Pool>, _: Operator, Body(body): Body<LARGE_BODY>) -> ApiResult<impl IntoResponse> {
+async fn put_blob(
+    State(pool): State<Pool>,
+    headers: HeaderMap,
+    Body(body): Body<LARGE_BODY>,
+) -> ApiResult<impl IntoResponse> {
+    auth::operator(&pool, &headers)?;
     let size_bytes = body.len() as u64;
     let sha256 = pool.inner.store.run(move |s| s.put_blob(&body)).await?;
     Ok((StatusCode::CREATED, axum::Json(BlobStored { sha256, size_bytes })))
@@ -454,7 +454,7 @@ async fn get_blob(
         sha.parse().map_err(|e: idlemesh_protocol::ProtocolError| ApiError::bad_request(e.to_string()))?;
     // Devices (signed) and the operator may read blobs.
     if auth::operator(&pool, &headers).is_err() {
-        DeviceClaim::from_headers(&pool, &method, uri.path(), &headers).await?.verify(&pool, b"")?;
+        auth::device(&pool, &method, uri.path(), &headers, b"").await?;
     }
     let bytes = pool
         .inner
@@ -471,9 +471,10 @@ async fn get_blob(
         BadRequest, Unauthorized, Forbidden, TooLarge))]
 async fn create_job(
     State(pool): State<Pool>,
-    _: Operator,
+    headers: HeaderMap,
     Body(body): Body<LARGE_BODY>,
 ) -> ApiResult<impl IntoResponse> {
+    auth::operator(&pool, &headers)?;
     let spec: JobSpec = parse(&body)?;
     let seeds = split::expand(&spec).map_err(|e| ApiError::bad_request(format!("job spec: {e}")))?;
     let tasks = seeds.len() as u64;
@@ -486,7 +487,12 @@ async fn create_job(
     params(("id" = u64, Path, description = "job id")),
     responses((status = 200, description = "Progress per state", body = JobStatus),
         BadRequest, Unauthorized, Forbidden, NotFound))]
-async fn job_status(State(pool): State<Pool>, Path(job): Path<String>, _: Operator) -> ApiResult<impl IntoResponse> {
+async fn job_status(
+    State(pool): State<Pool>,
+    Path(job): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<impl IntoResponse> {
+    auth::operator(&pool, &headers)?;
     let job = id(&job, "job id")?;
     Ok(axum::Json(pool.inner.store.run(move |s| s.job_status(job)).await?))
 }
@@ -495,7 +501,8 @@ async fn job_status(State(pool): State<Pool>, Path(job): Path<String>, _: Operat
     params(("id" = u64, Path, description = "job id")),
     responses((status = 200, description = "The combined output", body = RawBytes, content_type = "application/octet-stream"),
         BadRequest, Unauthorized, Forbidden, NotFound, Conflict))]
-async fn job_output(State(pool): State<Pool>, Path(job): Path<String>, _: Operator) -> ApiResult<Response> {
+async fn job_output(State(pool): State<Pool>, Path(job): Path<String>, headers: HeaderMap) -> ApiResult<Response> {
+    auth::operator(&pool, &headers)?;
     let job = id(&job, "job id")?;
     match pool.inner.store.run(move |s| s.job_output(job)).await? {
         Some(bytes) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response()),
