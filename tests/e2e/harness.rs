@@ -187,13 +187,18 @@ impl OperatorHttp {
     /// Waits (through outages) until the job is no longer running.
     pub async fn until_finished(&self, job: u64, limit: std::time::Duration) -> serde_json::Value {
         let deadline = tokio::time::Instant::now() + limit;
+        let mut last = None;
         loop {
-            if let Some(s) = self.status(job).await
-                && s["state"] != "running"
-            {
-                return s;
+            if let Some(s) = self.status(job).await {
+                if s["state"] != "running" {
+                    return s;
+                }
+                last = Some(s);
             }
-            assert!(tokio::time::Instant::now() < deadline, "job {job} did not finish within {limit:?}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job {job} did not finish within {limit:?}; last status {last:?}"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }

@@ -200,6 +200,18 @@ impl Agent {
             ..Default::default()
         };
         let to_recover = outbox.inflight()?;
+        // A lease granted just before the agent stopped, and never written
+        // down, would sit at the pool until its deadline: hand such back now.
+        let mut held: Vec<u64> =
+            to_recover.iter().filter_map(|s| s.verify(&pool_key).ok()).map(|m| m.lease_id).collect();
+        held.extend(outbox.pending_leases(&config.pool_url)?);
+        match client.sync_leases(held).await {
+            Ok(released) if !released.is_empty() => {
+                tracing::info!(?released, "the pool queued again leases an earlier run never recorded");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not tell the pool which leases this device holds"),
+        }
         Ok(Self {
             config,
             slot: 0,

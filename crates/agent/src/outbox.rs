@@ -91,6 +91,18 @@ impl Outbox {
         Ok(rows.iter().filter_map(|t| serde_json::from_str(t).ok()).collect())
     }
 
+    /// Leases whose results for `pool` wait here for delivery.
+    pub fn pending_leases(&self, pool: &str) -> Result<Vec<u64>, LedgerError> {
+        let mut stmt = self.conn.prepare("SELECT pending FROM outbox ORDER BY lease_id")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+        Ok(rows
+            .iter()
+            .filter_map(|t| serde_json::from_str::<Pending>(t).ok())
+            .filter(|p| p.pool == pool)
+            .map(|p| p.submission.lease_id)
+            .collect())
+    }
+
     /// The oldest result that is due, if any.
     pub fn next_due(&self, now_ms: u64) -> Result<Option<(Pending, u32)>, LedgerError> {
         let row: Option<(String, i64)> = self

@@ -11,8 +11,8 @@ use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use idlemesh_protocol::api::{
-    Capabilities, EnrollRequest, EnrollResponse, ErrorBody, HeartbeatResponse, LeaseRequest, LeaseResponse,
-    LeaseTokenBody, PoolChallenge, PoolInfo, ResultResponse, ResultSubmission,
+    Capabilities, EnrollRequest, EnrollResponse, ErrorBody, HeartbeatResponse, LeaseRequest, LeaseResponse, LeaseSync,
+    LeaseSyncResponse, LeaseTokenBody, PoolChallenge, PoolInfo, ResultResponse, ResultSubmission,
 };
 use idlemesh_protocol::{Keypair, Sha256, Signed, auth};
 use reqwest::Method;
@@ -165,6 +165,14 @@ impl PoolClient {
 
     pub async fn lease(&self, capabilities: Capabilities, max_tasks: u32) -> Result<LeaseResponse, PoolClientError> {
         self.json(Method::POST, "/v1/leases", Some(&LeaseRequest { capabilities, max_tasks }), true).await
+    }
+
+    /// States every lease this device holds; the pool queues its others
+    /// again and answers their ids.
+    pub async fn sync_leases(&self, held: Vec<u64>) -> Result<Vec<u64>, PoolClientError> {
+        let resp: LeaseSyncResponse =
+            self.json(Method::POST, "/v1/leases/sync", Some(&LeaseSync { held }), true).await?;
+        Ok(resp.released)
     }
 
     /// Extends a lease; returns its new deadline.

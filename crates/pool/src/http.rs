@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use idlemesh_protocol::api::{
     BlobStored, EnrollRequest, EnrollResponse, ErrorBody, ErrorDetail, HeartbeatResponse, JobCreated, JobSpec,
-    JobStatus, LeaseRequest, LeaseResponse, LeaseTokenBody, Org, OrgCreate, OrgStats, PoolChallenge, PoolInfo,
-    PoolStats, ResultResponse, ResultSubmission, TokenCreate, TokenCreated, TokenInfo,
+    JobStatus, LeaseRequest, LeaseResponse, LeaseSync, LeaseSyncResponse, LeaseTokenBody, Org, OrgCreate, OrgStats,
+    PoolChallenge, PoolInfo, PoolStats, ResultResponse, ResultSubmission, TokenCreate, TokenCreated, TokenInfo,
 };
 use idlemesh_protocol::openapi::{RawBytes, SignedPoolChallenge};
 use idlemesh_protocol::{Sha256, Signed};
@@ -142,6 +142,7 @@ fn api() -> OpenApiRouter<Pool> {
         .routes(routes!(challenge))
         .routes(routes!(enroll))
         .routes(routes!(lease))
+        .routes(routes!(sync_leases))
         .routes(routes!(heartbeat))
         .routes(routes!(give_back))
         .routes(routes!(submit_result))
@@ -346,6 +347,26 @@ async fn lease(
     let tasks: Vec<_> = manifests.iter().map(|m| Signed::sign(m, &pool.inner.key)).collect();
     let retry_after_ms = tasks.is_empty().then_some(IDLE_RETRY_AFTER_MS);
     Ok(axum::Json(LeaseResponse { tasks, retry_after_ms }))
+}
+
+#[utoipa::path(post, path = "/v1/leases/sync", operation_id = "sync_leases", request_body = LeaseSync,
+    security(("device" = [])),
+    responses((status = 200, description = "The device's other live leases, queued again", body = LeaseSyncResponse),
+        BadRequest, Unauthorized, TooLarge))]
+async fn sync_leases(
+    State(pool): State<Pool>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Body(body): Body<SMALL_BODY>,
+) -> ApiResult<impl IntoResponse> {
+    let device = auth::device(&pool, &method, uri.path(), &headers, &body).await?;
+    let req: LeaseSync = parse(&body)?;
+    let released = pool.inner.store.run(move |s| s.release_unheld(device, &req.held, now_ms())).await?;
+    if !released.is_empty() {
+        tracing::info!(device_id = device, ?released, "queued again leases the device no longer holds");
+    }
+    Ok(axum::Json(LeaseSyncResponse { released }))
 }
 
 #[utoipa::path(post, path = "/v1/leases/{id}/heartbeat", operation_id = "heartbeat", request_body = LeaseTokenBody,

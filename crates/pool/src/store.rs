@@ -546,6 +546,31 @@ impl Store {
         Ok(())
     }
 
+    /// Queues again the device's live leases that it does not list as held
+    /// (its agent lost track of them); returns their ids. A lease that ran
+    /// out is left alone: claiming it anew already handles it.
+    pub fn release_unheld(&mut self, device_id: u64, held: &[u64], now: u64) -> Result<Vec<u64>, StoreError> {
+        let tx = self.conn.savepoint()?;
+        let live: Vec<i64> = tx
+            .prepare_cached(
+                "SELECT id FROM replicas WHERE state = 'leased' AND device_id = ?1 AND lease_deadline_ms >= ?2",
+            )?
+            .query_map(params![device_id as i64, now as i64], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let held: std::collections::HashSet<u64> = held.iter().copied().collect();
+        let mut released = Vec::new();
+        for id in live.into_iter().map(|id| id as u64).filter(|id| !held.contains(id)) {
+            exec(
+                &tx,
+                "UPDATE replicas SET state = 'queued', device_id = NULL, lease_token = NULL, lease_deadline_ms = NULL WHERE id = ?1",
+                [id as i64],
+            )?;
+            released.push(id);
+        }
+        tx.commit()?;
+        Ok(released)
+    }
+
     /// Records a result and, when a quorum agrees, finishes the task: credits
     /// and receipts for the agreeing replicas, invalid marks for the others,
     /// and the job's combined output once every task is done.
@@ -891,6 +916,9 @@ impl crate::storage::Storage for Store {
     }
     fn give_back(&mut self, device_id: u64, lease_id: u64, token: &str) -> Result<(), StoreError> {
         Store::give_back(self, device_id, lease_id, token)
+    }
+    fn release_unheld(&mut self, device_id: u64, held: &[u64], now: u64) -> Result<Vec<u64>, StoreError> {
+        Store::release_unheld(self, device_id, held, now)
     }
     fn submit_result(
         &mut self,

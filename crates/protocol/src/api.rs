@@ -199,6 +199,26 @@ pub struct LeaseResponse {
     pub retry_after_ms: Option<u64>,
 }
 
+/// `POST /v1/leases/sync`: every lease the device still holds, sent when its
+/// agent starts. The pool queues the device's other leases again: ones the
+/// agent never recorded because it stopped (killed, crashed, powered off)
+/// between the pool granting them and writing them down, which would
+/// otherwise wait out their whole deadline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct LeaseSync {
+    /// Lease ids the device is working on or has results for.
+    pub held: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LeaseSyncResponse {
+    /// The device's leases that were not in `held`, now queued again.
+    pub released: Vec<u64>,
+}
+
 /// `POST /v1/leases/{id}/heartbeat` and the body of `DELETE /v1/leases/{id}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -104,6 +104,30 @@ fn heartbeat_extends_and_give_back_requeues() {
 }
 
 #[test]
+fn leases_a_device_no_longer_holds_are_queued_again() {
+    let (mut w, _) = world(2, 1, 1, 4);
+    let (a, b) = (w.devices[0], w.devices[1]);
+    let kept = w.lease(a, 1, 2_000).remove(0);
+    let lost = w.lease(a, 1, 2_000).remove(0);
+    let others = w.lease(b, 1, 2_000).remove(0);
+    // Leased at 1_000, lease_ms 10_000: ran out at 11_000 by the time of the sync.
+    let expired = w.lease(a, 1, 1_000).remove(0);
+
+    let released = w.store.release_unheld(a, &[kept.lease_id, 999_999], 11_500).unwrap();
+    assert_eq!(released, [lost.lease_id], "only the live lease the device did not list");
+    // The one it listed is still its own; another device's is untouched.
+    w.store.heartbeat(a, kept.lease_id, &kept.lease_token, 11_500).unwrap();
+    w.store.heartbeat(b, others.lease_id, &others.lease_token, 11_500).unwrap();
+    // The released lease's old token earns nothing; the replica goes to the next asker.
+    assert!(matches!(report(&mut w, &lost, b"late", 11_600), Err(StoreError::Conflict(_))));
+    let again = w.lease(b, 4, 11_600);
+    let ids: Vec<u64> = again.iter().map(|m| m.lease_id).collect();
+    assert!(ids.contains(&lost.lease_id) && ids.contains(&expired.lease_id), "{ids:?}");
+    // Nothing left to release: syncing twice changes nothing.
+    assert!(w.store.release_unheld(a, &[kept.lease_id], 11_700).unwrap().is_empty());
+}
+
+#[test]
 fn quorum_agrees_marks_the_odd_one_out_and_signs_receipts() {
     let (mut w, job) = world(3, 2, 2, 1);
     let (a, b, c) = (w.devices[0], w.devices[1], w.devices[2]);
