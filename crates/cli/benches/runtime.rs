@@ -1,7 +1,8 @@
 //! Runtime figures (DESIGN §7, issue 3), printed, not asserted: this machine is
 //! shared and noisy, so compare the ratios within one run.
 //!
-//! `cargo bench -p idlemesh-cli --bench runtime` (release profile).
+//! `cargo bench -p idlemesh-cli --bench runtime [start|throughput [KERNEL]|compile|pause]`
+//! (release profile).
 
 use std::time::{Duration, Instant};
 
@@ -26,7 +27,8 @@ fn main() {
         warm_start();
     }
     if want("throughput") {
-        throughput();
+        // `-- throughput matmul`: only the kernels whose name contains the word.
+        throughput(std::env::args().nth(2).filter(|a| !a.starts_with('-')).as_deref());
     }
     if want("compile") {
         compile_and_load();
@@ -87,7 +89,7 @@ fn best_of(n: usize, f: impl Fn()) -> Duration {
 /// Every case runs 30–100 ms natively: a task's fixed cost (instantiation,
 /// copying input and output across the sandbox) is then a small part, as it
 /// is for real tasks, which run for seconds.
-fn throughput() {
+fn throughput(only: Option<&str>) {
     let sandbox = Sandbox::new(SandboxConfig::default()).unwrap();
     let with_epochs = Sandbox::new(SandboxConfig { epoch_interruption: true, ..SandboxConfig::default() }).unwrap();
     let plain = RunLimits::default();
@@ -153,6 +155,9 @@ fn throughput() {
     ];
     let mut ratios = Vec::new();
     for (name, kernel, input, params, native_fn) in cases {
+        if only.is_some_and(|o| !name.contains(o)) {
+            continue;
+        }
         sandbox.run(kernel, input, params, None, &plain, NoEvents);
         sandbox.run(kernel, input, params, None, &metered, NoEvents);
         let native = best_of(5, &*native_fn);
@@ -173,6 +178,9 @@ fn throughput() {
             fuel.as_secs_f64() / wasm.as_secs_f64(),
             epochs.as_secs_f64() / wasm.as_secs_f64()
         );
+    }
+    if ratios.len() < 2 {
+        return;
     }
     ratios.sort_by(f64::total_cmp);
     println!("median wasm/native speed over the kernels: {:.2}x (target >= 0.8)", ratios[ratios.len() / 2]);

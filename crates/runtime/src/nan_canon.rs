@@ -27,8 +27,10 @@ use wasm_encoder::reencode::{self, Reencode, ReencodeComponent};
 use wasm_encoder::{CodeSection, Component, Function, Ieee32, Ieee64, Instruction, ValType};
 use wasmparser::{CompositeInnerType, FunctionBody, Operator, Parser, Payload};
 
+mod flow;
+
 /// Part of the compiled-artifact cache key: a new rewrite is a new artifact.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 const CANONICAL_F32: u32 = 0x7fc0_0000;
 const CANONICAL_F64: u64 = 0x7ff8_0000_0000_0000;
@@ -39,11 +41,9 @@ const CANONICAL_F64: u64 = 0x7ff8_0000_0000_0000;
 /// well-formed input and indexes by its offsets), and a panic in the
 /// re-encoder is still turned into an error, never a dead worker.
 pub fn rewrite_component(wasm: &[u8]) -> Result<Vec<u8>, String> {
-    wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
-        .validate_all(wasm)
-        .map_err(|e| e.to_string())?;
+    let plans = validate_and_plan(wasm).map_err(|e| e.to_string())?;
     std::panic::catch_unwind(|| {
-        let mut rewriter = Canonicaliser::default();
+        let mut rewriter = Canonicaliser { plans: plans.into_iter(), ..Canonicaliser::default() };
         let mut component = Component::new();
         rewriter.parse_component(&mut component, Parser::new(0), wasm).map_err(|e| e.to_string())?;
         Ok(component.finish())
@@ -53,10 +53,26 @@ pub fn rewrite_component(wasm: &[u8]) -> Result<Vec<u8>, String> {
 
 /// A core module alone (tests and benchmarks compare against it).
 pub fn rewrite_module(wasm: &[u8]) -> Result<Vec<u8>, String> {
-    let mut rewriter = Canonicaliser { params: param_counts(wasm).map_err(|e| e.to_string())?, next: 0 };
+    let plans = validate_and_plan(wasm).map_err(|e| e.to_string())?;
+    let mut rewriter =
+        Canonicaliser { params: param_counts(wasm).map_err(|e| e.to_string())?, next: 0, plans: plans.into_iter() };
     let mut module = wasm_encoder::Module::new();
     rewriter.parse_core_module(&mut module, Parser::new(0), wasm).map_err(|e| e.to_string())?;
     Ok(module.finish())
+}
+
+/// Validates the whole binary (component or module) and plans each
+/// function body's fixes, in the order the re-encoder meets the bodies.
+fn validate_and_plan(wasm: &[u8]) -> Result<Vec<Option<flow::Plan>>, wasmparser::BinaryReaderError> {
+    let mut validator = wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all());
+    let mut plans = Vec::new();
+    for payload in Parser::new(0).parse_all(wasm) {
+        if let wasmparser::ValidPayload::Func(func, body) = validator.payload(&payload?)? {
+            let v = func.into_validator(Default::default());
+            plans.push(flow::plan(v, &body)?);
+        }
+    }
+    Ok(plans)
 }
 
 #[derive(Default)]
@@ -65,6 +81,9 @@ struct Canonicaliser {
     /// the scratch locals go after a function's parameters and locals.
     params: Vec<u32>,
     next: usize,
+    /// Each function body's plan, in order (`None`: canonicalise every
+    /// vector float result where it is made).
+    plans: std::vec::IntoIter<Option<flow::Plan>>,
 }
 
 /// The parameter count of each function a module defines, in order.
@@ -173,6 +192,25 @@ fn canonicalise_lanes(f: &mut Function, lanes: ValType, s: &Scratch) {
     f.instruction(&Instruction::V128Bitselect);
 }
 
+/// The planned operands canonicalised in place: the values above the
+/// deepest are parked in spill locals, the deepest is fixed, and the parked
+/// ones come back (each fixed too if planned).
+fn canonicalise_operands(f: &mut Function, fix: &flow::OperandFix, spill_base: u32, s: &Scratch) {
+    let lanes_at = |depth: usize| fix.dirty.iter().find(|(d, _)| *d == depth).map(|(_, l)| l.encoded());
+    for slot in &fix.spills {
+        f.instruction(&Instruction::LocalSet(spill_base + slot));
+    }
+    if let Some(lanes) = lanes_at(fix.spills.len()) {
+        canonicalise_lanes(f, lanes, s);
+    }
+    for (depth, slot) in fix.spills.iter().enumerate().rev() {
+        f.instruction(&Instruction::LocalGet(spill_base + slot));
+        if let Some(lanes) = lanes_at(depth) {
+            canonicalise_lanes(f, lanes, s);
+        }
+    }
+}
+
 /// One lane's little-endian bytes in every lane, as `V128Const` takes them
 /// (an i128 whose little-endian bytes are the vector's).
 fn splat(lane: &[u8]) -> i128 {
@@ -201,24 +239,37 @@ impl Reencode for Canonicaliser {
         }
         let scratch = Scratch { f32: index, f64: index + 1, v128: index + 2 };
         locals.extend([(1, ValType::F32), (1, ValType::F64), (1, ValType::V128)]);
+        let plan = self.plans.next().flatten();
+        let spill_base = index + 3;
+        if let Some(plan) = &plan {
+            for ty in &plan.spills {
+                locals.push((1, self.val_type(*ty)?));
+            }
+        }
         let mut f = Function::new(locals);
         let mut reader = func.get_operators_reader()?;
         let mut ops = Vec::new();
         while !reader.eof() {
             ops.push(reader.read()?);
         }
-        let mut ops = ops.into_iter().peekable();
-        while let Some(op) = ops.next() {
+        if let Some(plan) = &plan {
+            assert_eq!(plan.operators, ops.len(), "a plan is applied to the body it was made for");
+        }
+        let mut ops = ops.into_iter().enumerate().peekable();
+        while let Some((i, op)) = ops.next() {
             let fix = fix_for(&op);
+            if let Some(operands) = plan.as_ref().and_then(|p| p.fixes.get(&i)) {
+                canonicalise_operands(&mut f, operands, spill_base, &scratch);
+            }
             if let Some(Fix::ScalarBefore(ty)) = fix {
                 canonicalise_scalar(&mut f, ty, &scratch);
             }
             f.instruction(&self.instruction(op)?);
-            if let Some(Fix::LanesAfter(lanes)) = fix {
-                // When the next operation reads this result as the same
-                // lanes and makes its own (canonicalised) result, a NaN here
-                // shows there only as a NaN: skip the work (matmul's mul → add).
-                let consumed = ops.peek().is_some_and(|next| lanes_read(next) == Some(lanes));
+            // Without a plan, every vector float result is made canonical
+            // at once, unless the next operation reads it as the same lanes
+            // and makes its own (canonicalised) result.
+            if let (None, Some(Fix::LanesAfter(lanes))) = (&plan, fix) {
+                let consumed = ops.peek().is_some_and(|(_, next)| lanes_read(next) == Some(lanes));
                 if !consumed {
                     canonicalise_lanes(&mut f, lanes, &scratch);
                 }
@@ -317,6 +368,102 @@ mod tests {
         // Lane 0 of the f64 view is (1.0f32, canonical NaN) as bits: a number, the same everywhere.
         let expected = f64::from_bits((u64::from(1.0f32.to_bits()) << 32) | u64::from(CANONICAL_F32));
         assert_eq!(f64::from_le_bytes(m[16..24].try_into().unwrap()), expected);
+    }
+
+    /// How many lane canonicalisations the rewrite put in the module.
+    fn lane_fixes(wat: &str) -> usize {
+        let wasm = rewrite_module(&wat::parse_str(wat).unwrap()).unwrap();
+        let mut count = 0;
+        for payload in Parser::new(0).parse_all(&wasm) {
+            if let Payload::CodeSectionEntry(body) = payload.unwrap() {
+                let mut ops = body.get_operators_reader().unwrap();
+                while !ops.eof() {
+                    count += usize::from(matches!(ops.read().unwrap(), Operator::V128Bitselect));
+                }
+            }
+        }
+        count
+    }
+
+    #[test]
+    fn a_sum_kept_in_a_local_is_canonicalised_once_where_it_is_stored() {
+        // acc += x / x over a loop, lane 0 being 0/0: the CPU's NaN from the first round on.
+        let wat = r#"(module
+          (memory (export "memory") 1)
+          (func (export "run") (local $acc v128) (local $i i32)
+            (local.set $acc (v128.const f32x4 0 0 0 0))
+            (loop $again
+              (local.set $acc (f32x4.add (local.get $acc)
+                (f32x4.div (v128.const f32x4 0 1 2 3) (v128.const f32x4 0 1 1 1))))
+              (local.set $i (i32.add (local.get $i) (i32.const 1)))
+              (br_if $again (i32.lt_u (local.get $i) (i32.const 10))))
+            (v128.store (i32.const 0) (local.get $acc))))"#;
+        let m = run_f32(wat, true);
+        let word = |at: usize| u32::from_le_bytes(m[at..at + 4].try_into().unwrap());
+        assert_eq!(word(0), CANONICAL_F32);
+        assert_eq!([f32::from_bits(word(4)), f32::from_bits(word(8)), f32::from_bits(word(12))], [10.0, 20.0, 30.0]);
+        assert_ne!(u32::from_le_bytes(run_f32(wat, false)[0..4].try_into().unwrap()), CANONICAL_F32);
+        assert_eq!(lane_fixes(wat), 1, "one fix, at the store, none in the loop");
+    }
+
+    #[test]
+    fn bits_loaded_into_a_vector_local_are_never_taken_for_floats() {
+        // $v holds loaded bits (a NaN pattern with a payload) and, later, a
+        // float result: only the float result may be canonicalised.
+        let wat = r#"(module
+          (memory (export "memory") 1)
+          (data (i32.const 64) "\34\12\c0\ff\00\00\00\00\00\00\00\00\00\00\00\00")
+          (func (export "run") (local $v v128)
+            (local.set $v (v128.load (i32.const 64)))
+            (v128.store (i32.const 0) (local.get $v))
+            (local.set $v (f32x4.div (v128.const f32x4 0 1 2 3) (v128.const f32x4 0 1 1 1)))
+            (v128.store (i32.const 16) (local.get $v))))"#;
+        let m = run_f32(wat, true);
+        assert_eq!(u32::from_le_bytes(m[0..4].try_into().unwrap()), 0xffc0_1234, "loaded bits kept");
+        assert_eq!(u32::from_le_bytes(m[16..20].try_into().unwrap()), CANONICAL_F32);
+    }
+
+    #[test]
+    fn a_local_holding_bits_on_one_path_and_a_float_on_another_keeps_both_right() {
+        // Round 0 writes a float result to $v, round 1 loaded bits; both are
+        // stored after the paths meet, where one read cannot tell them apart.
+        let wat = r#"(module
+          (memory (export "memory") 1)
+          (data (i32.const 64) "\34\12\c0\ff\00\00\00\00\00\00\00\00\00\00\00\00")
+          (func (export "run") (local $v v128) (local $i i32)
+            (loop $again
+              (if (i32.and (local.get $i) (i32.const 1))
+                (then (local.set $v (v128.load (i32.const 64))))
+                (else (local.set $v (f32x4.div (v128.const f32x4 0 1 2 3) (v128.const f32x4 0 1 1 1)))))
+              (v128.store (i32.shl (local.get $i) (i32.const 4)) (local.get $v))
+              (local.set $i (i32.add (local.get $i) (i32.const 1)))
+              (br_if $again (i32.lt_u (local.get $i) (i32.const 2))))))"#;
+        let m = run_f32(wat, true);
+        assert_eq!(u32::from_le_bytes(m[0..4].try_into().unwrap()), CANONICAL_F32, "the float, canonical");
+        assert_eq!(u32::from_le_bytes(m[16..20].try_into().unwrap()), 0xffc0_1234, "the bits, as loaded");
+    }
+
+    #[test]
+    fn results_read_from_below_the_top_or_carried_by_a_branch_are_canonical() {
+        let wat = r#"(module
+          (memory (export "memory") 1)
+          (func (export "run")
+            ;; read as integers while another operand is on top of it
+            (v128.store (i32.const 0)
+              (i32x4.add (f32x4.div (v128.const f32x4 0 1 2 3) (v128.const f32x4 0 1 1 1))
+                (v128.const i32x4 0 0 0 0)))
+            ;; carried out of a block by br_if, under its condition
+            (v128.store (i32.const 16)
+              (block (result v128)
+                (br_if 0 (f32x4.div (v128.const f32x4 0 1 2 3) (v128.const f32x4 0 1 1 1)) (i32.const 1))))
+            ;; one lane taken out as a scalar and stored
+            (f32.store (i32.const 32)
+              (f32x4.extract_lane 0 (f32x4.div (v128.const f32x4 0 1 2 3) (v128.const f32x4 0 1 1 1))))))"#;
+        let m = run_f32(wat, true);
+        for at in [0, 16, 32] {
+            assert_eq!(u32::from_le_bytes(m[at..at + 4].try_into().unwrap()), CANONICAL_F32, "at {at}");
+        }
+        assert_eq!(f32::from_le_bytes(m[4..8].try_into().unwrap()).to_bits(), 1.0f32.to_bits());
     }
 
     #[test]
