@@ -210,10 +210,21 @@ fn compile_and_load() {
     }
 }
 
-fn proc_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The state follows the parenthesised command name.
-    stat.rsplit_once(')')?.1.trim_start().chars().next()
+/// Each thread's state letter (`R`, `S`, `T`...) from /proc.
+fn thread_states(pid: u32) -> Vec<char> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+        // The state follows the parenthesised command name.
+        .filter_map(|stat| stat.rsplit_once(')')?.1.trim_start().chars().next())
+        .collect()
+}
+
+/// No thread of the worker is on a CPU any more: the kernel's thread is
+/// stopped (its others sleep, or stop too as the signal reaches them).
+fn off_cpu(pid: u32) -> bool {
+    let states = thread_states(pid);
+    states.contains(&'T') && !states.contains(&'R')
 }
 
 /// From the freeze call to the kernel's process being stopped (no CPU), and
@@ -242,15 +253,17 @@ fn pause_latency() {
     for _ in 0..300 {
         let t = Instant::now();
         control.freeze();
-        while proc_state(pid) != Some('T') {
-            std::hint::spin_loop();
+        // Polling yields the CPU, since
+        // on two cores a spinning observer delays the very stop it awaits.
+        while !off_cpu(pid) {
+            std::thread::yield_now();
         }
         stops.push(t.elapsed());
         std::thread::sleep(Duration::from_millis(2));
         let t = Instant::now();
         control.thaw();
-        while proc_state(pid) == Some('T') {
-            std::hint::spin_loop();
+        while off_cpu(pid) {
+            std::thread::yield_now();
         }
         resumes.push(t.elapsed());
         std::thread::sleep(Duration::from_millis(3));
