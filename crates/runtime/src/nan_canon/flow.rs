@@ -159,21 +159,28 @@ pub(super) fn plan(
         vectors.iter().map(|l| (*l, if *l < params { Tag::Clean } else { Tag::Const(0) })).collect();
     let mut demoted: Vec<u32> = Vec::new();
     let mut headers: HashMap<usize, Locals> = HashMap::new();
-    // Each round either settles, demotes one more local, or widens a loop
-    // header's state (a lattice of height 3 per local): bounded, with room.
-    for _ in 0..(vectors.len() * 8 + 16) {
+    // Each pass settles, demotes more locals, or widens loop headers' states
+    // (a lattice of height 3 per local), so the passes are few; a budget on
+    // operators visited keeps a hostile kernel from making this the slow
+    // part of compiling it.
+    let mut budget = MAX_VISITS;
+    while budget >= ops.len() {
+        budget -= ops.len();
         match analyse(&ops, &steps, &entry, &demoted, &headers) {
             Pass::Settled(plan) => return Ok(Some(plan)),
-            Pass::Demote(local) => {
-                demoted.push(local);
+            Pass::Demote(locals) => {
+                demoted.extend(locals);
                 headers.clear();
             }
             Pass::Widen(next) => headers = next,
         }
     }
-    // A guard, never reached in practice: without flow, canonicalise at once.
+    // Over budget: without the flow, canonicalise every vector result at once.
     Ok(None)
 }
+
+/// Operators one function's analysis may visit, over all its passes.
+const MAX_VISITS: usize = 20_000_000;
 
 /// What this analysis does not follow: control flow it does not model.
 fn unfollowed(op: &Operator<'_>) -> bool {
@@ -198,8 +205,8 @@ fn unfollowed(op: &Operator<'_>) -> bool {
 /// One pass's verdict.
 enum Pass {
     Settled(Plan),
-    /// This local is read where it may hold a float result or plain bits.
-    Demote(u32),
+    /// These locals are read where they may hold a float result or plain bits.
+    Demote(Vec<u32>),
     /// Loop headers' states grew through back edges: go again with these.
     Widen(HashMap<usize, Locals>),
 }
@@ -228,6 +235,7 @@ fn analyse(
     let mut frames: Vec<Frame> = vec![Frame { loop_at: None, if_entry: None, at_end: None }];
     let mut state: Locals = Some(entry.clone());
     let mut stack: Vec<Tag> = Vec::new();
+    let mut to_demote: Vec<u32> = Vec::new();
     for (i, (op, step)) in ops.iter().zip(steps).enumerate() {
         // In unreachable code the stack can hold fewer values than an operator pops.
         let popped: Vec<Tag> =
@@ -273,9 +281,12 @@ fn analyse(
                     && let Some(tag) = locals.get(local_index)
                 {
                     if *tag == Tag::Mixed {
-                        return Pass::Demote(*local_index);
+                        // Read as plain bits for the rest of this pass; the next treats it as demoted.
+                        to_demote.push(*local_index);
+                        read = Some(Tag::Clean);
+                    } else {
+                        read = Some(*tag);
                     }
-                    read = Some(*tag);
                 }
             }
             Operator::LocalSet { local_index } | Operator::LocalTee { local_index } => {
@@ -327,6 +338,11 @@ fn analyse(
         }
         // The validator is the authority on the height (branches, `else`, `end`).
         stack.resize(step.height_after, Tag::Clean);
+    }
+    if !to_demote.is_empty() {
+        to_demote.sort_unstable();
+        to_demote.dedup();
+        return Pass::Demote(to_demote);
     }
     let settled = next_headers.iter().all(|(at, seen)| headers.get(at) == Some(seen));
     if settled { Pass::Settled(plan) } else { Pass::Widen(next_headers) }
