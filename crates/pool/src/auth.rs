@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use axum::http::{HeaderMap, Method};
-use idlemesh_protocol::Sha256;
 use idlemesh_protocol::auth::{self, RequestSignature};
+use idlemesh_protocol::{PublicKey, Sha256};
 
 use crate::http::ApiError;
 use crate::{Pool, now_ms};
@@ -52,12 +52,27 @@ pub(crate) async fn device(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<u64, ApiError> {
+    device_claim(pool, headers).await?.verify(pool, method, path, body)
+}
+
+/// Who a device request says it is from, checked as far as the headers
+/// allow (an enrolled device, a fresh timestamp) before its body is read.
+pub(crate) struct DeviceClaim {
+    key: PublicKey,
+    sig: RequestSignature,
+}
+
+pub(crate) async fn device_claim(pool: &Pool, headers: &HeaderMap) -> Result<DeviceClaim, ApiError> {
     let device_id: u64 = header(headers, auth::HEADER_DEVICE)?
         .parse()
         .map_err(|_| ApiError::unauthorized(format!("{} is not a device id", auth::HEADER_DEVICE)))?;
     let timestamp: u64 = header(headers, auth::HEADER_TIMESTAMP)?
         .parse()
         .map_err(|_| ApiError::unauthorized(format!("{} is not a number of milliseconds", auth::HEADER_TIMESTAMP)))?;
+    let skew_ms = timestamp.abs_diff(now_ms());
+    if skew_ms > auth::MAX_CLOCK_SKEW_MS {
+        return Err(ApiError::unauthorized(auth::AuthError::StaleTimestamp { skew_ms }.to_string()));
+    }
     let signature = header(headers, auth::HEADER_SIGNATURE)?.to_owned();
     let cached = pool.inner.device_keys.read().unwrap().get(&device_id).copied();
     let key = match cached {
@@ -71,14 +86,20 @@ pub(crate) async fn device(
             key
         }
     };
-    let sig = RequestSignature { device_id, timestamp, signature };
-    let now = now_ms();
-    auth::verify_request(&key, &sig, method.as_str(), path, body, now)
-        .map_err(|e| ApiError::unauthorized(e.to_string()))?;
-    if !pool.inner.replay.check_and_remember(&sig.signature, sig.timestamp, now) {
-        return Err(ApiError::unauthorized("replayed request: this signature was already used"));
+    Ok(DeviceClaim { key, sig: RequestSignature { device_id, timestamp, signature } })
+}
+
+impl DeviceClaim {
+    /// The signature over method, path, body and timestamp, used once.
+    pub(crate) fn verify(self, pool: &Pool, method: &Method, path: &str, body: &[u8]) -> Result<u64, ApiError> {
+        let now = now_ms();
+        auth::verify_request(&self.key, &self.sig, method.as_str(), path, body, now)
+            .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+        if !pool.inner.replay.check_and_remember(&self.sig.signature, self.sig.timestamp, now) {
+            return Err(ApiError::unauthorized("replayed request: this signature was already used"));
+        }
+        Ok(self.sig.device_id)
     }
-    Ok(device_id)
 }
 
 /// Checks `Authorization: Bearer <operator token>`.

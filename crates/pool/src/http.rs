@@ -110,18 +110,33 @@ impl<S: Send + Sync, const MAX: usize> FromRequest<S> for Body<MAX> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
-        let too_large =
-            || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("request body over {MAX} bytes"));
-        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > MAX as u64) {
-            return Err(too_large());
-        }
-        match Limited::new(req.into_body(), MAX).collect().await {
-            Ok(collected) => Ok(Self(collected.to_bytes())),
-            Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
-            Err(e) => Err(ApiError::bad_request(format!("could not read the request body: {e}"))),
-        }
+        let (parts, body) = req.into_parts();
+        read_body::<MAX>(&parts.headers, body).await.map(Self)
     }
+}
+
+async fn read_body<const MAX: usize>(headers: &HeaderMap, body: axum::body::Body) -> ApiResult<Bytes> {
+    let too_large =
+        || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("request body over {MAX} bytes"));
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, MAX).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(ApiError::bad_request(format!("could not read the request body: {e}"))),
+    }
+}
+
+/// Refuses a caller before its (possibly large) body is read, so nobody
+/// unauthenticated makes the pool buffer an upload. A small body is read
+/// and dropped first: answering with request bytes still unread makes the
+/// kernel reset the connection, and a client still sending would see that
+/// instead of the answer.
+async fn refuse_unread(body: axum::body::Body, refusal: ApiError) -> ApiError {
+    let _ = Limited::new(body, SMALL_BODY).collect().await;
+    refusal
 }
 
 fn parse<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
@@ -416,9 +431,16 @@ async fn submit_result(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    Body(body): Body<RESULT_BODY>,
+    body: axum::body::Body,
 ) -> ApiResult<impl IntoResponse> {
-    let device = auth::device(&pool, &method, uri.path(), &headers, &body).await?;
+    // Who claims to send it is checked before the body is read; the
+    // signature over the body, after.
+    let claim = match auth::device_claim(&pool, &headers).await {
+        Ok(claim) => claim,
+        Err(refusal) => return Err(refuse_unread(body, refusal).await),
+    };
+    let body = read_body::<RESULT_BODY>(&headers, body).await?;
+    let device = claim.verify(&pool, &method, uri.path(), &body)?;
     let req: ResultSubmission = parse(&body)?;
     if Sha256::of(&req.output.0) != req.output_sha256 {
         return Err(ApiError::bad_request("output_sha256 does not match the output bytes"));
@@ -451,9 +473,12 @@ async fn submit_result(
 async fn put_blob(
     State(pool): State<Pool>,
     headers: HeaderMap,
-    Body(body): Body<LARGE_BODY>,
+    body: axum::body::Body,
 ) -> ApiResult<impl IntoResponse> {
-    auth::operator(&pool, &headers)?;
+    if let Err(refusal) = auth::operator(&pool, &headers) {
+        return Err(refuse_unread(body, refusal).await);
+    }
+    let body = read_body::<LARGE_BODY>(&headers, body).await?;
     let size_bytes = body.len() as u64;
     let sha256 = pool.inner.store.run(move |s| s.put_blob(&body)).await?;
     Ok((StatusCode::CREATED, axum::Json(BlobStored { sha256, size_bytes })))
@@ -493,9 +518,12 @@ async fn get_blob(
 async fn create_job(
     State(pool): State<Pool>,
     headers: HeaderMap,
-    Body(body): Body<LARGE_BODY>,
+    body: axum::body::Body,
 ) -> ApiResult<impl IntoResponse> {
-    auth::operator(&pool, &headers)?;
+    if let Err(refusal) = auth::operator(&pool, &headers) {
+        return Err(refuse_unread(body, refusal).await);
+    }
+    let body = read_body::<LARGE_BODY>(&headers, body).await?;
     let spec: JobSpec = parse(&body)?;
     let seeds = split::expand(&spec).map_err(|e| ApiError::bad_request(format!("job spec: {e}")))?;
     let tasks = seeds.len() as u64;

@@ -66,10 +66,11 @@ pub fn rewrite_module(wasm: &[u8]) -> Result<Vec<u8>, String> {
 fn validate_and_plan(wasm: &[u8]) -> Result<Vec<Option<flow::Plan>>, wasmparser::BinaryReaderError> {
     let mut validator = wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all());
     let mut plans = Vec::new();
+    let mut budget = flow::BUDGET;
     for payload in Parser::new(0).parse_all(wasm) {
         if let wasmparser::ValidPayload::Func(func, body) = validator.payload(&payload?)? {
             let v = func.into_validator(Default::default());
-            plans.push(flow::plan(v, &body)?);
+            plans.push(flow::plan(v, &body, &mut budget)?);
         }
     }
     Ok(plans)
@@ -464,6 +465,30 @@ mod tests {
             assert_eq!(u32::from_le_bytes(m[at..at + 4].try_into().unwrap()), CANONICAL_F32, "at {at}");
         }
         assert_eq!(f32::from_le_bytes(m[4..8].try_into().unwrap()).to_bits(), 1.0f32.to_bits());
+    }
+
+    #[test]
+    fn unreachable_code_never_takes_the_values_of_the_blocks_around_it() {
+        let wat = r#"(module
+          (memory (export "memory") 1)
+          (data (i32.const 64) "\34\12\c0\ff\00\00\00\00\00\00\00\00\00\00\00\00")
+          (func (export "run")
+            ;; a block that ends by branching must not pop the float result below it
+            (v128.store (i32.const 0)
+              (i32x4.add (f32x4.div (v128.const f32x4 0 1 2 3) (v128.const f32x4 0 1 1 1))
+                (block (result v128) (br 0 (v128.const i32x4 0 0 0 0)))))
+            ;; dead float code must not mark the loaded bits below it as a float
+            (i32.const 16) (v128.load (i32.const 64))
+            (if (i32.const 0) (then unreachable f32x4.sqrt drop))
+            (v128.store)
+            ;; nor plan a fix across its block's edge (the output must validate)
+            (f32x4.div (v128.const f32x4 0 1 2 3) (v128.const f32x4 0 1 1 1))
+            (i32.const 0)
+            (if (i32.const 0) (then unreachable i32x4.add drop))
+            (drop) (drop)))"#;
+        let m = run_f32(wat, true);
+        assert_eq!(u32::from_le_bytes(m[0..4].try_into().unwrap()), CANONICAL_F32);
+        assert_eq!(u32::from_le_bytes(m[16..20].try_into().unwrap()), 0xffc0_1234, "loaded bits kept");
     }
 
     #[test]

@@ -310,8 +310,12 @@ async fn oversized_bodies_are_refused_per_route_in_the_error_format() {
     let (status, _) = call(&pool, Request::post("/v1/blobs").body(Body::from(big)).unwrap()).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     // A body announced over the limit is refused before any of it is read.
-    for path in ["/v1/results", "/v1/jobs"] {
-        let req = Request::post(path).header("content-length", 1u64 << 40).body(Body::empty()).unwrap();
+    for path in ["/v1/blobs", "/v1/jobs"] {
+        let req = Request::post(path)
+            .header("authorization", "Bearer op")
+            .header("content-length", 1u64 << 40)
+            .body(Body::empty())
+            .unwrap();
         let (status, body) = call(&pool, req).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{path}: {body}");
     }
@@ -319,4 +323,39 @@ async fn oversized_bodies_are_refused_per_route_in_the_error_format() {
     let (status, body) = call(&pool, Request::put("/v1/leases").body(Body::empty()).unwrap()).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(body["error"]["code"], "method_not_allowed");
+}
+
+/// Uploads from someone the pool does not know are refused without reading
+/// them: the pool pulls at most a small body's worth from an endless one.
+#[tokio::test]
+async fn large_uploads_are_refused_before_reading_when_the_sender_is_unknown() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (pool, _dir) = pool();
+    for (path, auth) in [
+        ("/v1/blobs", None),
+        ("/v1/jobs", Some("Bearer wrong")),
+        ("/v1/results", None),
+        ("/v1/results", Some("not a device")),
+    ] {
+        let pulled = Arc::new(AtomicUsize::new(0));
+        let counter = pulled.clone();
+        // 1 MiB chunks, forever.
+        let endless = futures_util::stream::repeat_with(move || {
+            counter.fetch_add(1 << 20, Ordering::SeqCst);
+            Ok::<_, std::io::Error>(axum::body::Bytes::from(vec![b'x'; 1 << 20]))
+        });
+        let mut req = Request::post(path);
+        if let Some(value) = auth {
+            req = if path == "/v1/results" {
+                req.header(auth::HEADER_DEVICE, value)
+            } else {
+                req.header("authorization", value)
+            };
+        }
+        let (status, body) = call(&pool, req.body(Body::from_stream(endless)).unwrap()).await;
+        assert!(matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN), "{path}: {status} {body}");
+        assert!(body["error"]["code"].is_string(), "{body}");
+        assert!(pulled.load(Ordering::SeqCst) <= 2 << 20, "{path}: read {} bytes", pulled.load(Ordering::SeqCst));
+    }
 }

@@ -103,6 +103,11 @@ pub(super) struct Plan {
 struct Step {
     pops: usize,
     pushes: usize,
+    /// The operand stack height where the current block's values start:
+    /// in unreachable code an operator pops at most down to it.
+    base: usize,
+    /// Unreachable code: nothing runs, so nothing needs fixing.
+    unreachable: bool,
     /// Types of the popped operands, top first (`None`: unknown, in unreachable code).
     types: Vec<Option<ValType>>,
     height_after: usize,
@@ -115,6 +120,7 @@ struct Step {
 pub(super) fn plan(
     mut v: FuncValidator<ValidatorResources>,
     body: &FunctionBody<'_>,
+    budget: &mut usize,
 ) -> Result<Option<Plan>, BinaryReaderError> {
     let params = {
         let r = v.resources();
@@ -137,6 +143,7 @@ pub(super) fn plan(
     let mut ops = Vec::new();
     let mut steps = Vec::new();
     let mut followed = true;
+    let mut control_ops = 0;
     while !reader.eof() {
         let offset = reader.original_position();
         let op = reader.read()?;
@@ -144,8 +151,10 @@ pub(super) fn plan(
         let (pops, pushes) = arity.map_or((0, 0), |(p, q)| (p as usize, q as usize));
         followed &= arity.is_some() && !unfollowed(&op);
         let types = (0..pops).map(|d| v.get_operand_type(d).flatten()).collect();
+        let (base, unreachable) = v.get_control_frame(0).map_or((0, false), |f| (f.height, f.unreachable));
+        control_ops += usize::from(is_control(&op));
         v.op(offset, &op)?;
-        steps.push(Step { pops, pushes, types, height_after: v.operand_stack_height() as usize });
+        steps.push(Step { pops, pushes, base, unreachable, types, height_after: v.operand_stack_height() as usize });
         ops.push(op);
     }
     let end = reader.original_position();
@@ -161,11 +170,12 @@ pub(super) fn plan(
     let mut headers: HashMap<usize, Locals> = HashMap::new();
     // Each pass settles, demotes more locals, or widens loop headers' states
     // (a lattice of height 3 per local), so the passes are few; a budget on
-    // operators visited keeps a hostile kernel from making this the slow
-    // part of compiling it.
-    let mut budget = MAX_VISITS;
-    while budget >= ops.len() {
-        budget -= ops.len();
+    // the work keeps a hostile kernel from making this the slow part of
+    // compiling it. A pass costs an operator each, and each control
+    // operator a join or copy of every vector local's state.
+    let pass = ops.len() + control_ops * vectors.len();
+    while *budget >= pass {
+        *budget -= pass;
         match analyse(&ops, &steps, &entry, &demoted, &headers) {
             Pass::Settled(plan) => return Ok(Some(plan)),
             Pass::Demote(locals) => {
@@ -179,8 +189,18 @@ pub(super) fn plan(
     Ok(None)
 }
 
-/// Operators one function's analysis may visit, over all its passes.
-const MAX_VISITS: usize = 20_000_000;
+/// How much analysis one kernel may cost, over all its functions and
+/// passes (an operator visited, or one local's state joined, is one).
+pub(super) const BUDGET: usize = 50_000_000;
+
+fn is_control(op: &Operator<'_>) -> bool {
+    use Operator::*;
+    matches!(op, Block { .. } | Loop { .. } | If { .. } | Else | End | Br { .. } | BrIf { .. } | BrTable { .. })
+}
+
+fn is_return_call(op: &Operator<'_>) -> bool {
+    matches!(op, Operator::ReturnCall { .. } | Operator::ReturnCallIndirect { .. } | Operator::ReturnCallRef { .. })
+}
 
 /// What this analysis does not follow: control flow it does not model.
 fn unfollowed(op: &Operator<'_>) -> bool {
@@ -237,14 +257,16 @@ fn analyse(
     let mut stack: Vec<Tag> = Vec::new();
     let mut to_demote: Vec<u32> = Vec::new();
     for (i, (op, step)) in ops.iter().zip(steps).enumerate() {
-        // In unreachable code the stack can hold fewer values than an operator pops.
+        // In unreachable code an operator may pop more than its block holds:
+        // the rest are placeholders, never the outer blocks' values.
+        let available = stack.len().saturating_sub(step.base).min(step.pops);
         let popped: Vec<Tag> =
-            (0..step.pops).map(|d| stack.len().checked_sub(d + 1).map_or(Tag::Clean, |at| stack[at])).collect();
+            (0..step.pops).map(|d| if d < available { stack[stack.len() - 1 - d] } else { Tag::Clean }).collect();
         let dirty: Vec<(usize, Lanes)> = popped
             .iter()
             .enumerate()
             .filter_map(|(d, t)| match t {
-                Tag::Dirty(l) if !accepts(op, d, *l, demoted) => Some((d, *l)),
+                Tag::Dirty(l) if !step.unreachable && !accepts(op, d, *l, demoted) => Some((d, *l)),
                 _ => None,
             })
             .collect();
@@ -328,15 +350,22 @@ fn analyse(
             }
             _ => {}
         }
-        if matches!(op, Operator::Br { .. } | Operator::BrTable { .. } | Operator::Return | Operator::Unreachable) {
+        let ends_flow =
+            matches!(op, Operator::Br { .. } | Operator::BrTable { .. } | Operator::Return | Operator::Unreachable)
+                || is_return_call(op);
+        if ends_flow {
             state = None;
         }
 
-        stack.truncate(stack.len().saturating_sub(step.pops));
+        stack.truncate(stack.len() - available);
         for k in 0..step.pushes {
             stack.push(read.unwrap_or_else(|| pushed(op, k, &fixed)));
         }
-        // The validator is the authority on the height (branches, `else`, `end`).
+        // What follows a branch is unreachable: the block's values are gone.
+        if ends_flow {
+            stack.truncate(step.base);
+        }
+        debug_assert_eq!(stack.len(), step.height_after, "operand stack model at {op:?}");
         stack.resize(step.height_after, Tag::Clean);
     }
     if !to_demote.is_empty() {
