@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use idlemesh_pool::{Pool, PoolConfig};
+use idlemesh_pool::Pool;
 
 /// The port tried first: the same URL each start keeps one pinned entry.
 const PREFERRED_PORT: u16 = 8471;
@@ -24,19 +24,10 @@ impl Drop for DemoPool {
 
 impl DemoPool {
     pub async fn start(dir: &Path) -> Result<Self, String> {
-        let mut token = [0u8; 16];
-        token.copy_from_slice(&idlemesh_protocol::Keypair::generate().map_err(|e| e.to_string())?.secret_bytes()[..16]);
-        let pool = Pool::open(PoolConfig {
-            data_dir: dir.to_path_buf(),
-            db_path: Some(dir.join("pool.sqlite")),
-            name: "Idlemesh demo pool".into(),
-            operator: "you, on this computer".into(),
-            // Nobody uses the HTTP operator API of the demo pool: jobs are
-            // submitted in-process. A random token keeps it shut.
-            operator_token: token.iter().map(|b| format!("{b:02x}")).collect(),
-            open_enrollment: true,
-        })
-        .map_err(|e| e.to_string())?;
+        // Nobody uses the HTTP operator API of the demo pool: jobs are
+        // submitted in-process, and the random token keeps it shut.
+        let pool =
+            Pool::open(idlemesh_pool::demo::pool_config(dir, "you, on this computer")).map_err(|e| e.to_string())?;
         let listener = match tokio::net::TcpListener::bind(("127.0.0.1", PREFERRED_PORT)).await {
             Ok(l) => l,
             Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?,

@@ -228,6 +228,15 @@ impl Loop {
                 // Work just resumed: watch input closely from now, not from the next slow tick.
                 next_fast = next_fast.min(Instant::now() + self.fast_period());
             }
+            // `pause` promises the workers are stopped when it returns, not
+            // just signalled, and the status it is followed by says so too.
+            if !self.acks.is_empty() && self.frozen {
+                for w in &self.workers {
+                    if !w.wait_stopped(Duration::from_millis(500)) {
+                        tracing::warn!(pid = w.pid(), "a worker is slow to stop");
+                    }
+                }
+            }
             *self.shared.lock().expect("status lock") = Some(WatchStatus {
                 snapshot,
                 decision: decision.clone(),
@@ -236,18 +245,8 @@ impl Loop {
                 workers: self.workers.iter().map(WorkerControl::pid).collect(),
                 frozen: self.frozen,
             });
-            if !self.acks.is_empty() {
-                // `pause` promises the workers are stopped when it returns, not just signalled.
-                if self.frozen {
-                    for w in &self.workers {
-                        if !w.wait_stopped(Duration::from_millis(500)) {
-                            tracing::warn!(pid = w.pid(), "a worker is slow to stop");
-                        }
-                    }
-                }
-                for ack in self.acks.drain(..) {
-                    let _ = ack.send(());
-                }
+            for ack in self.acks.drain(..) {
+                let _ = ack.send(());
             }
             let _ = ready.send(());
             // Last: the ledger's fsync must not delay the freeze or the answer.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use idlemesh_agent::{Agent, AgentConfig, paths};
-use idlemesh_pool::{Pool, PoolConfig};
+use idlemesh_pool::Pool;
 use idlemesh_protocol::Keypair;
 use idlemesh_protocol::api::{Capabilities, JobState};
 use idlemesh_runtime::WorkerCommand;
@@ -64,17 +64,9 @@ async fn demo(args: Args) -> anyhow::Result<()> {
     let ledger_path = paths::ledger_path();
 
     // The pool, on a loopback port, its database in `out`.
-    let mut token = [0u8; 16];
-    token.copy_from_slice(&Keypair::generate()?.secret_bytes()[..16]);
-    let operator_token = hex::encode(token);
-    let pool = Pool::open(PoolConfig {
-        data_dir: out.clone(),
-        db_path: Some(out.join("pool.sqlite")),
-        name: "Idlemesh demo pool".into(),
-        operator: "you, on this machine".into(),
-        operator_token: operator_token.clone(),
-        open_enrollment: true,
-    })?;
+    let config = idlemesh_pool::demo::pool_config(&out, "you, on this machine");
+    let operator_token = config.operator_token.clone();
+    let pool = Pool::open(config)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let pool_url = format!("http://{}", listener.local_addr()?);
     let server = tokio::spawn(pool.serve(listener));

@@ -1,9 +1,27 @@
 //! The demo job (`idlemesh demo`, and the tray app's "try the demo pool"):
 //! a Mandelbrot image rendered in tiles by the `mandelbrot` WASM kernel.
 
+use std::path::Path;
+
 use idlemesh_protocol::api::{Combiner, JobSpec, SplitSpec};
 use idlemesh_protocol::{KernelKind, Sha256, TaskLimits};
 use serde_json::json;
+
+use crate::PoolConfig;
+
+/// The demo pool's configuration: its files in `dir`, open to any device,
+/// and a random operator token (nobody is given it unless the caller says).
+/// `operator` names who runs it, as the enrollment disclosure shows.
+pub fn pool_config(dir: &Path, operator: &str) -> PoolConfig {
+    PoolConfig {
+        data_dir: dir.to_path_buf(),
+        db_path: Some(dir.join("pool.sqlite")),
+        name: "Idlemesh demo pool".into(),
+        operator: operator.into(),
+        operator_token: crate::store::random_token(),
+        open_enrollment: true,
+    }
+}
 
 /// `columns × rows` tasks of a `width × height` image, one credit each,
 /// combined into a PNG. `kernel` is the SHA-256 of the stored kernel.

@@ -287,7 +287,7 @@ fn cached_row<T>(
     conn.prepare_cached(sql)?.query_row(params, f)
 }
 
-fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     let mut b = [0u8; 16];
     getrandom::fill(&mut b).expect("the OS has no randomness source");
     hex::encode(b)
