@@ -139,6 +139,22 @@ async fn refuse_unread(body: axum::body::Body, refusal: ApiError) -> ApiError {
     refusal
 }
 
+/// The body of an operator's upload, of at most `MAX` bytes, read only
+/// once the operator token is checked.
+struct OperatorBody<const MAX: usize>(Bytes);
+
+impl<const MAX: usize> FromRequest<Pool> for OperatorBody<MAX> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, pool: &Pool) -> Result<Self, ApiError> {
+        let (parts, body) = req.into_parts();
+        if let Err(refusal) = auth::operator(pool, &parts.headers) {
+            return Err(refuse_unread(body, refusal).await);
+        }
+        read_body::<MAX>(&parts.headers, body).await.map(Self)
+    }
+}
+
 fn parse<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("malformed request body: {e}")))
 }
@@ -472,13 +488,8 @@ async fn submit_result(
     responses((status = 201, description = "Stored", body = BlobStored), BadRequest, Unauthorized, Forbidden, TooLarge))]
 async fn put_blob(
     State(pool): State<Pool>,
-    headers: HeaderMap,
-    body: axum::body::Body,
+    OperatorBody(body): OperatorBody<LARGE_BODY>,
 ) -> ApiResult<impl IntoResponse> {
-    if let Err(refusal) = auth::operator(&pool, &headers) {
-        return Err(refuse_unread(body, refusal).await);
-    }
-    let body = read_body::<LARGE_BODY>(&headers, body).await?;
     let size_bytes = body.len() as u64;
     let sha256 = pool.inner.store.run(move |s| s.put_blob(&body)).await?;
     Ok((StatusCode::CREATED, axum::Json(BlobStored { sha256, size_bytes })))
@@ -517,13 +528,8 @@ async fn get_blob(
         BadRequest, Unauthorized, Forbidden, TooLarge))]
 async fn create_job(
     State(pool): State<Pool>,
-    headers: HeaderMap,
-    body: axum::body::Body,
+    OperatorBody(body): OperatorBody<LARGE_BODY>,
 ) -> ApiResult<impl IntoResponse> {
-    if let Err(refusal) = auth::operator(&pool, &headers) {
-        return Err(refuse_unread(body, refusal).await);
-    }
-    let body = read_body::<LARGE_BODY>(&headers, body).await?;
     let spec: JobSpec = parse(&body)?;
     let seeds = split::expand(&spec).map_err(|e| ApiError::bad_request(format!("job spec: {e}")))?;
     let tasks = seeds.len() as u64;

@@ -275,6 +275,15 @@ fn exec(conn: &Connection, sql: &str, params: impl Params) -> rusqlite::Result<u
     conn.prepare_cached(sql)?.execute(params)
 }
 
+/// A leased replica back in the queue, its lease and token void.
+fn requeue(conn: &Connection, replica: u64) -> rusqlite::Result<usize> {
+    exec(
+        conn,
+        "UPDATE replicas SET state = 'queued', device_id = NULL, lease_token = NULL, lease_deadline_ms = NULL WHERE id = ?1",
+        [replica as i64],
+    )
+}
+
 /// `query_row` through the statement cache: parsing and planning a statement
 /// cost more than running it, and the hot paths run the same few thousands
 /// of times a second (measured with perf: a tenth of the writer's time).
@@ -538,11 +547,7 @@ impl Store {
         if state != "leased" {
             return Err(StoreError::Conflict(format!("lease {lease_id} is {state}, not leased")));
         }
-        exec(
-            &self.conn,
-            "UPDATE replicas SET state = 'queued', device_id = NULL, lease_token = NULL, lease_deadline_ms = NULL WHERE id = ?1",
-            [lease_id as i64],
-        )?;
+        requeue(&self.conn, lease_id)?;
         Ok(())
     }
 
@@ -560,11 +565,7 @@ impl Store {
         let held: std::collections::HashSet<u64> = held.iter().copied().collect();
         let mut released = Vec::new();
         for id in live.into_iter().map(|id| id as u64).filter(|id| !held.contains(id)) {
-            exec(
-                &tx,
-                "UPDATE replicas SET state = 'queued', device_id = NULL, lease_token = NULL, lease_deadline_ms = NULL WHERE id = ?1",
-                [id as i64],
-            )?;
+            requeue(&tx, id)?;
             released.push(id);
         }
         tx.commit()?;
