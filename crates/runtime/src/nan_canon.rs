@@ -25,7 +25,7 @@
 
 use wasm_encoder::reencode::{self, Reencode, ReencodeComponent};
 use wasm_encoder::{CodeSection, Component, Function, Ieee32, Ieee64, Instruction, ValType};
-use wasmparser::{CompositeInnerType, FunctionBody, Operator, Parser, Payload};
+use wasmparser::{FunctionBody, Operator, Parser};
 
 mod flow;
 
@@ -43,7 +43,7 @@ const CANONICAL_F64: u64 = 0x7ff8_0000_0000_0000;
 pub fn rewrite_component(wasm: &[u8]) -> Result<Vec<u8>, String> {
     let plans = validate_and_plan(wasm).map_err(|e| e.to_string())?;
     std::panic::catch_unwind(|| {
-        let mut rewriter = Canonicaliser { plans: plans.into_iter(), ..Canonicaliser::default() };
+        let mut rewriter = Canonicaliser { plans: plans.into_iter() };
         let mut component = Component::new();
         rewriter.parse_component(&mut component, Parser::new(0), wasm).map_err(|e| e.to_string())?;
         Ok(component.finish())
@@ -54,8 +54,7 @@ pub fn rewrite_component(wasm: &[u8]) -> Result<Vec<u8>, String> {
 /// A core module alone (tests and benchmarks compare against it).
 pub fn rewrite_module(wasm: &[u8]) -> Result<Vec<u8>, String> {
     let plans = validate_and_plan(wasm).map_err(|e| e.to_string())?;
-    let mut rewriter =
-        Canonicaliser { params: param_counts(wasm).map_err(|e| e.to_string())?, next: 0, plans: plans.into_iter() };
+    let mut rewriter = Canonicaliser { plans: plans.into_iter() };
     let mut module = wasm_encoder::Module::new();
     rewriter.parse_core_module(&mut module, Parser::new(0), wasm).map_err(|e| e.to_string())?;
     Ok(module.finish())
@@ -63,7 +62,7 @@ pub fn rewrite_module(wasm: &[u8]) -> Result<Vec<u8>, String> {
 
 /// Validates the whole binary (component or module) and plans each
 /// function body's fixes, in the order the re-encoder meets the bodies.
-fn validate_and_plan(wasm: &[u8]) -> Result<Vec<Option<flow::Plan>>, wasmparser::BinaryReaderError> {
+fn validate_and_plan(wasm: &[u8]) -> Result<Vec<flow::FunctionPlan>, wasmparser::BinaryReaderError> {
     let mut validator = wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all());
     let mut plans = Vec::new();
     let mut budget = flow::BUDGET;
@@ -76,42 +75,10 @@ fn validate_and_plan(wasm: &[u8]) -> Result<Vec<Option<flow::Plan>>, wasmparser:
     Ok(plans)
 }
 
-#[derive(Default)]
 struct Canonicaliser {
-    /// Parameter counts of the current module's defined functions, in order:
-    /// the scratch locals go after a function's parameters and locals.
-    params: Vec<u32>,
-    next: usize,
-    /// Each function body's plan, in order (`None`: canonicalise every
-    /// vector float result where it is made).
-    plans: std::vec::IntoIter<Option<flow::Plan>>,
-}
-
-/// The parameter count of each function a module defines, in order.
-fn param_counts(module: &[u8]) -> Result<Vec<u32>, wasmparser::BinaryReaderError> {
-    let mut types = Vec::new();
-    let mut counts = Vec::new();
-    for payload in Parser::new(0).parse_all(module) {
-        match payload? {
-            Payload::TypeSection(reader) => {
-                for group in reader {
-                    for sub in group?.into_types() {
-                        types.push(match &sub.composite_type.inner {
-                            CompositeInnerType::Func(f) => f.params().len() as u32,
-                            _ => 0,
-                        });
-                    }
-                }
-            }
-            Payload::FunctionSection(reader) => {
-                for ty in reader {
-                    counts.push(types.get(ty? as usize).copied().unwrap_or(0));
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok(counts)
+    /// Each defined function's plan, in the order the re-encoder meets the
+    /// bodies (across all of a component's core modules).
+    plans: std::vec::IntoIter<flow::FunctionPlan>,
 }
 
 /// What to do around one instruction.
@@ -230,8 +197,9 @@ impl Reencode for Canonicaliser {
         code: &mut CodeSection,
         func: FunctionBody<'_>,
     ) -> Result<(), reencode::Error<Self::Error>> {
-        let mut index = self.params.get(self.next).copied().unwrap_or(0);
-        self.next += 1;
+        let flow::FunctionPlan { params, flow: plan } =
+            self.plans.next().expect("validation planned every function body");
+        let mut index = params;
         let mut locals = Vec::new();
         for pair in func.get_locals_reader()? {
             let (count, ty) = pair?;
@@ -240,7 +208,6 @@ impl Reencode for Canonicaliser {
         }
         let scratch = Scratch { f32: index, f64: index + 1, v128: index + 2 };
         locals.extend([(1, ValType::F32), (1, ValType::F64), (1, ValType::V128)]);
-        let plan = self.plans.next().flatten();
         let spill_base = index + 3;
         if let Some(plan) = &plan {
             for ty in &plan.spills {
@@ -281,21 +248,12 @@ impl Reencode for Canonicaliser {
     }
 }
 
-impl ReencodeComponent for Canonicaliser {
-    fn parse_component_submodule(
-        &mut self,
-        component: &mut Component,
-        parser: Parser,
-        module: &[u8],
-    ) -> Result<(), reencode::Error<Self::Error>> {
-        self.params = param_counts(module)?;
-        self.next = 0;
-        reencode::component_utils::parse_component_submodule(self, component, parser, module)
-    }
-}
+impl ReencodeComponent for Canonicaliser {}
 
 #[cfg(test)]
 mod tests {
+    use wasmparser::Payload;
+
     use super::*;
 
     fn run_f32(module_wat: &str, rewrite: bool) -> Vec<u8> {

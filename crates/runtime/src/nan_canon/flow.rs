@@ -99,6 +99,14 @@ pub(super) struct Plan {
     pub spills: Vec<ValType>,
 }
 
+/// A function body's parameter count (its scratch locals go after its
+/// parameters and locals) and its fixes, `None` when its flow is not
+/// followed (then every vector float result is canonicalised at once).
+pub(super) struct FunctionPlan {
+    pub params: u32,
+    pub flow: Option<Plan>,
+}
+
 /// One operator's stack effect, as the validator saw it.
 struct Step {
     pops: usize,
@@ -121,7 +129,7 @@ pub(super) fn plan(
     mut v: FuncValidator<ValidatorResources>,
     body: &FunctionBody<'_>,
     budget: &mut usize,
-) -> Result<Option<Plan>, BinaryReaderError> {
+) -> Result<FunctionPlan, BinaryReaderError> {
     let params = {
         let r = v.resources();
         r.type_index_of_function(v.index())
@@ -160,7 +168,7 @@ pub(super) fn plan(
     let end = reader.original_position();
     reader.get_binary_reader().finish_expression(&v.visitor(end))?;
     if !followed {
-        return Ok(None);
+        return Ok(FunctionPlan { params, flow: None });
     }
 
     // Parameters come from the caller: plain bits. Other locals start at zero.
@@ -177,7 +185,7 @@ pub(super) fn plan(
     while *budget >= pass {
         *budget -= pass;
         match analyse(&ops, &steps, &entry, &demoted, &headers) {
-            Pass::Settled(plan) => return Ok(Some(plan)),
+            Pass::Settled(plan) => return Ok(FunctionPlan { params, flow: Some(plan) }),
             Pass::Demote(locals) => {
                 demoted.extend(locals);
                 headers.clear();
@@ -186,7 +194,7 @@ pub(super) fn plan(
         }
     }
     // Over budget: without the flow, canonicalise every vector result at once.
-    Ok(None)
+    Ok(FunctionPlan { params, flow: None })
 }
 
 /// How much analysis one kernel may cost, over all its functions and
