@@ -75,7 +75,7 @@ impl AppState {
 }
 
 pub fn run() -> ExitCode {
-    init_tracing();
+    idlemesh_agent::logs::init("info", Some("app"));
     rustls::crypto::ring::default_provider().install_default().ok();
     let open_dashboard = std::env::args().any(|a| a == "--dashboard");
     let state = Arc::new(AppState {
@@ -120,12 +120,6 @@ pub fn run() -> ExitCode {
         _ => {}
     });
     ExitCode::SUCCESS
-}
-
-fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("IDLEMESH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
 }
 
 fn start_agent(app: &AppHandle, state: Arc<AppState>) {

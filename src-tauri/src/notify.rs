@@ -86,7 +86,7 @@ mod tests {
     use super::*;
 
     fn status(paused: bool, code: &str, failed: u64, credits: f64) -> Value {
-        json!({"paused": paused, "reasons": [{"code": code, "text": "on battery 41 % < 50 %"}],
+        json!({"paused": paused, "reasons": [{"code": code, "text": "on battery 41% < 50%"}],
                "scheduler": {"summary": {"tasks_failed": failed, "credits": credits}, "last_pool_error": null}})
     }
 
@@ -94,7 +94,7 @@ mod tests {
     fn each_change_is_told_once() {
         let mut n = Notifier::default();
         assert!(n.observe(&status(false, "power_ok", 0, 0.0)).is_empty());
-        assert_eq!(n.observe(&status(true, "on_battery", 0, 0.0)), ["Paused: on battery 41 % < 50 %"]);
+        assert_eq!(n.observe(&status(true, "on_battery", 0, 0.0)), ["Paused: on battery 41% < 50%"]);
         assert!(n.observe(&status(true, "on_battery", 0, 0.0)).is_empty(), "not again while it lasts");
         assert!(n.observe(&status(false, "power_ok", 2, 9.0)).is_empty());
         assert_eq!(n.observe(&status(true, "battery_low", 2, 9.0)).len(), 1, "a new battery pause is told");

@@ -303,7 +303,7 @@ async fn steps(ui: &Ui, pool_url: &str, config_dir: &Path) -> Result<(), Box<dyn
         ui.wait_text("#message-cpu_duty_cycle_percent", Duration::from_secs(5), |t| t.contains("Saved")).await;
         let on_disk = std::fs::read_to_string(config_dir.join("settings.toml")).unwrap();
         assert!(on_disk.contains("cpu_duty_cycle_percent = 50"), "{on_disk}");
-        ui.wait_status("duty cycle 50 %", Duration::from_secs(5), |s| {
+        ui.wait_status("duty cycle 50%", Duration::from_secs(5), |s| {
             s["decision"]["action"]["duty_cycle_percent"] == 50
         })
         .await;

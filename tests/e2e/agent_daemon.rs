@@ -51,7 +51,14 @@ fn assert_running(pid: u64) {
 #[test]
 fn pause_resume_settings_and_a_locked_policy_through_the_control_socket() {
     let tmp = tempfile::tempdir().unwrap();
-    let pool = PoolProcess::start(&tmp.path().join("pool"));
+    // A payout the operator mistyped is refused, naming it.
+    let out = crate::harness::idlemesh(
+        tmp.path(),
+        &["pool", "serve", "--payout-per-credit", "0", "--payout-currency", "EUR", "--listen", "127.0.0.1:0"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("payout per credit 0 is not a positive amount"), "{}", stderr(&out));
+    let pool = PoolProcess::start_paying(&tmp.path().join("pool"), "0.25", "EUR");
     let op = OperatorHttp::new(&pool.url, &pool.token);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let (job, _tasks) = rt.block_on(op.mandelbrot_job(slow_job()));
@@ -158,6 +165,8 @@ fn pause_resume_settings_and_a_locked_policy_through_the_control_socket() {
     let paused = ledger.entries(Some("paused")).unwrap();
     assert!(paused.iter().any(|e| e.body.contains("paused_by_user")), "the pause and its reason are in the ledger");
     assert!(!ledger.entries(Some("resumed")).unwrap().is_empty());
+    let finished = ledger.entries(Some("task_finished")).unwrap();
+    assert!(!finished.is_empty() && finished.iter().all(|e| e.body.contains("\"kernel_sha256\"")), "{finished:?}");
 
     // The read models the tray shows: totals, per day, per pool, disclosures.
     let out = crate::harness::idlemesh(&dir.join("data"), &["ledger", "show", "--summary", "--json"]);
@@ -168,6 +177,25 @@ fn pause_resume_settings_and_a_locked_policy_through_the_control_socket() {
     assert!(by_pool["energy_j"].as_f64().unwrap() > 0.0, "{summary}");
     assert!(by_pool["bytes_in"].as_u64().unwrap() > 0, "{summary}");
     assert_eq!(summary["disclosures"][0]["pool"], pool.url.as_str());
+    // The daemon's log is also in a daily file, private to the user, beside its data here.
+    let logs = dir.join("data/logs");
+    let log_files: Vec<_> = std::fs::read_dir(&logs).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(log_files.len(), 1, "{log_files:?}");
+    let log = std::fs::read_to_string(&log_files[0]).unwrap();
+    assert!(log.contains("enrolled"), "{log}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(&logs).unwrap().permissions().mode() & 0o777, 0o700);
+    }
+    // What each lease request states is disclosed with the enrollment.
+    assert!(summary["disclosures"][0]["fields"]["lease.cores"].is_string(), "{summary}");
+    // The pool pays 0.25 EUR a credit: every receipt is valued at it.
+    let credits = by_pool["credits"].as_f64().unwrap();
+    assert!(credits > 0.0, "{summary}");
+    let earned = by_pool["earnings"]["EUR"].as_f64().unwrap();
+    assert!((earned - credits * 0.25).abs() < 1e-9, "{summary}");
+    assert_eq!(summary["totals"]["earnings"]["EUR"], by_pool["earnings"]["EUR"]);
 
     // While the settings file is bad, changing a value says so instead of pretending.
     let out = agent.ctl(&["settings", "set", "daily_download_cap_mb", "0"]);
@@ -382,14 +410,14 @@ fn on_battery_below_the_minimum_it_pauses_and_resumes_only_past_the_hysteresis()
     let s = agent
         .wait_for("mains power", Duration::from_secs(10), |s| s["sensors"]["snapshot"]["battery"]["on_ac"] == true);
     assert_eq!(codes(&s), ["battery_low"], "{s}");
-    assert!(s["reasons"][0]["text"].as_str().unwrap().contains("battery 40 % < 50 %"), "{s}");
+    assert!(s["reasons"][0]["text"].as_str().unwrap().contains("battery 40% < 50%"), "{s}");
 
     // Past the minimum but inside the hysteresis band: still waiting.
     set("BAT0", "energy_now", "26000000");
     set("BAT0", "capacity", "52");
     let s = agent.wait_for("52 %", Duration::from_secs(10), |s| s["sensors"]["snapshot"]["battery"]["percent"] == 52.0);
     assert_eq!(codes(&s), ["battery_low"], "{s}");
-    assert!(s["reasons"][0]["text"].as_str().unwrap().contains("waiting for 55 %"), "{s}");
+    assert!(s["reasons"][0]["text"].as_str().unwrap().contains("waiting for 55%"), "{s}");
 
     // Past the hysteresis: work may run (no pool here, so it waits for one).
     set("BAT0", "energy_now", "28000000");

@@ -92,8 +92,9 @@ fn devices_enroll_with_an_organisations_token_and_only_with_a_good_one() {
     let out = operator(&pool, &["pool", "token", "create", "--org", &org_id, "--expires", "soon"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--expires"));
+    // An unknown id is the caller's input too.
     let out = operator(&pool, &["pool", "org", "stats", "999"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
 
     // A different pool (a new key) at the same address: the managed device

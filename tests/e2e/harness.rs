@@ -46,6 +46,11 @@ impl PoolProcess {
         Self::spawn(dir, listen, &[])
     }
 
+    /// A pool that publishes what a credit is worth.
+    pub fn start_paying(dir: &Path, per_credit: &str, currency: &str) -> Self {
+        Self::spawn(dir, "127.0.0.1:0", &["--payout-per-credit", per_credit, "--payout-currency", currency])
+    }
+
     /// A pool that enrolls only devices with an organisation's token.
     pub fn start_closed(dir: &Path, listen: &str) -> Self {
         Self::spawn(dir, listen, &["--closed"])

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use idlemesh_protocol::api::{Capabilities, EnrollRequest, ResultSubmission};
+use idlemesh_protocol::api::{Capabilities, EnrollRequest, Payout, ResultSubmission};
 use idlemesh_protocol::{KernelKind, Keypair, PublicKey, Receipt, Sha256, Signed, TaskManifest};
 use idlemesh_runtime::{RunLimits, RunReport, Status, WorkRequest, WorkerCommand, WorkerProcess};
 use serde_json::json;
@@ -119,6 +119,8 @@ pub struct Agent {
     status: Arc<Mutex<SchedulerStatus>>,
     client: PoolClient,
     pool_key: PublicKey,
+    /// The pool's published value of a credit, recorded with each receipt.
+    payout: Option<Payout>,
     ledger: Ledger,
     outbox: Outbox,
     worker: Option<WorkerProcess>,
@@ -177,6 +179,20 @@ impl Agent {
             });
         }
         crate::pins::pin(&config.data_dir, &config.pool_url, pool_key)?;
+        let payout = info.payout.as_ref().and_then(|p| {
+            p.checked()
+                .inspect_err(|e| tracing::warn!(pool = %config.pool_url, error = %e, "ignoring the pool's payout rate"))
+                .ok()
+        });
+        // Every lease request states what the device offers: disclosed too,
+        // under the name of the request that carries it.
+        let mut fields = config.device_info.clone();
+        let offered = &config.capabilities;
+        fields.insert("lease.cores".into(), offered.cores.to_string());
+        fields.insert("lease.memory_bytes".into(), offered.memory_bytes.to_string());
+        if let Some(adapter) = &offered.wgpu_adapter {
+            fields.insert("lease.wgpu_adapter".into(), adapter.clone());
+        }
         let mut ledger = Ledger::open(&config.ledger_path)?;
         ledger.append(
             "disclosure",
@@ -187,7 +203,8 @@ impl Agent {
                 "device_id": enrolled.device_id,
                 "purpose": "enrollment",
                 "organisation": enrolled.org.as_ref().map(|o| &o.name),
-                "fields": config.device_info,
+                "fields": fields,
+                "payout": payout,
                 "device_public_key": device_key.public(),
             }),
         )?;
@@ -221,6 +238,7 @@ impl Agent {
             status: Arc::new(Mutex::new(status)),
             client,
             pool_key,
+            payout,
             ledger,
             outbox,
             worker: None,
@@ -249,6 +267,7 @@ impl Agent {
             status: Arc::new(Mutex::new(status)),
             client: self.client.clone(),
             pool_key: self.pool_key,
+            payout: self.payout.clone(),
             ledger: Ledger::open(&self.config.ledger_path)?,
             outbox: Outbox::open(&self.config.data_dir.join("outbox.sqlite"))?,
             worker: None,
@@ -592,7 +611,7 @@ impl Agent {
         let joules = energy.finish(report.cpu_ms);
         let body = json!({
             "pool": self.config.pool_url, "job_id": m.job_id, "task_id": m.task_id, "replica_id": m.replica_id,
-            "status": o.status, "error": o.error, "output_sha256": (o.status == Status::Ok).then_some(output_sha256),
+            "kernel_sha256": m.kernel.sha256, "status": o.status, "error": o.error, "output_sha256": (o.status == Status::Ok).then_some(output_sha256),
             "output_bytes": o.output.len(), "wall_ms": report.wall_ms, "cpu_ms": report.cpu_ms, "fuel": o.fuel,
             "peak_memory_bytes": o.peak_memory_bytes, "bytes_in": kernel_and_input_bytes(&m),
             "gpu_ms": o.gpu_ms, "adapter": o.adapter, "energy_j": joules.joules, "energy_method": joules.method,
@@ -724,7 +743,12 @@ impl Agent {
                 self.summary.credits += r.credits;
                 self.ledger.append(
                     "receipt",
-                    &ReceiptEntry { pool: p.pool.clone(), pool_public_key: self.pool_key, receipt },
+                    &ReceiptEntry {
+                        pool: p.pool.clone(),
+                        pool_public_key: self.pool_key,
+                        receipt,
+                        payout: self.payout.clone(),
+                    },
                 )?;
             }
             Ok(_) => tracing::warn!(task_id = p.task_id, "ignoring a receipt for another task or output"),

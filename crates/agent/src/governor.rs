@@ -223,7 +223,7 @@ pub fn decide(prev: &GovernorState, s: &Snapshot, l: &Limits, pause: ManualPause
         Some(idle) if idle < l.idle_after => reason(
             &mut blocking,
             ReasonCode::UserActive,
-            format!("you were active {} ago; work starts after {} idle", ago(idle), ago(l.idle_after)),
+            format!("user active {} ago; work starts after {} idle", ago(idle), ago(l.idle_after)),
         ),
         Some(idle) => reason(&mut allowing, ReasonCode::UserIdle, format!("you have been away for {}", ago(idle))),
         None => reason(
@@ -242,22 +242,27 @@ pub fn decide(prev: &GovernorState, s: &Snapshot, l: &Limits, pause: ManualPause
                 state.battery_low = false;
             }
             if !b.on_ac && !l.run_on_battery {
-                reason(&mut blocking, ReasonCode::OnBattery, format!("on battery ({:.0} %)", b.percent));
+                reason(
+                    &mut blocking,
+                    ReasonCode::OnBattery,
+                    format!("on battery {:.0}%, and running on battery is off", b.percent),
+                );
             } else if state.battery_low {
                 let resume = min + BATTERY_HYSTERESIS_PERCENT;
+                let power = if b.on_ac { "battery" } else { "on battery" };
                 let text = if b.percent < min {
-                    format!("battery {:.0} % < {min:.0} %", b.percent)
+                    format!("{power} {:.0}% < {min:.0}%", b.percent)
                 } else {
-                    format!("battery {:.0} %: waiting for {resume:.0} % before starting again", b.percent)
+                    format!("{power} {:.0}%: waiting for {resume:.0}% before starting again", b.percent)
                 };
                 reason(&mut blocking, ReasonCode::BatteryLow, text);
             } else if b.on_ac {
-                reason(&mut allowing, ReasonCode::PowerOk, format!("on AC power, battery {:.0} %", b.percent));
+                reason(&mut allowing, ReasonCode::PowerOk, format!("on AC power, battery {:.0}%", b.percent));
             } else {
                 reason(
                     &mut allowing,
                     ReasonCode::PowerOk,
-                    format!("on battery {:.0} %, allowed by your settings", b.percent),
+                    format!("on battery {:.0}%, allowed by your settings", b.percent),
                 );
             }
         }
@@ -335,7 +340,7 @@ pub fn decide(prev: &GovernorState, s: &Snapshot, l: &Limits, pause: ManualPause
             reason(
                 &mut blocking,
                 ReasonCode::OtherProgramsBusy,
-                format!("other programs are using {load:.0} % of the CPU (limit {:.0} %)", l.max_other_cpu_percent),
+                format!("other programs are using {load:.0}% of the CPU (limit {:.0}%)", l.max_other_cpu_percent),
             );
         }
     }
@@ -345,7 +350,7 @@ pub fn decide(prev: &GovernorState, s: &Snapshot, l: &Limits, pause: ManualPause
         reason(
             &mut allowing,
             ReasonCode::Throttled,
-            format!("using {total} core{} at {} % duty cycle", if total == 1 { "" } else { "s" }, l.duty_cycle_percent),
+            format!("using {total} core{} at {}% duty cycle", if total == 1 { "" } else { "s" }, l.duty_cycle_percent),
         );
         Decision {
             action: Action::Run {

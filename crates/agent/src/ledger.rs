@@ -201,6 +201,10 @@ pub(crate) struct ReceiptEntry {
     pub pool: String,
     pub pool_public_key: PublicKey,
     pub receipt: Signed<Receipt>,
+    /// The pool's published rate when the receipt came (`/v1/info`), which
+    /// values its credits: the earnings. Absent where the pool does not pay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payout: Option<idlemesh_protocol::api::Payout>,
 }
 
 fn check_receipt(body: &str) -> Result<(), String> {
@@ -298,14 +302,22 @@ mod tests {
         ledger
             .append(
                 "receipt",
-                &ReceiptEntry { pool: "p".into(), pool_public_key: key.public(), receipt: signed.clone() },
+                &ReceiptEntry {
+                    pool: "p".into(),
+                    pool_public_key: key.public(),
+                    receipt: signed.clone(),
+                    payout: None,
+                },
             )
             .unwrap();
         assert_eq!(ledger.verify().unwrap().receipts_checked, 1);
         // A receipt whose credits were inflated before it was chained: the chain holds, the signature does not.
         signed.payload = signed.payload.replace("\"credits\":1.0", "\"credits\":100.0");
         ledger
-            .append("receipt", &ReceiptEntry { pool: "p".into(), pool_public_key: key.public(), receipt: signed })
+            .append(
+                "receipt",
+                &ReceiptEntry { pool: "p".into(), pool_public_key: key.public(), receipt: signed, payout: None },
+            )
             .unwrap();
         let report = ledger.verify().unwrap();
         assert_eq!(report.first_bad.as_ref().map(|b| b.seq), Some(2));

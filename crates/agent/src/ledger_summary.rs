@@ -22,6 +22,8 @@ pub struct Totals {
     pub bytes_out: u64,
     pub receipts: u64,
     pub credits: f64,
+    /// Credits valued at the paying pools' published rates, per currency.
+    pub earnings: BTreeMap<String, f64>,
     pub pauses: u64,
 }
 
@@ -84,16 +86,19 @@ pub fn summarise(entries: &[Entry], tz: &jiff::tz::TimeZone) -> LedgerSummary {
                 });
             }
             "receipt" => {
-                let credits = serde_json::from_str::<ReceiptEntry>(&e.body)
+                let credited = serde_json::from_str::<ReceiptEntry>(&e.body)
                     .ok()
-                    .and_then(|r| r.receipt.verify(&r.pool_public_key).ok().map(|v| (r.pool_public_key, v)))
-                    .filter(|(key, v)| seen_receipts.insert((key.to_hex(), v.receipt_id)))
-                    .map(|(_, v)| v.credits);
+                    .and_then(|r| r.receipt.verify(&r.pool_public_key).ok().map(|v| (r.pool_public_key, v, r.payout)))
+                    .filter(|(key, v, _)| seen_receipts.insert((key.to_hex(), v.receipt_id)))
+                    .map(|(_, v, payout)| (v.credits, payout.and_then(|p| p.checked().ok())));
                 // A receipt whose signature fails earns nothing here (verify names it).
-                if let Some(c) = credits {
+                if let Some((c, payout)) = credited {
                     add(&|t| {
                         t.receipts += 1;
                         t.credits += c;
+                        if let Some(p) = &payout {
+                            *t.earnings.entry(p.currency.clone()).or_default() += c * p.per_credit;
+                        }
                     });
                 }
             }
@@ -166,6 +171,7 @@ mod tests {
             pool: "http://a".into(),
             pool_public_key: key.public(),
             receipt: Signed::sign(&receipt, &key),
+            payout: Some(idlemesh_protocol::api::Payout::new(0.5, "EUR").unwrap()),
         };
         l.append("receipt", &entry).unwrap();
         l.append("receipt", &entry).unwrap(); // the same receipt again: counted once
@@ -174,6 +180,7 @@ mod tests {
             pool: "http://a".into(),
             pool_public_key: key.public(),
             receipt: Signed::sign(&receipt, &Keypair::generate().unwrap()),
+            payout: Some(idlemesh_protocol::api::Payout::new(0.5, "EUR").unwrap()),
         };
         l.append("receipt", &forged).unwrap();
         l.append("paused", &json!({"reasons": []})).unwrap();
@@ -186,6 +193,9 @@ mod tests {
         assert_eq!((s.totals.receipts, s.totals.credits, s.totals.pauses), (1, 2.5, 1));
         assert_eq!(s.per_pool["http://a"].tasks_finished, 2);
         assert_eq!(s.per_pool["http://a"].credits, 2.5);
+        // 2.5 credits at 0.5 EUR each; the forged and repeated receipts add nothing.
+        assert_eq!(s.totals.earnings, BTreeMap::from([("EUR".to_string(), 1.25)]));
+        assert!(s.per_pool["http://b"].earnings.is_empty());
         assert_eq!(s.per_pool["http://b"].tasks_failed, 1);
         assert_eq!(s.per_day.len(), 1);
         assert_eq!(s.per_day.values().next().unwrap(), &s.totals);

@@ -24,6 +24,7 @@ pub mod energy;
 pub mod governor;
 pub mod ledger;
 pub mod ledger_summary;
+pub mod logs;
 mod outbox;
 pub mod paths;
 pub mod pins;

@@ -25,6 +25,25 @@ pub fn kernel_cache_dir() -> PathBuf {
     data_dir().join("compiled")
 }
 
+pub const LOG_DIR_ENV: &str = "IDLEMESH_LOG_DIR";
+
+/// Where the daemon and the tray app keep their log files:
+/// `$IDLEMESH_LOG_DIR`; else `logs/` in an overridden data dir (so a test
+/// or a side-by-side install keeps its logs with its data); else the
+/// platform's state dir (`~/.local/state/idlemesh` on Linux), or `logs/` in
+/// the local data dir where the platform has no state dir.
+pub fn log_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os(LOG_DIR_ENV).filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    if std::env::var_os(DATA_DIR_ENV).is_some_and(|d| !d.is_empty()) {
+        return data_dir().join("logs");
+    }
+    directories::ProjectDirs::from("org", "Idlemesh", "idlemesh")
+        .map(|d| d.state_dir().map(|s| s.to_owned()).unwrap_or_else(|| d.data_local_dir().join("logs")))
+        .unwrap_or_else(|| PathBuf::from(".idlemesh/logs"))
+}
+
 pub const CONFIG_DIR_ENV: &str = "IDLEMESH_CONFIG_DIR";
 
 /// The user's config dir, where `settings.toml` lives.

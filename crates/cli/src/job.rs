@@ -75,15 +75,19 @@ struct SubmitArgs {
     /// How many agreeing results complete a task.
     #[arg(long, default_value_t = 1)]
     quorum: u32,
+    /// Credits for each task that reaches quorum.
     #[arg(long, default_value_t = 1.0)]
     credits: f64,
+    /// Metered credit instead: credits per million units of fuel a task used (needs --max-fuel).
+    #[arg(long, requires = "max_fuel")]
+    credits_per_million_fuel: Option<f64>,
     #[arg(long, value_enum, default_value = "concat")]
     combiner: CombinerArg,
     #[arg(long, default_value_t = 600)]
     timeout_s: u64,
     #[arg(long, default_value_t = 256)]
     max_memory_mb: u64,
-    /// Meter tasks with this much fuel (credit by fuel; replicas must agree on it).
+    /// Meter tasks with at most this much fuel (replicas must agree on it).
     #[arg(long)]
     max_fuel: Option<u64>,
     #[arg(long)]
@@ -197,6 +201,7 @@ async fn submit(client: &OperatorClient, a: SubmitArgs) -> anyhow::Result<()> {
         replication: a.replication,
         quorum: a.quorum,
         credits_per_task: a.credits,
+        credits_per_million_fuel: a.credits_per_million_fuel,
         combiner: match a.combiner {
             CombinerArg::Concat => Combiner::Concat,
             CombinerArg::PngTiles => Combiner::PngTiles,
@@ -211,11 +216,8 @@ async fn submit(client: &OperatorClient, a: SubmitArgs) -> anyhow::Result<()> {
         lease_ms: (a.timeout_s * 1000 * 2).max(60_000),
         spot_checks: Vec::new(),
     };
-    // The pool checks the spec and names what is wrong; that is bad input too.
-    let created = client
-        .submit(&spec)
-        .await
-        .map_err(|e| if e.to_string().contains("400") { bad_input(format!("{e:#}")) } else { e })?;
+    // The pool checks the spec and names what is wrong (exit 2, as the client maps it).
+    let created = client.submit(&spec).await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&created)?);
     } else {

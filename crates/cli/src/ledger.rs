@@ -65,8 +65,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 return Ok(());
             }
             let line = |label: &str, t: &idlemesh_agent::ledger_summary::Totals| {
+                let earned: String =
+                    t.earnings.iter().map(|(currency, v)| format!("  earned {v:.4} {currency}")).collect();
                 println!(
-                    "{label:24} {:>6} tasks ({} failed)  {:>9.1} CPU-s  {:>9.1} J  {:>8.2} credits  {} in / {} out  {} pauses",
+                    "{label:24} {:>6} tasks ({} failed)  {:>9.1} CPU-s  {:>9.1} J  {:>8.2} credits{earned}  {} in / {} out  {} pauses",
                     t.tasks_finished,
                     t.tasks_failed,
                     t.cpu_s,

@@ -69,8 +69,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The daemon's log is its interface; every other command speaks through its output.
-    init_tracing(if matches!(cli.command, Command::Agent(_)) { "info" } else { "warn" });
+    // The daemon's log is its interface (kept in daily files too); every
+    // other command speaks through its output.
+    if matches!(cli.command, Command::Agent(_)) {
+        idlemesh_agent::logs::init("info", Some("agent"));
+    } else {
+        idlemesh_agent::logs::init("warn", None);
+    }
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Agent(args) => agent::agent(args),
@@ -88,10 +93,4 @@ fn main() -> ExitCode {
         Command::Worker { cache_dir, .. } => idlemesh_runtime::worker::serve(cache_dir).map_err(Into::into),
     };
     exit::code(result)
-}
-
-fn init_tracing(default: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("IDLEMESH_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
 }

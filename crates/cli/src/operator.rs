@@ -48,10 +48,26 @@ impl OperatorClient {
         }
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
-        match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(e) => bail!("{what}: pool answered {status} {}: {}", e.error.code, e.error.message),
-            Err(_) => bail!("{what}: pool answered {status}"),
+        let message = match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(e) => format!("{what}: pool answered {status} {}: {}", e.error.code, e.error.message),
+            Err(_) => format!("{what}: pool answered {status}"),
+        };
+        // The pool refusing what was asked (a bad spec, an unknown id, a
+        // wrong token, too big) is the caller's input: exit 2. A conflict,
+        // a rate limit or a server error is not.
+        use reqwest::StatusCode as S;
+        if matches!(
+            status,
+            S::BAD_REQUEST
+                | S::UNAUTHORIZED
+                | S::FORBIDDEN
+                | S::NOT_FOUND
+                | S::PAYLOAD_TOO_LARGE
+                | S::UNPROCESSABLE_ENTITY
+        ) {
+            return Err(crate::exit::bad_input(message));
         }
+        bail!("{message}")
     }
 
     pub async fn put_blob(&self, bytes: Vec<u8>) -> anyhow::Result<BlobStored> {

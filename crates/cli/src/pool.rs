@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::Subcommand;
 use idlemesh_pool::{Pool, PoolConfig};
 use idlemesh_protocol::Keypair;
-use idlemesh_protocol::api::TokenCreate;
+use idlemesh_protocol::api::{Payout, TokenCreate};
 
 use crate::exit::bad_input;
 
@@ -40,6 +40,13 @@ enum Action {
         /// Only devices with an enrollment token may join.
         #[arg(long)]
         closed: bool,
+        /// What one credit is worth, where the pool pays (with --payout-currency);
+        /// agents value their receipts with it.
+        #[arg(long, requires = "payout_currency")]
+        payout_per_credit: Option<f64>,
+        /// The payout's currency code: EUR, USD...
+        #[arg(long, requires = "payout_per_credit")]
+        payout_currency: Option<String>,
     },
     /// Organisations: `org create NAME`, `org stats ID`.
     Org {
@@ -95,9 +102,9 @@ enum TokenAction {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let (listen, db, data_dir, name, operator, closed) = match args.action {
-        Action::Serve { listen, db, data_dir, name, operator, closed } => {
-            (listen, db, data_dir, name, operator, closed)
+    let (listen, db, data_dir, name, operator, closed, payout) = match args.action {
+        Action::Serve { listen, db, data_dir, name, operator, closed, payout_per_credit, payout_currency } => {
+            (listen, db, data_dir, name, operator, closed, payout_per_credit.zip(payout_currency))
         }
         Action::Org { action, client } => return orgs(action, client),
         Action::Token { action, client } => return tokens(action, client),
@@ -107,6 +114,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if db.as_ref().is_some_and(|d| d.to_string_lossy().starts_with("postgres://")) {
         return Err(bad_input("PostgreSQL storage is not in this build yet; use a SQLite path"));
     }
+    let payout = payout
+        .map(|(rate, currency)| Payout::new(rate, &currency))
+        .transpose()
+        .map_err(|e| bad_input(format!("--payout-per-credit/--payout-currency: {e}")))?;
     let operator_token = match std::env::var(OPERATOR_TOKEN_ENV) {
         Ok(t) if !t.is_empty() => t,
         _ => {
@@ -116,8 +127,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let data_dir = data_dir.unwrap_or_else(|| idlemesh_agent::paths::data_dir().join("pool"));
-    let pool =
-        Pool::open(PoolConfig { data_dir, db_path: db, name, operator, operator_token, open_enrollment: !closed })?;
+    let pool = Pool::open(PoolConfig {
+        data_dir,
+        db_path: db,
+        name,
+        operator,
+        operator_token,
+        open_enrollment: !closed,
+        payout,
+    })?;
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         // The bound address, so `--listen 127.0.0.1:0` is usable; tests read this line.

@@ -20,6 +20,7 @@ pub fn pool_config(dir: &Path, operator: &str) -> PoolConfig {
         operator: operator.into(),
         operator_token: crate::store::random_token(),
         open_enrollment: true,
+        payout: None,
     }
 }
 
@@ -42,6 +43,7 @@ pub fn mandelbrot_job(kernel: Sha256, width: u32, height: u32, columns: u32, row
         replication: 1,
         quorum: 1,
         credits_per_task: 1.0,
+        credits_per_million_fuel: None,
         combiner: Combiner::PngTiles,
         limits: TaskLimits { timeout_ms: 120_000, ..TaskLimits::default() },
         lease_ms: 60_000,

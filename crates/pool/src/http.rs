@@ -10,9 +10,10 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use idlemesh_protocol::api::{
-    BlobStored, EnrollRequest, EnrollResponse, ErrorBody, ErrorDetail, HeartbeatResponse, JobCreated, JobSpec,
-    JobStatus, LeaseRequest, LeaseResponse, LeaseSync, LeaseSyncResponse, LeaseTokenBody, Org, OrgCreate, OrgStats,
-    PoolChallenge, PoolInfo, PoolStats, ResultResponse, ResultSubmission, TokenCreate, TokenCreated, TokenInfo,
+    BlobStored, DeviceStats, EnrollRequest, EnrollResponse, ErrorBody, ErrorDetail, HeartbeatResponse, JobCreated,
+    JobSpec, JobStatus, LeaseRequest, LeaseResponse, LeaseSync, LeaseSyncResponse, LeaseTokenBody, Org, OrgCreate,
+    OrgStats, PoolChallenge, PoolInfo, PoolStats, ResultResponse, ResultSubmission, TokenCreate, TokenCreated,
+    TokenInfo,
 };
 use idlemesh_protocol::openapi::{RawBytes, SignedPoolChallenge};
 use idlemesh_protocol::{Sha256, Signed};
@@ -183,6 +184,7 @@ fn api() -> OpenApiRouter<Pool> {
         .routes(routes!(job_status))
         .routes(routes!(job_output))
         .routes(routes!(stats))
+        .routes(routes!(device_stats))
         .routes(routes!(create_org, list_orgs))
         .routes(routes!(org_stats))
         .routes(routes!(create_token))
@@ -242,9 +244,23 @@ async fn info(State(pool): State<Pool>) -> impl IntoResponse {
                 field: "memory_bytes".into(),
                 reason: "to hand out only tasks that fit in memory".into(),
             },
+            idlemesh_protocol::api::DeviceInfoRequest {
+                field: "os".into(),
+                reason: "optional: to know which platforms the pool's devices run".into(),
+            },
+            idlemesh_protocol::api::DeviceInfoRequest {
+                field: "agent_version".into(),
+                reason: "optional: to know which agent versions are still in use".into(),
+            },
+            idlemesh_protocol::api::DeviceInfoRequest {
+                field: "lease.wgpu_adapter".into(),
+                reason: "sent with each work request where the GPU is offered: GPU tasks go only to devices \
+                         with an adapter, and GPU results are compared only between the same kind of adapter"
+                    .into(),
+            },
         ],
         open_enrollment: c.open_enrollment,
-        payout: None,
+        payout: c.payout.clone(),
     })
 }
 
@@ -569,6 +585,15 @@ async fn job_output(State(pool): State<Pool>, Path(job): Path<String>, headers: 
     responses((status = 200, description = "Totals, and each device's credits and reputation", body = PoolStats)))]
 async fn stats(State(pool): State<Pool>) -> ApiResult<impl IntoResponse> {
     Ok(axum::Json(pool.inner.store.run(|s| s.stats()).await?))
+}
+
+#[utoipa::path(get, path = "/v1/devices/{id}/stats", operation_id = "device_stats",
+    params(("id" = u64, Path, description = "device id")),
+    responses((status = 200, description = "One device's credits and reputation, as /v1/stats lists them", body = DeviceStats),
+        BadRequest, NotFound))]
+async fn device_stats(State(pool): State<Pool>, Path(device): Path<String>) -> ApiResult<impl IntoResponse> {
+    let device = id(&device, "device id")?;
+    Ok(axum::Json(pool.inner.store.run(move |s| s.device_stats(device)).await?))
 }
 
 #[utoipa::path(get, path = "/metrics", operation_id = "metrics",

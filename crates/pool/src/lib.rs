@@ -46,6 +46,8 @@ pub struct PoolConfig {
     pub operator_token: String,
     /// Whether devices may enroll without an enrollment token.
     pub open_enrollment: bool,
+    /// What a credit is worth, where the pool pays (shown in `/v1/info`).
+    pub payout: Option<idlemesh_protocol::api::Payout>,
 }
 
 impl PoolConfig {
@@ -57,6 +59,7 @@ impl PoolConfig {
             operator: "unknown operator".into(),
             operator_token: String::new(),
             open_enrollment: true,
+            payout: None,
         }
     }
 }

@@ -33,6 +33,14 @@ pub(crate) fn expand(spec: &JobSpec) -> Result<Vec<TaskSeed>, String> {
     if !(spec.credits_per_task.is_finite() && spec.credits_per_task >= 0.0) {
         return Err("credits_per_task must be a finite number >= 0".into());
     }
+    if let Some(rate) = spec.credits_per_million_fuel {
+        if !(rate.is_finite() && rate >= 0.0) {
+            return Err("credits_per_million_fuel must be a finite number >= 0".into());
+        }
+        if spec.limits.max_fuel.is_none() {
+            return Err("credits_per_million_fuel needs limits.max_fuel: metered credit needs metered tasks".into());
+        }
+    }
     if spec.lease_ms < 1_000 || spec.lease_ms > 7 * 24 * 3_600_000 {
         return Err(format!("lease_ms {} is outside 1000..=604800000", spec.lease_ms));
     }

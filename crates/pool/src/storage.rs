@@ -20,7 +20,7 @@
 //! The HTTP layer sees only this trait (through the writer), never SQLite.
 
 use idlemesh_protocol::api::{
-    Capabilities, JobSpec, JobStatus, Org, OrgStats, PoolStats, TokenCreate, TokenCreated, TokenInfo,
+    Capabilities, DeviceStats, JobSpec, JobStatus, Org, OrgStats, PoolStats, TokenCreate, TokenCreated, TokenInfo,
 };
 use idlemesh_protocol::{Keypair, PublicKey, Sha256, TaskManifest};
 
@@ -77,6 +77,7 @@ pub(crate) trait Storage: Send {
     ) -> Result<ResultOutcome, StoreError>;
 
     fn stats(&self) -> Result<PoolStats, StoreError>;
+    fn device_stats(&self, device_id: u64) -> Result<DeviceStats, StoreError>;
 
     fn create_org(&mut self, name: &str, now: u64) -> Result<Org, StoreError>;
     fn orgs(&self) -> Result<Vec<Org>, StoreError>;

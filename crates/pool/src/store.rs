@@ -498,7 +498,7 @@ impl Store {
                 params,
                 limits: spec.limits,
                 wgsl: spec.wgsl.clone(),
-                credits: spec.credits_per_task,
+                credits: spec.credit_for(spec.limits.max_fuel),
                 issued_at_ms: now,
                 deadline_ms: deadline,
             };
@@ -622,7 +622,8 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
             )?;
             let right = &row.2 == expected;
-            let receipt = judge(&tx, &row, right, job_id, task_id, spec.credits_per_task, key, now)?;
+            let credits = spec.credit_for(row.3.map(|f| f as u64));
+            let receipt = judge(&tx, &row, right, job_id, task_id, credits, key, now)?;
             let task_state = match (task_state.as_str(), right) {
                 ("pending", true) => {
                     close_task(&tx, task_id, expected)?;
@@ -683,7 +684,8 @@ impl Store {
                 new_state = TaskState::Done;
                 close_task(&tx, task_id, &canonical.0)?;
                 for r in &reported {
-                    let signed = judge(&tx, r, vote(r) == canonical, job_id, task_id, spec.credits_per_task, key, now)?;
+                    let credits = spec.credit_for(r.3.map(|f| f as u64));
+                    let signed = judge(&tx, r, vote(r) == canonical, job_id, task_id, credits, key, now)?;
                     if r.0 == lease_id as i64 {
                         receipt = signed;
                     }
@@ -843,6 +845,25 @@ impl Store {
         }
     }
 
+    /// One device's credits and reputation.
+    pub fn device_stats(&self, device_id: u64) -> Result<DeviceStats, StoreError> {
+        cached_row(
+            &self.conn,
+            "SELECT id, credits, valid_results, invalid_results FROM devices WHERE id = ?1",
+            [device_id as i64],
+            |r| {
+                Ok(DeviceStats {
+                    device_id: r.get::<_, i64>(0)? as u64,
+                    credits: r.get(1)?,
+                    valid_results: r.get::<_, i64>(2)? as u64,
+                    invalid_results: r.get::<_, i64>(3)? as u64,
+                })
+            },
+        )
+        .optional()?
+        .ok_or(StoreError::NotFound { what: "device", id: device_id.to_string() })
+    }
+
     pub fn stats(&self) -> Result<PoolStats, StoreError> {
         let jobs: i64 = cached_row(&self.conn, "SELECT count(*) FROM jobs", [], |r| r.get(0))?;
         let mut stmt =
@@ -937,6 +958,9 @@ impl crate::storage::Storage for Store {
     }
     fn stats(&self) -> Result<PoolStats, StoreError> {
         Store::stats(self)
+    }
+    fn device_stats(&self, device_id: u64) -> Result<DeviceStats, StoreError> {
+        Store::device_stats(self, device_id)
     }
     fn create_org(&mut self, name: &str, now: u64) -> Result<idlemesh_protocol::api::Org, StoreError> {
         Store::create_org(self, name, now)

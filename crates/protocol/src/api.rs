@@ -43,8 +43,31 @@ pub struct DeviceInfoRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Payout {
+    /// What one credit is worth, in `currency`.
     pub per_credit: f64,
+    /// A currency code: 3 to 8 capital letters or digits (EUR, USD, USDC).
     pub currency: String,
+}
+
+impl Payout {
+    /// Checked: the pool operator types it, and the agent reads it from a
+    /// pool's reply, where it values every receipt.
+    pub fn new(per_credit: f64, currency: &str) -> Result<Self, String> {
+        if !per_credit.is_finite() || per_credit <= 0.0 || per_credit > 1e6 {
+            return Err(format!("payout per credit {per_credit} is not a positive amount of at most 1000000"));
+        }
+        let code_ok =
+            (3..=8).contains(&currency.len()) && currency.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+        if !code_ok {
+            return Err(format!("currency {currency:?} is not a code of 3 to 8 capital letters or digits, like EUR"));
+        }
+        Ok(Self { per_credit, currency: currency.to_string() })
+    }
+
+    /// This payout, if it passes [`Payout::new`]'s checks.
+    pub fn checked(&self) -> Result<Self, String> {
+        Self::new(self.per_credit, &self.currency)
+    }
 }
 
 /// `POST /v1/enroll`.
@@ -328,6 +351,12 @@ pub struct JobSpec {
     #[serde(default = "one_f")]
     #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub credits_per_task: f64,
+    /// Metered credit: what each million units of fuel a task used earns,
+    /// instead of `credits_per_task`. Needs `limits.max_fuel`: tasks then
+    /// run metered, and replicas must also agree on their fuel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
+    pub credits_per_million_fuel: Option<f64>,
     pub combiner: Combiner,
     #[serde(default)]
     pub limits: TaskLimits,
@@ -340,6 +369,19 @@ pub struct JobSpec {
     /// outputs are not part of the job's output.
     #[serde(default)]
     pub spot_checks: Vec<SpotCheck>,
+}
+
+impl JobSpec {
+    /// What one result that reaches quorum earns: by its fuel for a metered
+    /// job, else the job's flat rate. Given `limits.max_fuel`, the most a
+    /// task can earn (what its manifest states): a device that claims more
+    /// fuel than its task could burn is paid for the budget, no more.
+    pub fn credit_for(&self, fuel: Option<u64>) -> f64 {
+        match self.credits_per_million_fuel {
+            Some(rate) => fuel.unwrap_or(0).min(self.limits.max_fuel.unwrap_or(u64::MAX)) as f64 / 1e6 * rate,
+            None => self.credits_per_task,
+        }
+    }
 }
 
 /// A task whose correct output the job owner already knows.

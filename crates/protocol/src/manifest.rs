@@ -97,7 +97,8 @@ pub struct TaskManifest {
     /// A WGSL kernel's buffers and dispatch; absent for WASM kernels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wgsl: Option<crate::wgsl::WgslLayout>,
-    /// Credits paid for a result that reaches quorum.
+    /// Credits paid for a result that reaches quorum (for a metered job,
+    /// the most it can earn: its receipt says what its fuel earned).
     pub credits: f64,
     pub issued_at_ms: UnixMillis,
     pub deadline_ms: UnixMillis,

@@ -14,7 +14,7 @@ if (q.has('paused')) {
     manual_pause: { kind: 'until', until_ms: Date.now() + 25 * 60_000 },
     reasons: [
       { code: 'paused_by_user', text: 'paused by you until 14:30' },
-      { code: 'user_active', text: 'you were active 4 s ago; work starts after 3 min idle' },
+      { code: 'user_active', text: 'user active 4 s ago; work starts after 3 min idle' },
       { code: 'power_ok', text: 'on AC power, battery 93 %' },
     ],
     decision: { action: { action: 'pause' }, reasons: [] },
@@ -72,7 +72,7 @@ const entries: Entry[] = Array.from({ length: 40 }, (_, i) => {
     cpu_ms: 1200 + seq,
     output_bytes: 4096,
     kernel_sha256: '8abc'.repeat(16),
-    reasons: [{ code: 'user_active', text: 'you were active 1 s ago; work starts after 3 min idle' }],
+    reasons: [{ code: 'user_active', text: 'user active 1 s ago; work starts after 3 min idle' }],
     receipt: { payload: JSON.stringify({ job_id: 1, task_id: seq, credits: 1.25 }), signature: 'x' },
     fields: { cores: '2' },
     purpose: 'enrollment',

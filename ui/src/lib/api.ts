@@ -202,6 +202,8 @@ export interface Totals {
   bytes_out: number;
   receipts: number;
   credits: number;
+  /** Credits valued at the paying pools' published rates, per currency code. */
+  earnings?: Record<string, number>;
   pauses: number;
 }
 

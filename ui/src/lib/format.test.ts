@@ -123,7 +123,7 @@ describe('nextStartText', () => {
   it('waits for the idle time the user set', () => {
     const s = status({
       state: 'paused',
-      reasons: [{ code: 'user_active', text: 'you were active 2 s ago; work starts after 180 s idle' }],
+      reasons: [{ code: 'user_active', text: 'user active 2 s ago; work starts after 180 s idle' }],
       settings: settings({ idle_minutes: { value: 3.0 } }),
     });
     expect(nextStartText(s, now)).toBe('when you have been away 3 minutes');
@@ -134,7 +134,7 @@ describe('nextStartText', () => {
       manual_pause: { kind: 'until', until_ms: at(14, 30) },
       reasons: [
         { code: 'paused_by_user', text: 'paused by you until 14:30' },
-        { code: 'on_battery', text: 'on battery (40 %)' },
+        { code: 'on_battery', text: 'on battery 40%, and running on battery is off' },
       ],
     });
     expect(nextStartText(s, now)).toBe('at 14:30 when your pause ends and when the charger is plugged in');
@@ -189,9 +189,9 @@ describe('entrySummary', () => {
   it('gives pause reasons', () => {
     const s = entrySummary({
       kind: 'paused',
-      body: { reasons: [{ code: 'user_active', text: 'you were active 1 s ago' }, { code: 'x', text: 'b' }] },
+      body: { reasons: [{ code: 'user_active', text: 'user active 1 s ago' }, { code: 'x', text: 'b' }] },
     });
-    expect(s).toBe('paused: you were active 1 s ago; b');
+    expect(s).toBe('paused: user active 1 s ago; b');
   });
   it('falls back to the JSON of an unknown kind', () => {
     expect(entrySummary({ kind: 'something', body: { a: 1 } })).toBe('{"a":1}');

@@ -63,6 +63,13 @@ export function formatCredits(c: number): string {
   return formatNumber(c, c !== 0 && Math.abs(c) < 1 ? 4 : 2);
 }
 
+/** "1.25 EUR, 0.50 USD", or null where no pool pays. */
+export function formatEarnings(earnings: Record<string, number> | undefined): string | null {
+  const entries = Object.entries(earnings ?? {}).sort(([a], [b]) => a.localeCompare(b));
+  if (!entries.length) return null;
+  return entries.map(([currency, v]) => `${formatNumber(v, v !== 0 && Math.abs(v) < 1 ? 4 : 2, 2)} ${currency}`).join(', ');
+}
+
 export function formatPercent(p: number): string {
   return `${formatNumber(p, p < 10 ? 1 : 0)} %`;
 }

@@ -21,6 +21,7 @@ const busy = {
   bytes_out: 30_000,
   receipts: 12,
   credits: 24.5,
+  earnings: { EUR: 0.049 },
 };
 
 const summary = {
@@ -37,6 +38,7 @@ describe('Stats page', () => {
     );
     render(Stats);
     await waitFor(() => expect($('#totals').textContent).toContain('Nothing yet'));
+    expect($('#totals').textContent).not.toContain('Earned');
     expect($('#per-pool').textContent).toContain('Nothing yet');
     expect(document.querySelector('canvas#chart-daily')).not.toBeNull();
   });
@@ -50,7 +52,9 @@ describe('Stats page', () => {
     expect(totals).toContain('20 Wh');
     expect(totals).toContain('2 MB');
     expect(totals).not.toContain('Nothing yet');
+    expect(totals).toContain('0.049 EUR');
     expect($('#per-pool').textContent).toContain('http://127.0.0.1:18470');
+    expect($('#per-pool').textContent).toContain('0.049 EUR');
     expect($('#daily-table').textContent).toContain('2026-11-28');
   });
 });

@@ -29,7 +29,7 @@ export function status(over: Partial<Status> = {}): Status {
     reasons: [
       { code: 'idle_unknown', text: 'no input sensor here (headless): running as if nobody were using this machine' },
       { code: 'power_ok', text: 'on mains power (no battery)' },
-      { code: 'throttled', text: 'using 1 core at 60 % duty cycle' },
+      { code: 'throttled', text: 'using 1 core at 60% duty cycle' },
     ],
     decision: {
       action: { action: 'run', cores: 1, duty_cycle_percent: 60, gpu: false },

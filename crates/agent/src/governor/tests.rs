@@ -220,7 +220,7 @@ fn reasons_read_as_the_design_says() {
     let mut s = snap();
     s.user_idle = Some(Duration::from_secs(3));
     let (d, _) = decide(&GovernorState::default(), &s, &limits(), ManualPause::None);
-    assert!(d.reasons[0].text.starts_with("you were active 3 s ago"), "{}", d.reasons[0].text);
+    assert!(d.reasons[0].text.starts_with("user active 3 s ago"), "{}", d.reasons[0].text);
 
     let mut l = limits();
     l.run_on_battery = true;
@@ -228,7 +228,7 @@ fn reasons_read_as_the_design_says() {
     s.user_idle = None;
     s.battery = Some(Battery { percent: 41.0, on_ac: false });
     let (d, _) = decide(&GovernorState::default(), &s, &l, ManualPause::None);
-    assert_eq!(d.reasons[0].text, "battery 41 % < 50 %");
+    assert_eq!(d.reasons[0].text, "on battery 41% < 50%");
 
     // T0 is 13:00 UTC; the user's clock is UTC+1, so 15 minutes on is 14:15 for them.
     let (d, _) = decide(&GovernorState::default(), &snap(), &limits(), ManualPause::Until { until_ms: T0 + 15 * MIN });

@@ -237,10 +237,22 @@ async fn the_server_matches_its_openapi_document() {
     let lease_body = json!({"capabilities": {"wasm": true, "cores": 2, "memory_bytes": 1}, "max_tasks": 1}).to_string();
     let (status, leases) = call(&pool, signed(&key, device, "/v1/leases", &lease_body, crate::now_ms())).await;
     conforms(&leases, response_schema(&doc, "/v1/leases", "post", status), &doc).unwrap();
-    for (path, get) in [("/v1/info", "/v1/info"), ("/v1/stats", "/v1/stats"), ("/v1/health", "/v1/health")] {
+    let device_stats = format!("/v1/devices/{device}/stats");
+    for (path, get) in [
+        ("/v1/info", "/v1/info"),
+        ("/v1/stats", "/v1/stats"),
+        ("/v1/health", "/v1/health"),
+        ("/v1/devices/{id}/stats", &device_stats),
+    ] {
         let (status, body) = call(&pool, Request::get(get).body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::OK, "{get}: {body}");
         conforms(&body, response_schema(&doc, path, "get", status), &doc).unwrap_or_else(|e| panic!("{path}: {e}"));
     }
+    let (_, mine) = call(&pool, Request::get(&device_stats).body(Body::empty()).unwrap()).await;
+    assert_eq!(mine, json!({"device_id": device, "credits": 0.0, "valid_results": 0, "invalid_results": 0}));
+    let (status, unknown) = call(&pool, Request::get("/v1/devices/999/stats").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(unknown["error"]["code"], "not_found", "{unknown}");
     // The manifest inside a signed payload is documented too.
     let manifest = json!({
         "job_id": 1, "task_id": 1, "replica_id": 1, "device_id": 1, "lease_id": 1, "lease_token": "t",

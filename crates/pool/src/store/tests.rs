@@ -225,6 +225,47 @@ fn replicas_of_a_gpu_task_stay_within_one_adapter_class() {
 }
 
 #[test]
+fn a_metered_job_pays_by_the_fuel_the_replicas_agree_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("pool.sqlite")).unwrap();
+    let kernel = store.put_blob(b"kernel bytes").unwrap();
+    let job = |rate: serde_json::Value, limits: serde_json::Value| -> Result<JobSpec, String> {
+        let spec: JobSpec = serde_json::from_value(json!({
+            "name": "metered", "kernel_kind": "wasm", "kernel_sha256": kernel,
+            "split": {"kind": "range", "start": 0, "end": 1, "chunk": 1},
+            "replication": 2, "quorum": 2, "credits_per_million_fuel": rate, "limits": limits,
+            "combiner": {"kind": "concat"}, "lease_ms": 10_000,
+        }))
+        .unwrap();
+        split::expand(&spec).map(|_| spec)
+    };
+    // Metered credit without metered tasks, or at a negative rate: refused, saying why.
+    let e = job(json!(0.5), json!({})).unwrap_err();
+    assert!(e.contains("needs limits.max_fuel"), "{e}");
+    let e = job(json!(-1.0), json!({"max_fuel": 10_000_000})).unwrap_err();
+    assert!(e.contains("credits_per_million_fuel"), "{e}");
+
+    let spec = job(json!(0.5), json!({"max_fuel": 10_000_000})).unwrap();
+    store.create_job(&spec, split::expand(&spec).unwrap(), 1_000).unwrap();
+    let key = Keypair::generate().unwrap();
+    let caps = Capabilities { wasm: true, wgpu_adapter: None, cores: 2, memory_bytes: 0 };
+    let (a, b) = (
+        store.enroll(&Keypair::generate().unwrap().public(), "{}", None, 1_000).unwrap().0,
+        store.enroll(&Keypair::generate().unwrap().public(), "{}", None, 1_000).unwrap().0,
+    );
+    let ma = store.lease(a, &caps, 1, 2_000).unwrap().remove(0);
+    let mb = store.lease(b, &caps, 1, 2_000).unwrap().remove(0);
+    assert_eq!(ma.credits, 5.0, "the manifest states the most a task can earn: 10 M fuel at 0.5");
+    let fuel = Some(3_000_000);
+    let first = store.submit_result(a, ma.lease_id, &ma.lease_token, b"out", fuel, 5, 4, &key, 3_000).unwrap();
+    assert_eq!(first.task_state, TaskState::Pending);
+    let second = store.submit_result(b, mb.lease_id, &mb.lease_token, b"out", fuel, 5, 4, &key, 3_000).unwrap();
+    assert_eq!(second.task_state, TaskState::Done);
+    let receipt = second.receipt.unwrap().verify(&key.public()).unwrap();
+    assert_eq!((receipt.fuel, receipt.credits), (Some(3_000_000), 1.5), "3 M fuel at 0.5 a million");
+}
+
+#[test]
 fn migrations_apply_to_an_existing_database() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("old.sqlite");
