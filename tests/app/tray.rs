@@ -109,7 +109,11 @@ fn the_tray_shows_the_state_and_its_menu_pauses_resumes_opens_and_quits() {
     let pid = s["workers"]["pids"][0].as_u64().expect("a worker runs");
     let clicked = Instant::now();
     item.click("Pause for 15 minutes");
-    let took = wait_until("the worker to freeze", Duration::from_secs(10), || proc_state(pid) == 'T');
+    // The status first: a duty-cycle stop also shows the worker as `T`, so
+    // the process state alone does not say the menu's pause was recorded.
+    let took = wait_until("the pause to be recorded and the worker frozen", Duration::from_secs(10), || {
+        status()["manual_pause"]["kind"] == "until" && proc_state(pid) == 'T'
+    });
     eprintln!("tray test: menu click to frozen worker: {:.1} ms", took.as_secs_f64() * 1e3);
     let s = status();
     assert_eq!(s["paused"], true, "{s:#}");
@@ -123,15 +127,17 @@ fn the_tray_shows_the_state_and_its_menu_pauses_resumes_opens_and_quits() {
 
     // Resume: the same worker continues.
     item.click("Resume");
+    wait_until("the resume to be recorded", Duration::from_secs(10), || status()["paused"] == false);
     wait_until("the worker to run again", Duration::from_secs(10), || proc_state(pid) != 'T');
-    assert_eq!(status()["paused"], false);
     item.wait_state_line(Duration::from_secs(5), |l| l == "Idlemesh: Working for the pool");
 
     // Until I resume: no end time.
     item.click("Pause until I resume");
-    wait_until("the worker to freeze", Duration::from_secs(10), || proc_state(pid) == 'T');
-    assert_eq!(status()["manual_pause"]["kind"], "until_resumed");
+    wait_until("the pause to be recorded and the worker frozen", Duration::from_secs(10), || {
+        status()["manual_pause"]["kind"] == "until_resumed" && proc_state(pid) == 'T'
+    });
     item.click("Resume");
+    wait_until("the resume to be recorded", Duration::from_secs(10), || status()["paused"] == false);
     wait_until("the worker to run again", Duration::from_secs(10), || proc_state(pid) != 'T');
 
     // Open dashboard: the window (and its webview) is created on demand.
