@@ -9,14 +9,13 @@ mod demo;
 mod notify;
 mod tray;
 
-use std::ffi::OsString;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
     if args.next().as_deref() == Some("worker".as_ref()) {
-        return worker(args.collect());
+        idlemesh_agent::logs::init("warn", None);
+        return idlemesh_runtime::worker::main(args);
     }
     #[cfg(target_os = "linux")]
     keep_gl_out_of_gtk();
@@ -34,34 +33,5 @@ fn keep_gl_out_of_gtk() {
     if std::env::var_os("GDK_GL").is_none() {
         // SAFETY: first thing in main, before any other thread exists.
         unsafe { std::env::set_var("GDK_GL", "disable") };
-    }
-}
-
-/// `worker [--cache-dir DIR] [--probe-gpu]`: exactly what `WorkerCommand::current_exe` passes.
-fn worker(args: Vec<OsString>) -> ExitCode {
-    let mut cache_dir = None;
-    let mut probe_gpu = false;
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        match arg.to_str() {
-            Some("--cache-dir") => cache_dir = args.next().map(PathBuf::from),
-            Some("--probe-gpu") => probe_gpu = true,
-            _ => {
-                eprintln!("worker: unexpected argument {arg:?}");
-                return ExitCode::from(2);
-            }
-        }
-    }
-    let result = if probe_gpu {
-        idlemesh_runtime::worker::probe_gpu().map_err(|e| format!("no GPU for WGSL kernels: {e}"))
-    } else {
-        idlemesh_runtime::worker::serve(cache_dir).map_err(|e| e.to_string())
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("worker: {e}");
-            ExitCode::FAILURE
-        }
     }
 }

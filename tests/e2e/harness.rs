@@ -119,6 +119,7 @@ pub fn agent_config(pool_url: &str, data_dir: &Path) -> idlemesh_agent::AgentCon
         max_tasks_per_lease: 1,
         max_idle_poll: std::time::Duration::from_millis(100),
         watcher: None,
+        require_sandbox: Vec::new(),
     }
 }
 

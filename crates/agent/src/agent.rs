@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use idlemesh_protocol::api::{Capabilities, EnrollRequest, Payout, ResultSubmission};
 use idlemesh_protocol::{KernelKind, Keypair, PublicKey, Receipt, Sha256, Signed, TaskManifest};
-use idlemesh_runtime::{RunLimits, RunReport, Status, WorkRequest, WorkerCommand, WorkerProcess};
+use idlemesh_runtime::{Layer, Profile, RunLimits, RunReport, Status, WorkRequest, WorkerCommand, WorkerProcess};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -41,6 +41,8 @@ pub struct AgentConfig {
     /// The governor's watcher: when present, work is leased only while it
     /// allows, and every worker is handed to it to freeze and throttle.
     pub watcher: Option<Watcher>,
+    /// OS sandbox layers a worker must report before it is given a kernel.
+    pub require_sandbox: Vec<Layer>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +125,8 @@ pub struct Agent {
     payout: Option<Payout>,
     ledger: Ledger,
     outbox: Outbox,
-    worker: Option<WorkerProcess>,
+    /// A warm worker per profile: WASM tasks never share a process with a GPU driver.
+    workers: HashMap<Profile, WorkerProcess>,
     blobs: HashMap<Sha256, Arc<Vec<u8>>>,
     summary: AgentSummary,
 }
@@ -241,7 +244,7 @@ impl Agent {
             payout,
             ledger,
             outbox,
-            worker: None,
+            workers: HashMap::new(),
             blobs: HashMap::new(),
             summary: AgentSummary::default(),
         })
@@ -270,7 +273,7 @@ impl Agent {
             payout: self.payout.clone(),
             ledger: Ledger::open(&self.config.ledger_path)?,
             outbox: Outbox::open(&self.config.data_dir.join("outbox.sqlite"))?,
-            worker: None,
+            workers: HashMap::new(),
             blobs: HashMap::new(),
             summary: AgentSummary::default(),
         })
@@ -487,9 +490,36 @@ impl Agent {
         self.config.data_dir.join("checkpoints").join(format!("{}-{}-{}.bin", m.job_id, m.task_id, m.kernel.sha256))
     }
 
+    /// The warm worker for `profile`, or a new one (whose sandbox the watcher learns).
+    async fn worker_for(&mut self, profile: Profile) -> Result<WorkerProcess, idlemesh_runtime::WorkerError> {
+        if let Some(worker) = self.workers.remove(&profile) {
+            return Ok(worker);
+        }
+        let command = self.config.worker.with_profile(profile);
+        let worker = tokio::task::spawn_blocking(move || WorkerProcess::spawn(&command))
+            .await
+            .expect("starting a worker does not panic")?;
+        if let Some(w) = &self.config.watcher {
+            w.sandbox_seen(worker.sandbox().clone());
+        }
+        Ok(worker)
+    }
+
     async fn execute(&mut self, m: TaskManifest, kernel: Arc<Vec<u8>>, input: Arc<Vec<u8>>) -> Result<(), AgentError> {
         let checkpoint_path = self.checkpoint_path(&m);
         let resume = std::fs::read(&checkpoint_path).ok();
+        let profile = if m.wgsl.is_some() { Profile::Gpu } else { Profile::Cpu };
+        let worker = self.worker_for(profile).await;
+        let sandbox = worker.as_ref().ok().map(|w| w.sandbox().clone());
+        // A worker without a layer the user or policy requires gets no kernel.
+        let worker = worker.map_err(|e| e.to_string()).and_then(|w| {
+            let lacking = w.sandbox().lacking(&self.config.require_sandbox);
+            if lacking.is_empty() {
+                return Ok(w);
+            }
+            let parts: Vec<String> = lacking.iter().map(|(layer, why)| format!("{layer} ({why})")).collect();
+            Err(format!("not run: the worker sandbox lacks {}, which require_sandbox asks for", parts.join("; ")))
+        });
         self.ledger.append(
             "task_started",
             &json!({
@@ -497,6 +527,7 @@ impl Agent {
                 "lease_id": m.lease_id, "kernel_kind": m.kernel.kind, "kernel_sha256": m.kernel.sha256,
                 "input_sha256": m.input_sha256, "input_bytes": m.input_bytes, "credits_offered": m.credits,
                 "resumed_from_checkpoint": resume.is_some(), "slot": self.slot,
+                "sandbox": sandbox,
             }),
         )?;
 
@@ -509,23 +540,16 @@ impl Agent {
                 Sha256::of(format!("{}/{}", m.job_id, m.task_id).as_bytes()).0[..8].try_into().unwrap(),
             ),
         };
-        let command = self.config.worker.clone();
         let params = m.params.clone();
         let task = format!("{}/{}", m.job_id, m.task_id);
         let timeout = Duration::from_millis(m.limits.timeout_ms);
         let ckpt = checkpoint_path.clone();
         let kernel_sha256 = m.kernel.sha256;
         let wgsl = m.wgsl.clone();
-        let worker = match self.worker.take() {
-            Some(w) => Ok(w),
-            None => tokio::task::spawn_blocking(move || WorkerProcess::spawn(&command))
-                .await
-                .expect("starting a worker does not panic"),
-        };
         let abandoned = Arc::new(AtomicBool::new(false));
         let energy = crate::energy::EnergyMeter::start();
         let (worker, report) = match worker {
-            Err(e) => (None, Err(e)),
+            Err(why) => (None, Err(why)),
             Ok(mut worker) => {
                 let control = worker.control();
                 if let Some(w) = &self.config.watcher {
@@ -561,10 +585,11 @@ impl Agent {
                         }
                     };
                     let report = worker.run(&req, on_progress, |state| save_checkpoint(&ckpt, &state));
-                    // A worker that timed out was killed, one that errored or
-                    // retired after a GPU failure is gone: start a new one.
+                    // A worker that timed out was killed, one that errored,
+                    // broke its sandbox or retired after a GPU failure is
+                    // gone: start a new one.
                     let keep = report.is_ok() && worker.is_alive();
-                    (keep.then_some(worker), report)
+                    (keep.then_some(worker), report.map_err(|e| e.to_string()))
                 })
                 .await
                 .expect("the worker thread does not panic");
@@ -576,7 +601,9 @@ impl Agent {
                 result
             }
         };
-        self.worker = worker;
+        if let Some(worker) = worker {
+            self.workers.insert(profile, worker);
+        }
         if abandoned.load(Ordering::SeqCst) {
             // The checkpoint stays: if this device gets the task again, it resumes.
             tracing::info!(task_id = m.task_id, "gave a task back: paused for longer than its lease");
@@ -593,7 +620,7 @@ impl Agent {
         let report = match report {
             Ok(r) => r,
             Err(e) => RunReport {
-                outcome: idlemesh_runtime::Outcome::failed(Status::Error, e.to_string()),
+                outcome: idlemesh_runtime::Outcome::failed(Status::Error, e),
                 wall_ms: 0,
                 cpu_ms: 0,
             },

@@ -253,6 +253,8 @@ impl Shared {
             "manual_pause": watch.as_ref().map(|w| w.manual_pause),
             "sensors": watch.as_ref().map(|w| json!({"idle_source": w.idle_sensor, "snapshot": w.snapshot})),
             "workers": watch.as_ref().map(|w| json!({"pids": w.workers, "frozen": w.frozen})),
+            "sandbox": watch.as_ref().and_then(|w| w.snapshot.sandbox.as_ref()),
+            "sandbox_in_words": watch.as_ref().and_then(|w| w.snapshot.sandbox.as_ref().map(|s| s.in_words())),
             "scheduler": scheduler,
             "pool_problem": self.pool_problem.lock().expect("lock").clone(),
             "settings": settings,
@@ -322,6 +324,14 @@ pub async fn run_with(
             "device_public_key": device_key.public(),
         }),
     });
+    // Which OS layers a worker gets here, known before the first task: for
+    // `idlemesh status`, and for a `require_sandbox` that must hold first.
+    let probe = config.worker.clone();
+    let sandbox_watcher = watcher.clone();
+    tokio::task::spawn_blocking(move || match idlemesh_runtime::WorkerProcess::spawn(&probe) {
+        Ok(worker) => sandbox_watcher.sandbox_seen(worker.sandbox().clone()),
+        Err(e) => tracing::warn!(error = %e, "could not start a worker to learn its sandbox"),
+    });
     let server = tokio::spawn(control::serve(listener, shared.clone()));
     tracing::info!(socket = %config.socket_path.display(), keyring, "agent started");
     started(Control(shared.clone()));
@@ -384,6 +394,7 @@ async fn schedule(
             max_tasks_per_lease: 2,
             max_idle_poll: Duration::from_secs(30),
             watcher: Some(shared.watcher.clone()),
+            require_sandbox: limits.require_sandbox.clone(),
         };
         let agent = match Agent::connect(config, device_key.clone()).await {
             Ok(a) => a,
@@ -413,12 +424,13 @@ async fn schedule(
         let watch_settings = {
             let shared = shared.clone();
             let url = url.clone();
-            let (cores, memory, gpu) = (limits.cores, limits.memory_per_task_bytes, limits.gpu_enabled);
+            let offered = (limits.cores, limits.memory_per_task_bytes, limits.gpu_enabled, limits.require_sandbox.clone());
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(Duration::from_secs(2)).await;
                     let now = shared.settings.lock().expect("settings lock").effective().limits();
-                    let changed = (now.cores, now.memory_per_task_bytes, now.gpu_enabled) != (cores, memory, gpu);
+                    let changed =
+                        (now.cores, now.memory_per_task_bytes, now.gpu_enabled, now.require_sandbox) != offered;
                     if shared.pool_url().as_deref() != Some(url.as_str()) || changed {
                         let _ = stop_tx.send(true);
                         return;

@@ -12,6 +12,7 @@
 
 use std::time::Duration;
 
+use idlemesh_runtime::{Layer, SandboxReport};
 use serde::{Deserialize, Serialize};
 
 /// Battery must climb this far past the minimum before work resumes.
@@ -45,6 +46,9 @@ pub struct Snapshot {
     pub metered_network: Option<bool>,
     pub uploaded_today_bytes: u64,
     pub downloaded_today_bytes: u64,
+    /// The OS layers the latest worker reported; `None` before any started.
+    #[serde(default)]
+    pub sandbox: Option<SandboxReport>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -89,6 +93,9 @@ pub struct Limits {
     pub pause_on_metered_network: bool,
     /// Pause while other programs use more than this share of the machine.
     pub max_other_cpu_percent: f32,
+    /// OS layers a worker must have before it runs kernels (empty: none required).
+    #[serde(default)]
+    pub require_sandbox: Vec<Layer>,
 }
 
 impl Limits {
@@ -108,6 +115,7 @@ impl Limits {
             daily_download_cap_bytes: None,
             pause_on_metered_network: true,
             max_other_cpu_percent: 50.0,
+            require_sandbox: Vec::new(),
         }
     }
 }
@@ -158,6 +166,8 @@ pub enum ReasonCode {
     DownloadCapReached,
     OtherProgramsBusy,
     Throttled,
+    /// A layer `require_sandbox` lists is not in force (or not known yet).
+    SandboxMissing,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -297,6 +307,22 @@ pub fn decide(prev: &GovernorState, s: &Snapshot, l: &Limits, pause: ManualPause
             ReasonCode::OutsideHours,
             format!("outside allowed hours ({}–{})", hm(hours.start_minute), hm(hours.end_minute)),
         );
+    }
+
+    if !l.require_sandbox.is_empty() {
+        let text = match &s.sandbox {
+            None => Some("waiting to learn which sandbox layers a worker gets here (require_sandbox)".to_owned()),
+            Some(report) => {
+                let lacking = report.lacking(&l.require_sandbox);
+                (!lacking.is_empty()).then(|| {
+                    let parts: Vec<String> = lacking.iter().map(|(layer, why)| format!("{layer} ({why})")).collect();
+                    format!("the worker sandbox lacks {}, which require_sandbox asks for", parts.join("; "))
+                })
+            }
+        };
+        if let Some(text) = text {
+            reason(&mut blocking, ReasonCode::SandboxMissing, text);
+        }
     }
 
     if l.pause_on_metered_network && s.metered_network == Some(true) {

@@ -13,7 +13,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use idlemesh_runtime::WorkerControl;
+use idlemesh_runtime::{SandboxReport, WorkerControl};
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -36,6 +36,8 @@ enum Command {
     Pause(ManualPause, Option<mpsc::Sender<()>>),
     Attach(WorkerControl),
     Detach(u32),
+    /// What a new worker reported of its OS sandbox.
+    Sandbox(Box<SandboxReport>),
     SettingsChanged,
     Shutdown,
 }
@@ -109,6 +111,12 @@ impl Watcher {
         let _ = self.tx.send(Command::Detach(pid));
     }
 
+    /// A worker started with these OS layers: the governor checks them
+    /// against `require_sandbox`, and the status shows them.
+    pub fn sandbox_seen(&self, report: SandboxReport) {
+        let _ = self.tx.send(Command::Sandbox(Box::new(report)));
+    }
+
     /// The settings were changed through the control socket: apply them now.
     pub fn settings_changed(&self) {
         let _ = self.tx.send(Command::SettingsChanged);
@@ -134,6 +142,8 @@ struct Loop {
     decision_tx: watch::Sender<Decision>,
     ledger: Option<Ledger>,
     workers: Vec<WorkerControl>,
+    /// The OS layers the latest worker reported.
+    sandbox: Option<SandboxReport>,
     state: GovernorState,
     manual: ManualPause,
     decision: Decision,
@@ -172,6 +182,7 @@ impl Loop {
             decision_tx,
             ledger,
             workers: Vec::new(),
+            sandbox: None,
             state: GovernorState::default(),
             manual,
             decision,
@@ -217,8 +228,9 @@ impl Loop {
                 self.command(Command::Pause(ManualPause::None, None));
             }
             let limits = self.config.settings.lock().expect("settings lock").effective().limits();
-            let snapshot =
+            let mut snapshot =
                 sensors::snapshot(jiff::Zoned::now(), idle, &slow, self.transfer.uploaded, self.transfer.downloaded);
+            snapshot.sandbox = self.sandbox.clone();
             let (decision, state) = governor::decide(&self.state, &snapshot, &limits, self.manual);
             self.state = state;
             self.enforce(&decision);
@@ -304,6 +316,7 @@ impl Loop {
                 self.workers.push(w);
             }
             Command::Detach(pid) => self.workers.retain(|w| w.pid() != pid),
+            Command::Sandbox(report) => self.sandbox = Some(*report),
             Command::SettingsChanged => {}
             Command::Shutdown => return false,
         }

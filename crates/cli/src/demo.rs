@@ -93,6 +93,7 @@ async fn demo(args: Args) -> anyhow::Result<()> {
         max_tasks_per_lease: 4,
         max_idle_poll: Duration::from_millis(100),
         watcher: None,
+        require_sandbox: Vec::new(),
     };
     // The demo device's key lives only as long as the demo: it joins its own
     // throwaway pool. Enrolled agents keep theirs in the OS keyring.

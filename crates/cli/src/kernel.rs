@@ -8,7 +8,7 @@ use clap::Subcommand;
 use idlemesh_agent::paths;
 use idlemesh_protocol::Sha256;
 use idlemesh_protocol::wgsl::WgslLayout;
-use idlemesh_runtime::{RunLimits, Status, WorkRequest, WorkerCommand, WorkerProcess};
+use idlemesh_runtime::{Layer, Profile, RunLimits, SandboxReport, Status, WorkRequest, WorkerCommand, WorkerProcess};
 use serde_json::json;
 
 use crate::exit::{WorkFailed, bad_input};
@@ -76,7 +76,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let cache = paths::kernel_cache_dir();
-    let mut worker = WorkerProcess::spawn(&WorkerCommand::current_exe(Some(&cache))?).context("starting the worker")?;
+    let profile = if layout.is_some() { Profile::Gpu } else { Profile::Cpu };
+    let command = WorkerCommand::current_exe(Some(&cache))?.with_profile(profile);
+    let mut worker = WorkerProcess::spawn(&command).context("starting the worker")?;
+    let sandbox = worker.sandbox().clone();
     let limits =
         RunLimits { max_memory_bytes: max_memory_mb << 20, max_output_bytes: max_output_mb << 20, max_fuel, seed: 0 };
     let request = WorkRequest {
@@ -104,6 +107,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 "status": o.status, "output_sha256": sha, "output_bytes": o.output.len(), "fuel": o.fuel,
                 "wall_ms": report.wall_ms, "cpu_ms": report.cpu_ms, "peak_memory_bytes": o.peak_memory_bytes,
                 "adapter": o.adapter, "gpu_ms": o.gpu_ms, "error": o.error, "log": o.log, "cache_hit": o.cache_hit,
+                "sandbox": sandbox,
             }))?
         );
     } else {
@@ -122,6 +126,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if let Some(e) = &o.error {
             println!("error        {e}");
         }
+        println!("sandbox      {}", sandbox_line(&sandbox));
         if !o.log.is_empty() {
             println!("log\n{}", o.log.trim_end());
         }
@@ -136,4 +141,18 @@ pub fn read_layout(path: &std::path::Path) -> anyhow::Result<WgslLayout> {
         serde_json::from_str(&text).map_err(|e| bad_input(format!("--manifest {}: {e}", path.display())))?;
     layout.check().map_err(|e| bad_input(format!("--manifest {}: {e}", path.display())))?;
     Ok(layout)
+}
+
+/// `no_new_privs seccomp landlock(ABI 7) netns ...; missing: rlimits (why)`.
+fn sandbox_line(report: &SandboxReport) -> String {
+    let held: Vec<String> = Layer::ALL
+        .into_iter()
+        .filter(|l| report.has(*l))
+        .map(|l| if l == Layer::Landlock { format!("landlock(ABI {})", report.landlock_abi) } else { l.to_string() })
+        .collect();
+    let mut line = if held.is_empty() { "no OS layers".to_owned() } else { held.join(" ") };
+    for (layer, why) in &report.missing {
+        line.push_str(&format!("\n             missing {layer}: {why}"));
+    }
+    line
 }

@@ -11,7 +11,6 @@ mod ledger;
 mod operator;
 mod pool;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -55,19 +54,16 @@ enum Command {
     Pool(pool::Args),
     /// Submit jobs to a pool and follow them (operator).
     Job(job::Args),
-    /// Internal: the sandboxed worker process the agent starts.
-    #[command(hide = true)]
-    Worker {
-        /// Where compiled kernels are cached.
-        #[arg(long)]
-        cache_dir: Option<PathBuf>,
-        /// Print the GPU adapter WGSL kernels would run on, and exit.
-        #[arg(long)]
-        probe_gpu: bool,
-    },
 }
 
 fn main() -> ExitCode {
+    // Internal: the sandboxed worker process the agent starts. Its
+    // arguments are parsed where the app parses them too.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().as_deref() == Some("worker".as_ref()) {
+        idlemesh_agent::logs::init("warn", None);
+        return idlemesh_runtime::worker::main(args);
+    }
     let cli = Cli::parse();
     // The daemon's log is its interface (kept in daily files too); every
     // other command speaks through its output.
@@ -87,10 +83,6 @@ fn main() -> ExitCode {
         Command::Kernel(args) => kernel::run(args),
         Command::Pool(args) => pool::run(args),
         Command::Job(args) => job::run(args),
-        Command::Worker { probe_gpu: true, .. } => {
-            idlemesh_runtime::worker::probe_gpu().map_err(|e| anyhow::anyhow!("no GPU for WGSL kernels: {e}"))
-        }
-        Command::Worker { cache_dir, .. } => idlemesh_runtime::worker::serve(cache_dir).map_err(Into::into),
     };
     exit::code(result)
 }

@@ -22,14 +22,28 @@ pub(crate) struct ArtifactCache {
     engine_hash: u64,
 }
 
-impl ArtifactCache {
-    pub fn open(dir: &Path, engine: &Engine) -> std::io::Result<Self> {
-        fs::create_dir_all(dir)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt as _;
+/// Makes `dir` (and its parents) if needed, private to the user. A
+/// directory already private is left as it is: a locked-down worker may
+/// create directories in its cache, but not change modes.
+pub(crate) fn private_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        if fs::metadata(dir)?.permissions().mode() & 0o777 != 0o700 {
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
         }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    {
+        fs::create_dir_all(dir)
+    }
+}
+
+impl ArtifactCache {
+    pub fn open(dir: &Path, engine: &Engine) -> std::io::Result<Self> {
+        private_dir(dir)?;
         let mut h = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
         // The artifact is of the rewritten kernel: a new rewrite, a new key.

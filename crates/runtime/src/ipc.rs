@@ -12,6 +12,7 @@ use idlemesh_protocol::wgsl::WgslLayout;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::lockdown::SandboxReport;
 use crate::{Outcome, RunLimits};
 
 const MAX_HEADER_BYTES: u32 = 1 << 20;
@@ -41,8 +42,10 @@ pub enum Request {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
+    /// The worker is locked down (as far as `sandbox` says) and waits for tasks.
     Ready {
         pid: u32,
+        sandbox: SandboxReport,
     },
     Progress {
         done: f32,

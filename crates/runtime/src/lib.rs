@@ -14,6 +14,10 @@
 //!   as a child at the lowest OS priority, sends it tasks over a framed pipe,
 //!   enforces the wall-clock limit from outside, and can freeze, thaw or kill
 //!   it at any moment without harm to the caller.
+//! - [`lockdown`] is the worker's second wall, for when wasmtime or a GPU
+//!   driver falls: before its first task the worker confines its own process
+//!   (namespaces, Landlock, seccomp, resource limits) and reports which
+//!   layers are in force ([`SandboxReport`]).
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -31,6 +35,7 @@ pub mod gpu;
 mod host;
 pub mod ipc;
 mod limiter;
+pub mod lockdown;
 pub mod nan_canon;
 mod outcome;
 mod sandbox;
@@ -38,6 +43,7 @@ mod wasi_ctx;
 pub mod worker;
 mod worker_process;
 
+pub use lockdown::{Layer, Profile, SandboxReport};
 pub use outcome::{Outcome, Status};
 pub use sandbox::{Events, MAX_KERNEL_BYTES, NoEvents, RunLimits, Sandbox, SandboxConfig, SandboxError};
 pub use worker_process::{RunReport, WorkRequest, WorkerCommand, WorkerControl, WorkerError, WorkerProcess};

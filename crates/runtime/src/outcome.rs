@@ -13,6 +13,8 @@ pub enum Status {
     OutOfMemory,
     TimedOut,
     InvalidKernel,
+    /// The worker made a system call outside its seccomp allow-list and was stopped.
+    SandboxViolation,
     Error,
 }
 
@@ -25,6 +27,7 @@ impl Status {
             Self::OutOfMemory => "out-of-memory",
             Self::TimedOut => "timed-out",
             Self::InvalidKernel => "invalid-kernel",
+            Self::SandboxViolation => "sandbox-violation",
             Self::Error => "error",
         }
     }

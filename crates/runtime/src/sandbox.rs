@@ -77,6 +77,10 @@ pub enum SandboxError {
     },
 }
 
+/// Each flavour's compiled artifacts in their own subdirectory of the cache.
+const PLAIN_CACHE: &str = "plain";
+const METERED_CACHE: &str = "metered";
+
 /// One engine with its linker and the kernels already prepared for it.
 struct Flavour {
     engine: Engine,
@@ -161,7 +165,7 @@ impl Flavour {
             .map_err(|e| SandboxError::Engine(e.to_string()))?;
         let cache = match &config.cache_dir {
             Some(dir) => {
-                let dir = dir.join(if metered { "metered" } else { "plain" });
+                let dir = dir.join(if metered { METERED_CACHE } else { PLAIN_CACHE });
                 Some(ArtifactCache::open(&dir, &engine).map_err(|source| SandboxError::Cache { path: dir, source })?)
             }
             None => None,
@@ -217,6 +221,14 @@ impl Flavour {
 
 impl Sandbox {
     pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
+        if let Some(dir) = &config.cache_dir {
+            // Both flavours' directories now, while the worker may still
+            // set their modes (the metered engine is built later, locked down).
+            for sub in [PLAIN_CACHE, METERED_CACHE] {
+                let dir = dir.join(sub);
+                crate::cache::private_dir(&dir).map_err(|source| SandboxError::Cache { path: dir, source })?;
+            }
+        }
         let plain = Flavour::new(&config, false)?;
         Ok(Self { config, plain, metered: OnceLock::new() })
     }

@@ -3,18 +3,20 @@
 
 use std::collections::HashSet;
 use std::ffi::OsString;
-use std::io::{self, BufReader, BufWriter};
+use std::io::{self, BufRead as _, BufReader, BufWriter, Write as _};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use idlemesh_protocol::Sha256;
 use idlemesh_protocol::wgsl::WgslLayout;
 
 use crate::ipc::{self, Event, Request};
+use crate::lockdown::{self, Profile, SandboxReport};
 use crate::{Outcome, RunLimits, Status};
 
 /// How long a new worker may take to say it is ready.
@@ -40,11 +42,24 @@ impl WorkerCommand {
         Ok(Self { program: std::env::current_exe()?, args })
     }
 
+    /// The same command for a worker of `profile`: a GPU worker opens its
+    /// device before it locks down, a CPU worker never loads a GPU driver.
+    pub fn with_profile(&self, profile: Profile) -> Self {
+        let mut command = self.clone();
+        command.args.retain(|a| a != "--gpu");
+        if profile == Profile::Gpu {
+            command.args.push("--gpu".into());
+        }
+        command
+    }
+
     /// Asks a worker process which GPU adapter it would use, so the agent
     /// never loads a GPU driver into its own process. `Err` says why there
     /// is none (no driver, no device, or the probe hung and was killed).
     pub fn probe_gpu(&self) -> Result<String, String> {
-        let child = Command::new(&self.program)
+        let mut probe = Command::new(&self.program);
+        worker_environment(&mut probe);
+        let child = probe
             .args(&self.args)
             .arg("--probe-gpu")
             .stdin(Stdio::null())
@@ -96,6 +111,59 @@ fn spawn_from_long_lived_thread(cmd: Command) -> io::Result<Child> {
     let (reply, answer) = mpsc::channel();
     spawner.send((cmd, reply)).map_err(|_| io::Error::other("the worker-spawner thread is gone"))?;
     answer.recv().map_err(|_| io::Error::other("the worker-spawner thread is gone"))?
+}
+
+/// Variables a worker is started with; every other one stays behind. A
+/// Vulkan driver reads its settings when the GPU worker opens it, before
+/// the lockdown empties the environment.
+const WORKER_ENV_PREFIXES: &[&str] =
+    &["WGPU_", "VK_", "MESA_", "LP_", "GALLIUM_", "LIBGL_", "__GLX_", "__EGL_", "DRI_", "NVIDIA_", "AMD_", "RADV_"];
+const WORKER_ENV: &[&str] =
+    &["IDLEMESH_LOG", "RUST_BACKTRACE", "LD_LIBRARY_PATH", "TMPDIR", "XDG_RUNTIME_DIR", "DISPLAY", "WAYLAND_DISPLAY"];
+
+fn worker_environment(cmd: &mut Command) {
+    cmd.env_clear();
+    for (key, value) in std::env::vars_os() {
+        let keep = key.to_str().is_some_and(|k| WORKER_ENV.contains(&k) || WORKER_ENV_PREFIXES.iter().any(|p| k.starts_with(p)));
+        if keep {
+            cmd.env(key, value);
+        }
+    }
+}
+
+/// What the worker's stderr told us besides its log: the system call that
+/// broke its seccomp filter, and its last line (why it could not start).
+#[derive(Debug, Default)]
+struct StderrNews {
+    violation: Option<i64>,
+    last_line: String,
+}
+
+/// Passes the worker's stderr on to ours, line by line, keeping the news.
+fn read_stderr(stderr: std::process::ChildStderr, news: Arc<Mutex<StderrNews>>) -> io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name("worker-stderr".into()).spawn(move || {
+        let mut r = BufReader::new(stderr);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match r.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let text = String::from_utf8_lossy(&line);
+            let mut news = news.lock().unwrap();
+            if let Some(nr) = lockdown::parse_violation(&text) {
+                news.violation = Some(nr);
+                continue;
+            }
+            if text.trim().is_empty() {
+                continue;
+            }
+            news.last_line = text.trim().chars().take(500).collect();
+            drop(news);
+            let _ = io::stderr().write_all(&line);
+        }
+    })
 }
 
 /// One task for a worker.
@@ -313,6 +381,10 @@ mod windows_threads {
 pub struct WorkerProcess {
     /// Kernels (and whether metered) the worker has prepared: they are not sent again.
     prepared: HashSet<(Sha256, bool)>,
+    /// The OS layers the worker reported in force when it became ready.
+    sandbox: SandboxReport,
+    stderr: Option<JoinHandle<()>>,
+    news: Arc<Mutex<StderrNews>>,
     child: Child,
     stdin: BufWriter<ChildStdin>,
     frames: Receiver<Frame>,
@@ -328,10 +400,13 @@ impl std::fmt::Debug for WorkerProcess {
 impl WorkerProcess {
     pub fn spawn(command: &WorkerCommand) -> Result<Self, WorkerError> {
         let mut cmd = Command::new(&command.program);
-        cmd.args(&command.args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        worker_environment(&mut cmd);
+        cmd.args(&command.args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = spawn_from_long_lived_thread(cmd).map_err(WorkerError::Spawn)?;
         let stdin = BufWriter::new(child.stdin.take().expect("piped"));
         let stdout = child.stdout.take().expect("piped");
+        let news = Arc::new(Mutex::new(StderrNews::default()));
+        let stderr = read_stderr(child.stderr.take().expect("piped"), news.clone()).map_err(WorkerError::Spawn)?;
         let (tx, frames) = mpsc::channel();
         std::thread::Builder::new()
             .name("worker-reader".into())
@@ -354,6 +429,9 @@ impl WorkerProcess {
         let pid = child.id();
         let mut worker = Self {
             prepared: HashSet::new(),
+            sandbox: SandboxReport::default(),
+            stderr: Some(stderr),
+            news,
             child,
             stdin,
             frames,
@@ -366,15 +444,32 @@ impl WorkerProcess {
             },
         };
         match worker.frames.recv_timeout(READY_TIMEOUT) {
-            Ok(Ok((Event::Ready { .. }, _))) => Ok(worker),
+            Ok(Ok((Event::Ready { sandbox, .. }, _))) => {
+                worker.sandbox = sandbox;
+                Ok(worker)
+            }
             Ok(Ok((other, _))) => Err(WorkerError::Protocol(format!("expected ready, got {other:?}"))),
             Ok(Err(e)) => Err(WorkerError::Protocol(e.to_string())),
-            Err(_) => Err(WorkerError::Died(worker.reap())),
+            Err(waited) => {
+                if waited == RecvTimeoutError::Timeout {
+                    let _ = worker.child.kill();
+                }
+                Err(WorkerError::Died(worker.reap()))
+            }
         }
     }
 
     pub fn pid(&self) -> u32 {
         self.control.pid
+    }
+
+    /// Which OS layers confine this worker, and why any is missing.
+    pub fn sandbox(&self) -> &SandboxReport {
+        &self.sandbox
+    }
+
+    pub fn profile(&self) -> Profile {
+        self.sandbox.profile
     }
 
     /// The worker's peak resident memory so far (Linux: VmHWM), if readable.
@@ -461,9 +556,39 @@ impl WorkerProcess {
                         cpu_ms: 0,
                     });
                 }
-                Err(RecvTimeoutError::Disconnected) => return Err(WorkerError::Died(self.reap())),
+                Err(RecvTimeoutError::Disconnected) => {
+                    let ended = self.child.wait();
+                    if let Some(call) = ended.as_ref().ok().and_then(|status| self.violation(*status)) {
+                        let why = format!("the worker made a system call outside its sandbox ({call}) and was stopped");
+                        let wall_ms = started.elapsed().as_millis() as u64;
+                        let outcome = Outcome::failed(Status::SandboxViolation, why);
+                        return Ok(RunReport { outcome, wall_ms, cpu_ms: 0 });
+                    }
+                    return Err(WorkerError::Died(self.describe(ended)));
+                }
             }
         }
+    }
+
+    /// The call that stopped a worker which ended as its seccomp filter ends
+    /// it (our reporter's exit status, or SIGSYS if the reporter was undone).
+    fn violation(&mut self, status: std::process::ExitStatus) -> Option<String> {
+        #[cfg(unix)]
+        let by_filter = {
+            use std::os::unix::process::ExitStatusExt as _;
+            status.code() == Some(lockdown::VIOLATION_EXIT_CODE) || status.signal() == Some(libc::SIGSYS)
+        };
+        #[cfg(not(unix))]
+        let by_filter = status.code() == Some(lockdown::VIOLATION_EXIT_CODE);
+        if !by_filter {
+            return None;
+        }
+        // The worker is gone, so its stderr ends: every line is read after this.
+        if let Some(reader) = self.stderr.take() {
+            let _ = reader.join();
+        }
+        let nr = self.news.lock().unwrap().violation;
+        Some(nr.map_or_else(|| "a call it did not name".into(), lockdown::syscall_name))
     }
 
     /// False once the worker has exited (killed, timed out, or retired after
@@ -481,10 +606,21 @@ impl WorkerProcess {
 
     /// Waits for a worker that is going away and says how it ended.
     fn reap(&mut self) -> String {
-        match self.child.wait() {
+        let ended = self.child.wait();
+        self.describe(ended)
+    }
+
+    /// How the worker ended, with the last thing it said (why it could not start).
+    fn describe(&mut self, ended: io::Result<std::process::ExitStatus>) -> String {
+        let how = match ended {
             Ok(status) => describe_exit(status),
-            Err(e) => e.to_string(),
+            Err(e) => return e.to_string(),
+        };
+        if let Some(reader) = self.stderr.take() {
+            let _ = reader.join();
         }
+        let last = std::mem::take(&mut self.news.lock().unwrap().last_line);
+        if last.is_empty() { how } else { format!("{how}: {last}") }
     }
 }
 

@@ -23,7 +23,15 @@ fn snap() -> Snapshot {
         metered_network: Some(false),
         uploaded_today_bytes: 0,
         downloaded_today_bytes: 0,
+        sandbox: None,
     }
+}
+
+/// A worker that has every layer but a network namespace.
+fn sandbox_without_netns() -> Option<SandboxReport> {
+    let mut report = SandboxReport { no_new_privs: true, landlock_abi: 7, landlock_net: true, seccomp: true, ..Default::default() };
+    report.missing.insert(Layer::Netns, "user namespaces are off".into());
+    Some(report)
 }
 
 fn limits() -> Limits {
@@ -100,6 +108,31 @@ fn every_limit_alone_and_in_combination() {
             Some(&[TooHot]),
         ),
         ("no temperature sensor", |s, _| s.cpu_temp_c = None, ManualPause::None, None),
+        ("no sandbox required, none known", |_, _| {}, ManualPause::None, None),
+        (
+            "sandbox required, not known yet",
+            |_, l| l.require_sandbox = vec![Layer::Seccomp],
+            ManualPause::None,
+            Some(&[SandboxMissing]),
+        ),
+        (
+            "sandbox required and in force",
+            |s, l| {
+                s.sandbox = sandbox_without_netns();
+                l.require_sandbox = vec![Layer::Seccomp, Layer::Landlock, Layer::NoNewPrivs]
+            },
+            ManualPause::None,
+            None,
+        ),
+        (
+            "sandbox required, a layer missing",
+            |s, l| {
+                s.sandbox = sandbox_without_netns();
+                l.require_sandbox = vec![Layer::Seccomp, Layer::Netns]
+            },
+            ManualPause::None,
+            Some(&[SandboxMissing]),
+        ),
         (
             "inside allowed hours",
             |_, l| l.allowed_hours = Some(Hours { start_minute: 9 * 60, end_minute: 17 * 60 }),
@@ -305,4 +338,16 @@ fn hours_wrap_midnight() {
     assert!(!night.contains(6 * 60) && !night.contains(12 * 60) && !night.contains(22 * 60 - 1));
     let day = Hours { start_minute: 9 * 60, end_minute: 17 * 60 };
     assert!(day.contains(9 * 60) && !day.contains(17 * 60));
+}
+
+#[test]
+fn a_missing_sandbox_layer_is_named_with_why() {
+    let s = Snapshot { sandbox: sandbox_without_netns(), ..snap() };
+    let l = Limits { require_sandbox: vec![Layer::Netns, Layer::Seccomp], ..limits() };
+    let (d, _) = decide(&GovernorState::default(), &s, &l, ManualPause::None);
+    assert!(d.is_paused());
+    assert_eq!(
+        d.reasons[0].text,
+        "the worker sandbox lacks netns (user namespaces are off), which require_sandbox asks for"
+    );
 }

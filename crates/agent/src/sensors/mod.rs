@@ -136,5 +136,6 @@ pub fn snapshot(
         metered_network: slow.metered_network,
         uploaded_today_bytes,
         downloaded_today_bytes,
+        sandbox: None,
     }
 }

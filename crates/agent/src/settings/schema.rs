@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use toml::Value;
 
+use idlemesh_runtime::Layer;
+
 use crate::governor::{Hours, Limits};
 
 /// What this machine has, for the defaults that depend on it.
@@ -46,6 +48,9 @@ pub enum Kind {
     Url,
     /// Megabytes per day, or `"unlimited"`.
     CapMb,
+    /// A list of the worker's OS sandbox layers (`["seccomp", "landlock"]`),
+    /// or the same names separated by commas.
+    Layers,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -90,6 +95,11 @@ pub const SPECS: &[Spec] = &[
         kind: Kind::Float { min: 1.0, max: 100.0 },
         help: "pause while other programs use more of the CPU than this (%)",
     },
+    Spec {
+        key: "require_sandbox",
+        kind: Kind::Layers,
+        help: "OS sandbox layers a worker must have before it runs kernels, e.g. [\"seccomp\", \"landlock\", \"netns\"]",
+    },
 ];
 
 pub fn spec(key: &str) -> Option<&'static Spec> {
@@ -112,6 +122,7 @@ pub fn default_value(key: &str, machine: Machine) -> Option<Value> {
         "daily_upload_cap_mb" | "daily_download_cap_mb" => Value::String("unlimited".into()),
         "pause_on_metered_network" => Value::Boolean(true),
         "max_other_cpu_percent" => Value::Float(50.0),
+        "require_sandbox" => Value::Array(Vec::new()),
         _ => return None,
     };
     Some(v)
@@ -144,6 +155,22 @@ pub fn check(kind: Kind, v: &Value) -> Result<Value, String> {
         (Kind::CapMb, Value::Integer(i)) if *i >= 0 => Ok(v.clone()),
         (Kind::CapMb, Value::String(s)) if s == "unlimited" => Ok(v.clone()),
         (Kind::CapMb, _) => Err("expected megabytes (0 or more) or \"unlimited\"".into()),
+        (Kind::Layers, Value::String(s)) => {
+            let names: Vec<Value> = s.split(',').map(str::trim).filter(|n| !n.is_empty()).map(|n| Value::String(n.into())).collect();
+            check(kind, &Value::Array(names))
+        }
+        (Kind::Layers, Value::Array(items)) => {
+            let mut layers = Vec::new();
+            for item in items {
+                let name = item.as_str().ok_or_else(|| format!("expected layer names, not {item}"))?;
+                let layer: Layer = name.parse()?;
+                if !layers.contains(&layer) {
+                    layers.push(layer);
+                }
+            }
+            Ok(Value::Array(layers.into_iter().map(|l| Value::String(l.as_str().into())).collect()))
+        }
+        (Kind::Layers, _) => Err("expected a list of sandbox layers such as [\"seccomp\", \"landlock\"]".into()),
     }
 }
 
@@ -197,5 +224,11 @@ pub fn to_limits(get: impl Fn(&str) -> Option<Value>, machine: Machine) -> Limit
         daily_download_cap_bytes: cap("daily_download_cap_mb"),
         pause_on_metered_network: boolean("pause_on_metered_network"),
         max_other_cpu_percent: float("max_other_cpu_percent") as f32,
+        require_sandbox: get("require_sandbox")
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|v| v.as_str()?.parse().ok())
+            .collect(),
     }
 }

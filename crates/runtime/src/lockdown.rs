@@ -1,0 +1,285 @@
+//! The worker's own walls, independent of wasmtime.
+//!
+//! wasmtime keeps a kernel inside its linear memory and the WIT world; this
+//! module assumes that wall has already fallen. Before a worker reads its
+//! first task it confines its own process with layers that each stand alone:
+//! no new privileges, no inherited file descriptors, an empty environment, an
+//! empty private working directory, resource limits that forbid new
+//! processes and large files, no network (its own network namespace),
+//! Landlock (no filesystem beyond the compiled-kernel cache, no TCP) and a
+//! seccomp-bpf allow-list of system calls. A layer the running kernel cannot
+//! provide is reported with why, never skipped in silence: the report goes
+//! to the supervisor in the worker's first message, and from there into
+//! `idlemesh status`, `idlemesh kernel run`, every `task_started` ledger
+//! entry and the dashboard.
+//!
+//! The work happens in two steps because some layers need the process to
+//! have one thread (a user namespace) and some must come after the GPU
+//! driver has loaded (the driver opens files and starts threads we then
+//! confine): [`begin`] first thing in the worker, [`Lockdown::seal`] once
+//! the engine and driver are ready and before any task is read.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+#[cfg(target_os = "linux")]
+mod linux;
+#[cfg(target_os = "linux")]
+pub mod seccomp;
+
+/// The exit status of a worker stopped by its seccomp filter (128 + SIGSYS).
+pub const VIOLATION_EXIT_CODE: i32 = 159;
+/// How a worker stopped by its seccomp filter names the call on stderr.
+pub const VIOLATION_MARKER: &str = "idlemesh-sandbox-violation";
+
+/// What a worker runs: the GPU profile also allows what a Vulkan driver needs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Profile {
+    #[default]
+    Cpu,
+    Gpu,
+}
+
+/// One OS layer of the worker's confinement, by the name the report,
+/// `require_sandbox` and the docs use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layer {
+    NoNewPrivs,
+    FdsClosed,
+    EmptyEnv,
+    PrivateCwd,
+    Rlimits,
+    Landlock,
+    LandlockNet,
+    Netns,
+    Seccomp,
+}
+
+impl Layer {
+    pub const ALL: [Layer; 9] = [
+        Layer::NoNewPrivs,
+        Layer::FdsClosed,
+        Layer::EmptyEnv,
+        Layer::PrivateCwd,
+        Layer::Rlimits,
+        Layer::Landlock,
+        Layer::LandlockNet,
+        Layer::Netns,
+        Layer::Seccomp,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Layer::NoNewPrivs => "no_new_privs",
+            Layer::FdsClosed => "fds_closed",
+            Layer::EmptyEnv => "empty_env",
+            Layer::PrivateCwd => "private_cwd",
+            Layer::Rlimits => "rlimits",
+            Layer::Landlock => "landlock",
+            Layer::LandlockNet => "landlock_net",
+            Layer::Netns => "netns",
+            Layer::Seccomp => "seccomp",
+        }
+    }
+}
+
+impl fmt::Display for Layer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Layer {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Layer::ALL.into_iter().find(|l| l.as_str() == s).ok_or_else(|| {
+            let names: Vec<&str> = Layer::ALL.iter().map(|l| l.as_str()).collect();
+            format!("unknown sandbox layer {s:?} (known: {})", names.join(", "))
+        })
+    }
+}
+
+/// Which layers are in force for one worker, and why any is not.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxReport {
+    pub profile: Profile,
+    pub no_new_privs: bool,
+    /// Every inherited descriptor but the supervisor's pipes closed.
+    pub fds_closed: bool,
+    pub empty_env: bool,
+    /// The working directory is an empty private directory, already removed.
+    pub private_cwd: bool,
+    /// Core dumps off; new processes, large files and many descriptors refused.
+    pub rlimits: bool,
+    /// The Landlock ABI in force (0: none).
+    pub landlock_abi: u32,
+    /// Landlock refuses TCP bind and connect (ABI 4 and later).
+    pub landlock_net: bool,
+    /// Every thread is under Landlock. Before ABI 8 the threads a GPU
+    /// driver started before the lockdown are not (seccomp still binds them).
+    #[serde(default)]
+    pub landlock_all_threads: bool,
+    /// Own network namespace with only a loopback that is down.
+    pub netns: bool,
+    /// The seccomp-bpf allow-list is installed on every thread.
+    pub seccomp: bool,
+    /// Each layer not in force, with why.
+    #[serde(default)]
+    pub missing: BTreeMap<Layer, String>,
+}
+
+impl SandboxReport {
+    /// No layer at all, each for the same reason (a platform without them,
+    /// or a drill run with the lockdown off).
+    pub fn none(profile: Profile, why: &str) -> Self {
+        let mut report = Self { profile, ..Self::default() };
+        for layer in Layer::ALL {
+            report.missing.insert(layer, why.to_owned());
+        }
+        report
+    }
+
+    pub fn has(&self, layer: Layer) -> bool {
+        match layer {
+            Layer::NoNewPrivs => self.no_new_privs,
+            Layer::FdsClosed => self.fds_closed,
+            Layer::EmptyEnv => self.empty_env,
+            Layer::PrivateCwd => self.private_cwd,
+            Layer::Rlimits => self.rlimits,
+            Layer::Landlock => self.landlock_abi > 0,
+            Layer::LandlockNet => self.landlock_net,
+            Layer::Netns => self.netns,
+            Layer::Seccomp => self.seccomp,
+        }
+    }
+
+    /// The required layers this worker lacks, each with why.
+    pub fn lacking(&self, required: &[Layer]) -> Vec<(Layer, String)> {
+        required
+            .iter()
+            .filter(|l| !self.has(**l))
+            .map(|l| (*l, self.missing.get(l).cloned().unwrap_or_else(|| "not in force".into())))
+            .collect()
+    }
+
+    /// What the layers mean for the person lending the machine, in words.
+    pub fn in_words(&self) -> String {
+        let files = self.landlock_abi > 0;
+        let network = self.netns || self.landlock_net;
+        let calls = self.seccomp;
+        let mut text = match (files, network) {
+            (true, true) => "Tasks cannot read your files or use the network".to_owned(),
+            (true, false) => "Tasks cannot read your files, but the system does not let Idlemesh cut them off the network".to_owned(),
+            (false, true) => "Tasks cannot use the network, but the system does not let Idlemesh wall off your files".to_owned(),
+            (false, false) => "Tasks are kept in by WebAssembly alone: this system offers no file or network walls for them".to_owned(),
+        };
+        text.push_str(if calls {
+            ", and cannot start programs or touch other processes."
+        } else {
+            "; they are not limited to a list of system calls here."
+        });
+        text
+    }
+}
+
+/// What [`begin`] needs to know.
+#[derive(Debug, Clone, Default)]
+pub struct LockdownConfig {
+    pub profile: Profile,
+    /// Directories the worker keeps read/write access to (its compiled-kernel cache).
+    pub writable: Vec<PathBuf>,
+}
+
+/// A lockdown under way: the one-thread layers are in force, the rest come with [`Lockdown::seal`].
+#[derive(Debug)]
+pub struct Lockdown {
+    config: LockdownConfig,
+    report: SandboxReport,
+}
+
+/// The first step, first thing in the worker while it has a single thread:
+/// its own user and network namespace, inherited descriptors closed, core
+/// dumps off, an empty private working directory.
+pub fn begin(config: LockdownConfig) -> Lockdown {
+    let mut report = SandboxReport { profile: config.profile, ..SandboxReport::default() };
+    #[cfg(target_os = "linux")]
+    linux::begin(&mut report);
+    #[cfg(not(target_os = "linux"))]
+    {
+        report = SandboxReport::none(config.profile, not_here());
+    }
+    Lockdown { config, report }
+}
+
+impl Lockdown {
+    /// The second step, once the engine (and, for the GPU profile, the
+    /// driver) is ready and before the first task is read: the environment
+    /// emptied, resource limits, no new privileges, Landlock, seccomp.
+    pub fn seal(mut self) -> SandboxReport {
+        #[cfg(target_os = "linux")]
+        linux::seal(&self.config, &mut self.report);
+        #[cfg(not(target_os = "linux"))]
+        let _ = &self.config;
+        self.report
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn not_here() -> &'static str {
+    "not implemented on this platform yet (docs/architecture.md: worker lockdown)"
+}
+
+/// The syscall number in a violation line a worker wrote, if it is one.
+pub fn parse_violation(line: &str) -> Option<i64> {
+    line.trim().strip_prefix(VIOLATION_MARKER)?.trim().parse().ok()
+}
+
+/// The name of system call `nr` on this architecture, for reports.
+pub fn syscall_name(nr: i64) -> String {
+    #[cfg(target_os = "linux")]
+    if let Some(name) = usize::try_from(nr).ok().and_then(syscalls::Sysno::new) {
+        return name.name().to_owned();
+    }
+    format!("system call {nr}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_parse_by_their_report_names_and_missing_ones_are_named_with_why() {
+        for layer in Layer::ALL {
+            assert_eq!(layer.as_str().parse::<Layer>().unwrap(), layer);
+            assert_eq!(serde_json::to_value(layer).unwrap(), layer.as_str());
+        }
+        assert!("selinux".parse::<Layer>().unwrap_err().contains("known: no_new_privs"));
+        let mut report = SandboxReport { seccomp: true, landlock_abi: 7, ..SandboxReport::default() };
+        report.missing.insert(Layer::Netns, "user namespaces are off".into());
+        assert!(report.lacking(&[Layer::Seccomp, Layer::Landlock]).is_empty());
+        assert_eq!(
+            report.lacking(&[Layer::Netns, Layer::Rlimits]),
+            vec![(Layer::Netns, "user namespaces are off".into()), (Layer::Rlimits, "not in force".into())]
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["missing"]["netns"], "user namespaces are off");
+        assert_eq!(json["landlock_abi"], 7);
+    }
+
+    #[test]
+    fn the_words_follow_the_layers() {
+        let full = SandboxReport { landlock_abi: 7, netns: true, seccomp: true, ..SandboxReport::default() };
+        assert_eq!(
+            full.in_words(),
+            "Tasks cannot read your files or use the network, and cannot start programs or touch other processes."
+        );
+        let none = SandboxReport::default();
+        assert!(none.in_words().starts_with("Tasks are kept in by WebAssembly alone"));
+    }
+}

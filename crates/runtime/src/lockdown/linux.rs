@@ -1,0 +1,289 @@
+//! The Linux layers: namespaces, descriptors, environment, working
+//! directory, resource limits, capabilities, no_new_privs, Landlock, seccomp.
+
+use std::ffi::CString;
+use std::io;
+use std::path::Path;
+
+use landlock::{
+    ABI, Access, AccessFs, AccessNet, LandlockStatus, RestrictSelfAttr, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus,
+    Scope, path_beneath_rules,
+};
+
+use super::{Layer, LockdownConfig, Profile, SandboxReport};
+
+/// The newest Landlock ABI this build asks for; an older kernel gets what it
+/// offers (best effort), and the report says which ABI is in force.
+const LANDLOCK_ABI: ABI = ABI::V7;
+/// Descriptors: stdio, the compiled-kernel cache, wasmtime's memory images
+/// (one memfd per kernel kept warm) and a GPU driver's device files.
+const MAX_OPEN_FILES: u64 = 256;
+/// The largest file the worker may write: a compiled artifact of the
+/// largest kernel we accept is well below it.
+const MAX_FILE_BYTES: u64 = 512 << 20;
+/// Threads beyond those running at seal time: wasmtime's compile threads
+/// (one per core) and a margin for the runtime's own.
+const SPARE_THREADS: u64 = 16;
+
+pub(super) fn begin(report: &mut SandboxReport) {
+    match own_network_namespace() {
+        Ok(()) => report.netns = true,
+        Err(why) => {
+            report.missing.insert(Layer::Netns, why);
+        }
+    }
+    match close_inherited_fds() {
+        Ok(()) => report.fds_closed = true,
+        Err(e) => {
+            report.missing.insert(Layer::FdsClosed, format!("could not close inherited descriptors: {e}"));
+        }
+    }
+    // Core dumps off, and nobody of the same user may attach to or read
+    // the worker's memory (its /proc entries become root's).
+    // SAFETY: plain syscalls on the calling process with valid arguments.
+    unsafe {
+        let none = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        libc::setrlimit(libc::RLIMIT_CORE, &none);
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
+    match private_empty_cwd() {
+        Ok(()) => report.private_cwd = true,
+        Err(e) => {
+            report.missing.insert(Layer::PrivateCwd, format!("could not enter an empty private directory: {e}"));
+        }
+    }
+}
+
+pub(super) fn seal(config: &LockdownConfig, report: &mut SandboxReport) {
+    // SAFETY: a CPU worker has one thread here; a GPU worker's other threads
+    // are the driver's, parked until we submit work, and read no
+    // environment after the driver initialised.
+    for (key, _) in std::env::vars_os() {
+        unsafe { std::env::remove_var(key) };
+    }
+    if std::env::vars_os().next().is_none() {
+        report.empty_env = true;
+    } else {
+        report.missing.insert(Layer::EmptyEnv, "some variables could not be removed".into());
+    }
+    match set_rlimits(report.netns) {
+        Ok(()) => report.rlimits = true,
+        Err(why) => {
+            report.missing.insert(Layer::Rlimits, why);
+        }
+    }
+    if report.netns {
+        // The user namespace gave us every capability inside it; keep none.
+        drop_capabilities();
+    }
+    // SAFETY: prctl with valid arguments on the calling process.
+    report.no_new_privs = unsafe {
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 && libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 1
+    };
+    if !report.no_new_privs {
+        report.missing.insert(Layer::NoNewPrivs, format!("prctl refused: {}", io::Error::last_os_error()));
+    }
+    let threads = threads_now();
+    match landlock(config) {
+        Ok((abi, net, all_threads)) => {
+            report.landlock_abi = abi;
+            report.landlock_net = net;
+            // Before ABI 8 Landlock binds only the calling thread (and those
+            // it starts): a GPU driver's threads started before it are bound
+            // by seccomp alone. Said, not hidden.
+            report.landlock_all_threads = all_threads || threads == 1;
+            if !net {
+                report.missing.insert(Layer::LandlockNet, format!("Landlock ABI {abi} has no TCP rules (ABI 4 and later)"));
+            }
+        }
+        Err(why) => {
+            report.missing.insert(Layer::LandlockNet, why.clone());
+            report.missing.insert(Layer::Landlock, why);
+        }
+    }
+    match super::seccomp::install(config.profile) {
+        Ok(()) => report.seccomp = true,
+        Err(why) => {
+            report.missing.insert(Layer::Seccomp, why);
+        }
+    }
+}
+
+/// A user namespace of our own (so an unprivileged process may have a
+/// network namespace) and in it a network namespace whose only device, the
+/// loopback, is down: no address reaches anything.
+fn own_network_namespace() -> Result<(), String> {
+    // SAFETY: unshare(2) on the calling process; it fails cleanly with EINVAL
+    // if another thread exists, which `begin` being first rules out.
+    if unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) } == 0 {
+        return Ok(());
+    }
+    let userns = io::Error::last_os_error();
+    // Root may have a network namespace without a user namespace.
+    // SAFETY: as above.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } == 0 {
+        return Ok(());
+    }
+    Err(match userns.raw_os_error() {
+        Some(libc::EPERM | libc::ENOSPC | libc::EACCES) => format!(
+            "this system does not allow unprivileged user namespaces ({userns}: see kernel.unprivileged_userns_clone, \
+             user.max_user_namespaces or an AppArmor userns rule), so the worker keeps the network namespace it was started in"
+        ),
+        Some(libc::EINVAL) => format!("the worker was not single-threaded when it asked for its namespace ({userns})"),
+        _ => format!("unshare refused: {userns}"),
+    })
+}
+
+fn close_inherited_fds() -> io::Result<()> {
+    // SAFETY: close_range(2) on descriptors this process owns; nothing above
+    // stdio is in use this early in the worker.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if rc == 0 {
+        return Ok(());
+    }
+    // Kernels before 5.9: every descriptor number up to the limit.
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    for fd in 3..limit.rlim_cur.min(1 << 20) as libc::c_int {
+        // SAFETY: closing a descriptor we may or may not have; EBADF is fine.
+        unsafe { libc::close(fd) };
+    }
+    Ok(())
+}
+
+/// A fresh 0700 directory as the working directory, removed at once: a
+/// relative path leads nowhere, and nothing is left behind.
+fn private_empty_cwd() -> io::Result<()> {
+    let template = std::env::temp_dir().join("idlemesh-worker-XXXXXX");
+    let template = CString::new(template.into_os_string().into_encoded_bytes()).map_err(io::Error::other)?;
+    let mut buf = template.into_bytes_with_nul();
+    // SAFETY: mkdtemp rewrites the XXXXXX of the NUL-terminated buffer we own.
+    let dir = unsafe { libc::mkdtemp(buf.as_mut_ptr().cast()) };
+    if dir.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `dir` points into `buf`, a valid C string.
+    unsafe {
+        if libc::chdir(dir) != 0 {
+            let e = io::Error::last_os_error();
+            libc::rmdir(dir);
+            return Err(e);
+        }
+        if libc::rmdir(dir) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn set_rlimits(own_user_namespace: bool) -> Result<(), String> {
+    let set = |what, value: u64, name: &str| -> Result<(), String> {
+        let limit = libc::rlimit { rlim_cur: value, rlim_max: value };
+        // SAFETY: setrlimit reads the struct we own.
+        if unsafe { libc::setrlimit(what, &limit) } != 0 {
+            return Err(format!("{name}: {}", io::Error::last_os_error()));
+        }
+        Ok(())
+    };
+    // A write past the limit must fail with EFBIG, not kill the worker.
+    // SAFETY: ignoring a signal.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+    set(libc::RLIMIT_FSIZE, MAX_FILE_BYTES, "RLIMIT_FSIZE")?;
+    set(libc::RLIMIT_NOFILE, MAX_OPEN_FILES, "RLIMIT_NOFILE")?;
+    set(libc::RLIMIT_CORE, 0, "RLIMIT_CORE")?;
+    if !own_user_namespace {
+        return Err("RLIMIT_NPROC counts every process of the user outside a user namespace, so it cannot be \
+                    lowered for the worker alone here (seccomp still refuses new processes)"
+            .into());
+    }
+    let cores = std::thread::available_parallelism().map_or(4, |n| n.get() as u64);
+    set(libc::RLIMIT_NPROC, threads_now() + cores + SPARE_THREADS, "RLIMIT_NPROC")
+}
+
+fn threads_now() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Threads:").and_then(|n| n.trim().parse().ok())))
+        .unwrap_or(1)
+}
+
+fn drop_capabilities() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut header = Header { version: VERSION_3, pid: 0 };
+    let data = [Data { effective: 0, permitted: 0, inheritable: 0 }; 2];
+    // SAFETY: capset(2) with a v3 header and two data words, as the ABI asks;
+    // lowering one's own capabilities is always allowed.
+    unsafe {
+        libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr());
+        libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+    }
+}
+
+/// Landlock: the handled rights are every filesystem right, TCP bind and
+/// connect, and the abstract-socket and signal scopes; the only rules grant
+/// the writable directories (and a GPU worker's device nodes). Returns the
+/// ABI in force and whether TCP is refused.
+fn landlock(config: &LockdownConfig) -> Result<(u32, bool, bool), String> {
+    let err = |e: landlock::RulesetError| format!("Landlock: {e}");
+    let all_fs = AccessFs::from_all(LANDLOCK_ABI);
+    let mut allowed: Vec<&Path> = config.writable.iter().map(|p| p.as_path()).collect();
+    let gpu_nodes: Vec<std::path::PathBuf> = match config.profile {
+        Profile::Gpu => gpu_device_nodes(),
+        Profile::Cpu => Vec::new(),
+    };
+    allowed.extend(gpu_nodes.iter().map(|p| p.as_path()));
+    let status = Ruleset::default()
+        .handle_access(all_fs)
+        .map_err(err)?
+        .handle_access(AccessNet::from_all(LANDLOCK_ABI))
+        .map_err(err)?
+        .scope(Scope::from_all(LANDLOCK_ABI))
+        .map_err(err)?
+        .create()
+        .map_err(err)?
+        .all_threads(true)
+        .map_err(err)?
+        .add_rules(path_beneath_rules(allowed, all_fs))
+        .map_err(err)?
+        .restrict_self()
+        .map_err(err)?;
+    let abi = match status.landlock {
+        // What is enforced: the kernel's ABI, capped at what we ask for.
+        LandlockStatus::Available { effective_abi, .. } => effective_abi as u32,
+        LandlockStatus::NotEnabled => return Err("Landlock is built into this kernel but not enabled (lsm= boot option)".into()),
+        LandlockStatus::NotImplemented => return Err("this kernel has no Landlock (Linux 5.13 or later, built with it)".into()),
+    };
+    if status.ruleset == RulesetStatus::NotEnforced {
+        return Err("Landlock did not enforce the ruleset".into());
+    }
+    Ok((abi, abi >= 4, status.all_threads))
+}
+
+/// Device nodes a GPU driver may open again after start-up.
+fn gpu_device_nodes() -> Vec<std::path::PathBuf> {
+    let mut nodes = Vec::new();
+    if Path::new("/dev/dri").is_dir() {
+        nodes.push("/dev/dri".into());
+    }
+    if let Ok(dir) = std::fs::read_dir("/dev") {
+        nodes.extend(dir.flatten().map(|e| e.path()).filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("nvidia") || n == "kfd")
+        }));
+    }
+    nodes
+}
