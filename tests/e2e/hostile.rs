@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use idlemesh_protocol::Sha256;
 use idlemesh_protocol::wgsl::WgslLayout;
-use idlemesh_runtime::{RunLimits, RunReport, Status, WorkRequest, WorkerCommand, WorkerProcess};
+use idlemesh_runtime::{Profile, RunLimits, RunReport, Status, WorkRequest, WorkerCommand, WorkerProcess};
 
 use crate::harness::BIN;
 
@@ -34,9 +34,12 @@ impl Supervisor {
         limits: RunLimits,
         timeout: Duration,
     ) -> (RunReport, Duration) {
+        // WGSL runs in a GPU worker, WASM in a CPU one, as the agent does.
+        let profile = if wgsl.is_some() { Profile::Gpu } else { Profile::Cpu };
         let mut worker = match self.worker.take() {
-            Some(w) => w,
-            None => WorkerProcess::spawn(&WorkerCommand { program: BIN.into(), args: vec!["worker".into()] }).unwrap(),
+            Some(w) if w.profile() == profile => w,
+            _ => WorkerProcess::spawn(&WorkerCommand { program: BIN.into(), args: vec!["worker".into()] }.with_profile(profile))
+                .unwrap(),
         };
         let kernel_sha256 = Sha256::of(kernel);
         let req = WorkRequest {

@@ -14,6 +14,7 @@ mod heartbeat;
 mod hostile;
 mod jobs;
 mod kernel_cli;
+mod lockdown;
 mod lost_lease;
 mod outage;
 mod packaging;

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use idlemesh_protocol::api::{Capabilities, EnrollRequest, Payout, ResultSubmission};
+use idlemesh_protocol::api::{Capabilities, EnrollRequest, Payout, ResultSubmission, TaskFailure};
 use idlemesh_protocol::{KernelKind, Keypair, PublicKey, Receipt, Sha256, Signed, TaskManifest};
 use idlemesh_runtime::{Layer, Profile, RunLimits, RunReport, Status, WorkRequest, WorkerCommand, WorkerProcess};
 use serde_json::json;
@@ -617,6 +617,9 @@ impl Agent {
         }
         let _ = std::fs::remove_file(&checkpoint_path);
 
+        // A report is the kernel's doing; no report (no worker, a worker
+        // that died, a sandbox the settings refuse) is this device's.
+        let kernel_failed = report.is_ok();
         let report = match report {
             Ok(r) => r,
             Err(e) => RunReport {
@@ -647,7 +650,13 @@ impl Agent {
             tracing::warn!(task_id = m.task_id, status = %o.status, error = ?o.error, "task failed");
             self.summary.tasks_failed += 1;
             self.ledger.append("task_failed", &body)?;
-            let _ = self.client.give_back(m.lease_id, &m.lease_token).await;
+            // The pool hears that the task failed (not that this device is
+            // broken), and fails a task that keeps failing everywhere.
+            let failure = kernel_failed.then(|| TaskFailure {
+                status: o.status.to_string(),
+                message: o.error.clone().unwrap_or_default().chars().take(TaskFailure::MAX_MESSAGE_CHARS).collect(),
+            });
+            let _ = self.client.give_back_failed(m.lease_id, &m.lease_token, failure).await;
             self.outbox.forget(m.lease_id)?;
             self.publish(|_| {});
             return Ok(());

@@ -11,8 +11,8 @@ use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use idlemesh_protocol::api::{
-    Capabilities, EnrollRequest, EnrollResponse, ErrorBody, HeartbeatResponse, LeaseRequest, LeaseResponse, LeaseSync,
-    LeaseSyncResponse, LeaseTokenBody, PoolChallenge, PoolInfo, ResultResponse, ResultSubmission,
+    Capabilities, EnrollRequest, EnrollResponse, ErrorBody, GiveBack, HeartbeatResponse, LeaseRequest, LeaseResponse, LeaseSync,
+    LeaseSyncResponse, LeaseTokenBody, PoolChallenge, PoolInfo, ResultResponse, ResultSubmission, TaskFailure,
 };
 use idlemesh_protocol::{Keypair, Sha256, Signed, auth};
 use reqwest::Method;
@@ -184,7 +184,19 @@ impl PoolClient {
     }
 
     pub async fn give_back(&self, lease_id: u64, lease_token: &str) -> Result<(), PoolClientError> {
-        let body = serde_json::to_vec(&LeaseTokenBody { lease_token: lease_token.to_owned() }).expect("serialises");
+        self.give_back_failed(lease_id, lease_token, None).await
+    }
+
+    /// Gives a lease back saying the task itself failed here (`failure`),
+    /// so the pool counts it against the task rather than waiting on it.
+    pub async fn give_back_failed(
+        &self,
+        lease_id: u64,
+        lease_token: &str,
+        failure: Option<TaskFailure>,
+    ) -> Result<(), PoolClientError> {
+        let body =
+            serde_json::to_vec(&GiveBack { lease_token: lease_token.to_owned(), failure }).expect("serialises");
         self.send(Method::DELETE, &format!("/v1/leases/{lease_id}"), Some(body), true).await.map(drop)
     }
 

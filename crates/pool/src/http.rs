@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use idlemesh_protocol::api::{
     BlobStored, DeviceStats, EnrollRequest, EnrollResponse, ErrorBody, ErrorDetail, HeartbeatResponse, JobCreated,
-    JobSpec, JobStatus, LeaseRequest, LeaseResponse, LeaseSync, LeaseSyncResponse, LeaseTokenBody, Org, OrgCreate,
+    GiveBack, JobSpec, JobStatus, LeaseRequest, LeaseResponse, LeaseSync, LeaseSyncResponse, LeaseTokenBody, Org, OrgCreate,
     OrgStats, PoolChallenge, PoolInfo, PoolStats, ResultResponse, ResultSubmission, TokenCreate, TokenCreated,
     TokenInfo,
 };
@@ -435,9 +435,9 @@ async fn heartbeat(
     Ok(axum::Json(HeartbeatResponse { deadline_ms }))
 }
 
-#[utoipa::path(delete, path = "/v1/leases/{id}", operation_id = "give_back", request_body = LeaseTokenBody,
+#[utoipa::path(delete, path = "/v1/leases/{id}", operation_id = "give_back", request_body = GiveBack,
     security(("device" = [])), params(("id" = u64, Path, description = "lease id")),
-    responses((status = 204, description = "Given back: the replica is queued again"),
+    responses((status = 204, description = "Given back: the replica is queued again (a task failed too often fails)"),
         BadRequest, Unauthorized, NotFound, Conflict, TooLarge))]
 async fn give_back(
     State(pool): State<Pool>,
@@ -449,8 +449,11 @@ async fn give_back(
 ) -> ApiResult<impl IntoResponse> {
     let lease = id(&lease, "lease id")?;
     let device = auth::device(&pool, &method, uri.path(), &headers, &body).await?;
-    let req: LeaseTokenBody = parse(&body)?;
-    pool.inner.store.run(move |s| s.give_back(device, lease, &req.lease_token)).await?;
+    let req: GiveBack = parse(&body)?;
+    if let Some(failure) = &req.failure {
+        failure.check().map_err(ApiError::bad_request)?;
+    }
+    pool.inner.store.run(move |s| s.give_back(device, lease, &req.lease_token, req.failure.as_ref())).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -59,7 +59,14 @@ pub(crate) trait Storage: Send {
         now: u64,
     ) -> Result<Vec<TaskManifest>, StoreError>;
     fn heartbeat(&mut self, device_id: u64, lease_id: u64, token: &str, now: u64) -> Result<u64, StoreError>;
-    fn give_back(&mut self, device_id: u64, lease_id: u64, token: &str) -> Result<(), StoreError>;
+    /// `failure`: the task failed on this device (counted against the task).
+    fn give_back(
+        &mut self,
+        device_id: u64,
+        lease_id: u64,
+        token: &str,
+        failure: Option<&idlemesh_protocol::api::TaskFailure>,
+    ) -> Result<(), StoreError>;
     /// Queues again the device's live leases missing from `held`; returns their ids.
     fn release_unheld(&mut self, device_id: u64, held: &[u64], now: u64) -> Result<Vec<u64>, StoreError>;
     #[allow(clippy::too_many_arguments, reason = "one call per field of a result submission")]

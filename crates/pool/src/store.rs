@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use idlemesh_protocol::api::{
-    Capabilities, DeviceStats, JobSpec, JobState, JobStatus, PoolStats, TaskCounts, TaskState,
+    Capabilities, DeviceStats, JobSpec, JobState, JobStatus, PoolStats, TaskCounts, TaskFailure, TaskState,
 };
 use idlemesh_protocol::{KernelKind, KernelRef, Keypair, PublicKey, Receipt, Sha256, Signed, TaskManifest};
 use rusqlite::{Connection, OptionalExtension, Params, params};
@@ -124,7 +124,18 @@ CREATE INDEX devices_org ON devices(org_id);
     r#"
 ALTER TABLE replicas ADD COLUMN adapter TEXT;
 "#,
+    // 7: failures devices reported for a task (its kernel trapped, timed
+    // out, broke the worker's sandbox...): counted against the task, which
+    // fails after MAX_TASK_FAILURES, never against the devices.
+    r#"
+ALTER TABLE tasks ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE tasks ADD COLUMN last_failure TEXT;
+"#,
 ];
+
+/// Reported failures after which a task (and its job) fails: the kernel,
+/// not the devices, is what keeps failing.
+pub(crate) const MAX_TASK_FAILURES: i64 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StoreError {
@@ -542,12 +553,37 @@ impl Store {
         Ok(deadline)
     }
 
-    pub fn give_back(&mut self, device_id: u64, lease_id: u64, token: &str) -> Result<(), StoreError> {
-        let (_, state) = self.check_lease(lease_id, token, device_id)?;
+    pub fn give_back(
+        &mut self,
+        device_id: u64,
+        lease_id: u64,
+        token: &str,
+        failure: Option<&TaskFailure>,
+    ) -> Result<(), StoreError> {
+        let (task_id, state) = self.check_lease(lease_id, token, device_id)?;
         if state != "leased" {
             return Err(StoreError::Conflict(format!("lease {lease_id} is {state}, not leased")));
         }
-        requeue(&self.conn, lease_id)?;
+        let tx = self.conn.savepoint()?;
+        requeue(&tx, lease_id)?;
+        if let Some(f) = failure {
+            let what = format!("{}: {}", f.status, f.message);
+            let (failures, job_id): (i64, i64) = tx.query_row(
+                "UPDATE tasks SET failures = failures + 1, last_failure = ?1 WHERE id = ?2 RETURNING failures, job_id",
+                params![what, task_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            if failures >= MAX_TASK_FAILURES {
+                exec(&tx, "UPDATE tasks SET state = 'failed' WHERE id = ?1 AND state = 'pending'", [task_id])?;
+                exec(&tx, "UPDATE replicas SET state = 'cancelled' WHERE task_id = ?1 AND state IN ('queued', 'leased')", [task_id])?;
+                exec(
+                    &tx,
+                    "UPDATE jobs SET state = 'failed', error = ?1 WHERE id = ?2 AND state = 'running'",
+                    params![format!("task {task_id} failed {failures} times, last: {what}"), job_id],
+                )?;
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 
@@ -936,8 +972,14 @@ impl crate::storage::Storage for Store {
     fn heartbeat(&mut self, device_id: u64, lease_id: u64, token: &str, now: u64) -> Result<u64, StoreError> {
         Store::heartbeat(self, device_id, lease_id, token, now)
     }
-    fn give_back(&mut self, device_id: u64, lease_id: u64, token: &str) -> Result<(), StoreError> {
-        Store::give_back(self, device_id, lease_id, token)
+    fn give_back(
+        &mut self,
+        device_id: u64,
+        lease_id: u64,
+        token: &str,
+        failure: Option<&TaskFailure>,
+    ) -> Result<(), StoreError> {
+        Store::give_back(self, device_id, lease_id, token, failure)
     }
     fn release_unheld(&mut self, device_id: u64, held: &[u64], now: u64) -> Result<Vec<u64>, StoreError> {
         Store::release_unheld(self, device_id, held, now)

@@ -242,12 +242,54 @@ pub struct LeaseSyncResponse {
     pub released: Vec<u64>,
 }
 
-/// `POST /v1/leases/{id}/heartbeat` and the body of `DELETE /v1/leases/{id}`.
+/// The body of `POST /v1/leases/{id}/heartbeat`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LeaseTokenBody {
     pub lease_token: String,
+}
+
+/// The body of `DELETE /v1/leases/{id}`: a lease given back, and, when the
+/// task itself failed here (the kernel trapped, ran out of time or memory,
+/// or its worker broke the sandbox), how. The pool counts such failures
+/// against the task, not the device, and fails a task that keeps failing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct GiveBack {
+    pub lease_token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<TaskFailure>,
+}
+
+/// How a task failed on a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct TaskFailure {
+    /// The run's status: `trapped`, `out-of-fuel`, `out-of-memory`,
+    /// `timed-out`, `invalid-kernel`, `sandbox-violation` or `error`.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 64))]
+    pub status: String,
+    #[cfg_attr(feature = "openapi", schema(max_length = 1000))]
+    pub message: String,
+}
+
+impl TaskFailure {
+    pub const MAX_STATUS_CHARS: usize = 64;
+    pub const MAX_MESSAGE_CHARS: usize = 1000;
+
+    /// Within its bounds: the status a short word, the message not too long.
+    pub fn check(&self) -> Result<(), String> {
+        if self.status.is_empty() || self.status.chars().count() > Self::MAX_STATUS_CHARS {
+            return Err(format!("failure.status must be 1 to {} characters", Self::MAX_STATUS_CHARS));
+        }
+        if self.message.chars().count() > Self::MAX_MESSAGE_CHARS {
+            return Err(format!("failure.message must be at most {} characters", Self::MAX_MESSAGE_CHARS));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

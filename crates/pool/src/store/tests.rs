@@ -1,6 +1,6 @@
 //! The store's state machine on values: fencing, replication, quorum.
 
-use idlemesh_protocol::api::{Capabilities, JobSpec, TaskState};
+use idlemesh_protocol::api::{Capabilities, JobSpec, JobState, TaskFailure, TaskState};
 use idlemesh_protocol::{Keypair, Signed, TaskManifest};
 use serde_json::json;
 
@@ -98,9 +98,45 @@ fn heartbeat_extends_and_give_back_requeues() {
     assert_eq!(extended, 19_000);
     // The old deadline (12_000) has passed but the heartbeat moved it: not claimable.
     assert!(w.lease(b, 1, 12_500).is_empty());
-    assert!(matches!(w.store.give_back(a, m.lease_id, "wrong token"), Err(StoreError::Conflict(_))));
-    w.store.give_back(a, m.lease_id, &m.lease_token).unwrap();
+    assert!(matches!(w.store.give_back(a, m.lease_id, "wrong token", None), Err(StoreError::Conflict(_))));
+    w.store.give_back(a, m.lease_id, &m.lease_token, None).unwrap();
     assert_eq!(w.lease(b, 1, 12_500).len(), 1);
+}
+
+#[test]
+fn a_task_that_keeps_failing_fails_its_job_and_costs_the_devices_nothing() {
+    let (mut w, job) = world(3, 1, 1, 2);
+    let failure = TaskFailure { status: "sandbox-violation".into(), message: "the worker called ptrace".into() };
+    let mut now = 2_000;
+    for (round, device) in [w.devices[0], w.devices[1], w.devices[2]].into_iter().enumerate() {
+        // The failing task is the first in the queue again each time.
+        let m = w.lease(device, 1, now).remove(0);
+        assert_eq!(m.task_id, 1, "round {round}");
+        w.store.give_back(device, m.lease_id, &m.lease_token, Some(&failure)).unwrap();
+        now += 1;
+        let status = w.store.job_status(job).unwrap();
+        let failed = round + 1 == super::MAX_TASK_FAILURES as usize;
+        assert_eq!(status.state == JobState::Failed, failed, "round {round}: {status:?}");
+        if failed {
+            assert!(status.error.unwrap().contains("sandbox-violation: the worker called ptrace"));
+        }
+    }
+    // Nothing of the failed job is handed out any more, and nobody's record suffered.
+    assert!(w.lease(w.devices[0], 5, now).is_empty());
+    for d in w.store.stats().unwrap().devices {
+        assert_eq!((d.valid_results, d.invalid_results), (0, 0));
+    }
+}
+
+#[test]
+fn a_plain_give_back_counts_no_failure() {
+    let (mut w, job) = world(1, 1, 1, 1);
+    let a = w.devices[0];
+    for i in 0..5 {
+        let m = w.lease(a, 1, 2_000 + i).remove(0);
+        w.store.give_back(a, m.lease_id, &m.lease_token, None).unwrap();
+    }
+    assert_eq!(w.store.job_status(job).unwrap().state, JobState::Running);
 }
 
 #[test]
