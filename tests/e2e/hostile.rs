@@ -25,6 +25,17 @@ impl Supervisor {
         self.run_task(kernel, None, b"", params, limits, timeout)
     }
 
+    fn run_counting_progress(
+        &mut self,
+        kernel: &[u8],
+        params: &str,
+        limits: RunLimits,
+        timeout: Duration,
+        frames: &mut u64,
+    ) -> (RunReport, Duration) {
+        self.run_with(kernel, None, b"", params, limits, timeout, &mut |_| *frames += 1)
+    }
+
     fn run_task(
         &mut self,
         kernel: &[u8],
@@ -33,6 +44,20 @@ impl Supervisor {
         params: &str,
         limits: RunLimits,
         timeout: Duration,
+    ) -> (RunReport, Duration) {
+        self.run_with(kernel, wgsl, input, params, limits, timeout, &mut |_| {})
+    }
+
+    #[allow(clippy::too_many_arguments, reason = "one task's parts and a progress counter")]
+    fn run_with(
+        &mut self,
+        kernel: &[u8],
+        wgsl: Option<&WgslLayout>,
+        input: &[u8],
+        params: &str,
+        limits: RunLimits,
+        timeout: Duration,
+        on_progress: &mut dyn FnMut(f32),
     ) -> (RunReport, Duration) {
         // WGSL runs in a GPU worker, WASM in a CPU one, as the agent does.
         let profile = if wgsl.is_some() { Profile::Gpu } else { Profile::Cpu };
@@ -54,7 +79,7 @@ impl Supervisor {
             timeout,
         };
         let started = Instant::now();
-        let report = worker.run(&req, |_| {}, |_| {}).expect("the worker answers or is killed on time");
+        let report = worker.run(&req, on_progress, |_| {}).expect("the worker answers or is killed on time");
         let took = started.elapsed();
         if worker.is_alive() {
             self.worker = Some(worker);
@@ -130,10 +155,21 @@ fn hostile_kernels_end_with_their_status_within_their_limits() {
     let (r, _) = s.run(&wat_kernel(1, "", "(loop $l (br $l))"), "wat-spin-no-host", limits(64), timeout);
     assert_eq!(r.outcome.status, Status::TimedOut);
     assert!(within(&r), "wat spin took {} ms", r.wall_ms);
-    // A loop that calls the host is cut off by the host-call cap.
-    let (r, _) = s.run(hostile, "spin-calling-host", limits(64), Duration::from_secs(30));
+    // A loop that reports progress costs the host nothing: like any loop,
+    // it runs until its time is up (a kernel reporting every 10 ms for hours
+    // must not be cut off by a count of calls).
+    let (r, _) = s.run(hostile, "spin-calling-host", limits(64), timeout);
+    assert_eq!(r.outcome.status, Status::TimedOut, "{:?}", r.outcome.error);
+    // Progress that changes on every call reaches the supervisor at most
+    // every 50 ms, not two million times.
+    let mut frames = 0;
+    let (r, _) = s.run_counting_progress(hostile, "progress-flood", limits(64), Duration::from_secs(30), &mut frames);
+    assert_eq!(r.outcome.status, Status::Ok, "{:?}", r.outcome.error);
+    assert!(frames <= 1 + r.wall_ms / 50 + 1, "{frames} progress frames in {} ms", r.wall_ms);
+    // Checkpoints are written by the agent: spamming them is stopped, with its own error.
+    let (r, _) = s.run(hostile, "checkpoint-spam", limits(64), Duration::from_secs(30));
     assert_eq!(r.outcome.status, Status::Trapped);
-    assert!(r.outcome.error.unwrap().contains("host calls"));
+    assert!(r.outcome.error.as_deref().unwrap().contains("host-call rate limit"), "{:?}", r.outcome.error);
 
     // Memory: refused growth, and a data segment larger than the limit.
     let (r, _) = s.run(hostile, "grow", limits(64), timeout * 4);

@@ -21,4 +21,5 @@ mod packaging;
 #[path = "../common/private_root.rs"]
 mod private_root;
 mod restart;
+mod sandbox_policy;
 mod tampering;

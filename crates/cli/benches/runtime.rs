@@ -1,8 +1,8 @@
 //! Runtime figures (DESIGN §7, issue 3), printed, not asserted: this machine is
 //! shared and noisy, so compare the ratios within one run.
 //!
-//! `cargo bench -p idlemesh-cli --bench runtime [start|throughput [KERNEL]|compile|pause]`
-//! (release profile).
+//! `cargo bench -p idlemesh-cli --bench runtime [start|throughput [KERNEL]|compile|pause|lockdown]`
+//! (release profile; `lockdown` also needs `cargo build --release --examples -p idlemesh-cli`).
 
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,9 @@ fn main() {
     }
     if want("pause") {
         pause_latency();
+    }
+    if want("lockdown") {
+        lockdown_cost();
     }
 }
 
@@ -282,4 +285,109 @@ fn pause_latency() {
         libc::kill(pid as i32, libc::SIGKILL);
     }
     let _ = runner.join();
+}
+
+/// What the worker lockdown costs, in one run: `idlemesh worker` (locked
+/// down) against the same worker code without the lockdown (the escape
+/// drill's `--unconfined --serve-kernels`), alternating so drift hits both.
+fn lockdown_cost() {
+    let bin = env!("CARGO_BIN_EXE_idlemesh");
+    let drill = std::path::Path::new(bin).parent().unwrap().join("examples/escape_drill");
+    if !drill.exists() {
+        println!("lockdown: skipped, {} is missing (cargo build --release --examples -p idlemesh-cli)", drill.display());
+        return;
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let cache_arg: Vec<std::ffi::OsString> = vec!["--cache-dir".into(), cache.path().into()];
+    let locked = WorkerCommand { program: bin.into(), args: [vec!["worker".into()], cache_arg.clone()].concat() };
+    let open = WorkerCommand {
+        program: drill,
+        args: [vec!["--unconfined".into(), "--serve-kernels".into()], cache_arg].concat(),
+    };
+    let sides = [("locked down", &locked), ("no lockdown", &open)];
+
+    // Start-up: spawn to ready, CPU and GPU workers.
+    for profile in [idlemesh_runtime::Profile::Cpu, idlemesh_runtime::Profile::Gpu] {
+        let rounds = if profile == idlemesh_runtime::Profile::Cpu { 30 } else { 8 };
+        let mut times = [Vec::new(), Vec::new()];
+        for _ in 0..rounds {
+            for (i, (_, command)) in sides.iter().enumerate() {
+                let command = command.with_profile(profile);
+                let t = Instant::now();
+                let worker = WorkerProcess::spawn(&command).unwrap();
+                times[i].push(t.elapsed());
+                assert_eq!(worker.sandbox().seccomp, i == 0);
+            }
+        }
+        for (i, (side, _)) in sides.iter().enumerate() {
+            times[i].sort();
+            println!(
+                "worker start-up ({profile:?}, spawn -> ready, {rounds} runs), {side}: p50 {:.1} ms, p95 {:.1} ms",
+                percentile(&times[i], 0.5).as_secs_f64() * 1e3,
+                percentile(&times[i], 0.95).as_secs_f64() * 1e3
+            );
+        }
+    }
+
+    // Warm start through a warm worker: the supervisor's round trip.
+    let mut workers: Vec<WorkerProcess> = sides.iter().map(|(_, c)| WorkerProcess::spawn(c).unwrap()).collect();
+    let echo = |kernel: &'static [u8], params: &'static str| WorkRequest {
+        wgsl: None,
+        task: "bench".into(),
+        kernel_sha256: idlemesh_protocol::Sha256::of(kernel),
+        kernel,
+        input: b"",
+        params,
+        resume: None,
+        limits: RunLimits::default(),
+        timeout: Duration::from_secs(600),
+    };
+    let req = echo(idlemesh_kernels::HOSTILE, "echo");
+    let mut times = [Vec::new(), Vec::new()];
+    for round in 0..2_200 {
+        for (i, w) in workers.iter_mut().enumerate() {
+            let t = Instant::now();
+            let r = w.run(&req, |_| {}, |_| {}).unwrap();
+            if round >= 200 {
+                times[i].push(t.elapsed());
+            }
+            assert_eq!(r.outcome.status, Status::Ok);
+        }
+    }
+    for (i, (side, _)) in sides.iter().enumerate() {
+        times[i].sort();
+        println!(
+            "warm start through a warm worker (task sent -> outcome back, 2000 runs), {side}: p50 {:.1} µs, p99 {:.1} µs",
+            micros(percentile(&times[i], 0.5)),
+            micros(percentile(&times[i], 0.99))
+        );
+    }
+
+    // Throughput through the worker: the kernels of `throughput`.
+    let cases: [(&str, &'static [u8], &'static str); 3] = [
+        ("mandelbrot 512x384x512", idlemesh_kernels::MANDELBROT, r#"{"width":512,"height":384,"max_iter":512}"#),
+        ("sha256 chain 200k", idlemesh_kernels::SHA256CHAIN, r#"{"seed":"idlemesh","iterations":200000}"#),
+        ("matmul 512", idlemesh_kernels::MATMUL, r#"{"n":512,"seed":1}"#),
+    ];
+    let mut ratios = Vec::new();
+    for (name, kernel, params) in cases {
+        let req = echo(kernel, params);
+        let mut best = [Duration::MAX, Duration::MAX];
+        for _ in 0..6 {
+            for (i, w) in workers.iter_mut().enumerate() {
+                let t = Instant::now();
+                assert_eq!(w.run(&req, |_| {}, |_| {}).unwrap().outcome.status, Status::Ok);
+                best[i] = best[i].min(t.elapsed());
+            }
+        }
+        let ratio = best[1].as_secs_f64() / best[0].as_secs_f64();
+        ratios.push(ratio);
+        println!(
+            "{name} in a worker: locked down {:.1} ms, no lockdown {:.1} ms -> locked runs at {ratio:.3}x",
+            best[0].as_secs_f64() * 1e3,
+            best[1].as_secs_f64() * 1e3
+        );
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!("median speed locked down / no lockdown: {:.3}x (1.0 = no cost)", ratios[ratios.len() / 2]);
 }

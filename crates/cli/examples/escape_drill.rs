@@ -10,30 +10,37 @@
 //! A task's outcome: `ok` (the attempt succeeded), `error` with the errno
 //! (refused by a wall), or `sandbox-violation` (the worker was stopped by
 //! its seccomp filter; the supervisor says which call).
+//!
+//! `--serve-kernels` runs real kernels instead, exactly as `idlemesh worker`
+//! (with `--unconfined`: without the lockdown), so the runtime benchmark can
+//! measure what the lockdown costs in one run.
 
 use std::ffi::CString;
 use std::io::{Read as _, Write as _};
 use std::process::ExitCode;
 
-use idlemesh_runtime::worker::{WorkerOptions, serve_native};
+use idlemesh_runtime::worker::{WorkerOptions, serve, serve_native};
 use idlemesh_runtime::{Outcome, Profile, Status};
 use serde_json::Value;
 
 fn main() -> ExitCode {
     let mut options = WorkerOptions { lockdown: true, ..WorkerOptions::default() };
+    let mut kernels = false;
     let mut args = std::env::args_os().skip(1);
     while let Some(arg) = args.next() {
         match arg.to_str() {
             Some("--unconfined") => options.lockdown = false,
+            Some("--serve-kernels") => kernels = true,
             Some("--gpu") => options.profile = Profile::Gpu,
             Some("--cache-dir") => options.cache_dir = args.next().map(Into::into),
             _ => {
-                eprintln!("escape_drill: usage: escape_drill [--unconfined] [--gpu] [--cache-dir DIR]");
+                eprintln!("escape_drill: usage: escape_drill [--unconfined] [--serve-kernels] [--gpu] [--cache-dir DIR]");
                 return ExitCode::from(2);
             }
         }
     }
-    match serve_native(options, attempt) {
+    let served = if kernels { serve(options) } else { serve_native(options, attempt) };
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("escape_drill: {e}");

@@ -103,6 +103,12 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
             }
         }
     }
+    if let Some(words) = s["sandbox_in_words"].as_str() {
+        println!("Sandbox: {words}");
+        for (layer, why) in s["sandbox"]["missing"].as_object().into_iter().flatten() {
+            println!("  - {layer} is not in force: {}", why.as_str().unwrap_or_default());
+        }
+    }
     for e in s["settings_errors"].as_array().into_iter().flatten() {
         println!("Settings problem (last good values in force): {}", e.as_str().unwrap_or_default());
     }

@@ -844,9 +844,9 @@ impl Store {
     }
 
     pub fn job_status(&self, job_id: u64) -> Result<JobStatus, StoreError> {
-        let (name, state): (String, String) =
-            cached_row(&self.conn, "SELECT name, state FROM jobs WHERE id = ?1", [job_id as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?))
+        let (name, state, error): (String, String, Option<String>) =
+            cached_row(&self.conn, "SELECT name, state, error FROM jobs WHERE id = ?1", [job_id as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })
             .optional()?
             .ok_or(StoreError::NotFound { what: "job", id: job_id.to_string() })?;
@@ -866,6 +866,7 @@ impl Store {
             },
             tasks: self.task_counts(Some(job_id))?,
             credits_granted: credits,
+            error,
         })
     }
 

@@ -487,6 +487,9 @@ pub struct JobStatus {
     pub state: JobState,
     pub tasks: TaskCounts,
     pub credits_granted: f64,
+    /// Why a failed job failed (no quorum, a task that kept failing...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,6 +1,8 @@
 //! What a kernel can and cannot reach, in the words the dashboard's privacy
 //! page shows. Kept beside the sandbox that enforces it (`wasi_ctx`, `host`,
-//! `gpu`) so the two are changed together.
+//! `gpu`, `lockdown`) so the two are changed together. Which OS layers are
+//! in force on this machine is the worker's own report
+//! ([`crate::SandboxReport::in_words`]), shown beside these lists.
 
 /// What every kernel is given.
 pub const ALLOWED: &[&str] = &[
@@ -14,8 +16,9 @@ pub const ALLOWED: &[&str] = &[
 
 /// What no kernel can reach.
 pub const DENIED: &[&str] = &[
-    "your files and folders (no directory is opened to it)",
-    "the network: no sockets, no name lookups, no other computer",
+    "your files and folders (no directory is opened to it, and on Linux its worker process is walled off from them by Landlock)",
+    "the network: no sockets, no name lookups, no other computer (on Linux its worker has no network at all)",
+    "starting programs, or touching other processes or your keyring (on Linux a seccomp filter stops its worker if it tries)",
     "your environment variables, command line, other programs and the clipboard",
     "the real time of day, your location, camera, microphone, screen and keyboard",
     "running past its time limit: the worker is stopped from outside",

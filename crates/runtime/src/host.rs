@@ -1,5 +1,7 @@
 //! The host side of the `idlemesh:kernel/host` interface, with its caps.
 
+use std::time::{Duration, Instant};
+
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -15,9 +17,49 @@ wasmtime::component::bindgen!({
 
 /// Log text kept per run; the rest is counted, not stored.
 pub(crate) const LOG_CAP_BYTES: usize = 64 * 1024;
-/// Host calls per run before the kernel is stopped: a kernel that spams the
-/// host is burning the volunteer's CPU on our side of the sandbox.
-pub(crate) const MAX_HOST_CALLS: u64 = 1_000_000;
+/// Progress reaches the supervisor at most this often: a kernel may report
+/// as often as it likes, each call costs the host a comparison.
+pub(crate) const PROGRESS_EVERY: Duration = Duration::from_millis(50);
+/// Log lines kept: a burst, then this many per second; the rest are counted
+/// as dropped, never an error.
+pub(crate) const LOG_RATE: Rate = Rate { burst: 1_000, per_second: 100 };
+/// Checkpoints: each one is written to disk by the agent, so a kernel that
+/// checkpoints faster than this on average is stopped, with its own error.
+pub(crate) const CHECKPOINT_RATE: Rate = Rate { burst: 10, per_second: 1 };
+
+/// A token bucket's shape: `burst` calls at once, `per_second` on average.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rate {
+    pub burst: u32,
+    pub per_second: u32,
+}
+
+/// A token bucket on a clock the caller passes in (pure, table-tested).
+#[derive(Debug, Clone)]
+pub(crate) struct Bucket {
+    rate: Rate,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    pub fn new(rate: Rate, now: Instant) -> Self {
+        Self { rate, tokens: f64::from(rate.burst), last: now }
+    }
+
+    /// Takes one token if there is one.
+    pub fn take(&mut self, now: Instant) -> bool {
+        let refill = now.saturating_duration_since(self.last).as_secs_f64() * f64::from(self.rate.per_second);
+        self.tokens = (self.tokens + refill).min(f64::from(self.rate.burst));
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
 
 pub(crate) struct HostState {
     pub wasi: WasiCtx,
@@ -26,23 +68,39 @@ pub(crate) struct HostState {
     pub events: Box<dyn Events>,
     pub log: String,
     pub log_dropped_bytes: u64,
-    pub host_calls: u64,
+    pub log_rate: Bucket,
+    pub checkpoint_rate: Bucket,
     pub max_checkpoint_bytes: usize,
     /// Set when a host call broke a rule; the trap that follows is reported with it.
     pub violation: Option<String>,
-    /// The last progress passed on: repeats are not worth a message.
+    /// The last progress passed on, and when: only real movement, and not
+    /// more often than PROGRESS_EVERY, goes to the supervisor.
     pub last_progress: f32,
+    pub last_progress_at: Option<Instant>,
 }
 
 impl HostState {
-    fn count_call(&mut self) -> wasmtime::Result<()> {
-        self.host_calls += 1;
-        if self.host_calls > MAX_HOST_CALLS {
-            let why = format!("kernel made more than {MAX_HOST_CALLS} host calls");
-            self.violation = Some(why.clone());
-            return Err(wasmtime::format_err!(why));
+    pub fn new(wasi: WasiCtx, memory: MemoryCap, events: Box<dyn Events>, max_checkpoint_bytes: usize) -> Self {
+        let now = Instant::now();
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            memory,
+            events,
+            log: String::new(),
+            log_dropped_bytes: 0,
+            log_rate: Bucket::new(LOG_RATE, now),
+            checkpoint_rate: Bucket::new(CHECKPOINT_RATE, now),
+            max_checkpoint_bytes,
+            violation: None,
+            last_progress: 0.0,
+            last_progress_at: None,
         }
-        Ok(())
+    }
+
+    fn refuse(&mut self, why: String) -> wasmtime::Result<()> {
+        self.violation = Some(why.clone());
+        Err(wasmtime::format_err!(why))
     }
 }
 
@@ -54,37 +112,77 @@ impl WasiView for HostState {
 
 impl idlemesh::kernel::host::Host for HostState {
     fn progress(&mut self, done: f32) -> wasmtime::Result<()> {
-        self.count_call()?;
-        // Pass on only real movement (0.1 %), so a kernel reporting in a
-        // tight loop cannot flood the pipe to the supervisor.
         let done = if done.is_finite() { done.clamp(0.0, 1.0) } else { return Ok(()) };
-        if (done - self.last_progress).abs() >= 0.001 || (done == 1.0 && self.last_progress != 1.0) {
+        let moved = (done - self.last_progress).abs() >= 0.001 || (done == 1.0 && self.last_progress != 1.0);
+        if !moved {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if done == 1.0 || self.last_progress_at.is_none_or(|at| now.duration_since(at) >= PROGRESS_EVERY) {
             self.last_progress = done;
+            self.last_progress_at = Some(now);
             self.events.progress(done);
         }
         Ok(())
     }
 
     fn checkpoint(&mut self, state: Vec<u8>) -> wasmtime::Result<()> {
-        self.count_call()?;
         if state.len() > self.max_checkpoint_bytes {
-            let why = format!("checkpoint of {} bytes exceeds the cap of {}", state.len(), self.max_checkpoint_bytes);
-            self.violation = Some(why.clone());
-            return Err(wasmtime::format_err!(why));
+            return self.refuse(format!(
+                "checkpoint of {} bytes exceeds the cap of {}",
+                state.len(),
+                self.max_checkpoint_bytes
+            ));
+        }
+        if !self.checkpoint_rate.take(Instant::now()) {
+            let Rate { burst, per_second } = CHECKPOINT_RATE;
+            return self.refuse(format!(
+                "host-call rate limit: the kernel checkpointed more than {per_second} time(s) per second \
+                 on average (bursts of {burst} allowed)"
+            ));
         }
         self.events.checkpoint(state);
         Ok(())
     }
 
     fn log(&mut self, message: String) -> wasmtime::Result<()> {
-        self.count_call()?;
         let room = LOG_CAP_BYTES.saturating_sub(self.log.len());
-        if message.len() < room {
+        if message.len() < room && self.log_rate.take(Instant::now()) {
             self.log.push_str(&message);
             self.log.push('\n');
         } else {
             self.log_dropped_bytes += message.len() as u64;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_its_rate() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut b = Bucket::new(Rate { burst: 3, per_second: 2 }, t0);
+        assert_eq!([b.take(t0), b.take(t0), b.take(t0), b.take(t0)], [true, true, true, false]);
+        // 2 per second: one token after 500 ms, not before.
+        assert!(!b.take(ms(400)));
+        assert!(b.take(ms(500)));
+        assert!(!b.take(ms(600)));
+        // A long quiet spell refills to the burst, not beyond.
+        let later = ms(60_000);
+        assert_eq!((0..5).map(|_| b.take(later)).filter(|ok| *ok).count(), 3);
+    }
+
+    #[test]
+    fn three_hours_of_progress_every_10_ms_costs_no_limit() {
+        // The old lifetime cap (a million host calls) stopped such a kernel.
+        let rate = CHECKPOINT_RATE;
+        let t0 = Instant::now();
+        let mut b = Bucket::new(rate, t0);
+        // A checkpoint a minute for three hours is always allowed.
+        assert!((0..180u64).all(|m| b.take(t0 + Duration::from_secs(60 * m))));
     }
 }

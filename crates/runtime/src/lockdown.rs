@@ -220,12 +220,18 @@ pub fn begin(config: LockdownConfig) -> Lockdown {
 impl Lockdown {
     /// The second step, once the engine (and, for the GPU profile, the
     /// driver) is ready and before the first task is read: the environment
-    /// emptied, resource limits, no new privileges, Landlock, seccomp.
-    pub fn seal(mut self) -> SandboxReport {
+    /// emptied, resource limits, no new privileges, Landlock, then
+    /// `before_seccomp`, then seccomp. `before_seccomp` starts what needs
+    /// calls the filter refuses (an async runtime's sockets and epoll) while
+    /// its threads are still born under Landlock.
+    pub fn seal(mut self, before_seccomp: impl FnOnce()) -> SandboxReport {
         #[cfg(target_os = "linux")]
-        linux::seal(&self.config, &mut self.report);
+        linux::seal(&self.config, &mut self.report, before_seccomp);
         #[cfg(not(target_os = "linux"))]
-        let _ = &self.config;
+        {
+            let _ = &self.config;
+            before_seccomp();
+        }
         self.report
     }
 }

@@ -6,7 +6,7 @@ use std::sync::{Mutex, OnceLock};
 
 use idlemesh_protocol::Sha256;
 use serde::{Deserialize, Serialize};
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig, Store, Strategy, Trap};
 
 use crate::cache::ArtifactCache;
@@ -287,20 +287,11 @@ impl Sandbox {
         };
 
         let (wasi, stdio) = wasi_ctx::build(limits.seed);
-        let state = HostState {
-            wasi,
-            table: ResourceTable::new(),
-            memory: MemoryCap::new(usize::try_from(limits.max_memory_bytes).unwrap_or(usize::MAX)),
-            events: Box::new(events),
-            log: String::new(),
-            log_dropped_bytes: 0,
-            host_calls: 0,
-            // A checkpoint is at most about an output's worth of state.
-            max_checkpoint_bytes: usize::try_from(limits.max_output_bytes.saturating_mul(2).max(1 << 20))
-                .unwrap_or(usize::MAX),
-            violation: None,
-            last_progress: 0.0,
-        };
+        // A checkpoint is at most about an output's worth of state.
+        let max_checkpoint_bytes =
+            usize::try_from(limits.max_output_bytes.saturating_mul(2).max(1 << 20)).unwrap_or(usize::MAX);
+        let memory = MemoryCap::new(usize::try_from(limits.max_memory_bytes).unwrap_or(usize::MAX));
+        let state = HostState::new(wasi, memory, Box::new(events), max_checkpoint_bytes);
         let mut store = Store::new(&flavour.engine, state);
         store.limiter(|s| &mut s.memory);
         if self.config.epoch_interruption {

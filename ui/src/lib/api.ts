@@ -147,7 +147,7 @@ export interface Snapshot {
 
 export type SettingSource = 'default' | 'policy_default' | 'user' | 'policy';
 
-export type SettingValue = string | number | boolean | null;
+export type SettingValue = string | number | boolean | string[] | null;
 
 export interface EffectiveSetting {
   value: SettingValue;
@@ -168,6 +168,10 @@ export interface Status {
   scheduler: Scheduler | null;
   sensors: { idle_source: string; snapshot: Snapshot } | null;
   workers: { pids: number[]; frozen: boolean } | null;
+  /** the OS layers the latest worker reported; null before one started */
+  sandbox?: Sandbox | null;
+  /** what those layers mean, in words */
+  sandbox_in_words?: string | null;
   settings: Record<string, EffectiveSetting>;
   settings_errors: string[];
   files?: { settings: string; policy: string };
@@ -179,6 +183,23 @@ export interface Status {
     keyring?: string;
     device_public_key?: string;
   };
+}
+
+/** The worker's OS confinement (`idlemesh status --json` → `sandbox`). */
+export interface Sandbox {
+  profile: 'cpu' | 'gpu';
+  no_new_privs: boolean;
+  fds_closed: boolean;
+  empty_env: boolean;
+  private_cwd: boolean;
+  rlimits: boolean;
+  landlock_abi: number;
+  landlock_net: boolean;
+  landlock_all_threads?: boolean;
+  netns: boolean;
+  seccomp: boolean;
+  /** each layer not in force, with why */
+  missing: Record<string, string>;
 }
 
 // ---------------------------------------------------------------- ledger

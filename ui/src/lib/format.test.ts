@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import {
   actionWords,
+  settingText,
   checkPoolUrl,
   checkSetting,
   clock,
@@ -286,5 +287,14 @@ describe('errors', () => {
   it('titles error codes', () => {
     expect(errorTitle('not_running')).toMatch(/not running/);
     expect(errorTitle('whatever')).toBe('Something went wrong');
+  });
+});
+
+describe('settingText', () => {
+  it('shows a list of sandbox layers as names separated by commas, and nothing for none', () => {
+    expect(settingText(['seccomp', 'landlock'])).toBe('seccomp, landlock');
+    expect(settingText([])).toBe('');
+    expect(settingText(null)).toBe('');
+    expect(settingText(60)).toBe('60');
   });
 });

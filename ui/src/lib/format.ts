@@ -548,6 +548,12 @@ export const SETTING_SPECS: SettingSpec[] = [
     help: 'When your own programs need the processor this much, work pauses for them.',
     kind: { type: 'float', min: 1, max: 100, step: 1 },
   },
+  {
+    key: 'require_sandbox',
+    label: 'Run tasks only behind these walls',
+    help: 'Operating-system walls a task must have, separated by commas (for example seccomp, landlock, netns). Without one, work pauses and says why. Empty: none required.',
+    kind: { type: 'text' },
+  },
 ];
 
 /** The spec of `key`; keys the UI does not know yet get a plain text input. */
@@ -585,6 +591,8 @@ export function sourceWords(source: SettingSource | string): string {
 /** A setting's value as the text shown in its input. */
 export function settingText(v: SettingValue | undefined): string {
   if (v === null || v === undefined) return '';
+  // A list (require_sandbox) is typed back as names separated by commas.
+  if (Array.isArray(v)) return v.join(', ');
   return String(v);
 }
 

@@ -3,7 +3,8 @@ import { render, waitFor } from '@testing-library/svelte';
 import { mockIPC } from '@tauri-apps/api/mocks';
 import Stats from './Stats.svelte';
 import Privacy from './Privacy.svelte';
-import { appInfo, emptyTotals } from '../test/fixtures';
+import { appInfo, emptyTotals, status } from '../test/fixtures';
+import { feed } from '../lib/status.svelte';
 
 function $(sel: string): HTMLElement {
   const el = document.querySelector<HTMLElement>(sel);
@@ -70,5 +71,43 @@ describe('Privacy page', () => {
     expect($('#traffic').textContent).toContain('2 MB');
     await waitFor(() => expect($('#kernel-access').textContent).toContain('the network'));
     expect($('#kernel-allowed').textContent).toContain('a fixed clock');
+  });
+});
+
+describe('Privacy page, the worker sandbox', () => {
+  const layers = {
+    profile: 'cpu' as const,
+    no_new_privs: true,
+    fds_closed: true,
+    empty_env: true,
+    private_cwd: true,
+    rlimits: false,
+    landlock_abi: 7,
+    landlock_net: true,
+    netns: false,
+    seccomp: true,
+    missing: { netns: 'this system does not allow unprivileged user namespaces', rlimits: 'RLIMIT_NPROC counts every process' },
+  };
+
+  it('says in words what the layers mean and names each missing one with why', async () => {
+    feed.reset();
+    const s = status({
+      sandbox: layers,
+      sandbox_in_words: 'Tasks cannot read your files or use the network, and cannot start programs or touch other processes.',
+    });
+    mockIPC((cmd) => (cmd === 'status' ? s : cmd === 'ledger_summary' ? summary : cmd === 'app_info' ? appInfo : undefined));
+    render(Privacy);
+    await waitFor(() => expect($('#sandbox-words').textContent).toContain('Tasks cannot read your files or use the network'));
+    const missing = $('#sandbox-missing').textContent!;
+    expect(missing).toContain('netns is not in force: this system does not allow unprivileged user namespaces');
+    expect(missing).toContain('rlimits');
+  });
+
+  it('says the walls are not known before a worker started', async () => {
+    feed.reset();
+    mockIPC((cmd) => (cmd === 'status' ? status({ sandbox: null, sandbox_in_words: null }) : cmd === 'app_info' ? appInfo : undefined));
+    render(Privacy);
+    await waitFor(() => expect($('#sandbox-words').textContent).toContain('known once a worker has started'));
+    expect(document.querySelector('#sandbox-missing')).toBeNull();
   });
 });

@@ -21,11 +21,13 @@ const MAX_OPEN_FILES: u64 = 256;
 /// The largest file the worker may write: a compiled artifact of the
 /// largest kernel we accept is well below it.
 const MAX_FILE_BYTES: u64 = 512 << 20;
-/// Threads beyond those running at seal time: wasmtime's compile threads
-/// (one per core) and a margin for the runtime's own.
-const SPARE_THREADS: u64 = 16;
+/// Threads beyond those running at seal time, besides three per core
+/// (wasmtime's compile threads, wasmtime-wasi's runtime workers, a GPU
+/// driver's): a margin for blocking helpers.
+const SPARE_THREADS: u64 = 32;
 
 pub(super) fn begin(report: &mut SandboxReport) {
+    // Before anything else: a user namespace needs a single-threaded caller.
     match own_network_namespace() {
         Ok(()) => report.netns = true,
         Err(why) => {
@@ -54,7 +56,7 @@ pub(super) fn begin(report: &mut SandboxReport) {
     }
 }
 
-pub(super) fn seal(config: &LockdownConfig, report: &mut SandboxReport) {
+pub(super) fn seal(config: &LockdownConfig, report: &mut SandboxReport, before_seccomp: impl FnOnce()) {
     // SAFETY: a CPU worker has one thread here; a GPU worker's other threads
     // are the driver's, parked until we submit work, and read no
     // environment after the driver initialised.
@@ -101,6 +103,7 @@ pub(super) fn seal(config: &LockdownConfig, report: &mut SandboxReport) {
             report.missing.insert(Layer::Landlock, why);
         }
     }
+    before_seccomp();
     match super::seccomp::install(config.profile) {
         Ok(()) => report.seccomp = true,
         Err(why) => {
@@ -200,7 +203,7 @@ fn set_rlimits(own_user_namespace: bool) -> Result<(), String> {
             .into());
     }
     let cores = std::thread::available_parallelism().map_or(4, |n| n.get() as u64);
-    set(libc::RLIMIT_NPROC, threads_now() + cores + SPARE_THREADS, "RLIMIT_NPROC")
+    set(libc::RLIMIT_NPROC, threads_now() + 3 * cores + SPARE_THREADS, "RLIMIT_NPROC")
 }
 
 fn threads_now() -> u64 {

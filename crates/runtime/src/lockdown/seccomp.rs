@@ -60,6 +60,11 @@ const BASE: &[libc::c_long] = &[
     libc::SYS_rt_sigreturn,
     libc::SYS_sigaltstack,
     libc::SYS_futex,
+    // wasmtime-wasi's runtime waits on the epoll it made before the filter.
+    libc::SYS_epoll_ctl,
+    libc::SYS_epoll_pwait,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_epoll_wait,
     libc::SYS_sched_yield,
     libc::SYS_sched_getaffinity,
     libc::SYS_nanosleep,
@@ -108,8 +113,6 @@ const GPU: &[libc::c_long] = &[
     libc::SYS_dup3,
     libc::SYS_pipe2,
     libc::SYS_epoll_create1,
-    libc::SYS_epoll_ctl,
-    libc::SYS_epoll_pwait,
     libc::SYS_readlinkat,
     libc::SYS_faccessat,
     libc::SYS_faccessat2,

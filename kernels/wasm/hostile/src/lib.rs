@@ -54,6 +54,17 @@ mod component {
                 "spin-calling-host" => loop {
                     host::progress(0.5);
                 },
+                // Progress that jumps back and forth on every call: each
+                // value is new, so only the rate limit keeps the pipe quiet.
+                "progress-flood" => {
+                    for i in 0..2_000_000u32 {
+                        host::progress(if i % 2 == 0 { 0.25 } else { 0.75 });
+                    }
+                    Ok(b"reported".to_vec())
+                }
+                "checkpoint-spam" => loop {
+                    host::checkpoint(&[1, 2, 3]);
+                },
                 "grow" => {
                     let mut hoard: Vec<Vec<u8>> = Vec::new();
                     loop {
