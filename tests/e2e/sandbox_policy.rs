@@ -50,7 +50,7 @@ fn status_and_the_ledger_show_the_sandbox_and_require_sandbox_holds_back_a_worke
     let s = agent.wait_for("the worker sandbox to be known", Duration::from_secs(30), |s| !s["sandbox"].is_null());
     assert_eq!(s["sandbox"]["seccomp"], true, "{s:#}");
     assert_eq!(s["sandbox"]["netns"], false, "{s:#}");
-    assert!(s["sandbox"]["missing"]["netns"].as_str().unwrap().contains("user namespaces"), "{s:#}");
+    assert!(s["sandbox"]["missing"]["netns"].as_str().unwrap().contains("no user namespace could be made"), "{s:#}");
     let s = agent.wait_for("the pause for the missing layer", Duration::from_secs(10), |s| {
         codes(s).contains(&"sandbox_missing".to_owned())
     });

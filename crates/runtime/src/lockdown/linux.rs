@@ -129,8 +129,9 @@ fn own_network_namespace() -> Result<(), String> {
     }
     Err(match userns.raw_os_error() {
         Some(libc::EPERM | libc::ENOSPC | libc::EACCES) => format!(
-            "this system does not allow unprivileged user namespaces ({userns}: see kernel.unprivileged_userns_clone, \
-             user.max_user_namespaces or an AppArmor userns rule), so the worker keeps the network namespace it was started in"
+            "no user namespace could be made ({userns}): this system forbids unprivileged user namespaces \
+             (kernel.unprivileged_userns_clone, user.max_user_namespaces, an AppArmor userns rule) or the agent \
+             runs in a namespace that allows no nesting, so the worker keeps the network it was started with"
         ),
         Some(libc::EINVAL) => format!("the worker was not single-threaded when it asked for its namespace ({userns})"),
         _ => format!("unshare refused: {userns}"),
