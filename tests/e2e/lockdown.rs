@@ -191,3 +191,52 @@ fn a_locked_down_worker_cannot_escape_and_an_open_one_can() {
 fn a_locked_down_gpu_worker_cannot_escape_and_an_open_one_can() {
     drill_profile(Profile::Gpu);
 }
+
+/// A worker stopped by its filter fails only its task: the agent records
+/// `sandbox-violation` with the call, tells the pool the task failed, and
+/// runs the next task in a new worker; the pool fails the task after three
+/// such reports, and the device's record is untouched.
+#[test]
+fn a_sandbox_violation_fails_the_task_cleanly_and_the_pool_hears_of_it() {
+    use base64::Engine as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = crate::harness::PoolProcess::start(&tmp.path().join("pool"));
+    let op = crate::harness::OperatorHttp::new(&pool.url, &pool.token);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let b64 = |v: Value| base64::engine::general_purpose::STANDARD.encode(v.to_string());
+    // One task does nothing wrong, the other forks (a violation) each time it runs.
+    let (job, tasks) = rt.block_on(op.mandelbrot_job(json!({
+        "name": "violation", "inputs": [b64(json!({"attempt": "noop"})), b64(json!({"attempt": "fork"}))],
+        "combiner": {"kind": "concat"},
+    })));
+    assert_eq!(tasks, 2);
+    let data = tmp.path().join("agent");
+    let mut config = crate::harness::agent_config(&pool.url, &data);
+    config.worker = WorkerCommand { program: drill(), args: vec![] };
+    let summary = rt.block_on(async {
+        let key = std::sync::Arc::new(idlemesh_protocol::Keypair::generate().unwrap());
+        let mut agent = idlemesh_agent::Agent::connect(config, key).await.unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let running = tokio::spawn(async move { agent.run(stop_rx).await });
+        let status = op.until_finished(job, Duration::from_secs(60)).await;
+        stop_tx.send(true).unwrap();
+        let summary = running.await.unwrap().unwrap();
+        assert_eq!(status["state"], "failed", "{status:#}");
+        let error = status["error"].as_str().unwrap();
+        assert!(error.contains("failed 3 times") && error.contains("sandbox-violation"), "{error}");
+        assert_eq!(status["tasks"]["done"], 1, "the good task's result counted: {status:#}");
+        summary
+    });
+    assert_eq!((summary.tasks_failed, summary.tasks_finished), (3, 1));
+    let out = crate::harness::idlemesh(&data, &["ledger", "show", "--kind", "task_failed", "--json"]);
+    let failed: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(failed.len(), 3);
+    for entry in failed {
+        let body: Value = serde_json::from_str(entry["body"].as_str().unwrap()).unwrap();
+        assert_eq!(body["status"], "sandbox-violation", "{body:#}");
+        assert!(body["error"].as_str().unwrap().contains("(clone)"), "{body:#}");
+    }
+    let stats = rt.block_on(op.stats());
+    let device = &stats["devices"][0];
+    assert_eq!((device["valid_results"].as_u64(), device["invalid_results"].as_u64()), (Some(1), Some(0)), "{stats:#}");
+}

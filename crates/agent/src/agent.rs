@@ -23,6 +23,11 @@ use crate::outbox::{Outbox, Pending};
 use crate::pool_client::{PoolClient, PoolClientError};
 use crate::watcher::Watcher;
 
+/// After refusing a task for its worker's sandbox: longer than the watcher
+/// takes to pause for the same reason, or the settings change that caused it
+/// to restart the scheduler.
+const SANDBOX_REFUSAL_BACKOFF: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub pool_url: String,
@@ -509,17 +514,33 @@ impl Agent {
         let checkpoint_path = self.checkpoint_path(&m);
         let resume = std::fs::read(&checkpoint_path).ok();
         let profile = if m.wgsl.is_some() { Profile::Gpu } else { Profile::Cpu };
-        let worker = self.worker_for(profile).await;
+        let worker = self.worker_for(profile).await.map_err(|e| e.to_string());
         let sandbox = worker.as_ref().ok().map(|w| w.sandbox().clone());
-        // A worker without a layer the user or policy requires gets no kernel.
-        let worker = worker.map_err(|e| e.to_string()).and_then(|w| {
+        // A worker without a layer the user or policy requires gets no
+        // kernel: the task is refused, not started, and goes back as this
+        // device's problem. The watcher has learned the same sandbox, so the
+        // governor pauses for it; until it does, do not lease again at once.
+        if let Ok(w) = &worker {
             let lacking = w.sandbox().lacking(&self.config.require_sandbox);
-            if lacking.is_empty() {
-                return Ok(w);
+            if !lacking.is_empty() {
+                let parts: Vec<String> = lacking.iter().map(|(layer, why)| format!("{layer} ({why})")).collect();
+                let reason = format!("the worker sandbox lacks {}, which require_sandbox asks for", parts.join("; "));
+                tracing::warn!(task_id = m.task_id, %reason, "refusing a task: nothing was run");
+                if let Ok(w) = worker {
+                    self.workers.insert(profile, w);
+                }
+                self.summary.tasks_refused += 1;
+                self.ledger.append(
+                    "task_refused",
+                    &json!({"pool": self.config.pool_url, "task_id": m.task_id, "reason": reason}),
+                )?;
+                let _ = self.client.give_back(m.lease_id, &m.lease_token).await;
+                self.outbox.forget(m.lease_id)?;
+                self.publish(|_| {});
+                tokio::time::sleep(SANDBOX_REFUSAL_BACKOFF).await;
+                return Ok(());
             }
-            let parts: Vec<String> = lacking.iter().map(|(layer, why)| format!("{layer} ({why})")).collect();
-            Err(format!("not run: the worker sandbox lacks {}, which require_sandbox asks for", parts.join("; ")))
-        });
+        }
         self.ledger.append(
             "task_started",
             &json!({

@@ -49,9 +49,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// One attempt: `{"attempt": NAME, "path": ..., "port": ...}`.
-fn attempt(params: &str) -> Outcome {
-    let p: Value = serde_json::from_str(params).unwrap_or_default();
+/// One attempt: `{"attempt": NAME, "path": ..., "port": ...}`, from the
+/// task's input when it has one (one job, a different attempt per task),
+/// else from its params.
+fn attempt(params: &str, input: &[u8]) -> Outcome {
+    let p: Value = if input.is_empty() {
+        serde_json::from_str(params).unwrap_or_default()
+    } else {
+        serde_json::from_slice(input).unwrap_or_default()
+    };
     let path = p["path"].as_str().unwrap_or_default();
     let result = match p["attempt"].as_str().unwrap_or_default() {
         "read_file" => std::fs::File::open(path).and_then(|mut f| f.read(&mut [0u8; 1])).map(|n| format!("read {n} byte")),
@@ -90,6 +96,7 @@ fn attempt(params: &str) -> Outcome {
                 "ring made".into()
             })
         }
+        "noop" => Ok("tried nothing".into()),
         other => return Outcome::failed(Status::Error, format!("unknown attempt {other:?}")),
     };
     match result {

@@ -92,18 +92,17 @@ pub fn serve(options: WorkerOptions) -> io::Result<()> {
     })
 }
 
-/// A worker whose "kernel" is native code: `task` runs each request in
-/// place of a kernel, after exactly the start-up and lockdown a real worker
-/// has. For tests that prove what the lockdown stops (the escape drill).
+/// A worker whose "kernel" is native code: `task(params, input)` runs each
+/// request in place of a kernel, after exactly the start-up and lockdown a
+/// real worker has. For tests that prove what the lockdown stops (the
+/// escape drill).
 #[doc(hidden)]
-pub fn serve_native(
-    options: WorkerOptions,
-    mut task: impl FnMut(&str) -> Outcome,
-) -> io::Result<()> {
+pub fn serve_native(options: WorkerOptions, mut task: impl FnMut(&str, &[u8]) -> Outcome) -> io::Result<()> {
     let (_sandbox, _gpu, report) = start(&options)?;
-    serve_requests(report, |request, _blobs, _events| {
+    serve_requests(report, |request, blobs, _events| {
         let Request::Run { params, .. } = request;
-        (task(params), false)
+        let input = blobs.get(1).map_or(&[][..], Vec::as_slice);
+        (task(params, input), false)
     })
 }
 
