@@ -207,13 +207,14 @@ pub struct Lockdown {
 /// its own user and network namespace, inherited descriptors closed, core
 /// dumps off, an empty private working directory.
 pub fn begin(config: LockdownConfig) -> Lockdown {
-    let mut report = SandboxReport { profile: config.profile, ..SandboxReport::default() };
     #[cfg(target_os = "linux")]
-    linux::begin(&mut report);
+    let report = {
+        let mut report = SandboxReport { profile: config.profile, ..SandboxReport::default() };
+        linux::begin(&mut report);
+        report
+    };
     #[cfg(not(target_os = "linux"))]
-    {
-        report = SandboxReport::none(config.profile, not_here());
-    }
+    let report = SandboxReport::none(config.profile, not_here());
     Lockdown { config, report }
 }
 
@@ -224,15 +225,20 @@ impl Lockdown {
     /// `before_seccomp`, then seccomp. `before_seccomp` starts what needs
     /// calls the filter refuses (an async runtime's sockets and epoll) while
     /// its threads are still born under Landlock.
-    pub fn seal(mut self, before_seccomp: impl FnOnce()) -> SandboxReport {
+    pub fn seal(self, before_seccomp: impl FnOnce()) -> SandboxReport {
+        let Lockdown { config, report } = self;
         #[cfg(target_os = "linux")]
-        linux::seal(&self.config, &mut self.report, before_seccomp);
+        let report = {
+            let mut report = report;
+            linux::seal(&config, &mut report, before_seccomp);
+            report
+        };
         #[cfg(not(target_os = "linux"))]
         {
-            let _ = &self.config;
+            let _ = config;
             before_seccomp();
         }
-        self.report
+        report
     }
 }
 
