@@ -107,7 +107,7 @@ pub fn agent_config(pool_url: &str, data_dir: &Path) -> idlemesh_agent::AgentCon
         pool_url: pool_url.to_owned(),
         data_dir: data_dir.to_owned(),
         ledger_path: data_dir.join("ledger.sqlite"),
-        worker: idlemesh_runtime::WorkerCommand { program: BIN.into(), args: vec!["worker".into()] },
+        worker: idlemesh_runtime::WorkerCommand::new(BIN, ["worker"]),
         capabilities: idlemesh_protocol::api::Capabilities {
             wasm: true,
             wgpu_adapter: None,

@@ -14,26 +14,17 @@ use crate::harness::BIN;
 /// Keeps one worker and replaces it when a timeout killed it, as the agent does.
 struct Supervisor {
     worker: Option<WorkerProcess>,
+    /// Progress events the last task sent.
+    progress_frames: u64,
 }
 
 impl Supervisor {
     fn new() -> Self {
-        Self { worker: None }
+        Self { worker: None, progress_frames: 0 }
     }
 
     fn run(&mut self, kernel: &[u8], params: &str, limits: RunLimits, timeout: Duration) -> (RunReport, Duration) {
         self.run_task(kernel, None, b"", params, limits, timeout)
-    }
-
-    fn run_counting_progress(
-        &mut self,
-        kernel: &[u8],
-        params: &str,
-        limits: RunLimits,
-        timeout: Duration,
-        frames: &mut u64,
-    ) -> (RunReport, Duration) {
-        self.run_with(kernel, None, b"", params, limits, timeout, &mut |_| *frames += 1)
     }
 
     fn run_task(
@@ -45,25 +36,11 @@ impl Supervisor {
         limits: RunLimits,
         timeout: Duration,
     ) -> (RunReport, Duration) {
-        self.run_with(kernel, wgsl, input, params, limits, timeout, &mut |_| {})
-    }
-
-    #[allow(clippy::too_many_arguments, reason = "one task's parts and a progress counter")]
-    fn run_with(
-        &mut self,
-        kernel: &[u8],
-        wgsl: Option<&WgslLayout>,
-        input: &[u8],
-        params: &str,
-        limits: RunLimits,
-        timeout: Duration,
-        on_progress: &mut dyn FnMut(f32),
-    ) -> (RunReport, Duration) {
         // WGSL runs in a GPU worker, WASM in a CPU one, as the agent does.
         let profile = if wgsl.is_some() { Profile::Gpu } else { Profile::Cpu };
         let mut worker = match self.worker.take() {
             Some(w) if w.profile() == profile => w,
-            _ => WorkerProcess::spawn(&WorkerCommand { program: BIN.into(), args: vec!["worker".into()] }.with_profile(profile))
+            _ => WorkerProcess::spawn(&WorkerCommand::new(BIN, ["worker"]).with_profile(profile))
                 .unwrap(),
         };
         let kernel_sha256 = Sha256::of(kernel);
@@ -79,7 +56,9 @@ impl Supervisor {
             timeout,
         };
         let started = Instant::now();
-        let report = worker.run(&req, on_progress, |_| {}).expect("the worker answers or is killed on time");
+        let mut frames = 0;
+        let report = worker.run(&req, |_| frames += 1, |_| {}).expect("the worker answers or is killed on time");
+        self.progress_frames = frames;
         let took = started.elapsed();
         if worker.is_alive() {
             self.worker = Some(worker);
@@ -162,10 +141,10 @@ fn hostile_kernels_end_with_their_status_within_their_limits() {
     assert_eq!(r.outcome.status, Status::TimedOut, "{:?}", r.outcome.error);
     // Progress that changes on every call reaches the supervisor at most
     // every 50 ms, not two million times.
-    let mut frames = 0;
-    let (r, _) = s.run_counting_progress(hostile, "progress-flood", limits(64), Duration::from_secs(30), &mut frames);
+    let (r, _) = s.run(hostile, "progress-flood", limits(64), Duration::from_secs(30));
     assert_eq!(r.outcome.status, Status::Ok, "{:?}", r.outcome.error);
-    assert!(frames <= 1 + r.wall_ms / 50 + 1, "{frames} progress frames in {} ms", r.wall_ms);
+    let frames = s.progress_frames;
+    assert!((1..=2 + r.wall_ms / 50).contains(&frames), "{frames} progress frames in {} ms", r.wall_ms);
     // Checkpoints are written by the agent: spamming them is stopped, with its own error.
     let (r, _) = s.run(hostile, "checkpoint-spam", limits(64), Duration::from_secs(30));
     assert_eq!(r.outcome.status, Status::Trapped);
@@ -348,14 +327,14 @@ fn hostile_wgsl_kernels_end_with_their_status_within_their_limits() {
 #[test]
 fn a_worker_outlives_the_thread_that_started_it() {
     let mut worker = std::thread::spawn(|| {
-        WorkerProcess::spawn(&WorkerCommand { program: BIN.into(), args: vec!["worker".into()] }).unwrap()
+        WorkerProcess::spawn(&WorkerCommand::new(BIN, ["worker"])).unwrap()
     })
     .join()
     .unwrap();
     // The thread is gone; give a death signal time to arrive.
     std::thread::sleep(Duration::from_millis(300));
     assert!(worker.is_alive(), "the worker died with the thread that started it");
-    let mut s = Supervisor { worker: Some(worker) };
+    let mut s = Supervisor { worker: Some(worker), progress_frames: 0 };
     let params = r#"{"width":64,"height":48,"max_iter":100}"#;
     let (r, _) = s.run(idlemesh_kernels::MANDELBROT, params, limits(64), Duration::from_secs(30));
     assert_eq!(r.outcome.status, Status::Ok, "{:?}", r.outcome.error);

@@ -40,11 +40,12 @@ struct Drill {
 
 impl Drill {
     fn new(profile: Profile, confined: bool, cache: &Path) -> Self {
-        let mut args = vec!["--cache-dir".into(), cache.into()];
+        let mut args: Vec<std::ffi::OsString> = vec!["--cache-dir".into(), cache.into()];
         if !confined {
             args.push("--unconfined".into());
         }
-        let command = WorkerCommand { program: drill(), args }.with_profile(profile);
+        // Without the lockdown, without the namespaces the supervisor makes too.
+        let command = WorkerCommand { isolate: confined, ..WorkerCommand::new(drill(), args) }.with_profile(profile);
         Self { command, worker: None }
     }
 
@@ -212,7 +213,7 @@ fn a_sandbox_violation_fails_the_task_cleanly_and_the_pool_hears_of_it() {
     assert_eq!(tasks, 2);
     let data = tmp.path().join("agent");
     let mut config = crate::harness::agent_config(&pool.url, &data);
-    config.worker = WorkerCommand { program: drill(), args: vec![] };
+    config.worker = WorkerCommand::new(drill(), Vec::<String>::new());
     let summary = rt.block_on(async {
         let key = std::sync::Arc::new(idlemesh_protocol::Keypair::generate().unwrap());
         let mut agent = idlemesh_agent::Agent::connect(config, key).await.unwrap();

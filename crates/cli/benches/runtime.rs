@@ -234,7 +234,7 @@ fn off_cpu(pid: u32) -> bool {
 /// from thaw to running again, on a worker busy with a runaway kernel.
 fn pause_latency() {
     let bin = env!("CARGO_BIN_EXE_idlemesh");
-    let mut worker = WorkerProcess::spawn(&WorkerCommand { program: bin.into(), args: vec!["worker".into()] }).unwrap();
+    let mut worker = WorkerProcess::spawn(&WorkerCommand::new(bin, ["worker"])).unwrap();
     let pid = worker.pid();
     let control = worker.control();
     let runner = std::thread::spawn(move || {
@@ -299,10 +299,11 @@ fn lockdown_cost() {
     }
     let cache = tempfile::tempdir().unwrap();
     let cache_arg: Vec<std::ffi::OsString> = vec!["--cache-dir".into(), cache.path().into()];
-    let locked = WorkerCommand { program: bin.into(), args: [vec!["worker".into()], cache_arg.clone()].concat() };
+    let locked = WorkerCommand::new(bin, [vec!["worker".into()], cache_arg.clone()].concat());
+    // The same worker code with no wall at all: no namespaces at spawn either.
     let open = WorkerCommand {
-        program: drill,
-        args: [vec!["--unconfined".into(), "--serve-kernels".into()], cache_arg].concat(),
+        isolate: false,
+        ..WorkerCommand::new(drill, [vec!["--unconfined".into(), "--serve-kernels".into()], cache_arg].concat())
     };
     let sides = [("locked down", &locked), ("no lockdown", &open)];
 

@@ -29,9 +29,19 @@ const MAX_WORKER_BLOB_BYTES: u64 = 1 << 30;
 pub struct WorkerCommand {
     pub program: PathBuf,
     pub args: Vec<OsString>,
+    /// Start it in a user and network namespace of its own (Linux), made
+    /// between fork and exec where the child has one thread: the worker
+    /// checks it is there and reports it (`netns`). Off only for the escape
+    /// drill's run without the lockdown.
+    pub isolate: bool,
 }
 
 impl WorkerCommand {
+    /// `program ARGS`, isolated.
+    pub fn new(program: impl Into<PathBuf>, args: impl IntoIterator<Item = impl Into<OsString>>) -> Self {
+        Self { program: program.into(), args: args.into_iter().map(Into::into).collect(), isolate: true }
+    }
+
     /// `<current exe> worker [--cache-dir DIR]`.
     pub fn current_exe(cache_dir: Option<&std::path::Path>) -> io::Result<Self> {
         let mut args: Vec<OsString> = vec!["worker".into()];
@@ -39,7 +49,7 @@ impl WorkerCommand {
             args.push("--cache-dir".into());
             args.push(dir.into());
         }
-        Ok(Self { program: std::env::current_exe()?, args })
+        Ok(Self::new(std::env::current_exe()?, args))
     }
 
     /// The same command for a worker of `profile`: a GPU worker opens its
@@ -129,6 +139,27 @@ fn worker_environment(cmd: &mut Command) {
             cmd.env(key, value);
         }
     }
+}
+
+/// Puts the child in a user namespace of its own and, in it, a network
+/// namespace with only a loopback that is down, before it executes the
+/// worker. A failure (a system without unprivileged user namespaces) is
+/// left to the worker, which tries again and reports why not.
+fn isolate_at_spawn(cmd: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt as _;
+        // SAFETY: the closure runs in the forked child before exec and makes
+        // one raw system call, which is async-signal-safe; it allocates nothing.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET);
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
 }
 
 /// What the worker's stderr told us besides its log: the system call that
@@ -401,6 +432,9 @@ impl WorkerProcess {
     pub fn spawn(command: &WorkerCommand) -> Result<Self, WorkerError> {
         let mut cmd = Command::new(&command.program);
         worker_environment(&mut cmd);
+        if command.isolate {
+            isolate_at_spawn(&mut cmd);
+        }
         cmd.args(&command.args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = spawn_from_long_lived_thread(cmd).map_err(WorkerError::Spawn)?;
         let stdin = BufWriter::new(child.stdin.take().expect("piped"));

@@ -68,16 +68,15 @@ pub(super) fn seal(config: &LockdownConfig, report: &mut SandboxReport, before_s
     } else {
         report.missing.insert(Layer::EmptyEnv, "some variables could not be removed".into());
     }
-    match set_rlimits(report.netns) {
+    match set_rlimits(in_own_unmapped_user_namespace()) {
         Ok(()) => report.rlimits = true,
         Err(why) => {
             report.missing.insert(Layer::Rlimits, why);
         }
     }
-    if report.netns {
-        // The user namespace gave us every capability inside it; keep none.
-        drop_capabilities();
-    }
+    // A user namespace made here gives every capability inside it, and a
+    // worker started by root has root's: keep none.
+    drop_capabilities();
     // SAFETY: prctl with valid arguments on the calling process.
     report.no_new_privs = unsafe {
         libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 && libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 1
@@ -115,9 +114,18 @@ pub(super) fn seal(config: &LockdownConfig, report: &mut SandboxReport, before_s
 /// A user namespace of our own (so an unprivileged process may have a
 /// network namespace) and in it a network namespace whose only device, the
 /// loopback, is down: no address reaches anything.
+///
+/// The supervisor normally made both when it started us (between its fork
+/// and our exec, where the child has one thread whatever libraries the
+/// binary loads: the tray app's WebKit starts a thread before `main`), so
+/// first we check whether we already are in such a network; only if not do
+/// we try ourselves (a user namespace needs a single-threaded caller).
 fn own_network_namespace() -> Result<(), String> {
+    if network_is_isolated() {
+        return Ok(());
+    }
     // SAFETY: unshare(2) on the calling process; it fails cleanly with EINVAL
-    // if another thread exists, which `begin` being first rules out.
+    // if another thread exists.
     if unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) } == 0 {
         return Ok(());
     }
@@ -133,9 +141,29 @@ fn own_network_namespace() -> Result<(), String> {
              (kernel.unprivileged_userns_clone, user.max_user_namespaces, an AppArmor userns rule) or the agent \
              runs in a namespace that allows no nesting, so the worker keeps the network it was started with"
         ),
-        Some(libc::EINVAL) => format!("the worker was not single-threaded when it asked for its namespace ({userns})"),
+        Some(libc::EINVAL) => format!(
+            "the supervisor did not start the worker in its own namespace, and the worker, no longer \
+             single-threaded, could not make one ({userns})"
+        ),
         _ => format!("unshare refused: {userns}"),
     })
+}
+
+/// This process's network has no device but the loopback and no address at
+/// all (so the loopback is down): what a fresh network namespace looks like,
+/// read from its own /proc/net.
+fn network_is_isolated() -> bool {
+    let read = |name: &str| std::fs::read_to_string(format!("/proc/net/{name}"));
+    let (Ok(dev), Ok(trie), Ok(inet6)) = (read("dev"), read("fib_trie"), read("if_inet6")) else { return false };
+    let only_loopback = dev.lines().skip(2).all(|l| l.split(':').next().is_some_and(|name| name.trim() == "lo"));
+    only_loopback && trie.trim().is_empty() && inet6.trim().is_empty()
+}
+
+/// Whether this process is in a user namespace of its own that maps no one
+/// (as the supervisor's spawn makes it): then resource limits counted per
+/// user, like RLIMIT_NPROC, count this worker alone.
+fn in_own_unmapped_user_namespace() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|map| map.trim().is_empty())
 }
 
 fn close_inherited_fds() -> io::Result<()> {
