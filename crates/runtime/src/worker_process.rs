@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::ffi::OsString;
-use std::io::{self, BufRead as _, BufReader, BufWriter, Write as _};
+use std::io::{self, BufRead as _, BufReader, BufWriter, Read as _, Write as _};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -128,8 +128,10 @@ fn spawn_from_long_lived_thread(cmd: Command) -> io::Result<Child> {
 /// the lockdown empties the environment.
 const WORKER_ENV_PREFIXES: &[&str] =
     &["WGPU_", "VK_", "MESA_", "LP_", "GALLIUM_", "LIBGL_", "__GLX_", "__EGL_", "DRI_", "NVIDIA_", "AMD_", "RADV_"];
-const WORKER_ENV: &[&str] =
-    &["IDLEMESH_LOG", "RUST_BACKTRACE", "LD_LIBRARY_PATH", "TMPDIR", "XDG_RUNTIME_DIR", "DISPLAY", "WAYLAND_DISPLAY"];
+const WORKER_ENV: &[&str] = &["IDLEMESH_LOG", "RUST_BACKTRACE", "LD_LIBRARY_PATH", "TMPDIR", "XDG_RUNTIME_DIR"];
+/// The longest line of a worker's stderr passed on at once: a worker that
+/// writes without newlines must not make the supervisor hold it all.
+const MAX_STDERR_LINE_BYTES: u64 = 4096;
 
 fn worker_environment(cmd: &mut Command) {
     cmd.env_clear();
@@ -177,7 +179,7 @@ fn read_stderr(stderr: std::process::ChildStderr, news: Arc<Mutex<StderrNews>>) 
         let mut line = Vec::new();
         loop {
             line.clear();
-            match r.read_until(b'\n', &mut line) {
+            match (&mut r).take(MAX_STDERR_LINE_BYTES).read_until(b'\n', &mut line) {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             }

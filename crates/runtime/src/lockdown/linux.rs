@@ -57,10 +57,11 @@ pub(super) fn begin(report: &mut SandboxReport) {
 }
 
 pub(super) fn seal(config: &LockdownConfig, report: &mut SandboxReport, before_seccomp: impl FnOnce()) {
-    // SAFETY: a CPU worker has one thread here; a GPU worker's other threads
-    // are the driver's, parked until we submit work, and read no
-    // environment after the driver initialised.
     for (key, _) in std::env::vars_os() {
+        // SAFETY: the only other threads here are ones a library started at
+        // load (the tray app's WebKit allocator scavenger) or a GPU driver's,
+        // parked until we submit work; none reads the environment after its
+        // own start-up.
         unsafe { std::env::remove_var(key) };
     }
     if std::env::vars_os().next().is_none() {
@@ -90,8 +91,8 @@ pub(super) fn seal(config: &LockdownConfig, report: &mut SandboxReport, before_s
             report.landlock_abi = abi;
             report.landlock_net = net;
             // Before ABI 8 Landlock binds only the calling thread (and those
-            // it starts): a GPU driver's threads started before it are bound
-            // by seccomp alone. Said, not hidden.
+            // it starts): threads started before it (a GPU driver's, the tray
+            // app's WebKit scavenger) are bound by seccomp alone. Said, not hidden.
             report.landlock_all_threads = all_threads || threads == 1;
             if !net {
                 report.missing.insert(Layer::LandlockNet, format!("Landlock ABI {abi} has no TCP rules (ABI 4 and later)"));
