@@ -18,6 +18,7 @@ mod lockdown;
 mod lost_lease;
 mod outage;
 mod packaging;
+mod policy_cli;
 #[path = "../common/private_root.rs"]
 mod private_root;
 mod restart;

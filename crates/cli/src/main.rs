@@ -9,6 +9,7 @@ mod job;
 mod kernel;
 mod ledger;
 mod operator;
+mod policy;
 mod pool;
 
 use std::process::ExitCode;
@@ -50,6 +51,8 @@ enum Command {
     Ledger(ledger::Args),
     /// Run one kernel in the sandbox, exactly as the agent would.
     Kernel(kernel::Args),
+    /// Check an IT policy file before it ships.
+    Policy(policy::Args),
     /// Run or administer a pool server.
     Pool(pool::Args),
     /// Submit jobs to a pool and follow them (operator).
@@ -81,6 +84,7 @@ fn main() -> ExitCode {
         Command::Settings(args) => agent::settings(args),
         Command::Ledger(args) => ledger::run(args),
         Command::Kernel(args) => kernel::run(args),
+        Command::Policy(args) => policy::run(args),
         Command::Pool(args) => pool::run(args),
         Command::Job(args) => job::run(args),
     };

@@ -104,54 +104,92 @@ pub fn parse_policy_bytes(file: &str, bytes: &[u8]) -> Result<Policy, SettingsEr
     parse_policy(file, utf8(file, bytes)?)
 }
 
+/// Reads a policy file as `idlemesh policy check` does: `Err` when it cannot
+/// be read as a whole (not UTF-8, not TOML or a property list); otherwise
+/// the policy of its good keys and every bad key's problem.
+pub fn check_policy_bytes(file: &str, bytes: &[u8]) -> Result<(Policy, Vec<SettingsError>), SettingsError> {
+    let table = if file.ends_with(".plist") {
+        plist_to_table(bytes).map_err(|message| SettingsError::Syntax { file: file.into(), message })?
+    } else {
+        toml::from_str(utf8(file, bytes)?)
+            .map_err(|e| SettingsError::Syntax { file: file.into(), message: one_line(&e) })?
+    };
+    Ok(policy_from_table_lenient(file, table))
+}
+
 fn utf8<'a>(file: &str, bytes: &'a [u8]) -> Result<&'a str, SettingsError> {
     std::str::from_utf8(bytes)
         .map_err(|e| SettingsError::Read { file: file.into(), message: format!("not UTF-8 text: {e}") })
 }
 
 /// Checks a policy already in TOML's shape, whichever format it came from.
+/// The first problem is the error (see [`policy_from_table_lenient`] for all).
 pub fn policy_from_table(file: &str, table: toml::Table) -> Result<Policy, SettingsError> {
+    match policy_from_table_lenient(file, table) {
+        (policy, errors) if errors.is_empty() => Ok(policy),
+        (_, mut errors) => Err(errors.remove(0)),
+    }
+}
+
+/// Checks a policy key by key: the policy of every good key, and each bad
+/// key's problem (an unknown key, a bad value, a key both a default and
+/// locked), so that one mistake names itself without hiding the others.
+pub fn policy_from_table_lenient(file: &str, table: toml::Table) -> (Policy, Vec<SettingsError>) {
     let mut policy = Policy::default();
+    let mut errors = Vec::new();
     for (key, value) in table {
         match (key.as_str(), value) {
             ("enrollment_token", Value::String(t)) if !t.trim().is_empty() => policy.enrollment_token = Some(t),
-            ("enrollment_token", v) => {
-                return Err(SettingsError::BadValue {
-                    file: file.into(),
-                    key,
-                    value: v.to_string(),
-                    expected: "expected a non-empty string".into(),
-                });
-            }
-            ("defaults", Value::Table(t)) => policy.defaults = check_table(file, "defaults.", t)?,
-            ("locked", Value::Table(t)) => policy.locked = check_table(file, "locked.", t)?,
-            _ => {
-                return Err(SettingsError::UnknownKey {
-                    file: file.into(),
-                    key,
-                    known: "enrollment_token, [defaults], [locked]".into(),
-                });
-            }
+            ("enrollment_token", v) => errors.push(SettingsError::BadValue {
+                file: file.into(),
+                key,
+                value: v.to_string(),
+                expected: "expected a non-empty string".into(),
+            }),
+            ("defaults", Value::Table(t)) => policy.defaults = check_table_lenient(file, "defaults.", t, &mut errors),
+            ("locked", Value::Table(t)) => policy.locked = check_table_lenient(file, "locked.", t, &mut errors),
+            _ => errors.push(SettingsError::UnknownKey {
+                file: file.into(),
+                key,
+                known: "enrollment_token, [defaults], [locked]".into(),
+            }),
         }
     }
-    if let Some(key) = policy.defaults.keys().find(|k| policy.locked.contains_key(*k)) {
-        return Err(SettingsError::Twice { file: file.into(), key: key.clone() });
+    // A key both a default and locked: locked wins (the stricter reading).
+    let twice: Vec<String> = policy.defaults.keys().filter(|k| policy.locked.contains_key(*k)).cloned().collect();
+    for key in twice {
+        policy.defaults.remove(&key);
+        errors.push(SettingsError::Twice { file: file.into(), key });
     }
-    Ok(policy)
+    (policy, errors)
 }
 
 fn check_table(file: &str, prefix: &str, table: toml::Table) -> Result<Values, SettingsError> {
+    let mut errors = Vec::new();
+    let out = check_table_lenient(file, prefix, table, &mut errors);
+    if errors.is_empty() { Ok(out) } else { Err(errors.remove(0)) }
+}
+
+/// The good keys of `table`; each bad one goes to `errors`.
+fn check_table_lenient(file: &str, prefix: &str, table: toml::Table, errors: &mut Vec<SettingsError>) -> Values {
     let mut out = Values::new();
     for (key, value) in table {
-        let spec = schema::spec(&key).ok_or_else(|| SettingsError::UnknownKey {
-            file: file.into(),
-            key: format!("{prefix}{key}"),
-            known: SPECS.iter().map(|s| s.key).collect::<Vec<_>>().join(", "),
-        })?;
-        let value = check_value(file, &format!("{prefix}{key}"), spec, &value)?;
-        out.insert(key, value);
+        let Some(spec) = schema::spec(&key) else {
+            errors.push(SettingsError::UnknownKey {
+                file: file.into(),
+                key: format!("{prefix}{key}"),
+                known: SPECS.iter().map(|s| s.key).collect::<Vec<_>>().join(", "),
+            });
+            continue;
+        };
+        match check_value(file, &format!("{prefix}{key}"), spec, &value) {
+            Ok(value) => {
+                out.insert(key, value);
+            }
+            Err(e) => errors.push(e),
+        }
     }
-    Ok(out)
+    out
 }
 
 fn check_value(file: &str, key: &str, spec: &Spec, value: &Value) -> Result<Value, SettingsError> {

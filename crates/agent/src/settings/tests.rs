@@ -181,3 +181,37 @@ fn hours_parse_and_wrap() {
         assert!(parse_hours(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn a_policy_checked_key_by_key_keeps_every_good_key_and_names_every_bad_one() {
+    let text = r#"
+enrollment_token = "imt_x"
+colour = "blue"
+[locked]
+pool_url = "https://pool.example.org"
+cpu_duty_cycle_percent = 250
+require_sandbox = ["seccomp", "selinux"]
+min_battery_percent = 90
+[defaults]
+idle_minutes = 5
+min_battery_percent = 50
+"#;
+    let table: toml::Table = toml::from_str(text).unwrap();
+    let (policy, errors) = policy_from_table_lenient("policy.toml", table.clone());
+    let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(messages.len(), 4, "{messages:#?}");
+    assert!(messages.iter().any(|m| m.contains("unknown setting `colour`")), "{messages:#?}");
+    assert!(messages.iter().any(|m| m.contains("`locked.cpu_duty_cycle_percent` = 250")), "{messages:#?}");
+    assert!(messages.iter().any(|m| m.contains("`locked.require_sandbox`") && m.contains("selinux")), "{messages:#?}");
+    assert!(messages.iter().any(|m| m.contains("`min_battery_percent` is in both")), "{messages:#?}");
+    // Every good key is there; the key in both stays locked (the stricter reading).
+    assert_eq!(policy.enrollment_token.as_deref(), Some("imt_x"));
+    assert_eq!(policy.locked["pool_url"], Value::String("https://pool.example.org".into()));
+    assert_eq!(policy.locked["min_battery_percent"], Value::Integer(90));
+    assert!(!policy.locked.contains_key("cpu_duty_cycle_percent"));
+    assert_eq!(policy.defaults.keys().collect::<Vec<_>>(), ["idle_minutes"]);
+    // The strict reading still stops at the first problem.
+    assert!(policy_from_table("policy.toml", table).is_err());
+    // A file that is not TOML at all is unreadable as a whole.
+    assert!(matches!(check_policy_bytes("policy.toml", b"[locked\npool_url ="), Err(SettingsError::Syntax { .. })));
+}
