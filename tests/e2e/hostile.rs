@@ -40,8 +40,7 @@ impl Supervisor {
         let profile = if wgsl.is_some() { Profile::Gpu } else { Profile::Cpu };
         let mut worker = match self.worker.take() {
             Some(w) if w.profile() == profile => w,
-            _ => WorkerProcess::spawn(&WorkerCommand::new(BIN, ["worker"]).with_profile(profile))
-                .unwrap(),
+            _ => WorkerProcess::spawn(&WorkerCommand::new(BIN, ["worker"]).with_profile(profile)).unwrap(),
         };
         let kernel_sha256 = Sha256::of(kernel);
         let req = WorkRequest {
@@ -326,11 +325,8 @@ fn hostile_wgsl_kernels_end_with_their_status_within_their_limits() {
 /// used to kill a frozen worker mid-task).
 #[test]
 fn a_worker_outlives_the_thread_that_started_it() {
-    let mut worker = std::thread::spawn(|| {
-        WorkerProcess::spawn(&WorkerCommand::new(BIN, ["worker"])).unwrap()
-    })
-    .join()
-    .unwrap();
+    let mut worker =
+        std::thread::spawn(|| WorkerProcess::spawn(&WorkerCommand::new(BIN, ["worker"])).unwrap()).join().unwrap();
     // The thread is gone; give a death signal time to arrive.
     std::thread::sleep(Duration::from_millis(300));
     assert!(worker.is_alive(), "the worker died with the thread that started it");

@@ -43,7 +43,10 @@ fn kernel_run_runs_wgsl_on_the_gpu_and_reports_the_adapter() {
     assert_eq!(report["output_bytes"], n * n * 4);
     // A GPU worker: its driver loaded before the lockdown, then walled in.
     assert_eq!(report["sandbox"]["profile"], "gpu", "{report}");
-    assert_eq!((report["sandbox"]["seccomp"].as_bool(), report["sandbox"]["netns"].as_bool()), (Some(true), Some(true)));
+    assert_eq!(
+        (report["sandbox"]["seccomp"].as_bool(), report["sandbox"]["netns"].as_bool()),
+        (Some(true), Some(true))
+    );
     assert!(report["adapter"].as_str().is_some_and(|a| !a.is_empty()), "{report}");
     let written = std::fs::read(&output).unwrap();
     assert_eq!(report["output_sha256"], idlemesh_protocol::Sha256::of(&written).to_hex());
@@ -97,7 +100,9 @@ fn kernel_run_reports_its_sandbox_and_keeps_its_cache_across_runs() {
         assert_eq!(report["output_sha256"], idlemesh_protocol::Sha256::of(&expected).to_string());
         let sandbox = &report["sandbox"];
         assert_eq!(sandbox["profile"], "cpu");
-        for layer in ["no_new_privs", "fds_closed", "empty_env", "private_cwd", "rlimits", "landlock_net", "netns", "seccomp"] {
+        for layer in
+            ["no_new_privs", "fds_closed", "empty_env", "private_cwd", "rlimits", "landlock_net", "netns", "seccomp"]
+        {
             assert_eq!(sandbox[layer], true, "{layer}: {sandbox}");
         }
         assert!(sandbox["landlock_abi"].as_u64().unwrap() >= 4, "{sandbox}");

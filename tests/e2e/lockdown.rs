@@ -152,10 +152,9 @@ fn drill_profile(profile: Profile) {
         let result = locked.attempt(params);
         eprintln!("drill ({profile:?}, locked down): {what}: {result:?}");
         match call {
-            None => assert!(
-                matches!(&result, Verdict::Refused(e) if e.contains("Permission denied")),
-                "{what}: {result:?}"
-            ),
+            None => {
+                assert!(matches!(&result, Verdict::Refused(e) if e.contains("Permission denied")), "{what}: {result:?}")
+            }
             Some(call) => assert!(
                 matches!(&result, Verdict::Stopped(e) if e.contains(&format!("({call})"))),
                 "{what}: expected the worker stopped at {call}, got {result:?}"

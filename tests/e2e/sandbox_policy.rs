@@ -41,7 +41,10 @@ fn status_and_the_ledger_show_the_sandbox_and_require_sandbox_holds_back_a_worke
     // An agent in its own user namespace, uid unmapped: its workers cannot
     // make the namespace they would use to cut themselves off the network.
     let dir = tmp.path().join("agent");
-    crate::agent_process::write_settings(&dir, "cpu_duty_cycle_percent = 100\nrequire_sandbox = [\"seccomp\", \"netns\"]\n");
+    crate::agent_process::write_settings(
+        &dir,
+        "cpu_duty_cycle_percent = 100\nrequire_sandbox = [\"seccomp\", \"netns\"]\n",
+    );
     let agent = AgentProcess::start_with(&dir, Some(&pool.url), &[], |cmd| {
         let mut wrapped = Command::new("unshare");
         wrapped.args(["--user", "--"]).arg(cmd.get_program()).args(cmd.get_args());
@@ -55,7 +58,8 @@ fn status_and_the_ledger_show_the_sandbox_and_require_sandbox_holds_back_a_worke
         codes(s).contains(&"sandbox_missing".to_owned())
     });
     assert_eq!(s["state"], "paused", "{s:#}");
-    let text = s["reasons"].as_array().unwrap().iter().find(|r| r["code"] == "sandbox_missing").unwrap()["text"].clone();
+    let text =
+        s["reasons"].as_array().unwrap().iter().find(|r| r["code"] == "sandbox_missing").unwrap()["text"].clone();
     assert!(text.as_str().unwrap().starts_with("the worker sandbox lacks netns ("), "{text}");
     assert!(text.as_str().unwrap().ends_with("which require_sandbox asks for"), "{text}");
     let words = String::from_utf8_lossy(&agent.ctl(&["status"]).stdout).into_owned();

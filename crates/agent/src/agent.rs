@@ -643,11 +643,7 @@ impl Agent {
         let kernel_failed = report.is_ok();
         let report = match report {
             Ok(r) => r,
-            Err(e) => RunReport {
-                outcome: idlemesh_runtime::Outcome::failed(Status::Error, e),
-                wall_ms: 0,
-                cpu_ms: 0,
-            },
+            Err(e) => RunReport { outcome: idlemesh_runtime::Outcome::failed(Status::Error, e), wall_ms: 0, cpu_ms: 0 },
         };
         self.summary.cpu_ms += report.cpu_ms;
         self.summary.wall_ms += report.wall_ms;

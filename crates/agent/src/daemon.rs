@@ -424,7 +424,8 @@ async fn schedule(
         let watch_settings = {
             let shared = shared.clone();
             let url = url.clone();
-            let offered = (limits.cores, limits.memory_per_task_bytes, limits.gpu_enabled, limits.require_sandbox.clone());
+            let offered =
+                (limits.cores, limits.memory_per_task_bytes, limits.gpu_enabled, limits.require_sandbox.clone());
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -11,8 +11,9 @@ use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use idlemesh_protocol::api::{
-    Capabilities, EnrollRequest, EnrollResponse, ErrorBody, GiveBack, HeartbeatResponse, LeaseRequest, LeaseResponse, LeaseSync,
-    LeaseSyncResponse, LeaseTokenBody, PoolChallenge, PoolInfo, ResultResponse, ResultSubmission, TaskFailure,
+    Capabilities, EnrollRequest, EnrollResponse, ErrorBody, GiveBack, HeartbeatResponse, LeaseRequest, LeaseResponse,
+    LeaseSync, LeaseSyncResponse, LeaseTokenBody, PoolChallenge, PoolInfo, ResultResponse, ResultSubmission,
+    TaskFailure,
 };
 use idlemesh_protocol::{Keypair, Sha256, Signed, auth};
 use reqwest::Method;
@@ -195,8 +196,7 @@ impl PoolClient {
         lease_token: &str,
         failure: Option<TaskFailure>,
     ) -> Result<(), PoolClientError> {
-        let body =
-            serde_json::to_vec(&GiveBack { lease_token: lease_token.to_owned(), failure }).expect("serialises");
+        let body = serde_json::to_vec(&GiveBack { lease_token: lease_token.to_owned(), failure }).expect("serialises");
         self.send(Method::DELETE, &format!("/v1/leases/{lease_id}"), Some(body), true).await.map(drop)
     }
 

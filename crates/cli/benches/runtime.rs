@@ -294,7 +294,10 @@ fn lockdown_cost() {
     let bin = env!("CARGO_BIN_EXE_idlemesh");
     let drill = std::path::Path::new(bin).parent().unwrap().join("examples/escape_drill");
     if !drill.exists() {
-        println!("lockdown: skipped, {} is missing (cargo build --release --examples -p idlemesh-cli)", drill.display());
+        println!(
+            "lockdown: skipped, {} is missing (cargo build --release --examples -p idlemesh-cli)",
+            drill.display()
+        );
         return;
     }
     let cache = tempfile::tempdir().unwrap();

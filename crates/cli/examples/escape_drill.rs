@@ -34,7 +34,9 @@ fn main() -> ExitCode {
             Some("--gpu") => options.profile = Profile::Gpu,
             Some("--cache-dir") => options.cache_dir = args.next().map(Into::into),
             _ => {
-                eprintln!("escape_drill: usage: escape_drill [--unconfined] [--serve-kernels] [--gpu] [--cache-dir DIR]");
+                eprintln!(
+                    "escape_drill: usage: escape_drill [--unconfined] [--serve-kernels] [--gpu] [--cache-dir DIR]"
+                );
                 return ExitCode::from(2);
             }
         }
@@ -60,7 +62,9 @@ fn attempt(params: &str, input: &[u8]) -> Outcome {
     };
     let path = p["path"].as_str().unwrap_or_default();
     let result = match p["attempt"].as_str().unwrap_or_default() {
-        "read_file" => std::fs::File::open(path).and_then(|mut f| f.read(&mut [0u8; 1])).map(|n| format!("read {n} byte")),
+        "read_file" => {
+            std::fs::File::open(path).and_then(|mut f| f.read(&mut [0u8; 1])).map(|n| format!("read {n} byte"))
+        }
         "list_dir" => std::fs::read_dir(path).map(|d| format!("{} entries", d.count())),
         "create_file" => std::fs::OpenOptions::new()
             .write(true)
@@ -114,7 +118,8 @@ fn check(rc: impl Into<i64>) -> std::io::Result<i64> {
 /// the supervisor reads that line as the worker's last words.
 fn exec_shell() -> std::io::Result<String> {
     let sh = CString::new("/bin/sh").unwrap();
-    let args = [CString::new("sh").unwrap(), CString::new("-c").unwrap(), CString::new("echo drill-exec-ok >&2").unwrap()];
+    let args =
+        [CString::new("sh").unwrap(), CString::new("-c").unwrap(), CString::new("echo drill-exec-ok >&2").unwrap()];
     let argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
     let envp = [std::ptr::null()];
     // SAFETY: NUL-terminated strings and NULL-terminated arrays that outlive the call.

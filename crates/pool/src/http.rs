@@ -10,10 +10,10 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use idlemesh_protocol::api::{
-    BlobStored, DeviceStats, EnrollRequest, EnrollResponse, ErrorBody, ErrorDetail, HeartbeatResponse, JobCreated,
-    GiveBack, JobSpec, JobStatus, LeaseRequest, LeaseResponse, LeaseSync, LeaseSyncResponse, LeaseTokenBody, Org, OrgCreate,
-    OrgStats, PoolChallenge, PoolInfo, PoolStats, ResultResponse, ResultSubmission, TokenCreate, TokenCreated,
-    TokenInfo,
+    BlobStored, DeviceStats, EnrollRequest, EnrollResponse, ErrorBody, ErrorDetail, GiveBack, HeartbeatResponse,
+    JobCreated, JobSpec, JobStatus, LeaseRequest, LeaseResponse, LeaseSync, LeaseSyncResponse, LeaseTokenBody, Org,
+    OrgCreate, OrgStats, PoolChallenge, PoolInfo, PoolStats, ResultResponse, ResultSubmission, TokenCreate,
+    TokenCreated, TokenInfo,
 };
 use idlemesh_protocol::openapi::{RawBytes, SignedPoolChallenge};
 use idlemesh_protocol::{Sha256, Signed};

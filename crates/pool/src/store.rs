@@ -575,7 +575,11 @@ impl Store {
             )?;
             if failures >= MAX_TASK_FAILURES {
                 exec(&tx, "UPDATE tasks SET state = 'failed' WHERE id = ?1 AND state = 'pending'", [task_id])?;
-                exec(&tx, "UPDATE replicas SET state = 'cancelled' WHERE task_id = ?1 AND state IN ('queued', 'leased')", [task_id])?;
+                exec(
+                    &tx,
+                    "UPDATE replicas SET state = 'cancelled' WHERE task_id = ?1 AND state IN ('queued', 'leased')",
+                    [task_id],
+                )?;
                 exec(
                     &tx,
                     "UPDATE jobs SET state = 'failed', error = ?1 WHERE id = ?2 AND state = 'running'",

@@ -175,9 +175,16 @@ impl SandboxReport {
         let calls = self.seccomp;
         let mut text = match (files, network) {
             (true, true) => "Tasks cannot read your files or use the network".to_owned(),
-            (true, false) => "Tasks cannot read your files, but the system does not let Idlemesh cut them off the network".to_owned(),
-            (false, true) => "Tasks cannot use the network, but the system does not let Idlemesh wall off your files".to_owned(),
-            (false, false) => "Tasks are kept in by WebAssembly alone: this system offers no file or network walls for them".to_owned(),
+            (true, false) => {
+                "Tasks cannot read your files, but the system does not let Idlemesh cut them off the network".to_owned()
+            }
+            (false, true) => {
+                "Tasks cannot use the network, but the system does not let Idlemesh wall off your files".to_owned()
+            }
+            (false, false) => {
+                "Tasks are kept in by WebAssembly alone: this system offers no file or network walls for them"
+                    .to_owned()
+            }
         };
         text.push_str(if calls {
             ", and cannot start programs or touch other processes."

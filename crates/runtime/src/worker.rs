@@ -117,9 +117,8 @@ fn start(options: &WorkerOptions) -> io::Result<(Sandbox, Option<Gpu>, SandboxRe
         // Created now: the lockdown grants access beneath it, not to make it.
         std::fs::create_dir_all(dir)?;
     }
-    let sandbox =
-        Sandbox::new(SandboxConfig { cache_dir: options.cache_dir.clone(), ..SandboxConfig::default() })
-            .map_err(io::Error::other)?;
+    let sandbox = Sandbox::new(SandboxConfig { cache_dir: options.cache_dir.clone(), ..SandboxConfig::default() })
+        .map_err(io::Error::other)?;
     let gpu = match options.profile {
         Profile::Cpu => None,
         // Without a device there is nothing for a GPU worker to do: say why.

@@ -136,7 +136,9 @@ const MAX_STDERR_LINE_BYTES: u64 = 4096;
 fn worker_environment(cmd: &mut Command) {
     cmd.env_clear();
     for (key, value) in std::env::vars_os() {
-        let keep = key.to_str().is_some_and(|k| WORKER_ENV.contains(&k) || WORKER_ENV_PREFIXES.iter().any(|p| k.starts_with(p)));
+        let keep = key
+            .to_str()
+            .is_some_and(|k| WORKER_ENV.contains(&k) || WORKER_ENV_PREFIXES.iter().any(|p| k.starts_with(p)));
         if keep {
             cmd.env(key, value);
         }

@@ -29,7 +29,8 @@ fn snap() -> Snapshot {
 
 /// A worker that has every layer but a network namespace.
 fn sandbox_without_netns() -> Option<SandboxReport> {
-    let mut report = SandboxReport { no_new_privs: true, landlock_abi: 7, landlock_net: true, seccomp: true, ..Default::default() };
+    let mut report =
+        SandboxReport { no_new_privs: true, landlock_abi: 7, landlock_net: true, seccomp: true, ..Default::default() };
     report.missing.insert(Layer::Netns, "user namespaces are off".into());
     Some(report)
 }

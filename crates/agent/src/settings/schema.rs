@@ -156,7 +156,8 @@ pub fn check(kind: Kind, v: &Value) -> Result<Value, String> {
         (Kind::CapMb, Value::String(s)) if s == "unlimited" => Ok(v.clone()),
         (Kind::CapMb, _) => Err("expected megabytes (0 or more) or \"unlimited\"".into()),
         (Kind::Layers, Value::String(s)) => {
-            let names: Vec<Value> = s.split(',').map(str::trim).filter(|n| !n.is_empty()).map(|n| Value::String(n.into())).collect();
+            let names: Vec<Value> =
+                s.split(',').map(str::trim).filter(|n| !n.is_empty()).map(|n| Value::String(n.into())).collect();
             check(kind, &Value::Array(names))
         }
         (Kind::Layers, Value::Array(items)) => {

@@ -6,8 +6,8 @@ use std::io;
 use std::path::Path;
 
 use landlock::{
-    ABI, Access, AccessFs, AccessNet, LandlockStatus, RestrictSelfAttr, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus,
-    Scope, path_beneath_rules,
+    ABI, Access, AccessFs, AccessNet, LandlockStatus, RestrictSelfAttr, Ruleset, RulesetAttr, RulesetCreatedAttr,
+    RulesetStatus, Scope, path_beneath_rules,
 };
 
 use super::{Layer, LockdownConfig, Profile, SandboxReport};
@@ -80,7 +80,8 @@ pub(super) fn seal(config: &LockdownConfig, report: &mut SandboxReport, before_s
     drop_capabilities();
     // SAFETY: prctl with valid arguments on the calling process.
     report.no_new_privs = unsafe {
-        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 && libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 1
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+            && libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 1
     };
     if !report.no_new_privs {
         report.missing.insert(Layer::NoNewPrivs, format!("prctl refused: {}", io::Error::last_os_error()));
@@ -95,7 +96,9 @@ pub(super) fn seal(config: &LockdownConfig, report: &mut SandboxReport, before_s
             // app's WebKit scavenger) are bound by seccomp alone. Said, not hidden.
             report.landlock_all_threads = all_threads || threads == 1;
             if !net {
-                report.missing.insert(Layer::LandlockNet, format!("Landlock ABI {abi} has no TCP rules (ABI 4 and later)"));
+                report
+                    .missing
+                    .insert(Layer::LandlockNet, format!("Landlock ABI {abi} has no TCP rules (ABI 4 and later)"));
             }
         }
         Err(why) => {
@@ -298,8 +301,12 @@ fn landlock(config: &LockdownConfig) -> Result<(u32, bool, bool), String> {
     let abi = match status.landlock {
         // What is enforced: the kernel's ABI, capped at what we ask for.
         LandlockStatus::Available { effective_abi, .. } => effective_abi as u32,
-        LandlockStatus::NotEnabled => return Err("Landlock is built into this kernel but not enabled (lsm= boot option)".into()),
-        LandlockStatus::NotImplemented => return Err("this kernel has no Landlock (Linux 5.13 or later, built with it)".into()),
+        LandlockStatus::NotEnabled => {
+            return Err("Landlock is built into this kernel but not enabled (lsm= boot option)".into());
+        }
+        LandlockStatus::NotImplemented => {
+            return Err("this kernel has no Landlock (Linux 5.13 or later, built with it)".into());
+        }
     };
     if status.ruleset == RulesetStatus::NotEnforced {
         return Err("Landlock did not enforce the ruleset".into());
@@ -314,9 +321,11 @@ fn gpu_device_nodes() -> Vec<std::path::PathBuf> {
         nodes.push("/dev/dri".into());
     }
     if let Ok(dir) = std::fs::read_dir("/dev") {
-        nodes.extend(dir.flatten().map(|e| e.path()).filter(|p| {
-            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("nvidia") || n == "kfd")
-        }));
+        nodes.extend(
+            dir.flatten().map(|e| e.path()).filter(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("nvidia") || n == "kfd")
+            }),
+        );
     }
     nodes
 }

@@ -18,8 +18,7 @@
 use std::collections::BTreeMap;
 
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
-    TargetArch,
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch,
 };
 
 use super::{Profile, VIOLATION_EXIT_CODE, VIOLATION_MARKER};
@@ -162,9 +161,8 @@ pub fn allow_list(profile: Profile, own_pid: u32) -> Result<BpfProgram, String> 
 /// `clone3` fails with `ENOSYS`; everything else passes to the allow-list.
 fn clone3_fallback() -> Result<BpfProgram, String> {
     let rules = BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
-    let filter =
-        SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::ENOSYS as u32), arch()?)
-            .map_err(|e| format!("seccomp filter: {e}"))?;
+    let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::ENOSYS as u32), arch()?)
+        .map_err(|e| format!("seccomp filter: {e}"))?;
     filter.try_into().map_err(|e: seccompiler::BackendError| format!("seccomp filter: {e}"))
 }
 
@@ -290,7 +288,11 @@ mod tests {
             libc::SYS_recvmsg,
         ];
         for nr in forbidden {
-            assert!(!BASE.contains(&nr) && !GPU.contains(&nr), "{} is on an allow-list", super::super::syscall_name(nr));
+            assert!(
+                !BASE.contains(&nr) && !GPU.contains(&nr),
+                "{} is on an allow-list",
+                super::super::syscall_name(nr)
+            );
         }
     }
 }
