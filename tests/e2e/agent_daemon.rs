@@ -156,6 +156,20 @@ fn pause_resume_settings_and_a_locked_policy_through_the_control_socket() {
     assert!(errors.contains("policy.toml: not valid TOML"), "{errors}");
     assert_eq!(s["settings"]["cpu_duty_cycle_percent"]["value"], 95);
     assert_eq!(s["settings"]["min_battery_percent"], json!({"value": 90, "source": "policy", "locked": true}));
+    // An unreadable policy stops all work until it is fixed: never "no policy".
+    let s = agent.wait_for("the stop for the unreadable policy", Duration::from_secs(10), |s| {
+        s["reasons"].as_array().is_some_and(|r| r.iter().any(|r| r["code"] == "policy_unreadable"))
+    });
+    assert_eq!(s["state"], "paused", "{s:#}");
+    assert!(s["policy_errors"][0].as_str().unwrap().starts_with("IT policy unreadable: "), "{s:#}");
+    // A policy with one bad key: the bad key is named, every good key stays locked, work goes on.
+    std::fs::write(dir.join("policy.toml"), "[locked]\nmin_battery_percent = 90\ncpu_corse = 1\n").unwrap();
+    let s = agent.wait_for("the readable policy", Duration::from_secs(10), |s| {
+        s["reasons"].as_array().is_some_and(|r| !r.iter().any(|r| r["code"] == "policy_unreadable"))
+    });
+    assert_eq!(s["settings"]["min_battery_percent"], json!({"value": 90, "source": "policy", "locked": true}));
+    let policy_errors = s["policy_errors"].to_string();
+    assert!(policy_errors.contains("unknown setting `locked.cpu_corse`"), "{policy_errors}");
 
     let status = rt.block_on(op.until_finished(job, Duration::from_secs(300)));
     assert_eq!(status["state"], "done", "{status}");

@@ -229,9 +229,10 @@ impl Shared {
 impl Shared {
     fn status(&self) -> Value {
         let watch = self.watcher.status();
-        let (settings, errors, user_path, policy_path) = {
+        let (settings, errors, policy_errors, user_path, policy_path) = {
             let s = self.settings.lock().expect("settings lock");
-            (s.effective().values.clone(), s.errors(), s.user_path().to_owned(), s.policy_path().to_owned())
+            let paths = (s.user_path().to_owned(), s.policy_path().to_owned());
+            (s.effective().values.clone(), s.errors(), s.policy_errors(), paths.0, paths.1)
         };
         let slots: Vec<SchedulerStatus> =
             self.scheduler.lock().expect("scheduler lock").iter().map(|s| s.lock().expect("status").clone()).collect();
@@ -259,6 +260,7 @@ impl Shared {
             "pool_problem": self.pool_problem.lock().expect("lock").clone(),
             "settings": settings,
             "settings_errors": errors,
+            "policy_errors": policy_errors,
             "files": {"settings": user_path, "policy": policy_path},
             "agent": self.info,
         })

@@ -96,6 +96,9 @@ pub struct Limits {
     /// OS layers a worker must have before it runs kernels (empty: none required).
     #[serde(default)]
     pub require_sandbox: Vec<Layer>,
+    /// Why the IT policy cannot be read, if it cannot: nothing runs then.
+    #[serde(default)]
+    pub policy_unreadable: Option<String>,
 }
 
 impl Limits {
@@ -116,6 +119,7 @@ impl Limits {
             pause_on_metered_network: true,
             max_other_cpu_percent: 50.0,
             require_sandbox: Vec::new(),
+            policy_unreadable: None,
         }
     }
 }
@@ -168,6 +172,8 @@ pub enum ReasonCode {
     Throttled,
     /// A layer `require_sandbox` lists is not in force (or not known yet).
     SandboxMissing,
+    /// The IT policy file cannot be read at all.
+    PolicyUnreadable,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -307,6 +313,10 @@ pub fn decide(prev: &GovernorState, s: &Snapshot, l: &Limits, pause: ManualPause
             ReasonCode::OutsideHours,
             format!("outside allowed hours ({}–{})", hm(hours.start_minute), hm(hours.end_minute)),
         );
+    }
+
+    if let Some(why) = &l.policy_unreadable {
+        reason(&mut blocking, ReasonCode::PolicyUnreadable, why.clone());
     }
 
     if !l.require_sandbox.is_empty() {

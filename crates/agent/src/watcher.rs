@@ -227,7 +227,7 @@ impl Loop {
             {
                 self.command(Command::Pause(ManualPause::None, None));
             }
-            let limits = self.config.settings.lock().expect("settings lock").effective().limits();
+            let limits = self.config.settings.lock().expect("settings lock").limits();
             let mut snapshot =
                 sensors::snapshot(jiff::Zoned::now(), idle, &slow, self.transfer.uploaded, self.transfer.downloaded);
             snapshot.sandbox = self.sandbox.clone();

@@ -197,6 +197,9 @@ pub fn settings(args: SettingsArgs) -> anyhow::Result<()> {
                 };
                 println!("{key:26} {:24} ({source})", v["value"].to_string());
             }
+            for e in s["policy_errors"].as_array().into_iter().flatten() {
+                eprintln!("IT policy problem: {}", e.as_str().unwrap_or_default());
+            }
             if s["settings_errors"].as_array().is_some_and(|e| !e.is_empty()) {
                 return Err(WorkFailed.into());
             }

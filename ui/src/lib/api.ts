@@ -174,6 +174,8 @@ export interface Status {
   sandbox_in_words?: string | null;
   settings: Record<string, EffectiveSetting>;
   settings_errors: string[];
+  /** each bad key of the IT policy (the rest apply), or why it cannot be read */
+  policy_errors?: string[];
   files?: { settings: string; policy: string };
   agent?: {
     version: string;

@@ -111,6 +111,12 @@ fn every_limit_alone_and_in_combination() {
         ("no temperature sensor", |s, _| s.cpu_temp_c = None, ManualPause::None, None),
         ("no sandbox required, none known", |_, _| {}, ManualPause::None, None),
         (
+            "IT policy unreadable",
+            |_, l| l.policy_unreadable = Some("IT policy unreadable: /etc/idlemesh/policy.toml: not valid TOML".into()),
+            ManualPause::None,
+            Some(&[PolicyUnreadable]),
+        ),
+        (
             "sandbox required, not known yet",
             |_, l| l.require_sandbox = vec![Layer::Seccomp],
             ManualPause::None,

@@ -298,12 +298,19 @@ impl<T: Default + Clone> Watched<T> {
     }
 }
 
+/// A policy as read key by key: the good keys (in force) and each bad one.
+#[derive(Debug, Clone, Default)]
+struct PolicyReading {
+    policy: Policy,
+    bad_keys: Vec<SettingsError>,
+}
+
 /// The user's settings file and the IT policy, watched for changes.
 #[derive(Debug)]
 pub struct Settings {
     machine: Machine,
     user: Watched<Values>,
-    policy: Watched<Policy>,
+    policy: Watched<PolicyReading>,
     effective: Effective,
 }
 
@@ -324,7 +331,7 @@ impl Settings {
         let a = self.user.refresh(|file, bytes| parse_user(file, utf8(file, bytes)?));
         let b = self.refresh_policy();
         if a || b {
-            let next = Effective::merge(self.machine, &self.user.good, &self.policy.good);
+            let next = Effective::merge(self.machine, &self.user.good, &self.policy.good.policy);
             let changed = next != self.effective;
             self.effective = next;
             return changed;
@@ -342,12 +349,38 @@ impl Settings {
             let read = platform::read_registry();
             let stamp = format!("{read:?}");
             return self.policy.update(stamp, || match read {
-                Ok(Some(key)) => policy_from_table(REGISTRY_POLICY, registry_to_table(&key)),
-                Ok(None) => Ok(Policy::default()),
+                Ok(Some(key)) => {
+                    let (policy, bad_keys) = policy_from_table_lenient(REGISTRY_POLICY, registry_to_table(&key));
+                    Ok(PolicyReading { policy, bad_keys })
+                }
+                Ok(None) => Ok(PolicyReading::default()),
                 Err(e) => Err(SettingsError::Read { file: REGISTRY_POLICY.into(), message: e.to_string() }),
             });
         }
-        self.policy.refresh(parse_policy_bytes)
+        // Key by key: a bad key is reported and the rest stay in force; only
+        // a file that cannot be read at all is an error (see `policy_unreadable`).
+        self.policy.refresh(|file, bytes| {
+            check_policy_bytes(file, bytes).map(|(policy, bad_keys)| PolicyReading { policy, bad_keys })
+        })
+    }
+
+    /// Why the IT policy cannot be read at all, if it cannot: work stops
+    /// until it is fixed (an unreadable policy never means "no policy"; the
+    /// last good one stays in force meanwhile).
+    pub fn policy_unreadable(&self) -> Option<String> {
+        self.policy.error.as_ref().map(|e| format!("IT policy unreadable: {e}"))
+    }
+
+    /// Every problem with the IT policy: each bad key (the others apply), or
+    /// why it cannot be read.
+    pub fn policy_errors(&self) -> Vec<String> {
+        let bad = self.policy.good.bad_keys.iter().map(ToString::to_string);
+        self.policy_unreadable().into_iter().chain(bad).collect()
+    }
+
+    /// The governor's limits, with the policy's readability.
+    pub fn limits(&self) -> Limits {
+        Limits { policy_unreadable: self.policy_unreadable(), ..self.effective.limits() }
     }
 
     pub fn user_path(&self) -> &Path {
@@ -360,7 +393,8 @@ impl Settings {
 
     /// Current problems with the files (the last good values are in force meanwhile).
     pub fn errors(&self) -> Vec<String> {
-        [&self.user.error, &self.policy.error].into_iter().flatten().map(|e| e.to_string()).collect()
+        let files = [&self.user.error, &self.policy.error].into_iter().flatten();
+        files.chain(&self.policy.good.bad_keys).map(|e| e.to_string()).collect()
     }
 
     /// Changes one user setting: checked, refused if the policy locks it,
@@ -383,7 +417,7 @@ impl Settings {
             key: key.into(),
             known: SPECS.iter().map(|s| s.key).collect::<Vec<_>>().join(", "),
         })?;
-        if let Some(locked) = self.policy.good.locked.get(key) {
+        if let Some(locked) = self.policy.good.policy.locked.get(key) {
             return Err(SettingsError::Locked {
                 key: key.into(),
                 value: locked.to_string(),

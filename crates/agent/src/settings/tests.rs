@@ -102,11 +102,16 @@ fn a_bad_file_keeps_the_last_good_values_and_says_why() {
     s.refresh();
     assert_eq!(s.errors().len(), 2);
     assert!(s.effective().values["run_on_battery"].locked, "the last good policy stays in force");
+    // ... and nothing runs until it is fixed: an unreadable policy is not "no policy".
+    let why = s.policy_unreadable().expect("unreadable");
+    assert!(why.starts_with("IT policy unreadable: ") && why.contains("not valid TOML"), "{why}");
+    assert_eq!(s.limits().policy_unreadable.as_deref(), Some(why.as_str()));
 
     rewrite(s.user_path(), "cpu_duty_cycle_percent = 70\n");
     rewrite(&policy, "[locked]\nrun_on_battery = true\n");
     assert!(s.refresh());
     assert!(s.errors().is_empty());
+    assert_eq!(s.limits().policy_unreadable, None);
     assert_eq!(s.effective().limits().duty_cycle_percent, 70);
     assert!(s.effective().limits().run_on_battery);
 }
@@ -214,4 +219,23 @@ min_battery_percent = 50
     assert!(policy_from_table("policy.toml", table).is_err());
     // A file that is not TOML at all is unreadable as a whole.
     assert!(matches!(check_policy_bytes("policy.toml", b"[locked\npool_url ="), Err(SettingsError::Syntax { .. })));
+}
+
+#[test]
+fn a_bad_policy_key_is_named_and_every_good_key_stays_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = "[locked]\nrun_on_battery = false\nmin_battery_percent = 90\ncpu_duty_cycle_percent = 250\n\
+                  [defaults]\nidle_minuts = 5\n";
+    let s = settings(&dir, Some("run_on_battery = true\n"), Some(policy));
+    // The good keys apply and stay locked: one typo does not unlock the machine.
+    assert!(s.effective().values["run_on_battery"].locked);
+    assert!(!s.limits().run_on_battery);
+    assert_eq!(s.limits().min_battery_percent, 90);
+    assert!(!s.effective().values["cpu_duty_cycle_percent"].locked, "the bad value is not applied");
+    assert_eq!(s.limits().policy_unreadable, None, "a bad key does not stop work");
+    let errors = s.policy_errors();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(errors.iter().any(|e| e.contains("`locked.cpu_duty_cycle_percent` = 250")), "{errors:?}");
+    assert!(errors.iter().any(|e| e.contains("unknown setting `defaults.idle_minuts`")), "{errors:?}");
+    assert_eq!(s.errors().len(), 2, "the bad keys are settings errors too");
 }
