@@ -520,26 +520,21 @@ impl Agent {
         // kernel: the task is refused, not started, and goes back as this
         // device's problem. The watcher has learned the same sandbox, so the
         // governor pauses for it; until it does, do not lease again at once.
-        if let Ok(w) = &worker {
-            let lacking = w.sandbox().lacking(&self.config.require_sandbox);
-            if !lacking.is_empty() {
-                let parts: Vec<String> = lacking.iter().map(|(layer, why)| format!("{layer} ({why})")).collect();
-                let reason = format!("the worker sandbox lacks {}, which require_sandbox asks for", parts.join("; "));
-                tracing::warn!(task_id = m.task_id, %reason, "refusing a task: nothing was run");
-                if let Ok(w) = worker {
-                    self.workers.insert(profile, w);
-                }
-                self.summary.tasks_refused += 1;
-                self.ledger.append(
-                    "task_refused",
-                    &json!({"pool": self.config.pool_url, "task_id": m.task_id, "reason": reason}),
-                )?;
-                let _ = self.client.give_back(m.lease_id, &m.lease_token).await;
-                self.outbox.forget(m.lease_id)?;
-                self.publish(|_| {});
-                tokio::time::sleep(SANDBOX_REFUSAL_BACKOFF).await;
-                return Ok(());
+        if let Some(reason) = sandbox.as_ref().and_then(|s| s.refusal(&self.config.require_sandbox)) {
+            tracing::warn!(task_id = m.task_id, %reason, "refusing a task: nothing was run");
+            if let Ok(w) = worker {
+                self.workers.insert(profile, w);
             }
+            self.summary.tasks_refused += 1;
+            self.ledger.append(
+                "task_refused",
+                &json!({"pool": self.config.pool_url, "task_id": m.task_id, "reason": reason}),
+            )?;
+            let _ = self.client.give_back(m.lease_id, &m.lease_token).await;
+            self.outbox.forget(m.lease_id)?;
+            self.publish(|_| {});
+            tokio::time::sleep(SANDBOX_REFUSAL_BACKOFF).await;
+            return Ok(());
         }
         self.ledger.append(
             "task_started",

@@ -322,13 +322,7 @@ pub fn decide(prev: &GovernorState, s: &Snapshot, l: &Limits, pause: ManualPause
     if !l.require_sandbox.is_empty() {
         let text = match &s.sandbox {
             None => Some("waiting to learn which sandbox layers a worker gets here (require_sandbox)".to_owned()),
-            Some(report) => {
-                let lacking = report.lacking(&l.require_sandbox);
-                (!lacking.is_empty()).then(|| {
-                    let parts: Vec<String> = lacking.iter().map(|(layer, why)| format!("{layer} ({why})")).collect();
-                    format!("the worker sandbox lacks {}, which require_sandbox asks for", parts.join("; "))
-                })
-            }
+            Some(report) => report.refusal(&l.require_sandbox),
         };
         if let Some(text) = text {
             reason(&mut blocking, ReasonCode::SandboxMissing, text);

@@ -168,6 +168,18 @@ impl SandboxReport {
             .collect()
     }
 
+    /// Why this worker may not run kernels when `required` layers are asked
+    /// for, in the words the governor and the scheduler both use; `None`
+    /// when it has them all.
+    pub fn refusal(&self, required: &[Layer]) -> Option<String> {
+        let lacking = self.lacking(required);
+        if lacking.is_empty() {
+            return None;
+        }
+        let parts: Vec<String> = lacking.iter().map(|(layer, why)| format!("{layer} ({why})")).collect();
+        Some(format!("the worker sandbox lacks {}, which require_sandbox asks for", parts.join("; ")))
+    }
+
     /// What the layers mean for the person lending the machine, in words.
     pub fn in_words(&self) -> String {
         let files = self.landlock_abi > 0;
@@ -282,6 +294,11 @@ mod tests {
         let mut report = SandboxReport { seccomp: true, landlock_abi: 7, ..SandboxReport::default() };
         report.missing.insert(Layer::Netns, "user namespaces are off".into());
         assert!(report.lacking(&[Layer::Seccomp, Layer::Landlock]).is_empty());
+        assert_eq!(report.refusal(&[Layer::Seccomp]), None);
+        assert_eq!(
+            report.refusal(&[Layer::Netns, Layer::Seccomp]).unwrap(),
+            "the worker sandbox lacks netns (user namespaces are off), which require_sandbox asks for"
+        );
         assert_eq!(
             report.lacking(&[Layer::Netns, Layer::Rlimits]),
             vec![(Layer::Netns, "user namespaces are off".into()), (Layer::Rlimits, "not in force".into())]
