@@ -325,7 +325,7 @@ fn input_freezes_the_worker_and_idleness_resumes_it(
     assert_eq!(&png[1..4], b"PNG");
     let ledger = idlemesh_agent::Ledger::open(&agent.ledger()).unwrap();
     assert!(ledger.entries(Some("paused")).unwrap().iter().any(|e| e.body.contains("user_active")));
-    assert!(ledger.verify().unwrap().ok());
+    assert!(ledger.verify(None).unwrap().ok());
     after(&agent);
 }
 
@@ -380,7 +380,7 @@ fn kill_9_at_random_moments_loses_nothing() {
     );
     assert_eq!(stats["devices"][0]["valid_results"], tasks, "{stats}");
     let ledger = idlemesh_agent::Ledger::open(&agent.ledger()).unwrap();
-    assert!(ledger.verify().unwrap().ok());
+    assert!(ledger.verify(None).unwrap().ok());
     // Every task's receipt is in the local ledger, each counted once, even
     // those whose acknowledgement a kill interrupted (the pool answers a
     // repeated result with the same receipt).

@@ -34,6 +34,8 @@ pub struct PoolProcess {
     child: Child,
     pub url: String,
     pub token: String,
+    /// As the pool printed it for a policy: `ed25519:` and 64 hex digits.
+    pub public_key: String,
 }
 
 impl PoolProcess {
@@ -70,10 +72,11 @@ impl PoolProcess {
             .spawn()
             .expect("pool starts");
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let url = loop {
+        let (url, public_key) = loop {
             let line = lines.next().expect("pool printed its address").unwrap();
             if let Some(at) = line.find("listening on ") {
-                break line[at + "listening on ".len()..].trim().to_string();
+                let key = line.split_whitespace().find(|w| w.starts_with("ed25519:")).expect("the pool's key");
+                break (line[at + "listening on ".len()..].trim().to_string(), key.to_string());
             }
         };
         // Keep draining stderr so the pool never blocks on a full pipe.
@@ -82,7 +85,7 @@ impl PoolProcess {
                 eprintln!("[pool] {line}")
             }
         });
-        Self { child, url, token }
+        Self { child, url, token, public_key }
     }
 }
 
@@ -120,6 +123,7 @@ pub fn agent_config(pool_url: &str, data_dir: &Path) -> idlemesh_agent::AgentCon
         max_idle_poll: std::time::Duration::from_millis(100),
         watcher: None,
         require_sandbox: Vec::new(),
+        policy_pool_key: None,
     }
 }
 

@@ -8,6 +8,7 @@ mod agent_process;
 mod api_fuzz;
 mod demo;
 mod enrollment;
+mod fail_closed;
 mod gpu_job;
 mod harness;
 mod heartbeat;

@@ -67,6 +67,6 @@ fn results_finished_while_the_pool_is_down_are_delivered_when_it_returns() {
         assert_eq!(summary.results_pending, 0);
         let stats = op.stats().await;
         assert_eq!(stats["devices"][0]["valid_results"], tasks, "{stats}");
-        assert!(Ledger::open(&ledger_path).unwrap().verify().unwrap().ok());
+        assert!(Ledger::open(&ledger_path).unwrap().verify(None).unwrap().ok());
     });
 }

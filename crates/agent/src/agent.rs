@@ -48,6 +48,9 @@ pub struct AgentConfig {
     pub watcher: Option<Watcher>,
     /// OS sandbox layers a worker must report before it is given a kernel.
     pub require_sandbox: Vec<Layer>,
+    /// The pool key the IT policy pins (`pool_public_key`): no other key is
+    /// trusted, whatever this device pinned on its own.
+    pub policy_pool_key: Option<PublicKey>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,11 +66,19 @@ pub enum AgentError {
         source: std::io::Error,
     },
     #[error(
-        "the pool's key changed: this device pinned {pinned} when it enrolled, the pool now offers {offered}. \
+        "the pool's key changed: this device pinned {} when it enrolled, the pool now offers {}. \
          It may be a different server or a man in the middle; refusing to continue. \
-         If the operator really replaced the key, remove this pool from pinned_pools.json in the data dir."
+         If the operator really replaced the key, remove this pool from pinned_pools.json in the data dir.",
+        pinned.fingerprint(), offered.fingerprint()
     )]
     PoolKeyChanged { pinned: Box<PublicKey>, offered: Box<PublicKey> },
+    #[error(
+        "the IT policy pins the pool key {} (pool_public_key), but {pool} offers {}: \
+         refusing to enroll with or work for it. It may be a different server or a man in the middle; \
+         ask whoever manages this machine.",
+        pinned.fingerprint(), offered.fingerprint()
+    )]
+    PoolKeyNotThePolicys { pool: String, pinned: Box<PublicKey>, offered: Box<PublicKey> },
     #[error(transparent)]
     Pin(#[from] crate::pins::PinError),
 }
@@ -160,18 +171,29 @@ impl Agent {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| AgentError::DataDir { path: config.data_dir.clone(), source: e })?;
         let info = client.info().await?;
-        let pinned = crate::pins::pinned(&config.data_dir, &config.pool_url)?;
-        // Nothing is disclosed to a pool whose key is not the pinned one.
-        let pool_key = pinned.unwrap_or(info.public_key);
+        // Nothing is disclosed to a pool whose key is not the pinned one;
+        // the policy's pin outranks the device's own.
+        let pool_key = match config.policy_pool_key {
+            Some(key) => key,
+            None => crate::pins::pinned(&config.data_dir, &config.pool_url)?.unwrap_or(info.public_key),
+        };
+        let key_error = |offered: PublicKey| {
+            let (pinned, offered) = (Box::new(pool_key), Box::new(offered));
+            if config.policy_pool_key.is_some() {
+                AgentError::PoolKeyNotThePolicys { pool: config.pool_url.clone(), pinned, offered }
+            } else {
+                AgentError::PoolKeyChanged { pinned, offered }
+            }
+        };
         if info.public_key != pool_key {
-            return Err(AgentError::PoolKeyChanged { pinned: Box::new(pool_key), offered: Box::new(info.public_key) });
+            return Err(key_error(info.public_key));
         }
         // Anyone can repeat a public key: the server must also sign a fresh
         // nonce with it before the token and the device's details go out.
         let nonce = format!("{:016x}{:016x}{:016x}{:016x}", random_u64(), random_u64(), random_u64(), random_u64());
         let proof = client.challenge(&nonce).await?;
         if !proof.verify(&pool_key).is_ok_and(|c| c.nonce == nonce) {
-            return Err(AgentError::PoolKeyChanged { pinned: Box::new(pool_key), offered: Box::new(info.public_key) });
+            return Err(key_error(info.public_key));
         }
         let enrolled = client
             .enroll(&EnrollRequest {
@@ -181,10 +203,7 @@ impl Agent {
             })
             .await?;
         if enrolled.pool_public_key != pool_key {
-            return Err(AgentError::PoolKeyChanged {
-                pinned: Box::new(pool_key),
-                offered: Box::new(enrolled.pool_public_key),
-            });
+            return Err(key_error(enrolled.pool_public_key));
         }
         crate::pins::pin(&config.data_dir, &config.pool_url, pool_key)?;
         let payout = info.payout.as_ref().and_then(|p| {

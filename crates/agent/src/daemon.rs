@@ -219,6 +219,13 @@ impl Shared {
             ));
         }
         self.join_tokens.lock().expect("lock").remove(url);
+        // Written before the pin goes, so `ledger verify` follows the same
+        // trust as the agent: a receipt after this must come from a new enrollment.
+        if let Some(key) = crate::pins::pinned(&self.data_dir, url).map_err(|e| ("io".to_string(), e.to_string()))? {
+            crate::ledger::Ledger::open(&self.data_dir.join("ledger.sqlite"))
+                .and_then(|mut l| l.append(crate::ledger::POOL_LEFT, &json!({"pool": url, "pool_public_key": key})))
+                .map_err(|e| ("io".to_string(), e.to_string()))?;
+        }
         crate::pins::unpin(&self.data_dir, url).map_err(|e| ("io".to_string(), e.to_string()))?;
         self.watcher.settings_changed();
         tracing::info!(pool = %url, "left a pool");
@@ -368,9 +375,9 @@ async fn schedule(
             tokio::time::sleep(Duration::from_secs(2)).await;
             continue;
         };
-        let (limits, enrollment_token) = {
+        let (limits, enrollment_token, policy_pool_key) = {
             let s = shared.settings.lock().expect("settings lock");
-            (s.effective().limits(), s.effective().enrollment_token.clone())
+            (s.effective().limits(), s.effective().enrollment_token.clone(), s.effective().pool_public_key)
         };
         let enrollment_token = shared.join_tokens.lock().expect("lock").get(&url).cloned().or(enrollment_token);
         // The GPU is offered only when the user (or policy) enabled it, and
@@ -397,6 +404,7 @@ async fn schedule(
             max_idle_poll: Duration::from_secs(30),
             watcher: Some(shared.watcher.clone()),
             require_sandbox: limits.require_sandbox.clone(),
+            policy_pool_key,
         };
         let agent = match Agent::connect(config, device_key.clone()).await {
             Ok(a) => a,
@@ -426,14 +434,22 @@ async fn schedule(
         let watch_settings = {
             let shared = shared.clone();
             let url = url.clone();
-            let offered =
-                (limits.cores, limits.memory_per_task_bytes, limits.gpu_enabled, limits.require_sandbox.clone());
+            let offered = (
+                limits.cores,
+                limits.memory_per_task_bytes,
+                limits.gpu_enabled,
+                limits.require_sandbox.clone(),
+                policy_pool_key,
+            );
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(Duration::from_secs(2)).await;
-                    let now = shared.settings.lock().expect("settings lock").effective().limits();
+                    let (now, key) = {
+                        let s = shared.settings.lock().expect("settings lock");
+                        (s.effective().limits(), s.effective().pool_public_key)
+                    };
                     let changed =
-                        (now.cores, now.memory_per_task_bytes, now.gpu_enabled, now.require_sandbox) != offered;
+                        (now.cores, now.memory_per_task_bytes, now.gpu_enabled, now.require_sandbox, key) != offered;
                     if shared.pool_url().as_deref() != Some(url.as_str()) || changed {
                         let _ = stop_tx.send(true);
                         return;

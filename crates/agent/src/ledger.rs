@@ -165,10 +165,16 @@ impl Ledger {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Recomputes the chain and checks every receipt's signature.
-    pub fn verify(&self) -> Result<VerifyReport, LedgerError> {
+    /// Recomputes the chain and checks every receipt's signature against
+    /// the key pinned for its pool: `policy_key` (the IT policy's
+    /// `pool_public_key`) where set, else the key this device enrolled with
+    /// (the pool's latest `enrollment` disclosure since it last left that
+    /// pool), never the key the receipt's own entry names, which whoever
+    /// forges the receipt would write too.
+    pub fn verify(&self, policy_key: Option<&PublicKey>) -> Result<VerifyReport, LedgerError> {
         let mut report = VerifyReport { entries: 0, receipts_checked: 0, head: GENESIS.to_owned(), first_bad: None };
         let mut expected_prev = GENESIS.to_owned();
+        let mut enrolled = std::collections::HashMap::<String, PublicKey>::new();
         for (i, e) in self.entries(None)?.into_iter().enumerate() {
             report.entries += 1;
             let bad = |reason: String| Some(BadEntry { seq: e.seq, reason });
@@ -180,9 +186,9 @@ impl Ledger {
                 bad("its content does not match its hash: the entry was altered".into())
             } else if e.kind == "receipt" {
                 report.receipts_checked += 1;
-                check_receipt(&e.body).err().and_then(bad)
+                check_receipt(&e.body, |pool| policy_key.or(enrolled.get(pool))).err().and_then(bad)
             } else {
-                None
+                track_pins(&e.kind, &e.body, &mut enrolled).err().and_then(bad)
             };
             if problem.is_some() {
                 report.first_bad = problem;
@@ -194,6 +200,40 @@ impl Ledger {
         Ok(report)
     }
 }
+
+/// The key an `enrollment` disclosure pins for its pool, and a `pool_left`
+/// entry unpins (rejoining may then trust a new key, as the agent does).
+fn track_pins(kind: &str, body: &str, enrolled: &mut std::collections::HashMap<String, PublicKey>) -> Result<(), String> {
+    if kind != "disclosure" && kind != POOL_LEFT {
+        return Ok(());
+    }
+    let body: serde_json::Value = serde_json::from_str(body).map_err(|e| format!("{kind} entry is malformed: {e}"))?;
+    let pool = body["pool"].as_str().unwrap_or_default();
+    if kind == POOL_LEFT {
+        enrolled.remove(pool);
+        return Ok(());
+    }
+    if body["purpose"] != "enrollment" {
+        return Ok(());
+    }
+    let key: PublicKey = serde_json::from_value(body["pool_public_key"].clone())
+        .map_err(|e| format!("enrollment with {pool} names no valid pool key: {e}"))?;
+    match enrolled.get(pool) {
+        Some(pinned) if *pinned != key => Err(format!(
+            "enrollment with {pool} under the key {} while this device had pinned {} for that pool and never left it",
+            key.fingerprint(),
+            pinned.fingerprint()
+        )),
+        Some(_) => Ok(()),
+        None => {
+            enrolled.insert(pool.to_owned(), key);
+            Ok(())
+        }
+    }
+}
+
+/// The kind of the entry written when the device leaves a pool.
+pub const POOL_LEFT: &str = "pool_left";
 
 /// The body of a `receipt` entry.
 #[derive(Debug, Serialize, serde::Deserialize)]
@@ -207,13 +247,20 @@ pub(crate) struct ReceiptEntry {
     pub payout: Option<idlemesh_protocol::api::Payout>,
 }
 
-fn check_receipt(body: &str) -> Result<(), String> {
+fn check_receipt<'a>(body: &str, pinned: impl FnOnce(&str) -> Option<&'a PublicKey>) -> Result<(), String> {
     let entry: ReceiptEntry = serde_json::from_str(body).map_err(|e| format!("receipt entry is malformed: {e}"))?;
-    entry
-        .receipt
-        .verify(&entry.pool_public_key)
-        .map(drop)
-        .map_err(|e| format!("receipt signature from {}: {e}", entry.pool))
+    let Some(key) = pinned(&entry.pool) else {
+        return Err(format!("a receipt from {}, a pool this device has no enrollment with", entry.pool));
+    };
+    if entry.pool_public_key != *key {
+        return Err(format!(
+            "a receipt from {} names the pool key {}, but the key pinned for that pool is {}",
+            entry.pool,
+            entry.pool_public_key.fingerprint(),
+            key.fingerprint()
+        ));
+    }
+    entry.receipt.verify(key).map(drop).map_err(|e| format!("receipt signature from {}: {e}", entry.pool))
 }
 
 /// A receipt for tests of what reads the ledger.
@@ -274,7 +321,7 @@ mod tests {
         for i in 0..5 {
             ledger.append("task_finished", &json!({"task": i, "cpu_ms": 10})).unwrap();
         }
-        let report = ledger.verify().unwrap();
+        let report = ledger.verify(None).unwrap();
         assert!(report.ok());
         assert_eq!(report.entries, 5);
 
@@ -282,14 +329,14 @@ mod tests {
             .conn
             .execute("UPDATE entries SET body = replace(body, '\"task\":2', '\"task\":9') WHERE seq = 3", [])
             .unwrap();
-        let report = ledger.verify().unwrap();
+        let report = ledger.verify(None).unwrap();
         assert_eq!(report.first_bad.as_ref().map(|b| b.seq), Some(3), "{report:?}");
 
         // Recomputing the altered entry's own hash only moves the break to the next link.
         let e = &ledger.entries(None).unwrap()[2];
         let rehashed = entry_hash(e.seq, e.at_ms, &e.kind, &e.body, &e.prev_hash);
         ledger.conn.execute("UPDATE entries SET hash = ?1 WHERE seq = 3", [rehashed]).unwrap();
-        assert_eq!(ledger.verify().unwrap().first_bad.map(|b| b.seq), Some(4));
+        assert_eq!(ledger.verify(None).unwrap().first_bad.map(|b| b.seq), Some(4));
     }
 
     #[test]
@@ -297,6 +344,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut ledger = Ledger::open(&dir.path().join("l.sqlite")).unwrap();
         let key = idlemesh_protocol::Keypair::generate().unwrap();
+        enroll(&mut ledger, "p", &key.public());
         let receipt = sample_receipt(1.0);
         let mut signed = Signed::sign(&receipt, &key);
         ledger
@@ -310,7 +358,7 @@ mod tests {
                 },
             )
             .unwrap();
-        assert_eq!(ledger.verify().unwrap().receipts_checked, 1);
+        assert_eq!(ledger.verify(None).unwrap().receipts_checked, 1);
         // A receipt whose credits were inflated before it was chained: the chain holds, the signature does not.
         signed.payload = signed.payload.replace("\"credits\":1.0", "\"credits\":100.0");
         ledger
@@ -319,8 +367,8 @@ mod tests {
                 &ReceiptEntry { pool: "p".into(), pool_public_key: key.public(), receipt: signed, payout: None },
             )
             .unwrap();
-        let report = ledger.verify().unwrap();
-        assert_eq!(report.first_bad.as_ref().map(|b| b.seq), Some(2));
+        let report = ledger.verify(None).unwrap();
+        assert_eq!(report.first_bad.as_ref().map(|b| b.seq), Some(3));
         assert!(report.first_bad.unwrap().reason.contains("receipt signature"));
 
         let mut ledger = Ledger::open(&dir.path().join("m.sqlite")).unwrap();
@@ -328,6 +376,65 @@ mod tests {
             ledger.append("pause", &json!({"i": i})).unwrap();
         }
         ledger.conn.execute("DELETE FROM entries WHERE seq = 2", []).unwrap();
-        assert_eq!(ledger.verify().unwrap().first_bad.map(|b| b.seq), Some(3));
+        assert_eq!(ledger.verify(None).unwrap().first_bad.map(|b| b.seq), Some(3));
+    }
+
+    fn enroll(ledger: &mut Ledger, pool: &str, key: &PublicKey) {
+        let body = json!({"pool": pool, "pool_public_key": key, "purpose": "enrollment", "fields": {}});
+        ledger.append("disclosure", &body).unwrap();
+    }
+
+    fn receipt(ledger: &mut Ledger, pool: &str, signer: &idlemesh_protocol::Keypair) {
+        let entry = ReceiptEntry {
+            pool: pool.into(),
+            pool_public_key: signer.public(),
+            receipt: Signed::sign(&sample_receipt(1.0), signer),
+            payout: None,
+        };
+        ledger.append("receipt", &entry).unwrap();
+    }
+
+    #[test]
+    fn receipts_are_checked_against_the_pinned_key_not_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = idlemesh_protocol::Keypair::generate().unwrap();
+        let forger = idlemesh_protocol::Keypair::generate().unwrap();
+
+        // Honest: enrolled with the pool's key, receipts signed by it.
+        let mut ledger = Ledger::open(&dir.path().join("a.sqlite")).unwrap();
+        enroll(&mut ledger, "http://p", &pool.public());
+        receipt(&mut ledger, "http://p", &pool);
+        assert!(ledger.verify(None).unwrap().ok());
+        assert!(ledger.verify(Some(&pool.public())).unwrap().ok());
+        // The organisation pinned another key: every receipt is refused, naming both.
+        let report = ledger.verify(Some(&forger.public())).unwrap();
+        let bad = report.first_bad.expect("refused");
+        assert_eq!(bad.seq, 2);
+        assert!(bad.reason.contains(&pool.public().fingerprint()) && bad.reason.contains(&forger.public().fingerprint()));
+
+        // A receipt signed by a key of its own choosing, naming that key: its
+        // signature is valid, yet it is not the pool's.
+        receipt(&mut ledger, "http://p", &forger);
+        let bad = ledger.verify(None).unwrap().first_bad.expect("refused");
+        assert_eq!(bad.seq, 3);
+        assert!(bad.reason.contains("the key pinned for that pool is"), "{}", bad.reason);
+
+        // A receipt from a pool never enrolled with.
+        let mut ledger = Ledger::open(&dir.path().join("b.sqlite")).unwrap();
+        receipt(&mut ledger, "http://elsewhere", &forger);
+        assert!(ledger.verify(None).unwrap().first_bad.unwrap().reason.contains("no enrollment"));
+
+        // A second enrollment under a new key without leaving the pool is named;
+        // after leaving it, the new key is the pin.
+        let mut ledger = Ledger::open(&dir.path().join("c.sqlite")).unwrap();
+        enroll(&mut ledger, "http://p", &pool.public());
+        enroll(&mut ledger, "http://p", &forger.public());
+        assert_eq!(ledger.verify(None).unwrap().first_bad.map(|b| b.seq), Some(2));
+        let mut ledger = Ledger::open(&dir.path().join("d.sqlite")).unwrap();
+        enroll(&mut ledger, "http://p", &pool.public());
+        ledger.append(POOL_LEFT, &json!({"pool": "http://p", "pool_public_key": pool.public()})).unwrap();
+        enroll(&mut ledger, "http://p", &forger.public());
+        receipt(&mut ledger, "http://p", &forger);
+        assert!(ledger.verify(None).unwrap().ok());
     }
 }

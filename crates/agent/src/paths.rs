@@ -60,10 +60,13 @@ pub fn settings_path() -> PathBuf {
     config_dir().join("settings.toml")
 }
 
-/// The IT policy: `$IDLEMESH_POLICY`, else the system-wide file.
+/// The IT policy: the system's source; `$IDLEMESH_POLICY` only on a
+/// machine without one (see [`crate::settings::policy_source`]).
 pub fn policy_path() -> PathBuf {
-    std::env::var_os(crate::settings::POLICY_ENV)
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(crate::settings::default_policy_path()))
+    let wanted = std::env::var_os(crate::settings::POLICY_ENV).filter(|p| !p.is_empty()).map(PathBuf::from);
+    let (path, ignored) = crate::settings::policy_source(wanted, crate::settings::system_policy_present());
+    if let Some(why) = ignored {
+        tracing::warn!("{why}");
+    }
+    path
 }

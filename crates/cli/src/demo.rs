@@ -94,6 +94,7 @@ async fn demo(args: Args) -> anyhow::Result<()> {
         max_idle_poll: Duration::from_millis(100),
         watcher: None,
         require_sandbox: Vec::new(),
+        policy_pool_key: None,
     };
     // The demo device's key lives only as long as the demo: it joins its own
     // throwaway pool. Enrolled agents keep theirs in the OS keyring.

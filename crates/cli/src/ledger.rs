@@ -116,7 +116,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
         Action::Verify { json } => {
-            let report = ledger.verify()?;
+            // Receipts are checked against the key the organisation pinned, if
+            // it did; a policy that cannot be read cannot vouch for any key.
+            let policy_key = idlemesh_agent::settings::read_policy(idlemesh_agent::paths::policy_path())
+                .map_err(|e| anyhow::anyhow!("cannot check receipts against the IT policy's pool key: {e}"))?
+                .pool_public_key;
+            let report = ledger.verify(policy_key.as_ref())?;
             if json {
                 let mut value = serde_json::to_value(&report)?;
                 value["ledger"] = path.display().to_string().into();

@@ -139,7 +139,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         // The bound address, so `--listen 127.0.0.1:0` is usable; tests read this line.
-        eprintln!("pool key {}; listening on http://{}", pool.public_key(), listener.local_addr()?);
+        // As a policy pins it (`pool_public_key`), with its fingerprint.
+        let key = pool.public_key();
+        eprintln!("pool key ed25519:{key} ({}); listening on http://{}", key.fingerprint(), listener.local_addr()?);
         pool.serve(listener).await.context("serving")
     })
 }

@@ -51,6 +51,12 @@ impl PublicKey {
         hex::encode(self.0.as_bytes())
     }
 
+    /// A short name for the key that people can compare by eye:
+    /// `SHA256:` and the first 16 hex digits of the key's SHA-256.
+    pub fn fingerprint(&self) -> String {
+        format!("SHA256:{}", &crate::Sha256::of(self.0.as_bytes()).to_hex()[..16])
+    }
+
     /// Checks a hex signature made by [`Keypair::sign_bytes`].
     pub fn verify_bytes(&self, message: &[u8], signature_hex: &str) -> Result<(), ProtocolError> {
         let mut raw = [0u8; 64];

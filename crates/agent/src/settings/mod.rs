@@ -15,11 +15,13 @@ pub mod schema;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use idlemesh_protocol::PublicKey;
 use serde::Serialize;
 use toml::Value;
 
 pub use platform::{
     MACOS_POLICY, REGISTRY_POLICY, RegKey, RegValue, default_policy_path, plist_to_table, registry_to_table,
+    system_policy_present,
 };
 pub use schema::{Kind, Machine, SPECS, Spec, parse_cli_value, parse_hours};
 
@@ -29,6 +31,30 @@ use crate::governor::Limits;
 /// [`default_policy_path`] for every platform).
 pub const SYSTEM_POLICY_PATH: &str = "/etc/idlemesh/policy.toml";
 pub const POLICY_ENV: &str = "IDLEMESH_POLICY";
+
+/// Where the IT policy is read from, given the file `IDLEMESH_POLICY`
+/// names (if set) and whether the machine has a system policy. The system
+/// policy always wins: a user's shell could set the variable, so it is
+/// honoured only on a machine with no system policy at all, where the
+/// file it names can add locks but remove none (tests and side-by-side
+/// installs use it). Returns the path, and a warning when the variable was
+/// set and ignored.
+pub fn policy_source(wanted: Option<PathBuf>, system_present: bool) -> (PathBuf, Option<String>) {
+    let system = PathBuf::from(default_policy_path());
+    match wanted {
+        Some(file) if file == system => (system, None),
+        Some(file) if system_present => {
+            let why = format!(
+                "{POLICY_ENV}={} ignored: this machine has a system policy ({}), which no environment variable can replace",
+                file.display(),
+                system.display()
+            );
+            (system, Some(why))
+        }
+        Some(file) => (file, None),
+        None => (system, None),
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SettingsError {
@@ -77,6 +103,20 @@ pub struct Policy {
     pub locked: Values,
     /// A token to enroll with, for pools that require one.
     pub enrollment_token: Option<String>,
+    /// The pool's key, pinned by the organisation: the agent enrolls with
+    /// and works for no pool whose key differs.
+    pub pool_public_key: Option<PublicKey>,
+}
+
+/// How a pinned pool key is written in a policy: `ed25519:` and the key's
+/// 64 hex digits, as `idlemesh pool serve` prints it (the bare digits are
+/// accepted too).
+pub fn parse_pool_key(text: &str) -> Result<PublicKey, String> {
+    let text = text.trim();
+    let hex = text.strip_prefix("ed25519:").unwrap_or(text);
+    hex.parse::<PublicKey>().map_err(|e| {
+        format!("expected \"ed25519:\" and the pool's 64-hex-digit public key, as `idlemesh pool serve` prints it ({e})")
+    })
 }
 
 /// Parses a user settings file's text: a flat table of known keys.
@@ -146,12 +186,16 @@ pub fn policy_from_table_lenient(file: &str, table: toml::Table) -> (Policy, Vec
                 value: v.to_string(),
                 expected: "expected a non-empty string".into(),
             }),
+            ("pool_public_key", v) => match v.as_str().ok_or_else(|| "expected a string".to_owned()).and_then(parse_pool_key) {
+                Ok(k) => policy.pool_public_key = Some(k),
+                Err(expected) => errors.push(SettingsError::BadValue { file: file.into(), key, value: v.to_string(), expected }),
+            },
             ("defaults", Value::Table(t)) => policy.defaults = check_table_lenient(file, "defaults.", t, &mut errors),
             ("locked", Value::Table(t)) => policy.locked = check_table_lenient(file, "locked.", t, &mut errors),
             _ => errors.push(SettingsError::UnknownKey {
                 file: file.into(),
                 key,
-                known: "enrollment_token, [defaults], [locked]".into(),
+                known: "enrollment_token, pool_public_key, [defaults], [locked]".into(),
             }),
         }
     }
@@ -210,6 +254,7 @@ fn one_line(e: &toml::de::Error) -> String {
 pub struct Effective {
     pub values: BTreeMap<&'static str, EffectiveValue>,
     pub enrollment_token: Option<String>,
+    pub pool_public_key: Option<PublicKey>,
     pub machine: Machine,
 }
 
@@ -229,7 +274,12 @@ impl Effective {
             };
             values.insert(key, EffectiveValue { value, source, locked: source == Source::Policy });
         }
-        Self { values, enrollment_token: policy.enrollment_token.clone(), machine }
+        Self {
+            values,
+            enrollment_token: policy.enrollment_token.clone(),
+            pool_public_key: policy.pool_public_key,
+            machine,
+        }
     }
 
     pub fn get(&self, key: &str) -> Option<Value> {
@@ -305,6 +355,37 @@ struct PolicyReading {
     bad_keys: Vec<SettingsError>,
 }
 
+/// Reads the policy source (a file, or the registry key) if it changed,
+/// key by key: a bad key is reported and the rest stay in force; only a
+/// source that cannot be read at all is an error (see `policy_unreadable`).
+fn read_policy_into(policy: &mut Watched<PolicyReading>) -> bool {
+    #[cfg(windows)]
+    if policy.path.as_os_str() == REGISTRY_POLICY {
+        let read = platform::read_registry();
+        let stamp = format!("{read:?}");
+        return policy.update(stamp, || match read {
+            Ok(Some(key)) => {
+                let (policy, bad_keys) = policy_from_table_lenient(REGISTRY_POLICY, registry_to_table(&key));
+                Ok(PolicyReading { policy, bad_keys })
+            }
+            Ok(None) => Ok(PolicyReading::default()),
+            Err(e) => Err(SettingsError::Read { file: REGISTRY_POLICY.into(), message: e.to_string() }),
+        });
+    }
+    policy.refresh(|file, bytes| check_policy_bytes(file, bytes).map(|(policy, bad_keys)| PolicyReading { policy, bad_keys }))
+}
+
+/// The IT policy in force now, for a one-shot reader (`ledger verify`):
+/// its good keys, or why it cannot be read at all.
+pub fn read_policy(path: PathBuf) -> Result<Policy, SettingsError> {
+    let mut watched = Watched::<PolicyReading>::new(path);
+    read_policy_into(&mut watched);
+    match watched.error {
+        Some(e) => Err(e),
+        None => Ok(watched.good.policy),
+    }
+}
+
 /// The user's settings file and the IT policy, watched for changes.
 #[derive(Debug)]
 pub struct Settings {
@@ -344,24 +425,14 @@ impl Settings {
     }
 
     fn refresh_policy(&mut self) -> bool {
-        #[cfg(windows)]
-        if self.policy.path.as_os_str() == REGISTRY_POLICY {
-            let read = platform::read_registry();
-            let stamp = format!("{read:?}");
-            return self.policy.update(stamp, || match read {
-                Ok(Some(key)) => {
-                    let (policy, bad_keys) = policy_from_table_lenient(REGISTRY_POLICY, registry_to_table(&key));
-                    Ok(PolicyReading { policy, bad_keys })
-                }
-                Ok(None) => Ok(PolicyReading::default()),
-                Err(e) => Err(SettingsError::Read { file: REGISTRY_POLICY.into(), message: e.to_string() }),
-            });
+        // A system policy deployed while an agent runs with an
+        // `IDLEMESH_POLICY` file replaces that file at once, not at the next start.
+        if self.policy.path.as_os_str() != default_policy_path() && system_policy_present() {
+            let (system, why) = policy_source(Some(self.policy.path.clone()), true);
+            tracing::warn!("{}", why.unwrap_or_default());
+            self.policy = Watched::new(system);
         }
-        // Key by key: a bad key is reported and the rest stay in force; only
-        // a file that cannot be read at all is an error (see `policy_unreadable`).
-        self.policy.refresh(|file, bytes| {
-            check_policy_bytes(file, bytes).map(|(policy, bad_keys)| PolicyReading { policy, bad_keys })
-        })
+        read_policy_into(&mut self.policy)
     }
 
     /// Why the IT policy cannot be read at all, if it cannot: work stops

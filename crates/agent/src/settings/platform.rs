@@ -18,7 +18,8 @@ use toml::{Table, Value};
 
 use super::schema::{self, Kind};
 
-/// What the agent uses when no `IDLEMESH_POLICY` override is set.
+/// The system's policy source on this platform: a file, the registry key,
+/// or the managed-preferences file.
 pub fn default_policy_path() -> &'static str {
     if cfg!(windows) {
         REGISTRY_POLICY
@@ -26,6 +27,25 @@ pub fn default_policy_path() -> &'static str {
         MACOS_POLICY
     } else {
         super::SYSTEM_POLICY_PATH
+    }
+}
+
+/// Whether this machine has a system policy, in any state: a file that
+/// exists (even unreadable, even a dangling link), a directory that cannot
+/// be searched, a registry key that exists or cannot be opened. Where it
+/// has one, no environment variable can replace it (see
+/// [`super::policy_source`]).
+pub fn system_policy_present() -> bool {
+    #[cfg(windows)]
+    {
+        !matches!(read_registry(), Ok(None))
+    }
+    #[cfg(not(windows))]
+    {
+        match std::fs::symlink_metadata(default_policy_path()) {
+            Ok(_) => true,
+            Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+        }
     }
 }
 
@@ -101,7 +121,7 @@ fn dict_to_table(dict: plist::Dictionary, top: bool) -> Result<Table, String> {
         if top && key.starts_with("Payload") {
             continue;
         }
-        let name = if top { key.to_ascii_lowercase().replace("enrollmenttoken", "enrollment_token") } else { key };
+        let name = if top { key.to_ascii_lowercase().replace("enrollmenttoken", "enrollment_token").replace("poolpublickey", "pool_public_key") } else { key };
         let value = match value {
             plist::Value::Boolean(b) => Value::Boolean(b),
             plist::Value::Integer(i) => Value::Integer(

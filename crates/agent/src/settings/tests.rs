@@ -239,3 +239,31 @@ fn a_bad_policy_key_is_named_and_every_good_key_stays_locked() {
     assert!(errors.iter().any(|e| e.contains("unknown setting `defaults.idle_minuts`")), "{errors:?}");
     assert_eq!(s.errors().len(), 2, "the bad keys are settings errors too");
 }
+
+#[test]
+fn an_environment_variable_cannot_replace_a_system_policy() {
+    let system = PathBuf::from(default_policy_path());
+    let mine = PathBuf::from("/home/someone/no-limits.toml");
+    // Where the machine has a system policy, the user's file is ignored and the warning says why.
+    let (path, warning) = policy_source(Some(mine.clone()), true);
+    assert_eq!(path, system);
+    let warning = warning.expect("a warning");
+    assert!(warning.contains("IDLEMESH_POLICY=/home/someone/no-limits.toml ignored"), "{warning}");
+    // Only where it has none (tests, side-by-side installs) the variable names the file.
+    assert_eq!(policy_source(Some(mine.clone()), false), (mine, None));
+    assert_eq!(policy_source(None, true), (system.clone(), None));
+    assert_eq!(policy_source(None, false), (system.clone(), None));
+    assert_eq!(policy_source(Some(system.clone()), true), (system, None));
+}
+
+#[test]
+fn a_policy_pins_the_pool_key_and_a_bad_key_is_named() {
+    let key = idlemesh_protocol::Keypair::generate().unwrap().public();
+    let (policy, errors) = check_policy_bytes("p.toml", format!("pool_public_key = \"ed25519:{key}\"\n").as_bytes()).unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(policy.pool_public_key, Some(key));
+    assert_eq!(Effective::merge(MACHINE, &Values::new(), &policy).pool_public_key, Some(key));
+    let (policy, errors) = check_policy_bytes("p.toml", b"pool_public_key = \"ed25519:abc\"\n").unwrap();
+    assert_eq!(policy.pool_public_key, None);
+    assert!(errors[0].to_string().contains("`pool_public_key` = \"ed25519:abc\": expected \"ed25519:\""), "{errors:?}");
+}
