@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::agent_process::{AgentProcess, Kwin, Xvfb, proc_state, run_under, write_settings};
+use crate::agent_process::{AgentProcess, Kwin, Mutter, Xvfb, proc_state, run_under, write_settings};
 use crate::harness::{OperatorHttp, PoolProcess};
 
 fn worker_pid(s: &Value) -> Option<u64> {
@@ -268,6 +268,65 @@ fn under_wayland_input_freezes_the_worker_and_idleness_resumes_it() {
             eprintln!("reconnected to the restarted compositor within {:?}", t0.elapsed());
         },
     );
+}
+
+#[test]
+fn under_gnome_mutter_input_freezes_the_worker_and_idleness_resumes_it() {
+    let mutter = std::cell::RefCell::new(Mutter::start());
+    let (socket, bus) = {
+        let m = mutter.borrow();
+        (m.socket.display().to_string(), m.bus.clone())
+    };
+    // Mutter 43 has no ext-idle-notify-v1: the agent falls back to its IdleMonitor.
+    let env = [("WAYLAND_DISPLAY", socket.as_str()), ("DBUS_SESSION_BUS_ADDRESS", bus.as_str())];
+    let user_idle = |s: &Value| s["sensors"]["snapshot"]["user_idle"]["secs"].as_u64();
+    input_freezes_the_worker_and_idleness_resumes_it(
+        &env,
+        "gnome-mutter-idle-monitor",
+        |n| mutter.borrow_mut().input(n),
+        |agent| {
+            // Mutter restarts: meanwhile the user counts as present, then
+            // the sensor follows the new Mutter's watches.
+            mutter.borrow_mut().stop();
+            agent.wait_for("the user to count as present", Duration::from_secs(10), |s| user_idle(s) == Some(0));
+            mutter.borrow_mut().start_again();
+            agent.wait_for("idle time from the restarted Mutter", Duration::from_secs(30), |s| {
+                user_idle(s).is_some_and(|secs| secs >= 1)
+            });
+            // And its input is seen again.
+            mutter.borrow_mut().input(1);
+            agent.wait_for("input on the restarted Mutter", Duration::from_secs(5), |s| user_idle(s) == Some(0));
+        },
+    );
+}
+
+#[test]
+fn with_a_display_but_no_idle_sensor_it_cannot_tell_and_does_not_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = PoolProcess::start(&tmp.path().join("pool"));
+    let op = OperatorHttp::new(&pool.url, &pool.token);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (job, _) = rt.block_on(op.mandelbrot_job(slow_job()));
+    let dir = tmp.path().join("agent");
+    write_settings(&dir, "idle_minutes = 0
+cpu_duty_cycle_percent = 100
+");
+    // A display is set, but no X server answers there (and no other sensor does).
+    let agent = AgentProcess::start(&dir, Some(&pool.url), &[("DISPLAY", ":87")]);
+    let s = agent.status();
+    assert_eq!(s["sensors"]["idle_source"], "none", "{s:#}");
+    assert_eq!(s["state"], "paused", "{s:#}");
+    let reason = s["reasons"].as_array().unwrap().iter().find(|r| r["code"] == "presence_unknown").expect("the reason");
+    let text = reason["text"].as_str().unwrap();
+    assert!(text.starts_with("cannot tell whether you are using this machine (a graphical session is set for this agent (DISPLAY=:87)"), "{text}");
+    assert!(text.contains("X11 idle time:"), "says why the sensor failed: {text}");
+    // Nothing runs meanwhile.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(worker_pid(&agent.status()).is_none_or(|pid| proc_state(pid).is_none_or(|(st, _)| st == 'T')));
+    let status = rt.block_on(op.status(job)).unwrap();
+    assert_eq!(status["tasks"]["done"], 0, "{status}");
+    let ledger = idlemesh_agent::Ledger::open(&agent.ledger()).unwrap();
+    assert!(ledger.entries(Some("task_started")).unwrap().is_empty(), "no task started");
 }
 
 /// With the agent running a kernel in a session, the user's input freezes

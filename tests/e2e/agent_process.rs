@@ -15,6 +15,9 @@ pub use xvfb::Xvfb;
 #[path = "../common/kwin.rs"]
 mod kwin;
 pub use kwin::Kwin;
+#[path = "../common/mutter.rs"]
+mod mutter;
+pub use mutter::Mutter;
 
 /// Children inherit the session keyring of the thread that starts them, so
 /// every agent a test starts finds the device key its predecessor stored.

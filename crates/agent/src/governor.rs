@@ -49,6 +49,11 @@ pub struct Snapshot {
     /// The OS layers the latest worker reported; `None` before any started.
     #[serde(default)]
     pub sandbox: Option<SandboxReport>,
+    /// `Some` on a machine with a graphical session: what to say when
+    /// `user_idle` is unknown there (why the machine counts as attended,
+    /// and why no idle sensor answers). `None`: headless.
+    #[serde(default)]
+    pub graphical_session: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -160,6 +165,8 @@ pub enum ReasonCode {
     UserActive,
     UserIdle,
     IdleUnknown,
+    /// No idle sensor answers on a machine with a graphical session.
+    PresenceUnknown,
     OnBattery,
     BatteryLow,
     PowerOk,
@@ -242,11 +249,19 @@ pub fn decide(prev: &GovernorState, s: &Snapshot, l: &Limits, pause: ManualPause
             format!("user active {} ago; work starts after {} idle", ago(idle), ago(l.idle_after)),
         ),
         Some(idle) => reason(&mut allowing, ReasonCode::UserIdle, format!("you have been away for {}", ago(idle))),
-        None => reason(
-            &mut allowing,
-            ReasonCode::IdleUnknown,
-            "no input sensor here (headless): running as if nobody were using this machine".into(),
-        ),
+        // Not knowing is not "away" where someone may be at the screen.
+        None => match &s.graphical_session {
+            Some(why) => reason(
+                &mut blocking,
+                ReasonCode::PresenceUnknown,
+                format!("cannot tell whether you are using this machine ({why})"),
+            ),
+            None => reason(
+                &mut allowing,
+                ReasonCode::IdleUnknown,
+                "no input sensor here (headless): running as if nobody were using this machine".into(),
+            ),
+        },
     }
 
     match s.battery {

@@ -197,6 +197,7 @@ impl Loop {
     fn run(&mut self, rx: mpsc::Receiver<Command>, ready: mpsc::Sender<()>) {
         let mut sensors = (std::mem::replace(&mut self.config.sensors, Box::new(Sensors::this_machine)))();
         let idle_sensor = sensors.idle.name();
+        let presence_unknown = sensors.presence_unknown();
         let mut slow = SlowReadings::default();
         let mut idle = sensors.idle.idle();
         let (mut next_fast, mut next_slow, mut next_settings) = (Instant::now(), Instant::now(), Instant::now());
@@ -231,6 +232,7 @@ impl Loop {
             let mut snapshot =
                 sensors::snapshot(jiff::Zoned::now(), idle, &slow, self.transfer.uploaded, self.transfer.downloaded);
             snapshot.sandbox = self.sandbox.clone();
+            snapshot.graphical_session = presence_unknown.clone();
             let (decision, state) = governor::decide(&self.state, &snapshot, &limits, self.manual);
             self.state = state;
             self.enforce(&decision);

@@ -3,7 +3,7 @@
 //! figure as a ratio within one run.
 //!
 //! `cargo bench --bench agent [input|idle|duty|interference]` (release profile;
-//! needs Xvfb, xdotool and KWin for `input`, the kernel keyring for all).
+//! needs Xvfb, xdotool, KWin and Mutter for `input`, the kernel keyring for all).
 //!
 //! Everything runs for real: a `pool serve` process, the `idlemesh agent`
 //! daemon with its settings file, its workers, and Xvfb with xdotool input.
@@ -19,7 +19,7 @@ mod agent_process;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agent_process::{AgentProcess, Kwin, Xvfb, proc_state, write_settings};
+use agent_process::{AgentProcess, Kwin, Mutter, Xvfb, proc_state, write_settings};
 use harness::{OperatorHttp, PoolProcess};
 use serde_json::{Value, json};
 
@@ -107,7 +107,8 @@ fn wait_computing(pid: u64) {
 }
 
 /// Input → all kernel CPU use stopped, under Xvfb with xdotool, then under
-/// KWin (Wayland, ext-idle-notify) with KWin's fake input.
+/// KWin (Wayland, ext-idle-notify) with KWin's fake input, then under Mutter
+/// (GNOME's IdleMonitor) with its RemoteDesktop API.
 fn input_to_stop(dir: &Path, pool: &str) {
     let x = Xvfb::start();
     // xdotool's own start-up is part of every X11 figure; measured alone for context.
@@ -130,6 +131,15 @@ fn input_to_stop(dir: &Path, pool: &str) {
     let (p50, p95, max) = trials(&dir.join("wayland"), pool, &[("WAYLAND_DISPLAY", &socket)], |n| kwin.input(n));
     println!(
         "input → worker stopped (KWin fake input, Wayland ext-idle-notify, {TRIALS} trials): \
+         p50 {p50:.1} ms, p95 {p95:.1} ms, max {max:.1} ms"
+    );
+    drop(kwin);
+    let mut mutter = Mutter::start();
+    let (socket, bus) = (mutter.socket.display().to_string(), mutter.bus.clone());
+    let session = [("WAYLAND_DISPLAY", socket.as_str()), ("DBUS_SESSION_BUS_ADDRESS", bus.as_str())];
+    let (p50, p95, max) = trials(&dir.join("mutter"), pool, &session, |n| mutter.input(n));
+    println!(
+        "input → worker stopped (Mutter RemoteDesktop pointer motion, IdleMonitor watches, {TRIALS} trials): \
          p50 {p50:.1} ms, p95 {p95:.1} ms, max {max:.1} ms"
     );
 }

@@ -24,6 +24,7 @@ fn snap() -> Snapshot {
         uploaded_today_bytes: 0,
         downloaded_today_bytes: 0,
         sandbox: None,
+        graphical_session: None,
     }
 }
 
@@ -66,7 +67,22 @@ fn every_limit_alone_and_in_combination() {
             ManualPause::None,
             None,
         ),
-        ("no idle sensor", |s, _| s.user_idle = None, ManualPause::None, None),
+        ("no idle sensor, headless", |s, _| s.user_idle = None, ManualPause::None, None),
+        (
+            "no idle sensor, graphical session: cannot tell",
+            |s, _| {
+                s.user_idle = None;
+                s.graphical_session = Some("DISPLAY=:0 is set, but no idle sensor answers".into());
+            },
+            ManualPause::None,
+            Some(&[PresenceUnknown]),
+        ),
+        (
+            "idle sensor answers in a graphical session",
+            |s, _| s.graphical_session = Some("DISPLAY=:0".into()),
+            ManualPause::None,
+            None,
+        ),
         (
             "on battery, not allowed",
             |s, _| s.battery = Some(Battery { percent: 95.0, on_ac: false }),
@@ -357,4 +373,16 @@ fn a_missing_sandbox_layer_is_named_with_why() {
         d.reasons[0].text,
         "the worker sandbox lacks netns (user namespaces are off), which require_sandbox asks for"
     );
+}
+
+#[test]
+fn not_knowing_in_a_graphical_session_says_why() {
+    let s = Snapshot {
+        user_idle: None,
+        graphical_session: Some("a graphical session is set for this agent (DISPLAY=:7)".into()),
+        ..snap()
+    };
+    let (d, _) = decide(&GovernorState::default(), &s, &limits(), ManualPause::None);
+    assert!(d.is_paused());
+    assert_eq!(d.reasons[0].text, "cannot tell whether you are using this machine (a graphical session is set for this agent (DISPLAY=:7))");
 }

@@ -1,8 +1,9 @@
 //! Input idle time. X11 through the XScreenSaver extension (one round trip,
 //! tens of microseconds, so it can be polled fast while a kernel runs);
 //! Wayland through the compositor's ext-idle-notify-v1 events (KWin, and
-//! wlroots compositors since 0.16); elsewhere on Linux logind's IdleHint,
-//! which desktops (GNOME, KDE) keep current for their session. Windows: GetLastInputInfo;
+//! wlroots compositors since 0.16); GNOME through Mutter's IdleMonitor
+//! watches on the session bus; elsewhere on Linux logind's IdleHint, which
+//! desktops keep current for their session. Windows: GetLastInputInfo;
 //! macOS: the HID system's idle time through CoreGraphics. Both are cheap
 //! calls that can be polled as fast as X11.
 
@@ -14,23 +15,32 @@ use super::IdleSensor;
 pub fn open_idle_sensor() -> Box<dyn IdleSensor> {
     #[cfg(target_os = "linux")]
     {
+        let mut tried = Vec::new();
         let set = |var| std::env::var_os(var).is_some_and(|v| !v.is_empty());
         if set("WAYLAND_DISPLAY") {
             // Not X11 after this: Xwayland sees only its own clients' input.
             match wayland::WaylandIdle::connect() {
                 Ok(s) => return Box::new(s),
-                Err(e) => tracing::info!(error = %e, "no Wayland idle notifications; trying logind"),
+                Err(e) => tried.push(format!("Wayland idle notifications: {e}")),
             }
         } else if set("DISPLAY") {
             match x11::X11Idle::connect() {
                 Ok(s) => return Box::new(s),
-                Err(e) => tracing::info!(error = %e, "no X11 idle time; trying logind"),
+                Err(e) => tried.push(format!("X11 idle time: {e}")),
             }
+        }
+        // GNOME (Wayland or not) answers here; other desktops fall through to logind.
+        match mutter::MutterIdle::connect() {
+            Ok(s) => return Box::new(s),
+            Err(e) => tried.push(format!("GNOME: {e}")),
         }
         match logind::LogindIdle::connect() {
             Ok(s) => return Box::new(s),
-            Err(e) => tracing::info!(error = %e, "no logind idle hint: treating this machine as unattended"),
+            Err(e) => tried.push(format!("logind: {e}")),
         }
+        let why = tried.join("; ");
+        tracing::info!(tried = %why, "no idle sensor answers");
+        return Box::new(NoIdleSensor { why });
     }
     #[cfg(windows)]
     {
@@ -41,7 +51,7 @@ pub fn open_idle_sensor() -> Box<dyn IdleSensor> {
         return Box::new(macos::HidIdle);
     }
     #[allow(unreachable_code, reason = "the fallback for platforms without an idle sensor")]
-    Box::new(NoIdleSensor)
+    Box::new(NoIdleSensor { why: "no idle sensor for this platform".into() })
 }
 
 /// How long a display that went away still counts as a user present. Most
@@ -57,9 +67,13 @@ fn while_lost(lost_at: std::time::Instant) -> Option<Duration> {
     (lost_at.elapsed() < LOST_GRACE).then_some(Duration::ZERO)
 }
 
-/// Headless machines (servers, CI): nobody's input to wait for.
+/// No sensor answers: on a headless machine (servers, CI) nobody's input
+/// to wait for; on one with a graphical session, "cannot tell".
 #[derive(Debug)]
-pub struct NoIdleSensor;
+pub struct NoIdleSensor {
+    /// What each sensor tried said.
+    pub why: String,
+}
 
 impl IdleSensor for NoIdleSensor {
     fn idle(&mut self) -> Option<Duration> {
@@ -68,8 +82,13 @@ impl IdleSensor for NoIdleSensor {
     fn name(&self) -> &'static str {
         "none"
     }
+    fn unknown_because(&self) -> Option<String> {
+        Some(self.why.clone())
+    }
 }
 
+#[cfg(target_os = "linux")]
+mod mutter;
 #[cfg(target_os = "linux")]
 mod wayland;
 

@@ -11,6 +11,7 @@ mod idle;
 mod load;
 mod network;
 mod power;
+mod session;
 mod thermal;
 
 use std::time::Duration;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use crate::governor::{Battery, Snapshot};
 
 pub use idle::open_idle_sensor;
+pub use session::graphical_session;
 pub use power::SysfsPower;
 
 /// Seconds since the user last touched keyboard or mouse.
@@ -26,6 +28,10 @@ pub trait IdleSensor {
     fn idle(&mut self) -> Option<Duration>;
     /// Which mechanism answers, for `idlemesh status`.
     fn name(&self) -> &'static str;
+    /// Why `idle` answers "unknown", where the sensor knows.
+    fn unknown_because(&self) -> Option<String> {
+        None
+    }
 }
 
 /// CPU use of everything except the agent and its workers.
@@ -81,6 +87,9 @@ pub struct Sensors {
     pub thermal: Box<dyn ThermalSensor>,
     pub gpu: Box<dyn GpuSensor>,
     pub network: Box<dyn NetworkSensor>,
+    /// Why this machine has a person to yield to (see [`graphical_session`]);
+    /// `None`: headless.
+    pub graphical_session: Option<String>,
 }
 
 impl std::fmt::Debug for Sensors {
@@ -99,7 +108,19 @@ impl Sensors {
             thermal: Box::new(thermal::SysinfoThermal::new()),
             gpu: Box::new(gpu::SysinfoGpu::new()),
             network: network::open(),
+            graphical_session: graphical_session(),
         }
+    }
+
+    /// What the governor needs when no idle sensor answers: `Some` on a
+    /// machine with a graphical session (where "unknown" must stop work),
+    /// saying why it counts as one and why no sensor answers.
+    pub fn presence_unknown(&self) -> Option<String> {
+        let session = self.graphical_session.as_ref()?;
+        Some(match self.idle.unknown_because() {
+            Some(why) => format!("{session}, but no idle sensor answers: {why}"),
+            None => format!("{session}, but the {} idle sensor does not answer", self.idle.name()),
+        })
     }
 
     pub fn read_slow(&mut self, ours: &[u32]) -> SlowReadings {
@@ -137,5 +158,6 @@ pub fn snapshot(
         uploaded_today_bytes,
         downloaded_today_bytes,
         sandbox: None,
+        graphical_session: None,
     }
 }
