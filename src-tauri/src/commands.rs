@@ -114,7 +114,9 @@ async fn ledger_summary(state: S<'_>) -> Result<ledger_summary::LedgerSummary> {
 async fn ledger_verify(state: S<'_>) -> Result<Value> {
     let path = state.ledger_path.clone();
     let policy_key = idlemesh_agent::settings::read_policy(idlemesh_agent::paths::policy_path())
-        .map_err(|e| CommandError::new("policy", format!("cannot check receipts against the IT policy's pool key: {e}")))?
+        .map_err(|e| {
+            CommandError::new("policy", format!("cannot check receipts against the IT policy's pool key: {e}"))
+        })?
         .pool_public_key;
     let report = with_ledger(&state, move |l| match l {
         Some(l) => l.verify(policy_key.as_ref()).map(Some),

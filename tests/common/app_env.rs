@@ -28,6 +28,7 @@ pub async fn pool_with_job(dir: &Path) -> (String, tokio::task::JoinHandle<()>) 
         operator: "tests".into(),
         operator_token: "test-operator-token-0123456789".into(),
         open_enrollment: true,
+        trust: idlemesh_pool::trust::TrustRules::single_owner(),
         payout: None,
     })
     .unwrap();

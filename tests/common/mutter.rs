@@ -86,7 +86,11 @@ impl Mutter {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("mutter exited with {status}:\n{}", read(&self.dir.path().join("mutter.log")));
             }
-            assert!(Instant::now() < deadline, "Mutter did not come up:\n{}", read(&self.dir.path().join("mutter.log")));
+            assert!(
+                Instant::now() < deadline,
+                "Mutter did not come up:\n{}",
+                read(&self.dir.path().join("mutter.log"))
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -131,9 +135,8 @@ struct RemoteInput {
 
 impl RemoteInput {
     fn connect(bus: &str) -> Result<Self, String> {
-        let conn = zbus::blocking::connection::Builder::address(bus)
-            .and_then(|b| b.build())
-            .map_err(|e| e.to_string())?;
+        let conn =
+            zbus::blocking::connection::Builder::address(bus).and_then(|b| b.build()).map_err(|e| e.to_string())?;
         let remote = Proxy::new(
             &conn,
             "org.gnome.Mutter.RemoteDesktop",

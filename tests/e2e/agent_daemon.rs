@@ -308,9 +308,12 @@ fn with_a_display_but_no_idle_sensor_it_cannot_tell_and_does_not_run() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let (job, _) = rt.block_on(op.mandelbrot_job(slow_job()));
     let dir = tmp.path().join("agent");
-    write_settings(&dir, "idle_minutes = 0
+    write_settings(
+        &dir,
+        "idle_minutes = 0
 cpu_duty_cycle_percent = 100
-");
+",
+    );
     // A display is set, but no X server answers there (and no other sensor does).
     let agent = AgentProcess::start(&dir, Some(&pool.url), &[("DISPLAY", ":87")]);
     let s = agent.status();
@@ -318,7 +321,12 @@ cpu_duty_cycle_percent = 100
     assert_eq!(s["state"], "paused", "{s:#}");
     let reason = s["reasons"].as_array().unwrap().iter().find(|r| r["code"] == "presence_unknown").expect("the reason");
     let text = reason["text"].as_str().unwrap();
-    assert!(text.starts_with("cannot tell whether you are using this machine (a graphical session is set for this agent (DISPLAY=:87)"), "{text}");
+    assert!(
+        text.starts_with(
+            "cannot tell whether you are using this machine (a graphical session is set for this agent (DISPLAY=:87)"
+        ),
+        "{text}"
+    );
     assert!(text.contains("X11 idle time:"), "says why the sensor failed: {text}");
     // Nothing runs meanwhile.
     std::thread::sleep(Duration::from_secs(3));
@@ -445,6 +453,73 @@ fn kill_9_at_random_moments_loses_nothing() {
     // repeated result with the same receipt).
     let summary = idlemesh_agent::ledger_summary::summarise(&ledger.entries(None).unwrap(), &jiff::tz::TimeZone::UTC);
     assert_eq!(summary.totals.receipts, tasks, "{:?}", summary.totals);
+}
+
+/// A task killed (with its agent, `kill -9`) after it wrote a checkpoint
+/// resumes from that checkpoint when the agent starts again, and its
+/// output equals an uninterrupted run's byte for byte.
+#[test]
+fn a_task_killed_after_a_checkpoint_resumes_from_it_with_identical_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = PoolProcess::start(&tmp.path().join("pool"));
+    let op = OperatorHttp::new(&pool.url, &pool.token);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    // One tall tile deep inside the set: the kernel checkpoints every 64
+    // rows, each 64-row band taking about a second here.
+    let spec = |name: &str| {
+        json!({
+            "name": name, "params": {"width": 64, "height": 256, "max_iter": 60000, "center_re": -0.2, "center_im": 0.0, "span": 0.4},
+            "split": {"kind": "tiles", "width": 64, "height": 256, "tile_width": 64, "tile_height": 256},
+            "combiner": {"kind": "png_tiles"}, "lease_ms": 600000,
+        })
+    };
+    let (job, tasks) = rt.block_on(op.mandelbrot_job(spec("interrupted")));
+    assert_eq!(tasks, 1);
+    let dir = tmp.path().join("agent");
+    write_settings(&dir, "cpu_duty_cycle_percent = 100\n");
+    let mut agent = AgentProcess::start(&dir, Some(&pool.url), &[]);
+    let checkpoints = dir.join("data/checkpoints");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let checkpoint =
+        loop {
+            let found =
+                std::fs::read_dir(&checkpoints).into_iter().flatten().flatten().map(|e| e.path()).find(|p| {
+                    p.extension().is_some_and(|x| x == "bin") && std::fs::metadata(p).is_ok_and(|m| m.len() > 4)
+                });
+            if let Some(path) = found {
+                break path;
+            }
+            assert!(Instant::now() < deadline, "no checkpoint was written:\n{}", agent.log());
+            std::thread::sleep(Duration::from_millis(10));
+        };
+    agent.kill9();
+    let saved = std::fs::read(&checkpoint).unwrap();
+    let rows = u32::from_le_bytes(saved[..4].try_into().unwrap());
+    assert!(rows > 0 && rows < 256, "a checkpoint part way: {rows} rows");
+    assert_eq!(rt.block_on(op.status(job)).unwrap()["tasks"]["done"], 0, "killed before the task finished");
+
+    let mut agent = AgentProcess::start(&dir, Some(&pool.url), &[]);
+    let status = rt.block_on(op.until_finished(job, Duration::from_secs(300)));
+    assert_eq!(status["state"], "done", "{status}\n{}", agent.log());
+    let interrupted = rt.block_on(op.output(job));
+    let ledger = idlemesh_agent::Ledger::open(&agent.ledger()).unwrap();
+    let started = ledger.entries(Some("task_started")).unwrap();
+    let last: Value = serde_json::from_str(&started.last().unwrap().body).unwrap();
+    assert_eq!(last["resumed_from_checkpoint"], true, "{last:#}");
+    assert_eq!(last["resumed_from"]["checkpoint_sha256"], idlemesh_protocol::Sha256::of(&saved).to_hex(), "{last:#}");
+    assert_eq!(last["resumed_from"]["checkpoint_bytes"], saved.len());
+    assert!(!checkpoint.exists(), "a finished task's checkpoint is removed");
+
+    // The same job, uninterrupted: byte for byte the same image.
+    let (whole_job, _) = rt.block_on(op.mandelbrot_job(spec("uninterrupted")));
+    rt.block_on(op.until_finished(whole_job, Duration::from_secs(300)));
+    let whole = rt.block_on(op.output(whole_job));
+    assert!(interrupted == whole, "the resumed run's output differs from the uninterrupted run's");
+    let started = ledger.entries(Some("task_started")).unwrap();
+    let last: Value = serde_json::from_str(&started.last().unwrap().body).unwrap();
+    assert_eq!(last["resumed_from_checkpoint"], false, "{last:#}");
+    agent.stop();
+    assert!(ledger.verify(None).unwrap().ok());
 }
 
 /// The real power sensor (the battery crate and our sysfs reader) on a

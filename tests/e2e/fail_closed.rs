@@ -78,7 +78,11 @@ fn a_pool_key_pinned_by_policy_refuses_any_other_pool_and_ledger_verify_follows_
     std::fs::write(dir.join("policy.toml"), "pool_public_key = \n").unwrap();
     let verify = agent.ctl(&["ledger", "verify"]);
     assert!(!verify.status.success());
-    assert!(String::from_utf8_lossy(&verify.stderr).contains("IT policy"), "{}", String::from_utf8_lossy(&verify.stderr));
+    assert!(
+        String::from_utf8_lossy(&verify.stderr).contains("IT policy"),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
 }
 
 const SYSTEM_POLICY: &str = "/etc/idlemesh/policy.toml";
@@ -135,4 +139,153 @@ fn an_environment_variable_cannot_replace_the_system_policy() {
     assert!(agent.log().contains("IDLEMESH_POLICY=") && agent.log().contains("ignored"), "{}", agent.log());
     let set = agent.ctl(&["settings", "set", "min_battery_percent", "10"]);
     assert!(!set.status.success(), "a locked key stays locked");
+}
+
+/// A device speaking the pool's API itself, from its own loopback address
+/// (127.0.N.M: Linux routes all of 127/8 to lo), so that the pool sees
+/// devices on different networks.
+struct Device {
+    id: u64,
+    key: Keypair,
+    http: reqwest::Client,
+}
+
+impl Device {
+    async fn enroll(base: &str, from: &str, token: &str) -> Self {
+        let http = reqwest::Client::builder().local_address(from.parse::<std::net::IpAddr>().unwrap()).build().unwrap();
+        let key = Keypair::generate().unwrap();
+        let r = http.post(format!("{base}/v1/enroll")).json(&json!({"public_key": key.public(), "token": token}));
+        let r: Value = r.send().await.unwrap().json().await.unwrap();
+        Self { id: r["device_id"].as_u64().unwrap_or_else(|| panic!("enrolled: {r}")), key, http }
+    }
+
+    async fn post(&self, base: &str, path: &str, body: Vec<u8>) -> Value {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        let sig = idlemesh_protocol::auth::sign_request(&self.key, self.id, "POST", path, &body, now);
+        let resp = self
+            .http
+            .post(format!("{base}{path}"))
+            .header(idlemesh_protocol::auth::HEADER_DEVICE, self.id.to_string())
+            .header(idlemesh_protocol::auth::HEADER_TIMESTAMP, sig.timestamp.to_string())
+            .header(idlemesh_protocol::auth::HEADER_SIGNATURE, sig.signature)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        resp.json().await.unwrap()
+    }
+
+    /// Leases one task and reports `answer(task_id)`; the pool's reply, if a task was leased.
+    async fn work(&self, base: &str, answer: impl Fn(u64) -> Vec<u8>) -> Option<Value> {
+        let caps = json!({"wasm": true, "wgpu_adapter": null, "cores": 1, "memory_bytes": 0});
+        let leased =
+            self.post(base, "/v1/leases", json!({"capabilities": caps, "max_tasks": 1}).to_string().into()).await;
+        let signed = leased["tasks"].as_array()?.first()?.clone();
+        let m: Value = serde_json::from_str(signed["payload"].as_str().unwrap()).unwrap();
+        let output = answer(m["task_id"].as_u64().unwrap());
+        let result = json!({
+            "lease_id": m["lease_id"], "lease_token": m["lease_token"],
+            "output_sha256": idlemesh_protocol::Sha256::of(&output), "output": base64_of(&output),
+            "fuel": null, "wall_ms": 1, "cpu_ms": 1,
+        });
+        Some(self.post(base, "/v1/results", result.to_string().into()).await)
+    }
+}
+
+fn base64_of(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Three devices enrolled with one token on one network, and two honest
+/// devices elsewhere: a job whose quorum is one result. Returns the
+/// liars' credits and valid results, and whether the job came out right.
+fn collusion(pool_flags: &[&str]) -> (f64, u64, bool) {
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = PoolProcess::start_as_shipped(&tmp.path().join("pool"), pool_flags);
+    let op = |args: &[&str]| -> Value {
+        let out = crate::harness::operator(&pool, &[args, &["--json"]].concat());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let token = |org: &str| {
+        let id = op(&["pool", "org", "create", org])["org_id"].as_u64().unwrap().to_string();
+        op(&["pool", "token", "create", "--org", &id, "--expires", "1h"])["token"].as_str().unwrap().to_owned()
+    };
+    let (cartel, alpha, beta) = (token("Cartel"), token("Alpha lab"), token("Beta lab"));
+    let http = OperatorHttp::new(&pool.url, &pool.token);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let base = pool.url.clone();
+        let kernel: Value = reqwest::Client::new()
+            .post(format!("{base}/v1/blobs"))
+            .bearer_auth(&pool.token)
+            .body(b"kernel".to_vec())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let job: Value = reqwest::Client::new()
+            .post(format!("{base}/v1/jobs"))
+            .bearer_auth(&pool.token)
+            .json(&json!({"name": "collusion", "kernel_kind": "wasm", "kernel_sha256": kernel["sha256"],
+                "split": {"kind": "range", "start": 0, "end": 8, "chunk": 1}, "combiner": {"kind": "concat"},
+                "replication": 1, "quorum": 1}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let job_id = job["job_id"].as_u64().unwrap();
+        let mut liars = Vec::new();
+        for n in 1..=3 {
+            liars.push(Device::enroll(&base, &format!("127.0.1.{n}"), &cartel).await);
+        }
+        let honest =
+            [Device::enroll(&base, "127.0.2.1", &alpha).await, Device::enroll(&base, "127.0.3.1", &beta).await];
+        let right = |task: u64| task.to_le_bytes().to_vec();
+        // The liars always ask first.
+        for _round in 0..40 {
+            for liar in &liars {
+                liar.work(&base, |_| b"forged".to_vec()).await;
+            }
+            for device in &honest {
+                device.work(&base, right).await;
+            }
+            if http.status(job_id).await.is_some_and(|s| s["state"] == "done") {
+                break;
+            }
+        }
+        let stats = http.stats().await;
+        let by = |id: u64| stats["devices"].as_array().unwrap().iter().find(|d| d["device_id"] == id).unwrap().clone();
+        let credits: f64 = liars.iter().map(|l| by(l.id)["credits"].as_f64().unwrap()).sum();
+        let valid: u64 = liars.iter().map(|l| by(l.id)["valid_results"].as_u64().unwrap()).sum();
+        let status = http.status(job_id).await.unwrap();
+        let done = status["state"] == "done";
+        eprintln!("job after the rounds: {status}");
+        // The pool's first job: its tasks are 1 to 8.
+        let expected: Vec<u8> = (1..=8u64).flat_map(right).collect();
+        let right_output = done && http.output(job_id).await == expected;
+        (credits, valid, right_output)
+    })
+}
+
+#[test]
+fn colluding_devices_never_make_a_quorum_on_their_own() {
+    // As shipped: replicas spread by token, organisation and network, new
+    // devices' results confirmed by another device.
+    let (credits, valid, right) = collusion(&[]);
+    assert_eq!((credits, valid), (0.0, 0), "the liars earn nothing");
+    assert!(right, "the honest devices' answers make the output");
+
+    // Without the spread, the liars confirm each other's forgeries.
+    let (credits, valid, _) = collusion(&["--spread-replicas", "none"]);
+    assert!(
+        credits > 0.0 && valid > 0,
+        "the attempt succeeds without the protection: {credits} credits, {valid} valid"
+    );
 }

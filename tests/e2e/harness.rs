@@ -29,6 +29,9 @@ fn run_logged(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Output {
     out
 }
 
+/// A lab's pool: anyone joins, no trust rules (every device is the test's).
+const LAB: &[&str] = &["--open-enrollment", "--spread-replicas", "none", "--checked-results", "0"];
+
 /// A `idlemesh pool serve` process on a free loopback port; killed on drop.
 pub struct PoolProcess {
     child: Child,
@@ -55,10 +58,21 @@ impl PoolProcess {
 
     /// A pool that enrolls only devices with an organisation's token.
     pub fn start_closed(dir: &Path, listen: &str) -> Self {
-        Self::spawn(dir, listen, &["--closed"])
+        Self::spawn_with(dir, listen, &LAB[1..])
     }
 
+    /// A pool with `pool serve`'s own defaults and `extra` flags: closed,
+    /// replicas spread, trust earned.
+    pub fn start_as_shipped(dir: &Path, extra: &[&str]) -> Self {
+        Self::spawn_with(dir, "127.0.0.1:0", extra)
+    }
+
+    /// Most tests run one owner's devices on one loopback address: a lab.
     fn spawn(dir: &Path, listen: &str, extra: &[&str]) -> Self {
+        Self::spawn_with(dir, listen, &[LAB, extra].concat())
+    }
+
+    fn spawn_with(dir: &Path, listen: &str, extra: &[&str]) -> Self {
         let token = "test-operator-token".to_string();
         let mut child = Command::new(BIN)
             .args(["pool", "serve", "--listen", listen])

@@ -562,6 +562,8 @@ impl Agent {
                 "lease_id": m.lease_id, "kernel_kind": m.kernel.kind, "kernel_sha256": m.kernel.sha256,
                 "input_sha256": m.input_sha256, "input_bytes": m.input_bytes, "credits_offered": m.credits,
                 "resumed_from_checkpoint": resume.is_some(), "slot": self.slot,
+                // Which checkpoint: the state a killed or preempted run saved.
+                "resumed_from": resume.as_ref().map(|c| json!({"checkpoint_sha256": Sha256::of(c), "checkpoint_bytes": c.len()})),
                 "sandbox": sandbox,
             }),
         )?;

@@ -203,7 +203,11 @@ impl Ledger {
 
 /// The key an `enrollment` disclosure pins for its pool, and a `pool_left`
 /// entry unpins (rejoining may then trust a new key, as the agent does).
-fn track_pins(kind: &str, body: &str, enrolled: &mut std::collections::HashMap<String, PublicKey>) -> Result<(), String> {
+fn track_pins(
+    kind: &str,
+    body: &str,
+    enrolled: &mut std::collections::HashMap<String, PublicKey>,
+) -> Result<(), String> {
     if kind != "disclosure" && kind != POOL_LEFT {
         return Ok(());
     }
@@ -410,7 +414,9 @@ mod tests {
         let report = ledger.verify(Some(&forger.public())).unwrap();
         let bad = report.first_bad.expect("refused");
         assert_eq!(bad.seq, 2);
-        assert!(bad.reason.contains(&pool.public().fingerprint()) && bad.reason.contains(&forger.public().fingerprint()));
+        assert!(
+            bad.reason.contains(&pool.public().fingerprint()) && bad.reason.contains(&forger.public().fingerprint())
+        );
 
         // A receipt signed by a key of its own choosing, naming that key: its
         // signature is valid, yet it is not the pool's.

@@ -48,7 +48,11 @@ fn main() {
 
     let dir = tempfile::tempdir().unwrap();
     let mut pool = Command::new(env!("CARGO_BIN_EXE_idlemesh"))
-        .args(["pool", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        // Simulated devices join without tokens, all from one loopback
+        // address: open enrollment, replicas spread by token and
+        // organisation only; new devices' results are checked (the default).
+        .args(["pool", "serve", "--open-enrollment", "--spread-replicas", "token,org", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
         .arg(dir.path())
         .env("IDLEMESH_OPERATOR_TOKEN", "bench")
         .stderr(Stdio::piped())

@@ -40,7 +40,7 @@ pub fn agent(args: AgentArgs) -> anyhow::Result<()> {
     };
     rustls::crypto::ring::default_provider().install_default().ok();
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async {
+    let result = rt.block_on(async {
         let shutdown = async {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
@@ -50,7 +50,12 @@ pub fn agent(args: AgentArgs) -> anyhow::Result<()> {
             }
         };
         daemon::run(config, shutdown).await
-    })?;
+    });
+    // A task still running in a worker must not hold up the exit: its
+    // checkpoint and lease are on disk, and the worker dies with us
+    // (PR_SET_PDEATHSIG). Waiting for it took minutes with a long tile.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    result?;
     Ok(())
 }
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Subcommand;
+use idlemesh_pool::trust::{Spread, TrustRules};
 use idlemesh_pool::{Pool, PoolConfig};
 use idlemesh_protocol::Keypair;
 use idlemesh_protocol::api::{Payout, TokenCreate};
@@ -37,9 +38,28 @@ enum Action {
         name: String,
         #[arg(long, default_value = "unknown operator")]
         operator: String,
-        /// Only devices with an enrollment token may join.
+        /// Let any device join without an organisation's enrollment token
+        /// (a public project). Off by default: devices need a token.
         #[arg(long)]
+        open_enrollment: bool,
+        /// Devices need an enrollment token (the default; kept for scripts).
+        #[arg(long, hide = true, conflicts_with = "open_enrollment")]
         closed: bool,
+        /// What two devices holding replicas of one task must not share:
+        /// any of token, org, network (their source address's prefix), or none.
+        #[arg(long, default_value = "token,org,network", value_parser = parse_spread)]
+        spread_replicas: Spread,
+        /// The IPv4 prefix length that makes two addresses one network.
+        #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u8).range(0..=32))]
+        ipv4_prefix: u8,
+        /// The IPv6 prefix length that makes two addresses one network.
+        #[arg(long, default_value_t = 48, value_parser = clap::value_parser!(u8).range(0..=128))]
+        ipv6_prefix: u8,
+        /// Results of a device that a second device must confirm before one
+        /// counts alone (each disagreement with a quorum adds ten); 0 trusts
+        /// every result alone (a lab of one owner's machines).
+        #[arg(long, default_value_t = 3)]
+        checked_results: u64,
         /// What one credit is worth, where the pool pays (with --payout-currency);
         /// agents value their receipts with it.
         #[arg(long, requires = "payout_currency")]
@@ -101,10 +121,29 @@ enum TokenAction {
     Revoke { id: u64 },
 }
 
+fn parse_spread(text: &str) -> Result<Spread, String> {
+    Spread::parse(text)
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let (listen, db, data_dir, name, operator, closed, payout) = match args.action {
-        Action::Serve { listen, db, data_dir, name, operator, closed, payout_per_credit, payout_currency } => {
-            (listen, db, data_dir, name, operator, closed, payout_per_credit.zip(payout_currency))
+    let (listen, db, data_dir, name, operator, open_enrollment, trust, payout) = match args.action {
+        Action::Serve {
+            listen,
+            db,
+            data_dir,
+            name,
+            operator,
+            open_enrollment,
+            closed: _,
+            spread_replicas,
+            ipv4_prefix,
+            ipv6_prefix,
+            checked_results,
+            payout_per_credit,
+            payout_currency,
+        } => {
+            let trust = TrustRules { spread: spread_replicas, ipv4_prefix, ipv6_prefix, checked_results };
+            (listen, db, data_dir, name, operator, open_enrollment, trust, payout_per_credit.zip(payout_currency))
         }
         Action::Org { action, client } => return orgs(action, client),
         Action::Token { action, client } => return tokens(action, client),
@@ -133,9 +172,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         name,
         operator,
         operator_token,
-        open_enrollment: !closed,
+        open_enrollment,
+        trust,
         payout,
     })?;
+    for line in trust_in_words(open_enrollment, &trust) {
+        eprintln!("{line}");
+    }
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         // The bound address, so `--listen 127.0.0.1:0` is usable; tests read this line.
@@ -144,6 +187,35 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("pool key ed25519:{key} ({}); listening on http://{}", key.fingerprint(), listener.local_addr()?);
         pool.serve(listener).await.context("serving")
     })
+}
+
+/// What the pool's enrollment and trust settings mean, said at start.
+fn trust_in_words(open_enrollment: bool, trust: &TrustRules) -> Vec<String> {
+    let mut lines = Vec::new();
+    if open_enrollment {
+        lines.push(
+            "open enrollment: anyone who can reach this pool can join it, run its jobs' tasks and report results; \
+             one person can enroll many devices, so keep replication and the trust rules on"
+                .to_owned(),
+        );
+    } else {
+        lines.push("closed enrollment: devices join with an enrollment token (`pool token create`)".to_owned());
+    }
+    lines.push(format!(
+        "replicas of one task never go to two devices sharing: {} (networks: IPv4 /{}, IPv6 /{})",
+        trust.spread, trust.ipv4_prefix, trust.ipv6_prefix
+    ));
+    lines.push(if trust.checked_results == 0 {
+        "every result counts alone where a job's quorum is 1: no device's results are checked by another".to_owned()
+    } else {
+        format!(
+            "a device's first {} results are each confirmed by a second device before one counts alone; \
+             each result that disagreed with a quorum adds {} more",
+            trust.checked_results,
+            idlemesh_pool::trust::DISAGREEMENT_COST
+        )
+    });
+    lines
 }
 
 fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {

@@ -20,6 +20,8 @@ pub fn pool_config(dir: &Path, operator: &str) -> PoolConfig {
         operator: operator.into(),
         operator_token: crate::store::random_token(),
         open_enrollment: true,
+        // One device, the user's own: nothing to collude against.
+        trust: crate::trust::TrustRules::single_owner(),
         payout: None,
     }
 }

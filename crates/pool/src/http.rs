@@ -116,6 +116,18 @@ impl<S: Send + Sync, const MAX: usize> FromRequest<S> for Body<MAX> {
     }
 }
 
+/// The connection's remote address, where the server records it
+/// (`Pool::serve`); `None` when the router is driven in-process.
+struct Peer(Option<std::net::SocketAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0)))
+    }
+}
+
 async fn read_body<const MAX: usize>(headers: &HeaderMap, body: axum::body::Body) -> ApiResult<Bytes> {
     let too_large =
         || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("request body over {MAX} bytes"));
@@ -378,6 +390,7 @@ async fn revoke_token(
             headers(("Retry-After" = u64, description = "seconds to wait"))), TooLarge))]
 async fn lease(
     State(pool): State<Pool>,
+    Peer(peer): Peer,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -389,7 +402,9 @@ async fn lease(
         return Err(ApiError::too_many_requests(wait_ms));
     }
     let max = req.max_tasks.clamp(1, MAX_TASKS_PER_LEASE);
-    let manifests = pool.inner.store.run(move |s| s.lease(device, &req.capabilities, max, now_ms())).await?;
+    let network = peer.map(|p| pool.inner.config.trust.network_of(p.ip()));
+    let manifests =
+        pool.inner.store.run(move |s| s.lease(device, &req.capabilities, max, now_ms(), network.as_deref())).await?;
     // Signed here, on the request's own thread, not on the database thread.
     let tasks: Vec<_> = manifests.iter().map(|m| Signed::sign(m, &pool.inner.key)).collect();
     let retry_after_ms = tasks.is_empty().then_some(IDLE_RETRY_AFTER_MS);

@@ -23,6 +23,7 @@ mod keys;
 mod split;
 mod storage;
 mod store;
+pub mod trust;
 mod writer;
 
 use std::collections::HashMap;
@@ -46,6 +47,8 @@ pub struct PoolConfig {
     pub operator_token: String,
     /// Whether devices may enroll without an enrollment token.
     pub open_enrollment: bool,
+    /// What keeps one person from making a quorum.
+    pub trust: trust::TrustRules,
     /// What a credit is worth, where the pool pays (shown in `/v1/info`).
     pub payout: Option<idlemesh_protocol::api::Payout>,
 }
@@ -58,7 +61,9 @@ impl PoolConfig {
             name: "Idlemesh pool".into(),
             operator: "unknown operator".into(),
             operator_token: String::new(),
-            open_enrollment: true,
+            // The safe side: tokens to join, replicas spread, trust earned.
+            open_enrollment: false,
+            trust: trust::TrustRules::default(),
             payout: None,
         }
     }
@@ -93,7 +98,7 @@ impl Pool {
             .map_err(|source| PoolError::Io { path: config.data_dir.clone(), source })?;
         let key = keys::load_or_create(&config.data_dir.join("pool.key"))?;
         let db_path = config.db_path.clone().unwrap_or_else(|| config.data_dir.join("pool.sqlite"));
-        let store = store::Store::open(&db_path)?;
+        let store = store::Store::open(&db_path, config.trust)?;
         let store =
             writer::StoreWriter::start(Box::new(store)).map_err(|source| PoolError::Io { path: db_path, source })?;
         Ok(Self {
@@ -141,7 +146,8 @@ impl Pool {
 
     /// Serves the API until the listener fails.
     pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
-        axum::serve(listener, self.router()).await
+        // The peer's address is the device's network for the trust rules.
+        axum::serve(listener, self.router().into_make_service_with_connect_info::<std::net::SocketAddr>()).await
     }
 }
 

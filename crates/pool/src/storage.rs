@@ -50,13 +50,16 @@ pub(crate) trait Storage: Send {
     fn job_status(&self, job_id: u64) -> Result<JobStatus, StoreError>;
     fn job_output(&self, job_id: u64) -> Result<Option<Vec<u8>>, StoreError>;
 
-    /// Claims up to `max` replicas the device can run, never two of one task.
+    /// Claims up to `max` replicas the device can run, never two of one
+    /// task, nor to devices sharing what the pool's trust rules spread over;
+    /// `network` is the device's as those rules name it (`None`: unknown).
     fn lease(
         &mut self,
         device_id: u64,
         caps: &Capabilities,
         max: u32,
         now: u64,
+        network: Option<&str>,
     ) -> Result<Vec<TaskManifest>, StoreError>;
     fn heartbeat(&mut self, device_id: u64, lease_id: u64, token: &str, now: u64) -> Result<u64, StoreError>;
     /// `failure`: the task failed on this device (counted against the task).

@@ -21,6 +21,7 @@ mod orgs;
 
 use crate::combine;
 use crate::split::TaskSeed;
+use crate::trust::{self, TrustRules, Vote};
 
 /// Migrations, applied in order at start-up; `user_version` counts them.
 const MIGRATIONS: &[&str] = &[
@@ -131,6 +132,16 @@ ALTER TABLE replicas ADD COLUMN adapter TEXT;
 ALTER TABLE tasks ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE tasks ADD COLUMN last_failure TEXT;
 "#,
+    // 8: what keeps one person from making a quorum (trust.rs): the token
+    // a device enrolled with, and the network each replica was leased from.
+    r#"
+ALTER TABLE devices ADD COLUMN token_id INTEGER REFERENCES enrollment_tokens(id);
+ALTER TABLE replicas ADD COLUMN network TEXT;
+-- The queue in task order: a replica added later to confirm or decide a
+-- task goes out before newer tasks, so results settle (and pay) soon.
+DROP INDEX replicas_queue;
+CREATE INDEX replicas_queue ON replicas(state, task_id, id);
+"#,
 ];
 
 /// Reported failures after which a task (and its job) fails: the kernel,
@@ -157,6 +168,7 @@ pub(crate) enum StoreError {
 
 pub(crate) struct Store {
     conn: Connection,
+    trust: TrustRules,
     /// Job specs never change after submission: parsed once, not per lease.
     jobs: HashMap<u64, Arc<JobInfo>>,
 }
@@ -258,6 +270,13 @@ fn judge(
     if valid { grant(conn, r, job_id, task_id, credits, key, now).map(Some) } else { Ok(None) }
 }
 
+/// A device's (valid, invalid) results so far.
+fn device_record(conn: &Connection, device_id: i64) -> rusqlite::Result<(u64, u64)> {
+    cached_row(conn, "SELECT valid_results, invalid_results FROM devices WHERE id = ?1", [device_id], |r| {
+        Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+    })
+}
+
 /// Marks a task done with its canonical output; replicas still out are no longer needed.
 fn close_task(conn: &Connection, task_id: i64, canonical_sha256: &str) -> Result<(), StoreError> {
     exec(
@@ -314,7 +333,7 @@ pub(crate) fn random_token() -> String {
 }
 
 impl Store {
-    pub fn open(path: &Path) -> Result<Self, rusqlite::Error> {
+    pub fn open(path: &Path, trust: TrustRules) -> Result<Self, rusqlite::Error> {
         let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -333,7 +352,7 @@ impl Store {
             tx.pragma_update(None, "user_version", i as i64 + 1)?;
             tx.commit()?;
         }
-        Ok(Self { conn, jobs: HashMap::new() })
+        Ok(Self { conn, trust, jobs: HashMap::new() })
     }
 
     /// Opens the writer's batch transaction; operations nest savepoints in it.
@@ -421,22 +440,32 @@ impl Store {
 
     /// Claims up to `max` replicas for a device: queued ones, or leased ones
     /// whose lease ran out, of jobs the device can run. Never two replicas of
-    /// one task to one device.
+    /// one task to one device, nor (by the pool's [`TrustRules`]) to devices
+    /// sharing a token, an organisation or a network.
     pub fn lease(
         &mut self,
         device_id: u64,
         caps: &Capabilities,
         max: u32,
         now: u64,
+        network: Option<&str>,
     ) -> Result<Vec<TaskManifest>, StoreError> {
+        let spread = self.trust.spread;
+        let network = network.filter(|_| spread.network);
+        let (token_id, org_id): (Option<i64>, Option<i64>) =
+            cached_row(&self.conn, "SELECT token_id, org_id FROM devices WHERE id = ?1", [device_id as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        let (token_id, org_id) = (token_id.filter(|_| spread.token), org_id.filter(|_| spread.org));
         let tx = self.conn.savepoint()?;
         // Expired leases first (oldest deadline first), then the queue in
         // order. Each half walks an index and stops at `max` rows: the cost of
         // a lease does not grow with the number of tasks waiting.
         let mut claimed: Vec<(i64, i64, i64, String, String)> = Vec::new();
-        for (which, order) in
-            [("r.state = 'leased' AND r.lease_deadline_ms < ?1", "r.lease_deadline_ms"), ("r.state = 'queued'", "r.id")]
-        {
+        for (which, order) in [
+            ("r.state = 'leased' AND r.lease_deadline_ms < ?1", "r.lease_deadline_ms"),
+            ("r.state = 'queued'", "r.task_id, r.id"),
+        ] {
             if claimed.len() >= max as usize {
                 break;
             }
@@ -446,8 +475,9 @@ impl Store {
                  WHERE {which} AND t.state = 'pending' AND j.state = 'running'
                    AND ((j.kernel_kind = 'wasm' AND ?4) OR (j.kernel_kind = 'wgsl' AND ?5))
                    AND (?6 = 0 OR j.max_memory_bytes <= ?6)
-                   AND NOT EXISTS (SELECT 1 FROM replicas o WHERE o.task_id = r.task_id AND o.id != r.id
-                                   AND o.device_id = ?2 AND o.state IN ('leased', 'reported'))
+                   AND NOT EXISTS (SELECT 1 FROM replicas o JOIN devices od ON od.id = o.device_id
+                                   WHERE o.task_id = r.task_id AND o.id != r.id AND o.state IN ('leased', 'reported')
+                                   AND (o.device_id = ?2 OR od.token_id = ?8 OR od.org_id = ?9 OR o.network = ?10))
                    AND (j.kernel_kind != 'wgsl' OR NOT EXISTS (
                         SELECT 1 FROM replicas c WHERE c.task_id = r.task_id AND c.id != r.id
                         AND (c.state = 'reported' OR (c.state = 'leased' AND c.lease_deadline_ms >= ?1))
@@ -463,10 +493,21 @@ impl Store {
             // string: vendor, device, driver): floating point on GPUs agrees
             // bit for bit only within one (docs/architecture.md, "WGSL kernels").
             let adapter = caps.wgpu_adapter.as_deref();
-            let rows = stmt
-                .query_map(params![now as i64, device_id as i64, limit, caps.wasm, gpu, memory, adapter], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-                })?;
+            let rows = stmt.query_map(
+                params![
+                    now as i64,
+                    device_id as i64,
+                    limit,
+                    caps.wasm,
+                    gpu,
+                    memory,
+                    adapter,
+                    token_id,
+                    org_id,
+                    network
+                ],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )?;
             for row in rows {
                 let row: (i64, i64, i64, String, String) = row?;
                 if claimed.len() < max as usize && !claimed.iter().any(|c| c.1 == row.1) {
@@ -486,9 +527,9 @@ impl Store {
             };
             exec(
                 &tx,
-                "UPDATE replicas SET state = 'leased', device_id = ?1, lease_token = ?2, lease_deadline_ms = ?3, adapter = ?5
-                 WHERE id = ?4",
-                params![device_id as i64, token, deadline as i64, replica_id, adapter],
+                "UPDATE replicas SET state = 'leased', device_id = ?1, lease_token = ?2, lease_deadline_ms = ?3, adapter = ?5,
+                 network = ?6 WHERE id = ?4",
+                params![device_id as i64, token, deadline as i64, replica_id, adapter, network],
             )?;
             let input_sha256: Sha256 = input_sha.parse().map_err(|e| StoreError::Invalid(format!("{e}")))?;
             let size = |sha: &Sha256| -> Result<u64, StoreError> {
@@ -716,10 +757,14 @@ impl Store {
                 .collect::<Result<_, _>>()?
             };
             let vote = |r: &Reported| (r.2.clone(), if metered { r.3 } else { None });
-            let winner = reported
-                .iter()
-                .map(vote)
-                .find(|v| reported.iter().filter(|r| vote(r) == *v).count() as u32 >= spec.quorum);
+            let votes: Vec<Vote<_>> = reported.iter().map(|r| Vote { device_id: r.1, value: vote(r) }).collect();
+            // A result counts alone only from a device that earned it (trust.rs).
+            let records: HashMap<i64, (u64, u64)> =
+                reported.iter().map(|r| Ok((r.1, device_record(&tx, r.1)?))).collect::<Result<_, rusqlite::Error>>()?;
+            let rules = self.trust;
+            let winner = trust::quorum_value(&votes, spec.quorum, |device| {
+                records.get(&device).is_some_and(|&(valid, invalid)| rules.counts_alone(valid, invalid))
+            });
             if let Some(canonical) = winner {
                 new_state = TaskState::Done;
                 close_task(&tx, task_id, &canonical.0)?;
@@ -733,9 +778,12 @@ impl Store {
             } else {
                 let outstanding = outstanding(&tx, task_id)?;
                 if outstanding == 0 {
-                    // Disagreement with every replica in: ask one more device, up
-                    // to twice the replication, then give up on the task.
-                    if reported.len() < 2 * spec.replication as usize {
+                    // Disagreement with every replica in, or one result from a
+                    // device whose results are still checked: ask one more
+                    // device, up to twice the replication (at least three
+                    // results where trust is earned), then give up on the task.
+                    let most = (2 * spec.replication as usize).max(if rules.checked_results > 0 { 3 } else { 0 });
+                    if reported.len() < most {
                         exec(&tx, "INSERT INTO replicas (task_id, state) VALUES (?1, 'queued')", [task_id])?;
                     } else {
                         new_state = TaskState::Failed;
@@ -971,8 +1019,9 @@ impl crate::storage::Storage for Store {
         caps: &Capabilities,
         max: u32,
         now: u64,
+        network: Option<&str>,
     ) -> Result<Vec<TaskManifest>, StoreError> {
-        Store::lease(self, device_id, caps, max, now)
+        Store::lease(self, device_id, caps, max, now, network)
     }
     fn heartbeat(&mut self, device_id: u64, lease_id: u64, token: &str, now: u64) -> Result<u64, StoreError> {
         Store::heartbeat(self, device_id, lease_id, token, now)

@@ -384,5 +384,8 @@ fn not_knowing_in_a_graphical_session_says_why() {
     };
     let (d, _) = decide(&GovernorState::default(), &s, &limits(), ManualPause::None);
     assert!(d.is_paused());
-    assert_eq!(d.reasons[0].text, "cannot tell whether you are using this machine (a graphical session is set for this agent (DISPLAY=:7))");
+    assert_eq!(
+        d.reasons[0].text,
+        "cannot tell whether you are using this machine (a graphical session is set for this agent (DISPLAY=:7))"
+    );
 }

@@ -19,8 +19,8 @@ use std::time::Duration;
 use crate::governor::{Battery, Snapshot};
 
 pub use idle::open_idle_sensor;
-pub use session::graphical_session;
 pub use power::SysfsPower;
+pub use session::graphical_session;
 
 /// Seconds since the user last touched keyboard or mouse.
 pub trait IdleSensor {

@@ -115,7 +115,9 @@ pub fn parse_pool_key(text: &str) -> Result<PublicKey, String> {
     let text = text.trim();
     let hex = text.strip_prefix("ed25519:").unwrap_or(text);
     hex.parse::<PublicKey>().map_err(|e| {
-        format!("expected \"ed25519:\" and the pool's 64-hex-digit public key, as `idlemesh pool serve` prints it ({e})")
+        format!(
+            "expected \"ed25519:\" and the pool's 64-hex-digit public key, as `idlemesh pool serve` prints it ({e})"
+        )
     })
 }
 
@@ -186,10 +188,14 @@ pub fn policy_from_table_lenient(file: &str, table: toml::Table) -> (Policy, Vec
                 value: v.to_string(),
                 expected: "expected a non-empty string".into(),
             }),
-            ("pool_public_key", v) => match v.as_str().ok_or_else(|| "expected a string".to_owned()).and_then(parse_pool_key) {
-                Ok(k) => policy.pool_public_key = Some(k),
-                Err(expected) => errors.push(SettingsError::BadValue { file: file.into(), key, value: v.to_string(), expected }),
-            },
+            ("pool_public_key", v) => {
+                match v.as_str().ok_or_else(|| "expected a string".to_owned()).and_then(parse_pool_key) {
+                    Ok(k) => policy.pool_public_key = Some(k),
+                    Err(expected) => {
+                        errors.push(SettingsError::BadValue { file: file.into(), key, value: v.to_string(), expected })
+                    }
+                }
+            }
             ("defaults", Value::Table(t)) => policy.defaults = check_table_lenient(file, "defaults.", t, &mut errors),
             ("locked", Value::Table(t)) => policy.locked = check_table_lenient(file, "locked.", t, &mut errors),
             _ => errors.push(SettingsError::UnknownKey {
@@ -372,7 +378,9 @@ fn read_policy_into(policy: &mut Watched<PolicyReading>) -> bool {
             Err(e) => Err(SettingsError::Read { file: REGISTRY_POLICY.into(), message: e.to_string() }),
         });
     }
-    policy.refresh(|file, bytes| check_policy_bytes(file, bytes).map(|(policy, bad_keys)| PolicyReading { policy, bad_keys }))
+    policy.refresh(|file, bytes| {
+        check_policy_bytes(file, bytes).map(|(policy, bad_keys)| PolicyReading { policy, bad_keys })
+    })
 }
 
 /// The IT policy in force now, for a one-shot reader (`ledger verify`):

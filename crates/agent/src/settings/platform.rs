@@ -121,7 +121,13 @@ fn dict_to_table(dict: plist::Dictionary, top: bool) -> Result<Table, String> {
         if top && key.starts_with("Payload") {
             continue;
         }
-        let name = if top { key.to_ascii_lowercase().replace("enrollmenttoken", "enrollment_token").replace("poolpublickey", "pool_public_key") } else { key };
+        let name = if top {
+            key.to_ascii_lowercase()
+                .replace("enrollmenttoken", "enrollment_token")
+                .replace("poolpublickey", "pool_public_key")
+        } else {
+            key
+        };
         let value = match value {
             plist::Value::Boolean(b) => Value::Boolean(b),
             plist::Value::Integer(i) => Value::Integer(

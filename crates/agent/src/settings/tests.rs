@@ -259,7 +259,8 @@ fn an_environment_variable_cannot_replace_a_system_policy() {
 #[test]
 fn a_policy_pins_the_pool_key_and_a_bad_key_is_named() {
     let key = idlemesh_protocol::Keypair::generate().unwrap().public();
-    let (policy, errors) = check_policy_bytes("p.toml", format!("pool_public_key = \"ed25519:{key}\"\n").as_bytes()).unwrap();
+    let (policy, errors) =
+        check_policy_bytes("p.toml", format!("pool_public_key = \"ed25519:{key}\"\n").as_bytes()).unwrap();
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(policy.pool_public_key, Some(key));
     assert_eq!(Effective::merge(MACHINE, &Values::new(), &policy).pool_public_key, Some(key));

@@ -14,6 +14,8 @@ fn pool() -> (Pool, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = PoolConfig::new(dir.path().to_owned());
     config.operator_token = "op".into();
+    config.open_enrollment = true;
+    config.trust = crate::trust::TrustRules::single_owner();
     (Pool::open(config).unwrap(), dir)
 }
 

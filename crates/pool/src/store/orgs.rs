@@ -252,7 +252,11 @@ impl Store {
     fn use_token(&self, t: &TokenInfo, device_id: i64) -> Result<(), StoreError> {
         check_uses(t)?;
         exec(&self.conn, "UPDATE enrollment_tokens SET uses = uses + 1 WHERE id = ?1", [t.token_id as i64])?;
-        exec(&self.conn, "UPDATE devices SET org_id = ?1 WHERE id = ?2", params![t.org_id as i64, device_id])?;
+        exec(
+            &self.conn,
+            "UPDATE devices SET org_id = ?1, token_id = ?2 WHERE id = ?3",
+            params![t.org_id as i64, t.token_id as i64, device_id],
+        )?;
         Ok(())
     }
 

@@ -6,6 +6,7 @@ use serde_json::json;
 
 use super::{Store, StoreError};
 use crate::split;
+use crate::trust::TrustRules;
 
 struct World {
     store: Store,
@@ -16,7 +17,7 @@ struct World {
 
 fn world(devices: usize, replication: u32, quorum: u32, tasks: i64) -> (World, u64) {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(&dir.path().join("pool.sqlite")).unwrap();
+    let mut store = Store::open(&dir.path().join("pool.sqlite"), TrustRules::single_owner()).unwrap();
     let kernel = store.put_blob(b"kernel bytes").unwrap();
     let spec: JobSpec = serde_json::from_value(json!({
         "name": "t", "kernel_kind": "wasm", "kernel_sha256": kernel,
@@ -37,7 +38,7 @@ impl World {
     /// Leases and verifies the manifests, as a device would.
     fn lease(&mut self, device: u64, max: u32, now: u64) -> Vec<TaskManifest> {
         let caps = Capabilities { wasm: true, wgpu_adapter: None, cores: 2, memory_bytes: 0 };
-        self.store.lease(device, &caps, max, now).unwrap()
+        self.store.lease(device, &caps, max, now, None).unwrap()
     }
 }
 
@@ -210,7 +211,7 @@ fn jobs_need_a_stored_kernel() {
 fn devices_get_only_jobs_they_can_run() {
     let (mut w, _) = world(1, 1, 1, 1);
     let a = w.devices[0];
-    let lease = |w: &mut World, caps: Capabilities| w.store.lease(a, &caps, 5, 2_000).unwrap().len();
+    let lease = |w: &mut World, caps: Capabilities| w.store.lease(a, &caps, 5, 2_000, None).unwrap().len();
     // The job needs 256 MiB (the default limit) and a WASM runtime.
     let small = Capabilities { wasm: true, wgpu_adapter: None, cores: 2, memory_bytes: 128 << 20 };
     assert_eq!(lease(&mut w, small), 0);
@@ -223,7 +224,7 @@ fn devices_get_only_jobs_they_can_run() {
 #[test]
 fn replicas_of_a_gpu_task_stay_within_one_adapter_class() {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(&dir.path().join("pool.sqlite")).unwrap();
+    let mut store = Store::open(&dir.path().join("pool.sqlite"), TrustRules::single_owner()).unwrap();
     let kernel = store.put_blob(b"@compute @workgroup_size(1) fn main() {}").unwrap();
     let spec: JobSpec = serde_json::from_value(json!({
         "name": "gpu", "kernel_kind": "wgsl", "kernel_sha256": kernel,
@@ -242,12 +243,12 @@ fn replicas_of_a_gpu_task_stay_within_one_adapter_class() {
     let lavapipe = "llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan, Cpu)";
     let nvidia = "NVIDIA GeForce RTX 3060 (Vulkan, DiscreteGpu)";
 
-    let first = store.lease(a, &gpu(lavapipe), 5, 2_000).unwrap();
+    let first = store.lease(a, &gpu(lavapipe), 5, 2_000, None).unwrap();
     assert_eq!(first.len(), 1);
     // Another adapter would not agree bit for bit: it gets nothing.
-    assert!(store.lease(b, &gpu(nvidia), 5, 2_000).unwrap().is_empty());
+    assert!(store.lease(b, &gpu(nvidia), 5, 2_000, None).unwrap().is_empty());
     // The same adapter gets the second replica.
-    let second = store.lease(c, &gpu(lavapipe), 5, 2_000).unwrap();
+    let second = store.lease(c, &gpu(lavapipe), 5, 2_000, None).unwrap();
     assert_eq!(second.len(), 1);
     assert_eq!(second[0].task_id, first[0].task_id);
     assert_ne!(second[0].replica_id, first[0].replica_id);
@@ -255,15 +256,15 @@ fn replicas_of_a_gpu_task_stay_within_one_adapter_class() {
     // Both leases lapse unreported: the class binds nothing any more, and the
     // other adapter may take the task, after which it binds its own class.
     let later = first[0].deadline_ms.max(second[0].deadline_ms) + 1;
-    let taken = store.lease(b, &gpu(nvidia), 1, later).unwrap();
+    let taken = store.lease(b, &gpu(nvidia), 1, later, None).unwrap();
     assert_eq!(taken.len(), 1);
-    assert!(store.lease(a, &gpu(lavapipe), 5, later).unwrap().is_empty(), "now bound to the other class");
+    assert!(store.lease(a, &gpu(lavapipe), 5, later, None).unwrap().is_empty(), "now bound to the other class");
 }
 
 #[test]
 fn a_metered_job_pays_by_the_fuel_the_replicas_agree_on() {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(&dir.path().join("pool.sqlite")).unwrap();
+    let mut store = Store::open(&dir.path().join("pool.sqlite"), TrustRules::single_owner()).unwrap();
     let kernel = store.put_blob(b"kernel bytes").unwrap();
     let job = |rate: serde_json::Value, limits: serde_json::Value| -> Result<JobSpec, String> {
         let spec: JobSpec = serde_json::from_value(json!({
@@ -289,8 +290,8 @@ fn a_metered_job_pays_by_the_fuel_the_replicas_agree_on() {
         store.enroll(&Keypair::generate().unwrap().public(), "{}", None, 1_000).unwrap().0,
         store.enroll(&Keypair::generate().unwrap().public(), "{}", None, 1_000).unwrap().0,
     );
-    let ma = store.lease(a, &caps, 1, 2_000).unwrap().remove(0);
-    let mb = store.lease(b, &caps, 1, 2_000).unwrap().remove(0);
+    let ma = store.lease(a, &caps, 1, 2_000, None).unwrap().remove(0);
+    let mb = store.lease(b, &caps, 1, 2_000, None).unwrap().remove(0);
     assert_eq!(ma.credits, 5.0, "the manifest states the most a task can earn: 10 M fuel at 0.5");
     let fuel = Some(3_000_000);
     let first = store.submit_result(a, ma.lease_id, &ma.lease_token, b"out", fuel, 5, 4, &key, 3_000).unwrap();
@@ -311,7 +312,7 @@ fn migrations_apply_to_an_existing_database() {
         conn.pragma_update(None, "user_version", 1).unwrap();
         conn.execute("INSERT INTO jobs (name, spec, state, created_ms) VALUES ('old', '{\"kernel_kind\":\"wgsl\",\"limits\":{\"max_memory_bytes\":5}}', 'running', 1)", []).unwrap();
     }
-    let store = Store::open(&path).unwrap();
+    let store = Store::open(&path, TrustRules::single_owner()).unwrap();
     let (kind, memory): (String, i64) = store
         .conn
         .query_row("SELECT kernel_kind, max_memory_bytes FROM jobs", [], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -368,7 +369,7 @@ fn manifests_and_receipts_verify_and_modified_ones_fail() {
     let (mut w, _) = world(1, 1, 1, 1);
     let a = w.devices[0];
     let caps = Capabilities { wasm: true, wgpu_adapter: None, cores: 2, memory_bytes: 0 };
-    let signed = Signed::sign(&w.store.lease(a, &caps, 1, 2_000).unwrap().remove(0), &w.key);
+    let signed = Signed::sign(&w.store.lease(a, &caps, 1, 2_000, None).unwrap().remove(0), &w.key);
     let manifest = signed.verify(&w.key.public()).unwrap();
     let mut forged = signed.clone();
     forged.payload = forged.payload.replace("\"credits\":2.5", "\"credits\":25.0");
@@ -387,7 +388,7 @@ fn manifests_and_receipts_verify_and_modified_ones_fail() {
 #[test]
 fn spot_checks_catch_a_liar_and_stay_out_of_the_output() {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(&dir.path().join("pool.sqlite")).unwrap();
+    let mut store = Store::open(&dir.path().join("pool.sqlite"), TrustRules::single_owner()).unwrap();
     let key = Keypair::generate().unwrap();
     let kernel = store.put_blob(b"kernel bytes").unwrap();
     // k = 2, q = 1: both devices get a replica of every task.
@@ -405,8 +406,8 @@ fn spot_checks_catch_a_liar_and_stay_out_of_the_output() {
     let caps = Capabilities { wasm: true, wgpu_adapter: None, cores: 2, memory_bytes: 0 };
     let liar = store.enroll(&Keypair::generate().unwrap().public(), "{}", None, 1).unwrap().0;
     let honest = store.enroll(&Keypair::generate().unwrap().public(), "{}", None, 1).unwrap().0;
-    let liar_tasks = store.lease(liar, &caps, 10, 2_000).unwrap();
-    let honest_tasks = store.lease(honest, &caps, 10, 2_000).unwrap();
+    let liar_tasks = store.lease(liar, &caps, 10, 2_000, None).unwrap();
+    let honest_tasks = store.lease(honest, &caps, 10, 2_000, None).unwrap();
     assert_eq!((liar_tasks.len(), honest_tasks.len()), (3, 3));
 
     // The liar answers everything first, wrongly: ordinary tasks (q = 1)
@@ -437,7 +438,7 @@ fn enrollment_tokens_expire_are_revocable_and_counted() {
 
     use super::orgs::TokenRefusal;
     let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(&dir.path().join("pool.sqlite")).unwrap();
+    let mut store = Store::open(&dir.path().join("pool.sqlite"), TrustRules::single_owner()).unwrap();
     let org = store.create_org("  Acme Research ", 1_000).unwrap();
     assert_eq!(org.name, "Acme Research");
     assert!(matches!(store.create_org("Acme Research", 1_000), Err(StoreError::Conflict(_))));
@@ -493,4 +494,94 @@ fn enrollment_tokens_expire_are_revocable_and_counted() {
         .unwrap();
     assert!(matches!(store.enroll(&laptop, "{}", Some(&theirs.token), 2_000), Err(StoreError::Conflict(_))));
     assert!(matches!(store.org_stats(42), Err(StoreError::NotFound { .. })));
+}
+
+#[test]
+fn replicas_of_a_task_never_go_to_devices_sharing_a_token_an_organisation_or_a_network() {
+    use idlemesh_protocol::api::TokenCreate;
+
+    use crate::trust::Spread;
+    let caps = Capabilities { wasm: true, wgpu_adapter: None, cores: 2, memory_bytes: 0 };
+    let setup = |spread: Spread| {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = TrustRules { spread, ..TrustRules::single_owner() };
+        let mut store = Store::open(&dir.path().join("pool.sqlite"), rules).unwrap();
+        let kernel = store.put_blob(b"k").unwrap();
+        let spec: JobSpec = serde_json::from_value(json!({
+            "name": "t", "kernel_kind": "wasm", "kernel_sha256": kernel,
+            "split": {"kind": "range", "start": 0, "end": 1, "chunk": 1},
+            "replication": 2, "quorum": 2, "combiner": {"kind": "concat"},
+        }))
+        .unwrap();
+        store.create_job(&spec, split::expand(&spec).unwrap(), 1_000).unwrap();
+        let org = store.create_org("Acme", 1_000).unwrap();
+        let other = store.create_org("Other", 1_000).unwrap();
+        let token = |s: &mut Store, org| {
+            s.create_token(org, &TokenCreate { expires_in_s: 3_600, max_uses: None, label: None }, 1_000).unwrap().token
+        };
+        let (t1, t2, t3) =
+            (token(&mut store, org.org_id), token(&mut store, org.org_id), token(&mut store, other.org_id));
+        let mut enroll =
+            |t: &str| store.enroll(&Keypair::generate().unwrap().public(), "{}", Some(t), 1_000).unwrap().0;
+        let ids = [enroll(&t1), enroll(&t1), enroll(&t2), enroll(&t3)];
+        (store, ids, dir)
+    };
+    let lease = |s: &mut Store, device, net: &str| s.lease(device, &caps, 1, 2_000, Some(net)).unwrap().len();
+
+    // Token: a second device of the same token gets nothing; another org's does.
+    let (mut s, [a, same_token, same_org, other_org], _d) = setup(Spread { token: true, org: false, network: false });
+    assert_eq!(lease(&mut s, a, "10.0.0.0/24"), 1);
+    assert_eq!(lease(&mut s, same_token, "10.0.1.0/24"), 0);
+    assert_eq!(lease(&mut s, same_org, "10.0.2.0/24"), 1, "same org, another token: allowed by this spread");
+    let _ = other_org;
+
+    // Organisation: every device of the org is one.
+    let (mut s, [a, _, same_org, other_org], _d) = setup(Spread { token: false, org: true, network: false });
+    assert_eq!(lease(&mut s, a, "10.0.0.0/24"), 1);
+    assert_eq!(lease(&mut s, same_org, "10.0.2.0/24"), 0);
+    assert_eq!(lease(&mut s, other_org, "10.0.3.0/24"), 1);
+
+    // Network: devices of different orgs behind one prefix are one.
+    let (mut s, [a, _, _, other_org], _d) = setup(Spread { token: false, org: false, network: true });
+    assert_eq!(lease(&mut s, a, "10.0.0.0/24"), 1);
+    assert_eq!(lease(&mut s, other_org, "10.0.0.0/24"), 0);
+    assert_eq!(lease(&mut s, other_org, "10.9.0.0/24"), 1);
+
+    // Without any spread (the protection off), the same token takes the second replica.
+    let (mut s, [a, same_token, ..], _d) = setup(Spread::NONE);
+    assert_eq!(lease(&mut s, a, "10.0.0.0/24"), 1);
+    assert_eq!(lease(&mut s, same_token, "10.0.0.0/24"), 1);
+}
+
+#[test]
+fn a_new_devices_result_is_confirmed_before_it_counts_and_a_liar_stays_checked() {
+    let (mut w, _job) = world(3, 1, 1, 6);
+    w.store.trust = TrustRules { checked_results: 2, ..TrustRules::single_owner() };
+    let (a, b, liar) = (w.devices[0], w.devices[1], w.devices[2]);
+    // a's first result alone does not close the task: a second replica is queued.
+    let m = w.lease(a, 1, 2_000).remove(0);
+    assert_eq!(report(&mut w, &m, b"right", 3_000).unwrap().task_state, TaskState::Pending);
+    let check = w.lease(b, 1, 3_000).remove(0);
+    assert_eq!(check.task_id, m.task_id, "the check comes first in the queue");
+    let outcome = report(&mut w, &check, b"right", 4_000).unwrap();
+    assert_eq!(outcome.task_state, TaskState::Done);
+    // The liar's answer is checked, outvoted by the trusted... once a has earned trust.
+    for now in [5_000, 7_000] {
+        let m = w.lease(a, 1, now).remove(0);
+        if report(&mut w, &m, b"right", now + 1).unwrap().task_state == TaskState::Pending {
+            let c = w.lease(b, 1, now + 2).remove(0);
+            report(&mut w, &c, b"right", now + 3).unwrap();
+        }
+    }
+    let m = w.lease(liar, 1, 10_000).remove(0);
+    assert_eq!(report(&mut w, &m, b"forged", 10_001).unwrap().task_state, TaskState::Pending);
+    let c = w.lease(a, 1, 10_002).remove(0);
+    assert_eq!(c.task_id, m.task_id);
+    let outcome = report(&mut w, &c, b"right", 10_003).unwrap();
+    assert_eq!(outcome.task_state, TaskState::Done, "a trusted device's answer counts alone");
+    let stats = w.store.stats().unwrap();
+    let liar_stats = stats.devices.iter().find(|d| d.device_id == liar).unwrap();
+    assert_eq!((liar_stats.valid_results, liar_stats.invalid_results, liar_stats.credits), (0, 1, 0.0));
+    // One disagreement costs ten more confirmed results.
+    assert!(!w.store.trust.counts_alone(11, 1));
 }

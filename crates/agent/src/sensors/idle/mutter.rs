@@ -46,7 +46,11 @@ impl MutterIdle {
         let state = Arc::new(Mutex::new(State::default()));
         arm(&proxy, &state)?;
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
-            std::thread::Builder::new().name(name.into()).spawn(f).map(drop).map_err(|e| format!("cannot start {name}: {e}"))
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map(drop)
+                .map_err(|e| format!("cannot start {name}: {e}"))
         };
         let (p, s) = (proxy.clone(), state.clone());
         spawn("mutter-idle", Box::new(move || follow_watches(&p, signals, &s)))?;
@@ -74,7 +78,11 @@ fn arm(proxy: &Proxy<'static>, state: &Mutex<State>) -> Result<(), String> {
     Ok(())
 }
 
-fn follow_watches(proxy: &Proxy<'static>, signals: zbus::blocking::proxy::SignalIterator<'static>, state: &Mutex<State>) {
+fn follow_watches(
+    proxy: &Proxy<'static>,
+    signals: zbus::blocking::proxy::SignalIterator<'static>,
+    state: &Mutex<State>,
+) {
     for message in signals {
         let Ok(id) = message.body().deserialize::<u32>() else { continue };
         let rearm = {
@@ -101,7 +109,11 @@ fn follow_watches(proxy: &Proxy<'static>, signals: zbus::blocking::proxy::Signal
     }
 }
 
-fn follow_owner(proxy: &Proxy<'static>, owners: zbus::blocking::proxy::OwnerChangedIterator<'static>, state: &Mutex<State>) {
+fn follow_owner(
+    proxy: &Proxy<'static>,
+    owners: zbus::blocking::proxy::OwnerChangedIterator<'static>,
+    state: &Mutex<State>,
+) {
     for owner in owners {
         if owner.is_none() {
             tracing::warn!("lost Mutter's idle monitor; the user counts as present for a minute");
