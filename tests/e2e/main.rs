@@ -17,6 +17,9 @@ mod jobs;
 mod kernel_cli;
 mod lockdown;
 mod lost_lease;
+mod metered;
+#[path = "../common/network_manager.rs"]
+mod network_manager;
 mod outage;
 mod packaging;
 mod policy_cli;
@@ -25,3 +28,5 @@ mod private_root;
 mod restart;
 mod sandbox_policy;
 mod tampering;
+#[path = "../common/tcp_meter.rs"]
+mod tcp_meter;

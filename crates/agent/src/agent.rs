@@ -18,6 +18,7 @@ use idlemesh_runtime::{Layer, Profile, RunLimits, RunReport, Status, WorkRequest
 use serde_json::json;
 use tokio::sync::watch;
 
+use crate::governor::Traffic;
 use crate::ledger::{Ledger, LedgerError, ReceiptEntry};
 use crate::outbox::{Outbox, Pending};
 use crate::pool_client::{PoolClient, PoolClientError};
@@ -108,6 +109,8 @@ pub struct SchedulerStatus {
     pub current_task: Option<CurrentTask>,
     pub summary: AgentSummary,
     pub last_pool_error: Option<String>,
+    /// What the scheduler waits for before it asks for work, if anything.
+    pub waiting_for: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -341,7 +344,7 @@ impl Agent {
                     task_id = m.task_id,
                     "giving back a task whose deadline passed while the agent was down"
                 );
-                let _ = self.client.give_back(m.lease_id, &m.lease_token).await;
+                self.give_back(m.lease_id, &m.lease_token, None).await;
                 self.ledger.append(
                     "task_given_back",
                     &json!({"pool": self.config.pool_url, "job_id": m.job_id, "task_id": m.task_id, "reason": "the lease ran out while the agent was not running"}),
@@ -350,6 +353,28 @@ impl Agent {
             }
         }
         Ok(())
+    }
+
+    /// Waits until every kind of traffic may go out again (an unmetered
+    /// network, or the user allowed metered); false if stopped meanwhile.
+    async fn wait_for_all_traffic(&mut self, stop: &watch::Receiver<bool>) -> bool {
+        let Some(mut decisions) = self.config.watcher.as_ref().map(Watcher::decisions) else { return true };
+        let mut stop = stop.clone();
+        self.publish(|st| st.waiting_for = Some("an unmetered network (metered traffic is off)".into()));
+        let result = loop {
+            if *stop.borrow() {
+                break false;
+            }
+            if decisions.borrow_and_update().traffic == Traffic::All {
+                break true;
+            }
+            tokio::select! {
+                r = decisions.changed() => if r.is_err() { break false },
+                _ = stop.changed() => {}
+            }
+        };
+        self.publish(|st| st.waiting_for = None);
+        result
     }
 
     fn allowed(&self, stop: &watch::Receiver<bool>) -> impl Future<Output = bool> + Send + 'static {
@@ -369,6 +394,13 @@ impl Agent {
             self.flush_outbox().await?;
             if !self.allowed(&stop).await {
                 break;
+            }
+            // Asking for work (and then fetching it) is traffic that can wait.
+            if self.traffic() != Traffic::All {
+                if !self.wait_for_all_traffic(&stop).await {
+                    break;
+                }
+                continue;
             }
             let leased = self.client.lease(self.config.capabilities.clone(), self.config.max_tasks_per_lease).await;
             let wait = match leased {
@@ -391,7 +423,7 @@ impl Agent {
                     // Leases we will not get to go back to the pool at once.
                     for rest in tasks {
                         if let Ok(m) = rest.verify(&self.pool_key) {
-                            let _ = self.client.give_back(m.lease_id, &m.lease_token).await;
+                            self.give_back(m.lease_id, &m.lease_token, None).await;
                             self.outbox.forget(m.lease_id)?;
                         }
                     }
@@ -429,7 +461,7 @@ impl Agent {
                     &json!({"pool": self.config.pool_url, "task_id": refusal.task_id, "reason": refusal.reason}),
                 )?;
                 if let Some((lease_id, token)) = refusal.lease {
-                    let _ = self.client.give_back(lease_id, &token).await;
+                    self.give_back(lease_id, &token, None).await;
                     self.outbox.forget(lease_id)?;
                 }
                 Ok(())
@@ -487,7 +519,16 @@ impl Agent {
                 }
             }
         }
+        // A network that turned metered after the lease: fetch nothing until it is not.
+        if self.traffic() != Traffic::All && !self.blobs.contains_key(&manifest.kernel.sha256) {
+            let (_, never) = watch::channel(false);
+            self.wait_for_all_traffic(&never).await;
+        }
         let kernel = self.fetch_verified(&manifest.kernel.sha256, "kernel").await.map_err(|e| refuse(&manifest, e))?;
+        if self.traffic() != Traffic::All && !self.blobs.contains_key(&manifest.input_sha256) {
+            let (_, never) = watch::channel(false);
+            self.wait_for_all_traffic(&never).await;
+        }
         let input = self.fetch_verified(&manifest.input_sha256, "input").await.map_err(|e| refuse(&manifest, e))?;
         Ok((manifest, kernel, input))
     }
@@ -549,7 +590,7 @@ impl Agent {
                 "task_refused",
                 &json!({"pool": self.config.pool_url, "task_id": m.task_id, "reason": reason}),
             )?;
-            let _ = self.client.give_back(m.lease_id, &m.lease_token).await;
+            self.give_back(m.lease_id, &m.lease_token, None).await;
             self.outbox.forget(m.lease_id)?;
             self.publish(|_| {});
             tokio::time::sleep(SANDBOX_REFUSAL_BACKOFF).await;
@@ -648,7 +689,7 @@ impl Agent {
                 "task_given_back",
                 &json!({"pool": self.config.pool_url, "job_id": m.job_id, "task_id": m.task_id, "reason": "paused for longer than the lease"}),
             )?;
-            let _ = self.client.give_back(m.lease_id, &m.lease_token).await;
+            self.give_back(m.lease_id, &m.lease_token, None).await;
             self.outbox.forget(m.lease_id)?;
             return Ok(());
         }
@@ -689,7 +730,7 @@ impl Agent {
                 status: o.status.to_string(),
                 message: o.error.clone().unwrap_or_default().chars().take(TaskFailure::MAX_MESSAGE_CHARS).collect(),
             });
-            let _ = self.client.give_back_failed(m.lease_id, &m.lease_token, failure).await;
+            self.give_back(m.lease_id, &m.lease_token, failure).await;
             self.outbox.forget(m.lease_id)?;
             self.publish(|_| {});
             return Ok(());
@@ -750,6 +791,11 @@ impl Agent {
                     control.kill();
                     return;
                 }
+                // On a metered network without the user's leave, not even a
+                // heartbeat: the lease may run out and go to another device.
+                if !decisions.as_ref().is_none_or(|d| d.borrow().traffic.may_keep_leases()) {
+                    continue;
+                }
                 match client.heartbeat(lease_id, &token).await {
                     Ok(_) => {}
                     Err(e) if e.is_conflict() => {
@@ -766,9 +812,44 @@ impl Agent {
     /// pool cannot take now (unreachable, busy) and schedules it for later;
     /// a result the pool refuses for good (a stale lease) is recorded and dropped.
     async fn flush_outbox(&mut self) -> Result<(), AgentError> {
+        // On a metered network results wait in the outbox (durable) unless
+        // the user allowed such traffic.
+        if self.traffic() != Traffic::All {
+            self.record_traffic()?;
+            self.publish(|_| {});
+            return Ok(());
+        }
         let Ok(_one_at_a_time) = self.flush_lock.clone().try_lock_owned() else { return Ok(()) };
         self.deliver_due().await?;
+        self.record_traffic()?;
         self.publish(|_| {});
+        Ok(())
+    }
+
+    /// Which traffic with the pool may go out now; without a watcher (the
+    /// demo, tests driving a scheduler) everything.
+    fn traffic(&self) -> Traffic {
+        self.config.watcher.as_ref().map_or(Traffic::All, |w| w.decisions().borrow().traffic)
+    }
+
+    /// Gives a lease back, if lease upkeep may go out now; otherwise it
+    /// runs out at its deadline and the pool hands it on.
+    async fn give_back(&mut self, lease_id: u64, token: &str, failure: Option<TaskFailure>) {
+        if self.traffic().may_keep_leases() {
+            let _ = self.client.give_back_failed(lease_id, token, failure).await;
+        }
+    }
+
+    /// Writes the bytes exchanged with the pool since the last such entry:
+    /// the Privacy page's and `ledger show --summary`'s traffic, and the daily caps.
+    fn record_traffic(&mut self) -> Result<(), AgentError> {
+        let (sent, received) = self.client.traffic().take();
+        if sent + received > 0 {
+            self.ledger.append(
+                "traffic",
+                &json!({"pool": self.config.pool_url, "sent_bytes": sent, "received_bytes": received}),
+            )?;
+        }
         Ok(())
     }
 

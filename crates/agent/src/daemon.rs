@@ -375,6 +375,15 @@ async fn schedule(
             tokio::time::sleep(Duration::from_secs(2)).await;
             continue;
         };
+        // Joining is traffic too: on a metered network with nothing allowed, wait.
+        if shared.watcher.decisions().borrow().traffic == crate::governor::Traffic::None {
+            const METERED: &str = "waiting for an unmetered network: metered traffic is off (allow_metered)";
+            if shared.pool_problem.lock().expect("lock").replace(METERED.into()).as_deref() != Some(METERED) {
+                tracing::info!("{METERED}");
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            continue;
+        }
         let (limits, enrollment_token, policy_pool_key) = {
             let s = shared.settings.lock().expect("settings lock");
             (s.effective().limits(), s.effective().enrollment_token.clone(), s.effective().pool_public_key)

@@ -96,6 +96,14 @@ pub struct Limits {
     pub daily_upload_cap_bytes: Option<u64>,
     pub daily_download_cap_bytes: Option<u64>,
     pub pause_on_metered_network: bool,
+    /// Whether traffic that can wait (leases, downloads, result uploads)
+    /// may use a metered network.
+    #[serde(default)]
+    pub allow_metered: bool,
+    /// On a metered network, whether the agent may still keep or give back
+    /// the leases it holds (heartbeats, give-backs: a few hundred bytes).
+    #[serde(default)]
+    pub metered_small_traffic: bool,
     /// Pause while other programs use more than this share of the machine.
     pub max_other_cpu_percent: f32,
     /// OS layers a worker must have before it runs kernels (empty: none required).
@@ -122,6 +130,8 @@ impl Limits {
             daily_upload_cap_bytes: None,
             daily_download_cap_bytes: None,
             pause_on_metered_network: true,
+            allow_metered: false,
+            metered_small_traffic: false,
             max_other_cpu_percent: 50.0,
             require_sandbox: Vec::new(),
             policy_unreadable: None,
@@ -194,6 +204,40 @@ pub struct Decision {
     pub action: Action,
     /// For a pause, every reason that holds; for a run, why it may run and how much.
     pub reasons: Vec<Reason>,
+    /// Which traffic with pools may go out now (computing aside).
+    #[serde(default)]
+    pub traffic: Traffic,
+}
+
+/// Which traffic with pools may go out: on a metered network, only what the
+/// user allowed; work already leased may go on computing meanwhile.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Traffic {
+    /// Everything: leases, downloads, result uploads.
+    #[default]
+    All,
+    /// Only keeping or giving back leases already held (heartbeats, give-backs).
+    LeaseUpkeep,
+    /// Nothing: leases held run out at their deadline.
+    None,
+}
+
+impl Traffic {
+    /// What may go out, given whether the network is metered (`None`: the
+    /// OS does not say, which is not metered) and the user's limits.
+    pub fn allowed(metered: Option<bool>, l: &Limits) -> Self {
+        match metered {
+            Some(true) if l.allow_metered => Self::All,
+            Some(true) if l.metered_small_traffic => Self::LeaseUpkeep,
+            Some(true) => Self::None,
+            _ => Self::All,
+        }
+    }
+
+    pub fn may_keep_leases(self) -> bool {
+        self != Self::None
+    }
 }
 
 impl Decision {
@@ -398,6 +442,7 @@ pub fn decide(prev: &GovernorState, s: &Snapshot, l: &Limits, pause: ManualPause
             format!("using {total} core{} at {}% duty cycle", if total == 1 { "" } else { "s" }, l.duty_cycle_percent),
         );
         Decision {
+            traffic: Traffic::allowed(s.metered_network, l),
             action: Action::Run {
                 cores: total,
                 duty_cycle_percent: l.duty_cycle_percent.clamp(1, 100),
@@ -406,7 +451,7 @@ pub fn decide(prev: &GovernorState, s: &Snapshot, l: &Limits, pause: ManualPause
             reasons: allowing,
         }
     } else {
-        Decision { action: Action::Pause, reasons: blocking }
+        Decision { action: Action::Pause, reasons: blocking, traffic: Traffic::allowed(s.metered_network, l) }
     };
     (decision, state)
 }

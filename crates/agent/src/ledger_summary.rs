@@ -71,7 +71,6 @@ pub fn summarise(entries: &[Entry], tz: &jiff::tz::TimeZone) -> LedgerSummary {
             "task_finished" | "task_failed" => {
                 let finished = e.kind == "task_finished";
                 let (cpu, gpu, energy) = (num("cpu_ms") / 1e3, num("gpu_ms") / 1e3, num("energy_j"));
-                let (bin, bout) = (num("bytes_in") as u64, if finished { num("output_bytes") as u64 } else { 0 });
                 add(&|t| {
                     if finished {
                         t.tasks_finished += 1;
@@ -81,8 +80,14 @@ pub fn summarise(entries: &[Entry], tz: &jiff::tz::TimeZone) -> LedgerSummary {
                     t.cpu_s += cpu;
                     t.gpu_s += gpu;
                     t.energy_j += energy;
-                    t.bytes_in += bin;
-                    t.bytes_out += bout;
+                });
+            }
+            // Bytes as the HTTP client counted them, every request included.
+            "traffic" => {
+                let (received, sent) = (num("received_bytes") as u64, num("sent_bytes") as u64);
+                add(&|t| {
+                    t.bytes_in += received;
+                    t.bytes_out += sent;
                 });
             }
             "receipt" => {
@@ -131,14 +136,12 @@ impl DailyTransfer {
         let Ok(entries) = ledger.entries_after(self.last_seq) else { return };
         for e in entries {
             self.last_seq = e.seq;
-            if !matches!(e.kind.as_str(), "task_finished" | "task_failed") || local_day(e.at_ms, tz) != self.day {
+            if e.kind != "traffic" || local_day(e.at_ms, tz) != self.day {
                 continue;
             }
             let body: Value = serde_json::from_str(&e.body).unwrap_or(Value::Null);
-            self.downloaded += body["bytes_in"].as_u64().unwrap_or(0);
-            if e.kind == "task_finished" {
-                self.uploaded += body["output_bytes"].as_u64().unwrap_or(0);
-            }
+            self.downloaded += body["received_bytes"].as_u64().unwrap_or(0);
+            self.uploaded += body["sent_bytes"].as_u64().unwrap_or(0);
         }
     }
 }
@@ -165,6 +168,10 @@ mod tests {
         }
         l.append("task_failed", &json!({"pool": "http://b", "cpu_ms": 250, "bytes_in": 50, "output_bytes": 9}))
             .unwrap();
+        // Traffic counts come from the HTTP client's entries, not the tasks' sizes.
+        for (pool, sent, received) in [("http://a", 14, 300), ("http://b", 7, 50)] {
+            l.append("traffic", &json!({"pool": pool, "sent_bytes": sent, "received_bytes": received})).unwrap();
+        }
         let key = Keypair::generate().unwrap();
         let receipt = crate::ledger::sample_receipt(2.5);
         let entry = ReceiptEntry {
@@ -192,6 +199,7 @@ mod tests {
         assert_eq!((s.totals.bytes_in, s.totals.bytes_out), (350, 21));
         assert_eq!((s.totals.receipts, s.totals.credits, s.totals.pauses), (1, 2.5, 1));
         assert_eq!(s.per_pool["http://a"].tasks_finished, 2);
+        assert_eq!((s.per_pool["http://a"].bytes_out, s.per_pool["http://a"].bytes_in), (14, 300));
         assert_eq!(s.per_pool["http://a"].credits, 2.5);
         // 2.5 credits at 0.5 EUR each; the forged and repeated receipts add nothing.
         assert_eq!(s.totals.earnings, BTreeMap::from([("EUR".to_string(), 1.25)]));
@@ -206,7 +214,7 @@ mod tests {
         let mut t = DailyTransfer::default();
         t.update(&l, &today, &jiff::tz::TimeZone::UTC);
         assert_eq!((t.downloaded, t.uploaded), (350, 21));
-        l.append("task_finished", &json!({"pool": "http://a", "bytes_in": 1000, "output_bytes": 1})).unwrap();
+        l.append("traffic", &json!({"pool": "http://a", "sent_bytes": 1, "received_bytes": 1000})).unwrap();
         t.update(&l, &today, &jiff::tz::TimeZone::UTC);
         assert_eq!((t.downloaded, t.uploaded), (1350, 22), "only the new entry is added");
         t.update(&l, "2999-01-01", &jiff::tz::TimeZone::UTC);

@@ -45,6 +45,8 @@ impl PoolClientError {
     }
 }
 
+const USER_AGENT: &str = concat!("idlemesh-agent/", env!("CARGO_PKG_VERSION"));
+
 /// The largest blob (kernel or input) the agent downloads.
 const MAX_BLOB_BYTES: u64 = 256 << 20;
 
@@ -62,6 +64,40 @@ pub struct PoolClient {
     base: String,
     key: Arc<Keypair>,
     device_id: Option<u64>,
+    /// Shared by every clone: all slots' traffic with this pool.
+    traffic: Arc<TrafficMeter>,
+}
+
+/// Bytes sent to and received from a pool, counted at the HTTP client as
+/// they go: request and status lines, headers and bodies (TLS and TCP/IP
+/// framing aside), every request included (leases, heartbeats, uploads,
+/// downloads, enrollment), not estimated from manifest sizes.
+#[derive(Debug, Default)]
+pub struct TrafficMeter {
+    sent: AtomicU64,
+    received: AtomicU64,
+}
+
+impl TrafficMeter {
+    /// The bytes (sent, received) since the last call: each byte is handed
+    /// out once, whichever slot asks.
+    pub fn take(&self) -> (u64, u64) {
+        (self.sent.swap(0, Ordering::Relaxed), self.received.swap(0, Ordering::Relaxed))
+    }
+
+    fn sent(&self, n: usize) {
+        self.sent.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    fn received(&self, n: usize) {
+        self.received.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// An HTTP/1.1 message head's size: its first line, each header as
+/// `name: value\r\n`, and the blank line.
+fn head_bytes(first_line: usize, headers: &reqwest::header::HeaderMap) -> usize {
+    first_line + 2 + headers.iter().map(|(k, v)| k.as_str().len() + 2 + v.len() + 2).sum::<usize>() + 2
 }
 
 impl PoolClient {
@@ -74,10 +110,9 @@ impl PoolClient {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(120))
-            .user_agent(concat!("idlemesh-agent/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|source| PoolClientError::Unreachable { url: base.clone(), source })?;
-        Ok(Self { http, base, key, device_id: None })
+        Ok(Self { http, base, key, device_id: None, traffic: Arc::default() })
     }
 
     pub fn base_url(&self) -> &str {
@@ -90,6 +125,10 @@ impl PoolClient {
 
     pub fn set_device_id(&mut self, id: u64) {
         self.device_id = Some(id);
+    }
+
+    pub fn traffic(&self) -> &TrafficMeter {
+        &self.traffic
     }
 
     async fn send(
@@ -110,16 +149,32 @@ impl PoolClient {
                 .header(auth::HEADER_TIMESTAMP, sig.timestamp.to_string())
                 .header(auth::HEADER_SIGNATURE, sig.signature);
         }
+        // Set here rather than as client defaults, so the meter sees them.
+        req = req.header(reqwest::header::USER_AGENT, USER_AGENT);
         if !body.is_empty() {
-            req = req.header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header(reqwest::header::CONTENT_LENGTH, body.len())
+                .body(body);
         }
-        let resp = req.send().await.map_err(|source| PoolClientError::Unreachable { url: url.clone(), source })?;
+        let req = req.build().map_err(|source| PoolClientError::Unreachable { url: url.clone(), source })?;
+        let host = req.url().host_str().map_or(0, str::len) + req.url().port().map_or(0, |p| p.to_string().len() + 1);
+        let target = req.url().path().len() + req.url().query().map_or(0, |q| q.len() + 1);
+        let body_len = req.body().and_then(|b| b.as_bytes()).map_or(0, <[u8]>::len);
+        // "METHOD target HTTP/1.1", plus the Host header reqwest adds.
+        let first_line = method.as_str().len() + 1 + target + " HTTP/1.1".len() + 2 + "host: ".len() + host;
+        self.traffic.sent(head_bytes(first_line, req.headers()) + body_len);
+        let resp =
+            self.http.execute(req).await.map_err(|source| PoolClientError::Unreachable { url: url.clone(), source })?;
+        let reason = resp.status().canonical_reason().map_or(0, str::len);
+        self.traffic.received(head_bytes("HTTP/1.1 200 ".len() + reason, resp.headers()));
         if resp.status().is_success() {
             return Ok(resp);
         }
         let status = resp.status();
         let what = format!("{method} {path}");
         let text = resp.text().await.unwrap_or_default();
+        self.traffic.received(text.len());
         Err(match serde_json::from_str::<ErrorBody>(&text) {
             Ok(e) => {
                 PoolClientError::Refused { what, status: status.as_u16(), code: e.error.code, message: e.error.message }
@@ -145,6 +200,7 @@ impl PoolClient {
         let what = format!("{method} {path}");
         let bytes =
             resp.bytes().await.map_err(|e| PoolClientError::BadReply { what: what.clone(), detail: e.to_string() })?;
+        self.traffic.received(bytes.len());
         serde_json::from_slice(&bytes).map_err(|e| PoolClientError::BadReply { what, detail: e.to_string() })
     }
 
@@ -197,7 +253,9 @@ impl PoolClient {
         failure: Option<TaskFailure>,
     ) -> Result<(), PoolClientError> {
         let body = serde_json::to_vec(&GiveBack { lease_token: lease_token.to_owned(), failure }).expect("serialises");
-        self.send(Method::DELETE, &format!("/v1/leases/{lease_id}"), Some(body), true).await.map(drop)
+        let resp = self.send(Method::DELETE, &format!("/v1/leases/{lease_id}"), Some(body), true).await?;
+        self.traffic.received(resp.bytes().await.map_or(0, |b| b.len()));
+        Ok(())
     }
 
     pub async fn submit_result(&self, submission: &ResultSubmission) -> Result<ResultResponse, PoolClientError> {
@@ -217,6 +275,7 @@ impl PoolClient {
         }
         let bytes =
             resp.bytes().await.map_err(|e| PoolClientError::BadReply { what: path.clone(), detail: e.to_string() })?;
+        self.traffic.received(bytes.len());
         if bytes.len() as u64 > MAX_BLOB_BYTES {
             return Err(PoolClientError::BadReply {
                 what: path,

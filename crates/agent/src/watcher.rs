@@ -81,7 +81,7 @@ impl Watcher {
     pub fn start(config: WatcherConfig) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel();
         let status = Arc::new(Mutex::new(None));
-        let initial = Decision { action: Action::Pause, reasons: Vec::new() };
+        let initial = Decision { action: Action::Pause, reasons: Vec::new(), traffic: Default::default() };
         let (decision_tx, decisions) = watch::channel(initial);
         let shared = status.clone();
         let (ready_tx, ready) = mpsc::channel();

@@ -543,6 +543,18 @@ export const SETTING_SPECS: SettingSpec[] = [
     kind: { type: 'bool' },
   },
   {
+    key: 'allow_metered',
+    label: 'Use metered networks for new work and uploads',
+    help: 'Off: on a mobile hotspot nothing that can wait is sent or fetched; finished results wait on this computer.',
+    kind: { type: 'bool' },
+  },
+  {
+    key: 'metered_small_traffic',
+    label: 'On metered networks, still keep or give back tasks',
+    help: 'A few hundred bytes per task so the pool knows this computer still has it. Off: nothing at all is sent.',
+    kind: { type: 'bool' },
+  },
+  {
     key: 'max_other_cpu_percent',
     label: 'Make way when my programs use more than (% of the CPU)',
     help: 'When your own programs need the processor this much, work pauses for them.',

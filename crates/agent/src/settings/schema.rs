@@ -91,6 +91,16 @@ pub const SPECS: &[Spec] = &[
     Spec { key: "daily_download_cap_mb", kind: Kind::CapMb, help: "MB downloaded per day at most, or \"unlimited\"" },
     Spec { key: "pause_on_metered_network", kind: Kind::Bool, help: "pause on metered networks" },
     Spec {
+        key: "allow_metered",
+        kind: Kind::Bool,
+        help: "use metered networks for traffic that can wait (new work, downloads, result uploads)",
+    },
+    Spec {
+        key: "metered_small_traffic",
+        kind: Kind::Bool,
+        help: "on a metered network, still keep or give back leased tasks (a few hundred bytes each)",
+    },
+    Spec {
         key: "max_other_cpu_percent",
         kind: Kind::Float { min: 1.0, max: 100.0 },
         help: "pause while other programs use more of the CPU than this (%)",
@@ -121,6 +131,7 @@ pub fn default_value(key: &str, machine: Machine) -> Option<Value> {
         "memory_per_task_mb" => Value::Integer((machine.memory_bytes / 4 / 1_000_000) as i64),
         "daily_upload_cap_mb" | "daily_download_cap_mb" => Value::String("unlimited".into()),
         "pause_on_metered_network" => Value::Boolean(true),
+        "allow_metered" | "metered_small_traffic" => Value::Boolean(false),
         "max_other_cpu_percent" => Value::Float(50.0),
         "require_sandbox" => Value::Array(Vec::new()),
         _ => return None,
@@ -224,6 +235,8 @@ pub fn to_limits(get: impl Fn(&str) -> Option<Value>, machine: Machine) -> Limit
         daily_upload_cap_bytes: cap("daily_upload_cap_mb"),
         daily_download_cap_bytes: cap("daily_download_cap_mb"),
         pause_on_metered_network: boolean("pause_on_metered_network"),
+        allow_metered: boolean("allow_metered"),
+        metered_small_traffic: boolean("metered_small_traffic"),
         max_other_cpu_percent: float("max_other_cpu_percent") as f32,
         require_sandbox: get("require_sandbox")
             .and_then(|v| v.as_array().cloned())
