@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 use zbus::blocking::Proxy;
@@ -17,12 +18,11 @@ const MUTTER: &str = "/usr/bin/mutter";
 /// A running Mutter and its bus; both stopped on drop.
 pub struct Mutter {
     child: Child,
-    bus_pid: i32,
     dir: tempfile::TempDir,
     /// Absolute path of the compositor's socket: a valid `WAYLAND_DISPLAY`.
     pub socket: PathBuf,
     /// The private session bus Mutter serves its D-Bus APIs on.
-    pub bus: String,
+    pub bus: super::SessionBus,
     input: Option<RemoteInput>,
 }
 
@@ -33,25 +33,17 @@ impl Mutter {
         let runtime = dir.path().join("run");
         std::fs::create_dir(&runtime).unwrap();
         std::fs::set_permissions(&runtime, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-        let out = Command::new("dbus-daemon")
-            .args(["--session", "--fork", "--nopidfile", "--print-address=1", "--print-pid=1"])
-            .output()
-            .expect("dbus-daemon is installed (scripts/setup installs dbus-x11)");
-        assert!(out.status.success(), "dbus-daemon: {}", String::from_utf8_lossy(&out.stderr));
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let mut lines = text.lines();
-        let bus = lines.next().expect("bus address").trim().to_string();
-        let bus_pid = lines.next().and_then(|p| p.trim().parse().ok()).expect("bus pid");
+        let bus = super::SessionBus::start();
         let socket = runtime.join("wayland-0");
-        let child = spawn(dir.path(), &bus);
-        let mut mutter = Self { child, bus_pid, dir, socket, bus, input: None };
+        let child = spawn(dir.path(), &bus.address);
+        let mut mutter = Self { child, bus, dir, socket, input: None };
         mutter.wait_ready();
         mutter
     }
 
     /// Mutter comes back on the same bus and socket after [`Mutter::stop`].
     pub fn start_again(&mut self) {
-        self.child = spawn(self.dir.path(), &self.bus);
+        self.child = spawn(self.dir.path(), &self.bus.address);
         self.wait_ready();
     }
 
@@ -79,7 +71,7 @@ impl Mutter {
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(input) = RemoteInput::connect(&self.bus) {
+            if let Ok(input) = RemoteInput::connect(&self.bus.address) {
                 self.input = Some(input);
                 return;
             }
@@ -98,9 +90,7 @@ impl Mutter {
 
 impl Drop for Mutter {
     fn drop(&mut self) {
-        self.stop();
-        // SAFETY: signalling the bus daemon this helper started.
-        unsafe { libc::kill(self.bus_pid, libc::SIGTERM) };
+        self.stop(); // before the bus (a field) goes
     }
 }
 

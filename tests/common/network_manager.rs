@@ -3,8 +3,6 @@
 //! sensor's real D-Bus code reads it, with its property cache kept current
 //! by the PropertiesChanged signal a real NetworkManager emits.
 
-use std::process::Command;
-
 use zbus::blocking::Connection;
 
 const PATH: &str = "/org/freedesktop/NetworkManager";
@@ -24,23 +22,14 @@ impl FakeNetworkManager {
 
 /// A private bus with the fake NetworkManager on it; both go on drop.
 pub struct NetworkManager {
-    pub bus: String,
-    bus_pid: i32,
+    pub bus: crate::agent_process::SessionBus,
     conn: Connection,
 }
 
 impl NetworkManager {
     pub fn start(metered: bool) -> Self {
-        let out = Command::new("dbus-daemon")
-            .args(["--session", "--fork", "--nopidfile", "--print-address=1", "--print-pid=1"])
-            .output()
-            .expect("dbus-daemon is installed (scripts/setup installs dbus-x11)");
-        assert!(out.status.success(), "dbus-daemon: {}", String::from_utf8_lossy(&out.stderr));
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let mut lines = text.lines();
-        let bus = lines.next().expect("bus address").trim().to_string();
-        let bus_pid = lines.next().and_then(|p| p.trim().parse().ok()).expect("bus pid");
-        let conn = zbus::blocking::connection::Builder::address(bus.as_str())
+        let bus = crate::agent_process::SessionBus::start();
+        let conn = zbus::blocking::connection::Builder::address(bus.address.as_str())
             .unwrap()
             .name("org.freedesktop.NetworkManager")
             .unwrap()
@@ -48,7 +37,7 @@ impl NetworkManager {
             .unwrap()
             .build()
             .expect("serving NetworkManager on the private bus");
-        Self { bus, bus_pid, conn }
+        Self { bus, conn }
     }
 
     /// Changes the connection's metering, as NetworkManager announces it.
@@ -56,12 +45,5 @@ impl NetworkManager {
         let iface = self.conn.object_server().interface::<_, FakeNetworkManager>(PATH).unwrap();
         iface.get_mut().metered = if metered { 1 } else { 2 };
         zbus::block_on(iface.get().metered_changed(iface.signal_emitter())).unwrap();
-    }
-}
-
-impl Drop for NetworkManager {
-    fn drop(&mut self) {
-        // SAFETY: signalling the bus daemon this helper started.
-        unsafe { libc::kill(self.bus_pid, libc::SIGTERM) };
     }
 }

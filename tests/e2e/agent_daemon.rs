@@ -275,7 +275,7 @@ fn under_gnome_mutter_input_freezes_the_worker_and_idleness_resumes_it() {
     let mutter = std::cell::RefCell::new(Mutter::start());
     let (socket, bus) = {
         let m = mutter.borrow();
-        (m.socket.display().to_string(), m.bus.clone())
+        (m.socket.display().to_string(), m.bus.address.clone())
     };
     // Mutter 43 has no ext-idle-notify-v1: the agent falls back to its IdleMonitor.
     let env = [("WAYLAND_DISPLAY", socket.as_str()), ("DBUS_SESSION_BUS_ADDRESS", bus.as_str())];

@@ -18,6 +18,9 @@ pub use kwin::Kwin;
 #[path = "../common/mutter.rs"]
 mod mutter;
 pub use mutter::Mutter;
+#[path = "../common/session_bus.rs"]
+mod session_bus;
+pub use session_bus::SessionBus;
 
 /// Children inherit the session keyring of the thread that starts them, so
 /// every agent a test starts finds the device key its predecessor stored.

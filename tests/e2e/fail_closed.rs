@@ -218,29 +218,13 @@ fn collusion(pool_flags: &[&str]) -> (f64, u64, bool) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let base = pool.url.clone();
-        let kernel: Value = reqwest::Client::new()
-            .post(format!("{base}/v1/blobs"))
-            .bearer_auth(&pool.token)
-            .body(b"kernel".to_vec())
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let job: Value = reqwest::Client::new()
-            .post(format!("{base}/v1/jobs"))
-            .bearer_auth(&pool.token)
-            .json(&json!({"name": "collusion", "kernel_kind": "wasm", "kernel_sha256": kernel["sha256"],
-                "split": {"kind": "range", "start": 0, "end": 8, "chunk": 1}, "combiner": {"kind": "concat"},
-                "replication": 1, "quorum": 1}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let job_id = job["job_id"].as_u64().unwrap();
+        let (job_id, _) = http
+            .job(
+                b"a kernel the pool never runs",
+                json!({"name": "collusion", "split": {"kind": "range", "start": 0, "end": 8, "chunk": 1},
+                    "combiner": {"kind": "concat"}, "replication": 1, "quorum": 1}),
+            )
+            .await;
         let mut liars = Vec::new();
         for n in 1..=3 {
             liars.push(Device::enroll(&base, &format!("127.0.1.{n}"), &cartel).await);

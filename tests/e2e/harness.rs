@@ -168,12 +168,19 @@ impl OperatorHttp {
 
     /// Uploads the mandelbrot kernel and submits a job with it; `fields` are
     /// the rest of the job spec. Returns the job id and its task count.
-    pub async fn mandelbrot_job(&self, mut fields: serde_json::Value) -> (u64, u64) {
+    pub async fn mandelbrot_job(&self, fields: serde_json::Value) -> (u64, u64) {
+        self.job(idlemesh_kernels::MANDELBROT, fields).await
+    }
+
+    /// Uploads `kernel` (a WASM component, or any bytes for a pool that
+    /// never runs it) and submits a job with it; `fields` are the rest of
+    /// the job spec. Returns the job id and its task count.
+    pub async fn job(&self, kernel: &[u8], mut fields: serde_json::Value) -> (u64, u64) {
         let kernel: serde_json::Value = self
             .http
             .post(format!("{}/v1/blobs", self.url))
             .header("authorization", &self.auth)
-            .body(idlemesh_kernels::MANDELBROT.to_vec())
+            .body(kernel.to_vec())
             .send()
             .await
             .unwrap()

@@ -36,7 +36,7 @@ fn on_a_metered_network_nothing_that_can_wait_goes_out_and_every_byte_is_counted
     // allow_metered and metered_small_traffic off).
     let dir = tmp.path().join("agent");
     write_settings(&dir, "cpu_duty_cycle_percent = 100\npause_on_metered_network = false\n");
-    let agent = AgentProcess::start(&dir, Some(&wire.url), &[("DBUS_SYSTEM_BUS_ADDRESS", &nm.bus)]);
+    let agent = AgentProcess::start(&dir, Some(&wire.url), &[("DBUS_SYSTEM_BUS_ADDRESS", &nm.bus.address)]);
     let deadline = Instant::now() + Duration::from_secs(120);
     while done() < 1 {
         assert!(Instant::now() < deadline, "no task done:\n{}", agent.log());

@@ -135,7 +135,7 @@ fn input_to_stop(dir: &Path, pool: &str) {
     );
     drop(kwin);
     let mut mutter = Mutter::start();
-    let (socket, bus) = (mutter.socket.display().to_string(), mutter.bus.clone());
+    let (socket, bus) = (mutter.socket.display().to_string(), mutter.bus.address.clone());
     let session = [("WAYLAND_DISPLAY", socket.as_str()), ("DBUS_SESSION_BUS_ADDRESS", bus.as_str())];
     let (p50, p95, max) = trials(&dir.join("mutter"), pool, &session, |n| mutter.input(n));
     println!(
