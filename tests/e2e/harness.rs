@@ -61,6 +61,11 @@ impl PoolProcess {
         Self::spawn_with(dir, listen, &LAB[1..])
     }
 
+    /// A lab pool with `extra` flags (`--tls-cert`...).
+    pub fn start_with(dir: &Path, extra: &[&str]) -> Self {
+        Self::spawn(dir, "127.0.0.1:0", extra)
+    }
+
     /// A pool with `pool serve`'s own defaults and `extra` flags: closed,
     /// replicas spread, trust earned.
     pub fn start_as_shipped(dir: &Path, extra: &[&str]) -> Self {
@@ -138,6 +143,8 @@ pub fn agent_config(pool_url: &str, data_dir: &Path) -> idlemesh_agent::AgentCon
         watcher: None,
         require_sandbox: Vec::new(),
         policy_pool_key: None,
+        allow_insecure_pool: false,
+        pool_ca_file: None,
     }
 }
 
@@ -164,6 +171,14 @@ impl OperatorHttp {
         // reqwest is built without a default TLS provider; the agent installs ring, and so do we.
         let _ = rustls::crypto::ring::default_provider().install_default();
         Self { http: reqwest::Client::new(), url: url.to_owned(), auth: format!("Bearer {token}") }
+    }
+
+    /// For an https pool whose certificate comes from the CA in `ca_pem`.
+    pub fn trusting(url: &str, token: &str, ca_pem: &str) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap();
+        let http = reqwest::Client::builder().tls_certs_only([ca]).build().unwrap();
+        Self { http, url: url.to_owned(), auth: format!("Bearer {token}") }
     }
 
     /// Uploads the mandelbrot kernel and submits a job with it; `fields` are

@@ -13,6 +13,7 @@ mod gpu_job;
 mod harness;
 mod heartbeat;
 mod hostile;
+mod https;
 mod jobs;
 mod kernel_cli;
 mod lockdown;

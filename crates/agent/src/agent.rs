@@ -52,6 +52,11 @@ pub struct AgentConfig {
     /// The pool key the IT policy pins (`pool_public_key`): no other key is
     /// trusted, whatever this device pinned on its own.
     pub policy_pool_key: Option<PublicKey>,
+    /// Whether a plain-HTTP pool off this machine may be used (`allow_insecure_pool`).
+    pub allow_insecure_pool: bool,
+    /// The IT policy's certificate authorities for https pools
+    /// (`pool_ca_file`): these only, instead of the system's.
+    pub pool_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +85,13 @@ pub enum AgentError {
         pinned.fingerprint(), offered.fingerprint()
     )]
     PoolKeyNotThePolicys { pool: String, pinned: Box<PublicKey>, offered: Box<PublicKey> },
+    #[error(
+        "{0} is plain HTTP to another machine: anyone on the way could read and change what this device \
+         sends and receives. Use the pool's https:// address, or allow it with allow_insecure_pool"
+    )]
+    InsecurePool(String),
+    #[error("cannot read the certificate authorities the IT policy pins for pools (pool_ca_file {path}): {reason}")]
+    PoolCa { path: PathBuf, reason: String },
     #[error(transparent)]
     Pin(#[from] crate::pins::PinError),
 }
@@ -170,7 +182,24 @@ impl Agent {
     /// Contacts the pool, pins its key, enrolls this device and records what
     /// was disclosed.
     pub async fn connect(config: AgentConfig, device_key: Arc<Keypair>) -> Result<Self, AgentError> {
-        let mut client = PoolClient::new(&config.pool_url, device_key.clone())?;
+        if !config.allow_insecure_pool && crate::pool_client::plain_http_off_this_machine(&config.pool_url) {
+            return Err(AgentError::InsecurePool(config.pool_url.clone()));
+        }
+        let roots = match &config.pool_ca_file {
+            Some(path) => Some(
+                std::fs::read(path).map_err(|e| AgentError::PoolCa { path: path.clone(), reason: e.to_string() })?,
+            ),
+            None => None,
+        };
+        let mut client =
+            PoolClient::with_roots(&config.pool_url, device_key.clone(), roots.as_deref()).map_err(|e| {
+                match (e, &config.pool_ca_file) {
+                    (PoolClientError::BadRoots(reason), Some(path)) => {
+                        AgentError::PoolCa { path: path.clone(), reason }
+                    }
+                    (e, _) => e.into(),
+                }
+            })?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| AgentError::DataDir { path: config.data_dir.clone(), source: e })?;
         let info = client.info().await?;

@@ -384,9 +384,11 @@ async fn schedule(
             tokio::time::sleep(Duration::from_secs(2)).await;
             continue;
         }
-        let (limits, enrollment_token, policy_pool_key) = {
+        let (limits, enrollment_token, policy_pool_key, pool_ca_file, allow_insecure_pool) = {
             let s = shared.settings.lock().expect("settings lock");
-            (s.effective().limits(), s.effective().enrollment_token.clone(), s.effective().pool_public_key)
+            let e = s.effective();
+            let insecure = e.get("allow_insecure_pool").and_then(|v| v.as_bool()).unwrap_or(false);
+            (e.limits(), e.enrollment_token.clone(), e.pool_public_key, e.pool_ca_file.clone(), insecure)
         };
         let enrollment_token = shared.join_tokens.lock().expect("lock").get(&url).cloned().or(enrollment_token);
         // The GPU is offered only when the user (or policy) enabled it, and
@@ -414,6 +416,8 @@ async fn schedule(
             watcher: Some(shared.watcher.clone()),
             require_sandbox: limits.require_sandbox.clone(),
             policy_pool_key,
+            allow_insecure_pool,
+            pool_ca_file: pool_ca_file.clone(),
         };
         let agent = match Agent::connect(config, device_key.clone()).await {
             Ok(a) => a,
@@ -443,22 +447,22 @@ async fn schedule(
         let watch_settings = {
             let shared = shared.clone();
             let url = url.clone();
-            let offered = (
-                limits.cores,
-                limits.memory_per_task_bytes,
-                limits.gpu_enabled,
-                limits.require_sandbox.clone(),
-                policy_pool_key,
-            );
+            // What the connection was made with: the trust settings too.
+            let trust = (policy_pool_key, pool_ca_file.clone(), allow_insecure_pool);
+            let offered =
+                (limits.cores, limits.memory_per_task_bytes, limits.gpu_enabled, limits.require_sandbox.clone(), trust);
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(Duration::from_secs(2)).await;
-                    let (now, key) = {
+                    let now = {
                         let s = shared.settings.lock().expect("settings lock");
-                        (s.effective().limits(), s.effective().pool_public_key)
+                        let e = s.effective();
+                        let insecure = e.get("allow_insecure_pool").and_then(|v| v.as_bool()).unwrap_or(false);
+                        let l = e.limits();
+                        let trust = (e.pool_public_key, e.pool_ca_file.clone(), insecure);
+                        (l.cores, l.memory_per_task_bytes, l.gpu_enabled, l.require_sandbox, trust)
                     };
-                    let changed =
-                        (now.cores, now.memory_per_task_bytes, now.gpu_enabled, now.require_sandbox, key) != offered;
+                    let changed = now != offered;
                     if shared.pool_url().as_deref() != Some(url.as_str()) || changed {
                         let _ = stop_tx.send(true);
                         return;

@@ -24,7 +24,7 @@ use serde::de::DeserializeOwned;
 pub enum PoolClientError {
     #[error("pool URL {0:?} is not an http(s) URL")]
     BadUrl(String),
-    #[error("pool unreachable at {url}: {source}")]
+    #[error("pool unreachable at {url}: {}", causes(source))]
     Unreachable {
         url: String,
         #[source]
@@ -36,6 +36,37 @@ pub enum PoolClientError {
     BadReply { what: String, detail: String },
     #[error("this device is not enrolled in the pool yet")]
     NotEnrolled,
+    #[error("{0}")]
+    BadRoots(String),
+}
+
+/// An error and its causes in one line: reqwest's own message alone
+/// ("error sending request") hides whether DNS, TCP or TLS failed.
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Whether `url` is plain HTTP to a host that is not this machine (a
+/// loopback address or `localhost`).
+pub fn plain_http_off_this_machine(url: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(url) else { return false };
+    if url.scheme() != "http" {
+        return false;
+    }
+    let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => !ip.is_loopback(),
+        Err(_) => !host.eq_ignore_ascii_case("localhost"),
+    }
 }
 
 impl PoolClientError {
@@ -102,12 +133,27 @@ fn head_bytes(first_line: usize, headers: &reqwest::header::HeaderMap) -> usize 
 
 impl PoolClient {
     pub fn new(base_url: &str, key: Arc<Keypair>) -> Result<Self, PoolClientError> {
+        Self::with_roots(base_url, key, None)
+    }
+
+    /// A client that trusts, for https, only the certificate authorities in
+    /// `roots_pem` (a PEM bundle) where given, else the system's.
+    pub fn with_roots(base_url: &str, key: Arc<Keypair>, roots_pem: Option<&[u8]>) -> Result<Self, PoolClientError> {
         let base = base_url.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) || reqwest::Url::parse(&base).is_err() {
             return Err(PoolClientError::BadUrl(base_url.to_owned()));
         }
         install_crypto();
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(pem) = roots_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| PoolClientError::BadRoots(format!("not a PEM bundle of certificates: {e}")))?;
+            if certs.is_empty() {
+                return Err(PoolClientError::BadRoots("no PEM certificate in it".into()));
+            }
+            builder = builder.tls_certs_only(certs);
+        }
+        let http = builder
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(120))
             .build()
@@ -305,6 +351,24 @@ fn unique_timestamp() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_http_is_allowed_only_on_this_machine() {
+        for url in [
+            "http://127.0.0.1:8470",
+            "http://127.0.1.9",
+            "http://localhost:1",
+            "http://[::1]:80",
+            "https://pool.example.org",
+        ] {
+            assert!(!plain_http_off_this_machine(url), "{url}");
+        }
+        for url in
+            ["http://pool.example.org", "http://192.0.2.7:8470", "http://[2001:db8::1]", "http://localhost.example.org"]
+        {
+            assert!(plain_http_off_this_machine(url), "{url}");
+        }
+    }
 
     #[test]
     fn request_timestamps_never_repeat_even_across_threads() {

@@ -95,6 +95,8 @@ async fn demo(args: Args) -> anyhow::Result<()> {
         watcher: None,
         require_sandbox: Vec::new(),
         policy_pool_key: None,
+        allow_insecure_pool: false,
+        pool_ca_file: None,
     };
     // The demo device's key lives only as long as the demo: it joins its own
     // throwaway pool. Enrolled agents keep theirs in the OS keyring.

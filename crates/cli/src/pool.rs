@@ -28,6 +28,12 @@ enum Action {
     Serve {
         #[arg(long, default_value = "127.0.0.1:8470")]
         listen: String,
+        /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's PEM private key (with --tls-cert).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
         /// The SQLite database (default: pool.sqlite in --data-dir).
         #[arg(long)]
         db: Option<PathBuf>,
@@ -126,9 +132,11 @@ fn parse_spread(text: &str) -> Result<Spread, String> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let (listen, db, data_dir, name, operator, open_enrollment, trust, payout) = match args.action {
+    let (listen, tls, db, data_dir, name, operator, open_enrollment, trust, payout) = match args.action {
         Action::Serve {
             listen,
+            tls_cert,
+            tls_key,
             db,
             data_dir,
             name,
@@ -143,7 +151,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             payout_currency,
         } => {
             let trust = TrustRules { spread: spread_replicas, ipv4_prefix, ipv6_prefix, checked_results };
-            (listen, db, data_dir, name, operator, open_enrollment, trust, payout_per_credit.zip(payout_currency))
+            let tls = tls_cert.zip(tls_key);
+            (listen, tls, db, data_dir, name, operator, open_enrollment, trust, payout_per_credit.zip(payout_currency))
         }
         Action::Org { action, client } => return orgs(action, client),
         Action::Token { action, client } => return tokens(action, client),
@@ -179,13 +188,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for line in trust_in_words(open_enrollment, &trust) {
         eprintln!("{line}");
     }
+    let tls = tls
+        .map(|(cert, key)| idlemesh_pool::Tls::from_pem_files(&cert, &key))
+        .transpose()
+        .map_err(|e| bad_input(format!("--tls-cert/--tls-key: {e}")))?;
+    rustls::crypto::ring::default_provider().install_default().ok();
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        let listener = std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         // The bound address, so `--listen 127.0.0.1:0` is usable; tests read this line.
         // As a policy pins it (`pool_public_key`), with its fingerprint.
         let key = pool.public_key();
-        eprintln!("pool key ed25519:{key} ({}); listening on http://{}", key.fingerprint(), listener.local_addr()?);
-        pool.serve(listener).await.context("serving")
+        eprintln!("pool key ed25519:{key} ({}); listening on {scheme}://{}", key.fingerprint(), listener.local_addr()?);
+        match tls {
+            Some(tls) => pool.serve_tls(listener, tls).await.context("serving"),
+            None => {
+                listener.set_nonblocking(true)?;
+                pool.serve(tokio::net::TcpListener::from_std(listener)?).await.context("serving")
+            }
+        }
     })
 }
 

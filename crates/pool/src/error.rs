@@ -19,4 +19,6 @@ pub enum PoolError {
     BadJob(String),
     #[error("pool storage: {0}")]
     Storage(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }

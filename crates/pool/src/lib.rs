@@ -149,6 +149,47 @@ impl Pool {
         // The peer's address is the device's network for the trust rules.
         axum::serve(listener, self.router().into_make_service_with_connect_info::<std::net::SocketAddr>()).await
     }
+
+    /// Serves the API over HTTPS (TLS 1.2 and 1.3, rustls) until the listener fails.
+    pub async fn serve_tls(self, listener: std::net::TcpListener, tls: Tls) -> std::io::Result<()> {
+        listener.set_nonblocking(true)?;
+        let config = axum_server::tls_rustls::RustlsConfig::from_config(tls.0);
+        axum_server::tls_rustls::from_tcp_rustls(listener, config)?
+            .serve(self.router().into_make_service_with_connect_info::<std::net::SocketAddr>())
+            .await
+    }
+}
+
+/// A pool's TLS certificate chain and key, checked when loaded.
+#[derive(Debug, Clone)]
+pub struct Tls(Arc<rustls::ServerConfig>);
+
+impl Tls {
+    /// Reads a PEM certificate chain (the server's certificate first) and
+    /// its PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub fn from_pem_files(cert: &std::path::Path, key: &std::path::Path) -> Result<Self, PoolError> {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let bad = |path: &std::path::Path, why: String| PoolError::Tls(format!("{}: {why}", path.display()));
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .map_err(|e| bad(cert, e.to_string()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(cert, e.to_string()))?;
+        if chain.is_empty() {
+            return Err(bad(cert, "no PEM certificate in it".into()));
+        }
+        let key_der =
+            PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, format!("no usable PEM private key: {e}")))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| PoolError::Tls(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key_der)
+            .map_err(|e| bad(cert, format!("the certificate and the key do not go together: {e}")))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self(Arc::new(config)))
+    }
 }
 
 pub(crate) fn now_ms() -> u64 {

@@ -543,6 +543,12 @@ export const SETTING_SPECS: SettingSpec[] = [
     kind: { type: 'bool' },
   },
   {
+    key: 'allow_insecure_pool',
+    label: 'Allow pools without encryption',
+    help: 'Off: only pools reached over https (or on this computer) are used, so nobody on the way can read or change the traffic.',
+    kind: { type: 'bool' },
+  },
+  {
     key: 'allow_metered',
     label: 'Use metered networks for new work and uploads',
     help: 'Off: on a mobile hotspot nothing that can wait is sent or fetched; finished results wait on this computer.',

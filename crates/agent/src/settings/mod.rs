@@ -106,6 +106,9 @@ pub struct Policy {
     /// The pool's key, pinned by the organisation: the agent enrolls with
     /// and works for no pool whose key differs.
     pub pool_public_key: Option<PublicKey>,
+    /// A PEM file of the certificate authorities an https pool's
+    /// certificate must come from: these only, not the system's.
+    pub pool_ca_file: Option<PathBuf>,
 }
 
 /// How a pinned pool key is written in a policy: `ed25519:` and the key's
@@ -188,6 +191,15 @@ pub fn policy_from_table_lenient(file: &str, table: toml::Table) -> (Policy, Vec
                 value: v.to_string(),
                 expected: "expected a non-empty string".into(),
             }),
+            ("pool_ca_file", Value::String(path)) if std::path::Path::new(&path).is_absolute() => {
+                policy.pool_ca_file = Some(PathBuf::from(path))
+            }
+            ("pool_ca_file", v) => errors.push(SettingsError::BadValue {
+                file: file.into(),
+                key,
+                value: v.to_string(),
+                expected: "expected the absolute path of a PEM file of certificate authorities".into(),
+            }),
             ("pool_public_key", v) => {
                 match v.as_str().ok_or_else(|| "expected a string".to_owned()).and_then(parse_pool_key) {
                     Ok(k) => policy.pool_public_key = Some(k),
@@ -201,7 +213,7 @@ pub fn policy_from_table_lenient(file: &str, table: toml::Table) -> (Policy, Vec
             _ => errors.push(SettingsError::UnknownKey {
                 file: file.into(),
                 key,
-                known: "enrollment_token, pool_public_key, [defaults], [locked]".into(),
+                known: "enrollment_token, pool_public_key, pool_ca_file, [defaults], [locked]".into(),
             }),
         }
     }
@@ -261,6 +273,7 @@ pub struct Effective {
     pub values: BTreeMap<&'static str, EffectiveValue>,
     pub enrollment_token: Option<String>,
     pub pool_public_key: Option<PublicKey>,
+    pub pool_ca_file: Option<PathBuf>,
     pub machine: Machine,
 }
 
@@ -284,6 +297,7 @@ impl Effective {
             values,
             enrollment_token: policy.enrollment_token.clone(),
             pool_public_key: policy.pool_public_key,
+            pool_ca_file: policy.pool_ca_file.clone(),
             machine,
         }
     }

@@ -125,6 +125,7 @@ fn dict_to_table(dict: plist::Dictionary, top: bool) -> Result<Table, String> {
             key.to_ascii_lowercase()
                 .replace("enrollmenttoken", "enrollment_token")
                 .replace("poolpublickey", "pool_public_key")
+                .replace("poolcafile", "pool_ca_file")
         } else {
             key
         };

@@ -91,6 +91,11 @@ pub const SPECS: &[Spec] = &[
     Spec { key: "daily_download_cap_mb", kind: Kind::CapMb, help: "MB downloaded per day at most, or \"unlimited\"" },
     Spec { key: "pause_on_metered_network", kind: Kind::Bool, help: "pause on metered networks" },
     Spec {
+        key: "allow_insecure_pool",
+        kind: Kind::Bool,
+        help: "allow a plain-HTTP pool off this machine (its traffic can be read and changed on the way)",
+    },
+    Spec {
         key: "allow_metered",
         kind: Kind::Bool,
         help: "use metered networks for traffic that can wait (new work, downloads, result uploads)",
@@ -131,7 +136,7 @@ pub fn default_value(key: &str, machine: Machine) -> Option<Value> {
         "memory_per_task_mb" => Value::Integer((machine.memory_bytes / 4 / 1_000_000) as i64),
         "daily_upload_cap_mb" | "daily_download_cap_mb" => Value::String("unlimited".into()),
         "pause_on_metered_network" => Value::Boolean(true),
-        "allow_metered" | "metered_small_traffic" => Value::Boolean(false),
+        "allow_metered" | "metered_small_traffic" | "allow_insecure_pool" => Value::Boolean(false),
         "max_other_cpu_percent" => Value::Float(50.0),
         "require_sandbox" => Value::Array(Vec::new()),
         _ => return None,

@@ -268,3 +268,13 @@ fn a_policy_pins_the_pool_key_and_a_bad_key_is_named() {
     assert_eq!(policy.pool_public_key, None);
     assert!(errors[0].to_string().contains("`pool_public_key` = \"ed25519:abc\": expected \"ed25519:\""), "{errors:?}");
 }
+
+#[test]
+fn a_policy_pins_the_pools_certificate_authorities_by_an_absolute_path() {
+    let (policy, errors) = check_policy_bytes("p.toml", b"pool_ca_file = \"/etc/idlemesh/pool-ca.pem\"\n").unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(policy.pool_ca_file.as_deref(), Some(std::path::Path::new("/etc/idlemesh/pool-ca.pem")));
+    let (policy, errors) = check_policy_bytes("p.toml", b"pool_ca_file = \"pool-ca.pem\"\n").unwrap();
+    assert_eq!(policy.pool_ca_file, None);
+    assert!(errors[0].to_string().contains("absolute path"), "{errors:?}");
+}
