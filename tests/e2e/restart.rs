@@ -65,3 +65,22 @@ fn a_pool_killed_mid_job_restarts_and_finishes_it() {
         assert!(pixels == mandelbrot::render_tile(&expected, expected.tile_or_whole()).unwrap());
     });
 }
+
+#[test]
+fn pool_migrate_brings_a_database_to_the_schema_and_is_idempotent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("p/pool.sqlite");
+    let arg = db.display().to_string();
+    for _ in 0..2 {
+        let out = crate::harness::idlemesh(tmp.path(), &["pool", "migrate", "--db", &arg]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("schema version 8"),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, 8);
+}

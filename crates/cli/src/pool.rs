@@ -74,6 +74,15 @@ enum Action {
         #[arg(long, requires = "payout_per_credit")]
         payout_currency: Option<String>,
     },
+    /// Bring the pool's database to this version's schema and exit (`serve` also does it on start).
+    Migrate {
+        /// The SQLite database (default: pool.sqlite in --data-dir).
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// Where the pool keeps its key and, by default, its database.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Organisations: `org create NAME`, `org stats ID`.
     Org {
         #[command(subcommand)]
@@ -156,6 +165,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         Action::Org { action, client } => return orgs(action, client),
         Action::Token { action, client } => return tokens(action, client),
+        Action::Migrate { db, data_dir } => return migrate(db, data_dir),
     };
     let addr: SocketAddr =
         listen.parse().map_err(|_| bad_input(format!("--listen {listen:?} is not an address like 127.0.0.1:8470")))?;
@@ -208,6 +218,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     })
+}
+
+fn migrate(db: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    if db.as_ref().is_some_and(|d| d.to_string_lossy().starts_with("postgres://")) {
+        return Err(bad_input("PostgreSQL storage is not in this build yet; use a SQLite path"));
+    }
+    let data_dir = data_dir.unwrap_or_else(|| idlemesh_agent::paths::data_dir().join("pool"));
+    let db = db.unwrap_or_else(|| data_dir.join("pool.sqlite"));
+    if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let version = idlemesh_pool::migrate(&db).with_context(|| format!("migrating {}", db.display()))?;
+    println!("{}: schema version {version}", db.display());
+    Ok(())
 }
 
 /// What the pool's enrollment and trust settings mean, said at start.

@@ -234,9 +234,21 @@ async fn openapi() -> impl IntoResponse {
 }
 
 #[utoipa::path(get, path = "/v1/health", operation_id = "health",
-    responses((status = 200, description = "The pool is up", body = doc::Health)))]
-async fn health() -> axum::Json<doc::Health> {
-    axum::Json(doc::Health { status: doc::HealthStatus::Ok })
+    responses((status = 200, description = "The pool is up and reaches its database", body = doc::Health),
+        (status = 503, description = "The pool cannot reach its database (or it does not answer within 2 s)", body = doc::Health)))]
+async fn health(State(pool): State<Pool>) -> impl IntoResponse {
+    let ping = pool.inner.store.run(|s| s.ping());
+    let database = match tokio::time::timeout(std::time::Duration::from_secs(2), ping).await {
+        Ok(Ok(())) => "ok".to_owned(),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "the database did not answer within 2 s".to_owned(),
+    };
+    let (code, status) = if database == "ok" {
+        (StatusCode::OK, doc::HealthStatus::Ok)
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, doc::HealthStatus::Unavailable)
+    };
+    (code, axum::Json(doc::Health { status, database }))
 }
 
 #[utoipa::path(get, path = "/v1/info", operation_id = "info",

@@ -160,6 +160,13 @@ impl Pool {
     }
 }
 
+/// Brings the database at `db` up to this build's schema (creating it if
+/// absent), as `Pool::open` also does; returns the schema version.
+pub fn migrate(db: &std::path::Path) -> Result<u32, PoolError> {
+    store::Store::open(db, trust::TrustRules::default())?;
+    Ok(store::schema_version())
+}
+
 /// A pool's TLS certificate chain and key, checked when loaded.
 #[derive(Debug, Clone)]
 pub struct Tls(Arc<rustls::ServerConfig>);

@@ -9,7 +9,7 @@
 //!   process keeps its own writer thread and batches its own requests;
 //! - [`Storage::lease`] claims replicas with
 //!   `SELECT ... FOR UPDATE OF r SKIP LOCKED` over the same two index walks
-//!   (expired leases by deadline, then the queue by id), so concurrent pool
+//!   (expired leases by deadline, then the queue in task order), so concurrent pool
 //!   processes never claim one replica twice and never wait on each other;
 //! - quorum judging in [`Storage::submit_result`] locks the task row
 //!   (`SELECT ... FOR UPDATE` on `tasks`) before counting agreeing results,
@@ -32,6 +32,9 @@ pub(crate) trait Storage: Send {
     fn begin(&mut self) -> Result<(), StoreError>;
     fn commit(&mut self) -> Result<(), StoreError>;
     fn rollback(&mut self);
+
+    /// One round trip to the database, for `/v1/health`.
+    fn ping(&self) -> Result<(), StoreError>;
 
     fn put_blob(&mut self, bytes: &[u8]) -> Result<Sha256, StoreError>;
     fn blob(&self, sha: &Sha256) -> Result<Option<Vec<u8>>, StoreError>;

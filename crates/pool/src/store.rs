@@ -144,6 +144,11 @@ CREATE INDEX replicas_queue ON replicas(state, task_id, id);
 "#,
 ];
 
+/// The schema version this build migrates to.
+pub(crate) fn schema_version() -> u32 {
+    MIGRATIONS.len() as u32
+}
+
 /// Reported failures after which a task (and its job) fails: the kernel,
 /// not the devices, is what keeps failing.
 pub(crate) const MAX_TASK_FAILURES: i64 = 3;
@@ -1003,6 +1008,9 @@ impl crate::storage::Storage for Store {
     }
     fn device_key(&self, device_id: u64) -> Result<Option<PublicKey>, StoreError> {
         Store::device_key(self, device_id)
+    }
+    fn ping(&self) -> Result<(), StoreError> {
+        Ok(cached_row(&self.conn, "SELECT 1", [], |r| r.get::<_, i64>(0)).map(drop)?)
     }
     fn create_job(&mut self, spec: &JobSpec, seeds: Vec<TaskSeed>, now: u64) -> Result<u64, StoreError> {
         Store::create_job(self, spec, seeds, now)

@@ -45,12 +45,16 @@ impl Modify for SecuritySchemes {
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub(super) struct Health {
     pub status: HealthStatus,
+    /// `ok`, or why the database cannot be reached.
+    pub database: String,
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub(super) enum HealthStatus {
     Ok,
+    /// The process is up but cannot reach its database: take it out of the load balancer.
+    Unavailable,
 }
 
 #[allow(dead_code, reason = "described in the document only: handlers answer with ApiError")]

@@ -250,6 +250,8 @@ async fn the_server_matches_its_openapi_document() {
         assert_eq!(status, StatusCode::OK, "{get}: {body}");
         conforms(&body, response_schema(&doc, path, "get", status), &doc).unwrap_or_else(|e| panic!("{path}: {e}"));
     }
+    let (_, health) = call(&pool, Request::get("/v1/health").body(Body::empty()).unwrap()).await;
+    assert_eq!(health, json!({"status": "ok", "database": "ok"}), "the database answered");
     let (_, mine) = call(&pool, Request::get(&device_stats).body(Body::empty()).unwrap()).await;
     assert_eq!(mine, json!({"device_id": device, "credits": 0.0, "valid_results": 0, "invalid_results": 0}));
     let (status, unknown) = call(&pool, Request::get("/v1/devices/999/stats").body(Body::empty()).unwrap()).await;
