@@ -39,16 +39,24 @@ fn a_pool_key_pinned_by_policy_refuses_any_other_pool_and_ledger_verify_follows_
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let (job, _) = rt.block_on(op.mandelbrot_job(small_job()));
 
-    // The organisation pinned a key that is not this pool's.
+    // A pin the agent cannot read pins nothing: it joins no pool at all.
     let other = format!("ed25519:{}", Keypair::generate().unwrap().public());
     let dir = tmp.path().join("agent");
     std::fs::create_dir_all(&dir).unwrap();
     let policy = |key: &str| std::fs::write(dir.join("policy.toml"), format!("pool_public_key = \"{key}\"\n")).unwrap();
-    policy(&other);
+    policy(&other[..20]);
     write_settings(&dir, "cpu_duty_cycle_percent = 100\n");
     let agent = AgentProcess::start(&dir, Some(&pool.url), &[]);
+    let s = agent.wait_for("the stop for the unreadable pin", Duration::from_secs(30), |s| {
+        s["pool_problem"].as_str().is_some_and(|p| p.starts_with("IT policy unreadable"))
+    });
+    assert!(s["reasons"].to_string().contains("policy_unreadable"), "{s:#}");
+    assert_eq!(rt.block_on(op.stats())["devices"].as_array().map(Vec::len), Some(0));
+
+    // The organisation pinned a key that is not this pool's.
+    policy(&other);
     let s = agent.wait_for("the refusal", Duration::from_secs(30), |s| {
-        s["pool_problem"].as_str().is_some_and(|p| p.contains("pool_public_key"))
+        s["pool_problem"].as_str().is_some_and(|p| p.contains("pins the pool key"))
     });
     let problem = s["pool_problem"].as_str().unwrap();
     assert!(problem.contains(&fingerprint(&other)) && problem.contains(&fingerprint(&pool.public_key)), "{problem}");

@@ -97,7 +97,10 @@ fn agents_reach_an_https_pool_through_the_pinned_authority_only() {
     let agent = AgentProcess::start(&wrong, Some(&url), &[]);
     let s = agent.wait_for("the refusal", Duration::from_secs(30), |s| s["pool_problem"].is_string());
     let problem = s["pool_problem"].as_str().unwrap();
-    assert!(problem.contains("cannot join") && problem.contains("unreachable"), "{problem}");
+    assert!(
+        problem.contains("cannot join") && problem.contains("UnknownIssuer"),
+        "the certificate is the cause: {problem}"
+    );
     assert_eq!(rt.block_on(op.stats())["devices"].as_array().map(Vec::len), Some(0), "no device enrolled");
     drop(agent);
 
@@ -128,4 +131,10 @@ fn plain_http_off_this_machine_is_refused_unless_allowed() {
         s["pool_problem"].as_str().is_some_and(|p| !p.contains("plain HTTP"))
     });
     assert!(s["pool_problem"].as_str().unwrap().contains("unreachable"), "{s:#}");
+
+    // A policy that pins the pools' certificate authorities wants https: the setting does not lift that.
+    policy(&dir, "pool_ca_file = \"/etc/idlemesh/pool-ca.pem\"\n");
+    agent.wait_for("the refusal again", Duration::from_secs(30), |s| {
+        s["pool_problem"].as_str().is_some_and(|p| p.contains("plain HTTP to another machine"))
+    });
 }

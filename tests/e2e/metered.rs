@@ -49,7 +49,8 @@ fn on_a_metered_network_nothing_that_can_wait_goes_out_and_every_byte_is_counted
     std::thread::sleep(Duration::from_millis(500)); // a request already on its way lands
     let (done_then, wire_then) = (done(), wire.bytes());
     let finished_then = s["scheduler"]["summary"]["tasks_finished"].as_u64().unwrap_or(0);
-    // Long enough for a tile to finish and a heartbeat to fall due.
+    // Long enough for a tile to finish (heartbeats fall due only every 200 s
+    // of this job's 600 s lease: their gating is not what this watches).
     let s = agent.wait_for("a task finished while metered", Duration::from_secs(60), |s| {
         s["scheduler"]["summary"]["tasks_finished"].as_u64().unwrap_or(0) > finished_then
     });

@@ -182,7 +182,9 @@ impl Agent {
     /// Contacts the pool, pins its key, enrolls this device and records what
     /// was disclosed.
     pub async fn connect(config: AgentConfig, device_key: Arc<Keypair>) -> Result<Self, AgentError> {
-        if !config.allow_insecure_pool && crate::pool_client::plain_http_off_this_machine(&config.pool_url) {
+        // A policy that pins the pools' authorities wants https: no setting lifts that.
+        let insecure_allowed = config.allow_insecure_pool && config.pool_ca_file.is_none();
+        if !insecure_allowed && crate::pool_client::plain_http_off_this_machine(&config.pool_url) {
             return Err(AgentError::InsecurePool(config.pool_url.clone()));
         }
         let roots = match &config.pool_ca_file {
@@ -442,9 +444,13 @@ impl Agent {
                             self.outbox.start(m.lease_id, signed)?;
                         }
                     }
-                    let mut tasks = resp.tasks.into_iter();
-                    for signed in tasks.by_ref() {
-                        self.handle(signed).await?;
+                    let mut tasks = resp.tasks.into_iter().peekable();
+                    while tasks.peek().is_some() {
+                        // Metered since the lease: the rest go back unfetched.
+                        if self.traffic() != Traffic::All {
+                            break;
+                        }
+                        self.handle(tasks.next().expect("peeked")).await?;
                         if *stop.borrow() {
                             break;
                         }
@@ -548,16 +554,13 @@ impl Agent {
                 }
             }
         }
-        // A network that turned metered after the lease: fetch nothing until it is not.
-        if self.traffic() != Traffic::All && !self.blobs.contains_key(&manifest.kernel.sha256) {
-            let (_, never) = watch::channel(false);
-            self.wait_for_all_traffic(&never).await;
+        // A network that turned metered after the lease: fetch nothing; the
+        // task goes back (where lease upkeep may go out) or lapses.
+        let uncached = |sha: &Sha256| !self.blobs.contains_key(sha);
+        if self.traffic() != Traffic::All && (uncached(&manifest.kernel.sha256) || uncached(&manifest.input_sha256)) {
+            return Err(refuse(&manifest, "the network is metered: the kernel and input were not downloaded".into()));
         }
         let kernel = self.fetch_verified(&manifest.kernel.sha256, "kernel").await.map_err(|e| refuse(&manifest, e))?;
-        if self.traffic() != Traffic::All && !self.blobs.contains_key(&manifest.input_sha256) {
-            let (_, never) = watch::channel(false);
-            self.wait_for_all_traffic(&never).await;
-        }
         let input = self.fetch_verified(&manifest.input_sha256, "input").await.map_err(|e| refuse(&manifest, e))?;
         Ok((manifest, kernel, input))
     }

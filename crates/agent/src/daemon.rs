@@ -376,10 +376,18 @@ async fn schedule(
             continue;
         };
         // Joining is traffic too: on a metered network with nothing allowed, wait.
-        if shared.watcher.decisions().borrow().traffic == crate::governor::Traffic::None {
-            const METERED: &str = "waiting for an unmetered network: metered traffic is off (allow_metered)";
-            if shared.pool_problem.lock().expect("lock").replace(METERED.into()).as_deref() != Some(METERED) {
-                tracing::info!("{METERED}");
+        // Nor with a policy that cannot be read: it may pin the pool's key.
+        let unreadable = shared.settings.lock().expect("settings lock").policy_unreadable();
+        let waiting = match unreadable {
+            Some(why) => Some(why),
+            None if shared.watcher.decisions().borrow().traffic != crate::governor::Traffic::All => {
+                Some("waiting for an unmetered network: metered traffic is off (allow_metered)".to_owned())
+            }
+            None => None,
+        };
+        if let Some(why) = waiting {
+            if shared.pool_problem.lock().expect("lock").replace(why.clone()).as_deref() != Some(why.as_str()) {
+                tracing::info!("{why}");
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
             continue;

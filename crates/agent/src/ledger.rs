@@ -187,8 +187,12 @@ impl Ledger {
             } else if e.kind == "receipt" {
                 report.receipts_checked += 1;
                 check_receipt(&e.body, |pool| policy_key.or(enrolled.get(pool))).err().and_then(bad)
-            } else {
+            } else if policy_key.is_none() {
                 track_pins(&e.kind, &e.body, &mut enrolled).err().and_then(bad)
+            } else {
+                // The organisation's pin decides alone: an earlier key this
+                // device trusted on its own is history, not tampering.
+                None
             };
             if problem.is_some() {
                 report.first_bad = problem;

@@ -153,7 +153,9 @@ impl PoolClient {
             }
             builder = builder.tls_certs_only(certs);
         }
+        // A pool answers; it does not send the agent elsewhere (perhaps from https to http).
         let http = builder
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(120))
             .build()
@@ -196,7 +198,7 @@ impl PoolClient {
                 .header(auth::HEADER_SIGNATURE, sig.signature);
         }
         // Set here rather than as client defaults, so the meter sees them.
-        req = req.header(reqwest::header::USER_AGENT, USER_AGENT);
+        req = req.header(reqwest::header::USER_AGENT, USER_AGENT).header(reqwest::header::ACCEPT, "*/*");
         if !body.is_empty() {
             req = req
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -209,9 +211,11 @@ impl PoolClient {
         let body_len = req.body().and_then(|b| b.as_bytes()).map_or(0, <[u8]>::len);
         // "METHOD target HTTP/1.1", plus the Host header reqwest adds.
         let first_line = method.as_str().len() + 1 + target + " HTTP/1.1".len() + 2 + "host: ".len() + host;
-        self.traffic.sent(head_bytes(first_line, req.headers()) + body_len);
+        let sent = head_bytes(first_line, req.headers()) + body_len;
         let resp =
             self.http.execute(req).await.map_err(|source| PoolClientError::Unreachable { url: url.clone(), source })?;
+        // Counted once answered: a request that never reached the pool sent nothing.
+        self.traffic.sent(sent);
         let reason = resp.status().canonical_reason().map_or(0, str::len);
         self.traffic.received(head_bytes("HTTP/1.1 200 ".len() + reason, resp.headers()));
         if resp.status().is_success() {

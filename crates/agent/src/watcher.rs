@@ -28,6 +28,8 @@ pub const FAST_POLL: Duration = Duration::from_millis(15);
 pub const SLOW_POLL: Duration = Duration::from_secs(1);
 /// Short, so a 50 % limit is a smooth 50 ms on / 50 ms off, not a 1 s sawtooth.
 pub const DUTY_PERIOD: Duration = Duration::from_millis(100);
+/// How often the watcher looks again for a graphical session (a D-Bus call to logind).
+const SESSION_POLL: Duration = Duration::from_secs(10);
 /// How often the settings files are looked at for changes.
 const SETTINGS_POLL: Duration = Duration::from_secs(2);
 
@@ -197,7 +199,9 @@ impl Loop {
     fn run(&mut self, rx: mpsc::Receiver<Command>, ready: mpsc::Sender<()>) {
         let mut sensors = (std::mem::replace(&mut self.config.sensors, Box::new(Sensors::this_machine)))();
         let idle_sensor = sensors.idle.name();
-        let presence_unknown = sensors.presence_unknown();
+        let mut presence_unknown = sensors.presence_unknown();
+        // Someone may log in after an agent started at boot: look again now and then.
+        let mut next_session_check = Instant::now() + SESSION_POLL;
         let mut slow = SlowReadings::default();
         let mut idle = sensors.idle.idle();
         let (mut next_fast, mut next_slow, mut next_settings) = (Instant::now(), Instant::now(), Instant::now());
@@ -212,6 +216,11 @@ impl Loop {
                 next_slow = now + SLOW_POLL;
                 let ours: Vec<u32> = self.workers.iter().map(WorkerControl::pid).collect();
                 slow = sensors.read_slow(&ours);
+                if now >= next_session_check {
+                    next_session_check = now + SESSION_POLL;
+                    sensors.graphical_session = crate::sensors::graphical_session();
+                    presence_unknown = sensors.presence_unknown();
+                }
                 if let Some(ledger) = &self.ledger {
                     let tz = jiff::tz::TimeZone::system();
                     let today = crate::ledger_summary::local_day(crate::now_ms(), &tz);

@@ -408,6 +408,11 @@ pub fn read_policy(path: PathBuf) -> Result<Policy, SettingsError> {
     }
 }
 
+/// Whether a bad key is one of the policy's trust anchors (`pool_public_key`, `pool_ca_file`).
+fn is_trust_key_error(e: &SettingsError) -> bool {
+    matches!(e, SettingsError::BadValue { key, .. } if key == "pool_public_key" || key == "pool_ca_file")
+}
+
 /// The user's settings file and the IT policy, watched for changes.
 #[derive(Debug)]
 pub struct Settings {
@@ -461,14 +466,23 @@ impl Settings {
     /// until it is fixed (an unreadable policy never means "no policy"; the
     /// last good one stays in force meanwhile).
     pub fn policy_unreadable(&self) -> Option<String> {
-        self.policy.error.as_ref().map(|e| format!("IT policy unreadable: {e}"))
+        if let Some(e) = &self.policy.error {
+            return Some(format!("IT policy unreadable: {e}"));
+        }
+        // A pin that cannot be read pins nothing: running on without it
+        // would trust any pool the policy meant to exclude.
+        self.policy.good.bad_keys.iter().find(|e| is_trust_key_error(e)).map(|e| {
+            format!("IT policy unreadable: {e} (a pool pin that cannot be read stops all work until it is fixed)")
+        })
     }
 
     /// Every problem with the IT policy: each bad key (the others apply), or
     /// why it cannot be read.
     pub fn policy_errors(&self) -> Vec<String> {
+        let unreadable = self.policy_unreadable();
         let bad = self.policy.good.bad_keys.iter().map(ToString::to_string);
-        self.policy_unreadable().into_iter().chain(bad).collect()
+        let bad = bad.filter(|e| !unreadable.as_ref().is_some_and(|u| u.contains(e.as_str())));
+        unreadable.clone().into_iter().chain(bad).collect()
     }
 
     /// The governor's limits, with the policy's readability.

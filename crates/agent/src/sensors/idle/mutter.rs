@@ -32,6 +32,9 @@ struct State {
     lost_at: Option<Instant>,
     idle_watch: Option<u32>,
     active_watch: Option<u32>,
+    /// Watches that fired before their ids were stored (a watch can fire
+    /// between Mutter's reply and our recording it).
+    fired_early: Vec<u32>,
 }
 
 impl MutterIdle {
@@ -75,6 +78,14 @@ fn arm(proxy: &Proxy<'static>, state: &Mutex<State>) -> Result<(), String> {
     s.idle_watch = Some(idle_watch);
     s.active_watch = Some(active_watch);
     s.lost_at = None;
+    let early = std::mem::take(&mut s.fired_early);
+    if early.contains(&idle_watch) {
+        s.idle_since = Some(Instant::now().checked_sub(NOTIFY_AFTER).unwrap_or_else(Instant::now));
+    }
+    if early.contains(&active_watch) {
+        s.idle_since = None;
+        s.active_watch = None;
+    }
     Ok(())
 }
 
@@ -90,11 +101,15 @@ fn follow_watches(
             if Some(id) == s.idle_watch {
                 s.idle_since = Some(Instant::now().checked_sub(NOTIFY_AFTER).unwrap_or_else(Instant::now));
                 s.active_watch.is_none()
+            } else if Some(id) == s.active_watch {
+                s.active_watch = None;
+                s.idle_since = None;
+                false
             } else {
-                if Some(id) == s.active_watch {
-                    s.active_watch = None;
-                    s.idle_since = None;
+                if s.fired_early.len() >= 8 {
+                    s.fired_early.remove(0);
                 }
+                s.fired_early.push(id);
                 false
             }
         };
