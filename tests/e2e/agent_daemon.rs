@@ -225,6 +225,8 @@ fn pause_resume_settings_and_a_locked_policy_through_the_control_socket() {
     let s = agent.wait_for("the download cap", Duration::from_secs(10), |s| s["paused"] == true);
     assert!(s["reasons"].to_string().contains("download_cap_reached"), "{s}");
     assert!(s["sensors"]["snapshot"]["downloaded_today_bytes"].as_u64().unwrap() > 0, "{s}");
+    // ... and holds back the traffic it caps: only lease upkeep may go out.
+    assert_eq!(s["decision"]["traffic"], "lease_upkeep", "{s}");
 }
 
 #[test]

@@ -387,11 +387,15 @@ impl Agent {
     }
 
     /// Waits until every kind of traffic may go out again (an unmetered
-    /// network, or the user allowed metered); false if stopped meanwhile.
+    /// network or the user's leave, and a daily cap not used up); false if
+    /// stopped meanwhile.
     async fn wait_for_all_traffic(&mut self, stop: &watch::Receiver<bool>) -> bool {
         let Some(mut decisions) = self.config.watcher.as_ref().map(Watcher::decisions) else { return true };
         let mut stop = stop.clone();
-        self.publish(|st| st.waiting_for = Some("an unmetered network (metered traffic is off)".into()));
+        self.publish(|st| {
+            st.waiting_for =
+                Some("an unmetered network, or tomorrow's transfer allowance (today's cap is used up)".into())
+        });
         let result = loop {
             if *stop.borrow() {
                 break false;

@@ -380,9 +380,10 @@ async fn schedule(
         let unreadable = shared.settings.lock().expect("settings lock").policy_unreadable();
         let waiting = match unreadable {
             Some(why) => Some(why),
-            None if shared.watcher.decisions().borrow().traffic != crate::governor::Traffic::All => {
-                Some("waiting for an unmetered network: metered traffic is off (allow_metered)".to_owned())
-            }
+            None if shared.watcher.decisions().borrow().traffic != crate::governor::Traffic::All => Some(
+                "waiting to join: the network is metered (allow_metered is off), or today's transfer cap is used up"
+                    .to_owned(),
+            ),
             None => None,
         };
         if let Some(why) = waiting {

@@ -225,14 +225,21 @@ pub enum Traffic {
 
 impl Traffic {
     /// What may go out, given whether the network is metered (`None`: the
-    /// OS does not say, which is not metered) and the user's limits.
-    pub fn allowed(metered: Option<bool>, l: &Limits) -> Self {
-        match metered {
+    /// OS does not say, which is not metered), today's transfer and the
+    /// user's limits. A daily cap used up stops what it caps (results
+    /// wait; nothing new is fetched); keeping leases stays allowed there,
+    /// a few hundred bytes the cap's owner would not want to cost a task.
+    pub fn allowed(s: &Snapshot, l: &Limits) -> Self {
+        let network = match s.metered_network {
             Some(true) if l.allow_metered => Self::All,
             Some(true) if l.metered_small_traffic => Self::LeaseUpkeep,
             Some(true) => Self::None,
             _ => Self::All,
-        }
+        };
+        let reached = |cap: Option<u64>, used: u64| cap.is_some_and(|c| used >= c);
+        let capped = reached(l.daily_upload_cap_bytes, s.uploaded_today_bytes)
+            || reached(l.daily_download_cap_bytes, s.downloaded_today_bytes);
+        if capped && network == Self::All { Self::LeaseUpkeep } else { network }
     }
 
     pub fn may_keep_leases(self) -> bool {
@@ -442,7 +449,7 @@ pub fn decide(prev: &GovernorState, s: &Snapshot, l: &Limits, pause: ManualPause
             format!("using {total} core{} at {}% duty cycle", if total == 1 { "" } else { "s" }, l.duty_cycle_percent),
         );
         Decision {
-            traffic: Traffic::allowed(s.metered_network, l),
+            traffic: Traffic::allowed(s, l),
             action: Action::Run {
                 cores: total,
                 duty_cycle_percent: l.duty_cycle_percent.clamp(1, 100),
@@ -451,7 +458,7 @@ pub fn decide(prev: &GovernorState, s: &Snapshot, l: &Limits, pause: ManualPause
             reasons: allowing,
         }
     } else {
-        Decision { action: Action::Pause, reasons: blocking, traffic: Traffic::allowed(s.metered_network, l) }
+        Decision { action: Action::Pause, reasons: blocking, traffic: Traffic::allowed(s, l) }
     };
     (decision, state)
 }
