@@ -50,16 +50,7 @@ impl Kwin {
 
     pub fn stop(&mut self) {
         // SIGTERM: KWin takes its Xwayland down with it.
-        if self.child.try_wait().ok().flatten().is_none() {
-            // SAFETY: kill(2) on our own child, not yet reaped, so its pid is not reused.
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        super::child::terminate(&mut self.child);
     }
 
     /// The user moves the mouse.

@@ -12,6 +12,8 @@ use crate::harness::BIN;
 #[path = "../common/xvfb.rs"]
 mod xvfb;
 pub use xvfb::Xvfb;
+#[path = "../common/child.rs"]
+mod child;
 #[path = "../common/kwin.rs"]
 mod kwin;
 pub use kwin::Kwin;

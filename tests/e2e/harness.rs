@@ -142,9 +142,7 @@ pub fn agent_config(pool_url: &str, data_dir: &Path) -> idlemesh_agent::AgentCon
         max_idle_poll: std::time::Duration::from_millis(100),
         watcher: None,
         require_sandbox: Vec::new(),
-        policy_pool_key: None,
-        allow_insecure_pool: false,
-        pool_ca_file: None,
+        trust: Default::default(),
     }
 }
 

@@ -49,6 +49,14 @@ pub struct AgentConfig {
     pub watcher: Option<Watcher>,
     /// OS sandbox layers a worker must report before it is given a kernel.
     pub require_sandbox: Vec<Layer>,
+    /// Which pools and connections to trust.
+    pub trust: PoolTrust,
+}
+
+/// What decides which pools, and which connections to them, this device
+/// trusts (the IT policy's pins, the user's `allow_insecure_pool`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolTrust {
     /// The pool key the IT policy pins (`pool_public_key`): no other key is
     /// trusted, whatever this device pinned on its own.
     pub policy_pool_key: Option<PublicKey>,
@@ -183,11 +191,11 @@ impl Agent {
     /// was disclosed.
     pub async fn connect(config: AgentConfig, device_key: Arc<Keypair>) -> Result<Self, AgentError> {
         // A policy that pins the pools' authorities wants https: no setting lifts that.
-        let insecure_allowed = config.allow_insecure_pool && config.pool_ca_file.is_none();
+        let insecure_allowed = config.trust.allow_insecure_pool && config.trust.pool_ca_file.is_none();
         if !insecure_allowed && crate::pool_client::plain_http_off_this_machine(&config.pool_url) {
             return Err(AgentError::InsecurePool(config.pool_url.clone()));
         }
-        let roots = match &config.pool_ca_file {
+        let roots = match &config.trust.pool_ca_file {
             Some(path) => Some(
                 std::fs::read(path).map_err(|e| AgentError::PoolCa { path: path.clone(), reason: e.to_string() })?,
             ),
@@ -195,7 +203,7 @@ impl Agent {
         };
         let mut client =
             PoolClient::with_roots(&config.pool_url, device_key.clone(), roots.as_deref()).map_err(|e| {
-                match (e, &config.pool_ca_file) {
+                match (e, &config.trust.pool_ca_file) {
                     (PoolClientError::BadRoots(reason), Some(path)) => {
                         AgentError::PoolCa { path: path.clone(), reason }
                     }
@@ -207,13 +215,13 @@ impl Agent {
         let info = client.info().await?;
         // Nothing is disclosed to a pool whose key is not the pinned one;
         // the policy's pin outranks the device's own.
-        let pool_key = match config.policy_pool_key {
+        let pool_key = match config.trust.policy_pool_key {
             Some(key) => key,
             None => crate::pins::pinned(&config.data_dir, &config.pool_url)?.unwrap_or(info.public_key),
         };
         let key_error = |offered: PublicKey| {
             let (pinned, offered) = (Box::new(pool_key), Box::new(offered));
-            if config.policy_pool_key.is_some() {
+            if config.trust.policy_pool_key.is_some() {
                 AgentError::PoolKeyNotThePolicys { pool: config.pool_url.clone(), pinned, offered }
             } else {
                 AgentError::PoolKeyChanged { pinned, offered }
@@ -390,32 +398,19 @@ impl Agent {
     /// network or the user's leave, and a daily cap not used up); false if
     /// stopped meanwhile.
     async fn wait_for_all_traffic(&mut self, stop: &watch::Receiver<bool>) -> bool {
-        let Some(mut decisions) = self.config.watcher.as_ref().map(Watcher::decisions) else { return true };
-        let mut stop = stop.clone();
         self.publish(|st| {
             st.waiting_for =
                 Some("an unmetered network, or tomorrow's transfer allowance (today's cap is used up)".into())
         });
-        let result = loop {
-            if *stop.borrow() {
-                break false;
-            }
-            if decisions.borrow_and_update().traffic == Traffic::All {
-                break true;
-            }
-            tokio::select! {
-                r = decisions.changed() => if r.is_err() { break false },
-                _ = stop.changed() => {}
-            }
-        };
+        let decisions = self.config.watcher.as_ref().map(Watcher::decisions);
+        let result = decision_until(decisions, stop.clone(), |d| d.traffic == Traffic::All).await;
         self.publish(|st| st.waiting_for = None);
         result
     }
 
     fn allowed(&self, stop: &watch::Receiver<bool>) -> impl Future<Output = bool> + Send + 'static {
         let decisions = self.config.watcher.as_ref().map(Watcher::decisions);
-        let stop = stop.clone();
-        allowed(decisions, stop)
+        decision_until(decisions, stop.clone(), |d| !d.is_paused())
     }
 
     /// Works until `stop` turns true, then returns what it did. Errors talking
@@ -970,14 +965,19 @@ fn save_checkpoint(path: &std::path::Path, state: &[u8]) {
     }
 }
 
-/// Waits until the governor allows work (or `stop`); true if allowed.
-async fn allowed(decisions: Option<watch::Receiver<crate::Decision>>, mut stop: watch::Receiver<bool>) -> bool {
+/// Waits until the governor's decision passes `wanted` (or `stop`); true
+/// if it does. Without a watcher there is nothing to wait for.
+async fn decision_until(
+    decisions: Option<watch::Receiver<crate::Decision>>,
+    mut stop: watch::Receiver<bool>,
+    wanted: impl Fn(&crate::Decision) -> bool,
+) -> bool {
     let Some(mut decisions) = decisions else { return !*stop.borrow() };
     loop {
         if *stop.borrow() {
             return false;
         }
-        if !decisions.borrow_and_update().is_paused() {
+        if wanted(&decisions.borrow_and_update()) {
             return true;
         }
         tokio::select! {

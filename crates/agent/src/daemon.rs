@@ -393,11 +393,10 @@ async fn schedule(
             tokio::time::sleep(Duration::from_secs(2)).await;
             continue;
         }
-        let (limits, enrollment_token, policy_pool_key, pool_ca_file, allow_insecure_pool) = {
+        let (limits, enrollment_token, trust) = {
             let s = shared.settings.lock().expect("settings lock");
             let e = s.effective();
-            let insecure = e.get("allow_insecure_pool").and_then(|v| v.as_bool()).unwrap_or(false);
-            (e.limits(), e.enrollment_token.clone(), e.pool_public_key, e.pool_ca_file.clone(), insecure)
+            (e.limits(), e.enrollment_token.clone(), e.pool_trust())
         };
         let enrollment_token = shared.join_tokens.lock().expect("lock").get(&url).cloned().or(enrollment_token);
         // The GPU is offered only when the user (or policy) enabled it, and
@@ -424,9 +423,7 @@ async fn schedule(
             max_idle_poll: Duration::from_secs(30),
             watcher: Some(shared.watcher.clone()),
             require_sandbox: limits.require_sandbox.clone(),
-            policy_pool_key,
-            allow_insecure_pool,
-            pool_ca_file: pool_ca_file.clone(),
+            trust: trust.clone(),
         };
         let agent = match Agent::connect(config, device_key.clone()).await {
             Ok(a) => a,
@@ -457,7 +454,6 @@ async fn schedule(
             let shared = shared.clone();
             let url = url.clone();
             // What the connection was made with: the trust settings too.
-            let trust = (policy_pool_key, pool_ca_file.clone(), allow_insecure_pool);
             let offered =
                 (limits.cores, limits.memory_per_task_bytes, limits.gpu_enabled, limits.require_sandbox.clone(), trust);
             tokio::spawn(async move {
@@ -465,10 +461,7 @@ async fn schedule(
                     tokio::time::sleep(Duration::from_secs(2)).await;
                     let now = {
                         let s = shared.settings.lock().expect("settings lock");
-                        let e = s.effective();
-                        let insecure = e.get("allow_insecure_pool").and_then(|v| v.as_bool()).unwrap_or(false);
-                        let l = e.limits();
-                        let trust = (e.pool_public_key, e.pool_ca_file.clone(), insecure);
+                        let (l, trust) = (s.effective().limits(), s.effective().pool_trust());
                         (l.cores, l.memory_per_task_bytes, l.gpu_enabled, l.require_sandbox, trust)
                     };
                     let changed = now != offered;

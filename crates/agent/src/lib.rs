@@ -34,7 +34,7 @@ pub mod sensors;
 pub mod settings;
 pub mod watcher;
 
-pub use agent::{Agent, AgentConfig, AgentError, AgentSummary, CurrentTask, SchedulerStatus};
+pub use agent::{Agent, AgentConfig, AgentError, AgentSummary, CurrentTask, PoolTrust, SchedulerStatus};
 pub use governor::{Decision, Limits};
 pub use ledger::{BadEntry, Entry, Ledger, LedgerError, VerifyReport};
 pub use pool_client::{PoolClient, PoolClientError};

@@ -94,9 +94,7 @@ async fn demo(args: Args) -> anyhow::Result<()> {
         max_idle_poll: Duration::from_millis(100),
         watcher: None,
         require_sandbox: Vec::new(),
-        policy_pool_key: None,
-        allow_insecure_pool: false,
-        pool_ca_file: None,
+        trust: Default::default(),
     };
     // The demo device's key lives only as long as the demo: it joins its own
     // throwaway pool. Enrolled agents keep theirs in the OS keyring.

@@ -34,12 +34,8 @@ enum Action {
         /// The certificate's PEM private key (with --tls-cert).
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
-        /// The SQLite database (default: pool.sqlite in --data-dir).
-        #[arg(long)]
-        db: Option<PathBuf>,
-        /// Where the pool keeps its key (default: pool/ in the data dir).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        files: PoolFiles,
         #[arg(long, default_value = "Idlemesh pool")]
         name: String,
         #[arg(long, default_value = "unknown operator")]
@@ -76,12 +72,8 @@ enum Action {
     },
     /// Bring the pool's database to this version's schema and exit (`serve` also does it on start).
     Migrate {
-        /// The SQLite database (default: pool.sqlite in --data-dir).
-        #[arg(long)]
-        db: Option<PathBuf>,
-        /// Where the pool keeps its key and, by default, its database.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        files: PoolFiles,
     },
     /// Organisations: `org create NAME`, `org stats ID`.
     Org {
@@ -97,6 +89,30 @@ enum Action {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+/// Where a pool keeps its key and its database (`serve` and `migrate`).
+#[derive(clap::Args)]
+struct PoolFiles {
+    /// The SQLite database (default: pool.sqlite in --data-dir).
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// Where the pool keeps its key and, by default, its database (default: pool/ in the data dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+impl PoolFiles {
+    /// The data dir and the database path, with their defaults; PostgreSQL
+    /// URLs are refused until this build has that storage.
+    fn resolve(self) -> anyhow::Result<(PathBuf, PathBuf)> {
+        if self.db.as_ref().is_some_and(|d| d.to_string_lossy().starts_with("postgres://")) {
+            return Err(bad_input("PostgreSQL storage is not in this build yet; use a SQLite path"));
+        }
+        let data_dir = self.data_dir.unwrap_or_else(|| idlemesh_agent::paths::data_dir().join("pool"));
+        let db = self.db.unwrap_or_else(|| data_dir.join("pool.sqlite"));
+        Ok((data_dir, db))
+    }
 }
 
 #[derive(clap::Args)]
@@ -141,13 +157,12 @@ fn parse_spread(text: &str) -> Result<Spread, String> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let (listen, tls, db, data_dir, name, operator, open_enrollment, trust, payout) = match args.action {
+    let (listen, tls, files, name, operator, open_enrollment, trust, payout) = match args.action {
         Action::Serve {
             listen,
             tls_cert,
             tls_key,
-            db,
-            data_dir,
+            files,
             name,
             operator,
             open_enrollment,
@@ -161,17 +176,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         } => {
             let trust = TrustRules { spread: spread_replicas, ipv4_prefix, ipv6_prefix, checked_results };
             let tls = tls_cert.zip(tls_key);
-            (listen, tls, db, data_dir, name, operator, open_enrollment, trust, payout_per_credit.zip(payout_currency))
+            (listen, tls, files, name, operator, open_enrollment, trust, payout_per_credit.zip(payout_currency))
         }
         Action::Org { action, client } => return orgs(action, client),
         Action::Token { action, client } => return tokens(action, client),
-        Action::Migrate { db, data_dir } => return migrate(db, data_dir),
+        Action::Migrate { files } => return migrate(files),
     };
     let addr: SocketAddr =
         listen.parse().map_err(|_| bad_input(format!("--listen {listen:?} is not an address like 127.0.0.1:8470")))?;
-    if db.as_ref().is_some_and(|d| d.to_string_lossy().starts_with("postgres://")) {
-        return Err(bad_input("PostgreSQL storage is not in this build yet; use a SQLite path"));
-    }
+    let (data_dir, db) = files.resolve()?;
     let payout = payout
         .map(|(rate, currency)| Payout::new(rate, &currency))
         .transpose()
@@ -184,10 +197,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             t
         }
     };
-    let data_dir = data_dir.unwrap_or_else(|| idlemesh_agent::paths::data_dir().join("pool"));
     let pool = Pool::open(PoolConfig {
         data_dir,
-        db_path: db,
+        db_path: Some(db),
         name,
         operator,
         operator_token,
@@ -220,12 +232,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     })
 }
 
-fn migrate(db: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
-    if db.as_ref().is_some_and(|d| d.to_string_lossy().starts_with("postgres://")) {
-        return Err(bad_input("PostgreSQL storage is not in this build yet; use a SQLite path"));
-    }
-    let data_dir = data_dir.unwrap_or_else(|| idlemesh_agent::paths::data_dir().join("pool"));
-    let db = db.unwrap_or_else(|| data_dir.join("pool.sqlite"));
+fn migrate(files: PoolFiles) -> anyhow::Result<()> {
+    let (_, db) = files.resolve()?;
     if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }

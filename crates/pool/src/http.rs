@@ -238,15 +238,14 @@ async fn openapi() -> impl IntoResponse {
         (status = 503, description = "The pool cannot reach its database (or it does not answer within 2 s)", body = doc::Health)))]
 async fn health(State(pool): State<Pool>) -> impl IntoResponse {
     let ping = pool.inner.store.run(|s| s.ping());
-    let database = match tokio::time::timeout(std::time::Duration::from_secs(2), ping).await {
-        Ok(Ok(())) => "ok".to_owned(),
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => "the database did not answer within 2 s".to_owned(),
-    };
-    let (code, status) = if database == "ok" {
-        (StatusCode::OK, doc::HealthStatus::Ok)
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, doc::HealthStatus::Unavailable)
+    let (code, status, database) = match tokio::time::timeout(std::time::Duration::from_secs(2), ping).await {
+        Ok(Ok(())) => (StatusCode::OK, doc::HealthStatus::Ok, "ok".to_owned()),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, doc::HealthStatus::Unavailable, e.to_string()),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            doc::HealthStatus::Unavailable,
+            "the database did not answer within 2 s".to_owned(),
+        ),
     };
     (code, axum::Json(doc::Health { status, database }))
 }

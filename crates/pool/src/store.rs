@@ -457,10 +457,14 @@ impl Store {
     ) -> Result<Vec<TaskManifest>, StoreError> {
         let spread = self.trust.spread;
         let network = network.filter(|_| spread.network);
-        let (token_id, org_id): (Option<i64>, Option<i64>) =
+        // Only a pool that spreads by token or organisation needs the device's.
+        let (token_id, org_id): (Option<i64>, Option<i64>) = if spread.token || spread.org {
             cached_row(&self.conn, "SELECT token_id, org_id FROM devices WHERE id = ?1", [device_id as i64], |r| {
                 Ok((r.get(0)?, r.get(1)?))
-            })?;
+            })?
+        } else {
+            (None, None)
+        };
         let (token_id, org_id) = (token_id.filter(|_| spread.token), org_id.filter(|_| spread.org));
         let tx = self.conn.savepoint()?;
         // Expired leases first (oldest deadline first), then the queue in

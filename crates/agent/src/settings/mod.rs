@@ -139,16 +139,6 @@ pub fn parse_policy(file: &str, text: &str) -> Result<Policy, SettingsError> {
     policy_from_table(file, table)
 }
 
-/// A policy file of any platform's format: a property list (macOS managed
-/// preferences) by its `.plist` name, else TOML.
-pub fn parse_policy_bytes(file: &str, bytes: &[u8]) -> Result<Policy, SettingsError> {
-    if file.ends_with(".plist") {
-        let table = plist_to_table(bytes).map_err(|message| SettingsError::Syntax { file: file.into(), message })?;
-        return policy_from_table(file, table);
-    }
-    parse_policy(file, utf8(file, bytes)?)
-}
-
 /// Reads a policy file as `idlemesh policy check` does: `Err` when it cannot
 /// be read as a whole (not UTF-8, not TOML or a property list); otherwise
 /// the policy of its good keys and every bad key's problem.
@@ -310,6 +300,15 @@ impl Effective {
         schema::to_limits(|k| self.get(k), self.machine)
     }
 
+    /// The pins and the transport the agent trusts pools with.
+    pub fn pool_trust(&self) -> crate::PoolTrust {
+        crate::PoolTrust {
+            policy_pool_key: self.pool_public_key,
+            allow_insecure_pool: self.get("allow_insecure_pool").and_then(|v| v.as_bool()).unwrap_or(false),
+            pool_ca_file: self.pool_ca_file.clone(),
+        }
+    }
+
     pub fn pool_url(&self) -> Option<String> {
         self.get("pool_url").and_then(|v| v.as_str().map(str::to_string))
     }
@@ -466,23 +465,25 @@ impl Settings {
     /// until it is fixed (an unreadable policy never means "no policy"; the
     /// last good one stays in force meanwhile).
     pub fn policy_unreadable(&self) -> Option<String> {
-        if let Some(e) = &self.policy.error {
-            return Some(format!("IT policy unreadable: {e}"));
-        }
-        // A pin that cannot be read pins nothing: running on without it
-        // would trust any pool the policy meant to exclude.
-        self.policy.good.bad_keys.iter().find(|e| is_trust_key_error(e)).map(|e| {
-            format!("IT policy unreadable: {e} (a pool pin that cannot be read stops all work until it is fixed)")
-        })
+        self.policy_stops().next()
     }
 
-    /// Every problem with the IT policy: each bad key (the others apply), or
-    /// why it cannot be read.
+    /// Every problem with the IT policy: why it cannot be read, and each
+    /// bad key (the others apply).
     pub fn policy_errors(&self) -> Vec<String> {
-        let unreadable = self.policy_unreadable();
-        let bad = self.policy.good.bad_keys.iter().map(ToString::to_string);
-        let bad = bad.filter(|e| !unreadable.as_ref().is_some_and(|u| u.contains(e.as_str())));
-        unreadable.clone().into_iter().chain(bad).collect()
+        let others = self.policy.good.bad_keys.iter().filter(|e| !is_trust_key_error(e)).map(ToString::to_string);
+        self.policy_stops().chain(others).collect()
+    }
+
+    /// The problems that stop work: a policy that cannot be read, and a pin
+    /// that cannot be read (it pins nothing, so running on would trust any
+    /// pool the policy meant to exclude).
+    fn policy_stops(&self) -> impl Iterator<Item = String> + '_ {
+        let file = self.policy.error.iter().map(|e| format!("IT policy unreadable: {e}"));
+        let pins = self.policy.good.bad_keys.iter().filter(|e| is_trust_key_error(e)).map(|e| {
+            format!("IT policy unreadable: {e} (a pool pin that cannot be read stops all work until it is fixed)")
+        });
+        file.chain(pins)
     }
 
     /// The governor's limits, with the policy's readability.

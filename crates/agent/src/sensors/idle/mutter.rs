@@ -63,6 +63,11 @@ impl MutterIdle {
     }
 }
 
+/// When input stopped, as an idle watch firing now says it.
+fn went_idle() -> Instant {
+    Instant::now().checked_sub(NOTIFY_AFTER).unwrap_or_else(Instant::now)
+}
+
 /// Reads the idle time and sets both watches on the Mutter that now owns the name.
 fn arm(proxy: &Proxy<'static>, state: &Mutex<State>) -> Result<(), String> {
     let idle_ms: u64 =
@@ -80,7 +85,7 @@ fn arm(proxy: &Proxy<'static>, state: &Mutex<State>) -> Result<(), String> {
     s.lost_at = None;
     let early = std::mem::take(&mut s.fired_early);
     if early.contains(&idle_watch) {
-        s.idle_since = Some(Instant::now().checked_sub(NOTIFY_AFTER).unwrap_or_else(Instant::now));
+        s.idle_since = Some(went_idle());
     }
     if early.contains(&active_watch) {
         s.idle_since = None;
@@ -99,7 +104,7 @@ fn follow_watches(
         let rearm = {
             let mut s = state.lock().expect("idle state");
             if Some(id) == s.idle_watch {
-                s.idle_since = Some(Instant::now().checked_sub(NOTIFY_AFTER).unwrap_or_else(Instant::now));
+                s.idle_since = Some(went_idle());
                 s.active_watch.is_none()
             } else if Some(id) == s.active_watch {
                 s.active_watch = None;
