@@ -23,7 +23,8 @@ pub fn session_keyring() {
 pub async fn pool_with_job(dir: &Path) -> (String, tokio::task::JoinHandle<()>) {
     let pool = Pool::open(PoolConfig {
         data_dir: dir.to_path_buf(),
-        db_path: None,
+        database: None,
+        key_file: None,
         name: "app test pool".into(),
         operator: "tests".into(),
         operator_token: "test-operator-token-0123456789".into(),

@@ -66,6 +66,13 @@ impl PoolProcess {
         Self::spawn(dir, "127.0.0.1:0", extra)
     }
 
+    /// One replica of a lab pool on a shared database (`--db URL`), signing
+    /// with the shared `key_file`, on `listen` (`127.0.0.1:0` for any port).
+    pub fn start_replica(dir: &Path, db: &str, key_file: &Path, listen: &str) -> Self {
+        let key_file = key_file.display().to_string();
+        Self::spawn(dir, listen, &["--db", db, "--key-file", &key_file])
+    }
+
     /// A pool with `pool serve`'s own defaults and `extra` flags: closed,
     /// replicas spread, trust earned.
     pub fn start_as_shipped(dir: &Path, extra: &[&str]) -> Self {

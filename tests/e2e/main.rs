@@ -26,6 +26,7 @@ mod packaging;
 mod policy_cli;
 #[path = "../common/private_root.rs"]
 mod private_root;
+mod replicas;
 mod restart;
 mod sandbox_policy;
 mod tampering;

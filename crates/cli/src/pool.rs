@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::Subcommand;
 use idlemesh_pool::trust::{Spread, TrustRules};
-use idlemesh_pool::{Pool, PoolConfig};
+use idlemesh_pool::{Database, Pool, PoolConfig};
 use idlemesh_protocol::Keypair;
 use idlemesh_protocol::api::{Payout, TokenCreate};
 
@@ -36,6 +36,11 @@ enum Action {
         tls_key: Option<PathBuf>,
         #[command(flatten)]
         files: PoolFiles,
+        /// The pool's signing key (created, 0600, if absent; default:
+        /// pool.key in --data-dir). Every replica of a pool needs the same
+        /// one: the database refuses a replica with another.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
         #[arg(long, default_value = "Idlemesh pool")]
         name: String,
         #[arg(long, default_value = "unknown operator")]
@@ -91,26 +96,38 @@ enum Action {
     },
 }
 
+/// A PostgreSQL URL may hold a password: from the environment (a systemd
+/// `EnvironmentFile`, 0600), it stays out of the process list.
+const DB_ENV: &str = "IDLEMESH_POOL_DB";
+
 /// Where a pool keeps its key and its database (`serve` and `migrate`).
 #[derive(clap::Args)]
 struct PoolFiles {
-    /// The SQLite database (default: pool.sqlite in --data-dir).
+    /// The database: a SQLite file (default: pool.sqlite in --data-dir), or a
+    /// PostgreSQL URL (postgres://user@host/db) that any number of `pool
+    /// serve` replicas share. Default: $IDLEMESH_POOL_DB if set.
     #[arg(long)]
-    db: Option<PathBuf>,
+    db: Option<String>,
     /// Where the pool keeps its key and, by default, its database (default: pool/ in the data dir).
     #[arg(long)]
     data_dir: Option<PathBuf>,
 }
 
 impl PoolFiles {
-    /// The data dir and the database path, with their defaults; PostgreSQL
-    /// URLs are refused until this build has that storage.
-    fn resolve(self) -> anyhow::Result<(PathBuf, PathBuf)> {
-        if self.db.as_ref().is_some_and(|d| d.to_string_lossy().starts_with("postgres://")) {
-            return Err(bad_input("PostgreSQL storage is not in this build yet; use a SQLite path"));
-        }
+    /// The data dir and the database, with their defaults.
+    fn resolve(self) -> anyhow::Result<(PathBuf, Database)> {
         let data_dir = self.data_dir.unwrap_or_else(|| idlemesh_agent::paths::data_dir().join("pool"));
-        let db = self.db.unwrap_or_else(|| data_dir.join("pool.sqlite"));
+        let db = match self.db.or_else(|| std::env::var(DB_ENV).ok().filter(|v| !v.is_empty())) {
+            Some(db) if db.trim().is_empty() => return Err(bad_input("--db is empty")),
+            Some(db) if db.contains("://") && !db.starts_with("postgres://") && !db.starts_with("postgresql://") => {
+                return Err(bad_input(format!(
+                    "--db {:?}: a database URL starts with postgres:// (any other value is a SQLite file's path)",
+                    db.split("://").next().unwrap_or_default()
+                )));
+            }
+            Some(db) => Database::parse(&db),
+            None => Database::Sqlite(data_dir.join("pool.sqlite")),
+        };
         Ok((data_dir, db))
     }
 }
@@ -157,12 +174,13 @@ fn parse_spread(text: &str) -> Result<Spread, String> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let (listen, tls, files, name, operator, open_enrollment, trust, payout) = match args.action {
+    let (listen, tls, files, key_file, name, operator, open_enrollment, trust, payout) = match args.action {
         Action::Serve {
             listen,
             tls_cert,
             tls_key,
             files,
+            key_file,
             name,
             operator,
             open_enrollment,
@@ -176,7 +194,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         } => {
             let trust = TrustRules { spread: spread_replicas, ipv4_prefix, ipv6_prefix, checked_results };
             let tls = tls_cert.zip(tls_key);
-            (listen, tls, files, name, operator, open_enrollment, trust, payout_per_credit.zip(payout_currency))
+            (listen, tls, files, key_file, name, operator, open_enrollment, trust, payout_per_credit.zip(payout_currency))
         }
         Action::Org { action, client } => return orgs(action, client),
         Action::Token { action, client } => return tokens(action, client),
@@ -199,7 +217,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let pool = Pool::open(PoolConfig {
         data_dir,
-        db_path: Some(db),
+        database: Some(db),
+        key_file,
         name,
         operator,
         operator_token,
@@ -234,11 +253,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 fn migrate(files: PoolFiles) -> anyhow::Result<()> {
     let (_, db) = files.resolve()?;
-    if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Database::Sqlite(path) = &db
+        && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+    {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let version = idlemesh_pool::migrate(&db).with_context(|| format!("migrating {}", db.display()))?;
-    println!("{}: schema version {version}", db.display());
+    let version = idlemesh_pool::migrate(&db).with_context(|| format!("migrating {db}"))?;
+    println!("{db}: schema version {version}");
     Ok(())
 }
 

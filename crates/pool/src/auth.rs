@@ -8,33 +8,9 @@ use idlemesh_protocol::auth::{self, RequestSignature};
 use idlemesh_protocol::{PublicKey, Sha256};
 
 use crate::http::ApiError;
+use crate::storage::Storage;
+use crate::store::StoreError;
 use crate::{Pool, now_ms};
-
-/// Signatures seen within the clock-skew window; a second use is a replay.
-/// Older ones need not be remembered: their timestamps are refused anyway.
-#[derive(Default)]
-pub(crate) struct ReplayGuard {
-    seen: Mutex<Seen>,
-}
-
-#[derive(Default)]
-struct Seen {
-    /// Signature → the request's own timestamp.
-    by_signature: HashMap<String, u64>,
-    last_prune_ms: u64,
-}
-
-impl ReplayGuard {
-    pub fn check_and_remember(&self, signature: &str, timestamp: u64, now: u64) -> bool {
-        let mut seen = self.seen.lock().unwrap();
-        // Prune at most once a second, so a busy pool does not scan the map per request.
-        if now.saturating_sub(seen.last_prune_ms) >= 1_000 {
-            seen.by_signature.retain(|_, ts| ts.abs_diff(now) <= auth::MAX_CLOCK_SKEW_MS);
-            seen.last_prune_ms = now;
-        }
-        seen.by_signature.insert(signature.to_owned(), timestamp).is_none()
-    }
-}
 
 fn header<'h>(headers: &'h HeaderMap, name: &str) -> Result<&'h str, ApiError> {
     headers
@@ -44,15 +20,33 @@ fn header<'h>(headers: &'h HeaderMap, name: &str) -> Result<&'h str, ApiError> {
         .map_err(|_| ApiError::unauthorized(format!("header {name} is not ASCII")))
 }
 
-/// Verifies a device-signed request and returns the device id.
+/// Verifies a device-signed request; its signature is spent with the
+/// request's own database operation ([`Device::spend`]).
 pub(crate) async fn device(
     pool: &Pool,
     method: &Method,
     path: &str,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<u64, ApiError> {
-    device_claim(pool, headers).await?.verify(pool, method, path, body)
+) -> Result<Device, ApiError> {
+    device_claim(pool, headers).await?.verify(method, path, body)
+}
+
+/// A device whose request signature verified.
+pub(crate) struct Device {
+    pub id: u64,
+    signature: String,
+    /// When the request's timestamp turns stale: the signature need not be remembered longer.
+    expires_ms: u64,
+}
+
+impl Device {
+    /// Records the signature as used, in the same transaction as the
+    /// request's work: a replay, to this pool replica or any other on the
+    /// same database, is refused.
+    pub fn spend(&self, store: &mut dyn Storage) -> Result<(), StoreError> {
+        if store.first_use(&self.signature, self.expires_ms, now_ms())? { Ok(()) } else { Err(StoreError::Replayed) }
+    }
 }
 
 /// Who a device request says it is from, checked as far as the headers
@@ -90,15 +84,15 @@ pub(crate) async fn device_claim(pool: &Pool, headers: &HeaderMap) -> Result<Dev
 }
 
 impl DeviceClaim {
-    /// The signature over method, path, body and timestamp, used once.
-    pub(crate) fn verify(self, pool: &Pool, method: &Method, path: &str, body: &[u8]) -> Result<u64, ApiError> {
-        let now = now_ms();
-        auth::verify_request(&self.key, &self.sig, method.as_str(), path, body, now)
+    /// The signature over method, path, body and timestamp.
+    pub(crate) fn verify(self, method: &Method, path: &str, body: &[u8]) -> Result<Device, ApiError> {
+        auth::verify_request(&self.key, &self.sig, method.as_str(), path, body, now_ms())
             .map_err(|e| ApiError::unauthorized(e.to_string()))?;
-        if !pool.inner.replay.check_and_remember(&self.sig.signature, self.sig.timestamp, now) {
-            return Err(ApiError::unauthorized("replayed request: this signature was already used"));
-        }
-        Ok(self.sig.device_id)
+        Ok(Device {
+            id: self.sig.device_id,
+            expires_ms: self.sig.timestamp + auth::MAX_CLOCK_SKEW_MS,
+            signature: self.sig.signature,
+        })
     }
 }
 
@@ -146,19 +140,6 @@ impl LeaseRate {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn replays_are_caught_and_old_signatures_forgotten() {
-        let guard = ReplayGuard::default();
-        let t0 = 10_000_000;
-        assert!(guard.check_and_remember("a", t0, t0));
-        assert!(!guard.check_and_remember("a", t0, t0 + 5), "the same signature twice");
-        assert!(guard.check_and_remember("b", t0, t0 + 5));
-        // Past the skew window "a" is forgotten (its timestamp would be refused as stale).
-        let later = t0 + auth::MAX_CLOCK_SKEW_MS + 2_000;
-        assert!(guard.check_and_remember("c", later, later));
-        assert_eq!(guard.seen.lock().unwrap().by_signature.len(), 1);
-    }
 
     #[test]
     fn the_lease_bucket_allows_a_burst_then_a_steady_rate() {

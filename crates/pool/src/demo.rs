@@ -15,7 +15,8 @@ use crate::PoolConfig;
 pub fn pool_config(dir: &Path, operator: &str) -> PoolConfig {
     PoolConfig {
         data_dir: dir.to_path_buf(),
-        db_path: Some(dir.join("pool.sqlite")),
+        database: Some(crate::Database::Sqlite(dir.join("pool.sqlite"))),
+        key_file: None,
         name: "Idlemesh demo pool".into(),
         operator: operator.into(),
         operator_token: crate::store::random_token(),

@@ -12,7 +12,7 @@ pub enum PoolError {
     #[error("pool key file {path} is malformed (want 32 bytes)")]
     BadKeyFile { path: PathBuf },
     #[error("pool database: {0}")]
-    Db(#[from] rusqlite::Error),
+    Db(String),
     #[error("{0}")]
     Protocol(#[from] idlemesh_protocol::ProtocolError),
     #[error("job spec: {0}")]

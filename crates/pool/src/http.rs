@@ -81,6 +81,7 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
             StoreError::Invalid(m) => Self::bad_request(m),
             StoreError::Token(refusal, m) => Self::new(StatusCode::FORBIDDEN, refusal.code(), m),
+            StoreError::Replayed => Self::unauthorized(e.to_string()),
             StoreError::Db(_) | StoreError::Commit(_) | StoreError::Closed => {
                 tracing::error!(error = %e, "pool database error");
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the pool's database failed; try again later")
@@ -409,13 +410,19 @@ async fn lease(
 ) -> ApiResult<impl IntoResponse> {
     let device = auth::device(&pool, &method, uri.path(), &headers, &body).await?;
     let req: LeaseRequest = parse(&body)?;
-    if let Some(wait_ms) = pool.inner.lease_rate.check(device, std::time::Instant::now()) {
+    if let Some(wait_ms) = pool.inner.lease_rate.check(device.id, std::time::Instant::now()) {
         return Err(ApiError::too_many_requests(wait_ms));
     }
     let max = req.max_tasks.clamp(1, MAX_TASKS_PER_LEASE);
     let network = peer.map(|p| pool.inner.config.trust.network_of(p.ip()));
-    let manifests =
-        pool.inner.store.run(move |s| s.lease(device, &req.capabilities, max, now_ms(), network.as_deref())).await?;
+    let manifests = pool
+        .inner
+        .store
+        .run(move |s| {
+            device.spend(s)?;
+            s.lease(device.id, &req.capabilities, max, now_ms(), network.as_deref())
+        })
+        .await?;
     // Signed here, on the request's own thread, not on the database thread.
     let tasks: Vec<_> = manifests.iter().map(|m| Signed::sign(m, &pool.inner.key)).collect();
     let retry_after_ms = tasks.is_empty().then_some(IDLE_RETRY_AFTER_MS);
@@ -435,9 +442,17 @@ async fn sync_leases(
 ) -> ApiResult<impl IntoResponse> {
     let device = auth::device(&pool, &method, uri.path(), &headers, &body).await?;
     let req: LeaseSync = parse(&body)?;
-    let released = pool.inner.store.run(move |s| s.release_unheld(device, &req.held, now_ms())).await?;
+    let device_id = device.id;
+    let released = pool
+        .inner
+        .store
+        .run(move |s| {
+            device.spend(s)?;
+            s.release_unheld(device.id, &req.held, now_ms())
+        })
+        .await?;
     if !released.is_empty() {
-        tracing::info!(device_id = device, ?released, "queued again leases the device no longer holds");
+        tracing::info!(device_id, ?released, "queued again leases the device no longer holds");
     }
     Ok(axum::Json(LeaseSyncResponse { released }))
 }
@@ -457,7 +472,14 @@ async fn heartbeat(
     let lease = id(&lease, "lease id")?;
     let device = auth::device(&pool, &method, uri.path(), &headers, &body).await?;
     let req: LeaseTokenBody = parse(&body)?;
-    let deadline_ms = pool.inner.store.run(move |s| s.heartbeat(device, lease, &req.lease_token, now_ms())).await?;
+    let deadline_ms = pool
+        .inner
+        .store
+        .run(move |s| {
+            device.spend(s)?;
+            s.heartbeat(device.id, lease, &req.lease_token, now_ms())
+        })
+        .await?;
     Ok(axum::Json(HeartbeatResponse { deadline_ms }))
 }
 
@@ -479,7 +501,13 @@ async fn give_back(
     if let Some(failure) = &req.failure {
         failure.check().map_err(ApiError::bad_request)?;
     }
-    pool.inner.store.run(move |s| s.give_back(device, lease, &req.lease_token, req.failure.as_ref())).await?;
+    pool.inner
+        .store
+        .run(move |s| {
+            device.spend(s)?;
+            s.give_back(device.id, lease, &req.lease_token, req.failure.as_ref())
+        })
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -501,7 +529,7 @@ async fn submit_result(
         Err(refusal) => return Err(refuse_unread(body, refusal).await),
     };
     let body = read_body::<RESULT_BODY>(&headers, body).await?;
-    let device = claim.verify(&pool, &method, uri.path(), &body)?;
+    let device = claim.verify(&method, uri.path(), &body)?;
     let req: ResultSubmission = parse(&body)?;
     if Sha256::of(&req.output.0) != req.output_sha256 {
         return Err(ApiError::bad_request("output_sha256 does not match the output bytes"));
@@ -511,8 +539,9 @@ async fn submit_result(
         .inner
         .store
         .run(move |s| {
+            device.spend(s)?;
             s.submit_result(
-                device,
+                device.id,
                 req.lease_id,
                 &req.lease_token,
                 &req.output.0,
@@ -555,13 +584,19 @@ async fn get_blob(
     let sha: Sha256 =
         sha.parse().map_err(|e: idlemesh_protocol::ProtocolError| ApiError::bad_request(e.to_string()))?;
     // Devices (signed) and the operator may read blobs.
-    if auth::operator(&pool, &headers).is_err() {
-        auth::device(&pool, &method, uri.path(), &headers, b"").await?;
-    }
+    let device = match auth::operator(&pool, &headers) {
+        Ok(()) => None,
+        Err(_) => Some(auth::device(&pool, &method, uri.path(), &headers, b"").await?),
+    };
     let bytes = pool
         .inner
         .store
-        .run(move |s| s.blob(&sha))
+        .run(move |s| {
+            if let Some(device) = &device {
+                device.spend(s)?;
+            }
+            s.blob(&sha)
+        })
         .await?
         .ok_or_else(|| ApiError::not_found(format!("blob {sha} not found")))?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
@@ -578,7 +613,7 @@ async fn create_job(
     let spec: JobSpec = parse(&body)?;
     let seeds = split::expand(&spec).map_err(|e| ApiError::bad_request(format!("job spec: {e}")))?;
     let tasks = seeds.len() as u64;
-    let job_id = pool.inner.store.run(move |s| s.create_job(&spec, seeds, now_ms())).await?;
+    let job_id = pool.inner.store.run(move |s| s.create_job(&spec, &seeds, now_ms())).await?;
     tracing::info!(job_id, tasks, "job created");
     Ok((StatusCode::CREATED, axum::Json(JobCreated { job_id, tasks })))
 }

@@ -3,7 +3,8 @@
 //! A pool takes jobs from its operator, splits them into tasks, leases task
 //! replicas to enrolled devices with signed manifests, accepts results when a
 //! quorum of output hashes agrees, signs receipts for the credit, and combines
-//! task outputs into the job's output. Everything is stored in one SQLite file.
+//! task outputs into the job's output. Everything is stored in one SQLite
+//! file, or in a PostgreSQL database that several pool replicas share.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -16,6 +17,7 @@
 
 mod auth;
 mod combine;
+mod db;
 pub mod demo;
 mod error;
 mod http;
@@ -23,6 +25,9 @@ mod keys;
 mod split;
 mod storage;
 mod store;
+#[cfg(any(test, feature = "test-cluster"))]
+#[doc(hidden)]
+pub mod test_cluster;
 pub mod trust;
 mod writer;
 
@@ -34,13 +39,53 @@ use idlemesh_protocol::{Keypair, PublicKey};
 
 pub use error::PoolError;
 
+/// Where a pool keeps its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// One SQLite file: the embedded default, for one pool process.
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL (`postgres://user@host/db`): any number of pool
+    /// replicas may share it.
+    Postgres(String),
+}
+
+impl Database {
+    /// A `postgres://` (or `postgresql://`) URL, else a SQLite file's path.
+    pub fn parse(db: &str) -> Self {
+        if db::is_postgres_url(db) { Self::Postgres(db.to_owned()) } else { Self::Sqlite(PathBuf::from(db)) }
+    }
+}
+
+impl std::fmt::Display for Database {
+    /// A URL's password is not shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(path) => write!(f, "{}", path.display()),
+            Self::Postgres(url) => f.write_str(&db::redact_password(url)),
+        }
+    }
+}
+
+/// Connections a pool replica keeps to PostgreSQL (one writer thread each).
+const POSTGRES_CONNECTIONS: usize = 4;
+/// Operations sharing one transaction: many on SQLite (one writer, commits
+/// are what costs), few on PostgreSQL (a transaction holds its row locks
+/// until it commits, and other replicas wait on them).
+const SQLITE_BATCH: usize = 256;
+const POSTGRES_BATCH: usize = 16;
+
 /// How a pool is set up.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
-    /// Holds the pool's key (`pool.key`, 0600).
+    /// Holds the pool's key (`pool.key`, 0600) unless `key_file` is given.
     pub data_dir: PathBuf,
-    /// The SQLite database; defaults to `pool.sqlite` in `data_dir`.
-    pub db_path: Option<PathBuf>,
+    /// The database; defaults to `pool.sqlite` in `data_dir`.
+    pub database: Option<Database>,
+    /// The pool's signing key, shared by all replicas of a pool (created,
+    /// 0600, if absent); without it, `data_dir/pool.key`. The database
+    /// records the pool's public key at first start and refuses a replica
+    /// with another.
+    pub key_file: Option<PathBuf>,
     pub name: String,
     pub operator: String,
     /// Bearer token for operator endpoints (jobs, blobs).
@@ -57,7 +102,8 @@ impl PoolConfig {
     pub fn new(data_dir: PathBuf) -> Self {
         Self {
             data_dir,
-            db_path: None,
+            database: None,
+            key_file: None,
             name: "Idlemesh pool".into(),
             operator: "unknown operator".into(),
             operator_token: String::new(),
@@ -81,7 +127,7 @@ struct Inner {
     store: writer::StoreWriter,
     /// Device keys never change once enrolled: verify requests without a database trip.
     device_keys: RwLock<HashMap<u64, PublicKey>>,
-    replay: auth::ReplayGuard,
+    /// Per replica: N replicas allow a device N times the rate (docs/architecture.md).
     lease_rate: auth::LeaseRate,
 }
 
@@ -96,18 +142,29 @@ impl Pool {
     pub fn open(config: PoolConfig) -> Result<Self, PoolError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| PoolError::Io { path: config.data_dir.clone(), source })?;
-        let key = keys::load_or_create(&config.data_dir.join("pool.key"))?;
-        let db_path = config.db_path.clone().unwrap_or_else(|| config.data_dir.join("pool.sqlite"));
-        let store = store::Store::open(&db_path, config.trust)?;
-        let store =
-            writer::StoreWriter::start(Box::new(store)).map_err(|source| PoolError::Io { path: db_path, source })?;
+        let key_file = config.key_file.clone().unwrap_or_else(|| config.data_dir.join("pool.key"));
+        let key = keys::load_or_create(&key_file)?;
+        let database = config.database.clone().unwrap_or_else(|| Database::Sqlite(config.data_dir.join("pool.sqlite")));
+        let (connections, batch) = match &database {
+            Database::Sqlite(_) => (1, SQLITE_BATCH),
+            Database::Postgres(_) => (POSTGRES_CONNECTIONS, POSTGRES_BATCH),
+        };
+        let mut stores: Vec<Box<dyn storage::Storage>> = Vec::with_capacity(connections);
+        for _ in 0..connections {
+            let mut store = open_store(&database, config.trust)?;
+            if stores.is_empty() {
+                store.claim_identity(&key.public(), now_ms()).map_err(|e| PoolError::Storage(e.to_string()))?;
+            }
+            stores.push(Box::new(store));
+        }
+        let store = writer::StoreWriter::start(stores, batch)
+            .map_err(|source| PoolError::Io { path: config.data_dir.clone(), source })?;
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
                 key: Arc::new(key),
                 store,
                 device_keys: RwLock::default(),
-                replay: auth::ReplayGuard::default(),
                 lease_rate: auth::LeaseRate::default(),
             }),
         })
@@ -138,7 +195,7 @@ impl Pool {
         let job_id = self
             .inner
             .store
-            .run(move |s| s.create_job(&spec, seeds, now_ms()))
+            .run(move |s| s.create_job(&spec, &seeds, now_ms()))
             .await
             .map_err(|e| PoolError::Storage(e.to_string()))?;
         Ok(idlemesh_protocol::api::JobCreated { job_id, tasks })
@@ -160,11 +217,19 @@ impl Pool {
     }
 }
 
-/// Brings the database at `db` up to this build's schema (creating it if
+/// Brings the database up to this build's schema (creating a SQLite file if
 /// absent), as `Pool::open` also does; returns the schema version.
-pub fn migrate(db: &std::path::Path) -> Result<u32, PoolError> {
-    store::Store::open(db, trust::TrustRules::default())?;
-    Ok(store::schema_version())
+pub fn migrate(database: &Database) -> Result<u32, PoolError> {
+    let store = open_store(database, trust::TrustRules::default())?;
+    Ok(store.schema_version())
+}
+
+fn open_store(database: &Database, trust: trust::TrustRules) -> Result<store::Store, PoolError> {
+    let db: Box<dyn db::Db> = match database {
+        Database::Sqlite(path) => Box::new(db::Sqlite::open(path).map_err(|e| PoolError::Db(e.to_string()))?),
+        Database::Postgres(url) => Box::new(db::Postgres::connect(url).map_err(|e| PoolError::Db(e.to_string()))?),
+    };
+    store::Store::open(db, trust).map_err(|e| PoolError::Db(e.to_string()))
 }
 
 /// A pool's TLS certificate chain and key, checked when loaded.

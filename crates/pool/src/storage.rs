@@ -1,23 +1,9 @@
 //! What the pool needs of its database, as one trait.
 //!
-//! [`crate::store::Store`] (SQLite, one file, WAL) implements it today; a
-//! PostgreSQL implementation is planned to satisfy the same trait so that
-//! several stateless pool processes can share one database (DESIGN §1):
-//!
-//! - every operation stays one savepoint inside the writer's batch
-//!   transaction ([`Storage::begin`] / [`Storage::commit`]); each pool
-//!   process keeps its own writer thread and batches its own requests;
-//! - [`Storage::lease`] claims replicas with
-//!   `SELECT ... FOR UPDATE OF r SKIP LOCKED` over the same two index walks
-//!   (expired leases by deadline, then the queue in task order), so concurrent pool
-//!   processes never claim one replica twice and never wait on each other;
-//! - quorum judging in [`Storage::submit_result`] locks the task row
-//!   (`SELECT ... FOR UPDATE` on `tasks`) before counting agreeing results,
-//!   so two results arriving at two processes cannot both close a task;
-//! - the migrations are the same tables; `INTEGER PRIMARY KEY` becomes
-//!   `BIGINT GENERATED ALWAYS AS IDENTITY`, blobs `BYTEA`.
-//!
-//! The HTTP layer sees only this trait (through the writer), never SQLite.
+//! [`crate::store::Store`] implements it on SQLite (one file, the embedded
+//! default) and on PostgreSQL (several stateless pool replicas on one
+//! database); how the replicas stay out of each other's way is told in
+//! `store.rs`. The HTTP layer sees only this trait (through the writer).
 
 use idlemesh_protocol::api::{
     Capabilities, DeviceStats, JobSpec, JobStatus, Org, OrgStats, PoolStats, TokenCreate, TokenCreated, TokenInfo,
@@ -36,6 +22,10 @@ pub(crate) trait Storage: Send {
     /// One round trip to the database, for `/v1/health`.
     fn ping(&self) -> Result<(), StoreError>;
 
+    /// Records a device request's signature until `expires_ms`; `false`
+    /// if it was used before (by any pool replica on this database).
+    fn first_use(&mut self, signature: &str, expires_ms: u64, now: u64) -> Result<bool, StoreError>;
+
     fn put_blob(&mut self, bytes: &[u8]) -> Result<Sha256, StoreError>;
     fn blob(&self, sha: &Sha256) -> Result<Option<Vec<u8>>, StoreError>;
 
@@ -49,7 +39,7 @@ pub(crate) trait Storage: Send {
     ) -> Result<(u64, Option<Org>), StoreError>;
     fn device_key(&self, device_id: u64) -> Result<Option<PublicKey>, StoreError>;
 
-    fn create_job(&mut self, spec: &JobSpec, seeds: Vec<TaskSeed>, now: u64) -> Result<u64, StoreError>;
+    fn create_job(&mut self, spec: &JobSpec, seeds: &[TaskSeed], now: u64) -> Result<u64, StoreError>;
     fn job_status(&self, job_id: u64) -> Result<JobStatus, StoreError>;
     fn job_output(&self, job_id: u64) -> Result<Option<Vec<u8>>, StoreError>;
 

@@ -1,153 +1,44 @@
-//! The pool's SQLite storage.
+//! The pool's storage, on SQLite or PostgreSQL (`db.rs`).
 //!
 //! Every state change happens in one savepoint here, so a failed operation
-//! leaves nothing half-written; the writer thread (`writer.rs`) wraps a batch
-//! of operations in one transaction, so a crash leaves either the old state
-//! or the new one, and commits are shared. Lease ids are replica ids; each
-//! new lease of a replica gets a new random token, which fences off results
-//! and heartbeats from an earlier holder.
+//! leaves nothing half-written; the writer (`writer.rs`) wraps operations in
+//! transactions, so a crash leaves either the old state or the new one. Lease
+//! ids are replica ids; each new lease of a replica gets a new random token,
+//! which fences off results and heartbeats from an earlier holder.
+//!
+//! Several pool replicas may share one PostgreSQL database. What keeps them
+//! from stepping on each other, operation by operation:
+//! - a lease claims rows with `FOR UPDATE OF r, t SKIP LOCKED`: a replica
+//!   (and its task) another pool replica is claiming is passed over, and
+//!   PostgreSQL re-checks `state` on the row it locked, so no replica goes
+//!   out twice and no two replicas of one task are leased past the trust
+//!   rules at once;
+//! - results, give-backs and heartbeats lock their lease's row (and a
+//!   result or give-back its task's row first) before checking the token,
+//!   so a re-lease and a late result take turns and the fence holds;
+//! - job completion locks the job's row before looking for open tasks, so
+//!   the last two tasks finishing on two replicas complete the job once;
+//! - locks are always taken in one order (task, its replicas, devices by
+//!   id, job), and PostgreSQL's deadlock victims are run again (writer.rs).
+//!
+//! SQLite has one writer at a time (`BEGIN IMMEDIATE`) and needs none of it.
 
 use std::collections::HashMap;
-use std::path::Path;
+
 use std::sync::Arc;
 
 use idlemesh_protocol::api::{
     Capabilities, DeviceStats, JobSpec, JobState, JobStatus, PoolStats, TaskCounts, TaskFailure, TaskState,
 };
 use idlemesh_protocol::{KernelKind, KernelRef, Keypair, PublicKey, Receipt, Sha256, Signed, TaskManifest};
-use rusqlite::{Connection, OptionalExtension, Params, params};
 
 mod orgs;
+pub(crate) mod schema;
 
 use crate::combine;
+use crate::db::{Db, DbError, Row, args};
 use crate::split::TaskSeed;
 use crate::trust::{self, TrustRules, Vote};
-
-/// Migrations, applied in order at start-up; `user_version` counts them.
-const MIGRATIONS: &[&str] = &[
-    r#"
-CREATE TABLE blobs (
-    sha256 TEXT PRIMARY KEY,
-    bytes BLOB NOT NULL
-);
-CREATE TABLE devices (
-    id INTEGER PRIMARY KEY,
-    public_key TEXT NOT NULL UNIQUE,
-    info TEXT NOT NULL,
-    enrolled_ms INTEGER NOT NULL,
-    credits REAL NOT NULL DEFAULT 0,
-    valid_results INTEGER NOT NULL DEFAULT 0,
-    invalid_results INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE jobs (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL,
-    spec TEXT NOT NULL,
-    state TEXT NOT NULL,
-    created_ms INTEGER NOT NULL,
-    output_sha256 TEXT,
-    error TEXT
-);
-CREATE TABLE tasks (
-    id INTEGER PRIMARY KEY,
-    job_id INTEGER NOT NULL REFERENCES jobs(id),
-    idx INTEGER NOT NULL,
-    params TEXT NOT NULL,
-    input_sha256 TEXT NOT NULL,
-    state TEXT NOT NULL,
-    canonical_sha256 TEXT,
-    UNIQUE (job_id, idx)
-);
-CREATE TABLE replicas (
-    id INTEGER PRIMARY KEY,
-    task_id INTEGER NOT NULL REFERENCES tasks(id),
-    state TEXT NOT NULL,
-    device_id INTEGER REFERENCES devices(id),
-    lease_token TEXT,
-    lease_deadline_ms INTEGER,
-    output_sha256 TEXT,
-    fuel INTEGER,
-    wall_ms INTEGER,
-    cpu_ms INTEGER,
-    valid INTEGER
-);
-CREATE INDEX replicas_claimable ON replicas(state, lease_deadline_ms);
-CREATE INDEX replicas_task ON replicas(task_id);
-CREATE TABLE receipts (
-    id INTEGER PRIMARY KEY,
-    replica_id INTEGER NOT NULL UNIQUE REFERENCES replicas(id),
-    device_id INTEGER NOT NULL,
-    payload TEXT NOT NULL,
-    signature TEXT NOT NULL
-);
-"#,
-    // 2: what a device must offer to run a job's tasks, as columns the lease query can filter on.
-    r#"
-ALTER TABLE jobs ADD COLUMN kernel_kind TEXT NOT NULL DEFAULT 'wasm';
-ALTER TABLE jobs ADD COLUMN max_memory_bytes INTEGER NOT NULL DEFAULT 0;
-UPDATE jobs SET kernel_kind = json_extract(spec, '$.kernel_kind'),
-                max_memory_bytes = coalesce(json_extract(spec, '$.limits.max_memory_bytes'), 0);
-"#,
-    // 3: the queue in order without sorting it per lease, and a job's open
-    // tasks without scanning its done ones (measured: 74 ms -> 0.2 ms per lease
-    // with 60,000 queued replicas; docs/benchmarks.md).
-    r#"
-CREATE INDEX replicas_queue ON replicas(state, id);
-CREATE INDEX tasks_open ON tasks(job_id, state);
-"#,
-    // 4: spot checks, tasks whose right answer the job owner knows.
-    r#"
-ALTER TABLE tasks ADD COLUMN expected_sha256 TEXT;
-"#,
-    // 5: organisations, their enrollment tokens (hashes only) and devices.
-    r#"
-CREATE TABLE orgs (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    created_ms INTEGER NOT NULL
-);
-CREATE TABLE enrollment_tokens (
-    id INTEGER PRIMARY KEY,
-    org_id INTEGER NOT NULL REFERENCES orgs(id),
-    token_sha256 TEXT NOT NULL UNIQUE,
-    label TEXT,
-    created_ms INTEGER NOT NULL,
-    expires_ms INTEGER NOT NULL,
-    revoked_ms INTEGER,
-    uses INTEGER NOT NULL DEFAULT 0,
-    max_uses INTEGER
-);
-ALTER TABLE devices ADD COLUMN org_id INTEGER REFERENCES orgs(id);
-CREATE INDEX devices_org ON devices(org_id);
-"#,
-    // 6: the GPU adapter a WGSL replica was leased to: GPU results agree
-    // only within one adapter class, so a task's replicas stay in one.
-    r#"
-ALTER TABLE replicas ADD COLUMN adapter TEXT;
-"#,
-    // 7: failures devices reported for a task (its kernel trapped, timed
-    // out, broke the worker's sandbox...): counted against the task, which
-    // fails after MAX_TASK_FAILURES, never against the devices.
-    r#"
-ALTER TABLE tasks ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE tasks ADD COLUMN last_failure TEXT;
-"#,
-    // 8: what keeps one person from making a quorum (trust.rs): the token
-    // a device enrolled with, and the network each replica was leased from.
-    r#"
-ALTER TABLE devices ADD COLUMN token_id INTEGER REFERENCES enrollment_tokens(id);
-ALTER TABLE replicas ADD COLUMN network TEXT;
--- The queue in task order: a replica added later to confirm or decide a
--- task goes out before newer tasks, so results settle (and pay) soon.
-DROP INDEX replicas_queue;
-CREATE INDEX replicas_queue ON replicas(state, task_id, id);
-"#,
-];
-
-/// The schema version this build migrates to.
-pub(crate) fn schema_version() -> u32 {
-    MIGRATIONS.len() as u32
-}
 
 /// Reported failures after which a task (and its job) fails: the kernel,
 /// not the devices, is what keeps failing.
@@ -156,7 +47,7 @@ pub(crate) const MAX_TASK_FAILURES: i64 = 3;
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StoreError {
     #[error("{0}")]
-    Db(#[from] rusqlite::Error),
+    Db(#[from] DbError),
     #[error("{what} {id} not found")]
     NotFound { what: &'static str, id: String },
     #[error("{0}")]
@@ -165,17 +56,28 @@ pub(crate) enum StoreError {
     Invalid(String),
     #[error("{1}")]
     Token(orgs::TokenRefusal, String),
+    #[error("replayed request: this signature was already used")]
+    Replayed,
     #[error("committing to the database failed: {0}")]
     Commit(String),
     #[error("the database thread stopped")]
     Closed,
 }
 
+impl StoreError {
+    /// Worth running the operation again (PostgreSQL broke a deadlock with it).
+    pub fn retryable(&self) -> bool {
+        matches!(self, Self::Db(e) if e.retryable())
+    }
+}
+
 pub(crate) struct Store {
-    conn: Connection,
+    db: Box<dyn Db>,
     trust: TrustRules,
     /// Job specs never change after submission: parsed once, not per lease.
     jobs: HashMap<u64, Arc<JobInfo>>,
+    /// When this connection last forgot expired signatures.
+    pruned_ms: u64,
 }
 
 /// What the hot paths need of a job.
@@ -184,27 +86,34 @@ pub(crate) struct JobInfo {
     pub kernel_size: u64,
 }
 
-fn job_info(
-    conn: &Connection,
-    cache: &mut HashMap<u64, Arc<JobInfo>>,
-    job_id: u64,
-) -> Result<Arc<JobInfo>, StoreError> {
+fn job_info(db: &dyn Db, cache: &mut HashMap<u64, Arc<JobInfo>>, job_id: u64) -> Result<Arc<JobInfo>, StoreError> {
     if let Some(info) = cache.get(&job_id) {
         return Ok(info.clone());
     }
-    let text: String = conn
-        .prepare_cached("SELECT spec FROM jobs WHERE id = ?1")?
-        .query_row([job_id as i64], |r| r.get(0))
-        .optional()?
-        .ok_or(StoreError::NotFound { what: "job", id: job_id.to_string() })?;
+    let text = db
+        .opt_row("SELECT spec FROM jobs WHERE id = ?1", args![job_id])?
+        .ok_or(StoreError::NotFound { what: "job", id: job_id.to_string() })?
+        .text(0)?;
     let spec: JobSpec =
         serde_json::from_str(&text).map_err(|e| StoreError::Invalid(format!("stored job spec: {e}")))?;
-    let kernel_size: i64 = conn
-        .prepare_cached("SELECT length(bytes) FROM blobs WHERE sha256 = ?1")?
-        .query_row([spec.kernel_sha256.to_hex()], |r| r.get(0))?;
-    let info = Arc::new(JobInfo { spec, kernel_size: kernel_size as u64 });
+    let kernel_size = blob_size(db, &spec.kernel_sha256)?.unwrap_or(0);
+    let info = Arc::new(JobInfo { spec, kernel_size });
     cache.insert(job_id, info.clone());
     Ok(info)
+}
+
+fn blob_size(db: &dyn Db, sha: &Sha256) -> Result<Option<u64>, StoreError> {
+    Ok(db.opt_row("SELECT length(bytes) FROM blobs WHERE sha256 = ?1", args![sha.to_hex()])?.map(|r| r.u64(0)).transpose()?)
+}
+
+fn put_blob(db: &dyn Db, bytes: &[u8]) -> Result<Sha256, StoreError> {
+    let sha = Sha256::of(bytes);
+    db.execute("INSERT INTO blobs (sha256, bytes) VALUES (?1, ?2) ON CONFLICT DO NOTHING", args![sha.to_hex(), bytes])?;
+    Ok(sha)
+}
+
+fn parse_sha(text: &str) -> Result<Sha256, StoreError> {
+    text.parse().map_err(|e| StoreError::Invalid(format!("stored SHA-256: {e}")))
 }
 
 /// What `submit_result` decided.
@@ -213,12 +122,34 @@ pub(crate) struct ResultOutcome {
     pub receipt: Option<Signed<Receipt>>,
 }
 
-/// A reported replica: (replica, device, output SHA-256, fuel, wall ms, CPU ms, judged valid).
-type Reported = (i64, i64, String, Option<i64>, i64, i64, Option<bool>);
+/// A replica whose result is in.
+struct Reported {
+    replica_id: i64,
+    device_id: i64,
+    output_sha256: String,
+    fuel: Option<i64>,
+    wall_ms: i64,
+    cpu_ms: i64,
+}
+
+const REPORTED_COLUMNS: &str = "id, device_id, output_sha256, fuel, wall_ms, cpu_ms";
+
+impl Reported {
+    fn from_row(r: &Row) -> Result<Self, DbError> {
+        Ok(Self {
+            replica_id: r.int(0)?,
+            device_id: r.int(1)?,
+            output_sha256: r.text(2)?,
+            fuel: r.opt_int(3)?,
+            wall_ms: r.int(4)?,
+            cpu_ms: r.int(5)?,
+        })
+    }
+}
 
 /// Pays a replica's device and signs its receipt.
 fn grant(
-    conn: &Connection,
+    db: &dyn Db,
     r: &Reported,
     job_id: i64,
     task_id: i64,
@@ -226,28 +157,35 @@ fn grant(
     key: &Keypair,
     now: u64,
 ) -> Result<Signed<Receipt>, StoreError> {
-    exec(conn, "UPDATE devices SET credits = credits + ?1 WHERE id = ?2", params![credits, r.1])?;
-    let receipt_id: i64 = cached_row(conn, "SELECT coalesce(max(id), 0) + 1 FROM receipts", [], |row| row.get(0))?;
+    db.execute("UPDATE devices SET credits = credits + ?1 WHERE id = ?2", args![credits, r.device_id])?;
+    // The receipt's number comes from the database (one sequence for every
+    // pool replica), and the receipt signs it: insert, then sign, then fill in.
+    let receipt_id = db
+        .row(
+            "INSERT INTO receipts (replica_id, device_id, job_id, credits, payload, signature)
+             VALUES (?1, ?2, ?3, ?4, '', '') RETURNING id",
+            args![r.replica_id, r.device_id, job_id, credits],
+        )?
+        .u64(0)?;
     let signed = Signed::sign(
         &Receipt {
-            receipt_id: receipt_id as u64,
-            device_id: r.1 as u64,
+            receipt_id,
+            device_id: r.device_id as u64,
             job_id: job_id as u64,
             task_id: task_id as u64,
-            replica_id: r.0 as u64,
-            output_sha256: r.2.parse().map_err(|e| StoreError::Invalid(format!("{e}")))?,
-            fuel: r.3.map(|f| f as u64),
+            replica_id: r.replica_id as u64,
+            output_sha256: parse_sha(&r.output_sha256)?,
+            fuel: r.fuel.map(|f| f as u64),
             credits,
-            wall_ms: r.4 as u64,
-            cpu_ms: r.5 as u64,
+            wall_ms: r.wall_ms as u64,
+            cpu_ms: r.cpu_ms as u64,
             issued_at_ms: now,
         },
         key,
     );
-    exec(
-        conn,
-        "INSERT INTO receipts (id, replica_id, device_id, payload, signature) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![receipt_id, r.0, r.1, signed.payload, signed.signature],
+    db.execute(
+        "UPDATE receipts SET payload = ?1, signature = ?2 WHERE id = ?3",
+        args![&signed.payload, &signed.signature, receipt_id],
     )?;
     Ok(signed)
 }
@@ -256,7 +194,7 @@ fn grant(
 /// reputation, and for a valid one the credit and a signed receipt.
 #[allow(clippy::too_many_arguments, reason = "one value per field of the receipt it may sign")]
 fn judge(
-    conn: &Connection,
+    db: &dyn Db,
     r: &Reported,
     valid: bool,
     job_id: i64,
@@ -265,70 +203,57 @@ fn judge(
     key: &Keypair,
     now: u64,
 ) -> Result<Option<Signed<Receipt>>, StoreError> {
-    exec(conn, "UPDATE replicas SET valid = ?1 WHERE id = ?2", params![valid, r.0])?;
+    db.execute("UPDATE replicas SET valid = ?1 WHERE id = ?2", args![valid, r.replica_id])?;
     let tally = if valid {
         "UPDATE devices SET valid_results = valid_results + 1 WHERE id = ?1"
     } else {
         "UPDATE devices SET invalid_results = invalid_results + 1 WHERE id = ?1"
     };
-    exec(conn, tally, [r.1])?;
-    if valid { grant(conn, r, job_id, task_id, credits, key, now).map(Some) } else { Ok(None) }
+    db.execute(tally, args![r.device_id])?;
+    if valid { grant(db, r, job_id, task_id, credits, key, now).map(Some) } else { Ok(None) }
 }
 
 /// A device's (valid, invalid) results so far.
-fn device_record(conn: &Connection, device_id: i64) -> rusqlite::Result<(u64, u64)> {
-    cached_row(conn, "SELECT valid_results, invalid_results FROM devices WHERE id = ?1", [device_id], |r| {
-        Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
-    })
+fn device_record(db: &dyn Db, device_id: i64) -> Result<(u64, u64), DbError> {
+    let r = db.row("SELECT valid_results, invalid_results FROM devices WHERE id = ?1", args![device_id])?;
+    Ok((r.u64(0)?, r.u64(1)?))
 }
 
 /// Marks a task done with its canonical output; replicas still out are no longer needed.
-fn close_task(conn: &Connection, task_id: i64, canonical_sha256: &str) -> Result<(), StoreError> {
-    exec(
-        conn,
-        "UPDATE tasks SET state = 'done', canonical_sha256 = ?1 WHERE id = ?2",
-        params![canonical_sha256, task_id],
-    )?;
-    exec(
-        conn,
-        "UPDATE replicas SET state = 'cancelled' WHERE task_id = ?1 AND state IN ('queued', 'leased')",
-        [task_id],
-    )?;
+fn close_task(db: &dyn Db, task_id: i64, canonical_sha256: &str) -> Result<(), StoreError> {
+    db.execute("UPDATE tasks SET state = 'done', canonical_sha256 = ?1 WHERE id = ?2", args![canonical_sha256, task_id])?;
+    cancel_open_replicas(db, task_id)
+}
+
+fn cancel_open_replicas(db: &dyn Db, task_id: i64) -> Result<(), StoreError> {
+    db.execute("UPDATE replicas SET state = 'cancelled' WHERE task_id = ?1 AND state IN ('queued', 'leased')", args![
+        task_id
+    ])?;
     Ok(())
 }
 
 /// Replicas of a task still queued or out on lease.
-fn outstanding(conn: &Connection, task_id: i64) -> Result<i64, StoreError> {
-    Ok(conn
-        .prepare_cached("SELECT count(*) FROM replicas WHERE task_id = ?1 AND state IN ('queued', 'leased')")?
-        .query_row([task_id], |r| r.get(0))?)
-}
-
-/// Executes with a cached prepared statement: parsing SQL on every call cost
-/// more than running it on the hot path.
-fn exec(conn: &Connection, sql: &str, params: impl Params) -> rusqlite::Result<usize> {
-    conn.prepare_cached(sql)?.execute(params)
+fn outstanding(db: &dyn Db, task_id: i64) -> Result<i64, StoreError> {
+    Ok(db
+        .row("SELECT count(*) FROM replicas WHERE task_id = ?1 AND state IN ('queued', 'leased')", args![task_id])?
+        .int(0)?)
 }
 
 /// A leased replica back in the queue, its lease and token void.
-fn requeue(conn: &Connection, replica: u64) -> rusqlite::Result<usize> {
-    exec(
-        conn,
+fn requeue(db: &dyn Db, replica: u64) -> Result<(), StoreError> {
+    db.execute(
         "UPDATE replicas SET state = 'queued', device_id = NULL, lease_token = NULL, lease_deadline_ms = NULL WHERE id = ?1",
-        [replica as i64],
-    )
+        args![replica],
+    )?;
+    Ok(())
 }
 
-/// `query_row` through the statement cache: parsing and planning a statement
-/// cost more than running it, and the hot paths run the same few thousands
-/// of times a second (measured with perf: a tenth of the writer's time).
-fn cached_row<T>(
-    conn: &Connection,
-    sql: &str,
-    params: impl Params,
-    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
-) -> rusqlite::Result<T> {
-    conn.prepare_cached(sql)?.query_row(params, f)
+fn task_state(state: &str) -> TaskState {
+    match state {
+        "done" => TaskState::Done,
+        "failed" => TaskState::Failed,
+        _ => TaskState::Pending,
+    }
 }
 
 pub(crate) fn random_token() -> String {
@@ -337,106 +262,152 @@ pub(crate) fn random_token() -> String {
     hex::encode(b)
 }
 
+/// A lease as the database has it, locked for this transaction.
+struct Lease {
+    task_id: i64,
+    state: String,
+}
+
 impl Store {
-    pub fn open(path: &Path, trust: TrustRules) -> Result<Self, rusqlite::Error> {
-        let mut conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        // Every statement of the hot paths stays prepared, and stays prepared
-        // when its parameters change: without the planner's stability
-        // guarantee, SQLite (built with STAT4) re-plans the lease query
-        // whenever a bound value differs (perf: 18 % of the writer's time).
-        conn.set_prepared_statement_cache_capacity(64);
-        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
-        let version: i64 = cached_row(&conn, "PRAGMA user_version", [], |r| r.get(0))?;
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let tx = conn.transaction()?;
-            tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", i as i64 + 1)?;
-            tx.commit()?;
+    /// Brings the database to this build's schema and keeps the connection.
+    pub fn open(mut db: Box<dyn Db>, trust: TrustRules) -> Result<Self, StoreError> {
+        schema::migrate(db.as_mut())?;
+        Ok(Self { db, trust, jobs: HashMap::new(), pruned_ms: 0 })
+    }
+
+    /// The embedded default: one SQLite file.
+    #[cfg(test)]
+    pub fn open_sqlite(path: &std::path::Path, trust: TrustRules) -> Result<Self, StoreError> {
+        Self::open(Box::new(crate::db::Sqlite::open(path)?), trust)
+    }
+
+    /// The schema version of this database now.
+    pub fn schema_version(&self) -> u32 {
+        schema::version(self.db.dialect())
+    }
+
+    /// Records `key` as the pool's at first start; refuses another one
+    /// later: receipts and manifests from replicas of one pool must carry
+    /// one signature, the one its devices pinned.
+    pub fn claim_identity(&mut self, key: &PublicKey, now: u64) -> Result<(), StoreError> {
+        self.db.begin()?;
+        let recorded = self
+            .db
+            .execute(
+                "INSERT INTO pool_identity (id, public_key, recorded_ms) VALUES (1, ?1, ?2) ON CONFLICT DO NOTHING",
+                args![key.to_hex(), now],
+            )
+            .and_then(|_| self.db.row("SELECT public_key FROM pool_identity WHERE id = 1", args![]))
+            .and_then(|r| r.text(0));
+        let recorded = match recorded {
+            Ok(recorded) => {
+                self.db.commit()?;
+                recorded
+            }
+            Err(e) => {
+                self.rollback();
+                return Err(e.into());
+            }
+        };
+        if recorded != key.to_hex() {
+            let theirs: PublicKey =
+                recorded.parse().map_err(|e| StoreError::Invalid(format!("the recorded pool key: {e}")))?;
+            return Err(StoreError::Conflict(format!(
+                "this database belongs to the pool with key {} ({}), not to this key {} ({}): give every replica of a pool the same --key-file",
+                theirs.to_hex(),
+                theirs.fingerprint(),
+                key.to_hex(),
+                key.fingerprint()
+            )));
         }
-        Ok(Self { conn, trust, jobs: HashMap::new() })
+        Ok(())
     }
 
     /// Opens the writer's batch transaction; operations nest savepoints in it.
-    pub fn begin(&mut self) -> rusqlite::Result<()> {
-        self.conn.execute_batch("BEGIN IMMEDIATE")
+    pub fn begin(&mut self) -> Result<(), StoreError> {
+        self.db.reconnect_if_closed()?;
+        Ok(self.db.begin()?)
     }
 
-    pub fn commit(&mut self) -> rusqlite::Result<()> {
-        self.conn.execute_batch("COMMIT")
+    pub fn commit(&mut self) -> Result<(), StoreError> {
+        Ok(self.db.commit()?)
     }
 
     pub fn rollback(&mut self) {
-        let _ = self.conn.execute_batch("ROLLBACK");
+        let _ = self.db.rollback();
+    }
+
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.db.row("SELECT 1", args![])?;
+        Ok(())
+    }
+
+    /// Records a request's signature; `false` if some pool replica saw it
+    /// already. Signatures are kept until their request's timestamp would be
+    /// refused as stale anyway (`expires_ms`).
+    pub fn first_use(&mut self, signature: &str, expires_ms: u64, now: u64) -> Result<bool, StoreError> {
+        if now.saturating_sub(self.pruned_ms) >= 1_000 {
+            self.db.execute("DELETE FROM seen_signatures WHERE expires_ms < ?1", args![now])?;
+            self.pruned_ms = now;
+        }
+        // A digest keeps the table small; 128 bits do not collide by chance.
+        let digest = &Sha256::of(signature.as_bytes()).to_hex()[..32];
+        let added = self.db.execute(
+            "INSERT INTO seen_signatures (signature, expires_ms) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            args![digest, expires_ms],
+        )?;
+        Ok(added == 1)
     }
 
     pub fn put_blob(&mut self, bytes: &[u8]) -> Result<Sha256, StoreError> {
-        let sha = Sha256::of(bytes);
-        self.conn
-            .execute("INSERT OR IGNORE INTO blobs (sha256, bytes) VALUES (?1, ?2)", params![sha.to_hex(), bytes])?;
-        Ok(sha)
+        put_blob(self.db.as_ref(), bytes)
     }
 
     pub fn blob(&self, sha: &Sha256) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(cached_row(&self.conn, "SELECT bytes FROM blobs WHERE sha256 = ?1", [sha.to_hex()], |r| r.get(0))
-            .optional()?)
-    }
-
-    fn blob_size(&self, sha: &Sha256) -> Result<Option<u64>, StoreError> {
-        Ok(cached_row(&self.conn, "SELECT length(bytes) FROM blobs WHERE sha256 = ?1", [sha.to_hex()], |r| {
-            r.get::<_, i64>(0)
-        })
-        .optional()?
-        .map(|n| n as u64))
+        Ok(self.db.opt_row("SELECT bytes FROM blobs WHERE sha256 = ?1", args![sha.to_hex()])?.map(|mut r| r.blob(0)).transpose()?)
     }
 
     pub fn device_key(&self, device_id: u64) -> Result<Option<PublicKey>, StoreError> {
-        let hex: Option<String> =
-            cached_row(&self.conn, "SELECT public_key FROM devices WHERE id = ?1", [device_id as i64], |r| r.get(0))
-                .optional()?;
-        hex.map(|h| h.parse().map_err(|e| StoreError::Invalid(format!("stored device key: {e}")))).transpose()
+        let hex = self.db.opt_row("SELECT public_key FROM devices WHERE id = ?1", args![device_id])?;
+        hex.map(|h| -> Result<PublicKey, StoreError> {
+            h.text(0)?.parse().map_err(|e| StoreError::Invalid(format!("stored device key: {e}")))
+        })
+        .transpose()
     }
 
-    pub fn create_job(&mut self, spec: &JobSpec, seeds: Vec<TaskSeed>, now: u64) -> Result<u64, StoreError> {
-        if self.blob_size(&spec.kernel_sha256)?.is_none() {
+    pub fn create_job(&mut self, spec: &JobSpec, seeds: &[TaskSeed], now: u64) -> Result<u64, StoreError> {
+        if blob_size(self.db.as_ref(), &spec.kernel_sha256)?.is_none() {
             return Err(StoreError::Invalid(format!(
                 "kernel_sha256 {} is not a stored blob: upload it with POST /v1/blobs first",
                 spec.kernel_sha256
             )));
         }
-        let tx = self.conn.savepoint()?;
-        exec(
-            &tx,
-            "INSERT INTO jobs (name, spec, state, created_ms, kernel_kind, max_memory_bytes) VALUES (?1, ?2, 'running', ?3, ?4, ?5)",
-            params![
-                spec.name,
-                // Inputs live on as blobs, one per task; the spec is read on every lease.
-                serde_json::to_string(&JobSpec { inputs: None, ..spec.clone() }).expect("spec serialises"),
-                now as i64,
-                spec.kernel_kind.as_str(),
-                spec.limits.max_memory_bytes as i64
-            ],
-        )?;
-        let job_id = tx.last_insert_rowid();
-        for (idx, seed) in seeds.into_iter().enumerate() {
-            let input_sha = Sha256::of(&seed.input);
-            exec(
-                &tx,
-                "INSERT OR IGNORE INTO blobs (sha256, bytes) VALUES (?1, ?2)",
-                params![input_sha.to_hex(), seed.input],
-            )?;
-            exec(
-                &tx,
-                "INSERT INTO tasks (job_id, idx, params, input_sha256, state, expected_sha256)
-                 VALUES (?1, ?2, ?3, ?4, 'pending', ?5)",
-                params![job_id, idx as i64, seed.params, input_sha.to_hex(), seed.expected_sha256.map(|s| s.to_hex())],
-            )?;
-            let task_id = tx.last_insert_rowid();
+        let tx = self.db.savepoint()?;
+        let job_id = tx
+            .row(
+                "INSERT INTO jobs (name, spec, state, created_ms, kernel_kind, max_memory_bytes)
+                 VALUES (?1, ?2, 'running', ?3, ?4, ?5) RETURNING id",
+                args![
+                    &spec.name,
+                    // Inputs live on as blobs, one per task; the spec is read on every lease.
+                    serde_json::to_string(&JobSpec { inputs: None, ..spec.clone() }).expect("spec serialises"),
+                    now,
+                    spec.kernel_kind.as_str(),
+                    spec.limits.max_memory_bytes
+                ],
+            )?
+            .int(0)?;
+        for (idx, seed) in seeds.iter().enumerate() {
+            let input_sha = put_blob(&*tx, &seed.input)?;
+            let task_id = tx
+                .row(
+                    "INSERT INTO tasks (job_id, idx, params, input_sha256, state, expected_sha256)
+                     VALUES (?1, ?2, ?3, ?4, 'pending', ?5) RETURNING id",
+                    args![job_id, idx as u64, &seed.params, input_sha.to_hex(), seed.expected_sha256.map(|s| s.to_hex())],
+                )?
+                .int(0)?;
             for _ in 0..spec.replication {
-                exec(&tx, "INSERT INTO replicas (task_id, state) VALUES (?1, 'queued')", [task_id])?;
+                tx.execute("INSERT INTO replicas (task_id, state) VALUES (?1, 'queued')", args![task_id])?;
             }
         }
         tx.commit()?;
@@ -458,15 +429,15 @@ impl Store {
         let spread = self.trust.spread;
         let network = network.filter(|_| spread.network);
         // Only a pool that spreads by token or organisation needs the device's.
-        let (token_id, org_id): (Option<i64>, Option<i64>) = if spread.token || spread.org {
-            cached_row(&self.conn, "SELECT token_id, org_id FROM devices WHERE id = ?1", [device_id as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?
+        let (token_id, org_id) = if spread.token || spread.org {
+            let r = self.db.row("SELECT token_id, org_id FROM devices WHERE id = ?1", args![device_id])?;
+            (r.opt_int(0)?, r.opt_int(1)?)
         } else {
             (None, None)
         };
         let (token_id, org_id) = (token_id.filter(|_| spread.token), org_id.filter(|_| spread.org));
-        let tx = self.conn.savepoint()?;
+        let lock = self.db.dialect().skip_locked("r, t");
+        let tx = self.db.savepoint()?;
         // Expired leases first (oldest deadline first), then the queue in
         // order. Each half walks an index and stops at `max` rows: the cost of
         // a lease does not grow with the number of tasks waiting.
@@ -478,22 +449,22 @@ impl Store {
             if claimed.len() >= max as usize {
                 break;
             }
+            // Parameters PostgreSQL could not type from a column are cast.
             let sql = format!(
                 "SELECT r.id, t.id, t.job_id, t.params, t.input_sha256
                  FROM replicas r JOIN tasks t ON t.id = r.task_id JOIN jobs j ON j.id = t.job_id
                  WHERE {which} AND t.state = 'pending' AND j.state = 'running'
-                   AND ((j.kernel_kind = 'wasm' AND ?4) OR (j.kernel_kind = 'wgsl' AND ?5))
-                   AND (?6 = 0 OR j.max_memory_bytes <= ?6)
+                   AND ((j.kernel_kind = 'wasm' AND CAST(?4 AS BIGINT) = 1) OR (j.kernel_kind = 'wgsl' AND CAST(?5 AS BIGINT) = 1))
+                   AND (CAST(?6 AS BIGINT) = 0 OR j.max_memory_bytes <= ?6)
                    AND NOT EXISTS (SELECT 1 FROM replicas o JOIN devices od ON od.id = o.device_id
                                    WHERE o.task_id = r.task_id AND o.id != r.id AND o.state IN ('leased', 'reported')
                                    AND (o.device_id = ?2 OR od.token_id = ?8 OR od.org_id = ?9 OR o.network = ?10))
                    AND (j.kernel_kind != 'wgsl' OR NOT EXISTS (
                         SELECT 1 FROM replicas c WHERE c.task_id = r.task_id AND c.id != r.id
                         AND (c.state = 'reported' OR (c.state = 'leased' AND c.lease_deadline_ms >= ?1))
-                        AND c.adapter IS NOT ?7))
-                 ORDER BY {order} LIMIT ?3"
+                        AND c.adapter IS DISTINCT FROM ?7))
+                 ORDER BY {order} LIMIT ?3{lock}"
             );
-            let mut stmt = tx.prepare_cached(&sql)?;
             let memory = i64::try_from(caps.memory_bytes).unwrap_or(i64::MAX);
             let gpu = caps.wgpu_adapter.is_some();
             // Ask for extra rows: replicas of a task already claimed in this batch are skipped.
@@ -502,23 +473,12 @@ impl Store {
             // string: vendor, device, driver): floating point on GPUs agrees
             // bit for bit only within one (docs/architecture.md, "WGSL kernels").
             let adapter = caps.wgpu_adapter.as_deref();
-            let rows = stmt.query_map(
-                params![
-                    now as i64,
-                    device_id as i64,
-                    limit,
-                    caps.wasm,
-                    gpu,
-                    memory,
-                    adapter,
-                    token_id,
-                    org_id,
-                    network
-                ],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            let rows = tx.query(
+                &sql,
+                args![now, device_id, limit, caps.wasm, gpu, memory, adapter, token_id, org_id, network],
             )?;
-            for row in rows {
-                let row: (i64, i64, i64, String, String) = row?;
+            for r in rows {
+                let row = (r.int(0)?, r.int(1)?, r.int(2)?, r.text(3)?, r.text(4)?);
                 if claimed.len() < max as usize && !claimed.iter().any(|c| c.1 == row.1) {
                     claimed.push(row);
                 }
@@ -526,7 +486,7 @@ impl Store {
         }
         let mut manifests = Vec::with_capacity(claimed.len());
         for (replica_id, task_id, job_id, params, input_sha) in claimed {
-            let info = job_info(&tx, &mut self.jobs, job_id as u64)?;
+            let info = job_info(&*tx, &mut self.jobs, job_id as u64)?;
             let spec = &info.spec;
             let token = random_token();
             let deadline = now + spec.lease_ms;
@@ -534,18 +494,12 @@ impl Store {
                 KernelKind::Wgsl => caps.wgpu_adapter.as_deref(),
                 KernelKind::Wasm => None,
             };
-            exec(
-                &tx,
+            tx.execute(
                 "UPDATE replicas SET state = 'leased', device_id = ?1, lease_token = ?2, lease_deadline_ms = ?3, adapter = ?5,
                  network = ?6 WHERE id = ?4",
-                params![device_id as i64, token, deadline as i64, replica_id, adapter, network],
+                args![device_id, &token, deadline, replica_id, adapter, network],
             )?;
-            let input_sha256: Sha256 = input_sha.parse().map_err(|e| StoreError::Invalid(format!("{e}")))?;
-            let size = |sha: &Sha256| -> Result<u64, StoreError> {
-                Ok(cached_row(&tx, "SELECT length(bytes) FROM blobs WHERE sha256 = ?1", [sha.to_hex()], |r| {
-                    r.get::<_, i64>(0)
-                })? as u64)
-            };
+            let input_sha256 = parse_sha(&input_sha)?;
             let manifest = TaskManifest {
                 job_id: job_id as u64,
                 task_id: task_id as u64,
@@ -555,7 +509,7 @@ impl Store {
                 lease_token: token,
                 kernel: KernelRef { kind: spec.kernel_kind, sha256: spec.kernel_sha256, size_bytes: info.kernel_size },
                 input_sha256,
-                input_bytes: size(&input_sha256)?,
+                input_bytes: blob_size(&*tx, &input_sha256)?.unwrap_or(0),
                 params,
                 limits: spec.limits,
                 wgsl: spec.wgsl.clone(),
@@ -569,37 +523,14 @@ impl Store {
         Ok(manifests)
     }
 
-    fn check_lease(&self, lease_id: u64, token: &str, device_id: u64) -> Result<(i64, String), StoreError> {
-        let row: Option<(i64, String, Option<String>, Option<i64>)> = cached_row(
-            &self.conn,
-            "SELECT task_id, state, lease_token, device_id FROM replicas WHERE id = ?1",
-            [lease_id as i64],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
-        .optional()?;
-        let Some((task_id, state, stored_token, holder)) = row else {
-            return Err(StoreError::NotFound { what: "lease", id: lease_id.to_string() });
-        };
-        if stored_token.as_deref() != Some(token) || holder != Some(device_id as i64) {
-            return Err(StoreError::Conflict(
-                "stale lease token: this lease was given to another device or renewed".into(),
-            ));
-        }
-        Ok((task_id, state))
-    }
-
     pub fn heartbeat(&mut self, device_id: u64, lease_id: u64, token: &str, now: u64) -> Result<u64, StoreError> {
-        let (task_id, state) = self.check_lease(lease_id, token, device_id)?;
-        if state != "leased" {
-            return Err(StoreError::Conflict(format!("lease {lease_id} is {state}, not leased")));
+        let lease = lock_lease(self.db.as_ref(), lease_id, token, device_id, false)?;
+        if lease.state != "leased" {
+            return Err(StoreError::Conflict(format!("lease {lease_id} is {}, not leased", lease.state)));
         }
-        let job_id: i64 = cached_row(&self.conn, "SELECT job_id FROM tasks WHERE id = ?1", [task_id], |r| r.get(0))?;
-        let deadline = now + job_info(&self.conn, &mut self.jobs, job_id as u64)?.spec.lease_ms;
-        exec(
-            &self.conn,
-            "UPDATE replicas SET lease_deadline_ms = ?1 WHERE id = ?2",
-            params![deadline as i64, lease_id as i64],
-        )?;
+        let job_id = self.db.row("SELECT job_id FROM tasks WHERE id = ?1", args![lease.task_id])?.u64(0)?;
+        let deadline = now + job_info(self.db.as_ref(), &mut self.jobs, job_id)?.spec.lease_ms;
+        self.db.execute("UPDATE replicas SET lease_deadline_ms = ?1 WHERE id = ?2", args![deadline, lease_id])?;
         Ok(deadline)
     }
 
@@ -610,30 +541,25 @@ impl Store {
         token: &str,
         failure: Option<&TaskFailure>,
     ) -> Result<(), StoreError> {
-        let (task_id, state) = self.check_lease(lease_id, token, device_id)?;
+        let tx = self.db.savepoint()?;
+        let Lease { task_id, state } = lock_lease(&*tx, lease_id, token, device_id, true)?;
         if state != "leased" {
             return Err(StoreError::Conflict(format!("lease {lease_id} is {state}, not leased")));
         }
-        let tx = self.conn.savepoint()?;
-        requeue(&tx, lease_id)?;
+        requeue(&*tx, lease_id)?;
         if let Some(f) = failure {
             let what = format!("{}: {}", f.status, f.message);
-            let (failures, job_id): (i64, i64) = tx.query_row(
+            let r = tx.row(
                 "UPDATE tasks SET failures = failures + 1, last_failure = ?1 WHERE id = ?2 RETURNING failures, job_id",
-                params![what, task_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                args![&what, task_id],
             )?;
+            let (failures, job_id) = (r.int(0)?, r.int(1)?);
             if failures >= MAX_TASK_FAILURES {
-                exec(&tx, "UPDATE tasks SET state = 'failed' WHERE id = ?1 AND state = 'pending'", [task_id])?;
-                exec(
-                    &tx,
-                    "UPDATE replicas SET state = 'cancelled' WHERE task_id = ?1 AND state IN ('queued', 'leased')",
-                    [task_id],
-                )?;
-                exec(
-                    &tx,
+                tx.execute("UPDATE tasks SET state = 'failed' WHERE id = ?1 AND state = 'pending'", args![task_id])?;
+                cancel_open_replicas(&*tx, task_id)?;
+                tx.execute(
                     "UPDATE jobs SET state = 'failed', error = ?1 WHERE id = ?2 AND state = 'running'",
-                    params![format!("task {task_id} failed {failures} times, last: {what}"), job_id],
+                    args![format!("task {task_id} failed {failures} times, last: {what}"), job_id],
                 )?;
             }
         }
@@ -645,18 +571,22 @@ impl Store {
     /// (its agent lost track of them); returns their ids. A lease that ran
     /// out is left alone: claiming it anew already handles it.
     pub fn release_unheld(&mut self, device_id: u64, held: &[u64], now: u64) -> Result<Vec<u64>, StoreError> {
-        let tx = self.conn.savepoint()?;
-        let live: Vec<i64> = tx
-            .prepare_cached(
-                "SELECT id FROM replicas WHERE state = 'leased' AND device_id = ?1 AND lease_deadline_ms >= ?2",
-            )?
-            .query_map(params![device_id as i64, now as i64], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
+        let tx = self.db.savepoint()?;
+        let live = tx.query(
+            &format!(
+                "SELECT id FROM replicas WHERE state = 'leased' AND device_id = ?1 AND lease_deadline_ms >= ?2 ORDER BY id{}",
+                tx.dialect().for_update()
+            ),
+            args![device_id, now],
+        )?;
         let held: std::collections::HashSet<u64> = held.iter().copied().collect();
         let mut released = Vec::new();
-        for id in live.into_iter().map(|id| id as u64).filter(|id| !held.contains(id)) {
-            requeue(&tx, id)?;
-            released.push(id);
+        for row in live {
+            let id = row.u64(0)?;
+            if !held.contains(&id) {
+                requeue(&*tx, id)?;
+                released.push(id);
+            }
         }
         tx.commit()?;
         Ok(released)
@@ -678,62 +608,53 @@ impl Store {
         key: &Keypair,
         now: u64,
     ) -> Result<ResultOutcome, StoreError> {
-        let (task_id, state) = self.check_lease(lease_id, token, device_id)?;
+        let tx = self.db.savepoint()?;
+        let Lease { task_id, state } = lock_lease(&*tx, lease_id, token, device_id, true)?;
         let output_sha = Sha256::of(output);
         if state != "leased" {
             // The same device sending the same result again (its agent died
             // before it could record our answer) gets the same answer again.
-            if let Some(outcome) = self.repeat_outcome(lease_id, task_id, &output_sha)? {
+            if let Some(outcome) = repeat_outcome(&*tx, lease_id, task_id, &output_sha)? {
                 return Ok(outcome);
             }
             return Err(StoreError::Conflict(format!("lease {lease_id} is {state}: a result was already recorded")));
         }
-        let tx = self.conn.savepoint()?;
-        exec(&tx, "INSERT OR IGNORE INTO blobs (sha256, bytes) VALUES (?1, ?2)", params![output_sha.to_hex(), output])?;
-        exec(
-            &tx,
+        put_blob(&*tx, output)?;
+        tx.execute(
             "UPDATE replicas SET state = 'reported', output_sha256 = ?1, fuel = ?2, wall_ms = ?3, cpu_ms = ?4 WHERE id = ?5",
-            params![output_sha.to_hex(), fuel.map(|f| f as i64), wall_ms as i64, cpu_ms as i64, lease_id as i64],
+            args![output_sha.to_hex(), fuel, wall_ms, cpu_ms, lease_id],
         )?;
-        let (job_id, task_state, expected): (i64, String, Option<String>) =
-            cached_row(&tx, "SELECT job_id, state, expected_sha256 FROM tasks WHERE id = ?1", [task_id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?;
-        let info = job_info(&tx, &mut self.jobs, job_id as u64)?;
+        let task = tx.row("SELECT job_id, state, expected_sha256 FROM tasks WHERE id = ?1", args![task_id])?;
+        let (job_id, task_state_now, expected) = (task.int(0)?, task.text(1)?, task.opt_text(2)?);
+        let info = job_info(&*tx, &mut self.jobs, job_id as u64)?;
         let spec = &info.spec;
 
         // A spot check judges each answer on arrival, right or wrong, even
         // after the task is done: a late liar must not slip through.
         if let Some(expected) = &expected {
-            let row: Reported = cached_row(
-                &tx,
-                "SELECT id, device_id, output_sha256, fuel, wall_ms, cpu_ms, valid FROM replicas WHERE id = ?1",
-                [lease_id as i64],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
+            let row = Reported::from_row(
+                &tx.row(&format!("SELECT {REPORTED_COLUMNS} FROM replicas WHERE id = ?1"), args![lease_id])?,
             )?;
-            let right = &row.2 == expected;
-            let credits = spec.credit_for(row.3.map(|f| f as u64));
-            let receipt = judge(&tx, &row, right, job_id, task_id, credits, key, now)?;
-            let task_state = match (task_state.as_str(), right) {
+            let right = &row.output_sha256 == expected;
+            let credits = spec.credit_for(row.fuel.map(|f| f as u64));
+            let receipt = judge(&*tx, &row, right, job_id, task_id, credits, key, now)?;
+            let task_state = match (task_state_now.as_str(), right) {
                 ("pending", true) => {
-                    close_task(&tx, task_id, expected)?;
+                    close_task(&*tx, task_id, expected)?;
                     TaskState::Done
                 }
                 ("pending", false) => {
-                    let outstanding = outstanding(&tx, task_id)?;
-                    let answered: i64 = cached_row(
-                        &tx,
-                        "SELECT count(*) FROM replicas WHERE task_id = ?1 AND state = 'reported'",
-                        [task_id],
-                        |r| r.get(0),
-                    )?;
+                    let outstanding = outstanding(&*tx, task_id)?;
+                    let answered = tx
+                        .row("SELECT count(*) FROM replicas WHERE task_id = ?1 AND state = 'reported'", args![task_id])?
+                        .int(0)?;
                     if outstanding == 0 && answered < 2 * i64::from(spec.replication) {
-                        exec(&tx, "INSERT INTO replicas (task_id, state) VALUES (?1, 'queued')", [task_id])?;
+                        tx.execute("INSERT INTO replicas (task_id, state) VALUES (?1, 'queued')", args![task_id])?;
                         TaskState::Pending
                     } else if outstanding == 0 {
                         // Nobody answered right: that says something about the
                         // devices, not about the job, which goes on without it.
-                        exec(&tx, "UPDATE tasks SET state = 'failed' WHERE id = ?1", [task_id])?;
+                        tx.execute("UPDATE tasks SET state = 'failed' WHERE id = ?1", args![task_id])?;
                         TaskState::Failed
                     } else {
                         TaskState::Pending
@@ -747,45 +668,44 @@ impl Store {
         }
 
         let mut receipt = None;
-        let mut new_state = match task_state.as_str() {
-            "done" => TaskState::Done,
-            "failed" => TaskState::Failed,
-            _ => TaskState::Pending,
-        };
+        let mut new_state = task_state(&task_state_now);
         if new_state == TaskState::Pending {
             // Quorum: the most common (output, fuel when metered) among reported replicas.
             let metered = spec.limits.max_fuel.is_some();
-            let reported: Vec<Reported> = {
-                let mut stmt = tx.prepare_cached(
-                    "SELECT id, device_id, output_sha256, fuel, wall_ms, cpu_ms, valid FROM replicas
-                     WHERE task_id = ?1 AND state = 'reported'",
-                )?;
-                stmt.query_map([task_id], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
-                })?
-                .collect::<Result<_, _>>()?
-            };
-            let vote = |r: &Reported| (r.2.clone(), if metered { r.3 } else { None });
-            let votes: Vec<Vote<_>> = reported.iter().map(|r| Vote { device_id: r.1, value: vote(r) }).collect();
+            // By device: devices' rows are locked in one order by every pool replica.
+            let reported: Vec<Reported> = tx
+                .query(
+                    &format!(
+                        "SELECT {REPORTED_COLUMNS} FROM replicas WHERE task_id = ?1 AND state = 'reported' ORDER BY device_id"
+                    ),
+                    args![task_id],
+                )?
+                .iter()
+                .map(Reported::from_row)
+                .collect::<Result<_, _>>()?;
+            let vote = |r: &Reported| (r.output_sha256.clone(), if metered { r.fuel } else { None });
+            let votes: Vec<Vote<_>> = reported.iter().map(|r| Vote { device_id: r.device_id, value: vote(r) }).collect();
             // A result counts alone only from a device that earned it (trust.rs).
-            let records: HashMap<i64, (u64, u64)> =
-                reported.iter().map(|r| Ok((r.1, device_record(&tx, r.1)?))).collect::<Result<_, rusqlite::Error>>()?;
+            let records: HashMap<i64, (u64, u64)> = reported
+                .iter()
+                .map(|r| Ok((r.device_id, device_record(&*tx, r.device_id)?)))
+                .collect::<Result<_, DbError>>()?;
             let rules = self.trust;
             let winner = trust::quorum_value(&votes, spec.quorum, |device| {
                 records.get(&device).is_some_and(|&(valid, invalid)| rules.counts_alone(valid, invalid))
             });
             if let Some(canonical) = winner {
                 new_state = TaskState::Done;
-                close_task(&tx, task_id, &canonical.0)?;
+                close_task(&*tx, task_id, &canonical.0)?;
                 for r in &reported {
-                    let credits = spec.credit_for(r.3.map(|f| f as u64));
-                    let signed = judge(&tx, r, vote(r) == canonical, job_id, task_id, credits, key, now)?;
-                    if r.0 == lease_id as i64 {
+                    let credits = spec.credit_for(r.fuel.map(|f| f as u64));
+                    let signed = judge(&*tx, r, vote(r) == canonical, job_id, task_id, credits, key, now)?;
+                    if r.replica_id == lease_id as i64 {
                         receipt = signed;
                     }
                 }
             } else {
-                let outstanding = outstanding(&tx, task_id)?;
+                let outstanding = outstanding(&*tx, task_id)?;
                 if outstanding == 0 {
                     // Disagreement with every replica in, or one result from a
                     // device whose results are still checked: ask one more
@@ -793,106 +713,35 @@ impl Store {
                     // results where trust is earned), then give up on the task.
                     let most = (2 * spec.replication as usize).max(if rules.checked_results > 0 { 3 } else { 0 });
                     if reported.len() < most {
-                        exec(&tx, "INSERT INTO replicas (task_id, state) VALUES (?1, 'queued')", [task_id])?;
+                        tx.execute("INSERT INTO replicas (task_id, state) VALUES (?1, 'queued')", args![task_id])?;
                     } else {
                         new_state = TaskState::Failed;
-                        exec(&tx, "UPDATE tasks SET state = 'failed' WHERE id = ?1", [task_id])?;
-                        exec(
-                            &tx,
+                        tx.execute("UPDATE tasks SET state = 'failed' WHERE id = ?1", args![task_id])?;
+                        tx.execute(
                             "UPDATE jobs SET state = 'failed', error = ?1 WHERE id = ?2",
-                            params![format!("task {task_id}: no quorum among {} results", reported.len()), job_id],
+                            args![format!("task {task_id}: no quorum among {} results", reported.len()), job_id],
                         )?;
                     }
                 }
             }
         }
-        tx.commit()?;
         if new_state == TaskState::Done {
-            self.finish_job_if_complete(job_id as u64, &info.spec)?;
+            finish_job_if_complete(&*tx, job_id, spec)?;
         }
+        tx.commit()?;
         Ok(ResultOutcome { task_state: new_state, receipt })
-    }
-
-    /// The recorded outcome of a replica whose result is already in, if `output_sha` is that result.
-    fn repeat_outcome(
-        &self,
-        lease_id: u64,
-        task_id: i64,
-        output_sha: &Sha256,
-    ) -> Result<Option<ResultOutcome>, StoreError> {
-        let recorded: Option<String> =
-            cached_row(&self.conn, "SELECT output_sha256 FROM replicas WHERE id = ?1", [lease_id as i64], |r| r.get(0))
-                .optional()?
-                .flatten();
-        if recorded.as_deref() != Some(output_sha.to_hex().as_str()) {
-            return Ok(None);
-        }
-        let task_state = match cached_row(&self.conn, "SELECT state FROM tasks WHERE id = ?1", [task_id], |r| {
-            r.get::<_, String>(0)
-        })?
-        .as_str()
-        {
-            "done" => TaskState::Done,
-            "failed" => TaskState::Failed,
-            _ => TaskState::Pending,
-        };
-        let receipt = cached_row(
-            &self.conn,
-            "SELECT payload, signature FROM receipts WHERE replica_id = ?1",
-            [lease_id as i64],
-            |r| Ok(Signed::from_parts(r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-        Ok(Some(ResultOutcome { task_state, receipt }))
-    }
-
-    fn finish_job_if_complete(&mut self, job_id: u64, spec: &JobSpec) -> Result<(), StoreError> {
-        let open: i64 = cached_row(
-            &self.conn,
-            "SELECT EXISTS (SELECT 1 FROM tasks WHERE job_id = ?1 AND state IN ('pending', 'failed') AND expected_sha256 IS NULL)",
-            [job_id as i64],
-            |r| r.get(0),
-        )?;
-        if open > 0 {
-            return Ok(());
-        }
-        let outputs: Vec<(String, Vec<u8>)> = {
-            let mut stmt = self.conn.prepare(
-                "SELECT t.params, b.bytes FROM tasks t JOIN blobs b ON b.sha256 = t.canonical_sha256
-                 WHERE t.job_id = ?1 AND t.expected_sha256 IS NULL ORDER BY t.idx",
-            )?;
-            stmt.query_map([job_id as i64], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?
-        };
-        match combine::combine(spec, &outputs) {
-            Ok(bytes) => {
-                let sha = self.put_blob(&bytes)?;
-                exec(
-                    &self.conn,
-                    "UPDATE jobs SET state = 'done', output_sha256 = ?1 WHERE id = ?2",
-                    params![sha.to_hex(), job_id as i64],
-                )?;
-            }
-            Err(e) => {
-                tracing::warn!(job_id, error = %e, "combining the job's outputs failed");
-                self.conn
-                    .execute("UPDATE jobs SET state = 'failed', error = ?1 WHERE id = ?2", params![e, job_id as i64])?;
-            }
-        }
-        Ok(())
     }
 
     fn task_counts(&self, job: Option<u64>) -> Result<TaskCounts, StoreError> {
         let mut counts = TaskCounts::default();
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT t.state, EXISTS (SELECT 1 FROM replicas r WHERE r.task_id = t.id AND r.state = 'leased'), count(*)
-             FROM tasks t WHERE ?1 IS NULL OR t.job_id = ?1 GROUP BY 1, 2",
-        )?;
-        let rows = stmt.query_map([job.map(|j| j as i64)], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?, r.get::<_, i64>(2)?))
-        })?;
+        const COUNTS: &str = "SELECT t.state, EXISTS (SELECT 1 FROM replicas r WHERE r.task_id = t.id AND r.state = 'leased'), count(*)
+             FROM tasks t";
+        let rows = match job {
+            Some(job) => self.db.query(&format!("{COUNTS} WHERE t.job_id = ?1 GROUP BY 1, 2"), args![job])?,
+            None => self.db.query(&format!("{COUNTS} GROUP BY 1, 2"), args![])?,
+        };
         for row in rows {
-            let (state, leased, n) = row?;
-            let n = n as u64;
+            let (state, leased, n) = (row.text(0)?, row.bool(1)?, row.u64(2)?);
             counts.total += n;
             match (state.as_str(), leased) {
                 ("done", _) => counts.done += n,
@@ -905,79 +754,57 @@ impl Store {
     }
 
     pub fn job_status(&self, job_id: u64) -> Result<JobStatus, StoreError> {
-        let (name, state, error): (String, String, Option<String>) =
-            cached_row(&self.conn, "SELECT name, state, error FROM jobs WHERE id = ?1", [job_id as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
-            .optional()?
+        let row = self
+            .db
+            .opt_row("SELECT name, state, error FROM jobs WHERE id = ?1", args![job_id])?
             .ok_or(StoreError::NotFound { what: "job", id: job_id.to_string() })?;
-        let credits: f64 = cached_row(
-            &self.conn,
-            "SELECT coalesce(sum(json_extract(payload, '$.credits')), 0.0) FROM receipts WHERE json_extract(payload, '$.job_id') = ?1",
-            [job_id as i64],
-            |r| r.get(0),
-        )?;
+        let credits = self.db.row("SELECT coalesce(sum(credits), 0) FROM receipts WHERE job_id = ?1", args![job_id])?.real(0)?;
         Ok(JobStatus {
             job_id,
-            name,
-            state: match state.as_str() {
+            name: row.text(0)?,
+            state: match row.text(1)?.as_str() {
                 "done" => JobState::Done,
                 "failed" => JobState::Failed,
                 _ => JobState::Running,
             },
             tasks: self.task_counts(Some(job_id))?,
             credits_granted: credits,
-            error,
+            error: row.opt_text(2)?,
         })
     }
 
     /// The combined output, once the job is done; `Ok(None)` while it runs.
     pub fn job_output(&self, job_id: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let sha: Option<String> =
-            cached_row(&self.conn, "SELECT output_sha256 FROM jobs WHERE id = ?1", [job_id as i64], |r| r.get(0))
-                .optional()?
-                .ok_or(StoreError::NotFound { what: "job", id: job_id.to_string() })?;
+        let sha = self
+            .db
+            .opt_row("SELECT output_sha256 FROM jobs WHERE id = ?1", args![job_id])?
+            .ok_or(StoreError::NotFound { what: "job", id: job_id.to_string() })?
+            .opt_text(0)?;
         match sha {
-            Some(sha) => self.blob(&sha.parse().map_err(|e| StoreError::Invalid(format!("{e}")))?),
+            Some(sha) => self.blob(&parse_sha(&sha)?),
             None => Ok(None),
         }
     }
 
     /// One device's credits and reputation.
     pub fn device_stats(&self, device_id: u64) -> Result<DeviceStats, StoreError> {
-        cached_row(
-            &self.conn,
-            "SELECT id, credits, valid_results, invalid_results FROM devices WHERE id = ?1",
-            [device_id as i64],
-            |r| {
-                Ok(DeviceStats {
-                    device_id: r.get::<_, i64>(0)? as u64,
-                    credits: r.get(1)?,
-                    valid_results: r.get::<_, i64>(2)? as u64,
-                    invalid_results: r.get::<_, i64>(3)? as u64,
-                })
-            },
-        )
-        .optional()?
-        .ok_or(StoreError::NotFound { what: "device", id: device_id.to_string() })
+        let row = self
+            .db
+            .opt_row("SELECT id, credits, valid_results, invalid_results FROM devices WHERE id = ?1", args![device_id])?
+            .ok_or(StoreError::NotFound { what: "device", id: device_id.to_string() })?;
+        Ok(device_stats(&row)?)
     }
 
     pub fn stats(&self) -> Result<PoolStats, StoreError> {
-        let jobs: i64 = cached_row(&self.conn, "SELECT count(*) FROM jobs", [], |r| r.get(0))?;
-        let mut stmt =
-            self.conn.prepare("SELECT id, credits, valid_results, invalid_results FROM devices ORDER BY id")?;
-        let devices = stmt
-            .query_map([], |r| {
-                Ok(DeviceStats {
-                    device_id: r.get::<_, i64>(0)? as u64,
-                    credits: r.get(1)?,
-                    valid_results: r.get::<_, i64>(2)? as u64,
-                    invalid_results: r.get::<_, i64>(3)? as u64,
-                })
-            })?
+        let jobs = self.db.row("SELECT count(*) FROM jobs", args![])?.u64(0)?;
+        let devices = self
+            .db
+            .query("SELECT id, credits, valid_results, invalid_results FROM devices ORDER BY id", args![])?
+            .iter()
+            .map(device_stats)
             .collect::<Result<Vec<_>, _>>()?;
         Ok(PoolStats {
-            jobs: jobs as u64,
+            jobs,
             tasks: self.task_counts(None)?,
             credits_granted: devices.iter().map(|d| d.credits).sum(),
             devices,
@@ -985,12 +812,93 @@ impl Store {
     }
 }
 
+fn device_stats(r: &Row) -> Result<DeviceStats, DbError> {
+    Ok(DeviceStats { device_id: r.u64(0)?, credits: r.real(1)?, valid_results: r.u64(2)?, invalid_results: r.u64(3)? })
+}
+
+/// The recorded outcome of a replica whose result is already in, if `output_sha` is that result.
+fn repeat_outcome(
+    db: &dyn Db,
+    lease_id: u64,
+    task_id: i64,
+    output_sha: &Sha256,
+) -> Result<Option<ResultOutcome>, StoreError> {
+    let recorded = db.row("SELECT output_sha256 FROM replicas WHERE id = ?1", args![lease_id])?.opt_text(0)?;
+    if recorded.as_deref() != Some(output_sha.to_hex().as_str()) {
+        return Ok(None);
+    }
+    let task_state = task_state(&db.row("SELECT state FROM tasks WHERE id = ?1", args![task_id])?.text(0)?);
+    let receipt = db
+        .opt_row("SELECT payload, signature FROM receipts WHERE replica_id = ?1", args![lease_id])?
+        .map(|r| Ok::<_, DbError>(Signed::from_parts(r.text(0)?, r.text(1)?)))
+        .transpose()?;
+    Ok(Some(ResultOutcome { task_state, receipt }))
+}
+
+/// Combines the job's output once its last task is done. The job's row is
+/// locked first: two pool replicas closing its last two tasks at once take
+/// turns, and the second sees the first's task done.
+fn finish_job_if_complete(db: &dyn Db, job_id: i64, spec: &JobSpec) -> Result<(), StoreError> {
+    let state =
+        db.row(&format!("SELECT state FROM jobs WHERE id = ?1{}", db.dialect().for_update()), args![job_id])?.text(0)?;
+    let open = db
+        .row(
+            "SELECT EXISTS (SELECT 1 FROM tasks WHERE job_id = ?1 AND state IN ('pending', 'failed') AND expected_sha256 IS NULL)",
+            args![job_id],
+        )?
+        .bool(0)?;
+    if state != "running" || open {
+        return Ok(());
+    }
+    let outputs: Vec<(String, Vec<u8>)> = db
+        .query(
+            "SELECT t.params, b.bytes FROM tasks t JOIN blobs b ON b.sha256 = t.canonical_sha256
+             WHERE t.job_id = ?1 AND t.expected_sha256 IS NULL ORDER BY t.idx",
+            args![job_id],
+        )?
+        .into_iter()
+        .map(|mut r| Ok((r.text(0)?, r.blob(1)?)))
+        .collect::<Result<_, DbError>>()?;
+    match combine::combine(spec, &outputs) {
+        Ok(bytes) => {
+            let sha = put_blob(db, &bytes)?;
+            db.execute("UPDATE jobs SET state = 'done', output_sha256 = ?1 WHERE id = ?2", args![sha.to_hex(), job_id])?;
+        }
+        Err(e) => {
+            tracing::warn!(job_id, error = %e, "combining the job's outputs failed");
+            db.execute("UPDATE jobs SET state = 'failed', error = ?1 WHERE id = ?2", args![e, job_id])?;
+        }
+    }
+    Ok(())
+}
+
+/// Locks a lease's row (after its task's, with `task_first`) and checks
+/// that `token` still holds it for `device_id`.
+fn lock_lease(db: &dyn Db, lease_id: u64, token: &str, device_id: u64, task_first: bool) -> Result<Lease, StoreError> {
+    let not_found = || StoreError::NotFound { what: "lease", id: lease_id.to_string() };
+    let for_update = db.dialect().for_update();
+    if task_first && !for_update.is_empty() {
+        let task_id = db.opt_row("SELECT task_id FROM replicas WHERE id = ?1", args![lease_id])?.ok_or_else(not_found)?.int(0)?;
+        db.query(&format!("SELECT id FROM tasks WHERE id = ?1{for_update}"), args![task_id])?;
+    }
+    let row = db
+        .opt_row(
+            &format!("SELECT task_id, state, lease_token, device_id FROM replicas WHERE id = ?1{for_update}"),
+            args![lease_id],
+        )?
+        .ok_or_else(not_found)?;
+    if row.opt_text(2)?.as_deref() != Some(token) || row.opt_int(3)? != Some(device_id as i64) {
+        return Err(StoreError::Conflict("stale lease token: this lease was given to another device or renewed".into()));
+    }
+    Ok(Lease { task_id: row.int(0)?, state: row.text(1)? })
+}
+
 impl crate::storage::Storage for Store {
     fn begin(&mut self) -> Result<(), StoreError> {
-        Ok(Store::begin(self)?)
+        Store::begin(self)
     }
     fn commit(&mut self) -> Result<(), StoreError> {
-        Ok(Store::commit(self)?)
+        Store::commit(self)
     }
     fn rollback(&mut self) {
         Store::rollback(self)
@@ -1014,9 +922,12 @@ impl crate::storage::Storage for Store {
         Store::device_key(self, device_id)
     }
     fn ping(&self) -> Result<(), StoreError> {
-        Ok(cached_row(&self.conn, "SELECT 1", [], |r| r.get::<_, i64>(0)).map(drop)?)
+        Store::ping(self)
     }
-    fn create_job(&mut self, spec: &JobSpec, seeds: Vec<TaskSeed>, now: u64) -> Result<u64, StoreError> {
+    fn first_use(&mut self, signature: &str, expires_ms: u64, now: u64) -> Result<bool, StoreError> {
+        Store::first_use(self, signature, expires_ms, now)
+    }
+    fn create_job(&mut self, spec: &JobSpec, seeds: &[TaskSeed], now: u64) -> Result<u64, StoreError> {
         Store::create_job(self, spec, seeds, now)
     }
     fn job_status(&self, job_id: u64) -> Result<JobStatus, StoreError> {

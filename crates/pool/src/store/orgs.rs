@@ -9,9 +9,8 @@ use std::collections::BTreeMap;
 
 use idlemesh_protocol::api::{Org, OrgDevice, OrgStats, TokenCreate, TokenCreated, TokenInfo};
 use idlemesh_protocol::{PublicKey, Sha256};
-use rusqlite::{OptionalExtension, Row, params};
-
-use super::{Store, StoreError, exec};
+use super::{Store, StoreError};
+use crate::db::{DbError, Row, args};
 
 /// Tokens are long random secrets with a recognisable prefix, so one pasted
 /// into the wrong place is easy to spot (and to scan for).
@@ -43,22 +42,22 @@ fn hash(token: &str) -> String {
     Sha256::of(token.as_bytes()).to_hex()
 }
 
-fn org_row(r: &Row<'_>) -> rusqlite::Result<Org> {
-    Ok(Org { org_id: r.get::<_, i64>(0)? as u64, name: r.get(1)?, created_ms: r.get::<_, i64>(2)? as u64 })
+fn org_row(r: &Row) -> Result<Org, DbError> {
+    Ok(Org { org_id: r.u64(0)?, name: r.text(1)?, created_ms: r.u64(2)? })
 }
 
 const TOKEN_COLUMNS: &str = "id, org_id, label, created_ms, expires_ms, revoked_ms, uses, max_uses";
 
-fn token_row(r: &Row<'_>) -> rusqlite::Result<TokenInfo> {
+fn token_row(r: &Row) -> Result<TokenInfo, DbError> {
     Ok(TokenInfo {
-        token_id: r.get::<_, i64>(0)? as u64,
-        org_id: r.get::<_, i64>(1)? as u64,
-        label: r.get(2)?,
-        created_ms: r.get::<_, i64>(3)? as u64,
-        expires_ms: r.get::<_, i64>(4)? as u64,
-        revoked_ms: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
-        uses: r.get::<_, i64>(6)? as u64,
-        max_uses: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+        token_id: r.u64(0)?,
+        org_id: r.u64(1)?,
+        label: r.opt_text(2)?,
+        created_ms: r.u64(3)?,
+        expires_ms: r.u64(4)?,
+        revoked_ms: r.opt_u64(5)?,
+        uses: r.u64(6)?,
+        max_uses: r.opt_u64(7)?,
     })
 }
 
@@ -78,25 +77,30 @@ impl Store {
         if name.is_empty() || name.chars().count() > 200 {
             return Err(StoreError::Invalid("an organisation's name must be 1..=200 characters".into()));
         }
-        let taken: Option<i64> =
-            self.conn.query_row("SELECT id FROM orgs WHERE name = ?1", [name], |r| r.get(0)).optional()?;
-        if let Some(id) = taken {
-            return Err(StoreError::Conflict(format!("an organisation named {name:?} exists already (id {id})")));
+        // One statement, so two pool replicas creating one name cannot both succeed.
+        let added = self.db.opt_row(
+            "INSERT INTO orgs (name, created_ms) VALUES (?1, ?2) ON CONFLICT DO NOTHING RETURNING id",
+            args![name, now],
+        )?;
+        match added {
+            Some(row) => Ok(Org { org_id: row.u64(0)?, name: name.into(), created_ms: now }),
+            None => {
+                let id = self.db.row("SELECT id FROM orgs WHERE name = ?1", args![name])?.u64(0)?;
+                Err(StoreError::Conflict(format!("an organisation named {name:?} exists already (id {id})")))
+            }
         }
-        exec(&self.conn, "INSERT INTO orgs (name, created_ms) VALUES (?1, ?2)", params![name, now as i64])?;
-        Ok(Org { org_id: self.conn.last_insert_rowid() as u64, name: name.into(), created_ms: now })
     }
 
     pub fn orgs(&self) -> Result<Vec<Org>, StoreError> {
-        let mut stmt = self.conn.prepare("SELECT id, name, created_ms FROM orgs ORDER BY id")?;
-        Ok(stmt.query_map([], org_row)?.collect::<Result<_, _>>()?)
+        Ok(self.db.query("SELECT id, name, created_ms FROM orgs ORDER BY id", args![])?.iter().map(org_row).collect::<Result<_, _>>()?)
     }
 
     fn org(&self, org_id: u64) -> Result<Org, StoreError> {
-        self.conn
-            .query_row("SELECT id, name, created_ms FROM orgs WHERE id = ?1", [org_id as i64], org_row)
-            .optional()?
-            .ok_or_else(|| StoreError::NotFound { what: "organisation", id: org_id.to_string() })
+        let row = self
+            .db
+            .opt_row("SELECT id, name, created_ms FROM orgs WHERE id = ?1", args![org_id])?
+            .ok_or_else(|| StoreError::NotFound { what: "organisation", id: org_id.to_string() })?;
+        Ok(org_row(&row)?)
     }
 
     pub fn create_token(&mut self, org_id: u64, req: &TokenCreate, now: u64) -> Result<TokenCreated, StoreError> {
@@ -117,21 +121,16 @@ impl Store {
         getrandom::fill(&mut secret).expect("the OS has no randomness source");
         let token = format!("{TOKEN_PREFIX}{}", hex::encode(secret));
         let expires_ms = now + req.expires_in_s * 1000;
-        exec(
-            &self.conn,
-            "INSERT INTO enrollment_tokens (org_id, token_sha256, label, created_ms, expires_ms, max_uses)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                org_id as i64,
-                hash(&token),
-                req.label,
-                now as i64,
-                expires_ms as i64,
-                req.max_uses.map(|n| n as i64)
-            ],
-        )?;
+        let token_id = self
+            .db
+            .row(
+                "INSERT INTO enrollment_tokens (org_id, token_sha256, label, created_ms, expires_ms, max_uses)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+                args![org_id, hash(&token), req.label.as_deref(), now, expires_ms, req.max_uses],
+            )?
+            .u64(0)?;
         let info = TokenInfo {
-            token_id: self.conn.last_insert_rowid() as u64,
+            token_id,
             org_id,
             label: req.label.clone(),
             created_ms: now,
@@ -145,19 +144,16 @@ impl Store {
 
     /// Revoking twice is harmless and keeps the first time.
     pub fn revoke_token(&mut self, token_id: u64, now: u64) -> Result<TokenInfo, StoreError> {
-        let changed = exec(
-            &self.conn,
-            "UPDATE enrollment_tokens SET revoked_ms = coalesce(revoked_ms, ?2) WHERE id = ?1",
-            params![token_id as i64, now as i64],
-        )?;
-        if changed == 0 {
-            return Err(StoreError::NotFound { what: "enrollment token", id: token_id.to_string() });
-        }
-        Ok(self.conn.query_row(
-            &format!("SELECT {TOKEN_COLUMNS} FROM enrollment_tokens WHERE id = ?1"),
-            [token_id as i64],
-            token_row,
-        )?)
+        let row = self
+            .db
+            .opt_row(
+                &format!(
+                    "UPDATE enrollment_tokens SET revoked_ms = coalesce(revoked_ms, ?2) WHERE id = ?1 RETURNING {TOKEN_COLUMNS}"
+                ),
+                args![token_id, now],
+            )?
+            .ok_or_else(|| StoreError::NotFound { what: "enrollment token", id: token_id.to_string() })?;
+        Ok(token_row(&row)?)
     }
 
     /// Enrolls a device (or finds it again) with an optional token; the
@@ -171,27 +167,22 @@ impl Store {
         token: Option<&str>,
         now: u64,
     ) -> Result<(u64, Option<Org>), StoreError> {
-        let existing: Option<(i64, Option<i64>)> = self
-            .conn
-            .query_row("SELECT id, org_id FROM devices WHERE public_key = ?1", [key.to_hex()], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()?;
+        let secret = token;
+        let existing = self.existing_device(key)?;
         let token = match token {
             None => None,
-            Some(secret) => Some(
-                self.conn
-                    .query_row(
+            Some(secret) => Some(token_row(
+                &self
+                    .db
+                    .opt_row(
                         &format!("SELECT {TOKEN_COLUMNS} FROM enrollment_tokens WHERE token_sha256 = ?1"),
-                        [hash(secret)],
-                        token_row,
-                    )
-                    .optional()?
+                        args![hash(secret)],
+                    )?
                     .ok_or(StoreError::Token(
                         TokenRefusal::Unknown,
                         "this enrollment token is not one of this pool's".into(),
                     ))?,
-            ),
+            )?),
         };
         let member_already = matches!((&existing, &token), (Some((_, Some(org))), Some(t)) if *org == t.org_id as i64);
         if let (Some(t), false) = (&token, member_already) {
@@ -217,7 +208,7 @@ impl Store {
                             "this device is enrolled in organisation {a} already; it cannot join {b} too"
                         )));
                     }
-                    (None, Some(_)) => self.use_token(token.as_ref().expect("org from token"), id)?,
+                    (None, Some(_)) => use_token(self.db.as_ref(), token.as_ref().expect("org from token"), id)?,
                     _ => {}
                 }
                 id
@@ -227,15 +218,23 @@ impl Store {
                 if let Some(t) = &token {
                     check_uses(t)?;
                 }
-                exec(
-                    &self.conn,
-                    "INSERT INTO devices (public_key, info, enrolled_ms) VALUES (?1, ?2, ?3)",
-                    params![key.to_hex(), info, now as i64],
+                let tx = self.db.savepoint()?;
+                // Two pool replicas enrolling one key at once make one device.
+                let added = tx.opt_row(
+                    "INSERT INTO devices (public_key, info, enrolled_ms) VALUES (?1, ?2, ?3)
+                     ON CONFLICT DO NOTHING RETURNING id",
+                    args![key.to_hex(), info, now],
                 )?;
-                let id = self.conn.last_insert_rowid();
+                let Some(added) = added else {
+                    // Committed meanwhile by another pool replica: found again.
+                    drop(tx);
+                    return self.enroll(key, info, secret, now);
+                };
+                let id = added.int(0)?;
                 if let Some(t) = &token {
-                    self.use_token(t, id)?;
+                    use_token(&*tx, t, id)?;
                 }
+                tx.commit()?;
                 id
             }
         };
@@ -249,40 +248,38 @@ impl Store {
         Ok((device_id as u64, org))
     }
 
-    fn use_token(&self, t: &TokenInfo, device_id: i64) -> Result<(), StoreError> {
-        check_uses(t)?;
-        exec(&self.conn, "UPDATE enrollment_tokens SET uses = uses + 1 WHERE id = ?1", [t.token_id as i64])?;
-        exec(
-            &self.conn,
-            "UPDATE devices SET org_id = ?1, token_id = ?2 WHERE id = ?3",
-            params![t.org_id as i64, t.token_id as i64, device_id],
-        )?;
-        Ok(())
+    fn existing_device(&self, key: &PublicKey) -> Result<Option<(i64, Option<i64>)>, StoreError> {
+        let row = self.db.opt_row("SELECT id, org_id FROM devices WHERE public_key = ?1", args![key.to_hex()])?;
+        Ok(row.map(|r| Ok::<_, DbError>((r.int(0)?, r.opt_int(1)?))).transpose()?)
     }
 
     pub fn org_stats(&self, org_id: u64) -> Result<OrgStats, StoreError> {
         let org = self.org(org_id)?;
-        let mut stmt = self.conn.prepare(
-            "SELECT id, enrolled_ms, info, credits, valid_results, invalid_results FROM devices
-             WHERE org_id = ?1 ORDER BY id",
-        )?;
-        let devices = stmt
-            .query_map([org_id as i64], |r| {
-                let info: String = r.get(2)?;
+        let devices = self
+            .db
+            .query(
+                "SELECT id, enrolled_ms, info, credits, valid_results, invalid_results FROM devices
+                 WHERE org_id = ?1 ORDER BY id",
+                args![org_id],
+            )?
+            .iter()
+            .map(|r| {
                 Ok(OrgDevice {
-                    device_id: r.get::<_, i64>(0)? as u64,
-                    enrolled_ms: r.get::<_, i64>(1)? as u64,
-                    device_info: serde_json::from_str::<BTreeMap<String, String>>(&info).unwrap_or_default(),
-                    credits: r.get(3)?,
-                    valid_results: r.get::<_, i64>(4)? as u64,
-                    invalid_results: r.get::<_, i64>(5)? as u64,
+                    device_id: r.u64(0)?,
+                    enrolled_ms: r.u64(1)?,
+                    device_info: serde_json::from_str::<BTreeMap<String, String>>(&r.text(2)?).unwrap_or_default(),
+                    credits: r.real(3)?,
+                    valid_results: r.u64(4)?,
+                    invalid_results: r.u64(5)?,
                 })
-            })?
+            })
+            .collect::<Result<Vec<_>, DbError>>()?;
+        let tokens = self
+            .db
+            .query(&format!("SELECT {TOKEN_COLUMNS} FROM enrollment_tokens WHERE org_id = ?1 ORDER BY id"), args![org_id])?
+            .iter()
+            .map(token_row)
             .collect::<Result<Vec<_>, _>>()?;
-        let mut stmt = self
-            .conn
-            .prepare(&format!("SELECT {TOKEN_COLUMNS} FROM enrollment_tokens WHERE org_id = ?1 ORDER BY id"))?;
-        let tokens = stmt.query_map([org_id as i64], token_row)?.collect::<Result<Vec<_>, _>>()?;
         Ok(OrgStats {
             org,
             credits: devices.iter().map(|d| d.credits).sum(),
@@ -292,4 +289,19 @@ impl Store {
             tokens,
         })
     }
+}
+
+/// Counts a device in against its token, atomically: two pool replicas
+/// cannot both take a token's last use.
+fn use_token(db: &dyn crate::db::Db, t: &TokenInfo, device_id: i64) -> Result<(), StoreError> {
+    check_uses(t)?;
+    let counted = db.execute(
+        "UPDATE enrollment_tokens SET uses = uses + 1 WHERE id = ?1 AND (max_uses IS NULL OR uses < max_uses)",
+        args![t.token_id],
+    )?;
+    if counted == 0 {
+        return Err(StoreError::Token(TokenRefusal::UsedUp, "this enrollment token has enrolled all its devices already".into()));
+    }
+    db.execute("UPDATE devices SET org_id = ?1, token_id = ?2 WHERE id = ?3", args![t.org_id, t.token_id, device_id])?;
+    Ok(())
 }

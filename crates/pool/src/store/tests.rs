@@ -8,16 +8,59 @@ use super::{Store, StoreError};
 use crate::split;
 use crate::trust::TrustRules;
 
+/// The database a test runs on: every test here runs on both.
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Keeps a test's SQLite file alive.
+struct Files(#[allow(dead_code, reason = "held for its Drop")] Option<tempfile::TempDir>);
+
+impl Backend {
+    fn open(self, rules: TrustRules) -> (Store, Files) {
+        match self {
+            Self::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                (Store::open_sqlite(&dir.path().join("pool.sqlite"), rules).unwrap(), Files(Some(dir)))
+            }
+            Self::Postgres => {
+                let url = crate::test_cluster::Cluster::shared().create_database().unwrap();
+                let db = crate::db::Postgres::connect(&url).unwrap();
+                (Store::open(Box::new(db), rules).unwrap(), Files(None))
+            }
+        }
+    }
+}
+
+/// Each test, once per backend: `sqlite::name` and `postgres::name`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Backend::Sqlite)
+            })*
+        }
+        mod postgres {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Backend::Postgres)
+            })*
+        }
+    };
+}
+
 struct World {
     store: Store,
     key: Keypair,
     devices: Vec<u64>,
-    _dir: tempfile::TempDir,
+    _files: Files,
 }
 
-fn world(devices: usize, replication: u32, quorum: u32, tasks: i64) -> (World, u64) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(&dir.path().join("pool.sqlite"), TrustRules::single_owner()).unwrap();
+fn world(b: Backend, devices: usize, replication: u32, quorum: u32, tasks: i64) -> (World, u64) {
+    let (mut store, files) = b.open(TrustRules::single_owner());
     let kernel = store.put_blob(b"kernel bytes").unwrap();
     let spec: JobSpec = serde_json::from_value(json!({
         "name": "t", "kernel_kind": "wasm", "kernel_sha256": kernel,
@@ -27,11 +70,11 @@ fn world(devices: usize, replication: u32, quorum: u32, tasks: i64) -> (World, u
     }))
     .unwrap();
     let seeds = split::expand(&spec).unwrap();
-    let job = store.create_job(&spec, seeds, 1_000).unwrap();
+    let job = store.create_job(&spec, &seeds, 1_000).unwrap();
     let devices = (0..devices)
         .map(|_| store.enroll(&Keypair::generate().unwrap().public(), "{}", None, 1_000).unwrap().0)
         .collect();
-    (World { store, key: Keypair::generate().unwrap(), devices, _dir: dir }, job)
+    (World { store, key: Keypair::generate().unwrap(), devices, _files: files }, job)
 }
 
 impl World {
@@ -46,9 +89,8 @@ fn report(w: &mut World, m: &TaskManifest, output: &[u8], now: u64) -> Result<su
     w.store.submit_result(m.device_id, m.lease_id, &m.lease_token, output, None, 5, 4, &w.key, now)
 }
 
-#[test]
-fn a_device_never_gets_two_replicas_of_one_task() {
-    let (mut w, _) = world(2, 3, 2, 2);
+fn a_device_never_gets_two_replicas_of_one_task(b: Backend) {
+    let (mut w, _) = world(b, 2, 3, 2, 2);
     let a = w.devices[0];
     let leased = w.lease(a, 10, 2_000);
     assert_eq!(leased.len(), 2, "one replica of each of the two tasks");
@@ -59,9 +101,8 @@ fn a_device_never_gets_two_replicas_of_one_task() {
     assert_eq!(b.len(), 2);
 }
 
-#[test]
-fn expired_leases_are_fenced_off() {
-    let (mut w, _) = world(2, 1, 1, 1);
+fn expired_leases_are_fenced_off(b: Backend) {
+    let (mut w, _) = world(b, 2, 1, 1, 1);
     let (a, b) = (w.devices[0], w.devices[1]);
     let first = w.lease(a, 1, 2_000).remove(0);
     // Still leased: nobody else gets it.
@@ -90,9 +131,8 @@ fn expired_leases_are_fenced_off() {
     assert_eq!(stats.devices.iter().find(|d| d.device_id == b).unwrap().credits, 2.5);
 }
 
-#[test]
-fn heartbeat_extends_and_give_back_requeues() {
-    let (mut w, _) = world(2, 1, 1, 1);
+fn heartbeat_extends_and_give_back_requeues(b: Backend) {
+    let (mut w, _) = world(b, 2, 1, 1, 1);
     let (a, b) = (w.devices[0], w.devices[1]);
     let m = w.lease(a, 1, 2_000).remove(0);
     let extended = w.store.heartbeat(a, m.lease_id, &m.lease_token, 9_000).unwrap();
@@ -104,9 +144,8 @@ fn heartbeat_extends_and_give_back_requeues() {
     assert_eq!(w.lease(b, 1, 12_500).len(), 1);
 }
 
-#[test]
-fn a_task_that_keeps_failing_fails_its_job_and_costs_the_devices_nothing() {
-    let (mut w, job) = world(3, 1, 1, 2);
+fn a_task_that_keeps_failing_fails_its_job_and_costs_the_devices_nothing(b: Backend) {
+    let (mut w, job) = world(b, 3, 1, 1, 2);
     let failure = TaskFailure { status: "sandbox-violation".into(), message: "the worker called ptrace".into() };
     let mut now = 2_000;
     for (round, device) in [w.devices[0], w.devices[1], w.devices[2]].into_iter().enumerate() {
@@ -129,9 +168,8 @@ fn a_task_that_keeps_failing_fails_its_job_and_costs_the_devices_nothing() {
     }
 }
 
-#[test]
-fn a_plain_give_back_counts_no_failure() {
-    let (mut w, job) = world(1, 1, 1, 1);
+fn a_plain_give_back_counts_no_failure(b: Backend) {
+    let (mut w, job) = world(b, 1, 1, 1, 1);
     let a = w.devices[0];
     for i in 0..5 {
         let m = w.lease(a, 1, 2_000 + i).remove(0);
@@ -140,9 +178,8 @@ fn a_plain_give_back_counts_no_failure() {
     assert_eq!(w.store.job_status(job).unwrap().state, JobState::Running);
 }
 
-#[test]
-fn leases_a_device_no_longer_holds_are_queued_again() {
-    let (mut w, _) = world(2, 1, 1, 4);
+fn leases_a_device_no_longer_holds_are_queued_again(b: Backend) {
+    let (mut w, _) = world(b, 2, 1, 1, 4);
     let (a, b) = (w.devices[0], w.devices[1]);
     let kept = w.lease(a, 1, 2_000).remove(0);
     let lost = w.lease(a, 1, 2_000).remove(0);
@@ -164,9 +201,8 @@ fn leases_a_device_no_longer_holds_are_queued_again() {
     assert!(w.store.release_unheld(a, &[kept.lease_id], 11_700).unwrap().is_empty());
 }
 
-#[test]
-fn quorum_agrees_marks_the_odd_one_out_and_signs_receipts() {
-    let (mut w, job) = world(3, 2, 2, 1);
+fn quorum_agrees_marks_the_odd_one_out_and_signs_receipts(b: Backend) {
+    let (mut w, job) = world(b, 3, 2, 2, 1);
     let (a, b, c) = (w.devices[0], w.devices[1], w.devices[2]);
     let ma = w.lease(a, 1, 2_000).remove(0);
     let mb = w.lease(b, 1, 2_000).remove(0);
@@ -195,21 +231,19 @@ fn quorum_agrees_marks_the_odd_one_out_and_signs_receipts() {
     assert_eq!(w.store.job_output(job).unwrap().unwrap(), b"42");
 }
 
-#[test]
-fn jobs_need_a_stored_kernel() {
-    let (mut w, _) = world(1, 1, 1, 1);
+fn jobs_need_a_stored_kernel(b: Backend) {
+    let (mut w, _) = world(b, 1, 1, 1, 1);
     let spec: JobSpec = serde_json::from_value(json!({
         "name": "t", "kernel_kind": "wasm", "kernel_sha256": "a".repeat(64),
         "inputs": ["AA=="], "combiner": {"kind": "concat"},
     }))
     .unwrap();
     let seeds = split::expand(&spec).unwrap();
-    assert!(matches!(w.store.create_job(&spec, seeds, 1), Err(StoreError::Invalid(m)) if m.contains("POST /v1/blobs")));
+    assert!(matches!(w.store.create_job(&spec, &seeds, 1), Err(StoreError::Invalid(m)) if m.contains("POST /v1/blobs")));
 }
 
-#[test]
-fn devices_get_only_jobs_they_can_run() {
-    let (mut w, _) = world(1, 1, 1, 1);
+fn devices_get_only_jobs_they_can_run(b: Backend) {
+    let (mut w, _) = world(b, 1, 1, 1, 1);
     let a = w.devices[0];
     let lease = |w: &mut World, caps: Capabilities| w.store.lease(a, &caps, 5, 2_000, None).unwrap().len();
     // The job needs 256 MiB (the default limit) and a WASM runtime.
@@ -221,10 +255,8 @@ fn devices_get_only_jobs_they_can_run() {
     assert_eq!(lease(&mut w, fits), 1);
 }
 
-#[test]
-fn replicas_of_a_gpu_task_stay_within_one_adapter_class() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(&dir.path().join("pool.sqlite"), TrustRules::single_owner()).unwrap();
+fn replicas_of_a_gpu_task_stay_within_one_adapter_class(b: Backend) {
+    let (mut store, _files) = b.open(TrustRules::single_owner());
     let kernel = store.put_blob(b"@compute @workgroup_size(1) fn main() {}").unwrap();
     let spec: JobSpec = serde_json::from_value(json!({
         "name": "gpu", "kernel_kind": "wgsl", "kernel_sha256": kernel,
@@ -235,7 +267,7 @@ fn replicas_of_a_gpu_task_stay_within_one_adapter_class() {
         "combiner": {"kind": "concat"}, "lease_ms": 10_000,
     }))
     .unwrap();
-    store.create_job(&spec, split::expand(&spec).unwrap(), 1_000).unwrap();
+    store.create_job(&spec, &split::expand(&spec).unwrap(), 1_000).unwrap();
     let mut device = || store.enroll(&Keypair::generate().unwrap().public(), "{}", None, 1_000).unwrap().0;
     let (a, b, c) = (device(), device(), device());
     let gpu =
@@ -261,10 +293,8 @@ fn replicas_of_a_gpu_task_stay_within_one_adapter_class() {
     assert!(store.lease(a, &gpu(lavapipe), 5, later, None).unwrap().is_empty(), "now bound to the other class");
 }
 
-#[test]
-fn a_metered_job_pays_by_the_fuel_the_replicas_agree_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(&dir.path().join("pool.sqlite"), TrustRules::single_owner()).unwrap();
+fn a_metered_job_pays_by_the_fuel_the_replicas_agree_on(b: Backend) {
+    let (mut store, _files) = b.open(TrustRules::single_owner());
     let kernel = store.put_blob(b"kernel bytes").unwrap();
     let job = |rate: serde_json::Value, limits: serde_json::Value| -> Result<JobSpec, String> {
         let spec: JobSpec = serde_json::from_value(json!({
@@ -283,7 +313,7 @@ fn a_metered_job_pays_by_the_fuel_the_replicas_agree_on() {
     assert!(e.contains("credits_per_million_fuel"), "{e}");
 
     let spec = job(json!(0.5), json!({"max_fuel": 10_000_000})).unwrap();
-    store.create_job(&spec, split::expand(&spec).unwrap(), 1_000).unwrap();
+    store.create_job(&spec, &split::expand(&spec).unwrap(), 1_000).unwrap();
     let key = Keypair::generate().unwrap();
     let caps = Capabilities { wasm: true, wgpu_adapter: None, cores: 2, memory_bytes: 0 };
     let (a, b) = (
@@ -308,24 +338,20 @@ fn migrations_apply_to_an_existing_database() {
     let path = dir.path().join("old.sqlite");
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch(super::MIGRATIONS[0]).unwrap();
+        conn.execute_batch(super::schema::SQLITE[0]).unwrap();
         conn.pragma_update(None, "user_version", 1).unwrap();
         conn.execute("INSERT INTO jobs (name, spec, state, created_ms) VALUES ('old', '{\"kernel_kind\":\"wgsl\",\"limits\":{\"max_memory_bytes\":5}}', 'running', 1)", []).unwrap();
     }
-    let store = Store::open(&path, TrustRules::single_owner()).unwrap();
-    let (kind, memory): (String, i64) = store
-        .conn
-        .query_row("SELECT kernel_kind, max_memory_bytes FROM jobs", [], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap();
-    assert_eq!((kind.as_str(), memory), ("wgsl", 5));
-    let version: i64 = store.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(version as usize, super::MIGRATIONS.len());
+    let store = Store::open_sqlite(&path, TrustRules::single_owner()).unwrap();
+    let row = store.db.row("SELECT kernel_kind, max_memory_bytes FROM jobs", crate::db::args![]).unwrap();
+    assert_eq!((row.text(0).unwrap().as_str(), row.int(1).unwrap()), ("wgsl", 5));
+    let version = store.db.row("PRAGMA user_version", crate::db::args![]).unwrap().int(0).unwrap();
+    assert_eq!(version as u32, super::schema::version(crate::db::Dialect::Sqlite));
 }
 
-#[test]
-fn two_honest_devices_outvote_a_liar() {
+fn two_honest_devices_outvote_a_liar(b: Backend) {
     // k = 3, q = 2: two agreeing devices and one liar.
-    let (mut w, job) = world(3, 3, 2, 1);
+    let (mut w, job) = world(b, 3, 3, 2, 1);
     let (honest1, honest2, liar) = (w.devices[0], w.devices[1], w.devices[2]);
     let m1 = w.lease(honest1, 1, 2_000).remove(0);
     let ml = w.lease(liar, 1, 2_000).remove(0);
@@ -343,13 +369,12 @@ fn two_honest_devices_outvote_a_liar() {
     // Receipts: one per honest device, none for the liar.
     let receipts: Vec<(i64, String, String)> = w
         .store
-        .conn
-        .prepare("SELECT device_id, payload, signature FROM receipts ORDER BY device_id")
+        .db
+        .query("SELECT device_id, payload, signature FROM receipts ORDER BY device_id", crate::db::args![])
         .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+        .iter()
+        .map(|r| (r.int(0).unwrap(), r.text(1).unwrap(), r.text(2).unwrap()))
+        .collect();
     let holders: Vec<u64> = receipts.iter().map(|r| r.0 as u64).collect();
     assert_eq!(holders, vec![honest1, honest2]);
     for (_, payload, signature) in receipts {
@@ -364,9 +389,8 @@ fn two_honest_devices_outvote_a_liar() {
     assert_eq!((by(honest2).valid_results, by(honest2).credits), (1, 2.5));
 }
 
-#[test]
-fn manifests_and_receipts_verify_and_modified_ones_fail() {
-    let (mut w, _) = world(1, 1, 1, 1);
+fn manifests_and_receipts_verify_and_modified_ones_fail(b: Backend) {
+    let (mut w, _) = world(b, 1, 1, 1, 1);
     let a = w.devices[0];
     let caps = Capabilities { wasm: true, wgpu_adapter: None, cores: 2, memory_bytes: 0 };
     let signed = Signed::sign(&w.store.lease(a, &caps, 1, 2_000, None).unwrap().remove(0), &w.key);
@@ -385,10 +409,8 @@ fn manifests_and_receipts_verify_and_modified_ones_fail() {
     assert!(forged.verify(&w.key.public()).is_err());
 }
 
-#[test]
-fn spot_checks_catch_a_liar_and_stay_out_of_the_output() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(&dir.path().join("pool.sqlite"), TrustRules::single_owner()).unwrap();
+fn spot_checks_catch_a_liar_and_stay_out_of_the_output(b: Backend) {
+    let (mut store, _files) = b.open(TrustRules::single_owner());
     let key = Keypair::generate().unwrap();
     let kernel = store.put_blob(b"kernel bytes").unwrap();
     // k = 2, q = 1: both devices get a replica of every task.
@@ -402,7 +424,7 @@ fn spot_checks_catch_a_liar_and_stay_out_of_the_output() {
     let seeds = split::expand(&spec).unwrap();
     assert_eq!(seeds.len(), 3);
     assert!(seeds[0].expected_sha256.is_none() && seeds[1].expected_sha256.is_some(), "spot check hidden mid-queue");
-    let job = store.create_job(&spec, seeds, 1_000).unwrap();
+    let job = store.create_job(&spec, &seeds, 1_000).unwrap();
     let caps = Capabilities { wasm: true, wgpu_adapter: None, cores: 2, memory_bytes: 0 };
     let liar = store.enroll(&Keypair::generate().unwrap().public(), "{}", None, 1).unwrap().0;
     let honest = store.enroll(&Keypair::generate().unwrap().public(), "{}", None, 1).unwrap().0;
@@ -432,13 +454,11 @@ fn spot_checks_catch_a_liar_and_stay_out_of_the_output() {
     assert_eq!(store.job_output(job).unwrap().unwrap(), b"wrongwrong");
 }
 
-#[test]
-fn enrollment_tokens_expire_are_revocable_and_counted() {
+fn enrollment_tokens_expire_are_revocable_and_counted(b: Backend) {
     use idlemesh_protocol::api::TokenCreate;
 
     use super::orgs::TokenRefusal;
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(&dir.path().join("pool.sqlite"), TrustRules::single_owner()).unwrap();
+    let (mut store, _files) = b.open(TrustRules::single_owner());
     let org = store.create_org("  Acme Research ", 1_000).unwrap();
     assert_eq!(org.name, "Acme Research");
     assert!(matches!(store.create_org("Acme Research", 1_000), Err(StoreError::Conflict(_))));
@@ -496,16 +516,14 @@ fn enrollment_tokens_expire_are_revocable_and_counted() {
     assert!(matches!(store.org_stats(42), Err(StoreError::NotFound { .. })));
 }
 
-#[test]
-fn replicas_of_a_task_never_go_to_devices_sharing_a_token_an_organisation_or_a_network() {
+fn replicas_of_a_task_never_go_to_devices_sharing_a_token_an_organisation_or_a_network(b: Backend) {
     use idlemesh_protocol::api::TokenCreate;
 
     use crate::trust::Spread;
     let caps = Capabilities { wasm: true, wgpu_adapter: None, cores: 2, memory_bytes: 0 };
     let setup = |spread: Spread| {
-        let dir = tempfile::tempdir().unwrap();
         let rules = TrustRules { spread, ..TrustRules::single_owner() };
-        let mut store = Store::open(&dir.path().join("pool.sqlite"), rules).unwrap();
+        let (mut store, files) = b.open(rules);
         let kernel = store.put_blob(b"k").unwrap();
         let spec: JobSpec = serde_json::from_value(json!({
             "name": "t", "kernel_kind": "wasm", "kernel_sha256": kernel,
@@ -513,7 +531,7 @@ fn replicas_of_a_task_never_go_to_devices_sharing_a_token_an_organisation_or_a_n
             "replication": 2, "quorum": 2, "combiner": {"kind": "concat"},
         }))
         .unwrap();
-        store.create_job(&spec, split::expand(&spec).unwrap(), 1_000).unwrap();
+        store.create_job(&spec, &split::expand(&spec).unwrap(), 1_000).unwrap();
         let org = store.create_org("Acme", 1_000).unwrap();
         let other = store.create_org("Other", 1_000).unwrap();
         let token = |s: &mut Store, org| {
@@ -524,7 +542,7 @@ fn replicas_of_a_task_never_go_to_devices_sharing_a_token_an_organisation_or_a_n
         let mut enroll =
             |t: &str| store.enroll(&Keypair::generate().unwrap().public(), "{}", Some(t), 1_000).unwrap().0;
         let ids = [enroll(&t1), enroll(&t1), enroll(&t2), enroll(&t3)];
-        (store, ids, dir)
+        (store, ids, files)
     };
     let lease = |s: &mut Store, device, net: &str| s.lease(device, &caps, 1, 2_000, Some(net)).unwrap().len();
 
@@ -553,9 +571,8 @@ fn replicas_of_a_task_never_go_to_devices_sharing_a_token_an_organisation_or_a_n
     assert_eq!(lease(&mut s, same_token, "10.0.0.0/24"), 1);
 }
 
-#[test]
-fn a_new_devices_result_is_confirmed_before_it_counts_and_a_liar_stays_checked() {
-    let (mut w, _job) = world(3, 1, 1, 6);
+fn a_new_devices_result_is_confirmed_before_it_counts_and_a_liar_stays_checked(b: Backend) {
+    let (mut w, _job) = world(b, 3, 1, 1, 6);
     w.store.trust = TrustRules { checked_results: 2, ..TrustRules::single_owner() };
     let (a, b, liar) = (w.devices[0], w.devices[1], w.devices[2]);
     // a's first result alone does not close the task: a second replica is queued.
@@ -586,3 +603,23 @@ fn a_new_devices_result_is_confirmed_before_it_counts_and_a_liar_stays_checked()
     let m = w.lease(liar, 1, 11_000).remove(0);
     assert_eq!(report(&mut w, &m, b"right", 11_001).unwrap().task_state, TaskState::Pending);
 }
+
+on_both_backends!(
+    a_device_never_gets_two_replicas_of_one_task,
+    expired_leases_are_fenced_off,
+    heartbeat_extends_and_give_back_requeues,
+    a_task_that_keeps_failing_fails_its_job_and_costs_the_devices_nothing,
+    a_plain_give_back_counts_no_failure,
+    leases_a_device_no_longer_holds_are_queued_again,
+    quorum_agrees_marks_the_odd_one_out_and_signs_receipts,
+    jobs_need_a_stored_kernel,
+    devices_get_only_jobs_they_can_run,
+    replicas_of_a_gpu_task_stay_within_one_adapter_class,
+    a_metered_job_pays_by_the_fuel_the_replicas_agree_on,
+    two_honest_devices_outvote_a_liar,
+    manifests_and_receipts_verify_and_modified_ones_fail,
+    spot_checks_catch_a_liar_and_stay_out_of_the_output,
+    enrollment_tokens_expire_are_revocable_and_counted,
+    replicas_of_a_task_never_go_to_devices_sharing_a_token_an_organisation_or_a_network,
+    a_new_devices_result_is_confirmed_before_it_counts_and_a_liar_stays_checked,
+);

@@ -1,0 +1,249 @@
+//! The few things the store asks of a SQL database, so that one store
+//! (`store.rs`: leasing, fencing, quorum, job completion) runs on SQLite and
+//! on PostgreSQL alike.
+//!
+//! Statements are written once, with `?1`-style numbered parameters, in the
+//! SQL both engines share (`RETURNING`, `ON CONFLICT`, `IS DISTINCT FROM`);
+//! the PostgreSQL connection renumbers them `$1`. What differs is asked of
+//! the [`Dialect`]: row locks (SQLite has one writer and needs none), how a
+//! transaction begins, and the schema's column types (`schema.rs`).
+
+mod postgres;
+mod sqlite;
+
+pub(crate) use postgres::{Postgres, is_url as is_postgres_url, redact_password};
+pub(crate) use sqlite::Sqlite;
+
+/// Which engine a connection talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    /// Appended to a `SELECT` of one row that the transaction is about to
+    /// change: two pool replicas judging one task take turns.
+    pub fn for_update(self) -> &'static str {
+        match self {
+            Self::Sqlite => "",
+            Self::Postgres => " FOR UPDATE",
+        }
+    }
+
+    /// Appended to the lease query: rows another replica is claiming are
+    /// passed over, not waited for.
+    pub fn skip_locked(self, tables: &str) -> String {
+        match self {
+            Self::Sqlite => String::new(),
+            Self::Postgres => format!(" FOR UPDATE OF {tables} SKIP LOCKED"),
+        }
+    }
+}
+
+/// One value bound to a statement or read from a row.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Value {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+macro_rules! value_from {
+    ($($t:ty => |$v:ident| $e:expr),* $(,)?) => {
+        $(impl From<$t> for Value {
+            fn from($v: $t) -> Self {
+                $e
+            }
+        })*
+    };
+}
+
+value_from! {
+    i64 => |v| Value::Int(v),
+    i32 => |v| Value::Int(v.into()),
+    u32 => |v| Value::Int(v.into()),
+    // Ids, sizes and times in ms: all far below 2^63.
+    u64 => |v| Value::Int(v as i64),
+    bool => |v| Value::Int(v.into()),
+    f64 => |v| Value::Real(v),
+    String => |v| Value::Text(v),
+    &str => |v| Value::Text(v.to_owned()),
+    &String => |v| Value::Text(v.clone()),
+    Vec<u8> => |v| Value::Blob(v),
+    &[u8] => |v| Value::Blob(v.to_vec()),
+    &Vec<u8> => |v| Value::Blob(v.clone()),
+}
+
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(Value::Null, Into::into)
+    }
+}
+
+/// The parameters of one statement: `args![a, b]`.
+macro_rules! args {
+    ($($v:expr),* $(,)?) => { &[$($crate::db::Value::from($v)),*][..] };
+}
+pub(crate) use args;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DbError {
+    #[error("SQLite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("PostgreSQL: {message}")]
+    Postgres { message: String, code: Option<String> },
+    #[error("column {column}: expected {expected}, found {found:?}")]
+    Type { column: usize, expected: &'static str, found: Value },
+    #[error("expected a row, found none")]
+    NoRow,
+}
+
+impl DbError {
+    /// Whether running the same operation again may succeed: PostgreSQL
+    /// chose it to break a deadlock, or an earlier failure in the same
+    /// transaction aborted it.
+    pub fn retryable(&self) -> bool {
+        matches!(self, Self::Postgres { code: Some(code), .. } if ["40001", "40P01", "25P02"].contains(&code.as_str()))
+    }
+}
+
+/// A row, its columns in the order the statement named them.
+#[derive(Debug)]
+pub(crate) struct Row(pub(crate) Vec<Value>);
+
+impl Row {
+    fn get(&self, column: usize) -> &Value {
+        self.0.get(column).unwrap_or(&Value::Null)
+    }
+
+    fn wrong(&self, column: usize, expected: &'static str) -> DbError {
+        DbError::Type { column, expected, found: self.get(column).clone() }
+    }
+
+    pub fn opt_int(&self, column: usize) -> Result<Option<i64>, DbError> {
+        match self.get(column) {
+            Value::Null => Ok(None),
+            Value::Int(v) => Ok(Some(*v)),
+            _ => Err(self.wrong(column, "an integer")),
+        }
+    }
+
+    pub fn int(&self, column: usize) -> Result<i64, DbError> {
+        self.opt_int(column)?.ok_or_else(|| self.wrong(column, "an integer"))
+    }
+
+    pub fn u64(&self, column: usize) -> Result<u64, DbError> {
+        Ok(self.int(column)? as u64)
+    }
+
+    pub fn opt_u64(&self, column: usize) -> Result<Option<u64>, DbError> {
+        Ok(self.opt_int(column)?.map(|v| v as u64))
+    }
+
+    pub fn bool(&self, column: usize) -> Result<bool, DbError> {
+        Ok(self.int(column)? != 0)
+    }
+
+    pub fn real(&self, column: usize) -> Result<f64, DbError> {
+        match self.get(column) {
+            Value::Real(v) => Ok(*v),
+            Value::Int(v) => Ok(*v as f64),
+            _ => Err(self.wrong(column, "a number")),
+        }
+    }
+
+    pub fn opt_text(&self, column: usize) -> Result<Option<String>, DbError> {
+        match self.get(column) {
+            Value::Null => Ok(None),
+            Value::Text(s) => Ok(Some(s.clone())),
+            _ => Err(self.wrong(column, "text")),
+        }
+    }
+
+    pub fn text(&self, column: usize) -> Result<String, DbError> {
+        self.opt_text(column)?.ok_or_else(|| self.wrong(column, "text"))
+    }
+
+    pub fn blob(&mut self, column: usize) -> Result<Vec<u8>, DbError> {
+        match self.0.get_mut(column) {
+            Some(Value::Blob(b)) => Ok(std::mem::take(b)),
+            _ => Err(self.wrong(column, "bytes")),
+        }
+    }
+}
+
+/// One connection to the pool's database.
+pub(crate) trait Db: Send {
+    fn dialect(&self) -> Dialect;
+    /// Runs a statement; returns how many rows it changed.
+    fn execute(&self, sql: &str, params: &[Value]) -> Result<u64, DbError>;
+    fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>, DbError>;
+    /// Runs statements without parameters: schema changes, savepoints.
+    fn batch(&self, sql: &str) -> Result<(), DbError>;
+    /// Opens a transaction that writes (SQLite takes its write lock now, not at the first write).
+    fn begin(&self) -> Result<(), DbError>;
+    fn commit(&self) -> Result<(), DbError>;
+    fn rollback(&self) -> Result<(), DbError>;
+    fn in_transaction(&self) -> bool;
+    /// Connects again if the connection was lost (a database restart).
+    fn reconnect_if_closed(&mut self) -> Result<(), DbError> {
+        Ok(())
+    }
+}
+
+impl dyn Db + '_ {
+    /// The first row, if any.
+    pub fn opt_row(&self, sql: &str, params: &[Value]) -> Result<Option<Row>, DbError> {
+        Ok(self.query(sql, params)?.into_iter().next())
+    }
+
+    /// Exactly the first row; none is an error.
+    pub fn row(&self, sql: &str, params: &[Value]) -> Result<Row, DbError> {
+        self.opt_row(sql, params)?.ok_or(DbError::NoRow)
+    }
+
+    /// A savepoint in the current transaction (or a transaction of its
+    /// own outside one), rolled back unless committed.
+    pub fn savepoint(&self) -> Result<Savepoint<'_>, DbError> {
+        let outer = !self.in_transaction();
+        if outer { self.begin()? } else { self.batch("SAVEPOINT op")? }
+        Ok(Savepoint { db: self, outer, done: false })
+    }
+}
+
+/// Everything since it began, kept by [`Savepoint::commit`] or undone when dropped.
+pub(crate) struct Savepoint<'a> {
+    db: &'a (dyn Db + 'a),
+    /// A transaction of its own, not a savepoint in one.
+    outer: bool,
+    done: bool,
+}
+
+impl Savepoint<'_> {
+    pub fn commit(mut self) -> Result<(), DbError> {
+        self.done = true;
+        if self.outer { self.db.commit() } else { self.db.batch("RELEASE SAVEPOINT op") }
+    }
+}
+
+impl<'a> std::ops::Deref for Savepoint<'a> {
+    type Target = dyn Db + 'a;
+    fn deref(&self) -> &Self::Target {
+        self.db
+    }
+}
+
+impl Drop for Savepoint<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = if self.outer {
+                self.db.rollback()
+            } else {
+                self.db.batch("ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op")
+            };
+        }
+    }
+}
