@@ -170,7 +170,19 @@ impl<const MAX: usize> FromRequest<Pool> for OperatorBody<MAX> {
 }
 
 fn parse<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    if has_nul_escape(body) {
+        return Err(ApiError::bad_request("malformed request body: text may not contain NUL characters (\\u0000)"));
+    }
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("malformed request body: {e}")))
+}
+
+/// Whether JSON text holds a NUL character: the escape `\u0000` (JSON has
+/// no other way to write one) after an even run of backslashes. No name,
+/// label or message needs one, and PostgreSQL cannot store it in text.
+fn has_nul_escape(json: &[u8]) -> bool {
+    json.windows(6).enumerate().any(|(i, w)| {
+        w.eq_ignore_ascii_case(b"\\u0000") && json[..i].iter().rev().take_while(|&&b| b == b'\\').count() % 2 == 0
+    })
 }
 
 fn id(text: &str, what: &str) -> ApiResult<u64> {

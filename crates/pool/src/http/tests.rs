@@ -375,3 +375,13 @@ async fn large_uploads_are_refused_before_reading_when_the_sender_is_unknown() {
         assert!(pulled.load(Ordering::SeqCst) <= 2 << 20, "{path}: read {} bytes", pulled.load(Ordering::SeqCst));
     }
 }
+
+#[test]
+fn nul_characters_in_request_text_are_found_and_escaped_backslashes_are_not() {
+    use super::has_nul_escape;
+    assert!(has_nul_escape(br#"{"name": "Acme\u0000"}"#));
+    assert!(has_nul_escape(br#"{"name": "\U0000"}"#));
+    assert!(has_nul_escape(br#"{"name": "a\\\u0000"}"#), "an escaped backslash, then a NUL");
+    assert!(!has_nul_escape(br#"{"name": "a\\u0000"}"#), "a backslash and the text u0000");
+    assert!(!has_nul_escape(br#"{"name": "Acme \u0001"}"#));
+}
