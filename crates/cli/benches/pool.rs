@@ -1,8 +1,13 @@
 //! Pool load: simulated devices doing lease → result round trips over HTTP
-//! on loopback against a real `idlemesh pool serve` process. Prints round
-//! trips per second and latency percentiles (DESIGN §7: >= 2,000/s).
+//! on loopback against real `idlemesh pool serve` processes, in three set-ups
+//! one after the other: SQLite, PostgreSQL with one replica, PostgreSQL with
+//! two replicas (devices split between them). Prints round trips per second
+//! and latency percentiles for each (DESIGN §7: >= 2,000/s).
 //!
-//! `cargo bench -p idlemesh-cli --bench pool -- [DEVICES] [SECONDS] [CONCURRENCY]`
+//! PostgreSQL is a private server (`initdb` in a temp dir, Unix socket) with
+//! its default durability: `fsync` and `synchronous_commit` on.
+//!
+//! `cargo bench -p idlemesh-cli --bench pool -- [DEVICES] [SECONDS] [CONCURRENCY] [sqlite,pg1,pg2]`
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -21,6 +26,8 @@ fn arg(n: usize, default: u64) -> u64 {
 struct Device {
     id: u64,
     key: Keypair,
+    /// The replica this device talks to.
+    base: String,
 }
 
 async fn signed(http: &reqwest::Client, base: &str, d: &Device, path: &str, body: Vec<u8>) -> reqwest::Response {
@@ -40,25 +47,33 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
-fn main() {
-    let devices_n = arg(1, 10_000) as usize;
-    let seconds = arg(2, 15);
-    let concurrency = arg(3, 64) as usize;
-    let _ = rustls::crypto::ring::default_provider().install_default();
+/// A `pool serve` process; killed on drop.
+struct Replica {
+    child: std::process::Child,
+    base: String,
+}
 
-    let dir = tempfile::tempdir().unwrap();
-    let mut pool = Command::new(env!("CARGO_BIN_EXE_idlemesh"))
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_replica(dir: &std::path::Path, extra: &[&str]) -> Replica {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_idlemesh"))
         // Simulated devices join without tokens, all from one loopback
         // address: open enrollment, replicas spread by token and
         // organisation only; new devices' results are checked (the default).
         .args(["pool", "serve", "--open-enrollment", "--spread-replicas", "token,org", "--listen", "127.0.0.1:0"])
+        .args(extra)
         .arg("--data-dir")
-        .arg(dir.path())
+        .arg(dir)
         .env("IDLEMESH_OPERATOR_TOKEN", "bench")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(pool.stderr.take().unwrap()).lines();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let base = loop {
         let line = lines.next().unwrap().unwrap();
         if let Some(at) = line.find("listening on ") {
@@ -66,9 +81,56 @@ fn main() {
         }
     };
     std::thread::spawn(move || lines.for_each(drop));
+    Replica { child, base }
+}
 
+fn main() {
+    let devices_n = arg(1, 10_000) as usize;
+    let seconds = arg(2, 15);
+    let concurrency = arg(3, 64) as usize;
+    let setups = std::env::args().filter(|a| !a.starts_with('-')).nth(4).unwrap_or_else(|| "sqlite,pg1,pg2".into());
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cluster = setups.contains("pg").then(|| {
+        // Extra server settings for experiments: IDLEMESH_BENCH_PG="synchronous_commit=off,...".
+        let extra = std::env::var("IDLEMESH_BENCH_PG").unwrap_or_default();
+        let settings: Vec<(&str, &str)> = extra.split(',').filter_map(|kv| kv.split_once('=')).collect();
+        idlemesh_pool::test_cluster::Cluster::start(&settings).expect("PostgreSQL")
+    });
+    for setup in setups.split(',') {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("pool.key").display().to_string();
+        let replicas: Vec<Replica> = match setup {
+            "sqlite" => vec![start_replica(&dir.path().join("r0"), &[])],
+            "pg1" | "pg2" => {
+                let db = cluster.as_ref().unwrap().create_database().unwrap();
+                let n = if setup == "pg1" { 1 } else { 2 };
+                (0..n)
+                    .map(|i| start_replica(&dir.path().join(format!("r{i}")), &["--db", &db, "--key-file", &key]))
+                    .collect()
+            }
+            other => panic!("unknown set-up {other:?}: sqlite, pg1 or pg2"),
+        };
+        let bases: Vec<String> = replicas.iter().map(|r| r.base.clone()).collect();
+        println!("== {setup}: {} replica(s)", bases.len());
+        load(&bases, devices_n, seconds, concurrency);
+        if let (Some(c), Ok(_)) = (&cluster, std::env::var("IDLEMESH_BENCH_PG_STATS")) {
+            let name = c.log().lines().rev().find_map(|l| l.split("CREATE DATABASE ").nth(1)).map(|n| n.trim_end_matches(';').to_owned());
+            if let Some(name) = name {
+                let _ = c.psql(&name, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements");
+                println!("{}", c.psql(&name, "SELECT calls, round(total_exec_time) AS exec_ms, round(total_plan_time) AS plan_ms, left(regexp_replace(query, '\\s+', ' ', 'g'), 90) FROM pg_stat_statements ORDER BY total_exec_time + total_plan_time DESC LIMIT 25").unwrap_or_default());
+            }
+        }
+    }
+    if let (Some(c), Ok(path)) = (&cluster, std::env::var("IDLEMESH_BENCH_PG_LOG")) {
+        std::fs::write(path, c.log()).unwrap();
+    }
+
+}
+
+fn load(bases: &[String], devices_n: usize, seconds: u64, concurrency: usize) {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
+        let base = bases[0].clone();
         let http = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap();
         let kernel: Value = http.post(format!("{base}/v1/blobs")).bearer_auth("bench").body(b"kernel".to_vec())
             .send().await.unwrap().json().await.unwrap();
@@ -83,14 +145,15 @@ fn main() {
         let t = Instant::now();
         let mut devices = Vec::with_capacity(devices_n);
         for chunk in (0..devices_n).collect::<Vec<_>>().chunks(256) {
-            let enrolls = chunk.iter().map(|_| {
+            let enrolls = chunk.iter().map(|&i| {
                 let http = http.clone();
-                let base = base.clone();
+                // Each device talks to one replica, as behind a load balancer.
+                let base = bases[i % bases.len()].clone();
                 async move {
                     let key = Keypair::generate().unwrap();
                     let r: Value = http.post(format!("{base}/v1/enroll")).json(&json!({"public_key": key.public()}))
                         .send().await.unwrap().json().await.unwrap();
-                    Device { id: r["device_id"].as_u64().unwrap(), key }
+                    Device { id: r["device_id"].as_u64().unwrap(), key, base }
                 }
             });
             devices.extend(futures_join(enrolls.collect()).await);
@@ -102,7 +165,7 @@ fn main() {
         let deadline = Instant::now() + Duration::from_secs(seconds);
         let caps = Capabilities { wasm: true, wgpu_adapter: None, cores: 4, memory_bytes: 8 << 30 };
         let workers: Vec<_> = (0..concurrency).map(|_| {
-            let (http, base, devices, next, caps) = (http.clone(), base.clone(), devices.clone(), next.clone(), caps.clone());
+            let (http, devices, next, caps) = (http.clone(), devices.clone(), next.clone(), caps.clone());
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut refused = 0u64;
@@ -110,7 +173,7 @@ fn main() {
                     let d = &devices[next.fetch_add(1, Ordering::Relaxed) % devices.len()];
                     let t = Instant::now();
                     let body = serde_json::to_vec(&LeaseRequest { capabilities: caps.clone(), max_tasks: 1 }).unwrap();
-                    let resp = signed(&http, &base, d, "/v1/leases", body).await;
+                    let resp = signed(&http, &d.base, d, "/v1/leases", body).await;
                     if !resp.status().is_success() {
                         refused += 1;
                         continue;
@@ -123,7 +186,7 @@ fn main() {
                         lease_id: m.lease_id, lease_token: m.lease_token, output_sha256: Sha256::of(&output),
                         output: output.into(), fuel: None, wall_ms: 1, cpu_ms: 1,
                     };
-                    let resp = signed(&http, &base, d, "/v1/results", serde_json::to_vec(&submission).unwrap()).await;
+                    let resp = signed(&http, &d.base, d, "/v1/results", serde_json::to_vec(&submission).unwrap()).await;
                     if resp.status().is_success() {
                         latencies.push(t.elapsed());
                     } else {
@@ -149,8 +212,6 @@ fn main() {
             all.len(), elapsed, devices.len(), concurrency, all.len() as f64 / elapsed, pct(0.5), pct(0.99), refused
         );
     });
-    let _ = pool.kill();
-    let _ = pool.wait();
 }
 
 /// Awaits a batch of futures concurrently on the current runtime.

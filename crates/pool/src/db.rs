@@ -41,6 +41,21 @@ impl Dialect {
     }
 }
 
+impl Dialect {
+    /// Run after a job's tasks are added. PostgreSQL plans by its
+    /// statistics, and a big job's tasks, unknown to them until autovacuum
+    /// gets round to it, made it plan the lease as a sort of the whole
+    /// queue (measured: 450 ms a lease instead of 0.2 ms); the refresh also
+    /// remakes the connections' generic plans. SQLite's planner is held to
+    /// its first plan (QPSG) and needs nothing.
+    pub fn refresh_statistics(self) -> Option<&'static str> {
+        match self {
+            Self::Sqlite => None,
+            Self::Postgres => Some("ANALYZE jobs, tasks, replicas"),
+        }
+    }
+}
+
 /// One value bound to a statement or read from a row.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Value {
@@ -185,6 +200,16 @@ pub(crate) trait Db: Send {
     fn batch(&self, sql: &str) -> Result<(), DbError>;
     /// Opens a transaction that writes (SQLite takes its write lock now, not at the first write).
     fn begin(&self) -> Result<(), DbError>;
+    /// Opens a transaction for one operation, which its caller rolls back
+    /// if the operation fails: savepoints inside it are left out (on
+    /// PostgreSQL each is a round trip).
+    fn begin_lone(&self) -> Result<(), DbError> {
+        self.begin()
+    }
+    /// Whether the transaction is [`Db::begin_lone`]'s.
+    fn lone(&self) -> bool {
+        false
+    }
     fn commit(&self) -> Result<(), DbError>;
     fn rollback(&self) -> Result<(), DbError>;
     fn in_transaction(&self) -> bool;
@@ -208,6 +233,9 @@ impl dyn Db + '_ {
     /// A savepoint in the current transaction (or a transaction of its
     /// own outside one), rolled back unless committed.
     pub fn savepoint(&self) -> Result<Savepoint<'_>, DbError> {
+        if self.lone() {
+            return Ok(Savepoint { db: self, outer: false, done: true });
+        }
         let outer = !self.in_transaction();
         if outer { self.begin()? } else { self.batch("SAVEPOINT op")? }
         Ok(Savepoint { db: self, outer, done: false })
@@ -224,7 +252,9 @@ pub(crate) struct Savepoint<'a> {
 
 impl Savepoint<'_> {
     pub fn commit(mut self) -> Result<(), DbError> {
-        self.done = true;
+        if std::mem::replace(&mut self.done, true) {
+            return Ok(()); // in a lone operation's transaction: nothing to release
+        }
         if self.outer { self.db.commit() } else { self.db.batch("RELEASE SAVEPOINT op") }
     }
 }

@@ -72,7 +72,7 @@ const POSTGRES_CONNECTIONS: usize = 4;
 /// are what costs), few on PostgreSQL (a transaction holds its row locks
 /// until it commits, and other replicas wait on them).
 const SQLITE_BATCH: usize = 256;
-const POSTGRES_BATCH: usize = 16;
+const POSTGRES_BATCH: usize = 1;
 
 /// How a pool is set up.
 #[derive(Debug, Clone)]

@@ -16,6 +16,8 @@ use crate::store::{ResultOutcome, StoreError};
 pub(crate) trait Storage: Send {
     /// Opens the writer's batch transaction; operations nest savepoints in it.
     fn begin(&mut self) -> Result<(), StoreError>;
+    /// Opens a transaction for one operation; rolled back if it fails.
+    fn begin_lone(&mut self) -> Result<(), StoreError>;
     fn commit(&mut self) -> Result<(), StoreError>;
     fn rollback(&mut self);
 

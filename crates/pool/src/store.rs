@@ -36,13 +36,14 @@ mod orgs;
 pub(crate) mod schema;
 
 use crate::combine;
-use crate::db::{Db, DbError, Row, args};
+use crate::db::{Db, DbError, Row, Value, args};
 use crate::split::TaskSeed;
 use crate::trust::{self, TrustRules, Vote};
 
 /// Reported failures after which a task (and its job) fails: the kernel,
 /// not the devices, is what keeps failing.
 pub(crate) const MAX_TASK_FAILURES: i64 = 3;
+
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StoreError {
@@ -122,7 +123,7 @@ pub(crate) struct ResultOutcome {
     pub receipt: Option<Signed<Receipt>>,
 }
 
-/// A replica whose result is in.
+/// A replica whose result is in, and its device's record so far.
 struct Reported {
     replica_id: i64,
     device_id: i64,
@@ -130,9 +131,13 @@ struct Reported {
     fuel: Option<i64>,
     wall_ms: i64,
     cpu_ms: i64,
+    /// The device's (valid, invalid) results before this verdict.
+    record: (u64, u64),
 }
 
-const REPORTED_COLUMNS: &str = "id, device_id, output_sha256, fuel, wall_ms, cpu_ms";
+/// Selects [`Reported`] rows from `replicas r`.
+const REPORTED: &str = "SELECT r.id, r.device_id, r.output_sha256, r.fuel, r.wall_ms, r.cpu_ms, d.valid_results, d.invalid_results
+     FROM replicas r JOIN devices d ON d.id = r.device_id";
 
 impl Reported {
     fn from_row(r: &Row) -> Result<Self, DbError> {
@@ -143,11 +148,87 @@ impl Reported {
             fuel: r.opt_int(3)?,
             wall_ms: r.int(4)?,
             cpu_ms: r.int(5)?,
+            record: (r.u64(6)?, r.u64(7)?),
         })
     }
 }
 
-/// Pays a replica's device and signs its receipt.
+/// The lease query's conditions: which replicas (expired leases or the
+/// queue), what the device can run and whom it must not share a task with,
+/// with their parameters (`?1`: the row limit). Only the conditions that
+/// can matter for this device are written: PostgreSQL plans the query on
+/// every lease, and each join or `OR` it need not weigh makes that cheaper
+/// (docs/benchmarks.md). `None`: the device can run nothing.
+#[allow(clippy::too_many_arguments, reason = "what the device is and may share, one value each")]
+fn lease_conditions(
+    expired: bool,
+    device_id: u64,
+    caps: &Capabilities,
+    now: u64,
+    max: u32,
+    token_id: Option<i64>,
+    org_id: Option<i64>,
+    network: Option<&str>,
+) -> Option<(String, String, Vec<Value>)> {
+    // Ask for extra rows: replicas of a task already claimed in this lease are skipped.
+    let mut params = vec![Value::from(i64::from(max) * 4)];
+    let mut bind = |v: Value| {
+        params.push(v);
+        format!("?{}", params.len())
+    };
+    let mut now_param = None;
+    let mut now_ref = |bind: &mut dyn FnMut(Value) -> String| now_param.get_or_insert_with(|| bind(now.into())).clone();
+    let which = if expired {
+        format!("r.state = 'leased' AND r.lease_deadline_ms < {}", now_ref(&mut bind))
+    } else {
+        "r.state = 'queued'".to_owned()
+    };
+    let gpu = caps.wgpu_adapter.is_some();
+    let mut sql = match (caps.wasm, gpu) {
+        (true, true) => String::new(),
+        (true, false) => " AND j.kernel_kind = 'wasm'".to_owned(),
+        (false, true) => " AND j.kernel_kind = 'wgsl'".to_owned(),
+        (false, false) => return None,
+    };
+    if caps.memory_bytes > 0 {
+        let memory = i64::try_from(caps.memory_bytes).unwrap_or(i64::MAX);
+        sql += &format!(" AND j.max_memory_bytes <= {}", bind(memory.into()));
+    }
+    // Never two replicas of a task to this device, nor to one sharing its
+    // token, organisation or network (trust.rs decides which apply).
+    let mut shared = vec![format!("o.device_id = {}", bind(device_id.into()))];
+    if let Some(token) = token_id {
+        shared.push(format!("od.token_id = {}", bind(token.into())));
+    }
+    if let Some(org) = org_id {
+        shared.push(format!("od.org_id = {}", bind(org.into())));
+    }
+    if let Some(network) = network {
+        shared.push(format!("o.network = {}", bind(network.into())));
+    }
+    let join = if token_id.is_some() || org_id.is_some() { " JOIN devices od ON od.id = o.device_id" } else { "" };
+    sql += &format!(
+        " AND NOT EXISTS (SELECT 1 FROM replicas o{join} WHERE o.task_id = r.task_id AND o.id != r.id
+           AND o.state IN ('leased', 'reported') AND ({}))",
+        shared.join(" OR ")
+    );
+    // A WGSL task's replicas go to one adapter class (the exact adapter
+    // string: vendor, device, driver): floating point on GPUs agrees bit
+    // for bit only within one (docs/architecture.md, "WGSL kernels").
+    if let Some(adapter) = &caps.wgpu_adapter {
+        sql += &format!(
+            " AND (j.kernel_kind != 'wgsl' OR NOT EXISTS (
+                SELECT 1 FROM replicas c WHERE c.task_id = r.task_id AND c.id != r.id
+                AND (c.state = 'reported' OR (c.state = 'leased' AND c.lease_deadline_ms >= {}))
+                AND c.adapter IS DISTINCT FROM {}))",
+            now_ref(&mut bind),
+            bind(adapter.as_str().into())
+        );
+    }
+    Some((which, sql, params))
+}
+
+/// Signs a paid replica's receipt and keeps it.
 fn grant(
     db: &dyn Db,
     r: &Reported,
@@ -157,7 +238,6 @@ fn grant(
     key: &Keypair,
     now: u64,
 ) -> Result<Signed<Receipt>, StoreError> {
-    db.execute("UPDATE devices SET credits = credits + ?1 WHERE id = ?2", args![credits, r.device_id])?;
     // The receipt's number comes from the database (one sequence for every
     // pool replica), and the receipt signs it: insert, then sign, then fill in.
     let receipt_id = db
@@ -204,19 +284,16 @@ fn judge(
     now: u64,
 ) -> Result<Option<Signed<Receipt>>, StoreError> {
     db.execute("UPDATE replicas SET valid = ?1 WHERE id = ?2", args![valid, r.replica_id])?;
-    let tally = if valid {
-        "UPDATE devices SET valid_results = valid_results + 1 WHERE id = ?1"
+    if valid {
+        db.execute(
+            "UPDATE devices SET valid_results = valid_results + 1, credits = credits + ?2 WHERE id = ?1",
+            args![r.device_id, credits],
+        )?;
+        grant(db, r, job_id, task_id, credits, key, now).map(Some)
     } else {
-        "UPDATE devices SET invalid_results = invalid_results + 1 WHERE id = ?1"
-    };
-    db.execute(tally, args![r.device_id])?;
-    if valid { grant(db, r, job_id, task_id, credits, key, now).map(Some) } else { Ok(None) }
-}
-
-/// A device's (valid, invalid) results so far.
-fn device_record(db: &dyn Db, device_id: i64) -> Result<(u64, u64), DbError> {
-    let r = db.row("SELECT valid_results, invalid_results FROM devices WHERE id = ?1", args![device_id])?;
-    Ok((r.u64(0)?, r.u64(1)?))
+        db.execute("UPDATE devices SET invalid_results = invalid_results + 1 WHERE id = ?1", args![r.device_id])?;
+        Ok(None)
+    }
 }
 
 /// Marks a task done with its canonical output; replicas still out are no longer needed.
@@ -329,6 +406,11 @@ impl Store {
         Ok(self.db.begin()?)
     }
 
+    pub fn begin_lone(&mut self) -> Result<(), StoreError> {
+        self.db.reconnect_if_closed()?;
+        Ok(self.db.begin_lone()?)
+    }
+
     pub fn commit(&mut self) -> Result<(), StoreError> {
         Ok(self.db.commit()?)
     }
@@ -410,6 +492,9 @@ impl Store {
                 tx.execute("INSERT INTO replicas (task_id, state) VALUES (?1, 'queued')", args![task_id])?;
             }
         }
+        if let Some(sql) = tx.dialect().refresh_statistics() {
+            tx.batch(sql)?;
+        }
         tx.commit()?;
         Ok(job_id as u64)
     }
@@ -440,44 +525,29 @@ impl Store {
         let tx = self.db.savepoint()?;
         // Expired leases first (oldest deadline first), then the queue in
         // order. Each half walks an index and stops at `max` rows: the cost of
-        // a lease does not grow with the number of tasks waiting.
+        // a lease does not grow with the number of tasks waiting. Most of the
+        // time nothing has expired, which one index probe tells.
+        let expired = tx
+            .opt_row("SELECT 1 FROM replicas WHERE state = 'leased' AND lease_deadline_ms < ?1 LIMIT 1", args![now])?
+            .is_some();
         let mut claimed: Vec<(i64, i64, i64, String, String)> = Vec::new();
-        for (which, order) in [
-            ("r.state = 'leased' AND r.lease_deadline_ms < ?1", "r.lease_deadline_ms"),
-            ("r.state = 'queued'", "r.task_id, r.id"),
-        ] {
-            if claimed.len() >= max as usize {
-                break;
+        for expired_half in [true, false] {
+            if claimed.len() >= max as usize || (expired_half && !expired) {
+                continue;
             }
-            // Parameters PostgreSQL could not type from a column are cast.
+            let Some((which, conditions, params)) =
+                lease_conditions(expired_half, device_id, caps, now, max, token_id, org_id, network)
+            else {
+                break; // the device runs no kind of kernel
+            };
+            let order = if expired_half { "r.lease_deadline_ms" } else { "r.task_id, r.id" };
             let sql = format!(
                 "SELECT r.id, t.id, t.job_id, t.params, t.input_sha256
                  FROM replicas r JOIN tasks t ON t.id = r.task_id JOIN jobs j ON j.id = t.job_id
-                 WHERE {which} AND t.state = 'pending' AND j.state = 'running'
-                   AND ((j.kernel_kind = 'wasm' AND CAST(?4 AS BIGINT) = 1) OR (j.kernel_kind = 'wgsl' AND CAST(?5 AS BIGINT) = 1))
-                   AND (CAST(?6 AS BIGINT) = 0 OR j.max_memory_bytes <= ?6)
-                   AND NOT EXISTS (SELECT 1 FROM replicas o JOIN devices od ON od.id = o.device_id
-                                   WHERE o.task_id = r.task_id AND o.id != r.id AND o.state IN ('leased', 'reported')
-                                   AND (o.device_id = ?2 OR od.token_id = ?8 OR od.org_id = ?9 OR o.network = ?10))
-                   AND (j.kernel_kind != 'wgsl' OR NOT EXISTS (
-                        SELECT 1 FROM replicas c WHERE c.task_id = r.task_id AND c.id != r.id
-                        AND (c.state = 'reported' OR (c.state = 'leased' AND c.lease_deadline_ms >= ?1))
-                        AND c.adapter IS DISTINCT FROM ?7))
-                 ORDER BY {order} LIMIT ?3{lock}"
+                 WHERE {which} AND t.state = 'pending' AND j.state = 'running'{conditions}
+                 ORDER BY {order} LIMIT ?1{lock}"
             );
-            let memory = i64::try_from(caps.memory_bytes).unwrap_or(i64::MAX);
-            let gpu = caps.wgpu_adapter.is_some();
-            // Ask for extra rows: replicas of a task already claimed in this batch are skipped.
-            let limit = i64::from(max) * 4;
-            // A WGSL task's replicas go to one adapter class (the exact adapter
-            // string: vendor, device, driver): floating point on GPUs agrees
-            // bit for bit only within one (docs/architecture.md, "WGSL kernels").
-            let adapter = caps.wgpu_adapter.as_deref();
-            let rows = tx.query(
-                &sql,
-                args![now, device_id, limit, caps.wasm, gpu, memory, adapter, token_id, org_id, network],
-            )?;
-            for r in rows {
+            for r in tx.query(&sql, &params)? {
                 let row = (r.int(0)?, r.int(1)?, r.int(2)?, r.text(3)?, r.text(4)?);
                 if claimed.len() < max as usize && !claimed.iter().any(|c| c.1 == row.1) {
                     claimed.push(row);
@@ -633,7 +703,7 @@ impl Store {
         // after the task is done: a late liar must not slip through.
         if let Some(expected) = &expected {
             let row = Reported::from_row(
-                &tx.row(&format!("SELECT {REPORTED_COLUMNS} FROM replicas WHERE id = ?1"), args![lease_id])?,
+                &tx.row(&format!("{REPORTED} WHERE r.id = ?1"), args![lease_id])?,
             )?;
             let right = &row.output_sha256 == expected;
             let credits = spec.credit_for(row.fuel.map(|f| f as u64));
@@ -675,9 +745,7 @@ impl Store {
             // By device: devices' rows are locked in one order by every pool replica.
             let reported: Vec<Reported> = tx
                 .query(
-                    &format!(
-                        "SELECT {REPORTED_COLUMNS} FROM replicas WHERE task_id = ?1 AND state = 'reported' ORDER BY device_id"
-                    ),
+                    &format!("{REPORTED} WHERE r.task_id = ?1 AND r.state = 'reported' ORDER BY r.device_id"),
                     args![task_id],
                 )?
                 .iter()
@@ -686,10 +754,7 @@ impl Store {
             let vote = |r: &Reported| (r.output_sha256.clone(), if metered { r.fuel } else { None });
             let votes: Vec<Vote<_>> = reported.iter().map(|r| Vote { device_id: r.device_id, value: vote(r) }).collect();
             // A result counts alone only from a device that earned it (trust.rs).
-            let records: HashMap<i64, (u64, u64)> = reported
-                .iter()
-                .map(|r| Ok((r.device_id, device_record(&*tx, r.device_id)?)))
-                .collect::<Result<_, DbError>>()?;
+            let records: HashMap<i64, (u64, u64)> = reported.iter().map(|r| (r.device_id, r.record)).collect();
             let rules = self.trust;
             let winner = trust::quorum_value(&votes, spec.quorum, |device| {
                 records.get(&device).is_some_and(|&(valid, invalid)| rules.counts_alone(valid, invalid))
@@ -839,14 +904,15 @@ fn repeat_outcome(
 /// locked first: two pool replicas closing its last two tasks at once take
 /// turns, and the second sees the first's task done.
 fn finish_job_if_complete(db: &dyn Db, job_id: i64, spec: &JobSpec) -> Result<(), StoreError> {
-    let state =
-        db.row(&format!("SELECT state FROM jobs WHERE id = ?1{}", db.dialect().for_update()), args![job_id])?.text(0)?;
-    let open = db
-        .row(
-            "SELECT EXISTS (SELECT 1 FROM tasks WHERE job_id = ?1 AND state IN ('pending', 'failed') AND expected_sha256 IS NULL)",
-            args![job_id],
-        )?
-        .bool(0)?;
+    let row = db.row(
+        &format!(
+            "SELECT state, EXISTS (SELECT 1 FROM tasks WHERE job_id = ?1 AND state IN ('pending', 'failed') AND expected_sha256 IS NULL)
+             FROM jobs WHERE id = ?1{}",
+            db.dialect().for_update()
+        ),
+        args![job_id],
+    )?;
+    let (state, open) = (row.text(0)?, row.bool(1)?);
     if state != "running" || open {
         return Ok(());
     }
@@ -896,6 +962,9 @@ fn lock_lease(db: &dyn Db, lease_id: u64, token: &str, device_id: u64, task_firs
 impl crate::storage::Storage for Store {
     fn begin(&mut self) -> Result<(), StoreError> {
         Store::begin(self)
+    }
+    fn begin_lone(&mut self) -> Result<(), StoreError> {
+        Store::begin_lone(self)
     }
     fn commit(&mut self) -> Result<(), StoreError> {
         Store::commit(self)

@@ -151,6 +151,11 @@ impl Cluster {
         }
     }
 
+    /// What the server logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
     /// A new, empty database; returns its URL.
     pub fn create_database(&self) -> io::Result<String> {
         let name = format!("t{}_{}", std::process::id(), self.databases.fetch_add(1, Ordering::Relaxed));

@@ -37,6 +37,8 @@ trait Op: Send {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Failed {
     No,
+    /// Refused (not found, a conflict, bad input): what it wrote is undone.
+    Refused,
     /// A database error: the transaction may be aborted.
     InDatabase { retryable: bool },
 }
@@ -54,7 +56,8 @@ impl<T: Send, F: FnMut(&mut dyn Storage) -> Result<T, StoreError> + Send> Op for
             .unwrap_or_else(|_| Err(StoreError::Commit("the operation failed unexpectedly".into())));
         let failed = match &result {
             Err(e @ StoreError::Db(_)) => Failed::InDatabase { retryable: e.retryable() },
-            _ => Failed::No,
+            Err(_) => Failed::Refused,
+            Ok(_) => Failed::No,
         };
         self.result = Some(result);
         failed
@@ -124,6 +127,9 @@ fn serve(mut store: Box<dyn Storage>, queue: &Queue, max_batch: usize) {
 }
 
 fn run_batch(store: &mut dyn Storage, mut batch: Vec<Box<dyn Op>>) {
+    if batch.len() == 1 {
+        return run_alone(store, batch.pop().expect("one"));
+    }
     if let Err(e) = store.begin() {
         let failure = e.to_string();
         tracing::error!(error = %failure, "beginning a transaction failed");
@@ -135,7 +141,8 @@ fn run_batch(store: &mut dyn Storage, mut batch: Vec<Box<dyn Op>>) {
     }
     let mut clean = true;
     for op in &mut batch {
-        if op.run(store) != Failed::No {
+        // A refused operation rolled back its own savepoint.
+        if matches!(op.run(store), Failed::InDatabase { .. }) {
             clean = false;
         }
     }
@@ -157,11 +164,12 @@ fn run_batch(store: &mut dyn Storage, mut batch: Vec<Box<dyn Op>>) {
     }
 }
 
-/// One operation in its own transaction, run again while PostgreSQL picks
-/// it to break a deadlock.
+/// One operation in its own transaction (without savepoints: a failure
+/// rolls the transaction back), run again while PostgreSQL picks it to
+/// break a deadlock.
 fn run_alone(store: &mut dyn Storage, mut op: Box<dyn Op>) {
     for attempt in 1..=MAX_ATTEMPTS {
-        if let Err(e) = store.begin() {
+        if let Err(e) = store.begin_lone() {
             store.rollback();
             op.answer(Some(&e.to_string()));
             return;
@@ -181,7 +189,7 @@ fn run_alone(store: &mut dyn Storage, mut op: Box<dyn Op>) {
                 tracing::debug!(attempt, "the database aborted an operation to break a deadlock; running it again");
                 std::thread::sleep(std::time::Duration::from_millis(5 * u64::from(attempt)));
             }
-            Failed::InDatabase { .. } => {
+            Failed::Refused | Failed::InDatabase { .. } => {
                 store.rollback();
                 // Its own error, not a commit failure.
                 op.answer(None);
