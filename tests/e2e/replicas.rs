@@ -55,7 +55,7 @@ fn three_replicas_on_one_database_survive_losing_one_mid_job() {
         .output()
         .unwrap();
     let said = String::from_utf8_lossy(&stranger.stderr);
-    assert!(!stranger.status.success() && said.contains("same --key-file"), "{said}");
+    assert!(!stranger.status.success() && said.contains("not to this key") && said.contains("--key-file"), "{said}");
 
     let pool_key: PublicKey = replicas[0].public_key.trim_start_matches("ed25519:").parse().unwrap();
     let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();

@@ -109,7 +109,14 @@ pub(crate) enum DbError {
     #[error("SQLite: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("PostgreSQL: {message}")]
-    Postgres { message: String, code: Option<String> },
+    Postgres {
+        message: String,
+        code: Option<String>,
+    },
+    /// The connection broke (the server restarted, a proxy cut it): it is
+    /// opened again before the next transaction.
+    #[error("PostgreSQL: the connection closed: {0}")]
+    Closed(String),
     #[error("column {column}: expected {expected}, found {found:?}")]
     Type { column: usize, expected: &'static str, found: Value },
     #[error("expected a row, found none")]
@@ -122,6 +129,7 @@ impl DbError {
     /// transaction aborted it.
     pub fn retryable(&self) -> bool {
         matches!(self, Self::Postgres { code: Some(code), .. } if ["40001", "40P01", "25P02"].contains(&code.as_str()))
+            || matches!(self, Self::Closed(_))
     }
 }
 

@@ -39,8 +39,8 @@ use idlemesh_protocol::{Keypair, PublicKey};
 
 pub use error::PoolError;
 
-/// Where a pool keeps its state.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a pool keeps its state. (`Debug` and `Display` hide a URL's password.)
+#[derive(Clone, PartialEq, Eq)]
 pub enum Database {
     /// One SQLite file: the embedded default, for one pool process.
     Sqlite(PathBuf),
@@ -53,6 +53,15 @@ impl Database {
     /// A `postgres://` (or `postgresql://`) URL, else a SQLite file's path.
     pub fn parse(db: &str) -> Self {
         if db::is_postgres_url(db) { Self::Postgres(db.to_owned()) } else { Self::Sqlite(PathBuf::from(db)) }
+    }
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Self::Postgres(url) => f.debug_tuple("Postgres").field(&db::redact_password(url)).finish(),
+        }
     }
 }
 

@@ -153,6 +153,49 @@ impl Reported {
     }
 }
 
+/// Which replicas a lease query looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    /// Leases that ran out, oldest deadline first.
+    Expired,
+    /// The queue, in task order.
+    Queued,
+    /// One replica just claimed, checked again.
+    Claimed(i64),
+}
+
+/// On PostgreSQL, whether a replica the lease query locked may still go to
+/// this device. The query's `NOT EXISTS` read the task's other replicas as
+/// they were when it started; a lease of the same task that committed
+/// while it ran is seen only by a new statement. Holding the task's row
+/// now, no other lease of it can commit until this one does. (SQLite has
+/// one writer: what the query read is still true.)
+#[allow(clippy::too_many_arguments, reason = "what the device is and may share, one value each")]
+fn still_allowed(
+    db: &dyn Db,
+    replica_id: i64,
+    device_id: u64,
+    caps: &Capabilities,
+    now: u64,
+    token_id: Option<i64>,
+    org_id: Option<i64>,
+    network: Option<&str>,
+) -> Result<bool, StoreError> {
+    if db.dialect() == crate::db::Dialect::Sqlite {
+        return Ok(true);
+    }
+    let Some((which, conditions, params)) =
+        lease_conditions(Walk::Claimed(replica_id), device_id, caps, now, 1, token_id, org_id, network)
+    else {
+        return Ok(false);
+    };
+    let sql = format!(
+        "SELECT r.id FROM replicas r JOIN tasks t ON t.id = r.task_id JOIN jobs j ON j.id = t.job_id
+         WHERE {which}{conditions} LIMIT ?1"
+    );
+    Ok(db.opt_row(&sql, &params)?.is_some())
+}
+
 /// The lease query's conditions: which replicas (expired leases or the
 /// queue), what the device can run and whom it must not share a task with,
 /// with their parameters (`?1`: the row limit). Only the conditions that
@@ -161,7 +204,7 @@ impl Reported {
 /// (docs/benchmarks.md). `None`: the device can run nothing.
 #[allow(clippy::too_many_arguments, reason = "what the device is and may share, one value each")]
 fn lease_conditions(
-    expired: bool,
+    walk: Walk,
     device_id: u64,
     caps: &Capabilities,
     now: u64,
@@ -178,10 +221,10 @@ fn lease_conditions(
     };
     let mut now_param = None;
     let mut now_ref = |bind: &mut dyn FnMut(Value) -> String| now_param.get_or_insert_with(|| bind(now.into())).clone();
-    let which = if expired {
-        format!("r.state = 'leased' AND r.lease_deadline_ms < {}", now_ref(&mut bind))
-    } else {
-        "r.state = 'queued'".to_owned()
+    let which = match walk {
+        Walk::Expired => format!("r.state = 'leased' AND r.lease_deadline_ms < {}", now_ref(&mut bind)),
+        Walk::Queued => "r.state = 'queued'".to_owned(),
+        Walk::Claimed(id) => format!("r.id = {}", bind(id.into())),
     };
     let gpu = caps.wgpu_adapter.is_some();
     let mut sql = match (caps.wasm, gpu) {
@@ -390,7 +433,8 @@ impl Store {
             let theirs: PublicKey =
                 recorded.parse().map_err(|e| StoreError::Invalid(format!("the recorded pool key: {e}")))?;
             return Err(StoreError::Conflict(format!(
-                "this database belongs to the pool with key {} ({}), not to this key {} ({}): give every replica of a pool the same --key-file",
+                "this database belongs to the pool with key {} ({}), not to this key {} ({}): its devices pinned that key and hold receipts signed by it. \
+                 Start with that pool's key file (--key-file, or pool.key in --data-dir; every replica of a pool needs the same one)",
                 theirs.to_hex(),
                 theirs.fingerprint(),
                 key.to_hex(),
@@ -429,7 +473,9 @@ impl Store {
     /// refused as stale anyway (`expires_ms`).
     pub fn first_use(&mut self, signature: &str, expires_ms: u64, now: u64) -> Result<bool, StoreError> {
         if now.saturating_sub(self.pruned_ms) >= 1_000 {
-            self.db.execute("DELETE FROM seen_signatures WHERE expires_ms < ?1", args![now])?;
+            // A minute's margin: another replica whose clock runs behind
+            // this one's still accepts a timestamp this one calls stale.
+            self.db.execute("DELETE FROM seen_signatures WHERE expires_ms < ?1", args![now.saturating_sub(60_000)])?;
             self.pruned_ms = now;
         }
         // A digest keeps the table small; 128 bits do not collide by chance.
@@ -531,15 +577,16 @@ impl Store {
             .opt_row("SELECT 1 FROM replicas WHERE state = 'leased' AND lease_deadline_ms < ?1 LIMIT 1", args![now])?
             .is_some();
         let mut claimed: Vec<(i64, i64, i64, String, String)> = Vec::new();
-        for expired_half in [true, false] {
-            if claimed.len() >= max as usize || (expired_half && !expired) {
+        for half in [Walk::Expired, Walk::Queued] {
+            if claimed.len() >= max as usize || (half == Walk::Expired && !expired) {
                 continue;
             }
             let Some((which, conditions, params)) =
-                lease_conditions(expired_half, device_id, caps, now, max, token_id, org_id, network)
+                lease_conditions(half, device_id, caps, now, max, token_id, org_id, network)
             else {
                 break; // the device runs no kind of kernel
             };
+            let expired_half = half == Walk::Expired;
             let order = if expired_half { "r.lease_deadline_ms" } else { "r.task_id, r.id" };
             let sql = format!(
                 "SELECT r.id, t.id, t.job_id, t.params, t.input_sha256
@@ -549,7 +596,10 @@ impl Store {
             );
             for r in tx.query(&sql, &params)? {
                 let row = (r.int(0)?, r.int(1)?, r.int(2)?, r.text(3)?, r.text(4)?);
-                if claimed.len() < max as usize && !claimed.iter().any(|c| c.1 == row.1) {
+                if claimed.len() < max as usize
+                    && !claimed.iter().any(|c| c.1 == row.1)
+                    && still_allowed(&*tx, row.0, device_id, caps, now, token_id, org_id, network)?
+                {
                     claimed.push(row);
                 }
             }
@@ -904,15 +954,17 @@ fn repeat_outcome(
 /// locked first: two pool replicas closing its last two tasks at once take
 /// turns, and the second sees the first's task done.
 fn finish_job_if_complete(db: &dyn Db, job_id: i64, spec: &JobSpec) -> Result<(), StoreError> {
-    let row = db.row(
-        &format!(
-            "SELECT state, EXISTS (SELECT 1 FROM tasks WHERE job_id = ?1 AND state IN ('pending', 'failed') AND expected_sha256 IS NULL)
-             FROM jobs WHERE id = ?1{}",
-            db.dialect().for_update()
-        ),
-        args![job_id],
-    )?;
-    let (state, open) = (row.text(0)?, row.bool(1)?);
+    // Two statements, not one: under READ COMMITTED a statement that
+    // waited for the lock still reads as of its start, and would miss the
+    // other replica's task it waited for.
+    let state =
+        db.row(&format!("SELECT state FROM jobs WHERE id = ?1{}", db.dialect().for_update()), args![job_id])?.text(0)?;
+    let open = db
+        .row(
+            "SELECT EXISTS (SELECT 1 FROM tasks WHERE job_id = ?1 AND state IN ('pending', 'failed') AND expected_sha256 IS NULL)",
+            args![job_id],
+        )?
+        .bool(0)?;
     if state != "running" || open {
         return Ok(());
     }

@@ -93,22 +93,12 @@ impl Cluster {
     /// Starts a server with these settings (`-c name=value`), e.g. `fsync=off` for tests.
     pub fn start(settings: &[(&str, &str)]) -> io::Result<Cluster> {
         let bin = bin_dir()?;
-        let dir = tempfile::Builder::new().prefix("idlemesh-pg-").tempdir()?.keep();
-        if is_root() {
-            run(
-                {
-                    let mut c = Command::new("chown");
-                    c.arg("postgres:postgres").arg(&dir);
-                    c
-                },
-                "chown postgres",
-            )?;
-        }
+        let dir = tempfile::Builder::new().prefix("idlemesh-pg-").tempdir()?;
+        // Should initdb fail, the directory goes with `dir`; once the server
+        // runs, the watchdog deletes it.
+        init(dir.path(), &bin)?;
+        let dir = dir.keep();
         let data = dir.join("data");
-        let mut initdb = as_server_user(&bin.join("initdb"));
-        initdb.args(["--auth=trust", "--no-sync", "--encoding=UTF8", "--locale=C", "-U", USER, "-D"]).arg(&data);
-        run(initdb, "initdb")?;
-
         let mut server = as_server_user(&bin.join("postgres"));
         server.arg("-D").arg(&data).arg("-k").arg(&dir).args(["-p", &PORT.to_string(), "-c", "listen_addresses="]);
         for (name, value) in settings {
@@ -183,6 +173,18 @@ impl Cluster {
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
+}
+
+/// `initdb` into `dir/data`, as the server's user.
+fn init(dir: &Path, bin: &Path) -> io::Result<()> {
+    if is_root() {
+        let mut chown = Command::new("chown");
+        chown.arg("postgres:postgres").arg(dir);
+        run(chown, "chown postgres")?;
+    }
+    let mut initdb = as_server_user(&bin.join("initdb"));
+    initdb.args(["--auth=trust", "--no-sync", "--encoding=UTF8", "--locale=C", "-U", USER, "-D"]).arg(dir.join("data"));
+    run(initdb, "initdb")
 }
 
 /// The command as one line of `sh`, each word single-quoted.

@@ -33,6 +33,9 @@ pub(crate) struct Postgres {
 
 impl From<tokio_postgres::Error> for DbError {
     fn from(e: tokio_postgres::Error) -> Self {
+        if e.is_closed() {
+            return DbError::Closed(e.to_string());
+        }
         match e.as_db_error() {
             Some(db) => DbError::Postgres { message: db.message().to_owned(), code: Some(db.code().code().to_owned()) },
             // "error connecting to server: Connection refused (os error 111)"
@@ -54,8 +57,20 @@ pub(crate) fn is_url(db: &str) -> bool {
     db.starts_with("postgres://") || db.starts_with("postgresql://")
 }
 
-/// The URL with its password (if any) replaced, for messages and logs.
+/// The URL with its password (if any, after the user or as a `password`
+/// parameter) replaced, for messages and logs.
 pub(crate) fn redact_password(url: &str) -> String {
+    let url = match url.split_once('?') {
+        Some((base, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|kv| if kv.starts_with("password=") { "password=***".to_owned() } else { kv.to_owned() })
+                .collect();
+            format!("{base}?{}", query.join("&"))
+        }
+        None => url.to_owned(),
+    };
+    let url = url.as_str();
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
     let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
     match authority.rsplit_once('@') {
@@ -290,6 +305,10 @@ mod tests {
         assert_eq!(super::redact_password("postgres://pool:s3cret@db:5432/idlemesh"), "postgres://pool:***@db:5432/idlemesh");
         assert_eq!(super::redact_password("postgres://pool@db/idlemesh"), "postgres://pool@db/idlemesh");
         assert_eq!(super::redact_password("postgresql:///idlemesh?host=/run/pg"), "postgresql:///idlemesh?host=/run/pg");
+        assert_eq!(
+            super::redact_password("postgresql:///idlemesh?user=pool&password=s3cret&host=/run/pg"),
+            "postgresql:///idlemesh?user=pool&password=***&host=/run/pg"
+        );
     }
 
     #[test]

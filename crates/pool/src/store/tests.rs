@@ -623,3 +623,48 @@ on_both_backends!(
     replicas_of_a_task_never_go_to_devices_sharing_a_token_an_organisation_or_a_network,
     a_new_devices_result_is_confirmed_before_it_counts_and_a_liar_stays_checked,
 );
+
+/// Two pool replicas close a job's last two tasks at once, each in its own
+/// transaction on its own connection: the second to judge waits for the
+/// first's lock on the job and must then see the first's task done, or the
+/// job would never complete.
+#[test]
+fn replicas_closing_the_last_two_tasks_at_once_complete_the_job() {
+    let url = crate::test_cluster::Cluster::shared().create_database().unwrap();
+    let open = || Store::open(Box::new(crate::db::Postgres::connect(&url).unwrap()), TrustRules::single_owner()).unwrap();
+    let (mut first, mut second) = (open(), open());
+    let kernel = first.put_blob(b"k").unwrap();
+    let spec: JobSpec = serde_json::from_value(json!({
+        "name": "t", "kernel_kind": "wasm", "kernel_sha256": kernel,
+        "split": {"kind": "range", "start": 0, "end": 2, "chunk": 1},
+        "replication": 1, "quorum": 1, "combiner": {"kind": "concat"},
+    }))
+    .unwrap();
+    let job = first.create_job(&spec, &split::expand(&spec).unwrap(), 1_000).unwrap();
+    let caps = Capabilities { wasm: true, wgpu_adapter: None, cores: 2, memory_bytes: 0 };
+    let key = Keypair::generate().unwrap();
+    let mut leases = Vec::new();
+    for _ in 0..2 {
+        let device = first.enroll(&Keypair::generate().unwrap().public(), "{}", None, 1_000).unwrap().0;
+        leases.push(first.lease(device, &caps, 1, 2_000, None).unwrap().remove(0));
+    }
+    let (a, b) = (leases.remove(0), leases.remove(0));
+    let (judged, judge) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            first.begin().unwrap();
+            first.submit_result(a.device_id, a.lease_id, &a.lease_token, b"a", None, 1, 1, &key, 3_000).unwrap();
+            judged.send(()).unwrap();
+            // The other replica's judgement now waits on this one's lock on the job.
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            first.commit().unwrap();
+        });
+        judge.recv().unwrap();
+        second.begin().unwrap();
+        second.submit_result(b.device_id, b.lease_id, &b.lease_token, b"b", None, 1, 1, &key, 3_000).unwrap();
+        second.commit().unwrap();
+    });
+    let status = second.job_status(job).unwrap();
+    assert_eq!(status.state, JobState::Done, "{status:?}");
+    assert_eq!(second.job_output(job).unwrap().unwrap(), b"ab");
+}
