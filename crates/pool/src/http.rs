@@ -219,6 +219,7 @@ fn api() -> OpenApiRouter<Pool> {
 
 pub(crate) fn router(pool: Pool) -> Router {
     let (router, _) = api().split_for_parts();
+    let metrics = pool.inner.metrics.clone();
     router
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
@@ -229,6 +230,13 @@ pub(crate) fn router(pool: Pool) -> Router {
             )
         })
         .with_state(pool)
+        .layer(axum::middleware::map_response(move |response: Response| {
+            let metrics = metrics.clone();
+            async move {
+                metrics.responded(response.status().as_u16());
+                response
+            }
+        }))
 }
 
 /// The API's OpenAPI 3.1 document, generated from the routes above.
@@ -682,14 +690,15 @@ async fn metrics(State(pool): State<Pool>) -> ApiResult<impl IntoResponse> {
          idlemesh_pool_tasks{{state=\"pending\"}} {}\nidlemesh_pool_tasks{{state=\"leased\"}} {}\n\
          idlemesh_pool_tasks{{state=\"done\"}} {}\nidlemesh_pool_tasks{{state=\"failed\"}} {}\n\
          # TYPE idlemesh_pool_devices gauge\nidlemesh_pool_devices {}\n\
-         # TYPE idlemesh_pool_credits_granted counter\nidlemesh_pool_credits_granted {}\n",
+         # TYPE idlemesh_pool_credits_granted counter\nidlemesh_pool_credits_granted {}\n{}",
         s.jobs,
         s.tasks.pending,
         s.tasks.leased,
         s.tasks.done,
         s.tasks.failed,
         s.devices.len(),
-        s.credits_granted
+        s.credits_granted,
+        pool.inner.metrics.render()
     );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }

@@ -22,6 +22,7 @@ pub mod demo;
 mod error;
 mod http;
 mod keys;
+mod metrics;
 mod split;
 mod storage;
 mod store;
@@ -138,6 +139,7 @@ struct Inner {
     device_keys: RwLock<HashMap<u64, PublicKey>>,
     /// Per replica: N replicas allow a device N times the rate (docs/architecture.md).
     lease_rate: auth::LeaseRate,
+    metrics: Arc<metrics::Replica>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -166,7 +168,8 @@ impl Pool {
             }
             stores.push(Box::new(store));
         }
-        let store = writer::StoreWriter::start(stores, batch)
+        let metrics = Arc::new(metrics::Replica::default());
+        let store = writer::StoreWriter::start(stores, batch, metrics.clone())
             .map_err(|source| PoolError::Io { path: config.data_dir.clone(), source })?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -175,6 +178,7 @@ impl Pool {
                 store,
                 device_keys: RwLock::default(),
                 lease_rate: auth::LeaseRate::default(),
+                metrics,
             }),
         })
     }

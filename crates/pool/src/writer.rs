@@ -19,6 +19,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, mpsc};
 
+use crate::metrics;
 use crate::storage::Storage;
 use crate::store::StoreError;
 
@@ -84,14 +85,18 @@ pub(crate) struct StoreWriter {
 impl StoreWriter {
     /// One thread per store (each its own connection), taking up to
     /// `max_batch` operations per transaction.
-    pub fn start(stores: Vec<Box<dyn Storage>>, max_batch: usize) -> std::io::Result<Self> {
+    pub fn start(
+        stores: Vec<Box<dyn Storage>>,
+        max_batch: usize,
+        metrics: Arc<metrics::Replica>,
+    ) -> std::io::Result<Self> {
         let (ops, queue) = mpsc::channel::<Box<dyn Op>>();
         let queue: Queue = Arc::new(Mutex::new(queue));
         for (i, store) in stores.into_iter().enumerate() {
-            let queue = queue.clone();
+            let (queue, metrics) = (queue.clone(), metrics.clone());
             std::thread::Builder::new()
                 .name(format!("pool-store-{i}"))
-                .spawn(move || serve(store, &queue, max_batch.max(1)))?;
+                .spawn(move || serve(store, &queue, max_batch.max(1), &metrics))?;
         }
         Ok(Self { ops })
     }
@@ -108,7 +113,7 @@ impl StoreWriter {
     }
 }
 
-fn serve(mut store: Box<dyn Storage>, queue: &Queue, max_batch: usize) {
+fn serve(mut store: Box<dyn Storage>, queue: &Queue, max_batch: usize, metrics: &metrics::Replica) {
     loop {
         let batch = {
             let Ok(queue) = queue.lock() else { return };
@@ -122,13 +127,13 @@ fn serve(mut store: Box<dyn Storage>, queue: &Queue, max_batch: usize) {
             }
             batch
         };
-        run_batch(store.as_mut(), batch);
+        run_batch(store.as_mut(), batch, metrics);
     }
 }
 
-fn run_batch(store: &mut dyn Storage, mut batch: Vec<Box<dyn Op>>) {
+fn run_batch(store: &mut dyn Storage, mut batch: Vec<Box<dyn Op>>, metrics: &metrics::Replica) {
     if batch.len() == 1 {
-        return run_alone(store, batch.pop().expect("one"));
+        return run_alone(store, batch.pop().expect("one"), metrics);
     }
     if let Err(e) = store.begin() {
         let failure = e.to_string();
@@ -160,14 +165,14 @@ fn run_batch(store: &mut dyn Storage, mut batch: Vec<Box<dyn Op>>) {
     }
     store.rollback();
     for op in batch {
-        run_alone(store, op);
+        run_alone(store, op, metrics);
     }
 }
 
 /// One operation in its own transaction (without savepoints: a failure
 /// rolls the transaction back), run again while PostgreSQL picks it to
 /// break a deadlock.
-fn run_alone(store: &mut dyn Storage, mut op: Box<dyn Op>) {
+fn run_alone(store: &mut dyn Storage, mut op: Box<dyn Op>, metrics: &metrics::Replica) {
     for attempt in 1..=MAX_ATTEMPTS {
         if let Err(e) = store.begin_lone() {
             store.rollback();
@@ -186,7 +191,8 @@ fn run_alone(store: &mut dyn Storage, mut op: Box<dyn Op>) {
             }
             Failed::InDatabase { retryable: true } if attempt < MAX_ATTEMPTS => {
                 store.rollback();
-                tracing::debug!(attempt, "the database aborted an operation to break a deadlock; running it again");
+                metrics.retried();
+                tracing::debug!(attempt, "the database aborted an operation (a deadlock, a lost connection); running it again");
                 std::thread::sleep(std::time::Duration::from_millis(5 * u64::from(attempt)));
             }
             Failed::Refused | Failed::InDatabase { .. } => {

@@ -385,3 +385,16 @@ fn nul_characters_in_request_text_are_found_and_escaped_backslashes_are_not() {
     assert!(!has_nul_escape(br#"{"name": "a\\u0000"}"#), "a backslash and the text u0000");
     assert!(!has_nul_escape(br#"{"name": "Acme \u0001"}"#));
 }
+
+#[tokio::test]
+async fn metrics_count_what_this_replica_answered() {
+    let (pool, _dir) = pool();
+    call(&pool, post("/v1/enroll", "{not json")).await;
+    call(&pool, Request::get("/v1/info").body(Body::empty()).unwrap()).await;
+    let resp = pool.router().oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+    let text = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert!(text.contains("idlemesh_pool_replica_responses_total{class=\"4xx\"} 1\n"), "{text}");
+    assert!(text.contains("idlemesh_pool_replica_responses_total{class=\"2xx\"} 1\n"), "{text}");
+    assert!(text.contains("idlemesh_pool_replica_database_retries_total 0\n"), "{text}");
+    assert!(text.contains("idlemesh_pool_jobs 0\n"), "{text}");
+}
