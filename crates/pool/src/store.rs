@@ -16,8 +16,11 @@
 //! - results, give-backs and heartbeats lock their lease's row (and a
 //!   result or give-back its task's row first) before checking the token,
 //!   so a re-lease and a late result take turns and the fence holds;
-//! - job completion locks the job's row before looking for open tasks, so
-//!   the last two tasks finishing on two replicas complete the job once;
+//! - a task closing decrements its job's count of open tasks in one
+//!   `UPDATE` (which waits for the row and then re-reads it), so the last
+//!   two tasks finishing on two replicas complete the job exactly once;
+//! - a claimed replica is checked against the trust rules again in a new
+//!   statement, which sees leases of its task committed meanwhile;
 //! - locks are always taken in one order (task, its replicas, devices by
 //!   id, job), and PostgreSQL's deadlock victims are run again (writer.rs).
 //!
@@ -250,9 +253,13 @@ fn lease_conditions(
         shared.push(format!("o.network = {}", bind(network.into())));
     }
     let join = if token_id.is_some() || org_id.is_some() { " JOIN devices od ON od.id = o.device_id" } else { "" };
+    // `LIMIT 1 OFFSET 0` keeps each NOT EXISTS a probe of the candidate's
+    // task: PostgreSQL otherwise turned it into a merge anti-join that
+    // walked every leased and reported replica up to the queue's head on
+    // every lease, slower the longer a job ran (docs/benchmarks.md).
     sql += &format!(
         " AND NOT EXISTS (SELECT 1 FROM replicas o{join} WHERE o.task_id = r.task_id AND o.id != r.id
-           AND o.state IN ('leased', 'reported') AND ({}))",
+           AND o.state IN ('leased', 'reported') AND ({}) LIMIT 1 OFFSET 0)",
         shared.join(" OR ")
     );
     // A WGSL task's replicas go to one adapter class (the exact adapter
@@ -263,7 +270,7 @@ fn lease_conditions(
             " AND (j.kernel_kind != 'wgsl' OR NOT EXISTS (
                 SELECT 1 FROM replicas c WHERE c.task_id = r.task_id AND c.id != r.id
                 AND (c.state = 'reported' OR (c.state = 'leased' AND c.lease_deadline_ms >= {}))
-                AND c.adapter IS DISTINCT FROM {}))",
+                AND c.adapter IS DISTINCT FROM {} LIMIT 1 OFFSET 0))",
             now_ref(&mut bind),
             bind(adapter.as_str().into())
         );
@@ -513,15 +520,17 @@ impl Store {
         let tx = self.db.savepoint()?;
         let job_id = tx
             .row(
-                "INSERT INTO jobs (name, spec, state, created_ms, kernel_kind, max_memory_bytes)
-                 VALUES (?1, ?2, 'running', ?3, ?4, ?5) RETURNING id",
+                "INSERT INTO jobs (name, spec, state, created_ms, kernel_kind, max_memory_bytes, open_tasks)
+                 VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?6) RETURNING id",
                 args![
                     &spec.name,
                     // Inputs live on as blobs, one per task; the spec is read on every lease.
                     serde_json::to_string(&JobSpec { inputs: None, ..spec.clone() }).expect("spec serialises"),
                     now,
                     spec.kernel_kind.as_str(),
-                    spec.limits.max_memory_bytes
+                    spec.limits.max_memory_bytes,
+                    // Spot checks are not part of the output.
+                    seeds.iter().filter(|s| s.expected_sha256.is_none()).count() as u64
                 ],
             )?
             .int(0)?;
@@ -788,6 +797,7 @@ impl Store {
         }
 
         let mut receipt = None;
+        let mut closed_now = false;
         let mut new_state = task_state(&task_state_now);
         if new_state == TaskState::Pending {
             // Quorum: the most common (output, fuel when metered) among reported replicas.
@@ -811,6 +821,7 @@ impl Store {
             });
             if let Some(canonical) = winner {
                 new_state = TaskState::Done;
+                closed_now = true;
                 close_task(&*tx, task_id, &canonical.0)?;
                 for r in &reported {
                     let credits = spec.credit_for(r.fuel.map(|f| f as u64));
@@ -840,7 +851,7 @@ impl Store {
                 }
             }
         }
-        if new_state == TaskState::Done {
+        if closed_now {
             finish_job_if_complete(&*tx, job_id, spec)?;
         }
         tx.commit()?;
@@ -950,22 +961,15 @@ fn repeat_outcome(
     Ok(Some(ResultOutcome { task_state, receipt }))
 }
 
-/// Combines the job's output once its last task is done. The job's row is
-/// locked first: two pool replicas closing its last two tasks at once take
-/// turns, and the second sees the first's task done.
+/// Counts a task of the job's output done, and combines the output when it
+/// was the last. The count is one `UPDATE` of the job's row: two pool
+/// replicas closing the last two tasks at once take turns on the row, and
+/// the second decrements what the first left (PostgreSQL re-reads a row it
+/// waited for before updating it). No walk over the job's tasks.
 fn finish_job_if_complete(db: &dyn Db, job_id: i64, spec: &JobSpec) -> Result<(), StoreError> {
-    // Two statements, not one: under READ COMMITTED a statement that
-    // waited for the lock still reads as of its start, and would miss the
-    // other replica's task it waited for.
-    let state =
-        db.row(&format!("SELECT state FROM jobs WHERE id = ?1{}", db.dialect().for_update()), args![job_id])?.text(0)?;
-    let open = db
-        .row(
-            "SELECT EXISTS (SELECT 1 FROM tasks WHERE job_id = ?1 AND state IN ('pending', 'failed') AND expected_sha256 IS NULL)",
-            args![job_id],
-        )?
-        .bool(0)?;
-    if state != "running" || open {
+    let row = db.row("UPDATE jobs SET open_tasks = open_tasks - 1 WHERE id = ?1 RETURNING open_tasks, state", args![job_id])?;
+    let (open, state) = (row.int(0)?, row.text(1)?);
+    if state != "running" || open > 0 {
         return Ok(());
     }
     let outputs: Vec<(String, Vec<u8>)> = db

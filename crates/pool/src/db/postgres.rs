@@ -162,7 +162,14 @@ fn open(rt: &tokio::runtime::Runtime, config: &Config) -> Result<Client, DbError
     // 0.85 ms a lease; docs/benchmarks.md). Generic plans are remade when
     // the tables' statistics change, which creating a job refreshes
     // (Dialect::refresh_statistics).
-    rt.block_on(client.batch_execute("SET plan_cache_mode = force_generic_plan"))?;
+    //
+    // And join by looking rows up, never by merging or hashing whole
+    // tables: every statement here touches a handful of rows, but generic
+    // plans merged the lease's candidates with the tasks table walked from
+    // its first row, slower the longer a job ran (docs/benchmarks.md).
+    rt.block_on(client.batch_execute(
+        "SET plan_cache_mode = force_generic_plan; SET enable_mergejoin = off; SET enable_hashjoin = off",
+    ))?;
     Ok(client)
 }
 

@@ -626,8 +626,9 @@ on_both_backends!(
 
 /// Two pool replicas close a job's last two tasks at once, each in its own
 /// transaction on its own connection: the second to judge waits for the
-/// first's lock on the job and must then see the first's task done, or the
-/// job would never complete.
+/// first's hold on the job's row and must then count from what the first
+/// left, or the job would never complete. (A lock-then-look in one
+/// statement failed this: it read the first's task as still pending.)
 #[test]
 fn replicas_closing_the_last_two_tasks_at_once_complete_the_job() {
     let url = crate::test_cluster::Cluster::shared().create_database().unwrap();
@@ -655,7 +656,7 @@ fn replicas_closing_the_last_two_tasks_at_once_complete_the_job() {
             first.begin().unwrap();
             first.submit_result(a.device_id, a.lease_id, &a.lease_token, b"a", None, 1, 1, &key, 3_000).unwrap();
             judged.send(()).unwrap();
-            // The other replica's judgement now waits on this one's lock on the job.
+            // The other replica's judgement now waits on this one's hold on the job's row.
             std::thread::sleep(std::time::Duration::from_millis(300));
             first.commit().unwrap();
         });
