@@ -118,14 +118,7 @@ impl PoolFiles {
     fn resolve(self) -> anyhow::Result<(PathBuf, Database)> {
         let data_dir = self.data_dir.unwrap_or_else(|| idlemesh_agent::paths::data_dir().join("pool"));
         let db = match self.db.or_else(|| std::env::var(DB_ENV).ok().filter(|v| !v.is_empty())) {
-            Some(db) if db.trim().is_empty() => return Err(bad_input("--db is empty")),
-            Some(db) if db.contains("://") && !db.starts_with("postgres://") && !db.starts_with("postgresql://") => {
-                return Err(bad_input(format!(
-                    "--db {:?}: a database URL starts with postgres:// (any other value is a SQLite file's path)",
-                    db.split("://").next().unwrap_or_default()
-                )));
-            }
-            Some(db) => Database::parse(&db),
+            Some(db) => Database::parse(&db).map_err(|why| bad_input(format!("--db: {why}")))?,
             None => Database::Sqlite(data_dir.join("pool.sqlite")),
         };
         Ok((data_dir, db))

@@ -41,10 +41,24 @@ pub(crate) struct Device {
 }
 
 impl Device {
-    /// Records the signature as used, in the same transaction as the
-    /// request's work: a replay, to this pool replica or any other on the
-    /// same database, is refused.
-    pub fn spend(&self, store: &mut dyn Storage) -> Result<(), StoreError> {
+    /// Runs the request's work `f` (given the device's id) on the database,
+    /// and records the signature as used in the same transaction: a replay,
+    /// to this pool replica or any other on the same database, is refused.
+    pub async fn run<T: Send + 'static>(
+        self,
+        pool: &Pool,
+        mut f: impl FnMut(&mut dyn Storage, u64) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        pool.inner
+            .store
+            .run(move |s| {
+                self.spend(s)?;
+                f(s, self.id)
+            })
+            .await
+    }
+
+    fn spend(&self, store: &mut dyn Storage) -> Result<(), StoreError> {
         if store.first_use(&self.signature, self.expires_ms, now_ms())? { Ok(()) } else { Err(StoreError::Replayed) }
     }
 }

@@ -5,8 +5,9 @@
 //! Statements are written once, with `?1`-style numbered parameters, in the
 //! SQL both engines share (`RETURNING`, `ON CONFLICT`, `IS DISTINCT FROM`);
 //! the PostgreSQL connection renumbers them `$1`. What differs is asked of
-//! the [`Dialect`]: row locks (SQLite has one writer and needs none), how a
-//! transaction begins, and the schema's column types (`schema.rs`).
+//! the [`Dialect`] (row locks: SQLite has one writer and needs none;
+//! refreshing statistics), of each connection (how a transaction begins)
+//! and of the schema's migrations (`store/schema.rs`).
 
 mod postgres;
 mod sqlite;
@@ -39,9 +40,7 @@ impl Dialect {
             Self::Postgres => format!(" FOR UPDATE OF {tables} SKIP LOCKED"),
         }
     }
-}
 
-impl Dialect {
     /// Run after a job's tasks are added. PostgreSQL plans by its
     /// statistics, and a big job's tasks, unknown to them until autovacuum
     /// gets round to it, made it plan the lease as a sort of the whole

@@ -435,13 +435,8 @@ async fn lease(
     }
     let max = req.max_tasks.clamp(1, MAX_TASKS_PER_LEASE);
     let network = peer.map(|p| pool.inner.config.trust.network_of(p.ip()));
-    let manifests = pool
-        .inner
-        .store
-        .run(move |s| {
-            device.spend(s)?;
-            s.lease(device.id, &req.capabilities, max, now_ms(), network.as_deref())
-        })
+    let manifests = device
+        .run(&pool, move |s, id| s.lease(id, &req.capabilities, max, now_ms(), network.as_deref()))
         .await?;
     // Signed here, on the request's own thread, not on the database thread.
     let tasks: Vec<_> = manifests.iter().map(|m| Signed::sign(m, &pool.inner.key)).collect();
@@ -463,14 +458,7 @@ async fn sync_leases(
     let device = auth::device(&pool, &method, uri.path(), &headers, &body).await?;
     let req: LeaseSync = parse(&body)?;
     let device_id = device.id;
-    let released = pool
-        .inner
-        .store
-        .run(move |s| {
-            device.spend(s)?;
-            s.release_unheld(device.id, &req.held, now_ms())
-        })
-        .await?;
+    let released = device.run(&pool, move |s, id| s.release_unheld(id, &req.held, now_ms())).await?;
     if !released.is_empty() {
         tracing::info!(device_id, ?released, "queued again leases the device no longer holds");
     }
@@ -492,14 +480,7 @@ async fn heartbeat(
     let lease = id(&lease, "lease id")?;
     let device = auth::device(&pool, &method, uri.path(), &headers, &body).await?;
     let req: LeaseTokenBody = parse(&body)?;
-    let deadline_ms = pool
-        .inner
-        .store
-        .run(move |s| {
-            device.spend(s)?;
-            s.heartbeat(device.id, lease, &req.lease_token, now_ms())
-        })
-        .await?;
+    let deadline_ms = device.run(&pool, move |s, id| s.heartbeat(id, lease, &req.lease_token, now_ms())).await?;
     Ok(axum::Json(HeartbeatResponse { deadline_ms }))
 }
 
@@ -521,13 +502,7 @@ async fn give_back(
     if let Some(failure) = &req.failure {
         failure.check().map_err(ApiError::bad_request)?;
     }
-    pool.inner
-        .store
-        .run(move |s| {
-            device.spend(s)?;
-            s.give_back(device.id, lease, &req.lease_token, req.failure.as_ref())
-        })
-        .await?;
+    device.run(&pool, move |s, id| s.give_back(id, lease, &req.lease_token, req.failure.as_ref())).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -555,13 +530,10 @@ async fn submit_result(
         return Err(ApiError::bad_request("output_sha256 does not match the output bytes"));
     }
     let key = pool.inner.key.clone();
-    let outcome = pool
-        .inner
-        .store
-        .run(move |s| {
-            device.spend(s)?;
+    let outcome = device
+        .run(&pool, move |s, id| {
             s.submit_result(
-                device.id,
+                id,
                 req.lease_id,
                 &req.lease_token,
                 &req.output.0,
@@ -608,17 +580,11 @@ async fn get_blob(
         Ok(()) => None,
         Err(_) => Some(auth::device(&pool, &method, uri.path(), &headers, b"").await?),
     };
-    let bytes = pool
-        .inner
-        .store
-        .run(move |s| {
-            if let Some(device) = &device {
-                device.spend(s)?;
-            }
-            s.blob(&sha)
-        })
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("blob {sha} not found")))?;
+    let bytes = match device {
+        Some(device) => device.run(&pool, move |s, _| s.blob(&sha)).await?,
+        None => pool.inner.store.run(move |s| s.blob(&sha)).await?,
+    }
+    .ok_or_else(|| ApiError::not_found(format!("blob {sha} not found")))?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 

@@ -51,9 +51,21 @@ pub enum Database {
 }
 
 impl Database {
-    /// A `postgres://` (or `postgresql://`) URL, else a SQLite file's path.
-    pub fn parse(db: &str) -> Self {
-        if db::is_postgres_url(db) { Self::Postgres(db.to_owned()) } else { Self::Sqlite(PathBuf::from(db)) }
+    /// A `postgres://` (or `postgresql://`) URL, else a SQLite file's path;
+    /// an empty value or a URL of another kind is refused, saying why.
+    pub fn parse(db: &str) -> Result<Self, String> {
+        if db.trim().is_empty() {
+            return Err("the database is empty".into());
+        }
+        if db::is_postgres_url(db) {
+            return Ok(Self::Postgres(db.to_owned()));
+        }
+        if let Some((scheme, _)) = db.split_once("://") {
+            return Err(format!(
+                "{scheme:?}: a database URL starts with postgres:// (any other value is a SQLite file's path)"
+            ));
+        }
+        Ok(Self::Sqlite(PathBuf::from(db)))
     }
 }
 
@@ -160,13 +172,12 @@ impl Pool {
             Database::Sqlite(_) => (1, SQLITE_BATCH),
             Database::Postgres(_) => (POSTGRES_CONNECTIONS, POSTGRES_BATCH),
         };
-        let mut stores: Vec<Box<dyn storage::Storage>> = Vec::with_capacity(connections);
-        for _ in 0..connections {
-            let mut store = open_store(&database, config.trust)?;
-            if stores.is_empty() {
-                store.claim_identity(&key.public(), now_ms()).map_err(|e| PoolError::Storage(e.to_string()))?;
-            }
-            stores.push(Box::new(store));
+        // The first connection migrates and checks the pool's identity; the others only connect.
+        let mut first = open_store(&database, config.trust)?;
+        first.claim_identity(&key.public(), now_ms()).map_err(|e| PoolError::Storage(e.to_string()))?;
+        let mut stores: Vec<Box<dyn storage::Storage>> = vec![Box::new(first)];
+        for _ in 1..connections {
+            stores.push(Box::new(store::Store::on_migrated(connect(&database)?, config.trust)));
         }
         let metrics = Arc::new(metrics::Replica::default());
         let store = writer::StoreWriter::start(stores, batch, metrics.clone())
@@ -237,12 +248,17 @@ pub fn migrate(database: &Database) -> Result<u32, PoolError> {
     Ok(store.schema_version())
 }
 
+/// A store on `database`, its schema brought up to date.
 fn open_store(database: &Database, trust: trust::TrustRules) -> Result<store::Store, PoolError> {
+    store::Store::open(connect(database)?, trust).map_err(|e| PoolError::Db(e.to_string()))
+}
+
+fn connect(database: &Database) -> Result<Box<dyn db::Db>, PoolError> {
     let db: Box<dyn db::Db> = match database {
         Database::Sqlite(path) => Box::new(db::Sqlite::open(path).map_err(|e| PoolError::Db(e.to_string()))?),
         Database::Postgres(url) => Box::new(db::Postgres::connect(url).map_err(|e| PoolError::Db(e.to_string()))?),
     };
-    store::Store::open(db, trust).map_err(|e| PoolError::Db(e.to_string()))
+    Ok(db)
 }
 
 /// A pool's TLS certificate chain and key, checked when loaded.
@@ -279,4 +295,17 @@ impl Tls {
 
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Database;
+
+    #[test]
+    fn a_database_is_a_postgresql_url_or_a_sqlite_path() {
+        assert_eq!(Database::parse("postgresql://pool@db/x"), Ok(Database::Postgres("postgresql://pool@db/x".into())));
+        assert_eq!(Database::parse("/var/lib/pool.sqlite"), Ok(Database::Sqlite("/var/lib/pool.sqlite".into())));
+        assert!(Database::parse("mysql://db/x").unwrap_err().contains("postgres://"));
+        assert!(Database::parse(" ").is_err());
+    }
 }

@@ -156,6 +156,9 @@ impl Reported {
     }
 }
 
+/// What a lease query reads: a replica, its task and its job.
+const LEASE_FROM: &str = "FROM replicas r JOIN tasks t ON t.id = r.task_id JOIN jobs j ON j.id = t.job_id";
+
 /// Which replicas a lease query looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Walk {
@@ -192,19 +195,16 @@ fn still_allowed(
     else {
         return Ok(false);
     };
-    let sql = format!(
-        "SELECT r.id FROM replicas r JOIN tasks t ON t.id = r.task_id JOIN jobs j ON j.id = t.job_id
-         WHERE {which}{conditions} LIMIT ?1"
-    );
+    let sql = format!("SELECT r.id {LEASE_FROM} WHERE {which}{conditions} LIMIT ?1");
     Ok(db.opt_row(&sql, &params)?.is_some())
 }
 
 /// The lease query's conditions: which replicas (expired leases or the
 /// queue), what the device can run and whom it must not share a task with,
 /// with their parameters (`?1`: the row limit). Only the conditions that
-/// can matter for this device are written: PostgreSQL plans the query on
-/// every lease, and each join or `OR` it need not weigh makes that cheaper
-/// (docs/benchmarks.md). `None`: the device can run nothing.
+/// can matter for this device are written: each join or `OR` PostgreSQL
+/// need not weigh keeps its plan for the query simpler (docs/benchmarks.md).
+/// `None`: the device can run nothing.
 #[allow(clippy::too_many_arguments, reason = "what the device is and may share, one value each")]
 fn lease_conditions(
     walk: Walk,
@@ -397,9 +397,15 @@ struct Lease {
 
 impl Store {
     /// Brings the database to this build's schema and keeps the connection.
-    pub fn open(mut db: Box<dyn Db>, trust: TrustRules) -> Result<Self, StoreError> {
-        schema::migrate(db.as_mut())?;
-        Ok(Self { db, trust, jobs: HashMap::new(), pruned_ms: 0 })
+    pub fn open(db: Box<dyn Db>, trust: TrustRules) -> Result<Self, StoreError> {
+        schema::migrate(db.as_ref())?;
+        Ok(Self::on_migrated(db, trust))
+    }
+
+    /// Keeps a connection to a database [`Store::open`] already migrated:
+    /// a replica's further connections.
+    pub fn on_migrated(db: Box<dyn Db>, trust: TrustRules) -> Self {
+        Self { db, trust, jobs: HashMap::new(), pruned_ms: 0 }
     }
 
     /// The embedded default: one SQLite file.
@@ -417,25 +423,13 @@ impl Store {
     /// later: receipts and manifests from replicas of one pool must carry
     /// one signature, the one its devices pinned.
     pub fn claim_identity(&mut self, key: &PublicKey, now: u64) -> Result<(), StoreError> {
-        self.db.begin()?;
-        let recorded = self
-            .db
-            .execute(
-                "INSERT INTO pool_identity (id, public_key, recorded_ms) VALUES (1, ?1, ?2) ON CONFLICT DO NOTHING",
-                args![key.to_hex(), now],
-            )
-            .and_then(|_| self.db.row("SELECT public_key FROM pool_identity WHERE id = 1", args![]))
-            .and_then(|r| r.text(0));
-        let recorded = match recorded {
-            Ok(recorded) => {
-                self.db.commit()?;
-                recorded
-            }
-            Err(e) => {
-                self.rollback();
-                return Err(e.into());
-            }
-        };
+        let tx = self.db.savepoint()?;
+        tx.execute(
+            "INSERT INTO pool_identity (id, public_key, recorded_ms) VALUES (1, ?1, ?2) ON CONFLICT DO NOTHING",
+            args![key.to_hex(), now],
+        )?;
+        let recorded = tx.row("SELECT public_key FROM pool_identity WHERE id = 1", args![])?.text(0)?;
+        tx.commit()?;
         if recorded != key.to_hex() {
             let theirs: PublicKey =
                 recorded.parse().map_err(|e| StoreError::Invalid(format!("the recorded pool key: {e}")))?;
@@ -595,11 +589,9 @@ impl Store {
             else {
                 break; // the device runs no kind of kernel
             };
-            let expired_half = half == Walk::Expired;
-            let order = if expired_half { "r.lease_deadline_ms" } else { "r.task_id, r.id" };
+            let order = if half == Walk::Expired { "r.lease_deadline_ms" } else { "r.task_id, r.id" };
             let sql = format!(
-                "SELECT r.id, t.id, t.job_id, t.params, t.input_sha256
-                 FROM replicas r JOIN tasks t ON t.id = r.task_id JOIN jobs j ON j.id = t.job_id
+                "SELECT r.id, t.id, t.job_id, t.params, t.input_sha256 {LEASE_FROM}
                  WHERE {which} AND t.state = 'pending' AND j.state = 'running'{conditions}
                  ORDER BY {order} LIMIT ?1{lock}"
             );

@@ -152,12 +152,7 @@ fn run_batch(store: &mut dyn Storage, mut batch: Vec<Box<dyn Op>>, metrics: &met
         }
     }
     if clean {
-        let committed = store.commit();
-        let failure = committed.as_ref().err().map(|e| e.to_string());
-        if failure.is_some() {
-            tracing::error!(error = ?failure, "committing a batch failed; it was rolled back");
-            store.rollback();
-        }
+        let failure = commit(store);
         for op in batch {
             op.answer(failure.as_deref());
         }
@@ -181,12 +176,7 @@ fn run_alone(store: &mut dyn Storage, mut op: Box<dyn Op>, metrics: &metrics::Re
         }
         match op.run(store) {
             Failed::No => {
-                let committed = store.commit();
-                let failure = committed.as_ref().err().map(|e| e.to_string());
-                if failure.is_some() {
-                    store.rollback();
-                }
-                op.answer(failure.as_deref());
+                op.answer(commit(store).as_deref());
                 return;
             }
             Failed::InDatabase { retryable: true } if attempt < MAX_ATTEMPTS => {
@@ -203,4 +193,12 @@ fn run_alone(store: &mut dyn Storage, mut op: Box<dyn Op>, metrics: &metrics::Re
             }
         }
     }
+}
+
+/// Commits; on failure rolls back and says why, for the answers.
+fn commit(store: &mut dyn Storage) -> Option<String> {
+    let failure = store.commit().err()?.to_string();
+    tracing::error!(error = %failure, "committing failed; the transaction was rolled back");
+    store.rollback();
+    Some(failure)
 }

@@ -277,47 +277,32 @@ pub(crate) fn version(dialect: Dialect) -> u32 {
 }
 
 /// Applies the migrations the database lacks, each in its own transaction.
-pub(crate) fn migrate(db: &mut dyn Db) -> Result<u32, DbError> {
-    let dialect = db.dialect();
-    let list = migrations(dialect);
-    match dialect {
+pub(crate) fn migrate(db: &dyn Db) -> Result<(), DbError> {
+    let list = migrations(db.dialect());
+    match db.dialect() {
         Dialect::Sqlite => {
             let applied = db.row("PRAGMA user_version", args![])?.int(0)?;
             for (i, sql) in list.iter().enumerate().skip(applied as usize) {
-                db.begin()?;
-                let step = db.batch(sql).and_then(|()| db.batch(&format!("PRAGMA user_version = {}", i + 1)));
-                finish(db, step)?;
+                let tx = db.savepoint()?;
+                tx.batch(sql)?;
+                tx.batch(&format!("PRAGMA user_version = {}", i + 1))?;
+                tx.commit()?;
             }
         }
         Dialect::Postgres => {
-            db.begin()?;
-            let step = (|| {
-                db.execute("SELECT pg_advisory_xact_lock(?1)", args![MIGRATION_LOCK])?;
-                db.batch(
-                    "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_ms BIGINT NOT NULL)",
+            let tx = db.savepoint()?;
+            tx.execute("SELECT pg_advisory_xact_lock(?1)", args![MIGRATION_LOCK])?;
+            tx.batch("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_ms BIGINT NOT NULL)")?;
+            let applied = tx.row("SELECT coalesce(max(version), 0) FROM schema_migrations", args![])?.int(0)?;
+            for (i, sql) in list.iter().enumerate().skip(applied as usize) {
+                tx.batch(sql)?;
+                tx.execute(
+                    "INSERT INTO schema_migrations (version, applied_ms) VALUES (?1, ?2)",
+                    args![i as i64 + 1, crate::now_ms()],
                 )?;
-                let applied = db.row("SELECT coalesce(max(version), 0) FROM schema_migrations", args![])?.int(0)?;
-                for (i, sql) in list.iter().enumerate().skip(applied as usize) {
-                    db.batch(sql)?;
-                    db.execute(
-                        "INSERT INTO schema_migrations (version, applied_ms) VALUES (?1, ?2)",
-                        args![i as i64 + 1, crate::now_ms()],
-                    )?;
-                }
-                Ok(())
-            })();
-            finish(db, step)?;
+            }
+            tx.commit()?;
         }
     }
-    Ok(version(dialect))
-}
-
-fn finish(db: &mut dyn Db, step: Result<(), DbError>) -> Result<(), DbError> {
-    match step {
-        Ok(()) => db.commit(),
-        Err(e) => {
-            let _ = db.rollback();
-            Err(e)
-        }
-    }
+    Ok(())
 }
