@@ -75,12 +75,12 @@ fn pool_migrate_brings_a_database_to_the_schema_and_is_idempotent() {
         let out = crate::harness::idlemesh(tmp.path(), &["pool", "migrate", "--db", &arg]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert!(
-            String::from_utf8_lossy(&out.stdout).contains("schema version 9"),
+            String::from_utf8_lossy(&out.stdout).contains("schema version 10"),
             "{}",
             String::from_utf8_lossy(&out.stdout)
         );
     }
     let conn = rusqlite::Connection::open(&db).unwrap();
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, 9);
+    assert_eq!(version, 10);
 }

@@ -99,10 +99,12 @@ fn main() {
     for setup in setups.split(',') {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("pool.key").display().to_string();
+        let mut db_name = None;
         let replicas: Vec<Replica> = match setup {
             "sqlite" => vec![start_replica(&dir.path().join("r0"), &[])],
             "pg1" | "pg2" => {
                 let db = cluster.as_ref().unwrap().create_database().unwrap();
+                db_name = db.split('/').nth(3).and_then(|n| n.split('?').next()).map(str::to_owned);
                 let n = if setup == "pg1" { 1 } else { 2 };
                 (0..n)
                     .map(|i| start_replica(&dir.path().join(format!("r{i}")), &["--db", &db, "--key-file", &key]))
@@ -114,10 +116,10 @@ fn main() {
         println!("== {setup}: {} replica(s)", bases.len());
         load(&bases, devices_n, seconds, concurrency);
         if let (Some(c), Ok(_)) = (&cluster, std::env::var("IDLEMESH_BENCH_PG_STATS")) {
-            let name = c.log().lines().rev().find_map(|l| l.split("CREATE DATABASE ").nth(1)).map(|n| n.trim_end_matches(';').to_owned());
-            if let Some(name) = name {
+            // Needs IDLEMESH_BENCH_PG="shared_preload_libraries=pg_stat_statements".
+            if let Some(name) = db_name {
                 let _ = c.psql(&name, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements");
-                println!("{}", c.psql(&name, "SELECT calls, round(total_exec_time) AS exec_ms, round(total_plan_time) AS plan_ms, left(regexp_replace(query, '\\s+', ' ', 'g'), 90) FROM pg_stat_statements ORDER BY total_exec_time + total_plan_time DESC LIMIT 25").unwrap_or_default());
+                println!("{}", c.psql(&name, "SELECT calls, round(total_exec_time) AS exec_ms, round(total_plan_time) AS plan_ms, left(regexp_replace(query, '\\s+', ' ', 'g'), 90) FROM pg_stat_statements ORDER BY total_exec_time + total_plan_time DESC LIMIT 30").unwrap_or_default());
             }
         }
     }

@@ -47,19 +47,39 @@ impl Device {
     pub async fn run<T: Send + 'static>(
         self,
         pool: &Pool,
+        f: impl FnMut(&mut dyn Storage, u64) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.run_as(pool, false, f).await
+    }
+
+    /// [`Device::run`] for work that never waits on a row lock (a lease):
+    /// on PostgreSQL several such requests share a transaction and its commit.
+    pub async fn run_skipping_locks<T: Send + 'static>(
+        self,
+        pool: &Pool,
+        f: impl FnMut(&mut dyn Storage, u64) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.run_as(pool, true, f).await
+    }
+
+    async fn run_as<T: Send + 'static>(
+        self,
+        pool: &Pool,
+        skips_locks: bool,
         mut f: impl FnMut(&mut dyn Storage, u64) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        pool.inner
-            .store
-            .run(move |s| {
-                self.spend(s)?;
-                f(s, self.id)
-            })
-            .await
+        let op = move |s: &mut dyn Storage| {
+            self.spend(s)?;
+            f(s, self.id)
+        };
+        match skips_locks {
+            true => pool.inner.store.run_skipping_locks(op).await,
+            false => pool.inner.store.run(op).await,
+        }
     }
 
     fn spend(&self, store: &mut dyn Storage) -> Result<(), StoreError> {
-        if store.first_use(&self.signature, self.expires_ms, now_ms())? { Ok(()) } else { Err(StoreError::Replayed) }
+        store.spend_signature(&self.signature, self.expires_ms, now_ms())
     }
 }
 

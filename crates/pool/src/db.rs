@@ -32,12 +32,31 @@ impl Dialect {
         }
     }
 
+    /// Appended to a `SELECT` of a join to lock the rows of `table` only.
+    pub fn for_update_of(self, table: &str) -> String {
+        match self {
+            Self::Sqlite => String::new(),
+            Self::Postgres => format!(" FOR UPDATE OF {table}"),
+        }
+    }
+
     /// Appended to the lease query: rows another replica is claiming are
     /// passed over, not waited for.
     pub fn skip_locked(self, tables: &str) -> String {
         match self {
             Self::Sqlite => String::new(),
             Self::Postgres => format!(" FOR UPDATE OF {tables} SKIP LOCKED"),
+        }
+    }
+
+    /// Makes the transaction's commit return before its changes are on
+    /// disk (they follow within a fraction of a second; a database crash
+    /// in between loses them, never half of them). Each commit otherwise
+    /// waits for its own flush while the transaction's locks are held.
+    pub fn commit_without_waiting(self) -> Option<&'static str> {
+        match self {
+            Self::Sqlite => None,
+            Self::Postgres => Some("SET LOCAL synchronous_commit = off"),
         }
     }
 
@@ -110,7 +129,10 @@ pub(crate) enum DbError {
     #[error("PostgreSQL: {message}")]
     Postgres {
         message: String,
+        /// The SQLSTATE, for errors the server sent.
         code: Option<String>,
+        /// The constraint a statement violated.
+        constraint: Option<String>,
     },
     /// The connection broke (the server restarted, a proxy cut it): it is
     /// opened again before the next transaction.
@@ -123,6 +145,17 @@ pub(crate) enum DbError {
 }
 
 impl DbError {
+    /// An error of the connection rather than of a statement.
+    pub fn postgres(message: String) -> Self {
+        Self::Postgres { message, code: None, constraint: None }
+    }
+
+    /// Whether a statement inserted a key that `constraint` (a unique
+    /// index or primary key, by name) already held.
+    pub fn duplicate_in(&self, constraint: &str) -> bool {
+        matches!(self, Self::Postgres { code: Some(code), constraint: Some(c), .. } if code == "23505" && c == constraint)
+    }
+
     /// Whether running the same operation again may succeed: PostgreSQL
     /// chose it to break a deadlock, or an earlier failure in the same
     /// transaction aborted it.
@@ -203,6 +236,17 @@ pub(crate) trait Db: Send {
     /// Runs a statement; returns how many rows it changed.
     fn execute(&self, sql: &str, params: &[Value]) -> Result<u64, DbError>;
     fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>, DbError>;
+    /// Runs a statement whose outcome the caller need not know yet. On
+    /// PostgreSQL inside a transaction it goes out with the next statement
+    /// (or the commit): several cost one round trip, and an error of one
+    /// is returned by that next call.
+    fn defer(&self, sql: &str, params: &[Value]) -> Result<(), DbError> {
+        self.execute(sql, params).map(drop)
+    }
+    /// Runs several queries, on PostgreSQL in one round trip; their rows in order.
+    fn query_all(&self, queries: &[(&str, &[Value])]) -> Result<Vec<Vec<Row>>, DbError> {
+        queries.iter().map(|(sql, params)| self.query(sql, params)).collect()
+    }
     /// Runs statements without parameters: schema changes, savepoints.
     fn batch(&self, sql: &str) -> Result<(), DbError>;
     /// Opens a transaction that writes (SQLite takes its write lock now, not at the first write).
@@ -244,7 +288,11 @@ impl dyn Db + '_ {
             return Ok(Savepoint { db: self, outer: false, done: true });
         }
         let outer = !self.in_transaction();
-        if outer { self.begin()? } else { self.batch("SAVEPOINT op")? }
+        if outer {
+            self.begin()?
+        } else {
+            self.batch("SAVEPOINT op")?
+        }
         Ok(Savepoint { db: self, outer, done: false })
     }
 }

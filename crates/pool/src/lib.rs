@@ -91,10 +91,11 @@ impl std::fmt::Display for Database {
 /// Connections a pool replica keeps to PostgreSQL (one writer thread each).
 const POSTGRES_CONNECTIONS: usize = 4;
 /// Operations sharing one transaction: many on SQLite (one writer, commits
-/// are what costs), few on PostgreSQL (a transaction holds its row locks
-/// until it commits, and other replicas wait on them).
-const SQLITE_BATCH: usize = 256;
-const POSTGRES_BATCH: usize = 1;
+/// are what costs); on PostgreSQL only leases, which never wait on a row
+/// lock (a transaction holds its row locks until it commits, and other
+/// replicas wait on them: writer.rs).
+const SQLITE_BATCHES: writer::Batches = writer::Batches { any: 256, skipping_locks: None };
+const POSTGRES_BATCHES: writer::Batches = writer::Batches { any: 1, skipping_locks: Some(16) };
 
 /// How a pool is set up.
 #[derive(Debug, Clone)]
@@ -169,8 +170,8 @@ impl Pool {
         let key = keys::load_or_create(&key_file)?;
         let database = config.database.clone().unwrap_or_else(|| Database::Sqlite(config.data_dir.join("pool.sqlite")));
         let (connections, batch) = match &database {
-            Database::Sqlite(_) => (1, SQLITE_BATCH),
-            Database::Postgres(_) => (POSTGRES_CONNECTIONS, POSTGRES_BATCH),
+            Database::Sqlite(_) => (1, SQLITE_BATCHES),
+            Database::Postgres(_) => (POSTGRES_CONNECTIONS, POSTGRES_BATCHES),
         };
         // The first connection migrates and checks the pool's identity; the others only connect.
         let mut first = open_store(&database, config.trust)?;

@@ -24,9 +24,10 @@ pub(crate) trait Storage: Send {
     /// One round trip to the database, for `/v1/health`.
     fn ping(&self) -> Result<(), StoreError>;
 
-    /// Records a device request's signature until `expires_ms`; `false`
-    /// if it was used before (by any pool replica on this database).
-    fn first_use(&mut self, signature: &str, expires_ms: u64, now: u64) -> Result<bool, StoreError>;
+    /// Records a device request's signature until `expires_ms`;
+    /// `Replayed` (now or from the operation's next statement) if it was
+    /// used before, by any pool replica on this database.
+    fn spend_signature(&mut self, signature: &str, expires_ms: u64, now: u64) -> Result<(), StoreError>;
 
     fn put_blob(&mut self, bytes: &[u8]) -> Result<Sha256, StoreError>;
     fn blob(&self, sha: &Sha256) -> Result<Option<Vec<u8>>, StoreError>;

@@ -39,7 +39,7 @@ mod orgs;
 pub(crate) mod schema;
 
 use crate::combine;
-use crate::db::{Db, DbError, Row, Value, args};
+use crate::db::{Db, DbError, Dialect, Row, Value, args};
 use crate::split::TaskSeed;
 use crate::trust::{self, TrustRules, Vote};
 
@@ -47,11 +47,15 @@ use crate::trust::{self, TrustRules, Vote};
 /// not the devices, is what keeps failing.
 pub(crate) const MAX_TASK_FAILURES: i64 = 3;
 
+/// Rows a job's open tasks are counted in (fewer for a smaller job): tasks
+/// closing at once take turns on one of them, not all on one row
+/// ([`count_task_closed`]).
+const COUNT_SHARDS: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StoreError {
     #[error("{0}")]
-    Db(#[from] DbError),
+    Db(DbError),
     #[error("{what} {id} not found")]
     NotFound { what: &'static str, id: String },
     #[error("{0}")]
@@ -68,6 +72,14 @@ pub(crate) enum StoreError {
     Closed,
 }
 
+impl From<DbError> for StoreError {
+    fn from(e: DbError) -> Self {
+        // On PostgreSQL a replay fails the deferred insert of its signature
+        // (Store::spend_signature), seen when that insert is sent.
+        if e.duplicate_in("seen_signatures_pkey") { Self::Replayed } else { Self::Db(e) }
+    }
+}
+
 impl StoreError {
     /// Worth running the operation again (PostgreSQL broke a deadlock with it).
     pub fn retryable(&self) -> bool {
@@ -82,37 +94,46 @@ pub(crate) struct Store {
     jobs: HashMap<u64, Arc<JobInfo>>,
     /// When this connection last forgot expired signatures.
     pruned_ms: u64,
+    /// When this connection next looks for leases that ran out, unless
+    /// its last look found some ([`Store::lease`]).
+    next_expiry_look_ms: u64,
+    /// The open transaction's commit need not wait for the disk (leases only).
+    commit_relaxed: bool,
 }
 
 /// What the hot paths need of a job.
 pub(crate) struct JobInfo {
     pub spec: JobSpec,
     pub kernel_size: u64,
+    /// Its open tasks are counted in this many rows (`job_counts`).
+    pub count_shards: i64,
 }
 
 fn job_info(db: &dyn Db, cache: &mut HashMap<u64, Arc<JobInfo>>, job_id: u64) -> Result<Arc<JobInfo>, StoreError> {
     if let Some(info) = cache.get(&job_id) {
         return Ok(info.clone());
     }
-    let text = db
-        .opt_row("SELECT spec FROM jobs WHERE id = ?1", args![job_id])?
-        .ok_or(StoreError::NotFound { what: "job", id: job_id.to_string() })?
-        .text(0)?;
+    let row = db
+        .opt_row("SELECT spec, count_shards FROM jobs WHERE id = ?1", args![job_id])?
+        .ok_or(StoreError::NotFound { what: "job", id: job_id.to_string() })?;
     let spec: JobSpec =
-        serde_json::from_str(&text).map_err(|e| StoreError::Invalid(format!("stored job spec: {e}")))?;
+        serde_json::from_str(&row.text(0)?).map_err(|e| StoreError::Invalid(format!("stored job spec: {e}")))?;
     let kernel_size = blob_size(db, &spec.kernel_sha256)?.unwrap_or(0);
-    let info = Arc::new(JobInfo { spec, kernel_size });
+    let info = Arc::new(JobInfo { spec, kernel_size, count_shards: row.int(1)?.max(1) });
     cache.insert(job_id, info.clone());
     Ok(info)
 }
 
 fn blob_size(db: &dyn Db, sha: &Sha256) -> Result<Option<u64>, StoreError> {
-    Ok(db.opt_row("SELECT length(bytes) FROM blobs WHERE sha256 = ?1", args![sha.to_hex()])?.map(|r| r.u64(0)).transpose()?)
+    Ok(db
+        .opt_row("SELECT length(bytes) FROM blobs WHERE sha256 = ?1", args![sha.to_hex()])?
+        .map(|r| r.u64(0))
+        .transpose()?)
 }
 
 fn put_blob(db: &dyn Db, bytes: &[u8]) -> Result<Sha256, StoreError> {
     let sha = Sha256::of(bytes);
-    db.execute("INSERT INTO blobs (sha256, bytes) VALUES (?1, ?2) ON CONFLICT DO NOTHING", args![sha.to_hex(), bytes])?;
+    db.defer("INSERT INTO blobs (sha256, bytes) VALUES (?1, ?2) ON CONFLICT DO NOTHING", args![sha.to_hex(), bytes])?;
     Ok(sha)
 }
 
@@ -138,99 +159,133 @@ struct Reported {
     record: (u64, u64),
 }
 
-/// Selects [`Reported`] rows from `replicas r`.
-const REPORTED: &str = "SELECT r.id, r.device_id, r.output_sha256, r.fuel, r.wall_ms, r.cpu_ms, d.valid_results, d.invalid_results
-     FROM replicas r JOIN devices d ON d.id = r.device_id";
+/// A task's replicas as its judgement needs them.
+struct TaskReplicas {
+    /// Those whose result is in, by device id: devices' rows are then
+    /// updated in one order by every pool replica.
+    reported: Vec<Reported>,
+    /// Those still queued or out on lease.
+    outstanding: usize,
+}
 
-impl Reported {
-    fn from_row(r: &Row) -> Result<Self, DbError> {
-        Ok(Self {
-            replica_id: r.int(0)?,
-            device_id: r.int(1)?,
-            output_sha256: r.text(2)?,
-            fuel: r.opt_int(3)?,
-            wall_ms: r.int(4)?,
-            cpu_ms: r.int(5)?,
-            record: (r.u64(6)?, r.u64(7)?),
-        })
+/// Reads a task's replicas (its row locked by the caller) in one statement.
+fn task_replicas(db: &dyn Db, task_id: i64) -> Result<TaskReplicas, StoreError> {
+    let rows = db.query(
+        "SELECT r.state, r.id, r.device_id, r.output_sha256, r.fuel, r.wall_ms, r.cpu_ms, d.valid_results, d.invalid_results
+         FROM replicas r LEFT JOIN devices d ON d.id = r.device_id WHERE r.task_id = ?1 ORDER BY r.device_id, r.id",
+        args![task_id],
+    )?;
+    let mut replicas = TaskReplicas { reported: Vec::new(), outstanding: 0 };
+    for r in &rows {
+        match r.text(0)?.as_str() {
+            "reported" => replicas.reported.push(Reported {
+                replica_id: r.int(1)?,
+                device_id: r.int(2)?,
+                output_sha256: r.text(3)?,
+                fuel: r.opt_int(4)?,
+                wall_ms: r.int(5)?,
+                cpu_ms: r.int(6)?,
+                record: (r.u64(7)?, r.u64(8)?),
+            }),
+            "queued" | "leased" => replicas.outstanding += 1,
+            _ => {}
+        }
     }
+    // SQLite sorts NULL device ids (queued replicas) first, PostgreSQL last: no matter, only reported ones are kept.
+    Ok(replicas)
 }
 
 /// What a lease query reads: a replica, its task and its job.
 const LEASE_FROM: &str = "FROM replicas r JOIN tasks t ON t.id = r.task_id JOIN jobs j ON j.id = t.job_id";
 
-/// Which replicas a lease query looks at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Walk {
-    /// Leases that ran out, oldest deadline first.
-    Expired,
-    /// The queue, in task order.
-    Queued,
-    /// One replica just claimed, checked again.
-    Claimed(i64),
-}
+/// The numbered parameters of a statement being written.
+#[derive(Default)]
+struct Params(Vec<Value>);
 
-/// On PostgreSQL, whether a replica the lease query locked may still go to
-/// this device. The query's `NOT EXISTS` read the task's other replicas as
-/// they were when it started; a lease of the same task that committed
-/// while it ran is seen only by a new statement. Holding the task's row
-/// now, no other lease of it can commit until this one does. (SQLite has
-/// one writer: what the query read is still true.)
-#[allow(clippy::too_many_arguments, reason = "what the device is and may share, one value each")]
-fn still_allowed(
-    db: &dyn Db,
-    replica_id: i64,
-    device_id: u64,
-    caps: &Capabilities,
-    now: u64,
-    token_id: Option<i64>,
-    org_id: Option<i64>,
-    network: Option<&str>,
-) -> Result<bool, StoreError> {
-    if db.dialect() == crate::db::Dialect::Sqlite {
-        return Ok(true);
+impl Params {
+    /// Binds `v` to the next number; returns its placeholder.
+    fn bind(&mut self, v: impl Into<Value>) -> String {
+        self.0.push(v.into());
+        format!("?{}", self.0.len())
     }
-    let Some((which, conditions, params)) =
-        lease_conditions(Walk::Claimed(replica_id), device_id, caps, now, 1, token_id, org_id, network)
-    else {
-        return Ok(false);
-    };
-    let sql = format!("SELECT r.id {LEASE_FROM} WHERE {which}{conditions} LIMIT ?1");
-    Ok(db.opt_row(&sql, &params)?.is_some())
 }
 
-/// The lease query's conditions: which replicas (expired leases or the
-/// queue), what the device can run and whom it must not share a task with,
-/// with their parameters (`?1`: the row limit). Only the conditions that
-/// can matter for this device are written: each join or `OR` PostgreSQL
-/// need not weigh keeps its plan for the query simpler (docs/benchmarks.md).
-/// `None`: the device can run nothing.
-#[allow(clippy::too_many_arguments, reason = "what the device is and may share, one value each")]
-fn lease_conditions(
-    walk: Walk,
+/// Whom a device must not share a task with, by the pool's [`TrustRules`]:
+/// itself always; devices of its token, its organisation or its network
+/// where the rules say so.
+struct Apart<'a> {
     device_id: u64,
+    token: bool,
+    org: bool,
+    network: Option<&'a str>,
+}
+
+impl Apart<'_> {
+    /// A condition on replica `r`: no other replica of its task is leased
+    /// to or reported by a device this one must stay apart from. The
+    /// device's token and organisation are read by the statement itself,
+    /// as they are now.
+    fn condition(&self, p: &mut Params) -> String {
+        let device = p.bind(self.device_id);
+        let mut shared = vec![format!("o.device_id = {device}")];
+        if self.token {
+            shared.push(format!("od.token_id = (SELECT me.token_id FROM devices me WHERE me.id = {device})"));
+        }
+        if self.org {
+            shared.push(format!("od.org_id = (SELECT me.org_id FROM devices me WHERE me.id = {device})"));
+        }
+        if let Some(network) = self.network {
+            shared.push(format!("o.network = {}", p.bind(network)));
+        }
+        let join = if self.token || self.org { " JOIN devices od ON od.id = o.device_id" } else { "" };
+        // `LIMIT 1 OFFSET 0` keeps the NOT EXISTS a probe of the candidate's
+        // task: PostgreSQL otherwise turned it into a merge anti-join that
+        // walked every leased and reported replica up to the queue's head on
+        // every lease, slower the longer a job ran (docs/benchmarks.md).
+        format!(
+            "NOT EXISTS (SELECT 1 FROM replicas o{join} WHERE o.task_id = r.task_id AND o.id != r.id
+               AND o.state IN ('leased', 'reported') AND ({}) LIMIT 1 OFFSET 0)",
+            shared.join(" OR ")
+        )
+    }
+}
+
+/// A condition on replica `r`: no other replica of its task is reported,
+/// or out on a live lease, on another GPU adapter class than `adapter`
+/// (the exact adapter string: vendor, device, driver). Floating point on
+/// GPUs agrees bit for bit only within one (docs/architecture.md, "WGSL
+/// kernels").
+fn same_adapter(adapter: &str, now: u64, p: &mut Params) -> String {
+    format!(
+        "NOT EXISTS (SELECT 1 FROM replicas c WHERE c.task_id = r.task_id AND c.id != r.id
+           AND (c.state = 'reported' OR (c.state = 'leased' AND c.lease_deadline_ms >= {}))
+           AND c.adapter IS DISTINCT FROM {} LIMIT 1 OFFSET 0)",
+        p.bind(now),
+        p.bind(adapter)
+    )
+}
+
+/// The lease query for one half of the walk: expired leases (oldest
+/// deadline first) or the queue (in task order), of jobs the device can
+/// run, apart from whom it must be, at most `rows` rows. Only the
+/// conditions that can matter for this device are written: each join or
+/// `OR` PostgreSQL need not weigh keeps its plan simpler
+/// (docs/benchmarks.md). `None`: the device can run nothing.
+fn lease_query(
+    expired: bool,
     caps: &Capabilities,
+    apart: &Apart<'_>,
     now: u64,
-    max: u32,
-    token_id: Option<i64>,
-    org_id: Option<i64>,
-    network: Option<&str>,
-) -> Option<(String, String, Vec<Value>)> {
-    // Ask for extra rows: replicas of a task already claimed in this lease are skipped.
-    let mut params = vec![Value::from(i64::from(max) * 4)];
-    let mut bind = |v: Value| {
-        params.push(v);
-        format!("?{}", params.len())
+    rows: u32,
+    lock: &str,
+) -> Option<(String, Params)> {
+    let mut p = Params::default();
+    let (which, order) = if expired {
+        (format!("r.state = 'leased' AND r.lease_deadline_ms < {}", p.bind(now)), "r.lease_deadline_ms")
+    } else {
+        ("r.state = 'queued'".to_owned(), "r.task_id, r.id")
     };
-    let mut now_param = None;
-    let mut now_ref = |bind: &mut dyn FnMut(Value) -> String| now_param.get_or_insert_with(|| bind(now.into())).clone();
-    let which = match walk {
-        Walk::Expired => format!("r.state = 'leased' AND r.lease_deadline_ms < {}", now_ref(&mut bind)),
-        Walk::Queued => "r.state = 'queued'".to_owned(),
-        Walk::Claimed(id) => format!("r.id = {}", bind(id.into())),
-    };
-    let gpu = caps.wgpu_adapter.is_some();
-    let mut sql = match (caps.wasm, gpu) {
+    let mut fits = match (caps.wasm, caps.wgpu_adapter.is_some()) {
         (true, true) => String::new(),
         (true, false) => " AND j.kernel_kind = 'wasm'".to_owned(),
         (false, true) => " AND j.kernel_kind = 'wgsl'".to_owned(),
@@ -238,132 +293,130 @@ fn lease_conditions(
     };
     if caps.memory_bytes > 0 {
         let memory = i64::try_from(caps.memory_bytes).unwrap_or(i64::MAX);
-        sql += &format!(" AND j.max_memory_bytes <= {}", bind(memory.into()));
+        fits += &format!(" AND j.max_memory_bytes <= {}", p.bind(memory));
     }
-    // Never two replicas of a task to this device, nor to one sharing its
-    // token, organisation or network (trust.rs decides which apply).
-    let mut shared = vec![format!("o.device_id = {}", bind(device_id.into()))];
-    if let Some(token) = token_id {
-        shared.push(format!("od.token_id = {}", bind(token.into())));
-    }
-    if let Some(org) = org_id {
-        shared.push(format!("od.org_id = {}", bind(org.into())));
-    }
-    if let Some(network) = network {
-        shared.push(format!("o.network = {}", bind(network.into())));
-    }
-    let join = if token_id.is_some() || org_id.is_some() { " JOIN devices od ON od.id = o.device_id" } else { "" };
-    // `LIMIT 1 OFFSET 0` keeps each NOT EXISTS a probe of the candidate's
-    // task: PostgreSQL otherwise turned it into a merge anti-join that
-    // walked every leased and reported replica up to the queue's head on
-    // every lease, slower the longer a job ran (docs/benchmarks.md).
-    sql += &format!(
-        " AND NOT EXISTS (SELECT 1 FROM replicas o{join} WHERE o.task_id = r.task_id AND o.id != r.id
-           AND o.state IN ('leased', 'reported') AND ({}) LIMIT 1 OFFSET 0)",
-        shared.join(" OR ")
-    );
-    // A WGSL task's replicas go to one adapter class (the exact adapter
-    // string: vendor, device, driver): floating point on GPUs agrees bit
-    // for bit only within one (docs/architecture.md, "WGSL kernels").
+    let mut apart_sql = apart.condition(&mut p);
     if let Some(adapter) = &caps.wgpu_adapter {
-        sql += &format!(
-            " AND (j.kernel_kind != 'wgsl' OR NOT EXISTS (
-                SELECT 1 FROM replicas c WHERE c.task_id = r.task_id AND c.id != r.id
-                AND (c.state = 'reported' OR (c.state = 'leased' AND c.lease_deadline_ms >= {}))
-                AND c.adapter IS DISTINCT FROM {} LIMIT 1 OFFSET 0))",
-            now_ref(&mut bind),
-            bind(adapter.as_str().into())
-        );
+        apart_sql += &format!(" AND (j.kernel_kind != 'wgsl' OR {})", same_adapter(adapter, now, &mut p));
     }
-    Some((which, sql, params))
-}
-
-/// Signs a paid replica's receipt and keeps it.
-fn grant(
-    db: &dyn Db,
-    r: &Reported,
-    job_id: i64,
-    task_id: i64,
-    credits: f64,
-    key: &Keypair,
-    now: u64,
-) -> Result<Signed<Receipt>, StoreError> {
-    // The receipt's number comes from the database (one sequence for every
-    // pool replica), and the receipt signs it: insert, then sign, then fill in.
-    let receipt_id = db
-        .row(
-            "INSERT INTO receipts (replica_id, device_id, job_id, credits, payload, signature)
-             VALUES (?1, ?2, ?3, ?4, '', '') RETURNING id",
-            args![r.replica_id, r.device_id, job_id, credits],
-        )?
-        .u64(0)?;
-    let signed = Signed::sign(
-        &Receipt {
-            receipt_id,
-            device_id: r.device_id as u64,
-            job_id: job_id as u64,
-            task_id: task_id as u64,
-            replica_id: r.replica_id as u64,
-            output_sha256: parse_sha(&r.output_sha256)?,
-            fuel: r.fuel.map(|f| f as u64),
-            credits,
-            wall_ms: r.wall_ms as u64,
-            cpu_ms: r.cpu_ms as u64,
-            issued_at_ms: now,
-        },
-        key,
+    let sql = format!(
+        "SELECT r.id, t.id, t.job_id, t.params, t.input_sha256,
+                (SELECT length(b.bytes) FROM blobs b WHERE b.sha256 = t.input_sha256) {LEASE_FROM}
+         WHERE {which} AND t.state = 'pending' AND j.state = 'running'{fits} AND {apart_sql}
+         ORDER BY {order} LIMIT {}{lock}",
+        p.bind(rows)
     );
-    db.execute(
-        "UPDATE receipts SET payload = ?1, signature = ?2 WHERE id = ?3",
-        args![&signed.payload, &signed.signature, receipt_id],
-    )?;
-    Ok(signed)
+    Some((sql, p))
 }
 
-/// Records the verdict on one reported replica: its validity, its device's
-/// reputation, and for a valid one the credit and a signed receipt.
-#[allow(clippy::too_many_arguments, reason = "one value per field of the receipt it may sign")]
+/// What [`judge`] did.
+struct Judged {
+    /// Each verdict's receipt, for the valid ones.
+    receipts: Vec<Option<Signed<Receipt>>>,
+    /// The open tasks left in the closed task's shard of the job's count.
+    shard_left: Option<i64>,
+}
+
+/// Records the verdicts on reported replicas (each with its credit): their
+/// validity, their devices' reputation, and for each valid one the credit
+/// and a signed receipt (returned in the verdicts' order). With the shard
+/// of a task that just closed, the job's count of open tasks in that shard
+/// goes down in the same round trip, and what it left is returned
+/// ([`finish_job_if_complete`] once it is 0).
+#[allow(clippy::too_many_arguments, reason = "one value per field of the receipts it signs")]
 fn judge(
     db: &dyn Db,
-    r: &Reported,
-    valid: bool,
+    verdicts: &[(&Reported, bool, f64)],
     job_id: i64,
     task_id: i64,
-    credits: f64,
     key: &Keypair,
     now: u64,
-) -> Result<Option<Signed<Receipt>>, StoreError> {
-    db.execute("UPDATE replicas SET valid = ?1 WHERE id = ?2", args![valid, r.replica_id])?;
-    if valid {
-        db.execute(
-            "UPDATE devices SET valid_results = valid_results + 1, credits = credits + ?2 WHERE id = ?1",
-            args![r.device_id, credits],
-        )?;
-        grant(db, r, job_id, task_id, credits, key, now).map(Some)
-    } else {
-        db.execute("UPDATE devices SET invalid_results = invalid_results + 1 WHERE id = ?1", args![r.device_id])?;
-        Ok(None)
+    closed_shard: Option<i64>,
+) -> Result<Judged, StoreError> {
+    for &(r, valid, credits) in verdicts {
+        db.defer("UPDATE replicas SET valid = ?1 WHERE id = ?2", args![valid, r.replica_id])?;
+        if valid {
+            db.defer(
+                "UPDATE devices SET valid_results = valid_results + 1, credits = credits + ?2 WHERE id = ?1",
+                args![r.device_id, credits],
+            )?;
+        } else {
+            db.defer("UPDATE devices SET invalid_results = invalid_results + 1 WHERE id = ?1", args![r.device_id])?;
+        }
     }
+    // A receipt's number comes from the database (one sequence for every
+    // pool replica), and the receipt signs it: insert, then sign, then fill in.
+    let inserts: Vec<[Value; 4]> = verdicts
+        .iter()
+        .filter(|v| v.1)
+        .map(|&(r, _, credits)| [r.replica_id.into(), r.device_id.into(), job_id.into(), credits.into()])
+        .collect();
+    let mut queries: Vec<(&str, &[Value])> = inserts
+        .iter()
+        .map(|a| {
+            let sql = "INSERT INTO receipts (replica_id, device_id, job_id, credits, payload, signature)
+                       VALUES (?1, ?2, ?3, ?4, '', '') RETURNING id";
+            (sql, a.as_slice())
+        })
+        .collect();
+    let shard = closed_shard.map(|shard| [Value::from(job_id), Value::from(shard)]);
+    if let Some(shard) = &shard {
+        // Two pool replicas closing tasks of one shard at once take turns
+        // on its row, and the second decrements what the first left
+        // (PostgreSQL re-reads a row it waited for before updating it).
+        let sql =
+            "UPDATE job_counts SET open_tasks = open_tasks - 1 WHERE job_id = ?1 AND shard = ?2 RETURNING open_tasks";
+        queries.push((sql, shard));
+    }
+    let mut answers = db.query_all(&queries)?.into_iter().map(|rows| rows.into_iter().next().ok_or(DbError::NoRow));
+    let mut receipts = Vec::with_capacity(verdicts.len());
+    for &(r, valid, credits) in verdicts {
+        if !valid {
+            receipts.push(None);
+            continue;
+        }
+        let receipt_id = answers.next().ok_or(DbError::NoRow)??.u64(0)?;
+        let signed = Signed::sign(
+            &Receipt {
+                receipt_id,
+                device_id: r.device_id as u64,
+                job_id: job_id as u64,
+                task_id: task_id as u64,
+                replica_id: r.replica_id as u64,
+                output_sha256: parse_sha(&r.output_sha256)?,
+                fuel: r.fuel.map(|f| f as u64),
+                credits,
+                wall_ms: r.wall_ms as u64,
+                cpu_ms: r.cpu_ms as u64,
+                issued_at_ms: now,
+            },
+            key,
+        );
+        db.defer(
+            "UPDATE receipts SET payload = ?1, signature = ?2 WHERE id = ?3",
+            args![&signed.payload, &signed.signature, receipt_id],
+        )?;
+        receipts.push(Some(signed));
+    }
+    let shard_left = match closed_shard {
+        Some(_) => Some(answers.next().ok_or(DbError::NoRow)??.int(0)?),
+        None => None,
+    };
+    Ok(Judged { receipts, shard_left })
 }
 
 /// Marks a task done with its canonical output; replicas still out are no longer needed.
 fn close_task(db: &dyn Db, task_id: i64, canonical_sha256: &str) -> Result<(), StoreError> {
-    db.execute("UPDATE tasks SET state = 'done', canonical_sha256 = ?1 WHERE id = ?2", args![canonical_sha256, task_id])?;
+    db.defer("UPDATE tasks SET state = 'done', canonical_sha256 = ?1 WHERE id = ?2", args![canonical_sha256, task_id])?;
     cancel_open_replicas(db, task_id)
 }
 
 fn cancel_open_replicas(db: &dyn Db, task_id: i64) -> Result<(), StoreError> {
-    db.execute("UPDATE replicas SET state = 'cancelled' WHERE task_id = ?1 AND state IN ('queued', 'leased')", args![
-        task_id
-    ])?;
+    db.defer(
+        "UPDATE replicas SET state = 'cancelled' WHERE task_id = ?1 AND state IN ('queued', 'leased')",
+        args![task_id],
+    )?;
     Ok(())
-}
-
-/// Replicas of a task still queued or out on lease.
-fn outstanding(db: &dyn Db, task_id: i64) -> Result<i64, StoreError> {
-    Ok(db
-        .row("SELECT count(*) FROM replicas WHERE task_id = ?1 AND state IN ('queued', 'leased')", args![task_id])?
-        .int(0)?)
 }
 
 /// A leased replica back in the queue, its lease and token void.
@@ -389,10 +442,16 @@ pub(crate) fn random_token() -> String {
     hex::encode(b)
 }
 
-/// A lease as the database has it, locked for this transaction.
+/// A lease as the database has it, locked for this transaction, and its task.
 struct Lease {
     task_id: i64,
     state: String,
+    job_id: i64,
+    /// The task's place in its job.
+    idx: i64,
+    task_state: String,
+    /// A spot check's known answer.
+    expected_sha256: Option<String>,
 }
 
 impl Store {
@@ -405,7 +464,7 @@ impl Store {
     /// Keeps a connection to a database [`Store::open`] already migrated:
     /// a replica's further connections.
     pub fn on_migrated(db: Box<dyn Db>, trust: TrustRules) -> Self {
-        Self { db, trust, jobs: HashMap::new(), pruned_ms: 0 }
+        Self { db, trust, jobs: HashMap::new(), pruned_ms: 0, next_expiry_look_ms: 0, commit_relaxed: false }
     }
 
     /// The embedded default: one SQLite file.
@@ -448,11 +507,13 @@ impl Store {
     /// Opens the writer's batch transaction; operations nest savepoints in it.
     pub fn begin(&mut self) -> Result<(), StoreError> {
         self.db.reconnect_if_closed()?;
+        self.commit_relaxed = false;
         Ok(self.db.begin()?)
     }
 
     pub fn begin_lone(&mut self) -> Result<(), StoreError> {
         self.db.reconnect_if_closed()?;
+        self.commit_relaxed = false;
         Ok(self.db.begin_lone()?)
     }
 
@@ -469,23 +530,42 @@ impl Store {
         Ok(())
     }
 
-    /// Records a request's signature; `false` if some pool replica saw it
-    /// already. Signatures are kept until their request's timestamp would be
-    /// refused as stale anyway (`expires_ms`).
-    pub fn first_use(&mut self, signature: &str, expires_ms: u64, now: u64) -> Result<bool, StoreError> {
+    /// Records a request's signature as used; [`StoreError::Replayed`] if
+    /// some pool replica saw it already. Signatures are kept until their
+    /// request's timestamp would be refused as stale anyway (`expires_ms`).
+    ///
+    /// On PostgreSQL the insert is deferred: it goes out with the
+    /// operation's first statement, and a replay fails it (a duplicate
+    /// key), which aborts the transaction and reads as `Replayed` from that
+    /// statement on. That saves a round trip on every device request.
+    pub fn spend_signature(&mut self, signature: &str, expires_ms: u64, now: u64) -> Result<(), StoreError> {
         if now.saturating_sub(self.pruned_ms) >= 1_000 {
             // A minute's margin: another replica whose clock runs behind
             // this one's still accepts a timestamp this one calls stale.
-            self.db.execute("DELETE FROM seen_signatures WHERE expires_ms < ?1", args![now.saturating_sub(60_000)])?;
+            // Rows another connection is deleting are left to it: this
+            // never waits on a row lock (a lease must not: writer.rs).
+            let sql = format!(
+                "DELETE FROM seen_signatures WHERE signature IN
+                   (SELECT signature FROM seen_signatures WHERE expires_ms < ?1{})",
+                self.db.dialect().skip_locked("seen_signatures")
+            );
+            self.db.defer(&sql, args![now.saturating_sub(60_000)])?;
             self.pruned_ms = now;
         }
         // A digest keeps the table small; 128 bits do not collide by chance.
         let digest = &Sha256::of(signature.as_bytes()).to_hex()[..32];
+        if self.db.dialect() == Dialect::Postgres {
+            self.db.defer(
+                "INSERT INTO seen_signatures (signature, expires_ms) VALUES (?1, ?2)",
+                args![digest, expires_ms],
+            )?;
+            return Ok(());
+        }
         let added = self.db.execute(
             "INSERT INTO seen_signatures (signature, expires_ms) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
             args![digest, expires_ms],
         )?;
-        Ok(added == 1)
+        if added == 1 { Ok(()) } else { Err(StoreError::Replayed) }
     }
 
     pub fn put_blob(&mut self, bytes: &[u8]) -> Result<Sha256, StoreError> {
@@ -493,7 +573,11 @@ impl Store {
     }
 
     pub fn blob(&self, sha: &Sha256) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.db.opt_row("SELECT bytes FROM blobs WHERE sha256 = ?1", args![sha.to_hex()])?.map(|mut r| r.blob(0)).transpose()?)
+        Ok(self
+            .db
+            .opt_row("SELECT bytes FROM blobs WHERE sha256 = ?1", args![sha.to_hex()])?
+            .map(|mut r| r.blob(0))
+            .transpose()?)
     }
 
     pub fn device_key(&self, device_id: u64) -> Result<Option<PublicKey>, StoreError> {
@@ -511,10 +595,13 @@ impl Store {
                 spec.kernel_sha256
             )));
         }
+        // Spot checks are not part of the output: only the other tasks are counted.
+        let counted: Vec<usize> = (0..seeds.len()).filter(|&i| seeds[i].expected_sha256.is_none()).collect();
+        let shards = counted.len().clamp(1, COUNT_SHARDS);
         let tx = self.db.savepoint()?;
         let job_id = tx
             .row(
-                "INSERT INTO jobs (name, spec, state, created_ms, kernel_kind, max_memory_bytes, open_tasks)
+                "INSERT INTO jobs (name, spec, state, created_ms, kernel_kind, max_memory_bytes, count_shards)
                  VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?6) RETURNING id",
                 args![
                     &spec.name,
@@ -523,22 +610,34 @@ impl Store {
                     now,
                     spec.kernel_kind.as_str(),
                     spec.limits.max_memory_bytes,
-                    // Spot checks are not part of the output.
-                    seeds.iter().filter(|s| s.expected_sha256.is_none()).count() as u64
+                    shards as u64
                 ],
             )?
             .int(0)?;
+        for shard in 0..shards {
+            let open = counted.iter().filter(|&&idx| idx % shards == shard).count();
+            tx.defer(
+                "INSERT INTO job_counts (job_id, shard, open_tasks) VALUES (?1, ?2, ?3)",
+                args![job_id, shard as u64, open as u64],
+            )?;
+        }
         for (idx, seed) in seeds.iter().enumerate() {
             let input_sha = put_blob(&*tx, &seed.input)?;
             let task_id = tx
                 .row(
                     "INSERT INTO tasks (job_id, idx, params, input_sha256, state, expected_sha256)
                      VALUES (?1, ?2, ?3, ?4, 'pending', ?5) RETURNING id",
-                    args![job_id, idx as u64, &seed.params, input_sha.to_hex(), seed.expected_sha256.map(|s| s.to_hex())],
+                    args![
+                        job_id,
+                        idx as u64,
+                        &seed.params,
+                        input_sha.to_hex(),
+                        seed.expected_sha256.map(|s| s.to_hex())
+                    ],
                 )?
                 .int(0)?;
             for _ in 0..spec.replication {
-                tx.execute("INSERT INTO replicas (task_id, state) VALUES (?1, 'queued')", args![task_id])?;
+                tx.defer("INSERT INTO replicas (task_id, state) VALUES (?1, 'queued')", args![task_id])?;
             }
         }
         if let Some(sql) = tx.dialect().refresh_statistics() {
@@ -561,52 +660,49 @@ impl Store {
         network: Option<&str>,
     ) -> Result<Vec<TaskManifest>, StoreError> {
         let spread = self.trust.spread;
-        let network = network.filter(|_| spread.network);
-        // Only a pool that spreads by token or organisation needs the device's.
-        let (token_id, org_id) = if spread.token || spread.org {
-            let r = self.db.row("SELECT token_id, org_id FROM devices WHERE id = ?1", args![device_id])?;
-            (r.opt_int(0)?, r.opt_int(1)?)
-        } else {
-            (None, None)
-        };
-        let (token_id, org_id) = (token_id.filter(|_| spread.token), org_id.filter(|_| spread.org));
+        let apart =
+            Apart { device_id, token: spread.token, org: spread.org, network: network.filter(|_| spread.network) };
         let lock = self.db.dialect().skip_locked("r, t");
-        let tx = self.db.savepoint()?;
+        // Ask for extra rows: replicas of a task already claimed in this lease are skipped.
+        let rows = max.saturating_mul(4);
         // Expired leases first (oldest deadline first), then the queue in
-        // order. Each half walks an index and stops at `max` rows: the cost of
-        // a lease does not grow with the number of tasks waiting. Most of the
-        // time nothing has expired, which one index probe tells.
-        let expired = tx
-            .opt_row("SELECT 1 FROM replicas WHERE state = 'leased' AND lease_deadline_ms < ?1 LIMIT 1", args![now])?
-            .is_some();
-        let mut claimed: Vec<(i64, i64, i64, String, String)> = Vec::new();
-        for half in [Walk::Expired, Walk::Queued] {
-            if claimed.len() >= max as usize || (half == Walk::Expired && !expired) {
-                continue;
-            }
-            let Some((which, conditions, params)) =
-                lease_conditions(half, device_id, caps, now, max, token_id, org_id, network)
-            else {
-                break; // the device runs no kind of kernel
-            };
-            let order = if half == Walk::Expired { "r.lease_deadline_ms" } else { "r.task_id, r.id" };
-            let sql = format!(
-                "SELECT r.id, t.id, t.job_id, t.params, t.input_sha256 {LEASE_FROM}
-                 WHERE {which} AND t.state = 'pending' AND j.state = 'running'{conditions}
-                 ORDER BY {order} LIMIT ?1{lock}"
-            );
-            for r in tx.query(&sql, &params)? {
-                let row = (r.int(0)?, r.int(1)?, r.int(2)?, r.text(3)?, r.text(4)?);
-                if claimed.len() < max as usize
-                    && !claimed.iter().any(|c| c.1 == row.1)
-                    && still_allowed(&*tx, row.0, device_id, caps, now, token_id, org_id, network)?
-                {
-                    claimed.push(row);
-                }
+        // order. Each half walks an index and stops at its row limit: the
+        // cost of a lease does not grow with the number of tasks waiting.
+        // Both halves go out together (one round trip on PostgreSQL).
+        // Leases rarely run out (a device vanished), so a connection looks
+        // for them once a second, and on every lease while it finds some.
+        let look_for_expired = now >= self.next_expiry_look_ms;
+        let halves: Vec<(bool, String, Params)> = [true, false]
+            .into_iter()
+            .filter(|&expired| !expired || look_for_expired)
+            .filter_map(|expired| {
+                lease_query(expired, caps, &apart, now, rows, lock.as_str()).map(|(s, p)| (expired, s, p))
+            })
+            .collect();
+        let tx = self.db.savepoint()?;
+        // A lease may be lost in a database crash (docs/architecture.md): its
+        // device's result is then refused as an unknown lease, and the
+        // replica goes out again. Only a lease's own transaction: a batch
+        // may hold results, which must not be lost.
+        if let (true, false, Some(sql)) = (tx.lone(), self.commit_relaxed, tx.dialect().commit_without_waiting()) {
+            tx.defer(sql, &[])?;
+            self.commit_relaxed = true;
+        }
+        let queries: Vec<(&str, &[Value])> = halves.iter().map(|(_, sql, p)| (sql.as_str(), p.0.as_slice())).collect();
+        let found = tx.query_all(&queries)?;
+        if look_for_expired {
+            let expired_found = halves.iter().zip(&found).any(|((expired, ..), rows)| *expired && !rows.is_empty());
+            self.next_expiry_look_ms = if expired_found { now } else { now + 1_000 };
+        }
+        let mut claimed: Vec<(i64, i64, i64, String, String, Option<u64>)> = Vec::new();
+        for r in found.iter().flatten() {
+            let row = (r.int(0)?, r.int(1)?, r.int(2)?, r.text(3)?, r.text(4)?, r.opt_u64(5)?);
+            if claimed.len() < max as usize && !claimed.iter().any(|c| c.1 == row.1) {
+                claimed.push(row);
             }
         }
         let mut manifests = Vec::with_capacity(claimed.len());
-        for (replica_id, task_id, job_id, params, input_sha) in claimed {
+        for (replica_id, task_id, job_id, params, input_sha, input_bytes) in claimed {
             let info = job_info(&*tx, &mut self.jobs, job_id as u64)?;
             let spec = &info.spec;
             let token = random_token();
@@ -615,12 +711,26 @@ impl Store {
                 KernelKind::Wgsl => caps.wgpu_adapter.as_deref(),
                 KernelKind::Wasm => None,
             };
-            tx.execute(
-                "UPDATE replicas SET state = 'leased', device_id = ?1, lease_token = ?2, lease_deadline_ms = ?3, adapter = ?5,
-                 network = ?6 WHERE id = ?4",
-                args![device_id, &token, deadline, replica_id, adapter, network],
+            // The trust rules once more, in a new statement: the query's
+            // NOT EXISTS read the task's other replicas as they were when it
+            // started, and on PostgreSQL a lease of the same task may have
+            // committed while it ran. Holding the task's row now, no other
+            // lease of it can commit until this one does.
+            let mut p = Params(args![device_id, &token, deadline, replica_id, adapter, apart.network].to_vec());
+            let mut recheck = apart.condition(&mut p);
+            if let Some(adapter) = adapter {
+                recheck += &format!(" AND {}", same_adapter(adapter, now, &mut p));
+            }
+            let leased = tx.execute(
+                &format!(
+                    "UPDATE replicas AS r SET state = 'leased', device_id = ?1, lease_token = ?2, lease_deadline_ms = ?3,
+                     adapter = ?5, network = ?6 WHERE r.id = ?4 AND {recheck}"
+                ),
+                &p.0,
             )?;
-            let input_sha256 = parse_sha(&input_sha)?;
+            if leased == 0 {
+                continue;
+            }
             let manifest = TaskManifest {
                 job_id: job_id as u64,
                 task_id: task_id as u64,
@@ -629,8 +739,8 @@ impl Store {
                 lease_id: replica_id as u64,
                 lease_token: token,
                 kernel: KernelRef { kind: spec.kernel_kind, sha256: spec.kernel_sha256, size_bytes: info.kernel_size },
-                input_sha256,
-                input_bytes: blob_size(&*tx, &input_sha256)?.unwrap_or(0),
+                input_sha256: parse_sha(&input_sha)?,
+                input_bytes: input_bytes.unwrap_or(0),
                 params,
                 limits: spec.limits,
                 wgsl: spec.wgsl.clone(),
@@ -649,9 +759,8 @@ impl Store {
         if lease.state != "leased" {
             return Err(StoreError::Conflict(format!("lease {lease_id} is {}, not leased", lease.state)));
         }
-        let job_id = self.db.row("SELECT job_id FROM tasks WHERE id = ?1", args![lease.task_id])?.u64(0)?;
-        let deadline = now + job_info(self.db.as_ref(), &mut self.jobs, job_id)?.spec.lease_ms;
-        self.db.execute("UPDATE replicas SET lease_deadline_ms = ?1 WHERE id = ?2", args![deadline, lease_id])?;
+        let deadline = now + job_info(self.db.as_ref(), &mut self.jobs, lease.job_id as u64)?.spec.lease_ms;
+        self.db.defer("UPDATE replicas SET lease_deadline_ms = ?1 WHERE id = ?2", args![deadline, lease_id])?;
         Ok(deadline)
     }
 
@@ -663,7 +772,7 @@ impl Store {
         failure: Option<&TaskFailure>,
     ) -> Result<(), StoreError> {
         let tx = self.db.savepoint()?;
-        let Lease { task_id, state } = lock_lease(&*tx, lease_id, token, device_id, true)?;
+        let Lease { task_id, state, .. } = lock_lease(&*tx, lease_id, token, device_id, true)?;
         if state != "leased" {
             return Err(StoreError::Conflict(format!("lease {lease_id} is {state}, not leased")));
         }
@@ -730,7 +839,8 @@ impl Store {
         now: u64,
     ) -> Result<ResultOutcome, StoreError> {
         let tx = self.db.savepoint()?;
-        let Lease { task_id, state } = lock_lease(&*tx, lease_id, token, device_id, true)?;
+        let Lease { task_id, state, job_id, idx, task_state: task_state_now, expected_sha256: expected } =
+            lock_lease(&*tx, lease_id, token, device_id, true)?;
         let output_sha = Sha256::of(output);
         if state != "leased" {
             // The same device sending the same result again (its agent died
@@ -741,41 +851,34 @@ impl Store {
             return Err(StoreError::Conflict(format!("lease {lease_id} is {state}: a result was already recorded")));
         }
         put_blob(&*tx, output)?;
-        tx.execute(
+        tx.defer(
             "UPDATE replicas SET state = 'reported', output_sha256 = ?1, fuel = ?2, wall_ms = ?3, cpu_ms = ?4 WHERE id = ?5",
             args![output_sha.to_hex(), fuel, wall_ms, cpu_ms, lease_id],
         )?;
-        let task = tx.row("SELECT job_id, state, expected_sha256 FROM tasks WHERE id = ?1", args![task_id])?;
-        let (job_id, task_state_now, expected) = (task.int(0)?, task.text(1)?, task.opt_text(2)?);
         let info = job_info(&*tx, &mut self.jobs, job_id as u64)?;
         let spec = &info.spec;
+        let replicas = task_replicas(&*tx, task_id)?;
+        let reported = &replicas.reported;
 
         // A spot check judges each answer on arrival, right or wrong, even
         // after the task is done: a late liar must not slip through.
         if let Some(expected) = &expected {
-            let row = Reported::from_row(
-                &tx.row(&format!("{REPORTED} WHERE r.id = ?1"), args![lease_id])?,
-            )?;
+            let row = reported.iter().find(|r| r.replica_id == lease_id as i64).ok_or(DbError::NoRow)?;
             let right = &row.output_sha256 == expected;
             let credits = spec.credit_for(row.fuel.map(|f| f as u64));
-            let receipt = judge(&*tx, &row, right, job_id, task_id, credits, key, now)?;
             let task_state = match (task_state_now.as_str(), right) {
                 ("pending", true) => {
                     close_task(&*tx, task_id, expected)?;
                     TaskState::Done
                 }
                 ("pending", false) => {
-                    let outstanding = outstanding(&*tx, task_id)?;
-                    let answered = tx
-                        .row("SELECT count(*) FROM replicas WHERE task_id = ?1 AND state = 'reported'", args![task_id])?
-                        .int(0)?;
-                    if outstanding == 0 && answered < 2 * i64::from(spec.replication) {
-                        tx.execute("INSERT INTO replicas (task_id, state) VALUES (?1, 'queued')", args![task_id])?;
+                    if replicas.outstanding == 0 && reported.len() < 2 * spec.replication as usize {
+                        tx.defer("INSERT INTO replicas (task_id, state) VALUES (?1, 'queued')", args![task_id])?;
                         TaskState::Pending
-                    } else if outstanding == 0 {
+                    } else if replicas.outstanding == 0 {
                         // Nobody answered right: that says something about the
                         // devices, not about the job, which goes on without it.
-                        tx.execute("UPDATE tasks SET state = 'failed' WHERE id = ?1", args![task_id])?;
+                        tx.defer("UPDATE tasks SET state = 'failed' WHERE id = ?1", args![task_id])?;
                         TaskState::Failed
                     } else {
                         TaskState::Pending
@@ -784,27 +887,19 @@ impl Store {
                 ("done", _) => TaskState::Done,
                 _ => TaskState::Failed,
             };
+            let judged = judge(&*tx, &[(row, right, credits)], job_id, task_id, key, now, None)?;
             tx.commit()?;
-            return Ok(ResultOutcome { task_state, receipt });
+            return Ok(ResultOutcome { task_state, receipt: judged.receipts.into_iter().next().flatten() });
         }
 
         let mut receipt = None;
-        let mut closed_now = false;
         let mut new_state = task_state(&task_state_now);
         if new_state == TaskState::Pending {
             // Quorum: the most common (output, fuel when metered) among reported replicas.
             let metered = spec.limits.max_fuel.is_some();
-            // By device: devices' rows are locked in one order by every pool replica.
-            let reported: Vec<Reported> = tx
-                .query(
-                    &format!("{REPORTED} WHERE r.task_id = ?1 AND r.state = 'reported' ORDER BY r.device_id"),
-                    args![task_id],
-                )?
-                .iter()
-                .map(Reported::from_row)
-                .collect::<Result<_, _>>()?;
             let vote = |r: &Reported| (r.output_sha256.clone(), if metered { r.fuel } else { None });
-            let votes: Vec<Vote<_>> = reported.iter().map(|r| Vote { device_id: r.device_id, value: vote(r) }).collect();
+            let votes: Vec<Vote<_>> =
+                reported.iter().map(|r| Vote { device_id: r.device_id, value: vote(r) }).collect();
             // A result counts alone only from a device that earned it (trust.rs).
             let records: HashMap<i64, (u64, u64)> = reported.iter().map(|r| (r.device_id, r.record)).collect();
             let rules = self.trust;
@@ -813,38 +908,38 @@ impl Store {
             });
             if let Some(canonical) = winner {
                 new_state = TaskState::Done;
-                closed_now = true;
                 close_task(&*tx, task_id, &canonical.0)?;
-                for r in &reported {
-                    let credits = spec.credit_for(r.fuel.map(|f| f as u64));
-                    let signed = judge(&*tx, r, vote(r) == canonical, job_id, task_id, credits, key, now)?;
-                    if r.replica_id == lease_id as i64 {
-                        receipt = signed;
-                    }
+                let verdicts: Vec<_> = reported
+                    .iter()
+                    .map(|r| (r, vote(r) == canonical, spec.credit_for(r.fuel.map(|f| f as u64))))
+                    .collect();
+                let shard = idx % info.count_shards;
+                let judged = judge(&*tx, &verdicts, job_id, task_id, key, now, Some(shard))?;
+                receipt = reported
+                    .iter()
+                    .zip(judged.receipts)
+                    .find(|(r, _)| r.replica_id == lease_id as i64)
+                    .and_then(|(_, s)| s);
+                if judged.shard_left == Some(0) {
+                    finish_job_if_complete(&*tx, job_id, spec)?;
                 }
-            } else {
-                let outstanding = outstanding(&*tx, task_id)?;
-                if outstanding == 0 {
-                    // Disagreement with every replica in, or one result from a
-                    // device whose results are still checked: ask one more
-                    // device, up to twice the replication (at least three
-                    // results where trust is earned), then give up on the task.
-                    let most = (2 * spec.replication as usize).max(if rules.checked_results > 0 { 3 } else { 0 });
-                    if reported.len() < most {
-                        tx.execute("INSERT INTO replicas (task_id, state) VALUES (?1, 'queued')", args![task_id])?;
-                    } else {
-                        new_state = TaskState::Failed;
-                        tx.execute("UPDATE tasks SET state = 'failed' WHERE id = ?1", args![task_id])?;
-                        tx.execute(
-                            "UPDATE jobs SET state = 'failed', error = ?1 WHERE id = ?2",
-                            args![format!("task {task_id}: no quorum among {} results", reported.len()), job_id],
-                        )?;
-                    }
+            } else if replicas.outstanding == 0 {
+                // Disagreement with every replica in, or one result from a
+                // device whose results are still checked: ask one more
+                // device, up to twice the replication (at least three
+                // results where trust is earned), then give up on the task.
+                let most = (2 * spec.replication as usize).max(if rules.checked_results > 0 { 3 } else { 0 });
+                if reported.len() < most {
+                    tx.defer("INSERT INTO replicas (task_id, state) VALUES (?1, 'queued')", args![task_id])?;
+                } else {
+                    new_state = TaskState::Failed;
+                    tx.defer("UPDATE tasks SET state = 'failed' WHERE id = ?1", args![task_id])?;
+                    tx.defer(
+                        "UPDATE jobs SET state = 'failed', error = ?1 WHERE id = ?2",
+                        args![format!("task {task_id}: no quorum among {} results", reported.len()), job_id],
+                    )?;
                 }
             }
-        }
-        if closed_now {
-            finish_job_if_complete(&*tx, job_id, spec)?;
         }
         tx.commit()?;
         Ok(ResultOutcome { task_state: new_state, receipt })
@@ -852,7 +947,8 @@ impl Store {
 
     fn task_counts(&self, job: Option<u64>) -> Result<TaskCounts, StoreError> {
         let mut counts = TaskCounts::default();
-        const COUNTS: &str = "SELECT t.state, EXISTS (SELECT 1 FROM replicas r WHERE r.task_id = t.id AND r.state = 'leased'), count(*)
+        const COUNTS: &str =
+            "SELECT t.state, EXISTS (SELECT 1 FROM replicas r WHERE r.task_id = t.id AND r.state = 'leased'), count(*)
              FROM tasks t";
         let rows = match job {
             Some(job) => self.db.query(&format!("{COUNTS} WHERE t.job_id = ?1 GROUP BY 1, 2"), args![job])?,
@@ -876,7 +972,8 @@ impl Store {
             .db
             .opt_row("SELECT name, state, error FROM jobs WHERE id = ?1", args![job_id])?
             .ok_or(StoreError::NotFound { what: "job", id: job_id.to_string() })?;
-        let credits = self.db.row("SELECT coalesce(sum(credits), 0) FROM receipts WHERE job_id = ?1", args![job_id])?.real(0)?;
+        let credits =
+            self.db.row("SELECT coalesce(sum(credits), 0) FROM receipts WHERE job_id = ?1", args![job_id])?.real(0)?;
         Ok(JobStatus {
             job_id,
             name: row.text(0)?,
@@ -953,15 +1050,21 @@ fn repeat_outcome(
     Ok(Some(ResultOutcome { task_state, receipt }))
 }
 
-/// Counts a task of the job's output done, and combines the output when it
-/// was the last. The count is one `UPDATE` of the job's row: two pool
-/// replicas closing the last two tasks at once take turns on the row, and
-/// the second decrements what the first left (PostgreSQL re-reads a row it
-/// waited for before updating it). No walk over the job's tasks.
+/// Combines the job's output if its last open task just closed; called
+/// when the closing task's shard of the count reached 0. The job's row is
+/// locked first and the shards read in a new statement, which sees
+/// every decrement committed before the lock was granted. Two pool
+/// replicas closing the last tasks of two shards at once: the first to
+/// lock the job finds the other's shard still open (its decrement is not
+/// committed, and cannot be until the first lets go of the job), the
+/// second then finds all shards at 0. So a job completes exactly once.
 fn finish_job_if_complete(db: &dyn Db, job_id: i64, spec: &JobSpec) -> Result<(), StoreError> {
-    let row = db.row("UPDATE jobs SET open_tasks = open_tasks - 1 WHERE id = ?1 RETURNING open_tasks, state", args![job_id])?;
-    let (open, state) = (row.int(0)?, row.text(1)?);
-    if state != "running" || open > 0 {
+    let state = db
+        .row(&format!("SELECT state FROM jobs WHERE id = ?1{}", db.dialect().for_update()), args![job_id])?
+        .text(0)?;
+    let open =
+        db.opt_row("SELECT 1 FROM job_counts WHERE job_id = ?1 AND open_tasks > 0 LIMIT 1", args![job_id])?.is_some();
+    if state != "running" || open {
         return Ok(());
     }
     let outputs: Vec<(String, Vec<u8>)> = db
@@ -976,7 +1079,10 @@ fn finish_job_if_complete(db: &dyn Db, job_id: i64, spec: &JobSpec) -> Result<()
     match combine::combine(spec, &outputs) {
         Ok(bytes) => {
             let sha = put_blob(db, &bytes)?;
-            db.execute("UPDATE jobs SET state = 'done', output_sha256 = ?1 WHERE id = ?2", args![sha.to_hex(), job_id])?;
+            db.execute(
+                "UPDATE jobs SET state = 'done', output_sha256 = ?1 WHERE id = ?2",
+                args![sha.to_hex(), job_id],
+            )?;
         }
         Err(e) => {
             tracing::warn!(job_id, error = %e, "combining the job's outputs failed");
@@ -987,24 +1093,37 @@ fn finish_job_if_complete(db: &dyn Db, job_id: i64, spec: &JobSpec) -> Result<()
 }
 
 /// Locks a lease's row (after its task's, with `task_first`) and checks
-/// that `token` still holds it for `device_id`.
+/// that `token` still holds it for `device_id`. One statement: the task is
+/// locked inside it (the `MATERIALIZED` CTE runs before the lease's row is
+/// locked, which happens last, above the join).
 fn lock_lease(db: &dyn Db, lease_id: u64, token: &str, device_id: u64, task_first: bool) -> Result<Lease, StoreError> {
     let not_found = || StoreError::NotFound { what: "lease", id: lease_id.to_string() };
-    let for_update = db.dialect().for_update();
-    if task_first && !for_update.is_empty() {
-        let task_id = db.opt_row("SELECT task_id FROM replicas WHERE id = ?1", args![lease_id])?.ok_or_else(not_found)?.int(0)?;
-        db.query(&format!("SELECT id FROM tasks WHERE id = ?1{for_update}"), args![task_id])?;
-    }
+    let dialect = db.dialect();
+    let (lock_task, lock_lease) = (if task_first { dialect.for_update() } else { "" }, dialect.for_update_of("r"));
     let row = db
         .opt_row(
-            &format!("SELECT task_id, state, lease_token, device_id FROM replicas WHERE id = ?1{for_update}"),
+            &format!(
+                "WITH t AS MATERIALIZED (SELECT id, job_id, state, expected_sha256, idx FROM tasks
+                   WHERE id = (SELECT task_id FROM replicas WHERE id = ?1){lock_task})
+                 SELECT r.task_id, r.state, r.lease_token, r.device_id, t.job_id, t.state, t.expected_sha256, t.idx
+                 FROM replicas r JOIN t ON t.id = r.task_id WHERE r.id = ?1{lock_lease}"
+            ),
             args![lease_id],
         )?
         .ok_or_else(not_found)?;
     if row.opt_text(2)?.as_deref() != Some(token) || row.opt_int(3)? != Some(device_id as i64) {
-        return Err(StoreError::Conflict("stale lease token: this lease was given to another device or renewed".into()));
+        return Err(StoreError::Conflict(
+            "stale lease token: this lease was given to another device or renewed".into(),
+        ));
     }
-    Ok(Lease { task_id: row.int(0)?, state: row.text(1)? })
+    Ok(Lease {
+        task_id: row.int(0)?,
+        state: row.text(1)?,
+        job_id: row.int(4)?,
+        task_state: row.text(5)?,
+        expected_sha256: row.opt_text(6)?,
+        idx: row.int(7)?,
+    })
 }
 
 impl crate::storage::Storage for Store {
@@ -1041,8 +1160,8 @@ impl crate::storage::Storage for Store {
     fn ping(&self) -> Result<(), StoreError> {
         Store::ping(self)
     }
-    fn first_use(&mut self, signature: &str, expires_ms: u64, now: u64) -> Result<bool, StoreError> {
-        Store::first_use(self, signature, expires_ms, now)
+    fn spend_signature(&mut self, signature: &str, expires_ms: u64, now: u64) -> Result<(), StoreError> {
+        Store::spend_signature(self, signature, expires_ms, now)
     }
     fn create_job(&mut self, spec: &JobSpec, seeds: &[TaskSeed], now: u64) -> Result<u64, StoreError> {
         Store::create_job(self, spec, seeds, now)

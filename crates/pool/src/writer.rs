@@ -15,6 +15,13 @@
 //! batch is rolled back and its operations run again one transaction each;
 //! an operation PostgreSQL chose as a deadlock's victim is run again, a few
 //! times, before its error is answered.
+//!
+//! On PostgreSQL an operation has a transaction to itself (its row locks
+//! are held until it commits, and two batches each waiting on the other's
+//! rows would deadlock), except operations that never wait on a row lock
+//! (leases: they skip rows others hold). Those share a transaction and its
+//! commit, without savepoints: if one fails, all are rolled back and run
+//! again one transaction each.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, mpsc};
@@ -32,7 +39,10 @@ trait Op: Send {
     fn run(&mut self, store: &mut dyn Storage) -> Failed;
     /// Answers with the last run's result, or with `commit_failure` if its
     /// transaction did not commit.
-    fn answer(self: Box<Self>, commit_failure: Option<&str>);
+    fn answer(self: Box<Self>, commit_failure: Option<StoreError>);
+    /// Whether it never waits on a row lock, and so may share a
+    /// transaction on PostgreSQL ([`StoreWriter::run_skipping_locks`]).
+    fn skips_locks(&self) -> bool;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,11 +51,14 @@ enum Failed {
     /// Refused (not found, a conflict, bad input): what it wrote is undone.
     Refused,
     /// A database error: the transaction may be aborted.
-    InDatabase { retryable: bool },
+    InDatabase {
+        retryable: bool,
+    },
 }
 
 struct Pending<T, F> {
     f: F,
+    skips_locks: bool,
     result: Option<Result<T, StoreError>>,
     reply: tokio::sync::oneshot::Sender<Result<T, StoreError>>,
 }
@@ -64,14 +77,18 @@ impl<T: Send, F: FnMut(&mut dyn Storage) -> Result<T, StoreError> + Send> Op for
         failed
     }
 
-    fn answer(self: Box<Self>, commit_failure: Option<&str>) {
+    fn answer(self: Box<Self>, commit_failure: Option<StoreError>) {
         let result = match (self.result, commit_failure) {
             (Some(Err(e)), _) => Err(e),
-            (_, Some(e)) => Err(StoreError::Commit(e.to_owned())),
+            (_, Some(e)) => Err(e),
             (Some(ok), None) => ok,
             (None, None) => Err(StoreError::Commit("the operation did not run".into())),
         };
         let _ = self.reply.send(result);
+    }
+
+    fn skips_locks(&self) -> bool {
+        self.skips_locks
     }
 }
 
@@ -82,12 +99,22 @@ pub(crate) struct StoreWriter {
     ops: mpsc::Sender<Box<dyn Op>>,
 }
 
+/// How many operations share a transaction.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Batches {
+    /// Any operations, each in its own savepoint (SQLite).
+    pub any: usize,
+    /// Operations that skip locked rows, without savepoints (PostgreSQL);
+    /// `None`: they batch as any other.
+    pub skipping_locks: Option<usize>,
+}
+
 impl StoreWriter {
     /// One thread per store (each its own connection), taking up to
-    /// `max_batch` operations per transaction.
+    /// `batches` operations per transaction.
     pub fn start(
         stores: Vec<Box<dyn Storage>>,
-        max_batch: usize,
+        batches: Batches,
         metrics: Arc<metrics::Replica>,
     ) -> std::io::Result<Self> {
         let (ops, queue) = mpsc::channel::<Box<dyn Op>>();
@@ -96,7 +123,7 @@ impl StoreWriter {
             let (queue, metrics) = (queue.clone(), metrics.clone());
             std::thread::Builder::new()
                 .name(format!("pool-store-{i}"))
-                .spawn(move || serve(store, &queue, max_batch.max(1), &metrics))?;
+                .spawn(move || serve(store, &queue, batches, &metrics))?;
         }
         Ok(Self { ops })
     }
@@ -107,27 +134,85 @@ impl StoreWriter {
         &self,
         f: impl FnMut(&mut dyn Storage) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.send(f, false).await
+    }
+
+    /// [`StoreWriter::run`] for work that never waits on a row lock (it
+    /// skips locked rows): on PostgreSQL it may share a transaction.
+    pub async fn run_skipping_locks<T: Send + 'static>(
+        &self,
+        f: impl FnMut(&mut dyn Storage) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.send(f, true).await
+    }
+
+    async fn send<T: Send + 'static>(
+        &self,
+        f: impl FnMut(&mut dyn Storage) -> Result<T, StoreError> + Send + 'static,
+        skips_locks: bool,
+    ) -> Result<T, StoreError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.ops.send(Box::new(Pending { f, result: None, reply })).map_err(|_| StoreError::Closed)?;
+        self.ops.send(Box::new(Pending { f, skips_locks, result: None, reply })).map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 }
 
-fn serve(mut store: Box<dyn Storage>, queue: &Queue, max_batch: usize, metrics: &metrics::Replica) {
+fn serve(mut store: Box<dyn Storage>, queue: &Queue, batches: Batches, metrics: &metrics::Replica) {
+    // An operation taken from the queue that did not fit the last batch (of
+    // operations skipping locks): it runs next, alone, without waiting for
+    // the queue, which another thread may hold while it waits for work.
+    let mut carried: Option<Box<dyn Op>> = None;
     loop {
+        if let Some(op) = carried.take() {
+            run_alone(store.as_mut(), op, metrics);
+            continue;
+        }
         let batch = {
+            // One hold of the queue from the first operation to the last,
+            // for the same reason.
             let Ok(queue) = queue.lock() else { return };
             let Ok(first) = queue.recv() else { return };
+            let sharing = batches.skipping_locks.filter(|_| first.skips_locks());
+            let max = match (batches.skipping_locks, sharing) {
+                (_, Some(max)) => max,
+                (Some(_), None) => 1,
+                (None, None) => batches.any,
+            };
             let mut batch = vec![first];
-            while batch.len() < max_batch {
+            while batch.len() < max {
                 match queue.try_recv() {
-                    Ok(op) => batch.push(op),
+                    Ok(op) if sharing.is_none() || op.skips_locks() => batch.push(op),
+                    Ok(op) => {
+                        carried = Some(op);
+                        break;
+                    }
                     Err(_) => break,
                 }
             }
-            batch
+            (batch, sharing.is_some())
         };
-        run_batch(store.as_mut(), batch, metrics);
+        match batch {
+            (batch, true) => run_sharing(store.as_mut(), batch, metrics),
+            (batch, false) => run_batch(store.as_mut(), batch, metrics),
+        }
+    }
+}
+
+/// Operations that skip locked rows, in one transaction without
+/// savepoints; if any fails, all are run again one transaction each.
+fn run_sharing(store: &mut dyn Storage, mut batch: Vec<Box<dyn Op>>, metrics: &metrics::Replica) {
+    if batch.len() == 1 {
+        return run_alone(store, batch.pop().expect("one"), metrics);
+    }
+    if store.begin_lone().is_ok() && batch.iter_mut().all(|op| op.run(store) == Failed::No) && commit(store).is_none() {
+        for op in batch {
+            op.answer(None);
+        }
+        return;
+    }
+    store.rollback();
+    for op in batch {
+        run_alone(store, op, metrics);
     }
 }
 
@@ -140,7 +225,7 @@ fn run_batch(store: &mut dyn Storage, mut batch: Vec<Box<dyn Op>>, metrics: &met
         tracing::error!(error = %failure, "beginning a transaction failed");
         store.rollback();
         for op in batch {
-            op.answer(Some(&failure));
+            op.answer(Some(StoreError::Commit(failure.clone())));
         }
         return;
     }
@@ -152,9 +237,9 @@ fn run_batch(store: &mut dyn Storage, mut batch: Vec<Box<dyn Op>>, metrics: &met
         }
     }
     if clean {
-        let failure = commit(store);
+        let failure = commit(store).map(|e| e.to_string());
         for op in batch {
-            op.answer(failure.as_deref());
+            op.answer(failure.clone().map(StoreError::Commit));
         }
         return;
     }
@@ -166,39 +251,109 @@ fn run_batch(store: &mut dyn Storage, mut batch: Vec<Box<dyn Op>>, metrics: &met
 
 /// One operation in its own transaction (without savepoints: a failure
 /// rolls the transaction back), run again while PostgreSQL picks it to
-/// break a deadlock.
+/// break a deadlock. Its deferred statements go out with the commit, so a
+/// commit can fail as the operation would have (a deadlock, a replay):
+/// that failure is the operation's.
 fn run_alone(store: &mut dyn Storage, mut op: Box<dyn Op>, metrics: &metrics::Replica) {
     for attempt in 1..=MAX_ATTEMPTS {
         if let Err(e) = store.begin_lone() {
             store.rollback();
-            op.answer(Some(&e.to_string()));
+            op.answer(Some(StoreError::Commit(e.to_string())));
             return;
         }
         match op.run(store) {
-            Failed::No => {
-                op.answer(commit(store).as_deref());
-                return;
-            }
-            Failed::InDatabase { retryable: true } if attempt < MAX_ATTEMPTS => {
-                store.rollback();
-                metrics.retried();
-                tracing::debug!(attempt, "the database aborted an operation (a deadlock, a lost connection); running it again");
-                std::thread::sleep(std::time::Duration::from_millis(5 * u64::from(attempt)));
-            }
+            Failed::No => match commit(store) {
+                None => return op.answer(None),
+                Some(e) if e.retryable() && attempt < MAX_ATTEMPTS => {}
+                Some(e) => return op.answer(Some(e)),
+            },
+            Failed::InDatabase { retryable: true } if attempt < MAX_ATTEMPTS => store.rollback(),
             Failed::Refused | Failed::InDatabase { .. } => {
                 store.rollback();
                 // Its own error, not a commit failure.
-                op.answer(None);
-                return;
+                return op.answer(None);
             }
         }
+        metrics.retried();
+        tracing::debug!(attempt, "the database aborted an operation (a deadlock, a lost connection); running it again");
+        std::thread::sleep(std::time::Duration::from_millis(5 * u64::from(attempt)));
     }
 }
 
 /// Commits; on failure rolls back and says why, for the answers.
-fn commit(store: &mut dyn Storage) -> Option<String> {
-    let failure = store.commit().err()?.to_string();
-    tracing::error!(error = %failure, "committing failed; the transaction was rolled back");
+fn commit(store: &mut dyn Storage) -> Option<StoreError> {
+    let failure = store.commit().err()?;
+    // A replay or a deadlock victim is the operation's own failure, answered or run again.
+    if !matches!(failure, StoreError::Replayed) && !failure.retryable() {
+        tracing::error!(error = %failure, "committing failed; the transaction was rolled back");
+    }
     store.rollback();
     Some(failure)
+}
+
+#[cfg(test)]
+mod tests {
+    use idlemesh_protocol::Keypair;
+    use idlemesh_protocol::api::{Capabilities, JobSpec};
+
+    use super::*;
+    use crate::store::Store;
+    use crate::trust::TrustRules;
+
+    /// Leases (which share transactions on PostgreSQL) and other operations
+    /// (one transaction each) sent at once, as a busy replica gets them:
+    /// every one is answered, including an operation a thread took from the
+    /// queue while gathering leases and the last ones, after which nothing
+    /// more arrives to wake a waiting thread.
+    #[test]
+    fn mixed_operations_on_postgresql_are_all_answered() {
+        let url = crate::test_cluster::Cluster::shared().create_database().unwrap();
+        let connect = || Box::new(crate::db::Postgres::connect(&url).unwrap());
+        let rules = TrustRules::single_owner();
+        let mut first = Store::open(connect(), rules).unwrap();
+        let kernel = first.put_blob(b"k").unwrap();
+        let spec: JobSpec = serde_json::from_value(serde_json::json!({
+            "name": "t", "kernel_kind": "wasm", "kernel_sha256": kernel,
+            "split": {"kind": "range", "start": 0, "end": 400, "chunk": 1},
+            "replication": 1, "quorum": 1, "combiner": {"kind": "concat"},
+        }))
+        .unwrap();
+        first.create_job(&spec, &crate::split::expand(&spec).unwrap(), 1_000).unwrap();
+        let devices: Vec<u64> = (0..200)
+            .map(|_| first.enroll(&Keypair::generate().unwrap().public(), "{}", None, 1_000).unwrap().0)
+            .collect();
+        let mut stores: Vec<Box<dyn Storage>> = vec![Box::new(first)];
+        stores.extend((1..4).map(|_| Box::new(Store::on_migrated(connect(), rules)) as Box<dyn Storage>));
+        let writer = StoreWriter::start(stores, Batches { any: 1, skipping_locks: Some(16) }, Arc::default()).unwrap();
+
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let (leased, looked_up) = rt.block_on(async {
+            let caps = Capabilities { wasm: true, wgpu_adapter: None, cores: 2, memory_bytes: 0 };
+            let mut leases = Vec::new();
+            let mut lookups = Vec::new();
+            for &device in &devices {
+                let (w, caps) = (writer.clone(), caps.clone());
+                leases.push(tokio::spawn(async move {
+                    w.run_skipping_locks(move |s| s.lease(device, &caps, 1, 2_000, None)).await
+                }));
+                let w = writer.clone();
+                lookups.push(tokio::spawn(async move { w.run(move |s| s.device_stats(device)).await }));
+            }
+            let all = async {
+                let mut leased = 0;
+                for l in leases {
+                    leased += l.await.unwrap().unwrap().len();
+                }
+                let mut looked_up = 0;
+                for l in lookups {
+                    looked_up += usize::from(l.await.unwrap().is_ok());
+                }
+                (leased, looked_up)
+            };
+            tokio::time::timeout(std::time::Duration::from_secs(60), all)
+                .await
+                .expect("an operation was never answered")
+        });
+        assert_eq!((leased, looked_up), (devices.len(), devices.len()));
+    }
 }

@@ -28,6 +28,8 @@ pub(crate) struct Postgres {
     in_transaction: Cell<bool>,
     /// A `BEGIN` not sent yet: it goes with the transaction's first statement.
     begin_pending: Cell<bool>,
+    /// Statements deferred ([`Db::defer`]): they go with the next one.
+    deferred: RefCell<Vec<(Statement, Vec<Value>)>>,
     lone: Cell<bool>,
 }
 
@@ -37,7 +39,11 @@ impl From<tokio_postgres::Error> for DbError {
             return DbError::Closed(e.to_string());
         }
         match e.as_db_error() {
-            Some(db) => DbError::Postgres { message: db.message().to_owned(), code: Some(db.code().code().to_owned()) },
+            Some(db) => DbError::Postgres {
+                message: db.message().to_owned(),
+                code: Some(db.code().code().to_owned()),
+                constraint: db.constraint().map(str::to_owned),
+            },
             // "error connecting to server: Connection refused (os error 111)"
             None => {
                 let mut message = e.to_string();
@@ -46,7 +52,7 @@ impl From<tokio_postgres::Error> for DbError {
                     message = format!("{message}: {c}");
                     cause = c.source();
                 }
-                DbError::Postgres { message, code: None }
+                DbError::postgres(message)
             }
         }
     }
@@ -87,15 +93,16 @@ impl Postgres {
     /// Unix socket directory as `?host=/dir`).
     pub fn connect(url: &str) -> Result<Self, DbError> {
         let mut config: Config =
-            url.parse().map_err(|e: tokio_postgres::Error| DbError::Postgres { message: format!("the database URL: {e}"), code: None })?;
+            url.parse().map_err(|e: tokio_postgres::Error| DbError::postgres(format!("the database URL: {e}")))?;
         config.connect_timeout(Duration::from_secs(5));
         config.application_name("idlemesh-pool");
         // Off any async task's thread: the runtime here cannot run inside another.
         std::thread::scope(|s| {
             s.spawn(|| {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
-                    DbError::Postgres { message: format!("starting the database thread's runtime: {e}"), code: None }
-                })?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| DbError::postgres(format!("starting the database thread's runtime: {e}")))?;
                 let client = open(&rt, &config)?;
                 Ok(Self {
                     rt,
@@ -104,37 +111,54 @@ impl Postgres {
                     statements: RefCell::default(),
                     in_transaction: Cell::default(),
                     begin_pending: Cell::default(),
+                    deferred: RefCell::default(),
                     lone: Cell::default(),
                 })
             })
             .join()
-            .unwrap_or_else(|_| Err(DbError::Postgres { message: "connecting panicked".into(), code: None }))
+            .unwrap_or_else(|_| Err(DbError::postgres("connecting panicked".into())))
         })
     }
 
-    /// `work`, preceded by the transaction's `BEGIN` if that is still to
-    /// be sent: both go out before either answer is awaited (one round
-    /// trip, not two). The client sends requests in the order they are
-    /// first polled, and `join!` polls left to right.
-    async fn after_begin<T>(
+    /// `work`, preceded by what is still to be sent of the transaction: its
+    /// `BEGIN` and the deferred statements. All go out before any answer is
+    /// awaited (one round trip, not several): the client sends requests in
+    /// the order they are first polled, and `join!` and `join_all` poll in
+    /// order. The first error in that order is the one returned: after it
+    /// the transaction is aborted and the later statements fail for that.
+    async fn pipelined<T>(
         &self,
         work: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
-    ) -> Result<T, tokio_postgres::Error> {
-        if !self.begin_pending.replace(false) {
-            return work.await;
+    ) -> Result<T, DbError> {
+        let begin = self.begin_pending.replace(false);
+        let deferred = std::mem::take(&mut *self.deferred.borrow_mut());
+        if !begin && deferred.is_empty() {
+            return Ok(work.await?);
         }
-        let (began, done) = tokio::join!(self.client.batch_execute("BEGIN"), work);
+        let began = async { if begin { self.client.batch_execute("BEGIN").await } else { Ok(()) } };
+        let deferred = futures_util::future::join_all(deferred.iter().map(|(statement, params)| {
+            let params = refs(params);
+            async move { self.client.execute(statement, &params).await }
+        }));
+        let (began, deferred, done) = tokio::join!(began, deferred, work);
         began?;
-        done
+        for d in deferred {
+            d?;
+        }
+        Ok(done?)
     }
 
     fn end(&self, how: &str) -> Result<(), DbError> {
         self.in_transaction.set(false);
         self.lone.set(false);
-        if self.begin_pending.replace(false) {
+        if how == "ROLLBACK" {
+            self.deferred.borrow_mut().clear();
+        }
+        if self.begin_pending.get() && self.deferred.borrow().is_empty() {
+            self.begin_pending.set(false);
             return Ok(()); // nothing was sent: nothing to end
         }
-        Ok(self.rt.block_on(self.client.batch_execute(how))?)
+        self.rt.block_on(self.pipelined(self.client.batch_execute(how)))
     }
 
     fn statement(&self, sql: &str) -> Result<Statement, DbError> {
@@ -167,8 +191,12 @@ fn open(rt: &tokio::runtime::Runtime, config: &Config) -> Result<Client, DbError
     // tables: every statement here touches a handful of rows, but generic
     // plans merged the lease's candidates with the tasks table walked from
     // its first row, slower the longer a job ran (docs/benchmarks.md).
+    //
+    // And never compile a statement to machine code: a generic plan's cost
+    // is estimated for the whole queue, which crossed the JIT threshold,
+    // and compiling took 33 ms of a 28 ms lease query (auto_explain).
     rt.block_on(client.batch_execute(
-        "SET plan_cache_mode = force_generic_plan; SET enable_mergejoin = off; SET enable_hashjoin = off",
+        "SET plan_cache_mode = force_generic_plan; SET enable_mergejoin = off; SET enable_hashjoin = off; SET jit = off",
     ))?;
     Ok(client)
 }
@@ -234,6 +262,10 @@ impl<'a> FromSql<'a> for Value {
     }
 }
 
+fn rows(rows: &[tokio_postgres::Row]) -> Result<Vec<Row>, DbError> {
+    rows.iter().map(|r| Ok(Row((0..r.len()).map(|i| r.try_get::<_, Value>(i)).collect::<Result<_, _>>()?))).collect()
+}
+
 fn refs(params: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
     params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
 }
@@ -246,20 +278,37 @@ impl Db for Postgres {
     fn execute(&self, sql: &str, params: &[Value]) -> Result<u64, DbError> {
         let statement = self.statement(sql)?;
         let params = refs(params);
-        Ok(self.rt.block_on(self.after_begin(self.client.execute(&statement, &params)))?)
+        self.rt.block_on(self.pipelined(self.client.execute(&statement, &params)))
     }
 
     fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>, DbError> {
         let statement = self.statement(sql)?;
         let params = refs(params);
-        let rows = self.rt.block_on(self.after_begin(self.client.query(&statement, &params)))?;
-        rows.iter()
-            .map(|r| Ok(Row((0..r.len()).map(|i| r.try_get::<_, Value>(i)).collect::<Result<_, _>>()?)))
-            .collect()
+        rows(&self.rt.block_on(self.pipelined(self.client.query(&statement, &params)))?)
+    }
+
+    fn defer(&self, sql: &str, params: &[Value]) -> Result<(), DbError> {
+        if !self.in_transaction.get() {
+            return self.execute(sql, params).map(drop); // no commit would send it
+        }
+        let statement = self.statement(sql)?;
+        self.deferred.borrow_mut().push((statement, params.to_vec()));
+        Ok(())
+    }
+
+    fn query_all(&self, queries: &[(&str, &[Value])]) -> Result<Vec<Vec<Row>>, DbError> {
+        let statements = queries.iter().map(|(sql, _)| self.statement(sql)).collect::<Result<Vec<_>, _>>()?;
+        let all = futures_util::future::join_all(statements.iter().zip(queries).map(|(statement, (_, params))| {
+            let params = refs(params);
+            async move { self.client.query(statement, &params).await }
+        }));
+        // One future for `pipelined`: the first error in order wins.
+        let all = async { all.await.into_iter().collect::<Result<Vec<_>, _>>() };
+        self.rt.block_on(self.pipelined(all))?.iter().map(|rows_of_one| rows(rows_of_one)).collect()
     }
 
     fn batch(&self, sql: &str) -> Result<(), DbError> {
-        Ok(self.rt.block_on(self.after_begin(self.client.batch_execute(sql)))?)
+        self.rt.block_on(self.pipelined(self.client.batch_execute(sql)))
     }
 
     fn begin(&self) -> Result<(), DbError> {
@@ -300,6 +349,7 @@ impl Db for Postgres {
             self.statements.borrow_mut().clear();
             self.in_transaction.set(false);
             self.begin_pending.set(false);
+            self.deferred.borrow_mut().clear();
         }
         Ok(())
     }
@@ -309,9 +359,15 @@ impl Db for Postgres {
 mod tests {
     #[test]
     fn passwords_stay_out_of_messages() {
-        assert_eq!(super::redact_password("postgres://pool:s3cret@db:5432/idlemesh"), "postgres://pool:***@db:5432/idlemesh");
+        assert_eq!(
+            super::redact_password("postgres://pool:s3cret@db:5432/idlemesh"),
+            "postgres://pool:***@db:5432/idlemesh"
+        );
         assert_eq!(super::redact_password("postgres://pool@db/idlemesh"), "postgres://pool@db/idlemesh");
-        assert_eq!(super::redact_password("postgresql:///idlemesh?host=/run/pg"), "postgresql:///idlemesh?host=/run/pg");
+        assert_eq!(
+            super::redact_password("postgresql:///idlemesh?host=/run/pg"),
+            "postgresql:///idlemesh?host=/run/pg"
+        );
         assert_eq!(
             super::redact_password("postgresql:///idlemesh?user=pool&password=s3cret&host=/run/pg"),
             "postgresql:///idlemesh?user=pool&password=***&host=/run/pg"

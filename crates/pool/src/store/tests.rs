@@ -239,7 +239,9 @@ fn jobs_need_a_stored_kernel(b: Backend) {
     }))
     .unwrap();
     let seeds = split::expand(&spec).unwrap();
-    assert!(matches!(w.store.create_job(&spec, &seeds, 1), Err(StoreError::Invalid(m)) if m.contains("POST /v1/blobs")));
+    assert!(
+        matches!(w.store.create_job(&spec, &seeds, 1), Err(StoreError::Invalid(m)) if m.contains("POST /v1/blobs"))
+    );
 }
 
 fn devices_get_only_jobs_they_can_run(b: Backend) {
@@ -604,7 +606,45 @@ fn a_new_devices_result_is_confirmed_before_it_counts_and_a_liar_stays_checked(b
     assert_eq!(report(&mut w, &m, b"right", 11_001).unwrap().task_state, TaskState::Pending);
 }
 
+/// A device request as the writer runs it: its own transaction, the
+/// signature spent first, then the work; committed only if all went well.
+fn signed_lease(w: &mut World, signature: &str, device: u64, now: u64) -> Result<Vec<TaskManifest>, StoreError> {
+    let caps = Capabilities { wasm: true, wgpu_adapter: None, cores: 2, memory_bytes: 0 };
+    w.store.begin_lone()?;
+    let done =
+        w.store.spend_signature(signature, now + 60_000, now).and_then(|()| w.store.lease(device, &caps, 1, now, None));
+    match done {
+        Ok(leased) => w.store.commit().map(|()| leased),
+        Err(e) => {
+            w.store.rollback();
+            Err(e)
+        }
+    }
+}
+
+fn a_request_signature_is_spent_once_and_a_replay_changes_nothing(b: Backend) {
+    let (mut w, _) = world(b, 1, 1, 1, 3);
+    let d = w.devices[0];
+    assert_eq!(signed_lease(&mut w, "signature one", d, 2_000).unwrap().len(), 1);
+    // The same signature again (on PostgreSQL found by the lease's own
+    // statement, which carried the deferred insert).
+    let replay = signed_lease(&mut w, "signature one", d, 2_001);
+    assert!(matches!(replay, Err(StoreError::Replayed)), "{:?}", replay.map(|m| m.len()));
+    // The replayed lease left nothing behind: two tasks still queued.
+    assert_eq!(w.lease(d, 10, 2_002).len(), 2);
+    // A replay whose operation sends nothing more is refused at the commit.
+    w.store.begin_lone().unwrap();
+    let spent = w.store.spend_signature("signature one", 62_000, 2_003).and_then(|()| w.store.commit());
+    assert!(matches!(spent, Err(StoreError::Replayed)), "{spent:?}");
+    w.store.rollback();
+    // A new signature is fine.
+    w.store.begin_lone().unwrap();
+    w.store.spend_signature("signature two", 62_000, 2_004).unwrap();
+    w.store.commit().unwrap();
+}
+
 on_both_backends!(
+    a_request_signature_is_spent_once_and_a_replay_changes_nothing,
     a_device_never_gets_two_replicas_of_one_task,
     expired_leases_are_fenced_off,
     heartbeat_extends_and_give_back_requeues,
@@ -632,7 +672,8 @@ on_both_backends!(
 #[test]
 fn replicas_closing_the_last_two_tasks_at_once_complete_the_job() {
     let url = crate::test_cluster::Cluster::shared().create_database().unwrap();
-    let open = || Store::open(Box::new(crate::db::Postgres::connect(&url).unwrap()), TrustRules::single_owner()).unwrap();
+    let open =
+        || Store::open(Box::new(crate::db::Postgres::connect(&url).unwrap()), TrustRules::single_owner()).unwrap();
     let (mut first, mut second) = (open(), open());
     let kernel = first.put_blob(b"k").unwrap();
     let spec: JobSpec = serde_json::from_value(json!({
@@ -653,6 +694,7 @@ fn replicas_closing_the_last_two_tasks_at_once_complete_the_job() {
     let (judged, judge) = std::sync::mpsc::channel();
     std::thread::scope(|s| {
         s.spawn(|| {
+            let judged = judged; // dropped if this panics: the judge below then stops waiting
             first.begin().unwrap();
             first.submit_result(a.device_id, a.lease_id, &a.lease_token, b"a", None, 1, 1, &key, 3_000).unwrap();
             judged.send(()).unwrap();
