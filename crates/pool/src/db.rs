@@ -60,6 +60,21 @@ impl Dialect {
         }
     }
 
+    /// A query for `?1` new ids of `table`'s `id` column: from its
+    /// sequence on PostgreSQL (shared by every pool replica), after the
+    /// highest on SQLite (one writer, inside its transaction).
+    pub fn next_ids(self, table: &str) -> String {
+        match self {
+            Self::Sqlite => format!(
+                "WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
+                 SELECT (SELECT coalesce(max(id), 0) FROM {table}) + i FROM n"
+            ),
+            Self::Postgres => {
+                format!("SELECT nextval(pg_get_serial_sequence('{table}', 'id')) FROM generate_series(1, ?1)")
+            }
+        }
+    }
+
     /// Run after a job's tasks are added. PostgreSQL plans by its
     /// statistics, and a big job's tasks, unknown to them until autovacuum
     /// gets round to it, made it plan the lease as a sort of the whole

@@ -16,13 +16,16 @@
 //! - results, give-backs and heartbeats lock their lease's row (and a
 //!   result or give-back its task's row first) before checking the token,
 //!   so a re-lease and a late result take turns and the fence holds;
-//! - a task closing decrements its job's count of open tasks in one
-//!   `UPDATE` (which waits for the row and then re-reads it), so the last
-//!   two tasks finishing on two replicas complete the job exactly once;
+//! - a task closing decrements its shard of its job's count of open tasks
+//!   in one `UPDATE` (which waits for the row and then re-reads it); the
+//!   one that empties a shard locks the job and looks at the other shards
+//!   in a new statement, so the last two tasks finishing on two replicas
+//!   complete the job exactly once ([`finish_job_if_complete`]);
 //! - a claimed replica is checked against the trust rules again in a new
 //!   statement, which sees leases of its task committed meanwhile;
 //! - locks are always taken in one order (task, its replicas, devices by
-//!   id, job), and PostgreSQL's deadlock victims are run again (writer.rs).
+//!   id, a shard of the job's count, the job), and PostgreSQL's deadlock
+//!   victims are run again (writer.rs).
 //!
 //! SQLite has one writer at a time (`BEGIN IMMEDIATE`) and needs none of it.
 
@@ -317,49 +320,100 @@ struct Judged {
     shard_left: Option<i64>,
 }
 
-/// Records the verdicts on reported replicas (each with its credit): their
-/// validity, their devices' reputation, and for each valid one the credit
-/// and a signed receipt (returned in the verdicts' order). With the shard
-/// of a task that just closed, the job's count of open tasks in that shard
-/// goes down in the same round trip, and what it left is returned
-/// ([`finish_job_if_complete`] once it is 0).
+/// A task closing with its judgement.
+struct Close<'a> {
+    canonical_sha256: &'a str,
+    /// Its shard of the job's count of open tasks (spot checks are not counted).
+    shard: Option<i64>,
+}
+
+/// Records the verdicts on reported replicas of a task (each with its
+/// credit): their validity, their devices' reputation, and for each valid
+/// one the credit and a signed receipt (returned in the verdicts' order).
+/// With `close`, the task is done too: its canonical output kept, its
+/// replicas still out cancelled, its shard of the job's count decremented
+/// (what is left is returned, for [`finish_job_if_complete`] once it is
+/// 0). At most six statements in two round trips, however many replicas.
 #[allow(clippy::too_many_arguments, reason = "one value per field of the receipts it signs")]
 fn judge(
     db: &dyn Db,
-    verdicts: &[(&Reported, bool, f64)],
-    job_id: i64,
     task_id: i64,
+    verdicts: &[(&Reported, bool, f64)],
+    close: Option<Close<'_>>,
+    job_id: i64,
     key: &Keypair,
     now: u64,
-    closed_shard: Option<i64>,
 ) -> Result<Judged, StoreError> {
-    for &(r, valid, credits) in verdicts {
-        db.defer("UPDATE replicas SET valid = ?1 WHERE id = ?2", args![valid, r.replica_id])?;
-        if valid {
-            db.defer(
-                "UPDATE devices SET valid_results = valid_results + 1, credits = credits + ?2 WHERE id = ?1",
-                args![r.device_id, credits],
-            )?;
-        } else {
-            db.defer("UPDATE devices SET invalid_results = invalid_results + 1 WHERE id = ?1", args![r.device_id])?;
-        }
+    if verdicts.is_empty() {
+        // Both callers judge at least the replica just reported.
+        return Err(StoreError::Invalid(format!("task {task_id}: nothing to judge")));
     }
-    // A receipt's number comes from the database (one sequence for every
-    // pool replica), and the receipt signs it: insert, then sign, then fill in.
-    let inserts: Vec<[Value; 4]> = verdicts
+    if let Some(close) = &close {
+        db.defer(
+            "UPDATE tasks SET state = 'done', canonical_sha256 = ?1 WHERE id = ?2",
+            args![close.canonical_sha256, task_id],
+        )?;
+    }
+    // The verdicts, and the closed task's replicas still out cancelled, in one statement.
+    let mut p = Params::default();
+    let task = p.bind(task_id);
+    let (mut cases, mut ids) = (String::new(), Vec::new());
+    for &(r, valid, _) in verdicts {
+        let id = p.bind(r.replica_id);
+        cases += &format!(" WHEN {id} THEN {}", p.bind(valid));
+        ids.push(id);
+    }
+    let (cancel, or_open) = match &close {
+        Some(_) => (
+            ", state = CASE WHEN state IN ('queued', 'leased') THEN 'cancelled' ELSE state END",
+            " OR state IN ('queued', 'leased')",
+        ),
+        None => ("", ""),
+    };
+    db.defer(
+        &format!(
+            "UPDATE replicas SET valid = CASE id{cases} ELSE valid END{cancel}
+             WHERE task_id = {task} AND (id IN ({}){or_open})",
+            ids.join(", ")
+        ),
+        &p.0,
+    )?;
+    // The devices' records in one statement (in device order: every pool
+    // replica updates devices' rows in one order).
+    let mut p = Params::default();
+    let rows: Vec<String> = verdicts
         .iter()
-        .filter(|v| v.1)
-        .map(|&(r, _, credits)| [r.replica_id.into(), r.device_id.into(), job_id.into(), credits.into()])
-        .collect();
-    let mut queries: Vec<(&str, &[Value])> = inserts
-        .iter()
-        .map(|a| {
-            let sql = "INSERT INTO receipts (replica_id, device_id, job_id, credits, payload, signature)
-                       VALUES (?1, ?2, ?3, ?4, '', '') RETURNING id";
-            (sql, a.as_slice())
+        .map(|&(r, valid, credits)| {
+            format!(
+                "(CAST({} AS BIGINT), CAST({} AS BIGINT), CAST({} AS DOUBLE PRECISION))",
+                p.bind(r.device_id),
+                p.bind(i64::from(valid)),
+                p.bind(if valid { credits } else { 0.0 })
+            )
         })
         .collect();
-    let shard = closed_shard.map(|shard| [Value::from(job_id), Value::from(shard)]);
+    db.defer(
+        &format!(
+            "WITH v (id, ok, paid) AS (VALUES {})
+             UPDATE devices SET valid_results = valid_results + v.ok, invalid_results = invalid_results + 1 - v.ok,
+                 credits = devices.credits + v.paid
+             FROM v WHERE devices.id = v.id",
+            rows.join(", ")
+        ),
+        &p.0,
+    )?;
+    // A receipt's number comes from the database (one sequence for every
+    // pool replica) and the receipt signs it: the numbers are reserved
+    // first, then each receipt is inserted signed. The job's count goes
+    // down in the same round trip.
+    let paid = verdicts.iter().filter(|v| v.1).count();
+    let reserve = [Value::from(paid as u64)];
+    let shard = close.as_ref().and_then(|c| c.shard).map(|shard| [Value::from(job_id), Value::from(shard)]);
+    let mut queries: Vec<(&str, &[Value])> = Vec::new();
+    let next_ids = db.dialect().next_ids("receipts");
+    if paid > 0 {
+        queries.push((next_ids.as_str(), &reserve));
+    }
     if let Some(shard) = &shard {
         // Two pool replicas closing tasks of one shard at once take turns
         // on its row, and the second decrements what the first left
@@ -368,14 +422,25 @@ fn judge(
             "UPDATE job_counts SET open_tasks = open_tasks - 1 WHERE job_id = ?1 AND shard = ?2 RETURNING open_tasks";
         queries.push((sql, shard));
     }
-    let mut answers = db.query_all(&queries)?.into_iter().map(|rows| rows.into_iter().next().ok_or(DbError::NoRow));
+    let mut answers = db.query_all(&queries)?.into_iter();
+    let mut receipt_ids = match paid {
+        0 => Vec::new(),
+        _ => answers.next().ok_or(DbError::NoRow)?,
+    }
+    .into_iter();
+    let shard_left = match shard {
+        Some(_) => Some(answers.next().and_then(|rows| rows.into_iter().next()).ok_or(DbError::NoRow)?.int(0)?),
+        None => None,
+    };
+    let mut p = Params::default();
+    let mut rows = Vec::new();
     let mut receipts = Vec::with_capacity(verdicts.len());
     for &(r, valid, credits) in verdicts {
         if !valid {
             receipts.push(None);
             continue;
         }
-        let receipt_id = answers.next().ok_or(DbError::NoRow)??.u64(0)?;
+        let receipt_id = receipt_ids.next().ok_or(DbError::NoRow)?.u64(0)?;
         let signed = Signed::sign(
             &Receipt {
                 receipt_id,
@@ -392,23 +457,28 @@ fn judge(
             },
             key,
         );
-        db.defer(
-            "UPDATE receipts SET payload = ?1, signature = ?2 WHERE id = ?3",
-            args![&signed.payload, &signed.signature, receipt_id],
-        )?;
+        let values = [
+            p.bind(receipt_id),
+            p.bind(r.replica_id),
+            p.bind(r.device_id),
+            p.bind(job_id),
+            p.bind(credits),
+            p.bind(&signed.payload),
+            p.bind(&signed.signature),
+        ];
+        rows.push(format!("({})", values.join(", ")));
         receipts.push(Some(signed));
     }
-    let shard_left = match closed_shard {
-        Some(_) => Some(answers.next().ok_or(DbError::NoRow)??.int(0)?),
-        None => None,
-    };
+    if !rows.is_empty() {
+        db.defer(
+            &format!(
+                "INSERT INTO receipts (id, replica_id, device_id, job_id, credits, payload, signature) VALUES {}",
+                rows.join(", ")
+            ),
+            &p.0,
+        )?;
+    }
     Ok(Judged { receipts, shard_left })
-}
-
-/// Marks a task done with its canonical output; replicas still out are no longer needed.
-fn close_task(db: &dyn Db, task_id: i64, canonical_sha256: &str) -> Result<(), StoreError> {
-    db.defer("UPDATE tasks SET state = 'done', canonical_sha256 = ?1 WHERE id = ?2", args![canonical_sha256, task_id])?;
-    cancel_open_replicas(db, task_id)
 }
 
 fn cancel_open_replicas(db: &dyn Db, task_id: i64) -> Result<(), StoreError> {
@@ -866,11 +936,10 @@ impl Store {
             let row = reported.iter().find(|r| r.replica_id == lease_id as i64).ok_or(DbError::NoRow)?;
             let right = &row.output_sha256 == expected;
             let credits = spec.credit_for(row.fuel.map(|f| f as u64));
+            let close =
+                (task_state_now == "pending" && right).then_some(Close { canonical_sha256: expected, shard: None });
             let task_state = match (task_state_now.as_str(), right) {
-                ("pending", true) => {
-                    close_task(&*tx, task_id, expected)?;
-                    TaskState::Done
-                }
+                ("pending", true) => TaskState::Done,
                 ("pending", false) => {
                     if replicas.outstanding == 0 && reported.len() < 2 * spec.replication as usize {
                         tx.defer("INSERT INTO replicas (task_id, state) VALUES (?1, 'queued')", args![task_id])?;
@@ -887,7 +956,7 @@ impl Store {
                 ("done", _) => TaskState::Done,
                 _ => TaskState::Failed,
             };
-            let judged = judge(&*tx, &[(row, right, credits)], job_id, task_id, key, now, None)?;
+            let judged = judge(&*tx, task_id, &[(row, right, credits)], close, job_id, key, now)?;
             tx.commit()?;
             return Ok(ResultOutcome { task_state, receipt: judged.receipts.into_iter().next().flatten() });
         }
@@ -908,13 +977,12 @@ impl Store {
             });
             if let Some(canonical) = winner {
                 new_state = TaskState::Done;
-                close_task(&*tx, task_id, &canonical.0)?;
                 let verdicts: Vec<_> = reported
                     .iter()
                     .map(|r| (r, vote(r) == canonical, spec.credit_for(r.fuel.map(|f| f as u64))))
                     .collect();
-                let shard = idx % info.count_shards;
-                let judged = judge(&*tx, &verdicts, job_id, task_id, key, now, Some(shard))?;
+                let close = Close { canonical_sha256: &canonical.0, shard: Some(idx % info.count_shards) };
+                let judged = judge(&*tx, task_id, &verdicts, Some(close), job_id, key, now)?;
                 receipt = reported
                     .iter()
                     .zip(judged.receipts)
