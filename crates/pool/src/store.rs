@@ -1308,4 +1308,4 @@ impl crate::storage::Storage for Store {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -102,7 +102,7 @@ pub(crate) struct StoreWriter {
 /// How many operations share a transaction.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Batches {
-    /// Any operations, each in its own savepoint (SQLite).
+    /// Any operations, each in its own savepoint (SQLite; 1 on PostgreSQL).
     pub any: usize,
     /// Operations that skip locked rows, without savepoints (PostgreSQL);
     /// `None`: they batch as any other.
@@ -173,11 +173,7 @@ fn serve(mut store: Box<dyn Storage>, queue: &Queue, batches: Batches, metrics: 
             let Ok(queue) = queue.lock() else { return };
             let Ok(first) = queue.recv() else { return };
             let sharing = batches.skipping_locks.filter(|_| first.skips_locks());
-            let max = match (batches.skipping_locks, sharing) {
-                (_, Some(max)) => max,
-                (Some(_), None) => 1,
-                (None, None) => batches.any,
-            };
+            let max = sharing.unwrap_or(batches.any);
             let mut batch = vec![first];
             while batch.len() < max {
                 match queue.try_recv() {
@@ -294,7 +290,7 @@ fn commit(store: &mut dyn Storage) -> Option<StoreError> {
 #[cfg(test)]
 mod tests {
     use idlemesh_protocol::Keypair;
-    use idlemesh_protocol::api::{Capabilities, JobSpec};
+    use idlemesh_protocol::api::Capabilities;
 
     use super::*;
     use crate::store::Store;
@@ -311,14 +307,7 @@ mod tests {
         let connect = || Box::new(crate::db::Postgres::connect(&url).unwrap());
         let rules = TrustRules::single_owner();
         let mut first = Store::open(connect(), rules).unwrap();
-        let kernel = first.put_blob(b"k").unwrap();
-        let spec: JobSpec = serde_json::from_value(serde_json::json!({
-            "name": "t", "kernel_kind": "wasm", "kernel_sha256": kernel,
-            "split": {"kind": "range", "start": 0, "end": 400, "chunk": 1},
-            "replication": 1, "quorum": 1, "combiner": {"kind": "concat"},
-        }))
-        .unwrap();
-        first.create_job(&spec, &crate::split::expand(&spec).unwrap(), 1_000).unwrap();
+        crate::store::tests::range_job(&mut first, 400, 1, 1);
         let devices: Vec<u64> = (0..200)
             .map(|_| first.enroll(&Keypair::generate().unwrap().public(), "{}", None, 1_000).unwrap().0)
             .collect();

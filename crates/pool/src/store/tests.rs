@@ -52,6 +52,18 @@ macro_rules! on_both_backends {
     };
 }
 
+/// A job of `tasks` one-number tasks, concatenated, its kernel stored first.
+pub(crate) fn range_job(store: &mut Store, tasks: i64, replication: u32, quorum: u32) -> u64 {
+    let kernel = store.put_blob(b"k").unwrap();
+    let spec: JobSpec = serde_json::from_value(json!({
+        "name": "t", "kernel_kind": "wasm", "kernel_sha256": kernel,
+        "split": {"kind": "range", "start": 0, "end": tasks, "chunk": 1},
+        "replication": replication, "quorum": quorum, "combiner": {"kind": "concat"},
+    }))
+    .unwrap();
+    store.create_job(&spec, &split::expand(&spec).unwrap(), 1_000).unwrap()
+}
+
 struct World {
     store: Store,
     key: Keypair,
@@ -526,14 +538,7 @@ fn replicas_of_a_task_never_go_to_devices_sharing_a_token_an_organisation_or_a_n
     let setup = |spread: Spread| {
         let rules = TrustRules { spread, ..TrustRules::single_owner() };
         let (mut store, files) = b.open(rules);
-        let kernel = store.put_blob(b"k").unwrap();
-        let spec: JobSpec = serde_json::from_value(json!({
-            "name": "t", "kernel_kind": "wasm", "kernel_sha256": kernel,
-            "split": {"kind": "range", "start": 0, "end": 1, "chunk": 1},
-            "replication": 2, "quorum": 2, "combiner": {"kind": "concat"},
-        }))
-        .unwrap();
-        store.create_job(&spec, &split::expand(&spec).unwrap(), 1_000).unwrap();
+        range_job(&mut store, 1, 2, 2);
         let org = store.create_org("Acme", 1_000).unwrap();
         let other = store.create_org("Other", 1_000).unwrap();
         let token = |s: &mut Store, org| {
@@ -675,14 +680,7 @@ fn replicas_closing_the_last_two_tasks_at_once_complete_the_job() {
     let open =
         || Store::open(Box::new(crate::db::Postgres::connect(&url).unwrap()), TrustRules::single_owner()).unwrap();
     let (mut first, mut second) = (open(), open());
-    let kernel = first.put_blob(b"k").unwrap();
-    let spec: JobSpec = serde_json::from_value(json!({
-        "name": "t", "kernel_kind": "wasm", "kernel_sha256": kernel,
-        "split": {"kind": "range", "start": 0, "end": 2, "chunk": 1},
-        "replication": 1, "quorum": 1, "combiner": {"kind": "concat"},
-    }))
-    .unwrap();
-    let job = first.create_job(&spec, &split::expand(&spec).unwrap(), 1_000).unwrap();
+    let job = range_job(&mut first, 2, 1, 1);
     let caps = Capabilities { wasm: true, wgpu_adapter: None, cores: 2, memory_bytes: 0 };
     let key = Keypair::generate().unwrap();
     let mut leases = Vec::new();
