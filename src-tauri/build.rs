@@ -14,7 +14,11 @@ fn main() {
         "pool_join",
         "pool_leave",
         "demo_start",
+        "demo_start_now",
         "app_info",
+        "first_run_dismiss",
+        "agent_retry",
+        "settings_reset",
         "autostart_set",
     ])))
     .expect("tauri build configuration");

@@ -19,12 +19,19 @@ pub const DASHBOARD: &str = "dashboard";
 pub struct AppState {
     control: OnceLock<Control>,
     /// Why the embedded agent is not running (another agent owns the socket, no keyring...).
-    agent_error: Mutex<Option<String>>,
+    agent_error: Mutex<Option<AgentFailure>>,
     shutdown: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
     stopped: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
     pub data_dir: PathBuf,
     pub ledger_path: PathBuf,
     pub demo: tokio::sync::Mutex<Option<crate::demo::DemoPool>>,
+}
+
+/// Why the embedded agent stopped: `DaemonError::code` and its message.
+#[derive(Debug, Clone)]
+pub struct AgentFailure {
+    pub code: &'static str,
+    pub message: String,
 }
 
 /// A refusal the dashboard branches on by `code` (docs/app-ipc.md).
@@ -46,12 +53,22 @@ impl AppState {
     pub async fn request(&self, request: Request) -> Result<Value, CommandError> {
         let control = self.control.get().cloned().ok_or_else(|| {
             let why = self.agent_error.lock().expect("lock").clone();
-            CommandError::new("not_running", why.unwrap_or_else(|| "the agent is still starting".into()))
+            CommandError::new("not_running", why.map_or_else(|| "the agent is still starting".into(), |f| f.message))
         })?;
         tauri::async_runtime::spawn_blocking(move || control.request(request))
             .await
             .map_err(|e| CommandError::new("internal", e))?
             .map_err(|(code, message)| CommandError { code, message })
+    }
+
+    /// Whether the embedded agent is up (answering requests).
+    pub fn running(&self) -> bool {
+        self.control.get().is_some()
+    }
+
+    /// Whether the embedded agent stopped (or never started) with an error.
+    pub fn failed(&self) -> bool {
+        self.agent_error.lock().expect("lock").is_some()
     }
 
     /// The tray's way in, from a plain thread: blocks until the agent has
@@ -67,9 +84,15 @@ impl AppState {
             Ok(v) => v,
             Err(e) if e.code == "not_running" => {
                 let error = self.agent_error.lock().expect("lock").clone();
-                json!({"state": if error.is_some() { "error" } else { "starting" }, "error": error, "reasons": []})
+                json!({
+                    "state": if error.is_some() { "error" } else { "starting" },
+                    "error": error.as_ref().map(|f| &f.message),
+                    "error_code": error.as_ref().map(|f| f.code),
+                    "data_dir": self.data_dir,
+                    "reasons": [],
+                })
             }
-            Err(e) => json!({"state": "error", "error": e.message, "reasons": []}),
+            Err(e) => json!({"state": "error", "error": e.message, "error_code": "other", "reasons": []}),
         }
     }
 }
@@ -97,7 +120,7 @@ pub fn run() -> ExitCode {
         .invoke_handler(crate::commands::handler())
         .setup(move |app| {
             crate::tray::create(app.handle())?;
-            start_agent(app.handle(), state.clone());
+            start_agent(state.clone());
             status_loop(app.handle().clone(), state.clone());
             exit_on_sigterm(app.handle().clone());
             if open_dashboard {
@@ -122,11 +145,24 @@ pub fn run() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn start_agent(app: &AppHandle, state: Arc<AppState>) {
+/// Starts the embedded agent again after it failed to start (the
+/// dashboard's "Try again", once the user fixed the cause). False if it is
+/// running or still starting.
+pub fn retry_agent(state: &Arc<AppState>) -> bool {
+    if state.running() || state.agent_error.lock().expect("lock").take().is_none() {
+        return false;
+    }
+    tracing::info!("starting the agent again, as asked");
+    start_agent(state.clone());
+    true
+}
+
+fn start_agent(state: Arc<AppState>) {
     let worker = match idlemesh_runtime::WorkerCommand::current_exe(Some(&paths::kernel_cache_dir())) {
         Ok(w) => w,
         Err(e) => {
-            *state.agent_error.lock().expect("lock") = Some(format!("cannot find this program's path: {e}"));
+            *state.agent_error.lock().expect("lock") =
+                Some(AgentFailure { code: "other", message: format!("cannot find this program's path: {e}") });
             return;
         }
     };
@@ -143,7 +179,6 @@ fn start_agent(app: &AppHandle, state: Arc<AppState>) {
     let (stopped_tx, stopped_rx) = std::sync::mpsc::channel();
     *state.shutdown.lock().expect("lock") = Some(shutdown_tx);
     *state.stopped.lock().expect("lock") = Some(stopped_rx);
-    let app = app.clone();
     tauri::async_runtime::spawn(async move {
         let shutdown = async {
             let _ = shutdown_rx.await;
@@ -155,9 +190,10 @@ fn start_agent(app: &AppHandle, state: Arc<AppState>) {
             }
         };
         if let Err(e) = daemon::run_with(config, shutdown, started).await {
-            tracing::error!(error = %e, "the agent stopped");
-            *state.agent_error.lock().expect("lock") = Some(e.to_string());
-            crate::tray::update(&app, &state.status().await);
+            tracing::error!(error = %e, code = e.code(), "the agent stopped");
+            // The status loop shows it (in the tray within a second): one
+            // writer, so an older status can never overwrite a newer one.
+            *state.agent_error.lock().expect("lock") = Some(AgentFailure { code: e.code(), message: e.to_string() });
         }
         let _ = stopped_tx.send(());
     });

@@ -29,7 +29,11 @@ pub fn handler() -> impl Fn(tauri::ipc::Invoke) -> bool + Send + Sync + 'static 
         pool_join,
         pool_leave,
         demo_start,
+        demo_start_now,
         app_info,
+        first_run_dismiss,
+        agent_retry,
+        settings_reset,
         autostart_set,
     ]
 }
@@ -204,18 +208,112 @@ async fn demo_start(state: S<'_>) -> Result<Value> {
     Ok(json!({"url": url}))
 }
 
+/// The demo's "Start now": work for the demo pool at once, present or not.
+#[tauri::command]
+async fn demo_start_now(state: S<'_>) -> Result<Value> {
+    state.request(Request::LendNow).await
+}
+
+/// Starts the agent again once the user fixed why it could not start.
+#[tauri::command]
+async fn agent_retry(state: S<'_>) -> Result<Value> {
+    let restarted = crate::app::retry_agent(&state);
+    Ok(json!({"restarted": restarted}))
+}
+
+/// "Not now" on the demo offer: not offered again.
+#[tauri::command]
+async fn first_run_dismiss(state: S<'_>) -> Result<Value> {
+    let path = state.data_dir.join(APP_STATE);
+    tauri::async_runtime::spawn_blocking(move || {
+        let mut saved = read_app_state(&path);
+        saved["first_run_dismissed"] = true.into();
+        std::fs::create_dir_all(path.parent().expect("in the data dir"))
+            .and_then(|()| idlemesh_agent::settings::write_atomically(&path, saved.to_string().as_bytes()))
+            .map_err(|e| CommandError::new("io", format!("cannot remember \"Not now\" in {}: {e}", path.display())))
+    })
+    .await
+    .map_err(|e| CommandError::new("internal", e))??;
+    Ok(json!({"first_run": false}))
+}
+
+/// Moves an unreadable settings file aside (kept beside it, renamed) so
+/// the defaults apply; the agent notices within seconds.
+#[tauri::command]
+async fn settings_reset() -> Result<Value> {
+    let path = idlemesh_agent::paths::settings_path();
+    let kept = path.with_extension(format!("toml.unreadable-{}", jiff::Zoned::now().strftime("%Y%m%d-%H%M%S")));
+    match std::fs::rename(&path, &kept) {
+        Ok(()) => Ok(json!({"kept": kept})),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(json!({"kept": null})),
+        Err(e) => Err(CommandError::new("io", format!("cannot move {} aside: {e}", path.display()))),
+    }
+}
+
+/// The app's own memory (not settings): `{"first_run_dismissed": true}`.
+const APP_STATE: &str = "app.json";
+
+/// What the app remembered; nothing if the file is missing or unreadable
+/// (it holds only a courtesy, so nothing is lost by starting over).
+fn read_app_state(path: &std::path::Path) -> Value {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .filter(Value::is_object)
+        .unwrap_or_else(|| json!({}))
+}
+
+/// Whether the ledger shows any past with a pool (a disclosure, a task, a
+/// receipt...): the pauses and resumptions the agent records from its first
+/// second on do not count. The agent creates the ledger as it starts, so a
+/// read may meet it half made: asked again for a few seconds before an
+/// error is believed (and then counts as "not new": the Ledger page
+/// reports it).
+async fn ledger_has_history(state: &AppState) -> bool {
+    let history = |l: Option<Ledger>| {
+        l.map_or(Ok(false), |l| {
+            l.entries(None).map(|e| e.iter().any(|e| !matches!(e.kind.as_str(), "paused" | "resumed")))
+        })
+    };
+    for _ in 0..20 {
+        match with_ledger(state, history).await {
+            Ok(any) => return any,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
+        }
+    }
+    true
+}
+
 #[tauri::command]
 async fn app_info(app: tauri::AppHandle, state: S<'_>) -> Result<Value> {
-    let status = state.status().await;
-    let pools = state.request(Request::Pools).await.unwrap_or(Value::Array(Vec::new()));
-    // An unreadable ledger is the Ledger page's to report; here it only means "not new".
-    let has_ledger =
-        with_ledger(&state, |l| l.map_or(Ok(0), |l| l.entries(None).map(|e| e.len()))).await.map_or(true, |n| n > 0);
-    let no_pool = pools.as_array().is_none_or(Vec::is_empty) && status["settings"]["pool_url"]["value"].is_null();
+    // The pools and settings are the agent's to tell: wait for it to be
+    // up (or to have failed) rather than guess from a starting agent.
+    for _ in 0..100 {
+        if state.running() || state.failed() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let first_run = if state.running() {
+        let status = state.status().await;
+        let pools = state.request(Request::Pools).await.unwrap_or(Value::Array(Vec::new()));
+        let no_pool = pools.as_array().is_none_or(Vec::is_empty) && status["settings"]["pool_url"]["value"].is_null();
+        let dismissed = {
+            let path = state.data_dir.join(APP_STATE);
+            tauri::async_runtime::spawn_blocking(move || read_app_state(&path)["first_run_dismissed"] == true)
+                .await
+                .unwrap_or(false)
+        };
+        no_pool && !dismissed && !ledger_has_history(&state).await
+    } else {
+        // A stopped agent cannot run the demo: its problem is shown instead,
+        // and the page asks again once it runs.
+        false
+    };
     let demo_url = state.demo.lock().await.as_ref().map(|d| d.url.clone());
     Ok(json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "first_run": no_pool && !has_ledger,
+        "first_run": first_run,
         "autostart": app.autolaunch().is_enabled().unwrap_or(false),
         "demo_url": demo_url,
         "kernel_access": {

@@ -84,8 +84,23 @@ pub fn words(status: &Value) -> String {
         "paused" => format!("Paused: {}", first_reason()),
         "no_pool" => "Not connected to a pool".into(),
         "connecting" => "Connecting to the pool".into(),
-        "error" => format!("Problem: {}", status["error"].as_str().unwrap_or("unknown")),
+        "error" => format!("Not running: {}. Open the dashboard to fix it", failure_words(status)),
         _ => "Starting".into(),
+    }
+}
+
+/// Why the agent is not running, in a few words (the dashboard has the
+/// whole explanation and the fix).
+fn failure_words(status: &Value) -> &'static str {
+    match status["error_code"].as_str().unwrap_or("other") {
+        "keyring_refused" => "the keyring is locked or refused",
+        "no_keyring" => "no keyring to keep its key",
+        "keyring_damaged" => "its key in the keyring is damaged",
+        "keyring_setting" => "an unknown keyring was chosen",
+        "already_running" => "it is already running",
+        "socket_not_private" => "its private folder belongs to someone else",
+        "data_dir" => "it cannot save its data",
+        _ => "it could not start",
     }
 }
 

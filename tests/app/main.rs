@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 #[path = "../common/app_env.rs"]
 mod app_env;
+mod first_run;
 mod packages;
 #[path = "../common/private_root.rs"]
 mod private_root;
@@ -28,6 +29,22 @@ mod tray;
 mod xvfb;
 
 const APP: &str = env!("CARGO_BIN_EXE_idlemesh-app");
+
+/// The processes whose parent is `parent`.
+fn children(parent: u32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // "pid (comm) state ppid ...": the fields after the last ')'.
+            stat.rsplit(") ").next().and_then(|rest| rest.split(' ').nth(1)).and_then(|p| p.parse().ok())
+                == Some(parent)
+        })
+        .collect()
+}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -212,38 +229,69 @@ async fn the_dashboard_shows_controls_and_verifies_a_real_agent() {
     let AppEnv { env, socket, config_dir } = app_env(root, &pool_url, &x, &bus);
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("app-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
-    let driver = Driver::start(&env, shots.join("webdriver.log"));
-
-    let caps = serde_json::from_value(json!({
-        "webkitgtk:browserOptions": { "binary": APP, "args": ["--dashboard"] }
-    }))
-    .unwrap();
-    let client = ClientBuilder::rustls()
-        .expect("rustls client")
-        .capabilities(caps)
-        .connect(&format!("http://127.0.0.1:{}", driver.port))
-        .await
-        .unwrap_or_else(|e| {
-            let log = std::fs::read_to_string(driver.log.with_extension("err")).unwrap_or_default();
-            panic!("no WebDriver session with the app: {e}\n{log}")
-        });
-    let ui = Ui { client, display: x.display.clone(), socket, shots };
+    let (driver, ui) = launch(&env, &["--dashboard"], &x, socket, shots).await;
     // A WebDriver call that never returns must fail the test, not hang it.
     let result = match tokio::time::timeout(Duration::from_secs(300), steps(&ui, &pool_url, &config_dir)).await {
         Ok(result) => result,
         Err(_) => Err(Box::new("the test steps took over 5 minutes") as Box<dyn std::any::Any + Send>),
     };
-    // Quit the app as a logout would (closing the window only hides it in
-    // the tray, so WebKitWebDriver would wait for it for ever), then end the session.
-    let app_pid = control::call(&ui.socket, &Request::Status).await.ok().and_then(|s| s["agent"]["pid"].as_i64());
-    if let Some(pid) = app_pid {
-        // SAFETY: signalling the app this test started (its pid from its own status).
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(10), ui.client.close()).await;
-    drop(driver);
+    ui.quit(driver).await;
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
+    }
+}
+
+/// Starts WebKitWebDriver and, through it, the app with `args` and `env`;
+/// returns once a dashboard webview is under automation (the session waits
+/// for the app to open one).
+async fn launch(
+    env: &[(String, String)],
+    args: &[&str],
+    x: &xvfb::Xvfb,
+    socket: PathBuf,
+    shots: PathBuf,
+) -> (Driver, Ui) {
+    let driver = Driver::start(env, shots.join("webdriver.log"));
+    let client = connect(&driver, args).await;
+    (driver, Ui { client, display: x.display.clone(), socket, shots })
+}
+
+/// A WebDriver session with the app (started by WebKitWebDriver with `args`).
+async fn connect(driver: &Driver, args: &[&str]) -> Client {
+    connect_to(driver.port, &driver.log, args).await
+}
+
+/// [`connect`] by the driver's port and log (from another task).
+async fn connect_to(port: u16, log: &Path, args: &[&str]) -> Client {
+    let caps = serde_json::from_value(json!({
+        "webkitgtk:browserOptions": { "binary": APP, "args": args }
+    }))
+    .unwrap();
+    ClientBuilder::rustls()
+        .expect("rustls client")
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .unwrap_or_else(|e| {
+            let log = std::fs::read_to_string(log.with_extension("err")).unwrap_or_default();
+            panic!("no WebDriver session with the app: {e}\n{log}")
+        })
+}
+
+impl Ui {
+    /// Quits the app as a logout would (closing the window only hides it in
+    /// the tray, so WebKitWebDriver would wait for it for ever), then ends
+    /// the session.
+    async fn quit(self, driver: Driver) {
+        let app_pid = control::call(&self.socket, &Request::Status).await.ok().and_then(|s| s["agent"]["pid"].as_i64());
+        // Without an agent to ask (it did not start), the app is the driver's child.
+        let pids = app_pid.map_or_else(|| children(driver.child.id()), |pid| vec![pid as i32]);
+        for pid in pids {
+            // SAFETY: signalling the app this test started.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.client.close()).await;
+        drop(driver);
     }
 }
 

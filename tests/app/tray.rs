@@ -29,7 +29,7 @@ const GREEN_WORKING: [u8; 4] = [46, 160, 67, 255];
 const GREY_PAUSED: [u8; 4] = [110, 118, 129, 255];
 
 /// Whether a viewable top-level window titled "Idlemesh" is on the display.
-fn dashboard_shown(display: &str) -> bool {
+pub(crate) fn dashboard_shown(display: &str) -> bool {
     use x11rb::connection::Connection as _;
     use x11rb::protocol::xproto::{AtomEnum, ConnectionExt as _, MapState};
     let Ok((conn, screen)) = x11rb::connect(Some(display)) else { return false };

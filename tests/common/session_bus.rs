@@ -10,8 +10,37 @@ pub struct SessionBus {
 
 impl SessionBus {
     pub fn start() -> Self {
+        Self::spawn(&["--session"])
+    }
+
+    /// A session bus that can start no service (no `.service` files): a
+    /// session where, say, no Secret Service is installed at all.
+    #[allow(dead_code, reason = "only the app tests need it")]
+    pub fn without_services(dir: &std::path::Path) -> Self {
+        let config = dir.join("bare-session.conf");
+        std::fs::write(
+            &config,
+            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:tmpdir=/tmp</listen>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+"#,
+        )
+        .unwrap();
+        Self::spawn(&[&format!("--config-file={}", config.display())])
+    }
+
+    fn spawn(how: &[&str]) -> Self {
         let out = Command::new("dbus-daemon")
-            .args(["--session", "--fork", "--nopidfile", "--print-address=1", "--print-pid=1"])
+            .args(how)
+            .args(["--fork", "--nopidfile", "--print-address=1", "--print-pid=1"])
             .output()
             .expect("dbus-daemon is installed (scripts/setup installs dbus-x11)");
         assert!(out.status.success(), "dbus-daemon: {}", String::from_utf8_lossy(&out.stderr));

@@ -104,6 +104,27 @@ pub enum AgentError {
     Pin(#[from] crate::pins::PinError),
 }
 
+impl AgentError {
+    /// Why joining a pool failed, as a stable code (`pool_problem_code`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Pool(PoolClientError::Unreachable { .. }) => "unreachable",
+            Self::Pool(PoolClientError::Refused { .. }) => "refused",
+            Self::PoolKeyChanged { .. } | Self::PoolKeyNotThePolicys { .. } => "pool_key_changed",
+            Self::InsecurePool(_) => "insecure_pool",
+            _ => "cannot_join",
+        }
+    }
+
+    /// The pool's own words, when it refused.
+    pub fn pool_said(&self) -> Option<&str> {
+        match self {
+            Self::Pool(PoolClientError::Refused { message, .. }) => Some(message),
+            _ => None,
+        }
+    }
+}
+
 /// What one run of the agent did.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct AgentSummary {

@@ -61,6 +61,10 @@ pub enum Request {
     PoolLeave {
         url: String,
     },
+    /// Lend this machine now, present or not, for the temporary pool
+    /// joined last (the demo's "Start now"); ends when that pool is left
+    /// or another is joined, and with the agent.
+    LendNow,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +73,11 @@ pub enum ControlError {
     NotRunning { path: String },
     #[error("another agent is already running and listening at {path}")]
     AlreadyRunning { path: String },
+    #[error(
+        "the control socket's folder {path} belongs to another user (uid {owner}): whoever owns it could \
+         impersonate this agent or read what it says, so it is not used"
+    )]
+    NotPrivate { path: String, owner: u32 },
     #[error("control socket {path}: {source}")]
     Io {
         path: String,
@@ -206,6 +215,12 @@ mod transport {
         let io = |source| ControlError::Io { path: path.display().to_string(), source };
         let dir = path.parent().unwrap_or(Path::new("/"));
         std::fs::create_dir_all(dir).map_err(io)?;
+        // A folder made beforehand by someone else (in /tmp, say) is theirs
+        // to watch and replace: it is not ours to make private.
+        let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(dir).map_err(io)?);
+        if owner != current_uid() {
+            return Err(ControlError::NotPrivate { path: dir.display().to_string(), owner });
+        }
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
         if path.exists() {
             if UnixStream::connect(path).await.is_ok() {

@@ -7,7 +7,7 @@
 //! `pool_url` means finishing the current task and switching.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,8 +50,51 @@ pub enum DaemonError {
     Control(#[from] control::ControlError),
     #[error(transparent)]
     Secrets(#[from] crate::secrets::SecretsError),
+    #[error("cannot write in the data dir {}: {source}", path.display())]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot start: {0}")]
     Start(String),
+}
+
+impl DaemonError {
+    /// What kept the agent from starting, as a stable code: the tray app
+    /// explains each in words and offers the fix it can (docs/app-ipc.md).
+    pub fn code(&self) -> &'static str {
+        use crate::secrets::SecretsError;
+        match self {
+            Self::Secrets(SecretsError::NoKeyring(_)) => "no_keyring",
+            Self::Secrets(SecretsError::Keyring(_)) => "keyring_refused",
+            Self::Secrets(SecretsError::Damaged(..)) => "keyring_damaged",
+            Self::Secrets(SecretsError::UnknownBackend(_) | SecretsError::Credential(_)) => "keyring_setting",
+            Self::Control(control::ControlError::AlreadyRunning { .. }) => "already_running",
+            Self::Control(control::ControlError::NotPrivate { .. }) => "socket_not_private",
+            Self::Control(_) => "control_socket",
+            Self::DataDir { .. } => "data_dir",
+            Self::Start(_) => "other",
+        }
+    }
+}
+
+/// Why there is no scheduler: a stable code (for the tray app's words and
+/// buttons) and the sentence the CLI shows.
+#[derive(Debug, Clone, PartialEq)]
+struct PoolProblem {
+    code: &'static str,
+    message: String,
+    /// When the next attempt to join is due, while one is waiting.
+    retry_at_ms: Option<u64>,
+    /// The pool's own words, when it refused.
+    pool_said: Option<String>,
+}
+
+impl PoolProblem {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), retry_at_ms: None, pool_said: None }
+    }
 }
 
 const NO_POOL: &str =
@@ -64,10 +107,12 @@ struct Shared {
     /// One status per slot (one slot per allowed core), empty while not connected.
     scheduler: Mutex<Vec<Arc<Mutex<SchedulerStatus>>>>,
     /// Why there is no scheduler yet (no pool set, pool unreachable).
-    pool_problem: Mutex<Option<String>>,
+    pool_problem: Mutex<Option<PoolProblem>>,
     /// `--pool`, or a temporary join (the demo pool): used instead of the
     /// settings' `pool_url` unless the policy locks that.
     pool_override: Mutex<Option<String>>,
+    /// The pool joined with `temporary` (the demo pool), while it is the override.
+    temporary_pool: Mutex<Option<String>>,
     /// Enrollment tokens given with `pool_join`, by pool URL: kept in memory
     /// only (a secret), needed only until the device has enrolled.
     join_tokens: Mutex<BTreeMap<String, String>>,
@@ -121,6 +166,20 @@ impl Handler for Shared {
             Request::Pools => self.pools(),
             Request::PoolJoin { url, token, temporary } => self.join(&url, token, temporary),
             Request::PoolLeave { url } => self.leave(&url),
+            Request::LendNow => {
+                let temporary = self.temporary_pool.lock().expect("lock").clone();
+                match temporary.filter(|url| self.pool_url().as_deref() == Some(url.as_str())) {
+                    Some(url) => {
+                        self.watcher.set_lend_now(true);
+                        tracing::info!(pool = %url, "lending this machine now, for the demo pool");
+                        Ok(json!({"pool": url}))
+                    }
+                    None => Err((
+                        "bad_request".into(),
+                        "\"start now\" is only for the demo pool, and it is not the current pool".into(),
+                    )),
+                }
+            }
         }
     }
 }
@@ -135,6 +194,16 @@ impl Shared {
             return s.effective().pool_url();
         }
         self.pool_override.lock().expect("lock").clone().or_else(|| s.effective().pool_url())
+    }
+
+    /// A new temporary pool (`Some`) or none: a "Start now" given for the
+    /// previous one ends either way.
+    fn end_temporary(&self, new: Option<&str>) {
+        let mut t = self.temporary_pool.lock().expect("lock");
+        if t.is_some() {
+            self.watcher.set_lend_now(false);
+        }
+        *t = new.map(str::to_owned);
     }
 
     fn pool_url_locked(&self) -> bool {
@@ -180,6 +249,7 @@ impl Shared {
                 return Err(("locked".into(), "the pool is managed by your organisation".into()));
             }
             *self.pool_override.lock().expect("lock") = Some(url.clone());
+            self.end_temporary(Some(&url));
         } else {
             self.settings
                 .lock()
@@ -187,6 +257,7 @@ impl Shared {
                 .set("pool_url", &toml::Value::String(url.clone()))
                 .map_err(settings_refusal)?;
             *self.pool_override.lock().expect("lock") = None;
+            self.end_temporary(None);
             self.watcher.settings_changed();
         }
         // Kept only once the join is accepted; never logged.
@@ -209,6 +280,7 @@ impl Shared {
             let mut o = self.pool_override.lock().expect("lock");
             if o.as_deref() == Some(url) {
                 *o = None;
+                self.end_temporary(None);
             }
         }
         // A pool the policy names (as a default) stays the pool: keep trusting its key.
@@ -245,12 +317,13 @@ impl Shared {
             self.scheduler.lock().expect("scheduler lock").iter().map(|s| s.lock().expect("status").clone()).collect();
         let scheduler = combine(&slots);
         let paused = watch.as_ref().is_none_or(|w| w.decision.is_paused());
+        let problem = self.pool_problem.lock().expect("lock").clone();
         let state = match (&watch, &scheduler) {
             (None, _) => "starting",
             _ if paused => "paused",
             (_, Some(s)) if !s["current_task"].is_null() => "working",
             (_, Some(_)) => "waiting_for_work",
-            (_, None) if self.pool_problem.lock().expect("lock").as_deref() == Some(NO_POOL) => "no_pool",
+            (_, None) if problem.as_ref().is_some_and(|p| p.code == "no_pool") => "no_pool",
             (_, None) => "connecting",
         };
         json!({
@@ -264,7 +337,10 @@ impl Shared {
             "sandbox": watch.as_ref().and_then(|w| w.snapshot.sandbox.as_ref()),
             "sandbox_in_words": watch.as_ref().and_then(|w| w.snapshot.sandbox.as_ref().map(|s| s.in_words())),
             "scheduler": scheduler,
-            "pool_problem": self.pool_problem.lock().expect("lock").clone(),
+            "pool_problem": problem.as_ref().map(|p| &p.message),
+            "pool_problem_code": problem.as_ref().map(|p| p.code),
+            "pool_retry_at_ms": problem.as_ref().and_then(|p| p.retry_at_ms),
+            "pool_said": problem.as_ref().and_then(|p| p.pool_said.as_ref()),
             "settings": settings,
             "settings_errors": errors,
             "policy_errors": policy_errors,
@@ -286,8 +362,7 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
     started: impl FnOnce(Control),
 ) -> Result<(), DaemonError> {
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| DaemonError::Start(format!("data dir {}: {e}", config.data_dir.display())))?;
+    writable_dir(&config.data_dir).map_err(|source| DaemonError::DataDir { path: config.data_dir.clone(), source })?;
     let machine = Machine::this();
     let settings =
         Arc::new(Mutex::new(Settings::open(machine, config.settings_path.clone(), config.policy_path.clone())));
@@ -297,12 +372,14 @@ pub async fn run_with(
     let (keyring, device_key) = match crate::secrets::device_key_from_credential()? {
         Some(key) => ("systemd-credential", key),
         None => {
-            let keyring = crate::secrets::use_os_keyring()?;
             let scope = crate::secrets::scope_of(&config.data_dir);
-            let key = tokio::task::spawn_blocking(move || crate::secrets::device_key(&scope))
-                .await
-                .map_err(|e| DaemonError::Start(format!("keyring thread: {e}")))??;
-            (keyring, key)
+            // Off the runtime: choosing a keyring asks the session bus.
+            tokio::task::spawn_blocking(move || {
+                let keyring = crate::secrets::use_os_keyring()?;
+                Ok::<_, crate::secrets::SecretsError>((keyring, crate::secrets::device_key(&scope)?))
+            })
+            .await
+            .map_err(|e| DaemonError::Start(format!("keyring thread: {e}")))??
         }
     };
     let device_key = Arc::new(device_key);
@@ -321,6 +398,7 @@ pub async fn run_with(
         scheduler: Mutex::new(Vec::new()),
         pool_problem: Mutex::new(None),
         pool_override: Mutex::new(config.pool_override),
+        temporary_pool: Mutex::new(None),
         join_tokens: Mutex::new(BTreeMap::new()),
         data_dir: config.data_dir.clone(),
         info: json!({
@@ -356,6 +434,20 @@ pub async fn run_with(
     Ok(())
 }
 
+/// Records why there is no scheduler; true if that changed.
+fn set_problem(shared: &Shared, problem: PoolProblem) -> bool {
+    shared.pool_problem.lock().expect("lock").replace(problem.clone()).as_ref() != Some(&problem)
+}
+
+/// Creates `dir` if need be and checks that files can be made in it: an
+/// agent that could not keep its ledger must not start working.
+fn writable_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let probe = dir.join(format!(".write-check-{}", std::process::id()));
+    std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&probe)?;
+    std::fs::remove_file(&probe)
+}
+
 /// Connects to the configured pool and works for it, forever.
 async fn schedule(
     shared: Arc<Shared>,
@@ -369,7 +461,7 @@ async fn schedule(
     loop {
         let backoff = Duration::from_millis(crate::outbox::backoff_ms(failures + 1, crate::agent::random_u64()));
         let Some(url) = shared.pool_url() else {
-            if shared.pool_problem.lock().expect("lock").replace(NO_POOL.into()).as_deref() != Some(NO_POOL) {
+            if set_problem(&shared, PoolProblem::new("no_pool", NO_POOL)) {
                 tracing::info!("{NO_POOL}");
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -379,16 +471,19 @@ async fn schedule(
         // Nor with a policy that cannot be read: it may pin the pool's key.
         let unreadable = shared.settings.lock().expect("settings lock").policy_unreadable();
         let waiting = match unreadable {
-            Some(why) => Some(why),
-            None if shared.watcher.decisions().borrow().traffic != crate::governor::Traffic::All => Some(
-                "waiting to join: the network is metered (allow_metered is off), or today's transfer cap is used up"
-                    .to_owned(),
-            ),
+            Some(why) => Some(PoolProblem::new("policy_unreadable", why)),
+            None if shared.watcher.decisions().borrow().traffic != crate::governor::Traffic::All => {
+                Some(PoolProblem::new(
+                    "metered",
+                    "waiting to join: the network is metered (allow_metered is off), or today's transfer cap is used up",
+                ))
+            }
             None => None,
         };
         if let Some(why) = waiting {
-            if shared.pool_problem.lock().expect("lock").replace(why.clone()).as_deref() != Some(why.as_str()) {
-                tracing::info!("{why}");
+            let message = why.message.clone();
+            if set_problem(&shared, why) {
+                tracing::info!("{message}");
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
             continue;
@@ -429,7 +524,12 @@ async fn schedule(
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(pool = %url, error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot join the pool yet");
-                *shared.pool_problem.lock().expect("lock") = Some(format!("cannot join {url}: {e}"));
+                *shared.pool_problem.lock().expect("lock") = Some(PoolProblem {
+                    code: e.code(),
+                    message: format!("cannot join {url}: {e}"),
+                    retry_at_ms: Some(crate::now_ms() + backoff.as_millis() as u64),
+                    pool_said: e.pool_said().map(str::to_owned),
+                });
                 tokio::time::sleep(backoff).await;
                 failures += 1;
                 continue;

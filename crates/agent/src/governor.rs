@@ -112,6 +112,10 @@ pub struct Limits {
     /// Why the IT policy cannot be read, if it cannot: nothing runs then.
     #[serde(default)]
     pub policy_unreadable: Option<String>,
+    /// The user asked to lend the machine now, for the demo pool, whether
+    /// or not they are at it: their presence does not pause work.
+    #[serde(default)]
+    pub lend_now: bool,
 }
 
 impl Limits {
@@ -135,6 +139,7 @@ impl Limits {
             max_other_cpu_percent: 50.0,
             require_sandbox: Vec::new(),
             policy_unreadable: None,
+            lend_now: false,
         }
     }
 }
@@ -191,6 +196,8 @@ pub enum ReasonCode {
     SandboxMissing,
     /// The IT policy file cannot be read at all.
     PolicyUnreadable,
+    /// The user asked for work now (the demo's "Start now").
+    LentNowByUser,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -294,6 +301,11 @@ pub fn decide(prev: &GovernorState, s: &Snapshot, l: &Limits, pause: ManualPause
     }
 
     match s.user_idle {
+        _ if l.lend_now => reason(
+            &mut allowing,
+            ReasonCode::LentNowByUser,
+            "you chose to lend this computer now, for the demo pool".into(),
+        ),
         Some(idle) if idle < l.idle_after => reason(
             &mut blocking,
             ReasonCode::UserActive,

@@ -53,8 +53,10 @@ type Store = Arc<keyring_core::CredentialStore>;
 
 #[cfg(target_os = "linux")]
 fn platform_store(wanted: Option<&str>) -> Result<(&'static str, Store), SecretsError> {
-    let secret_service =
-        || zbus_secret_service_keyring_store::Store::new().map(|s| s as Store).map_err(|e| e.to_string());
+    let secret_service = || {
+        secret_service_present()?;
+        zbus_secret_service_keyring_store::Store::new().map(|s| s as Store).map_err(|e| e.to_string())
+    };
     let keyutils = || linux_keyutils_keyring_store::Store::new().map(|s| s as Store).map_err(|e| e.to_string());
     Ok(match wanted {
         Some("secret-service") => ("secret-service", secret_service().map_err(SecretsError::NoKeyring)?),
@@ -68,6 +70,25 @@ fn platform_store(wanted: Option<&str>) -> Result<(&'static str, Store), Secrets
             }
         },
     })
+}
+
+/// Whether a Secret Service is on the session bus, running or startable
+/// (D-Bus activation). Without one the store itself is made all the same,
+/// and only fails at the first key, as a refusal: a missing keyring must
+/// read as missing (and, by default, fall back to the kernel keyring).
+#[cfg(target_os = "linux")]
+fn secret_service_present() -> Result<(), String> {
+    const NAME: &str = "org.freedesktop.secrets";
+    let conn = zbus::blocking::Connection::session().map_err(|e| format!("no session bus: {e}"))?;
+    let bus = zbus::blocking::fdo::DBusProxy::new(&conn).map_err(|e| e.to_string())?;
+    let name = zbus::names::BusName::try_from(NAME).expect("a valid bus name");
+    if bus.name_has_owner(name).map_err(|e| e.to_string())? {
+        return Ok(());
+    }
+    if bus.list_activatable_names().map_err(|e| e.to_string())?.iter().any(|n| n.as_str() == NAME) {
+        return Ok(());
+    }
+    Err(format!("no Secret Service in this session: nothing on the session bus owns or can start {NAME}"))
 }
 
 /// The Windows Credential Manager.

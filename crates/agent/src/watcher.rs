@@ -41,6 +41,8 @@ enum Command {
     /// What a new worker reported of its OS sandbox.
     Sandbox(Box<SandboxReport>),
     SettingsChanged,
+    /// The user's "Start now" for the demo pool, or its end.
+    LendNow(bool),
     Shutdown,
 }
 
@@ -119,6 +121,11 @@ impl Watcher {
         let _ = self.tx.send(Command::Sandbox(Box::new(report)));
     }
 
+    /// Work now whether or not the user is present (or no longer).
+    pub fn set_lend_now(&self, on: bool) {
+        let _ = self.tx.send(Command::LendNow(on));
+    }
+
     /// The settings were changed through the control socket: apply them now.
     pub fn settings_changed(&self) {
         let _ = self.tx.send(Command::SettingsChanged);
@@ -148,6 +155,7 @@ struct Loop {
     sandbox: Option<SandboxReport>,
     state: GovernorState,
     manual: ManualPause,
+    lend_now: bool,
     decision: Decision,
     /// Whether the workers are frozen now.
     frozen: bool,
@@ -187,6 +195,7 @@ impl Loop {
             sandbox: None,
             state: GovernorState::default(),
             manual,
+            lend_now: false,
             decision,
             frozen: false,
             acks: Vec::new(),
@@ -237,7 +246,8 @@ impl Loop {
             {
                 self.command(Command::Pause(ManualPause::None, None));
             }
-            let limits = self.config.settings.lock().expect("settings lock").limits();
+            let mut limits = self.config.settings.lock().expect("settings lock").limits();
+            limits.lend_now = self.lend_now;
             let mut snapshot =
                 sensors::snapshot(jiff::Zoned::now(), idle, &slow, self.transfer.uploaded, self.transfer.downloaded);
             snapshot.sandbox = self.sandbox.clone();
@@ -329,6 +339,7 @@ impl Loop {
             Command::Detach(pid) => self.workers.retain(|w| w.pid() != pid),
             Command::Sandbox(report) => self.sandbox = Some(*report),
             Command::SettingsChanged => {}
+            Command::LendNow(on) => self.lend_now = on,
             Command::Shutdown => return false,
         }
         true

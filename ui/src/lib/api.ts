@@ -165,6 +165,17 @@ export interface Status {
   decision: Decision | null;
   manual_pause: ManualPause | null;
   pool_problem: string | null;
+  /** why there is no pool connection, for words and buttons: no_pool | unreachable | refused |
+   *  pool_key_changed | insecure_pool | policy_unreadable | metered | cannot_join */
+  pool_problem_code?: string | null;
+  /** when the agent tries to join again */
+  pool_retry_at_ms?: number | null;
+  /** the pool's own words, when it refused this device */
+  pool_said?: string | null;
+  /** the app only, with state "error": why the embedded agent is not running */
+  error?: string | null;
+  error_code?: string | null;
+  data_dir?: string;
   scheduler: Scheduler | null;
   sensors: { idle_source: string; snapshot: Snapshot } | null;
   workers: { pids: number[]; frozen: boolean } | null;
@@ -294,7 +305,11 @@ export const api = {
   poolJoin: (url: string, token: string | null) => call<{ url: string }>('pool_join', { url, token }),
   poolLeave: (url: string) => call<{ url: string }>('pool_leave', { url }),
   demoStart: () => call<{ url: string }>('demo_start'),
+  demoStartNow: () => call<{ pool: string }>('demo_start_now'),
   appInfo: () => call<AppInfo>('app_info'),
+  firstRunDismiss: () => call<{ first_run: boolean }>('first_run_dismiss'),
+  agentRetry: () => call<{ restarted: boolean }>('agent_retry'),
+  settingsReset: () => call<{ kept: string | null }>('settings_reset'),
   autostartSet: (enabled: boolean) => call<{ autostart: boolean }>('autostart_set', { enabled }),
 };
 

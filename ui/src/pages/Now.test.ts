@@ -68,9 +68,83 @@ describe('Now page', () => {
     mockIPC((cmd) => (cmd === 'status' ? status() : undefined), { shouldMockEvents: true });
     render(Now);
     await waitFor(() => expect($('#state').textContent?.trim()).toBe('Working for the pool'));
-    await emit('status', status({ state: 'connecting', pool_problem: 'cannot join http://x: refused' }));
+    await emit(
+      'status',
+      status({
+        state: 'connecting',
+        pool_problem: 'cannot join http://x: pool unreachable at http://x: connection refused',
+        pool_problem_code: 'unreachable',
+        pool_retry_at_ms: Date.now() + 12_000,
+      }),
+    );
     await waitFor(() => expect($('#state').textContent?.trim()).toBe('Connecting to the pool'));
-    expect($('#pool-problem').textContent).toContain('cannot join http://x: refused');
+    expect($('#pool-problem .note-title').textContent).toBe('Cannot reach the pool');
+    expect($('#pool-problem-text').textContent).toMatch(/tries again in 1[12] s/);
+    // The agent's own sentence only under Details.
+    expect($('#pool-problem details').textContent).toContain('connection refused');
+  });
+
+  it('says "No pool yet" in words, with buttons instead of a command line', async () => {
+    mockIPC((cmd) => {
+      if (cmd === 'status')
+        return status({
+          state: 'no_pool',
+          scheduler: null,
+          pool_problem: 'no pool configured: set one with `idlemesh settings set pool_url URL`',
+          pool_problem_code: 'no_pool',
+        });
+      if (cmd === 'app_info') return { ...appInfo, first_run: false };
+    });
+    render(Now);
+    await waitFor(() => expect($('#pool-problem .note-title').textContent).toBe('No pool yet'));
+    const page = $('#page-now').textContent ?? '';
+    expect(page).not.toContain('idlemesh settings');
+    expect(page).not.toContain('`');
+    expect($('#fix-join_pool').textContent).toBe('Join a pool…');
+    expect($('#fix-demo').textContent).toBe('Try the demo pool');
+    await fireEvent.click($('#fix-join_pool'));
+    expect(location.hash).toBe('#/pools');
+  });
+
+  it('explains an agent that could not start, and tries again', async () => {
+    let failed = true;
+    const retry = vi.fn(() => {
+      failed = false;
+      return { restarted: true };
+    });
+    mockIPC((cmd) => {
+      if (cmd === 'status')
+        return failed
+          ? {
+              state: 'error',
+              error: 'the keyring refused: SS error: result not returned from SS API',
+              error_code: 'keyring_refused',
+              reasons: [],
+            }
+          : status();
+      if (cmd === 'agent_retry') return retry();
+    });
+    render(Now);
+    await waitFor(() => expect($('#agent-problem .note-title').textContent).toBe('Your keyring is locked'));
+    expect($('#agent-problem-text').textContent).toContain('login keyring');
+    expect(document.querySelector('#state')).toBeNull();
+    await fireEvent.click($('#fix-retry'));
+    expect(retry).toHaveBeenCalledOnce();
+    await waitFor(() => expect($('#state').textContent?.trim()).toBe('Working for the pool'));
+    expect(document.querySelector('#agent-problem')).toBeNull();
+  });
+
+  it('offers to reset settings that cannot be read', async () => {
+    const reset = vi.fn(() => ({ kept: '/home/u/.config/idlemesh/settings.toml.unreadable-20261205-101010' }));
+    mockIPC((cmd) => {
+      if (cmd === 'status') return status({ settings_errors: ['settings file /x: TOML parse error at line 1'] });
+      if (cmd === 'settings_reset') return reset();
+    });
+    render(Now);
+    await waitFor(() => expect($('#settings-errors .note-title').textContent).toBe('Your settings could not be read'));
+    await fireEvent.click($('#fix-reset_settings'));
+    await waitFor(() => expect($('#settings-fix-result').textContent).toContain('unreadable-20261205'));
+    expect(reset).toHaveBeenCalledOnce();
   });
 
   it('says when a kernel does not report progress', async () => {
@@ -113,6 +187,40 @@ describe('Now page', () => {
     await fireEvent.click($('#first-run-demo'));
     await waitFor(() => expect($('#first-run-result').textContent).toContain('http://127.0.0.1:40000'));
     expect(started).toHaveBeenCalledOnce();
+    // Work waits for the user to be away; "Start now" lends the machine at once.
+    expect($('#first-run-when').textContent).toContain('away from the keyboard for 3 minutes');
+    expect(document.querySelector('#first-run-dismiss')).toBeNull();
+  });
+
+  it('starts the demo now when asked', async () => {
+    const lend = vi.fn(() => ({ pool: 'http://127.0.0.1:40000' }));
+    mockIPC((cmd) => {
+      if (cmd === 'status') return status({ state: 'paused', scheduler: null });
+      if (cmd === 'app_info') return { ...appInfo, first_run: true };
+      if (cmd === 'demo_start') return { url: 'http://127.0.0.1:40000' };
+      if (cmd === 'demo_start_now') return lend();
+    });
+    render(Now);
+    await waitFor(() => expect(document.querySelector('#first-run')).not.toBeNull());
+    await fireEvent.click($('#first-run-demo'));
+    await waitFor(() => expect(document.querySelector('#first-run-start-now')).not.toBeNull());
+    await fireEvent.click($('#first-run-start-now'));
+    await waitFor(() => expect($('#first-run-start-result').textContent).toContain('works for the demo pool now'));
+    expect(lend).toHaveBeenCalledOnce();
+  });
+
+  it('remembers "Not now"', async () => {
+    const dismissed = vi.fn(() => ({ first_run: false }));
+    mockIPC((cmd) => {
+      if (cmd === 'status') return status({ state: 'no_pool', scheduler: null });
+      if (cmd === 'app_info') return { ...appInfo, first_run: true };
+      if (cmd === 'first_run_dismiss') return dismissed();
+    });
+    render(Now);
+    await waitFor(() => expect(document.querySelector('#first-run')).not.toBeNull());
+    await fireEvent.click($('#first-run-dismiss'));
+    await waitFor(() => expect(document.querySelector('#first-run')).toBeNull());
+    expect(dismissed).toHaveBeenCalledOnce();
   });
 
   it('asks on first run whether to start at login', async () => {

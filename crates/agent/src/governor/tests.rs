@@ -69,6 +69,44 @@ fn every_limit_alone_and_in_combination() {
         ),
         ("no idle sensor, headless", |s, _| s.user_idle = None, ManualPause::None, None),
         (
+            "user active, but lent now (the demo's Start now)",
+            |s, l| {
+                s.user_idle = Some(Duration::from_secs(3));
+                l.lend_now = true;
+            },
+            ManualPause::None,
+            None,
+        ),
+        (
+            "lent now: the user's pause still wins",
+            |s, l| {
+                s.user_idle = Some(Duration::from_secs(3));
+                l.lend_now = true;
+            },
+            ManualPause::UntilResumed,
+            Some(&[PausedByUser]),
+        ),
+        (
+            "lent now: a low battery still pauses",
+            |s, l| {
+                s.user_idle = Some(Duration::from_secs(3));
+                s.battery = Some(Battery { percent: 10.0, on_ac: true });
+                l.lend_now = true;
+            },
+            ManualPause::None,
+            Some(&[BatteryLow]),
+        ),
+        (
+            "lent now, graphical session without a sensor: runs",
+            |s, l| {
+                s.user_idle = None;
+                s.graphical_session = Some("DISPLAY=:0 is set, but no idle sensor answers".into());
+                l.lend_now = true;
+            },
+            ManualPause::None,
+            None,
+        ),
+        (
             "no idle sensor, graphical session: cannot tell",
             |s, _| {
                 s.user_idle = None;

@@ -250,5 +250,6 @@ pub fn to_limits(get: impl Fn(&str) -> Option<Value>, machine: Machine) -> Limit
             .filter_map(|v| v.as_str()?.parse().ok())
             .collect(),
         policy_unreadable: None,
+        lend_now: false,
     }
 }

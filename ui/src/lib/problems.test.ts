@@ -1,0 +1,78 @@
+import { describe, expect, it } from 'vitest';
+import { agentProblem, poolProblem } from './problems';
+import { status } from '../test/fixtures';
+
+// A command line or a config key in the words would send a non-technical
+// person to a terminal: the words never have one (the details may).
+const TECHNICAL = /`|idlemesh (settings|agent|pool)|pool_url|allow_|IDLEMESH_|\.toml/;
+
+describe('problems in words', () => {
+  it.each([
+    'keyring_refused',
+    'no_keyring',
+    'keyring_damaged',
+    'keyring_setting',
+    'already_running',
+    'socket_not_private',
+    'data_dir',
+    'other',
+    'something_new',
+  ])('the agent not starting (%s) is explained, with Try again', (code) => {
+    const p = agentProblem({ ...status(), state: 'error', error: 'raw `cause`', error_code: code, data_dir: '/d' })!;
+    expect(p.title).not.toMatch(TECHNICAL);
+    expect(p.text).not.toMatch(TECHNICAL);
+    expect(p.fixes).toContain('retry');
+    expect(p.details).toBe('raw `cause`');
+  });
+
+  it('says where the key would be kept when the keyring refuses', () => {
+    const p = agentProblem({ ...status(), state: 'error', error_code: 'keyring_refused' })!;
+    expect(p.text).toContain('login keyring');
+    expect(p.text).toContain('“idlemesh”');
+  });
+
+  it('names the folder that cannot be written', () => {
+    const p = agentProblem({ ...status(), state: 'error', error_code: 'data_dir', data_dir: '/home/u/.local/share/idlemesh' })!;
+    expect(p.text).toContain('/home/u/.local/share/idlemesh');
+  });
+
+  it('is nothing while the agent runs', () => {
+    expect(agentProblem(status())).toBeNull();
+    expect(poolProblem(status(), Date.now())).toBeNull();
+  });
+
+  it.each([
+    ['no_pool', 'No pool yet', ['join_pool', 'demo']],
+    ['unreachable', 'Cannot reach the pool', []],
+    ['refused', 'The pool did not let this computer join', ['join_pool']],
+    ['pool_key_changed', 'The pool’s identity changed', ['join_pool']],
+    ['insecure_pool', 'The pool’s address is not secure', ['join_pool']],
+    ['policy_unreadable', 'Your organisation’s settings cannot be read', []],
+    ['metered', 'Waiting for a suitable network', ['limits']],
+    ['cannot_join', 'Cannot join the pool', []],
+  ])('a pool problem (%s) reads "%s"', (code, title, fixes) => {
+    const p = poolProblem(
+      { ...status(), pool_problem: 'cannot join `x`: set pool_url', pool_problem_code: code },
+      Date.now(),
+    )!;
+    expect(p.title).toBe(title);
+    expect(p.fixes).toEqual(fixes);
+    expect(p.text).not.toMatch(TECHNICAL);
+  });
+
+  it('says when the agent tries again, and what the pool said', () => {
+    const now = Date.now();
+    const p = poolProblem(
+      {
+        ...status(),
+        pool_problem: 'x',
+        pool_problem_code: 'refused',
+        pool_retry_at_ms: now + 90_000,
+        pool_said: 'this pool needs an enrollment token',
+      },
+      now,
+    )!;
+    expect(p.text).toContain('“this pool needs an enrollment token”');
+    expect(p.text).toContain('again in 1 min 30 s');
+  });
+});
