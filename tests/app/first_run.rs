@@ -541,3 +541,35 @@ async fn a_new_user_opens_the_dashboard_from_the_tray_tries_the_demo_and_sees_st
         Err(_) => panic!("the first-run steps took over 5 minutes"),
     }
 }
+
+/// "Not now" on the demo offer holds from one start of the app to the
+/// next, and the demo stays one click away in the "No pool yet" box.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_now_is_remembered_from_one_start_to_the_next() {
+    rustls::crypto::ring::default_provider().install_default().ok();
+    session_keyring();
+    let dir = tempfile::tempdir().unwrap();
+    let x = xvfb::Xvfb::with_screen("1280x1024x24");
+    let (_bus, _, env) = keyutils_home(dir.path(), "home", &x);
+    let shots = shots_dir("not-now");
+    with_app(&env, &["--dashboard"], &x, shots.clone(), async |ui| {
+        ui.wait_text("#first-run h2", Duration::from_secs(60), |t| t == "New here? Try the demo pool").await;
+        ui.click("#first-run-dismiss").await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ui.client.find(Locator::Css("#first-run")).await.is_ok() {
+            assert!(Instant::now() < deadline, "the offer goes away");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    with_app(&env, &["--dashboard"], &x, shots.clone(), async |ui| {
+        ui.wait_text("#pool-problem .note-title", Duration::from_secs(60), |t| t == "No pool yet").await;
+        let info = ui.invoke("app_info", json!({})).await;
+        assert_eq!(info["ok"]["first_run"], false, "{info}");
+        assert!(ui.client.find(Locator::Css("#first-run")).await.is_err(), "not offered again");
+        assert!(ui.client.find(Locator::Css("#fix-demo")).await.is_ok(), "the demo is still one click away");
+        ui.shot("not-now-next-start").await;
+    })
+    .await;
+    print_shots(&shots);
+}
