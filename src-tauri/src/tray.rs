@@ -77,7 +77,14 @@ fn on_menu(app: &AppHandle, id: &str) {
 
 /// The state in a few words, for the menu and the tooltip.
 pub fn words(status: &Value) -> String {
-    let first_reason = || status["reasons"][0]["text"].as_str().unwrap_or_default().to_string();
+    // The reasons whose agent text is for whoever manages the machine are
+    // said plainly (as on the dashboard, ui/src/lib/problems.ts).
+    let first_reason = || match status["reasons"][0]["code"].as_str() {
+        Some("presence_unknown") => "cannot tell whether you are at this computer".to_string(),
+        Some("sandbox_missing") => "tasks cannot be walled off here as strictly as required".to_string(),
+        Some("policy_unreadable") => "your organisation's settings cannot be read".to_string(),
+        _ => status["reasons"][0]["text"].as_str().unwrap_or_default().to_string(),
+    };
     match status["state"].as_str().unwrap_or("starting") {
         "working" => "Working for the pool".into(),
         "waiting_for_work" => "Waiting for work from the pool".into(),

@@ -174,10 +174,14 @@ fn shots_dir(test: &str) -> PathBuf {
     dir
 }
 
+/// Prints each screenshot's path. Straight to the process's stderr: the
+/// test harness keeps `eprintln!` of a passing test to itself, and CI's
+/// log should say where the artefacts are.
 fn print_shots(dir: &Path) {
+    let mut err = std::io::stderr();
     for f in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         if f.path().extension().is_some_and(|e| e == "png") {
-            eprintln!("first run test: screenshot {}", f.path().display());
+            let _ = writeln!(err, "first run test: screenshot {}", f.path().display());
         }
     }
 }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { agentProblem, poolProblem } from './problems';
+import { agentProblem, poolProblem, reasonWords } from './problems';
 import { status } from '../test/fixtures';
 
 // A command line or a config key in the words would send a non-technical
@@ -74,5 +74,24 @@ describe('problems in words', () => {
     )!;
     expect(p.text).toContain('“this pool needs an enrollment token”');
     expect(p.text).toContain('again in 1 min 30 s');
+  });
+});
+
+describe('reasons in words', () => {
+  it.each([
+    ['presence_unknown', 'cannot tell whether you are using this machine (DISPLAY=:0 is set, but no idle sensor answers)'],
+    ['sandbox_missing', 'the worker sandbox lacks netns (user namespaces are off), which require_sandbox asks for'],
+    ['policy_unreadable', 'IT policy unreadable: /etc/idlemesh/policy.toml: TOML parse error at line 1'],
+  ])('%s is said plainly', (code, text) => {
+    const words = reasonWords({ code, text } as never);
+    expect(words).not.toBe(text);
+    expect(words).not.toMatch(TECHNICAL);
+    expect(words).not.toMatch(/netns|DISPLAY|require_sandbox/);
+  });
+
+  it('keeps the agent’s words where they are plain already', () => {
+    expect(reasonWords({ code: 'user_active', text: 'user active 18 s ago; work starts after 3 min idle' } as never)).toBe(
+      'user active 18 s ago; work starts after 3 min idle',
+    );
   });
 });

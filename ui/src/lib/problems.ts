@@ -3,7 +3,7 @@
 // where one can. The agent's own sentences (written for `idlemesh status`,
 // with command lines) stay behind "Details".
 
-import type { Status } from './api';
+import type { Reason, Status } from './api';
 import { formatDuration, formatWhen } from './format';
 
 /** A button a problem offers; the page knows what each does. */
@@ -171,4 +171,21 @@ export function poolProblem(s: Status | null, nowMs: number): Problem | null {
         `Idlemesh could not join ${pool} and tries ${retryWords(s.pool_retry_at_ms, nowMs)}.`,
       );
   }
+}
+
+/** Reasons whose agent text is for whoever manages the machine (it names
+ *  sensors, sandbox layers, files): the dashboard says them plainly, with
+ *  the agent's text kept as the item's tooltip. */
+const REASON_WORDS: Record<string, string> = {
+  presence_unknown:
+    'Idlemesh cannot tell whether you are using this computer (it cannot see keyboard and mouse activity here), so it lends nothing rather than risk slowing you down.',
+  sandbox_missing:
+    'Tasks must be walled off from your files and network more strictly than this computer allows (a rule set for Idlemesh here), so nothing runs.',
+  policy_unreadable:
+    'Your organisation’s settings for Idlemesh cannot be read, so nothing runs until they are fixed. Tell your IT department.',
+};
+
+/** A governor reason in words for the dashboard. */
+export function reasonWords(r: Reason): string {
+  return REASON_WORDS[r.code] ?? r.text;
 }
