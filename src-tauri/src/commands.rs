@@ -228,8 +228,8 @@ async fn first_run_dismiss(state: S<'_>) -> Result<Value> {
     tauri::async_runtime::spawn_blocking(move || {
         let mut saved = read_app_state(&path);
         saved["first_run_dismissed"] = true.into();
-        std::fs::create_dir_all(path.parent().expect("in the data dir"))
-            .and_then(|()| idlemesh_agent::settings::write_atomically(&path, saved.to_string().as_bytes()))
+        // Makes the data dir too, if the agent has not yet.
+        idlemesh_agent::settings::write_atomically(&path, saved.to_string().as_bytes())
             .map_err(|e| CommandError::new("io", format!("cannot remember \"Not now\" in {}: {e}", path.display())))
     })
     .await

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use fantoccini::Locator;
 use serde_json::{Value, json};
 
-use crate::app_env::{pool_with_job, session_keyring};
-use crate::{Ui, launch, session_bus, sni, xvfb};
+use crate::app_env::{pool_with_job, serve, session_keyring, test_pool};
+use crate::{Ui, drive, launch, session_bus, sni, xvfb};
 
 /// gnome-keyring's Secret Service on the test's bus, keeping its keyrings
 /// in the test's home. Killed on drop (with any daemon that replaced it).
@@ -44,19 +44,15 @@ impl Keyring {
         self.spawn(&["--replace", "--unlock"], Some("login password"));
         let deadline = Instant::now() + Duration::from_secs(10);
         // Serving, and its login keyring made (and so unlocked) on disk.
-        let login = Path::new(&self.var("XDG_DATA_HOME")).join("keyrings/login.keyring");
+        let login = Path::new(get(&self.env, "XDG_DATA_HOME")).join("keyrings/login.keyring");
         while owner(self.bus()) == before || !login.exists() {
             assert!(Instant::now() < deadline, "the unlocked gnome-keyring did not replace the locked one");
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
-    fn var(&self, key: &str) -> String {
-        self.env.iter().find(|(k, _)| k == key).unwrap_or_else(|| panic!("{key}")).1.clone()
-    }
-
     fn bus(&self) -> &str {
-        &self.env.iter().find(|(k, _)| k == "DBUS_SESSION_BUS_ADDRESS").unwrap().1
+        get(&self.env, "DBUS_SESSION_BUS_ADDRESS")
     }
 
     fn spawn(&mut self, extra: &[&str], password: Option<&str>) {
@@ -192,15 +188,8 @@ async fn with_app<F>(env: &[(String, String)], args: &[&str], x: &xvfb::Xvfb, sh
 where
     F: AsyncFnOnce(&Ui),
 {
-    use futures_util::FutureExt as _;
     let (driver, ui) = launch(env, args, x, default_socket(env), shots).await;
-    let run = std::panic::AssertUnwindSafe(steps(&ui)).catch_unwind();
-    let result = match tokio::time::timeout(Duration::from_secs(240), run).await {
-        Ok(result) => result,
-        Err(_) => Err(Box::new("the steps took over 4 minutes") as Box<dyn std::any::Any + Send>),
-    };
-    ui.quit(driver).await;
-    if let Err(panic) = result {
+    if let Err(panic) = drive(driver, ui, Duration::from_secs(240), steps).await {
         std::panic::resume_unwind(panic);
     }
 }
@@ -329,7 +318,8 @@ async fn every_reason_the_agent_cannot_start_is_shown_in_words() {
             format!("pool_url = \"http://127.0.0.1:{closed_port}\"\nidle_minutes = 0\n"),
         )
         .unwrap();
-        let (closed_url, _closed) = token_only_pool(&home.join("closed-pool")).await;
+        // A pool that enrolls only devices with a token (none is given here).
+        let (closed_url, _closed) = serve(test_pool(&home.join("closed-pool"), "closed pool", false)).await;
         with_app(&env, &["--dashboard"], &x, shots.clone(), async |ui| {
             ui.wait_text("#pool-problem .note-title", Duration::from_secs(60), |t| t == "Cannot reach the pool").await;
             let text = ui.text("#pool-problem-text").await;
@@ -409,30 +399,6 @@ async fn every_reason_the_agent_cannot_start_is_shown_in_words() {
     print_shots(&shots);
 }
 
-/// A pool that enrolls only devices with a token (none is given here).
-async fn token_only_pool(dir: &Path) -> (String, tokio::task::JoinHandle<()>) {
-    let pool = idlemesh_pool::Pool::open(idlemesh_pool::PoolConfig {
-        data_dir: dir.to_path_buf(),
-        database: None,
-        key_file: None,
-        name: "closed pool".into(),
-        operator: "tests".into(),
-        operator_token: "test-operator-token-0123456789".into(),
-        open_enrollment: false,
-        trust: idlemesh_pool::trust::TrustRules::single_owner(),
-        payout: None,
-    })
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    (
-        url,
-        tokio::spawn(async move {
-            let _ = pool.serve(listener).await;
-        }),
-    )
-}
-
 /// A folder nobody can write into while this lives: mode 0555, and the
 /// immutable flag when running as root.
 struct ReadOnly(PathBuf, bool);
@@ -492,7 +458,7 @@ async fn a_new_user_opens_the_dashboard_from_the_tray_tries_the_demo_and_sees_st
         .expect("a WebDriver session once the dashboard opened")
         .unwrap();
     let ui = Ui { client, display: x.display.clone(), socket, shots: shots.clone() };
-    let steps = async {
+    let steps = async |ui: &Ui| {
         ui.wait_text("#first-run h2", Duration::from_secs(30), |t| t == "New here? Try the demo pool").await;
         let page = ui.text("#page-now").await;
         assert!(!page.contains("idlemesh settings") && !page.contains('`'), "no command line: {page}");
@@ -533,16 +499,10 @@ async fn a_new_user_opens_the_dashboard_from_the_tray_tries_the_demo_and_sees_st
         let info: Value = ui.invoke("app_info", json!({})).await;
         assert_eq!(info["ok"]["first_run"], false, "{info}");
     };
-    let result = {
-        use futures_util::FutureExt as _;
-        tokio::time::timeout(Duration::from_secs(300), std::panic::AssertUnwindSafe(steps).catch_unwind()).await
-    };
-    ui.quit(driver).await;
+    let outcome = drive(driver, ui, Duration::from_secs(300), steps).await;
     print_shots(&shots);
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(panic)) => std::panic::resume_unwind(panic),
-        Err(_) => panic!("the first-run steps took over 5 minutes"),
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
     }
 }
 

@@ -230,15 +230,25 @@ async fn the_dashboard_shows_controls_and_verifies_a_real_agent() {
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("app-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
     let (driver, ui) = launch(&env, &["--dashboard"], &x, socket, shots).await;
-    // A WebDriver call that never returns must fail the test, not hang it.
-    let result = match tokio::time::timeout(Duration::from_secs(300), steps(&ui, &pool_url, &config_dir)).await {
-        Ok(result) => result,
-        Err(_) => Err(Box::new("the test steps took over 5 minutes") as Box<dyn std::any::Any + Send>),
-    };
-    ui.quit(driver).await;
-    if let Err(panic) = result {
+    let outcome = drive(driver, ui, Duration::from_secs(300), async |ui| steps(ui, &pool_url, &config_dir).await).await;
+    if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
+}
+
+/// Runs `steps` on the app under `limit` (a WebDriver call that never
+/// returns must fail the test, not hang it), then quits the app and ends
+/// the WebDriver session whatever happened; returns how the steps ended,
+/// for the caller to fail with once it has cleaned up.
+async fn drive(driver: Driver, ui: Ui, limit: Duration, steps: impl AsyncFnOnce(&Ui)) -> std::thread::Result<()> {
+    use futures_util::FutureExt as _;
+    let run = std::panic::AssertUnwindSafe(steps(&ui)).catch_unwind();
+    let outcome = match tokio::time::timeout(limit, run).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(Box::new(format!("the test steps took over {limit:?}")) as Box<dyn std::any::Any + Send>),
+    };
+    ui.quit(driver).await;
+    outcome
 }
 
 /// Starts WebKitWebDriver and, through it, the app with `args` and `env`;
@@ -295,178 +305,167 @@ impl Ui {
     }
 }
 
-/// The steps, run so the WebDriver session is closed even when one fails.
-async fn steps(ui: &Ui, pool_url: &str, config_dir: &Path) -> Result<(), Box<dyn std::any::Any + Send>> {
-    use futures_util::FutureExt as _;
-    // A failed assertion must still close the WebDriver session and stop tauri-driver.
-    std::panic::AssertUnwindSafe(async {
-        // Now: the state and every reason of the running agent.
-        eprintln!("app test: Now");
-        ui.wait_text("#state", Duration::from_secs(90), |t| t.contains("Working for the pool")).await;
-        let s = ui.wait_status("a task running", Duration::from_secs(10), |s| s["state"] == "working").await;
-        assert_eq!(s["scheduler"]["pool"], pool_url);
-        let shown: Vec<String> = {
-            let items = ui.client.find_all(Locator::Css("#reasons li")).await.unwrap();
-            let mut texts = Vec::new();
-            for li in items {
-                texts.push(li.text().await.unwrap());
-            }
-            texts
-        };
-        for reason in s["reasons"].as_array().unwrap() {
-            let text = reason["text"].as_str().unwrap();
-            // The texts of a running agent change (seconds away); the code-stable prefix must show.
-            let stem: String = text.chars().take(12).collect();
-            assert!(shown.iter().any(|t| t.contains(&stem)), "reason {text:?} not shown in {shown:?}");
+/// The steps of the dashboard test (`drive` closes the session even when one fails).
+async fn steps(ui: &Ui, pool_url: &str, config_dir: &Path) {
+    // Now: the state and every reason of the running agent.
+    eprintln!("app test: Now");
+    ui.wait_text("#state", Duration::from_secs(90), |t| t.contains("Working for the pool")).await;
+    let s = ui.wait_status("a task running", Duration::from_secs(10), |s| s["state"] == "working").await;
+    assert_eq!(s["scheduler"]["pool"], pool_url);
+    let shown: Vec<String> = {
+        let items = ui.client.find_all(Locator::Css("#reasons li")).await.unwrap();
+        let mut texts = Vec::new();
+        for li in items {
+            texts.push(li.text().await.unwrap());
         }
-        ui.page("now").await;
-        ui.shot("now").await;
+        texts
+    };
+    for reason in s["reasons"].as_array().unwrap() {
+        let text = reason["text"].as_str().unwrap();
+        // The texts of a running agent change (seconds away); the code-stable prefix must show.
+        let stem: String = text.chars().take(12).collect();
+        assert!(shown.iter().any(|t| t.contains(&stem)), "reason {text:?} not shown in {shown:?}");
+    }
+    ui.page("now").await;
+    ui.shot("now").await;
 
-        // Pausing from the UI freezes the worker by the time the agent answers.
-        eprintln!("app test: Pausing from the UI freezes the worker by the time the agent answers.");
-        ui.click("#pause-indefinitely").await;
-        let s = ui
-            .wait_status("the worker frozen", Duration::from_secs(5), |s| {
-                s["paused"] == true && s["workers"]["frozen"] == true
-            })
-            .await;
-        for pid in s["workers"]["pids"].as_array().unwrap() {
-            assert_eq!(proc_state(pid.as_u64().unwrap()), 'T', "worker {pid} is stopped");
-        }
-        ui.wait_text("#state", Duration::from_secs(5), |t| t.contains("Paused")).await;
-        ui.click("#resume").await;
-        ui.wait_status("the worker running again", Duration::from_secs(5), |s| {
-            s["workers"]["frozen"] == false && s["paused"] == false
+    // Pausing from the UI freezes the worker by the time the agent answers.
+    eprintln!("app test: Pausing from the UI freezes the worker by the time the agent answers.");
+    ui.click("#pause-indefinitely").await;
+    let s = ui
+        .wait_status("the worker frozen", Duration::from_secs(5), |s| {
+            s["paused"] == true && s["workers"]["frozen"] == true
         })
         .await;
-
-        // Limits: a change persists and takes effect.
-        eprintln!("app test: Limits");
-        ui.page("limits").await;
-        ui.shot("limits").await;
-        let input = ui.client.find(Locator::Css("#setting-cpu_duty_cycle_percent")).await.unwrap();
-        input.clear().await.unwrap();
-        input.send_keys("50").await.unwrap();
-        ui.click("#save-cpu_duty_cycle_percent").await;
-        ui.wait_text("#message-cpu_duty_cycle_percent", Duration::from_secs(5), |t| t.contains("Saved")).await;
-        let on_disk = std::fs::read_to_string(config_dir.join("settings.toml")).unwrap();
-        assert!(on_disk.contains("cpu_duty_cycle_percent = 50"), "{on_disk}");
-        ui.wait_status("duty cycle 50%", Duration::from_secs(5), |s| {
-            s["decision"]["action"]["duty_cycle_percent"] == 50
-        })
-        .await;
-        // A bad value is refused with the agent's words, and nothing changes.
-        eprintln!("app test: A bad value is refused with the agent's words, and nothing changes.");
-        input.clear().await.unwrap();
-        input.send_keys("0").await.unwrap();
-        ui.click("#save-cpu_duty_cycle_percent").await;
-        ui.wait_text("#message-cpu_duty_cycle_percent", Duration::from_secs(5), |t| {
-            t.contains("1") && !t.contains("Saved")
-        })
-        .await;
-        assert!(
-            std::fs::read_to_string(config_dir.join("settings.toml")).unwrap().contains("cpu_duty_cycle_percent = 50")
-        );
-
-        // A locked policy value cannot be edited, in the page or by calling the agent.
-        eprintln!("app test: A locked policy value cannot be edited, in the page or by calling the agent.");
-        let locked = ui.client.find(Locator::Css("#setting-min_battery_percent")).await.unwrap();
-        assert!(!locked.is_enabled().await.unwrap(), "a locked setting's input is disabled");
-        let page = ui.text("#page-limits").await;
-        assert!(page.contains("managed by your organisation"), "{page}");
-        let refused = ui.invoke("settings_set", json!({"key": "min_battery_percent", "value": "10"})).await;
-        assert_eq!(refused["error"]["code"], "locked", "{refused}");
-        assert_eq!(ui.status().await["settings"]["min_battery_percent"]["value"], 90);
-
-        // Stats and privacy render from the real ledger.
-        eprintln!("app test: Stats and privacy render from the real ledger.");
-        ui.page("stats").await;
-        ui.shot("stats").await;
-        ui.page("privacy").await;
-        ui.shot("privacy").await;
-        let privacy = ui.text("#disclosures").await;
-        assert!(privacy.contains(pool_url), "the enrollment disclosure to {pool_url} is listed: {privacy}");
-
-        // Ledger: export and verify.
-        eprintln!("app test: Ledger");
-        ui.page("ledger").await;
-        ui.click("#export-csv").await;
-        let exported = ui.wait_text("#export-result", Duration::from_secs(10), |t| t.contains(".csv")).await;
-        let path = exported
-            .split_whitespace()
-            .find(|w| w.ends_with(".csv"))
-            .unwrap_or_else(|| panic!("no file path in {exported:?}"));
-        let csv = std::fs::read_to_string(path).unwrap();
-        assert!(csv.starts_with("seq,at,kind,body,prev_hash,hash\n"), "{csv}");
-        assert!(csv.lines().count() >= 3, "header + disclosure + pause at least: {csv}");
-        ui.click("#verify").await;
-        let verified = ui.wait_text("#verify-result", Duration::from_secs(10), |t| !t.is_empty()).await;
-        assert!(verified.contains("Chain intact"), "{verified}");
-
-        // Pools: this pool is listed as current.
-        eprintln!("app test: Pools");
-        ui.page("pools").await;
-        ui.shot("pools").await;
-        let rows = ui.text("#page-pools").await;
-        assert!(rows.contains(pool_url), "{rows}");
-        ui.page("ledger").await;
-        ui.shot("ledger").await;
-
-        // Light mode here (the system's, as GTK reports it): the page is light.
-        let scheme = ui.script("return [matchMedia('(prefers-color-scheme: dark)').matches, getComputedStyle(document.documentElement).backgroundColor]").await;
-        assert_eq!(scheme[0], false, "{scheme}");
-        assert!(luma(scheme[1].as_str().unwrap()) > 180.0, "a light background: {scheme}");
-
-        // 200 % zoom with the keyboard (Ctrl+= five times, 20 % each): the
-        // layout reflows to half the CSS width and nothing scrolls sideways.
-        eprintln!("app test: 200 % zoom");
-        let width = ui.script("return window.innerWidth").await.as_f64().unwrap();
-        let body = ui.client.find(Locator::Css("body")).await.unwrap();
-        for _ in 0..5 {
-            // U+E009 holds Control, U+E000 releases it.
-            body.send_keys("\u{E009}=\u{E000}").await.unwrap();
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let zoomed = ui.script("return window.innerWidth").await.as_f64().unwrap();
-            if (zoomed - width / 2.0).abs() <= 2.0 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "innerWidth {zoomed} after zooming in from {width}: not 200 %");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        for name in ["now", "limits", "stats", "ledger", "privacy", "pools"] {
-            // By keyboard: WebKitWebDriver's clicks miss under page zoom
-            // (it does not scale the element's coordinates).
-            let link = ui.client.find(Locator::Css(&format!("#nav-{name}"))).await.unwrap();
-            link.send_keys("\u{E007}").await.unwrap();
-            ui.client
-                .wait()
-                .at_most(Duration::from_secs(10))
-                .for_element(Locator::Css(&format!("#page-{name}")))
-                .await
-                .unwrap_or_else(|e| panic!("Enter on #nav-{name} at 200 %: {e}"));
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let overflow = ui
-                .script("return document.documentElement.scrollWidth - document.documentElement.clientWidth")
-                .await;
-            ui.shot(&format!("{name}-200-percent")).await;
-            let culprits = ui
-                .script(
-                    "const w = document.documentElement.clientWidth; return [...document.querySelectorAll('body *')]
-                       .filter((e) => e.getBoundingClientRect().right > w + 1)
-                       .filter((e) => ![...e.children].some((c) => c.getBoundingClientRect().right > w + 1))
-                       .sort((a, b) => b.getBoundingClientRect().right - a.getBoundingClientRect().right)
-                       .slice(0, 5).map((e) => e.tagName + '#' + e.id + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right))",
-                )
-                .await;
-            assert!(
-                overflow.as_f64().unwrap() <= 1.0,
-                "{name} scrolls sideways at 200 %: {overflow} px; wider than the page: {culprits}"
-            );
-        }
+    for pid in s["workers"]["pids"].as_array().unwrap() {
+        assert_eq!(proc_state(pid.as_u64().unwrap()), 'T', "worker {pid} is stopped");
+    }
+    ui.wait_text("#state", Duration::from_secs(5), |t| t.contains("Paused")).await;
+    ui.click("#resume").await;
+    ui.wait_status("the worker running again", Duration::from_secs(5), |s| {
+        s["workers"]["frozen"] == false && s["paused"] == false
     })
-    .catch_unwind()
-    .await
+    .await;
+
+    // Limits: a change persists and takes effect.
+    eprintln!("app test: Limits");
+    ui.page("limits").await;
+    ui.shot("limits").await;
+    let input = ui.client.find(Locator::Css("#setting-cpu_duty_cycle_percent")).await.unwrap();
+    input.clear().await.unwrap();
+    input.send_keys("50").await.unwrap();
+    ui.click("#save-cpu_duty_cycle_percent").await;
+    ui.wait_text("#message-cpu_duty_cycle_percent", Duration::from_secs(5), |t| t.contains("Saved")).await;
+    let on_disk = std::fs::read_to_string(config_dir.join("settings.toml")).unwrap();
+    assert!(on_disk.contains("cpu_duty_cycle_percent = 50"), "{on_disk}");
+    ui.wait_status("duty cycle 50%", Duration::from_secs(5), |s| s["decision"]["action"]["duty_cycle_percent"] == 50)
+        .await;
+    // A bad value is refused with the agent's words, and nothing changes.
+    eprintln!("app test: A bad value is refused with the agent's words, and nothing changes.");
+    input.clear().await.unwrap();
+    input.send_keys("0").await.unwrap();
+    ui.click("#save-cpu_duty_cycle_percent").await;
+    ui.wait_text("#message-cpu_duty_cycle_percent", Duration::from_secs(5), |t| {
+        t.contains("1") && !t.contains("Saved")
+    })
+    .await;
+    assert!(std::fs::read_to_string(config_dir.join("settings.toml")).unwrap().contains("cpu_duty_cycle_percent = 50"));
+
+    // A locked policy value cannot be edited, in the page or by calling the agent.
+    eprintln!("app test: A locked policy value cannot be edited, in the page or by calling the agent.");
+    let locked = ui.client.find(Locator::Css("#setting-min_battery_percent")).await.unwrap();
+    assert!(!locked.is_enabled().await.unwrap(), "a locked setting's input is disabled");
+    let page = ui.text("#page-limits").await;
+    assert!(page.contains("managed by your organisation"), "{page}");
+    let refused = ui.invoke("settings_set", json!({"key": "min_battery_percent", "value": "10"})).await;
+    assert_eq!(refused["error"]["code"], "locked", "{refused}");
+    assert_eq!(ui.status().await["settings"]["min_battery_percent"]["value"], 90);
+
+    // Stats and privacy render from the real ledger.
+    eprintln!("app test: Stats and privacy render from the real ledger.");
+    ui.page("stats").await;
+    ui.shot("stats").await;
+    ui.page("privacy").await;
+    ui.shot("privacy").await;
+    let privacy = ui.text("#disclosures").await;
+    assert!(privacy.contains(pool_url), "the enrollment disclosure to {pool_url} is listed: {privacy}");
+
+    // Ledger: export and verify.
+    eprintln!("app test: Ledger");
+    ui.page("ledger").await;
+    ui.click("#export-csv").await;
+    let exported = ui.wait_text("#export-result", Duration::from_secs(10), |t| t.contains(".csv")).await;
+    let path = exported
+        .split_whitespace()
+        .find(|w| w.ends_with(".csv"))
+        .unwrap_or_else(|| panic!("no file path in {exported:?}"));
+    let csv = std::fs::read_to_string(path).unwrap();
+    assert!(csv.starts_with("seq,at,kind,body,prev_hash,hash\n"), "{csv}");
+    assert!(csv.lines().count() >= 3, "header + disclosure + pause at least: {csv}");
+    ui.click("#verify").await;
+    let verified = ui.wait_text("#verify-result", Duration::from_secs(10), |t| !t.is_empty()).await;
+    assert!(verified.contains("Chain intact"), "{verified}");
+
+    // Pools: this pool is listed as current.
+    eprintln!("app test: Pools");
+    ui.page("pools").await;
+    ui.shot("pools").await;
+    let rows = ui.text("#page-pools").await;
+    assert!(rows.contains(pool_url), "{rows}");
+    ui.page("ledger").await;
+    ui.shot("ledger").await;
+
+    // Light mode here (the system's, as GTK reports it): the page is light.
+    let scheme = ui.script("return [matchMedia('(prefers-color-scheme: dark)').matches, getComputedStyle(document.documentElement).backgroundColor]").await;
+    assert_eq!(scheme[0], false, "{scheme}");
+    assert!(luma(scheme[1].as_str().unwrap()) > 180.0, "a light background: {scheme}");
+
+    // 200 % zoom with the keyboard (Ctrl+= five times, 20 % each): the
+    // layout reflows to half the CSS width and nothing scrolls sideways.
+    eprintln!("app test: 200 % zoom");
+    let width = ui.script("return window.innerWidth").await.as_f64().unwrap();
+    let body = ui.client.find(Locator::Css("body")).await.unwrap();
+    for _ in 0..5 {
+        // U+E009 holds Control, U+E000 releases it.
+        body.send_keys("\u{E009}=\u{E000}").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let zoomed = ui.script("return window.innerWidth").await.as_f64().unwrap();
+        if (zoomed - width / 2.0).abs() <= 2.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "innerWidth {zoomed} after zooming in from {width}: not 200 %");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for name in ["now", "limits", "stats", "ledger", "privacy", "pools"] {
+        // By keyboard: WebKitWebDriver's clicks miss under page zoom
+        // (it does not scale the element's coordinates).
+        let link = ui.client.find(Locator::Css(&format!("#nav-{name}"))).await.unwrap();
+        link.send_keys("\u{E007}").await.unwrap();
+        ui.client
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css(&format!("#page-{name}")))
+            .await
+            .unwrap_or_else(|e| panic!("Enter on #nav-{name} at 200 %: {e}"));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let overflow =
+            ui.script("return document.documentElement.scrollWidth - document.documentElement.clientWidth").await;
+        ui.shot(&format!("{name}-200-percent")).await;
+        let culprits = ui
+            .script(
+                "const w = document.documentElement.clientWidth; return [...document.querySelectorAll('body *')]
+                   .filter((e) => e.getBoundingClientRect().right > w + 1)
+                   .filter((e) => ![...e.children].some((c) => c.getBoundingClientRect().right > w + 1))
+                   .sort((a, b) => b.getBoundingClientRect().right - a.getBoundingClientRect().right)
+                   .slice(0, 5).map((e) => e.tagName + '#' + e.id + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right))",
+            )
+            .await;
+        assert!(
+            overflow.as_f64().unwrap() <= 1.0,
+            "{name} scrolls sideways at 200 %: {overflow} px; wider than the page: {culprits}"
+        );
+    }
 }

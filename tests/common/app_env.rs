@@ -19,32 +19,43 @@ pub fn session_keyring() {
     assert!(r >= 0, "keyctl: {}", std::io::Error::last_os_error());
 }
 
-/// A pool with a job of slow tiles, so a worker is busy while the test pauses it.
-pub async fn pool_with_job(dir: &Path) -> (String, tokio::task::JoinHandle<()>) {
-    let pool = Pool::open(PoolConfig {
+/// A pool for the app's tests, in `dir`: open to any device, or (not
+/// `open_enrollment`) only to devices with an enrollment token.
+pub fn test_pool(dir: &Path, name: &str, open_enrollment: bool) -> Pool {
+    Pool::open(PoolConfig {
         data_dir: dir.to_path_buf(),
         database: None,
         key_file: None,
-        name: "app test pool".into(),
+        name: name.into(),
         operator: "tests".into(),
         operator_token: "test-operator-token-0123456789".into(),
-        open_enrollment: true,
+        open_enrollment,
         trust: idlemesh_pool::trust::TrustRules::single_owner(),
         payout: None,
     })
-    .unwrap();
-    let kernel = pool.put_blob(idlemesh_kernels::MANDELBROT.to_vec()).await.unwrap();
-    let mut spec = idlemesh_pool::demo::mandelbrot_job(kernel, 1024, 1024, 1, 8);
-    // Deep zoom into the set's edge: most pixels run to max_iter, seconds per tile.
-    spec.params["max_iter"] = json!(8_000);
-    spec.params["span"] = json!(0.5);
-    pool.submit(spec).await.unwrap();
+    .unwrap()
+}
+
+/// Serves `pool` on a loopback port; its URL, and the server's task.
+pub async fn serve(pool: Pool) -> (String, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let server = tokio::spawn(async move {
         let _ = pool.serve(listener).await;
     });
     (url, server)
+}
+
+/// A pool with a job of slow tiles, so a worker is busy while the test pauses it.
+pub async fn pool_with_job(dir: &Path) -> (String, tokio::task::JoinHandle<()>) {
+    let pool = test_pool(dir, "app test pool", true);
+    let kernel = pool.put_blob(idlemesh_kernels::MANDELBROT.to_vec()).await.unwrap();
+    let mut spec = idlemesh_pool::demo::mandelbrot_job(kernel, 1024, 1024, 1, 8);
+    // Deep zoom into the set's edge: most pixels run to max_iter, seconds per tile.
+    spec.params["max_iter"] = json!(8_000);
+    spec.params["span"] = json!(0.5);
+    pool.submit(spec).await.unwrap();
+    serve(pool).await
 }
 
 pub fn proc_state(pid: u64) -> char {
