@@ -8,6 +8,7 @@
 //! its default durability: `fsync` and `synchronous_commit` on.
 //!
 //! `cargo bench -p idlemesh-cli --bench pool -- [DEVICES] [SECONDS] [CONCURRENCY] [sqlite,pg1,pg2]`
+//! (a set-up written `pg1=PATH` runs the pool binary at PATH instead).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -60,8 +61,8 @@ impl Drop for Replica {
     }
 }
 
-fn start_replica(dir: &std::path::Path, extra: &[&str]) -> Replica {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_idlemesh"))
+fn start_replica(bin: &str, dir: &std::path::Path, extra: &[&str]) -> Replica {
+    let mut child = Command::new(bin)
         // Simulated devices join without tokens, all from one loopback
         // address: open enrollment, replicas spread by token and
         // organisation only; new devices' results are checked (the default).
@@ -97,23 +98,26 @@ fn main() {
         idlemesh_pool::test_cluster::Cluster::start(&settings).expect("PostgreSQL")
     });
     for setup in setups.split(',') {
+        // `pg1=/path/to/idlemesh`: that build of the pool instead of this
+        // one, to compare two builds in alternating runs of one invocation.
+        let (setup, bin) = setup.split_once('=').unwrap_or((setup, env!("CARGO_BIN_EXE_idlemesh")));
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("pool.key").display().to_string();
         let mut db_name = None;
         let replicas: Vec<Replica> = match setup {
-            "sqlite" => vec![start_replica(&dir.path().join("r0"), &[])],
+            "sqlite" => vec![start_replica(bin, &dir.path().join("r0"), &[])],
             "pg1" | "pg2" => {
                 let db = cluster.as_ref().unwrap().create_database().unwrap();
                 db_name = db.split('/').nth(3).and_then(|n| n.split('?').next()).map(str::to_owned);
                 let n = if setup == "pg1" { 1 } else { 2 };
                 (0..n)
-                    .map(|i| start_replica(&dir.path().join(format!("r{i}")), &["--db", &db, "--key-file", &key]))
+                    .map(|i| start_replica(bin, &dir.path().join(format!("r{i}")), &["--db", &db, "--key-file", &key]))
                     .collect()
             }
             other => panic!("unknown set-up {other:?}: sqlite, pg1 or pg2"),
         };
         let bases: Vec<String> = replicas.iter().map(|r| r.base.clone()).collect();
-        println!("== {setup}: {} replica(s)", bases.len());
+        println!("== {setup}: {} replica(s) of {bin}", bases.len());
         load(&bases, devices_n, seconds, concurrency);
         if let (Some(c), Ok(_)) = (&cluster, std::env::var("IDLEMESH_BENCH_PG_STATS")) {
             // Needs IDLEMESH_BENCH_PG="shared_preload_libraries=pg_stat_statements".
@@ -126,7 +130,6 @@ fn main() {
     if let (Some(c), Ok(path)) = (&cluster, std::env::var("IDLEMESH_BENCH_PG_LOG")) {
         std::fs::write(path, c.log()).unwrap();
     }
-
 }
 
 fn load(bases: &[String], devices_n: usize, seconds: u64, concurrency: usize) {

@@ -733,8 +733,10 @@ impl Store {
         let apart =
             Apart { device_id, token: spread.token, org: spread.org, network: network.filter(|_| spread.network) };
         let lock = self.db.dialect().skip_locked("r, t");
-        // Ask for extra rows: replicas of a task already claimed in this lease are skipped.
-        let rows = max.saturating_mul(4);
+        // Ask for extra rows: replicas of a task already claimed in this
+        // lease are skipped. A lease of one needs none: each row read is
+        // locked, which PostgreSQL writes to the row (docs/benchmarks.md).
+        let rows = if max == 1 { 1 } else { max.saturating_mul(4) };
         // Expired leases first (oldest deadline first), then the queue in
         // order. Each half walks an index and stops at its row limit: the
         // cost of a lease does not grow with the number of tasks waiting.
