@@ -40,17 +40,7 @@ pub fn agent(args: AgentArgs) -> anyhow::Result<()> {
     };
     rustls::crypto::ring::default_provider().install_default().ok();
     let rt = tokio::runtime::Runtime::new()?;
-    let result = rt.block_on(async {
-        let shutdown = async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        };
-        daemon::run(config, shutdown).await
-    });
+    let result = rt.block_on(async { daemon::run(config, shutdown_asked()).await });
     // A task still running in a worker must not hold up the exit: its
     // checkpoint and lease are on disk, and the worker dies with us
     // (PR_SET_PDEATHSIG). Waiting for it took minutes with a long tile.
@@ -210,5 +200,34 @@ pub fn settings(args: SettingsArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// Resolves when the agent is asked to stop: Ctrl-C, or SIGTERM (what
+/// systemd and `kill` send) on Unix; on Windows, Ctrl-C or Ctrl-Break and
+/// the console closing (what a scheduled task's end sends).
+async fn shutdown_asked() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(windows)]
+    {
+        use tokio::signal::windows::{ctrl_break, ctrl_close};
+        let (mut brk, mut close) = (ctrl_break().expect("Ctrl-Break handler"), ctrl_close().expect("close handler"));
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = brk.recv() => {}
+            _ = close.recv() => {}
+        }
+    }
+    #[cfg(not(any(unix, windows)))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

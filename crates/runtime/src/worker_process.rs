@@ -128,7 +128,16 @@ fn spawn_from_long_lived_thread(cmd: Command) -> io::Result<Child> {
 /// the lockdown empties the environment.
 const WORKER_ENV_PREFIXES: &[&str] =
     &["WGPU_", "VK_", "MESA_", "LP_", "GALLIUM_", "LIBGL_", "__GLX_", "__EGL_", "DRI_", "NVIDIA_", "AMD_", "RADV_"];
-const WORKER_ENV: &[&str] = &["IDLEMESH_LOG", "RUST_BACKTRACE", "LD_LIBRARY_PATH", "TMPDIR", "XDG_RUNTIME_DIR"];
+const WORKER_ENV: &[&str] = &[
+    "IDLEMESH_LOG",
+    "RUST_BACKTRACE",
+    "LD_LIBRARY_PATH",
+    "TMPDIR",
+    "XDG_RUNTIME_DIR",
+    // Windows system DLLs (the Vulkan loader's among them) find the system through these.
+    "SystemRoot",
+    "windir",
+];
 /// The longest line of a worker's stderr passed on at once: a worker that
 /// writes without newlines must not make the supervisor hold it all.
 const MAX_STDERR_LINE_BYTES: u64 = 4096;
@@ -412,6 +421,64 @@ mod windows_threads {
     }
 }
 
+/// One job object for every worker of this process, which the system
+/// closes when the process ends, however it ends: `KILL_ON_JOB_CLOSE`
+/// then ends the workers too (Linux: `PR_SET_PDEATHSIG`).
+#[cfg(windows)]
+mod windows_job {
+    use std::io;
+    use std::os::windows::io::AsRawHandle as _;
+    use std::sync::OnceLock;
+
+    use windows_sys::Win32::System::JobObjects::{
+        AssignProcessToJobObject, CreateJobObjectW, JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE,
+        JOBOBJECT_EXTENDED_LIMIT_INFORMATION, JobObjectExtendedLimitInformation, SetInformationJobObject,
+    };
+
+    /// The job's handle, as an integer so it may sit in a static; never
+    /// closed by us (the process's end closes it, which is the point).
+    static JOB: OnceLock<Result<usize, String>> = OnceLock::new();
+
+    fn job() -> io::Result<usize> {
+        let job = JOB.get_or_init(|| {
+            // SAFETY: an unnamed job with default security; the limit
+            // structure is plain data, zeroed but for the one flag.
+            unsafe {
+                let job = CreateJobObjectW(std::ptr::null(), std::ptr::null());
+                if job.is_null() {
+                    return Err(format!("CreateJobObjectW: {}", io::Error::last_os_error()));
+                }
+                let mut limits: JOBOBJECT_EXTENDED_LIMIT_INFORMATION = std::mem::zeroed();
+                limits.BasicLimitInformation.LimitFlags = JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE;
+                let set = SetInformationJobObject(
+                    job,
+                    JobObjectExtendedLimitInformation,
+                    (&raw const limits).cast(),
+                    std::mem::size_of::<JOBOBJECT_EXTENDED_LIMIT_INFORMATION>() as u32,
+                );
+                if set == 0 {
+                    return Err(format!("SetInformationJobObject: {}", io::Error::last_os_error()));
+                }
+                Ok(job as usize)
+            }
+        });
+        job.clone().map_err(io::Error::other)
+    }
+
+    pub(super) fn adopt(child: &std::process::Child) -> io::Result<()> {
+        let job = job()?;
+        // SAFETY: both handles are live: the job is never closed, the child
+        // is borrowed for the call.
+        if unsafe { AssignProcessToJobObject(job as _, child.as_raw_handle()) } == 0 {
+            return Err(io::Error::other(format!(
+                "could not put the worker in its job object: {}",
+                io::Error::last_os_error()
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// A running worker process.
 pub struct WorkerProcess {
     /// Kernels (and whether metered) the worker has prepared: they are not sent again.
@@ -441,6 +508,13 @@ impl WorkerProcess {
         }
         cmd.args(&command.args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = spawn_from_long_lived_thread(cmd).map_err(WorkerError::Spawn)?;
+        // Windows has no parent-death signal: the worker joins a job that
+        // ends with this process, so a crashed agent leaves no worker computing.
+        #[cfg(windows)]
+        if let Err(e) = windows_job::adopt(&child) {
+            let _ = child.kill();
+            return Err(WorkerError::Spawn(e));
+        }
         let stdin = BufWriter::new(child.stdin.take().expect("piped"));
         let stdout = child.stdout.take().expect("piped");
         let news = Arc::new(Mutex::new(StderrNews::default()));

@@ -1,16 +1,36 @@
 //! Other programs' CPU use: the machine's total minus our own processes, so
 //! the agent never pauses because of the work it is doing itself.
+//!
+//! On Windows the counts come from `GetSystemTimes` and `GetProcessTimes`
+//! rather than sysinfo, whose CPU figures there go through the Performance
+//! Data Helper (PDH): a heavier path, and one Wine does not implement (the
+//! agent aborted under it; docs/architecture.md, "Windows").
 
+#[cfg(not(windows))]
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
 use super::LoadSensor;
 
+/// This platform's load sensor.
+pub fn this_machine() -> Box<dyn LoadSensor> {
+    #[cfg(windows)]
+    {
+        Box::new(windows::TimesLoad::default())
+    }
+    #[cfg(not(windows))]
+    {
+        Box::new(SysinfoLoad::new())
+    }
+}
+
+#[cfg(not(windows))]
 pub struct SysinfoLoad {
     sys: Option<System>,
     cores: f32,
     me: u32,
 }
 
+#[cfg(not(windows))]
 impl SysinfoLoad {
     pub fn new() -> Self {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f32;
@@ -18,6 +38,7 @@ impl SysinfoLoad {
     }
 }
 
+#[cfg(not(windows))]
 impl LoadSensor for SysinfoLoad {
     fn other_cpu_percent(&mut self, ours: &[u32]) -> Option<f32> {
         let sys = self.sys.as_mut()?;
@@ -28,5 +49,80 @@ impl LoadSensor for SysinfoLoad {
         // A process's usage is in percent of one core; the total is of the whole machine.
         let own: f32 = pids.iter().filter_map(|p| sys.process(*p)).map(|p| p.cpu_usage()).sum::<f32>() / self.cores;
         total.is_finite().then(|| (total - own).clamp(0.0, 100.0))
+    }
+}
+
+#[cfg(windows)]
+mod windows {
+    use std::collections::HashMap;
+
+    use windows_sys::Win32::Foundation::{CloseHandle, FILETIME};
+    use windows_sys::Win32::System::Threading::{
+        GetProcessTimes, GetSystemTimes, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION,
+    };
+
+    use super::LoadSensor;
+
+    /// CPU time counters, in 100 ns units summed over every core, and the
+    /// last reading of each, so every call reports the interval since the last.
+    #[derive(Default)]
+    pub struct TimesLoad {
+        /// The machine's (idle, kernel + user) at the last call; kernel time includes idle time.
+        machine: Option<(u64, u64)>,
+        /// Our processes' kernel + user time at the last call, by pid.
+        ours: HashMap<u32, u64>,
+    }
+
+    fn ticks(t: &FILETIME) -> u64 {
+        (u64::from(t.dwHighDateTime) << 32) | u64::from(t.dwLowDateTime)
+    }
+
+    fn zero() -> FILETIME {
+        FILETIME { dwLowDateTime: 0, dwHighDateTime: 0 }
+    }
+
+    fn machine_times() -> Option<(u64, u64)> {
+        let (mut idle, mut kernel, mut user) = (zero(), zero(), zero());
+        // SAFETY: three FILETIMEs of ours to write.
+        (unsafe { GetSystemTimes(&mut idle, &mut kernel, &mut user) } != 0)
+            .then(|| (ticks(&idle), ticks(&kernel) + ticks(&user)))
+    }
+
+    fn process_time(pid: u32) -> Option<u64> {
+        // SAFETY: the handle is checked and closed; the FILETIMEs are ours to write.
+        unsafe {
+            let handle = OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid);
+            if handle.is_null() {
+                return None;
+            }
+            let (mut created, mut exited, mut kernel, mut user) = (zero(), zero(), zero(), zero());
+            let ok = GetProcessTimes(handle, &mut created, &mut exited, &mut kernel, &mut user) != 0;
+            CloseHandle(handle);
+            ok.then(|| ticks(&kernel) + ticks(&user))
+        }
+    }
+
+    impl LoadSensor for TimesLoad {
+        fn other_cpu_percent(&mut self, ours: &[u32]) -> Option<f32> {
+            let now = machine_times()?;
+            let last = self.machine.replace(now);
+            let mut ours_now = HashMap::new();
+            let mut own = 0u64;
+            for pid in ours.iter().copied().chain([std::process::id()]) {
+                if let Some(t) = process_time(pid) {
+                    // A process first seen now counts from now on, as the machine's total does.
+                    own += t.saturating_sub(self.ours.get(&pid).copied().unwrap_or(t));
+                    ours_now.insert(pid, t);
+                }
+            }
+            self.ours = ours_now;
+            let (idle_then, total_then) = last?;
+            let total = now.1.saturating_sub(total_then);
+            if total == 0 {
+                return None;
+            }
+            let busy = total.saturating_sub(now.0.saturating_sub(idle_then));
+            Some((busy.saturating_sub(own) as f32 / total as f32 * 100.0).clamp(0.0, 100.0))
+        }
     }
 }

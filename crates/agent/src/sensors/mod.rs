@@ -103,7 +103,7 @@ impl Sensors {
     pub fn this_machine() -> Self {
         Self {
             idle: open_idle_sensor(),
-            load: Box::new(load::SysinfoLoad::new()),
+            load: load::this_machine(),
             power: Box::new(power::SysfsPower::new()),
             thermal: Box::new(thermal::SysinfoThermal::new()),
             gpu: Box::new(gpu::SysinfoGpu::new()),
