@@ -171,6 +171,18 @@ fn the_windows_agent_works_pauses_through_its_pipe_and_obeys_a_registry_policy()
     let added =
         reg(&["add", &format!(r"{POLICY_KEY}\Locked"), "/v", "gpu_enabled", "/t", "REG_DWORD", "/d", "0", "/f"]);
     assert!(added.status.success(), "reg add failed");
+    // An administrator's check reads the same key, and names a bad value.
+    let bad = reg(&["add", &format!(r"{POLICY_KEY}\Locked"), "/v", "cpu_cores", "/t", "REG_SZ", "/d", "lots", "/f"]);
+    assert!(bad.status.success(), "reg add failed");
+    let mut check = wine().idlemesh();
+    check.args(["policy", "check", "--json"]);
+    let check = run("idlemesh.exe policy check", check, Duration::from_secs(60));
+    assert_eq!(check.status.code(), Some(2), "a bad registry value passed the check");
+    let report: Value = serde_json::from_slice(&check.stdout).unwrap();
+    assert_eq!(report["file"], POLICY_KEY, "{report}");
+    assert_eq!(report["locked"]["gpu_enabled"], false, "{report}");
+    assert!(report["errors"].to_string().contains("cpu_cores"), "{report}");
+    assert!(reg(&["delete", &format!(r"{POLICY_KEY}\Locked"), "/v", "cpu_cores", "/f"]).status.success());
 
     let dir = tmp.path().join("agent");
     std::fs::create_dir_all(dir.join("config")).unwrap();

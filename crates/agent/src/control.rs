@@ -301,6 +301,7 @@ mod transport {
     pub struct Listener {
         name: String,
         next: NamedPipeServer,
+        security: UserOnly,
     }
 
     impl Listener {
@@ -308,7 +309,7 @@ mod transport {
             let connected = self.next.connect().await;
             // A failed instance (a client that left before being served) is
             // not tried again: every accept leaves a fresh one waiting.
-            let fresh = ServerOptions::new().reject_remote_clients(true).create(&self.name)?;
+            let fresh = self.security.create(ServerOptions::new().reject_remote_clients(true), &self.name)?;
             let served = std::mem::replace(&mut self.next, fresh);
             if let Err(e) = connected {
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -325,22 +326,106 @@ mod transport {
 
     pub async fn bind(path: &Path) -> Result<Listener, ControlError> {
         let name = path.display().to_string();
+        let security = UserOnly::new().map_err(|source| ControlError::Io { path: name.clone(), source })?;
         // The first instance fails if another agent owns the name already.
-        let next = ServerOptions::new().first_pipe_instance(true).reject_remote_clients(true).create(&name).map_err(
-            |source| match source.kind() {
-                std::io::ErrorKind::PermissionDenied => ControlError::AlreadyRunning { path: name.clone() },
-                _ => ControlError::Io { path: name.clone(), source },
-            },
-        )?;
-        Ok(Listener { name, next })
+        let mut options = ServerOptions::new();
+        options.first_pipe_instance(true).reject_remote_clients(true);
+        let next = security.create(&options, &name).map_err(|source| match source.kind() {
+            std::io::ErrorKind::PermissionDenied => ControlError::AlreadyRunning { path: name.clone() },
+            _ => ControlError::Io { path: name.clone(), source },
+        })?;
+        Ok(Listener { name, next, security })
+    }
+
+    /// A security descriptor that lets only this user (and the system) open
+    /// the pipe. A pipe's default one also grants everyone read access.
+    struct UserOnly(windows_sys::Win32::Security::PSECURITY_DESCRIPTOR);
+
+    // SAFETY: the descriptor is immutable memory owned by this value alone.
+    unsafe impl Send for UserOnly {}
+    unsafe impl Sync for UserOnly {}
+
+    impl UserOnly {
+        fn new() -> std::io::Result<Self> {
+            use windows_sys::Win32::Foundation::{CloseHandle, HANDLE, LocalFree};
+            use windows_sys::Win32::Security::Authorization::{
+                ConvertSidToStringSidW, ConvertStringSecurityDescriptorToSecurityDescriptorW, SDDL_REVISION_1,
+            };
+            use windows_sys::Win32::Security::{GetTokenInformation, TOKEN_QUERY, TOKEN_USER, TokenUser};
+            use windows_sys::Win32::System::Threading::{GetCurrentProcess, OpenProcessToken};
+
+            let last_error = |what: &str| {
+                let e = std::io::Error::last_os_error();
+                std::io::Error::new(e.kind(), format!("{what}: {e}"))
+            };
+            // SAFETY: every handle and buffer is checked, sized as the API
+            // reports, and released before returning (but the descriptor,
+            // which this value owns and frees on drop).
+            unsafe {
+                let mut token: HANDLE = std::ptr::null_mut();
+                if OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &mut token) == 0 {
+                    return Err(last_error("OpenProcessToken"));
+                }
+                let mut needed = 0u32;
+                GetTokenInformation(token, TokenUser, std::ptr::null_mut(), 0, &mut needed);
+                // u64s keep the buffer aligned for TOKEN_USER.
+                let mut buffer = vec![0u64; (needed as usize).div_ceil(8)];
+                let read = GetTokenInformation(token, TokenUser, buffer.as_mut_ptr().cast(), needed, &mut needed);
+                CloseHandle(token);
+                if read == 0 {
+                    return Err(last_error("GetTokenInformation"));
+                }
+                let user = &*(buffer.as_ptr().cast::<TOKEN_USER>());
+                let mut sid_text = std::ptr::null_mut();
+                if ConvertSidToStringSidW(user.User.Sid, &mut sid_text) == 0 {
+                    return Err(last_error("ConvertSidToStringSidW"));
+                }
+                let sid = String::from_utf16_lossy(std::slice::from_raw_parts(
+                    sid_text,
+                    (0..).take_while(|&i| *sid_text.add(i) != 0).count(),
+                ));
+                LocalFree(sid_text.cast());
+                // Protected DACL: generic all for this user and LocalSystem, nothing inherited.
+                let sddl: Vec<u16> = format!("D:P(A;;GA;;;{sid})(A;;GA;;;SY)").encode_utf16().chain([0]).collect();
+                let mut descriptor = std::ptr::null_mut();
+                if ConvertStringSecurityDescriptorToSecurityDescriptorW(
+                    sddl.as_ptr(),
+                    SDDL_REVISION_1,
+                    &mut descriptor,
+                    std::ptr::null_mut(),
+                ) == 0
+                {
+                    return Err(last_error("ConvertStringSecurityDescriptorToSecurityDescriptorW"));
+                }
+                Ok(Self(descriptor))
+            }
+        }
+
+        fn create(&self, options: &ServerOptions, name: &str) -> std::io::Result<NamedPipeServer> {
+            use windows_sys::Win32::Security::SECURITY_ATTRIBUTES;
+            let mut attributes = SECURITY_ATTRIBUTES {
+                nLength: std::mem::size_of::<SECURITY_ATTRIBUTES>() as u32,
+                lpSecurityDescriptor: self.0,
+                bInheritHandle: 0,
+            };
+            // SAFETY: the attributes and the descriptor they point to outlive the call.
+            unsafe { options.create_with_security_attributes_raw(name, (&raw mut attributes).cast()) }
+        }
+    }
+
+    impl Drop for UserOnly {
+        fn drop(&mut self) {
+            // SAFETY: allocated by ConvertStringSecurityDescriptorToSecurityDescriptorW, freed once.
+            unsafe { windows_sys::Win32::Foundation::LocalFree(self.0) };
+        }
     }
 
     pub async fn connect(path: &Path) -> std::io::Result<Stream> {
         ClientOptions::new().open(path.as_os_str()).map(Stream::Client)
     }
 
-    /// The pipe's default security already admits only its creator (and
-    /// SYSTEM and administrators), so a connected client is the same user.
+    /// The pipe admits only its creator and the system ([`UserOnly`]), so a
+    /// connected client is the same user.
     pub fn same_user(_stream: &Stream) -> std::io::Result<bool> {
         Ok(true)
     }

@@ -29,11 +29,19 @@ enum Action {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let Action::Check { file, json } = args.action;
-    let path = file.unwrap_or_else(|| PathBuf::from(settings::default_policy_path()));
-    let name = path.display().to_string();
-    let bytes = std::fs::read(&path).map_err(|e| bad_input(format!("IT policy unreadable: {name}: {e}")))?;
-    let (policy, errors) = settings::check_policy_bytes(&name, &bytes)
-        .map_err(|e: SettingsError| bad_input(format!("IT policy unreadable: {e}")))?;
+    // Windows keeps the system policy in the registry, not in a file.
+    #[cfg(windows)]
+    let (name, (policy, errors)) = match file {
+        Some(path) => check_file(&path)?,
+        None => {
+            let name = settings::default_policy_path().to_owned();
+            let read = settings::check_registry_policy()
+                .map_err(|e: SettingsError| bad_input(format!("IT policy unreadable: {e}")))?;
+            (name.clone(), read.ok_or_else(|| bad_input(format!("no IT policy: {name} does not exist")))?)
+        }
+    };
+    #[cfg(not(windows))]
+    let (name, (policy, errors)) = check_file(&file.unwrap_or_else(|| PathBuf::from(settings::default_policy_path())))?;
     if json {
         println!(
             "{}",
@@ -61,4 +69,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         Err(bad_input(format!("{name}: {} bad key(s); fix them before shipping this policy", errors.len())))
     }
+}
+
+/// A policy file's good keys and bad ones; `Err` if it cannot be read at all.
+fn check_file(path: &std::path::Path) -> anyhow::Result<(String, (settings::Policy, Vec<SettingsError>))> {
+    let name = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| bad_input(format!("IT policy unreadable: {name}: {e}")))?;
+    let checked = settings::check_policy_bytes(&name, &bytes)
+        .map_err(|e: SettingsError| bad_input(format!("IT policy unreadable: {e}")))?;
+    Ok((name, checked))
 }

@@ -152,6 +152,17 @@ pub fn check_policy_bytes(file: &str, bytes: &[u8]) -> Result<(Policy, Vec<Setti
     Ok(policy_from_table_lenient(file, table))
 }
 
+/// Reads the Group Policy registry key as `idlemesh policy check` does on
+/// Windows: `None` when there is no key.
+#[cfg(windows)]
+pub fn check_registry_policy() -> Result<Option<(Policy, Vec<SettingsError>)>, SettingsError> {
+    match platform::read_registry() {
+        Ok(Some(key)) => Ok(Some(policy_from_table_lenient(REGISTRY_POLICY, registry_to_table(&key)))),
+        Ok(None) => Ok(None),
+        Err(e) => Err(SettingsError::Read { file: REGISTRY_POLICY.into(), message: e.to_string() }),
+    }
+}
+
 fn utf8<'a>(file: &str, bytes: &'a [u8]) -> Result<&'a str, SettingsError> {
     std::str::from_utf8(bytes)
         .map_err(|e| SettingsError::Read { file: file.into(), message: format!("not UTF-8 text: {e}") })
