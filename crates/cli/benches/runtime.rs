@@ -34,7 +34,10 @@ fn main() {
         compile_and_load();
     }
     if want("pause") {
+        #[cfg(target_os = "linux")]
         pause_latency();
+        #[cfg(not(target_os = "linux"))]
+        println!("pause: measured on Linux only (it watches the worker's threads in /proc)");
     }
     if want("lockdown") {
         lockdown_cost();
@@ -214,6 +217,7 @@ fn compile_and_load() {
 }
 
 /// Each thread's state letter (`R`, `S`, `T`...) from /proc.
+#[cfg(target_os = "linux")]
 fn thread_states(pid: u32) -> Vec<char> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
     tasks
@@ -225,6 +229,7 @@ fn thread_states(pid: u32) -> Vec<char> {
 
 /// No thread of the worker is on a CPU any more: the kernel's thread is
 /// stopped (its others sleep, or stop too as the signal reaches them).
+#[cfg(target_os = "linux")]
 fn off_cpu(pid: u32) -> bool {
     let states = thread_states(pid);
     states.contains(&'T') && !states.contains(&'R')
@@ -232,6 +237,7 @@ fn off_cpu(pid: u32) -> bool {
 
 /// From the freeze call to the kernel's process being stopped (no CPU), and
 /// from thaw to running again, on a worker busy with a runaway kernel.
+#[cfg(target_os = "linux")]
 fn pause_latency() {
     let bin = env!("CARGO_BIN_EXE_idlemesh");
     let mut worker = WorkerProcess::spawn(&WorkerCommand::new(bin, ["worker"])).unwrap();
