@@ -134,7 +134,21 @@ fn windows_build() -> Result<PathBuf, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let started = Instant::now();
-    let status = Command::new(cargo)
+    let mut build = Command::new(cargo);
+    // What Cargo tells the test process about this package would reach the
+    // build scripts, which rebuild on it (ring watches CARGO_MANIFEST_DIR):
+    // without it, the build is the one scripts/test made, found fresh.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let about_this_package = ["CARGO_MANIFEST_", "CARGO_PKG_", "CARGO_CRATE_", "CARGO_BIN_"]
+            .iter()
+            .any(|prefix| key.starts_with(prefix))
+            || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&key.as_ref());
+        if about_this_package {
+            build.env_remove(key.as_ref());
+        }
+    }
+    let status = build
         .current_dir(&workspace)
         .args(["build", "--release", "--locked", "--target", TARGET, "--workspace", "--exclude", "idlemesh-app"])
         .arg("--target-dir")

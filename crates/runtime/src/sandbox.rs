@@ -302,7 +302,19 @@ impl Sandbox {
             store.set_fuel(fuel).expect("fuel is enabled on the metered engine");
         }
 
-        let result = pre.instantiate(&mut store).and_then(|k| k.call_run(&mut store, input, params, resume));
+        let instance = pre.instantiate(&mut store);
+        // Instantiating may run code that burns fuel: where wasmtime cannot
+        // map data segments copy-on-write (Windows, macOS) it copies them in
+        // with generated code, on Linux it does not, so a kernel used 16,385
+        // or more fuel on Windows than on Linux (wasmtime issue 14331;
+        // docs/architecture.md, "Windows"). Only `run` is metered: its budget
+        // is filled again after instantiation, whatever that took (at most
+        // one budget), so a task costs the same fuel on every platform and
+        // replicas on different ones can agree.
+        if let (Ok(_), Some(fuel)) = (&instance, limits.max_fuel) {
+            store.set_fuel(fuel).expect("fuel is enabled on the metered engine");
+        }
+        let result = instance.and_then(|k| k.call_run(&mut store, input, params, resume));
         let fuel = limits.max_fuel.map(|max| max - store.get_fuel().unwrap_or(0));
         let mut outcome = match result {
             Ok(Ok(output)) if output.len() as u64 > limits.max_output_bytes => Outcome::failed(
