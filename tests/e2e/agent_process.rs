@@ -125,15 +125,7 @@ impl AgentProcess {
 
     /// Waits until `pred` holds for the status, or fails with the last one seen.
     pub fn wait_for(&self, what: &str, limit: Duration, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + limit;
-        loop {
-            let s = self.status();
-            if pred(&s) {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; last status: {s:#}\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::harness::wait_for_status(what, limit, Duration::from_millis(20), || self.status(), pred, || self.log())
     }
 
     pub fn log(&self) -> String {

@@ -69,11 +69,7 @@ fn demo_renders_the_exact_image_and_keeps_a_verifiable_ledger() {
         !data.join("ledger.sqlite-wal").exists()
             || std::fs::metadata(data.join("ledger.sqlite-wal")).unwrap().len() == 0
     );
-    let mut file = std::fs::read(&ledger).unwrap();
-    let at = find_unique(&file, body.as_bytes()).expect("the entry's body is stored once, contiguously");
-    let digit = at + body.find("\"wall_ms\":").unwrap() + "\"wall_ms\":".len();
-    file[digit] = if file[digit] == b'9' { b'8' } else { file[digit] + 1 };
-    std::fs::write(&ledger, file).unwrap();
+    crate::harness::alter_wall_ms(&ledger, body);
 
     let verify = idlemesh(&data, &["ledger", "verify", "--ledger", ledger.to_str().unwrap()]);
     assert_eq!(verify.status.code(), Some(1), "verify must fail on an altered ledger");
@@ -84,12 +80,6 @@ fn demo_renders_the_exact_image_and_keeps_a_verifiable_ledger() {
     let report: Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(report["first_bad"]["seq"].as_u64(), Some(seq));
     assert_eq!(report["ok"], false);
-}
-
-fn find_unique(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    let mut hits = haystack.windows(needle.len()).enumerate().filter(|(_, w)| *w == needle).map(|(i, _)| i);
-    let first = hits.next()?;
-    hits.next().is_none().then_some(first)
 }
 
 #[test]

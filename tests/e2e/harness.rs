@@ -263,3 +263,41 @@ impl OperatorHttp {
         resp.send().await.unwrap().bytes().await.unwrap().to_vec()
     }
 }
+
+/// Changes one digit of `body`'s `"wall_ms"` in the SQLite file itself, as
+/// someone editing their ledger would: the entry's body must be stored
+/// there once, contiguously.
+pub fn alter_wall_ms(ledger: &Path, body: &str) {
+    let mut file = std::fs::read(ledger).unwrap();
+    let at = find_unique(&file, body.as_bytes()).expect("the entry's body is stored once, contiguously");
+    let digit = at + body.find("\"wall_ms\":").unwrap() + "\"wall_ms\":".len();
+    file[digit] = if file[digit] == b'9' { b'8' } else { file[digit] + 1 };
+    std::fs::write(ledger, file).unwrap();
+}
+
+fn find_unique(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    let mut hits = haystack.windows(needle.len()).enumerate().filter(|(_, w)| *w == needle).map(|(i, _)| i);
+    let first = hits.next()?;
+    hits.next().is_none().then_some(first)
+}
+
+/// Asks for an agent's status every `every` until `pred` holds for it, or
+/// fails after `limit` with the last status and `log()`.
+pub fn wait_for_status(
+    what: &str,
+    limit: std::time::Duration,
+    every: std::time::Duration,
+    status: impl Fn() -> serde_json::Value,
+    pred: impl Fn(&serde_json::Value) -> bool,
+    log: impl Fn() -> String,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let s = status();
+        if pred(&s) {
+            return s;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}; last status: {s:#}\n{}", log());
+        std::thread::sleep(every);
+    }
+}

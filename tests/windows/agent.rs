@@ -67,15 +67,8 @@ impl WindowsAgent {
     }
 
     fn wait_for(&self, what: &str, limit: Duration, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + limit;
-        loop {
-            let s = self.status();
-            if pred(&s) {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; last status: {s:#}\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        // Each status is a Wine process start: asked for less often.
+        crate::harness::wait_for_status(what, limit, Duration::from_millis(200), || self.status(), pred, || self.log())
     }
 
     fn log(&self) -> String {

@@ -35,8 +35,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(path) => check_file(&path)?,
         None => {
             let name = settings::default_policy_path().to_owned();
-            let read = settings::check_registry_policy()
-                .map_err(|e: SettingsError| bad_input(format!("IT policy unreadable: {e}")))?;
+            let read = settings::check_registry_policy().map_err(unreadable)?;
             (name.clone(), read.ok_or_else(|| bad_input(format!("no IT policy: {name} does not exist")))?)
         }
     };
@@ -75,7 +74,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 fn check_file(path: &std::path::Path) -> anyhow::Result<(String, (settings::Policy, Vec<SettingsError>))> {
     let name = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| bad_input(format!("IT policy unreadable: {name}: {e}")))?;
-    let checked = settings::check_policy_bytes(&name, &bytes)
-        .map_err(|e: SettingsError| bad_input(format!("IT policy unreadable: {e}")))?;
+    let checked = settings::check_policy_bytes(&name, &bytes).map_err(unreadable)?;
     Ok((name, checked))
+}
+
+fn unreadable(e: SettingsError) -> anyhow::Error {
+    bad_input(format!("IT policy unreadable: {e}"))
 }

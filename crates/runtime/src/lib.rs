@@ -31,6 +31,7 @@
 
 pub mod access;
 mod cache;
+pub mod cpu_time;
 pub mod gpu;
 mod host;
 pub mod ipc;

@@ -145,10 +145,10 @@ fn serve_requests(
     let mut stdin = BufReader::new(io::stdin().lock());
     while let Some((request, blobs)) = ipc::read_frame::<Request>(&mut stdin, MAX_REQUEST_BLOB_BYTES)? {
         let started = Instant::now();
-        let cpu_before = process_cpu_ms();
+        let cpu_before = crate::cpu_time::this_process_ms();
         let (outcome, retire) = run(&request, &blobs, PipeEvents(sink.clone()));
         let wall_ms = started.elapsed().as_millis() as u64;
-        let cpu_ms = process_cpu_ms().saturating_sub(cpu_before);
+        let cpu_ms = crate::cpu_time::this_process_ms().saturating_sub(cpu_before);
         let Request::Run { task, .. } = &request;
         tracing::debug!(%task, status = %outcome.status, wall_ms, cpu_ms, "task finished");
         let output = outcome.output.clone();
@@ -206,33 +206,6 @@ pub fn probe_gpu() -> Result<(), String> {
     let gpu = Gpu::open()?;
     println!("{}", gpu.adapter());
     Ok(())
-}
-
-/// CPU time of this whole process (compile threads included), in ms.
-pub fn process_cpu_ms() -> u64 {
-    #[cfg(unix)]
-    {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: clock_gettime writes into the timespec we own.
-        if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } == 0 {
-            return ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000;
-        }
-    }
-    #[cfg(windows)]
-    {
-        use windows_sys::Win32::Foundation::FILETIME;
-        use windows_sys::Win32::System::Threading::{GetCurrentProcess, GetProcessTimes};
-        let zero = || FILETIME { dwLowDateTime: 0, dwHighDateTime: 0 };
-        let (mut created, mut exited, mut kernel, mut user) = (zero(), zero(), zero(), zero());
-        // SAFETY: the pseudo-handle of this process needs no closing; the
-        // four FILETIMEs are ours to write.
-        if unsafe { GetProcessTimes(GetCurrentProcess(), &mut created, &mut exited, &mut kernel, &mut user) } != 0 {
-            // FILETIME durations count 100 ns.
-            let ticks = |t: FILETIME| (u64::from(t.dwHighDateTime) << 32) | u64::from(t.dwLowDateTime);
-            return (ticks(kernel) + ticks(user)) / 10_000;
-        }
-    }
-    0
 }
 
 /// Kernels run only with what nobody else wants: SCHED_IDLE on Linux (nice

@@ -56,10 +56,7 @@ impl LoadSensor for SysinfoLoad {
 mod windows {
     use std::collections::HashMap;
 
-    use windows_sys::Win32::Foundation::{CloseHandle, FILETIME};
-    use windows_sys::Win32::System::Threading::{
-        GetProcessTimes, GetSystemTimes, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION,
-    };
+    use idlemesh_runtime::cpu_time::{machine_100ns, process_100ns};
 
     use super::LoadSensor;
 
@@ -73,43 +70,14 @@ mod windows {
         ours: HashMap<u32, u64>,
     }
 
-    fn ticks(t: &FILETIME) -> u64 {
-        (u64::from(t.dwHighDateTime) << 32) | u64::from(t.dwLowDateTime)
-    }
-
-    fn zero() -> FILETIME {
-        FILETIME { dwLowDateTime: 0, dwHighDateTime: 0 }
-    }
-
-    fn machine_times() -> Option<(u64, u64)> {
-        let (mut idle, mut kernel, mut user) = (zero(), zero(), zero());
-        // SAFETY: three FILETIMEs of ours to write.
-        (unsafe { GetSystemTimes(&mut idle, &mut kernel, &mut user) } != 0)
-            .then(|| (ticks(&idle), ticks(&kernel) + ticks(&user)))
-    }
-
-    fn process_time(pid: u32) -> Option<u64> {
-        // SAFETY: the handle is checked and closed; the FILETIMEs are ours to write.
-        unsafe {
-            let handle = OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid);
-            if handle.is_null() {
-                return None;
-            }
-            let (mut created, mut exited, mut kernel, mut user) = (zero(), zero(), zero(), zero());
-            let ok = GetProcessTimes(handle, &mut created, &mut exited, &mut kernel, &mut user) != 0;
-            CloseHandle(handle);
-            ok.then(|| ticks(&kernel) + ticks(&user))
-        }
-    }
-
     impl LoadSensor for TimesLoad {
         fn other_cpu_percent(&mut self, ours: &[u32]) -> Option<f32> {
-            let now = machine_times()?;
+            let now = machine_100ns()?;
             let last = self.machine.replace(now);
             let mut ours_now = HashMap::new();
             let mut own = 0u64;
             for pid in ours.iter().copied().chain([std::process::id()]) {
-                if let Some(t) = process_time(pid) {
+                if let Some(t) = process_100ns(pid) {
                     // A process first seen now counts from now on, as the machine's total does.
                     own += t.saturating_sub(self.ours.get(&pid).copied().unwrap_or(t));
                     ours_now.insert(pid, t);
