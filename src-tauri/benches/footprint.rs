@@ -1,6 +1,7 @@
-//! The tray app's footprint (issue 6): memory with the dashboard closed,
-//! open, and closed again, and CPU while idle, for the app and every process
-//! it started (WebKit's web and network processes included).
+//! The tray app's footprint (issues 6 and 18): memory with the dashboard
+//! never opened, open, and after 1 and 5 open/close cycles, and CPU while
+//! idle, for the tray process and every process it started (the dashboard
+//! process and WebKit's web and network processes included).
 //!
 //! `cargo bench -p idlemesh-app --bench footprint` (needs Xvfb and D-Bus, as
 //! the end-to-end tests do). Figures go to docs/benchmarks.md.
@@ -9,9 +10,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use x11rb::connection::Connection as _;
-use x11rb::protocol::xproto::{AtomEnum, ClientMessageEvent, ConnectionExt as _, EventMask};
+use close_window::close_dashboard;
 
+#[path = "../../tests/common/close_window.rs"]
+mod close_window;
 #[path = "../../tests/common/session_bus.rs"]
 mod session_bus;
 #[path = "../../tests/common/xvfb.rs"]
@@ -68,10 +70,10 @@ fn report(label: &str, root: u32) {
         let (r, p) = memory(pid);
         rss += r;
         pss += p;
-        names.push(format!("{} {} MiB", comm(pid), r / 1024));
+        names.push(format!("{} {}: RSS {:.1} PSS {:.1}", comm(pid), pid, r as f64 / 1024.0, p as f64 / 1024.0));
     }
     println!(
-        "{label:<28} RSS {:>6.1} MiB   PSS {:>6.1} MiB   app alone RSS {:>5.1} MiB   [{}]",
+        "{label:<30} RSS {:>6.1} MiB   PSS {:>6.1} MiB   tray alone RSS {:>5.1} MiB   [{}]",
         rss as f64 / 1024.0,
         pss as f64 / 1024.0,
         memory(root).0 as f64 / 1024.0,
@@ -101,6 +103,17 @@ fn largest_mappings(pid: u32, n: usize) -> String {
     all.iter().take(n).map(|(name, kib)| format!("{name} {:.1}", *kib as f64 / 1024.0)).collect::<Vec<_>>().join(", ")
 }
 
+/// RSS of the tray and everything it started, in KiB.
+fn tree_rss(root: u32) -> u64 {
+    tree(root).iter().map(|&p| memory(p).0).sum()
+}
+
+/// Whether `pid` is the app in dashboard mode.
+fn is_dashboard(pid: u32) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    cmdline.split(|b| *b == 0).nth(1) == Some(b"dashboard".as_slice())
+}
+
 /// CPU of the whole tree over `span`, as % of one core.
 fn idle_cpu(label: &str, root: u32, span: Duration) {
     let hz = 100.0; // USER_HZ on Linux
@@ -109,27 +122,7 @@ fn idle_cpu(label: &str, root: u32, span: Duration) {
     std::thread::sleep(span);
     let after: u64 = tree(root).iter().map(|&p| cpu_ticks(p)).sum();
     let pct = (after.saturating_sub(before)) as f64 / hz / t0.elapsed().as_secs_f64() * 100.0;
-    println!("{label:<28} CPU {pct:.3} % of one core over {:.0} s", span.as_secs_f64());
-}
-
-/// Asks the dashboard window to close, as a window manager's close button would.
-fn close_dashboard(display: &str) -> bool {
-    let Ok((conn, screen)) = x11rb::connect(Some(display)) else { return false };
-    let root = conn.setup().roots[screen].root;
-    let atom = |name: &str| conn.intern_atom(false, name.as_bytes()).unwrap().reply().unwrap().atom;
-    let (protocols, delete) = (atom("WM_PROTOCOLS"), atom("WM_DELETE_WINDOW"));
-    let tree = conn.query_tree(root).unwrap().reply().unwrap();
-    let mut found = false;
-    for window in tree.children {
-        let name = conn.get_property(false, window, AtomEnum::WM_NAME, AtomEnum::ANY, 0, 64).unwrap().reply();
-        if name.is_ok_and(|n| n.value == b"Idlemesh") {
-            let event = ClientMessageEvent::new(32, window, protocols, [delete, x11rb::CURRENT_TIME, 0, 0, 0]);
-            conn.send_event(false, window, EventMask::NO_EVENT, event).unwrap();
-            found = true;
-        }
-    }
-    conn.flush().unwrap();
-    found
+    println!("{label:<30} CPU {pct:.3} % of one core over {:.0} s", span.as_secs_f64());
 }
 
 fn main() {
@@ -178,25 +171,53 @@ fn main() {
     }
     println!("idlemesh-app footprint (release, Xvfb, no pool configured, so no workers):");
     std::thread::sleep(Duration::from_secs(5));
-    report("dashboard closed (start)", pid);
-    idle_cpu("idle, dashboard closed", pid, Duration::from_secs(30));
-    report("dashboard closed (35 s)", pid);
+    report("never opened (start)", pid);
+    idle_cpu("idle, dashboard never opened", pid, Duration::from_secs(30));
+    report("never opened (35 s)", pid);
     println!("  largest mappings (MiB): {}", largest_mappings(pid, 8));
 
-    let mut second = Command::new(APP);
-    env(&mut second);
-    let status = second.arg("--dashboard").status().unwrap();
-    assert!(status.success(), "the second launch hands over and exits");
-    std::thread::sleep(Duration::from_secs(8));
-    report("dashboard open", pid);
-    idle_cpu("idle, dashboard open", pid, Duration::from_secs(10));
-
-    assert!(close_dashboard(&x.display), "found the dashboard window");
-    std::thread::sleep(Duration::from_secs(5));
-    report("dashboard closed again", pid);
+    let never_opened = tree_rss(pid);
+    let open_once = |cycle: usize| {
+        // A second launch, as the menu entry does: the tray starts the dashboard.
+        let mut second = Command::new(APP);
+        env(&mut second);
+        let status = second.arg("--dashboard").status().unwrap();
+        assert!(status.success(), "the second launch hands over and exits");
+        std::thread::sleep(Duration::from_secs(8));
+        let dashboard = tree(pid).into_iter().skip(1).find(|&p| is_dashboard(p));
+        let dashboard = dashboard.expect("the tray started a dashboard process");
+        if cycle == 1 {
+            report("dashboard open", pid);
+            idle_cpu("idle, dashboard open", pid, Duration::from_secs(10));
+            println!("  dashboard process's largest mappings (MiB): {}", largest_mappings(dashboard, 8));
+        }
+        assert!(close_dashboard(&x.display), "found the dashboard window");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tree(pid).contains(&dashboard) {
+            assert!(Instant::now() < deadline, "the dashboard process ended when its window closed");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    };
+    open_once(1);
+    report("after 1 open/close", pid);
+    let after_one = tree_rss(pid);
+    for cycle in 2..=5 {
+        open_once(cycle);
+    }
+    report("after 5 open/close", pid);
+    let after_five = tree_rss(pid);
     println!("  largest mappings (MiB): {}", largest_mappings(pid, 8));
-    let left: Vec<String> = tree(pid).iter().map(|&p| comm(p)).filter(|c| c.starts_with("WebKit")).collect();
-    println!("WebKit processes left after closing: {left:?}");
+    let left: Vec<String> = tree(pid).iter().skip(1).map(|&p| comm(p)).collect();
+    println!("processes left beside the tray after closing: {left:?}");
+    let diff = |kib: u64| (kib as f64 - never_opened as f64) / 1024.0;
+    println!(
+        "after closing vs never opened: {:+.1} MiB after 1, {:+.1} MiB after 5 (target: within 5 MiB); \
+         never opened {:.1} MiB (target: <= 80 MB = 76.3 MiB)",
+        diff(after_one),
+        diff(after_five),
+        never_opened as f64 / 1024.0,
+    );
 
     // SAFETY: signalling our own children.
     unsafe {

@@ -1,6 +1,9 @@
-//! Wiring: the embedded agent, the tray, the dashboard window and the status
-//! loop that keeps them current. The agent runs in this process on Tauri's
-//! tokio runtime, exactly as `idlemesh agent` runs it.
+//! The tray process: the embedded agent, the tray, notifications and the
+//! status loop that keeps them current. The agent runs in this process on
+//! Tauri's tokio runtime, exactly as `idlemesh agent` runs it. This process
+//! never creates a webview: "Open dashboard" starts the dashboard process
+//! (`crate::dashboard`), which speaks to the agent over its control socket,
+//! so WebKit's memory leaves with the window (docs/architecture.md).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,20 +14,21 @@ use idlemesh_agent::control::{self, Request};
 use idlemesh_agent::daemon::{self, Control};
 use idlemesh_agent::paths;
 use serde_json::{Value, json};
-use tauri::{AppHandle, Emitter as _, Manager as _, RunEvent, WebviewUrl, WebviewWindowBuilder};
+use tauri::{AppHandle, Manager as _, RunEvent};
 
-pub const DASHBOARD: &str = "dashboard";
-
-/// What the commands, the tray and the status loop share.
+/// What the tray, the status loop and the stand-in control server share.
 pub struct AppState {
     control: OnceLock<Control>,
     /// Why the embedded agent is not running (another agent owns the socket, no keyring...).
     agent_error: Mutex<Option<AgentFailure>>,
+    /// Answers on the agent's socket while the agent is stopped.
+    stand_in: Mutex<Option<tauri::async_runtime::JoinHandle<()>>>,
     shutdown: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
     stopped: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    /// The dashboard process last started, while it runs.
+    dashboard: Mutex<Option<u32>>,
     pub data_dir: PathBuf,
-    pub ledger_path: PathBuf,
-    pub demo: tokio::sync::Mutex<Option<crate::demo::DemoPool>>,
+    demo: Arc<crate::demo::DemoHost>,
 }
 
 /// Why the embedded agent stopped: `DaemonError::code` and its message.
@@ -34,7 +38,7 @@ pub struct AgentFailure {
     pub message: String,
 }
 
-/// A refusal the dashboard branches on by `code` (docs/app-ipc.md).
+/// A refusal: the agent's code and words.
 #[derive(Debug, serde::Serialize)]
 pub struct CommandError {
     pub code: String,
@@ -47,30 +51,19 @@ impl CommandError {
     }
 }
 
+/// The status of an agent that is not running, shaped like a status: the
+/// tray's words and the dashboard's explanation both come from it.
+pub fn failure_status(state: &str, code: Option<&str>, message: Option<&str>, data_dir: &std::path::Path) -> Value {
+    json!({
+        "state": state,
+        "error": message,
+        "error_code": code,
+        "data_dir": data_dir,
+        "reasons": [],
+    })
+}
+
 impl AppState {
-    /// One request to the embedded agent, off the async runtime's threads
-    /// (settings and pause files are written before it answers).
-    pub async fn request(&self, request: Request) -> Result<Value, CommandError> {
-        let control = self.control.get().cloned().ok_or_else(|| {
-            let why = self.agent_error.lock().expect("lock").clone();
-            CommandError::new("not_running", why.map_or_else(|| "the agent is still starting".into(), |f| f.message))
-        })?;
-        tauri::async_runtime::spawn_blocking(move || control.request(request))
-            .await
-            .map_err(|e| CommandError::new("internal", e))?
-            .map_err(|(code, message)| CommandError { code, message })
-    }
-
-    /// Whether the embedded agent is up (answering requests).
-    pub fn running(&self) -> bool {
-        self.control.get().is_some()
-    }
-
-    /// Whether the embedded agent stopped (or never started) with an error.
-    pub fn failed(&self) -> bool {
-        self.agent_error.lock().expect("lock").is_some()
-    }
-
     /// The tray's way in, from a plain thread: blocks until the agent has
     /// applied the request (a pause: the worker is frozen).
     pub fn request_now(&self, request: Request) -> Result<Value, CommandError> {
@@ -79,20 +72,21 @@ impl AppState {
     }
 
     /// The agent's status, or a status-shaped explanation of why there is none.
-    pub async fn status(&self) -> Value {
-        match self.request(Request::Status).await {
-            Ok(v) => v,
-            Err(e) if e.code == "not_running" => {
-                let error = self.agent_error.lock().expect("lock").clone();
-                json!({
-                    "state": if error.is_some() { "error" } else { "starting" },
-                    "error": error.as_ref().map(|f| &f.message),
-                    "error_code": error.as_ref().map(|f| f.code),
-                    "data_dir": self.data_dir,
-                    "reasons": [],
-                })
-            }
-            Err(e) => json!({"state": "error", "error": e.message, "error_code": "other", "reasons": []}),
+    async fn status(&self) -> Value {
+        let Some(control) = self.control.get().cloned() else {
+            let error = self.agent_error.lock().expect("lock").clone();
+            let state = if error.is_some() { "error" } else { "starting" };
+            return failure_status(
+                state,
+                error.as_ref().map(|f| f.code),
+                error.as_ref().map(|f| f.message.as_str()),
+                &self.data_dir,
+            );
+        };
+        match tauri::async_runtime::spawn_blocking(move || control.request(Request::Status)).await {
+            Ok(Ok(v)) => v,
+            Ok(Err((_, message))) => failure_status("error", Some("other"), Some(&message), &self.data_dir),
+            Err(e) => failure_status("error", Some("other"), Some(&e.to_string()), &self.data_dir),
         }
     }
 }
@@ -101,23 +95,24 @@ pub fn run() -> ExitCode {
     idlemesh_agent::logs::init("info", Some("app"));
     rustls::crypto::ring::default_provider().install_default().ok();
     let open_dashboard = std::env::args().any(|a| a == "--dashboard");
+    let data_dir = paths::data_dir();
     let state = Arc::new(AppState {
         control: OnceLock::new(),
         agent_error: Mutex::new(None),
+        stand_in: Mutex::new(None),
         shutdown: Mutex::new(None),
         stopped: Mutex::new(None),
-        data_dir: paths::data_dir(),
-        ledger_path: paths::ledger_path(),
-        demo: tokio::sync::Mutex::new(None),
+        dashboard: Mutex::new(None),
+        demo: Arc::new(crate::demo::DemoHost::new(data_dir.join("demo-pool"))),
+        data_dir,
     });
     let app = tauri::Builder::default()
         // A second launch (the menu entry, autostart while running) opens
-        // the dashboard of the running app instead of starting another agent.
+        // the dashboard instead of starting another agent.
         .plugin(tauri_plugin_single_instance::init(|app, _args, _cwd| open(app)))
         .plugin(tauri_plugin_autostart::init(tauri_plugin_autostart::MacosLauncher::LaunchAgent, None))
         .plugin(tauri_plugin_notification::init())
         .manage(state.clone())
-        .invoke_handler(crate::commands::handler())
         .setup(move |app| {
             crate::tray::create(app.handle())?;
             start_agent(state.clone());
@@ -128,7 +123,7 @@ pub fn run() -> ExitCode {
             }
             Ok(())
         })
-        .build(tauri::generate_context!());
+        .build(crate::context(false));
     let app = match app {
         Ok(app) => app,
         Err(e) => {
@@ -137,32 +132,38 @@ pub fn run() -> ExitCode {
         }
     };
     app.run(|app, event| match event {
-        // Closing the dashboard leaves the app in the tray; only Quit exits.
+        // The tray has no window; only Quit (or a logout) exits.
         RunEvent::ExitRequested { api, code: None, .. } => api.prevent_exit(),
-        RunEvent::Exit => stop_agent(&app.state::<Arc<AppState>>()),
+        RunEvent::Exit => {
+            let state = app.state::<Arc<AppState>>();
+            close_dashboard(&state);
+            stop_agent(&state);
+        }
         _ => {}
     });
     ExitCode::SUCCESS
 }
 
 /// Starts the embedded agent again after it failed to start (the
-/// dashboard's "Try again", once the user fixed the cause). False if it is
-/// running or still starting.
-pub fn retry_agent(state: &Arc<AppState>) -> bool {
-    if state.running() || state.agent_error.lock().expect("lock").take().is_none() {
-        return false;
+/// dashboard's "Try again", once the user fixed the cause): the stand-in
+/// leaves the socket first, so the agent can take it.
+async fn retry_agent(state: Arc<AppState>) {
+    let stand_in = state.stand_in.lock().expect("lock").take();
+    if let Some(server) = stand_in {
+        server.abort();
+        let _ = server.await;
     }
-    tracing::info!("starting the agent again, as asked");
-    start_agent(state.clone());
-    true
+    if state.agent_error.lock().expect("lock").take().is_some() {
+        tracing::info!("starting the agent again, as asked");
+        start_agent(state);
+    }
 }
 
 fn start_agent(state: Arc<AppState>) {
     let worker = match idlemesh_runtime::WorkerCommand::current_exe(Some(&paths::kernel_cache_dir())) {
         Ok(w) => w,
         Err(e) => {
-            *state.agent_error.lock().expect("lock") =
-                Some(AgentFailure { code: "other", message: format!("cannot find this program's path: {e}") });
+            failed(state, AgentFailure { code: "other", message: format!("cannot find this program's path: {e}") });
             return;
         }
     };
@@ -174,6 +175,7 @@ fn start_agent(state: Arc<AppState>) {
         socket_path: control::socket_path(),
         worker,
         sensors: Box::new(idlemesh_agent::sensors::Sensors::this_machine),
+        demo: Some(state.demo.clone()),
     };
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let (stopped_tx, stopped_rx) = std::sync::mpsc::channel();
@@ -191,12 +193,51 @@ fn start_agent(state: Arc<AppState>) {
         };
         if let Err(e) = daemon::run_with(config, shutdown, started).await {
             tracing::error!(error = %e, code = e.code(), "the agent stopped");
-            // The status loop shows it (in the tray within a second): one
-            // writer, so an older status can never overwrite a newer one.
-            *state.agent_error.lock().expect("lock") = Some(AgentFailure { code: e.code(), message: e.to_string() });
+            failed(state, AgentFailure { code: e.code(), message: e.to_string() });
         }
         let _ = stopped_tx.send(());
     });
+}
+
+/// Records why the agent is not running (the status loop shows it in the
+/// tray within a second: one writer, so an older status can never
+/// overwrite a newer one) and, unless another agent or another user holds
+/// the socket, answers there in its place: the dashboard runs in another
+/// process and learns why, and asks to try again, only that way.
+fn failed(state: Arc<AppState>, failure: AgentFailure) {
+    *state.agent_error.lock().expect("lock") = Some(failure.clone());
+    if matches!(failure.code, "already_running" | "socket_not_private" | "control_socket") {
+        return;
+    }
+    let stand_in = Arc::new(StandIn { state: state.clone(), failure });
+    let server = tauri::async_runtime::spawn(async move {
+        match control::bind(&control::socket_path()).await {
+            Ok(listener) => control::serve(listener, stand_in).await,
+            Err(e) => tracing::warn!(error = %e, "cannot answer for the stopped agent on its socket"),
+        }
+    });
+    *state.stand_in.lock().expect("lock") = Some(server);
+}
+
+/// The control socket's answers while the embedded agent is stopped.
+struct StandIn {
+    state: Arc<AppState>,
+    failure: AgentFailure,
+}
+
+impl control::Handler for StandIn {
+    fn handle(&self, request: Request) -> Result<Value, (String, String)> {
+        match request {
+            Request::Status => {
+                Ok(failure_status("error", Some(self.failure.code), Some(&self.failure.message), &self.state.data_dir))
+            }
+            Request::AgentRetry => {
+                tauri::async_runtime::spawn(retry_agent(self.state.clone()));
+                Ok(json!({"restarted": true}))
+            }
+            _ => Err(("not_running".into(), format!("the agent is not running: {}", self.failure.message))),
+        }
+    }
 }
 
 /// Stops the agent (its workers with it) before the process exits.
@@ -225,8 +266,7 @@ fn exit_on_sigterm(app: AppHandle) {
     let _ = app;
 }
 
-/// Once a second: the tray's icon and words, notifications, and the
-/// dashboard's `status` event while it is open.
+/// Once a second: the tray's icon and words, and notifications.
 fn status_loop(app: AppHandle, state: Arc<AppState>) {
     tauri::async_runtime::spawn(async move {
         let mut notifier = crate::notify::Notifier::default();
@@ -236,32 +276,45 @@ fn status_loop(app: AppHandle, state: Arc<AppState>) {
             for message in notifier.observe(&status) {
                 crate::notify::show(&app, &message);
             }
-            if let Some(window) = app.get_webview_window(DASHBOARD) {
-                let _ = window.emit("status", &status);
-            }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
 }
 
-/// Shows the dashboard, creating its window (and webview) if it is closed:
-/// closing it destroys the webview, so the app is light while it is shut.
+/// Opens the dashboard: starts the dashboard process, which shows its
+/// window, or, when one already runs, hands over to it (its own single
+/// instance) and that one comes to the front.
 pub fn open(app: &AppHandle) {
-    if let Some(window) = app.get_webview_window(DASHBOARD) {
-        let _ = window.unminimize();
-        let _ = window.show();
-        let _ = window.set_focus();
-        return;
+    let state = app.state::<Arc<AppState>>().inner().clone();
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return tracing::error!(error = %e, "cannot open the dashboard: this program's path is unknown"),
+    };
+    let mut child =
+        match std::process::Command::new(exe).arg(crate::DASHBOARD_MODE).stdin(std::process::Stdio::null()).spawn() {
+            Ok(child) => child,
+            Err(e) => return tracing::error!(error = %e, "cannot start the dashboard"),
+        };
+    let pid = child.id();
+    *state.dashboard.lock().expect("lock") = Some(pid);
+    // Reaped when it closes, so no zombie stays behind in the tray's name.
+    std::thread::spawn(move || {
+        let _ = child.wait();
+        let mut running = state.dashboard.lock().expect("lock");
+        if *running == Some(pid) {
+            *running = None;
+        }
+    });
+}
+
+/// Quitting Idlemesh closes its dashboard too.
+fn close_dashboard(state: &AppState) {
+    #[cfg(unix)]
+    if let Some(pid) = *state.dashboard.lock().expect("lock") {
+        // SAFETY: signalling our own child; its waiter clears the pid the
+        // moment it is reaped.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     }
-    let built = WebviewWindowBuilder::new(app, DASHBOARD, WebviewUrl::App("index.html".into()))
-        .title("Idlemesh")
-        .inner_size(1040.0, 740.0)
-        .min_inner_size(420.0, 360.0)
-        // Ctrl+= / Ctrl+- / Ctrl+0 and Ctrl+wheel: the dashboard must be
-        // readable at 200 %, so the user needs a way to get there.
-        .zoom_hotkeys_enabled(true)
-        .build();
-    if let Err(e) = built {
-        tracing::error!(error = %e, "cannot open the dashboard");
-    }
+    #[cfg(not(unix))]
+    let _ = state;
 }

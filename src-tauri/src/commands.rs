@@ -1,5 +1,5 @@
-//! The dashboard's IPC commands (docs/app-ipc.md): each one delegation to
-//! `idlemesh-agent` (or the pool library, for the demo pool).
+//! The dashboard's IPC commands (docs/app-ipc.md): each one request to the
+//! agent over its control socket, or a read of the agent's ledger file.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,10 +10,11 @@ use serde_json::{Value, json};
 use tauri::State;
 use tauri_plugin_autostart::ManagerExt as _;
 
-use crate::app::{AppState, CommandError};
+use crate::app::CommandError;
+use crate::dashboard::Dashboard;
 
 type Result<T> = std::result::Result<T, CommandError>;
-type S<'a> = State<'a, Arc<AppState>>;
+type S<'a> = State<'a, Arc<Dashboard>>;
 
 pub fn handler() -> impl Fn(tauri::ipc::Invoke) -> bool + Send + Sync + 'static {
     tauri::generate_handler![
@@ -75,7 +76,7 @@ async fn pool_leave(state: S<'_>, url: String) -> Result<Value> {
 
 /// Reads the ledger on a blocking thread; a ledger not yet written reads as empty.
 async fn with_ledger<T: Send + 'static>(
-    state: &AppState,
+    state: &Dashboard,
     f: impl FnOnce(Option<Ledger>) -> std::result::Result<T, idlemesh_agent::LedgerError> + Send + 'static,
 ) -> Result<T> {
     let path = state.ledger_path.clone();
@@ -189,23 +190,10 @@ fn write_new_file(dir: &std::path::Path, stem: &str, ext: &str, bytes: &[u8]) ->
     Err(format!("{} already holds 999 exports named {stem}", dir.display()))
 }
 
+/// Starts the tray's demo pool with a fresh job and joins it.
 #[tauri::command]
 async fn demo_start(state: S<'_>) -> Result<Value> {
-    let url = {
-        let mut demo = state.demo.lock().await;
-        if demo.is_none() {
-            let pool = crate::demo::DemoPool::start(&state.data_dir.join("demo-pool"))
-                .await
-                .map_err(|e| CommandError::new("pool", format!("cannot start the demo pool: {e}")))?;
-            *demo = Some(pool);
-        }
-        let pool = demo.as_ref().expect("started above");
-        // A fresh job each time, so there is always something to watch.
-        pool.submit_job().await.map_err(|e| CommandError::new("pool", e))?;
-        pool.url.clone()
-    };
-    state.request(Request::PoolJoin { url: url.clone(), token: None, temporary: true }).await?;
-    Ok(json!({"url": url}))
+    state.request(Request::DemoStart).await
 }
 
 /// The demo's "Start now": work for the demo pool at once, present or not.
@@ -214,11 +202,30 @@ async fn demo_start_now(state: S<'_>) -> Result<Value> {
     state.request(Request::LendNow).await
 }
 
-/// Starts the agent again once the user fixed why it could not start.
+/// Starts the agent again once the user fixed why it could not start: the
+/// tray answers for its stopped agent; with no tray at all, the app is
+/// started (it starts its agent).
 #[tauri::command]
 async fn agent_retry(state: S<'_>) -> Result<Value> {
-    let restarted = crate::app::retry_agent(&state);
-    Ok(json!({"restarted": restarted}))
+    match state.request(Request::AgentRetry).await {
+        Ok(answer) => {
+            if answer["restarted"] == true {
+                state.expect_start();
+            }
+            Ok(answer)
+        }
+        Err(e) if e.code == "not_running" => {
+            let exe = std::env::current_exe().map_err(|e| CommandError::new("internal", e))?;
+            let mut tray = std::process::Command::new(exe)
+                .stdin(std::process::Stdio::null())
+                .spawn()
+                .map_err(|e| CommandError::new("io", format!("cannot start Idlemesh: {e}")))?;
+            std::thread::spawn(move || tray.wait());
+            state.expect_start();
+            Ok(json!({"restarted": true}))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// "Not now" on the demo offer: not offered again.
@@ -269,7 +276,7 @@ fn read_app_state(path: &std::path::Path) -> Value {
 /// read may meet it half made: asked again for a few seconds before an
 /// error is believed (and then counts as "not new": the Ledger page
 /// reports it).
-async fn ledger_has_history(state: &AppState) -> bool {
+async fn ledger_has_history(state: &Dashboard) -> bool {
     let history = |l: Option<Ledger>| {
         l.map_or(Ok(false), |l| {
             l.entries(None).map(|e| e.iter().any(|e| !matches!(e.kind.as_str(), "paused" | "resumed")))
@@ -288,14 +295,16 @@ async fn ledger_has_history(state: &AppState) -> bool {
 async fn app_info(app: tauri::AppHandle, state: S<'_>) -> Result<Value> {
     // The pools and settings are the agent's to tell: wait for it to be
     // up (or to have failed) rather than guess from a starting agent.
+    let mut status = state.status().await;
     for _ in 0..100 {
-        if state.running() || state.failed() {
+        if status["state"] != "starting" {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        status = state.status().await;
     }
-    let first_run = if state.running() {
-        let status = state.status().await;
+    let running = !matches!(status["state"].as_str(), Some("starting" | "error"));
+    let first_run = if running {
         let pools = state.request(Request::Pools).await.unwrap_or(Value::Array(Vec::new()));
         let no_pool = pools.as_array().is_none_or(Vec::is_empty) && status["settings"]["pool_url"]["value"].is_null();
         let dismissed = {
@@ -310,12 +319,11 @@ async fn app_info(app: tauri::AppHandle, state: S<'_>) -> Result<Value> {
         // and the page asks again once it runs.
         false
     };
-    let demo_url = state.demo.lock().await.as_ref().map(|d| d.url.clone());
     Ok(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "first_run": first_run,
         "autostart": app.autolaunch().is_enabled().unwrap_or(false),
-        "demo_url": demo_url,
+        "demo_url": status["temporary_pool"],
         "kernel_access": {
             "allowed": idlemesh_runtime::access::ALLOWED,
             "denied": idlemesh_runtime::access::DENIED,

@@ -1,9 +1,10 @@
-//! The demo pool (`demo_start`): the reference pool server on a loopback
-//! port inside this process, with a Mandelbrot job, so a new user sees the
+//! The demo pool (the control request `demo_start`): the reference pool
+//! server on a loopback port inside the tray process (it outlives the
+//! dashboard that asked for it), with a Mandelbrot job, so a new user sees the
 //! whole loop work at once. Its key and database stay in the data dir, so
 //! the pin the agent keeps for it holds from one start to the next.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use idlemesh_pool::Pool;
 
@@ -50,5 +51,34 @@ impl DemoPool {
         let kernel = self.pool.put_blob(idlemesh_kernels::MANDELBROT.to_vec()).await.map_err(|e| e.to_string())?;
         let spec = idlemesh_pool::demo::mandelbrot_job(kernel, 512, 384, 4, 4);
         Ok(self.pool.submit(spec).await.map_err(|e| e.to_string())?.job_id)
+    }
+}
+
+/// The tray's answer to `demo_start`: one demo pool, started on first use,
+/// with a fresh job each time.
+pub struct DemoHost {
+    dir: PathBuf,
+    pool: tokio::sync::Mutex<Option<DemoPool>>,
+}
+
+impl DemoHost {
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir, pool: tokio::sync::Mutex::new(None) }
+    }
+}
+
+impl idlemesh_agent::daemon::DemoHost for DemoHost {
+    fn start(&self) -> Result<String, String> {
+        // On the control socket's blocking thread, outside any async task.
+        tauri::async_runtime::block_on(async {
+            let mut demo = self.pool.lock().await;
+            if demo.is_none() {
+                *demo = Some(DemoPool::start(&self.dir).await?);
+            }
+            let pool = demo.as_ref().expect("started above");
+            // A fresh job each time, so there is always something to watch.
+            pool.submit_job().await?;
+            Ok(pool.url.clone())
+        })
     }
 }

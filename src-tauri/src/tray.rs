@@ -51,8 +51,7 @@ pub fn create(app: &AppHandle) -> tauri::Result<()> {
 
 fn on_menu(app: &AppHandle, id: &str) {
     let request = match id {
-        // Not built inside the menu handler: creating a webview window from
-        // an event handler deadlocks on Windows.
+        // Off the UI thread: starting a process may wait on the disk.
         "open" => {
             let app = app.clone();
             std::thread::spawn(move || crate::app::open(&app));

@@ -537,3 +537,47 @@ async fn not_now_is_remembered_from_one_start_to_the_next() {
     .await;
     print_shots(&shots);
 }
+
+/// Issue 18: the dashboard is a process of its own. Started while no agent
+/// runs, it says so in words (and offers to start it); once Idlemesh starts
+/// (here as from the applications menu), it connects by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dashboard_without_an_agent_says_so_and_connects_when_one_starts() {
+    session_keyring();
+    rustls::crypto::ring::default_provider().install_default().ok();
+    let dir = tempfile::tempdir().unwrap();
+    let x = xvfb::Xvfb::with_screen("1280x1024x24");
+    let (_bus, home, env) = keyutils_home(dir.path(), "no-agent", &x);
+    let shots = shots_dir("no-agent");
+    let log = home.join("tray.log");
+    let mut tray = None;
+    with_app(&env, &["dashboard"], &x, shots.clone(), async |ui| {
+        let text = shows_failure(ui, "not_running", "Idlemesh is not running").await;
+        assert!(text.contains("connects as soon as it runs"), "{text}");
+        ui.shot("no-agent").await;
+        // No agent was started behind the user's back by the dashboard.
+        assert!(!default_socket(&env).exists(), "nothing listens yet");
+
+        let started = crate::app_env::spawn_logged(Path::new(crate::APP), env.clone(), &log);
+        tray = Some(started);
+        ui.wait_text("#state", Duration::from_secs(60), |t| !t.is_empty() && t != "Starting").await;
+        assert!(ui.client.find(Locator::Css("#agent-problem")).await.is_err(), "the problem is gone");
+        let status = ui.status().await;
+        assert_eq!(status["agent"]["pid"].as_u64(), tray.as_ref().map(|t| u64::from(t.id())), "{status:#}");
+        ui.shot("agent-started").await;
+    })
+    .await;
+    if let Some(mut tray) = tray {
+        // Quit by `with_app` (SIGTERM to the agent's process): reaped here.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while tray.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = tray.kill();
+                let _ = tray.wait();
+                panic!("the tray app did not quit:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    print_shots(&shots);
+}

@@ -10,6 +10,7 @@ use idlemesh_agent::control::{self, Request};
 use serde_json::Value;
 
 use crate::app_env::{AppEnv, app_env, pool_with_job, proc_state, session_keyring, spawn_logged, wait_until};
+use crate::close_window::close_dashboard;
 use crate::{APP, session_bus, sni, xvfb};
 
 /// Kills the app if the test fails half way, so no stray app keeps the bus busy.
@@ -44,6 +45,50 @@ pub(crate) fn dashboard_shown(display: &str) -> bool {
         let viewable = conn.get_window_attributes(w).unwrap().reply().is_ok_and(|a| a.map_state == MapState::VIEWABLE);
         named && viewable
     })
+}
+
+/// The app's dashboard processes (`idlemesh-app dashboard`) among `pid`'s children.
+fn dashboards(pid: u32) -> Vec<i32> {
+    crate::children(pid)
+        .into_iter()
+        .filter(|c| {
+            let cmdline = std::fs::read(format!("/proc/{c}/cmdline")).unwrap_or_default();
+            cmdline.split(|b| *b == 0).nth(1) == Some(b"dashboard".as_slice())
+        })
+        .collect()
+}
+
+/// Closes the dashboard window and waits for its process to end. Under
+/// Xvfb with no window manager, the first close after the window was
+/// brought forward (a second "Open") is now and then ignored by GTK (no
+/// close event reaches the app; a second close works): up to three closes,
+/// 5 s apart, and how many it took is printed.
+fn close_and_wait(display: &str, pid: i32, cycle: usize) {
+    for attempt in 1..=3 {
+        assert!(close_dashboard(display), "cycle {cycle}: a window to close");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if !alive(pid) {
+            if attempt > 1 {
+                eprintln!("tray test: cycle {cycle}: the dashboard ended after {attempt} closes of its window");
+            }
+            return;
+        }
+    }
+    panic!("cycle {cycle}: the dashboard process {pid} did not end after three closes of its window");
+}
+
+/// Whether the dashboard's page is drawn (its main area's top left is not
+/// the black of an empty X screen or an unpainted window).
+fn drawn(display: &str) -> bool {
+    pixel(display, 700, 6).is_some_and(|[r, g, b]| u16::from(r) + u16::from(g) + u16::from(b) > 15)
+}
+
+/// Whether `pid` is alive (not gone, not a zombie).
+fn alive(pid: i32) -> bool {
+    !matches!(proc_state(pid as u64), '?' | 'Z')
 }
 
 /// One pixel of the X screen.
@@ -140,10 +185,25 @@ fn the_tray_shows_the_state_and_its_menu_pauses_resumes_opens_and_quits() {
     wait_until("the resume to be recorded", Duration::from_secs(10), || status()["paused"] == false);
     wait_until("the worker to run again", Duration::from_secs(10), || proc_state(pid) != 'T');
 
-    // Open dashboard: the window (and its webview) is created on demand.
+    // Open dashboard: the window (and its webview) is created on demand,
+    // in a process of its own; the tray process never holds a webview.
+    let tray = app.0.id();
     assert!(!dashboard_shown(&x.display), "the app starts in the tray, without a window");
+    assert!(dashboards(tray).is_empty(), "no dashboard process before it is opened");
     item.click("Open dashboard");
     wait_until("the dashboard window", Duration::from_secs(30), || dashboard_shown(&x.display));
+    let dashboard = dashboards(tray);
+    assert_eq!(dashboard.len(), 1, "one dashboard process, the tray's child");
+    let dashboard = dashboard[0];
+    let webkit_children: Vec<String> = crate::children(tray)
+        .iter()
+        .map(|c| std::fs::read_to_string(format!("/proc/{c}/comm")).unwrap_or_default().trim().to_string())
+        .filter(|c| c.starts_with("WebKit"))
+        .collect();
+    assert!(
+        webkit_children.is_empty(),
+        "WebKit's processes belong to the dashboard, not the tray: {webkit_children:?}"
+    );
     // Dark, as the system theme is: the page background (top of the main
     // area; the window sits at the screen's origin without a window manager).
     wait_until("the dashboard drawn dark", Duration::from_secs(30), || {
@@ -153,7 +213,69 @@ fn the_tray_shows_the_state_and_its_menu_pauses_resumes_opens_and_quits() {
         })
     });
 
-    // Quit: the app stops its agent and its worker, and exits cleanly.
+    // A second "Open dashboard" brings the open window forward: still one.
+    item.click("Open dashboard");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(dashboards(tray), [dashboard], "the open dashboard is reused, not doubled");
+    assert!(dashboard_shown(&x.display));
+
+    // Closed and opened five times from the menu: each close ends the
+    // dashboard process, and the tray still answers.
+    for cycle in 1..=5 {
+        let open = if cycle == 1 {
+            dashboard
+        } else {
+            item.click("Open dashboard");
+            wait_until("the dashboard window", Duration::from_secs(30), || dashboard_shown(&x.display));
+            let open = dashboards(tray);
+            assert_eq!(open.len(), 1, "cycle {cycle}: one dashboard process");
+            open[0]
+        };
+        // Closed once drawn, as a person would: a close sent in the first
+        // instants of the window can be lost.
+        wait_until("the dashboard drawn", Duration::from_secs(30), || drawn(&x.display));
+        close_and_wait(&x.display, open, cycle);
+        assert!(dashboards(tray).is_empty(), "cycle {cycle}: no dashboard process left");
+        wait_until("the window to go", Duration::from_secs(5), || !dashboard_shown(&x.display));
+        // The job may run out meanwhile: working, or waiting for more.
+        let s = status();
+        assert!(matches!(s["state"].as_str(), Some("working" | "waiting_for_work")), "cycle {cycle}: {s:#}");
+        let line = item.menu_entries()[0].label.clone();
+        assert!(
+            line.starts_with("Idlemesh: Working") || line.starts_with("Idlemesh: Waiting"),
+            "cycle {cycle}: {line}"
+        );
+    }
+
+    // A dashboard killed outright leaves the tray and the agent working:
+    // the menu still pauses and resumes the worker.
+    item.click("Open dashboard");
+    wait_until("the dashboard window", Duration::from_secs(30), || dashboard_shown(&x.display));
+    let killed = dashboards(tray)[0];
+    wait_until("the dashboard drawn", Duration::from_secs(30), || drawn(&x.display));
+    // SAFETY: signalling the dashboard process this test's app started.
+    unsafe { libc::kill(killed, libc::SIGKILL) };
+    wait_until("the killed dashboard to be reaped", Duration::from_secs(10), || !alive(killed));
+    wait_until("the killed dashboard's window to go", Duration::from_secs(10), || !dashboard_shown(&x.display));
+    // (The job may have run out: every worker there is, frozen.)
+    let workers_frozen = |s: &Value| {
+        s["workers"]["pids"].as_array().is_some_and(|p| p.iter().all(|p| proc_state(p.as_u64().unwrap()) == 'T'))
+    };
+    item.click("Pause until I resume");
+    wait_until("the pause to be recorded and the workers frozen", Duration::from_secs(10), || {
+        let s = status();
+        s["manual_pause"]["kind"] == "until_resumed" && workers_frozen(&s)
+    });
+    item.click("Resume");
+    wait_until("the resume to be recorded", Duration::from_secs(10), || status()["paused"] == false);
+    item.click("Open dashboard");
+    wait_until("a new dashboard window after the kill", Duration::from_secs(30), || {
+        dashboard_shown(&x.display) && dashboards(tray).len() == 1
+    });
+    let reopened = dashboards(tray);
+
+    // Quit: the app stops its agent and its worker, closes its dashboard,
+    // and exits cleanly.
     item.click("Quit Idlemesh");
     let mut exit = None;
     wait_until("the app to quit", Duration::from_secs(15), || {
@@ -163,4 +285,5 @@ fn the_tray_shows_the_state_and_its_menu_pauses_resumes_opens_and_quits() {
     let log = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(exit.unwrap().success(), "the app quit with {exit:?}:\n{log}");
     wait_until("the worker to end", Duration::from_secs(5), || proc_state(pid) == '?' || proc_state(pid) == 'Z');
+    wait_until("the dashboard to close with the app", Duration::from_secs(10), || !alive(reopened[0]));
 }

@@ -130,6 +130,16 @@ fn pause_resume_settings_and_a_locked_policy_through_the_control_socket() {
             assert_eq!(answer["error"]["code"], "bad_request");
             assert!(answer["error"]["message"].as_str().unwrap().contains("expected one of status, pause"), "{answer}");
         }
+        // The tray app's requests: a headless agent has no demo pool to
+        // start, and, running, nothing to start again.
+        let mut sock = std::os::unix::net::UnixStream::connect(dir.join("agent.sock")).unwrap();
+        sock.write_all(b"{\"command\":\"demo_start\"}\n{\"command\":\"agent_retry\"}\n").unwrap();
+        let mut lines = std::io::BufReader::new(sock).lines();
+        let demo: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        assert_eq!(demo["error"]["code"], "bad_request", "{demo}");
+        assert!(demo["error"]["message"].as_str().unwrap().contains("no demo pool"), "{demo}");
+        let retry: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        assert_eq!(retry["result"]["restarted"], false, "{retry}");
     }
 
     // A locked value cannot be changed through idlemesh ...

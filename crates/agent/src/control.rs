@@ -65,6 +65,14 @@ pub enum Request {
     /// joined last (the demo's "Start now"); ends when that pool is left
     /// or another is joined, and with the agent.
     LendNow,
+    /// Start the demo pool of the app that embeds this agent (a loopback
+    /// pool with a fresh Mandelbrot job) and join it for this run only.
+    /// Refused by an agent that has none (the headless one).
+    DemoStart,
+    /// Start the agent again after it failed to start. Answered by the
+    /// tray app while its agent is stopped (`{"restarted": true}`); a
+    /// running agent has nothing to retry (`{"restarted": false}`).
+    AgentRetry,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,7 +144,7 @@ async fn connection(stream: transport::Stream, handler: std::sync::Arc<dyn Handl
             Err(e) => refusal(
                 "bad_request",
                 &format!(
-                    "not a request the agent knows ({e}); expected one of status, pause, resume, settings_set, pools, pool_join, pool_leave"
+                    "not a request the agent knows ({e}); expected one of status, pause, resume, settings_set, pools, pool_join, pool_leave, lend_now, demo_start, agent_retry"
                 ),
             ),
         };
@@ -152,6 +160,7 @@ fn refusal(code: &str, message: &str) -> Value {
 /// Sends one request to the running agent and returns its result.
 pub async fn call(path: &Path, request: &Request) -> Result<Value, ControlError> {
     let io = |source| ControlError::Io { path: path.display().to_string(), source };
+    transport::check_private(path)?;
     let stream = match transport::connect(path).await {
         Ok(s) => s,
         Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
@@ -235,6 +244,20 @@ mod transport {
 
     pub async fn connect(path: &Path) -> std::io::Result<Stream> {
         UnixStream::connect(path).await
+    }
+
+    /// A client trusts no socket in a folder someone else owns: they could
+    /// answer as the agent, and be told the user's pause and pool choices.
+    pub fn check_private(path: &Path) -> Result<(), ControlError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        match std::fs::metadata(dir) {
+            Ok(meta) if meta.uid() != current_uid() => {
+                Err(ControlError::NotPrivate { path: dir.display().to_string(), owner: meta.uid() })
+            }
+            // A missing folder: nothing listens there (`call` says so).
+            _ => Ok(()),
+        }
     }
 
     pub fn same_user(stream: &Stream) -> std::io::Result<bool> {
@@ -426,6 +449,11 @@ mod transport {
 
     /// The pipe admits only its creator and the system ([`UserOnly`]), so a
     /// connected client is the same user.
+    /// The pipe's own DACL keeps other users out; there is no folder.
+    pub fn check_private(_path: &Path) -> Result<(), ControlError> {
+        Ok(())
+    }
+
     pub fn same_user(_stream: &Stream) -> std::io::Result<bool> {
         Ok(true)
     }
@@ -489,5 +517,40 @@ mod tests {
         let join: Request = serde_json::from_str(r#"{"command":"pool_join","url":"http://p"}"#).unwrap();
         assert_eq!(join, Request::PoolJoin { url: "http://p".into(), token: None, temporary: false });
         assert!(serde_json::from_str::<Request>(r#"{"command":"pause","duration":"1h","extra":1}"#).is_err());
+        let demo: Request = serde_json::from_str(r#"{"command":"demo_start"}"#).unwrap();
+        assert_eq!(demo, Request::DemoStart);
+    }
+
+    /// Someone else's socket folder: whoever owns it could answer as the
+    /// agent. The client refuses it, and (the same socket in a folder of
+    /// our own) would otherwise have believed the impostor.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_client_trusts_no_socket_in_another_users_folder() {
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("not root: making a folder another user owns needs chown; skipped");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("idlemesh");
+        std::fs::create_dir(&folder).unwrap();
+        let path = folder.join("agent.sock");
+        let impostor = tokio::net::UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = impostor.accept().await {
+                let (read, mut write) = tokio::io::split(stream);
+                let _ = BufReader::new(read).lines().next_line().await;
+                let _ = write.write_all(b"{\"ok\":true,\"result\":{\"state\":\"working\"}}\n").await;
+            }
+        });
+        std::os::unix::fs::chown(&folder, Some(65534), Some(65534)).unwrap();
+        match call(&path, &Request::Status).await {
+            Err(ControlError::NotPrivate { owner, .. }) => assert_eq!(owner, 65534),
+            other => panic!("an impostor's folder was trusted: {other:?}"),
+        }
+        // The same socket in our own folder is believed: the check is what refused it.
+        std::os::unix::fs::chown(&folder, Some(0), Some(0)).unwrap();
+        assert_eq!(call(&path, &Request::Status).await.unwrap()["state"], "working");
     }
 }

@@ -32,6 +32,15 @@ pub struct DaemonConfig {
     pub socket_path: PathBuf,
     pub worker: WorkerCommand,
     pub sensors: Box<dyn FnOnce() -> Sensors + Send>,
+    /// The demo pool `demo_start` starts (the tray app's); none in the
+    /// headless agent.
+    pub demo: Option<Arc<dyn DemoHost>>,
+}
+
+/// Starts a demo pool on a loopback port with a fresh job to watch, and
+/// says its URL. Called on a blocking thread: it may wait for its server.
+pub trait DemoHost: Send + Sync + 'static {
+    fn start(&self) -> Result<String, String>;
 }
 
 impl std::fmt::Debug for DaemonConfig {
@@ -118,6 +127,7 @@ struct Shared {
     join_tokens: Mutex<BTreeMap<String, String>>,
     data_dir: PathBuf,
     info: Value,
+    demo: Option<Arc<dyn DemoHost>>,
 }
 
 /// The embedding app's way in: the same requests as the control socket.
@@ -180,6 +190,19 @@ impl Handler for Shared {
                     )),
                 }
             }
+            Request::DemoStart => {
+                let Some(demo) = &self.demo else {
+                    return Err((
+                        "bad_request".into(),
+                        "this agent has no demo pool (the tray app has one; `idlemesh demo` runs one here)".into(),
+                    ));
+                };
+                let url = demo.start().map_err(|e| ("pool".to_string(), format!("cannot start the demo pool: {e}")))?;
+                self.join(&url, None, true)?;
+                Ok(json!({"url": url}))
+            }
+            // Running: nothing to start again.
+            Request::AgentRetry => Ok(json!({"restarted": false})),
         }
     }
 }
@@ -346,6 +369,7 @@ impl Shared {
             "policy_errors": policy_errors,
             "files": {"settings": user_path, "policy": policy_path},
             "agent": self.info,
+            "temporary_pool": self.temporary_pool.lock().expect("lock").clone(),
         })
     }
 }
@@ -401,6 +425,7 @@ pub async fn run_with(
         temporary_pool: Mutex::new(None),
         join_tokens: Mutex::new(BTreeMap::new()),
         data_dir: config.data_dir.clone(),
+        demo: config.demo,
         info: json!({
             "version": env!("CARGO_PKG_VERSION"),
             "pid": std::process::id(),

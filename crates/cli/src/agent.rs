@@ -37,6 +37,7 @@ pub fn agent(args: AgentArgs) -> anyhow::Result<()> {
         worker: WorkerCommand::current_exe(Some(&paths::kernel_cache_dir()))?,
         data_dir,
         sensors: Box::new(idlemesh_agent::sensors::Sensors::this_machine),
+        demo: None,
     };
     rustls::crypto::ring::default_provider().install_default().ok();
     let rt = tokio::runtime::Runtime::new()?;

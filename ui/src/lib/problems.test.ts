@@ -15,6 +15,8 @@ describe('problems in words', () => {
     'already_running',
     'socket_not_private',
     'data_dir',
+    'not_running',
+    'control_socket',
     'other',
     'something_new',
   ])('the agent not starting (%s) is explained, with Try again', (code) => {
@@ -34,6 +36,12 @@ describe('problems in words', () => {
   it('names the folder that cannot be written', () => {
     const p = agentProblem({ ...status(), state: 'error', error_code: 'data_dir', data_dir: '/home/u/.local/share/idlemesh' })!;
     expect(p.text).toContain('/home/u/.local/share/idlemesh');
+  });
+
+  it('says the agent is not running, and that this window connects when it does', () => {
+    const p = agentProblem({ ...status(), state: 'error', error_code: 'not_running' })!;
+    expect(p.title).toBe('Idlemesh is not running');
+    expect(p.text).toContain('connects as soon as it runs');
   });
 
   it('is nothing while the agent runs', () => {

@@ -69,6 +69,17 @@ export function agentProblem(s: Status | null): Problem | null {
         'Idlemesh’s private folder belongs to someone else',
         'Idlemesh talks to its own parts through a folder only you should be able to use, and that folder belongs to another account: someone could listen in, so Idlemesh does not start. Restarting the computer clears it; if this comes back, tell whoever looks after this computer.',
       );
+    case 'not_running':
+      // The dashboard runs in its own process and nothing answers it.
+      return p(
+        'Idlemesh is not running',
+        'This window shows what Idlemesh does, but Idlemesh itself is not running, so nothing is lent. Start it (Try again does), or start Idlemesh from your applications menu: this window connects as soon as it runs.',
+      );
+    case 'control_socket':
+      return p(
+        'This window cannot reach Idlemesh',
+        'Idlemesh talks to this window through a private folder it could not use. Try again; restarting the computer clears it. If this comes back, the details below help whoever looks after this computer.',
+      );
     case 'data_dir':
       return p(
         'Idlemesh cannot save its data',
