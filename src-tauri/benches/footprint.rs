@@ -108,10 +108,10 @@ fn tree_rss(root: u32) -> u64 {
     tree(root).iter().map(|&p| memory(p).0).sum()
 }
 
-/// Whether `pid` is the app in dashboard mode.
+/// Whether `pid` is the dashboard program.
 fn is_dashboard(pid: u32) -> bool {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    cmdline.split(|b| *b == 0).nth(1) == Some(b"dashboard".as_slice())
+    cmdline.split(|b| *b == 0).next().is_some_and(|argv0| argv0.ends_with(b"idlemesh-dashboard"))
 }
 
 /// CPU of the whole tree over `span`, as % of one core.

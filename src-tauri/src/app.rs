@@ -1,9 +1,11 @@
 //! The tray process: the embedded agent, the tray, notifications and the
 //! status loop that keeps them current. The agent runs in this process on
-//! Tauri's tokio runtime, exactly as `idlemesh agent` runs it. This process
-//! never creates a webview: "Open dashboard" starts the dashboard process
-//! (`crate::dashboard`), which speaks to the agent over its control socket,
-//! so WebKit's memory leaves with the window (docs/architecture.md).
+//! a tokio runtime, exactly as `idlemesh agent` runs it; the tray is tao's
+//! event loop with a tray-icon. No Tauri and no WebKit here, not even
+//! linked: "Open dashboard" starts the dashboard program
+//! (`idlemesh-dashboard`), which speaks to the agent over its control
+//! socket, so the tray stays small whether or not the dashboard was ever
+//! opened (docs/architecture.md).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,7 +16,22 @@ use idlemesh_agent::control::{self, Request};
 use idlemesh_agent::daemon::{self, Control};
 use idlemesh_agent::paths;
 use serde_json::{Value, json};
-use tauri::{AppHandle, Manager as _, RunEvent};
+use tao::event::Event;
+use tao::event_loop::{ControlFlow, EventLoopBuilder, EventLoopProxy};
+
+use crate::status_shape::failure_status;
+
+/// What reaches the tray's UI thread.
+#[derive(Debug)]
+pub enum UserEvent {
+    Menu(tray_icon::menu::MenuId),
+    Status(Value),
+    /// Open the dashboard (a second launch, `--dashboard`).
+    Open,
+    Quit,
+    /// The agent has stopped after a Quit: the event loop ends.
+    Stopped,
+}
 
 /// What the tray, the status loop and the stand-in control server share.
 pub struct AppState {
@@ -22,13 +39,14 @@ pub struct AppState {
     /// Why the embedded agent is not running (another agent owns the socket, no keyring...).
     agent_error: Mutex<Option<AgentFailure>>,
     /// Answers on the agent's socket while the agent is stopped.
-    stand_in: Mutex<Option<tauri::async_runtime::JoinHandle<()>>>,
+    stand_in: Mutex<Option<tokio::task::JoinHandle<()>>>,
     shutdown: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
     stopped: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
     /// The dashboard process last started, while it runs.
     dashboard: Mutex<Option<u32>>,
     pub data_dir: PathBuf,
     demo: Arc<crate::demo::DemoHost>,
+    runtime: tokio::runtime::Handle,
 }
 
 /// Why the embedded agent stopped: `DaemonError::code` and its message.
@@ -38,37 +56,12 @@ pub struct AgentFailure {
     pub message: String,
 }
 
-/// A refusal: the agent's code and words.
-#[derive(Debug, serde::Serialize)]
-pub struct CommandError {
-    pub code: String,
-    pub message: String,
-}
-
-impl CommandError {
-    pub fn new(code: &str, message: impl std::fmt::Display) -> Self {
-        Self { code: code.into(), message: message.to_string() }
-    }
-}
-
-/// The status of an agent that is not running, shaped like a status: the
-/// tray's words and the dashboard's explanation both come from it.
-pub fn failure_status(state: &str, code: Option<&str>, message: Option<&str>, data_dir: &std::path::Path) -> Value {
-    json!({
-        "state": state,
-        "error": message,
-        "error_code": code,
-        "data_dir": data_dir,
-        "reasons": [],
-    })
-}
-
 impl AppState {
     /// The tray's way in, from a plain thread: blocks until the agent has
     /// applied the request (a pause: the worker is frozen).
-    pub fn request_now(&self, request: Request) -> Result<Value, CommandError> {
-        let control = self.control.get().ok_or_else(|| CommandError::new("not_running", "the agent is not running"))?;
-        control.request(request).map_err(|(code, message)| CommandError { code, message })
+    pub fn request_now(&self, request: Request) -> Result<Value, (String, String)> {
+        let control = self.control.get().ok_or_else(|| ("not_running".into(), "the agent is not running".into()))?;
+        control.request(request)
     }
 
     /// The agent's status, or a status-shaped explanation of why there is none.
@@ -83,7 +76,7 @@ impl AppState {
                 &self.data_dir,
             );
         };
-        match tauri::async_runtime::spawn_blocking(move || control.request(Request::Status)).await {
+        match tokio::task::spawn_blocking(move || control.request(Request::Status)).await {
             Ok(Ok(v)) => v,
             Ok(Err((_, message))) => failure_status("error", Some("other"), Some(&message), &self.data_dir),
             Err(e) => failure_status("error", Some("other"), Some(&e.to_string()), &self.data_dir),
@@ -93,8 +86,39 @@ impl AppState {
 
 pub fn run() -> ExitCode {
     idlemesh_agent::logs::init("info", Some("app"));
+    // Which package this came in (the Tauri bundler marks the binary it
+    // packs, and refuses one without the mark).
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), bundle = ?tauri_utils::platform::bundle_type(), "tray starting");
     rustls::crypto::ring::default_provider().install_default().ok();
     let open_dashboard = std::env::args().any(|a| a == "--dashboard");
+    // A second launch (the menu entry, autostart while running) opens the
+    // dashboard of the running tray instead of starting another agent.
+    #[cfg(target_os = "linux")]
+    if crate::single_instance::hand_over() {
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("idlemesh-app: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Elsewhere, an agent answering on this user's socket means Idlemesh
+    // runs already: this launch opens the dashboard (which has its own
+    // single instance) and ends.
+    #[cfg(not(target_os = "linux"))]
+    if runtime.block_on(control::call(&control::socket_path(), &Request::Status)).is_ok() {
+        if let Err(e) = crate::dashboard_exe().and_then(|exe| std::process::Command::new(exe).spawn()) {
+            eprintln!("idlemesh-app: Idlemesh runs already, and its dashboard cannot be started: {e}");
+            return ExitCode::FAILURE;
+        }
+        return ExitCode::SUCCESS;
+    }
+    let event_loop = EventLoopBuilder::<UserEvent>::with_user_event().build();
+    let proxy = event_loop.create_proxy();
+    #[cfg(target_os = "linux")]
+    let _instance = crate::single_instance::serve(proxy.clone());
     let data_dir = paths::data_dir();
     let state = Arc::new(AppState {
         control: OnceLock::new(),
@@ -103,45 +127,54 @@ pub fn run() -> ExitCode {
         shutdown: Mutex::new(None),
         stopped: Mutex::new(None),
         dashboard: Mutex::new(None),
-        demo: Arc::new(crate::demo::DemoHost::new(data_dir.join("demo-pool"))),
+        demo: Arc::new(crate::demo::DemoHost::new(data_dir.join("demo-pool"), runtime.handle().clone())),
         data_dir,
+        runtime: runtime.handle().clone(),
     });
-    let app = tauri::Builder::default()
-        // A second launch (the menu entry, autostart while running) opens
-        // the dashboard instead of starting another agent.
-        .plugin(tauri_plugin_single_instance::init(|app, _args, _cwd| open(app)))
-        .plugin(tauri_plugin_autostart::init(tauri_plugin_autostart::MacosLauncher::LaunchAgent, None))
-        .plugin(tauri_plugin_notification::init())
-        .manage(state.clone())
-        .setup(move |app| {
-            crate::tray::create(app.handle())?;
-            start_agent(state.clone());
-            status_loop(app.handle().clone(), state.clone());
-            exit_on_sigterm(app.handle().clone());
-            if open_dashboard {
-                open(app.handle());
-            }
-            Ok(())
-        })
-        .build(crate::context(false));
-    let app = match app {
-        Ok(app) => app,
+    let mut tray = match crate::tray::Tray::create(proxy.clone()) {
+        Ok(tray) => tray,
         Err(e) => {
-            eprintln!("idlemesh-app: cannot start: {e}");
+            eprintln!("idlemesh-app: cannot create the tray icon: {e}");
             return ExitCode::FAILURE;
         }
     };
-    app.run(|app, event| match event {
-        // The tray has no window; only Quit (or a logout) exits.
-        RunEvent::ExitRequested { api, code: None, .. } => api.prevent_exit(),
-        RunEvent::Exit => {
-            let state = app.state::<Arc<AppState>>();
-            close_dashboard(&state);
-            stop_agent(&state);
+    start_agent(state.clone());
+    status_loop(state.clone(), proxy.clone());
+    exit_on_sigterm(&state, proxy.clone());
+    if open_dashboard {
+        open(&state);
+    }
+    let mut notifier = crate::notify::Notifier::default();
+    event_loop.run(move |event, _, flow| {
+        *flow = ControlFlow::Wait;
+        let Event::UserEvent(event) = event else { return };
+        match event {
+            UserEvent::Status(status) => {
+                tray.update(&status);
+                for message in notifier.observe(&status) {
+                    crate::notify::show(&message);
+                }
+            }
+            UserEvent::Menu(id) => crate::tray::on_menu(&state, &id, &proxy),
+            UserEvent::Open => open(&state),
+            // Quit, a logout or `kill`: the agent stops its workers and
+            // closes its ledger first, and the dashboard goes too. Off the
+            // UI thread, which meanwhile answers the menu click that asked.
+            UserEvent::Quit => {
+                let state = state.clone();
+                let proxy = proxy.clone();
+                std::thread::spawn(move || {
+                    close_dashboard(&state);
+                    stop_agent(&state);
+                    // The panel's click is answered from the bus's own
+                    // thread: give it a moment to leave before the exit.
+                    std::thread::sleep(Duration::from_millis(100));
+                    let _ = proxy.send_event(UserEvent::Stopped);
+                });
+            }
+            UserEvent::Stopped => *flow = ControlFlow::Exit,
         }
-        _ => {}
-    });
-    ExitCode::SUCCESS
+    })
 }
 
 /// Starts the embedded agent again after it failed to start (the
@@ -181,7 +214,8 @@ fn start_agent(state: Arc<AppState>) {
     let (stopped_tx, stopped_rx) = std::sync::mpsc::channel();
     *state.shutdown.lock().expect("lock") = Some(shutdown_tx);
     *state.stopped.lock().expect("lock") = Some(stopped_rx);
-    tauri::async_runtime::spawn(async move {
+    let runtime = state.runtime.clone();
+    runtime.spawn(async move {
         let shutdown = async {
             let _ = shutdown_rx.await;
         };
@@ -210,7 +244,7 @@ fn failed(state: Arc<AppState>, failure: AgentFailure) {
         return;
     }
     let stand_in = Arc::new(StandIn { state: state.clone(), failure });
-    let server = tauri::async_runtime::spawn(async move {
+    let server = state.runtime.spawn(async move {
         match control::bind(&control::socket_path()).await {
             Ok(listener) => control::serve(listener, stand_in).await,
             Err(e) => tracing::warn!(error = %e, "cannot answer for the stopped agent on its socket"),
@@ -232,7 +266,7 @@ impl control::Handler for StandIn {
                 Ok(failure_status("error", Some(self.failure.code), Some(&self.failure.message), &self.state.data_dir))
             }
             Request::AgentRetry => {
-                tauri::async_runtime::spawn(retry_agent(self.state.clone()));
+                self.state.runtime.spawn(retry_agent(self.state.clone()));
                 Ok(json!({"restarted": true}))
             }
             _ => Err(("not_running".into(), format!("the agent is not running: {}", self.failure.message))),
@@ -250,31 +284,29 @@ fn stop_agent(state: &AppState) {
     }
 }
 
-/// A logout or `kill` quits like the menu's Quit: the agent stops its
-/// workers and closes its ledger first.
-fn exit_on_sigterm(app: AppHandle) {
+/// A logout or `kill` quits like the menu's Quit.
+fn exit_on_sigterm(state: &AppState, proxy: EventLoopProxy<UserEvent>) {
     #[cfg(unix)]
-    tauri::async_runtime::spawn(async move {
+    state.runtime.spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
         if let Ok(mut term) = signal(SignalKind::terminate()) {
             term.recv().await;
             tracing::info!("SIGTERM: quitting");
-            app.exit(0);
+            let _ = proxy.send_event(UserEvent::Quit);
         }
     });
     #[cfg(not(unix))]
-    let _ = app;
+    let _ = (state, proxy);
 }
 
-/// Once a second: the tray's icon and words, and notifications.
-fn status_loop(app: AppHandle, state: Arc<AppState>) {
-    tauri::async_runtime::spawn(async move {
-        let mut notifier = crate::notify::Notifier::default();
+/// Once a second: the status for the tray's icon and words, and notifications.
+fn status_loop(state: Arc<AppState>, proxy: EventLoopProxy<UserEvent>) {
+    let runtime = state.runtime.clone();
+    runtime.spawn(async move {
         loop {
             let status = state.status().await;
-            crate::tray::update(&app, &status);
-            for message in notifier.observe(&status) {
-                crate::notify::show(&app, &message);
+            if proxy.send_event(UserEvent::Status(status)).is_err() {
+                return; // the event loop has ended
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -284,17 +316,16 @@ fn status_loop(app: AppHandle, state: Arc<AppState>) {
 /// Opens the dashboard: starts the dashboard process, which shows its
 /// window, or, when one already runs, hands over to it (its own single
 /// instance) and that one comes to the front.
-pub fn open(app: &AppHandle) {
-    let state = app.state::<Arc<AppState>>().inner().clone();
-    let exe = match std::env::current_exe() {
+pub fn open(state: &Arc<AppState>) {
+    let state = state.clone();
+    let exe = match crate::dashboard_exe() {
         Ok(exe) => exe,
-        Err(e) => return tracing::error!(error = %e, "cannot open the dashboard: this program's path is unknown"),
+        Err(e) => return tracing::error!(error = %e, "cannot open the dashboard: its program is not found"),
     };
-    let mut child =
-        match std::process::Command::new(exe).arg(crate::DASHBOARD_MODE).stdin(std::process::Stdio::null()).spawn() {
-            Ok(child) => child,
-            Err(e) => return tracing::error!(error = %e, "cannot start the dashboard"),
-        };
+    let mut child = match std::process::Command::new(&exe).stdin(std::process::Stdio::null()).spawn() {
+        Ok(child) => child,
+        Err(e) => return tracing::error!(error = %e, exe = %exe.display(), "cannot start the dashboard"),
+    };
     let pid = child.id();
     *state.dashboard.lock().expect("lock") = Some(pid);
     // Reaped when it closes, so no zombie stays behind in the tray's name.

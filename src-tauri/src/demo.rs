@@ -14,7 +14,7 @@ const PREFERRED_PORT: u16 = 8471;
 pub struct DemoPool {
     pub url: String,
     pool: Pool,
-    server: tauri::async_runtime::JoinHandle<()>,
+    server: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for DemoPool {
@@ -34,7 +34,7 @@ impl DemoPool {
             Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?,
         };
         let url = format!("http://{}", listener.local_addr().map_err(|e| e.to_string())?);
-        let server = tauri::async_runtime::spawn({
+        let server = tokio::spawn({
             let pool = pool.clone();
             async move {
                 if let Err(e) = pool.serve(listener).await {
@@ -59,18 +59,19 @@ impl DemoPool {
 pub struct DemoHost {
     dir: PathBuf,
     pool: tokio::sync::Mutex<Option<DemoPool>>,
+    runtime: tokio::runtime::Handle,
 }
 
 impl DemoHost {
-    pub fn new(dir: PathBuf) -> Self {
-        Self { dir, pool: tokio::sync::Mutex::new(None) }
+    pub fn new(dir: PathBuf, runtime: tokio::runtime::Handle) -> Self {
+        Self { dir, pool: tokio::sync::Mutex::new(None), runtime }
     }
 }
 
 impl idlemesh_agent::daemon::DemoHost for DemoHost {
     fn start(&self) -> Result<String, String> {
         // On the control socket's blocking thread, outside any async task.
-        tauri::async_runtime::block_on(async {
+        self.runtime.block_on(async {
             let mut demo = self.pool.lock().await;
             if demo.is_none() {
                 *demo = Some(DemoPool::start(&self.dir).await?);

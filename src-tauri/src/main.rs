@@ -1,21 +1,25 @@
-//! The Idlemesh tray app. The same executable is also the sandboxed worker
-//! (`idlemesh-app worker`): the agent starts its own executable again in
-//! worker mode, so no second binary has to ship beside the app (DESIGN §1),
-//! and the dashboard (`idlemesh-app dashboard`), a process of its own that
-//! the tray starts and that ends when its window closes.
+//! The Idlemesh tray app (`idlemesh-app`): the tray icon and the embedded
+//! agent. The same executable is also the sandboxed worker (`idlemesh-app
+//! worker`): the agent starts its own executable again in worker mode, so
+//! no worker binary has to ship beside the app (DESIGN §1). The dashboard
+//! is the program beside it, `idlemesh-dashboard` (src/dashboard/), a
+//! process of its own that the tray starts and that ends when its window
+//! closes; `idlemesh-app dashboard` runs it in this process's place.
 #![cfg_attr(not(debug_assertions), windows_subsystem = "windows")]
 
 mod app;
-mod commands;
-mod dashboard;
 mod demo;
 mod notify;
+#[cfg(target_os = "linux")]
+mod single_instance;
+mod status_shape;
 mod tray;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// The first argument that starts the dashboard process.
-const DASHBOARD_MODE: &str = "dashboard";
+/// The dashboard's program, beside this one.
+const DASHBOARD_PROGRAM: &str = "idlemesh-dashboard";
 
 fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
@@ -24,28 +28,52 @@ fn main() -> ExitCode {
         idlemesh_agent::logs::init("warn", None);
         return idlemesh_runtime::worker::main(args);
     }
+    if mode.as_deref() == Some("dashboard".as_ref()) {
+        return run_dashboard();
+    }
     #[cfg(target_os = "linux")]
     keep_gl_out_of_gtk();
-    if mode.as_deref() == Some(DASHBOARD_MODE.as_ref()) { dashboard::run() } else { app::run() }
+    app::run()
 }
 
-/// The app's configuration and assets, for either process. The dashboard
-/// has an identifier of its own, so that its single instance (a second
-/// "Open" brings its window forward) is apart from the tray's.
-fn context(dashboard: bool) -> tauri::Context {
-    let mut context = tauri::generate_context!();
-    if dashboard {
-        context.config_mut().identifier.push_str(".dashboard");
+/// The dashboard program's path: beside this executable.
+pub fn dashboard_exe() -> std::io::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    Ok(exe.with_file_name(format!("{DASHBOARD_PROGRAM}{}", std::env::consts::EXE_SUFFIX)))
+}
+
+/// `idlemesh-app dashboard`: becomes the dashboard program (same process).
+fn run_dashboard() -> ExitCode {
+    let exe = match dashboard_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("idlemesh-app dashboard: cannot find this program's path: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt as _;
+        let e = std::process::Command::new(&exe).exec();
+        eprintln!("idlemesh-app dashboard: cannot start {}: {e}", exe.display());
+        ExitCode::FAILURE
     }
-    context
+    #[cfg(not(unix))]
+    match std::process::Command::new(&exe).status() {
+        Ok(s) if s.success() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("idlemesh-app dashboard: cannot start {}: {e}", exe.display());
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// GTK 3 initialises GLX when it opens the X display, only to choose its
 /// visuals, and that maps Mesa's driver (with LLVM: about 50 MiB) into a
-/// tray app that never draws with GL: 129 MiB RSS with the dashboard closed
-/// instead of 77 MiB (docs/benchmarks.md). The webview draws without GDK's
-/// GL (checked on screenshots with and without WebKit's DMA-BUF renderer).
-/// A GDK_GL the user set wins.
+/// tray that never draws with GL (docs/benchmarks.md). The dashboard
+/// inherits it: its webview draws without GDK's GL (checked on screenshots
+/// with and without WebKit's DMA-BUF renderer). A GDK_GL the user set wins.
 #[cfg(target_os = "linux")]
 fn keep_gl_out_of_gtk() {
     if std::env::var_os("GDK_GL").is_none() {

@@ -3,7 +3,6 @@
 //! every status tick.
 
 use serde_json::Value;
-use tauri_plugin_notification::NotificationExt as _;
 
 #[derive(Debug, Default)]
 pub struct Notifier {
@@ -72,11 +71,17 @@ fn milestone_crossed(before: f64, now: f64) -> Option<u64> {
     crossed
 }
 
-pub fn show(app: &tauri::AppHandle, message: &str) {
-    if let Err(e) = app.notification().builder().title("Idlemesh").body(message).show() {
-        // No notification service (a bare X session): the tray still says it.
-        tracing::debug!(error = %e, "notification not shown");
-    }
+/// Shows `message` as a desktop notification, off the tray's UI thread (a
+/// slow notification service must not hold up the menu).
+pub fn show(message: &str) {
+    let message = message.to_owned();
+    std::thread::spawn(move || {
+        let shown = notify_rust::Notification::new().appname("Idlemesh").summary("Idlemesh").body(&message).show();
+        if let Err(e) = shown {
+            // No notification service (a bare X session): the tray still says it.
+            tracing::debug!(error = %e, "notification not shown");
+        }
+    });
 }
 
 #[cfg(test)]

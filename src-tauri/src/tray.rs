@@ -1,76 +1,90 @@
 //! The tray icon and its menu: the state in words, pause for a chosen time,
 //! resume, the dashboard, quit. The icon's colour is the state at a glance.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use idlemesh_agent::control::Request;
 use serde_json::Value;
-use tauri::image::Image;
-use tauri::menu::{Menu, MenuItem, PredefinedMenuItem};
-use tauri::tray::TrayIconBuilder;
-use tauri::{AppHandle, Manager as _};
+use tray_icon::menu::{Menu, MenuEvent, MenuId, MenuItem, PredefinedMenuItem};
+use tray_icon::{Icon, TrayIcon, TrayIconBuilder};
 
-use crate::app::AppState;
+use crate::app::{AppState, UserEvent};
+use idlemesh_agent::control::Request;
 
-const TRAY: &str = "idlemesh";
-
-/// The menu's first line, rewritten as the state changes.
-struct StateLine {
-    item: MenuItem<tauri::Wry>,
-    shown: Mutex<(String, String)>,
+/// The icon and the menu's first line, rewritten as the state changes
+/// (on the UI thread, where the tray lives).
+pub struct Tray {
+    icon: TrayIcon,
+    state_line: MenuItem,
+    shown: (String, String),
 }
 
-pub fn create(app: &AppHandle) -> tauri::Result<()> {
-    let state_line = MenuItem::with_id(app, "state", "Idlemesh: starting", false, None::<&str>)?;
-    let item = |id: &str, text: &str| MenuItem::with_id(app, id, text, true, None::<&str>);
-    let menu = Menu::with_items(
-        app,
-        &[
+impl Tray {
+    /// Builds the icon and its menu; menu clicks arrive as `UserEvent::Menu`.
+    pub fn create(proxy: tao::event_loop::EventLoopProxy<UserEvent>) -> Result<Self, String> {
+        let state_line = MenuItem::with_id("state", "Idlemesh: starting", false, None);
+        let item = |id: &str, text: &str| MenuItem::with_id(id, text, true, None);
+        let menu = Menu::with_items(&[
             &state_line,
-            &PredefinedMenuItem::separator(app)?,
-            &item("pause-15m", "Pause for 15 minutes")?,
-            &item("pause-1h", "Pause for 1 hour")?,
-            &item("pause-tomorrow", "Pause until tomorrow")?,
-            &item("pause-indefinitely", "Pause until I resume")?,
-            &item("resume", "Resume")?,
-            &PredefinedMenuItem::separator(app)?,
-            &item("open", "Open dashboard")?,
-            &item("quit", "Quit Idlemesh")?,
-        ],
-    )?;
-    TrayIconBuilder::with_id(TRAY)
-        .icon(icon("starting"))
-        .tooltip("Idlemesh: starting")
-        .menu(&menu)
-        .show_menu_on_left_click(true)
-        .on_menu_event(|app, event| on_menu(app, event.id().as_ref()))
-        .build(app)?;
-    app.manage(StateLine { item: state_line, shown: Mutex::new(Default::default()) });
-    Ok(())
+            &PredefinedMenuItem::separator(),
+            &item("pause-15m", "Pause for 15 minutes"),
+            &item("pause-1h", "Pause for 1 hour"),
+            &item("pause-tomorrow", "Pause until tomorrow"),
+            &item("pause-indefinitely", "Pause until I resume"),
+            &item("resume", "Resume"),
+            &PredefinedMenuItem::separator(),
+            &item("open", "Open dashboard"),
+            &item("quit", "Quit Idlemesh"),
+        ])
+        .map_err(|e| e.to_string())?;
+        MenuEvent::set_event_handler(Some(move |event: MenuEvent| {
+            let _ = proxy.send_event(UserEvent::Menu(event.id));
+        }));
+        let icon = TrayIconBuilder::new()
+            .with_id("idlemesh")
+            .with_icon(icon("starting"))
+            .with_tooltip("Idlemesh: starting")
+            .with_menu(Box::new(menu))
+            .with_menu_on_left_click(true)
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Self { icon, state_line, shown: Default::default() })
+    }
+
+    pub fn update(&mut self, status: &Value) {
+        let state = status["state"].as_str().unwrap_or("starting").to_string();
+        let words = words(status);
+        if self.shown.1 != words {
+            self.state_line.set_text(format!("Idlemesh: {words}"));
+            let _ = self.icon.set_tooltip(Some(format!("Idlemesh: {words}")));
+        }
+        if self.shown.0 != state {
+            let _ = self.icon.set_icon(Some(icon(&state)));
+        }
+        self.shown = (state, words);
+    }
 }
 
-fn on_menu(app: &AppHandle, id: &str) {
-    let request = match id {
-        // Off the UI thread: starting a process may wait on the disk.
-        "open" => {
-            let app = app.clone();
-            std::thread::spawn(move || crate::app::open(&app));
+/// What a menu item does. Pauses go to the agent from a plain thread: the
+/// UI thread must not wait for it, and the agent freezes the worker before
+/// it answers.
+pub fn on_menu(state: &Arc<AppState>, id: &MenuId, proxy: &tao::event_loop::EventLoopProxy<UserEvent>) {
+    let request = match id.as_ref() {
+        "open" => return crate::app::open(state),
+        "quit" => {
+            let _ = proxy.send_event(UserEvent::Quit);
             return;
         }
-        "quit" => return app.exit(0),
         "resume" => Request::Resume,
         pause => match pause.strip_prefix("pause-") {
             Some(duration) => Request::Pause { duration: Some(duration.to_string()) },
             None => return,
         },
     };
-    // Off the UI thread, which must not wait for the agent; the agent
-    // freezes the worker before it answers.
-    let state = app.state::<Arc<AppState>>().inner().clone();
-    let id = id.to_owned();
+    let state = state.clone();
+    let id = id.as_ref().to_owned();
     std::thread::spawn(move || match state.request_now(request) {
         Ok(_) => tracing::info!(item = id, "tray menu"),
-        Err(e) => tracing::warn!(item = id, error = %e.message, "tray menu action refused"),
+        Err((_, message)) => tracing::warn!(item = id, error = %message, "tray menu action refused"),
     });
 }
 
@@ -110,32 +124,9 @@ fn failure_words(status: &Value) -> &'static str {
     }
 }
 
-pub fn update(app: &AppHandle, status: &Value) {
-    let Some(line) = app.try_state::<StateLine>() else { return };
-    let state = status["state"].as_str().unwrap_or("starting").to_string();
-    let words = words(status);
-    // Decide under the lock, change the tray after it: the changes wait for
-    // the UI thread, and nothing should wait while holding a lock.
-    let (new_words, new_icon) = {
-        let mut shown = line.shown.lock().expect("lock");
-        let changes = (shown.1 != words, shown.0 != state);
-        *shown = (state.clone(), words.clone());
-        changes
-    };
-    if new_words {
-        let _ = line.item.set_text(format!("Idlemesh: {words}"));
-        if let Some(tray) = app.tray_by_id(TRAY) {
-            let _ = tray.set_tooltip(Some(format!("Idlemesh: {words}")));
-        }
-    }
-    if new_icon && let Some(tray) = app.tray_by_id(TRAY) {
-        let _ = tray.set_icon(Some(icon(&state)));
-    }
-}
-
 /// A 32×32 disc in the state's colour: green working, amber waiting, grey
 /// paused, red for a problem.
-fn icon(state: &str) -> Image<'static> {
+fn icon(state: &str) -> Icon {
     let (r, g, b) = match state {
         "working" => (46, 160, 67),
         "waiting_for_work" | "connecting" | "no_pool" => (210, 153, 34),
@@ -155,5 +146,5 @@ fn icon(state: &str) -> Image<'static> {
             rgba[i..i + 4].copy_from_slice(&[r, g, b, (alpha * 255.0) as u8]);
         }
     }
-    Image::new_owned(rgba, N as u32, N as u32)
+    Icon::from_rgba(rgba, N as u32, N as u32).expect("a 32×32 RGBA image")
 }

@@ -470,4 +470,17 @@ async fn steps(ui: &Ui, pool_url: &str, config_dir: &Path) {
             "{name} scrolls sideways at 200 %: {overflow} px; wider than the page: {culprits}"
         );
     }
+
+    // Start at login: the entry starts the tray program, not this window's.
+    eprintln!("app test: start at login");
+    let entry = config_dir.with_file_name("home/.config/autostart/Idlemesh.desktop");
+    let on = ui.invoke("autostart_set", json!({"enabled": true})).await;
+    assert_eq!(on["ok"]["autostart"], true, "{on}");
+    let desktop = std::fs::read_to_string(&entry).unwrap_or_else(|e| panic!("{}: {e}", entry.display()));
+    let exec = desktop.lines().find(|l| l.starts_with("Exec=")).unwrap_or_default();
+    assert!(exec.contains("/idlemesh-app") && !exec.contains("dashboard"), "{desktop}");
+    assert_eq!(ui.invoke("app_info", json!({})).await["ok"]["autostart"], true);
+    let off = ui.invoke("autostart_set", json!({"enabled": false})).await;
+    assert_eq!(off["ok"]["autostart"], false, "{off}");
+    assert!(!entry.exists(), "the entry is removed");
 }

@@ -86,6 +86,12 @@ fn the_tray_app_packages_install_start_and_remove_cleanly_leaving_the_ledger() {
     dpkg(&["--force-depends", "-i", &agent_deb, &app_deb]);
     let app = root.join("usr/bin/idlemesh-app");
     assert!(app.exists() && root.join("usr/bin/idlemesh").exists());
+    // The dashboard ships beside the tray, and only it links WebKit.
+    let dashboard = root.join("usr/bin/idlemesh-dashboard");
+    assert!(dashboard.exists(), "the dashboard program is installed beside the tray");
+    let linked = |binary: &Path| run(Command::new("ldd").arg(binary));
+    assert!(!linked(&app).contains("libwebkit2gtk"), "the tray links WebKit");
+    assert!(linked(&dashboard).contains("libwebkit2gtk"), "the dashboard is the webview");
     let desktop = std::fs::read_to_string(root.join("usr/share/applications/idlemesh-app.desktop")).unwrap();
     assert!(desktop.contains("Name=Idlemesh\n") && desktop.contains("Exec=idlemesh-app\n"), "{desktop}");
     let autostart =
@@ -103,7 +109,7 @@ fn the_tray_app_packages_install_start_and_remove_cleanly_leaving_the_ledger() {
     assert!(ledger.exists(), "the installed app kept a ledger");
 
     dpkg(&["-r", "idlemesh-app", "idlemesh"]);
-    assert!(!app.exists() && !root.join("usr/bin/idlemesh").exists(), "removed");
+    assert!(!app.exists() && !dashboard.exists() && !root.join("usr/bin/idlemesh").exists(), "removed");
     assert!(!root.join("usr/share/applications/idlemesh-app.desktop").exists());
     assert!(ledger.exists(), "the user's ledger stays");
 
@@ -114,6 +120,7 @@ fn the_tray_app_packages_install_start_and_remove_cleanly_leaving_the_ledger() {
     assert!(requires.contains("idlemesh = 0.1.0"), "{requires}");
     let files = rpm(&["-qpl", &app_rpm]);
     assert!(files.contains("/usr/bin/idlemesh-app") && files.contains("/usr/share/applications/idlemesh-app.desktop"));
+    assert!(files.contains("/usr/bin/idlemesh-dashboard"), "{files}");
     rpm(&["-i", "--nodeps", "--noscripts", &agent_rpm, &app_rpm]);
     // The installed binary runs as its own worker and finds the GPU (lavapipe here).
     let adapter = run(Command::new(root.join("usr/bin/idlemesh-app")).args(["worker", "--probe-gpu"]));

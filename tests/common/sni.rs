@@ -167,7 +167,9 @@ impl Item<'_> {
             .iter()
             .find(|e| e.label == label)
             .unwrap_or_else(|| panic!("no menu entry {label:?} in {entries:?}"));
-        self.menu().call_method("Event", &(entry.id, "clicked", Value::from(0i32), 0u32)).unwrap();
+        self.menu()
+            .call_method("Event", &(entry.id, "clicked", Value::from(0i32), 0u32))
+            .unwrap_or_else(|e| panic!("clicking {label:?}: {e}"));
     }
 
     /// Waits until the menu's first entry (the state in words) satisfies `ok`.

@@ -25,7 +25,7 @@ impl Xvfb {
             let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let display = format!(":{}", 90 + (std::process::id() as usize + n) % 400);
             let lock = format!("/tmp/.X{}-lock", &display[1..]);
-            if Path::new(&lock).exists() {
+            if Path::new(&lock).exists() && !stale_lock_removed(&lock, &display[1..]) {
                 continue;
             }
             let mut child = Command::new("Xvfb")
@@ -66,8 +66,30 @@ impl Xvfb {
     }
 }
 
+/// A lock left by an X server that is gone (killed outright, it cannot
+/// remove its lock): removed with its socket, so its number can be used.
+/// Without this the numbers ran out on a machine that ran the tests often.
+fn stale_lock_removed(lock: &str, number: &str) -> bool {
+    let pid = std::fs::read_to_string(lock).ok().and_then(|p| p.trim().parse::<u32>().ok());
+    let alive = pid.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+    if alive || pid.is_none() {
+        return false;
+    }
+    let _ = std::fs::remove_file(format!("/tmp/.X11-unix/X{number}"));
+    std::fs::remove_file(lock).is_ok()
+}
+
 impl Drop for Xvfb {
     fn drop(&mut self) {
+        // SIGTERM first: Xvfb then removes its lock and socket itself.
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

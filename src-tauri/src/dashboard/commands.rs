@@ -8,10 +8,8 @@ use idlemesh_agent::control::Request;
 use idlemesh_agent::{Entry, Ledger, ledger_summary};
 use serde_json::{Value, json};
 use tauri::State;
-use tauri_plugin_autostart::ManagerExt as _;
 
-use crate::app::CommandError;
-use crate::dashboard::Dashboard;
+use crate::window::{CommandError, Dashboard};
 
 type Result<T> = std::result::Result<T, CommandError>;
 type S<'a> = State<'a, Arc<Dashboard>>;
@@ -215,7 +213,9 @@ async fn agent_retry(state: S<'_>) -> Result<Value> {
             Ok(answer)
         }
         Err(e) if e.code == "not_running" => {
+            // The tray app is the program beside this one.
             let exe = std::env::current_exe().map_err(|e| CommandError::new("internal", e))?;
+            let exe = exe.with_file_name(format!("idlemesh-app{}", std::env::consts::EXE_SUFFIX));
             let mut tray = std::process::Command::new(exe)
                 .stdin(std::process::Stdio::null())
                 .spawn()
@@ -292,7 +292,7 @@ async fn ledger_has_history(state: &Dashboard) -> bool {
 }
 
 #[tauri::command]
-async fn app_info(app: tauri::AppHandle, state: S<'_>) -> Result<Value> {
+async fn app_info(state: S<'_>) -> Result<Value> {
     // The pools and settings are the agent's to tell: wait for it to be
     // up (or to have failed) rather than guess from a starting agent.
     let mut status = state.status().await;
@@ -322,7 +322,7 @@ async fn app_info(app: tauri::AppHandle, state: S<'_>) -> Result<Value> {
     Ok(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "first_run": first_run,
-        "autostart": app.autolaunch().is_enabled().unwrap_or(false),
+        "autostart": autostart().is_ok_and(|a| a.is_enabled().unwrap_or(false)),
         "demo_url": status["temporary_pool"],
         "kernel_access": {
             "allowed": idlemesh_runtime::access::ALLOWED,
@@ -331,9 +331,22 @@ async fn app_info(app: tauri::AppHandle, state: S<'_>) -> Result<Value> {
     }))
 }
 
+/// Start at login, for the tray (not this window): the entry names the
+/// tray program beside this one. Named "Idlemesh", as Tauri's autostart
+/// plugin named it before, so an entry made then is the same entry.
+fn autostart() -> Result<auto_launch::AutoLaunch> {
+    let exe = std::env::current_exe().map_err(|e| CommandError::new("internal", e))?;
+    let tray = exe.with_file_name(format!("idlemesh-app{}", std::env::consts::EXE_SUFFIX));
+    let mut builder = auto_launch::AutoLaunchBuilder::new();
+    builder.set_app_name("Idlemesh").set_app_path(&tray.display().to_string());
+    #[cfg(target_os = "macos")]
+    builder.set_macos_launch_mode(auto_launch::MacOSLaunchMode::LaunchAgent);
+    builder.build().map_err(|e| CommandError::new("io", format!("cannot set up start at login: {e}")))
+}
+
 #[tauri::command]
-async fn autostart_set(app: tauri::AppHandle, enabled: bool) -> Result<Value> {
-    let launcher = app.autolaunch();
+async fn autostart_set(enabled: bool) -> Result<Value> {
+    let launcher = autostart()?;
     let result = if enabled { launcher.enable() } else { launcher.disable() };
     result.map_err(|e| CommandError::new("io", format!("cannot change start at login: {e}")))?;
     Ok(json!({"autostart": launcher.is_enabled().unwrap_or(enabled)}))

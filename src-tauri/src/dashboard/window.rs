@@ -1,7 +1,4 @@
-//! The dashboard process (`idlemesh-app dashboard`): one webview window
-//! whose commands (`crate::commands`) are requests to the agent over its
-//! control socket, the same socket the CLI uses. The tray process starts
-//! it; closing the window ends it, and WebKit's memory with it.
+//! The dashboard's window, its single instance and its status events.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,13 +10,26 @@ use idlemesh_agent::paths;
 use serde_json::Value;
 use tauri::{AppHandle, Emitter as _, Manager as _, WebviewUrl, WebviewWindowBuilder};
 
-use crate::app::{CommandError, failure_status};
+use crate::status_shape::failure_status;
 
 pub const WINDOW: &str = "dashboard";
 
 /// How long a silent socket reads as an agent still starting (the tray
 /// starts this process as it starts its agent; "Try again" restarts it).
 const STARTING_GRACE: Duration = Duration::from_secs(10);
+
+/// A refusal the dashboard branches on by `code` (docs/app-ipc.md).
+#[derive(Debug, serde::Serialize)]
+pub struct CommandError {
+    pub code: String,
+    pub message: String,
+}
+
+impl CommandError {
+    pub fn new(code: &str, message: impl std::fmt::Display) -> Self {
+        Self { code: code.into(), message: message.to_string() }
+    }
+}
 
 /// What the commands share: where the agent listens and where its files are.
 pub struct Dashboard {
@@ -83,13 +93,14 @@ fn refusal(e: ControlError) -> (String, String) {
 }
 
 pub fn run() -> ExitCode {
+    #[cfg(target_os = "linux")]
+    keep_gl_out_of_gtk();
     idlemesh_agent::logs::init("info", Some("dashboard"));
     rustls::crypto::ring::default_provider().install_default().ok();
     let dashboard = Arc::new(Dashboard::new());
     let app = tauri::Builder::default()
         // A second "Open dashboard" brings this window forward.
         .plugin(tauri_plugin_single_instance::init(|app, _args, _cwd| focus(app)))
-        .plugin(tauri_plugin_autostart::init(tauri_plugin_autostart::MacosLauncher::LaunchAgent, None))
         .manage(dashboard.clone())
         .invoke_handler(crate::commands::handler())
         // The window is the process: closed, it ends (without waiting for
@@ -104,7 +115,7 @@ pub fn run() -> ExitCode {
             status_loop(app.handle().clone(), dashboard.clone());
             Ok(())
         })
-        .build(crate::context(true));
+        .build(context());
     match app {
         // Closing the window ends the process (Tauri exits with its last window).
         Ok(app) => {
@@ -116,6 +127,15 @@ pub fn run() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The app's configuration and assets. The dashboard has an identifier of
+/// its own, so that its single instance (a second "Open" brings its window
+/// forward) is apart from the tray's.
+fn context() -> tauri::Context {
+    let mut context = tauri::generate_context!();
+    context.config_mut().identifier.push_str(".dashboard");
+    context
 }
 
 fn open_window(app: &AppHandle) -> tauri::Result<()> {
@@ -130,10 +150,20 @@ fn open_window(app: &AppHandle) -> tauri::Result<()> {
     Ok(())
 }
 
+/// Brings the open window forward for a second "Open": only what is
+/// needed. Presenting a window that already has the focus is not needed,
+/// and under Xvfb without a window manager it made GTK drop the window's
+/// next close requests (tests/app/tray.rs); with a window manager it was
+/// not seen, and is not tested here.
 fn focus(app: &AppHandle) {
-    if let Some(window) = app.get_webview_window(WINDOW) {
+    let Some(window) = app.get_webview_window(WINDOW) else { return };
+    if window.is_minimized().unwrap_or(false) {
         let _ = window.unminimize();
+    }
+    if !window.is_visible().unwrap_or(true) {
         let _ = window.show();
+    }
+    if !window.is_focused().unwrap_or(false) {
         let _ = window.set_focus();
     }
 }
@@ -149,4 +179,15 @@ fn status_loop(app: AppHandle, dashboard: Arc<Dashboard>) {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
+}
+
+/// As the tray: GTK would initialise GLX only to choose visuals, mapping
+/// Mesa's driver for nothing (the tray sets this for the dashboard it
+/// starts; this covers one started on its own). A GDK_GL the user set wins.
+#[cfg(target_os = "linux")]
+fn keep_gl_out_of_gtk() {
+    if std::env::var_os("GDK_GL").is_none() {
+        // SAFETY: first thing in main, before any other thread exists.
+        unsafe { std::env::set_var("GDK_GL", "disable") };
+    }
 }
