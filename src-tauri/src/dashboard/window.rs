@@ -117,13 +117,12 @@ pub fn run() -> ExitCode {
         })
         .build(context());
     match app {
-        // Closing the window ends the process (Tauri exits with its last window).
         Ok(app) => {
             app.run(|_, _| {});
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("idlemesh-app dashboard: cannot start: {e}");
+            eprintln!("idlemesh-dashboard: cannot start: {e}");
             ExitCode::FAILURE
         }
     }
