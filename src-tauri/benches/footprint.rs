@@ -10,10 +10,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use close_window::close_dashboard;
+use dashboard::{close_dashboard, is_dashboard};
 
-#[path = "../../tests/common/close_window.rs"]
-mod close_window;
+#[path = "../../tests/common/dashboard.rs"]
+mod dashboard;
 #[path = "../../tests/common/session_bus.rs"]
 mod session_bus;
 #[path = "../../tests/common/xvfb.rs"]
@@ -108,12 +108,6 @@ fn tree_rss(root: u32) -> u64 {
     tree(root).iter().map(|&p| memory(p).0).sum()
 }
 
-/// Whether `pid` is the dashboard program.
-fn is_dashboard(pid: u32) -> bool {
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    cmdline.split(|b| *b == 0).next().is_some_and(|argv0| argv0.ends_with(b"idlemesh-dashboard"))
-}
-
 /// CPU of the whole tree over `span`, as % of one core.
 fn idle_cpu(label: &str, root: u32, span: Duration) {
     let hz = 100.0; // USER_HZ on Linux
@@ -184,7 +178,7 @@ fn main() {
         let status = second.arg("--dashboard").status().unwrap();
         assert!(status.success(), "the second launch hands over and exits");
         std::thread::sleep(Duration::from_secs(8));
-        let dashboard = tree(pid).into_iter().skip(1).find(|&p| is_dashboard(p));
+        let dashboard = tree(pid).into_iter().skip(1).find(|&p| is_dashboard(p as i32));
         let dashboard = dashboard.expect("the tray started a dashboard process");
         if cycle == 1 {
             report("dashboard open", pid);

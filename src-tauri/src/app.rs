@@ -109,7 +109,9 @@ pub fn run() -> ExitCode {
     // single instance) and ends.
     #[cfg(not(target_os = "linux"))]
     if runtime.block_on(control::call(&control::socket_path(), &Request::Status)).is_ok() {
-        if let Err(e) = crate::dashboard_exe().and_then(|exe| std::process::Command::new(exe).spawn()) {
+        if let Err(e) =
+            crate::programs::beside(crate::programs::DASHBOARD).and_then(|exe| std::process::Command::new(exe).spawn())
+        {
             eprintln!("idlemesh-app: Idlemesh runs already, and its dashboard cannot be started: {e}");
             return ExitCode::FAILURE;
         }
@@ -318,7 +320,7 @@ fn status_loop(state: Arc<AppState>, proxy: EventLoopProxy<UserEvent>) {
 /// instance) and that one comes to the front.
 pub fn open(state: &Arc<AppState>) {
     let state = state.clone();
-    let exe = match crate::dashboard_exe() {
+    let exe = match crate::programs::beside(crate::programs::DASHBOARD) {
         Ok(exe) => exe,
         Err(e) => return tracing::error!(error = %e, "cannot open the dashboard: its program is not found"),
     };

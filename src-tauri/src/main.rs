@@ -9,17 +9,17 @@
 
 mod app;
 mod demo;
+#[cfg(target_os = "linux")]
+mod gl;
 mod notify;
+#[allow(dead_code, reason = "shared with the dashboard, which needs the tray's name")]
+mod programs;
 #[cfg(target_os = "linux")]
 mod single_instance;
 mod status_shape;
 mod tray;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
-
-/// The dashboard's program, beside this one.
-const DASHBOARD_PROGRAM: &str = "idlemesh-dashboard";
 
 fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
@@ -32,19 +32,13 @@ fn main() -> ExitCode {
         return run_dashboard();
     }
     #[cfg(target_os = "linux")]
-    keep_gl_out_of_gtk();
+    gl::keep_gl_out_of_gtk();
     app::run()
-}
-
-/// The dashboard program's path: beside this executable.
-pub fn dashboard_exe() -> std::io::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    Ok(exe.with_file_name(format!("{DASHBOARD_PROGRAM}{}", std::env::consts::EXE_SUFFIX)))
 }
 
 /// `idlemesh-app dashboard`: becomes the dashboard program (same process).
 fn run_dashboard() -> ExitCode {
-    let exe = match dashboard_exe() {
+    let exe = match programs::beside(programs::DASHBOARD) {
         Ok(exe) => exe,
         Err(e) => {
             eprintln!("idlemesh-app dashboard: cannot find this program's path: {e}");
@@ -66,18 +60,5 @@ fn run_dashboard() -> ExitCode {
             eprintln!("idlemesh-app dashboard: cannot start {}: {e}", exe.display());
             ExitCode::FAILURE
         }
-    }
-}
-
-/// GTK 3 initialises GLX when it opens the X display, only to choose its
-/// visuals, and that maps Mesa's driver (with LLVM: about 50 MiB) into a
-/// tray that never draws with GL (docs/benchmarks.md). The dashboard
-/// inherits it: its webview draws without GDK's GL (checked on screenshots
-/// with and without WebKit's DMA-BUF renderer). A GDK_GL the user set wins.
-#[cfg(target_os = "linux")]
-fn keep_gl_out_of_gtk() {
-    if std::env::var_os("GDK_GL").is_none() {
-        // SAFETY: first thing in main, before any other thread exists.
-        unsafe { std::env::set_var("GDK_GL", "disable") };
     }
 }

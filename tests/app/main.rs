@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 
 #[path = "../common/app_env.rs"]
 mod app_env;
-#[path = "../common/close_window.rs"]
-mod close_window;
+#[path = "../common/dashboard.rs"]
+mod dashboard;
 mod first_run;
 mod packages;
 #[path = "../common/private_root.rs"]

@@ -10,7 +10,7 @@ use idlemesh_agent::control::{self, Request};
 use serde_json::Value;
 
 use crate::app_env::{AppEnv, app_env, pool_with_job, proc_state, session_keyring, spawn_logged, wait_until};
-use crate::close_window::close_dashboard;
+use crate::dashboard::{close_dashboard, is_dashboard};
 use crate::{APP, session_bus, sni, xvfb};
 
 /// Kills the app if the test fails half way, so no stray app keeps the bus busy.
@@ -49,13 +49,7 @@ pub(crate) fn dashboard_shown(display: &str) -> bool {
 
 /// The app's dashboard processes (`idlemesh-dashboard`) among `pid`'s children.
 fn dashboards(pid: u32) -> Vec<i32> {
-    crate::children(pid)
-        .into_iter()
-        .filter(|c| {
-            let cmdline = std::fs::read(format!("/proc/{c}/cmdline")).unwrap_or_default();
-            cmdline.split(|b| *b == 0).next().is_some_and(|argv0| argv0.ends_with(b"idlemesh-dashboard"))
-        })
-        .collect()
+    crate::children(pid).into_iter().filter(|&c| is_dashboard(c)).collect()
 }
 
 /// Closes the dashboard window and waits for its process to end.

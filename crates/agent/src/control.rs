@@ -447,13 +447,13 @@ mod transport {
         ClientOptions::new().open(path.as_os_str()).map(Stream::Client)
     }
 
-    /// The pipe admits only its creator and the system ([`UserOnly`]), so a
-    /// connected client is the same user.
     /// The pipe's own DACL keeps other users out; there is no folder.
     pub fn check_private(_path: &Path) -> Result<(), ControlError> {
         Ok(())
     }
 
+    /// The pipe admits only its creator and the system ([`UserOnly`]), so a
+    /// connected client is the same user.
     pub fn same_user(_stream: &Stream) -> std::io::Result<bool> {
         Ok(true)
     }

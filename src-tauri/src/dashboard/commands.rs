@@ -9,6 +9,7 @@ use idlemesh_agent::{Entry, Ledger, ledger_summary};
 use serde_json::{Value, json};
 use tauri::State;
 
+use crate::programs::{TRAY, beside};
 use crate::window::{CommandError, Dashboard};
 
 type Result<T> = std::result::Result<T, CommandError>;
@@ -213,9 +214,7 @@ async fn agent_retry(state: S<'_>) -> Result<Value> {
             Ok(answer)
         }
         Err(e) if e.code == "not_running" => {
-            // The tray app is the program beside this one.
-            let exe = std::env::current_exe().map_err(|e| CommandError::new("internal", e))?;
-            let exe = exe.with_file_name(format!("idlemesh-app{}", std::env::consts::EXE_SUFFIX));
+            let exe = beside(TRAY).map_err(|e| CommandError::new("internal", e))?;
             let mut tray = std::process::Command::new(exe)
                 .stdin(std::process::Stdio::null())
                 .spawn()
@@ -335,8 +334,7 @@ async fn app_info(state: S<'_>) -> Result<Value> {
 /// tray program beside this one. Named "Idlemesh", as Tauri's autostart
 /// plugin named it before, so an entry made then is the same entry.
 fn autostart() -> Result<auto_launch::AutoLaunch> {
-    let exe = std::env::current_exe().map_err(|e| CommandError::new("internal", e))?;
-    let tray = exe.with_file_name(format!("idlemesh-app{}", std::env::consts::EXE_SUFFIX));
+    let tray = beside(TRAY).map_err(|e| CommandError::new("internal", e))?;
     let mut builder = auto_launch::AutoLaunchBuilder::new();
     builder.set_app_name("Idlemesh").set_app_path(&tray.display().to_string());
     #[cfg(target_os = "macos")]

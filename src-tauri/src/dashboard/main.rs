@@ -7,6 +7,12 @@
 #![cfg_attr(not(debug_assertions), windows_subsystem = "windows")]
 
 mod commands;
+#[cfg(target_os = "linux")]
+#[path = "../gl.rs"]
+mod gl;
+#[allow(dead_code, reason = "shared with the tray, which needs the dashboard's name")]
+#[path = "../programs.rs"]
+mod programs;
 #[path = "../status_shape.rs"]
 mod status_shape;
 mod window;

@@ -93,8 +93,10 @@ fn refusal(e: ControlError) -> (String, String) {
 }
 
 pub fn run() -> ExitCode {
+    // As in the tray (which sets it for the dashboard it starts); this
+    // covers a dashboard started on its own.
     #[cfg(target_os = "linux")]
-    keep_gl_out_of_gtk();
+    crate::gl::keep_gl_out_of_gtk();
     idlemesh_agent::logs::init("info", Some("dashboard"));
     rustls::crypto::ring::default_provider().install_default().ok();
     let dashboard = Arc::new(Dashboard::new());
@@ -178,15 +180,4 @@ fn status_loop(app: AppHandle, dashboard: Arc<Dashboard>) {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
-}
-
-/// As the tray: GTK would initialise GLX only to choose visuals, mapping
-/// Mesa's driver for nothing (the tray sets this for the dashboard it
-/// starts; this covers one started on its own). A GDK_GL the user set wins.
-#[cfg(target_os = "linux")]
-fn keep_gl_out_of_gtk() {
-    if std::env::var_os("GDK_GL").is_none() {
-        // SAFETY: first thing in main, before any other thread exists.
-        unsafe { std::env::set_var("GDK_GL", "disable") };
-    }
 }

@@ -1,5 +1,5 @@
-//! Closing the dashboard window as a window manager's close button does,
-//! for the app's tests and its footprint bench.
+//! The dashboard as the app's tests and its footprint bench see it: its
+//! process, and its window closed as a window manager's close button does.
 
 use x11rb::connection::Connection as _;
 use x11rb::protocol::xproto::{AtomEnum, ClientMessageEvent, ConnectionExt as _, EventMask};
@@ -22,4 +22,10 @@ pub fn close_dashboard(display: &str) -> bool {
     }
     conn.flush().unwrap();
     found
+}
+
+/// Whether `pid` runs the dashboard program (`idlemesh-dashboard`).
+pub fn is_dashboard(pid: i32) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    cmdline.split(|b| *b == 0).next().is_some_and(|argv0| argv0.ends_with(b"idlemesh-dashboard"))
 }
