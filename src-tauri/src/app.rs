@@ -12,20 +12,19 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use idlemesh_agent::control::{self, Request};
+use idlemesh_agent::control::{self, ErrorCode, Refusal, Request};
 use idlemesh_agent::daemon::{self, Control};
 use idlemesh_agent::paths;
-use serde_json::{Value, json};
+use idlemesh_control::{AgentStatus, Retried, StartProblem, State};
+use serde_json::Value;
 use tao::event::Event;
 use tao::event_loop::{ControlFlow, EventLoopBuilder, EventLoopProxy};
-
-use crate::status_shape::failure_status;
 
 /// What reaches the tray's UI thread.
 #[derive(Debug)]
 pub enum UserEvent {
     Menu(tray_icon::menu::MenuId),
-    Status(Value),
+    Status(Box<AgentStatus>),
     /// Open the dashboard (a second launch, `--dashboard`).
     Open,
     Quit,
@@ -52,34 +51,36 @@ pub struct AppState {
 /// Why the embedded agent stopped: `DaemonError::code` and its message.
 #[derive(Debug, Clone)]
 pub struct AgentFailure {
-    pub code: &'static str,
+    pub code: StartProblem,
     pub message: String,
 }
 
 impl AppState {
     /// The tray's way in, from a plain thread: blocks until the agent has
     /// applied the request (a pause: the worker is frozen).
-    pub fn request_now(&self, request: Request) -> Result<Value, (String, String)> {
-        let control = self.control.get().ok_or_else(|| ("not_running".into(), "the agent is not running".into()))?;
+    pub fn request_now(&self, request: Request) -> Result<Value, Refusal> {
+        let control =
+            self.control.get().ok_or_else(|| Refusal::new(ErrorCode::NotRunning, "the agent is not running"))?;
         control.request(request)
     }
 
     /// The agent's status, or a status-shaped explanation of why there is none.
-    async fn status(&self) -> Value {
+    async fn status(&self) -> AgentStatus {
         let Some(control) = self.control.get().cloned() else {
             let error = self.agent_error.lock().expect("lock").clone();
-            let state = if error.is_some() { "error" } else { "starting" };
-            return failure_status(
+            let state = if error.is_some() { State::Error } else { State::Starting };
+            return AgentStatus::not_running(
                 state,
                 error.as_ref().map(|f| f.code),
-                error.as_ref().map(|f| f.message.as_str()),
+                error.map(|f| f.message),
                 &self.data_dir,
             );
         };
-        match tokio::task::spawn_blocking(move || control.request(Request::Status)).await {
-            Ok(Ok(v)) => v,
-            Ok(Err((_, message))) => failure_status("error", Some("other"), Some(&message), &self.data_dir),
-            Err(e) => failure_status("error", Some("other"), Some(&e.to_string()), &self.data_dir),
+        match tokio::task::spawn_blocking(move || control.status()).await {
+            Ok(status) => status,
+            Err(e) => {
+                AgentStatus::not_running(State::Error, Some(StartProblem::Other), Some(e.to_string()), &self.data_dir)
+            }
         }
     }
 }
@@ -198,7 +199,10 @@ fn start_agent(state: Arc<AppState>) {
     let worker = match idlemesh_runtime::WorkerCommand::current_exe(Some(&paths::kernel_cache_dir())) {
         Ok(w) => w,
         Err(e) => {
-            failed(state, AgentFailure { code: "other", message: format!("cannot find this program's path: {e}") });
+            failed(
+                state,
+                AgentFailure { code: StartProblem::Other, message: format!("cannot find this program's path: {e}") },
+            );
             return;
         }
     };
@@ -228,7 +232,7 @@ fn start_agent(state: Arc<AppState>) {
             }
         };
         if let Err(e) = daemon::run_with(config, shutdown, started).await {
-            tracing::error!(error = %e, code = e.code(), "the agent stopped");
+            tracing::error!(error = %e, code = ?e.code(), "the agent stopped");
             failed(state, AgentFailure { code: e.code(), message: e.to_string() });
         }
         let _ = stopped_tx.send(());
@@ -242,7 +246,10 @@ fn start_agent(state: Arc<AppState>) {
 /// process and learns why, and asks to try again, only that way.
 fn failed(state: Arc<AppState>, failure: AgentFailure) {
     *state.agent_error.lock().expect("lock") = Some(failure.clone());
-    if matches!(failure.code, "already_running" | "socket_not_private" | "control_socket") {
+    if matches!(
+        failure.code,
+        StartProblem::AlreadyRunning | StartProblem::SocketNotPrivate | StartProblem::ControlSocket
+    ) {
         return;
     }
     let stand_in = Arc::new(StandIn { state: state.clone(), failure });
@@ -262,16 +269,23 @@ struct StandIn {
 }
 
 impl control::Handler for StandIn {
-    fn handle(&self, request: Request) -> Result<Value, (String, String)> {
+    fn handle(&self, request: Request) -> Result<Value, Refusal> {
+        let answer = |v| serde_json::to_value(v).map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()));
         match request {
-            Request::Status => {
-                Ok(failure_status("error", Some(self.failure.code), Some(&self.failure.message), &self.state.data_dir))
-            }
+            Request::Status => answer(AgentStatus::not_running(
+                State::Error,
+                Some(self.failure.code),
+                Some(self.failure.message.clone()),
+                &self.state.data_dir,
+            )),
             Request::AgentRetry => {
                 self.state.runtime.spawn(retry_agent(self.state.clone()));
-                Ok(json!({"restarted": true}))
+                serde_json::to_value(Retried { restarted: true })
+                    .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))
             }
-            _ => Err(("not_running".into(), format!("the agent is not running: {}", self.failure.message))),
+            _ => {
+                Err(Refusal::new(ErrorCode::NotRunning, format!("the agent is not running: {}", self.failure.message)))
+            }
         }
     }
 }
@@ -307,7 +321,7 @@ fn status_loop(state: Arc<AppState>, proxy: EventLoopProxy<UserEvent>) {
     runtime.spawn(async move {
         loop {
             let status = state.status().await;
-            if proxy.send_event(UserEvent::Status(status)).is_err() {
+            if proxy.send_event(UserEvent::Status(Box::new(status))).is_err() {
                 return; // the event loop has ended
             }
             tokio::time::sleep(Duration::from_secs(1)).await;

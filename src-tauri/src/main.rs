@@ -16,7 +16,6 @@ mod notify;
 mod programs;
 #[cfg(target_os = "linux")]
 mod single_instance;
-mod status_shape;
 mod tray;
 
 use std::process::ExitCode;

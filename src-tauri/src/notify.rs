@@ -2,7 +2,7 @@
 //! (paused on battery, tasks failing, credit milestones), each once, not on
 //! every status tick.
 
-use serde_json::Value;
+use idlemesh_control::{AgentStatus, ReasonCode};
 
 #[derive(Debug, Default)]
 pub struct Notifier {
@@ -16,44 +16,35 @@ const FAILURES_WORTH_TELLING: u64 = 3;
 
 impl Notifier {
     /// What to tell the user about this status, given what came before.
-    pub fn observe(&mut self, status: &Value) -> Vec<String> {
+    pub fn observe(&mut self, status: &AgentStatus) -> Vec<String> {
         let mut out = Vec::new();
-        let battery = if status["paused"] == Value::Bool(true) {
-            status["reasons"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|r| matches!(r["code"].as_str(), Some("on_battery" | "battery_low")))
-        } else {
-            None
-        };
+        let battery = status
+            .reasons
+            .iter()
+            .filter(|_| status.paused)
+            .find(|r| matches!(r.code, ReasonCode::OnBattery | ReasonCode::BatteryLow));
         match battery {
             Some(reason) if !self.battery_told => {
                 self.battery_told = true;
-                out.push(format!("Paused: {}", reason["text"].as_str().unwrap_or("on battery")));
+                out.push(format!("Paused: {}", reason.text));
             }
             Some(_) => {}
             None => self.battery_told = false,
         }
-        let summary = &status["scheduler"]["summary"];
-        if let Some(failed) = summary["tasks_failed"].as_u64() {
-            let seen = *self.failures_seen.get_or_insert(failed);
-            if failed >= seen + FAILURES_WORTH_TELLING {
-                self.failures_seen = Some(failed);
-                let why = status["scheduler"]["last_pool_error"]
-                    .as_str()
-                    .map(|e| format!(" Last problem: {e}"))
-                    .unwrap_or_default();
-                out.push(format!("{} tasks failed on this computer recently.{why}", failed - seen));
-            }
+        let Some(scheduler) = &status.scheduler else { return out };
+        let failed = scheduler.summary.tasks_failed;
+        let seen = *self.failures_seen.get_or_insert(failed);
+        if failed >= seen + FAILURES_WORTH_TELLING {
+            self.failures_seen = Some(failed);
+            let why = scheduler.last_pool_error.as_ref().map(|e| format!(" Last problem: {e}")).unwrap_or_default();
+            out.push(format!("{} tasks failed on this computer recently.{why}", failed - seen));
         }
-        if let Some(credits) = summary["credits"].as_f64() {
-            let seen = *self.credits_seen.get_or_insert(credits);
-            if let Some(m) = milestone_crossed(seen, credits) {
-                out.push(format!("You have earned {m} credits with this computer. Thank you!"));
-            }
-            self.credits_seen = Some(credits);
+        let credits = scheduler.summary.credits;
+        let seen = *self.credits_seen.get_or_insert(credits);
+        if let Some(m) = milestone_crossed(seen, credits) {
+            out.push(format!("You have earned {m} credits with this computer. Thank you!"));
         }
+        self.credits_seen = Some(credits);
         out
     }
 }
@@ -90,9 +81,21 @@ mod tests {
 
     use super::*;
 
-    fn status(paused: bool, code: &str, failed: u64, credits: f64) -> Value {
-        json!({"paused": paused, "reasons": [{"code": code, "text": "on battery 41% < 50%"}],
-               "scheduler": {"summary": {"tasks_failed": failed, "credits": credits}, "last_pool_error": null}})
+    fn status(paused: bool, code: &str, failed: u64, credits: f64) -> AgentStatus {
+        serde_json::from_value(json!({
+            "state": if paused { "paused" } else { "working" },
+            "paused": paused,
+            "reasons": [{"code": code, "text": "on battery 41% < 50%"}],
+            "decision": null, "manual_pause": null, "sensors": null, "workers": null, "sandbox": null,
+            "sandbox_in_words": null, "pool_problem": null, "pool_problem_code": null, "pool_retry_at_ms": null,
+            "pool_said": null, "settings": {}, "settings_errors": [], "policy_errors": [], "files": null,
+            "agent": null, "temporary_pool": null,
+            "scheduler": {"pool": "http://p", "device_id": 1, "managed_by": null, "slots": 1, "current_task": null,
+                          "current_tasks": [], "last_pool_error": null,
+                          "summary": {"tasks_finished": 0, "tasks_failed": failed, "tasks_refused": 0, "cpu_ms": 0,
+                                      "wall_ms": 0, "credits": credits, "receipts": 0, "results_pending": 0}},
+        }))
+        .expect("a status")
     }
 
     #[test]

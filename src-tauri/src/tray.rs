@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use serde_json::Value;
+use idlemesh_control::{AgentStatus, ReasonCode, StartProblem, State};
 use tray_icon::menu::{Menu, MenuEvent, MenuId, MenuItem, PredefinedMenuItem};
 use tray_icon::{Icon, TrayIcon, TrayIconBuilder};
 
@@ -15,7 +15,7 @@ use idlemesh_agent::control::Request;
 pub struct Tray {
     icon: TrayIcon,
     state_line: MenuItem,
-    shown: (String, String),
+    shown: (Option<State>, String),
 }
 
 impl Tray {
@@ -41,7 +41,7 @@ impl Tray {
         }));
         let icon = TrayIconBuilder::new()
             .with_id("idlemesh")
-            .with_icon(icon("starting"))
+            .with_icon(icon(State::Starting))
             .with_tooltip("Idlemesh: starting")
             .with_menu(Box::new(menu))
             .with_menu_on_left_click(true)
@@ -50,17 +50,17 @@ impl Tray {
         Ok(Self { icon, state_line, shown: Default::default() })
     }
 
-    pub fn update(&mut self, status: &Value) {
-        let state = status["state"].as_str().unwrap_or("starting").to_string();
+    pub fn update(&mut self, status: &AgentStatus) {
+        let state = status.state;
         let words = words(status);
         if self.shown.1 != words {
             self.state_line.set_text(format!("Idlemesh: {words}"));
             let _ = self.icon.set_tooltip(Some(format!("Idlemesh: {words}")));
         }
-        if self.shown.0 != state {
-            let _ = self.icon.set_icon(Some(icon(&state)));
+        if self.shown.0 != Some(state) {
+            let _ = self.icon.set_icon(Some(icon(state)));
         }
-        self.shown = (state, words);
+        self.shown = (Some(state), words);
     }
 }
 
@@ -84,55 +84,58 @@ pub fn on_menu(state: &Arc<AppState>, id: &MenuId, proxy: &tao::event_loop::Even
     let id = id.as_ref().to_owned();
     std::thread::spawn(move || match state.request_now(request) {
         Ok(_) => tracing::info!(item = id, "tray menu"),
-        Err((_, message)) => tracing::warn!(item = id, error = %message, "tray menu action refused"),
+        Err(refused) => tracing::warn!(item = id, error = %refused.message, "tray menu action refused"),
     });
 }
 
 /// The state in a few words, for the menu and the tooltip.
-pub fn words(status: &Value) -> String {
+pub fn words(status: &AgentStatus) -> String {
     // The reasons whose agent text is for whoever manages the machine are
     // said plainly (as on the dashboard, ui/src/lib/problems.ts).
-    let first_reason = || match status["reasons"][0]["code"].as_str() {
-        Some("presence_unknown") => "cannot tell whether you are at this computer".to_string(),
-        Some("sandbox_missing") => "tasks cannot be walled off here as strictly as required".to_string(),
-        Some("policy_unreadable") => "your organisation's settings cannot be read".to_string(),
-        _ => status["reasons"][0]["text"].as_str().unwrap_or_default().to_string(),
+    let first_reason = || match status.reasons.first() {
+        Some(r) if r.code == ReasonCode::PresenceUnknown => "cannot tell whether you are at this computer".to_string(),
+        Some(r) if r.code == ReasonCode::SandboxMissing => {
+            "tasks cannot be walled off here as strictly as required".to_string()
+        }
+        Some(r) if r.code == ReasonCode::PolicyUnreadable => "your organisation's settings cannot be read".to_string(),
+        Some(r) => r.text.clone(),
+        None => String::new(),
     };
-    match status["state"].as_str().unwrap_or("starting") {
-        "working" => "Working for the pool".into(),
-        "waiting_for_work" => "Waiting for work from the pool".into(),
-        "paused" => format!("Paused: {}", first_reason()),
-        "no_pool" => "Not connected to a pool".into(),
-        "connecting" => "Connecting to the pool".into(),
-        "error" => format!("Not running: {}. Open the dashboard to fix it", failure_words(status)),
-        _ => "Starting".into(),
+    match status.state {
+        State::Working => "Working for the pool".into(),
+        State::WaitingForWork => "Waiting for work from the pool".into(),
+        State::Paused => format!("Paused: {}", first_reason()),
+        State::NoPool => "Not connected to a pool".into(),
+        State::Connecting => "Connecting to the pool".into(),
+        State::Error => format!("Not running: {}. Open the dashboard to fix it", failure_words(status.error_code)),
+        State::Starting => "Starting".into(),
     }
 }
 
 /// Why the agent is not running, in a few words (the dashboard has the
 /// whole explanation and the fix).
-fn failure_words(status: &Value) -> &'static str {
-    match status["error_code"].as_str().unwrap_or("other") {
-        "keyring_refused" => "the keyring is locked or refused",
-        "no_keyring" => "no keyring to keep its key",
-        "keyring_damaged" => "its key in the keyring is damaged",
-        "keyring_setting" => "an unknown keyring was chosen",
-        "already_running" => "it is already running",
-        "socket_not_private" => "its private folder belongs to someone else",
-        "data_dir" => "it cannot save its data",
+fn failure_words(code: Option<StartProblem>) -> &'static str {
+    match code {
+        Some(StartProblem::KeyringRefused) => "the keyring is locked or refused",
+        Some(StartProblem::NoKeyring) => "no keyring to keep its key",
+        Some(StartProblem::KeyringDamaged) => "its key in the keyring is damaged",
+        Some(StartProblem::KeyringSetting) => "an unknown keyring was chosen",
+        Some(StartProblem::AlreadyRunning) => "it is already running",
+        Some(StartProblem::SocketNotPrivate) => "its private folder belongs to someone else",
+        Some(StartProblem::DataDir) => "it cannot save its data",
         _ => "it could not start",
     }
 }
 
 /// A 32×32 disc in the state's colour: green working, amber waiting, grey
 /// paused, red for a problem.
-fn icon(state: &str) -> Icon {
+fn icon(state: State) -> Icon {
     let (r, g, b) = match state {
-        "working" => (46, 160, 67),
-        "waiting_for_work" | "connecting" | "no_pool" => (210, 153, 34),
-        "paused" => (110, 118, 129),
-        "error" => (207, 34, 46),
-        _ => (150, 150, 150),
+        State::Working => (46, 160, 67),
+        State::WaitingForWork | State::Connecting | State::NoPool => (210, 153, 34),
+        State::Paused => (110, 118, 129),
+        State::Error => (207, 34, 46),
+        State::Starting => (150, 150, 150),
     };
     const N: usize = 32;
     let mut rgba = vec![0u8; N * N * 4];

@@ -142,6 +142,26 @@ fn pause_resume_settings_and_a_locked_policy_through_the_control_socket() {
         assert_eq!(retry["result"]["restarted"], false, "{retry}");
     }
 
+    // The one typed API: the status reads as the control API's type, and
+    // the settings schema is served with each key's range, default and lock.
+    {
+        let socket = dir.join("agent.sock");
+        let typed = rt.block_on(idlemesh_agent::control::status(&socket)).expect("the status is an AgentStatus");
+        use idlemesh_control::State;
+        assert!(matches!(typed.state, State::Working | State::WaitingForWork), "{typed:?}");
+        assert_eq!(serde_json::to_value(&typed).unwrap()["settings"], agent.status()["settings"], "nothing lost");
+        let schema: Vec<idlemesh_control::SettingSpec> =
+            rt.block_on(idlemesh_agent::control::ask(&socket, &idlemesh_control::Request::SettingsSchema)).unwrap();
+        let battery = schema.iter().find(|s| s.key == "min_battery_percent").expect("the schema names it");
+        assert_eq!(battery.kind, idlemesh_control::SettingKind::Int { min: 0, max: 100 });
+        assert_eq!(serde_json::to_value(&battery.default).unwrap(), json!(80));
+        assert!(battery.locked, "{battery:?}");
+        assert!(battery.locked_by.as_deref().is_some_and(|p| p.ends_with("policy.toml")), "{battery:?}");
+        let duty = schema.iter().find(|s| s.key == "cpu_duty_cycle_percent").unwrap();
+        assert!(!duty.locked && duty.locked_by.is_none(), "{duty:?}");
+        assert!(!duty.help.is_empty() && !duty.label.is_empty());
+    }
+
     // A locked value cannot be changed through idlemesh ...
     let out = agent.ctl(&["settings", "set", "min_battery_percent", "10"]);
     assert_eq!(out.status.code(), Some(2));
@@ -721,7 +741,7 @@ fn pools_are_joined_listed_and_left_through_the_control_socket() {
 
     assert_eq!(call(Request::Pools).unwrap(), json!([]));
     let bad = call(Request::PoolJoin { url: "ftp://pool".into(), token: None, temporary: false }).unwrap_err();
-    assert!(matches!(&bad, control::ControlError::Refused { code, .. } if code == "bad_value"), "{bad}");
+    assert!(matches!(&bad, control::ControlError::Refused { code: control::ErrorCode::BadValue, .. }), "{bad}");
 
     let joined = call(Request::PoolJoin { url: format!("{}/", pool.url), token: None, temporary: false }).unwrap();
     assert_eq!(joined["url"], pool.url.as_str(), "the URL is normalised");

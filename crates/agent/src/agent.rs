@@ -106,13 +106,14 @@ pub enum AgentError {
 
 impl AgentError {
     /// Why joining a pool failed, as a stable code (`pool_problem_code`).
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> idlemesh_control::PoolProblemCode {
+        use idlemesh_control::PoolProblemCode;
         match self {
-            Self::Pool(PoolClientError::Unreachable { .. }) => "unreachable",
-            Self::Pool(PoolClientError::Refused { .. }) => "refused",
-            Self::PoolKeyChanged { .. } | Self::PoolKeyNotThePolicys { .. } => "pool_key_changed",
-            Self::InsecurePool(_) => "insecure_pool",
-            _ => "cannot_join",
+            Self::Pool(PoolClientError::Unreachable { .. }) => PoolProblemCode::Unreachable,
+            Self::Pool(PoolClientError::Refused { .. }) => PoolProblemCode::Refused,
+            Self::PoolKeyChanged { .. } | Self::PoolKeyNotThePolicys { .. } => PoolProblemCode::PoolKeyChanged,
+            Self::InsecurePool(_) => PoolProblemCode::InsecurePool,
+            _ => PoolProblemCode::CannotJoin,
         }
     }
 
@@ -125,19 +126,9 @@ impl AgentError {
     }
 }
 
+pub use idlemesh_control::CurrentTask;
 /// What one run of the agent did.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
-pub struct AgentSummary {
-    pub tasks_finished: u64,
-    pub tasks_failed: u64,
-    pub tasks_refused: u64,
-    pub cpu_ms: u64,
-    pub wall_ms: u64,
-    pub credits: f64,
-    pub receipts: u64,
-    /// Results still waiting in the outbox when the run ended.
-    pub results_pending: u64,
-}
+pub use idlemesh_control::TaskSummary as AgentSummary;
 
 /// What the scheduler is doing, for `idlemesh status`.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -152,18 +143,6 @@ pub struct SchedulerStatus {
     pub last_pool_error: Option<String>,
     /// What the scheduler waits for before it asks for work, if anything.
     pub waiting_for: Option<String>,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct CurrentTask {
-    pub job_id: u64,
-    pub task_id: u64,
-    pub kernel_sha256: Sha256,
-    pub started_ms: u64,
-    pub deadline_ms: u64,
-    /// What the kernel last reported through `host.progress`, 0.0..=1.0;
-    /// `None` until it reports (many kernels never do).
-    pub progress: Option<f32>,
 }
 
 pub struct Agent {

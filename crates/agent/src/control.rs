@@ -8,7 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+pub use idlemesh_control::{ErrorCode, Refusal, Request};
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 
@@ -30,51 +31,6 @@ pub fn socket_path() -> PathBuf {
     transport::default_path()
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Request {
-    Status,
-    /// `duration`: "15m", "1h", "tomorrow", "indefinitely" (the default).
-    Pause {
-        #[serde(default)]
-        duration: Option<String>,
-    },
-    Resume,
-    /// Changes one user setting (refused for keys the IT policy locks).
-    SettingsSet {
-        key: String,
-        value: String,
-    },
-    /// The pools this device has enrolled with (and the one it is joining).
-    Pools,
-    /// Work for `url` from now on, enrolling with `token` if the pool needs
-    /// one. `temporary`: only until the agent stops (the demo pool), the
-    /// settings file keeps its `pool_url`.
-    PoolJoin {
-        url: String,
-        #[serde(default)]
-        token: Option<String>,
-        #[serde(default)]
-        temporary: bool,
-    },
-    /// Stop working for `url` and forget its pinned key.
-    PoolLeave {
-        url: String,
-    },
-    /// Lend this machine now, present or not, for the temporary pool
-    /// joined last (the demo's "Start now"); ends when that pool is left
-    /// or another is joined, and with the agent.
-    LendNow,
-    /// Start the demo pool of the app that embeds this agent (a loopback
-    /// pool with a fresh Mandelbrot job) and join it for this run only.
-    /// Refused by an agent that has none (the headless one).
-    DemoStart,
-    /// Start the agent again after it failed to start. Answered by the
-    /// tray app while its agent is stopped (`{"restarted": true}`); a
-    /// running agent has nothing to retry (`{"restarted": false}`).
-    AgentRetry,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error("no agent is running (nothing answers at {path}): start one with `idlemesh agent`")]
@@ -93,14 +49,15 @@ pub enum ControlError {
         source: std::io::Error,
     },
     #[error("the agent said: {message}")]
-    Refused { code: String, message: String },
+    Refused { code: ErrorCode, message: String },
     #[error("the agent's answer was not understood: {0}")]
     BadAnswer(String),
 }
 
 /// Answers requests; the daemon implements it.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, request: Request) -> Result<Value, (String, String)>;
+    /// The answer is one of the control API's answer types, as JSON.
+    fn handle(&self, request: Request) -> Result<Value, Refusal>;
 }
 
 /// Binds the socket (replacing a stale one, refusing if an agent answers there).
@@ -126,7 +83,7 @@ async fn connection(stream: transport::Stream, handler: std::sync::Arc<dyn Handl
     let (read, mut write) = tokio::io::split(stream);
     if !same_user {
         tracing::warn!("refused a control connection from another user");
-        let answer = refusal("forbidden", "only the user running the agent may control it");
+        let answer = refusal(Refusal::new(ErrorCode::Forbidden, "only the user running the agent may control it"));
         write.write_all(format!("{answer}\n").as_bytes()).await?;
         return Ok(());
     }
@@ -137,27 +94,37 @@ async fn connection(stream: transport::Stream, handler: std::sync::Arc<dyn Handl
                 let handler = handler.clone();
                 match tokio::task::spawn_blocking(move || handler.handle(request)).await {
                     Ok(Ok(v)) => json!({"ok": true, "result": v}),
-                    Ok(Err((code, message))) => refusal(&code, &message),
-                    Err(_) => refusal("internal", "the request handler failed"),
+                    Ok(Err(refused)) => refusal(refused),
+                    Err(_) => refusal(Refusal::new(ErrorCode::Internal, "the request handler failed")),
                 }
             }
-            Err(e) => refusal(
-                "bad_request",
-                &format!(
-                    "not a request the agent knows ({e}); expected one of status, pause, resume, settings_set, pools, pool_join, pool_leave, lend_now, demo_start, agent_retry"
-                ),
-            ),
+            Err(e) => refusal(Refusal::new(
+                ErrorCode::BadRequest,
+                format!("not a request the agent knows ({e}); expected one of {}", Request::COMMANDS.join(", ")),
+            )),
         };
         write.write_all(format!("{answer}\n").as_bytes()).await?;
     }
     Ok(())
 }
 
-fn refusal(code: &str, message: &str) -> Value {
-    json!({"ok": false, "error": {"code": code, "message": message}})
+fn refusal(refused: Refusal) -> Value {
+    json!({"ok": false, "error": refused})
 }
 
-/// Sends one request to the running agent and returns its result.
+/// Sends one request to the running agent and returns its answer, typed.
+pub async fn ask<T: DeserializeOwned>(path: &Path, request: &Request) -> Result<T, ControlError> {
+    let answer = call(path, request).await?;
+    serde_json::from_value(answer).map_err(|e| ControlError::BadAnswer(format!("to {request:?}: {e}")))
+}
+
+/// The running agent's status.
+pub async fn status(path: &Path) -> Result<idlemesh_control::AgentStatus, ControlError> {
+    ask(path, &Request::Status).await
+}
+
+/// Sends one request to the running agent and returns its result as JSON
+/// (what `--json` prints, and what the tests check the wire shape with).
 pub async fn call(path: &Path, request: &Request) -> Result<Value, ControlError> {
     let io = |source| ControlError::Io { path: path.display().to_string(), source };
     transport::check_private(path)?;
@@ -181,10 +148,9 @@ pub async fn call(path: &Path, request: &Request) -> Result<Value, ControlError>
     if answer["ok"] == json!(true) {
         Ok(answer["result"].clone())
     } else {
-        Err(ControlError::Refused {
-            code: answer["error"]["code"].as_str().unwrap_or("unknown").into(),
-            message: answer["error"]["message"].as_str().unwrap_or("no reason given").into(),
-        })
+        let refused = serde_json::from_value::<Refusal>(answer["error"].clone())
+            .unwrap_or_else(|_| Refusal::new(ErrorCode::Unknown, "no reason given"));
+        Err(ControlError::Refused { code: refused.code, message: refused.message })
     }
 }
 

@@ -16,7 +16,12 @@ use idlemesh_runtime::WorkerCommand;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::agent::{Agent, AgentConfig, SchedulerStatus};
+use idlemesh_control::{
+    AgentInfo, AgentStatus, ErrorCode, Files, LentNow, Paused, PoolEntry, PoolProblemCode, PoolUrl, Refusal, Retried,
+    SensorsStatus, SettingChanged, StartProblem, State, WorkersStatus,
+};
+
+use crate::agent::{Agent, AgentConfig, SchedulerStatus as SlotStatus};
 use crate::control::{self, Handler, Request};
 use crate::governor::ManualPause;
 use crate::sensors::Sensors;
@@ -72,18 +77,20 @@ pub enum DaemonError {
 impl DaemonError {
     /// What kept the agent from starting, as a stable code: the tray app
     /// explains each in words and offers the fix it can (docs/app-ipc.md).
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> StartProblem {
         use crate::secrets::SecretsError;
         match self {
-            Self::Secrets(SecretsError::NoKeyring(_)) => "no_keyring",
-            Self::Secrets(SecretsError::Keyring(_)) => "keyring_refused",
-            Self::Secrets(SecretsError::Damaged(..)) => "keyring_damaged",
-            Self::Secrets(SecretsError::UnknownBackend(_) | SecretsError::Credential(_)) => "keyring_setting",
-            Self::Control(control::ControlError::AlreadyRunning { .. }) => "already_running",
-            Self::Control(control::ControlError::NotPrivate { .. }) => "socket_not_private",
-            Self::Control(_) => "control_socket",
-            Self::DataDir { .. } => "data_dir",
-            Self::Start(_) => "other",
+            Self::Secrets(SecretsError::NoKeyring(_)) => StartProblem::NoKeyring,
+            Self::Secrets(SecretsError::Keyring(_)) => StartProblem::KeyringRefused,
+            Self::Secrets(SecretsError::Damaged(..)) => StartProblem::KeyringDamaged,
+            Self::Secrets(SecretsError::UnknownBackend(_) | SecretsError::Credential(_)) => {
+                StartProblem::KeyringSetting
+            }
+            Self::Control(control::ControlError::AlreadyRunning { .. }) => StartProblem::AlreadyRunning,
+            Self::Control(control::ControlError::NotPrivate { .. }) => StartProblem::SocketNotPrivate,
+            Self::Control(_) => StartProblem::ControlSocket,
+            Self::DataDir { .. } => StartProblem::DataDir,
+            Self::Start(_) => StartProblem::Other,
         }
     }
 }
@@ -92,7 +99,7 @@ impl DaemonError {
 /// buttons) and the sentence the CLI shows.
 #[derive(Debug, Clone, PartialEq)]
 struct PoolProblem {
-    code: &'static str,
+    code: PoolProblemCode,
     message: String,
     /// When the next attempt to join is due, while one is waiting.
     retry_at_ms: Option<u64>,
@@ -101,7 +108,7 @@ struct PoolProblem {
 }
 
 impl PoolProblem {
-    fn new(code: &'static str, message: impl Into<String>) -> Self {
+    fn new(code: PoolProblemCode, message: impl Into<String>) -> Self {
         Self { code, message: message.into(), retry_at_ms: None, pool_said: None }
     }
 }
@@ -114,7 +121,7 @@ struct Shared {
     watcher: Watcher,
     settings: Arc<Mutex<Settings>>,
     /// One status per slot (one slot per allowed core), empty while not connected.
-    scheduler: Mutex<Vec<Arc<Mutex<SchedulerStatus>>>>,
+    scheduler: Mutex<Vec<Arc<Mutex<SlotStatus>>>>,
     /// Why there is no scheduler yet (no pool set, pool unreachable).
     pool_problem: Mutex<Option<PoolProblem>>,
     /// `--pool`, or a temporary join (the demo pool): used instead of the
@@ -126,7 +133,7 @@ struct Shared {
     /// only (a secret), needed only until the device has enrolled.
     join_tokens: Mutex<BTreeMap<String, String>>,
     data_dir: PathBuf,
-    info: Value,
+    info: AgentInfo,
     demo: Option<Arc<dyn DemoHost>>,
 }
 
@@ -135,35 +142,49 @@ struct Shared {
 pub struct Control(Arc<Shared>);
 
 impl Control {
-    pub fn request(&self, request: Request) -> Result<Value, (String, String)> {
+    pub fn request(&self, request: Request) -> Result<Value, Refusal> {
         self.0.handle(request)
+    }
+
+    /// The agent's status, typed.
+    pub fn status(&self) -> AgentStatus {
+        self.0.status()
     }
 }
 
-fn settings_refusal(e: crate::settings::SettingsError) -> (String, String) {
+fn settings_refusal(e: crate::settings::SettingsError) -> Refusal {
     let code = match e {
-        crate::settings::SettingsError::Locked { .. } => "locked",
-        crate::settings::SettingsError::UnknownKey { .. } => "unknown_setting",
-        crate::settings::SettingsError::BadValue { .. } => "bad_value",
+        crate::settings::SettingsError::Locked { .. } => ErrorCode::Locked,
+        crate::settings::SettingsError::UnknownKey { .. } => ErrorCode::UnknownSetting,
+        crate::settings::SettingsError::BadValue { .. } => ErrorCode::BadValue,
         // The settings file cannot be read or written.
-        _ => "io",
+        _ => ErrorCode::Io,
     };
-    (code.to_string(), e.to_string())
+    Refusal::new(code, e.to_string())
+}
+
+/// An answer of the control API, as the socket sends it.
+fn answer(value: impl serde::Serialize) -> Result<Value, Refusal> {
+    serde_json::to_value(value).map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))
+}
+
+fn io_refusal(e: impl std::fmt::Display) -> Refusal {
+    Refusal::new(ErrorCode::Io, e.to_string())
 }
 
 impl Handler for Shared {
-    fn handle(&self, request: Request) -> Result<Value, (String, String)> {
+    fn handle(&self, request: Request) -> Result<Value, Refusal> {
         match request {
-            Request::Status => Ok(self.status()),
+            Request::Status => answer(self.status()),
             Request::Pause { duration } => {
                 let pause = control::parse_pause(duration.as_deref(), &jiff::Zoned::now())
-                    .map_err(|e| ("bad_duration".to_string(), e))?;
+                    .map_err(|e| Refusal::new(ErrorCode::BadDuration, e))?;
                 self.watcher.set_pause(pause);
-                Ok(json!({"manual_pause": pause}))
+                answer(Paused { manual_pause: pause })
             }
             Request::Resume => {
                 self.watcher.set_pause(ManualPause::None);
-                Ok(json!({"manual_pause": ManualPause::None}))
+                answer(Paused { manual_pause: ManualPause::None })
             }
             Request::SettingsSet { key, value } => {
                 let mut settings = self.settings.lock().expect("settings lock");
@@ -171,38 +192,40 @@ impl Handler for Shared {
                 let effective = settings.effective().values.get(key.as_str()).cloned();
                 drop(settings);
                 self.watcher.settings_changed();
-                Ok(json!({"key": key, "effective": effective}))
+                answer(SettingChanged { key, effective })
             }
-            Request::Pools => self.pools(),
-            Request::PoolJoin { url, token, temporary } => self.join(&url, token, temporary),
-            Request::PoolLeave { url } => self.leave(&url),
+            Request::SettingsSchema => answer(self.settings.lock().expect("settings lock").schema()),
+            Request::Pools => answer(self.pools()?),
+            Request::PoolJoin { url, token, temporary } => answer(self.join(&url, token, temporary)?),
+            Request::PoolLeave { url } => answer(self.leave(&url)?),
             Request::LendNow => {
                 let temporary = self.temporary_pool.lock().expect("lock").clone();
                 match temporary.filter(|url| self.pool_url().as_deref() == Some(url.as_str())) {
                     Some(url) => {
                         self.watcher.set_lend_now(true);
                         tracing::info!(pool = %url, "lending this machine now, for the demo pool");
-                        Ok(json!({"pool": url}))
+                        answer(LentNow { pool: url })
                     }
-                    None => Err((
-                        "bad_request".into(),
-                        "\"start now\" is only for the demo pool, and it is not the current pool".into(),
+                    None => Err(Refusal::new(
+                        ErrorCode::BadRequest,
+                        "\"start now\" is only for the demo pool, and it is not the current pool",
                     )),
                 }
             }
             Request::DemoStart => {
                 let Some(demo) = &self.demo else {
-                    return Err((
-                        "bad_request".into(),
-                        "this agent has no demo pool (the tray app has one; `idlemesh demo` runs one here)".into(),
+                    return Err(Refusal::new(
+                        ErrorCode::BadRequest,
+                        "this agent has no demo pool (the tray app has one; `idlemesh demo` runs one here)",
                     ));
                 };
-                let url = demo.start().map_err(|e| ("pool".to_string(), format!("cannot start the demo pool: {e}")))?;
-                self.join(&url, None, true)?;
-                Ok(json!({"url": url}))
+                let url = demo
+                    .start()
+                    .map_err(|e| Refusal::new(ErrorCode::Pool, format!("cannot start the demo pool: {e}")))?;
+                answer(self.join(&url, None, true)?)
             }
             // Running: nothing to start again.
-            Request::AgentRetry => Ok(json!({"restarted": false})),
+            Request::AgentRetry => answer(Retried { restarted: false }),
         }
     }
 }
@@ -233,8 +256,8 @@ impl Shared {
         self.settings.lock().expect("settings lock").effective().values.get("pool_url").is_some_and(|v| v.locked)
     }
 
-    fn pools(&self) -> Result<Value, (String, String)> {
-        let pins = crate::pins::all(&self.data_dir).map_err(|e| ("io".to_string(), e.to_string()))?;
+    fn pools(&self) -> Result<Vec<PoolEntry>, Refusal> {
+        let pins = crate::pins::all(&self.data_dir).map_err(io_refusal)?;
         let current = self.pool_url();
         let locked = self.pool_url_locked();
         let slot = self.scheduler.lock().expect("scheduler lock").first().map(|s| s.lock().expect("status").clone());
@@ -242,34 +265,33 @@ impl Shared {
         if let Some(c) = current.as_ref().filter(|c| !pins.contains_key(*c)) {
             urls.insert(0, c);
         }
-        let pools: Vec<Value> = urls
+        Ok(urls
             .into_iter()
             .map(|url| {
                 let is_current = current.as_deref() == Some(url.as_str());
                 let live = slot.as_ref().filter(|s| is_current && s.pool == *url);
-                json!({
-                    "url": url,
-                    "public_key": pins.get(url),
-                    "current": is_current,
-                    "locked": is_current && locked,
-                    "device_id": live.and_then(|s| s.device_id),
-                    "organisation": live.and_then(|s| s.managed_by.clone()),
-                })
+                PoolEntry {
+                    url: url.clone(),
+                    public_key: pins.get(url).map(ToString::to_string),
+                    current: is_current,
+                    locked: is_current && locked,
+                    device_id: live.and_then(|s| s.device_id),
+                    organisation: live.and_then(|s| s.managed_by.clone()),
+                }
             })
-            .collect();
-        Ok(Value::Array(pools))
+            .collect())
     }
 
-    fn join(&self, url: &str, token: Option<String>, temporary: bool) -> Result<Value, (String, String)> {
+    fn join(&self, url: &str, token: Option<String>, temporary: bool) -> Result<PoolUrl, Refusal> {
         let spec = crate::settings::schema::spec("pool_url").expect("pool_url is a setting");
         let url = match crate::settings::schema::check(spec.kind, &toml::Value::String(url.trim().to_string())) {
             Ok(toml::Value::String(u)) => u,
             Ok(_) => unreachable!("a URL checks to a string"),
-            Err(e) => return Err(("bad_value".into(), format!("pool URL {url:?}: {e}"))),
+            Err(e) => return Err(Refusal::new(ErrorCode::BadValue, format!("pool URL {url:?}: {e}"))),
         };
         if temporary {
             if self.pool_url_locked() {
-                return Err(("locked".into(), "the pool is managed by your organisation".into()));
+                return Err(Refusal::new(ErrorCode::Locked, "the pool is managed by your organisation"));
             }
             *self.pool_override.lock().expect("lock") = Some(url.clone());
             self.end_temporary(Some(&url));
@@ -288,10 +310,10 @@ impl Shared {
             self.join_tokens.lock().expect("lock").insert(url.clone(), token);
         }
         tracing::info!(pool = %url, temporary, "joining a pool");
-        Ok(json!({"url": url}))
+        Ok(PoolUrl { url })
     }
 
-    fn leave(&self, url: &str) -> Result<Value, (String, String)> {
+    fn leave(&self, url: &str) -> Result<PoolUrl, Refusal> {
         let url = url.trim().trim_end_matches('/');
         {
             let mut settings = self.settings.lock().expect("settings lock");
@@ -308,69 +330,72 @@ impl Shared {
         }
         // A pool the policy names (as a default) stays the pool: keep trusting its key.
         if self.pool_url().as_deref() == Some(url) {
-            return Err((
-                "locked".into(),
+            return Err(Refusal::new(
+                ErrorCode::Locked,
                 format!("{url} is the pool your organisation set for this computer; choose another pool to leave it"),
             ));
         }
         self.join_tokens.lock().expect("lock").remove(url);
         // Written before the pin goes, so `ledger verify` follows the same
         // trust as the agent: a receipt after this must come from a new enrollment.
-        if let Some(key) = crate::pins::pinned(&self.data_dir, url).map_err(|e| ("io".to_string(), e.to_string()))? {
+        if let Some(key) = crate::pins::pinned(&self.data_dir, url).map_err(io_refusal)? {
             crate::ledger::Ledger::open(&self.data_dir.join("ledger.sqlite"))
                 .and_then(|mut l| l.append(crate::ledger::POOL_LEFT, &json!({"pool": url, "pool_public_key": key})))
-                .map_err(|e| ("io".to_string(), e.to_string()))?;
+                .map_err(io_refusal)?;
         }
-        crate::pins::unpin(&self.data_dir, url).map_err(|e| ("io".to_string(), e.to_string()))?;
+        crate::pins::unpin(&self.data_dir, url).map_err(io_refusal)?;
         self.watcher.settings_changed();
         tracing::info!(pool = %url, "left a pool");
-        Ok(json!({"url": url}))
+        Ok(PoolUrl { url: url.to_owned() })
     }
 }
 
 impl Shared {
-    fn status(&self) -> Value {
+    fn status(&self) -> AgentStatus {
         let watch = self.watcher.status();
         let (settings, errors, policy_errors, user_path, policy_path) = {
             let s = self.settings.lock().expect("settings lock");
             let paths = (s.user_path().to_owned(), s.policy_path().to_owned());
             (s.effective().values.clone(), s.errors(), s.policy_errors(), paths.0, paths.1)
         };
-        let slots: Vec<SchedulerStatus> =
+        let slots: Vec<SlotStatus> =
             self.scheduler.lock().expect("scheduler lock").iter().map(|s| s.lock().expect("status").clone()).collect();
         let scheduler = combine(&slots);
         let paused = watch.as_ref().is_none_or(|w| w.decision.is_paused());
         let problem = self.pool_problem.lock().expect("lock").clone();
         let state = match (&watch, &scheduler) {
-            (None, _) => "starting",
-            _ if paused => "paused",
-            (_, Some(s)) if !s["current_task"].is_null() => "working",
-            (_, Some(_)) => "waiting_for_work",
-            (_, None) if problem.as_ref().is_some_and(|p| p.code == "no_pool") => "no_pool",
-            (_, None) => "connecting",
+            (None, _) => State::Starting,
+            _ if paused => State::Paused,
+            (_, Some(s)) if s.current_task.is_some() => State::Working,
+            (_, Some(_)) => State::WaitingForWork,
+            (_, None) if problem.as_ref().is_some_and(|p| p.code == PoolProblemCode::NoPool) => State::NoPool,
+            (_, None) => State::Connecting,
         };
-        json!({
-            "state": state,
-            "paused": paused,
-            "reasons": watch.as_ref().map(|w| w.decision.reasons.clone()).unwrap_or_default(),
-            "decision": watch.as_ref().map(|w| &w.decision),
-            "manual_pause": watch.as_ref().map(|w| w.manual_pause),
-            "sensors": watch.as_ref().map(|w| json!({"idle_source": w.idle_sensor, "snapshot": w.snapshot})),
-            "workers": watch.as_ref().map(|w| json!({"pids": w.workers, "frozen": w.frozen})),
-            "sandbox": watch.as_ref().and_then(|w| w.snapshot.sandbox.as_ref()),
-            "sandbox_in_words": watch.as_ref().and_then(|w| w.snapshot.sandbox.as_ref().map(|s| s.in_words())),
-            "scheduler": scheduler,
-            "pool_problem": problem.as_ref().map(|p| &p.message),
-            "pool_problem_code": problem.as_ref().map(|p| p.code),
-            "pool_retry_at_ms": problem.as_ref().and_then(|p| p.retry_at_ms),
-            "pool_said": problem.as_ref().and_then(|p| p.pool_said.as_ref()),
-            "settings": settings,
-            "settings_errors": errors,
-            "policy_errors": policy_errors,
-            "files": {"settings": user_path, "policy": policy_path},
-            "agent": self.info,
-            "temporary_pool": self.temporary_pool.lock().expect("lock").clone(),
-        })
+        AgentStatus {
+            state,
+            paused,
+            reasons: watch.as_ref().map(|w| w.decision.reasons.clone()).unwrap_or_default(),
+            decision: watch.as_ref().map(|w| w.decision.clone()),
+            manual_pause: watch.as_ref().map(|w| w.manual_pause),
+            sensors: watch
+                .as_ref()
+                .map(|w| SensorsStatus { idle_source: w.idle_sensor.to_owned(), snapshot: w.snapshot.clone() }),
+            workers: watch.as_ref().map(|w| WorkersStatus { pids: w.workers.clone(), frozen: w.frozen }),
+            sandbox: watch.as_ref().and_then(|w| w.snapshot.sandbox.clone()),
+            sandbox_in_words: watch.as_ref().and_then(|w| w.snapshot.sandbox.as_ref().map(|s| s.in_words())),
+            scheduler,
+            pool_problem: problem.as_ref().map(|p| p.message.clone()),
+            pool_problem_code: problem.as_ref().map(|p| p.code),
+            pool_retry_at_ms: problem.as_ref().and_then(|p| p.retry_at_ms),
+            pool_said: problem.as_ref().and_then(|p| p.pool_said.clone()),
+            settings: settings.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            settings_errors: errors,
+            policy_errors,
+            files: Some(Files { settings: user_path, policy: policy_path }),
+            agent: Some(self.info.clone()),
+            temporary_pool: self.temporary_pool.lock().expect("lock").clone(),
+            ..AgentStatus::default()
+        }
     }
 }
 
@@ -426,15 +451,15 @@ pub async fn run_with(
         join_tokens: Mutex::new(BTreeMap::new()),
         data_dir: config.data_dir.clone(),
         demo: config.demo,
-        info: json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "pid": std::process::id(),
-            "data_dir": config.data_dir,
-            "ledger": ledger_path,
-            "socket": config.socket_path,
-            "keyring": keyring,
-            "device_public_key": device_key.public(),
-        }),
+        info: AgentInfo {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            data_dir: config.data_dir.clone(),
+            ledger: ledger_path.clone(),
+            socket: config.socket_path.clone(),
+            keyring: keyring.to_owned(),
+            device_public_key: device_key.public().to_string(),
+        },
     });
     // Which OS layers a worker gets here, known before the first task: for
     // `idlemesh status`, and for a `require_sandbox` that must hold first.
@@ -486,7 +511,7 @@ async fn schedule(
     loop {
         let backoff = Duration::from_millis(crate::outbox::backoff_ms(failures + 1, crate::agent::random_u64()));
         let Some(url) = shared.pool_url() else {
-            if set_problem(&shared, PoolProblem::new("no_pool", NO_POOL)) {
+            if set_problem(&shared, PoolProblem::new(PoolProblemCode::NoPool, NO_POOL)) {
                 tracing::info!("{NO_POOL}");
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -496,10 +521,10 @@ async fn schedule(
         // Nor with a policy that cannot be read: it may pin the pool's key.
         let unreadable = shared.settings.lock().expect("settings lock").policy_unreadable();
         let waiting = match unreadable {
-            Some(why) => Some(PoolProblem::new("policy_unreadable", why)),
+            Some(why) => Some(PoolProblem::new(PoolProblemCode::PolicyUnreadable, why)),
             None if shared.watcher.decisions().borrow().traffic != crate::governor::Traffic::All => {
                 Some(PoolProblem::new(
-                    "metered",
+                    PoolProblemCode::Metered,
                     "waiting to join: the network is metered (allow_metered is off), or today's transfer cap is used up",
                 ))
             }
@@ -636,7 +661,7 @@ async fn gpu_adapter(worker: &WorkerCommand) -> Option<String> {
 
 /// The slots' statuses as one: the first slot's pool and device, every
 /// running task, summed totals (results waiting: the shared outbox's count).
-fn combine(slots: &[SchedulerStatus]) -> Option<Value> {
+fn combine(slots: &[SlotStatus]) -> Option<idlemesh_control::SchedulerStatus> {
     let first = slots.first()?;
     let mut total = crate::AgentSummary::default();
     for s in slots {
@@ -651,14 +676,14 @@ fn combine(slots: &[SchedulerStatus]) -> Option<Value> {
         total.results_pending = total.results_pending.max(t.results_pending);
     }
     let tasks: Vec<_> = slots.iter().filter_map(|s| s.current_task.clone()).collect();
-    Some(json!({
-        "pool": first.pool,
-        "device_id": first.device_id,
-        "managed_by": first.managed_by,
-        "slots": slots.len(),
-        "current_task": tasks.first(),
-        "current_tasks": tasks,
-        "summary": total,
-        "last_pool_error": slots.iter().find_map(|s| s.last_pool_error.clone()),
-    }))
+    Some(idlemesh_control::SchedulerStatus {
+        pool: first.pool.clone(),
+        device_id: first.device_id,
+        managed_by: first.managed_by.clone(),
+        slots: slots.len(),
+        current_task: tasks.first().cloned(),
+        current_tasks: tasks,
+        summary: total,
+        last_pool_error: slots.iter().find_map(|s| s.last_pool_error.clone()),
+    })
 }

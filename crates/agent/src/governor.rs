@@ -12,7 +12,8 @@
 
 use std::time::Duration;
 
-use idlemesh_runtime::{Layer, SandboxReport};
+pub use idlemesh_control::{Action, Battery, Decision, ManualPause, Reason, ReasonCode, Snapshot, Traffic};
+use idlemesh_runtime::Layer;
 use serde::{Deserialize, Serialize};
 
 /// Battery must climb this far past the minimum before work resumes.
@@ -24,43 +25,6 @@ pub const TEMPERATURE_HYSTERESIS_C: f32 = 5.0;
 pub const LOAD_GRACE: Duration = Duration::from_secs(10);
 /// Load must fall this far below the limit to count as quiet again.
 pub const LOAD_HYSTERESIS_PERCENT: f32 = 5.0;
-
-/// What the sensors saw at one moment. `None` means the sensor is absent or
-/// could not be read: never a reason to crash, sometimes a reason to wait.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Snapshot {
-    /// When this was taken, ms since the Unix epoch.
-    pub at_ms: u64,
-    /// Minutes since local midnight, for allowed hours.
-    pub local_minute_of_day: u16,
-    /// The local clock's offset from UTC in minutes, to show times the user reads.
-    pub utc_offset_minutes: i32,
-    pub user_idle: Option<Duration>,
-    /// Load of every other process, percent of the whole machine (our worker excluded).
-    pub other_cpu_percent: Option<f32>,
-    /// `None` on machines without a battery.
-    pub battery: Option<Battery>,
-    pub cpu_temp_c: Option<f32>,
-    /// The busiest GPU's utilisation, where a driver reports it.
-    pub gpu_busy_percent: Option<f32>,
-    pub metered_network: Option<bool>,
-    pub uploaded_today_bytes: u64,
-    pub downloaded_today_bytes: u64,
-    /// The OS layers the latest worker reported; `None` before any started.
-    #[serde(default)]
-    pub sandbox: Option<SandboxReport>,
-    /// `Some` on a machine with a graphical session: what to say when
-    /// `user_idle` is unknown there (why the machine counts as attended,
-    /// and why no idle sensor answers). `None`: headless.
-    #[serde(default)]
-    pub graphical_session: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Battery {
-    pub percent: f32,
-    pub on_ac: bool,
-}
 
 /// A daily window of allowed hours, in minutes since local midnight;
 /// `start > end` wraps past midnight (22:00–06:00).
@@ -144,15 +108,6 @@ impl Limits {
     }
 }
 
-/// The user's own pause, always allowed, whatever the policy says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ManualPause {
-    None,
-    Until { until_ms: u64 },
-    UntilResumed,
-}
-
 /// What the governor remembers between decisions: the latched thresholds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct GovernorState {
@@ -165,99 +120,22 @@ pub struct GovernorState {
     paused_for_load: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "action", rename_all = "snake_case")]
-pub enum Action {
-    Run { cores: u32, duty_cycle_percent: u8, gpu: bool },
-    Pause,
-}
-
-/// A stable code for the UI to branch on; the text is for people.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ReasonCode {
-    PausedByUser,
-    UserActive,
-    UserIdle,
-    IdleUnknown,
-    /// No idle sensor answers on a machine with a graphical session.
-    PresenceUnknown,
-    OnBattery,
-    BatteryLow,
-    PowerOk,
-    TooHot,
-    OutsideHours,
-    MeteredNetwork,
-    UploadCapReached,
-    DownloadCapReached,
-    OtherProgramsBusy,
-    Throttled,
-    /// A layer `require_sandbox` lists is not in force (or not known yet).
-    SandboxMissing,
-    /// The IT policy file cannot be read at all.
-    PolicyUnreadable,
-    /// The user asked for work now (the demo's "Start now").
-    LentNowByUser,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Reason {
-    pub code: ReasonCode,
-    pub text: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Decision {
-    pub action: Action,
-    /// For a pause, every reason that holds; for a run, why it may run and how much.
-    pub reasons: Vec<Reason>,
-    /// Which traffic with pools may go out now (computing aside).
-    #[serde(default)]
-    pub traffic: Traffic,
-}
-
-/// Which traffic with pools may go out: on a metered network, only what the
-/// user allowed; work already leased may go on computing meanwhile.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Traffic {
-    /// Everything: leases, downloads, result uploads.
-    #[default]
-    All,
-    /// Only keeping or giving back leases already held (heartbeats, give-backs).
-    LeaseUpkeep,
-    /// Nothing: leases held run out at their deadline.
-    None,
-}
-
-impl Traffic {
-    /// What may go out, given whether the network is metered (`None`: the
-    /// OS does not say, which is not metered), today's transfer and the
-    /// user's limits. A daily cap used up stops what it caps (results
-    /// wait; nothing new is fetched); keeping leases stays allowed there,
-    /// a few hundred bytes the cap's owner would not want to cost a task.
-    pub fn allowed(s: &Snapshot, l: &Limits) -> Self {
-        let network = match s.metered_network {
-            Some(true) if l.allow_metered => Self::All,
-            Some(true) if l.metered_small_traffic => Self::LeaseUpkeep,
-            Some(true) => Self::None,
-            _ => Self::All,
-        };
-        let reached = |cap: Option<u64>, used: u64| cap.is_some_and(|c| used >= c);
-        let capped = reached(l.daily_upload_cap_bytes, s.uploaded_today_bytes)
-            || reached(l.daily_download_cap_bytes, s.downloaded_today_bytes);
-        if capped && network == Self::All { Self::LeaseUpkeep } else { network }
-    }
-
-    pub fn may_keep_leases(self) -> bool {
-        self != Self::None
-    }
-}
-
-impl Decision {
-    pub fn is_paused(&self) -> bool {
-        self.action == Action::Pause
-    }
+/// What may go out, given whether the network is metered (`None`: the
+/// OS does not say, which is not metered), today's transfer and the
+/// user's limits. A daily cap used up stops what it caps (results
+/// wait; nothing new is fetched); keeping leases stays allowed there,
+/// a few hundred bytes the cap's owner would not want to cost a task.
+pub fn traffic_allowed(s: &Snapshot, l: &Limits) -> Traffic {
+    let network = match s.metered_network {
+        Some(true) if l.allow_metered => Traffic::All,
+        Some(true) if l.metered_small_traffic => Traffic::LeaseUpkeep,
+        Some(true) => Traffic::None,
+        _ => Traffic::All,
+    };
+    let reached = |cap: Option<u64>, used: u64| cap.is_some_and(|c| used >= c);
+    let capped = reached(l.daily_upload_cap_bytes, s.uploaded_today_bytes)
+        || reached(l.daily_download_cap_bytes, s.downloaded_today_bytes);
+    if capped && network == Traffic::All { Traffic::LeaseUpkeep } else { network }
 }
 
 fn ago(d: Duration) -> String {
@@ -461,7 +339,7 @@ pub fn decide(prev: &GovernorState, s: &Snapshot, l: &Limits, pause: ManualPause
             format!("using {total} core{} at {}% duty cycle", if total == 1 { "" } else { "s" }, l.duty_cycle_percent),
         );
         Decision {
-            traffic: Traffic::allowed(s, l),
+            traffic: traffic_allowed(s, l),
             action: Action::Run {
                 cores: total,
                 duty_cycle_percent: l.duty_cycle_percent.clamp(1, 100),
@@ -470,7 +348,7 @@ pub fn decide(prev: &GovernorState, s: &Snapshot, l: &Limits, pause: ManualPause
             reasons: allowing,
         }
     } else {
-        Decision { action: Action::Pause, reasons: blocking, traffic: Traffic::allowed(s, l) }
+        Decision { action: Action::Pause, reasons: blocking, traffic: traffic_allowed(s, l) }
     };
     (decision, state)
 }

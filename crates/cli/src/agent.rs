@@ -5,10 +5,11 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Subcommand;
-use idlemesh_agent::control::{self, ControlError, Request};
+use idlemesh_agent::control::{self, ControlError, ErrorCode, Request};
 use idlemesh_agent::{daemon, paths};
+use idlemesh_control::{AgentStatus, ManualPause, Paused, SettingChanged, Source};
 use idlemesh_runtime::WorkerCommand;
-use serde_json::Value;
+use serde::de::DeserializeOwned;
 
 use crate::exit::{WorkFailed, bad_input};
 
@@ -50,15 +51,21 @@ pub fn agent(args: AgentArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn call(request: Request) -> anyhow::Result<Value> {
+/// One request to the running agent, its answer typed; a refusal of what
+/// the user typed is bad input (exit 2).
+fn call<T: DeserializeOwned>(request: Request) -> anyhow::Result<T> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let path = control::socket_path();
-    rt.block_on(control::call(&path, &request)).map_err(|e| match e {
-        ControlError::Refused { ref code, .. }
-            if matches!(code.as_str(), "locked" | "bad_value" | "unknown_setting" | "bad_duration" | "bad_request") =>
-        {
-            bad_input(e.to_string())
-        }
+    rt.block_on(control::ask(&path, &request)).map_err(|e| match e {
+        ControlError::Refused {
+            code:
+                ErrorCode::Locked
+                | ErrorCode::BadValue
+                | ErrorCode::UnknownSetting
+                | ErrorCode::BadDuration
+                | ErrorCode::BadRequest,
+            ..
+        } => bad_input(e.to_string()),
         e => anyhow::Error::new(e),
     })
 }
@@ -70,43 +77,41 @@ pub struct StatusArgs {
 }
 
 pub fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let s = call(Request::Status)?;
+    let s: AgentStatus = call(Request::Status)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(());
     }
-    println!("Idlemesh agent: {}", s["state"].as_str().unwrap_or("unknown").replace('_', " "));
-    for r in s["reasons"].as_array().into_iter().flatten() {
-        println!("  - {}", r["text"].as_str().unwrap_or_default());
+    let state = serde_json::to_value(s.state)?;
+    println!("Idlemesh agent: {}", state.as_str().unwrap_or("unknown").replace('_', " "));
+    for r in &s.reasons {
+        println!("  - {}", r.text);
     }
-    match &s["scheduler"] {
-        Value::Null => println!("Pool: not connected"),
-        sch => {
-            let sum = &sch["summary"];
+    match &s.scheduler {
+        None => println!("Pool: not connected"),
+        Some(sch) => {
+            let sum = &sch.summary;
+            let device = sch.device_id.map_or_else(|| "not enrolled yet".to_owned(), |d| d.to_string());
             println!(
-                "Pool: {} (device {}): {} tasks done, {} credits, {} results waiting to upload",
-                sch["pool"].as_str().unwrap_or("?"),
-                sch["device_id"],
-                sum["tasks_finished"],
-                sum["credits"],
-                sum["results_pending"]
+                "Pool: {} (device {device}): {} tasks done, {} credits, {} results waiting to upload",
+                sch.pool, sum.tasks_finished, sum.credits, sum.results_pending
             );
-            if let Some(t) = sch["current_task"].as_object() {
-                println!("Now: job {} task {}", t["job_id"], t["task_id"]);
+            if let Some(t) = &sch.current_task {
+                println!("Now: job {} task {}", t.job_id, t.task_id);
             }
-            if let Some(e) = sch["last_pool_error"].as_str() {
+            if let Some(e) = &sch.last_pool_error {
                 println!("Last pool error: {e}");
             }
         }
     }
-    if let Some(words) = s["sandbox_in_words"].as_str() {
+    if let Some(words) = &s.sandbox_in_words {
         println!("Sandbox: {words}");
-        for (layer, why) in s["sandbox"]["missing"].as_object().into_iter().flatten() {
-            println!("  - {layer} is not in force: {}", why.as_str().unwrap_or_default());
+        for (layer, why) in s.sandbox.iter().flat_map(|s| &s.missing) {
+            println!("  - {layer} is not in force: {why}");
         }
     }
-    for e in s["settings_errors"].as_array().into_iter().flatten() {
-        println!("Settings problem (last good values in force): {}", e.as_str().unwrap_or_default());
+    for e in &s.settings_errors {
+        println!("Settings problem (last good values in force): {e}");
     }
     Ok(())
 }
@@ -122,17 +127,18 @@ pub struct PauseArgs {
 pub fn pause(args: PauseArgs) -> anyhow::Result<()> {
     // Checked here too, so a typo is a usage error even before the agent answers.
     control::parse_pause(args.duration.as_deref(), &jiff::Zoned::now()).map_err(bad_input)?;
-    let r = call(Request::Pause { duration: args.duration })?;
+    let r: Paused = call(Request::Pause { duration: args.duration })?;
     if args.json {
-        println!("{r}");
+        println!("{}", serde_json::to_string(&r)?);
     } else {
-        match r["manual_pause"]["until_ms"].as_i64() {
-            Some(ms) => {
+        match r.manual_pause {
+            ManualPause::Until { until_ms } => {
+                let ms = i64::try_from(until_ms).context("pause end")?;
                 let until =
                     jiff::Timestamp::from_millisecond(ms).context("pause end")?.to_zoned(jiff::tz::TimeZone::system());
                 println!("Paused until {}", until.strftime("%Y-%m-%d %H:%M"));
             }
-            None => println!("Paused until you resume (idlemesh resume)"),
+            ManualPause::UntilResumed | ManualPause::None => println!("Paused until you resume (idlemesh resume)"),
         }
     }
     Ok(())
@@ -145,9 +151,9 @@ pub struct ResumeArgs {
 }
 
 pub fn resume(args: ResumeArgs) -> anyhow::Result<()> {
-    let r = call(Request::Resume)?;
+    let r: Paused = call(Request::Resume)?;
     if args.json {
-        println!("{r}");
+        println!("{}", serde_json::to_string(&r)?);
     } else {
         println!("Resumed: work continues whenever your limits allow");
     }
@@ -174,34 +180,39 @@ enum SettingsAction {
 pub fn settings(args: SettingsArgs) -> anyhow::Result<()> {
     match args.action {
         SettingsAction::Set { key, value } => {
-            let r = call(Request::SettingsSet { key: key.clone(), value })?;
-            println!("{key} = {}", r["effective"]["value"]);
+            let r: SettingChanged = call(Request::SettingsSet { key: key.clone(), value })?;
+            println!("{key} = {}", shown(r.effective.and_then(|e| e.value).as_ref()));
             Ok(())
         }
         SettingsAction::Show { json } => {
-            let s = call(Request::Status)?;
+            let s: AgentStatus = call(Request::Status)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&s["settings"])?);
+                println!("{}", serde_json::to_string_pretty(&s.settings)?);
                 return Ok(());
             }
-            for (key, v) in s["settings"].as_object().into_iter().flatten() {
-                let source = match v["source"].as_str() {
-                    Some("policy") => "managed by your organisation",
-                    Some("policy_default") => "organisation default",
-                    Some("user") => "yours",
-                    _ => "default",
+            for (key, v) in &s.settings {
+                let source = match v.source {
+                    Source::Policy => "managed by your organisation",
+                    Source::PolicyDefault => "organisation default",
+                    Source::User => "yours",
+                    Source::Default => "default",
                 };
-                println!("{key:26} {:24} ({source})", v["value"].to_string());
+                println!("{key:26} {:24} ({source})", shown(v.value.as_ref()));
             }
-            for e in s["policy_errors"].as_array().into_iter().flatten() {
-                eprintln!("IT policy problem: {}", e.as_str().unwrap_or_default());
+            for e in &s.policy_errors {
+                eprintln!("IT policy problem: {e}");
             }
-            if s["settings_errors"].as_array().is_some_and(|e| !e.is_empty()) {
+            if !s.settings_errors.is_empty() {
                 return Err(WorkFailed.into());
             }
             Ok(())
         }
     }
+}
+
+/// A setting's value as JSON writes it (`"always"`, `4`, `true`; `null`: not set).
+fn shown(value: Option<&impl serde::Serialize>) -> String {
+    serde_json::to_string(&value).unwrap_or_default()
 }
 
 /// Resolves when the agent is asked to stop: Ctrl-C, or SIGTERM (what

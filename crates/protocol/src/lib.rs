@@ -9,6 +9,7 @@
 //! - [`api`]: request and response bodies of the pool's HTTP API (DESIGN §5).
 //! - [`auth`]: how a device signs its requests.
 //! - [`wgsl`]: how a WGSL compute kernel's buffers and dispatch are declared.
+//! - [`sandbox`]: the OS layers that confine a worker, and its report of them.
 
 pub mod api;
 pub mod auth;
@@ -18,6 +19,7 @@ mod hash;
 mod manifest;
 #[cfg(feature = "openapi")]
 pub mod openapi;
+pub mod sandbox;
 mod sign;
 pub mod wgsl;
 

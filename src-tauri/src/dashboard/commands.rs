@@ -6,8 +6,11 @@ use std::sync::Arc;
 
 use idlemesh_agent::control::Request;
 use idlemesh_agent::{Entry, Ledger, ledger_summary};
+use idlemesh_control::{AgentStatus, LentNow, Paused, PoolEntry, PoolUrl, Retried, SettingChanged, SettingSpec};
 use serde_json::{Value, json};
 use tauri::State;
+
+type AgentState = idlemesh_control::State;
 
 use crate::programs::{TRAY, beside};
 use crate::window::{CommandError, Dashboard};
@@ -21,6 +24,7 @@ pub fn handler() -> impl Fn(tauri::ipc::Invoke) -> bool + Send + Sync + 'static 
         pause,
         resume,
         settings_set,
+        settings_schema,
         ledger_entries,
         ledger_summary,
         ledger_verify,
@@ -39,37 +43,44 @@ pub fn handler() -> impl Fn(tauri::ipc::Invoke) -> bool + Send + Sync + 'static 
 }
 
 #[tauri::command]
-async fn status(state: S<'_>) -> Result<Value> {
+async fn status(state: S<'_>) -> Result<AgentStatus> {
     Ok(state.status().await)
 }
 
 #[tauri::command]
-async fn pause(state: S<'_>, duration: Option<String>) -> Result<Value> {
+async fn pause(state: S<'_>, duration: Option<String>) -> Result<Paused> {
     state.request(Request::Pause { duration }).await
 }
 
 #[tauri::command]
-async fn resume(state: S<'_>) -> Result<Value> {
+async fn resume(state: S<'_>) -> Result<Paused> {
     state.request(Request::Resume).await
 }
 
 #[tauri::command]
-async fn settings_set(state: S<'_>, key: String, value: String) -> Result<Value> {
+async fn settings_set(state: S<'_>, key: String, value: String) -> Result<SettingChanged> {
     state.request(Request::SettingsSet { key, value }).await
 }
 
+/// What each setting accepts, its default and whether it is locked: the
+/// agent's own schema, so the page has no copy of it.
 #[tauri::command]
-async fn pools(state: S<'_>) -> Result<Value> {
+async fn settings_schema(state: S<'_>) -> Result<Vec<SettingSpec>> {
+    state.request(Request::SettingsSchema).await
+}
+
+#[tauri::command]
+async fn pools(state: S<'_>) -> Result<Vec<PoolEntry>> {
     state.request(Request::Pools).await
 }
 
 #[tauri::command]
-async fn pool_join(state: S<'_>, url: String, token: Option<String>) -> Result<Value> {
+async fn pool_join(state: S<'_>, url: String, token: Option<String>) -> Result<PoolUrl> {
     state.request(Request::PoolJoin { url, token, temporary: false }).await
 }
 
 #[tauri::command]
-async fn pool_leave(state: S<'_>, url: String) -> Result<Value> {
+async fn pool_leave(state: S<'_>, url: String) -> Result<PoolUrl> {
     state.request(Request::PoolLeave { url }).await
 }
 
@@ -191,13 +202,13 @@ fn write_new_file(dir: &std::path::Path, stem: &str, ext: &str, bytes: &[u8]) ->
 
 /// Starts the tray's demo pool with a fresh job and joins it.
 #[tauri::command]
-async fn demo_start(state: S<'_>) -> Result<Value> {
+async fn demo_start(state: S<'_>) -> Result<PoolUrl> {
     state.request(Request::DemoStart).await
 }
 
 /// The demo's "Start now": work for the demo pool at once, present or not.
 #[tauri::command]
-async fn demo_start_now(state: S<'_>) -> Result<Value> {
+async fn demo_start_now(state: S<'_>) -> Result<LentNow> {
     state.request(Request::LendNow).await
 }
 
@@ -205,10 +216,10 @@ async fn demo_start_now(state: S<'_>) -> Result<Value> {
 /// tray answers for its stopped agent; with no tray at all, the app is
 /// started (it starts its agent).
 #[tauri::command]
-async fn agent_retry(state: S<'_>) -> Result<Value> {
-    match state.request(Request::AgentRetry).await {
+async fn agent_retry(state: S<'_>) -> Result<Retried> {
+    match state.request::<Retried>(Request::AgentRetry).await {
         Ok(answer) => {
-            if answer["restarted"] == true {
+            if answer.restarted {
                 state.expect_start();
             }
             Ok(answer)
@@ -221,7 +232,7 @@ async fn agent_retry(state: S<'_>) -> Result<Value> {
                 .map_err(|e| CommandError::new("io", format!("cannot start Idlemesh: {e}")))?;
             std::thread::spawn(move || tray.wait());
             state.expect_start();
-            Ok(json!({"restarted": true}))
+            Ok(Retried { restarted: true })
         }
         Err(e) => Err(e),
     }
@@ -296,16 +307,16 @@ async fn app_info(state: S<'_>) -> Result<Value> {
     // up (or to have failed) rather than guess from a starting agent.
     let mut status = state.status().await;
     for _ in 0..100 {
-        if status["state"] != "starting" {
+        if status.state != AgentState::Starting {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         status = state.status().await;
     }
-    let running = !matches!(status["state"].as_str(), Some("starting" | "error"));
+    let running = !matches!(status.state, AgentState::Starting | AgentState::Error);
     let first_run = if running {
-        let pools = state.request(Request::Pools).await.unwrap_or(Value::Array(Vec::new()));
-        let no_pool = pools.as_array().is_none_or(Vec::is_empty) && status["settings"]["pool_url"]["value"].is_null();
+        let pools: Vec<PoolEntry> = state.request(Request::Pools).await.unwrap_or_default();
+        let no_pool = pools.is_empty() && status.settings.get("pool_url").is_none_or(|v| v.value.is_none());
         let dismissed = {
             let path = state.data_dir.join(APP_STATE);
             tauri::async_runtime::spawn_blocking(move || read_app_state(&path)["first_run_dismissed"] == true)
@@ -322,7 +333,7 @@ async fn app_info(state: S<'_>) -> Result<Value> {
         "version": env!("CARGO_PKG_VERSION"),
         "first_run": first_run,
         "autostart": autostart().is_ok_and(|a| a.is_enabled().unwrap_or(false)),
-        "demo_url": status["temporary_pool"],
+        "demo_url": status.temporary_pool,
         "kernel_access": {
             "allowed": idlemesh_runtime::access::ALLOWED,
             "denied": idlemesh_runtime::access::DENIED,

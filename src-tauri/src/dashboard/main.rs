@@ -13,8 +13,6 @@ mod gl;
 #[allow(dead_code, reason = "shared with the tray, which needs the dashboard's name")]
 #[path = "../programs.rs"]
 mod programs;
-#[path = "../status_shape.rs"]
-mod status_shape;
 mod window;
 
 fn main() -> std::process::ExitCode {

@@ -7,10 +7,9 @@ use std::time::{Duration, Instant};
 
 use idlemesh_agent::control::{self, ControlError, Request};
 use idlemesh_agent::paths;
-use serde_json::Value;
+use idlemesh_control::{AgentStatus, StartProblem, State};
+use serde::de::DeserializeOwned;
 use tauri::{AppHandle, Emitter as _, Manager as _, WebviewUrl, WebviewWindowBuilder};
-
-use crate::status_shape::failure_status;
 
 pub const WINDOW: &str = "dashboard";
 
@@ -18,7 +17,9 @@ pub const WINDOW: &str = "dashboard";
 /// starts this process as it starts its agent; "Try again" restarts it).
 const STARTING_GRACE: Duration = Duration::from_secs(10);
 
-/// A refusal the dashboard branches on by `code` (docs/app-ipc.md).
+/// A refusal the dashboard branches on by `code` (docs/app-ipc.md): the
+/// agent's [`ErrorCode`](idlemesh_control::ErrorCode)s, and the shell's own
+/// (`not_running`, `control_socket`, `socket_not_private`…).
 #[derive(Debug, serde::Serialize)]
 pub struct CommandError {
     pub code: String,
@@ -28,6 +29,20 @@ pub struct CommandError {
 impl CommandError {
     pub fn new(code: &str, message: impl std::fmt::Display) -> Self {
         Self { code: code.into(), message: message.to_string() }
+    }
+
+    fn from_control(e: ControlError) -> Self {
+        let code = match &e {
+            ControlError::Refused { code, message } => {
+                let code = serde_json::to_value(code).ok().and_then(|c| c.as_str().map(str::to_owned));
+                return Self { code: code.unwrap_or_else(|| "unknown".into()), message: message.clone() };
+            }
+            ControlError::NotRunning { .. } => "not_running",
+            ControlError::NotPrivate { .. } => "socket_not_private",
+            ControlError::AlreadyRunning { .. } | ControlError::Io { .. } => "control_socket",
+            ControlError::BadAnswer(_) => "other",
+        };
+        Self::new(code, e)
     }
 }
 
@@ -49,26 +64,28 @@ impl Dashboard {
         }
     }
 
-    /// One request to the agent over its socket.
-    pub async fn request(&self, request: Request) -> Result<Value, CommandError> {
-        control::call(&self.socket, &request).await.map_err(|e| {
-            let (code, message) = refusal(e);
-            CommandError { code, message }
-        })
+    /// One request to the agent over its socket, its answer typed.
+    pub async fn request<T: DeserializeOwned>(&self, request: Request) -> Result<T, CommandError> {
+        control::ask(&self.socket, &request).await.map_err(CommandError::from_control)
     }
 
     /// The agent's status, or a status-shaped explanation of why there is
     /// none (the stopped agent's own reason comes from the tray, which
     /// answers on the socket in its place).
-    pub async fn status(&self) -> Value {
-        match control::call(&self.socket, &Request::Status).await {
+    pub async fn status(&self) -> AgentStatus {
+        match control::status(&self.socket).await {
             Ok(status) => status,
             Err(ControlError::NotRunning { .. }) if Instant::now() < *self.starting_until.lock().expect("lock") => {
-                failure_status("starting", None, None, &self.data_dir)
+                AgentStatus::not_running(State::Starting, None, None, &self.data_dir)
             }
             Err(e) => {
-                let (code, message) = refusal(e);
-                failure_status("error", Some(&code), Some(&message), &self.data_dir)
+                let code = match e {
+                    ControlError::NotRunning { .. } => StartProblem::NotRunning,
+                    ControlError::NotPrivate { .. } => StartProblem::SocketNotPrivate,
+                    ControlError::AlreadyRunning { .. } | ControlError::Io { .. } => StartProblem::ControlSocket,
+                    ControlError::Refused { .. } | ControlError::BadAnswer(_) => StartProblem::Other,
+                };
+                AgentStatus::not_running(State::Error, Some(code), Some(e.to_string()), &self.data_dir)
             }
         }
     }
@@ -78,18 +95,6 @@ impl Dashboard {
     pub fn expect_start(&self) {
         *self.starting_until.lock().expect("lock") = Instant::now() + STARTING_GRACE;
     }
-}
-
-/// A control error as the dashboard's code and words (docs/app-ipc.md).
-fn refusal(e: ControlError) -> (String, String) {
-    let code = match e {
-        ControlError::Refused { code, message } => return (code, message),
-        ControlError::NotRunning { .. } => "not_running",
-        ControlError::NotPrivate { .. } => "socket_not_private",
-        ControlError::AlreadyRunning { .. } | ControlError::Io { .. } => "control_socket",
-        ControlError::BadAnswer(_) => "other",
-    };
-    (code.to_string(), e.to_string())
 }
 
 pub fn run() -> ExitCode {

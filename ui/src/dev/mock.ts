@@ -3,7 +3,7 @@
 // `?first` or `?empty` to see other states. Not part of the build.
 import { mockIPC } from '@tauri-apps/api/mocks';
 import type { Entry, LedgerSummary, Pool, Status } from '../lib/api';
-import { appInfo, emptyTotals, settings, status } from '../test/fixtures';
+import { appInfo, emptyTotals, schema, settings, status } from '../test/fixtures';
 
 const q = new URLSearchParams(location.search);
 let current: Status = status();
@@ -17,7 +17,7 @@ if (q.has('paused')) {
       { code: 'user_active', text: 'user active 4 s ago; work starts after 3 min idle' },
       { code: 'power_ok', text: 'on AC power, battery 93 %' },
     ],
-    decision: { action: { action: 'pause' }, reasons: [] },
+    decision: { action: { action: 'pause' }, reasons: [], traffic: 'all' },
     scheduler: { ...status().scheduler!, current_task: null, last_pool_error: 'lease request failed: timed out' },
     sensors: {
       idle_source: 'x11',
@@ -100,6 +100,8 @@ mockIPC(
       case 'settings_set':
         if (a.key === 'cpu_duty_cycle_percent' && a.value === '7') throw { code: 'bad_value', message: 'the agent says no to 7' };
         return { key: a.key, effective: { value: a.value, source: 'user', locked: false } };
+      case 'settings_schema':
+        return schema;
       case 'ledger_entries':
         return a.kind ? entries.filter((e) => e.kind === a.kind) : entries;
       case 'ledger_summary':

@@ -4,6 +4,24 @@
 
 import { invoke } from '@tauri-apps/api/core';
 import { listen, type UnlistenFn } from '@tauri-apps/api/event';
+// The agent's control API, generated from its Rust types (crates/control):
+// the status, its reasons and the settings schema are the agent's own types.
+import type {
+  AgentStatus,
+  CurrentTask,
+  EffectiveValue,
+  LentNow,
+  Paused,
+  PoolEntry,
+  PoolUrl,
+  Retried,
+  SandboxReport,
+  SchedulerStatus,
+  SettingChanged,
+  SettingSpec,
+  Source,
+  TaskSummary,
+} from './control.gen';
 
 // ---------------------------------------------------------------- errors
 
@@ -85,135 +103,31 @@ async function call<T>(cmd: string, args?: Record<string, unknown>): Promise<T> 
 
 // ---------------------------------------------------------------- status
 
-export interface Reason {
-  code: string;
-  text: string;
-}
 
-export type Action =
-  | { action: 'run'; cores: number; duty_cycle_percent: number; gpu: boolean }
-  | { action: 'pause' };
+export type {
+  Action,
+  Decision,
+  ManualPause,
+  PoolProblemCode,
+  Reason,
+  ReasonCode,
+  SettingKind,
+  SettingSpec,
+  SettingValue,
+  Snapshot,
+  StartProblem,
+  State,
+} from './control.gen';
 
-export interface Decision {
-  action: Action;
-  reasons: Reason[];
-}
-
-export type ManualPause = { kind: 'none' } | { kind: 'until'; until_ms: number } | { kind: 'until_resumed' };
-
-export interface Task {
-  job_id: number;
-  task_id: number;
-  kernel_sha256: string;
-  started_ms: number;
-  deadline_ms: number;
-  /** 0..=1 as the kernel last reported it; null until it reports. */
-  progress?: number | null;
-}
-
-export interface SchedulerSummary {
-  tasks_finished: number;
-  tasks_failed: number;
-  tasks_refused: number;
-  credits: number;
-  receipts: number;
-  results_pending: number;
-  cpu_ms: number;
-  wall_ms: number;
-}
-
-export interface Scheduler {
-  pool: string;
-  device_id: number | null;
-  managed_by: string | null;
-  slots: number;
-  current_task: Task | null;
-  current_tasks?: Task[];
-  summary?: SchedulerSummary;
-  last_pool_error: string | null;
-}
-
-export interface Snapshot {
-  at_ms: number;
-  user_idle: { secs: number; nanos: number } | null;
-  other_cpu_percent: number | null;
-  battery: { percent: number; on_ac: boolean } | null;
-  cpu_temp_c: number | null;
-  gpu_busy_percent: number | null;
-  metered_network: boolean | null;
-  downloaded_today_bytes: number;
-  uploaded_today_bytes: number;
-}
-
-export type SettingSource = 'default' | 'policy_default' | 'user' | 'policy';
-
-export type SettingValue = string | number | boolean | string[] | null;
-
-export interface EffectiveSetting {
-  value: SettingValue;
-  source: SettingSource;
-  locked: boolean;
-}
-
-export type State = 'starting' | 'working' | 'waiting_for_work' | 'paused' | 'no_pool' | 'connecting';
-
-export interface Status {
-  state: State | (string & {});
-  paused: boolean;
-  reasons: Reason[];
-  /** null while the agent is starting */
-  decision: Decision | null;
-  manual_pause: ManualPause | null;
-  pool_problem: string | null;
-  /** why there is no pool connection, for words and buttons: no_pool | unreachable | refused |
-   *  pool_key_changed | insecure_pool | policy_unreadable | metered | cannot_join */
-  pool_problem_code?: string | null;
-  /** when the agent tries to join again */
-  pool_retry_at_ms?: number | null;
-  /** the pool's own words, when it refused this device */
-  pool_said?: string | null;
-  /** the app only, with state "error": why the embedded agent is not running */
-  error?: string | null;
-  error_code?: string | null;
-  data_dir?: string;
-  scheduler: Scheduler | null;
-  sensors: { idle_source: string; snapshot: Snapshot } | null;
-  workers: { pids: number[]; frozen: boolean } | null;
-  /** the OS layers the latest worker reported; null before one started */
-  sandbox?: Sandbox | null;
-  /** what those layers mean, in words */
-  sandbox_in_words?: string | null;
-  settings: Record<string, EffectiveSetting>;
-  settings_errors: string[];
-  /** each bad key of the IT policy (the rest apply), or why it cannot be read */
-  policy_errors?: string[];
-  files?: { settings: string; policy: string };
-  agent?: {
-    version: string;
-    pid: number;
-    data_dir: string;
-    ledger: string;
-    keyring?: string;
-    device_public_key?: string;
-  };
-}
-
+export type Status = AgentStatus;
+export type Task = CurrentTask;
+export type SchedulerSummary = TaskSummary;
+export type Scheduler = SchedulerStatus;
+export type SettingSource = Source;
+export type EffectiveSetting = EffectiveValue;
 /** The worker's OS confinement (`idlemesh status --json` → `sandbox`). */
-export interface Sandbox {
-  profile: 'cpu' | 'gpu';
-  no_new_privs: boolean;
-  fds_closed: boolean;
-  empty_env: boolean;
-  private_cwd: boolean;
-  rlimits: boolean;
-  landlock_abi: number;
-  landlock_net: boolean;
-  landlock_all_threads?: boolean;
-  netns: boolean;
-  seccomp: boolean;
-  /** each layer not in force, with why */
-  missing: Record<string, string>;
-}
+export type Sandbox = SandboxReport;
+export type Pool = PoolEntry;
 
 // ---------------------------------------------------------------- ledger
 
@@ -270,15 +184,6 @@ export interface ExportResult {
 
 // ---------------------------------------------------------------- pools, app
 
-export interface Pool {
-  url: string;
-  public_key: string;
-  current: boolean;
-  locked: boolean;
-  device_id: number | null;
-  organisation: string | null;
-}
-
 export interface AppInfo {
   version: string;
   first_run: boolean;
@@ -293,22 +198,22 @@ export type PauseDuration = '15m' | '1h' | 'tomorrow' | 'indefinitely';
 
 export const api = {
   status: () => call<Status>('status'),
-  pause: (duration: PauseDuration) => call<{ manual_pause: ManualPause }>('pause', { duration }),
-  resume: () => call<{ manual_pause: ManualPause }>('resume'),
-  settingsSet: (key: string, value: string) =>
-    call<{ key: string; effective: EffectiveSetting | null }>('settings_set', { key, value }),
+  pause: (duration: PauseDuration) => call<Paused>('pause', { duration }),
+  resume: () => call<Paused>('resume'),
+  settingsSet: (key: string, value: string) => call<SettingChanged>('settings_set', { key, value }),
+  settingsSchema: () => call<SettingSpec[]>('settings_schema'),
   ledgerEntries: (kind: string | null, limit: number) => call<Entry[]>('ledger_entries', { kind, limit }),
   ledgerSummary: () => call<LedgerSummary>('ledger_summary'),
   ledgerVerify: () => call<VerifyResult>('ledger_verify'),
   ledgerExport: (format: 'csv' | 'json') => call<ExportResult>('ledger_export', { format }),
   pools: () => call<Pool[]>('pools'),
-  poolJoin: (url: string, token: string | null) => call<{ url: string }>('pool_join', { url, token }),
-  poolLeave: (url: string) => call<{ url: string }>('pool_leave', { url }),
-  demoStart: () => call<{ url: string }>('demo_start'),
-  demoStartNow: () => call<{ pool: string }>('demo_start_now'),
+  poolJoin: (url: string, token: string | null) => call<PoolUrl>('pool_join', { url, token }),
+  poolLeave: (url: string) => call<PoolUrl>('pool_leave', { url }),
+  demoStart: () => call<PoolUrl>('demo_start'),
+  demoStartNow: () => call<LentNow>('demo_start_now'),
   appInfo: () => call<AppInfo>('app_info'),
   firstRunDismiss: () => call<{ first_run: boolean }>('first_run_dismiss'),
-  agentRetry: () => call<{ restarted: boolean }>('agent_retry'),
+  agentRetry: () => call<Retried>('agent_retry'),
   settingsReset: () => call<{ kept: string | null }>('settings_reset'),
   autostartSet: (enabled: boolean) => call<{ autostart: boolean }>('autostart_set', { enabled }),
 };

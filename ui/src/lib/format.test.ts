@@ -2,8 +2,6 @@ import { describe, expect, it } from 'vitest';
 import {
   actionWords,
   settingText,
-  checkPoolUrl,
-  checkSetting,
   clock,
   dailySeries,
   entrySummary,
@@ -18,13 +16,13 @@ import {
   manualPauseText,
   minutesWords,
   nextStartText,
-  orderedSettingKeys,
+  settingRows,
   shortHash,
   sourceWords,
   stateWords,
 } from './format';
 import { toApiError } from './api';
-import { emptyTotals, settings, status } from '../test/fixtures';
+import { emptyTotals, schema, settings, status } from '../test/fixtures';
 
 const at = (h: number, m: number, day = 29) => new Date(2026, 10, day, h, m, 0).getTime();
 
@@ -228,47 +226,24 @@ describe('dailySeries', () => {
 });
 
 describe('settings', () => {
-  it('orders keys as documented, unknown ones last', () => {
-    const keys = orderedSettingKeys({ ...settings(), zzz_new: {} });
-    expect(keys.slice(0, 3)).toEqual(['pool_url', 'idle_minutes', 'cpu_cores']);
-    expect(keys.at(-2)).toBe('max_other_cpu_percent');
-    expect(keys.at(-1)).toBe('zzz_new');
-    expect(keys).toHaveLength(15);
+  it("orders the rows as the agent's schema does, keys it does not name last", () => {
+    const rows = settingRows(schema, { ...settings(), zzz_new: {} });
+    expect(rows.slice(0, 3).map((r) => r.key)).toEqual(['pool_url', 'idle_minutes', 'cpu_cores']);
+    expect(rows.at(-2)?.key).toBe('max_other_cpu_percent');
+    expect(rows.at(-1)).toMatchObject({ key: 'zzz_new', label: 'zzz new', kind: { type: 'text' } });
+    expect(rows).toHaveLength(15);
+    expect(rows.find((r) => r.key === 'cpu_cores')?.kind).toEqual({ type: 'int', min: 1, max: 1024 });
+    // Before the schema arrives: every key as a plain input, sorted.
+    expect(settingRows([], { b: {}, a: {} }).map((r) => [r.key, r.kind.type])).toEqual([
+      ['a', 'text'],
+      ['b', 'text'],
+    ]);
   });
   it('names where a value comes from', () => {
     expect(sourceWords('default')).toBe('default');
     expect(sourceWords('user')).toBe('your setting');
     expect(sourceWords('policy_default')).toBe('organisation default');
     expect(sourceWords('policy')).toBe('organisation');
-  });
-  it('checks numbers against their range before sending', () => {
-    expect(checkSetting('cpu_cores', '4')).toEqual({ ok: true, value: '4' });
-    expect(checkSetting('cpu_cores', '0')).toEqual({ ok: false, message: 'expected a whole number from 1 to 1024' });
-    expect(checkSetting('cpu_cores', '2.5')).toMatchObject({ ok: false });
-    expect(checkSetting('idle_minutes', '0.5')).toEqual({ ok: true, value: '0.5' });
-    expect(checkSetting('idle_minutes', '2000')).toEqual({ ok: false, message: 'expected a number from 0 to 1440' });
-    expect(checkSetting('max_cpu_temp_c', '')).toMatchObject({ ok: false });
-  });
-  it('checks hours, caps and URLs', () => {
-    expect(checkSetting('allowed_hours', 'always')).toEqual({ ok: true, value: 'always' });
-    expect(checkSetting('allowed_hours', ' 22:00-06:00 ')).toEqual({ ok: true, value: '22:00-06:00' });
-    expect(checkSetting('allowed_hours', '25:00-06:00')).toMatchObject({ ok: false });
-    expect(checkSetting('allowed_hours', '10:00-10:00')).toMatchObject({ ok: false });
-    expect(checkSetting('daily_upload_cap_mb', 'unlimited')).toEqual({ ok: true, value: 'unlimited' });
-    expect(checkSetting('daily_upload_cap_mb', '500')).toEqual({ ok: true, value: '500' });
-    expect(checkSetting('daily_upload_cap_mb', '-1')).toMatchObject({ ok: false });
-    expect(checkSetting('pool_url', 'ftp://x')).toMatchObject({ ok: false });
-    expect(checkSetting('pool_url', 'https://pool.example.org')).toEqual({
-      ok: true,
-      value: 'https://pool.example.org',
-    });
-    expect(checkSetting('gpu_enabled', 'true')).toEqual({ ok: true, value: 'true' });
-  });
-  it('checks the join URL', () => {
-    expect(checkPoolUrl('pool.example.org')).toMatch(/http:\/\/ or https:\/\//);
-    expect(checkPoolUrl('')).not.toBeNull();
-    expect(checkPoolUrl('https://')).not.toBeNull();
-    expect(checkPoolUrl('http://127.0.0.1:18470')).toBeNull();
   });
 });
 

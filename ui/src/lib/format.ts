@@ -1,12 +1,15 @@
 // Pure helpers: words for states, times, durations, energy, bytes, the
-// "next expected start" sentence, one-line ledger summaries and client-side
-// checks of settings. No DOM, no IPC: everything here is unit-tested.
+// "next expected start" sentence, one-line ledger summaries and the order
+// of the settings rows. No DOM, no IPC: everything here is unit-tested.
+// Values are checked by the agent alone, which says what it refuses.
 
 import type {
   Action,
   Entry,
   ManualPause,
+  SettingKind,
   SettingSource,
+  SettingSpec,
   SettingValue,
   Status,
   Totals,
@@ -168,7 +171,7 @@ export function shortHash(h: string | null | undefined, n = 12): string {
 }
 
 /** First minute of an "HH:MM-HH:MM" window, as "HH:MM", or null. */
-function windowStart(hours: SettingValue | undefined): string | null {
+function windowStart(hours: SettingValue | null | undefined): string | null {
   if (typeof hours !== 'string') return null;
   const m = /^\s*(\d{2}:\d{2})\s*-/.exec(hours);
   return m ? m[1] : null;
@@ -445,153 +448,30 @@ export function isEmptyTotals(t: Totals | null | undefined): boolean {
 
 // ---------------------------------------------------------------- settings
 
-export type SettingKind =
-  | { type: 'bool' }
-  | { type: 'int'; min: number; max: number }
-  | { type: 'float'; min: number; max: number; step: number }
-  | { type: 'url' }
-  | { type: 'hours' }
-  | { type: 'cap' }
-  /** a key this UI does not know: sent as typed */
-  | { type: 'text' };
+/** A settings row: the agent's spec, or a plain text input for a key its
+ * schema does not name (a newer agent's, or before the schema arrived). */
+export type RowSpec = Omit<SettingSpec, 'kind'> & { kind: SettingKind | { type: 'text' } };
 
-export interface SettingSpec {
-  key: string;
-  label: string;
-  help: string;
-  kind: SettingKind;
-}
-
-/** DESIGN §6 and crates/agent/src/settings/schema.rs, in display order. */
-export const SETTING_SPECS: SettingSpec[] = [
-  {
-    key: 'pool_url',
-    label: 'Pool address',
-    help: 'The pool this computer works for, such as https://pool.example.org.',
-    kind: { type: 'url' },
-  },
-  {
-    key: 'idle_minutes',
-    label: 'Start after I have been away for (minutes)',
-    help: 'Work starts only when nobody has used the keyboard or mouse for this long. 0 starts right away.',
-    kind: { type: 'float', min: 0, max: 1440, step: 0.5 },
-  },
-  {
-    key: 'cpu_cores',
-    label: 'Processor cores to lend',
-    help: 'At most this many cores work for the pool at the same time.',
-    kind: { type: 'int', min: 1, max: 1024 },
-  },
-  {
-    key: 'cpu_duty_cycle_percent',
-    label: 'Share of each core’s time (%)',
-    help: 'Work runs for this share of every tenth of a second and rests for the remainder, which keeps the computer cool and quiet.',
-    kind: { type: 'int', min: 1, max: 100 },
-  },
-  {
-    key: 'gpu_enabled',
-    label: 'Use the graphics card (GPU)',
-    help: 'Off until you turn it on. GPU work may make the fans louder.',
-    kind: { type: 'bool' },
-  },
-  {
-    key: 'run_on_battery',
-    label: 'Work while on battery',
-    help: 'When off, work stops as soon as the charger is unplugged.',
-    kind: { type: 'bool' },
-  },
-  {
-    key: 'min_battery_percent',
-    label: 'Lowest battery charge (%)',
-    help: 'Never work when the battery is below this charge.',
-    kind: { type: 'int', min: 0, max: 100 },
-  },
-  {
-    key: 'max_cpu_temp_c',
-    label: 'Highest processor temperature (°C)',
-    help: 'Work pauses when the processor gets this hot and starts again once it has cooled down.',
-    kind: { type: 'float', min: 40, max: 110, step: 1 },
-  },
-  {
-    key: 'allowed_hours',
-    label: 'Allowed hours',
-    help: 'Type "always", or a daily window such as 22:00-06:00 (it may run past midnight).',
-    kind: { type: 'hours' },
-  },
-  {
-    key: 'memory_per_task_mb',
-    label: 'Memory per task (MB)',
-    help: 'The most memory one task may use.',
-    kind: { type: 'int', min: 16, max: 1073741824 },
-  },
-  {
-    key: 'daily_upload_cap_mb',
-    label: 'Daily upload limit (MB)',
-    help: 'Megabytes sent to pools per day at most, or "unlimited".',
-    kind: { type: 'cap' },
-  },
-  {
-    key: 'daily_download_cap_mb',
-    label: 'Daily download limit (MB)',
-    help: 'Megabytes received from pools per day at most, or "unlimited".',
-    kind: { type: 'cap' },
-  },
-  {
-    key: 'pause_on_metered_network',
-    label: 'Pause on metered networks',
-    help: 'Stop working on mobile hotspots and other networks that count your data.',
-    kind: { type: 'bool' },
-  },
-  {
-    key: 'allow_insecure_pool',
-    label: 'Allow pools without encryption',
-    help: 'Off: only pools reached over https (or on this computer) are used, so nobody on the way can read or change the traffic.',
-    kind: { type: 'bool' },
-  },
-  {
-    key: 'allow_metered',
-    label: 'Use metered networks for new work and uploads',
-    help: 'Off: on a mobile hotspot nothing that can wait is sent or fetched; finished results wait on this computer.',
-    kind: { type: 'bool' },
-  },
-  {
-    key: 'metered_small_traffic',
-    label: 'On metered networks, still keep or give back tasks',
-    help: 'A few hundred bytes per task so the pool knows this computer still has it. Off: nothing at all is sent.',
-    kind: { type: 'bool' },
-  },
-  {
-    key: 'max_other_cpu_percent',
-    label: 'Make way when my programs use more than (% of the CPU)',
-    help: 'When your own programs need the processor this much, work pauses for them.',
-    kind: { type: 'float', min: 1, max: 100, step: 1 },
-  },
-  {
-    key: 'require_sandbox',
-    label: 'Run tasks only behind these walls',
-    help: 'Operating-system walls a task must have, separated by commas (for example seccomp, landlock, netns). Without one, work pauses and says why. Empty: none required.',
+export function fallbackSpec(key: string): RowSpec {
+  return {
+    key,
+    label: key.replace(/_/g, ' '),
+    help: '',
     kind: { type: 'text' },
-  },
-];
-
-/** The spec of `key`; keys the UI does not know yet get a plain text input. */
-export function settingSpec(key: string): SettingSpec {
-  return (
-    SETTING_SPECS.find((s) => s.key === key) ?? {
-      key,
-      label: key.replace(/_/g, ' '),
-      help: '',
-      kind: { type: 'text' },
-    }
-  );
+    default: null,
+    locked: false,
+    locked_by: null,
+  };
 }
 
-/** The keys of `settings` in the documented order, unknown keys last (sorted). */
-export function orderedSettingKeys(settings: Record<string, unknown>): string[] {
-  const known = SETTING_SPECS.map((s) => s.key).filter((k) => k in settings);
+/** The rows to show: the agent's schema in its order, then any key the
+ * status has that the schema does not (sorted). */
+export function settingRows(schema: SettingSpec[], settings: Record<string, unknown>): RowSpec[] {
+  const known = schema.filter((s) => s.key in settings);
   const rest = Object.keys(settings)
-    .filter((k) => !SETTING_SPECS.some((s) => s.key === k))
-    .sort();
+    .filter((k) => !schema.some((s) => s.key === k))
+    .sort()
+    .map(fallbackSpec);
   return [...known, ...rest];
 }
 
@@ -607,83 +487,11 @@ export function sourceWords(source: SettingSource | string): string {
 }
 
 /** A setting's value as the text shown in its input. */
-export function settingText(v: SettingValue | undefined): string {
+export function settingText(v: SettingValue | null | undefined): string {
   if (v === null || v === undefined) return '';
   // A list (require_sandbox) is typed back as names separated by commas.
   if (Array.isArray(v)) return v.join(', ');
   return String(v);
-}
-
-export type Checked = { ok: true; value: string } | { ok: false; message: string };
-
-const HOURS_EXPECTED = 'expected "always" or a window such as "22:00-06:00"';
-
-/**
- * Checks what the user typed before it is sent, with the agent's own words
- * for what is expected; on success returns the value to send (canonical).
- * Unknown keys are sent as typed: the agent decides.
- */
-export function checkSetting(key: string, raw: string): Checked {
-  const spec = SETTING_SPECS.find((s) => s.key === key);
-  const text = raw.trim();
-  if (!spec) return { ok: true, value: text };
-  const k = spec.kind;
-  switch (k.type) {
-    case 'bool':
-      if (text === 'true' || text === 'false') return { ok: true, value: text };
-      return { ok: false, message: 'expected true or false' };
-    case 'int': {
-      const n = Number(text);
-      if (text === '' || !Number.isInteger(n) || n < k.min || n > k.max) {
-        return { ok: false, message: `expected a whole number from ${k.min} to ${k.max}` };
-      }
-      return { ok: true, value: String(n) };
-    }
-    case 'float': {
-      const n = Number(text);
-      if (text === '' || !Number.isFinite(n) || n < k.min || n > k.max) {
-        return { ok: false, message: `expected a number from ${k.min} to ${k.max}` };
-      }
-      return { ok: true, value: String(n) };
-    }
-    case 'url': {
-      if (!/^https?:\/\//.test(text)) return { ok: false, message: 'expected a URL starting with http:// or https://' };
-      if (text.length <= 'https://'.length || /\s/.test(text)) {
-        return { ok: false, message: 'expected a URL such as "https://pool.example.org"' };
-      }
-      return { ok: true, value: text };
-    }
-    case 'hours': {
-      if (text === 'always') return { ok: true, value: text };
-      const m = /^(\d{2}):(\d{2})\s*-\s*(\d{2}):(\d{2})$/.exec(text);
-      if (!m) return { ok: false, message: HOURS_EXPECTED };
-      const [h1, m1, h2, m2] = m.slice(1).map(Number);
-      if (h1 > 23 || h2 > 23 || m1 > 59 || m2 > 59) return { ok: false, message: HOURS_EXPECTED };
-      if (h1 === h2 && m1 === m2) {
-        return { ok: false, message: `"${text}" is an empty window; use "always" to allow any time` };
-      }
-      return { ok: true, value: `${m[1]}:${m[2]}-${m[3]}:${m[4]}` };
-    }
-    case 'text':
-      return { ok: true, value: text };
-    case 'cap': {
-      if (text === 'unlimited') return { ok: true, value: text };
-      const n = Number(text);
-      if (text === '' || !Number.isInteger(n) || n < 0) {
-        return { ok: false, message: 'expected megabytes (0 or more) or "unlimited"' };
-      }
-      return { ok: true, value: String(n) };
-    }
-  }
-}
-
-/** The join form's check: null when the URL may be sent. */
-export function checkPoolUrl(url: string): string | null {
-  const u = url.trim();
-  if (u === '') return 'Type the pool’s address, starting with http:// or https://.';
-  if (!/^https?:\/\//i.test(u)) return 'The pool address must start with http:// or https://.';
-  if (/\s/.test(u) || u.replace(/^https?:\/\//i, '') === '') return 'That does not look like a pool address.';
-  return null;
 }
 
 // ---------------------------------------------------------------- errors

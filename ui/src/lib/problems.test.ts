@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { agentProblem, poolProblem, reasonWords } from './problems';
 import { status } from '../test/fixtures';
+import type { PoolProblemCode, StartProblem } from './api';
 
 // A command line or a config key in the words would send a non-technical
 // person to a terminal: the words never have one (the details may).
@@ -20,7 +21,7 @@ describe('problems in words', () => {
     'other',
     'something_new',
   ])('the agent not starting (%s) is explained, with Try again', (code) => {
-    const p = agentProblem({ ...status(), state: 'error', error: 'raw `cause`', error_code: code, data_dir: '/d' })!;
+    const p = agentProblem({ ...status(), state: 'error', error: 'raw `cause`', error_code: code as StartProblem, data_dir: '/d' })!;
     expect(p.title).not.toMatch(TECHNICAL);
     expect(p.text).not.toMatch(TECHNICAL);
     expect(p.fixes).toContain('retry');
@@ -60,7 +61,7 @@ describe('problems in words', () => {
     ['cannot_join', 'Cannot join the pool', []],
   ])('a pool problem (%s) reads "%s"', (code, title, fixes) => {
     const p = poolProblem(
-      { ...status(), pool_problem: 'cannot join `x`: set pool_url', pool_problem_code: code },
+      { ...status(), pool_problem: 'cannot join `x`: set pool_url', pool_problem_code: code as PoolProblemCode },
       Date.now(),
     )!;
     expect(p.title).toBe(title);

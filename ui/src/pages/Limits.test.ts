@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { fireEvent, render, waitFor } from '@testing-library/svelte';
 import { mockIPC } from '@tauri-apps/api/mocks';
 import Limits from './Limits.svelte';
-import { appInfo, settings, status } from '../test/fixtures';
+import { appInfo, schema, settings, status } from '../test/fixtures';
 
 function $<T extends HTMLElement = HTMLElement>(sel: string): T {
   const el = document.querySelector<T>(sel);
@@ -12,7 +12,9 @@ function $<T extends HTMLElement = HTMLElement>(sel: string): T {
 
 describe('Limits page', () => {
   it('lists every setting in the documented order', async () => {
-    mockIPC((cmd) => (cmd === 'status' ? status() : cmd === 'app_info' ? appInfo : undefined));
+    mockIPC((cmd) =>
+      cmd === 'status' ? status() : cmd === 'settings_schema' ? schema : cmd === 'app_info' ? appInfo : undefined,
+    );
     render(Limits);
     await waitFor(() => expect(document.querySelector('#setting-cpu_cores')).not.toBeNull());
     const order = [...document.querySelectorAll<HTMLFormElement>('form.setting')].map((f) => f.dataset.key);
@@ -34,7 +36,11 @@ describe('Limits page', () => {
     ]);
     expect($<HTMLInputElement>('#setting-gpu_enabled').type).toBe('checkbox');
     expect($<HTMLInputElement>('#setting-cpu_cores').type).toBe('number');
-    expect($<HTMLInputElement>('#setting-cpu_cores').max).toBe('1024');
+    // The range, default and help are the agent's.
+    await waitFor(() => expect($<HTMLInputElement>('#setting-cpu_cores').max).toBe('1024'));
+    expect($('#accepts-cpu_cores').textContent).toBe('From 1 to 1024, default 1.');
+    expect($('#help-cpu_cores').textContent).toBe(schema.find((s) => s.key === 'cpu_cores')!.help);
+    expect($('#setting-cpu_cores').getAttribute('aria-describedby')).toContain('accepts-cpu_cores');
     expect($<HTMLInputElement>('#setting-allowed_hours').value).toBe('always');
     expect(document.querySelector('label[for="setting-cpu_cores"]')).not.toBeNull();
     expect($('#source-pool_url').textContent).toContain('your setting');
@@ -44,7 +50,7 @@ describe('Limits page', () => {
 
   it('shows a locked setting as disabled and managed by your organisation', async () => {
     const s = status({ settings: settings({ cpu_cores: { value: 2, source: 'policy', locked: true } }) });
-    mockIPC((cmd) => (cmd === 'status' ? s : undefined));
+    mockIPC((cmd) => (cmd === 'status' ? s : cmd === 'settings_schema' ? schema : undefined));
     render(Limits);
     await waitFor(() => expect(document.querySelector('#setting-cpu_cores')).not.toBeNull());
     expect($<HTMLInputElement>('#setting-cpu_cores').disabled).toBe(true);
@@ -61,6 +67,7 @@ describe('Limits page', () => {
     const calls: unknown[] = [];
     mockIPC((cmd, args) => {
       if (cmd === 'status') return status();
+      if (cmd === 'settings_schema') return schema;
       if (cmd === 'settings_set') {
         calls.push(args);
         throw { code: 'bad_value', message };
@@ -74,10 +81,11 @@ describe('Limits page', () => {
     expect(calls).toEqual([{ key: 'cpu_duty_cycle_percent', value: '7' }]);
   });
 
-  it('says Saved on success and checks the range before sending', async () => {
+  it("says Saved on success, and leaves the range to the agent", async () => {
     const calls: unknown[] = [];
     mockIPC((cmd, args) => {
       if (cmd === 'status') return status();
+      if (cmd === 'settings_schema') return schema;
       if (cmd === 'settings_set') {
         calls.push(args);
         return { key: 'cpu_cores', effective: { value: 2, source: 'user', locked: false } };
@@ -85,10 +93,6 @@ describe('Limits page', () => {
     });
     render(Limits);
     await waitFor(() => expect(document.querySelector('#setting-cpu_cores')).not.toBeNull());
-    await fireEvent.input($('#setting-cpu_cores'), { target: { value: '0' } });
-    await fireEvent.click($('#save-cpu_cores'));
-    expect($('#message-cpu_cores').textContent).toBe('expected a whole number from 1 to 1024');
-    expect(calls).toEqual([]);
     await fireEvent.input($('#setting-cpu_cores'), { target: { value: '2' } });
     await fireEvent.click($('#save-cpu_cores'));
     await waitFor(() => expect($('#message-cpu_cores').textContent).toBe('Saved'));
@@ -100,6 +104,7 @@ describe('Limits page', () => {
     const calls: unknown[] = [];
     mockIPC((cmd, args) => {
       if (cmd === 'status') return status();
+      if (cmd === 'settings_schema') return schema;
       if (cmd === 'settings_set') {
         calls.push(args);
         return { key: 'gpu_enabled', effective: { value: true, source: 'user', locked: false } };
@@ -116,6 +121,7 @@ describe('Limits page', () => {
     const calls: unknown[] = [];
     mockIPC((cmd, args) => {
       if (cmd === 'status') return status();
+      if (cmd === 'settings_schema') return schema;
       if (cmd === 'app_info') return appInfo;
       if (cmd === 'autostart_set') {
         calls.push(args);

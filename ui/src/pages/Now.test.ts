@@ -49,7 +49,7 @@ describe('Now page', () => {
       paused: true,
       manual_pause: { kind: 'until', until_ms: until },
       reasons: [{ code: 'paused_by_user', text: 'paused by you until 14:30' }],
-      decision: { action: { action: 'pause' }, reasons: [] },
+      decision: { action: { action: 'pause' }, reasons: [], traffic: 'all' },
       scheduler: { ...status().scheduler!, current_task: null },
     });
     const resume = vi.fn(() => ({ manual_pause: { kind: 'none' } }));

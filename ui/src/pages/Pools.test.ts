@@ -16,19 +16,21 @@ const pools: Pool[] = [
 ];
 
 describe('Pools page', () => {
-  it('validates a bad URL without calling invoke', async () => {
+  it("shows the agent's own words for a bad URL", async () => {
+    const message = 'pool URL "pool.example.org": expected a URL starting with http:// or https://';
     const calls: string[] = [];
     mockIPC((cmd) => {
       calls.push(cmd);
       if (cmd === 'pools') return [];
+      if (cmd === 'pool_join') throw { code: 'bad_value', message };
     });
     render(Pools);
     await waitFor(() => expect(calls).toEqual(['pools']));
     await fireEvent.input($('#join-url'), { target: { value: 'pool.example.org' } });
     await fireEvent.click($('#join'));
-    expect($('#join-result').textContent).toMatch(/must start with http:\/\/ or https:\/\//);
+    await waitFor(() => expect($('#join-result').textContent).toContain(message));
     expect($('#join-result').classList.contains('error')).toBe(true);
-    expect(calls).toEqual(['pools']);
+    expect(calls).toEqual(['pools', 'pool_join']);
   });
 
   it('joins with a token and lists pools with their markers', async () => {

@@ -84,6 +84,7 @@ describe('Privacy page, the worker sandbox', () => {
     rlimits: false,
     landlock_abi: 7,
     landlock_net: true,
+    landlock_all_threads: true,
     netns: false,
     seccomp: true,
     missing: { netns: 'this system does not allow unprivileged user namespaces', rlimits: 'RLIMIT_NPROC counts every process' },

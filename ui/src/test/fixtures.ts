@@ -1,4 +1,9 @@
-import type { EffectiveSetting, Status } from '../lib/api';
+import type { EffectiveSetting, SettingSpec, Status } from '../lib/api';
+// What the agent serves for `settings_schema` (written by its own test,
+// crates/agent/src/settings/tests.rs), not a copy kept here.
+import schemaJson from './settings-schema.json';
+
+export const schema = schemaJson as SettingSpec[];
 
 export function settings(over: Record<string, Partial<EffectiveSetting>> = {}): Record<string, EffectiveSetting> {
   const base: Record<string, EffectiveSetting> = {
@@ -23,7 +28,7 @@ export function settings(over: Record<string, Partial<EffectiveSetting>> = {}): 
 
 /** A status like `idlemesh status --json` prints (docs/app-ipc.md). */
 export function status(over: Partial<Status> = {}): Status {
-  return {
+  const base: Status = {
     state: 'working',
     paused: false,
     reasons: [
@@ -34,6 +39,7 @@ export function status(over: Partial<Status> = {}): Status {
     decision: {
       action: { action: 'run', cores: 1, duty_cycle_percent: 60, gpu: false },
       reasons: [],
+      traffic: 'all',
     },
     manual_pause: { kind: 'none' },
     pool_problem: null,
@@ -67,6 +73,8 @@ export function status(over: Partial<Status> = {}): Status {
       idle_source: 'none',
       snapshot: {
         at_ms: Date.now(),
+        local_minute_of_day: 600,
+        utc_offset_minutes: 0,
         user_idle: null,
         other_cpu_percent: 0.5,
         battery: null,
@@ -75,15 +83,32 @@ export function status(over: Partial<Status> = {}): Status {
         metered_network: null,
         downloaded_today_bytes: 0,
         uploaded_today_bytes: 0,
+        sandbox: null,
+        graphical_session: null,
       },
     },
     workers: { pids: [1234], frozen: false },
     settings: settings(),
     settings_errors: [],
     files: { settings: '/home/u/.config/idlemesh/settings.toml', policy: '/etc/idlemesh/policy.toml' },
-    agent: { version: '0.1.0', pid: 1, data_dir: '/d', ledger: '/d/ledger.sqlite' },
-    ...over,
+    agent: {
+      version: '0.1.0',
+      pid: 1,
+      data_dir: '/d',
+      ledger: '/d/ledger.sqlite',
+      socket: '/run/user/1000/idlemesh/agent.sock',
+      keyring: 'secret-service',
+      device_public_key: '5f'.repeat(32),
+    },
+    pool_problem_code: null,
+    pool_retry_at_ms: null,
+    pool_said: null,
+    sandbox: null,
+    sandbox_in_words: null,
+    policy_errors: [],
+    temporary_pool: null,
   };
+  return { ...base, ...over } as Status;
 }
 
 export const emptyTotals = {

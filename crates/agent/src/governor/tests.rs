@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::*;
 use ReasonCode::*;
+use idlemesh_runtime::SandboxReport;
 
 const MIN: u64 = 60_000;
 /// 2026-11-22 13:00 UTC.
@@ -432,25 +433,25 @@ fn not_knowing_in_a_graphical_session_says_why() {
 fn traffic_follows_metering_the_users_leave_and_the_daily_caps() {
     let metered = Snapshot { metered_network: Some(true), ..snap() };
     let mut l = limits();
-    assert_eq!(Traffic::allowed(&snap(), &l), Traffic::All);
+    assert_eq!(traffic_allowed(&snap(), &l), Traffic::All);
     assert_eq!(
-        Traffic::allowed(&Snapshot { metered_network: None, ..snap() }, &l),
+        traffic_allowed(&Snapshot { metered_network: None, ..snap() }, &l),
         Traffic::All,
         "unknown is not metered"
     );
-    assert_eq!(Traffic::allowed(&metered, &l), Traffic::None, "metered, nothing allowed");
+    assert_eq!(traffic_allowed(&metered, &l), Traffic::None, "metered, nothing allowed");
     l.metered_small_traffic = true;
-    assert_eq!(Traffic::allowed(&metered, &l), Traffic::LeaseUpkeep);
+    assert_eq!(traffic_allowed(&metered, &l), Traffic::LeaseUpkeep);
     l.allow_metered = true;
-    assert_eq!(Traffic::allowed(&metered, &l), Traffic::All);
+    assert_eq!(traffic_allowed(&metered, &l), Traffic::All);
     // A used-up cap stops uploads and downloads, not lease upkeep, metered or not.
     let l = Limits { daily_upload_cap_bytes: Some(1_000), ..limits() };
     let used = Snapshot { uploaded_today_bytes: 1_000, ..snap() };
-    assert_eq!(Traffic::allowed(&used, &l), Traffic::LeaseUpkeep);
-    assert_eq!(Traffic::allowed(&Snapshot { uploaded_today_bytes: 999, ..snap() }, &l), Traffic::All);
+    assert_eq!(traffic_allowed(&used, &l), Traffic::LeaseUpkeep);
+    assert_eq!(traffic_allowed(&Snapshot { uploaded_today_bytes: 999, ..snap() }, &l), Traffic::All);
     let l = Limits { daily_download_cap_bytes: Some(1_000), ..limits() };
-    assert_eq!(Traffic::allowed(&Snapshot { downloaded_today_bytes: 5_000, ..snap() }, &l), Traffic::LeaseUpkeep);
-    assert_eq!(Traffic::allowed(&Snapshot { downloaded_today_bytes: 5_000, ..metered }, &l), Traffic::None);
+    assert_eq!(traffic_allowed(&Snapshot { downloaded_today_bytes: 5_000, ..snap() }, &l), Traffic::LeaseUpkeep);
+    assert_eq!(traffic_allowed(&Snapshot { downloaded_today_bytes: 5_000, ..metered }, &l), Traffic::None);
     // The decision carries it, paused or not.
     let (d, _) = decide(
         &GovernorState::default(),

@@ -16,7 +16,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use idlemesh_protocol::PublicKey;
-use serde::Serialize;
 use toml::Value;
 
 pub use platform::{
@@ -74,24 +73,7 @@ pub enum SettingsError {
     Write { file: String, message: String },
 }
 
-/// Where an effective value came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Source {
-    Default,
-    PolicyDefault,
-    User,
-    /// Locked by the IT policy: "managed by your organisation".
-    Policy,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct EffectiveValue {
-    /// `null` when not set (e.g. no pool chosen yet).
-    pub value: Option<Value>,
-    pub source: Source,
-    pub locked: bool,
-}
+pub use idlemesh_control::{EffectiveValue, Source};
 
 /// One parsed, checked settings table.
 pub type Values = BTreeMap<String, Value>;
@@ -504,6 +486,26 @@ impl Settings {
 
     pub fn user_path(&self) -> &Path {
         &self.user.path
+    }
+
+    /// Every setting as the control API describes it (`settings_schema`):
+    /// what it accepts, its default here, and whether the policy locks it.
+    pub fn schema(&self) -> Vec<idlemesh_control::SettingSpec> {
+        schema::SPECS
+            .iter()
+            .map(|spec| {
+                let locked = self.effective.values.get(spec.key).is_some_and(|v| v.locked);
+                idlemesh_control::SettingSpec {
+                    key: spec.key.to_owned(),
+                    label: spec.label.to_owned(),
+                    help: spec.help.to_owned(),
+                    kind: spec.kind,
+                    default: schema::default_value(spec.key, self.machine),
+                    locked,
+                    locked_by: locked.then(|| self.policy.path.display().to_string()),
+                }
+            })
+            .collect()
     }
 
     pub fn policy_path(&self) -> &Path {

@@ -31,89 +31,126 @@ impl Machine {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Kind {
-    Bool,
-    Int {
-        min: i64,
-        max: i64,
-    },
-    Float {
-        min: f64,
-        max: f64,
-    },
-    /// `"always"` or `"HH:MM-HH:MM"` (may wrap past midnight).
-    Hours,
-    /// An `http://` or `https://` URL, or absent.
-    Url,
-    /// Megabytes per day, or `"unlimited"`.
-    CapMb,
-    /// A list of the worker's OS sandbox layers (`["seccomp", "landlock"]`),
-    /// or the same names separated by commas.
-    Layers,
-}
+pub use idlemesh_control::SettingKind as Kind;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Spec {
     pub key: &'static str,
     pub kind: Kind,
+    /// A short name for a form (the dashboard's).
+    pub label: &'static str,
+    /// What it does, in a sentence or two.
     pub help: &'static str,
 }
 
 pub const SPECS: &[Spec] = &[
-    Spec { key: "pool_url", kind: Kind::Url, help: "the pool this machine works for" },
+    Spec {
+        key: "pool_url",
+        kind: Kind::Url,
+        label: "Pool address",
+        help: "The pool this computer works for, such as https://pool.example.org.",
+    },
     Spec {
         key: "idle_minutes",
-        kind: Kind::Float { min: 0.0, max: 24.0 * 60.0 },
-        help: "run only after the user has been idle this many minutes",
+        kind: Kind::Float { min: 0.0, max: 24.0 * 60.0, step: 0.5 },
+        label: "Start after I have been away for (minutes)",
+        help: "Work starts only when nobody has used the keyboard or mouse for this long. 0 starts right away.",
     },
-    Spec { key: "cpu_cores", kind: Kind::Int { min: 1, max: 1024 }, help: "CPU cores to use at most" },
+    Spec {
+        key: "cpu_cores",
+        kind: Kind::Int { min: 1, max: 1024 },
+        label: "Processor cores to lend",
+        help: "At most this many cores work for the pool at the same time.",
+    },
     Spec {
         key: "cpu_duty_cycle_percent",
         kind: Kind::Int { min: 1, max: 100 },
-        help: "share of each 100 ms the worker may run",
+        label: "Share of each core’s time (%)",
+        help: "Work runs for this share of every tenth of a second and rests for the remainder, which keeps the computer cool and quiet.",
     },
-    Spec { key: "gpu_enabled", kind: Kind::Bool, help: "use the GPU" },
-    Spec { key: "run_on_battery", kind: Kind::Bool, help: "work while on battery" },
+    Spec {
+        key: "gpu_enabled",
+        kind: Kind::Bool,
+        label: "Use the graphics card (GPU)",
+        help: "Off until you turn it on. GPU work may make the fans louder.",
+    },
+    Spec {
+        key: "run_on_battery",
+        kind: Kind::Bool,
+        label: "Work while on battery",
+        help: "When off, work stops as soon as the charger is unplugged.",
+    },
     Spec {
         key: "min_battery_percent",
         kind: Kind::Int { min: 0, max: 100 },
-        help: "never work below this battery charge",
+        label: "Lowest battery charge (%)",
+        help: "Never work when the battery is below this charge.",
     },
     Spec {
         key: "max_cpu_temp_c",
-        kind: Kind::Float { min: 40.0, max: 110.0 },
-        help: "pause when the CPU is this hot (°C)",
+        kind: Kind::Float { min: 40.0, max: 110.0, step: 1.0 },
+        label: "Highest processor temperature (°C)",
+        help: "Work pauses when the processor gets this hot and starts again once it has cooled down.",
     },
-    Spec { key: "allowed_hours", kind: Kind::Hours, help: "\"always\" or a daily window such as \"22:00-06:00\"" },
-    Spec { key: "memory_per_task_mb", kind: Kind::Int { min: 16, max: 1 << 30 }, help: "memory one task may use (MB)" },
-    Spec { key: "daily_upload_cap_mb", kind: Kind::CapMb, help: "MB uploaded per day at most, or \"unlimited\"" },
-    Spec { key: "daily_download_cap_mb", kind: Kind::CapMb, help: "MB downloaded per day at most, or \"unlimited\"" },
-    Spec { key: "pause_on_metered_network", kind: Kind::Bool, help: "pause on metered networks" },
+    Spec {
+        key: "allowed_hours",
+        kind: Kind::Hours,
+        label: "Allowed hours",
+        help: "Type \"always\", or a daily window such as 22:00-06:00 (it may run past midnight).",
+    },
+    Spec {
+        key: "memory_per_task_mb",
+        kind: Kind::Int { min: 16, max: 1 << 30 },
+        label: "Memory per task (MB)",
+        help: "The most memory one task may use.",
+    },
+    Spec {
+        key: "daily_upload_cap_mb",
+        kind: Kind::CapMb,
+        label: "Daily upload limit (MB)",
+        help: "Megabytes sent to pools per day at most, or \"unlimited\".",
+    },
+    Spec {
+        key: "daily_download_cap_mb",
+        kind: Kind::CapMb,
+        label: "Daily download limit (MB)",
+        help: "Megabytes received from pools per day at most, or \"unlimited\".",
+    },
+    Spec {
+        key: "pause_on_metered_network",
+        kind: Kind::Bool,
+        label: "Pause on metered networks",
+        help: "Stop working on mobile hotspots and other networks that count your data.",
+    },
     Spec {
         key: "allow_insecure_pool",
         kind: Kind::Bool,
-        help: "allow a plain-HTTP pool off this machine (its traffic can be read and changed on the way)",
+        label: "Allow pools without encryption",
+        help: "Off: only pools reached over https (or on this computer) are used, so nobody on the way can read or change the traffic.",
     },
     Spec {
         key: "allow_metered",
         kind: Kind::Bool,
-        help: "use metered networks for traffic that can wait (new work, downloads, result uploads)",
+        label: "Use metered networks for new work and uploads",
+        help: "Off: on a mobile hotspot nothing that can wait is sent or fetched; finished results wait on this computer.",
     },
     Spec {
         key: "metered_small_traffic",
         kind: Kind::Bool,
-        help: "on a metered network, still keep or give back leased tasks (a few hundred bytes each)",
+        label: "On metered networks, still keep or give back tasks",
+        help: "A few hundred bytes per task so the pool knows this computer still has it. Off: nothing at all is sent.",
     },
     Spec {
         key: "max_other_cpu_percent",
-        kind: Kind::Float { min: 1.0, max: 100.0 },
-        help: "pause while other programs use more of the CPU than this (%)",
+        kind: Kind::Float { min: 1.0, max: 100.0, step: 1.0 },
+        label: "Make way when my programs use more than (% of the CPU)",
+        help: "When your own programs need the processor this much, work pauses for them.",
     },
     Spec {
         key: "require_sandbox",
         kind: Kind::Layers,
-        help: "OS sandbox layers a worker must have before it runs kernels, e.g. [\"seccomp\", \"landlock\", \"netns\"]",
+        label: "Run tasks only behind these walls",
+        help: "Operating-system walls a task must have, separated by commas (for example seccomp, landlock, netns). Without one, work pauses and says why. Empty: none required.",
     },
 ];
 
@@ -152,11 +189,11 @@ pub fn check(kind: Kind, v: &Value) -> Result<Value, String> {
         (Kind::Bool, _) => Err("expected true or false".into()),
         (Kind::Int { min, max }, Value::Integer(i)) if (min..=max).contains(i) => Ok(v.clone()),
         (Kind::Int { min, max }, _) => Err(format!("expected a whole number from {min} to {max}")),
-        (Kind::Float { min, max }, Value::Integer(i)) if (min..=max).contains(&(*i as f64)) => {
+        (Kind::Float { min, max, .. }, Value::Integer(i)) if (min..=max).contains(&(*i as f64)) => {
             Ok(Value::Float(*i as f64))
         }
-        (Kind::Float { min, max }, Value::Float(f)) if (min..=max).contains(f) => Ok(v.clone()),
-        (Kind::Float { min, max }, _) => Err(format!("expected a number from {min} to {max}")),
+        (Kind::Float { min, max, .. }, Value::Float(f)) if (min..=max).contains(f) => Ok(v.clone()),
+        (Kind::Float { min, max, .. }, _) => Err(format!("expected a number from {min} to {max}")),
         (Kind::Hours, Value::String(s)) if parse_hours(s).is_ok() => Ok(v.clone()),
         (Kind::Hours, Value::String(s)) => Err(parse_hours(s).unwrap_err()),
         (Kind::Hours, _) => Err("expected \"always\" or a window such as \"22:00-06:00\"".into()),

@@ -278,3 +278,43 @@ fn a_policy_pins_the_pools_certificate_authorities_by_an_absolute_path() {
     assert_eq!(policy.pool_ca_file, None);
     assert!(errors[0].to_string().contains("absolute path"), "{errors:?}");
 }
+
+#[test]
+fn the_schema_says_what_each_key_accepts_its_default_and_who_locks_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(&dir, None, Some("[locked]\ncpu_cores = 1\n"));
+    let schema = s.schema();
+    let keys: Vec<&str> = schema.iter().map(|s| s.key.as_str()).collect();
+    let documented: Vec<&str> = schema::SPECS.iter().map(|s| s.key).collect();
+    assert_eq!(keys, documented, "every setting, in the table's order");
+    let cores = schema.iter().find(|s| s.key == "cpu_cores").unwrap();
+    assert_eq!(cores.kind, schema::Kind::Int { min: 1, max: 1024 });
+    assert_eq!(cores.default, Some(Value::Integer(i64::from(MACHINE.cores / 2))));
+    assert!(cores.locked);
+    assert_eq!(cores.locked_by.as_deref(), Some(s.policy_path().display().to_string().as_str()));
+    let idle = schema.iter().find(|s| s.key == "idle_minutes").unwrap();
+    assert!(!idle.locked && idle.locked_by.is_none());
+    assert!(schema.iter().all(|s| !s.label.is_empty() && !s.help.is_empty()), "each has words for a form");
+}
+
+/// The dashboard's tests answer `settings_schema` with what the agent
+/// serves (ui/src/test/settings-schema.json), not with a copy of their own.
+#[test]
+fn the_dashboards_test_schema_is_the_agents() {
+    let dir = tempfile::tempdir().unwrap();
+    // A machine like the fixtures' status: two cores, 8 GB.
+    let machine = Machine { cores: 2, memory_bytes: 8_000_000_000 };
+    let s = Settings::open(machine, dir.path().join("none.toml"), dir.path().join("no-policy.toml"));
+    let now = serde_json::to_string_pretty(&s.schema()).unwrap() + "\n";
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ui/src/test/settings-schema.json");
+    if std::env::var_os("IDLEMESH_UPDATE_TS").is_some() {
+        std::fs::write(&path, &now).unwrap();
+        return;
+    }
+    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        checked_in == now,
+        "{} is not the schema the agent serves; run `IDLEMESH_UPDATE_TS=1 cargo test -p idlemesh-agent --lib settings` and commit it",
+        path.display()
+    );
+}

@@ -1,0 +1,135 @@
+//! What the governor sees and decides, as the control API carries it: the
+//! sensors' [`Snapshot`], the [`Decision`] with its [`Reason`]s, and the
+//! user's [`ManualPause`]. The governor (idlemesh-agent) computes them; the
+//! tray, the dashboard and `idlemesh status` show them and branch only on
+//! [`ReasonCode`].
+
+use std::time::Duration;
+
+use idlemesh_protocol::sandbox::SandboxReport;
+use serde::{Deserialize, Serialize};
+use ts_rs::TS;
+
+/// What the sensors saw at one moment. `None` means the sensor is absent or
+/// could not be read: never a reason to crash, sometimes a reason to wait.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+pub struct Snapshot {
+    /// When this was taken, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// Minutes since local midnight, for allowed hours.
+    pub local_minute_of_day: u16,
+    /// The local clock's offset from UTC in minutes, to show times the user reads.
+    pub utc_offset_minutes: i32,
+    #[ts(type = "Elapsed | null")]
+    pub user_idle: Option<Duration>,
+    /// Load of every other process, percent of the whole machine (our worker excluded).
+    pub other_cpu_percent: Option<f32>,
+    /// `None` on machines without a battery.
+    pub battery: Option<Battery>,
+    pub cpu_temp_c: Option<f32>,
+    /// The busiest GPU's utilisation, where a driver reports it.
+    pub gpu_busy_percent: Option<f32>,
+    pub metered_network: Option<bool>,
+    pub uploaded_today_bytes: u64,
+    pub downloaded_today_bytes: u64,
+    /// The OS layers the latest worker reported; `None` before any started.
+    #[serde(default)]
+    pub sandbox: Option<SandboxReport>,
+    /// `Some` on a machine with a graphical session: what to say when
+    /// `user_idle` is unknown there (why the machine counts as attended,
+    /// and why no idle sensor answers). `None`: headless.
+    #[serde(default)]
+    pub graphical_session: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, TS)]
+pub struct Battery {
+    pub percent: f32,
+    pub on_ac: bool,
+}
+
+/// The user's own pause, always allowed, whatever the policy says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ManualPause {
+    None,
+    Until { until_ms: u64 },
+    UntilResumed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    Run { cores: u32, duty_cycle_percent: u8, gpu: bool },
+    Pause,
+}
+
+/// A stable code for the UI to branch on; the text is for people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, TS)]
+#[serde(rename_all = "snake_case")]
+pub enum ReasonCode {
+    PausedByUser,
+    UserActive,
+    UserIdle,
+    IdleUnknown,
+    /// No idle sensor answers on a machine with a graphical session.
+    PresenceUnknown,
+    OnBattery,
+    BatteryLow,
+    PowerOk,
+    TooHot,
+    OutsideHours,
+    MeteredNetwork,
+    UploadCapReached,
+    DownloadCapReached,
+    OtherProgramsBusy,
+    Throttled,
+    /// A layer `require_sandbox` lists is not in force (or not known yet).
+    SandboxMissing,
+    /// The IT policy file cannot be read at all.
+    PolicyUnreadable,
+    /// The user asked for work now (the demo's "Start now").
+    LentNowByUser,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+pub struct Reason {
+    pub code: ReasonCode,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+pub struct Decision {
+    pub action: Action,
+    /// For a pause, every reason that holds; for a run, why it may run and how much.
+    pub reasons: Vec<Reason>,
+    /// Which traffic with pools may go out now (computing aside).
+    #[serde(default)]
+    pub traffic: Traffic,
+}
+
+/// Which traffic with pools may go out: on a metered network, only what the
+/// user allowed; work already leased may go on computing meanwhile.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "snake_case")]
+pub enum Traffic {
+    /// Everything: leases, downloads, result uploads.
+    #[default]
+    All,
+    /// Only keeping or giving back leases already held (heartbeats, give-backs).
+    LeaseUpkeep,
+    /// Nothing: leases held run out at their deadline.
+    None,
+}
+
+impl Traffic {
+    pub fn may_keep_leases(self) -> bool {
+        self != Self::None
+    }
+}
+
+impl Decision {
+    pub fn is_paused(&self) -> bool {
+        self.action == Action::Pause
+    }
+}

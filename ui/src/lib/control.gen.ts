@@ -1,0 +1,262 @@
+// Generated from crates/control (idlemesh-control) by its test `typescript_is_fresh`:
+// do not edit. To regenerate: IDLEMESH_UPDATE_TS=1 cargo test -p idlemesh-control
+
+/** A setting's value: text, a number, a switch or a list of names. */
+export type SettingValue = string | number | boolean | string[];
+
+/** A span of time as serde writes a Rust `Duration`. */
+export type Elapsed = { secs: number; nanos: number };
+
+export type Request = { "command": "status" } | { "command": "pause", duration: string | null, } | { "command": "resume" } | { "command": "settings_set", key: string, value: string, } | { "command": "settings_schema" } | { "command": "pools" } | { "command": "pool_join", url: string, token: string | null, temporary: boolean, } | { "command": "pool_leave", url: string, } | { "command": "lend_now" } | { "command": "demo_start" } | { "command": "agent_retry" };
+
+export type Paused = { manual_pause: ManualPause, };
+
+export type SettingChanged = { key: string, effective: EffectiveValue | null, };
+
+export type PoolEntry = { url: string, 
+/**
+ * The pinned ed25519 key (hex); `null` while joining.
+ */
+public_key: string | null, current: boolean, 
+/**
+ * The IT policy sets this pool: it cannot be left.
+ */
+locked: boolean, device_id: number | null, organisation: string | null, };
+
+export type PoolUrl = { url: string, };
+
+export type LentNow = { pool: string, };
+
+export type Retried = { restarted: boolean, };
+
+export type Refusal = { code: ErrorCode, message: string, };
+
+export type ErrorCode = "locked" | "bad_value" | "unknown_setting" | "bad_duration" | "bad_request" | "forbidden" | "io" | "pool" | "ledger" | "internal" | "not_running" | "control_socket" | "unknown";
+
+export type AgentStatus = { state: State, paused: boolean, reasons: Array<Reason>, 
+/**
+ * `null` while the agent is starting.
+ */
+decision: Decision | null, manual_pause: ManualPause | null, sensors: SensorsStatus | null, workers: WorkersStatus | null, 
+/**
+ * The OS layers the latest worker reported; `null` before one started.
+ */
+sandbox: SandboxReport | null, 
+/**
+ * What those layers mean, in words.
+ */
+sandbox_in_words: string | null, scheduler: SchedulerStatus | null, pool_problem: string | null, pool_problem_code: PoolProblemCode | null, 
+/**
+ * When the agent tries to join again.
+ */
+pool_retry_at_ms: number | null, 
+/**
+ * The pool's own words, when it refused this device.
+ */
+pool_said: string | null, settings: { [key in string]: EffectiveValue }, settings_errors: Array<string>, 
+/**
+ * Each bad key of the IT policy (the rest apply), or why it cannot be read.
+ */
+policy_errors: Array<string>, files: Files | null, agent: AgentInfo | null, 
+/**
+ * The pool joined for this run only (the demo's), if any.
+ */
+temporary_pool: string | null, 
+/**
+ * With `state: "error"`: why the agent is not running.
+ */
+error?: string | null, error_code?: StartProblem | null, 
+/**
+ * With `state: "error"` or `"starting"`: where the agent keeps its data.
+ */
+data_dir?: string | null, };
+
+export type State = "starting" | "working" | "waiting_for_work" | "paused" | "no_pool" | "connecting" | "error";
+
+export type PoolProblemCode = "no_pool" | "unreachable" | "refused" | "pool_key_changed" | "insecure_pool" | "policy_unreadable" | "metered" | "cannot_join";
+
+export type StartProblem = "no_keyring" | "keyring_refused" | "keyring_damaged" | "keyring_setting" | "already_running" | "socket_not_private" | "control_socket" | "data_dir" | "not_running" | "other";
+
+export type SensorsStatus = { 
+/**
+ * Which idle sensor answers (`x11`, `wayland`, `logind`…).
+ */
+idle_source: string, snapshot: Snapshot, };
+
+export type WorkersStatus = { pids: Array<number>, 
+/**
+ * Frozen now (SIGSTOP / suspended threads).
+ */
+frozen: boolean, };
+
+export type Files = { settings: string, policy: string, };
+
+export type AgentInfo = { version: string, pid: number, data_dir: string, ledger: string, socket: string, 
+/**
+ * Which keyring holds the device key.
+ */
+keyring: string, 
+/**
+ * The device's ed25519 public key (hex).
+ */
+device_public_key: string, };
+
+export type SchedulerStatus = { pool: string, device_id: number | null, 
+/**
+ * The organisation this device enrolled with, if any.
+ */
+managed_by: string | null, slots: number, 
+/**
+ * The first task running now (`current_tasks` has them all).
+ */
+current_task: CurrentTask | null, current_tasks: Array<CurrentTask>, summary: TaskSummary, last_pool_error: string | null, };
+
+export type CurrentTask = { job_id: number, task_id: number, 
+/**
+ * The kernel's SHA-256 (hex).
+ */
+kernel_sha256: string, started_ms: number, deadline_ms: number, 
+/**
+ * What the kernel last reported through `host.progress`, 0.0..=1.0;
+ * `null` until it reports (many kernels never do).
+ */
+progress: number | null, };
+
+export type TaskSummary = { tasks_finished: number, tasks_failed: number, tasks_refused: number, cpu_ms: number, wall_ms: number, credits: number, receipts: number, 
+/**
+ * Results still waiting in the outbox.
+ */
+results_pending: number, };
+
+export type Decision = { action: Action, 
+/**
+ * For a pause, every reason that holds; for a run, why it may run and how much.
+ */
+reasons: Array<Reason>, 
+/**
+ * Which traffic with pools may go out now (computing aside).
+ */
+traffic: Traffic, };
+
+export type Action = { "action": "run", cores: number, duty_cycle_percent: number, gpu: boolean, } | { "action": "pause" };
+
+export type Reason = { code: ReasonCode, text: string, };
+
+export type ReasonCode = "paused_by_user" | "user_active" | "user_idle" | "idle_unknown" | "presence_unknown" | "on_battery" | "battery_low" | "power_ok" | "too_hot" | "outside_hours" | "metered_network" | "upload_cap_reached" | "download_cap_reached" | "other_programs_busy" | "throttled" | "sandbox_missing" | "policy_unreadable" | "lent_now_by_user";
+
+export type Traffic = "all" | "lease_upkeep" | "none";
+
+export type ManualPause = { "kind": "none" } | { "kind": "until", until_ms: number, } | { "kind": "until_resumed" };
+
+export type Snapshot = { 
+/**
+ * When this was taken, ms since the Unix epoch.
+ */
+at_ms: number, 
+/**
+ * Minutes since local midnight, for allowed hours.
+ */
+local_minute_of_day: number, 
+/**
+ * The local clock's offset from UTC in minutes, to show times the user reads.
+ */
+utc_offset_minutes: number, user_idle: Elapsed | null, 
+/**
+ * Load of every other process, percent of the whole machine (our worker excluded).
+ */
+other_cpu_percent: number | null, 
+/**
+ * `None` on machines without a battery.
+ */
+battery: Battery | null, cpu_temp_c: number | null, 
+/**
+ * The busiest GPU's utilisation, where a driver reports it.
+ */
+gpu_busy_percent: number | null, metered_network: boolean | null, uploaded_today_bytes: number, downloaded_today_bytes: number, 
+/**
+ * The OS layers the latest worker reported; `None` before any started.
+ */
+sandbox: SandboxReport | null, 
+/**
+ * `Some` on a machine with a graphical session: what to say when
+ * `user_idle` is unknown there (why the machine counts as attended,
+ * and why no idle sensor answers). `None`: headless.
+ */
+graphical_session: string | null, };
+
+export type Battery = { percent: number, on_ac: boolean, };
+
+export type SandboxReport = { profile: Profile, no_new_privs: boolean, 
+/**
+ * Every inherited descriptor but the supervisor's pipes closed.
+ */
+fds_closed: boolean, empty_env: boolean, 
+/**
+ * The working directory is an empty private directory, already removed.
+ */
+private_cwd: boolean, 
+/**
+ * Core dumps off; new processes, large files and many descriptors refused.
+ */
+rlimits: boolean, 
+/**
+ * The Landlock ABI in force (0: none).
+ */
+landlock_abi: number, 
+/**
+ * Landlock refuses TCP bind and connect (ABI 4 and later).
+ */
+landlock_net: boolean, 
+/**
+ * Every thread is under Landlock. Before ABI 8 the threads a GPU
+ * driver started before the lockdown are not (seccomp still binds them).
+ */
+landlock_all_threads: boolean, 
+/**
+ * Own network namespace with only a loopback that is down.
+ */
+netns: boolean, 
+/**
+ * The seccomp-bpf allow-list is installed on every thread.
+ */
+seccomp: boolean, 
+/**
+ * Each layer not in force, with why.
+ */
+missing: { [key in Layer]?: string }, };
+
+export type Profile = "cpu" | "gpu";
+
+export type Layer = "no_new_privs" | "fds_closed" | "empty_env" | "private_cwd" | "rlimits" | "landlock" | "landlock_net" | "netns" | "seccomp";
+
+export type EffectiveValue = { 
+/**
+ * `null` when not set (e.g. no pool chosen yet).
+ */
+value: SettingValue | null, source: Source, locked: boolean, };
+
+export type Source = "default" | "policy_default" | "user" | "policy";
+
+export type SettingSpec = { key: string, 
+/**
+ * A short name for a form.
+ */
+label: string, 
+/**
+ * What it does, in a sentence or two.
+ */
+help: string, kind: SettingKind, 
+/**
+ * The built-in default on this machine; `null`: not set.
+ */
+default: SettingValue | null, 
+/**
+ * Locked by the IT policy: no one but the organisation may change it.
+ */
+locked: boolean, 
+/**
+ * The policy that locks it (a file, or the registry key on Windows).
+ */
+locked_by: string | null, };
+
+export type SettingKind = { "type": "bool" } | { "type": "int", min: number, max: number, } | { "type": "float", min: number, max: number, step: number, } | { "type": "hours" } | { "type": "url" } | { "type": "cap_mb" } | { "type": "layers" };
