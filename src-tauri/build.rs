@@ -6,6 +6,7 @@ fn main() {
         "pause",
         "resume",
         "settings_set",
+        "settings_schema",
         "ledger_entries",
         "ledger_summary",
         "ledger_verify",

@@ -352,6 +352,16 @@ async fn steps(ui: &Ui, pool_url: &str, config_dir: &Path) {
     // Limits: a change persists and takes effect.
     eprintln!("app test: Limits");
     ui.page("limits").await;
+    // The rows are the agent's schema: its labels, help, ranges and defaults.
+    ui.wait_text("#accepts-cpu_duty_cycle_percent", Duration::from_secs(10), |t| t == "From 1 to 100, default 60.")
+        .await;
+    let label = ui.text("label[for='setting-cpu_duty_cycle_percent']").await;
+    assert_eq!(label, "Share of each core’s time (%)");
+    let schema = ui.invoke("settings_schema", json!({})).await["ok"].clone();
+    let help = schema.as_array().and_then(|s| s.iter().find(|s| s["key"] == "cpu_duty_cycle_percent")).unwrap();
+    assert_eq!(ui.text("#help-cpu_duty_cycle_percent").await, help["help"].as_str().unwrap(), "{schema}");
+    let locked_by = schema.as_array().and_then(|s| s.iter().find(|s| s["key"] == "min_battery_percent")).unwrap();
+    assert_eq!(locked_by["locked"], true, "{locked_by}");
     ui.shot("limits").await;
     let input = ui.client.find(Locator::Css("#setting-cpu_duty_cycle_percent")).await.unwrap();
     input.clear().await.unwrap();

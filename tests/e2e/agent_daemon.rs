@@ -160,6 +160,48 @@ fn pause_resume_settings_and_a_locked_policy_through_the_control_socket() {
         let duty = schema.iter().find(|s| s.key == "cpu_duty_cycle_percent").unwrap();
         assert!(!duty.locked && duty.locked_by.is_none(), "{duty:?}");
         assert!(!duty.help.is_empty() && !duty.label.is_empty());
+
+        // The ledger over the same socket, typed: the enrollment's
+        // disclosure and the pause above, a chain that verifies, an export.
+        use idlemesh_control::{LedgerEntry, LedgerExport, LedgerRecord, LedgerVerified, Request};
+        let ask = |r: Request| rt.block_on(idlemesh_agent::control::call(&socket, &r)).unwrap();
+        let newest: Vec<LedgerRecord> = serde_json::from_value(ask(Request::LedgerEntries { kind: None, limit: None }))
+            .expect("ledger entries are LedgerRecords");
+        assert!(newest.windows(2).all(|w| w[0].seq > w[1].seq), "newest first");
+        let disclosure = newest.iter().find_map(|e| match &e.entry {
+            LedgerEntry::Disclosure(d) => Some(d),
+            _ => None,
+        });
+        let disclosure = disclosure.expect("the enrollment is disclosed");
+        assert_eq!(disclosure.pool, pool.url);
+        assert_eq!(disclosure.purpose.as_deref(), Some("enrollment"));
+        assert!(disclosure.fields.contains_key("cores"), "{disclosure:?}");
+        assert!(newest.iter().all(|e| !matches!(e.entry, LedgerEntry::Unreadable(_))), "every entry reads");
+        let paused: Vec<LedgerRecord> =
+            serde_json::from_value(ask(Request::LedgerEntries { kind: Some("paused".into()), limit: Some(1) }))
+                .unwrap();
+        assert!(
+            matches!(&paused[..], [LedgerRecord { entry: LedgerEntry::Paused(p), .. }]
+                if p.reasons.iter().any(|r| r.code == idlemesh_control::ReasonCode::PausedByUser)),
+            "{paused:?}"
+        );
+        let verified: LedgerVerified = serde_json::from_value(ask(Request::LedgerVerify)).unwrap();
+        assert!(verified.ok && verified.report.entries >= newest.len() as u64, "{verified:?}");
+        assert!(verified.ledger.ends_with("ledger.sqlite"), "{verified:?}");
+        let export: LedgerExport = serde_json::from_value(ask(Request::LedgerExport { format: "csv".into() })).unwrap();
+        assert!(export.text.starts_with("seq,at,kind,body,prev_hash,hash\n"), "{}", export.text);
+        assert!(export.entries >= newest.len());
+        let bad = rt.block_on(idlemesh_agent::control::call(&socket, &Request::LedgerExport { format: "xml".into() }));
+        assert!(
+            matches!(
+                &bad,
+                Err(idlemesh_agent::control::ControlError::Refused {
+                    code: idlemesh_agent::control::ErrorCode::BadValue,
+                    ..
+                })
+            ),
+            "{bad:?}"
+        );
     }
 
     // A locked value cannot be changed through idlemesh ...

@@ -12,10 +12,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use idlemesh_control::{
+    Checkpoint, Disclosed, LedgerEntry, ResultRefused, TaskEnded, TaskGivenBack, TaskRefused, TaskStarted, TrafficBody,
+};
 use idlemesh_protocol::api::{Capabilities, EnrollRequest, Payout, ResultSubmission, TaskFailure};
 use idlemesh_protocol::{KernelKind, Keypair, PublicKey, Receipt, Sha256, Signed, TaskManifest};
 use idlemesh_runtime::{Layer, Profile, RunLimits, RunReport, Status, WorkRequest, WorkerCommand, WorkerProcess};
-use serde_json::json;
 use tokio::sync::watch;
 
 use crate::governor::Traffic;
@@ -263,20 +265,17 @@ impl Agent {
             fields.insert("lease.wgpu_adapter".into(), adapter.clone());
         }
         let mut ledger = Ledger::open(&config.ledger_path)?;
-        ledger.append(
-            "disclosure",
-            &json!({
-                "pool": config.pool_url,
-                "pool_name": info.name,
-                "pool_public_key": pool_key,
-                "device_id": enrolled.device_id,
-                "purpose": "enrollment",
-                "organisation": enrolled.org.as_ref().map(|o| &o.name),
-                "fields": fields,
-                "payout": payout,
-                "device_public_key": device_key.public(),
-            }),
-        )?;
+        ledger.record(&LedgerEntry::Disclosure(Disclosed {
+            pool: config.pool_url.clone(),
+            pool_name: Some(info.name.clone()),
+            pool_public_key: Some(pool_key),
+            device_id: Some(enrolled.device_id),
+            purpose: Some("enrollment".into()),
+            organisation: enrolled.org.as_ref().map(|o| o.name.clone()),
+            fields,
+            payout: payout.clone(),
+            device_public_key: Some(device_key.public()),
+        }))?;
         tracing::info!(pool = %config.pool_url, device_id = enrolled.device_id, "enrolled");
         let outbox = Outbox::open(&config.data_dir.join("outbox.sqlite"))?;
         let status = SchedulerStatus {
@@ -384,10 +383,12 @@ impl Agent {
                     "giving back a task whose deadline passed while the agent was down"
                 );
                 self.give_back(m.lease_id, &m.lease_token, None).await;
-                self.ledger.append(
-                    "task_given_back",
-                    &json!({"pool": self.config.pool_url, "job_id": m.job_id, "task_id": m.task_id, "reason": "the lease ran out while the agent was not running"}),
-                )?;
+                self.ledger.record(&LedgerEntry::TaskGivenBack(TaskGivenBack {
+                    pool: self.config.pool_url.clone(),
+                    job_id: m.job_id,
+                    task_id: m.task_id,
+                    reason: "the lease ran out while the agent was not running".into(),
+                }))?;
                 self.outbox.forget(m.lease_id)?;
             }
         }
@@ -490,10 +491,11 @@ impl Agent {
             Err(refusal) => {
                 tracing::warn!(task_id = ?refusal.task_id, reason = %refusal.reason, "refusing a task: nothing was run");
                 self.summary.tasks_refused += 1;
-                self.ledger.append(
-                    "task_refused",
-                    &json!({"pool": self.config.pool_url, "task_id": refusal.task_id, "reason": refusal.reason}),
-                )?;
+                self.ledger.record(&LedgerEntry::TaskRefused(TaskRefused {
+                    pool: self.config.pool_url.clone(),
+                    task_id: refusal.task_id,
+                    reason: refusal.reason.clone(),
+                }))?;
                 if let Some((lease_id, token)) = refusal.lease {
                     self.give_back(lease_id, &token, None).await;
                     self.outbox.forget(lease_id)?;
@@ -617,28 +619,36 @@ impl Agent {
                 self.workers.insert(profile, w);
             }
             self.summary.tasks_refused += 1;
-            self.ledger.append(
-                "task_refused",
-                &json!({"pool": self.config.pool_url, "task_id": m.task_id, "reason": reason}),
-            )?;
+            self.ledger.record(&LedgerEntry::TaskRefused(TaskRefused {
+                pool: self.config.pool_url.clone(),
+                task_id: Some(m.task_id),
+                reason: reason.clone(),
+            }))?;
             self.give_back(m.lease_id, &m.lease_token, None).await;
             self.outbox.forget(m.lease_id)?;
             self.publish(|_| {});
             tokio::time::sleep(SANDBOX_REFUSAL_BACKOFF).await;
             return Ok(());
         }
-        self.ledger.append(
-            "task_started",
-            &json!({
-                "pool": self.config.pool_url, "job_id": m.job_id, "task_id": m.task_id, "replica_id": m.replica_id,
-                "lease_id": m.lease_id, "kernel_kind": m.kernel.kind, "kernel_sha256": m.kernel.sha256,
-                "input_sha256": m.input_sha256, "input_bytes": m.input_bytes, "credits_offered": m.credits,
-                "resumed_from_checkpoint": resume.is_some(), "slot": self.slot,
-                // Which checkpoint: the state a killed or preempted run saved.
-                "resumed_from": resume.as_ref().map(|c| json!({"checkpoint_sha256": Sha256::of(c), "checkpoint_bytes": c.len()})),
-                "sandbox": sandbox,
-            }),
-        )?;
+        self.ledger.record(&LedgerEntry::TaskStarted(TaskStarted {
+            pool: self.config.pool_url.clone(),
+            job_id: m.job_id,
+            task_id: m.task_id,
+            replica_id: m.replica_id,
+            lease_id: m.lease_id,
+            kernel_kind: m.kernel.kind,
+            kernel_sha256: m.kernel.sha256,
+            input_sha256: m.input_sha256,
+            input_bytes: m.input_bytes,
+            credits_offered: m.credits,
+            resumed_from_checkpoint: resume.is_some(),
+            // Which checkpoint: the state a killed or preempted run saved.
+            resumed_from: resume
+                .as_ref()
+                .map(|c| Checkpoint { checkpoint_sha256: Sha256::of(c), checkpoint_bytes: c.len() as u64 }),
+            slot: self.slot,
+            sandbox,
+        }))?;
 
         let limits = RunLimits {
             max_memory_bytes: m.limits.max_memory_bytes,
@@ -716,10 +726,12 @@ impl Agent {
         if abandoned.load(Ordering::SeqCst) {
             // The checkpoint stays: if this device gets the task again, it resumes.
             tracing::info!(task_id = m.task_id, "gave a task back: paused for longer than its lease");
-            self.ledger.append(
-                "task_given_back",
-                &json!({"pool": self.config.pool_url, "job_id": m.job_id, "task_id": m.task_id, "reason": "paused for longer than the lease"}),
-            )?;
+            self.ledger.record(&LedgerEntry::TaskGivenBack(TaskGivenBack {
+                pool: self.config.pool_url.clone(),
+                job_id: m.job_id,
+                task_id: m.task_id,
+                reason: "paused for longer than the lease".into(),
+            }))?;
             self.give_back(m.lease_id, &m.lease_token, None).await;
             self.outbox.forget(m.lease_id)?;
             return Ok(());
@@ -744,17 +756,30 @@ impl Agent {
         }
         let output_sha256 = Sha256::of(&o.output);
         let joules = energy.finish(report.cpu_ms);
-        let body = json!({
-            "pool": self.config.pool_url, "job_id": m.job_id, "task_id": m.task_id, "replica_id": m.replica_id,
-            "kernel_sha256": m.kernel.sha256, "status": o.status, "error": o.error, "output_sha256": (o.status == Status::Ok).then_some(output_sha256),
-            "output_bytes": o.output.len(), "wall_ms": report.wall_ms, "cpu_ms": report.cpu_ms, "fuel": o.fuel,
-            "peak_memory_bytes": o.peak_memory_bytes, "bytes_in": kernel_and_input_bytes(&m),
-            "gpu_ms": o.gpu_ms, "adapter": o.adapter, "energy_j": joules.joules, "energy_method": joules.method,
-        });
+        let ended = TaskEnded {
+            pool: self.config.pool_url.clone(),
+            job_id: m.job_id,
+            task_id: m.task_id,
+            replica_id: m.replica_id,
+            kernel_sha256: m.kernel.sha256,
+            status: o.status.as_str().to_owned(),
+            error: o.error.clone(),
+            output_sha256: (o.status == Status::Ok).then_some(output_sha256),
+            output_bytes: o.output.len() as u64,
+            wall_ms: report.wall_ms,
+            cpu_ms: report.cpu_ms,
+            gpu_ms: o.gpu_ms,
+            fuel: o.fuel,
+            peak_memory_bytes: o.peak_memory_bytes,
+            bytes_in: kernel_and_input_bytes(&m),
+            adapter: o.adapter.clone(),
+            energy_j: joules.joules,
+            energy_method: Some(joules.method.to_owned()),
+        };
         if o.status != Status::Ok {
             tracing::warn!(task_id = m.task_id, status = %o.status, error = ?o.error, "task failed");
             self.summary.tasks_failed += 1;
-            self.ledger.append("task_failed", &body)?;
+            self.ledger.record(&LedgerEntry::TaskFailed(ended))?;
             // The pool hears that the task failed (not that this device is
             // broken), and fails a task that keeps failing everywhere.
             let failure = kernel_failed.then(|| TaskFailure {
@@ -767,7 +792,7 @@ impl Agent {
             return Ok(());
         }
         self.summary.tasks_finished += 1;
-        self.ledger.append("task_finished", &body)?;
+        self.ledger.record(&LedgerEntry::TaskFinished(ended))?;
 
         let submission = ResultSubmission {
             lease_id: m.lease_id,
@@ -876,10 +901,11 @@ impl Agent {
     fn record_traffic(&mut self) -> Result<(), AgentError> {
         let (sent, received) = self.client.traffic().take();
         if sent + received > 0 {
-            self.ledger.append(
-                "traffic",
-                &json!({"pool": self.config.pool_url, "sent_bytes": sent, "received_bytes": received}),
-            )?;
+            self.ledger.record(&LedgerEntry::Traffic(TrafficBody {
+                pool: self.config.pool_url.clone(),
+                sent_bytes: sent,
+                received_bytes: received,
+            }))?;
         }
         Ok(())
     }
@@ -896,10 +922,14 @@ impl Agent {
                 }
                 Err(PoolClientError::Refused { status, code, message, .. }) if status != 429 && status < 500 => {
                     tracing::warn!(task_id = p.task_id, status, %message, "the pool refused a result; it earns nothing");
-                    self.ledger.append(
-                        "result_refused",
-                        &json!({"pool": p.pool, "job_id": p.job_id, "task_id": p.task_id, "status": status, "code": code, "message": message}),
-                    )?;
+                    self.ledger.record(&LedgerEntry::ResultRefused(ResultRefused {
+                        pool: p.pool.clone(),
+                        job_id: p.job_id,
+                        task_id: p.task_id,
+                        status,
+                        code: code.clone(),
+                        message: message.clone(),
+                    }))?;
                     self.outbox.done(lease_id)?;
                 }
                 Err(e) => {
@@ -922,15 +952,12 @@ impl Agent {
             {
                 self.summary.receipts += 1;
                 self.summary.credits += r.credits;
-                self.ledger.append(
-                    "receipt",
-                    &ReceiptEntry {
-                        pool: p.pool.clone(),
-                        pool_public_key: self.pool_key,
-                        receipt,
-                        payout: self.payout.clone(),
-                    },
-                )?;
+                self.ledger.record(&LedgerEntry::Receipt(ReceiptEntry {
+                    pool: p.pool.clone(),
+                    pool_public_key: self.pool_key,
+                    receipt,
+                    payout: self.payout.clone(),
+                }))?;
             }
             Ok(_) => tracing::warn!(task_id = p.task_id, "ignoring a receipt for another task or output"),
             Err(e) => tracing::warn!(task_id = p.task_id, error = %e, "ignoring a receipt with a bad signature"),

@@ -13,12 +13,13 @@ use std::time::Duration;
 
 use idlemesh_protocol::api::Capabilities;
 use idlemesh_runtime::WorkerCommand;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::watch;
 
 use idlemesh_control::{
-    AgentInfo, AgentStatus, ErrorCode, Files, LentNow, Paused, PoolEntry, PoolProblemCode, PoolUrl, Refusal, Retried,
-    SensorsStatus, SettingChanged, StartProblem, State, WorkersStatus,
+    AgentInfo, AgentStatus, ErrorCode, Files, LedgerExport, LedgerRecord, LedgerVerified, LentNow, Paused, PoolEntry,
+    PoolProblemCode, PoolUrl, Refusal, Retried, SensorsStatus, SettingChanged, StartProblem, State, VerifyReport,
+    WorkersStatus,
 };
 
 use crate::agent::{Agent, AgentConfig, SchedulerStatus as SlotStatus};
@@ -195,6 +196,19 @@ impl Handler for Shared {
                 answer(SettingChanged { key, effective })
             }
             Request::SettingsSchema => answer(self.settings.lock().expect("settings lock").schema()),
+            Request::SettingsReset => {
+                let path = self.settings.lock().expect("settings lock").user_path().to_owned();
+                let kept =
+                    path.with_extension(format!("toml.unreadable-{}", jiff::Zoned::now().strftime("%Y%m%d-%H%M%S")));
+                let kept = match std::fs::rename(&path, &kept) {
+                    Ok(()) => Some(kept),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(io_refusal(format!("cannot move {} aside: {e}", path.display()))),
+                };
+                self.settings.lock().expect("settings lock").refresh();
+                self.watcher.settings_changed();
+                answer(idlemesh_control::SettingsReset { kept })
+            }
             Request::Pools => answer(self.pools()?),
             Request::PoolJoin { url, token, temporary } => answer(self.join(&url, token, temporary)?),
             Request::PoolLeave { url } => answer(self.leave(&url)?),
@@ -224,6 +238,13 @@ impl Handler for Shared {
                     .map_err(|e| Refusal::new(ErrorCode::Pool, format!("cannot start the demo pool: {e}")))?;
                 answer(self.join(&url, None, true)?)
             }
+            Request::LedgerEntries { kind, limit } => answer(self.ledger_entries(kind.as_deref(), limit)?),
+            Request::LedgerSummary => {
+                let entries = self.ledger_read(|l| l.entries(None))?;
+                answer(crate::ledger_summary::summarise(&entries, &jiff::tz::TimeZone::system()))
+            }
+            Request::LedgerVerify => answer(self.ledger_verify()?),
+            Request::LedgerExport { format } => answer(self.ledger_export(&format)?),
             // Running: nothing to start again.
             Request::AgentRetry => answer(Retried { restarted: false }),
         }
@@ -340,13 +361,85 @@ impl Shared {
         // trust as the agent: a receipt after this must come from a new enrollment.
         if let Some(key) = crate::pins::pinned(&self.data_dir, url).map_err(io_refusal)? {
             crate::ledger::Ledger::open(&self.data_dir.join("ledger.sqlite"))
-                .and_then(|mut l| l.append(crate::ledger::POOL_LEFT, &json!({"pool": url, "pool_public_key": key})))
+                .and_then(|mut l| {
+                    l.record(&idlemesh_control::LedgerEntry::PoolLeft(idlemesh_control::PoolLeft {
+                        pool: url.to_owned(),
+                        pool_public_key: key,
+                    }))
+                })
                 .map_err(io_refusal)?;
         }
         crate::pins::unpin(&self.data_dir, url).map_err(io_refusal)?;
         self.watcher.settings_changed();
         tracing::info!(pool = %url, "left a pool");
         Ok(PoolUrl { url: url.to_owned() })
+    }
+}
+
+/// The ledger queries: each opens the ledger read-only for its answer (the
+/// scheduler writes through its own connection; WAL lets both be).
+impl Shared {
+    fn ledger_path(&self) -> &Path {
+        &self.info.ledger
+    }
+
+    /// Reads the ledger; one not yet written reads as empty.
+    fn ledger_read<T: Default>(
+        &self,
+        f: impl FnOnce(&crate::Ledger) -> Result<T, crate::LedgerError>,
+    ) -> Result<T, Refusal> {
+        let path = self.ledger_path();
+        if !path.exists() {
+            return Ok(T::default());
+        }
+        let ledger = crate::Ledger::open_existing(path).map_err(|e| Refusal::new(ErrorCode::Ledger, e.to_string()))?;
+        f(&ledger).map_err(|e| Refusal::new(ErrorCode::Ledger, e.to_string()))
+    }
+
+    fn ledger_entries(&self, kind: Option<&str>, limit: Option<usize>) -> Result<Vec<LedgerRecord>, Refusal> {
+        let limit = limit.unwrap_or(1000).min(10_000);
+        let entries = self.ledger_read(|l| l.entries(kind))?;
+        Ok(entries.iter().rev().take(limit).map(crate::ledger::Entry::record).collect())
+    }
+
+    fn ledger_verify(&self) -> Result<LedgerVerified, Refusal> {
+        let (unreadable, policy_key) = {
+            let s = self.settings.lock().expect("settings lock");
+            (s.policy_unreadable(), s.effective().pool_public_key)
+        };
+        if let Some(why) = unreadable {
+            return Err(Refusal::new(
+                ErrorCode::Io,
+                format!("cannot check receipts against the IT policy's pool key: {why}"),
+            ));
+        }
+        let report = self.ledger_read(|l| l.verify(policy_key.as_ref()).map(Some))?.unwrap_or(VerifyReport {
+            entries: 0,
+            receipts_checked: 0,
+            head: String::new(),
+            first_bad: None,
+        });
+        Ok(LedgerVerified { ok: report.ok(), report, ledger: self.ledger_path().to_owned() })
+    }
+
+    fn ledger_export(&self, format: &str) -> Result<LedgerExport, Refusal> {
+        let csv = match format {
+            "csv" => true,
+            "json" => false,
+            other => {
+                return Err(Refusal::new(
+                    ErrorCode::BadValue,
+                    format!("export format {other:?}: expected csv or json"),
+                ));
+            }
+        };
+        let entries = self.ledger_read(|l| l.entries(None))?;
+        let text = if csv {
+            crate::ledger::to_csv(&entries)
+        } else {
+            serde_json::to_string_pretty(&entries).map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))? + "\n"
+        };
+        Ok(LedgerExport { text, entries: entries.len() })
     }
 }
 

@@ -9,7 +9,8 @@
 
 use std::path::Path;
 
-use idlemesh_protocol::{PublicKey, Receipt, Sha256, Signed};
+pub use idlemesh_control::{BadEntry, LedgerEntry, LedgerRecord, VerifyReport};
+use idlemesh_protocol::{PublicKey, Sha256};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
@@ -27,9 +28,11 @@ pub enum LedgerError {
     Db(#[from] rusqlite::Error),
     #[error("{0} is not an Idlemesh ledger (no entries table)")]
     NotALedger(String),
+    #[error("an entry of kind {0} is only read, never written")]
+    Unwritable(&'static str),
 }
 
-/// One ledger entry as stored.
+/// One ledger entry as stored (the body as JSON text, as it was hashed).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Entry {
     pub seq: u64,
@@ -41,25 +44,16 @@ pub struct Entry {
     pub hash: String,
 }
 
-/// The first entry that does not verify, and why.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct BadEntry {
-    pub seq: u64,
-    pub reason: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct VerifyReport {
-    pub entries: u64,
-    pub receipts_checked: u64,
-    /// Hash of the last entry: anchors the whole chain.
-    pub head: String,
-    pub first_bad: Option<BadEntry>,
-}
-
-impl VerifyReport {
-    pub fn ok(&self) -> bool {
-        self.first_bad.is_none()
+impl Entry {
+    /// The entry read through the control API's types.
+    pub fn record(&self) -> LedgerRecord {
+        LedgerRecord {
+            seq: self.seq,
+            at_ms: self.at_ms,
+            entry: LedgerEntry::read(&self.kind, &self.body),
+            prev_hash: self.prev_hash.clone(),
+            hash: self.hash.clone(),
+        }
     }
 }
 
@@ -115,7 +109,10 @@ impl Ledger {
     /// Appends an entry and returns it. The read of the previous hash and the
     /// insert are one immediate transaction, so concurrent writers chain, not fork.
     pub fn append(&mut self, kind: &str, body: &impl Serialize) -> Result<Entry, LedgerError> {
-        let body = serde_json::to_string(body).expect("ledger bodies serialise");
+        self.append_text(kind, serde_json::to_string(body).expect("ledger bodies serialise"))
+    }
+
+    fn append_text(&mut self, kind: &str, body: String) -> Result<Entry, LedgerError> {
         let at_ms = crate::now_ms();
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let last: Option<(i64, String)> = tx
@@ -132,6 +129,12 @@ impl Ledger {
         )?;
         tx.commit()?;
         Ok(Entry { seq, at_ms, kind: kind.to_owned(), body, prev_hash, hash })
+    }
+
+    /// Appends one typed entry: its kind and its body as JSON text.
+    pub fn record(&mut self, entry: &LedgerEntry) -> Result<Entry, LedgerError> {
+        let body = entry.body_text().ok_or(LedgerError::Unwritable(entry.kind()))?;
+        self.append_text(entry.kind(), body)
     }
 
     /// Entries in order, optionally only of one kind.
@@ -186,9 +189,11 @@ impl Ledger {
                 bad("its content does not match its hash: the entry was altered".into())
             } else if e.kind == "receipt" {
                 report.receipts_checked += 1;
-                check_receipt(&e.body, |pool| policy_key.or(enrolled.get(pool))).err().and_then(bad)
+                check_receipt(&LedgerEntry::read(&e.kind, &e.body), |pool| policy_key.or(enrolled.get(pool)))
+                    .err()
+                    .and_then(bad)
             } else if policy_key.is_none() {
-                track_pins(&e.kind, &e.body, &mut enrolled).err().and_then(bad)
+                track_pins(&LedgerEntry::read(&e.kind, &e.body), &mut enrolled).err().and_then(bad)
             } else {
                 // The organisation's pin decides alone: an earlier key this
                 // device trusted on its own is history, not tampering.
@@ -207,36 +212,34 @@ impl Ledger {
 
 /// The key an `enrollment` disclosure pins for its pool, and a `pool_left`
 /// entry unpins (rejoining may then trust a new key, as the agent does).
-fn track_pins(
-    kind: &str,
-    body: &str,
-    enrolled: &mut std::collections::HashMap<String, PublicKey>,
-) -> Result<(), String> {
-    if kind != "disclosure" && kind != POOL_LEFT {
-        return Ok(());
-    }
-    let body: serde_json::Value = serde_json::from_str(body).map_err(|e| format!("{kind} entry is malformed: {e}"))?;
-    let pool = body["pool"].as_str().unwrap_or_default();
-    if kind == POOL_LEFT {
-        enrolled.remove(pool);
-        return Ok(());
-    }
-    if body["purpose"] != "enrollment" {
-        return Ok(());
-    }
-    let key: PublicKey = serde_json::from_value(body["pool_public_key"].clone())
-        .map_err(|e| format!("enrollment with {pool} names no valid pool key: {e}"))?;
-    match enrolled.get(pool) {
-        Some(pinned) if *pinned != key => Err(format!(
-            "enrollment with {pool} under the key {} while this device had pinned {} for that pool and never left it",
-            key.fingerprint(),
-            pinned.fingerprint()
-        )),
-        Some(_) => Ok(()),
-        None => {
-            enrolled.insert(pool.to_owned(), key);
+fn track_pins(entry: &LedgerEntry, enrolled: &mut std::collections::HashMap<String, PublicKey>) -> Result<(), String> {
+    match entry {
+        LedgerEntry::PoolLeft(left) => {
+            enrolled.remove(&left.pool);
             Ok(())
         }
+        LedgerEntry::Disclosure(d) if d.purpose.as_deref() == Some("enrollment") => {
+            let Some(key) = d.pool_public_key else {
+                return Err(format!("enrollment with {} names no pool key", d.pool));
+            };
+            match enrolled.get(&d.pool) {
+                Some(pinned) if *pinned != key => Err(format!(
+                    "enrollment with {} under the key {} while this device had pinned {} for that pool and never left it",
+                    d.pool,
+                    key.fingerprint(),
+                    pinned.fingerprint()
+                )),
+                Some(_) => Ok(()),
+                None => {
+                    enrolled.insert(d.pool.clone(), key);
+                    Ok(())
+                }
+            }
+        }
+        LedgerEntry::Unreadable(u) if matches!(u.kind.as_str(), "disclosure" | "pool_left") => {
+            Err(format!("{} entry is malformed: {}", u.kind, u.why))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -244,19 +247,14 @@ fn track_pins(
 pub const POOL_LEFT: &str = "pool_left";
 
 /// The body of a `receipt` entry.
-#[derive(Debug, Serialize, serde::Deserialize)]
-pub(crate) struct ReceiptEntry {
-    pub pool: String,
-    pub pool_public_key: PublicKey,
-    pub receipt: Signed<Receipt>,
-    /// The pool's published rate when the receipt came (`/v1/info`), which
-    /// values its credits: the earnings. Absent where the pool does not pay.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub payout: Option<idlemesh_protocol::api::Payout>,
-}
+pub(crate) type ReceiptEntry = idlemesh_control::ReceiptBody;
 
-fn check_receipt<'a>(body: &str, pinned: impl FnOnce(&str) -> Option<&'a PublicKey>) -> Result<(), String> {
-    let entry: ReceiptEntry = serde_json::from_str(body).map_err(|e| format!("receipt entry is malformed: {e}"))?;
+fn check_receipt<'a>(entry: &LedgerEntry, pinned: impl FnOnce(&str) -> Option<&'a PublicKey>) -> Result<(), String> {
+    let entry = match entry {
+        LedgerEntry::Receipt(r) => r,
+        LedgerEntry::Unreadable(u) => return Err(format!("receipt entry is malformed: {}", u.why)),
+        _ => return Err("receipt entry is malformed".into()),
+    };
     let Some(key) = pinned(&entry.pool) else {
         return Err(format!("a receipt from {}, a pool this device has no enrollment with", entry.pool));
     };
@@ -300,8 +298,8 @@ pub fn to_csv(entries: &[Entry]) -> String {
 }
 
 #[cfg(test)]
-pub(crate) fn sample_receipt(credits: f64) -> Receipt {
-    Receipt {
+pub(crate) fn sample_receipt(credits: f64) -> idlemesh_protocol::Receipt {
+    idlemesh_protocol::Receipt {
         receipt_id: 1,
         device_id: 1,
         job_id: 1,
@@ -318,8 +316,10 @@ pub(crate) fn sample_receipt(credits: f64) -> Receipt {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use idlemesh_protocol::Signed;
     use serde_json::json;
+
+    use super::*;
 
     #[test]
     fn chain_verifies_and_names_the_altered_entry() {

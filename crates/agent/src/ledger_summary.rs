@@ -3,45 +3,10 @@
 //! credits from the pool-signed payloads), so they can be recomputed and
 //! checked at any time; nothing here is stored separately.
 
-use std::collections::BTreeMap;
+use idlemesh_control::LedgerEntry;
+pub use idlemesh_control::{Disclosure, LedgerSummary, Totals};
 
-use serde::Serialize;
-use serde_json::Value;
-
-use crate::ledger::{Entry, ReceiptEntry};
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Totals {
-    pub tasks_finished: u64,
-    pub tasks_failed: u64,
-    pub cpu_s: f64,
-    pub gpu_s: f64,
-    /// Joules; an estimate unless every task was measured by RAPL.
-    pub energy_j: f64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub receipts: u64,
-    pub credits: f64,
-    /// Credits valued at the paying pools' published rates, per currency.
-    pub earnings: BTreeMap<String, f64>,
-    pub pauses: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Disclosure {
-    pub at_ms: u64,
-    pub pool: String,
-    pub fields: Value,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct LedgerSummary {
-    pub totals: Totals,
-    /// Keyed by local date, `YYYY-MM-DD`.
-    pub per_day: BTreeMap<String, Totals>,
-    pub per_pool: BTreeMap<String, Totals>,
-    pub disclosures: Vec<Disclosure>,
-}
+use crate::ledger::Entry;
 
 /// The local calendar date of a ledger time.
 pub fn local_day(at_ms: u64, tz: &jiff::tz::TimeZone) -> String {
@@ -57,8 +22,8 @@ pub fn summarise(entries: &[Entry], tz: &jiff::tz::TimeZone) -> LedgerSummary {
     // is sent the same receipt again: count each once.
     let mut seen_receipts = std::collections::HashSet::new();
     for e in entries {
-        let body: Value = serde_json::from_str(&e.body).unwrap_or(Value::Null);
-        let pool = body["pool"].as_str().unwrap_or("").to_string();
+        let entry = LedgerEntry::read(&e.kind, &e.body);
+        let pool = entry.pool().unwrap_or_default().to_owned();
         let mut add = |f: &dyn Fn(&mut Totals)| {
             f(&mut out.totals);
             f(out.per_day.entry(local_day(e.at_ms, tz)).or_default());
@@ -66,11 +31,10 @@ pub fn summarise(entries: &[Entry], tz: &jiff::tz::TimeZone) -> LedgerSummary {
                 f(out.per_pool.entry(pool.clone()).or_default());
             }
         };
-        let num = |k: &str| body[k].as_f64().unwrap_or(0.0);
-        match e.kind.as_str() {
-            "task_finished" | "task_failed" => {
-                let finished = e.kind == "task_finished";
-                let (cpu, gpu, energy) = (num("cpu_ms") / 1e3, num("gpu_ms") / 1e3, num("energy_j"));
+        match &entry {
+            LedgerEntry::TaskFinished(t) | LedgerEntry::TaskFailed(t) => {
+                let finished = matches!(entry, LedgerEntry::TaskFinished(_));
+                let (cpu, gpu, energy) = (t.cpu_ms as f64 / 1e3, t.gpu_ms as f64 / 1e3, t.energy_j);
                 add(&|t| {
                     if finished {
                         t.tasks_finished += 1;
@@ -83,19 +47,20 @@ pub fn summarise(entries: &[Entry], tz: &jiff::tz::TimeZone) -> LedgerSummary {
                 });
             }
             // Bytes as the HTTP client counted them, every request included.
-            "traffic" => {
-                let (received, sent) = (num("received_bytes") as u64, num("sent_bytes") as u64);
+            LedgerEntry::Traffic(b) => {
+                let (received, sent) = (b.received_bytes, b.sent_bytes);
                 add(&|t| {
                     t.bytes_in += received;
                     t.bytes_out += sent;
                 });
             }
-            "receipt" => {
-                let credited = serde_json::from_str::<ReceiptEntry>(&e.body)
+            LedgerEntry::Receipt(r) => {
+                let credited = r
+                    .receipt
+                    .verify(&r.pool_public_key)
                     .ok()
-                    .and_then(|r| r.receipt.verify(&r.pool_public_key).ok().map(|v| (r.pool_public_key, v, r.payout)))
-                    .filter(|(key, v, _)| seen_receipts.insert((key.to_hex(), v.receipt_id)))
-                    .map(|(_, v, payout)| (v.credits, payout.and_then(|p| p.checked().ok())));
+                    .filter(|v| seen_receipts.insert((r.pool_public_key.to_hex(), v.receipt_id)))
+                    .map(|v| (v.credits, r.payout.as_ref().and_then(|p| p.checked().ok())));
                 // A receipt whose signature fails earns nothing here (verify names it).
                 if let Some((c, payout)) = credited {
                     add(&|t| {
@@ -107,9 +72,9 @@ pub fn summarise(entries: &[Entry], tz: &jiff::tz::TimeZone) -> LedgerSummary {
                     });
                 }
             }
-            "paused" => add(&|t| t.pauses += 1),
-            "disclosure" => {
-                out.disclosures.push(Disclosure { at_ms: e.at_ms, pool: pool.clone(), fields: body["fields"].clone() })
+            LedgerEntry::Paused(_) => add(&|t| t.pauses += 1),
+            LedgerEntry::Disclosure(d) => {
+                out.disclosures.push(Disclosure { at_ms: e.at_ms, pool: pool.clone(), fields: d.fields.clone() })
             }
             _ => {}
         }
@@ -139,38 +104,74 @@ impl DailyTransfer {
             if e.kind != "traffic" || local_day(e.at_ms, tz) != self.day {
                 continue;
             }
-            let body: Value = serde_json::from_str(&e.body).unwrap_or(Value::Null);
-            self.downloaded += body["received_bytes"].as_u64().unwrap_or(0);
-            self.uploaded += body["sent_bytes"].as_u64().unwrap_or(0);
+            if let LedgerEntry::Traffic(t) = LedgerEntry::read(&e.kind, &e.body) {
+                self.downloaded += t.received_bytes;
+                self.uploaded += t.sent_bytes;
+            }
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use idlemesh_protocol::{Keypair, Signed};
-    use serde_json::json;
+    use std::collections::BTreeMap;
+
+    use idlemesh_control::{Disclosed, PauseBody, TaskEnded, TrafficBody};
+    use idlemesh_protocol::{Keypair, Sha256, Signed};
 
     use super::*;
-    use crate::ledger::Ledger;
+    use crate::ledger::{Ledger, ReceiptEntry};
+
+    fn ended(pool: &str, cpu_ms: u64, bytes_in: u64) -> TaskEnded {
+        TaskEnded {
+            pool: pool.into(),
+            job_id: 1,
+            task_id: 1,
+            replica_id: 1,
+            kernel_sha256: Sha256::of(b"k"),
+            status: "ok".into(),
+            error: None,
+            output_sha256: None,
+            output_bytes: 7,
+            wall_ms: cpu_ms,
+            cpu_ms,
+            gpu_ms: 0,
+            fuel: None,
+            peak_memory_bytes: 0,
+            bytes_in,
+            adapter: None,
+            energy_j: 10.0,
+            energy_method: Some("model".into()),
+        }
+    }
+
+    fn traffic(pool: &str, sent_bytes: u64, received_bytes: u64) -> LedgerEntry {
+        LedgerEntry::Traffic(TrafficBody { pool: pool.into(), sent_bytes, received_bytes })
+    }
 
     #[test]
     fn totals_per_day_and_pool_from_real_entries() {
         let dir = tempfile::tempdir().unwrap();
         let mut l = Ledger::open(&dir.path().join("l.sqlite")).unwrap();
-        l.append("disclosure", &json!({"pool": "http://a", "fields": {"cores": "8"}})).unwrap();
+        l.record(&LedgerEntry::Disclosure(Disclosed {
+            pool: "http://a".into(),
+            pool_name: None,
+            pool_public_key: None,
+            device_id: None,
+            purpose: None,
+            organisation: None,
+            fields: BTreeMap::from([("cores".to_string(), "8".to_string())]),
+            payout: None,
+            device_public_key: None,
+        }))
+        .unwrap();
         for (pool, cpu) in [("http://a", 1500), ("http://a", 500), ("http://b", 1000)] {
-            l.append(
-                "task_finished",
-                &json!({"pool": pool, "cpu_ms": cpu, "energy_j": 10.0, "bytes_in": 100, "output_bytes": 7}),
-            )
-            .unwrap();
+            l.record(&LedgerEntry::TaskFinished(ended(pool, cpu, 100))).unwrap();
         }
-        l.append("task_failed", &json!({"pool": "http://b", "cpu_ms": 250, "bytes_in": 50, "output_bytes": 9}))
-            .unwrap();
+        l.record(&LedgerEntry::TaskFailed(ended("http://b", 250, 50))).unwrap();
         // Traffic counts come from the HTTP client's entries, not the tasks' sizes.
         for (pool, sent, received) in [("http://a", 14, 300), ("http://b", 7, 50)] {
-            l.append("traffic", &json!({"pool": pool, "sent_bytes": sent, "received_bytes": received})).unwrap();
+            l.record(&traffic(pool, sent, received)).unwrap();
         }
         let key = Keypair::generate().unwrap();
         let receipt = crate::ledger::sample_receipt(2.5);
@@ -190,7 +191,9 @@ mod tests {
             payout: Some(idlemesh_protocol::api::Payout::new(0.5, "EUR").unwrap()),
         };
         l.append("receipt", &forged).unwrap();
-        l.append("paused", &json!({"reasons": []})).unwrap();
+        l.record(&LedgerEntry::Paused(PauseBody { reasons: Vec::new() })).unwrap();
+        // A body no type reads counts for nothing, and breaks nothing.
+        l.append("task_finished", &serde_json::json!({"pool": "http://a", "cpu_ms": 99})).unwrap();
 
         let s = summarise(&l.entries(None).unwrap(), &jiff::tz::TimeZone::UTC);
         assert_eq!(s.totals.tasks_finished, 3);
@@ -214,7 +217,7 @@ mod tests {
         let mut t = DailyTransfer::default();
         t.update(&l, &today, &jiff::tz::TimeZone::UTC);
         assert_eq!((t.downloaded, t.uploaded), (350, 21));
-        l.append("traffic", &json!({"pool": "http://a", "sent_bytes": 1, "received_bytes": 1000})).unwrap();
+        l.record(&traffic("http://a", 1, 1000)).unwrap();
         t.update(&l, &today, &jiff::tz::TimeZone::UTC);
         assert_eq!((t.downloaded, t.uploaded), (1350, 22), "only the new entry is added");
         t.update(&l, "2999-01-01", &jiff::tz::TimeZone::UTC);

@@ -382,10 +382,15 @@ impl Loop {
     /// Pauses and resumes go in the ledger with their reasons (not each
     /// duty-cycle flip: those are the settings at work, not a pause).
     fn record_transition(&mut self, decision: &Decision) {
-        let kind = if decision.is_paused() { "paused" } else { "resumed" };
-        tracing::info!(reasons = ?decision.reasons.iter().map(|r| &r.text).collect::<Vec<_>>(), "{kind}");
+        let body = idlemesh_control::PauseBody { reasons: decision.reasons.clone() };
+        let entry = if decision.is_paused() {
+            idlemesh_control::LedgerEntry::Paused(body)
+        } else {
+            idlemesh_control::LedgerEntry::Resumed(body)
+        };
+        tracing::info!(reasons = ?decision.reasons.iter().map(|r| &r.text).collect::<Vec<_>>(), "{}", entry.kind());
         if let Some(ledger) = self.ledger.as_mut()
-            && let Err(e) = ledger.append(kind, &serde_json::json!({"reasons": decision.reasons}))
+            && let Err(e) = ledger.record(&entry)
         {
             tracing::error!(error = %e, "could not record a pause in the ledger");
         }

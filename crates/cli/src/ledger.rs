@@ -87,7 +87,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 line(pool, t);
             }
             for d in &s.disclosures {
-                println!("disclosed to {} at {}: {}", d.pool, format_time(d.at_ms), d.fields);
+                println!("disclosed to {} at {}: {}", d.pool, format_time(d.at_ms), serde_json::to_string(&d.fields)?);
             }
             Ok(())
         }

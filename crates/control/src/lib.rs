@@ -8,14 +8,25 @@
 //! - [`AgentStatus`]: one word ([`State`]), the governor's [`Decision`] and
 //!   its [`Reason`]s, the sensors, the scheduler, the settings.
 //! - [`SettingSpec`]: the settings schema the agent serves.
+//! - [`LedgerEntry`]: each ledger entry's kind and typed body, and the
+//!   ledger's read models ([`LedgerSummary`], [`VerifyReport`]).
 
 mod decision;
+mod ledger;
 mod request;
 mod settings;
 mod status;
 
 pub use decision::{Action, Battery, Decision, ManualPause, Reason, ReasonCode, Snapshot, Traffic};
-pub use request::{ErrorCode, LentNow, Paused, PoolEntry, PoolUrl, Refusal, Request, Retried, SettingChanged};
+pub use ledger::{
+    BadEntry, Checkpoint, Disclosed, Disclosure, LedgerEntry, LedgerRecord, LedgerSummary, PauseBody, PoolLeft,
+    ReceiptBody, ResultRefused, TaskEnded, TaskGivenBack, TaskRefused, TaskStarted, Totals, TrafficBody, Unreadable,
+    VerifyReport,
+};
+pub use request::{
+    ErrorCode, LedgerExport, LedgerVerified, LentNow, Paused, PoolEntry, PoolUrl, Refusal, Request, Retried,
+    SettingChanged, SettingsReset,
+};
 pub use settings::{EffectiveValue, SettingKind, SettingSpec, Source};
 pub use status::{
     AgentInfo, AgentStatus, CurrentTask, Files, PoolProblemCode, SchedulerStatus, SensorsStatus, StartProblem, State,
@@ -36,10 +47,13 @@ pub fn typescript() -> String {
         Request::decl(&cfg),
         Paused::decl(&cfg),
         SettingChanged::decl(&cfg),
+        SettingsReset::decl(&cfg),
         PoolEntry::decl(&cfg),
         PoolUrl::decl(&cfg),
         LentNow::decl(&cfg),
         Retried::decl(&cfg),
+        LedgerVerified::decl(&cfg),
+        LedgerExport::decl(&cfg),
         Refusal::decl(&cfg),
         ErrorCode::decl(&cfg),
         // The status.
@@ -70,6 +84,26 @@ pub fn typescript() -> String {
         Source::decl(&cfg),
         SettingSpec::decl(&cfg),
         SettingKind::decl(&cfg),
+        // The ledger.
+        LedgerRecord::decl(&cfg),
+        LedgerEntry::decl(&cfg),
+        Disclosed::decl(&cfg),
+        TaskStarted::decl(&cfg),
+        Checkpoint::decl(&cfg),
+        TaskEnded::decl(&cfg),
+        TaskRefused::decl(&cfg),
+        TaskGivenBack::decl(&cfg),
+        ResultRefused::decl(&cfg),
+        ReceiptBody::decl(&cfg),
+        TrafficBody::decl(&cfg),
+        PauseBody::decl(&cfg),
+        PoolLeft::decl(&cfg),
+        Unreadable::decl(&cfg),
+        LedgerSummary::decl(&cfg),
+        Totals::decl(&cfg),
+        Disclosure::decl(&cfg),
+        VerifyReport::decl(&cfg),
+        BadEntry::decl(&cfg),
     ];
     let mut out = String::from(
         "// Generated from crates/control (idlemesh-control) by its test `typescript_is_fresh`:\n\

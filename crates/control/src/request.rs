@@ -26,6 +26,10 @@ pub enum Request {
     SettingsSet { key: String, value: String },
     /// Every setting's [`SettingSpec`](crate::SettingSpec), in display order.
     SettingsSchema,
+    /// Moves an unreadable settings file aside (kept beside it, renamed
+    /// `settings.toml.unreadable-YYYYMMDD-HHMMSS`) so the defaults apply.
+    /// Answered with [`SettingsReset`].
+    SettingsReset,
     /// The pools this device has enrolled with (and the one it is
     /// joining): a list of [`PoolEntry`].
     Pools,
@@ -49,6 +53,24 @@ pub enum Request {
     /// pool with a fresh Mandelbrot job) and join it for this run only.
     /// Refused by an agent that has none (the headless one). Answered with [`PoolUrl`].
     DemoStart,
+    /// The newest `limit` entries (default 1000, at most 10,000), newest
+    /// first, of one `kind` or all: a list of
+    /// [`LedgerRecord`](crate::LedgerRecord).
+    LedgerEntries {
+        #[serde(default)]
+        kind: Option<String>,
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+    /// Totals, per day and per pool, and the disclosures: a
+    /// [`LedgerSummary`](crate::LedgerSummary), days in the agent's time zone.
+    LedgerSummary,
+    /// Recomputes the chain and checks every receipt, as `idlemesh ledger
+    /// verify` does: a [`LedgerVerified`].
+    LedgerVerify,
+    /// The whole ledger as `idlemesh ledger export` writes it
+    /// (`format`: "csv" or "json"): a [`LedgerExport`].
+    LedgerExport { format: String },
     /// Start the agent again after it failed to start. Answered by the
     /// tray app while its agent is stopped (`restarted: true`); a running
     /// agent has nothing to retry (`restarted: false`). Answered with [`Retried`].
@@ -63,11 +85,16 @@ impl Request {
         "resume",
         "settings_set",
         "settings_schema",
+        "settings_reset",
         "pools",
         "pool_join",
         "pool_leave",
         "lend_now",
         "demo_start",
+        "ledger_entries",
+        "ledger_summary",
+        "ledger_verify",
+        "ledger_export",
         "agent_retry",
     ];
 }
@@ -83,6 +110,12 @@ pub struct Paused {
 pub struct SettingChanged {
     pub key: String,
     pub effective: Option<EffectiveValue>,
+}
+
+/// The answer to `settings_reset`: where the old file is kept (`null`: there was none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
+pub struct SettingsReset {
+    pub kept: Option<std::path::PathBuf>,
 }
 
 /// One pool this device knows (the `pools` request).
@@ -115,6 +148,24 @@ pub struct LentNow {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS)]
 pub struct Retried {
     pub restarted: bool,
+}
+
+/// The answer to `ledger_verify`: the report, whether it holds, and which
+/// ledger file it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
+pub struct LedgerVerified {
+    #[serde(flatten)]
+    pub report: crate::VerifyReport,
+    pub ok: bool,
+    pub ledger: std::path::PathBuf,
+}
+
+/// The answer to `ledger_export`: the text to save, and how many entries it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
+pub struct LedgerExport {
+    pub text: String,
+    #[ts(type = "number")]
+    pub entries: usize,
 }
 
 /// Why a request was refused: a stable code and the agent's own words.
@@ -169,11 +220,16 @@ mod tests {
             Request::Resume => "resume",
             Request::SettingsSet { .. } => "settings_set",
             Request::SettingsSchema => "settings_schema",
+            Request::SettingsReset => "settings_reset",
             Request::Pools => "pools",
             Request::PoolJoin { .. } => "pool_join",
             Request::PoolLeave { .. } => "pool_leave",
             Request::LendNow => "lend_now",
             Request::DemoStart => "demo_start",
+            Request::LedgerEntries { .. } => "ledger_entries",
+            Request::LedgerSummary => "ledger_summary",
+            Request::LedgerVerify => "ledger_verify",
+            Request::LedgerExport { .. } => "ledger_export",
             Request::AgentRetry => "agent_retry",
         }
     }
@@ -186,11 +242,16 @@ mod tests {
             Request::Resume,
             Request::SettingsSet { key: "cpu_cores".into(), value: "2".into() },
             Request::SettingsSchema,
+            Request::SettingsReset,
             Request::Pools,
             Request::PoolJoin { url: "https://p".into(), token: None, temporary: false },
             Request::PoolLeave { url: "https://p".into() },
             Request::LendNow,
             Request::DemoStart,
+            Request::LedgerEntries { kind: Some("receipt".into()), limit: Some(5) },
+            Request::LedgerSummary,
+            Request::LedgerVerify,
+            Request::LedgerExport { format: "csv".into() },
             Request::AgentRetry,
         ];
         assert_eq!(all.len(), Request::COMMANDS.len());

@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use idlemesh_agent::control::Request;
-use idlemesh_agent::{Entry, Ledger, ledger_summary};
-use idlemesh_control::{AgentStatus, LentNow, Paused, PoolEntry, PoolUrl, Retried, SettingChanged, SettingSpec};
+use idlemesh_control::{
+    AgentStatus, LedgerEntry, LedgerExport, LedgerRecord, LedgerSummary, LedgerVerified, LentNow, Paused, PoolEntry,
+    PoolUrl, Retried, SettingChanged, SettingSpec, SettingsReset,
+};
 use serde_json::{Value, json};
 use tauri::State;
 
@@ -84,95 +86,37 @@ async fn pool_leave(state: S<'_>, url: String) -> Result<PoolUrl> {
     state.request(Request::PoolLeave { url }).await
 }
 
-/// Reads the ledger on a blocking thread; a ledger not yet written reads as empty.
-async fn with_ledger<T: Send + 'static>(
-    state: &Dashboard,
-    f: impl FnOnce(Option<Ledger>) -> std::result::Result<T, idlemesh_agent::LedgerError> + Send + 'static,
-) -> Result<T> {
-    let path = state.ledger_path.clone();
-    tauri::async_runtime::spawn_blocking(move || {
-        let ledger = if path.exists() { Some(Ledger::open_existing(&path)?) } else { None };
-        f(ledger)
-    })
-    .await
-    .map_err(|e| CommandError::new("internal", e))?
-    .map_err(|e| CommandError::new("ledger", e))
-}
-
-fn all(ledger: Option<Ledger>) -> std::result::Result<Vec<Entry>, idlemesh_agent::LedgerError> {
-    ledger.map_or(Ok(Vec::new()), |l| l.entries(None))
+#[tauri::command]
+async fn ledger_entries(state: S<'_>, kind: Option<String>, limit: Option<usize>) -> Result<Vec<LedgerRecord>> {
+    state.request(Request::LedgerEntries { kind, limit }).await
 }
 
 #[tauri::command]
-async fn ledger_entries(state: S<'_>, kind: Option<String>, limit: Option<usize>) -> Result<Value> {
-    let limit = limit.unwrap_or(1000).min(10_000);
-    let entries = with_ledger(&state, move |l| l.map_or(Ok(Vec::new()), |l| l.entries(kind.as_deref()))).await?;
-    let newest: Vec<Value> = entries
-        .into_iter()
-        .rev()
-        .take(limit)
-        .map(|e| {
-            let body = serde_json::from_str::<Value>(&e.body).unwrap_or(Value::String(e.body.clone()));
-            json!({"seq": e.seq, "at_ms": e.at_ms, "kind": e.kind, "body": body, "prev_hash": e.prev_hash, "hash": e.hash})
-        })
-        .collect();
-    Ok(Value::Array(newest))
+async fn ledger_summary(state: S<'_>) -> Result<LedgerSummary> {
+    state.request(Request::LedgerSummary).await
 }
 
 #[tauri::command]
-async fn ledger_summary(state: S<'_>) -> Result<ledger_summary::LedgerSummary> {
-    let entries = with_ledger(&state, all).await?;
-    Ok(ledger_summary::summarise(&entries, &jiff::tz::TimeZone::system()))
+async fn ledger_verify(state: S<'_>) -> Result<LedgerVerified> {
+    state.request(Request::LedgerVerify).await
 }
 
-#[tauri::command]
-async fn ledger_verify(state: S<'_>) -> Result<Value> {
-    let path = state.ledger_path.clone();
-    let policy_key = idlemesh_agent::settings::read_policy(idlemesh_agent::paths::policy_path())
-        .map_err(|e| {
-            CommandError::new("policy", format!("cannot check receipts against the IT policy's pool key: {e}"))
-        })?
-        .pool_public_key;
-    let report = with_ledger(&state, move |l| match l {
-        Some(l) => l.verify(policy_key.as_ref()).map(Some),
-        None => Ok(None),
-    })
-    .await?;
-    let Some(report) = report else {
-        return Ok(
-            json!({"ok": true, "entries": 0, "receipts_checked": 0, "head": null, "first_bad": null, "ledger": path}),
-        );
-    };
-    let mut value = serde_json::to_value(&report).map_err(|e| CommandError::new("internal", e))?;
-    value["ok"] = report.ok().into();
-    value["ledger"] = json!(path);
-    Ok(value)
-}
-
-/// Writes the whole ledger to the Downloads folder (else the data dir).
+/// Writes the whole ledger, as the agent exports it, to the Downloads
+/// folder (else the data dir).
 #[tauri::command]
 async fn ledger_export(state: S<'_>, format: String) -> Result<Value> {
-    let as_csv = match format.as_str() {
-        "csv" => true,
-        "json" => false,
-        other => return Err(CommandError::new("bad_value", format!("export format {other:?}: expected csv or json"))),
-    };
-    let entries = with_ledger(&state, all).await?;
-    let (ext, text) = if as_csv {
-        ("csv", idlemesh_agent::ledger::to_csv(&entries))
-    } else {
-        ("json", serde_json::to_string_pretty(&entries).map_err(|e| CommandError::new("internal", e))? + "\n")
-    };
+    let ext = if format == "csv" { "csv" } else { "json" };
+    let export: LedgerExport = state.request(Request::LedgerExport { format }).await?;
     let dir = directories::UserDirs::new()
         .and_then(|d| d.download_dir().map(ToOwned::to_owned))
         .filter(|d| d.is_dir())
         .unwrap_or_else(|| state.data_dir.clone());
     let stem = format!("idlemesh-ledger-{}", jiff::Zoned::now().strftime("%Y%m%d-%H%M%S"));
-    let path = tauri::async_runtime::spawn_blocking(move || write_new_file(&dir, &stem, ext, text.as_bytes()))
+    let path = tauri::async_runtime::spawn_blocking(move || write_new_file(&dir, &stem, ext, export.text.as_bytes()))
         .await
         .map_err(|e| CommandError::new("internal", e))?
         .map_err(|e| CommandError::new("io", e))?;
-    Ok(json!({"path": path, "entries": entries.len()}))
+    Ok(json!({"path": path, "entries": export.entries}))
 }
 
 /// Writes `dir/stem.ext`, or `stem-2.ext`, `stem-3.ext`… if that exists: two
@@ -255,16 +199,10 @@ async fn first_run_dismiss(state: S<'_>) -> Result<Value> {
 }
 
 /// Moves an unreadable settings file aside (kept beside it, renamed) so
-/// the defaults apply; the agent notices within seconds.
+/// the defaults apply: the agent does it, and notices at once.
 #[tauri::command]
-async fn settings_reset() -> Result<Value> {
-    let path = idlemesh_agent::paths::settings_path();
-    let kept = path.with_extension(format!("toml.unreadable-{}", jiff::Zoned::now().strftime("%Y%m%d-%H%M%S")));
-    match std::fs::rename(&path, &kept) {
-        Ok(()) => Ok(json!({"kept": kept})),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(json!({"kept": null})),
-        Err(e) => Err(CommandError::new("io", format!("cannot move {} aside: {e}", path.display()))),
-    }
+async fn settings_reset(state: S<'_>) -> Result<SettingsReset> {
+    state.request(Request::SettingsReset).await
 }
 
 /// The app's own memory (not settings): `{"first_run_dismissed": true}`.
@@ -282,23 +220,14 @@ fn read_app_state(path: &std::path::Path) -> Value {
 
 /// Whether the ledger shows any past with a pool (a disclosure, a task, a
 /// receipt...): the pauses and resumptions the agent records from its first
-/// second on do not count. The agent creates the ledger as it starts, so a
-/// read may meet it half made: asked again for a few seconds before an
-/// error is believed (and then counts as "not new": the Ledger page
-/// reports it).
+/// second on do not count. A ledger the agent cannot read counts as "not
+/// new": the Ledger page reports it.
 async fn ledger_has_history(state: &Dashboard) -> bool {
-    let history = |l: Option<Ledger>| {
-        l.map_or(Ok(false), |l| {
-            l.entries(None).map(|e| e.iter().any(|e| !matches!(e.kind.as_str(), "paused" | "resumed")))
-        })
-    };
-    for _ in 0..20 {
-        match with_ledger(state, history).await {
-            Ok(any) => return any,
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
-        }
-    }
-    true
+    let newest: Result<Vec<LedgerRecord>> =
+        state.request(Request::LedgerEntries { kind: None, limit: Some(10_000) }).await;
+    newest.map_or(true, |entries| {
+        entries.iter().any(|e| !matches!(e.entry, LedgerEntry::Paused(_) | LedgerEntry::Resumed(_)))
+    })
 }
 
 #[tauri::command]

@@ -50,7 +50,6 @@ impl CommandError {
 pub struct Dashboard {
     socket: PathBuf,
     pub data_dir: PathBuf,
-    pub ledger_path: PathBuf,
     starting_until: Mutex<Instant>,
 }
 
@@ -59,7 +58,6 @@ impl Dashboard {
         Self {
             socket: control::socket_path(),
             data_dir: paths::data_dir(),
-            ledger_path: paths::ledger_path(),
             starting_until: Mutex::new(Instant::now() + STARTING_GRACE),
         }
     }

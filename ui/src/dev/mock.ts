@@ -3,7 +3,7 @@
 // `?first` or `?empty` to see other states. Not part of the build.
 import { mockIPC } from '@tauri-apps/api/mocks';
 import type { Entry, LedgerSummary, Pool, Status } from '../lib/api';
-import { appInfo, emptyTotals, schema, settings, status } from '../test/fixtures';
+import { appInfo, disclosed, emptyTotals, schema, settings, status, taskEnded, taskStarted } from '../test/fixtures';
 
 const q = new URLSearchParams(location.search);
 let current: Status = status();
@@ -59,25 +59,33 @@ const summary: LedgerSummary = q.has('empty')
         { at_ms: Date.now() - 6 * 86_400_000, pool: 'http://127.0.0.1:18470', fields: { cores: '2', memory_mb: '7900', os: 'linux', wasm: 'true' } },
       ],
     };
-const entries: Entry[] = Array.from({ length: 40 }, (_, i) => {
+const entries: Entry[] = Array.from({ length: 40 }, (_, i): Entry => {
   const seq = 40 - i;
-  const kinds = ['task_started', 'task_finished', 'receipt', 'paused', 'resumed', 'disclosure', 'task_failed'];
-  const kind = kinds[seq % kinds.length];
-  const body: Record<string, unknown> = {
-    pool: 'http://127.0.0.1:18470',
-    job_id: 1,
-    task_id: seq,
-    status: kind === 'task_failed' ? 'trapped' : 'ok',
-    error: kind === 'task_failed' ? 'wasm trap: unreachable' : null,
-    cpu_ms: 1200 + seq,
-    output_bytes: 4096,
-    kernel_sha256: '8abc'.repeat(16),
-    reasons: [{ code: 'user_active', text: 'user active 1 s ago; work starts after 3 min idle' }],
-    receipt: { payload: JSON.stringify({ job_id: 1, task_id: seq, credits: 1.25 }), signature: 'x' },
-    fields: { cores: '2' },
-    purpose: 'enrollment',
-  };
-  return { seq, at_ms: Date.now() - i * 60_000, kind, body, prev_hash: 'a', hash: 'b' };
+  const chain = { seq, at_ms: Date.now() - i * 60_000, prev_hash: 'a', hash: 'b' };
+  const pool = 'http://127.0.0.1:18470';
+  const reasons = [{ code: 'user_active' as const, text: 'user active 1 s ago; work starts after 3 min idle' }];
+  switch (seq % 7) {
+    case 0:
+      return { ...chain, kind: 'task_started', body: taskStarted({ pool, task_id: seq }) };
+    case 1:
+      return { ...chain, kind: 'task_finished', body: taskEnded({ pool, task_id: seq, cpu_ms: 1200 + seq, output_bytes: 4096 }) };
+    case 2: {
+      const payload = JSON.stringify({ job_id: 1, task_id: seq, credits: 1.25 });
+      return { ...chain, kind: 'receipt', body: { pool, pool_public_key: 'ab'.repeat(32), receipt: { payload, signature: 'x' } } };
+    }
+    case 3:
+      return { ...chain, kind: 'paused', body: { reasons } };
+    case 4:
+      return { ...chain, kind: 'resumed', body: { reasons } };
+    case 5:
+      return { ...chain, kind: 'disclosure', body: disclosed({ pool }) };
+    default:
+      return {
+        ...chain,
+        kind: 'task_failed',
+        body: taskEnded({ pool, task_id: seq, status: 'trapped', error: 'wasm trap: unreachable', cpu_ms: 1200 + seq }),
+      };
+  }
 });
 const pools: Pool[] = [
   { url: 'http://127.0.0.1:18470', public_key: 'ab'.repeat(32), current: true, locked: false, device_id: 1, organisation: null },

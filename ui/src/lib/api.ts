@@ -10,6 +10,9 @@ import type {
   AgentStatus,
   CurrentTask,
   EffectiveValue,
+  LedgerRecord,
+  LedgerSummary,
+  LedgerVerified,
   LentNow,
   Paused,
   PoolEntry,
@@ -19,6 +22,7 @@ import type {
   SchedulerStatus,
   SettingChanged,
   SettingSpec,
+  SettingsReset,
   Source,
   TaskSummary,
 } from './control.gen';
@@ -107,6 +111,10 @@ async function call<T>(cmd: string, args?: Record<string, unknown>): Promise<T> 
 export type {
   Action,
   Decision,
+  Disclosure,
+  LedgerEntry,
+  LedgerSummary,
+  Totals,
   ManualPause,
   PoolProblemCode,
   Reason,
@@ -131,51 +139,9 @@ export type Pool = PoolEntry;
 
 // ---------------------------------------------------------------- ledger
 
-export interface Entry {
-  seq: number;
-  at_ms: number;
-  kind: string;
-  body: Record<string, unknown> | null;
-  prev_hash: string;
-  hash: string;
-}
-
-export interface Totals {
-  tasks_finished: number;
-  tasks_failed: number;
-  cpu_s: number;
-  gpu_s: number;
-  energy_j: number;
-  bytes_in: number;
-  bytes_out: number;
-  receipts: number;
-  credits: number;
-  /** Credits valued at the paying pools' published rates, per currency code. */
-  earnings?: Record<string, number>;
-  pauses: number;
-}
-
-export interface Disclosure {
-  at_ms: number;
-  pool: string;
-  fields: Record<string, unknown> | null;
-}
-
-export interface LedgerSummary {
-  totals: Totals;
-  per_day: Record<string, Totals>;
-  per_pool: Record<string, Totals>;
-  disclosures: Disclosure[];
-}
-
-export interface VerifyResult {
-  ok: boolean;
-  entries: number;
-  receipts_checked: number;
-  head: string;
-  first_bad: null | { seq: number; reason: string };
-  ledger: string;
-}
+/** A ledger entry: `kind` and its typed `body`, with its place in the chain. */
+export type Entry = LedgerRecord;
+export type VerifyResult = LedgerVerified;
 
 export interface ExportResult {
   path: string;
@@ -214,7 +180,7 @@ export const api = {
   appInfo: () => call<AppInfo>('app_info'),
   firstRunDismiss: () => call<{ first_run: boolean }>('first_run_dismiss'),
   agentRetry: () => call<Retried>('agent_retry'),
-  settingsReset: () => call<{ kept: string | null }>('settings_reset'),
+  settingsReset: () => call<SettingsReset>('settings_reset'),
   autostartSet: (enabled: boolean) => call<{ autostart: boolean }>('autostart_set', { enabled }),
 };
 

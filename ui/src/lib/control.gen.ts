@@ -7,11 +7,13 @@ export type SettingValue = string | number | boolean | string[];
 /** A span of time as serde writes a Rust `Duration`. */
 export type Elapsed = { secs: number; nanos: number };
 
-export type Request = { "command": "status" } | { "command": "pause", duration: string | null, } | { "command": "resume" } | { "command": "settings_set", key: string, value: string, } | { "command": "settings_schema" } | { "command": "pools" } | { "command": "pool_join", url: string, token: string | null, temporary: boolean, } | { "command": "pool_leave", url: string, } | { "command": "lend_now" } | { "command": "demo_start" } | { "command": "agent_retry" };
+export type Request = { "command": "status" } | { "command": "pause", duration: string | null, } | { "command": "resume" } | { "command": "settings_set", key: string, value: string, } | { "command": "settings_schema" } | { "command": "settings_reset" } | { "command": "pools" } | { "command": "pool_join", url: string, token: string | null, temporary: boolean, } | { "command": "pool_leave", url: string, } | { "command": "lend_now" } | { "command": "demo_start" } | { "command": "ledger_entries", kind: string | null, limit: number | null, } | { "command": "ledger_summary" } | { "command": "ledger_verify" } | { "command": "ledger_export", format: string, } | { "command": "agent_retry" };
 
 export type Paused = { manual_pause: ManualPause, };
 
 export type SettingChanged = { key: string, effective: EffectiveValue | null, };
+
+export type SettingsReset = { kept: string | null, };
 
 export type PoolEntry = { url: string, 
 /**
@@ -28,6 +30,14 @@ export type PoolUrl = { url: string, };
 export type LentNow = { pool: string, };
 
 export type Retried = { restarted: boolean, };
+
+export type LedgerVerified = { ok: boolean, ledger: string, entries: number, receipts_checked: number, 
+/**
+ * Hash of the last entry: anchors the whole chain (empty: no entries).
+ */
+head: string, first_bad: BadEntry | null, };
+
+export type LedgerExport = { text: string, entries: number, };
 
 export type Refusal = { code: ErrorCode, message: string, };
 
@@ -260,3 +270,126 @@ locked: boolean,
 locked_by: string | null, };
 
 export type SettingKind = { "type": "bool" } | { "type": "int", min: number, max: number, } | { "type": "float", min: number, max: number, step: number, } | { "type": "hours" } | { "type": "url" } | { "type": "cap_mb" } | { "type": "layers" };
+
+export type LedgerRecord = { seq: number, at_ms: number, prev_hash: string, hash: string, } & ({ "kind": "disclosure", "body": Disclosed } | { "kind": "task_started", "body": TaskStarted } | { "kind": "task_finished", "body": TaskEnded } | { "kind": "task_failed", "body": TaskEnded } | { "kind": "task_refused", "body": TaskRefused } | { "kind": "task_given_back", "body": TaskGivenBack } | { "kind": "result_refused", "body": ResultRefused } | { "kind": "receipt", "body": ReceiptBody } | { "kind": "traffic", "body": TrafficBody } | { "kind": "paused", "body": PauseBody } | { "kind": "resumed", "body": PauseBody } | { "kind": "pool_left", "body": PoolLeft } | { "kind": "unreadable", "body": Unreadable });
+
+export type LedgerEntry = { "kind": "disclosure", "body": Disclosed } | { "kind": "task_started", "body": TaskStarted } | { "kind": "task_finished", "body": TaskEnded } | { "kind": "task_failed", "body": TaskEnded } | { "kind": "task_refused", "body": TaskRefused } | { "kind": "task_given_back", "body": TaskGivenBack } | { "kind": "result_refused", "body": ResultRefused } | { "kind": "receipt", "body": ReceiptBody } | { "kind": "traffic", "body": TrafficBody } | { "kind": "paused", "body": PauseBody } | { "kind": "resumed", "body": PauseBody } | { "kind": "pool_left", "body": PoolLeft } | { "kind": "unreadable", "body": Unreadable };
+
+export type Disclosed = { pool: string, 
+/**
+ * The pool's own name (`/v1/info`).
+ */
+pool_name: string | null, pool_public_key: string | null, device_id: number | null, 
+/**
+ * Why it was sent (`enrollment`).
+ */
+purpose: string | null, 
+/**
+ * The organisation enrolled with, if any.
+ */
+organisation: string | null, 
+/**
+ * Each field sent and its value.
+ */
+fields: { [key in string]: string }, 
+/**
+ * The pool's published rate then, where it pays.
+ */
+payout: { per_credit: number; currency: string } | null, device_public_key: string | null, };
+
+export type TaskStarted = { pool: string, job_id: number, task_id: number, replica_id: number, lease_id: number, kernel_kind: "wasm" | "wgsl", kernel_sha256: string, input_sha256: string, input_bytes: number, credits_offered: number, resumed_from_checkpoint: boolean, 
+/**
+ * Which checkpoint a killed or preempted run saved, when resumed.
+ */
+resumed_from: Checkpoint | null, 
+/**
+ * Which of the scheduler's slots ran it.
+ */
+slot: number, 
+/**
+ * The OS layers of the worker that ran it.
+ */
+sandbox: SandboxReport | null, };
+
+export type Checkpoint = { checkpoint_sha256: string, checkpoint_bytes: number, };
+
+export type TaskEnded = { pool: string, job_id: number, task_id: number, replica_id: number, kernel_sha256: string, 
+/**
+ * As `idlemesh kernel run` says it: ok, trapped, out-of-fuel…
+ */
+status: string, error: string | null, 
+/**
+ * Set when it finished.
+ */
+output_sha256: string | null, output_bytes: number, wall_ms: number, cpu_ms: number, gpu_ms: number, fuel: number | null, peak_memory_bytes: number, 
+/**
+ * The kernel and input downloaded for it.
+ */
+bytes_in: number, 
+/**
+ * The GPU adapter, for a WGSL kernel.
+ */
+adapter: string | null, 
+/**
+ * Joules used: measured (`rapl`) or estimated (`model`).
+ */
+energy_j: number, energy_method: string | null, };
+
+export type TaskRefused = { pool: string, 
+/**
+ * `null` when the manifest was too broken to name its task.
+ */
+task_id: number | null, reason: string, };
+
+export type TaskGivenBack = { pool: string, job_id: number, task_id: number, reason: string, };
+
+export type ResultRefused = { pool: string, job_id: number, task_id: number, 
+/**
+ * The HTTP status the pool answered with.
+ */
+status: number, code: string, message: string, };
+
+export type ReceiptBody = { pool: string, pool_public_key: string, 
+/**
+ * The pool's signed payload (a `Receipt` as JSON text) and signature.
+ */
+receipt: { payload: string; signature: string }, 
+/**
+ * The pool's published rate when the receipt came (`/v1/info`), which
+ * values its credits: the earnings. Absent where the pool does not pay.
+ */
+payout?: { per_credit: number; currency: string }, };
+
+export type TrafficBody = { pool: string, sent_bytes: number, received_bytes: number, };
+
+export type PauseBody = { reasons: Array<Reason>, };
+
+export type PoolLeft = { pool: string, pool_public_key: string, };
+
+export type Unreadable = { kind: string, body: string, why: string, };
+
+export type LedgerSummary = { totals: Totals, 
+/**
+ * Keyed by local date, `YYYY-MM-DD`.
+ */
+per_day: { [key in string]: Totals }, per_pool: { [key in string]: Totals }, disclosures: Array<Disclosure>, };
+
+export type Totals = { tasks_finished: number, tasks_failed: number, cpu_s: number, gpu_s: number, 
+/**
+ * Joules; an estimate unless every task was measured by RAPL.
+ */
+energy_j: number, bytes_in: number, bytes_out: number, receipts: number, credits: number, 
+/**
+ * Credits valued at the paying pools' published rates, per currency.
+ */
+earnings: { [key in string]: number }, pauses: number, };
+
+export type Disclosure = { at_ms: number, pool: string, fields: { [key in string]: string }, };
+
+export type VerifyReport = { entries: number, receipts_checked: number, 
+/**
+ * Hash of the last entry: anchors the whole chain (empty: no entries).
+ */
+head: string, first_bad: BadEntry | null, };
+
+export type BadEntry = { seq: number, reason: string, };

@@ -22,7 +22,7 @@ import {
   stateWords,
 } from './format';
 import { toApiError } from './api';
-import { emptyTotals, schema, settings, status } from '../test/fixtures';
+import { disclosed, emptyTotals, schema, settings, status, taskEnded, taskStarted } from '../test/fixtures';
 
 const at = (h: number, m: number, day = 29) => new Date(2026, 10, day, h, m, 0).getTime();
 
@@ -159,14 +159,14 @@ describe('entrySummary', () => {
   it('summarises a finished task', () => {
     const s = entrySummary({
       kind: 'task_finished',
-      body: { pool: 'http://p', job_id: 1, task_id: 3, status: 'ok', cpu_ms: 1234, output_bytes: 2048 },
+      body: taskEnded({ job_id: 1, task_id: 3, cpu_ms: 1234, output_bytes: 2048 }),
     });
     expect(s).toBe('job 1, task 3 finished: ok, 1,234 ms CPU, 2.05 kB out');
   });
   it('summarises a failed task with its error', () => {
     const s = entrySummary({
       kind: 'task_failed',
-      body: { job_id: 2, task_id: 7, status: 'trapped', error: 'unreachable', cpu_ms: 250 },
+      body: taskEnded({ job_id: 2, task_id: 7, status: 'trapped', error: 'unreachable', cpu_ms: 250 }),
     });
     expect(s).toBe('job 2, task 7 failed: trapped, unreachable, 250 ms CPU');
   });
@@ -179,21 +179,36 @@ describe('entrySummary', () => {
     expect(s).toBe('receipt for job 1, task 3: 2.5 credits from http://p');
   });
   it('lists disclosed fields', () => {
-    const s = entrySummary({
-      kind: 'disclosure',
-      body: { pool: 'http://p', purpose: 'enrollment', fields: { cores: '2', os: 'linux' } },
-    });
+    const s = entrySummary({ kind: 'disclosure', body: disclosed({ fields: { cores: '2', os: 'linux' } }) });
     expect(s).toBe('sent to http://p (enrollment): cores = 2, os = linux');
   });
   it('gives pause reasons', () => {
     const s = entrySummary({
       kind: 'paused',
-      body: { reasons: [{ code: 'user_active', text: 'user active 1 s ago' }, { code: 'x', text: 'b' }] },
+      body: {
+        reasons: [
+          { code: 'user_active', text: 'user active 1 s ago' },
+          { code: 'on_battery', text: 'b' },
+        ],
+      },
     });
     expect(s).toBe('paused: user active 1 s ago; b');
   });
-  it('falls back to the JSON of an unknown kind', () => {
-    expect(entrySummary({ kind: 'something', body: { a: 1 } })).toBe('{"a":1}');
+  it('says what it started, refused and sent', () => {
+    expect(entrySummary({ kind: 'task_started', body: taskStarted({ resumed_from_checkpoint: true }) })).toBe(
+      'job 1, task 3 started (kernel 8abc8abc8abc…, from a checkpoint)',
+    );
+    expect(entrySummary({ kind: 'task_refused', body: { pool: 'http://p', task_id: null, reason: 'bad manifest' } })).toBe(
+      'task refused: bad manifest',
+    );
+    expect(
+      entrySummary({ kind: 'traffic', body: { pool: 'http://p', sent_bytes: 2000, received_bytes: 3_000_000 } }),
+    ).toBe('2 kB sent to and 3 MB received from http://p');
+  });
+  it('shows an entry the agent could not read as it is stored', () => {
+    expect(
+      entrySummary({ kind: 'unreadable', body: { kind: 'quota_used', body: '{"a":1}', why: 'unknown variant' } }),
+    ).toBe('quota used (not readable here: unknown variant): {"a":1}');
   });
 });
 

@@ -5,7 +5,6 @@
 
 import type {
   Action,
-  Entry,
   ManualPause,
   SettingKind,
   SettingSource,
@@ -13,6 +12,8 @@ import type {
   SettingValue,
   Status,
   Totals,
+  LedgerEntry,
+  Reason,
 } from './api';
 
 // ---------------------------------------------------------------- numbers
@@ -249,38 +250,40 @@ export const LEDGER_KINDS = [
   'task_started',
   'task_finished',
   'task_failed',
+  'task_refused',
   'task_given_back',
+  'result_refused',
   'receipt',
   'disclosure',
+  'traffic',
   'paused',
   'resumed',
-] as const;
+  'pool_left',
+] as const satisfies readonly LedgerEntry['kind'][];
 
 const KIND_WORDS: Record<string, string> = {
   task_started: 'Task started',
   task_finished: 'Task finished',
   task_failed: 'Task failed',
   task_given_back: 'Task given back',
+  task_refused: 'Task refused',
+  result_refused: 'Result refused',
   receipt: 'Receipt',
   disclosure: 'Disclosure',
+  traffic: 'Traffic',
   paused: 'Paused',
   resumed: 'Resumed',
+  pool_left: 'Left a pool',
+  unreadable: 'Unreadable',
 };
 
 export function kindWords(kind: string): string {
   return KIND_WORDS[kind] ?? kind.replace(/_/g, ' ');
 }
 
-type Body = Record<string, unknown>;
-
-const num = (v: unknown): number | null => (typeof v === 'number' && Number.isFinite(v) ? v : null);
-const str = (v: unknown): string | null => (typeof v === 'string' && v !== '' ? v : null);
-
-function jobTask(b: Body): string {
-  const job = num(b.job_id);
-  const task = num(b.task_id);
-  if (job === null && task === null) return 'task';
-  return `job ${job ?? '?'}, task ${task ?? '?'}`;
+function jobTask(b: { job_id?: number; task_id: number | null }): string {
+  if (b.job_id === undefined && b.task_id === null) return 'task';
+  return b.job_id === undefined ? `task ${b.task_id ?? '?'}` : `job ${b.job_id}, task ${b.task_id ?? '?'}`;
 }
 
 function valueText(v: unknown): string {
@@ -296,17 +299,14 @@ function valueText(v: unknown): string {
 }
 
 /** `key = value` pairs of a disclosure's fields. */
-export function fieldsText(fields: unknown): string {
+export function fieldsText(fields: Record<string, unknown> | null | undefined): string {
   if (!fields || typeof fields !== 'object') return 'nothing';
-  const pairs = Object.entries(fields as Body).map(([k, v]) => `${k} = ${valueText(v)}`);
+  const pairs = Object.entries(fields).map(([k, v]) => `${k} = ${valueText(v)}`);
   return pairs.length ? pairs.join(', ') : 'nothing';
 }
 
-function reasonsText(b: Body): string {
-  const reasons = Array.isArray(b.reasons) ? (b.reasons as unknown[]) : [];
-  const texts = reasons
-    .map((r) => (r && typeof r === 'object' ? str((r as Body).text) : str(r)))
-    .filter((t): t is string => !!t);
+function reasonsText(reasons: Reason[]): string {
+  const texts = reasons.map((r) => r.text).filter((t) => !!t);
   return texts.length ? texts.join('; ') : 'no reasons recorded';
 }
 
@@ -314,67 +314,63 @@ function truncate(s: string, n = 160): string {
   return s.length > n ? `${s.slice(0, n - 1)}…` : s;
 }
 
+/** What a receipt's signed payload says, if it can be read. */
+function receiptPayload(payload: string): { job_id: number; task_id: number; credits: number } | null {
+  try {
+    const r = JSON.parse(payload) as { job_id?: unknown; task_id?: unknown; credits?: unknown };
+    if (typeof r.job_id === 'number' && typeof r.task_id === 'number' && typeof r.credits === 'number') {
+      return { job_id: r.job_id, task_id: r.task_id, credits: r.credits };
+    }
+  } catch {
+    // shown without its details
+  }
+  return null;
+}
+
 /** One line that says what a ledger entry records. */
-export function entrySummary(e: Pick<Entry, 'kind' | 'body'>): string {
-  const b: Body = e.body && typeof e.body === 'object' ? e.body : {};
+export function entrySummary(e: LedgerEntry): string {
   switch (e.kind) {
     case 'task_started': {
-      const kernel = str(b.kernel_sha256);
-      const extra = [kernel ? `kernel ${shortHash(kernel)}` : null, b.resumed_from_checkpoint ? 'from a checkpoint' : null]
+      const b = e.body;
+      const extra = [`kernel ${shortHash(b.kernel_sha256)}`, b.resumed_from_checkpoint ? 'from a checkpoint' : null]
         .filter(Boolean)
         .join(', ');
-      return `${jobTask(b)} started${extra ? ` (${extra})` : ''}`;
+      return `${jobTask(b)} started (${extra})`;
     }
     case 'task_finished':
     case 'task_failed': {
-      const status = str(b.status) ?? (e.kind === 'task_finished' ? 'ok' : 'failed');
-      const bits = [status];
-      const err = str(b.error);
-      if (err) bits.push(truncate(err, 80));
-      const cpu = num(b.cpu_ms);
-      if (cpu !== null) bits.push(`${formatNumber(cpu, 0)} ms CPU`);
-      const gpu = num(b.gpu_ms);
-      if (gpu) bits.push(`${formatNumber(gpu, 0)} ms GPU`);
-      const out = num(b.output_bytes);
-      if (e.kind === 'task_finished' && out !== null) bits.push(`${formatBytes(out)} out`);
+      const b = e.body;
+      const bits = [b.status];
+      if (b.error) bits.push(truncate(b.error, 80));
+      bits.push(`${formatNumber(b.cpu_ms, 0)} ms CPU`);
+      if (b.gpu_ms) bits.push(`${formatNumber(b.gpu_ms, 0)} ms GPU`);
+      if (e.kind === 'task_finished') bits.push(`${formatBytes(b.output_bytes)} out`);
       return `${jobTask(b)} ${e.kind === 'task_finished' ? 'finished' : 'failed'}: ${bits.join(', ')}`;
     }
     case 'task_given_back':
-      return `${jobTask(b)} given back${str(b.reason) ? `: ${b.reason}` : ''}`;
+      return `${jobTask(e.body)} given back: ${e.body.reason}`;
+    case 'task_refused':
+      return `${jobTask(e.body)} refused: ${truncate(e.body.reason, 120)}`;
+    case 'result_refused':
+      return `the result of ${jobTask(e.body)} was refused by ${e.body.pool}: ${truncate(e.body.message, 120)}`;
     case 'receipt': {
-      const pool = str(b.pool);
-      let credits: number | null = null;
-      let jt = '';
-      const receipt = b.receipt as Body | undefined;
-      const payload = receipt && typeof receipt === 'object' ? receipt.payload : undefined;
-      let r: Body | null = null;
-      if (typeof payload === 'string') {
-        try {
-          r = JSON.parse(payload) as Body;
-        } catch {
-          r = null;
-        }
-      } else if (payload && typeof payload === 'object') {
-        r = payload as Body;
-      }
-      if (r) {
-        credits = num(r.credits);
-        jt = ` for ${jobTask(r)}`;
-      }
-      const c = credits === null ? '' : `: ${formatCredits(credits)} credit${credits === 1 ? '' : 's'}`;
-      return `receipt${jt}${c}${pool ? ` from ${pool}` : ''}`;
+      const r = receiptPayload(e.body.receipt.payload);
+      const jt = r ? ` for ${jobTask(r)}` : '';
+      const c = r ? `: ${formatCredits(r.credits)} credit${r.credits === 1 ? '' : 's'}` : '';
+      return `receipt${jt}${c} from ${e.body.pool}`;
     }
-    case 'disclosure': {
-      const pool = str(b.pool) ?? 'a pool';
-      const purpose = str(b.purpose);
-      return `sent to ${pool}${purpose ? ` (${purpose})` : ''}: ${fieldsText(b.fields)}`;
-    }
+    case 'disclosure':
+      return `sent to ${e.body.pool}${e.body.purpose ? ` (${e.body.purpose})` : ''}: ${fieldsText(e.body.fields)}`;
+    case 'traffic':
+      return `${formatBytes(e.body.sent_bytes)} sent to and ${formatBytes(e.body.received_bytes)} received from ${e.body.pool}`;
     case 'paused':
-      return `paused: ${reasonsText(b)}`;
+      return `paused: ${reasonsText(e.body.reasons)}`;
     case 'resumed':
-      return `resumed: ${reasonsText(b)}`;
-    default:
-      return truncate(valueText(e.body ?? {}));
+      return `resumed: ${reasonsText(e.body.reasons)}`;
+    case 'pool_left':
+      return `left ${e.body.pool}`;
+    case 'unreadable':
+      return `${kindWords(e.body.kind)} (not readable here: ${truncate(e.body.why, 80)}): ${truncate(e.body.body)}`;
   }
 }
 

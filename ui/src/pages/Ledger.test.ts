@@ -3,6 +3,7 @@ import { fireEvent, render, waitFor } from '@testing-library/svelte';
 import { mockIPC } from '@tauri-apps/api/mocks';
 import Ledger from './Ledger.svelte';
 import type { Entry } from '../lib/api';
+import { disclosed, taskEnded } from '../test/fixtures';
 
 function $(sel: string): HTMLElement {
   const el = document.querySelector<HTMLElement>(sel);
@@ -13,8 +14,8 @@ function $(sel: string): HTMLElement {
 const HEAD = 'f'.repeat(64);
 const entries: Entry[] = [
   { seq: 3, at_ms: 1795984290379, kind: 'paused', body: { reasons: [{ code: 'user_active', text: 'user active 1 s ago' }] }, prev_hash: 'b', hash: 'c' },
-  { seq: 2, at_ms: 1795984289379, kind: 'task_finished', body: { job_id: 1, task_id: 3, status: 'ok', cpu_ms: 10, output_bytes: 5 }, prev_hash: 'a', hash: 'b' },
-  { seq: 1, at_ms: 1795984288379, kind: 'disclosure', body: { pool: 'http://p', fields: { cores: '2' } }, prev_hash: '0', hash: 'a' },
+  { seq: 2, at_ms: 1795984289379, kind: 'task_finished', body: taskEnded({ cpu_ms: 10, output_bytes: 5 }), prev_hash: 'a', hash: 'b' },
+  { seq: 1, at_ms: 1795984288379, kind: 'disclosure', body: disclosed({ purpose: null }), prev_hash: '0', hash: 'a' },
 ];
 
 describe('Ledger page', () => {

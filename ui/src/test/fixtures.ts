@@ -1,4 +1,5 @@
 import type { EffectiveSetting, SettingSpec, Status } from '../lib/api';
+import type { Disclosed, TaskEnded, TaskStarted } from '../lib/control.gen';
 // What the agent serves for `settings_schema` (written by its own test,
 // crates/agent/src/settings/tests.rs), not a copy kept here.
 import schemaJson from './settings-schema.json';
@@ -121,8 +122,69 @@ export const emptyTotals = {
   bytes_out: 0,
   receipts: 0,
   credits: 0,
+  earnings: {},
   pauses: 0,
 };
+
+/** A `task_finished` / `task_failed` body as the agent writes it. */
+export function taskEnded(over: Partial<TaskEnded> = {}): TaskEnded {
+  return {
+    pool: 'http://p',
+    job_id: 1,
+    task_id: 3,
+    replica_id: 1,
+    kernel_sha256: '8abc'.repeat(16),
+    status: 'ok',
+    error: null,
+    output_sha256: null,
+    output_bytes: 0,
+    wall_ms: 0,
+    cpu_ms: 0,
+    gpu_ms: 0,
+    fuel: null,
+    peak_memory_bytes: 0,
+    bytes_in: 0,
+    adapter: null,
+    energy_j: 0,
+    energy_method: 'model',
+    ...over,
+  };
+}
+
+export function taskStarted(over: Partial<TaskStarted> = {}): TaskStarted {
+  return {
+    pool: 'http://p',
+    job_id: 1,
+    task_id: 3,
+    replica_id: 1,
+    lease_id: 1,
+    kernel_kind: 'wasm',
+    kernel_sha256: '8abc'.repeat(16),
+    input_sha256: '1234'.repeat(16),
+    input_bytes: 64,
+    credits_offered: 1,
+    resumed_from_checkpoint: false,
+    resumed_from: null,
+    slot: 0,
+    sandbox: null,
+    ...over,
+  };
+}
+
+export function disclosed(over: Partial<Disclosed> = {}): Disclosed {
+  return {
+    pool: 'http://p',
+    pool_name: null,
+    pool_public_key: null,
+    device_id: 1,
+    purpose: 'enrollment',
+    organisation: null,
+    fields: { cores: '2' },
+    payout: null,
+    device_public_key: null,
+    ...over,
+  };
+}
 
 export const appInfo = {
   version: '0.1.0',
