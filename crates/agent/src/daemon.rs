@@ -376,7 +376,7 @@ impl Shared {
     }
 }
 
-/// The ledger queries: each opens the ledger read-only for its answer (the
+/// The ledger queries: each opens the ledger for its answer alone (the
 /// scheduler writes through its own connection; WAL lets both be).
 impl Shared {
     fn ledger_path(&self) -> &Path {
