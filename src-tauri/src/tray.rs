@@ -1,9 +1,9 @@
-//! The tray icon and its menu: the state in words, pause for a chosen time,
-//! resume, the dashboard, quit. The icon's colour is the state at a glance.
+//! The tray icon and its menu: the state in words, pause for a chosen time
+//! (or the GPU's or the processor's work alone), resume, the dashboard, quit. The icon's colour is the state at a glance.
 
 use std::sync::Arc;
 
-use idlemesh_control::{AgentStatus, ReasonCode, StartProblem, State};
+use idlemesh_control::{AgentStatus, ReasonCode, Scope, StartProblem, State};
 use tray_icon::menu::{Menu, MenuEvent, MenuId, MenuItem, PredefinedMenuItem};
 use tray_icon::{Icon, TrayIcon, TrayIconBuilder};
 
@@ -30,6 +30,8 @@ impl Tray {
             &item("pause-1h", "Pause for 1 hour"),
             &item("pause-tomorrow", "Pause until tomorrow"),
             &item("pause-indefinitely", "Pause until I resume"),
+            &item("pause-gpu", "Pause GPU work only"),
+            &item("pause-cpu", "Pause processor work only"),
             &item("resume", "Resume"),
             &PredefinedMenuItem::separator(),
             &item("open", "Open dashboard"),
@@ -74,9 +76,12 @@ pub fn on_menu(state: &Arc<AppState>, id: &MenuId, proxy: &tao::event_loop::Even
             let _ = proxy.send_event(UserEvent::Quit);
             return;
         }
-        "resume" => Request::Resume,
+        "resume" => Request::Resume { only: Scope::All },
+        // One kind of work, until resumed (the other goes on).
+        "pause-gpu" => Request::Pause { duration: None, only: Scope::Gpu },
+        "pause-cpu" => Request::Pause { duration: None, only: Scope::Cpu },
         pause => match pause.strip_prefix("pause-") {
-            Some(duration) => Request::Pause { duration: Some(duration.to_string()) },
+            Some(duration) => Request::Pause { duration: Some(duration.to_string()), only: Scope::All },
             None => return,
         },
     };

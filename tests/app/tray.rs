@@ -123,6 +123,8 @@ fn the_tray_shows_the_state_and_its_menu_pauses_resumes_opens_and_quits() {
             "Pause for 1 hour",
             "Pause until tomorrow",
             "Pause until I resume",
+            "Pause GPU work only",
+            "Pause processor work only",
             "Resume",
             "Open dashboard",
             "Quit Idlemesh",

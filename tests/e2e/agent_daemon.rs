@@ -430,7 +430,11 @@ fn input_freezes_the_worker_and_idleness_resumes_it(
     // Work after 2 s without input.
     write_settings(&dir, "idle_minutes = 0.0333\ncpu_duty_cycle_percent = 100\n");
     let agent = AgentProcess::start(&dir, Some(&pool.url), session);
-    assert_eq!(agent.status()["sensors"]["idle_source"], idle_source);
+    let s = agent.status();
+    assert_eq!(s["sensors"]["idle_source"], idle_source);
+    // Input wakes the agent (the X server's alarm, the compositor's event,
+    // Mutter's watch): it does not poll for it.
+    assert_eq!(s["sensors"]["input_wakes"], true, "{s}");
 
     let s = agent.wait_for("a task to run", Duration::from_secs(60), |s| {
         worker_pid(s).is_some() && !s["paused"].as_bool().unwrap()

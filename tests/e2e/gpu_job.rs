@@ -7,7 +7,7 @@ use std::time::Duration;
 use idlemesh_kernel_mandelbrot as mandelbrot;
 use serde_json::Value;
 
-use crate::agent_process::{AgentProcess, write_settings};
+use crate::agent_process::{AgentProcess, proc_state, write_settings};
 use crate::harness::{OperatorHttp, PoolProcess, operator};
 
 #[test]
@@ -74,5 +74,122 @@ fn a_wgsl_job_runs_only_once_the_gpu_is_enabled() {
     let got: Vec<u32> = output.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect();
     let same = got.iter().zip(&want).filter(|(a, b)| a == b).count();
     assert!(same * 100 >= want.len() * 98, "{same} of {} counts match", want.len());
+    agent.stop();
+}
+
+/// Whether `pid` computes over 300 ms (its CPU time grows) or stands frozen.
+fn computing(pid: u64) -> bool {
+    let Some((_, before)) = proc_state(pid) else { return false };
+    std::thread::sleep(Duration::from_millis(300));
+    proc_state(pid).is_some_and(|(state, after)| state != 'T' && after > before)
+}
+
+fn frozen(pid: u64) -> bool {
+    let Some((state, before)) = proc_state(pid) else { return false };
+    std::thread::sleep(Duration::from_millis(300));
+    state == 'T' && proc_state(pid) == Some(('T', before))
+}
+
+/// `idlemesh pause --gpu` stops the GPU's kernel and leaves the processor's
+/// running, `--cpu` the other way round, each answered once its workers
+/// are frozen; `resume --gpu` / `resume` bring them back. Checked in
+/// `/proc`, with one GPU and one processor worker running side by side.
+#[test]
+fn the_gpu_and_the_processor_pause_apart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = PoolProcess::start(&tmp.path().join("pool"));
+    let wgsl = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../kernels/wgsl");
+    let (shader, layout) = (wgsl.join("mandelbrot.wgsl"), wgsl.join("mandelbrot.json"));
+    // One long GPU task (every pixel inside the set runs to max_iter), then
+    // long processor tasks: one slot runs the GPU's, the other a processor's.
+    let params = r#"{"width":256,"height":256,"max_iter":2000000,"center_re":-0.2,"center_im":0.0,"span":0.4}"#;
+    let args = [
+        "job",
+        "submit",
+        "--kernel",
+        shader.to_str().unwrap(),
+        "--manifest",
+        layout.to_str().unwrap(),
+        "--params",
+        params,
+        "--tiles",
+        "256x256",
+        "--tile",
+        "256x256",
+        "--json",
+    ];
+    let out = operator(&pool, &args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let op = OperatorHttp::new(&pool.url, &pool.token);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(op.mandelbrot_job(serde_json::json!({
+        "name": "cpu", "params": {"width": 160, "height": 120, "max_iter": 400000, "center_re": -0.2, "center_im": 0.0, "span": 0.4},
+        "split": {"kind": "tiles", "width": 160, "height": 120, "tile_width": 80, "tile_height": 60},
+        "combiner": {"kind": "png_tiles"}, "lease_ms": 600000,
+    })));
+
+    let dir = tmp.path().join("device");
+    write_settings(&dir, "cpu_duty_cycle_percent = 100\ncpu_cores = 2\ngpu_enabled = true\n");
+    let mut agent = AgentProcess::start(&dir, Some(&pool.url), &[("XDG_RUNTIME_DIR", "/tmp")]);
+    let s = agent.wait_for("a GPU and a processor worker", Duration::from_secs(120), |s| {
+        let w = &s["workers"];
+        w["gpu_pids"].as_array().is_some_and(|g| g.len() == 1) && w["pids"].as_array().is_some_and(|p| p.len() == 2)
+    });
+    let gpu = s["workers"]["gpu_pids"][0].as_u64().unwrap();
+    let cpu = s["workers"]["pids"].as_array().unwrap().iter().filter_map(Value::as_u64).find(|&p| p != gpu).unwrap();
+    assert!(computing(gpu) && computing(cpu), "both compute at first: {s}");
+
+    let ctl = |args: &[&str]| {
+        let out = agent.ctl(args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The GPU alone: frozen when `pause` returns, the processor goes on.
+    assert_eq!(ctl(&["pause", "--gpu"]).trim(), "GPU work paused until you resume (idlemesh resume --gpu)");
+    assert_eq!(proc_state(gpu).unwrap().0, 'T', "the GPU worker is stopped when pause returns");
+    assert!(frozen(gpu), "the GPU worker stays frozen");
+    assert!(computing(cpu), "the processor worker runs on");
+    let s = agent.status();
+    assert_eq!(s["state"], "working", "{s}");
+    assert_eq!(s["pauses"]["gpu"]["kind"], "until_resumed", "{s}");
+    assert_eq!(s["pauses"]["cpu"]["kind"], "none", "{s}");
+    assert_eq!(s["manual_pause"]["kind"], "none", "not all work is paused: {s}");
+    assert_eq!(s["decision"]["action"]["gpu"], false, "{s}");
+    assert_eq!(s["decision"]["action"]["cpu"], true, "{s}");
+    assert!(
+        s["reasons"].as_array().unwrap().iter().any(|r| r["scope"] == "gpu" && r["code"] == "paused_by_user"),
+        "{s}"
+    );
+    assert_eq!(s["workers"]["frozen_pids"], serde_json::json!([gpu]), "{s}");
+
+    // The processor alone, the GPU back.
+    ctl(&["resume", "--gpu"]);
+    assert!(computing(gpu), "the GPU worker computes again");
+    assert_eq!(
+        ctl(&["pause", "--cpu", "1h"]).lines().next().unwrap().split(" until ").next(),
+        Some("Processor work paused")
+    );
+    assert_eq!(proc_state(cpu).unwrap().0, 'T', "the processor worker is stopped when pause returns");
+    assert!(frozen(cpu), "the processor worker stays frozen");
+    assert!(computing(gpu), "the GPU worker runs on");
+    let s = agent.status();
+    assert_eq!(
+        (s["decision"]["action"]["cpu"].clone(), s["decision"]["action"]["gpu"].clone()),
+        (false.into(), true.into()),
+        "{s}"
+    );
+
+    // A pause of all work covers both; `resume` lifts both.
+    ctl(&["pause"]);
+    assert!(frozen(gpu) && frozen(cpu), "both frozen");
+    assert_eq!(agent.status()["manual_pause"]["kind"], "until_resumed");
+    ctl(&["resume"]);
+    assert!(computing(gpu) && computing(cpu), "both compute again");
+    let s = agent.status();
+    assert_eq!(
+        (s["pauses"]["cpu"]["kind"].clone(), s["pauses"]["gpu"]["kind"].clone()),
+        ("none".into(), "none".into()),
+        "{s}"
+    );
     agent.stop();
 }

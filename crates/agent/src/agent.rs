@@ -409,6 +409,22 @@ impl Agent {
         result
     }
 
+    /// What this slot offers the pool now: the GPU only while GPU work may
+    /// run, the processor only while its work may (the user may pause one).
+    fn capabilities_now(&self) -> Capabilities {
+        let mut caps = self.config.capabilities.clone();
+        if let Some(w) = &self.config.watcher {
+            let decision = w.decisions().borrow().clone();
+            if !decision.gpu_runs() {
+                caps.wgpu_adapter = None;
+            }
+            if !decision.cpu_runs() {
+                caps.wasm = false;
+            }
+        }
+        caps
+    }
+
     fn allowed(&self, stop: &watch::Receiver<bool>) -> impl Future<Output = bool> + Send + 'static {
         let decisions = self.config.watcher.as_ref().map(Watcher::decisions);
         decision_until(decisions, stop.clone(), |d| !d.is_paused())
@@ -433,7 +449,7 @@ impl Agent {
                 }
                 continue;
             }
-            let leased = self.client.lease(self.config.capabilities.clone(), self.config.max_tasks_per_lease).await;
+            let leased = self.client.lease(self.capabilities_now(), self.config.max_tasks_per_lease).await;
             let wait = match leased {
                 Ok(resp) if !resp.tasks.is_empty() => {
                     failures = 0;
@@ -672,7 +688,7 @@ impl Agent {
             Ok(mut worker) => {
                 let control = worker.control();
                 if let Some(w) = &self.config.watcher {
-                    w.attach(control.clone());
+                    w.attach(control.clone(), wgsl.is_some());
                 }
                 let current = CurrentTask {
                     job_id: m.job_id,
@@ -830,12 +846,18 @@ impl Agent {
         let lease = Duration::from_millis(m.deadline_ms.saturating_sub(m.issued_at_ms).max(600));
         let period = lease / 3;
         let decisions = self.config.watcher.as_ref().map(Watcher::decisions);
+        let gpu = m.wgsl.is_some();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
             let mut paused_since: Option<tokio::time::Instant> = None;
             loop {
                 tick.tick().await;
-                let paused = decisions.as_ref().is_some_and(|d| d.borrow().is_paused());
+                // Paused: this task's kind of work may not run (all work, or
+                // the GPU's or the processor's alone).
+                let paused = decisions.as_ref().is_some_and(|d| {
+                    let d = d.borrow();
+                    !(if gpu { d.gpu_runs() } else { d.cpu_runs() })
+                });
                 let since = if paused {
                     *paused_since.get_or_insert_with(tokio::time::Instant::now)
                 } else {

@@ -478,7 +478,7 @@ mod tests {
     #[test]
     fn requests_are_strict() {
         let ok: Request = serde_json::from_str(r#"{"command":"pause","duration":"15m"}"#).unwrap();
-        assert_eq!(ok, Request::Pause { duration: Some("15m".into()) });
+        assert_eq!(ok, Request::Pause { duration: Some("15m".into()), only: idlemesh_control::Scope::All });
         assert!(serde_json::from_str::<Request>(r#"{"command":"shutdown"}"#).is_err());
         let join: Request = serde_json::from_str(r#"{"command":"pool_join","url":"http://p"}"#).unwrap();
         assert_eq!(join, Request::PoolJoin { url: "http://p".into(), token: None, temporary: false });

@@ -177,15 +177,15 @@ impl Handler for Shared {
     fn handle(&self, request: Request) -> Result<Value, Refusal> {
         match request {
             Request::Status => answer(self.status()),
-            Request::Pause { duration } => {
+            Request::Pause { duration, only } => {
                 let pause = control::parse_pause(duration.as_deref(), &jiff::Zoned::now())
                     .map_err(|e| Refusal::new(ErrorCode::BadDuration, e))?;
-                self.watcher.set_pause(pause);
-                answer(Paused { manual_pause: pause })
+                self.watcher.set_pause(only, pause);
+                answer(self.paused())
             }
-            Request::Resume => {
-                self.watcher.set_pause(ManualPause::None);
-                answer(Paused { manual_pause: ManualPause::None })
+            Request::Resume { only } => {
+                self.watcher.set_pause(only, ManualPause::None);
+                answer(self.paused())
             }
             Request::SettingsSet { key, value } => {
                 let mut settings = self.settings.lock().expect("settings lock");
@@ -444,6 +444,12 @@ impl Shared {
 }
 
 impl Shared {
+    /// The user's pauses now, as `pause` and `resume` answer them.
+    fn paused(&self) -> Paused {
+        let pauses = self.watcher.status().map(|w| w.pauses).unwrap_or_default();
+        Paused { manual_pause: pauses.all(), pauses }
+    }
+
     fn status(&self) -> AgentStatus {
         let watch = self.watcher.status();
         let (settings, errors, policy_errors, user_path, policy_path) = {
@@ -469,11 +475,19 @@ impl Shared {
             paused,
             reasons: watch.as_ref().map(|w| w.decision.reasons.clone()).unwrap_or_default(),
             decision: watch.as_ref().map(|w| w.decision.clone()),
-            manual_pause: watch.as_ref().map(|w| w.manual_pause),
-            sensors: watch
-                .as_ref()
-                .map(|w| SensorsStatus { idle_source: w.idle_sensor.to_owned(), snapshot: w.snapshot.clone() }),
-            workers: watch.as_ref().map(|w| WorkersStatus { pids: w.workers.clone(), frozen: w.frozen }),
+            manual_pause: watch.as_ref().map(|w| w.pauses.all()),
+            pauses: watch.as_ref().map(|w| w.pauses),
+            sensors: watch.as_ref().map(|w| SensorsStatus {
+                idle_source: w.idle_sensor.to_owned(),
+                input_wakes: w.input_wakes,
+                snapshot: w.snapshot.clone(),
+            }),
+            workers: watch.as_ref().map(|w| WorkersStatus {
+                pids: w.workers.clone(),
+                frozen: w.frozen,
+                gpu_pids: w.gpu_workers.clone(),
+                frozen_pids: w.frozen_workers.clone(),
+            }),
             sandbox: watch.as_ref().and_then(|w| w.snapshot.sandbox.clone()),
             sandbox_in_words: watch.as_ref().and_then(|w| w.snapshot.sandbox.as_ref().map(|s| s.in_words())),
             scheduler,

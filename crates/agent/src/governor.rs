@@ -12,7 +12,9 @@
 
 use std::time::Duration;
 
-pub use idlemesh_control::{Action, Battery, Decision, ManualPause, Reason, ReasonCode, Snapshot, Traffic};
+pub use idlemesh_control::{
+    Action, Battery, Decision, ManualPause, Pauses, Reason, ReasonCode, Scope, Snapshot, Traffic,
+};
 use idlemesh_runtime::Layer;
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +27,10 @@ pub const TEMPERATURE_HYSTERESIS_C: f32 = 5.0;
 pub const LOAD_GRACE: Duration = Duration::from_secs(10);
 /// Load must fall this far below the limit to count as quiet again.
 pub const LOAD_HYSTERESIS_PERCENT: f32 = 5.0;
+/// Another program's GPU use must stay over the limit this long to stop GPU
+/// work: a game or a video competes with a kernel at once, so shorter than
+/// [`LOAD_GRACE`], which still applies before GPU work starts again.
+pub const GPU_LOAD_GRACE: Duration = Duration::from_secs(2);
 
 /// A daily window of allowed hours, in minutes since local midnight;
 /// `start > end` wraps past midnight (22:00–06:00).
@@ -70,6 +76,9 @@ pub struct Limits {
     pub metered_small_traffic: bool,
     /// Pause while other programs use more than this share of the machine.
     pub max_other_cpu_percent: f32,
+    /// Stop GPU work while other programs keep the GPU busier than this.
+    #[serde(default = "default_max_other_gpu_percent")]
+    pub max_other_gpu_percent: f32,
     /// OS layers a worker must have before it runs kernels (empty: none required).
     #[serde(default)]
     pub require_sandbox: Vec<Layer>,
@@ -101,11 +110,16 @@ impl Limits {
             allow_metered: false,
             metered_small_traffic: false,
             max_other_cpu_percent: 50.0,
+            max_other_gpu_percent: default_max_other_gpu_percent(),
             require_sandbox: Vec::new(),
             policy_unreadable: None,
             lend_now: false,
         }
     }
+}
+
+fn default_max_other_gpu_percent() -> f32 {
+    20.0
 }
 
 /// What the governor remembers between decisions: the latched thresholds.
@@ -118,6 +132,40 @@ pub struct GovernorState {
     /// ... below the limit since then, while paused for it.
     quiet_since_ms: Option<u64>,
     paused_for_load: bool,
+    /// The same for other programs' GPU use, which stops GPU work alone.
+    gpu: Latch,
+}
+
+/// A load limit with hysteresis: set once the load stays over the limit
+/// for `on` ms, cleared once it stays `LOAD_HYSTERESIS_PERCENT` under it
+/// for `off` ms.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Latch {
+    loud_since_ms: Option<u64>,
+    quiet_since_ms: Option<u64>,
+    set: bool,
+}
+
+impl Latch {
+    fn update(&mut self, load: f32, limit: f32, at_ms: u64, on: Duration, off: Duration) {
+        if load > limit {
+            self.quiet_since_ms = None;
+            let since = *self.loud_since_ms.get_or_insert(at_ms);
+            if at_ms.saturating_sub(since) >= on.as_millis() as u64 {
+                self.set = true;
+            }
+        } else {
+            self.loud_since_ms = None;
+            if load <= limit - LOAD_HYSTERESIS_PERCENT {
+                let since = *self.quiet_since_ms.get_or_insert(at_ms);
+                if at_ms.saturating_sub(since) >= off.as_millis() as u64 {
+                    self.set = false;
+                }
+            } else {
+                self.quiet_since_ms = None;
+            }
+        }
+    }
 }
 
 /// What may go out, given whether the network is metered (`None`: the
@@ -159,23 +207,40 @@ fn mib(bytes: u64) -> String {
     format!("{} MB", bytes / 1_000_000)
 }
 
+/// The user's pause of `scope`'s work, in words, if it holds.
+fn paused_by_user(pause: ManualPause, scope: Scope, s: &Snapshot) -> Option<Reason> {
+    let what = match scope {
+        Scope::All => "paused",
+        Scope::Cpu => "processor work paused",
+        Scope::Gpu => "GPU work paused",
+    };
+    let text = match pause {
+        ManualPause::Until { until_ms } if s.at_ms < until_ms => {
+            format!("{what} by you until {}", clock(until_ms, s.utc_offset_minutes))
+        }
+        ManualPause::UntilResumed => format!("{what} by you until you resume"),
+        _ => return None,
+    };
+    Some(Reason { code: ReasonCode::PausedByUser, text, scope })
+}
+
 /// Decides; returns the decision and the state to pass in next time.
-pub fn decide(prev: &GovernorState, s: &Snapshot, l: &Limits, pause: ManualPause) -> (Decision, GovernorState) {
+///
+/// A reason stops all work or one kind of it ([`Reason::scope`]); the
+/// decision is a pause when no kind may run, and otherwise says which may
+/// (`Action::Run`'s `cpu` and `gpu`), listing the reasons that stop one
+/// kind among those that allow the rest.
+pub fn decide(prev: &GovernorState, s: &Snapshot, l: &Limits, pauses: Pauses) -> (Decision, GovernorState) {
     let mut state = prev.clone();
     let mut blocking = Vec::new();
     let mut allowing = Vec::new();
-    let reason = |list: &mut Vec<Reason>, code, text: String| list.push(Reason { code, text });
+    let reason = |list: &mut Vec<Reason>, code, text: String| list.push(Reason { code, text, scope: Scope::All });
 
-    match pause {
-        ManualPause::Until { until_ms } if s.at_ms < until_ms => reason(
-            &mut blocking,
-            ReasonCode::PausedByUser,
-            format!("paused by you until {}", clock(until_ms, s.utc_offset_minutes)),
-        ),
-        ManualPause::UntilResumed => {
-            reason(&mut blocking, ReasonCode::PausedByUser, "paused by you until you resume".into())
-        }
-        _ => {}
+    if pauses.cpu == pauses.gpu {
+        blocking.extend(paused_by_user(pauses.cpu, Scope::All, s));
+    } else {
+        blocking.extend(paused_by_user(pauses.cpu, Scope::Cpu, s));
+        blocking.extend(paused_by_user(pauses.gpu, Scope::Gpu, s));
     }
 
     match s.user_idle {
@@ -331,20 +396,37 @@ pub fn decide(prev: &GovernorState, s: &Snapshot, l: &Limits, pause: ManualPause
         }
     }
 
-    let decision = if blocking.is_empty() {
+    // Other programs' GPU use stops GPU work alone. Unknown (no counter, or
+    // our own GPU kernel running, which the counter cannot tell apart):
+    // the latch keeps what it last knew.
+    if let Some(load) = s.other_gpu_percent {
+        state.gpu.update(load, l.max_other_gpu_percent, s.at_ms, GPU_LOAD_GRACE, LOAD_GRACE);
+    }
+    if l.gpu_enabled && state.gpu.set {
+        let load = s.other_gpu_percent.map_or_else(String::new, |p| format!(" ({p:.0} %)"));
+        blocking.push(Reason {
+            code: ReasonCode::GpuBusy,
+            text: format!("GPU busy with another program{load}; limit {:.0} %", l.max_other_gpu_percent),
+            scope: Scope::Gpu,
+        });
+    }
+
+    let stops = |kind: fn(Scope) -> bool| blocking.iter().any(|r: &Reason| kind(r.scope));
+    let cpu = !stops(Scope::covers_cpu);
+    let gpu = l.gpu_enabled && !stops(Scope::covers_gpu);
+    let decision = if cpu || gpu {
         let total = l.cores.max(1);
-        reason(
-            &mut allowing,
-            ReasonCode::Throttled,
-            format!("using {total} core{} at {}% duty cycle", if total == 1 { "" } else { "s" }, l.duty_cycle_percent),
-        );
+        let text = if cpu {
+            format!("using {total} core{} at {}% duty cycle", if total == 1 { "" } else { "s" }, l.duty_cycle_percent)
+        } else {
+            format!("using the GPU only, at {}% duty cycle", l.duty_cycle_percent)
+        };
+        reason(&mut allowing, ReasonCode::Throttled, text);
+        // What stops one kind, after what lets the other run.
+        allowing.extend(blocking);
         Decision {
             traffic: traffic_allowed(s, l),
-            action: Action::Run {
-                cores: total,
-                duty_cycle_percent: l.duty_cycle_percent.clamp(1, 100),
-                gpu: l.gpu_enabled,
-            },
+            action: Action::Run { cores: total, duty_cycle_percent: l.duty_cycle_percent.clamp(1, 100), gpu, cpu },
             reasons: allowing,
         }
     } else {

@@ -1,14 +1,19 @@
 //! The watcher: sensors → governor → the workers, on one thread of its own.
 //!
-//! It reads input idleness every [`FAST_POLL`] while a worker is running (so
-//! the user gets the machine back within milliseconds) and every
-//! [`SLOW_POLL`] otherwise, the other sensors every [`SLOW_POLL`], decides,
+//! While a worker runs, the user's input wakes it: the idle sensor's own
+//! thread sends [`Command::Input`] the moment the display server or the
+//! compositor reports input after a quiet spell, so the user gets the
+//! machine back within a millisecond or two. Where the sensor has no such
+//! events (logind, Windows, macOS, or its source lost for now), it reads
+//! input idleness every [`FAST_POLL`] instead. Otherwise it reads it every
+//! [`SLOW_POLL`], the other sensors every [`SLOW_POLL`], decides,
 //! and enforces the decision on every attached worker at once: a pause
 //! freezes them (SIGSTOP), a duty cycle below 100 % freezes and thaws them
 //! within each [`DUTY_PERIOD`]. The scheduler only reads the decision to
 //! know whether to take new work; it never sits between input and freeze.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,12 +22,13 @@ use idlemesh_runtime::{SandboxReport, WorkerControl};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::governor::{self, Action, Decision, GovernorState, ManualPause, ReasonCode, Snapshot};
+use crate::governor::{self, Action, Decision, GovernorState, ManualPause, Pauses, ReasonCode, Scope, Snapshot};
 use crate::ledger::Ledger;
 use crate::sensors::{self, Sensors, SlowReadings};
 use crate::settings::Settings;
 
-/// Idle polling while a worker runs: input → freeze is at most this plus a few ms.
+/// Idle polling while a worker runs and input does not wake the watcher:
+/// input → freeze is at most this plus a few ms.
 pub const FAST_POLL: Duration = Duration::from_millis(15);
 /// Everything else, and idle polling while nothing runs.
 pub const SLOW_POLL: Duration = Duration::from_secs(1);
@@ -32,17 +38,24 @@ pub const DUTY_PERIOD: Duration = Duration::from_millis(100);
 const SESSION_POLL: Duration = Duration::from_secs(10);
 /// How often the settings files are looked at for changes.
 const SETTINGS_POLL: Duration = Duration::from_secs(2);
+/// How long after our last GPU kernel stopped the GPU's busy counter
+/// counts as other programs' alone (drivers average it over up to a second).
+const GPU_SETTLE: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 enum Command {
-    Pause(ManualPause, Option<mpsc::Sender<()>>),
-    Attach(WorkerControl),
+    /// The user's pause (or, with `ManualPause::None`, resume) of one kind of work or all.
+    Pause(Scope, ManualPause, Option<mpsc::Sender<()>>),
+    /// A worker, and whether it runs GPU kernels.
+    Attach(WorkerControl, bool),
     Detach(u32),
     /// What a new worker reported of its OS sandbox.
     Sandbox(Box<SandboxReport>),
     SettingsChanged,
     /// The user's "Start now" for the demo pool, or its end.
     LendNow(bool),
+    /// The idle sensor saw input after a quiet spell.
+    Input,
     Shutdown,
 }
 
@@ -51,11 +64,16 @@ enum Command {
 pub struct WatchStatus {
     pub snapshot: Snapshot,
     pub decision: Decision,
-    pub manual_pause: ManualPause,
+    pub pauses: Pauses,
     pub idle_sensor: &'static str,
+    /// Whether input wakes the watcher (or it polls).
+    pub input_wakes: bool,
     /// Workers currently attached (their pids), and whether they are frozen now.
     pub workers: Vec<u32>,
     pub frozen: bool,
+    /// Of those, the ones running GPU kernels, and the ones frozen now.
+    pub gpu_workers: Vec<u32>,
+    pub frozen_workers: Vec<u32>,
 }
 
 /// The handle everyone else holds.
@@ -89,26 +107,28 @@ impl Watcher {
         let (decision_tx, decisions) = watch::channel(initial);
         let shared = status.clone();
         let (ready_tx, ready) = mpsc::channel();
+        let input_tx = tx.clone();
         std::thread::Builder::new().name("watcher".into()).spawn(move || {
             let mut w = Loop::new(config, shared, decision_tx);
-            w.run(rx, ready_tx);
+            w.run(rx, input_tx, ready_tx);
         })?;
         // Callers (the control socket first) may rely on a first decision.
         let _ = ready.recv_timeout(Duration::from_secs(10));
         Ok(Self { tx, status, decisions })
     }
 
-    /// Pauses (or, with `ManualPause::None`, resumes) and returns once the
-    /// workers are frozen (or thawed).
-    pub fn set_pause(&self, pause: ManualPause) {
+    /// Pauses (or, with `ManualPause::None`, resumes) the work `scope`
+    /// covers and returns once its workers are frozen (or thawed).
+    pub fn set_pause(&self, scope: Scope, pause: ManualPause) {
         let (ack, done) = mpsc::channel();
-        if self.tx.send(Command::Pause(pause, Some(ack))).is_ok() {
+        if self.tx.send(Command::Pause(scope, pause, Some(ack))).is_ok() {
             let _ = done.recv_timeout(Duration::from_secs(2));
         }
     }
 
-    pub fn attach(&self, worker: WorkerControl) {
-        let _ = self.tx.send(Command::Attach(worker));
+    /// A new worker to govern; `gpu`: it runs GPU kernels (stopped with the GPU's work).
+    pub fn attach(&self, worker: WorkerControl, gpu: bool) {
+        let _ = self.tx.send(Command::Attach(worker, gpu));
     }
 
     pub fn detach(&self, pid: u32) {
@@ -150,15 +170,14 @@ struct Loop {
     shared: Arc<Mutex<Option<WatchStatus>>>,
     decision_tx: watch::Sender<Decision>,
     ledger: Option<Ledger>,
-    workers: Vec<WorkerControl>,
+    /// Each worker, and whether it runs GPU kernels.
+    workers: Vec<(WorkerControl, bool)>,
     /// The OS layers the latest worker reported.
     sandbox: Option<SandboxReport>,
     state: GovernorState,
-    manual: ManualPause,
+    pauses: Pauses,
     lend_now: bool,
     decision: Decision,
-    /// Whether the workers are frozen now.
-    frozen: bool,
     /// Callers waiting for their pause or resume to take effect.
     acks: Vec<mpsc::Sender<()>>,
     /// Today's transfers, for the daily caps.
@@ -166,6 +185,15 @@ struct Loop {
     /// The last pause state written to the ledger, and its reasons.
     recorded: Option<(bool, Option<Vec<ReasonCode>>)>,
     duty_epoch: Instant,
+    /// Whether input wakes the watcher now (see [`crate::sensors::IdleSensor::wakes_on_input`]).
+    input_wakes: bool,
+    /// Input woke the watcher: read the idle time at once.
+    input_arrived: bool,
+    /// Whether a wake on input is wanted now (a worker runs): input at
+    /// other times does not wake the watcher.
+    watching: Arc<AtomicBool>,
+    /// Since when no GPU kernel of ours has run (`None`: one runs now).
+    gpu_idle_since: Option<Instant>,
 }
 
 impl Loop {
@@ -174,10 +202,7 @@ impl Loop {
         shared: Arc<Mutex<Option<WatchStatus>>>,
         decision_tx: watch::Sender<Decision>,
     ) -> Self {
-        let manual = std::fs::read(&config.pause_file)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or(ManualPause::None);
+        let pauses = std::fs::read(&config.pause_file).ok().map_or_else(Pauses::default, |b| read_pauses(&b));
         let ledger = match Ledger::open(&config.ledger_path) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -194,20 +219,29 @@ impl Loop {
             workers: Vec::new(),
             sandbox: None,
             state: GovernorState::default(),
-            manual,
+            pauses,
             lend_now: false,
             decision,
-            frozen: false,
             acks: Vec::new(),
             recorded: None,
             transfer: Default::default(),
             duty_epoch: Instant::now(),
+            input_wakes: false,
+            input_arrived: false,
+            watching: Arc::default(),
+            gpu_idle_since: Some(Instant::now()),
         }
     }
 
-    fn run(&mut self, rx: mpsc::Receiver<Command>, ready: mpsc::Sender<()>) {
+    fn run(&mut self, rx: mpsc::Receiver<Command>, input_tx: mpsc::Sender<Command>, ready: mpsc::Sender<()>) {
         let mut sensors = (std::mem::replace(&mut self.config.sensors, Box::new(Sensors::this_machine)))();
         let idle_sensor = sensors.idle.name();
+        let watching = self.watching.clone();
+        sensors.idle.wake_on_input(Arc::new(move || {
+            if watching.load(Ordering::Acquire) {
+                let _ = input_tx.send(Command::Input);
+            }
+        }));
         let mut presence_unknown = sensors.presence_unknown();
         // Someone may log in after an agent started at boot: look again now and then.
         let mut next_session_check = Instant::now() + SESSION_POLL;
@@ -216,6 +250,8 @@ impl Loop {
         let (mut next_fast, mut next_slow, mut next_settings) = (Instant::now(), Instant::now(), Instant::now());
         loop {
             let now = Instant::now();
+            let input_arrived = std::mem::take(&mut self.input_arrived);
+            self.input_wakes = sensors.idle.wakes_on_input();
             if now >= next_settings {
                 next_settings = now + SETTINGS_POLL;
                 // The limits are read from the effective settings below, every pass.
@@ -223,7 +259,7 @@ impl Loop {
             }
             if now >= next_slow {
                 next_slow = now + SLOW_POLL;
-                let ours: Vec<u32> = self.workers.iter().map(WorkerControl::pid).collect();
+                let ours: Vec<u32> = self.workers.iter().map(|(w, _)| w.pid()).collect();
                 slow = sensors.read_slow(&ours);
                 if now >= next_session_check {
                     next_session_check = now + SESSION_POLL;
@@ -237,24 +273,36 @@ impl Loop {
                 }
                 idle = sensors.idle.idle();
                 next_fast = now + self.fast_period();
-            } else if now >= next_fast {
+            } else if now >= next_fast || input_arrived {
                 idle = sensors.idle.idle();
                 next_fast = now + self.fast_period();
             }
-            if let ManualPause::Until { until_ms } = self.manual
-                && crate::now_ms() >= until_ms
-            {
-                self.command(Command::Pause(ManualPause::None, None));
+            let mut pauses = self.pauses;
+            pauses.expire(crate::now_ms());
+            if pauses != self.pauses {
+                self.pauses = pauses;
+                self.save_pauses();
             }
             let mut limits = self.config.settings.lock().expect("settings lock").limits();
             limits.lend_now = self.lend_now;
             let mut snapshot =
                 sensors::snapshot(jiff::Zoned::now(), idle, &slow, self.transfer.uploaded, self.transfer.downloaded);
             snapshot.sandbox = self.sandbox.clone();
+            // The GPU's busy share is other programs' only while none of ours runs.
+            snapshot.other_gpu_percent =
+                snapshot.gpu_busy_percent.filter(|_| self.gpu_idle_since.is_some_and(|t| t.elapsed() >= GPU_SETTLE));
             snapshot.graphical_session = presence_unknown.clone();
-            let (decision, state) = governor::decide(&self.state, &snapshot, &limits, self.manual);
+            let (decision, state) = governor::decide(&self.state, &snapshot, &limits, self.pauses);
             self.state = state;
+            // Watching before thawing: input between the two still wakes us.
+            self.watching.store(!self.workers.is_empty() && !decision.is_paused(), Ordering::Release);
             self.enforce(&decision);
+            let ours_on_gpu = self.workers.iter().any(|(w, gpu)| *gpu && !w.is_frozen());
+            match (ours_on_gpu, self.gpu_idle_since) {
+                (true, _) => self.gpu_idle_since = None,
+                (false, None) => self.gpu_idle_since = Some(Instant::now()),
+                (false, Some(_)) => {}
+            }
             if decision != self.decision {
                 self.decision = decision.clone();
                 self.decision_tx.send_replace(decision.clone());
@@ -263,20 +311,27 @@ impl Loop {
             }
             // `pause` promises the workers are stopped when it returns, not
             // just signalled, and the status it is followed by says so too.
-            if !self.acks.is_empty() && self.frozen {
-                for w in &self.workers {
+            if !self.acks.is_empty() {
+                for (w, _) in self.workers.iter().filter(|(w, _)| w.is_frozen()) {
                     if !w.wait_stopped(Duration::from_millis(500)) {
                         tracing::warn!(pid = w.pid(), "a worker is slow to stop");
                     }
                 }
             }
+            let pids = |keep: fn(&(WorkerControl, bool)) -> bool| -> Vec<u32> {
+                self.workers.iter().filter(|w| keep(w)).map(|(w, _)| w.pid()).collect()
+            };
+            let frozen_workers = pids(|(w, _)| w.is_frozen());
             *self.shared.lock().expect("status lock") = Some(WatchStatus {
                 snapshot,
                 decision: decision.clone(),
-                manual_pause: self.manual,
+                pauses: self.pauses,
                 idle_sensor,
-                workers: self.workers.iter().map(WorkerControl::pid).collect(),
-                frozen: self.frozen,
+                input_wakes: self.input_wakes,
+                workers: pids(|_| true),
+                frozen: !self.workers.is_empty() && frozen_workers.len() == self.workers.len(),
+                gpu_workers: pids(|(_, gpu)| *gpu),
+                frozen_workers,
             });
             for ack in self.acks.drain(..) {
                 let _ = ack.send(());
@@ -319,34 +374,40 @@ impl Loop {
     /// False when the loop should end.
     fn command(&mut self, cmd: Command) -> bool {
         match cmd {
-            Command::Pause(p, ack) => {
-                self.manual = p;
+            Command::Pause(scope, p, ack) => {
+                self.pauses.set(scope, p);
                 if let Some(ack) = ack {
                     self.acks.push(ack);
                 }
-                let saved = serde_json::to_vec(&p).expect("pauses serialise");
-                if let Err(e) = crate::settings::write_atomically(&self.config.pause_file, &saved) {
-                    tracing::warn!(error = %e, "the pause will not survive a restart");
-                }
+                self.save_pauses();
             }
-            Command::Attach(w) => {
-                // A newcomer joins in the current phase, frozen if the others are.
-                if self.frozen {
+            Command::Attach(w, gpu) => {
+                // A newcomer joins in the current phase, frozen if its kind is.
+                if self.stopped(&self.decision, gpu) {
                     w.freeze();
                 }
-                self.workers.push(w);
+                self.workers.push((w, gpu));
             }
-            Command::Detach(pid) => self.workers.retain(|w| w.pid() != pid),
+            Command::Detach(pid) => self.workers.retain(|(w, _)| w.pid() != pid),
             Command::Sandbox(report) => self.sandbox = Some(*report),
             Command::SettingsChanged => {}
             Command::LendNow(on) => self.lend_now = on,
+            Command::Input => self.input_arrived = true,
             Command::Shutdown => return false,
         }
         true
     }
 
+    fn save_pauses(&self) {
+        let saved = serde_json::to_vec(&self.pauses).expect("pauses serialise");
+        if let Err(e) = crate::settings::write_atomically(&self.config.pause_file, &saved) {
+            tracing::warn!(error = %e, "the pause will not survive a restart");
+        }
+    }
+
     fn fast_period(&self) -> Duration {
-        if !self.workers.is_empty() && !self.decision.is_paused() { FAST_POLL } else { SLOW_POLL }
+        let watch = !self.workers.is_empty() && !self.decision.is_paused();
+        if watch && !self.input_wakes { FAST_POLL } else { SLOW_POLL }
     }
 
     /// When the duty cycle next flips the workers, if it is cycling.
@@ -363,20 +424,25 @@ impl Loop {
         Some(self.duty_epoch + Duration::from_micros(edge))
     }
 
-    fn enforce(&mut self, decision: &Decision) {
-        let freeze = match decision.action {
+    /// Whether a worker of this kind is to be frozen now: its kind may not
+    /// run, or the duty cycle is in its off phase.
+    fn stopped(&self, decision: &Decision, gpu: bool) -> bool {
+        match decision.action {
             Action::Pause => true,
+            _ if !(if gpu { decision.gpu_runs() } else { decision.cpu_runs() }) => true,
             Action::Run { duty_cycle_percent, .. } if duty_cycle_percent < 100 => {
                 let period = DUTY_PERIOD.as_micros() as u64;
                 let phase = self.duty_epoch.elapsed().as_micros() as u64 % period;
                 phase >= period * u64::from(duty_cycle_percent) / 100
             }
             Action::Run { .. } => false,
-        };
-        for w in &self.workers {
-            if freeze { w.freeze() } else { w.thaw() }
         }
-        self.frozen = freeze;
+    }
+
+    fn enforce(&mut self, decision: &Decision) {
+        for (w, gpu) in &self.workers {
+            if self.stopped(decision, *gpu) { w.freeze() } else { w.thaw() }
+        }
     }
 
     /// Pauses and resumes go in the ledger with their reasons (not each
@@ -398,10 +464,16 @@ impl Loop {
 
     /// Never leave a worker frozen behind us.
     fn release(&mut self) {
-        for w in &self.workers {
+        for (w, _) in &self.workers {
             w.thaw();
         }
     }
+}
+
+/// The pause file: each kind's pause, or (written by an older agent) one
+/// pause of all work. Unreadable: no pause (the user can pause again).
+fn read_pauses(bytes: &[u8]) -> Pauses {
+    serde_json::from_slice(bytes).or_else(|_| serde_json::from_slice(bytes).map(Pauses::both)).unwrap_or_default()
 }
 
 fn codes(d: &Decision) -> Vec<ReasonCode> {

@@ -139,7 +139,11 @@ fn load(bases: &[String], devices_n: usize, seconds: u64, concurrency: usize) {
         let http = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap();
         let kernel: Value = http.post(format!("{base}/v1/blobs")).bearer_auth("bench").body(b"kernel".to_vec())
             .send().await.unwrap().json().await.unwrap();
-        let tasks = (seconds as i64 * 4_000).max(10_000);
+        // Enough work to outlast the clock at well over the fastest rate
+        // measured (SQLite ~4,600/s): a pool that runs out of tasks would
+        // cap its own figure (issue 22). If it runs dry anyway, the clock
+        // stops at the last result and the line says so.
+        let tasks = (seconds as i64 * 10_000).max(10_000);
         let t = Instant::now();
         let job: Value = http.post(format!("{base}/v1/jobs")).bearer_auth("bench")
             .json(&json!({"name": "load", "kernel_kind": "wasm", "kernel_sha256": kernel["sha256"],
@@ -169,22 +173,30 @@ fn load(bases: &[String], devices_n: usize, seconds: u64, concurrency: usize) {
         let next = Arc::new(AtomicUsize::new(0));
         let deadline = Instant::now() + Duration::from_secs(seconds);
         let caps = Capabilities { wasm: true, wgpu_adapter: None, cores: 4, memory_bytes: 8 << 30 };
+        let dry = Arc::new(std::sync::OnceLock::<Instant>::new());
+        let started = Instant::now();
         let workers: Vec<_> = (0..concurrency).map(|_| {
-            let (http, devices, next, caps) = (http.clone(), devices.clone(), next.clone(), caps.clone());
+            let (http, devices, next, caps, dry) = (http.clone(), devices.clone(), next.clone(), caps.clone(), dry.clone());
             tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                let mut refused = 0u64;
-                while Instant::now() < deadline {
+                let mut done = Tally::default();
+                while Instant::now() < deadline && dry.get().is_none() {
                     let d = &devices[next.fetch_add(1, Ordering::Relaxed) % devices.len()];
                     let t = Instant::now();
                     let body = serde_json::to_vec(&LeaseRequest { capabilities: caps.clone(), max_tasks: 1 }).unwrap();
                     let resp = signed(&http, &d.base, d, "/v1/leases", body).await;
                     if !resp.status().is_success() {
-                        refused += 1;
+                        done.refused += 1;
                         continue;
                     }
                     let leases: LeaseResponse = resp.json().await.unwrap();
-                    let Some(signed_manifest) = leases.tasks.first() else { refused += 1; continue };
+                    let Some(signed_manifest) = leases.tasks.first() else {
+                        // Nothing left to lease: the job ran dry before the
+                        // clock did. Every worker stops; the figure is over
+                        // the time until the last result.
+                        let _ = dry.set(Instant::now());
+                        done.empty += 1;
+                        break;
+                    };
                     let m: idlemesh_protocol::TaskManifest = serde_json::from_str(&signed_manifest.payload).unwrap();
                     let output = m.task_id.to_le_bytes().to_vec();
                     let submission = ResultSubmission {
@@ -193,30 +205,51 @@ fn load(bases: &[String], devices_n: usize, seconds: u64, concurrency: usize) {
                     };
                     let resp = signed(&http, &d.base, d, "/v1/results", serde_json::to_vec(&submission).unwrap()).await;
                     if resp.status().is_success() {
-                        latencies.push(t.elapsed());
+                        done.latencies.push(t.elapsed());
+                        done.last = Some(Instant::now());
                     } else {
-                        refused += 1;
+                        done.refused += 1;
                     }
                 }
-                (latencies, refused)
+                done
             })
         }).collect();
-        let started = Instant::now();
         let mut all = Vec::new();
-        let mut refused = 0;
+        let (mut refused, mut empty, mut last) = (0, 0, started);
         for w in workers {
-            let (l, r) = w.await.unwrap();
-            all.extend(l);
-            refused += r;
+            let tally = w.await.unwrap();
+            all.extend(tally.latencies);
+            refused += tally.refused;
+            empty += tally.empty;
+            last = last.max(tally.last.unwrap_or(started));
         }
-        let elapsed = started.elapsed().as_secs_f64();
+        // Ran dry: over the time until the last result, not until the
+        // deadline (the workers stopped early).
+        let elapsed = if dry.get().is_some() { last } else { Instant::now() }.duration_since(started).as_secs_f64();
         all.sort();
         let pct = |p: f64| all[((all.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
         println!(
             "{} lease+result round trips in {:.1} s from {} devices, {} in flight: {:.0} round trips/s (target >= 2000); latency p50 {:.2} ms, p99 {:.2} ms; {} requests refused",
             all.len(), elapsed, devices.len(), concurrency, all.len() as f64 / elapsed, pct(0.5), pct(0.99), refused
         );
+        if let Some(at) = dry.get() {
+            println!(
+                "RAN DRY: the job's {} tasks were all out after {:.1} s of {seconds} s ({empty} empty leases); the figure is over the {:.1} s until the last result",
+                job["tasks"], at.duration_since(started).as_secs_f64(), elapsed
+            );
+        }
     });
+}
+
+/// What one in-flight worker did.
+#[derive(Default)]
+struct Tally {
+    latencies: Vec<Duration>,
+    /// Requests the pool answered with an error.
+    refused: u64,
+    /// Leases that came back with no task (the job had none left).
+    empty: u64,
+    last: Option<Instant>,
 }
 
 /// Awaits a batch of futures concurrently on the current runtime.

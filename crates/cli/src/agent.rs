@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::Subcommand;
 use idlemesh_agent::control::{self, ControlError, ErrorCode, Request};
 use idlemesh_agent::{daemon, paths};
-use idlemesh_control::{AgentStatus, ManualPause, Paused, SettingChanged, Source};
+use idlemesh_control::{AgentStatus, ManualPause, Paused, Scope, SettingChanged, Source};
 use idlemesh_runtime::WorkerCommand;
 use serde::de::DeserializeOwned;
 
@@ -116,10 +116,42 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--gpu` or `--cpu`: one kind of work; neither: all of it.
+#[derive(clap::Args)]
+struct Only {
+    /// Only GPU work (processor work goes on).
+    #[arg(long, conflicts_with = "cpu")]
+    gpu: bool,
+    /// Only processor work (GPU work goes on).
+    #[arg(long)]
+    cpu: bool,
+}
+
+impl Only {
+    fn scope(&self) -> Scope {
+        match (self.gpu, self.cpu) {
+            (true, _) => Scope::Gpu,
+            (_, true) => Scope::Cpu,
+            _ => Scope::All,
+        }
+    }
+}
+
+/// "Paused", "GPU work paused", "Processor work paused".
+fn what(scope: Scope) -> &'static str {
+    match scope {
+        Scope::All => "Paused",
+        Scope::Gpu => "GPU work paused",
+        Scope::Cpu => "Processor work paused",
+    }
+}
+
 #[derive(clap::Args)]
 pub struct PauseArgs {
     /// How long: 15m, 1h, tomorrow, indefinitely (default: until `idlemesh resume`).
     duration: Option<String>,
+    #[command(flatten)]
+    only: Only,
     #[arg(long)]
     json: bool,
 }
@@ -127,35 +159,66 @@ pub struct PauseArgs {
 pub fn pause(args: PauseArgs) -> anyhow::Result<()> {
     // Checked here too, so a typo is a usage error even before the agent answers.
     control::parse_pause(args.duration.as_deref(), &jiff::Zoned::now()).map_err(bad_input)?;
-    let r: Paused = call(Request::Pause { duration: args.duration })?;
+    let only = args.only.scope();
+    let r: Paused = call(Request::Pause { duration: args.duration, only })?;
     if args.json {
         println!("{}", serde_json::to_string(&r)?);
-    } else {
-        match r.manual_pause {
-            ManualPause::Until { until_ms } => {
-                let ms = i64::try_from(until_ms).context("pause end")?;
-                let until =
-                    jiff::Timestamp::from_millisecond(ms).context("pause end")?.to_zoned(jiff::tz::TimeZone::system());
-                println!("Paused until {}", until.strftime("%Y-%m-%d %H:%M"));
-            }
-            ManualPause::UntilResumed | ManualPause::None => println!("Paused until you resume (idlemesh resume)"),
+        return Ok(());
+    }
+    let pause = match only {
+        Scope::Gpu => r.pauses.gpu,
+        _ => r.pauses.cpu,
+    };
+    match pause {
+        ManualPause::Until { until_ms } => {
+            let ms = i64::try_from(until_ms).context("pause end")?;
+            let until =
+                jiff::Timestamp::from_millisecond(ms).context("pause end")?.to_zoned(jiff::tz::TimeZone::system());
+            println!("{} until {}", what(only), until.strftime("%Y-%m-%d %H:%M"));
+        }
+        ManualPause::UntilResumed | ManualPause::None => {
+            println!("{} until you resume (idlemesh resume{})", what(only), resume_flag(only))
         }
     }
     Ok(())
 }
 
+fn resume_flag(scope: Scope) -> &'static str {
+    match scope {
+        Scope::All => "",
+        Scope::Gpu => " --gpu",
+        Scope::Cpu => " --cpu",
+    }
+}
+
 #[derive(clap::Args)]
 pub struct ResumeArgs {
+    #[command(flatten)]
+    only: Only,
     #[arg(long)]
     json: bool,
 }
 
 pub fn resume(args: ResumeArgs) -> anyhow::Result<()> {
-    let r: Paused = call(Request::Resume)?;
+    let only = args.only.scope();
+    let r: Paused = call(Request::Resume { only })?;
     if args.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
-        println!("Resumed: work continues whenever your limits allow");
+        let which = match only {
+            Scope::All => "work",
+            Scope::Gpu => "GPU work",
+            Scope::Cpu => "processor work",
+        };
+        println!("Resumed: {which} continues whenever your limits allow");
+        let still = match only {
+            Scope::Gpu if r.pauses.cpu != ManualPause::None => Some("Processor work is still paused"),
+            Scope::Cpu if r.pauses.gpu != ManualPause::None => Some("GPU work is still paused"),
+            _ => None,
+        };
+        if let Some(still) = still {
+            println!("{still} (idlemesh resume)");
+        }
     }
     Ok(())
 }

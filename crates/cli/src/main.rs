@@ -41,9 +41,9 @@ enum Command {
     Agent(agent::AgentArgs),
     /// What the running agent is doing and why.
     Status(agent::StatusArgs),
-    /// Pause the running agent now (15m, 1h, tomorrow, indefinitely).
+    /// Pause the running agent now (15m, 1h, tomorrow, indefinitely); `--gpu` or `--cpu`: one kind of work only.
     Pause(agent::PauseArgs),
-    /// Let the running agent work again.
+    /// Let the running agent work again (`--gpu` or `--cpu`: one kind of work only).
     Resume(agent::ResumeArgs),
     /// Show or change the running agent's settings.
     Settings(agent::SettingsArgs),

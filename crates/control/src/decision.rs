@@ -29,6 +29,11 @@ pub struct Snapshot {
     pub cpu_temp_c: Option<f32>,
     /// The busiest GPU's utilisation, where a driver reports it.
     pub gpu_busy_percent: Option<f32>,
+    /// Of that, what other programs use: all of it while no GPU kernel of
+    /// ours runs; unknown while one does (the counter cannot tell them apart).
+    #[serde(default)]
+    #[ts(optional = nullable)]
+    pub other_gpu_percent: Option<f32>,
     pub metered_network: Option<bool>,
     pub uploaded_today_bytes: u64,
     pub downloaded_today_bytes: u64,
@@ -57,10 +62,110 @@ pub enum ManualPause {
     UntilResumed,
 }
 
+impl ManualPause {
+    /// Whether it holds at `now_ms`.
+    pub fn holds(self, now_ms: u64) -> bool {
+        match self {
+            Self::None => false,
+            Self::Until { until_ms } => now_ms < until_ms,
+            Self::UntilResumed => true,
+        }
+    }
+
+    /// Of two pauses, the one that ends first (what holds for both).
+    pub fn shorter(self, other: Self) -> Self {
+        match (self, other) {
+            (Self::None, _) | (_, Self::None) => Self::None,
+            (Self::Until { until_ms: a }, Self::Until { until_ms: b }) => Self::Until { until_ms: a.min(b) },
+            (until @ Self::Until { .. }, Self::UntilResumed) | (Self::UntilResumed, until @ Self::Until { .. }) => {
+                until
+            }
+            (Self::UntilResumed, Self::UntilResumed) => Self::UntilResumed,
+        }
+    }
+}
+
+/// Which work something concerns: kernels on the processor (WASM), on the
+/// graphics card (WGSL), or both. The user may pause one kind alone, and
+/// some limits (another program busy on the GPU) stop one kind alone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, TS)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    #[default]
+    All,
+    Cpu,
+    Gpu,
+}
+
+impl Scope {
+    pub fn covers_cpu(self) -> bool {
+        self != Self::Gpu
+    }
+    pub fn covers_gpu(self) -> bool {
+        self != Self::Cpu
+    }
+}
+
+/// The user's pauses of each kind of work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS)]
+pub struct Pauses {
+    pub cpu: ManualPause,
+    pub gpu: ManualPause,
+}
+
+impl Default for Pauses {
+    fn default() -> Self {
+        Self::both(ManualPause::None)
+    }
+}
+
+impl Pauses {
+    pub fn both(pause: ManualPause) -> Self {
+        Self { cpu: pause, gpu: pause }
+    }
+
+    /// `pause` for the kinds `scope` covers; the other kind's pause stays.
+    pub fn set(&mut self, scope: Scope, pause: ManualPause) {
+        if scope.covers_cpu() {
+            self.cpu = pause;
+        }
+        if scope.covers_gpu() {
+            self.gpu = pause;
+        }
+    }
+
+    /// The pause that holds for all work (`None` while one kind may run).
+    pub fn all(self) -> ManualPause {
+        self.cpu.shorter(self.gpu)
+    }
+
+    /// Pauses that ran out are over.
+    pub fn expire(&mut self, now_ms: u64) {
+        for p in [&mut self.cpu, &mut self.gpu] {
+            if matches!(p, ManualPause::Until { .. }) && !p.holds(now_ms) {
+                *p = ManualPause::None;
+            }
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
-    Run { cores: u32, duty_cycle_percent: u8, gpu: bool },
+    /// `cpu`: whether processor kernels may run now (only the GPU may, when
+    /// not); `gpu`: whether GPU kernels may.
+    Run {
+        cores: u32,
+        duty_cycle_percent: u8,
+        gpu: bool,
+        #[serde(default = "yes")]
+        #[ts(as = "Option<bool>", optional)]
+        cpu: bool,
+    },
     Pause,
 }
 
@@ -83,6 +188,8 @@ pub enum ReasonCode {
     UploadCapReached,
     DownloadCapReached,
     OtherProgramsBusy,
+    /// Another program keeps the GPU busy: GPU work stops.
+    GpuBusy,
     Throttled,
     /// A layer `require_sandbox` lists is not in force (or not known yet).
     SandboxMissing,
@@ -96,6 +203,10 @@ pub enum ReasonCode {
 pub struct Reason {
     pub code: ReasonCode,
     pub text: String,
+    /// The work it stops (or allows): all of it, or one kind.
+    #[serde(default)]
+    #[ts(as = "Option<Scope>", optional)]
+    pub scope: Scope,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
@@ -129,7 +240,18 @@ impl Traffic {
 }
 
 impl Decision {
+    /// Nothing may run.
     pub fn is_paused(&self) -> bool {
         self.action == Action::Pause
+    }
+
+    /// Whether processor kernels may run now.
+    pub fn cpu_runs(&self) -> bool {
+        matches!(self.action, Action::Run { cpu: true, .. })
+    }
+
+    /// Whether GPU kernels may run now.
+    pub fn gpu_runs(&self) -> bool {
+        matches!(self.action, Action::Run { gpu: true, .. })
     }
 }

@@ -17,7 +17,7 @@ mod request;
 mod settings;
 mod status;
 
-pub use decision::{Action, Battery, Decision, ManualPause, Reason, ReasonCode, Snapshot, Traffic};
+pub use decision::{Action, Battery, Decision, ManualPause, Pauses, Reason, ReasonCode, Scope, Snapshot, Traffic};
 pub use ledger::{
     BadEntry, Checkpoint, Disclosed, Disclosure, LedgerEntry, LedgerRecord, LedgerSummary, PauseBody, PoolLeft,
     ReceiptBody, ResultRefused, TaskEnded, TaskGivenBack, TaskRefused, TaskStarted, Totals, TrafficBody, Unreadable,
@@ -74,6 +74,8 @@ pub fn typescript() -> String {
         ReasonCode::decl(&cfg),
         Traffic::decl(&cfg),
         ManualPause::decl(&cfg),
+        Pauses::decl(&cfg),
+        Scope::decl(&cfg),
         Snapshot::decl(&cfg),
         Battery::decl(&cfg),
         SandboxReport::decl(&cfg),

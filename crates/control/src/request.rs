@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use ts_rs::TS;
 
-use crate::decision::ManualPause;
+use crate::decision::{ManualPause, Pauses, Scope};
 use crate::settings::EffectiveValue;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
@@ -14,13 +14,19 @@ pub enum Request {
     /// Answered with an [`AgentStatus`](crate::AgentStatus).
     Status,
     /// `duration`: "15m", "1h", "tomorrow", "indefinitely" (the default).
+    /// `only`: one kind of work (`cpu` or `gpu`); the default pauses all.
     /// Answered with [`Paused`].
     Pause {
         #[serde(default)]
         duration: Option<String>,
+        #[serde(default)]
+        only: Scope,
     },
-    /// Answered with [`Paused`].
-    Resume,
+    /// `only`: one kind of work; the default resumes all. Answered with [`Paused`].
+    Resume {
+        #[serde(default)]
+        only: Scope,
+    },
     /// Changes one user setting (refused for keys the IT policy locks).
     /// Answered with [`SettingChanged`].
     SettingsSet { key: String, value: String },
@@ -99,10 +105,13 @@ impl Request {
     ];
 }
 
-/// The answer to `pause` and `resume`: the user's pause now.
+/// The answer to `pause` and `resume`: the user's pauses now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS)]
 pub struct Paused {
+    /// The pause of all work (`none` while one kind may run).
     pub manual_pause: ManualPause,
+    /// Each kind's pause.
+    pub pauses: Pauses,
 }
 
 /// The answer to `settings_set`: the key's value now.
@@ -217,7 +226,7 @@ mod tests {
         match r {
             Request::Status => "status",
             Request::Pause { .. } => "pause",
-            Request::Resume => "resume",
+            Request::Resume { .. } => "resume",
             Request::SettingsSet { .. } => "settings_set",
             Request::SettingsSchema => "settings_schema",
             Request::SettingsReset => "settings_reset",
@@ -238,8 +247,8 @@ mod tests {
     fn every_request_is_named_in_commands_and_reads_back() {
         let all = [
             Request::Status,
-            Request::Pause { duration: Some("15m".into()) },
-            Request::Resume,
+            Request::Pause { duration: Some("15m".into()), only: Scope::Gpu },
+            Request::Resume { only: Scope::All },
             Request::SettingsSet { key: "cpu_cores".into(), value: "2".into() },
             Request::SettingsSchema,
             Request::SettingsReset,
@@ -264,6 +273,16 @@ mod tests {
         // Unknown commands and fields are refused, not guessed at.
         assert!(serde_json::from_str::<Request>(r#"{"command":"format_disk"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"command":"pause","duration":"1h","extra":1}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"command":"pause","only":"disk"}"#).is_err());
+        // What older clients send still means all work.
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"command":"resume"}"#).unwrap(),
+            Request::Resume { only: Scope::All }
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"command":"pause"}"#).unwrap(),
+            Request::Pause { duration: None, only: Scope::All }
+        );
     }
 
     #[test]

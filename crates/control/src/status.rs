@@ -9,7 +9,7 @@ use idlemesh_protocol::sandbox::SandboxReport;
 use serde::{Deserialize, Serialize};
 use ts_rs::TS;
 
-use crate::decision::{Decision, ManualPause, Reason, Snapshot};
+use crate::decision::{Decision, ManualPause, Pauses, Reason, Snapshot};
 use crate::settings::EffectiveValue;
 
 /// What the agent is doing, in one word.
@@ -70,7 +70,12 @@ pub struct AgentStatus {
     pub reasons: Vec<Reason>,
     /// `null` while the agent is starting.
     pub decision: Option<Decision>,
+    /// The user's pause of all work (`none` while one kind may run).
     pub manual_pause: Option<ManualPause>,
+    /// The user's pause of each kind of work.
+    #[serde(default)]
+    #[ts(optional = nullable)]
+    pub pauses: Option<Pauses>,
     pub sensors: Option<SensorsStatus>,
     pub workers: Option<WorkersStatus>,
     /// The OS layers the latest worker reported; `null` before one started.
@@ -125,14 +130,27 @@ impl AgentStatus {
 pub struct SensorsStatus {
     /// Which idle sensor answers (`x11`, `wayland`, `logind`…).
     pub idle_source: String,
+    /// Whether input wakes the agent (events from the display server or
+    /// the compositor); when not, it polls the idle time while work runs.
+    #[serde(default)]
+    #[ts(as = "Option<bool>", optional)]
+    pub input_wakes: bool,
     pub snapshot: Snapshot,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
 pub struct WorkersStatus {
     pub pids: Vec<u32>,
-    /// Frozen now (SIGSTOP / suspended threads).
+    /// Frozen now (SIGSTOP / suspended threads): all of them.
     pub frozen: bool,
+    /// Those running GPU kernels.
+    #[serde(default)]
+    #[ts(as = "Option<Vec<u32>>", optional)]
+    pub gpu_pids: Vec<u32>,
+    /// Those frozen now.
+    #[serde(default)]
+    #[ts(as = "Option<Vec<u32>>", optional)]
+    pub frozen_pids: Vec<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use idlemesh_agent::control::Request;
 use idlemesh_control::{
     AgentStatus, LedgerEntry, LedgerExport, LedgerRecord, LedgerSummary, LedgerVerified, LentNow, Paused, PoolEntry,
-    PoolUrl, Retried, SettingChanged, SettingSpec, SettingsReset,
+    PoolUrl, Retried, Scope, SettingChanged, SettingSpec, SettingsReset,
 };
 use serde_json::{Value, json};
 use tauri::State;
@@ -49,14 +49,15 @@ async fn status(state: S<'_>) -> Result<AgentStatus> {
     Ok(state.status().await)
 }
 
+/// `only`: one kind of work (`cpu` or `gpu`); absent: all of it.
 #[tauri::command]
-async fn pause(state: S<'_>, duration: Option<String>) -> Result<Paused> {
-    state.request(Request::Pause { duration }).await
+async fn pause(state: S<'_>, duration: Option<String>, only: Option<Scope>) -> Result<Paused> {
+    state.request(Request::Pause { duration, only: only.unwrap_or_default() }).await
 }
 
 #[tauri::command]
-async fn resume(state: S<'_>) -> Result<Paused> {
-    state.request(Request::Resume).await
+async fn resume(state: S<'_>, only: Option<Scope>) -> Result<Paused> {
+    state.request(Request::Resume { only: only.unwrap_or_default() }).await
 }
 
 #[tauri::command]

@@ -101,10 +101,14 @@ mockIPC(
         return current;
       case 'app_info':
         return { ...appInfo, first_run: q.has('first') };
-      case 'pause':
-        return { manual_pause: { kind: 'until_resumed' } };
+      case 'pause': {
+        const p = { kind: 'until_resumed' } as const;
+        const none = { kind: 'none' } as const;
+        const pauses = { cpu: a.only === 'gpu' ? none : p, gpu: a.only === 'cpu' ? none : p };
+        return { manual_pause: a.only ? none : p, pauses };
+      }
       case 'resume':
-        return { manual_pause: { kind: 'none' } };
+        return { manual_pause: { kind: 'none' }, pauses: { cpu: { kind: 'none' }, gpu: { kind: 'none' } } };
       case 'settings_set':
         if (a.key === 'cpu_duty_cycle_percent' && a.value === '7') throw { code: 'bad_value', message: 'the agent says no to 7' };
         return { key: a.key, effective: { value: a.value, source: 'user', locked: false } };

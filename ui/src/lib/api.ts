@@ -20,6 +20,7 @@ import type {
   Retried,
   SandboxReport,
   SchedulerStatus,
+  Scope,
   SettingChanged,
   SettingSpec,
   SettingsReset,
@@ -111,6 +112,8 @@ async function call<T>(cmd: string, args?: Record<string, unknown>): Promise<T> 
 export type {
   Action,
   Decision,
+  Pauses,
+  Scope,
   Disclosure,
   LedgerEntry,
   LedgerSummary,
@@ -164,8 +167,9 @@ export type PauseDuration = '15m' | '1h' | 'tomorrow' | 'indefinitely';
 
 export const api = {
   status: () => call<Status>('status'),
-  pause: (duration: PauseDuration) => call<Paused>('pause', { duration }),
-  resume: () => call<Paused>('resume'),
+  /** `only`: one kind of work ('cpu' or 'gpu'); absent: all of it. */
+  pause: (duration: PauseDuration, only?: Scope) => call<Paused>('pause', only ? { duration, only } : { duration }),
+  resume: (only?: Scope) => (only ? call<Paused>('resume', { only }) : call<Paused>('resume')),
   settingsSet: (key: string, value: string) => call<SettingChanged>('settings_set', { key, value }),
   settingsSchema: () => call<SettingSpec[]>('settings_schema'),
   ledgerEntries: (kind: string | null, limit: number) => call<Entry[]>('ledger_entries', { kind, limit }),

@@ -7,9 +7,17 @@ export type SettingValue = string | number | boolean | string[];
 /** A span of time as serde writes a Rust `Duration`. */
 export type Elapsed = { secs: number; nanos: number };
 
-export type Request = { "command": "status" } | { "command": "pause", duration: string | null, } | { "command": "resume" } | { "command": "settings_set", key: string, value: string, } | { "command": "settings_schema" } | { "command": "settings_reset" } | { "command": "pools" } | { "command": "pool_join", url: string, token: string | null, temporary: boolean, } | { "command": "pool_leave", url: string, } | { "command": "lend_now" } | { "command": "demo_start" } | { "command": "ledger_entries", kind: string | null, limit: number | null, } | { "command": "ledger_summary" } | { "command": "ledger_verify" } | { "command": "ledger_export", format: string, } | { "command": "agent_retry" };
+export type Request = { "command": "status" } | { "command": "pause", duration: string | null, only: Scope, } | { "command": "resume", only: Scope, } | { "command": "settings_set", key: string, value: string, } | { "command": "settings_schema" } | { "command": "settings_reset" } | { "command": "pools" } | { "command": "pool_join", url: string, token: string | null, temporary: boolean, } | { "command": "pool_leave", url: string, } | { "command": "lend_now" } | { "command": "demo_start" } | { "command": "ledger_entries", kind: string | null, limit: number | null, } | { "command": "ledger_summary" } | { "command": "ledger_verify" } | { "command": "ledger_export", format: string, } | { "command": "agent_retry" };
 
-export type Paused = { manual_pause: ManualPause, };
+export type Paused = { 
+/**
+ * The pause of all work (`none` while one kind may run).
+ */
+manual_pause: ManualPause, 
+/**
+ * Each kind's pause.
+ */
+pauses: Pauses, };
 
 export type SettingChanged = { key: string, effective: EffectiveValue | null, };
 
@@ -47,7 +55,15 @@ export type AgentStatus = { state: State, paused: boolean, reasons: Array<Reason
 /**
  * `null` while the agent is starting.
  */
-decision: Decision | null, manual_pause: ManualPause | null, sensors: SensorsStatus | null, workers: WorkersStatus | null, 
+decision: Decision | null, 
+/**
+ * The user's pause of all work (`none` while one kind may run).
+ */
+manual_pause: ManualPause | null, 
+/**
+ * The user's pause of each kind of work.
+ */
+pauses?: Pauses | null, sensors: SensorsStatus | null, workers: WorkersStatus | null, 
 /**
  * The OS layers the latest worker reported; `null` before one started.
  */
@@ -91,13 +107,26 @@ export type SensorsStatus = {
 /**
  * Which idle sensor answers (`x11`, `wayland`, `logind`…).
  */
-idle_source: string, snapshot: Snapshot, };
+idle_source: string, 
+/**
+ * Whether input wakes the agent (events from the display server or
+ * the compositor); when not, it polls the idle time while work runs.
+ */
+input_wakes?: boolean, snapshot: Snapshot, };
 
 export type WorkersStatus = { pids: Array<number>, 
 /**
- * Frozen now (SIGSTOP / suspended threads).
+ * Frozen now (SIGSTOP / suspended threads): all of them.
  */
-frozen: boolean, };
+frozen: boolean, 
+/**
+ * Those running GPU kernels.
+ */
+gpu_pids?: Array<number>, 
+/**
+ * Those frozen now.
+ */
+frozen_pids?: Array<number>, };
 
 export type Files = { settings: string, policy: string, };
 
@@ -148,15 +177,23 @@ reasons: Array<Reason>,
  */
 traffic: Traffic, };
 
-export type Action = { "action": "run", cores: number, duty_cycle_percent: number, gpu: boolean, } | { "action": "pause" };
+export type Action = { "action": "run", cores: number, duty_cycle_percent: number, gpu: boolean, cpu?: boolean, } | { "action": "pause" };
 
-export type Reason = { code: ReasonCode, text: string, };
+export type Reason = { code: ReasonCode, text: string, 
+/**
+ * The work it stops (or allows): all of it, or one kind.
+ */
+scope?: Scope, };
 
-export type ReasonCode = "paused_by_user" | "user_active" | "user_idle" | "idle_unknown" | "presence_unknown" | "on_battery" | "battery_low" | "power_ok" | "too_hot" | "outside_hours" | "metered_network" | "upload_cap_reached" | "download_cap_reached" | "other_programs_busy" | "throttled" | "sandbox_missing" | "policy_unreadable" | "lent_now_by_user";
+export type ReasonCode = "paused_by_user" | "user_active" | "user_idle" | "idle_unknown" | "presence_unknown" | "on_battery" | "battery_low" | "power_ok" | "too_hot" | "outside_hours" | "metered_network" | "upload_cap_reached" | "download_cap_reached" | "other_programs_busy" | "gpu_busy" | "throttled" | "sandbox_missing" | "policy_unreadable" | "lent_now_by_user";
 
 export type Traffic = "all" | "lease_upkeep" | "none";
 
 export type ManualPause = { "kind": "none" } | { "kind": "until", until_ms: number, } | { "kind": "until_resumed" };
+
+export type Pauses = { cpu: ManualPause, gpu: ManualPause, };
+
+export type Scope = "all" | "cpu" | "gpu";
 
 export type Snapshot = { 
 /**
@@ -182,7 +219,12 @@ battery: Battery | null, cpu_temp_c: number | null,
 /**
  * The busiest GPU's utilisation, where a driver reports it.
  */
-gpu_busy_percent: number | null, metered_network: boolean | null, uploaded_today_bytes: number, downloaded_today_bytes: number, 
+gpu_busy_percent: number | null, 
+/**
+ * Of that, what other programs use: all of it while no GPU kernel of
+ * ours runs; unknown while one does (the counter cannot tell them apart).
+ */
+other_gpu_percent?: number | null, metered_network: boolean | null, uploaded_today_bytes: number, downloaded_today_bytes: number, 
 /**
  * The OS layers the latest worker reported; `None` before any started.
  */

@@ -13,6 +13,7 @@ import {
   formatHours,
   formatWhen,
   isEmptyTotals,
+  kindPauseTexts,
   manualPauseText,
   minutesWords,
   nextStartText,
@@ -105,7 +106,30 @@ describe('manualPauseText', () => {
   });
 });
 
+describe('kindPauseTexts', () => {
+  it('says each kind paused alone, and nothing when both are alike', () => {
+    const now = at(14, 0);
+    const none = { kind: 'none' } as const;
+    expect(kindPauseTexts({ cpu: none, gpu: { kind: 'until_resumed' } }, now)).toEqual([
+      'GPU work paused by you until you resume',
+    ]);
+    expect(kindPauseTexts({ cpu: { kind: 'until', until_ms: at(14, 30) }, gpu: { kind: 'until_resumed' } }, now)).toEqual([
+      'Processor work paused by you until 14:30',
+      'GPU work paused by you until you resume',
+    ]);
+    expect(kindPauseTexts({ cpu: { kind: 'until_resumed' }, gpu: { kind: 'until_resumed' } }, now)).toEqual([]);
+    expect(kindPauseTexts({ cpu: none, gpu: none }, now)).toEqual([]);
+    expect(kindPauseTexts(null, now)).toEqual([]);
+  });
+});
+
 describe('actionWords', () => {
+  it('says when only the GPU works', () => {
+    expect(actionWords({ action: 'run', cores: 2, duty_cycle_percent: 100, gpu: true, cpu: false })).toBe(
+      'the GPU only, full time',
+    );
+  });
+
   it('says cores and duty cycle', () => {
     expect(actionWords({ action: 'run', cores: 1, duty_cycle_percent: 60, gpu: false })).toBe(
       '1 core, 60 % of the time',

@@ -6,6 +6,7 @@
 import type {
   Action,
   ManualPause,
+  Pauses,
   SettingKind,
   SettingSource,
   SettingSpec,
@@ -157,12 +158,31 @@ export function manualPauseText(mp: ManualPause | null | undefined, nowMs: numbe
   return 'Paused by you';
 }
 
+/**
+ * The user's pause of one kind of work while the other may run ("GPU work
+ * paused by you until 14:30"), one line per kind; none when both kinds are
+ * paused alike (`manualPauseText` says that) or neither is.
+ */
+export function kindPauseTexts(pauses: Pauses | null | undefined, nowMs: number): string[] {
+  if (!pauses || JSON.stringify(pauses.cpu) === JSON.stringify(pauses.gpu)) return [];
+  const lines: string[] = [];
+  for (const [what, p] of [
+    ['Processor work', pauses.cpu],
+    ['GPU work', pauses.gpu],
+  ] as const) {
+    const text = manualPauseText(p, nowMs);
+    if (text) lines.push(text.replace(/^Paused/, `${what} paused`));
+  }
+  return lines;
+}
+
 /** Cores and duty cycle in words, from `decision.action`. */
 export function actionWords(action: Action | null | undefined): string {
   if (!action) return 'not decided yet';
   if (action.action === 'pause') return 'none (paused)';
-  const cores = `${action.cores} core${action.cores === 1 ? '' : 's'}`;
   const duty = action.duty_cycle_percent >= 100 ? 'full time' : `${action.duty_cycle_percent} % of the time`;
+  if (action.cpu === false) return `the GPU only, ${duty}`;
+  const cores = `${action.cores} core${action.cores === 1 ? '' : 's'}`;
   return `${cores}, ${duty}${action.gpu ? ', and the GPU' : ''}`;
 }
 

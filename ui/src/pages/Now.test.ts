@@ -42,6 +42,42 @@ describe('Now page', () => {
     await waitFor(() => expect($('#control-message').textContent).toMatch(/^Paused by you until /));
   });
 
+  it('pauses and resumes the GPU alone, and shows that pause', async () => {
+    const calls: [string, unknown][] = [];
+    let gpuPaused = false;
+    const none = { kind: 'none' } as const;
+    const gpu = () => (gpuPaused ? ({ kind: 'until_resumed' } as const) : none);
+    mockIPC((cmd, args) => {
+      calls.push([cmd, args]);
+      if (cmd === 'status') {
+        return status({
+          pauses: { cpu: none, gpu: gpu() },
+          reasons: gpuPaused ? [{ code: 'paused_by_user', text: 'GPU work paused by you until you resume', scope: 'gpu' }] : [],
+        });
+      }
+      if (cmd === 'pause') {
+        gpuPaused = true;
+        return { manual_pause: none, pauses: { cpu: none, gpu: gpu() } };
+      }
+      if (cmd === 'resume') {
+        gpuPaused = false;
+        return { manual_pause: none, pauses: { cpu: none, gpu: none } };
+      }
+      return undefined;
+    });
+    render(Now);
+    await waitFor(() => expect($('#pause-gpu')).toBeTruthy());
+    await fireEvent.click($('#pause-gpu'));
+    await waitFor(() => expect(calls).toContainEqual(['pause', { duration: 'indefinitely', only: 'gpu' }]));
+    await waitFor(() => expect($('#control-message').textContent).toBe('GPU work paused by you until you resume'));
+    await waitFor(() => expect($('#resume-gpu')).toBeTruthy());
+    expect(document.querySelector('.kind-pause')?.textContent).toBe('GPU work paused by you until you resume');
+    expect($('#pause-cpu')).toBeTruthy();
+    await fireEvent.click($('#resume-gpu'));
+    await waitFor(() => expect(calls).toContainEqual(['resume', { only: 'gpu' }]));
+    await waitFor(() => expect($('#pause-gpu')).toBeTruthy());
+  });
+
   it('shows a manual pause, the next start and resumes', async () => {
     const until = Date.now() + 30 * 60_000;
     const paused = status({

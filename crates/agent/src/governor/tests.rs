@@ -21,6 +21,7 @@ fn snap() -> Snapshot {
         battery: None,
         cpu_temp_c: Some(50.0),
         gpu_busy_percent: None,
+        other_gpu_percent: None,
         metered_network: Some(false),
         uploaded_today_bytes: 0,
         downloaded_today_bytes: 0,
@@ -291,12 +292,12 @@ fn every_limit_alone_and_in_combination() {
     for (name, tweak, pause, expected) in table {
         let (mut s, mut l) = (snap(), limits());
         tweak(&mut s, &mut l);
-        let (d, _) = decide(&GovernorState::default(), &s, &l, *pause);
+        let (d, _) = decide(&GovernorState::default(), &s, &l, Pauses::both(*pause));
         match expected {
             None => {
                 assert_eq!(
                     d.action,
-                    Action::Run { cores: l.cores, duty_cycle_percent: l.duty_cycle_percent, gpu: false },
+                    Action::Run { cores: l.cores, duty_cycle_percent: l.duty_cycle_percent, gpu: false, cpu: true },
                     "{name}: {d:?}"
                 );
                 assert!(codes(&d).contains(&Throttled), "{name}: a run says how much it uses");
@@ -314,7 +315,7 @@ fn every_limit_alone_and_in_combination() {
 fn reasons_read_as_the_design_says() {
     let mut s = snap();
     s.user_idle = Some(Duration::from_secs(3));
-    let (d, _) = decide(&GovernorState::default(), &s, &limits(), ManualPause::None);
+    let (d, _) = decide(&GovernorState::default(), &s, &limits(), Pauses::default());
     assert!(d.reasons[0].text.starts_with("user active 3 s ago"), "{}", d.reasons[0].text);
 
     let mut l = limits();
@@ -322,11 +323,16 @@ fn reasons_read_as_the_design_says() {
     l.min_battery_percent = 50;
     s.user_idle = None;
     s.battery = Some(Battery { percent: 41.0, on_ac: false });
-    let (d, _) = decide(&GovernorState::default(), &s, &l, ManualPause::None);
+    let (d, _) = decide(&GovernorState::default(), &s, &l, Pauses::default());
     assert_eq!(d.reasons[0].text, "on battery 41% < 50%");
 
     // T0 is 13:00 UTC; the user's clock is UTC+1, so 15 minutes on is 14:15 for them.
-    let (d, _) = decide(&GovernorState::default(), &snap(), &limits(), ManualPause::Until { until_ms: T0 + 15 * MIN });
+    let (d, _) = decide(
+        &GovernorState::default(),
+        &snap(),
+        &limits(),
+        Pauses::both(ManualPause::Until { until_ms: T0 + 15 * MIN }),
+    );
     assert_eq!(d.reasons[0].text, "paused by you until 14:15");
 }
 
@@ -336,6 +342,7 @@ fn defaults_follow_the_design() {
     assert_eq!((l.idle_after, l.cores, l.duty_cycle_percent), (Duration::from_secs(180), 4, 60));
     assert_eq!((l.gpu_enabled, l.run_on_battery, l.min_battery_percent, l.max_cpu_temp_c), (false, false, 80, 85.0));
     assert_eq!((l.allowed_hours, l.memory_per_task_bytes, l.pause_on_metered_network), (None, 4 << 30, true));
+    assert_eq!((l.max_other_cpu_percent, l.max_other_gpu_percent), (50.0, 20.0));
     assert_eq!(Limits::defaults(1, 0).cores, 1, "at least one core");
 }
 
@@ -345,7 +352,7 @@ fn run(l: &Limits, steps: &[Snapshot]) -> Vec<bool> {
     steps
         .iter()
         .map(|s| {
-            let (d, next) = decide(&state, s, l, ManualPause::None);
+            let (d, next) = decide(&state, s, l, Pauses::default());
             state = next;
             d.is_paused()
         })
@@ -406,7 +413,7 @@ fn hours_wrap_midnight() {
 fn a_missing_sandbox_layer_is_named_with_why() {
     let s = Snapshot { sandbox: sandbox_without_netns(), ..snap() };
     let l = Limits { require_sandbox: vec![Layer::Netns, Layer::Seccomp], ..limits() };
-    let (d, _) = decide(&GovernorState::default(), &s, &l, ManualPause::None);
+    let (d, _) = decide(&GovernorState::default(), &s, &l, Pauses::default());
     assert!(d.is_paused());
     assert_eq!(
         d.reasons[0].text,
@@ -421,7 +428,7 @@ fn not_knowing_in_a_graphical_session_says_why() {
         graphical_session: Some("a graphical session is set for this agent (DISPLAY=:7)".into()),
         ..snap()
     };
-    let (d, _) = decide(&GovernorState::default(), &s, &limits(), ManualPause::None);
+    let (d, _) = decide(&GovernorState::default(), &s, &limits(), Pauses::default());
     assert!(d.is_paused());
     assert_eq!(
         d.reasons[0].text,
@@ -457,7 +464,131 @@ fn traffic_follows_metering_the_users_leave_and_the_daily_caps() {
         &GovernorState::default(),
         &used,
         &Limits { daily_upload_cap_bytes: Some(1_000), ..limits() },
-        ManualPause::None,
+        Pauses::default(),
     );
     assert_eq!(d.traffic, Traffic::LeaseUpkeep);
+}
+
+/// One kind of work stopped, the other running: the user's pause of one
+/// kind, and the GPU switched off. A reason for all work stops both.
+#[test]
+fn each_kind_of_work_stops_on_its_own() {
+    let gpu_on = Limits { gpu_enabled: true, ..limits() };
+    let until = ManualPause::Until { until_ms: T0 + 15 * MIN };
+    let gpu_paused = Pauses { cpu: ManualPause::None, gpu: ManualPause::UntilResumed };
+    let cpu_paused = Pauses { cpu: until, gpu: ManualPause::None };
+    // (name, limits, pauses, user idle s, expected (cpu, gpu) or None for a pause, scoped reason text)
+    let table: &[(&str, &Limits, Pauses, u64, Option<(bool, bool)>, Option<(Scope, &str)>)] = &[
+        ("both run", &gpu_on, Pauses::default(), 600, Some((true, true)), None),
+        ("GPU off in the settings: CPU only", &limits(), Pauses::default(), 600, Some((true, false)), None),
+        (
+            "GPU paused by the user: CPU goes on",
+            &gpu_on,
+            gpu_paused,
+            600,
+            Some((true, false)),
+            Some((Scope::Gpu, "GPU work paused by you until you resume")),
+        ),
+        (
+            "CPU paused by the user: the GPU goes on",
+            &gpu_on,
+            cpu_paused,
+            600,
+            Some((false, true)),
+            Some((Scope::Cpu, "processor work paused by you until 14:15")),
+        ),
+        ("CPU paused, GPU off: nothing runs", &limits(), cpu_paused, 600, None, None),
+        (
+            "both paused alike: one reason for all",
+            &gpu_on,
+            Pauses::both(until),
+            600,
+            None,
+            Some((Scope::All, "paused by you until 14:15")),
+        ),
+        ("GPU paused and the user back: nothing runs", &gpu_on, gpu_paused, 3, None, None),
+        (
+            "a pause that ran out holds no more",
+            &gpu_on,
+            Pauses { cpu: ManualPause::Until { until_ms: T0 - 1 }, gpu: ManualPause::None },
+            600,
+            Some((true, true)),
+            None,
+        ),
+    ];
+    for (name, l, pauses, idle, expected, scoped) in table {
+        let s = Snapshot { user_idle: Some(Duration::from_secs(*idle)), ..snap() };
+        let (d, _) = decide(&GovernorState::default(), &s, l, *pauses);
+        match expected {
+            Some((cpu, gpu)) => {
+                assert!(!d.is_paused(), "{name}: {d:?}");
+                assert_eq!((d.cpu_runs(), d.gpu_runs()), (*cpu, *gpu), "{name}: {d:?}");
+            }
+            None => assert!(d.is_paused(), "{name}: {d:?}"),
+        }
+        if let Some((scope, text)) = scoped {
+            let r = d.reasons.iter().find(|r| r.code == PausedByUser).unwrap_or_else(|| panic!("{name}: {d:?}"));
+            assert_eq!((r.scope, r.text.as_str()), (*scope, *text), "{name}");
+        }
+        assert!(d.reasons.iter().all(|r| !r.text.is_empty()), "{name}: every reason has words");
+    }
+}
+
+#[test]
+fn pauses_of_each_kind_combine_and_run_out() {
+    let until = |m: u64| ManualPause::Until { until_ms: T0 + m * MIN };
+    let mut p = Pauses::default();
+    p.set(Scope::Gpu, ManualPause::UntilResumed);
+    assert_eq!((p.cpu, p.gpu, p.all()), (ManualPause::None, ManualPause::UntilResumed, ManualPause::None));
+    p.set(Scope::Cpu, until(15));
+    assert_eq!(p.all(), until(15), "all work is paused until the shorter pause ends");
+    p.set(Scope::All, until(60));
+    assert_eq!(p, Pauses::both(until(60)));
+    p.set(Scope::Gpu, until(5));
+    p.expire(T0 + 10 * MIN);
+    assert_eq!((p.cpu, p.gpu), (until(60), ManualPause::None), "the GPU's pause ran out, the CPU's holds");
+}
+
+/// Another program on the GPU stops GPU work alone, after a short grace,
+/// and only once it has been quiet for a while does GPU work start again;
+/// not knowing (our own kernel running) changes nothing.
+#[test]
+fn another_program_on_the_gpu_stops_gpu_work_alone() {
+    let l = Limits { gpu_enabled: true, ..limits() };
+    let at = |s: u64, gpu: Option<f32>| Snapshot { at_ms: T0 + s * 1000, other_gpu_percent: gpu, ..snap() };
+    // (seconds, other programs' GPU %, GPU work runs after it)
+    let steps: &[(u64, Option<f32>, bool)] = &[
+        (0, Some(5.0), true),
+        (1, Some(63.0), true),  // over the limit: the grace starts
+        (2, Some(63.0), true),  // 1 s over
+        (3, Some(63.0), false), // 2 s over: GPU work stops
+        (4, None, false),       // unknown: as it was
+        (5, Some(18.0), false), // under the limit, not by the margin
+        (6, Some(10.0), false), // quiet from here ...
+        (15, Some(10.0), false),
+        (16, Some(10.0), true), // ... for 10 s: GPU work again
+        (17, None, true),       // unknown: as it was
+    ];
+    let mut state = GovernorState::default();
+    for &(second, gpu, runs) in steps {
+        let (d, next) = decide(&state, &at(second, gpu), &l, Pauses::default());
+        state = next;
+        assert!(d.cpu_runs(), "{second} s: processor work goes on: {d:?}");
+        assert_eq!(d.gpu_runs(), runs, "{second} s: {d:?}");
+        let busy = d.reasons.iter().find(|r| r.code == GpuBusy);
+        assert_eq!(busy.is_some(), !runs, "{second} s: {d:?}");
+        if let Some(r) = busy {
+            assert_eq!(r.scope, Scope::Gpu);
+            if second == 3 {
+                assert_eq!(r.text, "GPU busy with another program (63 %); limit 20 %");
+            }
+        }
+    }
+    // With the GPU off in the settings, nothing to say about it.
+    let mut state = GovernorState::default();
+    for second in 0..5 {
+        let (d, next) = decide(&state, &at(second, Some(90.0)), &limits(), Pauses::default());
+        state = next;
+        assert!(d.reasons.iter().all(|r| r.code != GpuBusy), "{d:?}");
+    }
 }

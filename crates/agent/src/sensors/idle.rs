@@ -1,11 +1,13 @@
-//! Input idle time. X11 through the XScreenSaver extension (one round trip,
-//! tens of microseconds, so it can be polled fast while a kernel runs);
-//! Wayland through the compositor's ext-idle-notify-v1 events (KWin, and
-//! wlroots compositors since 0.16); GNOME through Mutter's IdleMonitor
-//! watches on the session bus; elsewhere on Linux logind's IdleHint, which
-//! desktops keep current for their session. Windows: GetLastInputInfo;
-//! macOS: the HID system's idle time through CoreGraphics. Both are cheap
-//! calls that can be polled as fast as X11.
+//! Input idle time. X11 through the XScreenSaver extension, with a SYNC
+//! alarm on the server's idle counter for the user's return; Wayland
+//! through the compositor's ext-idle-notify-v1 events (KWin, and wlroots
+//! compositors since 0.16); GNOME through Mutter's IdleMonitor watches on
+//! the session bus. These three wake the watcher on input
+//! ([`IdleSensor::wake_on_input`]). Elsewhere on Linux logind's IdleHint,
+//! which desktops keep current for their session. Windows:
+//! GetLastInputInfo; macOS: the HID system's idle time through
+//! CoreGraphics. Both are cheap calls that the watcher polls fast while a
+//! kernel runs, as it does any sensor whose events are lost.
 
 use std::time::Duration;
 
@@ -93,68 +95,7 @@ mod mutter;
 mod wayland;
 
 #[cfg(target_os = "linux")]
-mod x11 {
-    use std::time::Instant;
-
-    use x11rb::connection::{Connection as _, RequestConnection as _};
-    use x11rb::protocol::screensaver::{self, ConnectionExt as _};
-    use x11rb::rust_connection::RustConnection;
-
-    use super::*;
-
-    /// How long to wait before trying a lost connection again.
-    const RECONNECT_EVERY: Duration = Duration::from_secs(5);
-
-    pub struct X11Idle {
-        conn: Option<(RustConnection, u32)>,
-        last_attempt: Instant,
-        lost_at: Instant,
-    }
-
-    impl X11Idle {
-        pub fn connect() -> Result<Self, String> {
-            Ok(Self { conn: Some(open()?), last_attempt: Instant::now(), lost_at: Instant::now() })
-        }
-    }
-
-    fn open() -> Result<(RustConnection, u32), String> {
-        let (conn, screen) = RustConnection::connect(None).map_err(|e| format!("cannot open the X display: {e}"))?;
-        if conn.extension_information(screensaver::X11_EXTENSION_NAME).map_err(|e| e.to_string())?.is_none() {
-            return Err("the X server has no MIT-SCREEN-SAVER extension".into());
-        }
-        let root = conn.setup().roots.get(screen).ok_or("the X display has no such screen")?.root;
-        Ok((conn, root))
-    }
-
-    impl IdleSensor for X11Idle {
-        fn idle(&mut self) -> Option<Duration> {
-            if self.conn.is_none() && self.last_attempt.elapsed() >= RECONNECT_EVERY {
-                self.last_attempt = Instant::now();
-                self.conn = open().ok();
-            }
-            let Some((conn, root)) = self.conn.as_ref() else {
-                return super::while_lost(self.lost_at);
-            };
-            match conn
-                .screensaver_query_info(*root)
-                .map_err(|e| e.to_string())
-                .and_then(|c| c.reply().map_err(|e| e.to_string()))
-            {
-                Ok(r) => Some(Duration::from_millis(u64::from(r.ms_since_user_input))),
-                Err(e) => {
-                    tracing::warn!(error = %e, "lost the X display; the user counts as present for a minute");
-                    self.conn = None;
-                    self.last_attempt = Instant::now();
-                    self.lost_at = Instant::now();
-                    super::while_lost(self.lost_at)
-                }
-            }
-        }
-        fn name(&self) -> &'static str {
-            "x11-screensaver"
-        }
-    }
-}
+mod x11;
 
 #[cfg(target_os = "linux")]
 mod logind {

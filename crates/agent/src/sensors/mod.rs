@@ -32,7 +32,22 @@ pub trait IdleSensor {
     fn unknown_because(&self) -> Option<String> {
         None
     }
+    /// Calls `wake`, from a thread of the sensor's own, when input ends a
+    /// quiet spell (the user coming back), so the watcher need not poll for
+    /// it. False: this sensor can only be polled.
+    fn wake_on_input(&mut self, wake: Wake) -> bool {
+        let _ = wake;
+        false
+    }
+    /// Whether input wakes the watcher now. While it does not (a sensor
+    /// without events, or their source lost), the watcher polls.
+    fn wakes_on_input(&self) -> bool {
+        false
+    }
 }
+
+/// What an idle sensor calls when input ends a quiet spell.
+pub type Wake = std::sync::Arc<dyn Fn() + Send + Sync>;
 
 /// CPU use of everything except the agent and its workers.
 pub trait LoadSensor {
@@ -154,6 +169,8 @@ pub fn snapshot(
         battery: slow.battery,
         cpu_temp_c: slow.cpu_temp_c,
         gpu_busy_percent: slow.gpu_busy_percent,
+        // The watcher knows whether our own GPU kernels run.
+        other_gpu_percent: None,
         metered_network: slow.metered_network,
         uploaded_today_bytes,
         downloaded_today_bytes,

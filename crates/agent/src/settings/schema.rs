@@ -147,6 +147,12 @@ pub const SPECS: &[Spec] = &[
         help: "When your own programs need the processor this much, work pauses for them.",
     },
     Spec {
+        key: "max_other_gpu_percent",
+        kind: Kind::Float { min: 1.0, max: 100.0, step: 1.0 },
+        label: "Make way when other programs use more than (% of the GPU)",
+        help: "When a game, a video or another program keeps the graphics card this busy, GPU work stops for it; processor work goes on.",
+    },
+    Spec {
         key: "require_sandbox",
         kind: Kind::Layers,
         label: "Run tasks only behind these walls",
@@ -175,6 +181,7 @@ pub fn default_value(key: &str, machine: Machine) -> Option<Value> {
         "pause_on_metered_network" => Value::Boolean(true),
         "allow_metered" | "metered_small_traffic" | "allow_insecure_pool" => Value::Boolean(false),
         "max_other_cpu_percent" => Value::Float(50.0),
+        "max_other_gpu_percent" => Value::Float(20.0),
         "require_sandbox" => Value::Array(Vec::new()),
         _ => return None,
     };
@@ -280,6 +287,7 @@ pub fn to_limits(get: impl Fn(&str) -> Option<Value>, machine: Machine) -> Limit
         allow_metered: boolean("allow_metered"),
         metered_small_traffic: boolean("metered_small_traffic"),
         max_other_cpu_percent: float("max_other_cpu_percent") as f32,
+        max_other_gpu_percent: float("max_other_gpu_percent") as f32,
         require_sandbox: get("require_sandbox")
             .and_then(|v| v.as_array().cloned())
             .unwrap_or_default()

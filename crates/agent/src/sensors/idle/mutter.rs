@@ -4,10 +4,10 @@
 //! that sees the user.
 //!
 //! Event driven, like the Wayland sensor: an idle watch fires when input has
-//! stopped for a second, a user-active watch on the next input after that.
-//! Threads of its own follow the signals and the name's owner (a restarted
-//! Mutter gets new watches), so `idle()` only reads what the last signal
-//! said: the watcher can call it as often as it calls the X11 sensor.
+//! stopped for a second, a user-active watch on the next input after that,
+//! which wakes the watcher. Threads of its own follow the signals and the
+//! name's owner (a restarted Mutter gets new watches), so `idle()` only
+//! reads what the last signal said.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,6 +16,7 @@ use zbus::blocking::{Connection, Proxy};
 
 use super::IdleSensor;
 use super::wayland::NOTIFY_AFTER;
+use crate::sensors::Wake;
 
 const NAME: &str = "org.gnome.Mutter.IdleMonitor";
 const PATH: &str = "/org/gnome/Mutter/IdleMonitor/Core";
@@ -24,7 +25,7 @@ pub struct MutterIdle {
     state: Arc<Mutex<State>>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct State {
     /// When input last stopped; `None` while the user is active.
     idle_since: Option<Instant>,
@@ -35,6 +36,7 @@ struct State {
     /// Watches that fired before their ids were stored (a watch can fire
     /// between Mutter's reply and our recording it).
     fired_early: Vec<u32>,
+    wake: Option<Wake>,
 }
 
 impl MutterIdle {
@@ -109,7 +111,12 @@ fn follow_watches(
             } else if Some(id) == s.active_watch {
                 s.active_watch = None;
                 s.idle_since = None;
-                false
+                let wake = s.wake.clone();
+                drop(s);
+                if let Some(wake) = wake {
+                    wake();
+                }
+                continue;
             } else {
                 if s.fired_early.len() >= 8 {
                     s.fired_early.remove(0);
@@ -159,5 +166,12 @@ impl IdleSensor for MutterIdle {
     }
     fn name(&self) -> &'static str {
         "gnome-mutter-idle-monitor"
+    }
+    fn wake_on_input(&mut self, wake: Wake) -> bool {
+        self.state.lock().expect("idle state").wake = Some(wake);
+        true
+    }
+    fn wakes_on_input(&self) -> bool {
+        self.state.lock().expect("idle state").lost_at.is_none()
     }
 }

@@ -1,7 +1,8 @@
 //! Wayland: the compositor says when the user went idle and when they came
-//! back (ext-idle-notify-v1). No polling of the compositor: `idle()` reads
-//! whatever events arrived on the socket, one non-blocking receive, so the
-//! watcher can call it as often as it calls the X11 sensor.
+//! back (ext-idle-notify-v1). A thread of the sensor's own waits on the
+//! compositor's socket (a blocking dispatch), so "resumed" wakes the
+//! watcher the moment it arrives, and `idle()` only reads what the last
+//! event said.
 //!
 //! Under Wayland, Xwayland's XScreenSaver idle time sees only X clients'
 //! input, so on a Wayland session this sensor comes before X11. A
@@ -10,9 +11,9 @@
 
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use wayland_client::backend::WaylandError;
 use wayland_client::globals::{GlobalListContents, registry_queue_init};
 use wayland_client::protocol::{wl_registry, wl_seat};
 use wayland_client::{Connection, Dispatch, EventQueue, QueueHandle, delegate_noop};
@@ -20,6 +21,7 @@ use wayland_protocols::ext::idle_notify::v1::client::ext_idle_notification_v1::{
 use wayland_protocols::ext::idle_notify::v1::client::ext_idle_notifier_v1::ExtIdleNotifierV1;
 
 use super::IdleSensor;
+use crate::sensors::Wake;
 
 /// How long without input before the compositor says "idled". Shorter idle
 /// times read as zero: someone who touched the machine within the last
@@ -31,31 +33,61 @@ pub(super) const NOTIFY_AFTER: Duration = Duration::from_secs(1);
 const RECONNECT_EVERY: Duration = Duration::from_secs(5);
 
 pub struct WaylandIdle {
-    session: Option<Session>,
-    last_attempt: Instant,
-    lost_at: Instant,
-    /// A reconnection under way on its own thread: connecting takes round
-    /// trips, and the watcher thread, which freezes workers, must not wait
-    /// on a compositor that may hang.
-    reconnecting: Option<std::sync::mpsc::Receiver<Result<Session, String>>>,
+    shared: Arc<Mutex<Shared>>,
 }
 
 struct Session {
-    conn: Connection,
     queue: EventQueue<State>,
     state: State,
     _notification: ExtIdleNotificationV1,
 }
 
-#[derive(Debug, Default)]
-struct State {
+/// What the events said, shared by the sensor's thread and `idle()`.
+#[derive(Default)]
+struct Shared {
     /// When input last stopped, once the compositor said "idled".
     idle_since: Option<Instant>,
+    /// When the compositor went away, until it is back.
+    lost_at: Option<Instant>,
+    wake: Option<Wake>,
+}
+
+struct State {
+    shared: Arc<Mutex<Shared>>,
 }
 
 impl WaylandIdle {
     pub fn connect() -> Result<Self, String> {
-        Ok(Self { session: Some(open()?), last_attempt: Instant::now(), lost_at: Instant::now(), reconnecting: None })
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let session = open(&shared)?;
+        let s = shared.clone();
+        std::thread::Builder::new()
+            .name("wayland-idle".into())
+            .spawn(move || follow(session, &s))
+            .map_err(|e| format!("cannot start the Wayland idle thread: {e}"))?;
+        Ok(Self { shared })
+    }
+}
+
+/// Dispatches the compositor's events as they come; when it goes away,
+/// tries again every [`RECONNECT_EVERY`].
+fn follow(mut session: Session, shared: &Arc<Mutex<Shared>>) {
+    loop {
+        let e = session.dispatch_until_lost();
+        tracing::warn!(error = %e, "lost the Wayland compositor; the user counts as present for a minute");
+        {
+            let mut s = shared.lock().expect("idle state");
+            s.lost_at = Some(Instant::now());
+            s.idle_since = None;
+        }
+        session = loop {
+            std::thread::sleep(RECONNECT_EVERY);
+            if let Ok(session) = open(shared) {
+                tracing::info!("the Wayland compositor is back");
+                shared.lock().expect("idle state").lost_at = None;
+                break session;
+            }
+        };
     }
 }
 
@@ -73,7 +105,7 @@ fn socket() -> Result<UnixStream, String> {
     UnixStream::connect(&path).map_err(|e| format!("cannot reach the Wayland compositor at {}: {e}", path.display()))
 }
 
-fn open() -> Result<Session, String> {
+fn open(shared: &Arc<Mutex<Shared>>) -> Result<Session, String> {
     let conn = Connection::from_socket(socket()?).map_err(|e| format!("cannot reach the Wayland compositor: {e}"))?;
     let (globals, mut queue) =
         registry_queue_init::<State>(&conn).map_err(|e| format!("the Wayland registry failed: {e}"))?;
@@ -84,47 +116,17 @@ fn open() -> Result<Session, String> {
         globals.bind(&qh, 1..=1, ()).map_err(|_| "the Wayland compositor has no seat".to_string())?;
     let ms = NOTIFY_AFTER.as_millis() as u32;
     let notification = notifier.get_idle_notification(ms, &seat, &qh, ());
-    let mut state = State::default();
+    let mut state = State { shared: shared.clone() };
     queue.roundtrip(&mut state).map_err(|e| format!("the Wayland compositor failed: {e}"))?;
-    Ok(Session { conn, queue, state, _notification: notification })
+    Ok(Session { queue, state, _notification: notification })
 }
 
 impl Session {
-    /// Dispatches the events that have arrived, without waiting for more.
-    fn pump(&mut self) -> Result<(), String> {
-        self.conn.flush().map_err(|e| e.to_string())?;
-        if let Some(guard) = self.queue.prepare_read() {
-            match guard.read() {
-                Ok(_) => {}
-                Err(WaylandError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-        self.queue.dispatch_pending(&mut self.state).map_err(|e| e.to_string())?;
-        Ok(())
-    }
-}
-
-impl WaylandIdle {
-    fn reconnect(&mut self) {
-        if let Some(rx) = &self.reconnecting {
-            match rx.try_recv() {
-                Ok(Ok(session)) => {
-                    tracing::info!("the Wayland compositor is back");
-                    self.session = Some(session);
-                    self.reconnecting = None;
-                }
-                Ok(Err(_)) | Err(std::sync::mpsc::TryRecvError::Disconnected) => self.reconnecting = None,
-                Err(std::sync::mpsc::TryRecvError::Empty) => {}
-            }
-        } else if self.last_attempt.elapsed() >= RECONNECT_EVERY {
-            self.last_attempt = Instant::now();
-            let (tx, rx) = std::sync::mpsc::channel();
-            let spawned = std::thread::Builder::new().name("wayland-reconnect".into()).spawn(move || {
-                let _ = tx.send(open());
-            });
-            if spawned.is_ok() {
-                self.reconnecting = Some(rx);
+    /// Waits for events and dispatches them until the connection fails; returns why.
+    fn dispatch_until_lost(&mut self) -> String {
+        loop {
+            if let Err(e) = self.queue.blocking_dispatch(&mut self.state) {
+                return e.to_string();
             }
         }
     }
@@ -132,23 +134,21 @@ impl WaylandIdle {
 
 impl IdleSensor for WaylandIdle {
     fn idle(&mut self) -> Option<Duration> {
-        if self.session.is_none() {
-            self.reconnect();
+        let s = self.shared.lock().expect("idle state");
+        if let Some(lost_at) = s.lost_at {
+            return super::while_lost(lost_at);
         }
-        let Some(session) = self.session.as_mut() else {
-            return super::while_lost(self.lost_at);
-        };
-        if let Err(e) = session.pump() {
-            tracing::warn!(error = %e, "lost the Wayland compositor; the user counts as present for a minute");
-            self.session = None;
-            self.last_attempt = Instant::now();
-            self.lost_at = Instant::now();
-            return super::while_lost(self.lost_at);
-        }
-        Some(session.state.idle_since.map_or(Duration::ZERO, |since| since.elapsed()))
+        Some(s.idle_since.map_or(Duration::ZERO, |since| since.elapsed()))
     }
     fn name(&self) -> &'static str {
         "wayland-ext-idle-notify"
+    }
+    fn wake_on_input(&mut self, wake: Wake) -> bool {
+        self.shared.lock().expect("idle state").wake = Some(wake);
+        true
+    }
+    fn wakes_on_input(&self) -> bool {
+        self.shared.lock().expect("idle state").lost_at.is_none()
     }
 }
 
@@ -161,12 +161,20 @@ impl Dispatch<ExtIdleNotificationV1, ()> for State {
         _: &Connection,
         _: &QueueHandle<Self>,
     ) {
+        let mut s = state.shared.lock().expect("idle state");
         match event {
             ext_idle_notification_v1::Event::Idled => {
                 let now = Instant::now();
-                state.idle_since = Some(now.checked_sub(NOTIFY_AFTER).unwrap_or(now));
+                s.idle_since = Some(now.checked_sub(NOTIFY_AFTER).unwrap_or(now));
             }
-            ext_idle_notification_v1::Event::Resumed => state.idle_since = None,
+            ext_idle_notification_v1::Event::Resumed => {
+                s.idle_since = None;
+                let wake = s.wake.clone();
+                drop(s);
+                if let Some(wake) = wake {
+                    wake();
+                }
+            }
             _ => {}
         }
     }
