@@ -2,7 +2,10 @@
 //! they are the versions actually linked.
 
 fn main() {
-    let lock = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.lock");
+    // Read when the script runs, not when it is compiled: a script built in
+    // another checkout (a target dir moved or shared) still finds this one's.
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let lock = std::path::Path::new(&dir).join("../../Cargo.lock");
     println!("cargo:rerun-if-changed={}", lock.display());
     let text = std::fs::read_to_string(&lock).unwrap_or_default();
     for krate in ["wasmtime", "wgpu"] {
