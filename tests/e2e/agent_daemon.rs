@@ -604,6 +604,52 @@ fn a_task_killed_after_a_checkpoint_resumes_from_it_with_identical_output() {
 /// battery and a mains adapter faked by umockdev: the agent process runs
 /// under `umockdev-run`, which redirects its /sys reads to a test bed whose
 /// files this test rewrites while it runs.
+/// Another program keeping an AMD GPU busy (amdgpu's `gpu_busy_percent`,
+/// a fake card through umockdev, read by the agent's own sysfs code) stops
+/// GPU work alone, after its short grace, and GPU work comes back once the
+/// GPU has been quiet for a while. Reading it loads no GPU driver.
+#[test]
+fn another_program_busy_on_the_gpu_stops_gpu_work_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("agent");
+    write_settings(&dir, "gpu_enabled = true\nmax_other_gpu_percent = 30\n");
+    let device = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/e2e/data/amdgpu.umockdev");
+    let bed_file = dir.join("umockdev-dir");
+    let agent = AgentProcess::start_with(&dir, None, &[], |cmd| {
+        let prefix = ["umockdev-run".as_ref(), "-d".as_ref(), device.as_os_str(), "--".as_ref()];
+        run_under(cmd, &prefix, &format!("echo \"$UMOCKDEV_DIR\" > '{}'", bed_file.display()))
+    });
+    let bed = PathBuf::from(std::fs::read_to_string(&bed_file).unwrap().trim());
+    let busy = |percent: &str| {
+        std::fs::write(bed.join("sys/class/drm/card0/device/gpu_busy_percent"), percent).unwrap();
+    };
+    let runs = |s: &Value| (s["decision"]["action"]["cpu"].clone(), s["decision"]["action"]["gpu"].clone());
+
+    let s = agent.wait_for("the GPU reading", Duration::from_secs(10), |s| {
+        s["sensors"]["snapshot"]["gpu_busy_percent"] == 5.0 && s["sensors"]["snapshot"]["other_gpu_percent"] == 5.0
+    });
+    assert_eq!(runs(&s), (json!(true), json!(true)), "{s}");
+    // A game starts: over the limit for the grace, GPU work alone stops.
+    busy("63");
+    let s = agent.wait_for("GPU work to stop", Duration::from_secs(10), |s| s["decision"]["action"]["gpu"] == false);
+    assert_eq!(runs(&s), (json!(true), json!(false)), "processor work goes on: {s}");
+    assert_eq!(s["paused"], false, "{s}");
+    let reason = s["reasons"].as_array().unwrap().iter().find(|r| r["code"] == "gpu_busy").expect("says why");
+    assert_eq!(reason["scope"], "gpu");
+    assert_eq!(reason["text"], "GPU busy with another program (63 %); limit 30 %");
+    // It ends: GPU work comes back once the GPU has been quiet for a while.
+    busy("2");
+    let s =
+        agent.wait_for("GPU work to come back", Duration::from_secs(20), |s| s["decision"]["action"]["gpu"] == true);
+    assert!(s["reasons"].as_array().unwrap().iter().all(|r| r["code"] != "gpu_busy"), "{s}");
+    // Reading the counter mapped no GPU driver (nor Vulkan, nor NVML) into the agent.
+    let pid = s["agent"]["pid"].as_u64().unwrap();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    for lib in ["libvulkan", "_dri.so", "libnvidia", "libLLVM", "libdrm_amdgpu"] {
+        assert!(!maps.contains(lib), "the agent maps {lib}");
+    }
+}
+
 #[test]
 fn on_battery_below_the_minimum_it_pauses_and_resumes_only_past_the_hysteresis() {
     let tmp = tempfile::tempdir().unwrap();

@@ -121,7 +121,7 @@ impl Sensors {
             load: load::this_machine(),
             power: Box::new(power::SysfsPower::new()),
             thermal: Box::new(thermal::SysinfoThermal::new()),
-            gpu: Box::new(gpu::SysinfoGpu::new()),
+            gpu: Box::new(gpu::DrmGpus::new()),
             network: network::open(),
             graphical_session: graphical_session(),
         }
