@@ -312,6 +312,80 @@ fn under_xvfb_input_freezes_the_worker_and_idleness_resumes_it() {
     );
 }
 
+/// A window the user brings full screen (EWMH properties on a real X window,
+/// as a window manager sets them) stops the worker at once, with the
+/// program named, and leaving full screen lets it run again; a program the
+/// user listed in `exclusive_programs` does the same while it runs. No
+/// input meanwhile: the user stays idle throughout.
+#[test]
+fn a_full_screen_window_or_an_exclusive_program_stops_work() {
+    use x11rb::connection::Connection as _;
+    use x11rb::protocol::xproto::{AtomEnum, ConnectionExt as _, CreateWindowAux, PropMode, WindowClass};
+    use x11rb::wrapper::ConnectionExt as _;
+
+    let x = Xvfb::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = PoolProcess::start(&tmp.path().join("pool"));
+    let op = OperatorHttp::new(&pool.url, &pool.token);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(op.mandelbrot_job(slow_job()));
+    let dir = tmp.path().join("agent");
+    write_settings(&dir, "idle_minutes = 0.0333\ncpu_duty_cycle_percent = 100\n");
+    let agent = AgentProcess::start(&dir, Some(&pool.url), &[("DISPLAY", &x.display)]);
+    let running = |s: &Value| worker_pid(s).is_some() && s["paused"] == false;
+    let pid = worker_pid(&agent.wait_for("a task to run", Duration::from_secs(60), running)).unwrap();
+    assert_running(pid);
+
+    // A film player's window, focused, then full screen.
+    let (conn, screen) = x11rb::rust_connection::RustConnection::connect(Some(&x.display)).unwrap();
+    let root = conn.setup().roots[screen].root;
+    let atom = |name: &[u8]| conn.intern_atom(false, name).unwrap().reply().unwrap().atom;
+    let (active, state, full) =
+        (atom(b"_NET_ACTIVE_WINDOW"), atom(b"_NET_WM_STATE"), atom(b"_NET_WM_STATE_FULLSCREEN"));
+    let win = conn.generate_id().unwrap();
+    let aux = CreateWindowAux::new();
+    conn.create_window(0, win, root, 0, 0, 640, 480, 0, WindowClass::INPUT_OUTPUT, 0, &aux).unwrap();
+    conn.change_property8(PropMode::REPLACE, win, AtomEnum::WM_CLASS, AtomEnum::STRING, b"mpv\0Mpv\0").unwrap();
+    conn.change_property32(PropMode::REPLACE, root, active, AtomEnum::WINDOW, &[win]).unwrap();
+    conn.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_running(pid);
+    conn.change_property32(PropMode::REPLACE, win, state, AtomEnum::ATOM, &[full]).unwrap();
+    conn.flush().unwrap();
+    let s = agent.wait_for("full screen to stop work", Duration::from_secs(5), |s| s["paused"] == true);
+    assert_eq!(proc_state(pid).unwrap().0, 'T', "{s}");
+    let reason = s["reasons"].as_array().unwrap().iter().find(|r| r["code"] == "full_screen").expect("says why");
+    assert_eq!(reason["text"], "a full-screen window is in front (Mpv)", "{s}");
+    assert_eq!(s["sensors"]["snapshot"]["fullscreen"], "Mpv");
+    // Out of full screen: work again (the user is still away).
+    conn.change_property32(PropMode::REPLACE, win, state, AtomEnum::ATOM, &[]).unwrap();
+    conn.flush().unwrap();
+    agent.wait_for("work after full screen", Duration::from_secs(5), running);
+    assert_running(pid);
+
+    // A listed program runs: work stops, naming it; it ends: work again.
+    let game = tmp.path().join("imtest-game");
+    std::fs::copy("/bin/sleep", &game).unwrap();
+    let out = agent.ctl(&["settings", "set", "exclusive_programs", "obs, imtest-game"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_running(pid);
+    let mut child = Command::new(&game).arg("60").spawn().unwrap();
+    let s = agent.wait_for("the program to stop work", Duration::from_secs(5), |s| s["paused"] == true);
+    assert_frozen(pid);
+    let reason = s["reasons"].as_array().unwrap().iter().find(|r| r["code"] == "exclusive_program").expect("says why");
+    assert_eq!(reason["text"], "imtest-game is running, and you asked to lend nothing while it does", "{s}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    agent.wait_for("work after the program", Duration::from_secs(5), running);
+    assert_running(pid);
+    // A name with a path is refused, naming it; the list stays.
+    let out = agent.ctl(&["settings", "set", "exclusive_programs", "/usr/bin/steam"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("\"/usr/bin/steam\" is not a program name"), "{}", stderr(&out));
+    assert_eq!(agent.status()["settings"]["exclusive_programs"]["value"], json!(["obs", "imtest-game"]));
+}
+
 /// KWin (headless) offers ext-idle-notify-v1; an X display is given too, as
 /// on a Wayland desktop with Xwayland, and must not be used: Xwayland sees
 /// only X clients' input.

@@ -79,6 +79,12 @@ pub struct Limits {
     /// Stop GPU work while other programs keep the GPU busier than this.
     #[serde(default = "default_max_other_gpu_percent")]
     pub max_other_gpu_percent: f32,
+    /// Stop all work while the focused window is full screen.
+    #[serde(default = "yes")]
+    pub pause_when_fullscreen: bool,
+    /// Stop all work while any of these programs runs (process names).
+    #[serde(default)]
+    pub exclusive_programs: Vec<String>,
     /// OS layers a worker must have before it runs kernels (empty: none required).
     #[serde(default)]
     pub require_sandbox: Vec<Layer>,
@@ -111,6 +117,8 @@ impl Limits {
             metered_small_traffic: false,
             max_other_cpu_percent: 50.0,
             max_other_gpu_percent: default_max_other_gpu_percent(),
+            pause_when_fullscreen: true,
+            exclusive_programs: Vec::new(),
             require_sandbox: Vec::new(),
             policy_unreadable: None,
             lend_now: false,
@@ -120,6 +128,10 @@ impl Limits {
 
 fn default_max_other_gpu_percent() -> f32 {
     20.0
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// What the governor remembers between decisions: the latched thresholds.
@@ -333,6 +345,19 @@ pub fn decide(prev: &GovernorState, s: &Snapshot, l: &Limits, pauses: Pauses) ->
             &mut blocking,
             ReasonCode::OutsideHours,
             format!("outside allowed hours ({}–{})", hm(hours.start_minute), hm(hours.end_minute)),
+        );
+    }
+
+    if l.pause_when_fullscreen
+        && let Some(program) = &s.fullscreen
+    {
+        reason(&mut blocking, ReasonCode::FullScreen, format!("a full-screen window is in front ({program})"));
+    }
+    if let Some(program) = &s.exclusive_program {
+        reason(
+            &mut blocking,
+            ReasonCode::ExclusiveProgram,
+            format!("{program} is running, and you asked to lend nothing while it does"),
         );
     }
 

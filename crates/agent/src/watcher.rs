@@ -237,11 +237,16 @@ impl Loop {
         let mut sensors = (std::mem::replace(&mut self.config.sensors, Box::new(Sensors::this_machine)))();
         let idle_sensor = sensors.idle.name();
         let watching = self.watching.clone();
-        sensors.idle.wake_on_input(Arc::new(move || {
+        let wake: crate::sensors::Wake = Arc::new(move || {
             if watching.load(Ordering::Acquire) {
                 let _ = input_tx.send(Command::Input);
             }
-        }));
+        });
+        sensors.idle.wake_on_input(wake.clone());
+        // A window going full screen stops work at once too (leaving it is
+        // seen on the next slow tick, as the idle time is).
+        sensors.screen.wake_on_change(wake);
+        let mut exclusive = None;
         let mut presence_unknown = sensors.presence_unknown();
         // Someone may log in after an agent started at boot: look again now and then.
         let mut next_session_check = Instant::now() + SESSION_POLL;
@@ -257,7 +262,8 @@ impl Loop {
                 // The limits are read from the effective settings below, every pass.
                 self.config.settings.lock().expect("settings lock").refresh();
             }
-            if now >= next_slow {
+            let slow_tick = now >= next_slow;
+            if slow_tick {
                 next_slow = now + SLOW_POLL;
                 let ours: Vec<u32> = self.workers.iter().map(|(w, _)| w.pid()).collect();
                 slow = sensors.read_slow(&ours);
@@ -285,9 +291,15 @@ impl Loop {
             }
             let mut limits = self.config.settings.lock().expect("settings lock").limits();
             limits.lend_now = self.lend_now;
+            if slow_tick {
+                // The programs the user listed, with the slow sensors.
+                exclusive = crate::sensors::running_program(&limits.exclusive_programs);
+            }
             let mut snapshot =
                 sensors::snapshot(jiff::Zoned::now(), idle, &slow, self.transfer.uploaded, self.transfer.downloaded);
             snapshot.sandbox = self.sandbox.clone();
+            snapshot.fullscreen = sensors.screen.fullscreen();
+            snapshot.exclusive_program = exclusive.clone();
             // The GPU's busy share is other programs' only while none of ours runs.
             snapshot.other_gpu_percent =
                 snapshot.gpu_busy_percent.filter(|_| self.gpu_idle_since.is_some_and(|t| t.elapsed() >= GPU_SETTLE));

@@ -2,7 +2,7 @@
 //! shared and noisy, so read them as a distribution, and the interference
 //! figure as a ratio within one run.
 //!
-//! `cargo bench --bench agent [input|idle|duty|interference]` (release profile;
+//! `cargo bench --bench agent [input|programs|idle|duty|interference]` (release profile;
 //! needs Xvfb, xdotool, KWin and Mutter for `input`, the kernel keyring for all).
 //!
 //! Everything runs for real: a `pool serve` process, the `idlemesh agent`
@@ -43,6 +43,9 @@ fn main() {
     if want("input") {
         long_job();
         input_to_stop(&tmp.path().join("input"), &pool.url);
+    }
+    if want("programs") {
+        exclusive_programs_scan();
     }
     if want("idle") {
         let empty = PoolProcess::start(&tmp.path().join("empty-pool"));
@@ -134,6 +137,39 @@ fn input_to_stop(dir: &Path, pool: &str) {
          of which starting xdotool alone: p50 {:.1} ms",
         ms(percentile(&spawn, 0.5)),
     );
+    // The focused window going full screen (EWMH properties as a window
+    // manager sets them), and a program of `exclusive_programs` starting.
+    let screen = FullScreen::new(&x.display);
+    let (p50, p95, max) = trials_of(
+        &dir.join("fullscreen"),
+        pool,
+        &[("DISPLAY", &x.display)],
+        "",
+        |_| screen.set(true),
+        || screen.set(false),
+    );
+    println!("full screen → worker stopped ({TRIALS} trials): p50 {p50:.2} ms, p95 {p95:.2} ms, max {max:.2} ms");
+    let game = dir.join("imbench-game");
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::copy("/bin/sleep", &game).unwrap();
+    let mut child: Option<std::process::Child> = None;
+    let child = std::cell::RefCell::new(&mut child);
+    let (p50, p95, max) = trials_of(
+        &dir.join("exclusive"),
+        pool,
+        &[],
+        "exclusive_programs = [\"imbench-game\"]\n",
+        |_| **child.borrow_mut() = Some(std::process::Command::new(&game).arg("60").spawn().unwrap()),
+        || {
+            if let Some(mut c) = child.borrow_mut().take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        },
+    );
+    println!(
+        "exclusive program started → worker stopped ({TRIALS} trials, a /proc scan a second): p50 {p50:.0} ms, p95 {p95:.0} ms, max {max:.0} ms"
+    );
     drop(x);
     let mut kwin = Kwin::start();
     let socket = kwin.socket.display().to_string();
@@ -154,6 +190,43 @@ fn input_to_stop(dir: &Path, pool: &str) {
 }
 
 const TRIALS: usize = 60;
+
+/// A window, focused, whose `_NET_WM_STATE` says full screen or not.
+struct FullScreen {
+    conn: x11rb::rust_connection::RustConnection,
+    win: u32,
+    state: u32,
+    full: u32,
+}
+
+impl FullScreen {
+    fn new(display: &str) -> Self {
+        use x11rb::connection::Connection as _;
+        use x11rb::protocol::xproto::{AtomEnum, ConnectionExt as _, CreateWindowAux, PropMode, WindowClass};
+        use x11rb::wrapper::ConnectionExt as _;
+        let (conn, screen) = x11rb::rust_connection::RustConnection::connect(Some(display)).unwrap();
+        let root = conn.setup().roots[screen].root;
+        let atom = |name: &[u8]| conn.intern_atom(false, name).unwrap().reply().unwrap().atom;
+        let (active, state, full) =
+            (atom(b"_NET_ACTIVE_WINDOW"), atom(b"_NET_WM_STATE"), atom(b"_NET_WM_STATE_FULLSCREEN"));
+        let win = conn.generate_id().unwrap();
+        conn.create_window(0, win, root, 0, 0, 640, 480, 0, WindowClass::INPUT_OUTPUT, 0, &CreateWindowAux::new())
+            .unwrap();
+        conn.change_property8(PropMode::REPLACE, win, AtomEnum::WM_CLASS, AtomEnum::STRING, b"game\0Game\0").unwrap();
+        conn.change_property32(PropMode::REPLACE, root, active, AtomEnum::WINDOW, &[win]).unwrap();
+        conn.flush().unwrap();
+        Self { conn, win, state, full }
+    }
+
+    fn set(&self, on: bool) {
+        use x11rb::connection::Connection as _;
+        use x11rb::protocol::xproto::{AtomEnum, PropMode};
+        use x11rb::wrapper::ConnectionExt as _;
+        let atoms: &[u32] = if on { &[self.full] } else { &[] };
+        self.conn.change_property32(PropMode::REPLACE, self.win, self.state, AtomEnum::ATOM, atoms).unwrap();
+        self.conn.flush().unwrap();
+    }
+}
 
 /// Pointer motion sent through XTEST on a connection kept open.
 struct XTest {
@@ -178,8 +251,21 @@ impl XTest {
 }
 
 /// p50, p95 and max in ms of input → the worker frozen.
-fn trials(dir: &Path, pool: &str, session: &[(&str, &str)], mut input: impl FnMut(u32)) -> (f64, f64, f64) {
-    write_settings(dir, "idle_minutes = 0.01\ncpu_duty_cycle_percent = 100\ncpu_cores = 1\n");
+fn trials(dir: &Path, pool: &str, session: &[(&str, &str)], input: impl FnMut(u32)) -> (f64, f64, f64) {
+    trials_of(dir, pool, session, "", input, || {})
+}
+
+/// The same for any event `cause` stops the worker with, `undo` ending it
+/// (idleness ends an input by itself), with `settings` added.
+fn trials_of(
+    dir: &Path,
+    pool: &str,
+    session: &[(&str, &str)],
+    settings: &str,
+    mut cause: impl FnMut(u32),
+    mut undo: impl FnMut(),
+) -> (f64, f64, f64) {
+    write_settings(dir, &format!("idle_minutes = 0.01\ncpu_duty_cycle_percent = 100\ncpu_cores = 1\n{settings}"));
     let mut env = session.to_vec();
     env.push(("IDLEMESH_LOG", "warn"));
     let mut agent = AgentProcess::start(dir, Some(pool), &env);
@@ -195,7 +281,7 @@ fn trials(dir: &Path, pool: &str, session: &[(&str, &str)], mut input: impl FnMu
         // Land at a random point of the watcher's polling period.
         std::thread::sleep(Duration::from_micros(jitter % 30_000));
         let t0 = Instant::now();
-        input(trial as u32);
+        cause(trial as u32);
         loop {
             if proc_state(pid).is_some_and(|(s, _)| s == 'T') {
                 break;
@@ -206,10 +292,34 @@ fn trials(dir: &Path, pool: &str, session: &[(&str, &str)], mut input: impl FnMu
             std::thread::sleep(Duration::from_micros(200));
         }
         lat.push(t0.elapsed());
+        undo();
     }
     agent.stop();
     lat.sort();
     (ms(percentile(&lat, 0.5)), ms(percentile(&lat, 0.95)), ms(*lat.last().unwrap()))
+}
+
+/// What looking for the user's `exclusive_programs` costs: one scan of
+/// `/proc/*/comm`, done once a second while any is listed.
+fn exclusive_programs_scan() {
+    let names: Vec<String> = ["steam", "obs", "no-such-game"].map(String::from).to_vec();
+    let processes = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .count();
+    const SCANS: u32 = 500;
+    let t = Instant::now();
+    for _ in 0..SCANS {
+        assert!(idlemesh_agent::sensors::running_program(&names).is_none());
+    }
+    let each = t.elapsed() / SCANS;
+    println!(
+        "exclusive_programs scan ({} names, {processes} processes): {:.0} µs each, {:.3} % of one core at one a second",
+        names.len(),
+        each.as_secs_f64() * 1e6,
+        each.as_secs_f64() * 100.0
+    );
 }
 
 /// The headless agent watching, enrolled in a pool with no work.

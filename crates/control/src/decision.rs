@@ -35,6 +35,15 @@ pub struct Snapshot {
     #[ts(optional = nullable)]
     pub other_gpu_percent: Option<f32>,
     pub metered_network: Option<bool>,
+    /// The program whose window is focused and full screen, if one is
+    /// (X11; `None` where the display server does not say).
+    #[serde(default)]
+    #[ts(optional = nullable)]
+    pub fullscreen: Option<String>,
+    /// A running program of the user's `exclusive_programs`, if one runs.
+    #[serde(default)]
+    #[ts(optional = nullable)]
+    pub exclusive_program: Option<String>,
     pub uploaded_today_bytes: u64,
     pub downloaded_today_bytes: u64,
     /// The OS layers the latest worker reported; `None` before any started.
@@ -190,6 +199,10 @@ pub enum ReasonCode {
     OtherProgramsBusy,
     /// Another program keeps the GPU busy: GPU work stops.
     GpuBusy,
+    /// The focused window is full screen (a game, a film).
+    FullScreen,
+    /// A program of the user's `exclusive_programs` runs.
+    ExclusiveProgram,
     Throttled,
     /// A layer `require_sandbox` lists is not in force (or not known yet).
     SandboxMissing,

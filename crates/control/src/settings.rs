@@ -52,6 +52,9 @@ pub enum SettingKind {
     /// A list of the worker's OS sandbox layers (`["seccomp", "landlock"]`),
     /// or the same names separated by commas.
     Layers,
+    /// A list of program names as the system lists running processes
+    /// (`["steam", "obs"]`), or the same separated by commas.
+    Programs,
 }
 
 /// One setting as the agent describes it (the `settings_schema` request):

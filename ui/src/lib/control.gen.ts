@@ -185,7 +185,7 @@ export type Reason = { code: ReasonCode, text: string,
  */
 scope?: Scope, };
 
-export type ReasonCode = "paused_by_user" | "user_active" | "user_idle" | "idle_unknown" | "presence_unknown" | "on_battery" | "battery_low" | "power_ok" | "too_hot" | "outside_hours" | "metered_network" | "upload_cap_reached" | "download_cap_reached" | "other_programs_busy" | "gpu_busy" | "throttled" | "sandbox_missing" | "policy_unreadable" | "lent_now_by_user";
+export type ReasonCode = "paused_by_user" | "user_active" | "user_idle" | "idle_unknown" | "presence_unknown" | "on_battery" | "battery_low" | "power_ok" | "too_hot" | "outside_hours" | "metered_network" | "upload_cap_reached" | "download_cap_reached" | "other_programs_busy" | "gpu_busy" | "full_screen" | "exclusive_program" | "throttled" | "sandbox_missing" | "policy_unreadable" | "lent_now_by_user";
 
 export type Traffic = "all" | "lease_upkeep" | "none";
 
@@ -224,7 +224,16 @@ gpu_busy_percent: number | null,
  * Of that, what other programs use: all of it while no GPU kernel of
  * ours runs; unknown while one does (the counter cannot tell them apart).
  */
-other_gpu_percent?: number | null, metered_network: boolean | null, uploaded_today_bytes: number, downloaded_today_bytes: number, 
+other_gpu_percent?: number | null, metered_network: boolean | null, 
+/**
+ * The program whose window is focused and full screen, if one is
+ * (X11; `None` where the display server does not say).
+ */
+fullscreen?: string | null, 
+/**
+ * A running program of the user's `exclusive_programs`, if one runs.
+ */
+exclusive_program?: string | null, uploaded_today_bytes: number, downloaded_today_bytes: number, 
 /**
  * The OS layers the latest worker reported; `None` before any started.
  */
@@ -311,7 +320,7 @@ locked: boolean,
  */
 locked_by: string | null, };
 
-export type SettingKind = { "type": "bool" } | { "type": "int", min: number, max: number, } | { "type": "float", min: number, max: number, step: number, } | { "type": "hours" } | { "type": "url" } | { "type": "cap_mb" } | { "type": "layers" };
+export type SettingKind = { "type": "bool" } | { "type": "int", min: number, max: number, } | { "type": "float", min: number, max: number, step: number, } | { "type": "hours" } | { "type": "url" } | { "type": "cap_mb" } | { "type": "layers" } | { "type": "programs" };
 
 export type LedgerRecord = { seq: number, at_ms: number, prev_hash: string, hash: string, } & ({ "kind": "disclosure", "body": Disclosed } | { "kind": "task_started", "body": TaskStarted } | { "kind": "task_finished", "body": TaskEnded } | { "kind": "task_failed", "body": TaskEnded } | { "kind": "task_refused", "body": TaskRefused } | { "kind": "task_given_back", "body": TaskGivenBack } | { "kind": "result_refused", "body": ResultRefused } | { "kind": "receipt", "body": ReceiptBody } | { "kind": "traffic", "body": TrafficBody } | { "kind": "paused", "body": PauseBody } | { "kind": "resumed", "body": PauseBody } | { "kind": "pool_left", "body": PoolLeft } | { "kind": "unreadable", "body": Unreadable });
 

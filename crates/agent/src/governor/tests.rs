@@ -22,6 +22,8 @@ fn snap() -> Snapshot {
         cpu_temp_c: Some(50.0),
         gpu_busy_percent: None,
         other_gpu_percent: None,
+        fullscreen: None,
+        exclusive_program: None,
         metered_network: Some(false),
         uploaded_today_bytes: 0,
         downloaded_today_bytes: 0,
@@ -154,6 +156,27 @@ fn every_limit_alone_and_in_combination() {
             Some(&[BatteryLow]),
         ),
         ("on AC, charged", |s, _| s.battery = Some(Battery { percent: 90.0, on_ac: true }), ManualPause::None, None),
+        (
+            "a full-screen window in front",
+            |s, _| s.fullscreen = Some("mpv".into()),
+            ManualPause::None,
+            Some(&[FullScreen]),
+        ),
+        (
+            "full screen, but the user lets it be",
+            |s, l| {
+                s.fullscreen = Some("mpv".into());
+                l.pause_when_fullscreen = false;
+            },
+            ManualPause::None,
+            None,
+        ),
+        (
+            "an exclusive program runs",
+            |s, _| s.exclusive_program = Some("steam".into()),
+            ManualPause::None,
+            Some(&[ExclusiveProgram]),
+        ),
         ("too hot", |s, _| s.cpu_temp_c = Some(85.0), ManualPause::None, Some(&[TooHot])),
         (
             "custom temperature limit",
@@ -325,6 +348,14 @@ fn reasons_read_as_the_design_says() {
     s.battery = Some(Battery { percent: 41.0, on_ac: false });
     let (d, _) = decide(&GovernorState::default(), &s, &l, Pauses::default());
     assert_eq!(d.reasons[0].text, "on battery 41% < 50%");
+
+    let full = Snapshot { fullscreen: Some("mpv".into()), exclusive_program: Some("steam".into()), ..snap() };
+    let (d, _) = decide(&GovernorState::default(), &full, &limits(), Pauses::default());
+    let texts: Vec<&str> = d.reasons.iter().map(|r| r.text.as_str()).collect();
+    assert_eq!(
+        texts,
+        ["a full-screen window is in front (mpv)", "steam is running, and you asked to lend nothing while it does"]
+    );
 
     // T0 is 13:00 UTC; the user's clock is UTC+1, so 15 minutes on is 14:15 for them.
     let (d, _) = decide(

@@ -11,6 +11,7 @@ mod idle;
 mod load;
 mod network;
 mod power;
+mod screen;
 mod session;
 mod thermal;
 
@@ -20,6 +21,7 @@ use crate::governor::{Battery, Snapshot};
 
 pub use idle::open_idle_sensor;
 pub use power::SysfsPower;
+pub use screen::{ScreenSensor, running_program};
 pub use session::graphical_session;
 
 /// Seconds since the user last touched keyboard or mouse.
@@ -102,6 +104,8 @@ pub struct Sensors {
     pub thermal: Box<dyn ThermalSensor>,
     pub gpu: Box<dyn GpuSensor>,
     pub network: Box<dyn NetworkSensor>,
+    /// Whether the focused window is full screen.
+    pub screen: Box<dyn ScreenSensor>,
     /// Why this machine has a person to yield to (see [`graphical_session`]);
     /// `None`: headless.
     pub graphical_session: Option<String>,
@@ -123,6 +127,7 @@ impl Sensors {
             thermal: Box::new(thermal::SysinfoThermal::new()),
             gpu: Box::new(gpu::DrmGpus::new()),
             network: network::open(),
+            screen: screen::open(),
             graphical_session: graphical_session(),
         }
     }
@@ -169,8 +174,11 @@ pub fn snapshot(
         battery: slow.battery,
         cpu_temp_c: slow.cpu_temp_c,
         gpu_busy_percent: slow.gpu_busy_percent,
-        // The watcher knows whether our own GPU kernels run.
+        // The watcher knows whether our own GPU kernels run, what is full
+        // screen and which programs run.
         other_gpu_percent: None,
+        fullscreen: None,
+        exclusive_program: None,
         metered_network: slow.metered_network,
         uploaded_today_bytes,
         downloaded_today_bytes,

@@ -153,6 +153,18 @@ pub const SPECS: &[Spec] = &[
         help: "When a game, a video or another program keeps the graphics card this busy, GPU work stops for it; processor work goes on.",
     },
     Spec {
+        key: "pause_when_fullscreen",
+        kind: Kind::Bool,
+        label: "Pause while a full-screen window is in front",
+        help: "A game or a film shown full screen stops all work until it leaves full screen, even if you have not touched the mouse.",
+    },
+    Spec {
+        key: "exclusive_programs",
+        kind: Kind::Programs,
+        label: "Pause while these programs run",
+        help: "Program names as your system lists them (for example steam, obs), separated by commas. While any of them runs, nothing is lent. Empty: none.",
+    },
+    Spec {
         key: "require_sandbox",
         kind: Kind::Layers,
         label: "Run tasks only behind these walls",
@@ -182,6 +194,8 @@ pub fn default_value(key: &str, machine: Machine) -> Option<Value> {
         "allow_metered" | "metered_small_traffic" | "allow_insecure_pool" => Value::Boolean(false),
         "max_other_cpu_percent" => Value::Float(50.0),
         "max_other_gpu_percent" => Value::Float(20.0),
+        "pause_when_fullscreen" => Value::Boolean(true),
+        "exclusive_programs" => Value::Array(Vec::new()),
         "require_sandbox" => Value::Array(Vec::new()),
         _ => return None,
     };
@@ -232,6 +246,25 @@ pub fn check(kind: Kind, v: &Value) -> Result<Value, String> {
             Ok(Value::Array(layers.into_iter().map(|l| Value::String(l.as_str().into())).collect()))
         }
         (Kind::Layers, _) => Err("expected a list of sandbox layers such as [\"seccomp\", \"landlock\"]".into()),
+        (Kind::Programs, Value::String(s)) => {
+            let names: Vec<Value> =
+                s.split(',').map(str::trim).filter(|n| !n.is_empty()).map(|n| Value::String(n.into())).collect();
+            check(kind, &Value::Array(names))
+        }
+        (Kind::Programs, Value::Array(items)) => {
+            let mut names: Vec<String> = Vec::new();
+            for item in items {
+                let name = item.as_str().ok_or_else(|| format!("expected program names, not {item}"))?.trim();
+                if name.is_empty() || name.len() > 255 || name.contains('/') || name.chars().any(char::is_control) {
+                    return Err(format!("{name:?} is not a program name (a name such as steam, without a path)"));
+                }
+                if !names.iter().any(|n| n == name) {
+                    names.push(name.to_owned());
+                }
+            }
+            Ok(Value::Array(names.into_iter().map(Value::String).collect()))
+        }
+        (Kind::Programs, _) => Err("expected a list of program names such as [\"steam\", \"obs\"]".into()),
     }
 }
 
@@ -288,6 +321,13 @@ pub fn to_limits(get: impl Fn(&str) -> Option<Value>, machine: Machine) -> Limit
         metered_small_traffic: boolean("metered_small_traffic"),
         max_other_cpu_percent: float("max_other_cpu_percent") as f32,
         max_other_gpu_percent: float("max_other_gpu_percent") as f32,
+        pause_when_fullscreen: boolean("pause_when_fullscreen"),
+        exclusive_programs: get("exclusive_programs")
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|v| Some(v.as_str()?.to_owned()))
+            .collect(),
         require_sandbox: get("require_sandbox")
             .and_then(|v| v.as_array().cloned())
             .unwrap_or_default()
