@@ -13,8 +13,6 @@
 //! Programs: the names in `/proc/*/comm`, read on the watcher's slow tick
 //! only while the user listed any (docs/benchmarks.md has its cost).
 
-use std::sync::{Arc, Mutex};
-
 use super::Wake;
 
 /// The focused window's program while it is full screen.
@@ -73,20 +71,22 @@ pub fn running_program(names: &[String]) -> Option<String> {
     None
 }
 
-#[derive(Default)]
-struct Shared {
-    program: Option<String>,
-    wake: Option<Wake>,
-}
-
 #[cfg(target_os = "linux")]
 pub(crate) mod x11 {
+    use std::sync::{Arc, Mutex};
+
     use x11rb::connection::Connection as _;
     use x11rb::protocol::Event;
     use x11rb::protocol::xproto::{AtomEnum, ChangeWindowAttributesAux, ConnectionExt as _, EventMask, Window};
     use x11rb::rust_connection::RustConnection;
 
     use super::*;
+
+    #[derive(Default)]
+    struct Shared {
+        program: Option<String>,
+        wake: Option<Wake>,
+    }
 
     struct Atoms {
         active: u32,
