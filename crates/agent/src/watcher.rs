@@ -194,6 +194,8 @@ struct Loop {
     watching: Arc<AtomicBool>,
     /// Since when no GPU kernel of ours has run (`None`: one runs now).
     gpu_idle_since: Option<Instant>,
+    /// When the slow sensors (the GPU's busy counter among them) were read.
+    slow_read_at: Instant,
 }
 
 impl Loop {
@@ -230,6 +232,7 @@ impl Loop {
             input_arrived: false,
             watching: Arc::default(),
             gpu_idle_since: Some(Instant::now()),
+            slow_read_at: Instant::now(),
         }
     }
 
@@ -266,7 +269,11 @@ impl Loop {
             if slow_tick {
                 next_slow = now + SLOW_POLL;
                 let ours: Vec<u32> = self.workers.iter().map(|(w, _)| w.pid()).collect();
-                slow = sensors.read_slow(&ours);
+                // The GPU only while GPU work is on: reading it may wake a
+                // sleeping laptop GPU.
+                let gpu = self.config.settings.lock().expect("settings lock").limits().gpu_enabled;
+                slow = sensors.read_slow(&ours, gpu);
+                self.slow_read_at = now;
                 if now >= next_session_check {
                     next_session_check = now + SESSION_POLL;
                     sensors.graphical_session = crate::sensors::graphical_session();
@@ -300,14 +307,18 @@ impl Loop {
             snapshot.sandbox = self.sandbox.clone();
             snapshot.fullscreen = sensors.screen.fullscreen();
             snapshot.exclusive_program = exclusive.clone();
-            // The GPU's busy share is other programs' only while none of ours runs.
+            // The GPU's busy share is other programs' only if it was read
+            // once none of ours had run for a while.
+            let read_at = self.slow_read_at;
             snapshot.other_gpu_percent =
-                snapshot.gpu_busy_percent.filter(|_| self.gpu_idle_since.is_some_and(|t| t.elapsed() >= GPU_SETTLE));
+                snapshot.gpu_busy_percent.filter(|_| self.gpu_idle_since.is_some_and(|t| read_at >= t + GPU_SETTLE));
             snapshot.graphical_session = presence_unknown.clone();
             let (decision, state) = governor::decide(&self.state, &snapshot, &limits, self.pauses);
             self.state = state;
-            // Watching before thawing: input between the two still wakes us.
-            self.watching.store(!self.workers.is_empty() && !decision.is_paused(), Ordering::Release);
+            // Watching whenever work may run, workers or not (between two
+            // tasks the user's return must still count), and before
+            // thawing: input between the two still wakes us.
+            self.watching.store(!decision.is_paused(), Ordering::Release);
             self.enforce(&decision);
             let ours_on_gpu = self.workers.iter().any(|(w, gpu)| *gpu && !w.is_frozen());
             match (ours_on_gpu, self.gpu_idle_since) {
@@ -399,6 +410,8 @@ impl Loop {
                     w.freeze();
                 }
                 self.workers.push((w, gpu));
+                // Look at the user now, not at the next slow tick.
+                self.input_arrived = true;
             }
             Command::Detach(pid) => self.workers.retain(|(w, _)| w.pid() != pid),
             Command::Sandbox(report) => self.sandbox = Some(*report),

@@ -107,6 +107,9 @@ pub enum Scope {
 }
 
 impl Scope {
+    pub fn is_all(&self) -> bool {
+        *self == Self::All
+    }
     pub fn covers_cpu(self) -> bool {
         self != Self::Gpu
     }

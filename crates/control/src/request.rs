@@ -19,12 +19,15 @@ pub enum Request {
     Pause {
         #[serde(default)]
         duration: Option<String>,
-        #[serde(default)]
+        // Not sent for all work: an agent from before `only` refuses fields it does not know.
+        #[serde(default, skip_serializing_if = "Scope::is_all")]
+        #[ts(as = "Option<Scope>", optional)]
         only: Scope,
     },
     /// `only`: one kind of work; the default resumes all. Answered with [`Paused`].
     Resume {
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Scope::is_all")]
+        #[ts(as = "Option<Scope>", optional)]
         only: Scope,
     },
     /// Changes one user setting (refused for keys the IT policy locks).
@@ -110,7 +113,8 @@ impl Request {
 pub struct Paused {
     /// The pause of all work (`none` while one kind may run).
     pub manual_pause: ManualPause,
-    /// Each kind's pause.
+    /// Each kind's pause (an agent from before it: both as `manual_pause`).
+    #[serde(default)]
     pub pauses: Pauses,
 }
 
@@ -274,7 +278,13 @@ mod tests {
         assert!(serde_json::from_str::<Request>(r#"{"command":"format_disk"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"command":"pause","duration":"1h","extra":1}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"command":"pause","only":"disk"}"#).is_err());
-        // What older clients send still means all work.
+        // Pausing all work is sent as before `only` existed (an older agent
+        // refuses unknown fields), and what older clients send means all work.
+        assert_eq!(serde_json::to_string(&Request::Resume { only: Scope::All }).unwrap(), r#"{"command":"resume"}"#);
+        assert_eq!(
+            serde_json::to_string(&Request::Pause { duration: None, only: Scope::All }).unwrap(),
+            r#"{"command":"pause","duration":null}"#
+        );
         assert_eq!(
             serde_json::from_str::<Request>(r#"{"command":"resume"}"#).unwrap(),
             Request::Resume { only: Scope::All }

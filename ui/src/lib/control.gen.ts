@@ -7,7 +7,7 @@ export type SettingValue = string | number | boolean | string[];
 /** A span of time as serde writes a Rust `Duration`. */
 export type Elapsed = { secs: number; nanos: number };
 
-export type Request = { "command": "status" } | { "command": "pause", duration: string | null, only: Scope, } | { "command": "resume", only: Scope, } | { "command": "settings_set", key: string, value: string, } | { "command": "settings_schema" } | { "command": "settings_reset" } | { "command": "pools" } | { "command": "pool_join", url: string, token: string | null, temporary: boolean, } | { "command": "pool_leave", url: string, } | { "command": "lend_now" } | { "command": "demo_start" } | { "command": "ledger_entries", kind: string | null, limit: number | null, } | { "command": "ledger_summary" } | { "command": "ledger_verify" } | { "command": "ledger_export", format: string, } | { "command": "agent_retry" };
+export type Request = { "command": "status" } | { "command": "pause", duration: string | null, only?: Scope, } | { "command": "resume", only?: Scope, } | { "command": "settings_set", key: string, value: string, } | { "command": "settings_schema" } | { "command": "settings_reset" } | { "command": "pools" } | { "command": "pool_join", url: string, token: string | null, temporary: boolean, } | { "command": "pool_leave", url: string, } | { "command": "lend_now" } | { "command": "demo_start" } | { "command": "ledger_entries", kind: string | null, limit: number | null, } | { "command": "ledger_summary" } | { "command": "ledger_verify" } | { "command": "ledger_export", format: string, } | { "command": "agent_retry" };
 
 export type Paused = { 
 /**
@@ -15,7 +15,7 @@ export type Paused = {
  */
 manual_pause: ManualPause, 
 /**
- * Each kind's pause.
+ * Each kind's pause (an agent from before it: both as `manual_pause`).
  */
 pauses: Pauses, };
 

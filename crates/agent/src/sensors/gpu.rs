@@ -20,14 +20,13 @@ const NVIDIA: &str = "0x10de";
 pub struct DrmGpus {
     /// `/sys/class/drm`.
     root: PathBuf,
-    nvml: Option<nvml::Nvml>,
+    /// Loaded at the first reading (GPU work on), where an NVIDIA card is.
+    nvml: Option<Option<nvml::Nvml>>,
 }
 
 impl DrmGpus {
     pub fn new() -> Self {
-        let root = PathBuf::from("/sys/class/drm");
-        let nvml = cards(&root).iter().any(|c| vendor(c).as_deref() == Some(NVIDIA)).then(nvml::Nvml::load).flatten();
-        Self { root, nvml }
+        Self { root: PathBuf::from("/sys/class/drm"), nvml: None }
     }
 }
 
@@ -61,7 +60,11 @@ fn amdgpu_busy(root: &Path) -> Vec<f32> {
 impl GpuSensor for DrmGpus {
     fn busy_percent(&mut self) -> Option<f32> {
         let mut all = amdgpu_busy(&self.root);
-        if let Some(nvml) = &self.nvml {
+        let root = &self.root;
+        let nvml = self.nvml.get_or_insert_with(|| {
+            cards(root).iter().any(|c| vendor(c).as_deref() == Some(NVIDIA)).then(nvml::Nvml::load).flatten()
+        });
+        if let Some(nvml) = nvml {
             all.extend(nvml.busy_percent());
         }
         all.into_iter().reduce(f32::max)
@@ -151,11 +154,11 @@ mod tests {
         card("card1", "0x8086", "99"); // Intel: no such counter is read
         card("card0-DP-1", "0x1002", "88"); // a connector, not a card
         card("card2", "0x1002", "not a number");
-        let mut gpus = DrmGpus { root: tmp.path().to_owned(), nvml: None };
+        let mut gpus = DrmGpus { root: tmp.path().to_owned(), nvml: Some(None) };
         assert_eq!(gpus.busy_percent(), Some(37.0));
         card("card3", "0x1002", "63");
         assert_eq!(gpus.busy_percent(), Some(63.0), "the busiest GPU");
-        let mut none = DrmGpus { root: tmp.path().join("absent"), nvml: None };
+        let mut none = DrmGpus { root: tmp.path().join("absent"), nvml: Some(None) };
         assert_eq!(none.busy_percent(), None, "no GPU, or no counter: unknown");
     }
 }

@@ -143,12 +143,13 @@ impl Sensors {
         })
     }
 
-    pub fn read_slow(&mut self, ours: &[u32]) -> SlowReadings {
+    /// `gpu`: whether to read the GPU's busy counter too.
+    pub fn read_slow(&mut self, ours: &[u32], gpu: bool) -> SlowReadings {
         SlowReadings {
             other_cpu_percent: self.load.other_cpu_percent(ours),
             battery: self.power.battery(),
             cpu_temp_c: self.thermal.cpu_temp_c(),
-            gpu_busy_percent: self.gpu.busy_percent(),
+            gpu_busy_percent: if gpu { self.gpu.busy_percent() } else { None },
             metered_network: self.network.metered(),
         }
     }

@@ -179,15 +179,17 @@ pub(crate) mod x11 {
         let events = ChangeWindowAttributesAux::new().event_mask(EventMask::PROPERTY_CHANGE);
         let mut watched = None;
         loop {
-            let (active, program) = in_front(conn, root, atoms);
-            if active != watched {
+            let (mut active, mut program) = in_front(conn, root, atoms);
+            while active != watched {
                 // The new focused window's state changes come here too (it
-                // may be gone already: then its error is of no matter).
+                // may be gone already: then its error is of no matter); its
+                // state is read again after, so a change in between counts.
                 if let Some(w) = active {
                     let _ = conn.change_window_attributes(w, &events);
                     let _ = conn.flush();
                 }
                 watched = active;
+                (active, program) = in_front(conn, root, atoms);
             }
             let wake = {
                 let mut s = shared.lock().expect("screen state");

@@ -150,7 +150,7 @@ pub const SPECS: &[Spec] = &[
         key: "max_other_gpu_percent",
         kind: Kind::Float { min: 1.0, max: 100.0, step: 1.0 },
         label: "Make way when other programs use more than (% of the GPU)",
-        help: "When a game, a video or another program keeps the graphics card this busy, GPU work stops for it; processor work goes on.",
+        help: "When a game, a video or another program keeps the graphics card this busy while no GPU work of ours runs (before it starts, or while it is paused), GPU work waits for it; processor work goes on.",
     },
     Spec {
         key: "pause_when_fullscreen",
