@@ -106,9 +106,9 @@ impl Attempts {
         Self { home_file, tmp_file, listener }
     }
 
-    fn list(&self) -> Vec<(&'static str, Value, Option<&'static str>)> {
+    fn list(&self, profile: Profile) -> Vec<(&'static str, Value, Option<&'static str>)> {
         let port = self.listener.local_addr().unwrap().port();
-        vec![
+        let mut list = vec![
             ("read /etc/passwd", json!({"attempt": "read_file", "path": "/etc/passwd"}), None),
             ("read a file in $HOME", json!({"attempt": "read_file", "path": self.home_file}), None),
             ("create a file in /tmp", json!({"attempt": "create_file", "path": self.tmp_file}), None),
@@ -120,7 +120,12 @@ impl Attempts {
             ("signal the parent", json!({"attempt": "kill_parent"}), Some("kill")),
             ("keyctl on the user keyring", json!({"attempt": "keyctl"}), Some("keyctl")),
             ("io_uring_setup", json!({"attempt": "io_uring"}), Some("io_uring_setup")),
-        ]
+        ];
+        if profile == Profile::Cpu {
+            // A CPU worker's one `ioctl` is PAGEMAP_SCAN; a GPU driver's are many.
+            list.push(("an ioctl other than PAGEMAP_SCAN", json!({"attempt": "ioctl"}), Some("ioctl")));
+        }
+        list
     }
 
     fn connections(&self) -> usize {
@@ -148,7 +153,7 @@ fn drill_profile(profile: Profile) {
     }
     assert!(sandbox.landlock_abi >= 4);
     assert_eq!(sandbox.profile, profile);
-    for (what, params, call) in attempts.list() {
+    for (what, params, call) in attempts.list(profile) {
         let result = locked.attempt(params);
         eprintln!("drill ({profile:?}, locked down): {what}: {result:?}");
         match call {
@@ -170,7 +175,7 @@ fn drill_profile(profile: Profile) {
     // above are what stopped them.
     let mut open = Drill::new(profile, false, &cache);
     assert!(!open.worker().sandbox().has(Layer::Seccomp));
-    for (what, params, _) in attempts.list() {
+    for (what, params, _) in attempts.list(profile) {
         let result = open.attempt(params);
         eprintln!("drill ({profile:?}, no lockdown): {what}: {result:?}");
         assert!(matches!(result, Verdict::Succeeded(_)), "{what} failed even without the lockdown: {result:?}");

@@ -100,6 +100,11 @@ fn attempt(params: &str, input: &[u8]) -> Outcome {
                 "ring made".into()
             })
         }
+        "ioctl" => {
+            let mut waiting: libc::c_int = 0;
+            // SAFETY: FIONREAD writes one int, the bytes waiting on our stdin pipe.
+            check(unsafe { libc::ioctl(0, libc::FIONREAD, &mut waiting) }).map(|_| format!("{waiting} bytes waiting"))
+        }
         "noop" => Ok("tried nothing".into()),
         other => return Outcome::failed(Status::Error, format!("unknown attempt {other:?}")),
     };

@@ -15,6 +15,9 @@ wasmtime::component::bindgen!({
     imports: { default: trappable },
 });
 
+/// The most `read-input` hands over in one call.
+pub(crate) const MAX_READ_BYTES: u32 = 16 << 20;
+
 /// Log text kept per run; the rest is counted, not stored.
 pub(crate) const LOG_CAP_BYTES: usize = 64 * 1024;
 /// Progress reaches the supervisor at most this often: a kernel may report
@@ -61,8 +64,42 @@ impl Bucket {
     }
 }
 
+/// The task's input, lent to one run's host calls: `read-input` copies
+/// from it into the kernel's memory piece by piece, with no copy of the
+/// whole made first.
+pub(crate) struct LentInput {
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: the bytes are only read, and outlive every use (see `lend`).
+unsafe impl Send for LentInput {}
+
+impl LentInput {
+    /// # Safety
+    /// `input` must stay alive and unchanged while the returned value can be
+    /// used: `Sandbox::run_known` keeps the store that holds it local and
+    /// drops it before it returns, and `input` is borrowed for that call.
+    pub(crate) unsafe fn lend(input: &[u8]) -> Self {
+        Self { ptr: input.as_ptr(), len: input.len() }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `lend`'s contract; a pointer and length taken from a live slice.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+/// The piece of `input` that `read-input(offset, len)` returns.
+pub(crate) fn input_piece(input: &[u8], offset: u64, len: u32) -> &[u8] {
+    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(input.len());
+    let len = len.min(MAX_READ_BYTES) as usize;
+    &input[start..start.saturating_add(len).min(input.len())]
+}
+
 pub(crate) struct HostState {
     pub wasi: WasiCtx,
+    pub input: LentInput,
     pub table: ResourceTable,
     pub memory: MemoryCap,
     pub events: Box<dyn Events>,
@@ -80,10 +117,17 @@ pub(crate) struct HostState {
 }
 
 impl HostState {
-    pub fn new(wasi: WasiCtx, memory: MemoryCap, events: Box<dyn Events>, max_checkpoint_bytes: usize) -> Self {
+    pub fn new(
+        wasi: WasiCtx,
+        input: LentInput,
+        memory: MemoryCap,
+        events: Box<dyn Events>,
+        max_checkpoint_bytes: usize,
+    ) -> Self {
         let now = Instant::now();
         Self {
             wasi,
+            input,
             table: ResourceTable::new(),
             memory,
             events,
@@ -155,6 +199,15 @@ impl idlemesh::kernel::host::Host for HostState {
         }
         Ok(())
     }
+
+    fn input_size(&mut self) -> wasmtime::Result<u64> {
+        Ok(self.input.len as u64)
+    }
+
+    fn read_input(&mut self, offset: u64, len: u32) -> wasmtime::Result<Vec<u8>> {
+        // Landing in the kernel's memory, the piece counts against its cap.
+        Ok(input_piece(self.input.bytes(), offset, len).to_vec())
+    }
 }
 
 #[cfg(test)]
@@ -174,6 +227,19 @@ mod tests {
         // A long quiet spell refills to the burst, not beyond.
         let later = ms(60_000);
         assert_eq!((0..5).map(|_| b.take(later)).filter(|ok| *ok).count(), 3);
+    }
+
+    #[test]
+    fn read_input_hands_over_what_is_there_and_no_more() {
+        let input: Vec<u8> = (0..100u8).collect();
+        assert_eq!(input_piece(&input, 0, 10), &input[..10]);
+        assert_eq!(input_piece(&input, 95, 10), &input[95..], "fewer at its end");
+        assert!(input_piece(&input, 100, 10).is_empty(), "none at its end");
+        assert!(input_piece(&input, u64::MAX, u32::MAX).is_empty(), "none past it");
+        assert!(input_piece(&input, 50, 0).is_empty());
+        let big = vec![7u8; MAX_READ_BYTES as usize + 10];
+        assert_eq!(input_piece(&big, 0, u32::MAX).len(), MAX_READ_BYTES as usize, "at most 16 MiB a call");
+        assert_eq!(input_piece(&big, 5, u32::MAX).len(), MAX_READ_BYTES as usize);
     }
 
     #[test]

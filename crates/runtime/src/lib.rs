@@ -38,6 +38,7 @@ pub mod ipc;
 mod limiter;
 pub mod lockdown;
 pub mod nan_canon;
+mod pagemap;
 mod outcome;
 mod sandbox;
 mod wasi_ctx;

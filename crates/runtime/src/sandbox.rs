@@ -10,7 +10,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig, Store, Strategy, Trap};
 
 use crate::cache::ArtifactCache;
-use crate::host::{HostState, Kernel, KernelPre};
+use crate::host::{HostState, Kernel, KernelPre, LentInput};
 use crate::limiter::MemoryCap;
 use crate::outcome::{Outcome, Status};
 use crate::wasi_ctx;
@@ -81,12 +81,37 @@ pub enum SandboxError {
 const PLAIN_CACHE: &str = "plain";
 const METERED_CACHE: &str = "metered";
 
+/// A kernel compiled and linked, ready to instantiate.
+#[derive(Clone)]
+struct Prepared {
+    pre: KernelPre<HostState>,
+    /// It imports `read-input`, so it reads its input on request and `run`
+    /// gets an empty one.
+    reads_on_request: bool,
+}
+
+/// The interface of the kernel world's host calls, and the one that asks for input.
+const HOST_INTERFACE: &str = "idlemesh:kernel/host@0.1.0";
+const READ_INPUT: &str = "read-input";
+
+/// Whether `component` imports `read-input`: only functions a kernel calls
+/// are in its imports, so this is the kernel saying it reads its input so.
+fn reads_input_on_request(engine: &Engine, component: &Component) -> bool {
+    let ty = component.component_type();
+    match ty.get_import(engine, HOST_INTERFACE).map(|e| e.ty) {
+        Some(wasmtime::component::types::ComponentItem::ComponentInstance(host)) => {
+            host.get_export(engine, READ_INPUT).is_some()
+        }
+        _ => false,
+    }
+}
+
 /// One engine with its linker and the kernels already prepared for it.
 struct Flavour {
     engine: Engine,
     linker: Linker<HostState>,
     cache: Option<ArtifactCache>,
-    prepared: Mutex<HashMap<Sha256, KernelPre<HostState>>>,
+    prepared: Mutex<HashMap<Sha256, Prepared>>,
 }
 
 /// Runs kernels. Fuel metering changes code generation, so metered runs use a
@@ -147,13 +172,26 @@ fn laptop_pool() -> PoolingAllocationConfig {
         .max_tables_per_component(32)
         .max_memories_per_module(1)
         .max_tables_per_module(4)
-        // Zeroing kept pages costs more than faulting fresh ones beyond a
-        // little: measured warm start p50 42 µs at 64 KiB, 73 µs at 1 MiB,
-        // 53 µs at 4 MiB (docs/benchmarks.md).
-        .linear_memory_keep_resident(64 << 10)
+        .linear_memory_keep_resident(keep_resident())
         .table_keep_resident(64 << 10)
         .max_unused_warm_slots(4);
+    if crate::pagemap::scan_supported() {
+        p.pagemap_scan(wasmtime::Enabled::Yes);
+    }
     p
+}
+
+/// Bytes of a used memory slot kept resident (zeroed) for the next task.
+///
+/// Where the kernel says which pages a task wrote, up to 64 MiB of them:
+/// a large input then lands in pages already there; faulting a 64 MiB input
+/// in afresh took longer than the kernel's own work (docs/benchmarks.md).
+/// A worker keeps at most that much between tasks, of what its last task
+/// used. Elsewhere wasmtime would zero the first bytes of every used memory
+/// whether written or not, which costs a small kernel more than the faults
+/// it saves (warm start p50 42 µs at 64 KiB, 73 µs at 1 MiB): a little only.
+fn keep_resident() -> usize {
+    if crate::pagemap::scan_supported() { 64 << 20 } else { 64 << 10 }
 }
 
 impl Flavour {
@@ -175,9 +213,9 @@ impl Flavour {
 
     /// The kernel ready to instantiate: from memory, the disk cache, or a
     /// compile. Bytes are needed, and checked against `sha`, only for a compile.
-    fn prepare(&self, wasm: &[u8], sha: Sha256) -> Result<(KernelPre<HostState>, bool), String> {
-        if let Some(pre) = self.prepared.lock().unwrap().get(&sha) {
-            return Ok((pre.clone(), true));
+    fn prepare(&self, wasm: &[u8], sha: Sha256) -> Result<(Prepared, bool), String> {
+        if let Some(prepared) = self.prepared.lock().unwrap().get(&sha) {
+            return Ok((prepared.clone(), true));
         }
         let cached = self.cache.as_ref().and_then(|c| c.load(&self.engine, &sha));
         let cache_hit = cached.is_some();
@@ -214,8 +252,9 @@ impl Flavour {
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| format!("cannot link: {e:#}"))?;
         let pre =
             KernelPre::new(instance_pre).map_err(|e| format!("does not export the idlemesh:kernel world: {e:#}"))?;
-        self.prepared.lock().unwrap().insert(sha, pre.clone());
-        Ok((pre, cache_hit))
+        let prepared = Prepared { pre, reads_on_request: reads_input_on_request(&self.engine, &component) };
+        self.prepared.lock().unwrap().insert(sha, prepared.clone());
+        Ok((prepared, cache_hit))
     }
 }
 
@@ -281,7 +320,7 @@ impl Sandbox {
             Ok(f) => f,
             Err(e) => return Outcome::failed(Status::Error, e),
         };
-        let (pre, cache_hit) = match flavour.prepare(wasm, sha) {
+        let (Prepared { pre, reads_on_request }, cache_hit) = match flavour.prepare(wasm, sha) {
             Ok(p) => p,
             Err(e) => return Outcome::failed(Status::InvalidKernel, e),
         };
@@ -291,7 +330,10 @@ impl Sandbox {
         let max_checkpoint_bytes =
             usize::try_from(limits.max_output_bytes.saturating_mul(2).max(1 << 20)).unwrap_or(usize::MAX);
         let memory = MemoryCap::new(usize::try_from(limits.max_memory_bytes).unwrap_or(usize::MAX));
-        let state = HostState::new(wasi, memory, Box::new(events), max_checkpoint_bytes);
+        // SAFETY: the store holding the lent input is this function's and is
+        // dropped before it returns; `input` is borrowed for the whole call.
+        let lent = unsafe { LentInput::lend(input) };
+        let state = HostState::new(wasi, lent, memory, Box::new(events), max_checkpoint_bytes);
         let mut store = Store::new(&flavour.engine, state);
         store.limiter(|s| &mut s.memory);
         if self.config.epoch_interruption {
@@ -314,7 +356,8 @@ impl Sandbox {
         if let (Ok(_), Some(fuel)) = (&instance, limits.max_fuel) {
             store.set_fuel(fuel).expect("fuel is enabled on the metered engine");
         }
-        let result = instance.and_then(|k| k.call_run(&mut store, input, params, resume));
+        let handed = if reads_on_request { &[][..] } else { input };
+        let result = instance.and_then(|k| k.call_run(&mut store, handed, params, resume));
         let fuel = limits.max_fuel.map(|max| max - store.get_fuel().unwrap_or(0));
         let mut outcome = match result {
             Ok(Ok(output)) if output.len() as u64 > limits.max_output_bytes => Outcome::failed(

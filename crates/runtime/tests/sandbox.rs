@@ -107,3 +107,23 @@ fn every_kernel_matches_its_native_build() {
     assert_eq!(wasm.len(), 8 * 4 * 4);
     assert_eq!(wasm, idlemesh_kernel_downscale::run(&image, params).unwrap());
 }
+
+/// Downscale imports `read-input`: its image reaches it a band at a time,
+/// so a 16 MiB image runs under a memory cap of half that, with the same
+/// output as native. A kernel without the import still gets its input in
+/// `run`, whole (sha256chain seeded by its input, above).
+#[test]
+fn a_kernel_that_reads_its_input_on_request_never_holds_it_whole() {
+    let sandbox = Sandbox::new(SandboxConfig::default()).unwrap();
+    let image: Vec<u8> = (0..2048u32 * 2048 * 4).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let params = r#"{"width":2048,"height":2048,"factor":4}"#;
+    let half = RunLimits { max_memory_bytes: 8 << 20, ..RunLimits::default() };
+    let o = sandbox.run(idlemesh_kernels::DOWNSCALE, &image, params, None, &half, NoEvents);
+    assert_eq!(o.status, Status::Ok, "{:?}", o.error);
+    assert!(o.output == idlemesh_kernel_downscale::run(&image, params).unwrap(), "downscale differs from native");
+    assert!(o.peak_memory_bytes < 8 << 20, "peak {} bytes for a 16 MiB image", o.peak_memory_bytes);
+    // Too short an input is named, not read past.
+    let short = sandbox.run(idlemesh_kernels::DOWNSCALE, &image[..100], params, None, &half, NoEvents);
+    assert_eq!(short.status, Status::Error);
+    assert!(short.error.unwrap().contains("input is 100 bytes"));
+}

@@ -130,6 +130,11 @@ fn arg(index: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, Stri
     SeccompCondition::new(index, SeccompCmpArgLen::Qword, op, value).map_err(|e| e.to_string())
 }
 
+/// An argument the kernel reads as a 32-bit `int` (`ioctl`'s request).
+fn arg32(index: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, String> {
+    SeccompCondition::new(index, SeccompCmpArgLen::Dword, op, value).map_err(|e| e.to_string())
+}
+
 fn rule(conditions: Vec<SeccompCondition>) -> Result<SeccompRule, String> {
     SeccompRule::new(conditions).map_err(|e| e.to_string())
 }
@@ -153,6 +158,13 @@ pub fn allow_list(profile: Profile, own_pid: u32) -> Result<BpfProgram, String> 
         .map(|option| rule(vec![arg(0, SeccompCmpOp::Eq, option as u64)?]))
         .collect();
     rules.insert(libc::SYS_prctl, prctl?);
+    // A GPU worker may make any `ioctl` (its driver's); a CPU worker only
+    // PAGEMAP_SCAN, with which wasmtime finds the pages a task wrote, to
+    // reset only those (pagemap.rs). On `/proc/self/pagemap` it reads (and
+    // could write-protect) this process's own pages; on any other file it
+    // is an unknown request.
+    let pagemap_scan = rule(vec![arg32(1, SeccompCmpOp::Eq, crate::pagemap::PAGEMAP_SCAN)?])?;
+    rules.entry(libc::SYS_ioctl).or_insert(vec![pagemap_scan]);
     let filter = SeccompFilter::new(rules, SeccompAction::Trap, SeccompAction::Allow, arch()?)
         .map_err(|e| format!("seccomp filter: {e}"))?;
     filter.try_into().map_err(|e: seccompiler::BackendError| format!("seccomp filter: {e}"))

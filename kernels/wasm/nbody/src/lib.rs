@@ -46,30 +46,38 @@ pub fn step(p: &Params, input: &[u8]) -> Result<Vec<u8>, String> {
     // and in WASM. The last n % 4 bodies go one at a time, same formula.
     let mut i = 0;
     while i < n {
-        let (ax, ay, az, lanes) = if n - i >= 4 {
-            let (ax, ay, az) = accelerations::<4>(pos, &pos[i * 4..i * 4 + 16], p.eps2);
-            (ax.to_vec(), ay.to_vec(), az.to_vec(), 4)
+        if n - i >= 4 {
+            advance::<4>(p, pos, vel, &mut out, i);
+            i += 4;
         } else {
-            let (ax, ay, az) = accelerations::<1>(pos, &pos[i * 4..i * 4 + 4], p.eps2);
-            (ax.to_vec(), ay.to_vec(), az.to_vec(), 1)
-        };
-        for l in 0..lanes {
-            let b = i + l;
-            let (xi, yi, zi) = (pos[b * 4], pos[b * 4 + 1], pos[b * 4 + 2]);
-            let vx = vel[b * 4] + ax[l] * p.dt;
-            let vy = vel[b * 4 + 1] + ay[l] * p.dt;
-            let vz = vel[b * 4 + 2] + az[l] * p.dt;
-            out[b * 4..b * 4 + 4].copy_from_slice(&[xi + vx * p.dt, yi + vy * p.dt, zi + vz * p.dt, pos[b * 4 + 3]]);
-            out[(n + b) * 4..(n + b) * 4 + 4].copy_from_slice(&[vx, vy, vz, 0.0]);
+            advance::<1>(p, pos, vel, &mut out, i);
+            i += 1;
         }
-        i += lanes;
     }
     Ok(out.iter().flat_map(|v| v.to_le_bytes()).collect())
 }
 
+/// Bodies `first..first + L` one step on. Their sums are arrays, not
+/// vectors: an allocation after the loop, with the sums live across it,
+/// had Cranelift spill and reload them in every iteration (docs/benchmarks.md).
+#[inline(always)]
+fn advance<const L: usize>(p: &Params, pos: &[f32], vel: &[f32], out: &mut [f32], first: usize) {
+    let n = pos.len() / 4;
+    let (ax, ay, az) = accelerations::<L>(pos, &pos[first * 4..(first + L) * 4], p.eps2);
+    for l in 0..L {
+        let b = first + l;
+        let (xi, yi, zi) = (pos[b * 4], pos[b * 4 + 1], pos[b * 4 + 2]);
+        let vx = vel[b * 4] + ax[l] * p.dt;
+        let vy = vel[b * 4 + 1] + ay[l] * p.dt;
+        let vz = vel[b * 4 + 2] + az[l] * p.dt;
+        out[b * 4..b * 4 + 4].copy_from_slice(&[xi + vx * p.dt, yi + vy * p.dt, zi + vz * p.dt, pos[b * 4 + 3]]);
+        out[(n + b) * 4..(n + b) * 4 + 4].copy_from_slice(&[vx, vy, vz, 0.0]);
+    }
+}
+
 /// The accelerations of the `L` bodies in `these` (`[x, y, z, mass]` each)
 /// from every body in `all`, each summed over `all` in order.
-#[inline(always)]
+#[inline(never)]
 fn accelerations<const L: usize>(all: &[f32], these: &[f32], eps2: f32) -> ([f32; L], [f32; L], [f32; L]) {
     let (mut xi, mut yi, mut zi) = ([0f32; L], [0f32; L], [0f32; L]);
     for (l, b) in these.chunks_exact(4).enumerate().take(L) {
