@@ -193,3 +193,30 @@ fn the_gpu_and_the_processor_pause_apart() {
     );
     agent.stop();
 }
+
+/// GPU work on, but no GPU for a worker to find (no Vulkan driver here):
+/// pausing the processor leaves nothing to run, and the status says the
+/// work is paused, not "using the GPU only".
+#[test]
+fn with_no_gpu_found_a_processor_pause_stops_all_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = PoolProcess::start(&tmp.path().join("pool"));
+    let dir = tmp.path().join("device");
+    write_settings(&dir, "gpu_enabled = true\n");
+    let no_driver = "/nonexistent/icd.json";
+    let env = [("WGPU_BACKEND", "vulkan"), ("VK_ICD_FILENAMES", no_driver), ("VK_DRIVER_FILES", no_driver)];
+    let mut agent = AgentProcess::start(&dir, Some(&pool.url), &env);
+    let s = agent.wait_for("the GPU probe's answer", Duration::from_secs(60), |s| {
+        s["sensors"]["snapshot"]["gpu_found"] == false
+    });
+    assert_eq!(s["decision"]["action"]["gpu"], false, "no GPU, no GPU work: {s}");
+    let out = agent.ctl(&["pause", "--cpu"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = agent.status();
+    assert_eq!(s["decision"]["action"]["action"], "pause", "nothing left to run: {s}");
+    let words = s["decision"]["reasons"].to_string();
+    assert!(!words.contains("GPU only"), "{words}");
+    // With a GPU found (the same agent, the driver back) it would run the GPU alone:
+    // the governor's table test `each_kind_of_work_stops_on_its_own` covers that side.
+    agent.stop();
+}

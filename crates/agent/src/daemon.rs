@@ -654,6 +654,7 @@ async fn schedule(
         // The GPU is offered only when the user (or policy) enabled it, and
         // only if a worker finds one; probed once per setting change.
         let wgpu_adapter = if limits.gpu_enabled { gpu_adapter(&worker).await } else { None };
+        shared.watcher.gpu_found(limits.gpu_enabled.then_some(wgpu_adapter.is_some()));
         let config = AgentConfig {
             pool_url: url.clone(),
             data_dir: data_dir.clone(),

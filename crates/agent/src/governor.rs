@@ -438,7 +438,9 @@ pub fn decide(prev: &GovernorState, s: &Snapshot, l: &Limits, pauses: Pauses) ->
 
     let stops = |kind: fn(Scope) -> bool| blocking.iter().any(|r: &Reason| kind(r.scope));
     let cpu = !stops(Scope::covers_cpu);
-    let gpu = l.gpu_enabled && !stops(Scope::covers_gpu);
+    // With no GPU found, pausing the processor leaves nothing to run: not
+    // "using the GPU only".
+    let gpu = l.gpu_enabled && s.gpu_found != Some(false) && !stops(Scope::covers_gpu);
     let decision = if cpu || gpu {
         let total = l.cores.max(1);
         let text = if cpu {

@@ -51,6 +51,8 @@ enum Command {
     Detach(u32),
     /// What a new worker reported of its OS sandbox.
     Sandbox(Box<SandboxReport>),
+    /// Whether a worker found a GPU, asked when GPU work was turned on.
+    GpuFound(Option<bool>),
     SettingsChanged,
     /// The user's "Start now" for the demo pool, or its end.
     LendNow(bool),
@@ -141,6 +143,11 @@ impl Watcher {
         let _ = self.tx.send(Command::Sandbox(Box::new(report)));
     }
 
+    /// What the probe for a GPU found (`None`: GPU work is off, not asked).
+    pub fn gpu_found(&self, found: Option<bool>) {
+        let _ = self.tx.send(Command::GpuFound(found));
+    }
+
     /// Work now whether or not the user is present (or no longer).
     pub fn set_lend_now(&self, on: bool) {
         let _ = self.tx.send(Command::LendNow(on));
@@ -174,6 +181,8 @@ struct Loop {
     workers: Vec<(WorkerControl, bool)>,
     /// The OS layers the latest worker reported.
     sandbox: Option<SandboxReport>,
+    /// Whether the last probe found a GPU (`None`: not asked).
+    gpu_found: Option<bool>,
     state: GovernorState,
     pauses: Pauses,
     lend_now: bool,
@@ -220,6 +229,7 @@ impl Loop {
             ledger,
             workers: Vec::new(),
             sandbox: None,
+            gpu_found: None,
             state: GovernorState::default(),
             pauses,
             lend_now: false,
@@ -305,6 +315,7 @@ impl Loop {
             let mut snapshot =
                 sensors::snapshot(jiff::Zoned::now(), idle, &slow, self.transfer.uploaded, self.transfer.downloaded);
             snapshot.sandbox = self.sandbox.clone();
+            snapshot.gpu_found = self.gpu_found.filter(|_| limits.gpu_enabled);
             snapshot.fullscreen = sensors.screen.fullscreen();
             snapshot.exclusive_program = exclusive.clone();
             // The GPU's busy share is other programs' only if it was read
@@ -415,6 +426,7 @@ impl Loop {
             }
             Command::Detach(pid) => self.workers.retain(|(w, _)| w.pid() != pid),
             Command::Sandbox(report) => self.sandbox = Some(*report),
+            Command::GpuFound(found) => self.gpu_found = found,
             Command::SettingsChanged => {}
             Command::LendNow(on) => self.lend_now = on,
             Command::Input => self.input_arrived = true,

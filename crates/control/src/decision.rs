@@ -35,6 +35,11 @@ pub struct Snapshot {
     #[ts(optional = nullable)]
     pub other_gpu_percent: Option<f32>,
     pub metered_network: Option<bool>,
+    /// Whether a worker found a GPU for WGSL kernels, when GPU work is on:
+    /// `Some(false)` and nothing on the GPU can run. `None`: not asked (yet).
+    #[serde(default)]
+    #[ts(optional = nullable)]
+    pub gpu_found: Option<bool>,
     /// The program whose window is focused and full screen, if one is
     /// (X11; `None` where the display server does not say).
     #[serde(default)]

@@ -226,6 +226,11 @@ gpu_busy_percent: number | null,
  */
 other_gpu_percent?: number | null, metered_network: boolean | null, 
 /**
+ * Whether a worker found a GPU for WGSL kernels, when GPU work is on:
+ * `Some(false)` and nothing on the GPU can run. `None`: not asked (yet).
+ */
+gpu_found?: boolean | null, 
+/**
  * The program whose window is focused and full screen, if one is
  * (X11; `None` where the display server does not say).
  */

@@ -22,6 +22,7 @@ fn snap() -> Snapshot {
         cpu_temp_c: Some(50.0),
         gpu_busy_percent: None,
         other_gpu_percent: None,
+        gpu_found: None,
         fullscreen: None,
         exclusive_program: None,
         metered_network: Some(false),
@@ -563,6 +564,13 @@ fn each_kind_of_work_stops_on_its_own() {
         }
         assert!(d.reasons.iter().all(|r| !r.text.is_empty()), "{name}: every reason has words");
     }
+    // GPU work on, but no GPU found: the processor paused leaves nothing
+    // to run (not "using the GPU only"), and work runs on the CPU alone.
+    let none_found = Snapshot { user_idle: Some(Duration::from_secs(600)), gpu_found: Some(false), ..snap() };
+    let (d, _) = decide(&GovernorState::default(), &none_found, &gpu_on, cpu_paused);
+    assert!(d.is_paused(), "no GPU found, CPU paused: {d:?}");
+    let (d, _) = decide(&GovernorState::default(), &none_found, &gpu_on, Pauses::default());
+    assert_eq!((d.cpu_runs(), d.gpu_runs()), (true, false), "no GPU found: {d:?}");
 }
 
 #[test]

@@ -178,6 +178,7 @@ pub fn snapshot(
         // The watcher knows whether our own GPU kernels run, what is full
         // screen and which programs run.
         other_gpu_percent: None,
+        gpu_found: None,
         fullscreen: None,
         exclusive_program: None,
         metered_network: slow.metered_network,
