@@ -76,7 +76,9 @@ fn advance<const L: usize>(p: &Params, pos: &[f32], vel: &[f32], out: &mut [f32]
 }
 
 /// The accelerations of the `L` bodies in `these` (`[x, y, z, mass]` each)
-/// from every body in `all`, each summed over `all` in order.
+/// from every body in `all`, each summed over `all` in order. Kept out of
+/// line: inlined into `advance`, both builds stopped making the four lanes
+/// one SIMD operation (native 52 → 142 ms, docs/benchmarks.md).
 #[inline(never)]
 fn accelerations<const L: usize>(all: &[f32], these: &[f32], eps2: f32) -> ([f32; L], [f32; L], [f32; L]) {
     let (mut xi, mut yi, mut zi) = ([0f32; L], [0f32; L], [0f32; L]);
