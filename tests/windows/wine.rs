@@ -116,15 +116,28 @@ pub fn output(mut cmd: Command, limit: Duration) -> std::io::Result<Output> {
 }
 
 /// [`output`], shown in the test's log.
+/// Each stream is shown cut to its first lines: a failing test's log is
+/// read from its end, where the assertion is, and a dozen whole reports
+/// before it would push that out of view (CI shows the log's two ends).
 pub fn run(what: &str, cmd: Command, limit: Duration) -> Output {
     let out = output(cmd, limit).unwrap_or_else(|e| panic!("{what}: {e}"));
     eprintln!(
         "$ {what}\nexit {:?}\n--- stdout\n{}--- stderr\n{}",
         out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        first_lines(&out.stdout, 12),
+        first_lines(&out.stderr, 12)
     );
     out
+}
+
+/// The first `n` lines of `bytes`, and how much more there was.
+fn first_lines(bytes: &[u8], n: usize) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let shown: String = text.split_inclusive('\n').take(n).collect();
+    match text.len() - shown.len() {
+        0 => shown,
+        more => format!("{shown}[… {more} more bytes]\n"),
+    }
 }
 
 /// The Windows `idlemesh.exe`, built (or found fresh) by the same command

@@ -11,6 +11,7 @@
 use std::sync::OnceLock;
 
 /// `_IOWR('f', 16, struct pm_scan_arg)`, the struct being 96 bytes.
+#[cfg(target_os = "linux")]
 pub(crate) const PAGEMAP_SCAN: u64 = 0xc060_6610;
 
 /// Asked once per process, the first time an engine is configured: in a
