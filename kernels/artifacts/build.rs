@@ -31,6 +31,7 @@ fn main() {
 
     println!("cargo:rerun-if-changed={}", root.join("kernels/wasm").display());
     println!("cargo:rerun-if-changed={}", root.join("kernels/wit").display());
+    println!("cargo:rerun-if-changed={}", root.join("kernels/guest").display());
 
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);

@@ -27,7 +27,7 @@ pub use session_bus::SessionBus;
 /// Children inherit the session keyring of the thread that starts them, so
 /// every agent a test starts finds the device key its predecessor stored.
 /// Credentials are per thread on Linux, and each test has its own thread.
-fn session_keyring() {
+pub fn session_keyring() {
     thread_local!(static ONCE: std::sync::Once = const { std::sync::Once::new() });
     ONCE.with(|once| {
         once.call_once(|| {

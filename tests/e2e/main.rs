@@ -16,6 +16,7 @@ mod hostile;
 mod https;
 mod jobs;
 mod kernel_cli;
+mod kernel_doc;
 mod lockdown;
 mod lost_lease;
 mod metered;

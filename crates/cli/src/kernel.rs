@@ -1,4 +1,5 @@
-//! `idlemesh kernel run`: one kernel, in a worker process, as the agent runs it.
+//! `idlemesh kernel run`: one kernel, in a worker process, as the agent runs
+//! it; `idlemesh kernel new`: a kernel project (kernel_new.rs).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -23,37 +24,55 @@ pub struct Args {
 enum Action {
     /// Run FILE.wasm (a component exporting the idlemesh:kernel world) or
     /// FILE.wgsl (a compute shader, with --manifest) once.
-    Run {
-        file: PathBuf,
-        /// For a .wgsl kernel: its layout (bindings and invocations), a JSON file.
-        #[arg(long)]
-        manifest: Option<PathBuf>,
-        /// The task's input bytes (default: empty).
-        #[arg(long)]
-        input: Option<PathBuf>,
-        /// The task's params, JSON text.
-        #[arg(long, default_value = "{}")]
-        params: String,
-        #[arg(long, default_value_t = 256)]
-        max_memory_mb: u64,
-        /// Meter the run with this much fuel and report what it used.
-        #[arg(long)]
-        max_fuel: Option<u64>,
-        #[arg(long, default_value_t = 60)]
-        timeout_s: u64,
-        #[arg(long, default_value_t = 64)]
-        max_output_mb: u64,
-        /// Write the output here.
-        #[arg(long)]
-        output: Option<PathBuf>,
+    Run(RunArgs),
+    /// Write a kernel project NAME/ in the current directory: a Rust crate
+    /// that builds with `cargo build --release --target wasm32-wasip2`,
+    /// with the kernel kit and the WIT world inside it.
+    New {
+        name: String,
         #[arg(long)]
         json: bool,
     },
 }
 
+#[derive(clap::Args)]
+struct RunArgs {
+    file: PathBuf,
+    /// For a .wgsl kernel: its layout (bindings and invocations), a JSON file.
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+    /// The task's input bytes (default: empty).
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// The task's params, JSON text.
+    #[arg(long, default_value = "{}")]
+    params: String,
+    #[arg(long, default_value_t = 256)]
+    max_memory_mb: u64,
+    /// Meter the run with this much fuel and report what it used.
+    #[arg(long)]
+    max_fuel: Option<u64>,
+    #[arg(long, default_value_t = 60)]
+    timeout_s: u64,
+    #[arg(long, default_value_t = 64)]
+    max_output_mb: u64,
+    /// Write the output here.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let Action::Run { file, manifest, input, params, max_memory_mb, max_fuel, timeout_s, max_output_mb, output, json } =
-        args.action;
+    match args.action {
+        Action::Run(args) => run_once(args),
+        Action::New { name, json } => crate::kernel_new::create(&std::env::current_dir()?, &name, json),
+    }
+}
+
+fn run_once(args: RunArgs) -> anyhow::Result<()> {
+    let RunArgs { file, manifest, input, params, max_memory_mb, max_fuel, timeout_s, max_output_mb, output, json } =
+        args;
     let layout = match (&manifest, file.extension().is_some_and(|e| e == "wgsl")) {
         (Some(path), true) => Some(read_layout(path)?),
         (None, true) => {

@@ -7,6 +7,7 @@ mod demo;
 mod exit;
 mod job;
 mod kernel;
+mod kernel_new;
 mod ledger;
 mod operator;
 mod policy;

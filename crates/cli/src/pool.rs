@@ -187,7 +187,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         } => {
             let trust = TrustRules { spread: spread_replicas, ipv4_prefix, ipv6_prefix, checked_results };
             let tls = tls_cert.zip(tls_key);
-            (listen, tls, files, key_file, name, operator, open_enrollment, trust, payout_per_credit.zip(payout_currency))
+            (
+                listen,
+                tls,
+                files,
+                key_file,
+                name,
+                operator,
+                open_enrollment,
+                trust,
+                payout_per_credit.zip(payout_currency),
+            )
         }
         Action::Org { action, client } => return orgs(action, client),
         Action::Token { action, client } => return tokens(action, client),

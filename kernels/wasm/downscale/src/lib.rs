@@ -93,29 +93,23 @@ pub fn run(input: &[u8], params: &str) -> Result<Vec<u8>, String> {
 }
 
 /// [`run`] with the input read on request (the WASM build's way).
-pub fn run_from<'a>(size: u64, read: impl FnMut(usize, usize) -> Cow<'a, [u8]>, params: &str) -> Result<Vec<u8>, String> {
+pub fn run_from<'a>(
+    size: u64,
+    read: impl FnMut(usize, usize) -> Cow<'a, [u8]>,
+    params: &str,
+) -> Result<Vec<u8>, String> {
     let p: Params = serde_json::from_str(params).map_err(|e| format!("bad params: {e}"))?;
     downscale_from(&p, size, read)
 }
 
+// The WASM build reads the image a band at a time with `read-input` (so
+// the host hands over an empty `task.input`): it never holds it whole.
 #[cfg(target_arch = "wasm32")]
-mod component {
-    wit_bindgen::generate!({ world: "kernel", path: "../../wit" });
-
-    struct Kernel;
-
-    impl Guest for Kernel {
-        /// `input` is empty: this kernel imports `read-input`, so the host
-        /// hands the image over a band at a time instead.
-        fn run(_input: Vec<u8>, params: String, _resume: Option<Vec<u8>>) -> Result<Vec<u8>, String> {
-            use idlemesh::kernel::host;
-            let read = |offset: usize, len: usize| std::borrow::Cow::Owned(host::read_input(offset as u64, len as u32));
-            super::run_from(host::input_size(), read, &params)
-        }
-    }
-
-    export!(Kernel);
-}
+idlemesh_guest::kernel!(|task, _| {
+    use idlemesh_guest::input;
+    let read = |offset: usize, len: usize| Cow::Owned(input::read(offset as u64, len as u32));
+    run_from(input::size(), read, &task.params)
+});
 
 #[cfg(test)]
 mod tests {

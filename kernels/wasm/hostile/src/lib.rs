@@ -6,15 +6,12 @@
 
 #[cfg(target_arch = "wasm32")]
 mod component {
-    wit_bindgen::generate!({ world: "kernel", path: "../../wit" });
-
     use std::hint::black_box;
     use std::io::Write as _;
 
-    use idlemesh::kernel::host;
+    use idlemesh_guest::{Host, Task};
 
-    struct Kernel;
-
+    #[allow(unconditional_recursion, reason = "the stack overflow is this mode's point")]
     fn recurse(n: u64) -> u64 {
         // black_box keeps the call from becoming a loop.
         black_box(recurse(black_box(n + 1))) + 1
@@ -45,55 +42,53 @@ mod component {
         report
     }
 
-    impl Guest for Kernel {
-        fn run(input: Vec<u8>, params: String, _resume: Option<Vec<u8>>) -> Result<Vec<u8>, String> {
-            match params.trim().trim_matches('"') {
-                "spin" => loop {
-                    black_box(());
-                },
-                "spin-calling-host" => loop {
-                    host::progress(0.5);
-                },
-                // Progress that jumps back and forth on every call: each
-                // value is new, so only the rate limit keeps the pipe quiet.
-                "progress-flood" => {
-                    for i in 0..2_000_000u32 {
-                        host::progress(if i % 2 == 0 { 0.25 } else { 0.75 });
-                    }
-                    Ok(b"reported".to_vec())
+    pub fn run(task: &Task, host: &mut impl Host) -> Result<Vec<u8>, String> {
+        match task.params.trim().trim_matches('"') {
+            "spin" => loop {
+                black_box(());
+            },
+            "spin-calling-host" => loop {
+                host.progress(0.5);
+            },
+            // Progress that jumps back and forth on every call: each
+            // value is new, so only the rate limit keeps the pipe quiet.
+            "progress-flood" => {
+                for i in 0..2_000_000u32 {
+                    host.progress(if i % 2 == 0 { 0.25 } else { 0.75 });
                 }
-                "checkpoint-spam" => loop {
-                    host::checkpoint(&[1, 2, 3]);
-                },
-                "grow" => {
-                    let mut hoard: Vec<Vec<u8>> = Vec::new();
-                    loop {
-                        hoard.push(black_box(vec![1u8; 1 << 20]));
-                    }
-                }
-                "recurse" => Ok(recurse(0).to_le_bytes().to_vec()),
-                "big-output" => Ok(vec![7u8; 32 << 20]),
-                "log-spam" => {
-                    let line = "x".repeat(1024);
-                    for _ in 0..10_000 {
-                        host::log(&line);
-                    }
-                    let _ = std::io::stdout().write_all(&vec![b'y'; 1 << 20]);
-                    Ok(b"still here".to_vec())
-                }
-                "huge-checkpoint" => {
-                    host::checkpoint(&vec![0u8; 64 << 20]);
-                    Ok(Vec::new())
-                }
-                "panic" => panic!("kernel panicked on purpose"),
-                "divide-by-zero" => Ok((black_box(1u32) / black_box(0u32)).to_le_bytes().to_vec()),
-                "error" => Err("kernel refused its input".into()),
-                "probe" => Ok(probe().into_bytes()),
-                "echo" => Ok(input),
-                other => Err(format!("unknown mode {other:?}")),
+                Ok(b"reported".to_vec())
             }
+            "checkpoint-spam" => loop {
+                host.checkpoint(&[1, 2, 3]);
+            },
+            "grow" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(black_box(vec![1u8; 1 << 20]));
+                }
+            }
+            "recurse" => Ok(recurse(0).to_le_bytes().to_vec()),
+            "big-output" => Ok(vec![7u8; 32 << 20]),
+            "log-spam" => {
+                let line = "x".repeat(1024);
+                for _ in 0..10_000 {
+                    host.log(&line);
+                }
+                let _ = std::io::stdout().write_all(&vec![b'y'; 1 << 20]);
+                Ok(b"still here".to_vec())
+            }
+            "huge-checkpoint" => {
+                host.checkpoint(&vec![0u8; 64 << 20]);
+                Ok(Vec::new())
+            }
+            "panic" => panic!("kernel panicked on purpose"),
+            "divide-by-zero" => Ok((black_box(1u32) / black_box(0u32)).to_le_bytes().to_vec()),
+            "error" => Err("kernel refused its input".into()),
+            "probe" => Ok(probe().into_bytes()),
+            "echo" => Ok(task.input.clone()),
+            other => Err(format!("unknown mode {other:?}")),
         }
     }
 
-    export!(Kernel);
+    idlemesh_guest::kernel!(run);
 }

@@ -86,20 +86,7 @@ impl Params {
     }
 }
 
-/// What a kernel may ask of its host while it runs.
-pub trait Host {
-    fn progress(&mut self, done: f32);
-    fn checkpoint(&mut self, state: &[u8]);
-}
-
-/// A host that ignores progress and checkpoints: for native callers.
-#[derive(Debug, Default)]
-pub struct NoHost;
-
-impl Host for NoHost {
-    fn progress(&mut self, _done: f32) {}
-    fn checkpoint(&mut self, _state: &[u8]) {}
-}
+pub use idlemesh_guest::Host;
 
 /// The kernel's entry point, shared by both builds.
 ///
@@ -237,54 +224,15 @@ fn colour(iter: u32, max_iter: u32) -> [u8; 3] {
     [channel(9.0 * u * t * t * t), channel(15.0 * u * u * t * t), channel(8.5 * u * u * u * t)]
 }
 
-#[cfg(target_arch = "wasm32")]
-mod component {
-    wit_bindgen::generate!({ world: "kernel", path: "../../wit" });
-
-    use idlemesh::kernel::host;
-
-    struct WitHost;
-
-    impl super::Host for WitHost {
-        fn progress(&mut self, done: f32) {
-            host::progress(done);
-        }
-        fn checkpoint(&mut self, state: &[u8]) {
-            host::checkpoint(state);
-        }
-    }
-
-    struct Kernel;
-
-    impl Guest for Kernel {
-        fn run(input: Vec<u8>, params: String, resume: Option<Vec<u8>>) -> Result<Vec<u8>, String> {
-            super::run(&input, &params, resume.as_deref(), &mut WitHost)
-        }
-    }
-
-    export!(Kernel);
-}
+idlemesh_guest::kernel!(|task, host| run(&task.input, &task.params, task.resume.as_deref(), host));
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use idlemesh_guest::{Recorder, Silent};
 
     fn params() -> Params {
         serde_json::from_str(r#"{"width":64,"height":48,"max_iter":100}"#).unwrap()
-    }
-
-    #[derive(Default)]
-    struct Recorder {
-        checkpoints: Vec<Vec<u8>>,
-        progress: Vec<f32>,
-    }
-    impl Host for Recorder {
-        fn progress(&mut self, done: f32) {
-            self.progress.push(done);
-        }
-        fn checkpoint(&mut self, state: &[u8]) {
-            self.checkpoints.push(state.to_vec());
-        }
     }
 
     #[test]
@@ -310,16 +258,16 @@ mod tests {
         assert_eq!(rec.progress.len(), 200, "one report per row");
         assert!(rec.progress.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(rec.progress.last(), Some(&1.0));
-        let resumed = run(b"", params, Some(&rec.checkpoints[1]), &mut NoHost).unwrap();
+        let resumed = run(b"", params, Some(&rec.checkpoints[1]), &mut Silent).unwrap();
         assert_eq!(full, resumed);
     }
 
     #[test]
     fn bad_input_is_named() {
-        let err = run(b"", r#"{"width":10,"height":10,"tile":{"x":5,"y":0,"width":10,"height":1}}"#, None, &mut NoHost)
+        let err = run(b"", r#"{"width":10,"height":10,"tile":{"x":5,"y":0,"width":10,"height":1}}"#, None, &mut Silent)
             .unwrap_err();
         assert!(err.contains("does not fit"), "{err}");
-        assert!(run(b"", "{", None, &mut NoHost).unwrap_err().starts_with("bad params"));
-        assert!(run(b"", r#"{"width":10,"height":10}"#, Some(b"\x09\0\0\0"), &mut NoHost).is_err());
+        assert!(run(b"", "{", None, &mut Silent).unwrap_err().starts_with("bad params"));
+        assert!(run(b"", r#"{"width":10,"height":10}"#, Some(b"\x09\0\0\0"), &mut Silent).is_err());
     }
 }

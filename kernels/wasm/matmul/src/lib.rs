@@ -98,20 +98,7 @@ pub fn run(params: &str) -> Result<Vec<u8>, String> {
     Ok(multiply(p.n, &a, &b).iter().flat_map(|v| v.to_le_bytes()).collect())
 }
 
-#[cfg(target_arch = "wasm32")]
-mod component {
-    wit_bindgen::generate!({ world: "kernel", path: "../../wit" });
-
-    struct Kernel;
-
-    impl Guest for Kernel {
-        fn run(_input: Vec<u8>, params: String, _resume: Option<Vec<u8>>) -> Result<Vec<u8>, String> {
-            super::run(&params)
-        }
-    }
-
-    export!(Kernel);
-}
+idlemesh_guest::kernel!(|task, _| run(&task.params));
 
 #[cfg(test)]
 mod tests {

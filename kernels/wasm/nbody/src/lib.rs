@@ -125,20 +125,7 @@ pub fn run(input: &[u8], params: &str) -> Result<Vec<u8>, String> {
     step(&p, input)
 }
 
-#[cfg(target_arch = "wasm32")]
-mod component {
-    wit_bindgen::generate!({ world: "kernel", path: "../../wit" });
-
-    struct Kernel;
-
-    impl Guest for Kernel {
-        fn run(input: Vec<u8>, params: String, _resume: Option<Vec<u8>>) -> Result<Vec<u8>, String> {
-            super::run(&input, &params)
-        }
-    }
-
-    export!(Kernel);
-}
+idlemesh_guest::kernel!(|task, _| run(&task.input, &task.params));
 
 #[cfg(test)]
 mod tests {
