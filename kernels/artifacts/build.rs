@@ -9,7 +9,7 @@
 
 use std::env;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// (constant name, package) of each guest.
@@ -70,5 +70,81 @@ fn main() {
             copy.display()
         ));
     }
+    for (name, dir) in C_GUESTS {
+        let wasm = build_c_kernel(&root, &out_dir, dir).unwrap_or_else(|e| panic!("the C kernel {dir}: {e:#}"));
+        consts.push_str(&format!(
+            "/// The C kernel `kernels/c/{dir}`, a component for wasm32-wasip2.\npub const {name}: &[u8] = include_bytes!({:?});\n",
+            wasm.display()
+        ));
+    }
     fs::write(out_dir.join("kernels.rs"), consts).unwrap();
+}
+
+/// (constant name, directory in `kernels/c`) of each C guest.
+const C_GUESTS: &[(&str, &str)] = &[("HISTOGRAM_C", "histogram")];
+
+/// A kernel written in C: its WIT glue generated with wit-bindgen's C
+/// generator, compiled with clang for `wasm32-wasi` against Debian's
+/// wasi-libc (a WASI preview 1 "reactor": no `main`), then made a component:
+/// the world's type embedded, preview 1 adapted to preview 2 with
+/// wasmtime's adapter. Every step is a kept tool or crate, none downloaded
+/// at build time.
+fn build_c_kernel(root: &Path, out_dir: &Path, dir: &str) -> anyhow::Result<PathBuf> {
+    use anyhow::Context as _;
+    use wit_bindgen_core::wit_parser::Resolve;
+
+    let source_dir = root.join("kernels/c").join(dir);
+    println!("cargo:rerun-if-changed={}", source_dir.display());
+    let mut resolve = Resolve::default();
+    let (package, _) = resolve.push_path(root.join("kernels/wit"))?;
+    let world = resolve.select_world(&[package], Some("kernel"))?;
+
+    // The glue: kernel.h and kernel.c (the type information is embedded
+    // below instead of linked from an object file).
+    let glue = out_dir.join("c-glue");
+    fs::create_dir_all(&glue)?;
+    let mut files = wit_bindgen_core::Files::default();
+    let opts = wit_bindgen_c::Opts { no_object_file: true, ..Default::default() };
+    opts.build().generate(&mut resolve, world, &mut files)?;
+    for (name, contents) in files.iter() {
+        fs::write(glue.join(name), contents)?;
+    }
+    // kernel.c keeps the type object linked with a reference to this
+    // symbol; with the type embedded below, it only needs to exist.
+    let force_link = glue.join("component_type_link.c");
+    fs::write(&force_link, "void __component_type_object_force_link_kernel(void) {}\n")?;
+
+    let core = out_dir.join(format!("{dir}.core.wasm"));
+    let mut clang = Command::new("clang");
+    clang
+        .args(["--target=wasm32-wasi", "-mexec-model=reactor", "-O2", "-std=c11", "-Wall", "-Wextra", "-Werror"])
+        // The same bytes wherever the repository is checked out.
+        .arg(format!("-ffile-prefix-map={}=/idlemesh", root.display()))
+        .arg(format!("-ffile-prefix-map={}=/out", out_dir.display()))
+        .arg("-I")
+        .arg(&glue)
+        .arg(source_dir.join(format!("{dir}.c")))
+        .arg(glue.join("kernel.c"))
+        .arg(&force_link)
+        .args(["-Wl,--strip-debug", "-o"])
+        .arg(&core);
+    let status = clang.status().context(
+        "clang is missing: scripts/setup installs clang, lld, wasi-libc and libclang-rt-14-dev-wasm32 from Debian",
+    )?;
+    anyhow::ensure!(status.success(), "clang failed ({status}); its messages are above");
+
+    let mut module = fs::read(&core)?;
+    wit_component::embed_component_metadata(&mut module, &resolve, world, wit_component::StringEncoding::UTF8)?;
+    let component = wit_component::ComponentEncoder::default()
+        .validate(true)
+        .module(&module)?
+        .adapter(
+            "wasi_snapshot_preview1",
+            wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+        )?
+        .encode()
+        .context("making the core module a component")?;
+    let wasm = out_dir.join(format!("{dir}_c.wasm"));
+    fs::write(&wasm, component)?;
+    Ok(wasm)
 }

@@ -127,3 +127,59 @@ fn a_kernel_that_reads_its_input_on_request_never_holds_it_whole() {
     assert_eq!(short.status, Status::Error);
     assert!(short.error.unwrap().contains("input is 100 bytes"));
 }
+
+/// What a kernel told its host, kept for the test.
+#[derive(Clone, Default)]
+struct Told(std::sync::Arc<std::sync::Mutex<(Vec<f32>, Vec<Vec<u8>>)>>);
+
+impl idlemesh_runtime::Events for Told {
+    fn progress(&mut self, done: f32) {
+        self.0.lock().unwrap().0.push(done);
+    }
+    fn checkpoint(&mut self, state: Vec<u8>) {
+        self.0.lock().unwrap().1.push(state);
+    }
+}
+
+/// kernels/c/histogram, written in C and made a component at build time,
+/// runs on the same contract as the Rust kernels: its output, its
+/// progress and checkpoints, resuming, and its errors.
+#[test]
+fn a_kernel_written_in_c_counts_as_its_definition_says() {
+    let sandbox = Sandbox::new(SandboxConfig::default()).unwrap();
+    let input: Vec<u8> = (0..3u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 26) as u8 ^ (i as u8)).collect();
+    let mut expected = [0u64; 256];
+    for b in &input {
+        expected[usize::from(*b)] += 1;
+    }
+    let expected: Vec<u8> = expected.iter().flat_map(|c| c.to_le_bytes()).collect();
+
+    let told = Told::default();
+    let o = sandbox.run(idlemesh_kernels::HISTOGRAM_C, &input, "{}", None, &RunLimits::default(), told.clone());
+    assert_eq!(o.status, Status::Ok, "{:?}", o.error);
+    assert!(o.output == expected, "the C kernel's counts differ from the definition's");
+    let (progress, checkpoints) = told.0.lock().unwrap().clone();
+    assert_eq!(progress.last(), Some(&1.0), "{progress:?}");
+    assert_eq!(checkpoints.len(), 2, "one between each two of its three 1 MiB chunks");
+
+    // Resumed from its first checkpoint, it ends with the same counts.
+    let resumed =
+        sandbox.run(idlemesh_kernels::HISTOGRAM_C, &input, "", Some(&checkpoints[0]), &RunLimits::default(), NoEvents);
+    assert_eq!(resumed.status, Status::Ok, "{:?}", resumed.error);
+    assert!(resumed.output == expected, "resumed counts differ");
+
+    // Its errors reach the report in its own words.
+    let bad = sandbox.run(idlemesh_kernels::HISTOGRAM_C, b"x", r#"{"bins":16}"#, None, &RunLimits::default(), NoEvents);
+    assert_eq!(bad.status, Status::Error);
+    assert!(bad.error.unwrap().contains("takes no params"));
+    let cut = sandbox.run(
+        idlemesh_kernels::HISTOGRAM_C,
+        b"x",
+        "{}",
+        Some(&checkpoints[0][..9]),
+        &RunLimits::default(),
+        NoEvents,
+    );
+    assert_eq!(cut.status, Status::Error);
+    assert!(cut.error.unwrap().contains("checkpoint has the wrong size"));
+}

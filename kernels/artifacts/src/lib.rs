@@ -1,5 +1,5 @@
-//! The WASM kernels of `kernels/wasm/`, built from source by `build.rs` and
-//! embedded, so `idlemesh demo` and the tests need no files beside the binary.
+//! The WASM kernels of `kernels/wasm/` (Rust) and `kernels/c/` (C), built
+//! from source by `build.rs` and embedded, so `idlemesh demo` and the tests need no files beside the binary.
 
 include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 
@@ -11,6 +11,7 @@ pub const ALL: &[(&str, &[u8])] = &[
     ("matmul", MATMUL),
     ("nbody", NBODY),
     ("downscale", DOWNSCALE),
+    ("histogram-c", HISTOGRAM_C),
 ];
 
 /// The WGSL kernels of `kernels/wgsl/`: each shader with its layout (the
