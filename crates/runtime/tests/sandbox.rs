@@ -128,9 +128,10 @@ fn a_kernel_that_reads_its_input_on_request_never_holds_it_whole() {
     assert!(short.error.unwrap().contains("input is 100 bytes"));
 }
 
-/// What a kernel told its host, kept for the test.
+/// What a kernel told its host, kept for the test: (progress, checkpoints).
 #[derive(Clone, Default)]
-struct Told(std::sync::Arc<std::sync::Mutex<(Vec<f32>, Vec<Vec<u8>>)>>);
+struct Told(std::sync::Arc<std::sync::Mutex<Reports>>);
+type Reports = (Vec<f32>, Vec<Vec<u8>>);
 
 impl idlemesh_runtime::Events for Told {
     fn progress(&mut self, done: f32) {
