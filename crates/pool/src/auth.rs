@@ -8,8 +8,7 @@ use idlemesh_protocol::auth::{self, RequestSignature};
 use idlemesh_protocol::{PublicKey, Sha256};
 
 use crate::http::ApiError;
-use crate::storage::Storage;
-use crate::store::StoreError;
+use crate::store::{Store, StoreError};
 use crate::{Pool, now_ms};
 
 fn header<'h>(headers: &'h HeaderMap, name: &str) -> Result<&'h str, ApiError> {
@@ -47,7 +46,7 @@ impl Device {
     pub async fn run<T: Send + 'static>(
         self,
         pool: &Pool,
-        f: impl FnMut(&mut dyn Storage, u64) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnMut(&mut Store, u64) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         self.run_as(pool, false, f).await
     }
@@ -57,7 +56,7 @@ impl Device {
     pub async fn run_skipping_locks<T: Send + 'static>(
         self,
         pool: &Pool,
-        f: impl FnMut(&mut dyn Storage, u64) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnMut(&mut Store, u64) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         self.run_as(pool, true, f).await
     }
@@ -66,9 +65,9 @@ impl Device {
         self,
         pool: &Pool,
         skips_locks: bool,
-        mut f: impl FnMut(&mut dyn Storage, u64) -> Result<T, StoreError> + Send + 'static,
+        mut f: impl FnMut(&mut Store, u64) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let op = move |s: &mut dyn Storage| {
+        let op = move |s: &mut Store| {
             self.spend(s)?;
             f(s, self.id)
         };
@@ -78,7 +77,7 @@ impl Device {
         }
     }
 
-    fn spend(&self, store: &mut dyn Storage) -> Result<(), StoreError> {
+    fn spend(&self, store: &mut Store) -> Result<(), StoreError> {
         store.spend_signature(&self.signature, self.expires_ms, now_ms())
     }
 }

@@ -21,10 +21,10 @@ mod db;
 pub mod demo;
 mod error;
 mod http;
+mod judgement;
 mod keys;
 mod metrics;
 mod split;
-mod storage;
 mod store;
 #[cfg(any(test, feature = "test-cluster"))]
 #[doc(hidden)]
@@ -176,9 +176,9 @@ impl Pool {
         // The first connection migrates and checks the pool's identity; the others only connect.
         let mut first = open_store(&database, config.trust)?;
         first.claim_identity(&key.public(), now_ms()).map_err(|e| PoolError::Storage(e.to_string()))?;
-        let mut stores: Vec<Box<dyn storage::Storage>> = vec![Box::new(first)];
+        let mut stores: Vec<store::Store> = vec![first];
         for _ in 1..connections {
-            stores.push(Box::new(store::Store::on_migrated(connect(&database)?, config.trust)));
+            stores.push(store::Store::on_migrated(connect(&database)?, config.trust));
         }
         let metrics = Arc::new(metrics::Replica::default());
         let store = writer::StoreWriter::start(stores, batch, metrics.clone())

@@ -43,8 +43,9 @@ pub(crate) mod schema;
 
 use crate::combine;
 use crate::db::{Db, DbError, Dialect, Row, Value, args};
+use crate::judgement::{self, Asked, Ballot, Decision, SpotCheck};
 use crate::split::TaskSeed;
-use crate::trust::{self, TrustRules, Vote};
+use crate::trust::TrustRules;
 
 /// Reported failures after which a task (and its job) fails: the kernel,
 /// not the devices, is what keeps failing.
@@ -581,6 +582,7 @@ impl Store {
         Ok(self.db.begin()?)
     }
 
+    /// Opens a transaction for one operation; rolled back if it fails.
     pub fn begin_lone(&mut self) -> Result<(), StoreError> {
         self.db.reconnect_if_closed()?;
         self.commit_relaxed = false;
@@ -595,6 +597,7 @@ impl Store {
         let _ = self.db.rollback();
     }
 
+    /// One round trip to the database, for `/v1/health`.
     pub fn ping(&self) -> Result<(), StoreError> {
         self.db.row("SELECT 1", args![])?;
         Ok(())
@@ -826,6 +829,7 @@ impl Store {
         Ok(manifests)
     }
 
+    /// Extends a live lease; returns its new deadline (ms).
     pub fn heartbeat(&mut self, device_id: u64, lease_id: u64, token: &str, now: u64) -> Result<u64, StoreError> {
         let lease = lock_lease(self.db.as_ref(), lease_id, token, device_id, false)?;
         if lease.state != "leased" {
@@ -836,6 +840,7 @@ impl Store {
         Ok(deadline)
     }
 
+    /// `failure`: the task failed on this device (counted against the task).
     pub fn give_back(
         &mut self,
         device_id: u64,
@@ -932,78 +937,69 @@ impl Store {
         let replicas = task_replicas(&*tx, task_id)?;
         let reported = &replicas.reported;
 
-        // A spot check judges each answer on arrival, right or wrong, even
-        // after the task is done: a late liar must not slip through.
+        let asked = Asked { quorum: spec.quorum, replication: spec.replication };
+        let fail_task = |tx: &dyn Db| tx.defer("UPDATE tasks SET state = 'failed' WHERE id = ?1", args![task_id]);
+        let ask_another =
+            |tx: &dyn Db| tx.defer("INSERT INTO replicas (task_id, state) VALUES (?1, 'queued')", args![task_id]);
+
+        // A spot check judges each answer on arrival (judgement.rs).
         if let Some(expected) = &expected {
             let row = reported.iter().find(|r| r.replica_id == lease_id as i64).ok_or(DbError::NoRow)?;
             let right = &row.output_sha256 == expected;
             let credits = spec.credit_for(row.fuel.map(|f| f as u64));
-            let close =
-                (task_state_now == "pending" && right).then_some(Close { canonical_sha256: expected, shard: None });
-            let task_state = match (task_state_now.as_str(), right) {
-                ("pending", true) => TaskState::Done,
-                ("pending", false) => {
-                    if replicas.outstanding == 0 && reported.len() < 2 * spec.replication as usize {
-                        tx.defer("INSERT INTO replicas (task_id, state) VALUES (?1, 'queued')", args![task_id])?;
-                        TaskState::Pending
-                    } else if replicas.outstanding == 0 {
-                        // Nobody answered right: that says something about the
-                        // devices, not about the job, which goes on without it.
-                        tx.defer("UPDATE tasks SET state = 'failed' WHERE id = ?1", args![task_id])?;
-                        TaskState::Failed
-                    } else {
-                        TaskState::Pending
-                    }
-                }
-                ("done", _) => TaskState::Done,
-                _ => TaskState::Failed,
-            };
+            let check =
+                judgement::spot_check(task_state(&task_state_now), right, replicas.outstanding, reported.len(), asked);
+            match check {
+                SpotCheck::AskAnother => ask_another(&*tx)?,
+                SpotCheck::Fail => fail_task(&*tx)?,
+                SpotCheck::Close | SpotCheck::Wait | SpotCheck::AlreadyDone | SpotCheck::AlreadyFailed => {}
+            }
+            let close = (check == SpotCheck::Close).then_some(Close { canonical_sha256: expected, shard: None });
             let judged = judge(&*tx, task_id, &[(row, right, credits)], close, job_id, key, now)?;
             tx.commit()?;
-            return Ok(ResultOutcome { task_state, receipt: judged.receipts.into_iter().next().flatten() });
+            return Ok(ResultOutcome {
+                task_state: check.task_state(),
+                receipt: judged.receipts.into_iter().next().flatten(),
+            });
         }
 
         let mut receipt = None;
         let mut new_state = task_state(&task_state_now);
         if new_state == TaskState::Pending {
-            // Quorum: the most common (output, fuel when metered) among reported replicas.
+            // What must agree: the output, and the fuel used where the job is metered.
             let metered = spec.limits.max_fuel.is_some();
-            let vote = |r: &Reported| (r.output_sha256.clone(), if metered { r.fuel } else { None });
-            let votes: Vec<Vote<_>> =
-                reported.iter().map(|r| Vote { device_id: r.device_id, value: vote(r) }).collect();
-            // A result counts alone only from a device that earned it (trust.rs).
-            let records: HashMap<i64, (u64, u64)> = reported.iter().map(|r| (r.device_id, r.record)).collect();
-            let rules = self.trust;
-            let winner = trust::quorum_value(&votes, spec.quorum, |device| {
-                records.get(&device).is_some_and(|&(valid, invalid)| rules.counts_alone(valid, invalid))
-            });
-            if let Some(canonical) = winner {
-                new_state = TaskState::Done;
-                let verdicts: Vec<_> = reported
-                    .iter()
-                    .map(|r| (r, vote(r) == canonical, spec.credit_for(r.fuel.map(|f| f as u64))))
-                    .collect();
-                let close = Close { canonical_sha256: &canonical.0, shard: Some(idx % info.count_shards) };
-                let judged = judge(&*tx, task_id, &verdicts, Some(close), job_id, key, now)?;
-                receipt = reported
-                    .iter()
-                    .zip(judged.receipts)
-                    .find(|(r, _)| r.replica_id == lease_id as i64)
-                    .and_then(|(_, s)| s);
-                if judged.shard_left == Some(0) {
-                    finish_job_if_complete(&*tx, job_id, spec)?;
+            let ballots: Vec<Ballot<(&str, Option<i64>)>> = reported
+                .iter()
+                .map(|r| Ballot {
+                    device_id: r.device_id,
+                    value: (r.output_sha256.as_str(), if metered { r.fuel } else { None }),
+                    record: r.record,
+                })
+                .collect();
+            match judgement::by_quorum(&ballots, replicas.outstanding, asked, self.trust) {
+                Decision::Done { canonical, valid } => {
+                    new_state = TaskState::Done;
+                    let verdicts: Vec<_> = reported
+                        .iter()
+                        .zip(valid)
+                        .map(|(r, valid)| (r, valid, spec.credit_for(r.fuel.map(|f| f as u64))))
+                        .collect();
+                    let close = Close { canonical_sha256: canonical.0, shard: Some(idx % info.count_shards) };
+                    let judged = judge(&*tx, task_id, &verdicts, Some(close), job_id, key, now)?;
+                    receipt = reported
+                        .iter()
+                        .zip(judged.receipts)
+                        .find(|(r, _)| r.replica_id == lease_id as i64)
+                        .and_then(|(_, s)| s);
+                    if judged.shard_left == Some(0) {
+                        finish_job_if_complete(&*tx, job_id, spec)?;
+                    }
                 }
-            } else if replicas.outstanding == 0 {
-                // Disagreement with every replica in, or one result from a
-                // device whose results are still checked: ask one more
-                // device, up to twice the replication (at least three
-                // results where trust is earned), then give up on the task.
-                let most = (2 * spec.replication as usize).max(if rules.checked_results > 0 { 3 } else { 0 });
-                if reported.len() < most {
-                    tx.defer("INSERT INTO replicas (task_id, state) VALUES (?1, 'queued')", args![task_id])?;
-                } else {
+                Decision::Wait => {}
+                Decision::AskAnother => ask_another(&*tx)?,
+                Decision::Fail => {
                     new_state = TaskState::Failed;
-                    tx.defer("UPDATE tasks SET state = 'failed' WHERE id = ?1", args![task_id])?;
+                    fail_task(&*tx)?;
                     tx.defer(
                         "UPDATE jobs SET state = 'failed', error = ?1 WHERE id = ?2",
                         args![format!("task {task_id}: no quorum among {} results", reported.len()), job_id],
@@ -1194,119 +1190,6 @@ fn lock_lease(db: &dyn Db, lease_id: u64, token: &str, device_id: u64, task_firs
         expected_sha256: row.opt_text(6)?,
         idx: row.int(7)?,
     })
-}
-
-impl crate::storage::Storage for Store {
-    fn begin(&mut self) -> Result<(), StoreError> {
-        Store::begin(self)
-    }
-    fn begin_lone(&mut self) -> Result<(), StoreError> {
-        Store::begin_lone(self)
-    }
-    fn commit(&mut self) -> Result<(), StoreError> {
-        Store::commit(self)
-    }
-    fn rollback(&mut self) {
-        Store::rollback(self)
-    }
-    fn put_blob(&mut self, bytes: &[u8]) -> Result<Sha256, StoreError> {
-        Store::put_blob(self, bytes)
-    }
-    fn blob(&self, sha: &Sha256) -> Result<Option<Vec<u8>>, StoreError> {
-        Store::blob(self, sha)
-    }
-    fn enroll(
-        &mut self,
-        key: &PublicKey,
-        info: &str,
-        token: Option<&str>,
-        now: u64,
-    ) -> Result<(u64, Option<idlemesh_protocol::api::Org>), StoreError> {
-        Store::enroll(self, key, info, token, now)
-    }
-    fn device_key(&self, device_id: u64) -> Result<Option<PublicKey>, StoreError> {
-        Store::device_key(self, device_id)
-    }
-    fn ping(&self) -> Result<(), StoreError> {
-        Store::ping(self)
-    }
-    fn spend_signature(&mut self, signature: &str, expires_ms: u64, now: u64) -> Result<(), StoreError> {
-        Store::spend_signature(self, signature, expires_ms, now)
-    }
-    fn create_job(&mut self, spec: &JobSpec, seeds: &[TaskSeed], now: u64) -> Result<u64, StoreError> {
-        Store::create_job(self, spec, seeds, now)
-    }
-    fn job_status(&self, job_id: u64) -> Result<JobStatus, StoreError> {
-        Store::job_status(self, job_id)
-    }
-    fn job_output(&self, job_id: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        Store::job_output(self, job_id)
-    }
-    fn lease(
-        &mut self,
-        device_id: u64,
-        caps: &Capabilities,
-        max: u32,
-        now: u64,
-        network: Option<&str>,
-    ) -> Result<Vec<TaskManifest>, StoreError> {
-        Store::lease(self, device_id, caps, max, now, network)
-    }
-    fn heartbeat(&mut self, device_id: u64, lease_id: u64, token: &str, now: u64) -> Result<u64, StoreError> {
-        Store::heartbeat(self, device_id, lease_id, token, now)
-    }
-    fn give_back(
-        &mut self,
-        device_id: u64,
-        lease_id: u64,
-        token: &str,
-        failure: Option<&TaskFailure>,
-    ) -> Result<(), StoreError> {
-        Store::give_back(self, device_id, lease_id, token, failure)
-    }
-    fn release_unheld(&mut self, device_id: u64, held: &[u64], now: u64) -> Result<Vec<u64>, StoreError> {
-        Store::release_unheld(self, device_id, held, now)
-    }
-    fn submit_result(
-        &mut self,
-        device_id: u64,
-        lease_id: u64,
-        token: &str,
-        output: &[u8],
-        fuel: Option<u64>,
-        wall_ms: u64,
-        cpu_ms: u64,
-        key: &Keypair,
-        now: u64,
-    ) -> Result<ResultOutcome, StoreError> {
-        Store::submit_result(self, device_id, lease_id, token, output, fuel, wall_ms, cpu_ms, key, now)
-    }
-    fn stats(&self) -> Result<PoolStats, StoreError> {
-        Store::stats(self)
-    }
-    fn device_stats(&self, device_id: u64) -> Result<DeviceStats, StoreError> {
-        Store::device_stats(self, device_id)
-    }
-    fn create_org(&mut self, name: &str, now: u64) -> Result<idlemesh_protocol::api::Org, StoreError> {
-        Store::create_org(self, name, now)
-    }
-    fn orgs(&self) -> Result<Vec<idlemesh_protocol::api::Org>, StoreError> {
-        Store::orgs(self)
-    }
-    fn org_stats(&self, org_id: u64) -> Result<idlemesh_protocol::api::OrgStats, StoreError> {
-        Store::org_stats(self, org_id)
-    }
-    fn create_token(
-        &mut self,
-        org_id: u64,
-        req: &idlemesh_protocol::api::TokenCreate,
-        now: u64,
-    ) -> Result<idlemesh_protocol::api::TokenCreated, StoreError> {
-        Store::create_token(self, org_id, req, now)
-    }
-    fn revoke_token(&mut self, token_id: u64, now: u64) -> Result<idlemesh_protocol::api::TokenInfo, StoreError> {
-        Store::revoke_token(self, token_id, now)
-    }
 }
 
 #[cfg(test)]

@@ -27,8 +27,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, mpsc};
 
 use crate::metrics;
-use crate::storage::Storage;
-use crate::store::StoreError;
+use crate::store::{Store, StoreError};
 
 /// Runs of one operation that PostgreSQL may abort to break deadlocks.
 const MAX_ATTEMPTS: u32 = 5;
@@ -36,7 +35,7 @@ const MAX_ATTEMPTS: u32 = 5;
 /// One request's work, and where its answer goes.
 trait Op: Send {
     /// Runs the operation (again); says whether it failed in the database.
-    fn run(&mut self, store: &mut dyn Storage) -> Failed;
+    fn run(&mut self, store: &mut Store) -> Failed;
     /// Answers with the last run's result, or with `commit_failure` if its
     /// transaction did not commit.
     fn answer(self: Box<Self>, commit_failure: Option<StoreError>);
@@ -63,8 +62,8 @@ struct Pending<T, F> {
     reply: tokio::sync::oneshot::Sender<Result<T, StoreError>>,
 }
 
-impl<T: Send, F: FnMut(&mut dyn Storage) -> Result<T, StoreError> + Send> Op for Pending<T, F> {
-    fn run(&mut self, store: &mut dyn Storage) -> Failed {
+impl<T: Send, F: FnMut(&mut Store) -> Result<T, StoreError> + Send> Op for Pending<T, F> {
+    fn run(&mut self, store: &mut Store) -> Failed {
         // A panic answers with an error; its savepoint rolled back while unwinding.
         let result = catch_unwind(AssertUnwindSafe(|| (self.f)(store)))
             .unwrap_or_else(|_| Err(StoreError::Commit("the operation failed unexpectedly".into())));
@@ -113,7 +112,7 @@ impl StoreWriter {
     /// One thread per store (each its own connection), taking up to
     /// `batches` operations per transaction.
     pub fn start(
-        stores: Vec<Box<dyn Storage>>,
+        stores: Vec<Store>,
         batches: Batches,
         metrics: Arc<metrics::Replica>,
     ) -> std::io::Result<Self> {
@@ -132,7 +131,7 @@ impl StoreWriter {
     /// `f` may run more than once (after a rolled-back attempt).
     pub async fn run<T: Send + 'static>(
         &self,
-        f: impl FnMut(&mut dyn Storage) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnMut(&mut Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         self.send(f, false).await
     }
@@ -141,14 +140,14 @@ impl StoreWriter {
     /// skips locked rows): on PostgreSQL it may share a transaction.
     pub async fn run_skipping_locks<T: Send + 'static>(
         &self,
-        f: impl FnMut(&mut dyn Storage) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnMut(&mut Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         self.send(f, true).await
     }
 
     async fn send<T: Send + 'static>(
         &self,
-        f: impl FnMut(&mut dyn Storage) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnMut(&mut Store) -> Result<T, StoreError> + Send + 'static,
         skips_locks: bool,
     ) -> Result<T, StoreError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
@@ -157,14 +156,14 @@ impl StoreWriter {
     }
 }
 
-fn serve(mut store: Box<dyn Storage>, queue: &Queue, batches: Batches, metrics: &metrics::Replica) {
+fn serve(mut store: Store, queue: &Queue, batches: Batches, metrics: &metrics::Replica) {
     // An operation taken from the queue that did not fit the last batch (of
     // operations skipping locks): it runs next, alone, without waiting for
     // the queue, which another thread may hold while it waits for work.
     let mut carried: Option<Box<dyn Op>> = None;
     loop {
         if let Some(op) = carried.take() {
-            run_alone(store.as_mut(), op, metrics);
+            run_alone(&mut store, op, metrics);
             continue;
         }
         let batch = {
@@ -188,15 +187,15 @@ fn serve(mut store: Box<dyn Storage>, queue: &Queue, batches: Batches, metrics: 
             (batch, sharing.is_some())
         };
         match batch {
-            (batch, true) => run_sharing(store.as_mut(), batch, metrics),
-            (batch, false) => run_batch(store.as_mut(), batch, metrics),
+            (batch, true) => run_sharing(&mut store, batch, metrics),
+            (batch, false) => run_batch(&mut store, batch, metrics),
         }
     }
 }
 
 /// Operations that skip locked rows, in one transaction without
 /// savepoints; if any fails, all are run again one transaction each.
-fn run_sharing(store: &mut dyn Storage, mut batch: Vec<Box<dyn Op>>, metrics: &metrics::Replica) {
+fn run_sharing(store: &mut Store, mut batch: Vec<Box<dyn Op>>, metrics: &metrics::Replica) {
     if batch.len() == 1 {
         return run_alone(store, batch.pop().expect("one"), metrics);
     }
@@ -212,7 +211,7 @@ fn run_sharing(store: &mut dyn Storage, mut batch: Vec<Box<dyn Op>>, metrics: &m
     }
 }
 
-fn run_batch(store: &mut dyn Storage, mut batch: Vec<Box<dyn Op>>, metrics: &metrics::Replica) {
+fn run_batch(store: &mut Store, mut batch: Vec<Box<dyn Op>>, metrics: &metrics::Replica) {
     if batch.len() == 1 {
         return run_alone(store, batch.pop().expect("one"), metrics);
     }
@@ -250,7 +249,7 @@ fn run_batch(store: &mut dyn Storage, mut batch: Vec<Box<dyn Op>>, metrics: &met
 /// break a deadlock. Its deferred statements go out with the commit, so a
 /// commit can fail as the operation would have (a deadlock, a replay):
 /// that failure is the operation's.
-fn run_alone(store: &mut dyn Storage, mut op: Box<dyn Op>, metrics: &metrics::Replica) {
+fn run_alone(store: &mut Store, mut op: Box<dyn Op>, metrics: &metrics::Replica) {
     for attempt in 1..=MAX_ATTEMPTS {
         if let Err(e) = store.begin_lone() {
             store.rollback();
@@ -277,7 +276,7 @@ fn run_alone(store: &mut dyn Storage, mut op: Box<dyn Op>, metrics: &metrics::Re
 }
 
 /// Commits; on failure rolls back and says why, for the answers.
-fn commit(store: &mut dyn Storage) -> Option<StoreError> {
+fn commit(store: &mut Store) -> Option<StoreError> {
     let failure = store.commit().err()?;
     // A replay or a deadlock victim is the operation's own failure, answered or run again.
     if !matches!(failure, StoreError::Replayed) && !failure.retryable() {
@@ -311,8 +310,8 @@ mod tests {
         let devices: Vec<u64> = (0..200)
             .map(|_| first.enroll(&Keypair::generate().unwrap().public(), "{}", None, 1_000).unwrap().0)
             .collect();
-        let mut stores: Vec<Box<dyn Storage>> = vec![Box::new(first)];
-        stores.extend((1..4).map(|_| Box::new(Store::on_migrated(connect(), rules)) as Box<dyn Storage>));
+        let mut stores: Vec<Store> = vec![first];
+        stores.extend((1..4).map(|_| Store::on_migrated(connect(), rules)));
         let writer = StoreWriter::start(stores, Batches { any: 1, skipping_locks: Some(16) }, Arc::default()).unwrap();
 
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();

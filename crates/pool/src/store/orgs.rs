@@ -7,10 +7,10 @@
 
 use std::collections::BTreeMap;
 
-use idlemesh_protocol::api::{Org, OrgDevice, OrgStats, TokenCreate, TokenCreated, TokenInfo};
-use idlemesh_protocol::{PublicKey, Sha256};
 use super::{Store, StoreError};
 use crate::db::{DbError, Row, args};
+use idlemesh_protocol::api::{Org, OrgDevice, OrgStats, TokenCreate, TokenCreated, TokenInfo};
+use idlemesh_protocol::{PublicKey, Sha256};
 
 /// Tokens are long random secrets with a recognisable prefix, so one pasted
 /// into the wrong place is easy to spot (and to scan for).
@@ -92,7 +92,12 @@ impl Store {
     }
 
     pub fn orgs(&self) -> Result<Vec<Org>, StoreError> {
-        Ok(self.db.query("SELECT id, name, created_ms FROM orgs ORDER BY id", args![])?.iter().map(org_row).collect::<Result<_, _>>()?)
+        Ok(self
+            .db
+            .query("SELECT id, name, created_ms FROM orgs ORDER BY id", args![])?
+            .iter()
+            .map(org_row)
+            .collect::<Result<_, _>>()?)
     }
 
     fn org(&self, org_id: u64) -> Result<Org, StoreError> {
@@ -276,7 +281,10 @@ impl Store {
             .collect::<Result<Vec<_>, DbError>>()?;
         let tokens = self
             .db
-            .query(&format!("SELECT {TOKEN_COLUMNS} FROM enrollment_tokens WHERE org_id = ?1 ORDER BY id"), args![org_id])?
+            .query(
+                &format!("SELECT {TOKEN_COLUMNS} FROM enrollment_tokens WHERE org_id = ?1 ORDER BY id"),
+                args![org_id],
+            )?
             .iter()
             .map(token_row)
             .collect::<Result<Vec<_>, _>>()?;
@@ -300,7 +308,10 @@ fn use_token(db: &dyn crate::db::Db, t: &TokenInfo, device_id: i64) -> Result<()
         args![t.token_id],
     )?;
     if counted == 0 {
-        return Err(StoreError::Token(TokenRefusal::UsedUp, "this enrollment token has enrolled all its devices already".into()));
+        return Err(StoreError::Token(
+            TokenRefusal::UsedUp,
+            "this enrollment token has enrolled all its devices already".into(),
+        ));
     }
     db.execute("UPDATE devices SET org_id = ?1, token_id = ?2 WHERE id = ?3", args![t.org_id, t.token_id, device_id])?;
     Ok(())
