@@ -128,6 +128,9 @@ mod tests {
         Ballot { device_id, value, record }
     }
 
+    /// (why, ballots, replicas still out, what the job asks, rules, expected).
+    type Case = (&'static str, Vec<Ballot<&'static str>>, usize, Asked, TrustRules, Decision<&'static str>);
+
     const NEW: (u64, u64) = (0, 0);
     const PROVEN: (u64, u64) = (50, 0);
 
@@ -139,7 +142,7 @@ mod tests {
         let two_of_two = Asked { quorum: 2, replication: 2 };
         let done = |canonical, valid: &[bool]| Decision::Done { canonical, valid: valid.to_vec() };
         #[rustfmt::skip]
-        let cases: &[(&str, Vec<Ballot<&str>>, usize, Asked, TrustRules, Decision<&str>)] = &[
+        let cases: &[Case] = &[
             ("a proven device's result counts alone",
              vec![ballot(1, "a", PROVEN)], 0, one, earned, done("a", &[true])),
             ("a new device's result is checked by a second device",

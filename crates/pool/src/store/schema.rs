@@ -152,7 +152,7 @@ UPDATE jobs SET open_tasks = (SELECT count(*) FROM tasks t WHERE t.job_id = jobs
     // 10: a job's open tasks counted in shards (task index modulo the
     // job's count_shards): tasks closing at once on several pool replicas
     // take turns on one of a job's rows, not all on one (store.rs,
-    // count_task_closed). Jobs from before keep one shard.
+    // results::judge). Jobs from before keep one shard.
     r#"
 CREATE TABLE job_counts (
     job_id INTEGER NOT NULL REFERENCES jobs(id),
