@@ -185,8 +185,54 @@ fn has_nul_escape(json: &[u8]) -> bool {
     })
 }
 
-fn id(text: &str, what: &str) -> ApiResult<u64> {
-    text.parse().map_err(|_| ApiError::bad_request(format!("{what} {text:?} is not a number")))
+/// A request the operator token authorises; any other is refused with
+/// 401 or 403 before the handler runs.
+struct Operator;
+
+impl axum::extract::FromRequestParts<Pool> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, pool: &Pool) -> Result<Self, ApiError> {
+        auth::operator(pool, &parts.headers).map(|()| Self)
+    }
+}
+
+/// What a numeric path id names, for the error when it is not a number.
+trait IdOf {
+    const WHAT: &'static str;
+}
+
+/// The `{id}` of a route, a number, or a 400 that names what was expected.
+struct PathId<K>(u64, std::marker::PhantomData<K>);
+
+impl<S: Send + Sync, K: IdOf> axum::extract::FromRequestParts<S> for PathId<K> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(text) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request(format!("{}: {e}", K::WHAT)))?;
+        let id = text.parse().map_err(|_| ApiError::bad_request(format!("{} {text:?} is not a number", K::WHAT)))?;
+        Ok(Self(id, std::marker::PhantomData))
+    }
+}
+
+macro_rules! path_ids {
+    ($($alias:ident, $kind:ident: $what:literal;)*) => {$(
+        struct $kind;
+        impl IdOf for $kind {
+            const WHAT: &'static str = $what;
+        }
+        type $alias = PathId<$kind>;
+    )*};
+}
+
+path_ids! {
+    JobId, JobKind: "job id";
+    OrgId, OrgKind: "organisation id";
+    TokenId, TokenKind: "token id";
+    LeaseId, LeaseKind: "lease id";
+    DeviceId, DeviceKind: "device id";
 }
 
 /// Every route with its description: registering a handler and documenting
@@ -353,10 +399,9 @@ async fn enroll(State(pool): State<Pool>, Body(body): Body<SMALL_BODY>) -> ApiRe
     responses((status = 201, description = "Created", body = Org), BadRequest, Unauthorized, Forbidden, Conflict, TooLarge))]
 async fn create_org(
     State(pool): State<Pool>,
-    headers: HeaderMap,
+    _: Operator,
     Body(body): Body<SMALL_BODY>,
 ) -> ApiResult<impl IntoResponse> {
-    auth::operator(&pool, &headers)?;
     let req: OrgCreate = parse(&body)?;
     let org = pool.inner.store.run(move |s| s.create_org(&req.name, now_ms())).await?;
     Ok((StatusCode::CREATED, axum::Json(org)))
@@ -364,8 +409,7 @@ async fn create_org(
 
 #[utoipa::path(get, path = "/v1/orgs", operation_id = "list_orgs", security(("operator" = [])),
     responses((status = 200, description = "Every organisation", body = Vec<Org>), Unauthorized, Forbidden))]
-async fn list_orgs(State(pool): State<Pool>, headers: HeaderMap) -> ApiResult<impl IntoResponse> {
-    auth::operator(&pool, &headers)?;
+async fn list_orgs(State(pool): State<Pool>, _: Operator) -> ApiResult<impl IntoResponse> {
     Ok(axum::Json(pool.inner.store.run(|s| s.orgs()).await?))
 }
 
@@ -373,13 +417,7 @@ async fn list_orgs(State(pool): State<Pool>, headers: HeaderMap) -> ApiResult<im
     params(("id" = u64, Path, description = "organisation id")),
     responses((status = 200, description = "The organisation's devices, credits and tokens", body = OrgStats),
         BadRequest, Unauthorized, Forbidden, NotFound))]
-async fn org_stats(
-    State(pool): State<Pool>,
-    Path(org): Path<String>,
-    headers: HeaderMap,
-) -> ApiResult<impl IntoResponse> {
-    auth::operator(&pool, &headers)?;
-    let org = id(&org, "organisation id")?;
+async fn org_stats(State(pool): State<Pool>, _: Operator, PathId(org, _): OrgId) -> ApiResult<impl IntoResponse> {
     Ok(axum::Json(pool.inner.store.run(move |s| s.org_stats(org)).await?))
 }
 
@@ -389,12 +427,10 @@ async fn org_stats(
         BadRequest, Unauthorized, Forbidden, NotFound, TooLarge))]
 async fn create_token(
     State(pool): State<Pool>,
-    Path(org): Path<String>,
-    headers: HeaderMap,
+    _: Operator,
+    PathId(org, _): OrgId,
     Body(body): Body<SMALL_BODY>,
 ) -> ApiResult<impl IntoResponse> {
-    auth::operator(&pool, &headers)?;
-    let org = id(&org, "organisation id")?;
     let req: TokenCreate = parse(&body)?;
     let created = pool.inner.store.run(move |s| s.create_token(org, &req, now_ms())).await?;
     tracing::info!(org_id = org, token_id = created.info.token_id, "enrollment token created");
@@ -406,11 +442,9 @@ async fn create_token(
     responses((status = 200, description = "Revoked", body = TokenInfo), BadRequest, Unauthorized, Forbidden, NotFound))]
 async fn revoke_token(
     State(pool): State<Pool>,
-    Path(token): Path<String>,
-    headers: HeaderMap,
+    _: Operator,
+    PathId(token, _): TokenId,
 ) -> ApiResult<impl IntoResponse> {
-    auth::operator(&pool, &headers)?;
-    let token = id(&token, "token id")?;
     let info = pool.inner.store.run(move |s| s.revoke_token(token, now_ms())).await?;
     tracing::info!(token_id = token, "enrollment token revoked");
     Ok(axum::Json(info))
@@ -473,13 +507,12 @@ async fn sync_leases(
         BadRequest, Unauthorized, NotFound, Conflict, TooLarge))]
 async fn heartbeat(
     State(pool): State<Pool>,
-    Path(lease): Path<String>,
+    PathId(lease, _): LeaseId,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     Body(body): Body<SMALL_BODY>,
 ) -> ApiResult<impl IntoResponse> {
-    let lease = id(&lease, "lease id")?;
     let device = auth::device(&pool, &method, uri.path(), &headers, &body).await?;
     let req: LeaseTokenBody = parse(&body)?;
     let deadline_ms = device.run(&pool, move |s, id| s.heartbeat(id, lease, &req.lease_token, now_ms())).await?;
@@ -492,13 +525,12 @@ async fn heartbeat(
         BadRequest, Unauthorized, NotFound, Conflict, TooLarge))]
 async fn give_back(
     State(pool): State<Pool>,
-    Path(lease): Path<String>,
+    PathId(lease, _): LeaseId,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     Body(body): Body<SMALL_BODY>,
 ) -> ApiResult<impl IntoResponse> {
-    let lease = id(&lease, "lease id")?;
     let device = auth::device(&pool, &method, uri.path(), &headers, &body).await?;
     let req: GiveBack = parse(&body)?;
     if let Some(failure) = &req.failure {
@@ -610,13 +642,7 @@ async fn create_job(
     params(("id" = u64, Path, description = "job id")),
     responses((status = 200, description = "Progress per state", body = JobStatus),
         BadRequest, Unauthorized, Forbidden, NotFound))]
-async fn job_status(
-    State(pool): State<Pool>,
-    Path(job): Path<String>,
-    headers: HeaderMap,
-) -> ApiResult<impl IntoResponse> {
-    auth::operator(&pool, &headers)?;
-    let job = id(&job, "job id")?;
+async fn job_status(State(pool): State<Pool>, _: Operator, PathId(job, _): JobId) -> ApiResult<impl IntoResponse> {
     Ok(axum::Json(pool.inner.store.run(move |s| s.job_status(job)).await?))
 }
 
@@ -624,9 +650,7 @@ async fn job_status(
     params(("id" = u64, Path, description = "job id")),
     responses((status = 200, description = "The combined output", body = RawBytes, content_type = "application/octet-stream"),
         BadRequest, Unauthorized, Forbidden, NotFound, Conflict))]
-async fn job_output(State(pool): State<Pool>, Path(job): Path<String>, headers: HeaderMap) -> ApiResult<Response> {
-    auth::operator(&pool, &headers)?;
-    let job = id(&job, "job id")?;
+async fn job_output(State(pool): State<Pool>, _: Operator, PathId(job, _): JobId) -> ApiResult<Response> {
     match pool.inner.store.run(move |s| s.job_output(job)).await? {
         Some(bytes) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response()),
         None => Err(ApiError::new(StatusCode::CONFLICT, "not_ready", format!("job {job} has no output yet"))),
@@ -643,8 +667,7 @@ async fn stats(State(pool): State<Pool>) -> ApiResult<impl IntoResponse> {
     params(("id" = u64, Path, description = "device id")),
     responses((status = 200, description = "One device's credits and reputation, as /v1/stats lists them", body = DeviceStats),
         BadRequest, NotFound))]
-async fn device_stats(State(pool): State<Pool>, Path(device): Path<String>) -> ApiResult<impl IntoResponse> {
-    let device = id(&device, "device id")?;
+async fn device_stats(State(pool): State<Pool>, PathId(device, _): DeviceId) -> ApiResult<impl IntoResponse> {
     Ok(axum::Json(pool.inner.store.run(move |s| s.device_stats(device)).await?))
 }
 
