@@ -87,12 +87,12 @@ fn main() {
             wait_for(frozen)
         } else {
             let t0 = Instant::now();
-            call(Request::Pause { duration: Some("indefinitely".into()) });
+            call(Request::Pause { duration: Some("indefinitely".into()), only: idlemesh_control::Scope::All });
             wait_for(frozen);
             t0.elapsed()
         };
         if trial % 2 == 0 { &mut menu } else { &mut socket_ms }.push(t.as_secs_f64() * 1e3);
-        call(Request::Resume);
+        call(Request::Resume { only: idlemesh_control::Scope::All });
         wait_for(|| !frozen());
         // Let it run a moment between trials, at a varying point of the agent's loops.
         std::thread::sleep(Duration::from_millis(50 + (trial as u64 * 37) % 200));

@@ -207,14 +207,8 @@ fn start_agent(state: Arc<AppState>) {
         }
     };
     let config = daemon::DaemonConfig {
-        pool_override: None,
-        settings_path: paths::settings_path(),
-        policy_path: paths::policy_path(),
-        data_dir: state.data_dir.clone(),
-        socket_path: control::socket_path(),
-        worker,
-        sensors: Box::new(idlemesh_agent::sensors::Sensors::this_machine),
         demo: Some(state.demo.clone()),
+        ..daemon::DaemonConfig::this_machine(state.data_dir.clone(), worker)
     };
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let (stopped_tx, stopped_rx) = std::sync::mpsc::channel();

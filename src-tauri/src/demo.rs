@@ -4,55 +4,12 @@
 //! whole loop work at once. Its key and database stay in the data dir, so
 //! the pin the agent keeps for it holds from one start to the next.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use idlemesh_pool::Pool;
+use idlemesh_pool::demo::DemoPool;
 
 /// The port tried first: the same URL each start keeps one pinned entry.
 const PREFERRED_PORT: u16 = 8471;
-
-pub struct DemoPool {
-    pub url: String,
-    pool: Pool,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for DemoPool {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
-impl DemoPool {
-    pub async fn start(dir: &Path) -> Result<Self, String> {
-        // Nobody uses the HTTP operator API of the demo pool: jobs are
-        // submitted in-process, and the random token keeps it shut.
-        let pool =
-            Pool::open(idlemesh_pool::demo::pool_config(dir, "you, on this computer")).map_err(|e| e.to_string())?;
-        let listener = match tokio::net::TcpListener::bind(("127.0.0.1", PREFERRED_PORT)).await {
-            Ok(l) => l,
-            Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?,
-        };
-        let url = format!("http://{}", listener.local_addr().map_err(|e| e.to_string())?);
-        let server = tokio::spawn({
-            let pool = pool.clone();
-            async move {
-                if let Err(e) = pool.serve(listener).await {
-                    tracing::error!(error = %e, "the demo pool stopped");
-                }
-            }
-        });
-        tracing::info!(%url, "demo pool started");
-        Ok(Self { url, pool, server })
-    }
-
-    /// A 512×384 Mandelbrot image in 16 tiles.
-    pub async fn submit_job(&self) -> Result<u64, String> {
-        let kernel = self.pool.put_blob(idlemesh_kernels::MANDELBROT.to_vec()).await.map_err(|e| e.to_string())?;
-        let spec = idlemesh_pool::demo::mandelbrot_job(kernel, 512, 384, 4, 4);
-        Ok(self.pool.submit(spec).await.map_err(|e| e.to_string())?.job_id)
-    }
-}
 
 /// The tray's answer to `demo_start`: one demo pool, started on first use,
 /// with a fresh job each time.
@@ -74,11 +31,16 @@ impl idlemesh_agent::daemon::DemoHost for DemoHost {
         self.runtime.block_on(async {
             let mut demo = self.pool.lock().await;
             if demo.is_none() {
-                *demo = Some(DemoPool::start(&self.dir).await?);
+                // Nobody uses the HTTP operator API of this pool: jobs are
+                // submitted in-process, and the random token keeps it shut.
+                let started = DemoPool::start(&self.dir, "you, on this computer", Some(PREFERRED_PORT)).await;
+                *demo = Some(started.map_err(|e| e.to_string())?);
             }
             let pool = demo.as_ref().expect("started above");
             // A fresh job each time, so there is always something to watch.
-            pool.submit_job().await?;
+            // A 512×384 Mandelbrot image in 16 tiles.
+            let job = pool.submit_mandelbrot(idlemesh_kernels::MANDELBROT, 512, 384, 4, 4).await;
+            job.map_err(|e| e.to_string())?;
             Ok(pool.url.clone())
         })
     }

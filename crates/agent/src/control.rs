@@ -189,14 +189,15 @@ mod transport {
         use std::os::unix::fs::PermissionsExt as _;
         let io = |source| ControlError::Io { path: path.display().to_string(), source };
         let dir = path.parent().unwrap_or(Path::new("/"));
-        std::fs::create_dir_all(dir).map_err(io)?;
         // A folder made beforehand by someone else (in /tmp, say) is theirs
         // to watch and replace: it is not ours to make private.
-        let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(dir).map_err(io)?);
-        if owner != current_uid() {
-            return Err(ControlError::NotPrivate { path: dir.display().to_string(), owner });
+        if let Ok(meta) = std::fs::metadata(dir) {
+            let owner = std::os::unix::fs::MetadataExt::uid(&meta);
+            if owner != current_uid() {
+                return Err(ControlError::NotPrivate { path: dir.display().to_string(), owner });
+            }
         }
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+        idlemesh_runtime::private_dir(dir).map_err(io)?;
         if path.exists() {
             if UnixStream::connect(path).await.is_ok() {
                 return Err(ControlError::AlreadyRunning { path: path.display().to_string() });

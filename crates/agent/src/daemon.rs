@@ -43,6 +43,25 @@ pub struct DaemonConfig {
     pub demo: Option<Arc<dyn DemoHost>>,
 }
 
+impl DaemonConfig {
+    /// The agent of this machine as installed: its settings, policy and
+    /// control socket where `paths` and `control` put them, the machine's
+    /// own sensors, no `--pool` and no demo. The CLI's `agent` and the tray
+    /// app both start from it.
+    pub fn this_machine(data_dir: PathBuf, worker: WorkerCommand) -> Self {
+        Self {
+            pool_override: None,
+            settings_path: crate::paths::settings_path(),
+            policy_path: crate::paths::policy_path(),
+            data_dir,
+            socket_path: control::socket_path(),
+            worker,
+            sensors: Box::new(Sensors::this_machine),
+            demo: None,
+        }
+    }
+}
+
 /// Starts a demo pool on a loopback port with a fresh job to watch, and
 /// says its URL. Called on a blocking thread: it may wait for its server.
 pub trait DemoHost: Send + Sync + 'static {

@@ -70,14 +70,8 @@ pub struct Ledger {
 impl Ledger {
     /// Opens or creates the ledger at `path`.
     pub fn open(path: &Path) -> Result<Self, LedgerError> {
-        if let Some(parent) = path.parent() {
-            let _ = std::fs::create_dir_all(parent);
-        }
         let open = |source| LedgerError::Open { path: path.display().to_string(), source };
-        let conn = Connection::open(path).map_err(open)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(open)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(open)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(open)?;
+        let conn = crate::durable::open(path)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS entries (
                 seq INTEGER PRIMARY KEY,

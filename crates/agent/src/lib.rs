@@ -20,6 +20,7 @@
 mod agent;
 pub mod control;
 pub mod daemon;
+mod durable;
 pub mod energy;
 pub mod governor;
 pub mod ledger;

@@ -46,7 +46,8 @@ pub fn init(default: &str, file_prefix: Option<&str>) {
 
 /// A file per day in `dir` (created private to the user), a week kept.
 fn daily_file(dir: &Path, prefix: &str) -> Result<RollingFileAppender, String> {
-    create_private_dir(dir).map_err(|e| format!("cannot create the log dir {}: {e}", dir.display()))?;
+    // The log names the pools and tasks this machine worked for: the user's own business.
+    idlemesh_runtime::private_dir(dir).map_err(|e| format!("cannot create the log dir {}: {e}", dir.display()))?;
     RollingFileAppender::builder()
         .rotation(Rotation::DAILY)
         .filename_prefix(prefix)
@@ -54,19 +55,6 @@ fn daily_file(dir: &Path, prefix: &str) -> Result<RollingFileAppender, String> {
         .max_log_files(KEEP_DAYS)
         .build(dir)
         .map_err(|e| format!("cannot open a log file in {}: {e}", dir.display()))
-}
-
-/// The log names the pools and tasks this machine worked for: the user's own business.
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt as _;
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
-    }
-    #[cfg(not(unix))]
-    {
-        std::fs::create_dir_all(dir)
-    }
 }
 
 #[cfg(test)]

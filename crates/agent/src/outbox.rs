@@ -33,12 +33,8 @@ pub(crate) struct Outbox {
 impl Outbox {
     pub fn open(path: &Path) -> Result<Self, LedgerError> {
         let open = |source| LedgerError::Open { path: path.display().to_string(), source };
-        let conn = Connection::open(path).map_err(open)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(open)?;
         // An acknowledged task must survive power loss: its result is here.
-        conn.pragma_update(None, "synchronous", "FULL").map_err(open)?;
-        // Several slots of one agent share this file.
-        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(open)?;
+        let conn = crate::durable::open(path)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS outbox (
                 lease_id INTEGER PRIMARY KEY,

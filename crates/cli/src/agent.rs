@@ -30,15 +30,11 @@ pub fn agent(args: AgentArgs) -> anyhow::Result<()> {
         return Err(bad_input(format!("--pool {url:?}: expected a URL starting with http:// or https://")));
     }
     let data_dir = paths::data_dir();
+    let worker = WorkerCommand::current_exe(Some(&paths::kernel_cache_dir()))?;
     let config = daemon::DaemonConfig {
         pool_override: args.pool.map(|u| u.trim_end_matches('/').to_string()),
         settings_path: args.config.unwrap_or_else(paths::settings_path),
-        policy_path: paths::policy_path(),
-        socket_path: control::socket_path(),
-        worker: WorkerCommand::current_exe(Some(&paths::kernel_cache_dir()))?,
-        data_dir,
-        sensors: Box::new(idlemesh_agent::sensors::Sensors::this_machine),
-        demo: None,
+        ..daemon::DaemonConfig::this_machine(data_dir, worker)
     };
     rustls::crypto::ring::default_provider().install_default().ok();
     let rt = tokio::runtime::Runtime::new()?;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use idlemesh_agent::{Agent, AgentConfig, paths};
-use idlemesh_pool::Pool;
+use idlemesh_pool::demo::DemoPool;
 use idlemesh_protocol::Keypair;
 use idlemesh_protocol::api::{Capabilities, JobState};
 use idlemesh_runtime::WorkerCommand;
@@ -63,19 +63,13 @@ async fn demo(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let ledger_path = paths::ledger_path();
 
-    // The pool, on a loopback port, its database in `out`.
-    let config = idlemesh_pool::demo::pool_config(&out, "you, on this machine");
-    let operator_token = config.operator_token.clone();
-    let pool = Pool::open(config)?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let pool_url = format!("http://{}", listener.local_addr()?);
-    let server = tokio::spawn(pool.serve(listener));
-
-    // The job: a Mandelbrot image in tiles.
-    let operator = OperatorClient::new(&pool_url, &operator_token)?;
-    let kernel = operator.put_blob(idlemesh_kernels::MANDELBROT.to_vec()).await?;
-    let spec = idlemesh_pool::demo::mandelbrot_job(kernel.sha256, args.width, args.height, args.columns, args.rows);
-    let job = operator.submit(&spec).await?;
+    // The pool, on a loopback port, its database in `out`, with a
+    // Mandelbrot image in tiles; the job is followed over HTTP.
+    let pool = DemoPool::start(&out, "you, on this machine", None).await?;
+    let pool_url = pool.url.clone();
+    let (kernel, (w, h)) = (idlemesh_kernels::MANDELBROT, (args.width, args.height));
+    let job = pool.submit_mandelbrot(kernel, w, h, args.columns, args.rows).await?;
+    let operator = OperatorClient::new(&pool_url, &pool.operator_token)?;
 
     // The agent, against that pool over HTTP.
     let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
@@ -128,7 +122,7 @@ async fn demo(args: Args) -> anyhow::Result<()> {
         let png = operator.output(job.job_id).await?;
         std::fs::write(&png_path, png).with_context(|| format!("writing {}", png_path.display()))?;
     }
-    server.abort();
+    drop(pool);
 
     if args.json {
         println!(

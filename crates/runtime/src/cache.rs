@@ -25,7 +25,7 @@ pub(crate) struct ArtifactCache {
 /// Makes `dir` (and its parents) if needed, private to the user. A
 /// directory already private is left as it is: a locked-down worker may
 /// create directories in its cache, but not change modes.
-pub(crate) fn private_dir(dir: &Path) -> std::io::Result<()> {
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};

@@ -38,13 +38,17 @@ pub mod ipc;
 mod limiter;
 pub mod lockdown;
 pub mod nan_canon;
-mod pagemap;
 mod outcome;
+mod pagemap;
 mod sandbox;
 mod wasi_ctx;
 pub mod worker;
 mod worker_process;
 
+/// Makes a folder (and its parents) private to the user, or makes an
+/// existing one so: the runtime's compiled-kernel cache needs it, and so do
+/// the agent's ledger and logs, so there is one way to do it.
+pub use cache::private_dir;
 pub use lockdown::{Layer, Profile, SandboxReport};
 pub use outcome::{Outcome, Status};
 pub use sandbox::{Events, MAX_KERNEL_BYTES, NoEvents, RunLimits, Sandbox, SandboxConfig, SandboxError};

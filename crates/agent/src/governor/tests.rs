@@ -510,7 +510,8 @@ fn each_kind_of_work_stops_on_its_own() {
     let gpu_paused = Pauses { cpu: ManualPause::None, gpu: ManualPause::UntilResumed };
     let cpu_paused = Pauses { cpu: until, gpu: ManualPause::None };
     // (name, limits, pauses, user idle s, expected (cpu, gpu) or None for a pause, scoped reason text)
-    let table: &[(&str, &Limits, Pauses, u64, Option<(bool, bool)>, Option<(Scope, &str)>)] = &[
+    type Row<'a> = (&'a str, &'a Limits, Pauses, u64, Option<(bool, bool)>, Option<(Scope, &'a str)>);
+    let table: &[Row] = &[
         ("both run", &gpu_on, Pauses::default(), 600, Some((true, true)), None),
         ("GPU off in the settings: CPU only", &limits(), Pauses::default(), 600, Some((true, false)), None),
         (
