@@ -13,9 +13,13 @@
 //!   effective limits and the user's pause, whether to run and how much,
 //!   with reasons in plain words and hysteresis on every threshold.
 //!
-//! Sensors, settings and IT policy join here as their issues land; the
-//! scheduler already takes its stop signal from outside, which is where the
-//! governor's decisions will come in.
+//! - [`daemon`] is the running agent: sensors, settings and IT policy, the
+//!   governor's decisions, one slot per worker, the control socket.
+//!
+//! **Owns** everything on the lending machine's side: when to run, what a
+//! pool may send, the secrets, the ledger. **Must not** execute kernels
+//! itself (the runtime's worker does, in another process) or trust
+//! anything a pool says without its signature.
 
 mod agent;
 pub mod control;

@@ -1,6 +1,9 @@
 //! `idlemesh`: wiring only. Each subcommand parses its arguments and calls a
 //! library; `main` maps the result to the exit status of DESIGN §4:
 //! 0 success, 1 the work failed, 2 bad usage or bad input.
+//!
+//! **Must not** hold logic another front end (the tray app) would also
+//! need: that belongs in the library the subcommand calls.
 
 mod agent;
 mod demo;

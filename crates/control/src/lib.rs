@@ -4,6 +4,10 @@
 //! TypeScript types are generated from these ([`typescript`]) and checked
 //! in as `ui/src/lib/control.gen.ts`, which a test keeps fresh.
 //!
+//! **Owns** the shape of every control request and answer (and the
+//! TypeScript generated from it). **Must not** do I/O or decide anything:
+//! the socket is the agent's, the decisions the governor's.
+//!
 //! - [`Request`] and its answers ([`Paused`], [`SettingChanged`], …), or a [`Refusal`].
 //! - [`AgentStatus`]: one word ([`State`]), the governor's [`Decision`] and
 //!   its [`Reason`]s, the sensors, the scheduler, the settings.

@@ -6,6 +6,11 @@
 //! task outputs into the job's output. Everything is stored in one SQLite
 //! file, or in a PostgreSQL database that several pool replicas share.
 //!
+//! **Owns** the pool's side of the HTTP API, its storage and its decisions
+//! (the quorum in `judgement.rs`, the trust rules in [`trust`]). **Must
+//! not** hold state a second replica of the same pool would need (all of
+//! it is in the database), or run kernels.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use idlemesh_pool::{Pool, PoolConfig};

@@ -10,6 +10,10 @@
 //! - [`auth`]: how a device signs its requests.
 //! - [`wgsl`]: how a WGSL compute kernel's buffers and dispatch are declared.
 //! - [`sandbox`]: the OS layers that confine a worker, and its report of them.
+//!
+//! **Owns** what crosses between an agent and a pool, and its signatures.
+//! **Must not** do I/O, hold state, or know about either side's storage:
+//! both depend on it, so it stays small and pure.
 
 pub mod api;
 pub mod auth;

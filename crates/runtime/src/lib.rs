@@ -19,6 +19,10 @@
 //!   (namespaces, Landlock, seccomp, resource limits) and reports which
 //!   layers are in force ([`SandboxReport`]).
 //!
+//! **Owns** running one kernel within its limits, and the worker process
+//! that does it. **Must not** talk to a pool, read settings or policy, or
+//! decide when to run: it is told what to run, and how much it may use.
+//!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use idlemesh_runtime::{Sandbox, SandboxConfig, RunLimits, NoEvents};

@@ -1,5 +1,10 @@
 //! The WASM kernels of `kernels/wasm/` (Rust) and `kernels/c/` (C), built
-//! from source by `build.rs` and embedded, so `idlemesh demo` and the tests need no files beside the binary.
+//! from source by `build.rs` and embedded, so `idlemesh demo` and the tests
+//! need no files beside the binary.
+//!
+//! **Owns** building the kernels the repository ships and tests with.
+//! **Must not** be a dependency of the shipped agent's decisions: a pool
+//! sends its own kernels; these are the demo's and the tests'.
 
 include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 

@@ -29,7 +29,7 @@
 //!
 //! What this crate must not do: reach anything the WIT world does not
 //! grant, or hide a host call from the kernel's author (each is one method
-//! of [`Host`] or one function of [`input`]).
+//! of [`Host`] or one function of `input`).
 
 /// The bindings `wit-bindgen` generates for the world, for [`kernel!`].
 #[cfg(target_arch = "wasm32")]
@@ -48,7 +48,7 @@ pub mod bindings {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Task {
     /// The task's input. Empty when the kernel reads its input on request
-    /// (see [`input`]).
+    /// (see the `input` module, WASM builds only).
     pub input: Vec<u8>,
     /// The task's params, JSON text (`{}` when the job gave none).
     pub params: String,
