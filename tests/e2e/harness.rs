@@ -163,27 +163,23 @@ pub fn operator_at(url: &str, token: &str, args: &[&str]) -> Output {
 }
 
 /// The operator's side of the pool's HTTP API, for tests that drive a pool
-/// process from inside an async test.
+/// process from inside an async test: the CLI's client
+/// (`idlemesh_pool::client`), with answers as JSON values for assertions.
 #[derive(Clone)]
 pub struct OperatorHttp {
-    http: reqwest::Client,
+    client: idlemesh_pool::client::OperatorClient,
     pub url: String,
-    auth: String,
 }
 
 impl OperatorHttp {
     pub fn new(url: &str, token: &str) -> Self {
-        // reqwest is built without a default TLS provider; the agent installs ring, and so do we.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        Self { http: reqwest::Client::new(), url: url.to_owned(), auth: format!("Bearer {token}") }
+        Self { client: idlemesh_pool::client::OperatorClient::new(url, token).unwrap(), url: url.to_owned() }
     }
 
     /// For an https pool whose certificate comes from the CA in `ca_pem`.
     pub fn trusting(url: &str, token: &str, ca_pem: &str) -> Self {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap();
-        let http = reqwest::Client::builder().tls_certs_only([ca]).build().unwrap();
-        Self { http, url: url.to_owned(), auth: format!("Bearer {token}") }
+        let client = idlemesh_pool::client::OperatorClient::trusting(url, token, ca_pem).unwrap();
+        Self { client, url: url.to_owned() }
     }
 
     /// Uploads the mandelbrot kernel and submits a job with it; `fields` are
@@ -196,43 +192,18 @@ impl OperatorHttp {
     /// never runs it) and submits a job with it; `fields` are the rest of
     /// the job spec. Returns the job id and its task count.
     pub async fn job(&self, kernel: &[u8], mut fields: serde_json::Value) -> (u64, u64) {
-        let kernel: serde_json::Value = self
-            .http
-            .post(format!("{}/v1/blobs", self.url))
-            .header("authorization", &self.auth)
-            .body(kernel.to_vec())
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let kernel = self.client.put_blob(kernel.to_vec()).await.unwrap();
         fields["kernel_kind"] = "wasm".into();
-        fields["kernel_sha256"] = kernel["sha256"].clone();
-        let job: serde_json::Value = self
-            .http
-            .post(format!("{}/v1/jobs", self.url))
-            .header("authorization", &self.auth)
-            .json(&fields)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        (job["job_id"].as_u64().expect("job created"), job["tasks"].as_u64().unwrap())
+        fields["kernel_sha256"] = serde_json::to_value(kernel.sha256).unwrap();
+        let spec: idlemesh_protocol::api::JobSpec = serde_json::from_value(fields).expect("a job spec");
+        let job = self.client.submit(&spec).await.expect("job created");
+        (job.job_id, job.tasks)
     }
 
     /// The job's status, or `None` while the pool cannot be reached.
     pub async fn status(&self, job: u64) -> Option<serde_json::Value> {
-        let resp = self
-            .http
-            .get(format!("{}/v1/jobs/{job}", self.url))
-            .header("authorization", &self.auth)
-            .send()
-            .await
-            .ok()?;
-        resp.json().await.ok()
+        let status = self.client.status(job).await.ok()?;
+        Some(serde_json::to_value(status).unwrap())
     }
 
     /// Waits (through outages) until the job is no longer running.
@@ -255,12 +226,11 @@ impl OperatorHttp {
     }
 
     pub async fn stats(&self) -> serde_json::Value {
-        self.http.get(format!("{}/v1/stats", self.url)).send().await.unwrap().json().await.unwrap()
+        serde_json::to_value(self.client.stats().await.unwrap()).unwrap()
     }
 
     pub async fn output(&self, job: u64) -> Vec<u8> {
-        let resp = self.http.get(format!("{}/v1/jobs/{job}/output", self.url)).header("authorization", &self.auth);
-        resp.send().await.unwrap().bytes().await.unwrap().to_vec()
+        self.client.output(job).await.unwrap()
     }
 }
 

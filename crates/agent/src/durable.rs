@@ -11,7 +11,9 @@ use rusqlite::Connection;
 
 use crate::ledger::LedgerError;
 
-pub(crate) fn open(path: &Path) -> Result<Connection, LedgerError> {
+/// Opens (or creates) the file at `path` and makes sure `schema` (SQL of
+/// `CREATE TABLE IF NOT EXISTS` statements) is in it.
+pub(crate) fn open(path: &Path, schema: &str) -> Result<Connection, LedgerError> {
     let open = |source| LedgerError::Open { path: path.display().to_string(), source };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         // A folder that cannot be made shows as the open's error below.
@@ -21,5 +23,6 @@ pub(crate) fn open(path: &Path) -> Result<Connection, LedgerError> {
     conn.pragma_update(None, "journal_mode", "WAL").map_err(open)?;
     conn.pragma_update(None, "synchronous", "FULL").map_err(open)?;
     conn.busy_timeout(Duration::from_secs(10)).map_err(open)?;
+    conn.execute_batch(schema).map_err(open)?;
     Ok(conn)
 }

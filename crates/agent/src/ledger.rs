@@ -62,6 +62,16 @@ fn entry_hash(seq: u64, at_ms: u64, kind: &str, body: &str, prev_hash: &str) -> 
     Sha256::of(text.as_bytes()).to_hex()
 }
 
+/// One row per entry, each holding the hash of the one before.
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS entries (
+    seq INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    body TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);";
+
 #[derive(Debug)]
 pub struct Ledger {
     conn: Connection,
@@ -70,20 +80,7 @@ pub struct Ledger {
 impl Ledger {
     /// Opens or creates the ledger at `path`.
     pub fn open(path: &Path) -> Result<Self, LedgerError> {
-        let open = |source| LedgerError::Open { path: path.display().to_string(), source };
-        let conn = crate::durable::open(path)?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS entries (
-                seq INTEGER PRIMARY KEY,
-                at_ms INTEGER NOT NULL,
-                kind TEXT NOT NULL,
-                body TEXT NOT NULL,
-                prev_hash TEXT NOT NULL,
-                hash TEXT NOT NULL
-            );",
-        )
-        .map_err(open)?;
-        Ok(Self { conn })
+        Ok(Self { conn: crate::durable::open(path, SCHEMA)? })
     }
 
     /// Opens an existing ledger without creating anything (for `verify`/`show`).

@@ -25,6 +25,18 @@ pub(crate) struct Pending {
     pub submission: ResultSubmission,
 }
 
+/// Results not yet delivered, and the leases being worked on.
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS outbox (
+    lease_id INTEGER PRIMARY KEY,
+    pending TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS inflight (
+    lease_id INTEGER PRIMARY KEY,
+    manifest TEXT NOT NULL
+);";
+
 #[derive(Debug)]
 pub(crate) struct Outbox {
     conn: Connection,
@@ -32,23 +44,8 @@ pub(crate) struct Outbox {
 
 impl Outbox {
     pub fn open(path: &Path) -> Result<Self, LedgerError> {
-        let open = |source| LedgerError::Open { path: path.display().to_string(), source };
         // An acknowledged task must survive power loss: its result is here.
-        let conn = crate::durable::open(path)?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS outbox (
-                lease_id INTEGER PRIMARY KEY,
-                pending TEXT NOT NULL,
-                attempts INTEGER NOT NULL DEFAULT 0,
-                next_attempt_ms INTEGER NOT NULL DEFAULT 0
-            );
-            CREATE TABLE IF NOT EXISTS inflight (
-                lease_id INTEGER PRIMARY KEY,
-                manifest TEXT NOT NULL
-            );",
-        )
-        .map_err(open)?;
-        Ok(Self { conn })
+        Ok(Self { conn: crate::durable::open(path, SCHEMA)? })
     }
 
     /// Queues a result; its lease stops being in flight in the same transaction.

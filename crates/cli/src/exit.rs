@@ -2,6 +2,8 @@
 
 use std::process::ExitCode;
 
+use idlemesh_pool::client::ClientError;
+
 /// Marks an error as the caller's input being wrong (exit 2).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -20,7 +22,10 @@ pub fn code(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is::<WorkFailed>() => ExitCode::from(1),
-        Err(e) if e.is::<BadInput>() => {
+        // The pool refusing what was asked (a bad spec, an unknown id, a
+        // wrong token, too big) is the caller's input too. A conflict, a
+        // rate limit or a server error is not.
+        Err(e) if e.is::<BadInput>() || e.downcast_ref::<ClientError>().is_some_and(ClientError::is_bad_input) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }

@@ -295,8 +295,8 @@ fn trust_in_words(open_enrollment: bool, trust: &TrustRules) -> Vec<String> {
     lines
 }
 
-fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f)
+fn block_on<T, E: Into<anyhow::Error>>(f: impl std::future::Future<Output = Result<T, E>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f).map_err(Into::into)
 }
 
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {

@@ -21,6 +21,7 @@
 //! ```
 
 mod auth;
+pub mod client;
 mod combine;
 mod db;
 pub mod demo;
