@@ -185,6 +185,23 @@ fn has_nul_escape(json: &[u8]) -> bool {
     })
 }
 
+/// A device's small signed request: the body read (at most
+/// `SMALL_BODY`), the signature over method, path and body verified for
+/// the device it names, then the body parsed as `T`. Any failure is the
+/// answer, in that order, before the handler runs.
+struct DeviceRequest<T>(auth::Device, T);
+
+impl<T: DeserializeOwned> FromRequest<Pool> for DeviceRequest<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, pool: &Pool) -> Result<Self, ApiError> {
+        let (parts, body) = req.into_parts();
+        let body = read_body::<SMALL_BODY>(&parts.headers, body).await?;
+        let device = auth::device(pool, &parts.method, parts.uri.path(), &parts.headers, &body).await?;
+        Ok(Self(device, parse(&body)?))
+    }
+}
+
 /// A request the operator token authorises; any other is refused with
 /// 401 or 403 before the handler runs.
 struct Operator;
@@ -459,13 +476,8 @@ async fn revoke_token(
 async fn lease(
     State(pool): State<Pool>,
     Peer(peer): Peer,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    Body(body): Body<SMALL_BODY>,
+    DeviceRequest(device, req): DeviceRequest<LeaseRequest>,
 ) -> ApiResult<impl IntoResponse> {
-    let device = auth::device(&pool, &method, uri.path(), &headers, &body).await?;
-    let req: LeaseRequest = parse(&body)?;
     if let Some(wait_ms) = pool.inner.lease_rate.check(device.id, std::time::Instant::now()) {
         return Err(ApiError::too_many_requests(wait_ms));
     }
@@ -486,13 +498,8 @@ async fn lease(
         BadRequest, Unauthorized, TooLarge))]
 async fn sync_leases(
     State(pool): State<Pool>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    Body(body): Body<SMALL_BODY>,
+    DeviceRequest(device, req): DeviceRequest<LeaseSync>,
 ) -> ApiResult<impl IntoResponse> {
-    let device = auth::device(&pool, &method, uri.path(), &headers, &body).await?;
-    let req: LeaseSync = parse(&body)?;
     let device_id = device.id;
     let released = device.run(&pool, move |s, id| s.release_unheld(id, &req.held, now_ms())).await?;
     if !released.is_empty() {
@@ -508,13 +515,8 @@ async fn sync_leases(
 async fn heartbeat(
     State(pool): State<Pool>,
     PathId(lease, _): LeaseId,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    Body(body): Body<SMALL_BODY>,
+    DeviceRequest(device, req): DeviceRequest<LeaseTokenBody>,
 ) -> ApiResult<impl IntoResponse> {
-    let device = auth::device(&pool, &method, uri.path(), &headers, &body).await?;
-    let req: LeaseTokenBody = parse(&body)?;
     let deadline_ms = device.run(&pool, move |s, id| s.heartbeat(id, lease, &req.lease_token, now_ms())).await?;
     Ok(axum::Json(HeartbeatResponse { deadline_ms }))
 }
@@ -526,13 +528,8 @@ async fn heartbeat(
 async fn give_back(
     State(pool): State<Pool>,
     PathId(lease, _): LeaseId,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    Body(body): Body<SMALL_BODY>,
+    DeviceRequest(device, req): DeviceRequest<GiveBack>,
 ) -> ApiResult<impl IntoResponse> {
-    let device = auth::device(&pool, &method, uri.path(), &headers, &body).await?;
-    let req: GiveBack = parse(&body)?;
     if let Some(failure) = &req.failure {
         failure.check().map_err(ApiError::bad_request)?;
     }
