@@ -67,8 +67,8 @@ async fn demo(args: Args) -> anyhow::Result<()> {
     // Mandelbrot image in tiles; the job is followed over HTTP.
     let pool = DemoPool::start(&out, "you, on this machine", None).await?;
     let pool_url = pool.url.clone();
-    let (kernel, (w, h)) = (idlemesh_kernels::MANDELBROT, (args.width, args.height));
-    let job = pool.submit_mandelbrot(kernel, w, h, args.columns, args.rows).await?;
+    let kernel = idlemesh_kernels::MANDELBROT;
+    let job = pool.submit_mandelbrot(kernel, args.width, args.height, args.columns, args.rows).await?;
     let operator = OperatorClient::new(&pool_url, &pool.operator_token)?;
 
     // The agent, against that pool over HTTP.

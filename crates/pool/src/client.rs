@@ -72,11 +72,6 @@ impl OperatorClient {
         Ok(Self { http, base: base.trim_end_matches('/').to_owned(), token: token.to_owned() })
     }
 
-    /// The pool's base URL.
-    pub fn url(&self) -> &str {
-        &self.base
-    }
-
     async fn send(&self, req: reqwest::RequestBuilder, what: &'static str) -> Result<reqwest::Response, ClientError> {
         let resp = req
             .header(reqwest::header::AUTHORIZATION, format!("{OPERATOR_SCHEME}{}", self.token))
