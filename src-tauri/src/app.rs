@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use idlemesh_agent::control::{self, ErrorCode, Refusal, Request};
-use idlemesh_agent::daemon::{self, Control};
 use idlemesh_agent::paths;
+use idlemesh_agent::{Agent, AgentConfig, Control};
 use idlemesh_control::{AgentStatus, Retried, StartProblem, State};
 use serde_json::Value;
 use tao::event::Event;
@@ -86,7 +86,7 @@ impl AppState {
 }
 
 pub fn run() -> ExitCode {
-    idlemesh_agent::logs::init("info", Some("app"));
+    idlemesh_agent::init_logging("info", Some("app"));
     // Which package this came in (the Tauri bundler marks the binary it
     // packs, and refuses one without the mark).
     tracing::info!(version = env!("CARGO_PKG_VERSION"), bundle = ?tauri_utils::platform::bundle_type(), "tray starting");
@@ -206,10 +206,8 @@ fn start_agent(state: Arc<AppState>) {
             return;
         }
     };
-    let config = daemon::DaemonConfig {
-        demo: Some(state.demo.clone()),
-        ..daemon::DaemonConfig::this_machine(state.data_dir.clone(), worker)
-    };
+    let config =
+        AgentConfig { demo: Some(state.demo.clone()), ..AgentConfig::this_machine(state.data_dir.clone(), worker) };
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let (stopped_tx, stopped_rx) = std::sync::mpsc::channel();
     *state.shutdown.lock().expect("lock") = Some(shutdown_tx);
@@ -219,15 +217,15 @@ fn start_agent(state: Arc<AppState>) {
         let shutdown = async {
             let _ = shutdown_rx.await;
         };
-        let started = {
-            let state = state.clone();
-            move |control| {
-                let _ = state.control.set(control);
+        match Agent::start(config).await {
+            Ok(agent) => {
+                let _ = state.control.set(agent.control());
+                agent.run(shutdown).await;
             }
-        };
-        if let Err(e) = daemon::run_with(config, shutdown, started).await {
-            tracing::error!(error = %e, code = ?e.code(), "the agent stopped");
-            failed(state, AgentFailure { code: e.code(), message: e.to_string() });
+            Err(e) => {
+                tracing::error!(error = %e, code = ?e.code(), "the agent could not start");
+                failed(state, AgentFailure { code: e.code(), message: e.to_string() });
+            }
         }
         let _ = stopped_tx.send(());
     });

@@ -25,8 +25,8 @@ impl DemoHost {
     }
 }
 
-impl idlemesh_agent::daemon::DemoHost for DemoHost {
-    fn start(&self) -> Result<String, String> {
+impl idlemesh_agent::DemoHost for DemoHost {
+    fn start(&self) -> Result<String, idlemesh_agent::DemoError> {
         // On the control socket's blocking thread, outside any async task.
         self.runtime.block_on(async {
             let mut demo = self.pool.lock().await;
@@ -34,13 +34,13 @@ impl idlemesh_agent::daemon::DemoHost for DemoHost {
                 // Nobody uses the HTTP operator API of this pool: jobs are
                 // submitted in-process, and the random token keeps it shut.
                 let started = DemoPool::start(&self.dir, "you, on this computer", Some(PREFERRED_PORT)).await;
-                *demo = Some(started.map_err(|e| e.to_string())?);
+                *demo = Some(started?);
             }
             let pool = demo.as_ref().expect("started above");
             // A fresh job each time, so there is always something to watch.
             // A 512×384 Mandelbrot image in 16 tiles.
             let job = pool.submit_mandelbrot(idlemesh_kernels::MANDELBROT, 512, 384, 4, 4).await;
-            job.map_err(|e| e.to_string())?;
+            job?;
             Ok(pool.url.clone())
         })
     }

@@ -24,7 +24,7 @@ fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
     let mode = args.next();
     if mode.as_deref() == Some("worker".as_ref()) {
-        idlemesh_agent::logs::init("warn", None);
+        idlemesh_agent::init_logging("warn", None);
         return idlemesh_runtime::worker::main(args);
     }
     if mode.as_deref() == Some("dashboard".as_ref()) {

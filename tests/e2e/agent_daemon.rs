@@ -603,7 +603,7 @@ fn kill_9_at_random_moments_loses_nothing() {
     // Every task's receipt is in the local ledger, each counted once, even
     // those whose acknowledgement a kill interrupted (the pool answers a
     // repeated result with the same receipt).
-    let summary = idlemesh_agent::ledger_summary::summarise(&ledger.entries(None).unwrap(), &jiff::tz::TimeZone::UTC);
+    let summary = idlemesh_agent::ledger::summarise(&ledger.entries(None).unwrap(), &jiff::tz::TimeZone::UTC);
     assert_eq!(summary.totals.receipts, tasks, "{:?}", summary.totals);
 }
 

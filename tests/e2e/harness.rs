@@ -131,8 +131,8 @@ impl Drop for PoolProcess {
 }
 
 /// An agent configuration for tests: the real worker binary, a temp data dir.
-pub fn agent_config(pool_url: &str, data_dir: &Path) -> idlemesh_agent::AgentConfig {
-    idlemesh_agent::AgentConfig {
+pub fn agent_config(pool_url: &str, data_dir: &Path) -> idlemesh_agent::SlotConfig {
+    idlemesh_agent::SlotConfig {
         pool_url: pool_url.to_owned(),
         data_dir: data_dir.to_owned(),
         ledger_path: data_dir.join("ledger.sqlite"),

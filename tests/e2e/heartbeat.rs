@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use idlemesh_agent::{Agent, PoolClient};
+use idlemesh_agent::{PoolClient, Slot};
 use idlemesh_protocol::Keypair;
 use idlemesh_protocol::api::{Capabilities, EnrollRequest};
 use serde_json::json;
@@ -28,7 +28,7 @@ fn a_long_task_keeps_its_lease_by_heartbeats() {
             .await;
         assert_eq!(tasks, 1);
         let mut agent =
-            Agent::connect(agent_config(&op.url, &tmp.path().join("agent")), Arc::new(Keypair::generate().unwrap()))
+            Slot::connect(agent_config(&op.url, &tmp.path().join("agent")), Arc::new(Keypair::generate().unwrap()))
                 .await
                 .unwrap();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

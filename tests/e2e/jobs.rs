@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use idlemesh_agent::Agent;
+use idlemesh_agent::Slot;
 use idlemesh_kernel_mandelbrot as mandelbrot;
 use idlemesh_protocol::Keypair;
 use serde_json::Value;
@@ -63,7 +63,7 @@ fn submit_status_and_fetch_a_job_from_the_command_line() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let waited = rt.block_on(async {
         let config = agent_config(&pool.url, &tmp.path().join("agent"));
-        let mut agent = Agent::connect(config, Arc::new(Keypair::generate().unwrap())).await.unwrap();
+        let mut agent = Slot::connect(config, Arc::new(Keypair::generate().unwrap())).await.unwrap();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let running = tokio::spawn(async move { agent.run(stop_rx).await });
         let (url, token, id) = (pool.url.clone(), pool.token.clone(), id.clone());

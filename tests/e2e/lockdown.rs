@@ -220,7 +220,7 @@ fn a_sandbox_violation_fails_the_task_cleanly_and_the_pool_hears_of_it() {
     config.worker = WorkerCommand::new(drill(), Vec::<String>::new());
     let summary = rt.block_on(async {
         let key = std::sync::Arc::new(idlemesh_protocol::Keypair::generate().unwrap());
-        let mut agent = idlemesh_agent::Agent::connect(config, key).await.unwrap();
+        let mut agent = idlemesh_agent::Slot::connect(config, key).await.unwrap();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let running = tokio::spawn(async move { agent.run(stop_rx).await });
         let status = op.until_finished(job, Duration::from_secs(60)).await;

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use idlemesh_agent::{Agent, PoolClient, PoolClientError};
+use idlemesh_agent::{PoolClient, PoolClientError, Slot};
 use idlemesh_protocol::api::{Capabilities, EnrollRequest, ResultSubmission};
 use idlemesh_protocol::{Base64Bytes, Keypair, Sha256};
 use serde_json::json;
@@ -48,7 +48,7 @@ fn leases_granted_to_a_run_that_never_recorded_them_are_released_when_it_starts_
         // Started again (same key, data dir that knows nothing of them): the
         // three come back to the queue and the job finishes well inside the
         // leases' ten minutes.
-        let mut agent = Agent::connect(agent_config(&op.url, &agent_dir), key).await.unwrap();
+        let mut agent = Slot::connect(agent_config(&op.url, &agent_dir), key).await.unwrap();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let running = tokio::spawn(async move { agent.run(stop_rx).await });
         let status = op.until_finished(job_id, Duration::from_secs(120)).await;

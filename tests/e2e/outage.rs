@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use idlemesh_agent::{Agent, Ledger};
+use idlemesh_agent::{Ledger, Slot};
 use idlemesh_protocol::Keypair;
 use serde_json::json;
 
@@ -32,7 +32,7 @@ fn results_finished_while_the_pool_is_down_are_delivered_when_it_returns() {
         // The agent takes every task at once, so it can go on working offline.
         let mut config = agent_config(&op.url, &agent_dir);
         config.max_tasks_per_lease = 8;
-        let mut agent = Agent::connect(config, Arc::new(Keypair::generate().unwrap())).await.unwrap();
+        let mut agent = Slot::connect(config, Arc::new(Keypair::generate().unwrap())).await.unwrap();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let running = tokio::spawn(async move { agent.run(stop_rx).await });
 

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use idlemesh_agent::Agent;
+use idlemesh_agent::Slot;
 use idlemesh_kernel_mandelbrot as mandelbrot;
 use idlemesh_pool::test_cluster::Cluster;
 use idlemesh_protocol::{Keypair, PublicKey};
@@ -80,7 +80,7 @@ fn three_replicas_on_one_database_survive_losing_one_mid_job() {
         let mut running = Vec::new();
         for (i, url) in urls.iter().enumerate() {
             let config = agent_config(url, &tmp.path().join(format!("agent{i}")));
-            let mut agent = Agent::connect(config, Arc::new(Keypair::generate().unwrap())).await.unwrap();
+            let mut agent = Slot::connect(config, Arc::new(Keypair::generate().unwrap())).await.unwrap();
             let stop = stop_rx.clone();
             running.push(tokio::spawn(async move { agent.run(stop).await }));
         }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use idlemesh_agent::Agent;
+use idlemesh_agent::Slot;
 use idlemesh_kernel_mandelbrot as mandelbrot;
 use idlemesh_protocol::Keypair;
 use serde_json::json;
@@ -31,7 +31,7 @@ fn a_pool_killed_mid_job_restarts_and_finishes_it() {
         assert_eq!(tasks, 20);
 
         let config = agent_config(&op.url, &tmp.path().join("agent"));
-        let mut agent = Agent::connect(config, Arc::new(Keypair::generate().unwrap())).await.unwrap();
+        let mut agent = Slot::connect(config, Arc::new(Keypair::generate().unwrap())).await.unwrap();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let running = tokio::spawn(async move { agent.run(stop_rx).await });
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use idlemesh_agent::{Agent, Ledger};
+use idlemesh_agent::{Ledger, Slot};
 use idlemesh_protocol::{Keypair, Sha256};
 use serde_json::{Value, json};
 
@@ -99,7 +99,7 @@ fn tampered_kernel_and_forged_manifest_are_refused_and_the_agent_carries_on() {
         let data = tmp.path().join("agent");
         let ledger_path = data.join("ledger.sqlite");
         let config = agent_config(&proxy_url, &data);
-        let mut agent = Agent::connect(config, Arc::new(Keypair::generate().unwrap())).await.unwrap();
+        let mut agent = Slot::connect(config, Arc::new(Keypair::generate().unwrap())).await.unwrap();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let running = tokio::spawn(async move { agent.run(stop_rx).await });
         let status = op.until_finished(job_id, Duration::from_secs(60)).await;

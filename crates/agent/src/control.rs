@@ -15,8 +15,6 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, Buf
 
 pub use transport::Listener;
 
-use crate::governor::ManualPause;
-
 pub const SOCKET_ENV: &str = "IDLEMESH_CONTROL_SOCKET";
 /// Longest request line accepted.
 const MAX_REQUEST_BYTES: u64 = 64 * 1024;
@@ -426,55 +424,9 @@ mod transport {
     }
 }
 
-/// Reads a pause length: `15m`, `1h 30m`, `tomorrow` (until local midnight),
-/// `indefinitely` (until resumed; also when no length is given).
-pub fn parse_pause(duration: Option<&str>, now: &jiff::Zoned) -> Result<ManualPause, String> {
-    let Some(d) = duration.map(str::trim).filter(|d| !d.is_empty()) else {
-        return Ok(ManualPause::UntilResumed);
-    };
-    match d {
-        "indefinitely" | "forever" | "until-resumed" => Ok(ManualPause::UntilResumed),
-        "tomorrow" => {
-            let midnight = now
-                .tomorrow()
-                .and_then(|t| t.start_of_day())
-                .map_err(|e| format!("cannot work out tomorrow's date: {e}"))?;
-            Ok(ManualPause::Until { until_ms: midnight.timestamp().as_millisecond().max(0) as u64 })
-        }
-        _ => {
-            let span = humantime::parse_duration(d).map_err(|e| {
-                format!("{d:?} is not a pause length ({e}); use e.g. 15m, 1h, tomorrow or indefinitely")
-            })?;
-            if span.is_zero() || span > Duration::from_secs(366 * 24 * 3600) {
-                return Err(format!("{d:?}: a pause must be longer than 0 and at most a year"));
-            }
-            let until = now.timestamp().as_millisecond().max(0) as u64 + span.as_millis() as u64;
-            Ok(ManualPause::Until { until_ms: until })
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pause_lengths() {
-        let now: jiff::Zoned = "2026-11-22T13:05:00+01:00[+01:00]".parse().unwrap();
-        let t0 = now.timestamp().as_millisecond() as u64;
-        assert_eq!(parse_pause(None, &now), Ok(ManualPause::UntilResumed));
-        assert_eq!(parse_pause(Some("indefinitely"), &now), Ok(ManualPause::UntilResumed));
-        assert_eq!(parse_pause(Some("15m"), &now), Ok(ManualPause::Until { until_ms: t0 + 15 * 60_000 }));
-        assert_eq!(parse_pause(Some("1h"), &now), Ok(ManualPause::Until { until_ms: t0 + 3_600_000 }));
-        let midnight: jiff::Zoned = "2026-11-23T00:00:00+01:00[+01:00]".parse().unwrap();
-        assert_eq!(
-            parse_pause(Some("tomorrow"), &now),
-            Ok(ManualPause::Until { until_ms: midnight.timestamp().as_millisecond() as u64 })
-        );
-        for bad in ["soon", "0s", "-5m", "400 days"] {
-            assert!(parse_pause(Some(bad), &now).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn requests_are_strict() {

@@ -190,7 +190,7 @@ struct Loop {
     /// Callers waiting for their pause or resume to take effect.
     acks: Vec<mpsc::Sender<()>>,
     /// Today's transfers, for the daily caps.
-    transfer: crate::ledger_summary::DailyTransfer,
+    transfer: crate::ledger::DailyTransfer,
     /// The last pause state written to the ledger, and its reasons.
     recorded: Option<(bool, Option<Vec<ReasonCode>>)>,
     duty_epoch: Instant,
@@ -213,7 +213,7 @@ impl Loop {
         shared: Arc<Mutex<Option<WatchStatus>>>,
         decision_tx: watch::Sender<Decision>,
     ) -> Self {
-        let pauses = std::fs::read(&config.pause_file).ok().map_or_else(Pauses::default, |b| read_pauses(&b));
+        let pauses = crate::pause::load(&config.pause_file);
         let ledger = match Ledger::open(&config.ledger_path) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -291,7 +291,7 @@ impl Loop {
                 }
                 if let Some(ledger) = &self.ledger {
                     let tz = jiff::tz::TimeZone::system();
-                    let today = crate::ledger_summary::local_day(crate::now_ms(), &tz);
+                    let today = crate::ledger::local_day(crate::now_ms(), &tz);
                     self.transfer.update(ledger, &today, &tz);
                 }
                 idle = sensors.idle.idle();
@@ -436,10 +436,7 @@ impl Loop {
     }
 
     fn save_pauses(&self) {
-        let saved = serde_json::to_vec(&self.pauses).expect("pauses serialise");
-        if let Err(e) = crate::settings::write_atomically(&self.config.pause_file, &saved) {
-            tracing::warn!(error = %e, "the pause will not survive a restart");
-        }
+        crate::pause::save(&self.config.pause_file, &self.pauses);
     }
 
     fn fast_period(&self) -> Duration {
@@ -505,12 +502,6 @@ impl Loop {
             w.thaw();
         }
     }
-}
-
-/// The pause file: each kind's pause, or (written by an older agent) one
-/// pause of all work. Unreadable: no pause (the user can pause again).
-fn read_pauses(bytes: &[u8]) -> Pauses {
-    serde_json::from_slice(bytes).or_else(|_| serde_json::from_slice(bytes).map(Pauses::both)).unwrap_or_default()
 }
 
 fn codes(d: &Decision) -> Vec<ReasonCode> {

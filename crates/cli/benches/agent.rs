@@ -311,7 +311,7 @@ fn exclusive_programs_scan() {
     const SCANS: u32 = 500;
     let t = Instant::now();
     for _ in 0..SCANS {
-        assert!(idlemesh_agent::sensors::running_program(&names).is_none());
+        assert!(idlemesh_agent::running_program(&names).is_none());
     }
     let each = t.elapsed() / SCANS;
     println!(

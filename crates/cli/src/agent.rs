@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::Subcommand;
 use idlemesh_agent::control::{self, ControlError, ErrorCode, Request};
-use idlemesh_agent::{daemon, paths};
+use idlemesh_agent::{Agent, AgentConfig, paths};
 use idlemesh_control::{AgentStatus, ManualPause, Paused, Scope, SettingChanged, Source};
 use idlemesh_runtime::WorkerCommand;
 use serde::de::DeserializeOwned;
@@ -31,14 +31,18 @@ pub fn agent(args: AgentArgs) -> anyhow::Result<()> {
     }
     let data_dir = paths::data_dir();
     let worker = WorkerCommand::current_exe(Some(&paths::kernel_cache_dir()))?;
-    let config = daemon::DaemonConfig {
+    let config = AgentConfig {
         pool_override: args.pool.map(|u| u.trim_end_matches('/').to_string()),
         settings_path: args.config.unwrap_or_else(paths::settings_path),
-        ..daemon::DaemonConfig::this_machine(data_dir, worker)
+        ..AgentConfig::this_machine(data_dir, worker)
     };
     rustls::crypto::ring::default_provider().install_default().ok();
     let rt = tokio::runtime::Runtime::new()?;
-    let result = rt.block_on(async { daemon::run(config, shutdown_asked()).await });
+    let result = rt.block_on(async {
+        let agent = Agent::start(config).await?;
+        agent.run(shutdown_asked()).await;
+        Ok::<_, idlemesh_agent::AgentError>(())
+    });
     // A task still running in a worker must not hold up the exit: its
     // checkpoint and lease are on disk, and the worker dies with us
     // (PR_SET_PDEATHSIG). Waiting for it took minutes with a long tile.
@@ -153,8 +157,7 @@ pub struct PauseArgs {
 }
 
 pub fn pause(args: PauseArgs) -> anyhow::Result<()> {
-    // Checked here too, so a typo is a usage error even before the agent answers.
-    control::parse_pause(args.duration.as_deref(), &jiff::Zoned::now()).map_err(bad_input)?;
+    // The agent reads the length (a typo comes back refused: exit 2).
     let only = args.only.scope();
     let r: Paused = call(Request::Pause { duration: args.duration, only })?;
     if args.json {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use idlemesh_agent::{Agent, AgentConfig, paths};
+use idlemesh_agent::{Slot, SlotConfig, paths};
 use idlemesh_pool::demo::DemoPool;
 use idlemesh_protocol::Keypair;
 use idlemesh_protocol::api::{Capabilities, JobState};
@@ -74,7 +74,7 @@ async fn demo(args: Args) -> anyhow::Result<()> {
     // The agent, against that pool over HTTP.
     let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
     let device_info = BTreeMap::from([("cores".to_string(), cores.to_string())]);
-    let config = AgentConfig {
+    let config = SlotConfig {
         pool_url: pool_url.clone(),
         // The throwaway device's outbox and pinned pool key stay with the
         // throwaway pool: the next demo's pool has a new key, maybe on this port.
@@ -92,7 +92,7 @@ async fn demo(args: Args) -> anyhow::Result<()> {
     };
     // The demo device's key lives only as long as the demo: it joins its own
     // throwaway pool. Enrolled agents keep theirs in the OS keyring.
-    let mut agent = Agent::connect(config, Arc::new(Keypair::generate()?)).await?;
+    let mut agent = Slot::connect(config, Arc::new(Keypair::generate()?)).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let started = Instant::now();
     let worker = tokio::spawn(async move { agent.run(stop_rx).await });

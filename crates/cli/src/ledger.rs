@@ -59,12 +59,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let ledger = Ledger::open_existing(&path).map_err(|e| bad_input(e.to_string()))?;
     match args.action {
         Action::Show { summary: true, json, .. } => {
-            let s = idlemesh_agent::ledger_summary::summarise(&ledger.entries(None)?, &jiff::tz::TimeZone::system());
+            let s = idlemesh_agent::ledger::summarise(&ledger.entries(None)?, &jiff::tz::TimeZone::system());
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
                 return Ok(());
             }
-            let line = |label: &str, t: &idlemesh_agent::ledger_summary::Totals| {
+            let line = |label: &str, t: &idlemesh_agent::ledger::Totals| {
                 let earned: String =
                     t.earnings.iter().map(|(currency, v)| format!("  earned {v:.4} {currency}")).collect();
                 println!(

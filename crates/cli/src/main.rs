@@ -68,16 +68,16 @@ fn main() -> ExitCode {
     // arguments are parsed where the app parses them too.
     let mut args = std::env::args_os().skip(1);
     if args.next().as_deref() == Some("worker".as_ref()) {
-        idlemesh_agent::logs::init("warn", None);
+        idlemesh_agent::init_logging("warn", None);
         return idlemesh_runtime::worker::main(args);
     }
     let cli = Cli::parse();
     // The daemon's log is its interface (kept in daily files too); every
     // other command speaks through its output.
     if matches!(cli.command, Command::Agent(_)) {
-        idlemesh_agent::logs::init("info", Some("agent"));
+        idlemesh_agent::init_logging("info", Some("agent"));
     } else {
-        idlemesh_agent::logs::init("warn", None);
+        idlemesh_agent::init_logging("warn", None);
     }
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),

@@ -87,7 +87,9 @@ impl Cluster {
     /// One server for the whole test binary, started on first use.
     pub fn shared() -> &'static Cluster {
         static SHARED: OnceLock<Cluster> = OnceLock::new();
-        SHARED.get_or_init(|| Cluster::start(&[("fsync", "off"), ("synchronous_commit", "off")]).expect("a private PostgreSQL server"))
+        SHARED.get_or_init(|| {
+            Cluster::start(&[("fsync", "off"), ("synchronous_commit", "off")]).expect("a private PostgreSQL server")
+        })
     }
 
     /// Starts a server with these settings (`-c name=value`), e.g. `fsync=off` for tests.

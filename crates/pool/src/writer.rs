@@ -111,11 +111,7 @@ pub(crate) struct Batches {
 impl StoreWriter {
     /// One thread per store (each its own connection), taking up to
     /// `batches` operations per transaction.
-    pub fn start(
-        stores: Vec<Store>,
-        batches: Batches,
-        metrics: Arc<metrics::Replica>,
-    ) -> std::io::Result<Self> {
+    pub fn start(stores: Vec<Store>, batches: Batches, metrics: Arc<metrics::Replica>) -> std::io::Result<Self> {
         let (ops, queue) = mpsc::channel::<Box<dyn Op>>();
         let queue: Queue = Arc::new(Mutex::new(queue));
         for (i, store) in stores.into_iter().enumerate() {

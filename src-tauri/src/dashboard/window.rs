@@ -100,7 +100,7 @@ pub fn run() -> ExitCode {
     // covers a dashboard started on its own.
     #[cfg(target_os = "linux")]
     crate::gl::keep_gl_out_of_gtk();
-    idlemesh_agent::logs::init("info", Some("dashboard"));
+    idlemesh_agent::init_logging("info", Some("dashboard"));
     rustls::crypto::ring::default_provider().install_default().ok();
     let dashboard = Arc::new(Dashboard::new());
     let app = tauri::Builder::default()

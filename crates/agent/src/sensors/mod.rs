@@ -20,7 +20,6 @@ use std::time::Duration;
 use crate::governor::{Battery, Snapshot};
 
 pub use idle::open_idle_sensor;
-pub use power::SysfsPower;
 pub use screen::{ScreenSensor, running_program};
 pub use session::graphical_session;
 

@@ -97,7 +97,12 @@ impl World {
     }
 }
 
-fn report(w: &mut World, m: &TaskManifest, output: &[u8], now: u64) -> Result<super::results::ResultOutcome, StoreError> {
+fn report(
+    w: &mut World,
+    m: &TaskManifest,
+    output: &[u8],
+    now: u64,
+) -> Result<super::results::ResultOutcome, StoreError> {
     w.store.submit_result(m.device_id, m.lease_id, &m.lease_token, output, None, 5, 4, &w.key, now)
 }
 

@@ -6,7 +6,7 @@
 use idlemesh_control::LedgerEntry;
 pub use idlemesh_control::{Disclosure, LedgerSummary, Totals};
 
-use crate::ledger::Entry;
+use super::Entry;
 
 /// The local calendar date of a ledger time.
 pub fn local_day(at_ms: u64, tz: &jiff::tz::TimeZone) -> String {

@@ -5,7 +5,10 @@
 //! from there on, and [`Ledger::verify`] names the first entry that no longer
 //! matches. Receipt entries carry the pool's signature, which verify checks
 //! too. Writes use `synchronous=FULL`: an entry that `append` returned is on
-//! disk.
+//! disk. [`summarise`] sums it up for people (the dashboard, `ledger show
+//! --summary`).
+
+mod summary;
 
 use std::path::Path;
 
@@ -13,6 +16,8 @@ pub use idlemesh_control::{BadEntry, LedgerEntry, LedgerRecord, VerifyReport};
 use idlemesh_protocol::{PublicKey, Sha256};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
+pub(crate) use summary::{DailyTransfer, local_day};
+pub use summary::{LedgerSummary, Totals, summarise};
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
