@@ -45,16 +45,33 @@ pub fn init(default: &str, file_prefix: Option<&str>) {
 }
 
 /// A file per day in `dir` (created private to the user), a week kept.
-fn daily_file(dir: &Path, prefix: &str) -> Result<RollingFileAppender, String> {
+fn daily_file(dir: &Path, prefix: &str) -> Result<RollingFileAppender, LogFileError> {
     // The log names the pools and tasks this machine worked for: the user's own business.
-    idlemesh_runtime::private_dir(dir).map_err(|e| format!("cannot create the log dir {}: {e}", dir.display()))?;
+    idlemesh_runtime::private_dir(dir).map_err(|source| LogFileError::Dir { dir: dir.to_owned(), source })?;
     RollingFileAppender::builder()
         .rotation(Rotation::DAILY)
         .filename_prefix(prefix)
         .filename_suffix("log")
         .max_log_files(KEEP_DAYS)
         .build(dir)
-        .map_err(|e| format!("cannot open a log file in {}: {e}", dir.display()))
+        .map_err(|source| LogFileError::File { dir: dir.to_owned(), source })
+}
+
+/// Why the log goes to stderr only.
+#[derive(Debug, thiserror::Error)]
+enum LogFileError {
+    #[error("cannot create the log dir {}: {source}", dir.display())]
+    Dir {
+        dir: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open a log file in {}: {source}", dir.display())]
+    File {
+        dir: std::path::PathBuf,
+        #[source]
+        source: tracing_appender::rolling::InitError,
+    },
 }
 
 #[cfg(test)]
@@ -81,7 +98,7 @@ mod tests {
         // A path that cannot be a directory gives a message naming it.
         let blocked = tmp.path().join("file");
         std::fs::write(&blocked, "").unwrap();
-        let err = daily_file(&blocked.join("logs"), "agent").unwrap_err();
+        let err = daily_file(&blocked.join("logs"), "agent").unwrap_err().to_string();
         assert!(err.contains("cannot create the log dir"), "{err}");
     }
 }

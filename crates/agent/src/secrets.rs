@@ -54,7 +54,7 @@ type Store = Arc<keyring_core::CredentialStore>;
 #[cfg(target_os = "linux")]
 fn platform_store(wanted: Option<&str>) -> Result<(&'static str, Store), SecretsError> {
     let secret_service = || {
-        secret_service_present()?;
+        secret_service_present().map_err(|e| e.to_string())?;
         zbus_secret_service_keyring_store::Store::new().map(|s| s as Store).map_err(|e| e.to_string())
     };
     let keyutils = || linux_keyutils_keyring_store::Store::new().map(|s| s as Store).map_err(|e| e.to_string());
@@ -77,18 +77,32 @@ fn platform_store(wanted: Option<&str>) -> Result<(&'static str, Store), Secrets
 /// and only fails at the first key, as a refusal: a missing keyring must
 /// read as missing (and, by default, fall back to the kernel keyring).
 #[cfg(target_os = "linux")]
-fn secret_service_present() -> Result<(), String> {
-    const NAME: &str = "org.freedesktop.secrets";
-    let conn = zbus::blocking::Connection::session().map_err(|e| format!("no session bus: {e}"))?;
-    let bus = zbus::blocking::fdo::DBusProxy::new(&conn).map_err(|e| e.to_string())?;
-    let name = zbus::names::BusName::try_from(NAME).expect("a valid bus name");
-    if bus.name_has_owner(name).map_err(|e| e.to_string())? {
+fn secret_service_present() -> Result<(), NoSecretService> {
+    let conn = zbus::blocking::Connection::session()?;
+    let bus = zbus::blocking::fdo::DBusProxy::new(&conn)?;
+    let name = zbus::names::BusName::try_from(SECRET_SERVICE).expect("a valid bus name");
+    if bus.name_has_owner(name)? {
         return Ok(());
     }
-    if bus.list_activatable_names().map_err(|e| e.to_string())?.iter().any(|n| n.as_str() == NAME) {
+    if bus.list_activatable_names()?.iter().any(|n| n.as_str() == SECRET_SERVICE) {
         return Ok(());
     }
-    Err(format!("no Secret Service in this session: nothing on the session bus owns or can start {NAME}"))
+    Err(NoSecretService::Absent)
+}
+
+#[cfg(target_os = "linux")]
+const SECRET_SERVICE: &str = "org.freedesktop.secrets";
+
+/// Why the Secret Service is not there to ask.
+#[cfg(target_os = "linux")]
+#[derive(Debug, thiserror::Error)]
+enum NoSecretService {
+    #[error("no session bus: {0}")]
+    Bus(#[from] zbus::Error),
+    #[error("the session bus did not answer: {0}")]
+    Asking(#[from] zbus::fdo::Error),
+    #[error("no Secret Service in this session: nothing on the session bus owns or can start {SECRET_SERVICE}")]
+    Absent,
 }
 
 /// The Windows Credential Manager.

@@ -70,13 +70,15 @@ impl fmt::Display for Layer {
     }
 }
 
+/// A name that is not one of [`Layer::ALL`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown sandbox layer {0:?} (known: {known})", known = Layer::ALL.map(|l| l.as_str()).join(", "))]
+pub struct UnknownLayer(pub String);
+
 impl FromStr for Layer {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Layer::ALL.into_iter().find(|l| l.as_str() == s).ok_or_else(|| {
-            let names: Vec<&str> = Layer::ALL.iter().map(|l| l.as_str()).collect();
-            format!("unknown sandbox layer {s:?} (known: {})", names.join(", "))
-        })
+    type Err = UnknownLayer;
+    fn from_str(s: &str) -> Result<Self, UnknownLayer> {
+        Layer::ALL.into_iter().find(|l| l.as_str() == s).ok_or_else(|| UnknownLayer(s.to_owned()))
     }
 }
 

@@ -67,16 +67,61 @@ fn describe(info: &wgpu::AdapterInfo) -> String {
     format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type)
 }
 
+/// Why there is no GPU to run WGSL kernels on.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    #[error("no GPU adapter: {0}")]
+    NoAdapter(#[from] wgpu::RequestAdapterError),
+    #[error("could not open {adapter}: {source}")]
+    NoDevice {
+        adapter: String,
+        #[source]
+        source: wgpu::RequestDeviceError,
+    },
+}
+
+/// Why a WGSL kernel is refused before it runs: the job owner's mistake,
+/// named rather than left to fail inside the driver.
+#[derive(Debug, thiserror::Error)]
+enum ShaderError {
+    #[error("shader of {0} bytes is over the cap of {MAX_SHADER_BYTES}")]
+    TooLarge(usize),
+    #[error("shader is not UTF-8 text: {0}")]
+    NotUtf8(#[from] std::str::Utf8Error),
+    /// naga's report, with the source lines it points at.
+    #[error("WGSL does not parse: {0}")]
+    Parse(String),
+    #[error("WGSL does not validate: {0}")]
+    Invalid(String),
+    #[error("the shader has no entry point {0:?}")]
+    NoEntryPoint(String),
+    #[error("entry point {0:?} is not @compute")]
+    NotCompute(String),
+    #[error("@workgroup_size must be constant, not an override")]
+    WorkgroupSizeOverride,
+    #[error("cannot lay out the shader's types: {0}")]
+    Layout(#[from] naga::proc::LayoutError),
+    #[error("`{name}` is in @group({group}); kernels use only @group(0)")]
+    Group { name: String, group: u32 },
+    #[error("`{name}` at @binding({binding}) is not in the layout")]
+    NotInLayout { name: String, binding: u32 },
+    #[error("`{name}` at @binding({binding}) must be {want} for its role in the layout")]
+    WrongRole { name: String, binding: u32, want: &'static str },
+    #[error("the layout declares binding {0} but the shader has nothing at @binding({0})")]
+    NothingAtBinding(u32),
+    #[error("the GPU refused the shader: {0}")]
+    Refused(wgpu::Error),
+}
+
 impl Gpu {
     /// Opens the best adapter there is. `WGPU_BACKEND` (e.g. `vulkan`) narrows
     /// the search, as in every wgpu program.
-    pub fn open() -> Result<Self, String> {
+    pub fn open() -> Result<Self, GpuError> {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
             power_preference: wgpu::PowerPreference::HighPerformance,
             ..Default::default()
-        }))
-        .map_err(|e| format!("no GPU adapter: {e}"))?;
+        }))?;
         let info = adapter.get_info();
         // The adapter's own limits: tasks are checked against them below
         // rather than failing inside the driver.
@@ -87,7 +132,7 @@ impl Gpu {
             memory_hints: wgpu::MemoryHints::MemoryUsage,
             ..Default::default()
         }))
-        .map_err(|e| format!("could not open {}: {e}", describe(&info)))?;
+        .map_err(|source| GpuError::NoDevice { adapter: describe(&info), source })?;
         let lost = Arc::new(AtomicBool::new(false));
         let flag = lost.clone();
         device.set_device_lost_callback(move |reason, message| {
@@ -141,7 +186,7 @@ impl Gpu {
                 Ok(p) => {
                     self.pipelines.insert(key.clone(), p);
                 }
-                Err(e) => return finish(Outcome::failed(Status::InvalidKernel, e), false, &self.adapter),
+                Err(e) => return finish(Outcome::failed(Status::InvalidKernel, e.to_string()), false, &self.adapter),
             }
         }
         let prepared = &self.pipelines[&key];
@@ -177,26 +222,25 @@ impl Gpu {
 
     /// Validates the shader with naga, matches its bindings to the layout and
     /// builds the pipeline with an explicit bind group layout.
-    fn prepare(&self, source: &[u8], layout: &WgslLayout) -> Result<Prepared, String> {
+    fn prepare(&self, source: &[u8], layout: &WgslLayout) -> Result<Prepared, ShaderError> {
         if source.len() > MAX_SHADER_BYTES {
-            return Err(format!("shader of {} bytes is over the cap of {MAX_SHADER_BYTES}", source.len()));
+            return Err(ShaderError::TooLarge(source.len()));
         }
-        let source = std::str::from_utf8(source).map_err(|e| format!("shader is not UTF-8 text: {e}"))?;
-        let module = naga::front::wgsl::parse_str(source)
-            .map_err(|e| format!("WGSL does not parse: {}", e.emit_to_string(source)))?;
+        let source = std::str::from_utf8(source)?;
+        let module = naga::front::wgsl::parse_str(source).map_err(|e| ShaderError::Parse(e.emit_to_string(source)))?;
         naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
             .validate(&module)
-            .map_err(|e| format!("WGSL does not validate: {}", e.emit_to_string(source)))?;
+            .map_err(|e| ShaderError::Invalid(e.emit_to_string(source)))?;
         let entry = module
             .entry_points
             .iter()
             .find(|e| e.name == layout.entry_point)
-            .ok_or_else(|| format!("the shader has no entry point {:?}", layout.entry_point))?;
+            .ok_or_else(|| ShaderError::NoEntryPoint(layout.entry_point.clone()))?;
         if entry.stage != ShaderStage::Compute {
-            return Err(format!("entry point {:?} is not @compute", layout.entry_point));
+            return Err(ShaderError::NotCompute(layout.entry_point.clone()));
         }
         if entry.workgroup_size_overrides.is_some() {
-            return Err("@workgroup_size must be constant, not an override".into());
+            return Err(ShaderError::WorkgroupSizeOverride);
         }
         check_bindings(&module, layout)?;
         let min_sizes = min_binding_sizes(&module)?;
@@ -242,7 +286,7 @@ impl Gpu {
             cache: None,
         });
         if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(format!("the GPU refused the shader: {e}"));
+            return Err(ShaderError::Refused(e));
         }
         Ok(Prepared { pipeline, bind_layout, workgroup_size: entry.workgroup_size, min_sizes })
     }
@@ -545,9 +589,9 @@ fn plan(
 }
 
 /// The byte size of each bound global's type, as WGSL lays it out.
-fn min_binding_sizes(module: &naga::Module) -> Result<HashMap<u32, u64>, String> {
+fn min_binding_sizes(module: &naga::Module) -> Result<HashMap<u32, u64>, ShaderError> {
     let mut layouter = naga::proc::Layouter::default();
-    layouter.update(module.to_ctx()).map_err(|e| format!("cannot lay out the shader's types: {e}"))?;
+    layouter.update(module.to_ctx())?;
     Ok(module
         .global_variables
         .iter()
@@ -558,16 +602,16 @@ fn min_binding_sizes(module: &naga::Module) -> Result<HashMap<u32, u64>, String>
 /// Every resource the shader declares must be in the layout with the same
 /// role, and the other way round: a mismatch is the job owner's mistake and
 /// is named, not left to fail inside the driver.
-fn check_bindings(module: &naga::Module, layout: &WgslLayout) -> Result<(), String> {
+fn check_bindings(module: &naga::Module, layout: &WgslLayout) -> Result<(), ShaderError> {
     let mut declared: HashMap<u32, &Binding> = layout.bindings.iter().map(|b| (b.binding(), b)).collect();
     for (_, var) in module.global_variables.iter() {
         let Some(rb) = &var.binding else { continue };
-        let name = var.name.as_deref().unwrap_or("?");
+        let name = var.name.as_deref().unwrap_or("?").to_owned();
         if rb.group != 0 {
-            return Err(format!("`{name}` is in @group({}); kernels use only @group(0)", rb.group));
+            return Err(ShaderError::Group { name, group: rb.group });
         }
         let Some(b) = declared.remove(&rb.binding) else {
-            return Err(format!("`{name}` at @binding({}) is not in the layout", rb.binding));
+            return Err(ShaderError::NotInLayout { name, binding: rb.binding });
         };
         let ok = match (b, var.space) {
             (Binding::Input { .. }, AddressSpace::Storage { access }) => !access.contains(StorageAccess::STORE),
@@ -583,11 +627,11 @@ fn check_bindings(module: &naga::Module, layout: &WgslLayout) -> Result<(), Stri
                 Binding::Output { .. } | Binding::Scratch { .. } => "var<storage, read_write>",
                 Binding::Params { .. } | Binding::Dispatch { .. } => "var<uniform>",
             };
-            return Err(format!("`{name}` at @binding({}) must be {want} for its role in the layout", rb.binding));
+            return Err(ShaderError::WrongRole { name, binding: rb.binding, want });
         }
     }
     if let Some(missing) = declared.keys().min() {
-        return Err(format!("the layout declares binding {missing} but the shader has nothing at @binding({missing})"));
+        return Err(ShaderError::NothingAtBinding(*missing));
     }
     Ok(())
 }

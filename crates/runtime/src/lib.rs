@@ -56,4 +56,6 @@ pub use cache::private_dir;
 pub use lockdown::{Layer, Profile, SandboxReport};
 pub use outcome::{Outcome, Status};
 pub use sandbox::{Events, MAX_KERNEL_BYTES, NoEvents, RunLimits, Sandbox, SandboxConfig, SandboxError};
-pub use worker_process::{RunReport, WorkRequest, WorkerCommand, WorkerControl, WorkerError, WorkerProcess};
+pub use worker_process::{
+    ProbeError, RunReport, WorkRequest, WorkerCommand, WorkerControl, WorkerError, WorkerProcess,
+};

@@ -116,7 +116,7 @@ mod tests {
             assert_eq!(layer.as_str().parse::<Layer>().unwrap(), layer);
             assert_eq!(serde_json::to_value(layer).unwrap(), layer.as_str());
         }
-        assert!("selinux".parse::<Layer>().unwrap_err().contains("known: no_new_privs"));
+        assert!("selinux".parse::<Layer>().unwrap_err().to_string().contains("known: no_new_privs"));
         let mut report = SandboxReport { seccomp: true, landlock_abi: 7, ..SandboxReport::default() };
         report.missing.insert(Layer::Netns, "user namespaces are off".into());
         assert!(report.lacking(&[Layer::Seccomp, Layer::Landlock]).is_empty());

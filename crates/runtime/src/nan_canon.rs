@@ -35,33 +35,43 @@ pub const VERSION: u32 = 2;
 const CANONICAL_F32: u32 = 0x7fc0_0000;
 const CANONICAL_F64: u64 = 0x7ff8_0000_0000_0000;
 
+/// Why a kernel could not be rewritten; its words become the task's
+/// refusal ("does not compile: not a valid component: ...").
+#[derive(Debug, thiserror::Error)]
+pub enum RewriteError {
+    #[error("{0}")]
+    Invalid(#[from] wasmparser::BinaryReaderError),
+    #[error("{0}")]
+    Reencode(#[from] wasm_encoder::reencode::Error<std::convert::Infallible>),
+    #[error("the kernel could not be rewritten for deterministic NaNs")]
+    Panicked,
+}
+
 /// The component, with NaN bits made deterministic wherever they are observable.
 ///
 /// The input is a stranger's: it is validated first (the re-encoder assumes
 /// well-formed input and indexes by its offsets), and a panic in the
 /// re-encoder is still turned into an error, never a dead worker.
-pub fn rewrite_component(wasm: &[u8]) -> Result<Vec<u8>, String> {
-    let plans = validate_and_plan(wasm).map_err(|e| e.to_string())?;
+pub fn rewrite_component(wasm: &[u8]) -> Result<Vec<u8>, RewriteError> {
+    let plans = validate_and_plan(wasm)?;
     std::panic::catch_unwind(|| {
         let mut rewriter = Canonicaliser { plans: plans.into_iter() };
         let mut component = Component::new();
-        rewriter.parse_component(&mut component, Parser::new(0), wasm).map_err(|e| e.to_string())?;
+        rewriter.parse_component(&mut component, Parser::new(0), wasm)?;
         Ok(component.finish())
     })
-    .unwrap_or_else(|_| Err("the kernel could not be rewritten for deterministic NaNs".into()))
+    .unwrap_or(Err(RewriteError::Panicked))
 }
 
 /// A core module alone (tests and benchmarks compare against it).
-pub fn rewrite_module(wasm: &[u8]) -> Result<Vec<u8>, String> {
-    let plans = validate_and_plan(wasm).map_err(|e| e.to_string())?;
+pub fn rewrite_module(wasm: &[u8]) -> Result<Vec<u8>, RewriteError> {
+    let plans = validate_and_plan(wasm)?;
     let mut rewriter = Canonicaliser { plans: plans.into_iter() };
     let mut module = wasm_encoder::Module::new();
-    rewriter.parse_core_module(&mut module, Parser::new(0), wasm).map_err(|e| e.to_string())?;
+    rewriter.parse_core_module(&mut module, Parser::new(0), wasm)?;
     Ok(module.finish())
 }
 
-/// Validates the whole binary (component or module) and plans each
-/// function body's fixes, in the order the re-encoder meets the bodies.
 fn validate_and_plan(wasm: &[u8]) -> Result<Vec<flow::FunctionPlan>, wasmparser::BinaryReaderError> {
     let mut validator = wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all());
     let mut plans = Vec::new();

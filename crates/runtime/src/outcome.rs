@@ -39,10 +39,15 @@ impl fmt::Display for Status {
     }
 }
 
+/// A status name that is not one of [`Status`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown status {0:?}")]
+pub struct UnknownStatus(pub String);
+
 impl FromStr for Status {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        serde_json::from_value(serde_json::Value::String(s.into())).map_err(|_| format!("unknown status {s:?}"))
+    type Err = UnknownStatus;
+    fn from_str(s: &str) -> Result<Self, UnknownStatus> {
+        serde_json::from_value(serde_json::Value::String(s.into())).map_err(|_| UnknownStatus(s.to_owned()))
     }
 }
 

@@ -68,13 +68,36 @@ impl Default for RunLimits {
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     #[error("could not configure the wasmtime engine: {0}")]
-    Engine(String),
+    Engine(#[source] wasmtime::Error),
     #[error("could not open the compiled-kernel cache at {path}: {source}")]
     Cache {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Why a kernel is refused before it runs (an invalid kernel, not a failed run).
+#[derive(Debug, thiserror::Error)]
+enum Rejected {
+    #[error("no bytes given for kernel {0}, which this sandbox has not seen")]
+    Unseen(Sha256),
+    #[error("kernel of {0} bytes is over the {MAX_KERNEL_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("kernel bytes do not match their SHA-256 {0}")]
+    NotItsHash(Sha256),
+    #[error("a core WebAssembly module, not a component: build the kernel for wasm32-wasip2")]
+    CoreModule,
+    #[error("not a WebAssembly component (bad magic number or version)")]
+    NotAComponent,
+    #[error("does not compile: not a valid component: {0}")]
+    Invalid(#[from] crate::nan_canon::RewriteError),
+    #[error("does not compile: {0:#}")]
+    Compile(#[source] wasmtime::Error),
+    #[error("cannot link: {0:#}")]
+    Link(#[source] wasmtime::Error),
+    #[error("does not export the idlemesh:kernel world: {0:#}")]
+    NotTheWorld(#[source] wasmtime::Error),
 }
 
 /// Each flavour's compiled artifacts in their own subdirectory of the cache.
@@ -119,7 +142,7 @@ struct Flavour {
 pub struct Sandbox {
     config: SandboxConfig,
     plain: Flavour,
-    metered: OnceLock<Result<Flavour, String>>,
+    metered: OnceLock<Result<Flavour, SandboxError>>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -196,11 +219,11 @@ fn keep_resident() -> usize {
 
 impl Flavour {
     fn new(config: &SandboxConfig, metered: bool) -> Result<Self, SandboxError> {
-        let engine = Engine::new(&engine_config(config, metered)).map_err(|e| SandboxError::Engine(e.to_string()))?;
+        let engine = Engine::new(&engine_config(config, metered)).map_err(SandboxError::Engine)?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| SandboxError::Engine(e.to_string()))?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(SandboxError::Engine)?;
         Kernel::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
-            .map_err(|e| SandboxError::Engine(e.to_string()))?;
+            .map_err(SandboxError::Engine)?;
         let cache = match &config.cache_dir {
             Some(dir) => {
                 let dir = dir.join(if metered { METERED_CACHE } else { PLAIN_CACHE });
@@ -213,7 +236,7 @@ impl Flavour {
 
     /// The kernel ready to instantiate: from memory, the disk cache, or a
     /// compile. Bytes are needed, and checked against `sha`, only for a compile.
-    fn prepare(&self, wasm: &[u8], sha: Sha256) -> Result<(Prepared, bool), String> {
+    fn prepare(&self, wasm: &[u8], sha: Sha256) -> Result<(Prepared, bool), Rejected> {
         if let Some(prepared) = self.prepared.lock().unwrap().get(&sha) {
             return Ok((prepared.clone(), true));
         }
@@ -223,35 +246,32 @@ impl Flavour {
             Some(c) => c,
             None => {
                 if wasm.is_empty() {
-                    return Err(format!("no bytes given for kernel {sha}, which this sandbox has not seen"));
+                    return Err(Rejected::Unseen(sha));
                 }
                 if wasm.len() > MAX_KERNEL_BYTES {
-                    return Err(format!("kernel of {} bytes is over the {MAX_KERNEL_BYTES}-byte limit", wasm.len()));
+                    return Err(Rejected::TooLarge(wasm.len()));
                 }
                 if Sha256::of(wasm) != sha {
-                    return Err(format!("kernel bytes do not match their SHA-256 {sha}"));
+                    return Err(Rejected::NotItsHash(sha));
                 }
                 if !wasm.starts_with(COMPONENT_HEADER) {
                     return Err(if wasm.starts_with(CORE_MODULE_HEADER) {
-                        "a core WebAssembly module, not a component: build the kernel for wasm32-wasip2".into()
+                        Rejected::CoreModule
                     } else {
-                        "not a WebAssembly component (bad magic number or version)".into()
+                        Rejected::NotAComponent
                     });
                 }
-                let rewritten = crate::nan_canon::rewrite_component(wasm)
-                    .map_err(|e| format!("does not compile: not a valid component: {e}"))?;
+                let rewritten = crate::nan_canon::rewrite_component(wasm)?;
                 // from_binary, not new: never parse WAT text handed to us.
-                let c =
-                    Component::from_binary(&self.engine, &rewritten).map_err(|e| format!("does not compile: {e:#}"))?;
+                let c = Component::from_binary(&self.engine, &rewritten).map_err(Rejected::Compile)?;
                 if let Some(cache) = &self.cache {
                     cache.store(&sha, &c);
                 }
                 c
             }
         };
-        let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| format!("cannot link: {e:#}"))?;
-        let pre =
-            KernelPre::new(instance_pre).map_err(|e| format!("does not export the idlemesh:kernel world: {e:#}"))?;
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(Rejected::Link)?;
+        let pre = KernelPre::new(instance_pre).map_err(Rejected::NotTheWorld)?;
         let prepared = Prepared { pre, reads_on_request: reads_input_on_request(&self.engine, &component) };
         self.prepared.lock().unwrap().insert(sha, prepared.clone());
         Ok((prepared, cache_hit))
@@ -272,14 +292,11 @@ impl Sandbox {
         Ok(Self { config, plain, metered: OnceLock::new() })
     }
 
-    fn flavour(&self, metered: bool) -> Result<&Flavour, String> {
+    fn flavour(&self, metered: bool) -> Result<&Flavour, &SandboxError> {
         if !metered {
             return Ok(&self.plain);
         }
-        self.metered
-            .get_or_init(|| Flavour::new(&self.config, true).map_err(|e| e.to_string()))
-            .as_ref()
-            .map_err(Clone::clone)
+        self.metered.get_or_init(|| Flavour::new(&self.config, true)).as_ref()
     }
 
     /// Runs `wasm` once. Never panics on anything the kernel does: every way a
@@ -318,11 +335,11 @@ impl Sandbox {
     ) -> Outcome {
         let flavour = match self.flavour(limits.max_fuel.is_some()) {
             Ok(f) => f,
-            Err(e) => return Outcome::failed(Status::Error, e),
+            Err(e) => return Outcome::failed(Status::Error, e.to_string()),
         };
         let (Prepared { pre, reads_on_request }, cache_hit) = match flavour.prepare(wasm, sha) {
             Ok(p) => p,
-            Err(e) => return Outcome::failed(Status::InvalidKernel, e),
+            Err(e) => return Outcome::failed(Status::InvalidKernel, e.to_string()),
         };
 
         let (wasi, stdio) = wasi_ctx::build(limits.seed);

@@ -201,7 +201,7 @@ fn run_kernel(
 
 /// `idlemesh worker --probe-gpu`: prints the adapter a WGSL task would run
 /// on, or fails saying why there is none.
-pub fn probe_gpu() -> Result<(), String> {
+pub fn probe_gpu() -> Result<(), crate::gpu::GpuError> {
     lower_priority();
     let gpu = Gpu::open()?;
     println!("{}", gpu.adapter());

@@ -66,7 +66,7 @@ impl WorkerCommand {
     /// Asks a worker process which GPU adapter it would use, so the agent
     /// never loads a GPU driver into its own process. `Err` says why there
     /// is none (no driver, no device, or the probe hung and was killed).
-    pub fn probe_gpu(&self) -> Result<String, String> {
+    pub fn probe_gpu(&self) -> Result<String, ProbeError> {
         let mut probe = Command::new(&self.program);
         worker_environment(&mut probe);
         let child = probe
@@ -76,7 +76,7 @@ impl WorkerCommand {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| format!("could not start the GPU probe: {e}"))?;
+            .map_err(ProbeError::Start)?;
         let pid = child.id();
         // Read its output while it runs (a chatty driver must not fill a
         // pipe and stall it), and kill it if it hangs.
@@ -84,15 +84,15 @@ impl WorkerCommand {
         std::thread::spawn(move || {
             let _ = tx.send(child.wait_with_output());
         });
-        let out = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(out) => out.map_err(|e| e.to_string())?,
+        let out = match rx.recv_timeout(PROBE_TIMEOUT) {
+            Ok(out) => out.map_err(ProbeError::Start)?,
             Err(_) => {
                 signal(pid, Signal::Kill);
-                return Err("the GPU probe did not answer within 20 s".into());
+                return Err(ProbeError::Hung(PROBE_TIMEOUT));
             }
         };
         let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_owned();
-        if out.status.success() { Ok(text(&out.stdout)) } else { Err(text(&out.stderr)) }
+        if out.status.success() { Ok(text(&out.stdout)) } else { Err(ProbeError::NoGpu(text(&out.stderr))) }
     }
 }
 
@@ -234,6 +234,21 @@ pub struct RunReport {
     pub wall_ms: u64,
     pub cpu_ms: u64,
 }
+
+/// Why a GPU probe found no adapter.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("could not run the GPU probe: {0}")]
+    Start(#[source] io::Error),
+    #[error("the GPU probe did not answer within {} s", .0.as_secs())]
+    Hung(Duration),
+    /// The probe's own words (no driver, no device).
+    #[error("{0}")]
+    NoGpu(String),
+}
+
+/// Longest a GPU probe may take: a driver that hangs must not hold the agent up.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -437,7 +452,9 @@ mod windows_job {
 
     /// The job's handle, as an integer so it may sit in a static; never
     /// closed by us (the process's end closes it, which is the point).
-    static JOB: OnceLock<Result<usize, String>> = OnceLock::new();
+    /// A failure keeps the call that failed and its OS error code (an
+    /// `io::Error` cannot be shared).
+    static JOB: OnceLock<Result<usize, (&'static str, i32)>> = OnceLock::new();
 
     fn job() -> io::Result<usize> {
         let job = JOB.get_or_init(|| {
@@ -446,7 +463,7 @@ mod windows_job {
             unsafe {
                 let job = CreateJobObjectW(std::ptr::null(), std::ptr::null());
                 if job.is_null() {
-                    return Err(format!("CreateJobObjectW: {}", io::Error::last_os_error()));
+                    return Err(("CreateJobObjectW", io::Error::last_os_error().raw_os_error().unwrap_or(0)));
                 }
                 let mut limits: JOBOBJECT_EXTENDED_LIMIT_INFORMATION = std::mem::zeroed();
                 limits.BasicLimitInformation.LimitFlags = JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE;
@@ -457,12 +474,12 @@ mod windows_job {
                     std::mem::size_of::<JOBOBJECT_EXTENDED_LIMIT_INFORMATION>() as u32,
                 );
                 if set == 0 {
-                    return Err(format!("SetInformationJobObject: {}", io::Error::last_os_error()));
+                    return Err(("SetInformationJobObject", io::Error::last_os_error().raw_os_error().unwrap_or(0)));
                 }
                 Ok(job as usize)
             }
         });
-        job.clone().map_err(io::Error::other)
+        job.map_err(|(call, code)| io::Error::other(format!("{call}: {}", io::Error::from_raw_os_error(code))))
     }
 
     pub(super) fn adopt(child: &std::process::Child) -> io::Result<()> {

@@ -176,13 +176,13 @@ impl Ledger {
         let mut enrolled = std::collections::HashMap::<String, PublicKey>::new();
         for (i, e) in self.entries(None)?.into_iter().enumerate() {
             report.entries += 1;
-            let bad = |reason: String| Some(BadEntry { seq: e.seq, reason });
+            let bad = |broken: Broken| Some(BadEntry { seq: e.seq, reason: broken.to_string() });
             let problem = if e.seq != i as u64 + 1 {
-                bad(format!("sequence number {} where {} was expected: an entry was removed or inserted", e.seq, i + 1))
+                bad(Broken::Sequence { found: e.seq, expected: i as u64 + 1 })
             } else if e.prev_hash != expected_prev {
-                bad("its link to the previous entry does not match that entry's hash".into())
+                bad(Broken::Link)
             } else if entry_hash(e.seq, e.at_ms, &e.kind, &e.body, &e.prev_hash) != e.hash {
-                bad("its content does not match its hash: the entry was altered".into())
+                bad(Broken::Altered)
             } else if e.kind == "receipt" {
                 report.receipts_checked += 1;
                 check_receipt(&LedgerEntry::read(&e.kind, &e.body), |pool| policy_key.or(enrolled.get(pool)))
@@ -208,7 +208,7 @@ impl Ledger {
 
 /// The key an `enrollment` disclosure pins for its pool, and a `pool_left`
 /// entry unpins (rejoining may then trust a new key, as the agent does).
-fn track_pins(entry: &LedgerEntry, enrolled: &mut std::collections::HashMap<String, PublicKey>) -> Result<(), String> {
+fn track_pins(entry: &LedgerEntry, enrolled: &mut std::collections::HashMap<String, PublicKey>) -> Result<(), Broken> {
     match entry {
         LedgerEntry::PoolLeft(left) => {
             enrolled.remove(&left.pool);
@@ -216,15 +216,12 @@ fn track_pins(entry: &LedgerEntry, enrolled: &mut std::collections::HashMap<Stri
         }
         LedgerEntry::Disclosure(d) if d.purpose.as_deref() == Some("enrollment") => {
             let Some(key) = d.pool_public_key else {
-                return Err(format!("enrollment with {} names no pool key", d.pool));
+                return Err(Broken::EnrollmentWithoutKey(d.pool.clone()));
             };
             match enrolled.get(&d.pool) {
-                Some(pinned) if *pinned != key => Err(format!(
-                    "enrollment with {} under the key {} while this device had pinned {} for that pool and never left it",
-                    d.pool,
-                    key.fingerprint(),
-                    pinned.fingerprint()
-                )),
+                Some(pinned) if *pinned != key => {
+                    Err(Broken::Repinned { pool: d.pool.clone(), offered: Box::new(key), pinned: Box::new(*pinned) })
+                }
                 Some(_) => Ok(()),
                 None => {
                     enrolled.insert(d.pool.clone(), key);
@@ -233,7 +230,7 @@ fn track_pins(entry: &LedgerEntry, enrolled: &mut std::collections::HashMap<Stri
             }
         }
         LedgerEntry::Unreadable(u) if matches!(u.kind.as_str(), "disclosure" | "pool_left") => {
-            Err(format!("{} entry is malformed: {}", u.kind, u.why))
+            Err(Broken::Malformed { kind: u.kind.clone(), why: u.why.clone() })
         }
         _ => Ok(()),
     }
@@ -245,24 +242,58 @@ pub const POOL_LEFT: &str = "pool_left";
 /// The body of a `receipt` entry.
 pub(crate) type ReceiptEntry = idlemesh_control::ReceiptBody;
 
-fn check_receipt<'a>(entry: &LedgerEntry, pinned: impl FnOnce(&str) -> Option<&'a PublicKey>) -> Result<(), String> {
+fn check_receipt<'a>(entry: &LedgerEntry, pinned: impl FnOnce(&str) -> Option<&'a PublicKey>) -> Result<(), Broken> {
     let entry = match entry {
         LedgerEntry::Receipt(r) => r,
-        LedgerEntry::Unreadable(u) => return Err(format!("receipt entry is malformed: {}", u.why)),
-        _ => return Err("receipt entry is malformed".into()),
+        LedgerEntry::Unreadable(u) => return Err(Broken::Malformed { kind: "receipt".into(), why: u.why.clone() }),
+        _ => return Err(Broken::NotAReceipt),
     };
     let Some(key) = pinned(&entry.pool) else {
-        return Err(format!("a receipt from {}, a pool this device has no enrollment with", entry.pool));
+        return Err(Broken::NotEnrolled(entry.pool.clone()));
     };
     if entry.pool_public_key != *key {
-        return Err(format!(
-            "a receipt from {} names the pool key {}, but the key pinned for that pool is {}",
-            entry.pool,
-            entry.pool_public_key.fingerprint(),
-            key.fingerprint()
-        ));
+        return Err(Broken::OtherKey {
+            pool: entry.pool.clone(),
+            named: Box::new(entry.pool_public_key),
+            pinned: Box::new(*key),
+        });
     }
-    entry.receipt.verify(key).map(drop).map_err(|e| format!("receipt signature from {}: {e}", entry.pool))
+    entry.receipt.verify(key).map(drop).map_err(|source| Broken::Signature { pool: entry.pool.clone(), source })
+}
+
+/// Why [`Ledger::verify`] stops at an entry; its words are the report's reason.
+#[derive(Debug, thiserror::Error)]
+enum Broken {
+    #[error("sequence number {found} where {expected} was expected: an entry was removed or inserted")]
+    Sequence { found: u64, expected: u64 },
+    #[error("its link to the previous entry does not match that entry's hash")]
+    Link,
+    #[error("its content does not match its hash: the entry was altered")]
+    Altered,
+    #[error("enrollment with {0} names no pool key")]
+    EnrollmentWithoutKey(String),
+    #[error(
+        "enrollment with {pool} under the key {} while this device had pinned {} for that pool and never left it",
+        offered.fingerprint(), pinned.fingerprint()
+    )]
+    Repinned { pool: String, offered: Box<PublicKey>, pinned: Box<PublicKey> },
+    #[error("{kind} entry is malformed: {why}")]
+    Malformed { kind: String, why: String },
+    #[error("receipt entry is malformed")]
+    NotAReceipt,
+    #[error("a receipt from {0}, a pool this device has no enrollment with")]
+    NotEnrolled(String),
+    #[error(
+        "a receipt from {pool} names the pool key {}, but the key pinned for that pool is {}",
+        named.fingerprint(), pinned.fingerprint()
+    )]
+    OtherKey { pool: String, named: Box<PublicKey>, pinned: Box<PublicKey> },
+    #[error("receipt signature from {pool}: {source}")]
+    Signature {
+        pool: String,
+        #[source]
+        source: idlemesh_protocol::ProtocolError,
+    },
 }
 
 /// A receipt for tests of what reads the ledger.

@@ -108,14 +108,14 @@ mod logind {
     }
 
     impl LogindIdle {
-        pub fn connect() -> Result<Self, String> {
+        pub fn connect() -> Result<Self, crate::sensors::SensorError> {
             let proxy = crate::sensors::system_bus_proxy(
                 "org.freedesktop.login1",
                 "/org/freedesktop/login1/session/auto",
                 "org.freedesktop.login1.Session",
             )?;
             // A session must exist and answer, or this sensor would only ever say "unknown".
-            proxy.get_property::<bool>("IdleHint").map_err(|e| format!("no logind session: {e}"))?;
+            proxy.get_property::<bool>("IdleHint").map_err(crate::sensors::bus("no logind session"))?;
             Ok(Self { proxy })
         }
     }

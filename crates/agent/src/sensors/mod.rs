@@ -75,12 +75,64 @@ pub trait NetworkSensor {
     fn metered(&mut self) -> Option<bool>;
 }
 
+/// Why a sensor's source could not be reached. The sensor then answers
+/// "unknown" and the status says why; nothing stops over it.
+#[cfg(target_os = "linux")]
+#[derive(Debug, thiserror::Error)]
+pub enum SensorError {
+    #[error("cannot open the X display: {0}")]
+    XDisplay(#[from] x11rb::errors::ConnectError),
+    #[error("the X connection failed: {0}")]
+    XConnection(#[from] x11rb::errors::ConnectionError),
+    #[error("the X server refused a request: {0}")]
+    XReply(#[from] x11rb::errors::ReplyError),
+    #[error("the X server refused a request: {0}")]
+    XReplyOrId(#[from] x11rb::errors::ReplyOrIdError),
+    /// What the display, bus or compositor lacks, in words.
+    #[error("{0}")]
+    Missing(&'static str),
+    #[error("{what}: {source}")]
+    Bus {
+        what: &'static str,
+        #[source]
+        source: Box<zbus::Error>,
+    },
+    #[error("cannot start the {what} thread: {source}")]
+    Thread {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot reach the Wayland compositor at {}: {source}", path.display())]
+    WaylandSocket {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot reach the Wayland compositor: {0}")]
+    WaylandConnect(#[from] wayland_client::ConnectError),
+    #[error("the Wayland registry failed: {0}")]
+    WaylandRegistry(#[from] wayland_client::globals::GlobalError),
+    #[error("the Wayland compositor failed: {0}")]
+    WaylandDispatch(#[from] wayland_client::DispatchError),
+}
+
+/// A D-Bus failure while `what`.
+#[cfg(target_os = "linux")]
+fn bus(what: &'static str) -> impl FnOnce(zbus::Error) -> SensorError {
+    move |source| SensorError::Bus { what, source: Box::new(source) }
+}
+
 /// A proxy to a service on the system D-Bus (logind, NetworkManager).
 #[cfg(target_os = "linux")]
-fn system_bus_proxy(destination: &str, path: &str, interface: &str) -> Result<zbus::blocking::Proxy<'static>, String> {
-    let conn = zbus::blocking::Connection::system().map_err(|e| format!("no system bus: {e}"))?;
+fn system_bus_proxy(
+    destination: &str,
+    path: &str,
+    interface: &str,
+) -> Result<zbus::blocking::Proxy<'static>, SensorError> {
+    let conn = zbus::blocking::Connection::system().map_err(bus("no system bus"))?;
     zbus::blocking::Proxy::new_owned(conn, destination.to_string(), path.to_string(), interface.to_string())
-        .map_err(|e| e.to_string())
+        .map_err(bus("no proxy for the service"))
 }
 
 /// The slow sensors' last readings; idle time is read separately and often.

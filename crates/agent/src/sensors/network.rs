@@ -31,13 +31,13 @@ mod network_manager {
     }
 
     impl NetworkManager {
-        pub fn connect() -> Result<Self, String> {
+        pub fn connect() -> Result<Self, crate::sensors::SensorError> {
             let proxy = crate::sensors::system_bus_proxy(
                 "org.freedesktop.NetworkManager",
                 "/org/freedesktop/NetworkManager",
                 "org.freedesktop.NetworkManager",
             )?;
-            proxy.get_property::<u32>("Metered").map_err(|e| e.to_string())?;
+            proxy.get_property::<u32>("Metered").map_err(crate::sensors::bus("NetworkManager has no Metered"))?;
             Ok(Self { proxy })
         }
     }

@@ -81,6 +81,7 @@ pub(crate) mod x11 {
     use x11rb::rust_connection::RustConnection;
 
     use super::*;
+    use crate::sensors::SensorError;
 
     #[derive(Default)]
     struct Shared {
@@ -101,13 +102,11 @@ pub(crate) mod x11 {
 
     impl X11Screen {
         /// Starts following the display (`None`: the one `DISPLAY` names).
-        pub fn follow(display: Option<&str>) -> Result<Self, String> {
-            let (conn, screen) =
-                RustConnection::connect(display).map_err(|e| format!("cannot open the X display: {e}"))?;
-            let root = conn.setup().roots.get(screen).ok_or("the X display has no such screen")?.root;
-            let atom = |name: &[u8]| -> Result<u32, String> {
-                Ok(conn.intern_atom(false, name).map_err(|e| e.to_string())?.reply().map_err(|e| e.to_string())?.atom)
-            };
+        pub fn follow(display: Option<&str>) -> Result<Self, SensorError> {
+            let (conn, screen) = RustConnection::connect(display)?;
+            let root =
+                conn.setup().roots.get(screen).ok_or(SensorError::Missing("the X display has no such screen"))?.root;
+            let atom = |name: &[u8]| -> Result<u32, SensorError> { Ok(conn.intern_atom(false, name)?.reply()?.atom) };
             let atoms = Atoms {
                 active: atom(b"_NET_ACTIVE_WINDOW")?,
                 state: atom(b"_NET_WM_STATE")?,
@@ -115,10 +114,7 @@ pub(crate) mod x11 {
                 pid: atom(b"_NET_WM_PID")?,
             };
             let events = ChangeWindowAttributesAux::new().event_mask(EventMask::PROPERTY_CHANGE);
-            conn.change_window_attributes(root, &events)
-                .map_err(|e| e.to_string())?
-                .check()
-                .map_err(|e| e.to_string())?;
+            conn.change_window_attributes(root, &events)?.check()?;
             let shared = Arc::new(Mutex::new(Shared::default()));
             shared.lock().expect("screen state").program = in_front(&conn, root, &atoms).1;
             let s = shared.clone();
@@ -129,7 +125,7 @@ pub(crate) mod x11 {
                     tracing::warn!(error = %e, "lost the X display: full-screen windows are no longer noticed");
                     s.lock().expect("screen state").program = None;
                 })
-                .map_err(|e| format!("cannot start the full-screen thread: {e}"))?;
+                .map_err(|source| SensorError::Thread { what: "full-screen", source })?;
             Ok(Self { shared })
         }
     }
@@ -175,7 +171,7 @@ pub(crate) mod x11 {
     }
 
     /// Follows the focused window and its state until the connection fails; returns why.
-    fn follow(conn: &RustConnection, root: Window, atoms: &Atoms, shared: &Mutex<Shared>) -> String {
+    fn follow(conn: &RustConnection, root: Window, atoms: &Atoms, shared: &Mutex<Shared>) -> SensorError {
         let events = ChangeWindowAttributesAux::new().event_mask(EventMask::PROPERTY_CHANGE);
         let mut watched = None;
         loop {
@@ -204,7 +200,7 @@ pub(crate) mod x11 {
                 match conn.wait_for_event() {
                     Ok(Event::PropertyNotify(e)) if e.atom == atoms.active || e.atom == atoms.state => break,
                     Ok(_) => {}
-                    Err(e) => return e.to_string(),
+                    Err(e) => return e.into(),
                 }
             }
         }

@@ -22,7 +22,7 @@ pub use platform::{
     MACOS_POLICY, REGISTRY_POLICY, RegKey, RegValue, default_policy_path, plist_to_table, registry_to_table,
     system_policy_present,
 };
-pub use schema::{Kind, Machine, SPECS, Spec, parse_cli_value, parse_hours};
+pub use schema::{HoursError, Kind, Machine, SPECS, Spec, ValueError, parse_cli_value, parse_hours};
 
 use crate::governor::Limits;
 
@@ -96,15 +96,16 @@ pub struct Policy {
 /// How a pinned pool key is written in a policy: `ed25519:` and the key's
 /// 64 hex digits, as `idlemesh pool serve` prints it (the bare digits are
 /// accepted too).
-pub fn parse_pool_key(text: &str) -> Result<PublicKey, String> {
+pub fn parse_pool_key(text: &str) -> Result<PublicKey, BadPoolKey> {
     let text = text.trim();
     let hex = text.strip_prefix("ed25519:").unwrap_or(text);
-    hex.parse::<PublicKey>().map_err(|e| {
-        format!(
-            "expected \"ed25519:\" and the pool's 64-hex-digit public key, as `idlemesh pool serve` prints it ({e})"
-        )
-    })
+    hex.parse::<PublicKey>().map_err(BadPoolKey)
 }
+
+/// A policy's `pool_public_key` that is not a key.
+#[derive(Debug, thiserror::Error)]
+#[error("expected \"ed25519:\" and the pool's 64-hex-digit public key, as `idlemesh pool serve` prints it ({0})")]
+pub struct BadPoolKey(#[source] idlemesh_protocol::ProtocolError);
 
 /// Parses a user settings file's text: a flat table of known keys.
 pub fn parse_user(file: &str, text: &str) -> Result<Values, SettingsError> {
@@ -126,7 +127,7 @@ pub fn parse_policy(file: &str, text: &str) -> Result<Policy, SettingsError> {
 /// the policy of its good keys and every bad key's problem.
 pub fn check_policy_bytes(file: &str, bytes: &[u8]) -> Result<(Policy, Vec<SettingsError>), SettingsError> {
     let table = if file.ends_with(".plist") {
-        plist_to_table(bytes).map_err(|message| SettingsError::Syntax { file: file.into(), message })?
+        plist_to_table(bytes).map_err(|e| SettingsError::Syntax { file: file.into(), message: e.to_string() })?
     } else {
         toml::from_str(utf8(file, bytes)?)
             .map_err(|e| SettingsError::Syntax { file: file.into(), message: one_line(&e) })?
@@ -184,7 +185,11 @@ pub fn policy_from_table_lenient(file: &str, table: toml::Table) -> (Policy, Vec
                 expected: "expected the absolute path of a PEM file of certificate authorities".into(),
             }),
             ("pool_public_key", v) => {
-                match v.as_str().ok_or_else(|| "expected a string".to_owned()).and_then(parse_pool_key) {
+                let key_or_why = match v.as_str() {
+                    Some(text) => parse_pool_key(text).map_err(|e| e.to_string()),
+                    None => Err("expected a string".to_owned()),
+                };
+                match key_or_why {
                     Ok(k) => policy.pool_public_key = Some(k),
                     Err(expected) => {
                         errors.push(SettingsError::BadValue { file: file.into(), key, value: v.to_string(), expected })
@@ -242,7 +247,7 @@ fn check_value(file: &str, key: &str, spec: &Spec, value: &Value) -> Result<Valu
         file: file.into(),
         key: key.into(),
         value: value.to_string(),
-        expected,
+        expected: expected.to_string(),
     })
 }
 

@@ -107,14 +107,24 @@ fn reg_value(key: &str, value: &RegValue) -> Value {
 }
 
 /// macOS managed preferences (a binary or XML plist) as a TOML policy table.
-pub fn plist_to_table(bytes: &[u8]) -> Result<Table, String> {
-    let value =
-        plist::Value::from_reader(std::io::Cursor::new(bytes)).map_err(|e| format!("not a property list: {e}"))?;
-    let dict = value.into_dictionary().ok_or("the property list is not a dictionary")?;
+pub fn plist_to_table(bytes: &[u8]) -> Result<Table, PlistError> {
+    let value = plist::Value::from_reader(std::io::Cursor::new(bytes))?;
+    let dict = value.into_dictionary().ok_or(PlistError::NotADictionary)?;
     dict_to_table(dict, true)
 }
 
-fn dict_to_table(dict: plist::Dictionary, top: bool) -> Result<Table, String> {
+/// Managed preferences that cannot be read as a policy.
+#[derive(Debug, thiserror::Error)]
+pub enum PlistError {
+    #[error("not a property list: {0}")]
+    NotAPlist(#[from] plist::Error),
+    #[error("the property list is not a dictionary")]
+    NotADictionary,
+    #[error("`{key}` has an unsupported type ({found})")]
+    Unsupported { key: String, found: String },
+}
+
+fn dict_to_table(dict: plist::Dictionary, top: bool) -> Result<Table, PlistError> {
     let mut table = Table::new();
     for (key, value) in dict {
         // A profile's own bookkeeping keys travel with the preferences.
@@ -137,7 +147,7 @@ fn dict_to_table(dict: plist::Dictionary, top: bool) -> Result<Table, String> {
             plist::Value::Real(r) => Value::Float(r),
             plist::Value::String(s) => Value::String(s),
             plist::Value::Dictionary(d) if top => Value::Table(dict_to_table(d, false)?),
-            other => return Err(format!("`{name}` has an unsupported type ({other:?})")),
+            other => return Err(PlistError::Unsupported { key: name, found: format!("{other:?}") }),
         };
         table.insert(name, value);
     }
@@ -297,7 +307,7 @@ mod tests {
         dict.insert("Defaults".into(), plist::Value::Array(vec![]));
         let mut bytes = Vec::new();
         plist::Value::Dictionary(dict).to_writer_xml(&mut bytes).unwrap();
-        assert!(plist_to_table(&bytes).unwrap_err().contains("defaults"));
-        assert!(plist_to_table(b"garbage").unwrap_err().contains("property list"));
+        assert!(plist_to_table(&bytes).unwrap_err().to_string().contains("defaults"));
+        assert!(plist_to_table(b"garbage").unwrap_err().to_string().contains("property list"));
     }
 }

@@ -202,33 +202,75 @@ pub fn default_value(key: &str, machine: Machine) -> Option<Value> {
     Some(v)
 }
 
+/// What a value should have been, in words (a settings error and the
+/// dashboard show them).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ValueError {
+    #[error("expected true or false")]
+    NotBool,
+    #[error("expected a whole number from {min} to {max}")]
+    Int { min: i64, max: i64 },
+    #[error("expected a number from {min} to {max}")]
+    Float { min: f64, max: f64 },
+    #[error(transparent)]
+    Hours(#[from] HoursError),
+    #[error("expected \"always\" or a window such as \"22:00-06:00\"")]
+    NotHours,
+    #[error("expected a URL such as \"https://pool.example.org\"")]
+    BadUrl,
+    #[error("expected a URL starting with http:// or https://")]
+    NotUrl,
+    #[error("expected megabytes (0 or more) or \"unlimited\"")]
+    NotCap,
+    #[error("expected layer names, not {0}")]
+    NotALayerName(String),
+    #[error(transparent)]
+    UnknownLayer(#[from] idlemesh_protocol::sandbox::UnknownLayer),
+    #[error("expected a list of sandbox layers such as [\"seccomp\", \"landlock\"]")]
+    NotLayers,
+    #[error("expected program names, not {0}")]
+    NotAProgramName(String),
+    #[error("{0:?} is not a program name (a name such as steam, without a path)")]
+    BadProgramName(String),
+    #[error("expected a list of program names such as [\"steam\", \"obs\"]")]
+    NotPrograms,
+}
+
+/// An `allowed_hours` window that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HoursError {
+    #[error("expected \"always\" or a window such as \"22:00-06:00\", not {0:?}")]
+    Malformed(String),
+    #[error("{0:?} is an empty window; use \"always\" to allow any time")]
+    Empty(String),
+}
+
 /// Checks one value against its spec and returns it in canonical form
 /// (integers where a float is expected become floats), or says what was expected.
-pub fn check(kind: Kind, v: &Value) -> Result<Value, String> {
+pub fn check(kind: Kind, v: &Value) -> Result<Value, ValueError> {
     match (kind, v) {
         (Kind::Bool, Value::Boolean(_)) => Ok(v.clone()),
-        (Kind::Bool, _) => Err("expected true or false".into()),
+        (Kind::Bool, _) => Err(ValueError::NotBool),
         (Kind::Int { min, max }, Value::Integer(i)) if (min..=max).contains(i) => Ok(v.clone()),
-        (Kind::Int { min, max }, _) => Err(format!("expected a whole number from {min} to {max}")),
+        (Kind::Int { min, max }, _) => Err(ValueError::Int { min, max }),
         (Kind::Float { min, max, .. }, Value::Integer(i)) if (min..=max).contains(&(*i as f64)) => {
             Ok(Value::Float(*i as f64))
         }
         (Kind::Float { min, max, .. }, Value::Float(f)) if (min..=max).contains(f) => Ok(v.clone()),
-        (Kind::Float { min, max, .. }, _) => Err(format!("expected a number from {min} to {max}")),
-        (Kind::Hours, Value::String(s)) if parse_hours(s).is_ok() => Ok(v.clone()),
-        (Kind::Hours, Value::String(s)) => Err(parse_hours(s).unwrap_err()),
-        (Kind::Hours, _) => Err("expected \"always\" or a window such as \"22:00-06:00\"".into()),
+        (Kind::Float { min, max, .. }, _) => Err(ValueError::Float { min, max }),
+        (Kind::Hours, Value::String(s)) => parse_hours(s).map(|_| v.clone()).map_err(ValueError::from),
+        (Kind::Hours, _) => Err(ValueError::NotHours),
         (Kind::Url, Value::String(s)) if s.starts_with("http://") || s.starts_with("https://") => {
             if s.len() > "https://".len() && !s.contains(char::is_whitespace) {
                 Ok(Value::String(s.trim_end_matches('/').to_string()))
             } else {
-                Err("expected a URL such as \"https://pool.example.org\"".into())
+                Err(ValueError::BadUrl)
             }
         }
-        (Kind::Url, _) => Err("expected a URL starting with http:// or https://".into()),
+        (Kind::Url, _) => Err(ValueError::NotUrl),
         (Kind::CapMb, Value::Integer(i)) if *i >= 0 => Ok(v.clone()),
         (Kind::CapMb, Value::String(s)) if s == "unlimited" => Ok(v.clone()),
-        (Kind::CapMb, _) => Err("expected megabytes (0 or more) or \"unlimited\"".into()),
+        (Kind::CapMb, _) => Err(ValueError::NotCap),
         (Kind::Layers, Value::String(s)) => {
             let names: Vec<Value> =
                 s.split(',').map(str::trim).filter(|n| !n.is_empty()).map(|n| Value::String(n.into())).collect();
@@ -237,7 +279,7 @@ pub fn check(kind: Kind, v: &Value) -> Result<Value, String> {
         (Kind::Layers, Value::Array(items)) => {
             let mut layers = Vec::new();
             for item in items {
-                let name = item.as_str().ok_or_else(|| format!("expected layer names, not {item}"))?;
+                let name = item.as_str().ok_or_else(|| ValueError::NotALayerName(item.to_string()))?;
                 let layer: Layer = name.parse()?;
                 if !layers.contains(&layer) {
                     layers.push(layer);
@@ -245,7 +287,7 @@ pub fn check(kind: Kind, v: &Value) -> Result<Value, String> {
             }
             Ok(Value::Array(layers.into_iter().map(|l| Value::String(l.as_str().into())).collect()))
         }
-        (Kind::Layers, _) => Err("expected a list of sandbox layers such as [\"seccomp\", \"landlock\"]".into()),
+        (Kind::Layers, _) => Err(ValueError::NotLayers),
         (Kind::Programs, Value::String(s)) => {
             let names: Vec<Value> =
                 s.split(',').map(str::trim).filter(|n| !n.is_empty()).map(|n| Value::String(n.into())).collect();
@@ -254,9 +296,9 @@ pub fn check(kind: Kind, v: &Value) -> Result<Value, String> {
         (Kind::Programs, Value::Array(items)) => {
             let mut names: Vec<String> = Vec::new();
             for item in items {
-                let name = item.as_str().ok_or_else(|| format!("expected program names, not {item}"))?.trim();
+                let name = item.as_str().ok_or_else(|| ValueError::NotAProgramName(item.to_string()))?.trim();
                 if name.is_empty() || name.len() > 255 || name.contains('/') || name.chars().any(char::is_control) {
-                    return Err(format!("{name:?} is not a program name (a name such as steam, without a path)"));
+                    return Err(ValueError::BadProgramName(name.to_owned()));
                 }
                 if !names.iter().any(|n| n == name) {
                     names.push(name.to_owned());
@@ -264,16 +306,16 @@ pub fn check(kind: Kind, v: &Value) -> Result<Value, String> {
             }
             Ok(Value::Array(names.into_iter().map(Value::String).collect()))
         }
-        (Kind::Programs, _) => Err("expected a list of program names such as [\"steam\", \"obs\"]".into()),
+        (Kind::Programs, _) => Err(ValueError::NotPrograms),
     }
 }
 
 /// `None` for "always".
-pub fn parse_hours(s: &str) -> Result<Option<Hours>, String> {
+pub fn parse_hours(s: &str) -> Result<Option<Hours>, HoursError> {
     if s == "always" {
         return Ok(None);
     }
-    let bad = || format!("expected \"always\" or a window such as \"22:00-06:00\", not {s:?}");
+    let bad = || HoursError::Malformed(s.to_owned());
     let (a, b) = s.split_once('-').ok_or_else(bad)?;
     let minute = |t: &str| -> Option<u16> {
         let (h, m) = t.trim().split_once(':')?;
@@ -282,7 +324,7 @@ pub fn parse_hours(s: &str) -> Result<Option<Hours>, String> {
     };
     let (start_minute, end_minute) = (minute(a).ok_or_else(bad)?, minute(b).ok_or_else(bad)?);
     if start_minute == end_minute {
-        return Err(format!("{s:?} is an empty window; use \"always\" to allow any time"));
+        return Err(HoursError::Empty(s.to_owned()));
     }
     Ok(Some(Hours { start_minute, end_minute }))
 }

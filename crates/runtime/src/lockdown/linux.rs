@@ -26,12 +26,49 @@ const MAX_FILE_BYTES: u64 = 512 << 20;
 /// driver's): a margin for blocking helpers.
 const SPARE_THREADS: u64 = 32;
 
+/// Why a layer could not be put in place; the sandbox report keeps its words.
+#[derive(Debug, thiserror::Error)]
+enum LayerError {
+    #[error(
+        "no user namespace could be made ({0}): this system forbids unprivileged user namespaces \
+         (kernel.unprivileged_userns_clone, user.max_user_namespaces, an AppArmor userns rule) or the agent \
+         runs in a namespace that allows no nesting, so the worker keeps the network it was started with"
+    )]
+    UserNamespacesForbidden(#[source] io::Error),
+    #[error(
+        "the supervisor did not start the worker in its own namespace, and the worker, no longer \
+         single-threaded, could not make one ({0})"
+    )]
+    NotSingleThreaded(#[source] io::Error),
+    #[error("unshare refused: {0}")]
+    Unshare(#[source] io::Error),
+    #[error("{limit}: {source}")]
+    Rlimit {
+        limit: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "RLIMIT_NPROC counts every process of the user outside a user namespace, so it cannot be \
+         lowered for the worker alone here (seccomp still refuses new processes)"
+    )]
+    NprocNeedsUserNamespace,
+    #[error("Landlock: {0}")]
+    Landlock(#[from] landlock::RulesetError),
+    #[error("Landlock is built into this kernel but not enabled (lsm= boot option)")]
+    LandlockNotEnabled,
+    #[error("this kernel has no Landlock (Linux 5.13 or later, built with it)")]
+    LandlockNotImplemented,
+    #[error("Landlock did not enforce the ruleset")]
+    LandlockNotEnforced,
+}
+
 pub(super) fn begin(report: &mut SandboxReport) {
     // Before anything else: a user namespace needs a single-threaded caller.
     match own_network_namespace() {
         Ok(()) => report.netns = true,
         Err(why) => {
-            report.missing.insert(Layer::Netns, why);
+            report.missing.insert(Layer::Netns, why.to_string());
         }
     }
     match close_inherited_fds() {
@@ -72,7 +109,7 @@ pub(super) fn seal(config: &LockdownConfig, report: &mut SandboxReport, before_s
     match set_rlimits(in_own_unmapped_user_namespace()) {
         Ok(()) => report.rlimits = true,
         Err(why) => {
-            report.missing.insert(Layer::Rlimits, why);
+            report.missing.insert(Layer::Rlimits, why.to_string());
         }
     }
     // A user namespace made here gives every capability inside it, and a
@@ -102,15 +139,15 @@ pub(super) fn seal(config: &LockdownConfig, report: &mut SandboxReport, before_s
             }
         }
         Err(why) => {
-            report.missing.insert(Layer::LandlockNet, why.clone());
-            report.missing.insert(Layer::Landlock, why);
+            report.missing.insert(Layer::LandlockNet, why.to_string());
+            report.missing.insert(Layer::Landlock, why.to_string());
         }
     }
     before_seccomp();
     match super::seccomp::install(config.profile) {
         Ok(()) => report.seccomp = true,
         Err(why) => {
-            report.missing.insert(Layer::Seccomp, why);
+            report.missing.insert(Layer::Seccomp, why.to_string());
         }
     }
 }
@@ -124,7 +161,7 @@ pub(super) fn seal(config: &LockdownConfig, report: &mut SandboxReport, before_s
 /// binary loads: the tray app's WebKit starts a thread before `main`), so
 /// first we check whether we already are in such a network; only if not do
 /// we try ourselves (a user namespace needs a single-threaded caller).
-fn own_network_namespace() -> Result<(), String> {
+fn own_network_namespace() -> Result<(), LayerError> {
     if network_is_isolated() {
         return Ok(());
     }
@@ -140,16 +177,9 @@ fn own_network_namespace() -> Result<(), String> {
         return Ok(());
     }
     Err(match userns.raw_os_error() {
-        Some(libc::EPERM | libc::ENOSPC | libc::EACCES) => format!(
-            "no user namespace could be made ({userns}): this system forbids unprivileged user namespaces \
-             (kernel.unprivileged_userns_clone, user.max_user_namespaces, an AppArmor userns rule) or the agent \
-             runs in a namespace that allows no nesting, so the worker keeps the network it was started with"
-        ),
-        Some(libc::EINVAL) => format!(
-            "the supervisor did not start the worker in its own namespace, and the worker, no longer \
-             single-threaded, could not make one ({userns})"
-        ),
-        _ => format!("unshare refused: {userns}"),
+        Some(libc::EPERM | libc::ENOSPC | libc::EACCES) => LayerError::UserNamespacesForbidden(userns),
+        Some(libc::EINVAL) => LayerError::NotSingleThreaded(userns),
+        _ => LayerError::Unshare(userns),
     })
 }
 
@@ -215,12 +245,12 @@ fn private_empty_cwd() -> io::Result<()> {
     Ok(())
 }
 
-fn set_rlimits(own_user_namespace: bool) -> Result<(), String> {
-    let set = |what, value: u64, name: &str| -> Result<(), String> {
-        let limit = libc::rlimit { rlim_cur: value, rlim_max: value };
+fn set_rlimits(own_user_namespace: bool) -> Result<(), LayerError> {
+    let set = |what, value: u64, limit: &'static str| -> Result<(), LayerError> {
+        let rlimit = libc::rlimit { rlim_cur: value, rlim_max: value };
         // SAFETY: setrlimit reads the struct we own.
-        if unsafe { libc::setrlimit(what, &limit) } != 0 {
-            return Err(format!("{name}: {}", io::Error::last_os_error()));
+        if unsafe { libc::setrlimit(what, &rlimit) } != 0 {
+            return Err(LayerError::Rlimit { limit, source: io::Error::last_os_error() });
         }
         Ok(())
     };
@@ -231,9 +261,7 @@ fn set_rlimits(own_user_namespace: bool) -> Result<(), String> {
     set(libc::RLIMIT_NOFILE, MAX_OPEN_FILES, "RLIMIT_NOFILE")?;
     set(libc::RLIMIT_CORE, 0, "RLIMIT_CORE")?;
     if !own_user_namespace {
-        return Err("RLIMIT_NPROC counts every process of the user outside a user namespace, so it cannot be \
-                    lowered for the worker alone here (seccomp still refuses new processes)"
-            .into());
+        return Err(LayerError::NprocNeedsUserNamespace);
     }
     let cores = std::thread::available_parallelism().map_or(4, |n| n.get() as u64);
     set(libc::RLIMIT_NPROC, threads_now() + 3 * cores + SPARE_THREADS, "RLIMIT_NPROC")
@@ -274,8 +302,7 @@ fn drop_capabilities() {
 /// connect, and the abstract-socket and signal scopes; the only rules grant
 /// the writable directories (and a GPU worker's device nodes). Returns the
 /// ABI in force and whether TCP is refused.
-fn landlock(config: &LockdownConfig) -> Result<(u32, bool, bool), String> {
-    let err = |e: landlock::RulesetError| format!("Landlock: {e}");
+fn landlock(config: &LockdownConfig) -> Result<(u32, bool, bool), LayerError> {
     let all_fs = AccessFs::from_all(LANDLOCK_ABI);
     let mut allowed: Vec<&Path> = config.writable.iter().map(|p| p.as_path()).collect();
     let gpu_nodes: Vec<std::path::PathBuf> = match config.profile {
@@ -284,32 +311,25 @@ fn landlock(config: &LockdownConfig) -> Result<(u32, bool, bool), String> {
     };
     allowed.extend(gpu_nodes.iter().map(|p| p.as_path()));
     let status = Ruleset::default()
-        .handle_access(all_fs)
-        .map_err(err)?
-        .handle_access(AccessNet::from_all(LANDLOCK_ABI))
-        .map_err(err)?
-        .scope(Scope::from_all(LANDLOCK_ABI))
-        .map_err(err)?
-        .create()
-        .map_err(err)?
-        .all_threads(true)
-        .map_err(err)?
-        .add_rules(path_beneath_rules(allowed, all_fs))
-        .map_err(err)?
-        .restrict_self()
-        .map_err(err)?;
+        .handle_access(all_fs)?
+        .handle_access(AccessNet::from_all(LANDLOCK_ABI))?
+        .scope(Scope::from_all(LANDLOCK_ABI))?
+        .create()?
+        .all_threads(true)?
+        .add_rules(path_beneath_rules(allowed, all_fs))?
+        .restrict_self()?;
     let abi = match status.landlock {
         // What is enforced: the kernel's ABI, capped at what we ask for.
         LandlockStatus::Available { effective_abi, .. } => effective_abi as u32,
         LandlockStatus::NotEnabled => {
-            return Err("Landlock is built into this kernel but not enabled (lsm= boot option)".into());
+            return Err(LayerError::LandlockNotEnabled);
         }
         LandlockStatus::NotImplemented => {
-            return Err("this kernel has no Landlock (Linux 5.13 or later, built with it)".into());
+            return Err(LayerError::LandlockNotImplemented);
         }
     };
     if status.ruleset == RulesetStatus::NotEnforced {
-        return Err("Landlock did not enforce the ruleset".into());
+        return Err(LayerError::LandlockNotEnforced);
     }
     Ok((abi, abi >= 4, status.all_threads))
 }

@@ -18,7 +18,8 @@
 use std::collections::BTreeMap;
 
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch,
+    BackendError, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
 };
 
 use super::{Profile, VIOLATION_EXIT_CODE, VIOLATION_MARKER};
@@ -122,27 +123,40 @@ const GPU: &[libc::c_long] = &[
     libc::SYS_prlimit64,
 ];
 
-fn arch() -> Result<TargetArch, String> {
-    TargetArch::try_from(std::env::consts::ARCH).map_err(|e| format!("no seccomp filter for this architecture: {e}"))
+/// Why the seccomp layer is missing; the sandbox report keeps its words.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    #[error("no seccomp filter for this architecture: {0}")]
+    Arch(#[source] BackendError),
+    #[error("seccomp filter: {0}")]
+    Filter(#[from] BackendError),
+    #[error("seccomp refused the filter: {0}")]
+    Refused(#[source] seccompiler::Error),
+    #[error("could not install the SIGSYS reporter: {0}")]
+    Reporter(#[source] std::io::Error),
 }
 
-fn arg(index: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, String> {
-    SeccompCondition::new(index, SeccompCmpArgLen::Qword, op, value).map_err(|e| e.to_string())
+fn arch() -> Result<TargetArch, SeccompError> {
+    TargetArch::try_from(std::env::consts::ARCH).map_err(SeccompError::Arch)
+}
+
+fn arg(index: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, BackendError> {
+    SeccompCondition::new(index, SeccompCmpArgLen::Qword, op, value)
 }
 
 /// An argument the kernel reads as a 32-bit `int` (`ioctl`'s request).
-fn arg32(index: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, String> {
-    SeccompCondition::new(index, SeccompCmpArgLen::Dword, op, value).map_err(|e| e.to_string())
+fn arg32(index: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, BackendError> {
+    SeccompCondition::new(index, SeccompCmpArgLen::Dword, op, value)
 }
 
-fn rule(conditions: Vec<SeccompCondition>) -> Result<SeccompRule, String> {
-    SeccompRule::new(conditions).map_err(|e| e.to_string())
+fn rule(conditions: Vec<SeccompCondition>) -> Result<SeccompRule, BackendError> {
+    SeccompRule::new(conditions)
 }
 
 /// The allow-list as BPF: unconditional calls, plus the calls allowed only
 /// with some arguments (threads, not processes; signals to ourselves; a
 /// few `prctl` options).
-pub fn allow_list(profile: Profile, own_pid: u32) -> Result<BpfProgram, String> {
+pub fn allow_list(profile: Profile, own_pid: u32) -> Result<BpfProgram, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     let extra = if profile == Profile::Gpu { GPU } else { &[] };
     for nr in BASE.iter().chain(extra) {
@@ -153,7 +167,7 @@ pub fn allow_list(profile: Profile, own_pid: u32) -> Result<BpfProgram, String> 
     rules.insert(libc::SYS_clone, vec![rule(vec![arg(0, SeccompCmpOp::MaskedEq(thread), thread)?])?]);
     rules.insert(libc::SYS_kill, vec![rule(vec![arg(0, SeccompCmpOp::Eq, pid)?])?]);
     rules.insert(libc::SYS_tgkill, vec![rule(vec![arg(0, SeccompCmpOp::Eq, pid)?])?]);
-    let prctl: Result<Vec<SeccompRule>, String> = [libc::PR_SET_NAME, libc::PR_GET_NAME, libc::PR_SET_VMA]
+    let prctl: Result<Vec<SeccompRule>, BackendError> = [libc::PR_SET_NAME, libc::PR_GET_NAME, libc::PR_SET_VMA]
         .into_iter()
         .map(|option| rule(vec![arg(0, SeccompCmpOp::Eq, option as u64)?]))
         .collect();
@@ -165,31 +179,29 @@ pub fn allow_list(profile: Profile, own_pid: u32) -> Result<BpfProgram, String> 
     // is an unknown request.
     let pagemap_scan = rule(vec![arg32(1, SeccompCmpOp::Eq, crate::pagemap::PAGEMAP_SCAN)?])?;
     rules.entry(libc::SYS_ioctl).or_insert(vec![pagemap_scan]);
-    let filter = SeccompFilter::new(rules, SeccompAction::Trap, SeccompAction::Allow, arch()?)
-        .map_err(|e| format!("seccomp filter: {e}"))?;
-    filter.try_into().map_err(|e: seccompiler::BackendError| format!("seccomp filter: {e}"))
+    let filter = SeccompFilter::new(rules, SeccompAction::Trap, SeccompAction::Allow, arch()?)?;
+    Ok(filter.try_into()?)
 }
 
 /// `clone3` fails with `ENOSYS`; everything else passes to the allow-list.
-fn clone3_fallback() -> Result<BpfProgram, String> {
+fn clone3_fallback() -> Result<BpfProgram, SeccompError> {
     let rules = BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
-    let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::ENOSYS as u32), arch()?)
-        .map_err(|e| format!("seccomp filter: {e}"))?;
-    filter.try_into().map_err(|e: seccompiler::BackendError| format!("seccomp filter: {e}"))
+    let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::ENOSYS as u32), arch()?)?;
+    Ok(filter.try_into()?)
 }
 
 /// Installs the SIGSYS reporter and both filters on every thread.
-pub fn install(profile: Profile) -> Result<(), String> {
+pub fn install(profile: Profile) -> Result<(), SeccompError> {
     let allow = allow_list(profile, std::process::id())?;
     let fallback = clone3_fallback()?;
     install_reporter()?;
     for program in [&fallback, &allow] {
-        seccompiler::apply_filter_all_threads(program).map_err(|e| format!("seccomp refused the filter: {e}"))?;
+        seccompiler::apply_filter_all_threads(program).map_err(SeccompError::Refused)?;
     }
     Ok(())
 }
 
-fn install_reporter() -> Result<(), String> {
+fn install_reporter() -> Result<(), SeccompError> {
     // SAFETY: a zeroed sigaction with our handler and SA_SIGINFO is valid;
     // the handler only calls async-signal-safe write and exit_group.
     unsafe {
@@ -198,7 +210,7 @@ fn install_reporter() -> Result<(), String> {
         action.sa_flags = libc::SA_SIGINFO;
         libc::sigemptyset(&mut action.sa_mask);
         if libc::sigaction(libc::SIGSYS, &action, std::ptr::null_mut()) != 0 {
-            return Err(format!("could not install the SIGSYS reporter: {}", std::io::Error::last_os_error()));
+            return Err(SeccompError::Reporter(std::io::Error::last_os_error()));
         }
     }
     Ok(())

@@ -16,7 +16,7 @@ use zbus::blocking::{Connection, Proxy};
 
 use super::IdleSensor;
 use super::wayland::NOTIFY_AFTER;
-use crate::sensors::Wake;
+use crate::sensors::{SensorError, Wake, bus};
 
 const NAME: &str = "org.gnome.Mutter.IdleMonitor";
 const PATH: &str = "/org/gnome/Mutter/IdleMonitor/Core";
@@ -40,22 +40,22 @@ struct State {
 }
 
 impl MutterIdle {
-    pub fn connect() -> Result<Self, String> {
-        let conn = Connection::session().map_err(|e| format!("no session bus: {e}"))?;
+    pub fn connect() -> Result<Self, SensorError> {
+        let conn = Connection::session().map_err(bus("no session bus"))?;
         let proxy = Proxy::new_owned(conn, NAME.to_owned(), PATH.to_owned(), NAME.to_owned())
-            .map_err(|e| format!("no Mutter idle monitor: {e}"))?;
+            .map_err(bus("no Mutter idle monitor"))?;
         // Subscribed before any watch exists, so no firing is missed. The
         // streams follow the name: a restarted Mutter's signals come here too.
-        let signals = proxy.receive_signal("WatchFired").map_err(|e| format!("no Mutter idle monitor: {e}"))?;
-        let owners = proxy.receive_owner_changed().map_err(|e| format!("no Mutter idle monitor: {e}"))?;
+        let signals = proxy.receive_signal("WatchFired").map_err(bus("no Mutter idle monitor"))?;
+        let owners = proxy.receive_owner_changed().map_err(bus("no Mutter idle monitor"))?;
         let state = Arc::new(Mutex::new(State::default()));
         arm(&proxy, &state)?;
-        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+        let spawn = |name: &'static str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
                 .name(name.into())
                 .spawn(f)
                 .map(drop)
-                .map_err(|e| format!("cannot start {name}: {e}"))
+                .map_err(|source| SensorError::Thread { what: name, source })
         };
         let (p, s) = (proxy.clone(), state.clone());
         spawn("mutter-idle", Box::new(move || follow_watches(&p, signals, &s)))?;
@@ -71,14 +71,11 @@ fn went_idle() -> Instant {
 }
 
 /// Reads the idle time and sets both watches on the Mutter that now owns the name.
-fn arm(proxy: &Proxy<'static>, state: &Mutex<State>) -> Result<(), String> {
-    let idle_ms: u64 =
-        proxy.call("GetIdletime", &()).map_err(|e| format!("no Mutter idle monitor (GetIdletime): {e}"))?;
-    let idle_watch: u32 = proxy
-        .call("AddIdleWatch", &(NOTIFY_AFTER.as_millis() as u64))
-        .map_err(|e| format!("Mutter refused an idle watch: {e}"))?;
-    let active_watch: u32 =
-        proxy.call("AddUserActiveWatch", &()).map_err(|e| format!("Mutter refused a user-active watch: {e}"))?;
+fn arm(proxy: &Proxy<'static>, state: &Mutex<State>) -> Result<(), SensorError> {
+    let idle_ms: u64 = proxy.call("GetIdletime", &()).map_err(bus("no Mutter idle monitor (GetIdletime)"))?;
+    let idle_watch: u32 =
+        proxy.call("AddIdleWatch", &(NOTIFY_AFTER.as_millis() as u64)).map_err(bus("Mutter refused an idle watch"))?;
+    let active_watch: u32 = proxy.call("AddUserActiveWatch", &()).map_err(bus("Mutter refused a user-active watch"))?;
     let idle = Duration::from_millis(idle_ms);
     let mut s = state.lock().expect("idle state");
     s.idle_since = (idle >= NOTIFY_AFTER).then(|| Instant::now().checked_sub(idle)).flatten();

@@ -21,7 +21,7 @@ use wayland_protocols::ext::idle_notify::v1::client::ext_idle_notification_v1::{
 use wayland_protocols::ext::idle_notify::v1::client::ext_idle_notifier_v1::ExtIdleNotifierV1;
 
 use super::IdleSensor;
-use crate::sensors::Wake;
+use crate::sensors::{SensorError, Wake};
 
 /// How long without input before the compositor says "idled". Shorter idle
 /// times read as zero: someone who touched the machine within the last
@@ -57,14 +57,14 @@ struct State {
 }
 
 impl WaylandIdle {
-    pub fn connect() -> Result<Self, String> {
+    pub fn connect() -> Result<Self, SensorError> {
         let shared = Arc::new(Mutex::new(Shared::default()));
         let session = open(&shared)?;
         let s = shared.clone();
         std::thread::Builder::new()
             .name("wayland-idle".into())
             .spawn(move || follow(session, &s))
-            .map_err(|e| format!("cannot start the Wayland idle thread: {e}"))?;
+            .map_err(|source| SensorError::Thread { what: "Wayland idle", source })?;
         Ok(Self { shared })
     }
 }
@@ -94,39 +94,39 @@ fn follow(mut session: Session, shared: &Arc<Mutex<Shared>>) {
 /// The compositor's socket, as libwayland finds it: `WAYLAND_DISPLAY`, an
 /// absolute path or a name in `XDG_RUNTIME_DIR`. (Not `connect_to_env`,
 /// which may change the environment of this multi-threaded process.)
-fn socket() -> Result<UnixStream, String> {
-    let display = std::env::var_os("WAYLAND_DISPLAY").ok_or("WAYLAND_DISPLAY is not set")?;
+fn socket() -> Result<UnixStream, SensorError> {
+    let display = std::env::var_os("WAYLAND_DISPLAY").ok_or(SensorError::Missing("WAYLAND_DISPLAY is not set"))?;
     let path = if Path::new(&display).is_absolute() {
         PathBuf::from(display)
     } else {
-        let runtime = std::env::var_os("XDG_RUNTIME_DIR").ok_or("XDG_RUNTIME_DIR is not set")?;
+        let runtime = std::env::var_os("XDG_RUNTIME_DIR").ok_or(SensorError::Missing("XDG_RUNTIME_DIR is not set"))?;
         Path::new(&runtime).join(display)
     };
-    UnixStream::connect(&path).map_err(|e| format!("cannot reach the Wayland compositor at {}: {e}", path.display()))
+    UnixStream::connect(&path).map_err(|source| SensorError::WaylandSocket { path, source })
 }
 
-fn open(shared: &Arc<Mutex<Shared>>) -> Result<Session, String> {
-    let conn = Connection::from_socket(socket()?).map_err(|e| format!("cannot reach the Wayland compositor: {e}"))?;
-    let (globals, mut queue) =
-        registry_queue_init::<State>(&conn).map_err(|e| format!("the Wayland registry failed: {e}"))?;
+fn open(shared: &Arc<Mutex<Shared>>) -> Result<Session, SensorError> {
+    let conn = Connection::from_socket(socket()?)?;
+    let (globals, mut queue) = registry_queue_init::<State>(&conn)?;
     let qh = queue.handle();
-    let notifier: ExtIdleNotifierV1 =
-        globals.bind(&qh, 1..=1, ()).map_err(|_| "the compositor does not offer ext-idle-notify-v1".to_string())?;
+    let notifier: ExtIdleNotifierV1 = globals
+        .bind(&qh, 1..=1, ())
+        .map_err(|_| SensorError::Missing("the compositor does not offer ext-idle-notify-v1"))?;
     let seat: wl_seat::WlSeat =
-        globals.bind(&qh, 1..=1, ()).map_err(|_| "the Wayland compositor has no seat".to_string())?;
+        globals.bind(&qh, 1..=1, ()).map_err(|_| SensorError::Missing("the Wayland compositor has no seat"))?;
     let ms = NOTIFY_AFTER.as_millis() as u32;
     let notification = notifier.get_idle_notification(ms, &seat, &qh, ());
     let mut state = State { shared: shared.clone() };
-    queue.roundtrip(&mut state).map_err(|e| format!("the Wayland compositor failed: {e}"))?;
+    queue.roundtrip(&mut state)?;
     Ok(Session { queue, state, _notification: notification })
 }
 
 impl Session {
     /// Waits for events and dispatches them until the connection fails; returns why.
-    fn dispatch_until_lost(&mut self) -> String {
+    fn dispatch_until_lost(&mut self) -> SensorError {
         loop {
             if let Err(e) = self.queue.blocking_dispatch(&mut self.state) {
-                return e.to_string();
+                return e.into();
             }
         }
     }

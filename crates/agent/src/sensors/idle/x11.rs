@@ -16,7 +16,7 @@ use x11rb::protocol::sync::{self, ALARMSTATE, ChangeAlarmAux, ConnectionExt as _
 use x11rb::rust_connection::RustConnection;
 
 use super::*;
-use crate::sensors::Wake;
+use crate::sensors::{SensorError, Wake};
 
 /// How long to wait before trying a lost connection again.
 const RECONNECT_EVERY: Duration = Duration::from_secs(5);
@@ -38,11 +38,11 @@ pub struct X11Idle {
 }
 
 impl X11Idle {
-    pub fn connect() -> Result<Self, String> {
+    pub fn connect() -> Result<Self, SensorError> {
         Self::connect_to(None)
     }
 
-    fn connect_to(display: Option<&str>) -> Result<Self, String> {
+    fn connect_to(display: Option<&str>) -> Result<Self, SensorError> {
         Ok(Self {
             display: display.map(str::to_owned),
             conn: Some(open(display)?),
@@ -53,12 +53,12 @@ impl X11Idle {
     }
 }
 
-fn open(display: Option<&str>) -> Result<(RustConnection, u32), String> {
-    let (conn, screen) = RustConnection::connect(display).map_err(|e| format!("cannot open the X display: {e}"))?;
-    if conn.extension_information(screensaver::X11_EXTENSION_NAME).map_err(|e| e.to_string())?.is_none() {
-        return Err("the X server has no MIT-SCREEN-SAVER extension".into());
+fn open(display: Option<&str>) -> Result<(RustConnection, u32), SensorError> {
+    let (conn, screen) = RustConnection::connect(display)?;
+    if conn.extension_information(screensaver::X11_EXTENSION_NAME)?.is_none() {
+        return Err(SensorError::Missing("the X server has no MIT-SCREEN-SAVER extension"));
     }
-    let root = conn.setup().roots.get(screen).ok_or("the X display has no such screen")?.root;
+    let root = conn.setup().roots.get(screen).ok_or(SensorError::Missing("the X display has no such screen"))?.root;
     Ok((conn, root))
 }
 
@@ -71,11 +71,7 @@ impl IdleSensor for X11Idle {
         let Some((conn, root)) = self.conn.as_ref() else {
             return super::while_lost(self.lost_at);
         };
-        match conn
-            .screensaver_query_info(*root)
-            .map_err(|e| e.to_string())
-            .and_then(|c| c.reply().map_err(|e| e.to_string()))
-        {
+        match conn.screensaver_query_info(*root).map_err(SensorError::from).and_then(|c| Ok(c.reply()?)) {
             Ok(r) => Some(Duration::from_millis(u64::from(r.ms_since_user_input))),
             Err(e) => {
                 tracing::warn!(error = %e, "lost the X display; the user counts as present for a minute");
@@ -137,21 +133,20 @@ struct Alarm {
 }
 
 impl Alarm {
-    fn open(display: Option<&str>) -> Result<Self, String> {
-        let (conn, _) = RustConnection::connect(display).map_err(|e| format!("cannot open the X display: {e}"))?;
-        let reply = |e: x11rb::errors::ReplyError| e.to_string();
-        if conn.extension_information(sync::X11_EXTENSION_NAME).map_err(|e| e.to_string())?.is_none() {
-            return Err("the X server has no SYNC extension".into());
+    fn open(display: Option<&str>) -> Result<Self, SensorError> {
+        let (conn, _) = RustConnection::connect(display)?;
+        if conn.extension_information(sync::X11_EXTENSION_NAME)?.is_none() {
+            return Err(SensorError::Missing("the X server has no SYNC extension"));
         }
-        conn.sync_initialize(3, 1).map_err(|e| e.to_string())?.reply().map_err(reply)?;
-        let counters = conn.sync_list_system_counters().map_err(|e| e.to_string())?.reply().map_err(reply)?;
+        conn.sync_initialize(3, 1)?.reply()?;
+        let counters = conn.sync_list_system_counters()?.reply()?;
         let counter = counters
             .counters
             .iter()
             .find(|c| c.name == b"IDLETIME")
-            .ok_or("the X server has no IDLETIME counter")?
+            .ok_or(SensorError::Missing("the X server has no IDLETIME counter"))?
             .counter;
-        let id = conn.generate_id().map_err(|e| e.to_string())?;
+        let id = conn.generate_id()?;
         let aux = CreateAlarmAux::new()
             .counter(counter)
             .value_type(sync::VALUETYPE::ABSOLUTE)
@@ -159,12 +154,12 @@ impl Alarm {
             .test_type(sync::TESTTYPE::NEGATIVE_TRANSITION)
             .delta(Int64 { hi: 0, lo: 0 })
             .events(1);
-        conn.sync_create_alarm(id, &aux).map_err(|e| e.to_string())?.check().map_err(reply)?;
+        conn.sync_create_alarm(id, &aux)?.check()?;
         Ok(Self { conn, id, counter })
     }
 
     /// Wakes the watcher at each alarm until the connection fails; returns why it did.
-    fn follow(self, wake: &Wake) -> String {
+    fn follow(self, wake: &Wake) -> SensorError {
         loop {
             match self.conn.wait_for_event() {
                 Ok(Event::SyncAlarmNotify(e)) if e.alarm == self.id => {
@@ -178,12 +173,12 @@ impl Alarm {
                     }
                 }
                 Ok(_) => {}
-                Err(e) => return e.to_string(),
+                Err(e) => return e.into(),
             }
         }
     }
 
-    fn rearm(&self) -> Result<(), String> {
+    fn rearm(&self) -> Result<(), SensorError> {
         let aux = ChangeAlarmAux::new()
             .counter(self.counter)
             .value_type(sync::VALUETYPE::ABSOLUTE)
@@ -191,8 +186,8 @@ impl Alarm {
             .test_type(sync::TESTTYPE::NEGATIVE_TRANSITION)
             .delta(Int64 { hi: 0, lo: 0 })
             .events(1);
-        self.conn.sync_change_alarm(self.id, &aux).map_err(|e| e.to_string())?;
-        self.conn.flush().map_err(|e| e.to_string())
+        self.conn.sync_change_alarm(self.id, &aux)?;
+        Ok(self.conn.flush()?)
     }
 }
 
