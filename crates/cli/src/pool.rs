@@ -54,7 +54,7 @@ enum Action {
         closed: bool,
         /// What two devices holding replicas of one task must not share:
         /// any of token, org, network (their source address's prefix), or none.
-        #[arg(long, default_value = "token,org,network", value_parser = parse_spread)]
+        #[arg(long, default_value = "token,org,network", value_parser = Spread::parse)]
         spread_replicas: Spread,
         /// The IPv4 prefix length that makes two addresses one network.
         #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u8).range(0..=32))]
@@ -160,10 +160,6 @@ enum TokenAction {
     },
     /// Revoke a token: no new device can enroll with it.
     Revoke { id: u64 },
-}
-
-fn parse_spread(text: &str) -> Result<Spread, String> {
-    Spread::parse(text)
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {

@@ -531,7 +531,7 @@ async fn give_back(
     DeviceRequest(device, req): DeviceRequest<GiveBack>,
 ) -> ApiResult<impl IntoResponse> {
     if let Some(failure) = &req.failure {
-        failure.check().map_err(ApiError::bad_request)?;
+        failure.check().map_err(|e| ApiError::bad_request(e.to_string()))?;
     }
     device.run(&pool, move |s, id| s.give_back(id, lease, &req.lease_token, req.failure.as_ref())).await?;
     Ok(StatusCode::NO_CONTENT)

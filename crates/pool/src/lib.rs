@@ -59,20 +59,27 @@ pub enum Database {
 impl Database {
     /// A `postgres://` (or `postgresql://`) URL, else a SQLite file's path;
     /// an empty value or a URL of another kind is refused, saying why.
-    pub fn parse(db: &str) -> Result<Self, String> {
+    pub fn parse(db: &str) -> Result<Self, BadDatabase> {
         if db.trim().is_empty() {
-            return Err("the database is empty".into());
+            return Err(BadDatabase::Empty);
         }
         if db::is_postgres_url(db) {
             return Ok(Self::Postgres(db.to_owned()));
         }
         if let Some((scheme, _)) = db.split_once("://") {
-            return Err(format!(
-                "{scheme:?}: a database URL starts with postgres:// (any other value is a SQLite file's path)"
-            ));
+            return Err(BadDatabase::Scheme(scheme.to_owned()));
         }
         Ok(Self::Sqlite(PathBuf::from(db)))
     }
+}
+
+/// A `--db` value that names no database.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadDatabase {
+    #[error("the database is empty")]
+    Empty,
+    #[error("{0:?}: a database URL starts with postgres:// (any other value is a SQLite file's path)")]
+    Scheme(String),
 }
 
 impl std::fmt::Debug for Database {
@@ -312,7 +319,7 @@ mod tests {
     fn a_database_is_a_postgresql_url_or_a_sqlite_path() {
         assert_eq!(Database::parse("postgresql://pool@db/x"), Ok(Database::Postgres("postgresql://pool@db/x".into())));
         assert_eq!(Database::parse("/var/lib/pool.sqlite"), Ok(Database::Sqlite("/var/lib/pool.sqlite".into())));
-        assert!(Database::parse("mysql://db/x").unwrap_err().contains("postgres://"));
+        assert!(Database::parse("mysql://db/x").unwrap_err().to_string().contains("postgres://"));
         assert!(Database::parse(" ").is_err());
     }
 }

@@ -31,7 +31,7 @@ impl Spread {
     pub const NONE: Self = Self { token: false, org: false, network: false };
 
     /// `token,org,network` (any of them), or `none`.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, BadSpread> {
         let mut spread = Self::NONE;
         for part in text.split(',').map(str::trim) {
             match part {
@@ -39,12 +39,17 @@ impl Spread {
                 "org" => spread.org = true,
                 "network" => spread.network = true,
                 "none" if text.trim() == "none" => {}
-                other => return Err(format!("{other:?} is not one of token, org, network (or none alone)")),
+                other => return Err(BadSpread(other.to_owned())),
             }
         }
         Ok(spread)
     }
 }
+
+/// A `--spread` part that is not one of its words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not one of token, org, network (or none alone)")]
+pub struct BadSpread(pub String);
 
 impl std::fmt::Display for Spread {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -150,7 +155,7 @@ mod tests {
         assert_eq!(Spread::parse("token,org,network"), Ok(Spread::ALL));
         assert_eq!(Spread::parse("none"), Ok(Spread::NONE));
         assert_eq!(Spread::parse("token"), Ok(Spread { token: true, org: false, network: false }));
-        assert!(Spread::parse("token,ip").unwrap_err().contains("\"ip\""));
+        assert!(Spread::parse("token,ip").unwrap_err().to_string().contains("\"ip\""));
         assert!(Spread::parse("none,token").is_err());
         assert_eq!(Spread::ALL.to_string(), "token,org,network");
         assert_eq!(Spread::NONE.to_string(), "none");

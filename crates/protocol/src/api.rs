@@ -52,22 +52,31 @@ pub struct Payout {
 impl Payout {
     /// Checked: the pool operator types it, and the agent reads it from a
     /// pool's reply, where it values every receipt.
-    pub fn new(per_credit: f64, currency: &str) -> Result<Self, String> {
+    pub fn new(per_credit: f64, currency: &str) -> Result<Self, BadPayout> {
         if !per_credit.is_finite() || per_credit <= 0.0 || per_credit > 1e6 {
-            return Err(format!("payout per credit {per_credit} is not a positive amount of at most 1000000"));
+            return Err(BadPayout::Amount(per_credit));
         }
         let code_ok =
             (3..=8).contains(&currency.len()) && currency.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
         if !code_ok {
-            return Err(format!("currency {currency:?} is not a code of 3 to 8 capital letters or digits, like EUR"));
+            return Err(BadPayout::Currency(currency.to_owned()));
         }
         Ok(Self { per_credit, currency: currency.to_string() })
     }
 
     /// This payout, if it passes [`Payout::new`]'s checks.
-    pub fn checked(&self) -> Result<Self, String> {
+    pub fn checked(&self) -> Result<Self, BadPayout> {
         Self::new(self.per_credit, &self.currency)
     }
+}
+
+/// A payout rate that cannot value a credit.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BadPayout {
+    #[error("payout per credit {0} is not a positive amount of at most 1000000")]
+    Amount(f64),
+    #[error("currency {0:?} is not a code of 3 to 8 capital letters or digits, like EUR")]
+    Currency(String),
 }
 
 /// `POST /v1/enroll`.
@@ -281,15 +290,24 @@ impl TaskFailure {
     pub const MAX_MESSAGE_CHARS: usize = 1000;
 
     /// Within its bounds: the status a short word, the message not too long.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), BadFailure> {
         if self.status.is_empty() || self.status.chars().count() > Self::MAX_STATUS_CHARS {
-            return Err(format!("failure.status must be 1 to {} characters", Self::MAX_STATUS_CHARS));
+            return Err(BadFailure::Status);
         }
         if self.message.chars().count() > Self::MAX_MESSAGE_CHARS {
-            return Err(format!("failure.message must be at most {} characters", Self::MAX_MESSAGE_CHARS));
+            return Err(BadFailure::Message);
         }
         Ok(())
     }
+}
+
+/// A task failure report out of its bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadFailure {
+    #[error("failure.status must be 1 to {} characters", TaskFailure::MAX_STATUS_CHARS)]
+    Status,
+    #[error("failure.message must be at most {} characters", TaskFailure::MAX_MESSAGE_CHARS)]
+    Message,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
