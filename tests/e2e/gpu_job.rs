@@ -220,3 +220,92 @@ fn with_no_gpu_found_a_processor_pause_stops_all_work() {
     // the governor's table test `each_kind_of_work_stops_on_its_own` covers that side.
     agent.stop();
 }
+
+/// The GPU workers `parent` started (by their `--gpu` argument), alive now.
+fn gpu_workers_of(parent: u64) -> Vec<u64> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let gpu = cmdline.split(|b| *b == 0).any(|arg| arg == b"--gpu");
+        if fields[1].parse::<u64>().ok() == Some(parent) && fields[0] != "Z" && gpu {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Stopping GPU work ends the idle GPU worker, which would otherwise keep
+/// its device, pipelines and driver (the GPU's memory) while the user plays;
+/// a GPU task in progress is frozen instead, and the status gives the bound
+/// on what it holds: its `max_memory_bytes`.
+#[test]
+fn a_gpu_pause_ends_the_idle_gpu_worker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = PoolProcess::start(&tmp.path().join("pool"));
+    let wgsl = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../kernels/wgsl");
+    let (shader, layout) = (wgsl.join("mandelbrot.wgsl"), wgsl.join("mandelbrot.json"));
+    let submit = |max_iter: u32, size: &str, tile: &str| {
+        let params = format!(
+            r#"{{"width":{w},"height":{h},"max_iter":{max_iter},"center_re":-0.2,"center_im":0.0,"span":0.4}}"#,
+            w = size.split('x').next().unwrap(),
+            h = size.split('x').nth(1).unwrap(),
+        );
+        let args = [
+            "job",
+            "submit",
+            "--kernel",
+            shader.to_str().unwrap(),
+            "--manifest",
+            layout.to_str().unwrap(),
+            "--params",
+            &params,
+            "--tiles",
+            size,
+            "--tile",
+            tile,
+            "--json",
+        ];
+        let out = operator(&pool, &args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    submit(100, "64x32", "32x16");
+    let dir = tmp.path().join("device");
+    write_settings(&dir, "cpu_duty_cycle_percent = 100\ncpu_cores = 1\ngpu_enabled = true\n");
+    let mut agent = AgentProcess::start(&dir, Some(&pool.url), &[("XDG_RUNTIME_DIR", "/tmp")]);
+    let s =
+        agent.wait_for("the GPU job", Duration::from_secs(120), |s| s["scheduler"]["summary"]["tasks_finished"] == 4);
+    let agent_pid = s["agent"]["pid"].as_u64().unwrap();
+    // Kept warm for the next GPU task, as the processor's worker is.
+    let idle = gpu_workers_of(agent_pid);
+    assert_eq!(idle.len(), 1, "one idle GPU worker: {s}");
+    let ctl = |args: &[&str]| {
+        let out = agent.ctl(args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    ctl(&["pause", "--gpu"]);
+    let t0 = std::time::Instant::now();
+    while proc_state(idle[0]).is_some_and(|(state, _)| state != 'Z') {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the idle GPU worker still runs 10 s into a GPU pause");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(gpu_workers_of(agent_pid).is_empty(), "no GPU worker while GPU work is paused");
+    ctl(&["resume", "--gpu"]);
+
+    // A long GPU task, paused in the middle: frozen, its bound shown.
+    submit(2_000_000, "256x256", "256x256");
+    let s = agent.wait_for("a GPU task", Duration::from_secs(120), |s| {
+        s["workers"]["gpu_pids"].as_array().is_some_and(|g| g.len() == 1)
+            && s["scheduler"]["current_tasks"].as_array().is_some_and(|t| t.iter().any(|t| t["gpu"] == true))
+    });
+    let busy = s["workers"]["gpu_pids"][0].as_u64().unwrap();
+    ctl(&["pause", "--gpu"]);
+    assert_eq!(proc_state(busy).unwrap().0, 'T', "a GPU task in progress is frozen, not ended");
+    let s = agent.status();
+    let task = s["scheduler"]["current_tasks"].as_array().unwrap().iter().find(|t| t["gpu"] == true).cloned();
+    let task = task.unwrap_or_else(|| panic!("the paused GPU task is still shown: {s}"));
+    assert_eq!(task["max_memory_bytes"], 256u64 << 20, "the bound on what the frozen worker holds: {s}");
+    agent.stop();
+}

@@ -2,8 +2,9 @@
 //! shared and noisy, so read them as a distribution, and the interference
 //! figure as a ratio within one run.
 //!
-//! `cargo bench --bench agent [input|programs|idle|duty|interference]` (release profile;
-//! needs Xvfb, xdotool, KWin and Mutter for `input`, the kernel keyring for all).
+//! `cargo bench --bench agent [input|programs|idle|duty|interference|gpu_memory]`
+//! (release profile; needs Xvfb, xdotool, KWin and Mutter for `input`,
+//! Mesa's lavapipe for `gpu_memory`, the kernel keyring for all).
 //!
 //! Everything runs for real: a `pool serve` process, the `idlemesh agent`
 //! daemon with its settings file, its workers, and Xvfb with XTEST input
@@ -21,7 +22,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use agent_process::{AgentProcess, Kwin, Mutter, Xvfb, proc_state, write_settings};
-use harness::{OperatorHttp, PoolProcess};
+use harness::{OperatorHttp, PoolProcess, operator};
 use serde_json::{Value, json};
 
 fn main() {
@@ -59,6 +60,112 @@ fn main() {
         long_job();
         interference(&tmp.path().join("interference"), &pool.url, cores);
     }
+    if want("gpu_memory") {
+        gpu_memory(&tmp.path().join("gpu-memory"));
+    }
+}
+
+/// What a GPU worker holds, warm between tasks, running one and frozen in
+/// one (lavapipe: the device's memory is the worker's own, so its RSS and
+/// PSS are the figure), and how soon a GPU pause ends an idle one.
+fn gpu_memory(dir: &Path) {
+    let pool = PoolProcess::start(&dir.join("pool"));
+    let wgsl = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kernels/wgsl");
+    let (shader, layout) = (wgsl.join("mandelbrot.wgsl"), wgsl.join("mandelbrot.json"));
+    let submit = |max_iter: u32, tile: &str| {
+        let params = format!(
+            r#"{{"width":256,"height":256,"max_iter":{max_iter},"center_re":-0.2,"center_im":0.0,"span":0.4}}"#
+        );
+        let (shader, layout) = (shader.to_str().unwrap(), layout.to_str().unwrap());
+        let args =
+            ["job", "submit", "--kernel", shader, "--manifest", layout, "--params", &params, "--tiles", "256x256"];
+        let out = operator(&pool, &[&args[..], &["--tile", tile]].concat());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let device = dir.join("device");
+    write_settings(&device, "cpu_duty_cycle_percent = 100\ncpu_cores = 1\ngpu_enabled = true\n");
+    let mut agent = AgentProcess::start(&device, Some(&pool.url), &[("IDLEMESH_LOG", "warn")]);
+    let ctl = |args: &[&str]| assert!(agent.ctl(args).status.success(), "{args:?}");
+    let mut ended = Vec::new();
+    for round in 1..=5 {
+        submit(100, "64x64");
+        let s = agent.wait_for("the GPU tasks", Duration::from_secs(120), |s| {
+            s["scheduler"]["summary"]["tasks_finished"] == 16 * round
+        });
+        let agent_pid = s["agent"]["pid"].as_u64().unwrap();
+        let idle = *gpu_workers_of(agent_pid).first().expect("a warm GPU worker");
+        if round == 1 {
+            let (rss, pss) = memory_kib(idle);
+            println!("GPU worker, warm between tasks: RSS {:.1} MiB, PSS {:.1} MiB", mib(rss), mib(pss));
+        }
+        let t0 = Instant::now();
+        ctl(&["pause", "--gpu"]);
+        while proc_state(idle).is_some_and(|(state, _)| state != 'Z') {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        ended.push(t0.elapsed());
+        ctl(&["resume", "--gpu"]);
+    }
+    ended.sort();
+    println!(
+        "GPU pause → the idle GPU worker ended (5 pauses): p50 {:.0} ms, max {:.0} ms; it then holds nothing",
+        ms(percentile(&ended, 0.5)),
+        ms(*ended.last().unwrap()),
+    );
+    submit(2_000_000, "256x256");
+    let s = agent.wait_for("a GPU task", Duration::from_secs(120), |s| {
+        s["workers"]["gpu_pids"].as_array().is_some_and(|g| g.len() == 1)
+    });
+    let busy = s["workers"]["gpu_pids"][0].as_u64().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let (rss, pss) = memory_kib(busy);
+    println!("GPU worker, running a 256×256 tile: RSS {:.1} MiB, PSS {:.1} MiB", mib(rss), mib(pss));
+    ctl(&["pause", "--gpu"]);
+    std::thread::sleep(Duration::from_secs(1));
+    let (rss, pss) = memory_kib(busy);
+    let bound = agent.status()["scheduler"]["current_tasks"][0]["max_memory_bytes"].as_u64().unwrap_or(0);
+    println!(
+        "GPU worker, frozen in that task: RSS {:.1} MiB, PSS {:.1} MiB (its buffers are bounded by the task's \
+         max_memory_bytes, {} MiB, shown in the status)",
+        mib(rss),
+        mib(pss),
+        bound >> 20
+    );
+    agent.stop();
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// RSS and PSS (KiB) of `pid`.
+fn memory_kib(pid: u64) -> (u64, u64) {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |name: &str| {
+        rollup
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("Rss:"), field("Pss:"))
+}
+
+/// The GPU workers `parent` started (by their `--gpu` argument), alive now.
+fn gpu_workers_of(parent: u64) -> Vec<u64> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let gpu = cmdline.split(|b| *b == 0).any(|arg| arg == b"--gpu");
+        if fields[1].parse::<u64>().ok() == Some(parent) && fields[0] != "Z" && gpu {
+            pids.push(pid);
+        }
+    }
+    pids
 }
 
 fn cpu_model() -> String {

@@ -202,6 +202,14 @@ pub struct CurrentTask {
     /// What the kernel last reported through `host.progress`, 0.0..=1.0;
     /// `null` until it reports (many kernels never do).
     pub progress: Option<f32>,
+    /// A WGSL kernel on the GPU (else WASM on the processor).
+    #[serde(default)]
+    pub gpu: bool,
+    /// The most memory the task may use: for a GPU task, the bound on the
+    /// buffers its worker holds while paused in the middle of it (an idle
+    /// GPU worker is ended when GPU work stops, and holds nothing).
+    #[serde(default)]
+    pub max_memory_bytes: u64,
 }
 
 /// What the agent did since it started.

@@ -159,7 +159,17 @@ kernel_sha256: string, started_ms: number, deadline_ms: number,
  * What the kernel last reported through `host.progress`, 0.0..=1.0;
  * `null` until it reports (many kernels never do).
  */
-progress: number | null, };
+progress: number | null, 
+/**
+ * A WGSL kernel on the GPU (else WASM on the processor).
+ */
+gpu: boolean, 
+/**
+ * The most memory the task may use: for a GPU task, the bound on the
+ * buffers its worker holds while paused in the middle of it (an idle
+ * GPU worker is ended when GPU work stops, and holds nothing).
+ */
+max_memory_bytes: number, };
 
 export type TaskSummary = { tasks_finished: number, tasks_failed: number, tasks_refused: number, cpu_ms: number, wall_ms: number, credits: number, receipts: number, 
 /**

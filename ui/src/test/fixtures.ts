@@ -56,6 +56,8 @@ export function status(over: Partial<Status> = {}): Status {
         started_ms: Date.now() - 65_000,
         deadline_ms: Date.now() + 600_000,
         progress: 0.425,
+        gpu: false,
+        max_memory_bytes: 268_435_456,
       },
       current_tasks: [],
       summary: {

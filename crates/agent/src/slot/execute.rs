@@ -143,6 +143,8 @@ impl Slot {
             started_ms: crate::now_ms(),
             deadline_ms: m.deadline_ms,
             progress: None,
+            gpu,
+            max_memory_bytes: m.limits.max_memory_bytes,
         };
         self.publish(|st| st.current_task = Some(current));
         let heartbeat = self.keep_lease_alive(m, control.clone(), abandoned);
@@ -150,7 +152,7 @@ impl Slot {
         let (task, kernel_sha256, params, wgsl) =
             (format!("{}/{}", m.job_id, m.task_id), m.kernel.sha256, m.params.clone(), m.wgsl.clone());
         let (limits, timeout) = (run_limits(m), Duration::from_millis(m.limits.timeout_ms));
-        let (worker, report) = tokio::task::spawn_blocking(move || {
+        let running = tokio::task::spawn_blocking(move || {
             let req = WorkRequest {
                 task,
                 kernel_sha256,
@@ -174,9 +176,23 @@ impl Slot {
             // new one.
             let keep = report.is_ok() && worker.is_alive();
             (keep.then_some(worker), report)
-        })
-        .await
-        .expect("the worker thread does not panic");
+        });
+        // While a processor task runs, a GPU pause still ends this slot's
+        // idle GPU worker.
+        let (gpu_stopped, mut running) = (self.gpu_stopped(), std::pin::pin!(running));
+        let mut gpu_stopped = std::pin::pin!(gpu_stopped);
+        let mut watching_gpu = !gpu;
+        let (worker, report) = loop {
+            let idle_gpu = watching_gpu && self.workers.contains_key(&Profile::Gpu);
+            tokio::select! {
+                done = &mut running => break done.expect("the worker thread does not panic"),
+                () = &mut gpu_stopped, if idle_gpu => {
+                    // Once: a finished future is not polled again.
+                    watching_gpu = false;
+                    self.end_idle_gpu_worker_if_stopped();
+                }
+            }
+        };
         heartbeat.abort();
         if let Some(w) = &self.config.watcher {
             w.detach(control.pid());

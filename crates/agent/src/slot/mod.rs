@@ -299,6 +299,36 @@ impl Slot {
         self.config.watcher.as_ref().map_or(Traffic::All, |w| w.decisions().borrow().traffic)
     }
 
+    /// While GPU work may not run, no idle GPU worker is kept warm: its
+    /// device, pipelines and driver hold GPU memory the user (or the game
+    /// that stopped GPU work) wants back. A GPU worker paused in the middle
+    /// of a task is frozen instead, holding at most that task's buffers
+    /// (its `max_memory_bytes`, shown with the task in the status).
+    fn end_idle_gpu_worker_if_stopped(&mut self) {
+        let stopped = self.config.watcher.as_ref().is_some_and(|w| !w.decisions().borrow().gpu_runs());
+        if stopped && self.workers.remove(&Profile::Gpu).is_some() {
+            tracing::info!(slot = self.index, "GPU work stopped: ended the idle GPU worker and its hold on the GPU");
+        }
+    }
+
+    /// Resolves once GPU work may not run; never without a watcher.
+    fn gpu_stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let decisions = self.config.watcher.as_ref().map(Watcher::decisions);
+        async move {
+            if let Some(mut decisions) = decisions {
+                loop {
+                    if !decisions.borrow_and_update().gpu_runs() {
+                        return;
+                    }
+                    if decisions.changed().await.is_err() {
+                        break;
+                    }
+                }
+            }
+            std::future::pending().await
+        }
+    }
+
     fn allowed(&self, stop: &watch::Receiver<bool>) -> impl Future<Output = bool> + Send + 'static {
         let decisions = self.config.watcher.as_ref().map(Watcher::decisions);
         decision_until(decisions, stop.clone(), |d| !d.is_paused())
@@ -322,6 +352,7 @@ impl Slot {
         self.recover_inflight().await?;
         while !*stop.borrow() {
             self.flush_outbox().await?;
+            self.end_idle_gpu_worker_if_stopped();
             if !self.allowed(&stop).await {
                 break;
             }
@@ -373,9 +404,13 @@ impl Slot {
                     wait
                 }
             };
+            // A GPU pause (or another program's GPU load) ends the warm
+            // GPU worker now, not at the next lease.
+            let holds_gpu = self.workers.contains_key(&Profile::Gpu);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = stop.changed() => {}
+                () = self.gpu_stopped(), if holds_gpu => {}
             }
         }
         self.summary.results_pending = self.outbox.len()?;
