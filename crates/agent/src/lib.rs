@@ -47,7 +47,7 @@ pub use agent::{Agent, AgentConfig, AgentError, Control, DemoError, DemoHost};
 pub use ledger::{Ledger, LedgerError};
 pub use logs::init as init_logging;
 pub use pool_client::{PoolClient, PoolClientError};
-pub use sensors::running_program;
+pub use sensors::{running_program, scan_gpu_clients};
 pub use slot::{PoolTrust, Slot, SlotConfig, SlotError, SlotStatus};
 
 pub(crate) fn now_ms() -> u64 {

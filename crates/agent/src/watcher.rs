@@ -318,11 +318,14 @@ impl Loop {
             snapshot.gpu_found = self.gpu_found.filter(|_| limits.gpu_enabled);
             snapshot.fullscreen = sensors.screen.fullscreen();
             snapshot.exclusive_program = exclusive.clone();
-            // The GPU's busy share is other programs' only if it was read
-            // once none of ours had run for a while.
+            // Other programs' share: counted per client where the kernel
+            // does (DRM fdinfo), so it is known while ours run; else the
+            // device's counter, which is theirs only if it was read once
+            // none of ours had run for a while.
             let read_at = self.slow_read_at;
-            snapshot.other_gpu_percent =
-                snapshot.gpu_busy_percent.filter(|_| self.gpu_idle_since.is_some_and(|t| read_at >= t + GPU_SETTLE));
+            snapshot.other_gpu_percent = slow.gpu_shares.map(|s| s.others).or_else(|| {
+                snapshot.gpu_busy_percent.filter(|_| self.gpu_idle_since.is_some_and(|t| read_at >= t + GPU_SETTLE))
+            });
             snapshot.graphical_session = presence_unknown.clone();
             let (decision, state) = governor::decide(&self.state, &snapshot, &limits, self.pauses);
             self.state = state;

@@ -2,9 +2,9 @@
 //! amdgpu's `gpu_busy_percent` in sysfs, and NVIDIA's through NVML
 //! (`libnvidia-ml`, a management library, not a driver), loaded at run time
 //! and only where an NVIDIA card is present, so nothing NVIDIA is needed to
-//! build or run. The busiest GPU counts. Intel's kernels count busyness per
-//! engine and per client (the i915/xe PMU, DRM fdinfo): not read yet, so
-//! `None` there, as on a machine without a GPU.
+//! build or run. The busiest GPU counts. Every program's own use, where the
+//! kernel counts it per client (amdgpu, i915, xe: the only counter Intel's
+//! kernels have), comes from `drm_clients` (DRM fdinfo).
 //!
 //! (sysinfo's GPU list was used before: for a card that is neither AMD's
 //! nor NVIDIA's it loads Vulkan, and with it the card's driver, into the
@@ -20,13 +20,19 @@ const NVIDIA: &str = "0x10de";
 pub struct DrmGpus {
     /// `/sys/class/drm`.
     root: PathBuf,
+    /// Every program's use, from `/proc/*/fdinfo`.
+    clients: super::drm_clients::DrmClients,
     /// Loaded at the first reading (GPU work on), where an NVIDIA card is.
     nvml: Option<Option<nvml::Nvml>>,
 }
 
 impl DrmGpus {
     pub fn new() -> Self {
-        Self { root: PathBuf::from("/sys/class/drm"), nvml: None }
+        Self {
+            root: PathBuf::from("/sys/class/drm"),
+            clients: super::drm_clients::DrmClients::new("/proc"),
+            nvml: None,
+        }
     }
 }
 
@@ -68,6 +74,10 @@ impl GpuSensor for DrmGpus {
             all.extend(nvml.busy_percent());
         }
         all.into_iter().reduce(f32::max)
+    }
+
+    fn shares(&mut self, ours: &[u32]) -> Option<super::GpuShares> {
+        self.clients.read(ours)
     }
 }
 
@@ -154,11 +164,13 @@ mod tests {
         card("card1", "0x8086", "99"); // Intel: no such counter is read
         card("card0-DP-1", "0x1002", "88"); // a connector, not a card
         card("card2", "0x1002", "not a number");
-        let mut gpus = DrmGpus { root: tmp.path().to_owned(), nvml: Some(None) };
+        let clients = super::super::drm_clients::DrmClients::new(tmp.path().join("proc"));
+        let mut gpus = DrmGpus { root: tmp.path().to_owned(), clients, nvml: Some(None) };
         assert_eq!(gpus.busy_percent(), Some(37.0));
         card("card3", "0x1002", "63");
         assert_eq!(gpus.busy_percent(), Some(63.0), "the busiest GPU");
-        let mut none = DrmGpus { root: tmp.path().join("absent"), nvml: Some(None) };
+        let clients = super::super::drm_clients::DrmClients::new(tmp.path().join("proc"));
+        let mut none = DrmGpus { root: tmp.path().join("absent"), clients, nvml: Some(None) };
         assert_eq!(none.busy_percent(), None, "no GPU, or no counter: unknown");
     }
 }

@@ -6,6 +6,7 @@
 //! idleness often (it decides how fast the user gets the machine back) and
 //! everything else every couple of seconds.
 
+mod drm_clients;
 mod gpu;
 mod idle;
 mod load;
@@ -68,7 +69,15 @@ pub trait ThermalSensor {
 pub trait GpuSensor {
     /// The busiest GPU's utilisation in percent, where a driver reports it.
     fn busy_percent(&mut self) -> Option<f32>;
+    /// The busiest engine's share of every program and of every program
+    /// but `ours`, where the kernel counts use per client.
+    fn shares(&mut self, ours: &[u32]) -> Option<GpuShares> {
+        let _ = ours;
+        None
+    }
 }
+
+pub use drm_clients::{Shares as GpuShares, scan as scan_gpu_clients};
 
 pub trait NetworkSensor {
     /// Whether the current connection is metered, where the OS knows.
@@ -142,6 +151,8 @@ pub struct SlowReadings {
     pub battery: Option<Battery>,
     pub cpu_temp_c: Option<f32>,
     pub gpu_busy_percent: Option<f32>,
+    /// Per program, where the kernel counts it (DRM fdinfo).
+    pub gpu_shares: Option<GpuShares>,
     pub metered_network: Option<bool>,
 }
 
@@ -201,6 +212,7 @@ impl Sensors {
             battery: self.power.battery(),
             cpu_temp_c: self.thermal.cpu_temp_c(),
             gpu_busy_percent: if gpu { self.gpu.busy_percent() } else { None },
+            gpu_shares: if gpu { self.gpu.shares(ours) } else { None },
             metered_network: self.network.metered(),
         }
     }
@@ -225,7 +237,9 @@ pub fn snapshot(
         other_cpu_percent: slow.other_cpu_percent,
         battery: slow.battery,
         cpu_temp_c: slow.cpu_temp_c,
-        gpu_busy_percent: slow.gpu_busy_percent,
+        // The device's own counter (amdgpu, NVML), else the clients' sum
+        // (Intel's kernels count busyness only per client).
+        gpu_busy_percent: slow.gpu_busy_percent.or(slow.gpu_shares.map(|s| s.all)),
         // The watcher knows whether our own GPU kernels run, what is full
         // screen and which programs run.
         other_gpu_percent: None,
