@@ -2,9 +2,10 @@
 //! shared and noisy, so read them as a distribution, and the interference
 //! figure as a ratio within one run.
 //!
-//! `cargo bench --bench agent [input|programs|idle|duty|interference|gpu_memory]`
+//! `cargo bench --bench agent [input|programs|idle|duty|interference|gpu_memory|gpu_busy]`
 //! (release profile; needs Xvfb, xdotool, KWin and Mutter for `input`,
-//! Mesa's lavapipe for `gpu_memory`, the kernel keyring for all).
+//! Mesa's lavapipe for `gpu_memory`, umockdev for `gpu_busy`, the kernel
+//! keyring for all).
 //!
 //! Everything runs for real: a `pool serve` process, the `idlemesh agent`
 //! daemon with its settings file, its workers, and Xvfb with XTEST input
@@ -21,7 +22,7 @@ mod agent_process;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agent_process::{AgentProcess, Kwin, Mutter, Xvfb, proc_state, write_settings};
+use agent_process::{AgentProcess, Kwin, Mutter, Xvfb, proc_state, run_under, write_settings};
 use harness::{OperatorHttp, PoolProcess, operator};
 use serde_json::{Value, json};
 
@@ -63,6 +64,60 @@ fn main() {
     if want("gpu_memory") {
         gpu_memory(&tmp.path().join("gpu-memory"));
     }
+    if want("gpu_busy") {
+        gpu_busy_crossing(&tmp.path().join("gpu-busy"));
+    }
+}
+
+/// Another program's GPU load crossing `max_other_gpu_percent` → GPU work
+/// stopped (the decision every GPU worker is frozen by), and the load
+/// ending → GPU work allowed again: the governor's grace (2 s) and
+/// hysteresis (10 s) plus the watcher's once-a-second reading. The card is
+/// amdgpu's sysfs under umockdev, read by the agent's real sensor.
+fn gpu_busy_crossing(dir: &Path) {
+    write_settings(dir, "gpu_enabled = true\nmax_other_gpu_percent = 30\n");
+    let device = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/e2e/data/amdgpu.umockdev");
+    let bed_file = dir.join("umockdev-dir");
+    let mut agent = AgentProcess::start_with(dir, None, &[("IDLEMESH_LOG", "warn")], |cmd| {
+        let prefix = ["umockdev-run".as_ref(), "-d".as_ref(), device.as_os_str(), "--".as_ref()];
+        run_under(cmd, &prefix, &format!("echo \"$UMOCKDEV_DIR\" > '{}'", bed_file.display()))
+    });
+    let bed = std::path::PathBuf::from(std::fs::read_to_string(&bed_file).unwrap().trim());
+    let busy = |percent: &str| {
+        std::fs::write(bed.join("sys/class/drm/card0/device/gpu_busy_percent"), percent).unwrap();
+    };
+    let gpu_runs = |agent: &AgentProcess| agent.status()["decision"]["action"]["gpu"] == true;
+    agent.wait_for("GPU work allowed", Duration::from_secs(30), |s| s["decision"]["action"]["gpu"] == true);
+    const CROSSINGS: usize = 8;
+    let (mut stop, mut back) = (Vec::new(), Vec::new());
+    for n in 0..CROSSINGS {
+        // At a different point of the watcher's one-second reading each time.
+        std::thread::sleep(Duration::from_millis(n as u64 * 1000 / CROSSINGS as u64));
+        busy("63");
+        let t0 = Instant::now();
+        while gpu_runs(&agent) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop.push(t0.elapsed());
+        busy("2");
+        let t0 = Instant::now();
+        while !gpu_runs(&agent) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        back.push(t0.elapsed());
+    }
+    agent.stop();
+    stop.sort();
+    back.sort();
+    let s = |d: &[Duration], p: f64| percentile(d, p).as_secs_f64();
+    println!(
+        "another program's GPU load crosses the limit → GPU work stopped ({CROSSINGS} crossings): p50 {:.2} s, \
+         p95 {:.2} s (grace 2 s); the load ends → allowed again: p50 {:.1} s, p95 {:.1} s (hysteresis 10 s)",
+        s(&stop, 0.5),
+        s(&stop, 0.95),
+        s(&back, 0.5),
+        s(&back, 0.95),
+    );
 }
 
 /// What a GPU worker holds, warm between tasks, running one and frozen in
