@@ -4,7 +4,6 @@
 //! to it; under Xvfb, real input from xdotool; under KWin (Wayland), input
 //! through KWin's fake-input protocol.
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -687,13 +686,7 @@ fn another_program_busy_on_the_gpu_stops_gpu_work_alone() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("agent");
     write_settings(&dir, "gpu_enabled = true\nmax_other_gpu_percent = 30\n");
-    let device = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/e2e/data/amdgpu.umockdev");
-    let bed_file = dir.join("umockdev-dir");
-    let agent = AgentProcess::start_with(&dir, None, &[], |cmd| {
-        let prefix = ["umockdev-run".as_ref(), "-d".as_ref(), device.as_os_str(), "--".as_ref()];
-        run_under(cmd, &prefix, &format!("echo \"$UMOCKDEV_DIR\" > '{}'", bed_file.display()))
-    });
-    let bed = PathBuf::from(std::fs::read_to_string(&bed_file).unwrap().trim());
+    let (agent, bed) = AgentProcess::start_under_umockdev(&dir, "amdgpu.umockdev", &[]);
     let busy = |percent: &str| {
         std::fs::write(bed.join("sys/class/drm/card0/device/gpu_busy_percent"), percent).unwrap();
     };
@@ -729,13 +722,7 @@ fn on_battery_below_the_minimum_it_pauses_and_resumes_only_past_the_hysteresis()
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("agent");
     write_settings(&dir, "min_battery_percent = 50\nrun_on_battery = false\n");
-    let device = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/e2e/data/battery.umockdev");
-    let bed_file = dir.join("umockdev-dir");
-    let agent = AgentProcess::start_with(&dir, None, &[], |cmd| {
-        let prefix = ["umockdev-run".as_ref(), "-d".as_ref(), device.as_os_str(), "--".as_ref()];
-        run_under(cmd, &prefix, &format!("echo \"$UMOCKDEV_DIR\" > '{}'", bed_file.display()))
-    });
-    let bed = PathBuf::from(std::fs::read_to_string(&bed_file).unwrap().trim());
+    let (agent, bed) = AgentProcess::start_under_umockdev(&dir, "battery.umockdev", &[]);
     let set = |dev: &str, attr: &str, value: &str| {
         std::fs::write(bed.join("sys/class/power_supply").join(dev).join(attr), value).unwrap();
     };

@@ -53,6 +53,20 @@ impl AgentProcess {
         Self::start_with(dir, pool, extra_env, |cmd| cmd)
     }
 
+    /// The agent under `umockdev-run` with the devices of `device` (a
+    /// `.umockdev` file in `tests/e2e/data`), and the test bed's folder, in
+    /// which the test changes what the fake devices say.
+    pub fn start_under_umockdev(dir: &Path, device: &str, extra_env: &[(&str, &str)]) -> (Self, PathBuf) {
+        let device = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/e2e/data").join(device);
+        let bed_file = dir.join("umockdev-dir");
+        let agent = Self::start_with(dir, None, extra_env, |cmd| {
+            let prefix = ["umockdev-run".as_ref(), "-d".as_ref(), device.as_os_str(), "--".as_ref()];
+            run_under(cmd, &prefix, &format!("echo \"$UMOCKDEV_DIR\" > '{}'", bed_file.display()))
+        });
+        let bed = PathBuf::from(std::fs::read_to_string(&bed_file).unwrap().trim());
+        (agent, bed)
+    }
+
     /// The same, with the command wrapped (in umockdev-run, for example).
     pub fn start_with(
         dir: &Path,

@@ -8,36 +8,20 @@ use idlemesh_kernel_mandelbrot as mandelbrot;
 use serde_json::Value;
 
 use crate::agent_process::{AgentProcess, proc_state, write_settings};
-use crate::harness::{OperatorHttp, PoolProcess, operator};
+use crate::harness::{OperatorHttp, PoolProcess, operator, submit_wgsl_mandelbrot};
 
 #[test]
 fn a_wgsl_job_runs_only_once_the_gpu_is_enabled() {
     let tmp = tempfile::tempdir().unwrap();
     let pool = PoolProcess::start(&tmp.path().join("pool"));
-    let wgsl = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../kernels/wgsl");
-    let (shader, layout) = (wgsl.join("mandelbrot.wgsl"), wgsl.join("mandelbrot.json"));
     let params = r#"{"width":64,"height":32,"max_iter":100,"center_re":-0.5,"center_im":0.0,"span":3.0}"#;
-    let args = [
-        "job",
-        "submit",
-        "--kernel",
-        shader.to_str().unwrap(),
-        "--manifest",
-        layout.to_str().unwrap(),
-        "--params",
-        params,
-        "--tiles",
-        "64x32",
-        "--tile",
-        "32x16",
-        "--json",
-    ];
-    let out = operator(&pool, &args);
+    let out = submit_wgsl_mandelbrot(&pool, params, "64x32", "32x16");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let created: Value = serde_json::from_slice(&out.stdout).unwrap();
     let job = created["job_id"].as_u64().unwrap();
     assert_eq!(created["tasks"], 4);
     // A WGSL kernel without its layout is refused before anything is uploaded.
+    let shader = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../kernels/wgsl/mandelbrot.wgsl");
     let out = operator(&pool, &["job", "submit", "--kernel", shader.to_str().unwrap(), "--range", "0..2"]);
     assert_eq!(out.status.code(), Some(2));
 
@@ -98,27 +82,10 @@ fn frozen(pid: u64) -> bool {
 fn the_gpu_and_the_processor_pause_apart() {
     let tmp = tempfile::tempdir().unwrap();
     let pool = PoolProcess::start(&tmp.path().join("pool"));
-    let wgsl = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../kernels/wgsl");
-    let (shader, layout) = (wgsl.join("mandelbrot.wgsl"), wgsl.join("mandelbrot.json"));
     // One long GPU task (every pixel inside the set runs to max_iter), then
     // long processor tasks: one slot runs the GPU's, the other a processor's.
     let params = r#"{"width":256,"height":256,"max_iter":2000000,"center_re":-0.2,"center_im":0.0,"span":0.4}"#;
-    let args = [
-        "job",
-        "submit",
-        "--kernel",
-        shader.to_str().unwrap(),
-        "--manifest",
-        layout.to_str().unwrap(),
-        "--params",
-        params,
-        "--tiles",
-        "256x256",
-        "--tile",
-        "256x256",
-        "--json",
-    ];
-    let out = operator(&pool, &args);
+    let out = submit_wgsl_mandelbrot(&pool, params, "256x256", "256x256");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let op = OperatorHttp::new(&pool.url, &pool.token);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -245,30 +212,12 @@ fn gpu_workers_of(parent: u64) -> Vec<u64> {
 fn a_gpu_pause_ends_the_idle_gpu_worker() {
     let tmp = tempfile::tempdir().unwrap();
     let pool = PoolProcess::start(&tmp.path().join("pool"));
-    let wgsl = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../kernels/wgsl");
-    let (shader, layout) = (wgsl.join("mandelbrot.wgsl"), wgsl.join("mandelbrot.json"));
     let submit = |max_iter: u32, size: &str, tile: &str| {
+        let (w, h) = size.split_once('x').unwrap();
         let params = format!(
-            r#"{{"width":{w},"height":{h},"max_iter":{max_iter},"center_re":-0.2,"center_im":0.0,"span":0.4}}"#,
-            w = size.split('x').next().unwrap(),
-            h = size.split('x').nth(1).unwrap(),
+            r#"{{"width":{w},"height":{h},"max_iter":{max_iter},"center_re":-0.2,"center_im":0.0,"span":0.4}}"#
         );
-        let args = [
-            "job",
-            "submit",
-            "--kernel",
-            shader.to_str().unwrap(),
-            "--manifest",
-            layout.to_str().unwrap(),
-            "--params",
-            &params,
-            "--tiles",
-            size,
-            "--tile",
-            tile,
-            "--json",
-        ];
-        let out = operator(&pool, &args);
+        let out = submit_wgsl_mandelbrot(&pool, &params, size, tile);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     };
     submit(100, "64x32", "32x16");
@@ -307,5 +256,7 @@ fn a_gpu_pause_ends_the_idle_gpu_worker() {
     let task = s["scheduler"]["current_tasks"].as_array().unwrap().iter().find(|t| t["gpu"] == true).cloned();
     let task = task.unwrap_or_else(|| panic!("the paused GPU task is still shown: {s}"));
     assert_eq!(task["max_memory_bytes"], 256u64 << 20, "the bound on what the frozen worker holds: {s}");
+    // Its one slot holds a frozen task: not "working" for the pool.
+    assert_eq!(s["state"], "paused", "{s}");
     agent.stop();
 }

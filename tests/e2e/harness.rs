@@ -158,6 +158,30 @@ pub fn operator(pool: &PoolProcess, args: &[&str]) -> Output {
     operator_at(&pool.url, &pool.token, args)
 }
 
+/// Submits the WGSL Mandelbrot (`kernels/wgsl`) with its layout as the
+/// operator: `params` as JSON text, the image `tiles` (`WxH`) cut in `tile`s.
+pub fn submit_wgsl_mandelbrot(pool: &PoolProcess, params: &str, tiles: &str, tile: &str) -> Output {
+    let wgsl = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../kernels/wgsl");
+    let (shader, layout) = (wgsl.join("mandelbrot.wgsl"), wgsl.join("mandelbrot.json"));
+    let (shader, layout) = (shader.to_str().unwrap(), layout.to_str().unwrap());
+    let args = [
+        "job",
+        "submit",
+        "--kernel",
+        shader,
+        "--manifest",
+        layout,
+        "--params",
+        params,
+        "--tiles",
+        tiles,
+        "--tile",
+        tile,
+        "--json",
+    ];
+    operator(pool, &args)
+}
+
 pub fn operator_at(url: &str, token: &str, args: &[&str]) -> Output {
     run_logged(args, &[("IDLEMESH_POOL_URL", url.as_ref()), ("IDLEMESH_OPERATOR_TOKEN", token.as_ref())])
 }

@@ -275,14 +275,16 @@ impl Loop {
                 // The limits are read from the effective settings below, every pass.
                 self.config.settings.lock().expect("settings lock").refresh();
             }
+            // The limits of this pass, read once.
+            let mut limits = self.config.settings.lock().expect("settings lock").limits();
+            limits.lend_now = self.lend_now;
             let slow_tick = now >= next_slow;
             if slow_tick {
                 next_slow = now + SLOW_POLL;
                 let ours: Vec<u32> = self.workers.iter().map(|(w, _)| w.pid()).collect();
                 // The GPU only while GPU work is on: reading it may wake a
                 // sleeping laptop GPU.
-                let gpu = self.config.settings.lock().expect("settings lock").limits().gpu_enabled;
-                slow = sensors.read_slow(&ours, gpu);
+                slow = sensors.read_slow(&ours, limits.gpu_enabled);
                 self.slow_read_at = now;
                 if now >= next_session_check {
                     next_session_check = now + SESSION_POLL;
@@ -306,8 +308,6 @@ impl Loop {
                 self.pauses = pauses;
                 self.save_pauses();
             }
-            let mut limits = self.config.settings.lock().expect("settings lock").limits();
-            limits.lend_now = self.lend_now;
             if slow_tick {
                 // The programs the user listed, with the slow sensors.
                 exclusive = crate::sensors::running_program(&limits.exclusive_programs);

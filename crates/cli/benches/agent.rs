@@ -22,8 +22,8 @@ mod agent_process;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agent_process::{AgentProcess, Kwin, Mutter, Xvfb, proc_state, run_under, write_settings};
-use harness::{OperatorHttp, PoolProcess, operator};
+use agent_process::{AgentProcess, Kwin, Mutter, Xvfb, proc_state, write_settings};
+use harness::{OperatorHttp, PoolProcess, submit_wgsl_mandelbrot};
 use serde_json::{Value, json};
 
 fn main() {
@@ -76,13 +76,7 @@ fn main() {
 /// amdgpu's sysfs under umockdev, read by the agent's real sensor.
 fn gpu_busy_crossing(dir: &Path) {
     write_settings(dir, "gpu_enabled = true\nmax_other_gpu_percent = 30\n");
-    let device = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/e2e/data/amdgpu.umockdev");
-    let bed_file = dir.join("umockdev-dir");
-    let mut agent = AgentProcess::start_with(dir, None, &[("IDLEMESH_LOG", "warn")], |cmd| {
-        let prefix = ["umockdev-run".as_ref(), "-d".as_ref(), device.as_os_str(), "--".as_ref()];
-        run_under(cmd, &prefix, &format!("echo \"$UMOCKDEV_DIR\" > '{}'", bed_file.display()))
-    });
-    let bed = std::path::PathBuf::from(std::fs::read_to_string(&bed_file).unwrap().trim());
+    let (mut agent, bed) = AgentProcess::start_under_umockdev(dir, "amdgpu.umockdev", &[("IDLEMESH_LOG", "warn")]);
     let busy = |percent: &str| {
         std::fs::write(bed.join("sys/class/drm/card0/device/gpu_busy_percent"), percent).unwrap();
     };
@@ -125,16 +119,11 @@ fn gpu_busy_crossing(dir: &Path) {
 /// PSS are the figure), and how soon a GPU pause ends an idle one.
 fn gpu_memory(dir: &Path) {
     let pool = PoolProcess::start(&dir.join("pool"));
-    let wgsl = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kernels/wgsl");
-    let (shader, layout) = (wgsl.join("mandelbrot.wgsl"), wgsl.join("mandelbrot.json"));
     let submit = |max_iter: u32, tile: &str| {
         let params = format!(
             r#"{{"width":256,"height":256,"max_iter":{max_iter},"center_re":-0.2,"center_im":0.0,"span":0.4}}"#
         );
-        let (shader, layout) = (shader.to_str().unwrap(), layout.to_str().unwrap());
-        let args =
-            ["job", "submit", "--kernel", shader, "--manifest", layout, "--params", &params, "--tiles", "256x256"];
-        let out = operator(&pool, &[&args[..], &["--tile", tile]].concat());
+        let out = submit_wgsl_mandelbrot(&pool, &params, "256x256", tile);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     };
     let device = dir.join("device");

@@ -328,10 +328,17 @@ impl Shared {
             self.scheduler.lock().expect("scheduler lock").iter().map(|s| s.lock().expect("status").clone()).collect();
         let scheduler = combine(&slots);
         let paused = watch.as_ref().is_none_or(|w| w.decision.is_paused());
+        // Every task held is of a kind stopped now (the one slot's GPU task,
+        // frozen by a GPU pause): the machine is not working for the pool.
+        let all_held = watch.as_ref().zip(scheduler.as_ref()).is_some_and(|(w, s)| {
+            let d = &w.decision;
+            !s.current_tasks.is_empty()
+                && s.current_tasks.iter().all(|t| if t.gpu { !d.gpu_runs() } else { !d.cpu_runs() })
+        });
         let problem = self.pool_problem.lock().expect("lock").clone();
         let state = match (&watch, &scheduler) {
             (None, _) => State::Starting,
-            _ if paused => State::Paused,
+            _ if paused || all_held => State::Paused,
             (_, Some(s)) if s.current_task.is_some() => State::Working,
             (_, Some(_)) => State::WaitingForWork,
             (_, None) if problem.as_ref().is_some_and(|p| p.code == PoolProblemCode::NoPool) => State::NoPool,

@@ -150,19 +150,19 @@ pub const SPECS: &[Spec] = &[
         key: "max_other_gpu_percent",
         kind: Kind::Float { min: 1.0, max: 100.0, step: 1.0 },
         label: "Make way when other programs use more than (% of the GPU)",
-        help: "When a game, a video or another program keeps the graphics card this busy while no GPU work of ours runs (before it starts, or while it is paused), GPU work waits for it; processor work goes on.",
+        help: "When a game, a video or another program keeps the graphics card this busy, GPU work waits for it; processor work goes on. Linux only for now; on NVIDIA cards another program is seen only while no GPU work of ours runs.",
     },
     Spec {
         key: "pause_when_fullscreen",
         kind: Kind::Bool,
         label: "Pause while a full-screen window is in front",
-        help: "A game or a film shown full screen stops all work until it leaves full screen, even if you have not touched the mouse.",
+        help: "A game or a film shown full screen stops all work until it leaves full screen, even if you have not touched the mouse. On X11 desktops only for now (Wayland compositors do not tell other programs).",
     },
     Spec {
         key: "exclusive_programs",
         kind: Kind::Programs,
         label: "Pause while these programs run",
-        help: "Program names as your system lists them (for example steam, obs), separated by commas. While any of them runs, nothing is lent. Empty: none.",
+        help: "Program names as your system lists them (for example steam, obs), separated by commas. While any of them runs, nothing is lent. Empty: none. Linux only for now.",
     },
     Spec {
         key: "require_sandbox",
