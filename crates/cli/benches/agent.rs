@@ -496,8 +496,15 @@ fn exclusive_programs_scan() {
 
 /// The headless agent watching, enrolled in a pool with no work.
 fn idle_overhead(dir: &Path, pool: &str) {
+    idle_overhead_with(&dir.join("defaults"), pool, "", "defaults");
+    // Every watcher on: the GPU's counters and clients, a program list.
+    let all = "gpu_enabled = true\nexclusive_programs = [\"steam\", \"obs\"]\n";
+    idle_overhead_with(&dir.join("watchers"), pool, all, "GPU work and exclusive_programs on");
+}
+
+fn idle_overhead_with(dir: &Path, pool: &str, settings: &str, label: &str) {
     const WINDOW: Duration = Duration::from_secs(60);
-    write_settings(dir, "");
+    write_settings(dir, settings);
     let agent = AgentProcess::start(dir, Some(pool), &[("IDLEMESH_LOG", "warn")]);
     let s = agent.wait_for("enrolment", Duration::from_secs(30), |s| s["state"] == "waiting_for_work");
     let pid = s["agent"]["pid"].as_u64().unwrap();
@@ -510,7 +517,7 @@ fn idle_overhead(dir: &Path, pool: &str) {
     }
     let cpu = (cpu_ns(pid).unwrap() - c0) as f64 / t0.elapsed().as_nanos() as f64 * 100.0;
     println!(
-        "headless agent watching, no work, {} s: {cpu:.3} % of one core, RSS {:.1} MB (peak)",
+        "headless agent watching ({label}), no work, {} s: {cpu:.3} % of one core, RSS {:.1} MB (peak)",
         WINDOW.as_secs(),
         peak_rss as f64 * 1024.0 / 1e6
     );
