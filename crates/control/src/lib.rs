@@ -39,6 +39,20 @@ pub use status::{
 
 use ts_rs::TS;
 
+/// Set to have the tests that own a checked-in generated file (the
+/// TypeScript types, the dashboard's test schema) write it anew.
+pub const UPDATE_GENERATED_ENV: &str = "IDLEMESH_UPDATE_TS";
+
+/// For those tests: with [`UPDATE_GENERATED_ENV`] set, writes `now` to
+/// `path` (then it is fresh); otherwise, whether `path` holds exactly `now`.
+pub fn generated_file_is_fresh(path: &std::path::Path, now: &str) -> std::io::Result<bool> {
+    if std::env::var_os(UPDATE_GENERATED_ENV).is_some() {
+        std::fs::write(path, now)?;
+        return Ok(true);
+    }
+    Ok(std::fs::read_to_string(path).is_ok_and(|checked_in| checked_in == now))
+}
+
 /// The TypeScript of every type above, as one module: what
 /// `ui/src/lib/control.gen.ts` holds.
 pub fn typescript() -> String {
