@@ -204,3 +204,19 @@ pub fn proc_state(pid: u64) -> Option<(char, u64)> {
     let ticks = fields[11].parse::<u64>().ok()? + fields[12].parse::<u64>().ok()?;
     Some((state, ticks))
 }
+
+/// The GPU workers `parent` started (by their `--gpu` argument), alive now.
+pub fn gpu_workers_of(parent: u64) -> Vec<u64> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let gpu = cmdline.split(|b| *b == 0).any(|arg| arg == b"--gpu");
+        if fields[1].parse::<u64>().ok() == Some(parent) && fields[0] != "Z" && gpu {
+            pids.push(pid);
+        }
+    }
+    pids
+}

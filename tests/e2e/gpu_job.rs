@@ -7,7 +7,7 @@ use std::time::Duration;
 use idlemesh_kernel_mandelbrot as mandelbrot;
 use serde_json::Value;
 
-use crate::agent_process::{AgentProcess, proc_state, write_settings};
+use crate::agent_process::{AgentProcess, gpu_workers_of, proc_state, write_settings};
 use crate::harness::{OperatorHttp, PoolProcess, operator, submit_wgsl_mandelbrot};
 
 #[test]
@@ -186,22 +186,6 @@ fn with_no_gpu_found_a_processor_pause_stops_all_work() {
     // With a GPU found (the same agent, the driver back) it would run the GPU alone:
     // the governor's table test `each_kind_of_work_stops_on_its_own` covers that side.
     agent.stop();
-}
-
-/// The GPU workers `parent` started (by their `--gpu` argument), alive now.
-fn gpu_workers_of(parent: u64) -> Vec<u64> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
-        let gpu = cmdline.split(|b| *b == 0).any(|arg| arg == b"--gpu");
-        if fields[1].parse::<u64>().ok() == Some(parent) && fields[0] != "Z" && gpu {
-            pids.push(pid);
-        }
-    }
-    pids
 }
 
 /// Stopping GPU work ends the idle GPU worker, which would otherwise keep

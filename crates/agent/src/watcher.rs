@@ -466,7 +466,7 @@ impl Loop {
     fn stopped(&self, decision: &Decision, gpu: bool) -> bool {
         match decision.action {
             Action::Pause => true,
-            _ if !(if gpu { decision.gpu_runs() } else { decision.cpu_runs() }) => true,
+            _ if !decision.kind_runs(gpu) => true,
             Action::Run { duty_cycle_percent, .. } if duty_cycle_percent < 100 => {
                 let period = DUTY_PERIOD.as_micros() as u64;
                 let phase = self.duty_epoch.elapsed().as_micros() as u64 % period;

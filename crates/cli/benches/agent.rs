@@ -22,7 +22,7 @@ mod agent_process;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agent_process::{AgentProcess, Kwin, Mutter, Xvfb, proc_state, write_settings};
+use agent_process::{AgentProcess, Kwin, Mutter, Xvfb, gpu_workers_of, proc_state, write_settings};
 use harness::{OperatorHttp, PoolProcess, submit_wgsl_mandelbrot};
 use serde_json::{Value, json};
 
@@ -194,22 +194,6 @@ fn memory_kib(pid: u64) -> (u64, u64) {
             .unwrap_or(0)
     };
     (field("Rss:"), field("Pss:"))
-}
-
-/// The GPU workers `parent` started (by their `--gpu` argument), alive now.
-fn gpu_workers_of(parent: u64) -> Vec<u64> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
-        let gpu = cmdline.split(|b| *b == 0).any(|arg| arg == b"--gpu");
-        if fields[1].parse::<u64>().ok() == Some(parent) && fields[0] != "Z" && gpu {
-            pids.push(pid);
-        }
-    }
-    pids
 }
 
 fn cpu_model() -> String {

@@ -275,4 +275,9 @@ impl Decision {
     pub fn gpu_runs(&self) -> bool {
         matches!(self.action, Action::Run { gpu: true, .. })
     }
+
+    /// Whether kernels of this kind (`gpu`, else the processor's) may run now.
+    pub fn kind_runs(&self, gpu: bool) -> bool {
+        if gpu { self.gpu_runs() } else { self.cpu_runs() }
+    }
 }

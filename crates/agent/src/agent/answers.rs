@@ -227,7 +227,7 @@ impl Shared {
         // Written before the pin goes, so `ledger verify` follows the same
         // trust as the agent: a receipt after this must come from a new enrollment.
         if let Some(key) = crate::pins::pinned(&self.data_dir, url).map_err(io_refusal)? {
-            crate::ledger::Ledger::open(&self.data_dir.join("ledger.sqlite"))
+            crate::ledger::Ledger::open(self.ledger_path())
                 .and_then(|mut l| {
                     l.record(&idlemesh_control::LedgerEntry::PoolLeft(idlemesh_control::PoolLeft {
                         pool: url.to_owned(),
@@ -331,9 +331,7 @@ impl Shared {
         // Every task held is of a kind stopped now (the one slot's GPU task,
         // frozen by a GPU pause): the machine is not working for the pool.
         let all_held = watch.as_ref().zip(scheduler.as_ref()).is_some_and(|(w, s)| {
-            let d = &w.decision;
-            !s.current_tasks.is_empty()
-                && s.current_tasks.iter().all(|t| if t.gpu { !d.gpu_runs() } else { !d.cpu_runs() })
+            !s.current_tasks.is_empty() && s.current_tasks.iter().all(|t| !w.decision.kind_runs(t.gpu))
         });
         let problem = self.pool_problem.lock().expect("lock").clone();
         let state = match (&watch, &scheduler) {

@@ -148,59 +148,53 @@ impl DrmClients {
             read_descriptors(&self.descriptors)
         };
         self.readings = self.readings.wrapping_add(1);
-        let last = self.last.replace((now, clients));
-        let (then, before) = last?;
-        let (_, clients) = self.last.as_ref().expect("just stored");
-        shares(before.iter(), clients, now.duration_since(then).as_nanos() as u64, ours)
+        let since = self
+            .last
+            .as_ref()
+            .and_then(|(then, before)| shares(before, &clients, now.duration_since(*then).as_nanos() as u64, ours));
+        self.last = Some((now, clients));
+        since
     }
 }
 
 /// Each engine's busy share between two readings `wall_ns` apart, summed
 /// over the clients present in both; the busiest engine of any device.
-fn shares<'a>(
-    before: impl Iterator<Item = (&'a (String, u64), &'a (ClientUsage, Vec<u32>))>,
-    now: &Clients,
-    wall_ns: u64,
-    ours: &[u32],
-) -> Option<Shares> {
+fn shares(before: &Clients, now: &Clients, wall_ns: u64, ours: &[u32]) -> Option<Shares> {
     if wall_ns == 0 {
         return None;
     }
-    // (device, engine) → (all, others): busy ns, or for xe busy and total cycles.
-    let mut busy: BTreeMap<(String, String), ([f64; 2], f64)> = BTreeMap::new();
+    // (device, engine) → the share of every client, and of every client but ours.
+    let mut busy: BTreeMap<(String, String), [f64; 2]> = BTreeMap::new();
     let mut any = false;
     for (key, (was, _)) in before {
         let Some((is, holders)) = now.get(key) else { continue };
         any = true;
         let ours = holders.iter().any(|p| ours.contains(p));
+        let mut add = |engine: &str, share: f64| {
+            let e = busy.entry((is.device.clone(), engine.to_owned())).or_default();
+            e[0] += share;
+            if !ours {
+                e[1] += share;
+            }
+        };
         for (engine, ns) in &is.engine_ns {
             let spent = ns.saturating_sub(*was.engine_ns.get(engine).unwrap_or(ns)) as f64;
             let capacity = *is.capacity.get(engine).unwrap_or(&1) as f64;
-            let share = spent / (wall_ns as f64 * capacity);
-            let e = busy.entry((is.device.clone(), engine.clone())).or_default();
-            e.0[0] += share;
-            if !ours {
-                e.0[1] += share;
-            }
+            add(engine, spent / (wall_ns as f64 * capacity));
         }
+        // xe: busy cycles out of the GPU's cycles in between.
         for (class, (cycles, total)) in &is.cycles {
             let (was_cycles, was_total) = was.cycles.get(class).copied().unwrap_or((*cycles, *total));
             let elapsed = total.saturating_sub(was_total);
-            if elapsed == 0 {
-                continue;
-            }
-            let share = cycles.saturating_sub(was_cycles) as f64 / elapsed as f64;
-            let e = busy.entry((is.device.clone(), class.clone())).or_default();
-            e.0[0] += share;
-            if !ours {
-                e.0[1] += share;
+            if elapsed > 0 {
+                add(class, cycles.saturating_sub(was_cycles) as f64 / elapsed as f64);
             }
         }
     }
     if !any {
         return None;
     }
-    let percent = |i: usize| busy.values().map(|(s, _)| (s[i] * 100.0).clamp(0.0, 100.0) as f32).fold(0.0, f32::max);
+    let percent = |i: usize| busy.values().map(|s| (s[i] * 100.0).clamp(0.0, 100.0) as f32).fold(0.0, f32::max);
     Some(Shares { all: percent(0), others: percent(1) })
 }
 
@@ -255,12 +249,12 @@ mod tests {
             // Started since: no share until the next reading.
             (("gpu".into(), 3), (client("gpu", 3, 900_000_000), vec![300])),
         ]);
-        let s = shares(before.iter(), &now, second, &[100]).unwrap();
+        let s = shares(&before, &now, second, &[100]).unwrap();
         assert!((s.all - 95.0).abs() < 0.01 && (s.others - 25.0).abs() < 0.01, "{s:?}");
         // Without knowing ours, all of it counts as others'.
-        assert!((shares(before.iter(), &now, second, &[]).unwrap().others - 95.0).abs() < 0.01);
+        assert!((shares(&before, &now, second, &[]).unwrap().others - 95.0).abs() < 0.01);
         // Nothing in both readings: no figure.
-        assert_eq!(shares(std::iter::empty(), &now, second, &[]), None);
+        assert_eq!(shares(&Clients::new(), &now, second, &[]), None);
     }
 
     #[test]
@@ -274,14 +268,14 @@ mod tests {
         let key = (was.device.clone(), was.client_id);
         let before: Clients = HashMap::from([(key.clone(), (was, vec![1]))]);
         let now: Clients = HashMap::from([(key, (is, vec![1]))]);
-        assert_eq!(shares(before.iter(), &now, second, &[]).unwrap().all, 100.0);
+        assert_eq!(shares(&before, &now, second, &[]).unwrap().all, 100.0);
         let was = parse(XE).unwrap();
         let mut is = was.clone();
         is.cycles.insert("rcs".into(), (28_257_900 + 300, 7_655_183_225 + 1000));
         let key = (was.device.clone(), was.client_id);
         let before: Clients = HashMap::from([(key.clone(), (was, vec![1]))]);
         let now: Clients = HashMap::from([(key, (is, vec![1]))]);
-        assert!((shares(before.iter(), &now, second, &[]).unwrap().all - 30.0).abs() < 0.01);
+        assert!((shares(&before, &now, second, &[]).unwrap().all - 30.0).abs() < 0.01);
     }
 
     /// The real scan over a tree laid out as `/proc` is: descriptors as

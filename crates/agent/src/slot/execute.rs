@@ -179,8 +179,8 @@ impl Slot {
         });
         // While a processor task runs, a GPU pause still ends this slot's
         // idle GPU worker.
-        let (gpu_stopped, mut running) = (self.gpu_stopped(), std::pin::pin!(running));
-        let mut gpu_stopped = std::pin::pin!(gpu_stopped);
+        let mut running = std::pin::pin!(running);
+        let mut gpu_stopped = std::pin::pin!(self.gpu_stopped());
         let mut watching_gpu = !gpu;
         let (worker, report) = loop {
             let idle_gpu = watching_gpu && self.workers.contains_key(&Profile::Gpu);
@@ -238,10 +238,7 @@ impl Slot {
                 tick.tick().await;
                 // Paused: this task's kind of work may not run (all work, or
                 // the GPU's or the processor's alone).
-                let paused = decisions.as_ref().is_some_and(|d| {
-                    let d = d.borrow();
-                    !(if gpu { d.gpu_runs() } else { d.cpu_runs() })
-                });
+                let paused = decisions.as_ref().is_some_and(|d| !d.borrow().kind_runs(gpu));
                 let since = if paused {
                     *paused_since.get_or_insert_with(tokio::time::Instant::now)
                 } else {
