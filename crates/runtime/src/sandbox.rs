@@ -224,6 +224,7 @@ impl Flavour {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(SandboxError::Engine)?;
         Kernel::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
             .map_err(SandboxError::Engine)?;
+        crate::host::serve_read_input_without_a_copy(&mut linker).map_err(SandboxError::Engine)?;
         let cache = match &config.cache_dir {
             Some(dir) => {
                 let dir = dir.join(if metered { METERED_CACHE } else { PLAIN_CACHE });

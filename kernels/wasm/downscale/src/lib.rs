@@ -50,37 +50,46 @@ pub fn downscale_from<'a>(
     }
     let (ow, oh) = (w / f, h / f);
     let area = (f * f) as u32;
-    let mut out = Vec::with_capacity(ow * oh * 4);
+    let mut out = vec![0u8; ow * oh * 4];
     // A strip of output pixels at a time: each input column's channels
     // summed down the F rows (contiguous bytes into contiguous u16 sums,
     // F·255 fits), then F neighbouring columns summed across, four channels
     // at once. Integer sums: the same values in any order. Summing each
     // block's pixels in place instead left both compilers deinterleaving
     // channels and reducing vectors for every 4-pixel row (docs/benchmarks.md).
+    // Each mean is written in its place in a zeroed output, not pushed: in
+    // WASM the Vec's length and capacity live in memory, reread per pixel.
     const STRIP: usize = 64;
     let mut columns = vec![0u16; STRIP * f * 4];
     let band_len = w * 4 * f;
-    for oy in 0..oh {
+    for (oy, out_row) in out.chunks_exact_mut(ow * 4).enumerate() {
         let band = read(oy * band_len, band_len);
         if band.len() != band_len {
             return Err(format!("the input ended early, at band {oy} of {oh}"));
         }
         for first in (0..ow).step_by(STRIP) {
             let strip = &mut columns[..STRIP.min(ow - first) * f * 4];
-            strip.fill(0);
-            for row in band.chunks_exact(w * 4) {
-                for (sum, byte) in strip.iter_mut().zip(&row[first * f * 4..]) {
+            let mut rows = band.chunks_exact(w * 4).map(|row| &row[first * f * 4..]);
+            // The first row sets the sums, so they need no clearing first.
+            for (sum, byte) in strip.iter_mut().zip(rows.next().unwrap_or_default()) {
+                *sum = u16::from(*byte);
+            }
+            for row in rows {
+                for (sum, byte) in strip.iter_mut().zip(row) {
                     *sum += u16::from(*byte);
                 }
             }
-            for block in strip.chunks_exact(f * 4) {
+            let out_strip = &mut out_row[first * 4..][..strip.len() / f];
+            for (block, mean) in strip.chunks_exact(f * 4).zip(out_strip.chunks_exact_mut(4)) {
                 let mut sum = [0u32; 4];
                 for px in block.chunks_exact(4) {
                     for c in 0..4 {
                         sum[c] += u32::from(px[c]);
                     }
                 }
-                out.extend(sum.map(|s| ((s + area / 2) / area) as u8));
+                for c in 0..4 {
+                    mean[c] = ((sum[c] + area / 2) / area) as u8;
+                }
             }
         }
     }
