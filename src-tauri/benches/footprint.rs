@@ -184,6 +184,9 @@ fn main() {
             report("dashboard open", pid);
             idle_cpu("idle, dashboard open", pid, Duration::from_secs(10));
             println!("  dashboard process's largest mappings (MiB): {}", largest_mappings(dashboard, 8));
+            for child in tree(dashboard).into_iter().skip(1) {
+                println!("  {}'s largest mappings (MiB): {}", comm(child), largest_mappings(child, 8));
+            }
         }
         assert!(close_dashboard(&x.display), "found the dashboard window");
         let deadline = Instant::now() + Duration::from_secs(20);
