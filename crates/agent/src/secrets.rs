@@ -194,7 +194,7 @@ pub fn device_key(scope: &str) -> Result<Keypair, SecretsError> {
 
 /// Removes the device key for `scope`: the tests clean up the OS keyring
 /// with it (the agent itself never forgets its key).
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 pub fn forget_device_key(scope: &str) -> Result<(), SecretsError> {
     match Entry::new(SERVICE, &format!("device-key:{scope}"))?.delete_credential() {
         Ok(()) | Err(KeyringError::NoEntry) => Ok(()),
@@ -208,7 +208,8 @@ pub fn scope_of(data_dir: &std::path::Path) -> String {
     idlemesh_protocol::Sha256::of(abs.as_os_str().as_encoded_bytes()).to_string()[..16].to_string()
 }
 
-#[cfg(test)]
+// These use the kernel keyring, which only Linux has.
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
 

@@ -172,6 +172,15 @@ impl Watcher {
     }
 }
 
+/// The loop keeps a sender of its own (input events wake it through it),
+/// so the channel never closes: only `Shutdown` ends its thread, and a
+/// handle dropped without one would leave it running, workers governed.
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
 struct Loop {
     config: WatcherConfig,
     shared: Arc<Mutex<Option<WatchStatus>>>,
@@ -509,4 +518,44 @@ impl Loop {
 
 fn codes(d: &Decision) -> Vec<ReasonCode> {
     d.reasons.iter().map(|r| r.code).collect()
+}
+
+// Under Xvfb: an X server is this test's idle sensor.
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use crate::settings::Machine;
+
+    /// With an idle sensor that wakes the loop on input (X, here under
+    /// Xvfb), the loop holds a sender of its own: only the handle's drop
+    /// sending `Shutdown` ends it.
+    #[test]
+    fn dropping_the_watcher_ends_its_thread() {
+        let x = crate::sensors::xvfb::Xvfb::start();
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name);
+        let settings = Settings::open(Machine::this(), path("settings.toml"), path("policy.toml"));
+        let display = x.display.clone();
+        let watcher = Watcher::start(WatcherConfig {
+            settings: Arc::new(Mutex::new(settings)),
+            pause_file: path("pause.json"),
+            ledger_path: path("ledger.jsonl"),
+            sensors: Box::new(move || {
+                let mut sensors = Sensors::this_machine();
+                sensors.idle = Box::new(crate::sensors::X11Idle::connect_to(Some(&display)).unwrap());
+                sensors
+            }),
+        })
+        .unwrap();
+        let decisions = watcher.decisions();
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(decisions.has_changed().is_ok(), "the watcher's thread ended by itself");
+        drop(watcher);
+        // The loop's end drops the decisions' sender.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while decisions.has_changed().is_ok() {
+            assert!(Instant::now() < deadline, "the watcher's thread still runs 10 s after its handle was dropped");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }

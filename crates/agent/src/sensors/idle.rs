@@ -96,6 +96,8 @@ mod wayland;
 
 #[cfg(target_os = "linux")]
 mod x11;
+#[cfg(all(test, target_os = "linux"))]
+pub(crate) use x11::{X11Idle, xvfb};
 
 #[cfg(target_os = "linux")]
 mod logind {

@@ -21,6 +21,8 @@ use std::time::Duration;
 use crate::governor::{Battery, Snapshot};
 
 pub use idle::open_idle_sensor;
+#[cfg(all(test, target_os = "linux"))]
+pub(crate) use idle::{X11Idle, xvfb};
 pub use screen::{ScreenSensor, running_program};
 pub use session::graphical_session;
 

@@ -42,7 +42,7 @@ impl X11Idle {
         Self::connect_to(None)
     }
 
-    fn connect_to(display: Option<&str>) -> Result<Self, SensorError> {
+    pub(crate) fn connect_to(display: Option<&str>) -> Result<Self, SensorError> {
         Ok(Self {
             display: display.map(str::to_owned),
             conn: Some(open(display)?),
@@ -199,7 +199,7 @@ fn millis(d: Duration) -> Int64 {
 #[cfg(test)]
 #[allow(dead_code, reason = "shared with the end-to-end tests; this test uses part of it")]
 #[path = "../../../../../tests/common/xvfb.rs"]
-mod xvfb;
+pub(crate) mod xvfb;
 
 #[cfg(test)]
 mod tests {
