@@ -84,6 +84,21 @@ pub struct Watcher {
     tx: mpsc::Sender<Command>,
     status: Arc<Mutex<Option<WatchStatus>>>,
     decisions: watch::Receiver<Decision>,
+    /// Shared by every clone: the last one dropped ends the loop.
+    _stop: Arc<StopOnDrop>,
+}
+
+/// The loop keeps a sender of its own (input events wake it through it),
+/// so its channel never closes: only `Shutdown` ends its thread, and the
+/// last handle dropped without one would leave it running, its workers
+/// still governed.
+#[derive(Debug)]
+struct StopOnDrop(mpsc::Sender<Command>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send(Command::Shutdown);
+    }
 }
 
 pub struct WatcherConfig {
@@ -116,7 +131,8 @@ impl Watcher {
         })?;
         // Callers (the control socket first) may rely on a first decision.
         let _ = ready.recv_timeout(Duration::from_secs(10));
-        Ok(Self { tx, status, decisions })
+        let stop = Arc::new(StopOnDrop(tx.clone()));
+        Ok(Self { tx, status, decisions, _stop: stop })
     }
 
     /// Pauses (or, with `ManualPause::None`, resumes) the work `scope`
@@ -169,15 +185,6 @@ impl Watcher {
     /// Follows the governor's decisions (the scheduler waits on this).
     pub fn decisions(&self) -> watch::Receiver<Decision> {
         self.decisions.clone()
-    }
-}
-
-/// The loop keeps a sender of its own (input events wake it through it),
-/// so the channel never closes: only `Shutdown` ends its thread, and a
-/// handle dropped without one would leave it running, workers governed.
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        self.shutdown();
     }
 }
 
@@ -527,10 +534,10 @@ mod tests {
     use crate::settings::Machine;
 
     /// With an idle sensor that wakes the loop on input (X, here under
-    /// Xvfb), the loop holds a sender of its own: only the handle's drop
-    /// sending `Shutdown` ends it.
+    /// Xvfb), the loop holds a sender of its own: only the last handle's
+    /// drop sending `Shutdown` ends it.
     #[test]
-    fn dropping_the_watcher_ends_its_thread() {
+    fn dropping_the_last_watcher_handle_ends_its_thread() {
         let x = crate::sensors::xvfb::Xvfb::start();
         let dir = tempfile::tempdir().unwrap();
         let path = |name: &str| dir.path().join(name);
@@ -548,8 +555,10 @@ mod tests {
         })
         .unwrap();
         let decisions = watcher.decisions();
+        // Clones come and go (the scheduler's slots hold them): the loop runs on.
+        drop(watcher.clone());
         std::thread::sleep(Duration::from_millis(500));
-        assert!(decisions.has_changed().is_ok(), "the watcher's thread ended by itself");
+        assert!(decisions.has_changed().is_ok(), "the watcher's thread ended while a handle remains");
         drop(watcher);
         // The loop's end drops the decisions' sender.
         let deadline = Instant::now() + Duration::from_secs(10);
