@@ -81,23 +81,28 @@ pub struct WatchStatus {
 /// The handle everyone else holds.
 #[derive(Debug, Clone)]
 pub struct Watcher {
-    tx: mpsc::Sender<Command>,
+    /// Shared by every clone: the last one dropped ends the loop.
+    tx: Arc<Commands>,
     status: Arc<Mutex<Option<WatchStatus>>>,
     decisions: watch::Receiver<Decision>,
-    /// Shared by every clone: the last one dropped ends the loop.
-    _stop: Arc<StopOnDrop>,
 }
 
-/// The loop keeps a sender of its own (input events wake it through it),
-/// so its channel never closes: only `Shutdown` ends its thread, and the
-/// last handle dropped without one would leave it running, its workers
-/// still governed.
+/// The handles' way to the loop. The loop keeps a sender of its own (input
+/// events wake it through it), so its channel never closes: only
+/// `Shutdown` ends its thread, and the last handle dropped without one
+/// would leave it running, its workers still governed.
 #[derive(Debug)]
-struct StopOnDrop(mpsc::Sender<Command>);
+struct Commands(mpsc::Sender<Command>);
 
-impl Drop for StopOnDrop {
+impl Commands {
+    fn send(&self, command: Command) -> Result<(), mpsc::SendError<Command>> {
+        self.0.send(command)
+    }
+}
+
+impl Drop for Commands {
     fn drop(&mut self) {
-        let _ = self.0.send(Command::Shutdown);
+        let _ = self.send(Command::Shutdown);
     }
 }
 
@@ -131,8 +136,7 @@ impl Watcher {
         })?;
         // Callers (the control socket first) may rely on a first decision.
         let _ = ready.recv_timeout(Duration::from_secs(10));
-        let stop = Arc::new(StopOnDrop(tx.clone()));
-        Ok(Self { tx, status, decisions, _stop: stop })
+        Ok(Self { tx: Arc::new(Commands(tx)), status, decisions })
     }
 
     /// Pauses (or, with `ManualPause::None`, resumes) the work `scope`
