@@ -8,7 +8,7 @@ use idlemesh_kernel_mandelbrot as mandelbrot;
 use serde_json::Value;
 
 use crate::agent_process::{AgentProcess, gpu_workers_of, proc_state, write_settings};
-use crate::harness::{OperatorHttp, PoolProcess, operator, submit_wgsl_mandelbrot};
+use crate::harness::{OperatorHttp, PoolProcess, operator, submit_wgsl_mandelbrot, wgsl_mandelbrot};
 
 #[test]
 fn a_wgsl_job_runs_only_once_the_gpu_is_enabled() {
@@ -21,8 +21,8 @@ fn a_wgsl_job_runs_only_once_the_gpu_is_enabled() {
     let job = created["job_id"].as_u64().unwrap();
     assert_eq!(created["tasks"], 4);
     // A WGSL kernel without its layout is refused before anything is uploaded.
-    let shader = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../kernels/wgsl/mandelbrot.wgsl");
-    let out = operator(&pool, &["job", "submit", "--kernel", shader.to_str().unwrap(), "--range", "0..2"]);
+    let (shader, _) = wgsl_mandelbrot();
+    let out = operator(&pool, &["job", "submit", "--kernel", &shader, "--range", "0..2"]);
     assert_eq!(out.status.code(), Some(2));
 
     // GPU use is off by default: the device gets no GPU work.

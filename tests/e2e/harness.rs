@@ -158,12 +158,18 @@ pub fn operator(pool: &PoolProcess, args: &[&str]) -> Output {
     operator_at(&pool.url, &pool.token, args)
 }
 
-/// Submits the WGSL Mandelbrot (`kernels/wgsl`) with its layout as the
-/// operator: `params` as JSON text, the image `tiles` (`WxH`) cut in `tile`s.
-pub fn submit_wgsl_mandelbrot(pool: &PoolProcess, params: &str, tiles: &str, tile: &str) -> Output {
+/// The WGSL Mandelbrot's shader and its layout (`kernels/wgsl`).
+pub fn wgsl_mandelbrot() -> (String, String) {
     let wgsl = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../kernels/wgsl");
-    let (shader, layout) = (wgsl.join("mandelbrot.wgsl"), wgsl.join("mandelbrot.json"));
-    let (shader, layout) = (shader.to_str().unwrap(), layout.to_str().unwrap());
+    let file = |name: &str| wgsl.join(name).to_str().unwrap().to_owned();
+    (file("mandelbrot.wgsl"), file("mandelbrot.json"))
+}
+
+/// Submits the WGSL Mandelbrot with its layout as the operator: `params`
+/// as JSON text, the image `tiles` (`WxH`) cut in `tile`s.
+pub fn submit_wgsl_mandelbrot(pool: &PoolProcess, params: &str, tiles: &str, tile: &str) -> Output {
+    let (shader, layout) = wgsl_mandelbrot();
+    let (shader, layout) = (shader.as_str(), layout.as_str());
     let args = [
         "job",
         "submit",
