@@ -34,7 +34,8 @@ pub(crate) async fn device(
 /// A device whose request signature verified.
 pub(crate) struct Device {
     pub id: u64,
-    signature: String,
+    /// The request signature's 64 bytes.
+    signature: Vec<u8>,
     /// When the request's timestamp turns stale: the signature need not be remembered longer.
     expires_ms: u64,
 }
@@ -121,11 +122,10 @@ impl DeviceClaim {
     pub(crate) fn verify(self, method: &Method, path: &str, body: &[u8]) -> Result<Device, ApiError> {
         auth::verify_request(&self.key, &self.sig, method.as_str(), path, body, now_ms())
             .map_err(|e| ApiError::unauthorized(e.to_string()))?;
-        Ok(Device {
-            id: self.sig.device_id,
-            expires_ms: self.sig.timestamp + auth::MAX_CLOCK_SKEW_MS,
-            signature: self.sig.signature,
-        })
+        // Spent by its bytes, not its text: hex reads capitals too, and the
+        // same signature in other letters must still be a replay.
+        let signature = hex::decode(&self.sig.signature).map_err(|e| ApiError::unauthorized(e.to_string()))?;
+        Ok(Device { id: self.sig.device_id, expires_ms: self.sig.timestamp + auth::MAX_CLOCK_SKEW_MS, signature })
     }
 }
 

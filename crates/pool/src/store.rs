@@ -260,7 +260,8 @@ impl Store {
     /// operation's first statement, and a replay fails it (a duplicate
     /// key), which aborts the transaction and reads as `Replayed` from that
     /// statement on. That saves a round trip on every device request.
-    pub fn spend_signature(&mut self, signature: &str, expires_ms: u64, now: u64) -> Result<(), StoreError> {
+    /// `signature`: its bytes (decoded), so that one signature has one key however it was written.
+    pub fn spend_signature(&mut self, signature: &[u8], expires_ms: u64, now: u64) -> Result<(), StoreError> {
         if now.saturating_sub(self.pruned_ms) >= 1_000 {
             // A minute's margin: another replica whose clock runs behind
             // this one's still accepts a timestamp this one calls stale.
@@ -275,7 +276,7 @@ impl Store {
             self.pruned_ms = now;
         }
         // A digest keeps the table small; 128 bits do not collide by chance.
-        let digest = &Sha256::of(signature.as_bytes()).to_hex()[..32];
+        let digest = &Sha256::of(signature).to_hex()[..32];
         if self.db.dialect() == Dialect::Postgres {
             self.db.defer(
                 "INSERT INTO seen_signatures (signature, expires_ms) VALUES (?1, ?2)",

@@ -97,6 +97,14 @@ async fn device_requests_are_signed_fresh_and_used_once() {
     let (status, err) = call(&pool, signed(&key, device, "/v1/leases", &body, now)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(err["error"]["message"].as_str().unwrap().contains("replayed"), "{err}");
+    // The same signature written in capitals (hex either way, the same
+    // bytes): the same request, so a replay too.
+    let mut shouted = signed(&key, device, "/v1/leases", &body, now);
+    let capitals = shouted.headers()[auth::HEADER_SIGNATURE].to_str().unwrap().to_ascii_uppercase();
+    shouted.headers_mut().insert(auth::HEADER_SIGNATURE, capitals.parse().unwrap());
+    let (status, err) = call(&pool, shouted).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("replayed"), "{err}");
     // Stale, forged, or for a device that does not exist.
     let stale = now - auth::MAX_CLOCK_SKEW_MS - 1_000;
     assert_eq!(call(&pool, signed(&key, device, "/v1/leases", &body, stale)).await.0, StatusCode::UNAUTHORIZED);

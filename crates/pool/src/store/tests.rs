@@ -621,8 +621,10 @@ fn a_new_devices_result_is_confirmed_before_it_counts_and_a_liar_stays_checked(b
 fn signed_lease(w: &mut World, signature: &str, device: u64, now: u64) -> Result<Vec<TaskManifest>, StoreError> {
     let caps = Capabilities { wasm: true, wgpu_adapter: None, cores: 2, memory_bytes: 0 };
     w.store.begin_lone()?;
-    let done =
-        w.store.spend_signature(signature, now + 60_000, now).and_then(|()| w.store.lease(device, &caps, 1, now, None));
+    let done = w
+        .store
+        .spend_signature(signature.as_bytes(), now + 60_000, now)
+        .and_then(|()| w.store.lease(device, &caps, 1, now, None));
     match done {
         Ok(leased) => w.store.commit().map(|()| leased),
         Err(e) => {
@@ -644,12 +646,12 @@ fn a_request_signature_is_spent_once_and_a_replay_changes_nothing(b: Backend) {
     assert_eq!(w.lease(d, 10, 2_002).len(), 2);
     // A replay whose operation sends nothing more is refused at the commit.
     w.store.begin_lone().unwrap();
-    let spent = w.store.spend_signature("signature one", 62_000, 2_003).and_then(|()| w.store.commit());
+    let spent = w.store.spend_signature(b"signature one", 62_000, 2_003).and_then(|()| w.store.commit());
     assert!(matches!(spent, Err(StoreError::Replayed)), "{spent:?}");
     w.store.rollback();
     // A new signature is fine.
     w.store.begin_lone().unwrap();
-    w.store.spend_signature("signature two", 62_000, 2_004).unwrap();
+    w.store.spend_signature(b"signature two", 62_000, 2_004).unwrap();
     w.store.commit().unwrap();
 }
 
