@@ -7,8 +7,13 @@
 //! PostgreSQL is a private server (`initdb` in a temp dir, Unix socket) with
 //! its default durability: `fsync` and `synchronous_commit` on.
 //!
-//! `cargo bench -p idlemesh-cli --bench pool -- [DEVICES] [SECONDS] [CONCURRENCY] [sqlite,pg1,pg2]`
+//! `cargo bench -p idlemesh-cli --bench pool -- [DEVICES] [SECONDS] [CONCURRENCY] [sqlite,pg1,pg2,floor]`
 //! (a set-up written `pg1=PATH` runs the pool binary at PATH instead).
+//!
+//! `floor` (not run by default) is no pool at all: PostgreSQL's own
+//! `pgbench` runs the least SQL a round trip could cost (benches/pg_floor),
+//! a statement per request and then set-oriented for eight requests at once,
+//! and the bench prints what the server's CPU per round trip comes to.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -91,7 +96,7 @@ fn main() {
     let concurrency = arg(3, 64) as usize;
     let setups = std::env::args().filter(|a| !a.starts_with('-')).nth(4).unwrap_or_else(|| "sqlite,pg1,pg2".into());
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cluster = setups.contains("pg").then(|| {
+    let cluster = (setups.contains("pg") || setups.contains("floor")).then(|| {
         // Extra server settings for experiments: IDLEMESH_BENCH_PG="synchronous_commit=off,...".
         let extra = std::env::var("IDLEMESH_BENCH_PG").unwrap_or_default();
         let settings: Vec<(&str, &str)> = extra.split(',').filter_map(|kv| kv.split_once('=')).collect();
@@ -101,6 +106,10 @@ fn main() {
         // `pg1=/path/to/idlemesh`: that build of the pool instead of this
         // one, to compare two builds in alternating runs of one invocation.
         let (setup, bin) = setup.split_once('=').unwrap_or((setup, env!("CARGO_BIN_EXE_idlemesh")));
+        if setup == "floor" {
+            floor(cluster.as_ref().unwrap(), seconds, concurrency);
+            continue;
+        }
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("pool.key").display().to_string();
         let mut db_name = None;
@@ -174,6 +183,7 @@ fn load(bases: &[String], devices_n: usize, seconds: u64, concurrency: usize) {
         let deadline = Instant::now() + Duration::from_secs(seconds);
         let caps = Capabilities { wasm: true, wgpu_adapter: None, cores: 4, memory_bytes: 8 << 30 };
         let dry = Arc::new(std::sync::OnceLock::<Instant>::new());
+        let (busy0, server0) = (cpu_seconds().0, postgres_cpu_seconds());
         let started = Instant::now();
         let workers: Vec<_> = (0..concurrency).map(|_| {
             let (http, devices, next, caps, dry) = (http.clone(), devices.clone(), next.clone(), caps.clone(), dry.clone());
@@ -226,11 +236,19 @@ fn load(bases: &[String], devices_n: usize, seconds: u64, concurrency: usize) {
         // Ran dry: over the time until the last result, not until the
         // deadline (the workers stopped early).
         let elapsed = if dry.get().is_some() { last } else { Instant::now() }.duration_since(started).as_secs_f64();
+        let (busy, server) = (cpu_seconds().0 - busy0, postgres_cpu_seconds() - server0);
         all.sort();
         let pct = |p: f64| all[((all.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
         println!(
             "{} lease+result round trips in {:.1} s from {} devices, {} in flight: {:.0} round trips/s (target >= 2000); latency p50 {:.2} ms, p99 {:.2} ms; {} requests refused",
             all.len(), elapsed, devices.len(), concurrency, all.len() as f64 / elapsed, pct(0.5), pct(0.99), refused
+        );
+        // Over the run until every worker stopped (a dry job's tail included).
+        let n = all.len() as f64;
+        println!(
+            "CPU a round trip: {:.3} ms for the whole machine, of which PostgreSQL's processes {:.3} ms",
+            busy / n * 1e3,
+            server / n * 1e3
         );
         if let Some(at) = dry.get() {
             println!(
@@ -239,6 +257,105 @@ fn load(bases: &[String], devices_n: usize, seconds: u64, concurrency: usize) {
             );
         }
     });
+}
+
+/// CPU time of the whole machine (all cores, busy) and of this process's
+/// waited-for children, in seconds.
+fn cpu_seconds() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let ticks: Vec<u64> =
+        stat.lines().next().unwrap().split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal: busy is all but idle and iowait.
+    let busy = ticks.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, t)| t).sum::<u64>();
+    // SAFETY: getrusage fills the struct it is given; sysconf has no preconditions.
+    let (children, hz) = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+        (t(usage.ru_utime) + t(usage.ru_stime), libc::sysconf(libc::_SC_CLK_TCK) as f64)
+    };
+    (busy as f64 / hz, children)
+}
+
+/// CPU seconds used so far by the PostgreSQL server's processes (its
+/// backends live as long as the pool's connections, so a run's difference
+/// is the server's work for it).
+fn postgres_cpu_seconds() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let ticks: u64 = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| stat.contains("(postgres)"))
+        // After the command's closing parenthesis: state is field 3; utime and stime 14 and 15.
+        .filter_map(|stat| {
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum();
+    ticks as f64 / hz
+}
+
+/// The floor under any pool on this machine: `pgbench` runs the least SQL a
+/// round trip needs, per request and eight requests at a time, with the
+/// same number of connections in flight as the pool's writer uses (4).
+fn floor(cluster: &idlemesh_pool::test_cluster::Cluster, seconds: u64, concurrency: usize) {
+    let _ = concurrency; // pgbench's clients stand for the pool's database threads, not its devices
+    let db = cluster.create_database().unwrap();
+    let name = db.split('/').nth(3).and_then(|n| n.split('?').next()).unwrap().to_owned();
+    cluster.psql(&name, include_str!("pg_floor/schema.sql")).unwrap();
+    // Enough queued replicas for both scripts to outlast the clock at well over the rates seen (~10,000/s).
+    let queue = seconds * 16_000;
+    cluster
+        .psql(
+            &name,
+            &format!("INSERT INTO replicas (task_id, state) SELECT g, 'queued' FROM generate_series(1, {queue}) g"),
+        )
+        .unwrap();
+    cluster.psql(&name, "VACUUM ANALYZE").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    println!("== floor: pgbench, 4 connections, {seconds} s each, on the pool's layout (benches/pg_floor)");
+    for (script, sql, per_transaction) in [
+        ("a statement per request", include_str!("pg_floor/per_request.sql"), 1.0),
+        ("set-oriented, 8 requests a statement", include_str!("pg_floor/batched.sql"), 8.0),
+    ] {
+        let file = dir.path().join("script.sql");
+        std::fs::write(&file, sql).unwrap();
+        let (busy0, children0) = cpu_seconds();
+        let out = cluster
+            .pgbench(
+                &name,
+                &[
+                    "-n",
+                    "-M",
+                    "prepared",
+                    "-c",
+                    "4",
+                    "-j",
+                    "2",
+                    "-T",
+                    &seconds.to_string(),
+                    "-f",
+                    file.to_str().unwrap(),
+                ],
+            )
+            .unwrap();
+        let (busy1, children1) = cpu_seconds();
+        let tps: f64 = out
+            .lines()
+            .find_map(|l| l.strip_prefix("tps = ")?.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no tps in pgbench's output:\n{out}"));
+        let round_trips = tps * per_transaction;
+        let n = round_trips * seconds as f64;
+        let pgbench = children1 - children0;
+        let server = (busy1 - busy0) - pgbench;
+        println!(
+            "{script}: {round_trips:.0} round trips/s with the whole machine; PostgreSQL {:.3} ms of CPU a round trip (the machine's busy time less pgbench's {:.3} ms)",
+            server / n * 1e3,
+            pgbench / n * 1e3
+        );
+    }
 }
 
 /// What one in-flight worker did.

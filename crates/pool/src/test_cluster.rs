@@ -177,6 +177,25 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Runs `pgbench` (the server's own load generator) on database `name`
+    /// with these arguments; returns what it printed.
+    pub fn pgbench(&self, name: &str, args: &[&str]) -> io::Result<String> {
+        let out = Command::new(self.bin.join("pgbench"))
+            .arg("-h")
+            .arg(&self.dir)
+            .args(["-p", &PORT.to_string(), "-U", USER])
+            .args(args)
+            .arg(name)
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!("pgbench failed: {}", String::from_utf8_lossy(&out.stderr))));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
 /// `initdb` into `dir/data`, as the server's user.
 fn init(dir: &Path, bin: &Path) -> io::Result<()> {
     if is_root() {
