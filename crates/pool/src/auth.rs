@@ -78,6 +78,27 @@ impl Device {
         }
     }
 
+    /// Records the device's result; its signature is spent with it.
+    pub async fn submit_result(
+        self,
+        pool: &Pool,
+        req: idlemesh_protocol::api::ResultSubmission,
+    ) -> Result<crate::store::results::ResultOutcome, StoreError> {
+        let work = crate::writer::ResultWork {
+            device_id: self.id,
+            lease_id: req.lease_id,
+            token: req.lease_token,
+            output: req.output.0,
+            fuel: req.fuel,
+            wall_ms: req.wall_ms,
+            cpu_ms: req.cpu_ms,
+            signature: self.signature,
+            expires_ms: self.expires_ms,
+            key: pool.inner.key.clone(),
+        };
+        pool.inner.store.submit_result(work).await
+    }
+
     fn spend(&self, store: &mut Store) -> Result<(), StoreError> {
         store.spend_signature(&self.signature, self.expires_ms, now_ms())
     }

@@ -560,22 +560,7 @@ async fn submit_result(
     if Sha256::of(&req.output.0) != req.output_sha256 {
         return Err(ApiError::bad_request("output_sha256 does not match the output bytes"));
     }
-    let key = pool.inner.key.clone();
-    let outcome = device
-        .run(&pool, move |s, id| {
-            s.submit_result(
-                id,
-                req.lease_id,
-                &req.lease_token,
-                &req.output.0,
-                req.fuel,
-                req.wall_ms,
-                req.cpu_ms,
-                &key,
-                now_ms(),
-            )
-        })
-        .await?;
+    let outcome = device.submit_result(&pool, req).await?;
     Ok(axum::Json(ResultResponse { task_state: outcome.task_state, receipt: outcome.receipt }))
 }
 

@@ -44,7 +44,7 @@ use idlemesh_protocol::{PublicKey, Sha256};
 mod jobs;
 mod leases;
 mod orgs;
-mod results;
+pub(crate) mod results;
 pub(crate) mod schema;
 
 use crate::db::{Db, DbError, Dialect, Value, args};
@@ -289,6 +289,30 @@ impl Store {
             args![digest, expires_ms],
         )?;
         if added == 1 { Ok(()) } else { Err(StoreError::Replayed) }
+    }
+
+    /// [`Store::spend_signature`] for a batch of requests: on PostgreSQL one
+    /// statement, which a replay among them fails as a whole.
+    pub fn spend_signatures(&mut self, signatures: &[(&[u8], u64)], now: u64) -> Result<(), StoreError> {
+        if self.db.dialect() != Dialect::Postgres || signatures.len() < 2 {
+            return signatures
+                .iter()
+                .try_for_each(|(signature, expires_ms)| self.spend_signature(signature, *expires_ms, now));
+        }
+        let (first, rest) = signatures.split_first().expect("two or more");
+        // The first alone, for its pruning now and then.
+        self.spend_signature(first.0, first.1, now)?;
+        let mut p = Params::default();
+        let rows: Vec<String> = rest
+            .iter()
+            .map(|(signature, expires_ms)| {
+                let digest = Sha256::of(signature).to_hex()[..32].to_owned();
+                format!("({}, {})", p.bind(digest), p.bind(*expires_ms))
+            })
+            .collect();
+        self.db
+            .defer(&format!("INSERT INTO seen_signatures (signature, expires_ms) VALUES {}", rows.join(", ")), &p.0)?;
+        Ok(())
     }
 
     pub fn put_blob(&mut self, bytes: &[u8]) -> Result<Sha256, StoreError> {

@@ -22,11 +22,21 @@
 //! (leases: they skip rows others hold). Those share a transaction and its
 //! commit, without savepoints: if one fails, all are rolled back and run
 //! again one transaction each.
+//!
+//! Results on PostgreSQL are the other exception: the results waiting are
+//! recorded together by one set-oriented operation (store/results.rs),
+//! which takes its rows' locks in one order (tasks by id, devices by id,
+//! shards by job and shard), so two batches wait on each other's rows at
+//! worst, never in a circle. If the batch fails (a replayed signature
+//! among them, say), each result is recorded again on its own.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, mpsc};
 
+use idlemesh_protocol::Keypair;
+
 use crate::metrics;
+use crate::store::results::{ResultOutcome, Submission};
 use crate::store::{Store, StoreError};
 
 /// Runs of one operation that PostgreSQL may abort to break deadlocks.
@@ -91,11 +101,41 @@ impl<T: Send, F: FnMut(&mut Store) -> Result<T, StoreError> + Send> Op for Pendi
     }
 }
 
-type Queue = Arc<Mutex<mpsc::Receiver<Box<dyn Op>>>>;
+/// A device's result, waiting to be recorded with others.
+pub(crate) struct ResultWork {
+    pub device_id: u64,
+    pub lease_id: u64,
+    pub token: String,
+    pub output: Vec<u8>,
+    pub fuel: Option<u64>,
+    pub wall_ms: u64,
+    pub cpu_ms: u64,
+    /// The request's signature (its bytes), spent in the same transaction,
+    /// and when it may be forgotten.
+    pub signature: Vec<u8>,
+    pub expires_ms: u64,
+    /// Signs the receipts.
+    pub key: Arc<Keypair>,
+}
+
+struct PendingResult {
+    work: ResultWork,
+    reply: tokio::sync::oneshot::Sender<Result<ResultOutcome, StoreError>>,
+}
+
+/// What the database threads take from the queue.
+enum Work {
+    Op(Box<dyn Op>),
+    Result(Box<PendingResult>),
+}
+
+type Queue = Arc<Mutex<mpsc::Receiver<Work>>>;
 
 #[derive(Clone)]
 pub(crate) struct StoreWriter {
-    ops: mpsc::Sender<Box<dyn Op>>,
+    ops: mpsc::Sender<Work>,
+    /// Results are recorded in batches of their own (PostgreSQL).
+    batch_results: bool,
 }
 
 /// How many operations share a transaction.
@@ -106,13 +146,16 @@ pub(crate) struct Batches {
     /// Operations that skip locked rows, without savepoints (PostgreSQL);
     /// `None`: they batch as any other.
     pub skipping_locks: Option<usize>,
+    /// Results recorded together by one set-oriented operation
+    /// (PostgreSQL); `None`: each is an operation like any other.
+    pub results: Option<usize>,
 }
 
 impl StoreWriter {
     /// One thread per store (each its own connection), taking up to
     /// `batches` operations per transaction.
     pub fn start(stores: Vec<Store>, batches: Batches, metrics: Arc<metrics::Replica>) -> std::io::Result<Self> {
-        let (ops, queue) = mpsc::channel::<Box<dyn Op>>();
+        let (ops, queue) = mpsc::channel::<Work>();
         let queue: Queue = Arc::new(Mutex::new(queue));
         for (i, store) in stores.into_iter().enumerate() {
             let (queue, metrics) = (queue.clone(), metrics.clone());
@@ -120,7 +163,33 @@ impl StoreWriter {
                 .name(format!("pool-store-{i}"))
                 .spawn(move || serve(store, &queue, batches, &metrics))?;
         }
-        Ok(Self { ops })
+        Ok(Self { ops, batch_results: batches.results.is_some() })
+    }
+
+    /// Records a device's result (and spends its request's signature);
+    /// resolves once committed.
+    pub async fn submit_result(&self, work: ResultWork) -> Result<ResultOutcome, StoreError> {
+        if !self.batch_results {
+            return self
+                .run(move |s| {
+                    s.spend_signature(&work.signature, work.expires_ms, crate::now_ms())?;
+                    s.submit_result(
+                        work.device_id,
+                        work.lease_id,
+                        &work.token,
+                        &work.output,
+                        work.fuel,
+                        work.wall_ms,
+                        work.cpu_ms,
+                        &work.key,
+                        crate::now_ms(),
+                    )
+                })
+                .await;
+        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.ops.send(Work::Result(Box::new(PendingResult { work, reply }))).map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Runs `f` on a database thread; resolves once its change is committed.
@@ -147,19 +216,23 @@ impl StoreWriter {
         skips_locks: bool,
     ) -> Result<T, StoreError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.ops.send(Box::new(Pending { f, skips_locks, result: None, reply })).map_err(|_| StoreError::Closed)?;
+        let op = Work::Op(Box::new(Pending { f, skips_locks, result: None, reply }));
+        self.ops.send(op).map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 }
 
 fn serve(mut store: Store, queue: &Queue, batches: Batches, metrics: &metrics::Replica) {
-    // An operation taken from the queue that did not fit the last batch (of
-    // operations skipping locks): it runs next, alone, without waiting for
-    // the queue, which another thread may hold while it waits for work.
-    let mut carried: Option<Box<dyn Op>> = None;
+    // Work taken from the queue that did not fit the last batch: it runs
+    // next, alone, without waiting for the queue, which another thread may
+    // hold while it waits for work.
+    let mut carried: Option<Work> = None;
     loop {
-        if let Some(op) = carried.take() {
-            run_alone(&mut store, op, metrics);
+        if let Some(work) = carried.take() {
+            match work {
+                Work::Op(op) => run_alone(&mut store, op, metrics),
+                Work::Result(r) => run_results(&mut store, vec![r], metrics),
+            }
             continue;
         }
         let batch = {
@@ -167,26 +240,125 @@ fn serve(mut store: Store, queue: &Queue, batches: Batches, metrics: &metrics::R
             // for the same reason.
             let Ok(queue) = queue.lock() else { return };
             let Ok(first) = queue.recv() else { return };
-            let sharing = batches.skipping_locks.filter(|_| first.skips_locks());
-            let max = sharing.unwrap_or(batches.any);
-            let mut batch = vec![first];
-            while batch.len() < max {
-                match queue.try_recv() {
-                    Ok(op) if sharing.is_none() || op.skips_locks() => batch.push(op),
-                    Ok(op) => {
-                        carried = Some(op);
-                        break;
+            match first {
+                Work::Result(first) => {
+                    let max = batches.results.unwrap_or(1);
+                    let mut results = vec![first];
+                    while results.len() < max {
+                        match queue.try_recv() {
+                            Ok(Work::Result(r)) => results.push(r),
+                            Ok(other) => {
+                                carried = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
                     }
-                    Err(_) => break,
+                    Batch::Results(results)
+                }
+                Work::Op(first) => {
+                    let sharing = batches.skipping_locks.filter(|_| first.skips_locks());
+                    let max = sharing.unwrap_or(batches.any);
+                    let mut ops = vec![first];
+                    while ops.len() < max {
+                        match queue.try_recv() {
+                            Ok(Work::Op(op)) if sharing.is_none() || op.skips_locks() => ops.push(op),
+                            Ok(other) => {
+                                carried = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    if sharing.is_some() { Batch::Sharing(ops) } else { Batch::Any(ops) }
                 }
             }
-            (batch, sharing.is_some())
         };
         match batch {
-            (batch, true) => run_sharing(&mut store, batch, metrics),
-            (batch, false) => run_batch(&mut store, batch, metrics),
+            Batch::Sharing(ops) => run_sharing(&mut store, ops, metrics),
+            Batch::Any(ops) => run_batch(&mut store, ops, metrics),
+            Batch::Results(results) => run_results(&mut store, results, metrics),
         }
     }
+}
+
+/// What a database thread took from the queue to run together.
+enum Batch {
+    /// Operations that skip locked rows, in one transaction.
+    Sharing(Vec<Box<dyn Op>>),
+    /// Any operations, each in its savepoint of one transaction.
+    Any(Vec<Box<dyn Op>>),
+    /// Results, recorded by one operation.
+    Results(Vec<Box<PendingResult>>),
+}
+
+/// Results recorded together in one transaction (store/results.rs), their
+/// signatures spent in it; run again while PostgreSQL picks it to break a
+/// deadlock. If the batch fails otherwise, each is recorded on its own, so
+/// that one result's failure (a replay) is its own answer only.
+fn run_results(store: &mut Store, mut batch: Vec<Box<PendingResult>>, metrics: &metrics::Replica) {
+    for attempt in 1..=MAX_ATTEMPTS {
+        let failure = match record(store, &batch) {
+            Ok(answers) => match commit(store) {
+                None => {
+                    for (r, answer) in batch.into_iter().zip(answers) {
+                        let _ = r.reply.send(answer);
+                    }
+                    return;
+                }
+                Some(e) => e,
+            },
+            Err(e) => {
+                store.rollback();
+                e
+            }
+        };
+        if failure.retryable() && attempt < MAX_ATTEMPTS {
+            metrics.retried();
+            tracing::debug!(
+                attempt,
+                "the database aborted a batch of results (a deadlock, a lost connection); running it again"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5 * u64::from(attempt)));
+            continue;
+        }
+        if batch.len() > 1 {
+            for r in batch {
+                run_results(store, vec![r], metrics);
+            }
+            return;
+        }
+        if let Some(r) = batch.pop() {
+            let _ = r.reply.send(Err(failure));
+        }
+        return;
+    }
+}
+
+/// Spends the batch's signatures and records its results, in a transaction
+/// left open for the caller to commit.
+fn record(
+    store: &mut Store,
+    batch: &[Box<PendingResult>],
+) -> Result<Vec<Result<ResultOutcome, StoreError>>, StoreError> {
+    store.begin_lone()?;
+    let now = crate::now_ms();
+    let signatures: Vec<(&[u8], u64)> =
+        batch.iter().map(|r| (r.work.signature.as_slice(), r.work.expires_ms)).collect();
+    store.spend_signatures(&signatures, now)?;
+    let submissions: Vec<Submission<'_>> = batch
+        .iter()
+        .map(|r| Submission {
+            device_id: r.work.device_id,
+            lease_id: r.work.lease_id,
+            token: &r.work.token,
+            output: &r.work.output,
+            fuel: r.work.fuel,
+            wall_ms: r.work.wall_ms,
+            cpu_ms: r.work.cpu_ms,
+        })
+        .collect();
+    store.submit_results(&submissions, &batch[0].work.key, now)
 }
 
 /// Operations that skip locked rows, in one transaction without
@@ -308,7 +480,9 @@ mod tests {
             .collect();
         let mut stores: Vec<Store> = vec![first];
         stores.extend((1..4).map(|_| Store::on_migrated(connect(), rules)));
-        let writer = StoreWriter::start(stores, Batches { any: 1, skipping_locks: Some(16) }, Arc::default()).unwrap();
+        let writer =
+            StoreWriter::start(stores, Batches { any: 1, skipping_locks: Some(16), results: Some(16) }, Arc::default())
+                .unwrap();
 
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let (leased, looked_up) = rt.block_on(async {

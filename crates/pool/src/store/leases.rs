@@ -115,11 +115,6 @@ pub(super) struct Lease {
     pub task_id: i64,
     pub state: String,
     pub job_id: i64,
-    /// The task's place in its job.
-    pub idx: i64,
-    pub task_state: String,
-    /// A spot check's known answer.
-    pub expected_sha256: Option<String>,
 }
 
 /// Locks a lease's row (after its task's, with `task_first`) and checks
@@ -139,9 +134,9 @@ pub(super) fn lock_lease(
     let row = db
         .opt_row(
             &format!(
-                "WITH t AS MATERIALIZED (SELECT id, job_id, state, expected_sha256, idx FROM tasks
+                "WITH t AS MATERIALIZED (SELECT id, job_id FROM tasks
                    WHERE id = (SELECT task_id FROM replicas WHERE id = ?1){lock_task})
-                 SELECT r.task_id, r.state, r.lease_token, r.device_id, t.job_id, t.state, t.expected_sha256, t.idx
+                 SELECT r.task_id, r.state, r.lease_token, r.device_id, t.job_id
                  FROM replicas r JOIN t ON t.id = r.task_id WHERE r.id = ?1{lock_lease}"
             ),
             args![lease_id],
@@ -152,14 +147,7 @@ pub(super) fn lock_lease(
             "stale lease token: this lease was given to another device or renewed".into(),
         ));
     }
-    Ok(Lease {
-        task_id: row.int(0)?,
-        state: row.text(1)?,
-        job_id: row.int(4)?,
-        task_state: row.text(5)?,
-        expected_sha256: row.opt_text(6)?,
-        idx: row.int(7)?,
-    })
+    Ok(Lease { task_id: row.int(0)?, state: row.text(1)?, job_id: row.int(4)? })
 }
 
 /// A leased replica back in the queue, its lease and token void.

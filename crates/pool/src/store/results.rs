@@ -1,209 +1,560 @@
-//! Results: a replica's result recorded, its task judged (judgement.rs
+//! Results: replicas' results recorded, their tasks judged (judgement.rs
 //! decides, this applies it), credits and signed receipts for the valid
-//! results, and the job's output once its last task closes.
+//! results, and a job's output once its last task closes.
+//!
+//! Results are recorded a batch at a time, with statements that each serve
+//! the whole batch: the tasks and leases locked in one, every reported
+//! replica written in one, every device's record in one, every receipt in
+//! one. On PostgreSQL what a statement costs the server is mostly the
+//! statement, not its rows: a batch of eight costs about a third of eight
+//! results a statement each (`cargo bench --bench pool -- … floor`,
+//! docs/scaling.md). A batch of one is the same code.
+//!
+//! The batch is judged in order, one result after another, against a view
+//! of its tasks held here, exactly as if each had been recorded alone in
+//! that order: a later result sees its task closed, its replica cancelled
+//! and its devices' records as the earlier ones left them. Only the
+//! writing waits for the end. Every refusal (an unknown lease, a stale
+//! token, a result already recorded) is decided before anything is
+//! written, so a refused result leaves nothing behind.
 
-use idlemesh_protocol::api::TaskState;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use idlemesh_protocol::api::{JobSpec, TaskState};
 use idlemesh_protocol::{Keypair, Receipt, Sha256, Signed};
 
 use super::jobs::finish_job_if_complete;
-use super::leases::{Lease, lock_lease};
-use super::{Params, Store, StoreError, job_info, parse_sha, put_blob, task_state};
+use super::{Params, Store, StoreError, job_info, parse_sha, task_state};
 use crate::db::{Db, DbError, Value, args};
 use crate::judgement::{self, Asked, Ballot, Decision, SpotCheck};
 
 /// What `submit_result` decided.
+#[derive(Debug, Clone)]
 pub(crate) struct ResultOutcome {
     pub task_state: TaskState,
     pub receipt: Option<Signed<Receipt>>,
 }
 
-/// A replica whose result is in, and its device's record so far.
-pub(super) struct Reported {
-    replica_id: i64,
-    device_id: i64,
-    output_sha256: String,
+/// One device's result for one of its leases.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Submission<'a> {
+    pub device_id: u64,
+    pub lease_id: u64,
+    pub token: &'a str,
+    pub output: &'a [u8],
+    pub fuel: Option<u64>,
+    pub wall_ms: u64,
+    pub cpu_ms: u64,
+}
+
+/// A replica of a task in the batch's view.
+struct Replica {
+    /// None: asked for by this batch, not inserted yet.
+    id: Option<i64>,
+    state: String,
+    device_id: Option<i64>,
+    output_sha256: Option<String>,
     fuel: Option<i64>,
     wall_ms: i64,
     cpu_ms: i64,
-    /// The device's (valid, invalid) results before this verdict.
-    record: (u64, u64),
 }
 
-/// A task's replicas as its judgement needs them.
-pub(super) struct TaskReplicas {
-    /// Those whose result is in, by device id: devices' rows are then
-    /// updated in one order by every pool replica.
-    reported: Vec<Reported>,
-    /// Those still queued or out on lease.
-    outstanding: usize,
+/// A task of the batch, locked, as this batch has left it so far.
+struct Task {
+    job_id: i64,
+    state: String,
+    /// A spot check's known answer.
+    expected_sha256: Option<String>,
+    /// Its place in its job.
+    idx: i64,
+    replicas: Vec<Replica>,
 }
 
-/// Reads a task's replicas (its row locked by the caller) in one statement.
-pub(super) fn task_replicas(db: &dyn Db, task_id: i64) -> Result<TaskReplicas, StoreError> {
-    let rows = db.query(
-        "SELECT r.state, r.id, r.device_id, r.output_sha256, r.fuel, r.wall_ms, r.cpu_ms, d.valid_results, d.invalid_results
-         FROM replicas r LEFT JOIN devices d ON d.id = r.device_id WHERE r.task_id = ?1 ORDER BY r.device_id, r.id",
-        args![task_id],
-    )?;
-    let mut replicas = TaskReplicas { reported: Vec::new(), outstanding: 0 };
-    for r in &rows {
-        match r.text(0)?.as_str() {
-            "reported" => replicas.reported.push(Reported {
-                replica_id: r.int(1)?,
-                device_id: r.int(2)?,
-                output_sha256: r.text(3)?,
-                fuel: r.opt_int(4)?,
-                wall_ms: r.int(5)?,
-                cpu_ms: r.int(6)?,
-                record: (r.u64(7)?, r.u64(8)?),
-            }),
-            "queued" | "leased" => replicas.outstanding += 1,
-            _ => {}
-        }
-    }
-    // SQLite sorts NULL device ids (queued replicas) first, PostgreSQL last: no matter, only reported ones are kept.
-    Ok(replicas)
+/// A lease as the batch locked it.
+struct Locked {
+    task_id: i64,
+    token: Option<String>,
+    device_id: Option<i64>,
 }
 
-/// What [`judge`] did.
-pub(super) struct Judged {
-    /// Each verdict's receipt, for the valid ones.
-    receipts: Vec<Option<Signed<Receipt>>>,
-    /// The open tasks left in the closed task's shard of the job's count.
-    shard_left: Option<i64>,
+/// A valid result's receipt, to be numbered and signed once the batch is judged.
+struct ToReceipt {
+    replica_id: i64,
+    device_id: i64,
+    job_id: i64,
+    task_id: i64,
+    output_sha256: String,
+    fuel: Option<i64>,
+    credits: f64,
+    wall_ms: i64,
+    cpu_ms: i64,
+}
+
+/// What the batch will write, gathered while it is judged.
+#[derive(Default)]
+struct Writes<'a> {
+    /// Outputs by their hash.
+    blobs: BTreeMap<String, &'a [u8]>,
+    reported: Vec<(i64, String, Option<i64>, i64, i64)>,
+    verdicts: Vec<(i64, bool)>,
+    /// Tasks that get one more replica, once for each.
+    asked: Vec<i64>,
+    /// Closed tasks, whose replicas still queued or out are cancelled.
+    cancelled: Vec<i64>,
+    done: Vec<(i64, String)>,
+    failed: Vec<i64>,
+    failed_jobs: Vec<(i64, String)>,
+    /// By device id (every pool replica updates devices in one order): valid, invalid, credits.
+    devices: BTreeMap<i64, (i64, i64, f64)>,
+    /// Tasks closed by (job, shard of its count of open tasks).
+    counts: BTreeMap<(i64, i64), i64>,
+    receipts: Vec<ToReceipt>,
+}
+
+/// How a result's receipt is found once the batch is written.
+enum ReceiptRef {
+    None,
+    /// Made by this batch: its place in [`Writes::receipts`].
+    Made(usize),
+    /// Made before: read back.
+    Stored(Signed<Receipt>),
+}
+
+/// A result's answer before the batch is written.
+enum Answer {
+    Refused(StoreError),
+    Judged { task_state: TaskState, receipt: ReceiptRef },
 }
 
 /// A task closing with its judgement.
-pub(super) struct Close<'a> {
-    canonical_sha256: &'a str,
+struct Close<'c> {
+    canonical_sha256: &'c str,
     /// Its shard of the job's count of open tasks (spot checks are not counted).
     shard: Option<i64>,
 }
 
-/// Records the verdicts on reported replicas of a task (each with its
-/// credit): their validity, their devices' reputation, and for each valid
-/// one the credit and a signed receipt (returned in the verdicts' order).
-/// With `close`, the task is done too: its canonical output kept, its
-/// replicas still out cancelled, its shard of the job's count decremented
-/// (what is left is returned, for [`finish_job_if_complete`] once it is
-/// 0). At most six statements in two round trips, however many replicas.
-#[allow(clippy::too_many_arguments, reason = "one value per field of the receipts it signs")]
-pub(super) fn judge(
-    db: &dyn Db,
-    task_id: i64,
-    verdicts: &[(&Reported, bool, f64)],
-    close: Option<Close<'_>>,
-    job_id: i64,
-    key: &Keypair,
-    now: u64,
-) -> Result<Judged, StoreError> {
-    if verdicts.is_empty() {
-        // Both callers judge at least the replica just reported.
-        return Err(StoreError::Invalid(format!("task {task_id}: nothing to judge")));
+/// The view of a batch's tasks and devices, and what judging them writes.
+struct Batch<'a> {
+    tasks: HashMap<i64, Task>,
+    /// Devices' (valid, invalid) results as the batch has left them.
+    records: HashMap<i64, (u64, u64)>,
+    writes: Writes<'a>,
+}
+
+impl Batch<'_> {
+    /// Records the verdicts on reported replicas of a task (each with its
+    /// credit): their validity, their devices' records, and for each valid
+    /// one a receipt to make. With `close`, the task is done too: its
+    /// canonical output kept, its replicas still out cancelled, its shard
+    /// of the job's count decremented. Returns the receipts' places.
+    fn judge(&mut self, task_id: i64, verdicts: &[(i64, bool, f64)], close: Option<Close<'_>>) -> Vec<Option<usize>> {
+        let task = self.tasks.get_mut(&task_id).expect("a task of the batch");
+        let mut made = Vec::with_capacity(verdicts.len());
+        for &(replica_id, valid, credits) in verdicts {
+            let r = task.replicas.iter().find(|r| r.id == Some(replica_id)).expect("a reported replica");
+            let device = r.device_id.unwrap_or_default();
+            self.writes.verdicts.push((replica_id, valid));
+            let record = self.records.entry(device).or_default();
+            let total = self.writes.devices.entry(device).or_default();
+            if valid {
+                record.0 += 1;
+                total.0 += 1;
+                total.2 += credits;
+                made.push(Some(self.writes.receipts.len()));
+                self.writes.receipts.push(ToReceipt {
+                    replica_id,
+                    device_id: device,
+                    job_id: task.job_id,
+                    task_id,
+                    output_sha256: r.output_sha256.clone().unwrap_or_default(),
+                    fuel: r.fuel,
+                    credits,
+                    wall_ms: r.wall_ms,
+                    cpu_ms: r.cpu_ms,
+                });
+            } else {
+                record.1 += 1;
+                total.1 += 1;
+                made.push(None);
+            }
+        }
+        if let Some(close) = close {
+            task.state = "done".into();
+            for r in &mut task.replicas {
+                if r.state == "queued" || r.state == "leased" {
+                    r.state = "cancelled".into();
+                }
+            }
+            self.writes.done.push((task_id, close.canonical_sha256.to_owned()));
+            self.writes.cancelled.push(task_id);
+            if let Some(shard) = close.shard {
+                *self.writes.counts.entry((task.job_id, shard)).or_default() += 1;
+            }
+        }
+        made
     }
-    if let Some(close) = &close {
+
+    fn ask_another(&mut self, task_id: i64) {
+        let task = self.tasks.get_mut(&task_id).expect("a task of the batch");
+        task.replicas.push(Replica {
+            id: None,
+            state: "queued".into(),
+            device_id: None,
+            output_sha256: None,
+            fuel: None,
+            wall_ms: 0,
+            cpu_ms: 0,
+        });
+        self.writes.asked.push(task_id);
+    }
+
+    fn fail_task(&mut self, task_id: i64) {
+        self.tasks.get_mut(&task_id).expect("a task of the batch").state = "failed".into();
+        self.writes.failed.push(task_id);
+    }
+
+    /// Judges one accepted result, its replica just marked reported.
+    fn judge_result(
+        &mut self,
+        lease_id: i64,
+        task_id: i64,
+        spec: &JobSpec,
+        count_shards: i64,
+        trust: crate::trust::TrustRules,
+    ) -> Answer {
+        let task = &self.tasks[&task_id];
+        let mut reported: Vec<&Replica> = task.replicas.iter().filter(|r| r.state == "reported").collect();
+        // The order the quorum sees them in: by device, then replica.
+        reported.sort_by_key(|r| (r.device_id, r.id));
+        let outstanding = task.replicas.iter().filter(|r| r.state == "queued" || r.state == "leased").count();
+        let asked = Asked { quorum: spec.quorum, replication: spec.replication };
+        let now_state = task_state(&task.state);
+        let own = |made: Vec<Option<usize>>, ids: &[i64]| {
+            ids.iter().zip(made).find(|(id, _)| **id == lease_id).and_then(|(_, m)| m)
+        };
+
+        // A spot check judges each answer on arrival (judgement.rs).
+        if let Some(expected) = task.expected_sha256.clone() {
+            let Some(row) = reported.iter().find(|r| r.id == Some(lease_id)) else {
+                return Answer::Refused(StoreError::Db(DbError::NoRow));
+            };
+            let right = row.output_sha256.as_deref() == Some(expected.as_str());
+            let credits = spec.credit_for(row.fuel.map(|f| f as u64));
+            let check = judgement::spot_check(now_state, right, outstanding, reported.len(), asked);
+            match check {
+                SpotCheck::AskAnother => self.ask_another(task_id),
+                SpotCheck::Fail => self.fail_task(task_id),
+                SpotCheck::Close | SpotCheck::Wait | SpotCheck::AlreadyDone | SpotCheck::AlreadyFailed => {}
+            }
+            let close = (check == SpotCheck::Close).then_some(Close { canonical_sha256: &expected, shard: None });
+            let made = self.judge(task_id, &[(lease_id, right, credits)], close);
+            let receipt = own(made, &[lease_id]).map_or(ReceiptRef::None, ReceiptRef::Made);
+            return Answer::Judged { task_state: check.task_state(), receipt };
+        }
+
+        if now_state != TaskState::Pending {
+            return Answer::Judged { task_state: now_state, receipt: ReceiptRef::None };
+        }
+        // What must agree: the output, and the fuel used where the job is metered.
+        let metered = spec.limits.max_fuel.is_some();
+        let ballots: Vec<Ballot<(&str, Option<i64>)>> = reported
+            .iter()
+            .map(|r| {
+                let device = r.device_id.unwrap_or_default();
+                Ballot {
+                    device_id: device,
+                    value: (r.output_sha256.as_deref().unwrap_or_default(), if metered { r.fuel } else { None }),
+                    record: self.records.get(&device).copied().unwrap_or_default(),
+                }
+            })
+            .collect();
+        match judgement::by_quorum(&ballots, outstanding, asked, trust) {
+            Decision::Done { canonical, valid } => {
+                let canonical = canonical.0.to_owned();
+                let verdicts: Vec<(i64, bool, f64)> = reported
+                    .iter()
+                    .zip(valid)
+                    .map(|(r, valid)| (r.id.unwrap_or_default(), valid, spec.credit_for(r.fuel.map(|f| f as u64))))
+                    .collect();
+                let ids: Vec<i64> = verdicts.iter().map(|v| v.0).collect();
+                let shard = Some(task.idx % count_shards);
+                let made = self.judge(task_id, &verdicts, Some(Close { canonical_sha256: &canonical, shard }));
+                let receipt = own(made, &ids).map_or(ReceiptRef::None, ReceiptRef::Made);
+                Answer::Judged { task_state: TaskState::Done, receipt }
+            }
+            Decision::Wait => Answer::Judged { task_state: TaskState::Pending, receipt: ReceiptRef::None },
+            Decision::AskAnother => {
+                self.ask_another(task_id);
+                Answer::Judged { task_state: TaskState::Pending, receipt: ReceiptRef::None }
+            }
+            Decision::Fail => {
+                let (job_id, results) = (task.job_id, reported.len());
+                self.fail_task(task_id);
+                self.writes.failed_jobs.push((job_id, format!("task {task_id}: no quorum among {results} results")));
+                Answer::Judged { task_state: TaskState::Failed, receipt: ReceiptRef::None }
+            }
+        }
+    }
+}
+
+/// `(?1, ?2, …)` for `values`, bound in `p`.
+fn list(p: &mut Params, values: impl IntoIterator<Item = impl Into<Value>>) -> String {
+    let items: Vec<String> = values.into_iter().map(|v| p.bind(v)).collect();
+    format!("({})", items.join(", "))
+}
+
+/// Locks the batch's tasks (in id order, every pool replica taking them in
+/// one order) and then its leases, and reads every replica of those tasks
+/// with its device's record: one round trip on PostgreSQL.
+fn lock_and_read<'a>(db: &dyn Db, lease_ids: &[i64]) -> Result<(HashMap<i64, Locked>, Batch<'a>), StoreError> {
+    let dialect = db.dialect();
+    let mut p = Params::default();
+    let leases = list(&mut p, lease_ids.iter().copied());
+    let lock = format!(
+        "WITH t AS MATERIALIZED (SELECT id, job_id, state, expected_sha256, idx FROM tasks
+           WHERE id IN (SELECT task_id FROM replicas WHERE id IN {leases}) ORDER BY id{})
+         SELECT r.id, r.task_id, r.lease_token, r.device_id, t.job_id, t.state, t.expected_sha256, t.idx
+         FROM replicas r JOIN t ON t.id = r.task_id WHERE r.id IN {leases} ORDER BY r.id{}",
+        dialect.for_update(),
+        dialect.for_update_of("r")
+    );
+    let read = format!(
+        "SELECT r.task_id, r.state, r.id, r.device_id, r.output_sha256, r.fuel, r.wall_ms, r.cpu_ms,
+                d.valid_results, d.invalid_results
+         FROM replicas r LEFT JOIN devices d ON d.id = r.device_id
+         WHERE r.task_id IN (SELECT task_id FROM replicas WHERE id IN {leases}) ORDER BY r.task_id, r.id"
+    );
+    let mut answers = db.query_all(&[(lock.as_str(), &p.0), (read.as_str(), &p.0)])?.into_iter();
+    let (locked_rows, replica_rows) = (answers.next().unwrap_or_default(), answers.next().unwrap_or_default());
+    let mut locked = HashMap::new();
+    let mut batch = Batch { tasks: HashMap::new(), records: HashMap::new(), writes: Writes::default() };
+    for r in &locked_rows {
+        let task_id = r.int(1)?;
+        locked.insert(r.int(0)?, Locked { task_id, token: r.opt_text(2)?, device_id: r.opt_int(3)? });
+        batch.tasks.entry(task_id).or_insert(Task {
+            job_id: r.int(4)?,
+            state: r.text(5)?,
+            expected_sha256: r.opt_text(6)?,
+            idx: r.int(7)?,
+            replicas: Vec::new(),
+        });
+    }
+    for r in &replica_rows {
+        let Some(task) = batch.tasks.get_mut(&r.int(0)?) else { continue };
+        let device_id = r.opt_int(3)?;
+        if let (Some(device), Some(valid), Some(invalid)) = (device_id, r.opt_u64(8)?, r.opt_u64(9)?) {
+            batch.records.insert(device, (valid, invalid));
+        }
+        task.replicas.push(Replica {
+            id: Some(r.int(2)?),
+            state: r.text(1)?,
+            device_id,
+            output_sha256: r.opt_text(4)?,
+            fuel: r.opt_int(5)?,
+            wall_ms: r.opt_int(6)?.unwrap_or_default(),
+            cpu_ms: r.opt_int(7)?.unwrap_or_default(),
+        });
+    }
+    Ok((locked, batch))
+}
+
+/// The receipt recorded for a replica whose result came in earlier.
+fn stored_receipt(db: &dyn Db, replica_id: i64) -> Result<ReceiptRef, StoreError> {
+    Ok(db
+        .opt_row("SELECT payload, signature FROM receipts WHERE replica_id = ?1", args![replica_id])?
+        .map(|r| Ok::<_, DbError>(ReceiptRef::Stored(Signed::from_parts(r.text(0)?, r.text(1)?))))
+        .transpose()?
+        .unwrap_or(ReceiptRef::None))
+}
+
+/// Writes what the batch decided, in the order every pool replica takes
+/// locks in (the tasks' replicas, devices by id, shards of the jobs' counts,
+/// jobs); returns the receipts, numbered and signed, in [`Writes::receipts`]'
+/// order, and the jobs whose count of open tasks reached 0 in a shard. Two
+/// round trips on PostgreSQL, however many results.
+fn write(db: &dyn Db, w: &Writes<'_>, key: &Keypair, now: u64) -> Result<(Vec<Signed<Receipt>>, Vec<i64>), StoreError> {
+    if !w.blobs.is_empty() {
+        let mut p = Params::default();
+        let rows: Vec<String> =
+            w.blobs.iter().map(|(sha, bytes)| format!("({}, {})", p.bind(sha), p.bind(*bytes))).collect();
         db.defer(
-            "UPDATE tasks SET state = 'done', canonical_sha256 = ?1 WHERE id = ?2",
-            args![close.canonical_sha256, task_id],
+            &format!("INSERT INTO blobs (sha256, bytes) VALUES {} ON CONFLICT DO NOTHING", rows.join(", ")),
+            &p.0,
         )?;
     }
-    // The verdicts, and the closed task's replicas still out cancelled, in one statement.
-    let mut p = Params::default();
-    let task = p.bind(task_id);
-    let (mut cases, mut ids) = (String::new(), Vec::new());
-    for &(r, valid, _) in verdicts {
-        let id = p.bind(r.replica_id);
-        cases += &format!(" WHEN {id} THEN {}", p.bind(valid));
-        ids.push(id);
+    if !w.reported.is_empty() {
+        let mut p = Params::default();
+        let rows: Vec<String> = w
+            .reported
+            .iter()
+            .map(|(id, sha, fuel, wall, cpu)| {
+                format!(
+                    "(CAST({} AS BIGINT), CAST({} AS TEXT), CAST({} AS BIGINT), CAST({} AS BIGINT), CAST({} AS BIGINT))",
+                    p.bind(*id),
+                    p.bind(sha),
+                    p.bind(*fuel),
+                    p.bind(*wall),
+                    p.bind(*cpu)
+                )
+            })
+            .collect();
+        db.defer(
+            &format!(
+                "WITH v (id, sha, fuel, wall, cpu) AS (VALUES {})
+                 UPDATE replicas SET state = 'reported', output_sha256 = v.sha, fuel = v.fuel, wall_ms = v.wall, cpu_ms = v.cpu
+                 FROM v WHERE replicas.id = v.id",
+                rows.join(", ")
+            ),
+            &p.0,
+        )?;
     }
-    let (cancel, or_open) = match &close {
-        Some(_) => (
-            ", state = CASE WHEN state IN ('queued', 'leased') THEN 'cancelled' ELSE state END",
-            " OR state IN ('queued', 'leased')",
-        ),
-        None => ("", ""),
-    };
-    db.defer(
-        &format!(
-            "UPDATE replicas SET valid = CASE id{cases} ELSE valid END{cancel}
-             WHERE task_id = {task} AND (id IN ({}){or_open})",
-            ids.join(", ")
-        ),
-        &p.0,
-    )?;
-    // The devices' records in one statement (in device order: every pool
-    // replica updates devices' rows in one order).
-    let mut p = Params::default();
-    let rows: Vec<String> = verdicts
-        .iter()
-        .map(|&(r, valid, credits)| {
-            format!(
-                "(CAST({} AS BIGINT), CAST({} AS BIGINT), CAST({} AS DOUBLE PRECISION))",
-                p.bind(r.device_id),
-                p.bind(i64::from(valid)),
-                p.bind(if valid { credits } else { 0.0 })
-            )
-        })
-        .collect();
-    db.defer(
-        &format!(
-            "WITH v (id, ok, paid) AS (VALUES {})
-             UPDATE devices SET valid_results = valid_results + v.ok, invalid_results = invalid_results + 1 - v.ok,
-                 credits = devices.credits + v.paid
-             FROM v WHERE devices.id = v.id",
-            rows.join(", ")
-        ),
-        &p.0,
-    )?;
+    if !w.verdicts.is_empty() {
+        let mut p = Params::default();
+        let rows: Vec<String> = w
+            .verdicts
+            .iter()
+            .map(|(id, valid)| format!("(CAST({} AS BIGINT), CAST({} AS BIGINT))", p.bind(*id), p.bind(*valid)))
+            .collect();
+        db.defer(
+            &format!(
+                "WITH v (id, ok) AS (VALUES {}) UPDATE replicas SET valid = v.ok FROM v WHERE replicas.id = v.id",
+                rows.join(", ")
+            ),
+            &p.0,
+        )?;
+    }
+    // Before the cancelling: a replica asked for and then cancelled within
+    // the batch goes in queued and out cancelled, as one after the other would.
+    if !w.asked.is_empty() {
+        let mut p = Params::default();
+        let rows: Vec<String> = w.asked.iter().map(|task| format!("({}, 'queued')", p.bind(*task))).collect();
+        db.defer(&format!("INSERT INTO replicas (task_id, state) VALUES {}", rows.join(", ")), &p.0)?;
+    }
+    if !w.cancelled.is_empty() {
+        let mut p = Params::default();
+        let tasks = list(&mut p, w.cancelled.iter().copied());
+        db.defer(
+            &format!(
+                "UPDATE replicas SET state = 'cancelled' WHERE task_id IN {tasks} AND state IN ('queued', 'leased')"
+            ),
+            &p.0,
+        )?;
+    }
+    if !w.done.is_empty() {
+        let mut p = Params::default();
+        let rows: Vec<String> = w
+            .done
+            .iter()
+            .map(|(id, sha)| format!("(CAST({} AS BIGINT), CAST({} AS TEXT))", p.bind(*id), p.bind(sha)))
+            .collect();
+        db.defer(
+            &format!(
+                "WITH v (id, sha) AS (VALUES {})
+                 UPDATE tasks SET state = 'done', canonical_sha256 = v.sha FROM v WHERE tasks.id = v.id",
+                rows.join(", ")
+            ),
+            &p.0,
+        )?;
+    }
+    if !w.failed.is_empty() {
+        let mut p = Params::default();
+        let tasks = list(&mut p, w.failed.iter().copied());
+        db.defer(&format!("UPDATE tasks SET state = 'failed' WHERE id IN {tasks}"), &p.0)?;
+    }
+    for (job_id, error) in &w.failed_jobs {
+        db.defer("UPDATE jobs SET state = 'failed', error = ?1 WHERE id = ?2", args![error, *job_id])?;
+    }
+    if !w.devices.is_empty() {
+        let mut p = Params::default();
+        let rows: Vec<String> = w
+            .devices
+            .iter()
+            .map(|(id, (ok, bad, paid))| {
+                format!(
+                    "(CAST({} AS BIGINT), CAST({} AS BIGINT), CAST({} AS BIGINT), CAST({} AS DOUBLE PRECISION))",
+                    p.bind(*id),
+                    p.bind(*ok),
+                    p.bind(*bad),
+                    p.bind(*paid)
+                )
+            })
+            .collect();
+        db.defer(
+            &format!(
+                "WITH v (id, ok, bad, paid) AS (VALUES {})
+                 UPDATE devices SET valid_results = valid_results + v.ok, invalid_results = invalid_results + v.bad,
+                     credits = devices.credits + v.paid
+                 FROM v WHERE devices.id = v.id",
+                rows.join(", ")
+            ),
+            &p.0,
+        )?;
+    }
     // A receipt's number comes from the database (one sequence for every
     // pool replica) and the receipt signs it: the numbers are reserved
-    // first, then each receipt is inserted signed. The job's count goes
-    // down in the same round trip.
-    let paid = verdicts.iter().filter(|v| v.1).count();
-    let reserve = [Value::from(paid as u64)];
-    let shard = close.as_ref().and_then(|c| c.shard).map(|shard| [Value::from(job_id), Value::from(shard)]);
-    let mut queries: Vec<(&str, &[Value])> = Vec::new();
+    // first, then each receipt is inserted signed. The jobs' counts go down
+    // in the same round trip; two pool replicas closing tasks of one shard
+    // at once take turns on its row, and the second decrements what the
+    // first left (PostgreSQL re-reads a row it waited for before updating it).
+    let reserve = [Value::from(w.receipts.len() as u64)];
     let next_ids = db.dialect().next_ids("receipts");
-    if paid > 0 {
+    let mut counts = Params::default();
+    let count_sql = (!w.counts.is_empty()).then(|| {
+        let rows: Vec<String> = w
+            .counts
+            .iter()
+            .map(|((job, shard), n)| {
+                format!(
+                    "(CAST({} AS BIGINT), CAST({} AS BIGINT), CAST({} AS BIGINT))",
+                    counts.bind(*job),
+                    counts.bind(*shard),
+                    counts.bind(*n)
+                )
+            })
+            .collect();
+        format!(
+            "WITH v (job_id, shard, n) AS (VALUES {})
+             UPDATE job_counts SET open_tasks = open_tasks - v.n FROM v
+             WHERE job_counts.job_id = v.job_id AND job_counts.shard = v.shard RETURNING job_counts.job_id, job_counts.open_tasks",
+            rows.join(", ")
+        )
+    });
+    let mut queries: Vec<(&str, &[Value])> = Vec::new();
+    if !w.receipts.is_empty() {
         queries.push((next_ids.as_str(), &reserve));
     }
-    if let Some(shard) = &shard {
-        // Two pool replicas closing tasks of one shard at once take turns
-        // on its row, and the second decrements what the first left
-        // (PostgreSQL re-reads a row it waited for before updating it).
-        let sql =
-            "UPDATE job_counts SET open_tasks = open_tasks - 1 WHERE job_id = ?1 AND shard = ?2 RETURNING open_tasks";
-        queries.push((sql, shard));
+    if let Some(sql) = &count_sql {
+        queries.push((sql.as_str(), &counts.0));
     }
     let mut answers = db.query_all(&queries)?.into_iter();
-    let mut receipt_ids = match paid {
-        0 => Vec::new(),
-        _ => answers.next().ok_or(DbError::NoRow)?,
+    let mut receipt_ids = match w.receipts.is_empty() {
+        true => Vec::new(),
+        false => answers.next().ok_or(DbError::NoRow)?,
     }
     .into_iter();
-    let shard_left = match shard {
-        Some(_) => Some(answers.next().and_then(|rows| rows.into_iter().next()).ok_or(DbError::NoRow)?.int(0)?),
-        None => None,
-    };
-    let mut p = Params::default();
-    let mut rows = Vec::new();
-    let mut receipts = Vec::with_capacity(verdicts.len());
-    for &(r, valid, credits) in verdicts {
-        if !valid {
-            receipts.push(None);
-            continue;
+    let mut emptied = Vec::new();
+    if count_sql.is_some() {
+        for row in answers.next().ok_or(DbError::NoRow)? {
+            if row.int(1)? == 0 && !emptied.contains(&row.int(0)?) {
+                emptied.push(row.int(0)?);
+            }
         }
+    }
+    let mut p = Params::default();
+    let mut rows = Vec::with_capacity(w.receipts.len());
+    let mut signed = Vec::with_capacity(w.receipts.len());
+    for r in &w.receipts {
         let receipt_id = receipt_ids.next().ok_or(DbError::NoRow)?.u64(0)?;
-        let signed = Signed::sign(
+        let receipt = Signed::sign(
             &Receipt {
                 receipt_id,
                 device_id: r.device_id as u64,
-                job_id: job_id as u64,
-                task_id: task_id as u64,
+                job_id: r.job_id as u64,
+                task_id: r.task_id as u64,
                 replica_id: r.replica_id as u64,
                 output_sha256: parse_sha(&r.output_sha256)?,
                 fuel: r.fuel.map(|f| f as u64),
-                credits,
+                credits: r.credits,
                 wall_ms: r.wall_ms as u64,
                 cpu_ms: r.cpu_ms as u64,
                 issued_at_ms: now,
@@ -214,13 +565,13 @@ pub(super) fn judge(
             p.bind(receipt_id),
             p.bind(r.replica_id),
             p.bind(r.device_id),
-            p.bind(job_id),
-            p.bind(credits),
-            p.bind(&signed.payload),
-            p.bind(&signed.signature),
+            p.bind(r.job_id),
+            p.bind(r.credits),
+            p.bind(&receipt.payload),
+            p.bind(&receipt.signature),
         ];
         rows.push(format!("({})", values.join(", ")));
-        receipts.push(Some(signed));
+        signed.push(receipt);
     }
     if !rows.is_empty() {
         db.defer(
@@ -231,26 +582,7 @@ pub(super) fn judge(
             &p.0,
         )?;
     }
-    Ok(Judged { receipts, shard_left })
-}
-
-/// The recorded outcome of a replica whose result is already in, if `output_sha` is that result.
-pub(super) fn repeat_outcome(
-    db: &dyn Db,
-    lease_id: u64,
-    task_id: i64,
-    output_sha: &Sha256,
-) -> Result<Option<ResultOutcome>, StoreError> {
-    let recorded = db.row("SELECT output_sha256 FROM replicas WHERE id = ?1", args![lease_id])?.opt_text(0)?;
-    if recorded.as_deref() != Some(output_sha.to_hex().as_str()) {
-        return Ok(None);
-    }
-    let task_state = task_state(&db.row("SELECT state FROM tasks WHERE id = ?1", args![task_id])?.text(0)?);
-    let receipt = db
-        .opt_row("SELECT payload, signature FROM receipts WHERE replica_id = ?1", args![lease_id])?
-        .map(|r| Ok::<_, DbError>(Signed::from_parts(r.text(0)?, r.text(1)?)))
-        .transpose()?;
-    Ok(Some(ResultOutcome { task_state, receipt }))
+    Ok((signed, emptied))
 }
 
 impl Store {
@@ -270,99 +602,95 @@ impl Store {
         key: &Keypair,
         now: u64,
     ) -> Result<ResultOutcome, StoreError> {
+        let one = Submission { device_id, lease_id, token, output, fuel, wall_ms, cpu_ms };
+        self.submit_results(&[one], key, now)?.pop().ok_or(StoreError::Db(DbError::NoRow))?
+    }
+
+    /// Records several results (module doc): one answer each, in order.
+    /// `Err` only when the database failed, and then nothing is written.
+    pub fn submit_results(
+        &mut self,
+        submissions: &[Submission<'_>],
+        key: &Keypair,
+        now: u64,
+    ) -> Result<Vec<Result<ResultOutcome, StoreError>>, StoreError> {
+        if submissions.is_empty() {
+            return Ok(Vec::new());
+        }
         let tx = self.db.savepoint()?;
-        let Lease { task_id, state, job_id, idx, task_state: task_state_now, expected_sha256: expected } =
-            lock_lease(&*tx, lease_id, token, device_id, true)?;
-        let output_sha = Sha256::of(output);
-        if state != "leased" {
-            // The same device sending the same result again (its agent died
-            // before it could record our answer) gets the same answer again.
-            if let Some(outcome) = repeat_outcome(&*tx, lease_id, task_id, &output_sha)? {
-                return Ok(outcome);
+        let mut lease_ids: Vec<i64> = submissions.iter().map(|s| s.lease_id as i64).collect();
+        lease_ids.sort_unstable();
+        lease_ids.dedup();
+        let (locked, mut batch) = lock_and_read(&*tx, &lease_ids)?;
+        // The replicas this batch reported.
+        let mut reported_here: HashSet<i64> = HashSet::new();
+        let mut answers: Vec<Answer> = Vec::with_capacity(submissions.len());
+        for s in submissions {
+            let lease_id = s.lease_id as i64;
+            let Some(lease) = locked.get(&lease_id) else {
+                answers.push(Answer::Refused(StoreError::NotFound { what: "lease", id: s.lease_id.to_string() }));
+                continue;
+            };
+            if lease.token.as_deref() != Some(s.token) || lease.device_id != Some(s.device_id as i64) {
+                answers.push(Answer::Refused(StoreError::Conflict(
+                    "stale lease token: this lease was given to another device or renewed".into(),
+                )));
+                continue;
             }
-            return Err(StoreError::Conflict(format!("lease {lease_id} is {state}: a result was already recorded")));
-        }
-        put_blob(&*tx, output)?;
-        tx.defer(
-            "UPDATE replicas SET state = 'reported', output_sha256 = ?1, fuel = ?2, wall_ms = ?3, cpu_ms = ?4 WHERE id = ?5",
-            args![output_sha.to_hex(), fuel, wall_ms, cpu_ms, lease_id],
-        )?;
-        let info = job_info(&*tx, &mut self.jobs, job_id as u64)?;
-        let spec = &info.spec;
-        let replicas = task_replicas(&*tx, task_id)?;
-        let reported = &replicas.reported;
-
-        let asked = Asked { quorum: spec.quorum, replication: spec.replication };
-        let fail_task = |tx: &dyn Db| tx.defer("UPDATE tasks SET state = 'failed' WHERE id = ?1", args![task_id]);
-        let ask_another =
-            |tx: &dyn Db| tx.defer("INSERT INTO replicas (task_id, state) VALUES (?1, 'queued')", args![task_id]);
-
-        // A spot check judges each answer on arrival (judgement.rs).
-        if let Some(expected) = &expected {
-            let row = reported.iter().find(|r| r.replica_id == lease_id as i64).ok_or(DbError::NoRow)?;
-            let right = &row.output_sha256 == expected;
-            let credits = spec.credit_for(row.fuel.map(|f| f as u64));
-            let check =
-                judgement::spot_check(task_state(&task_state_now), right, replicas.outstanding, reported.len(), asked);
-            match check {
-                SpotCheck::AskAnother => ask_another(&*tx)?,
-                SpotCheck::Fail => fail_task(&*tx)?,
-                SpotCheck::Close | SpotCheck::Wait | SpotCheck::AlreadyDone | SpotCheck::AlreadyFailed => {}
-            }
-            let close = (check == SpotCheck::Close).then_some(Close { canonical_sha256: expected, shard: None });
-            let judged = judge(&*tx, task_id, &[(row, right, credits)], close, job_id, key, now)?;
-            tx.commit()?;
-            return Ok(ResultOutcome {
-                task_state: check.task_state(),
-                receipt: judged.receipts.into_iter().next().flatten(),
-            });
-        }
-
-        let mut receipt = None;
-        let mut new_state = task_state(&task_state_now);
-        if new_state == TaskState::Pending {
-            // What must agree: the output, and the fuel used where the job is metered.
-            let metered = spec.limits.max_fuel.is_some();
-            let ballots: Vec<Ballot<(&str, Option<i64>)>> = reported
-                .iter()
-                .map(|r| Ballot {
-                    device_id: r.device_id,
-                    value: (r.output_sha256.as_str(), if metered { r.fuel } else { None }),
-                    record: r.record,
-                })
-                .collect();
-            match judgement::by_quorum(&ballots, replicas.outstanding, asked, self.trust) {
-                Decision::Done { canonical, valid } => {
-                    new_state = TaskState::Done;
-                    let verdicts: Vec<_> = reported
-                        .iter()
-                        .zip(valid)
-                        .map(|(r, valid)| (r, valid, spec.credit_for(r.fuel.map(|f| f as u64))))
-                        .collect();
-                    let close = Close { canonical_sha256: canonical.0, shard: Some(idx % info.count_shards) };
-                    let judged = judge(&*tx, task_id, &verdicts, Some(close), job_id, key, now)?;
-                    receipt = reported
-                        .iter()
-                        .zip(judged.receipts)
-                        .find(|(r, _)| r.replica_id == lease_id as i64)
-                        .and_then(|(_, s)| s);
-                    if judged.shard_left == Some(0) {
-                        finish_job_if_complete(&*tx, job_id, spec)?;
-                    }
+            let task_id = lease.task_id;
+            let output_sha = Sha256::of(s.output).to_hex();
+            let task = batch.tasks.get_mut(&task_id).ok_or(DbError::NoRow)?;
+            let replica = task.replicas.iter_mut().find(|r| r.id == Some(lease_id)).ok_or(DbError::NoRow)?;
+            if replica.state != "leased" {
+                // The same device sending the same result again (its agent died
+                // before it could record our answer) gets the same answer again.
+                if replica.output_sha256.as_deref() == Some(output_sha.as_str()) {
+                    let task_state = task_state(&task.state);
+                    let receipt = match batch.writes.receipts.iter().position(|r| r.replica_id == lease_id) {
+                        Some(at) => ReceiptRef::Made(at),
+                        None if reported_here.contains(&lease_id) => ReceiptRef::None,
+                        None => stored_receipt(&*tx, lease_id)?,
+                    };
+                    answers.push(Answer::Judged { task_state, receipt });
+                } else {
+                    answers.push(Answer::Refused(StoreError::Conflict(format!(
+                        "lease {lease_id} is {}: a result was already recorded",
+                        replica.state
+                    ))));
                 }
-                Decision::Wait => {}
-                Decision::AskAnother => ask_another(&*tx)?,
-                Decision::Fail => {
-                    new_state = TaskState::Failed;
-                    fail_task(&*tx)?;
-                    tx.defer(
-                        "UPDATE jobs SET state = 'failed', error = ?1 WHERE id = ?2",
-                        args![format!("task {task_id}: no quorum among {} results", reported.len()), job_id],
-                    )?;
-                }
+                continue;
             }
+            replica.state = "reported".into();
+            replica.output_sha256 = Some(output_sha.clone());
+            replica.fuel = s.fuel.map(|f| f as i64);
+            replica.wall_ms = s.wall_ms as i64;
+            replica.cpu_ms = s.cpu_ms as i64;
+            batch.writes.blobs.insert(output_sha.clone(), s.output);
+            batch.writes.reported.push((lease_id, output_sha, replica.fuel, replica.wall_ms, replica.cpu_ms));
+            reported_here.insert(lease_id);
+            let job_id = task.job_id as u64;
+            let info = job_info(&*tx, &mut self.jobs, job_id)?;
+            answers.push(batch.judge_result(lease_id, task_id, &info.spec, info.count_shards, self.trust));
+        }
+        let (receipts, emptied) = write(&*tx, &batch.writes, key, now)?;
+        for job_id in emptied {
+            let info = job_info(&*tx, &mut self.jobs, job_id as u64)?;
+            finish_job_if_complete(&*tx, job_id, &info.spec)?;
         }
         tx.commit()?;
-        Ok(ResultOutcome { task_state: new_state, receipt })
+        Ok(answers
+            .into_iter()
+            .map(|a| match a {
+                Answer::Refused(e) => Err(e),
+                Answer::Judged { task_state, receipt } => Ok(ResultOutcome {
+                    task_state,
+                    receipt: match receipt {
+                        ReceiptRef::None => None,
+                        ReceiptRef::Made(at) => receipts.get(at).cloned(),
+                        ReceiptRef::Stored(r) => Some(r),
+                    },
+                }),
+            })
+            .collect())
     }
 }

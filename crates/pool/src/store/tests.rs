@@ -655,7 +655,89 @@ fn a_request_signature_is_spent_once_and_a_replay_changes_nothing(b: Backend) {
     w.store.commit().unwrap();
 }
 
+/// Results recorded as one batch end exactly as the same results recorded
+/// one by one in the same order: the same answers (refusals, task states,
+/// receipts), devices' records, tasks, job and output. The batch has two
+/// results closing a task, the same result sent twice, a disagreement that
+/// asks for another replica, a stale token, an unknown lease, and a result
+/// whose task an earlier one in the batch closed.
+fn a_batch_of_results_ends_as_the_same_results_one_by_one(b: Backend) {
+    let run = |batched: bool| {
+        let (mut w, job) = world(b, 7, 2, 2, 3);
+        let m: Vec<TaskManifest> = (0..6).map(|i| w.lease(w.devices[i], 1, 2_000).remove(0)).collect();
+        for pair in m.chunks(2) {
+            assert_eq!(pair[0].task_id, pair[1].task_id, "replicas of one task go to devices side by side");
+        }
+        // A third replica of the first task, queued by hand, out to device 6:
+        // the task closes before its result comes in.
+        w.store
+            .db
+            .execute("INSERT INTO replicas (task_id, state) VALUES (?1, 'queued')", crate::db::args![m[0].task_id])
+            .unwrap();
+        let late = w.lease(w.devices[6], 1, 2_000).remove(0);
+        assert_eq!(late.task_id, m[0].task_id);
+        fn sub<'m>(m: &'m TaskManifest, output: &'static [u8]) -> super::results::Submission<'m> {
+            super::results::Submission {
+                device_id: m.device_id,
+                lease_id: m.lease_id,
+                token: &m.lease_token,
+                output,
+                fuel: None,
+                wall_ms: 5,
+                cpu_ms: 4,
+            }
+        }
+        let stale = super::results::Submission { token: "stale", ..sub(&m[4], b"c") };
+        let unknown = super::results::Submission { lease_id: 999_999, ..sub(&m[5], b"c") };
+        let all = [
+            sub(&m[0], b"a"),
+            sub(&m[1], b"a"),
+            sub(&m[0], b"a"),
+            sub(&late, b"a"),
+            sub(&m[2], b"x"),
+            sub(&m[3], b"y"),
+            stale,
+            sub(&m[5], b"c"),
+            unknown,
+            sub(&m[4], b"c"),
+        ];
+        let answers: Vec<Result<super::results::ResultOutcome, StoreError>> = if batched {
+            w.store.submit_results(&all, &w.key, 3_000).unwrap()
+        } else {
+            all.iter().map(|s| w.store.submit_results(&[*s], &w.key, 3_000).unwrap().remove(0)).collect()
+        };
+        let answers: Vec<String> = answers
+            .iter()
+            .map(|a| match a {
+                Ok(o) => format!("{:?} {:?}", o.task_state, o.receipt.as_ref().map(|r| r.payload.clone())),
+                Err(e) => format!("refused: {e}"),
+            })
+            .collect();
+        // The disagreement asked for one more replica: device 6 gets it.
+        let again = w.lease(w.devices[6], 1, 3_000);
+        let state = (
+            serde_json::to_value(w.store.stats().unwrap()).unwrap(),
+            serde_json::to_value(w.store.job_status(job).unwrap()).unwrap(),
+            w.store.job_output(job).unwrap(),
+            again.iter().map(|m| m.task_id).collect::<Vec<_>>(),
+        );
+        (answers, state)
+    };
+    let (one_by_one, batched) = (run(false), run(true));
+    assert!(
+        one_by_one.0[2].starts_with("Done Some("),
+        "the same result again gets its receipt again: {:?}",
+        one_by_one.0
+    );
+    assert!(one_by_one.0[3].starts_with("refused: lease"), "{:?}", one_by_one.0);
+    assert!(one_by_one.0[6].starts_with("refused: stale"), "{:?}", one_by_one.0);
+    assert_eq!(one_by_one.1.3.len(), 1, "another replica was asked for");
+    assert_eq!(batched.0, one_by_one.0);
+    assert_eq!(batched.1, one_by_one.1);
+}
+
 on_both_backends!(
+    a_batch_of_results_ends_as_the_same_results_one_by_one,
     a_request_signature_is_spent_once_and_a_replay_changes_nothing,
     a_device_never_gets_two_replicas_of_one_task,
     expired_leases_are_fenced_off,
