@@ -130,10 +130,16 @@ fn main() {
         load(&bases, devices_n, seconds, concurrency);
         if let (Some(c), Ok(_)) = (&cluster, std::env::var("IDLEMESH_BENCH_PG_STATS")) {
             // Needs IDLEMESH_BENCH_PG="shared_preload_libraries=pg_stat_statements".
-            if let Some(name) = db_name {
-                let _ = c.psql(&name, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements");
-                println!("{}", c.psql(&name, "SELECT calls, round(total_exec_time) AS exec_ms, round(total_plan_time) AS plan_ms, left(regexp_replace(query, '\\s+', ' ', 'g'), 90) FROM pg_stat_statements ORDER BY total_exec_time + total_plan_time DESC LIMIT 30").unwrap_or_default());
+            if let Some(name) = &db_name {
+                let _ = c.psql(name, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements");
+                println!("{}", c.psql(name, "SELECT calls, round(total_exec_time) AS exec_ms, round(total_plan_time) AS plan_ms, left(regexp_replace(query, '\\s+', ' ', 'g'), 90) FROM pg_stat_statements ORDER BY total_exec_time + total_plan_time DESC LIMIT 30").unwrap_or_default());
             }
+        }
+        // The set-up's database goes with it: left behind, autovacuum keeps
+        // working on it and the next set-up's figures pay for that.
+        drop(replicas);
+        if let (Some(c), Some(name)) = (&cluster, &db_name) {
+            c.psql("postgres", &format!("DROP DATABASE {name} WITH (FORCE)")).unwrap();
         }
     }
     if let (Some(c), Ok(path)) = (&cluster, std::env::var("IDLEMESH_BENCH_PG_LOG")) {
@@ -356,6 +362,7 @@ fn floor(cluster: &idlemesh_pool::test_cluster::Cluster, seconds: u64, concurren
             pgbench / n * 1e3
         );
     }
+    cluster.psql("postgres", &format!("DROP DATABASE {name} WITH (FORCE)")).unwrap();
 }
 
 /// What one in-flight worker did.

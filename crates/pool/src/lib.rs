@@ -101,15 +101,17 @@ impl std::fmt::Display for Database {
     }
 }
 
-/// Connections a pool replica keeps to PostgreSQL (one writer thread each).
-const POSTGRES_CONNECTIONS: usize = 4;
+/// Connections a pool replica keeps to PostgreSQL (one writer thread each):
+/// two record results, three run everything else.
+const POSTGRES_CONNECTIONS: usize = 5;
 /// Operations sharing one transaction: many on SQLite (one writer, commits
 /// are what costs); on PostgreSQL only leases, which never wait on a row
 /// lock (a transaction holds its row locks until it commits, and other
 /// replicas wait on them: writer.rs), and results, recorded together by
 /// statements that each serve the whole batch (store/results.rs).
 const SQLITE_BATCHES: writer::Batches = writer::Batches { any: 256, skipping_locks: None, results: None };
-const POSTGRES_BATCHES: writer::Batches = writer::Batches { any: 1, skipping_locks: Some(16), results: Some(16) };
+const POSTGRES_BATCHES: writer::Batches =
+    writer::Batches { any: 1, skipping_locks: Some(16), results: Some(writer::ResultBatches { threads: 2, max: 16 }) };
 
 /// How a pool is set up.
 #[derive(Debug, Clone)]

@@ -123,19 +123,14 @@ struct PendingResult {
     reply: tokio::sync::oneshot::Sender<Result<ResultOutcome, StoreError>>,
 }
 
-/// What the database threads take from the queue.
-enum Work {
-    Op(Box<dyn Op>),
-    Result(Box<PendingResult>),
-}
-
-type Queue = Arc<Mutex<mpsc::Receiver<Work>>>;
+type Queue = Arc<Mutex<mpsc::Receiver<Box<dyn Op>>>>;
+type ResultQueue = Arc<Mutex<mpsc::Receiver<PendingResult>>>;
 
 #[derive(Clone)]
 pub(crate) struct StoreWriter {
-    ops: mpsc::Sender<Work>,
-    /// Results are recorded in batches of their own (PostgreSQL).
-    batch_results: bool,
+    ops: mpsc::Sender<Box<dyn Op>>,
+    /// Results, where threads of their own record them in batches (PostgreSQL).
+    results: Option<mpsc::Sender<PendingResult>>,
 }
 
 /// How many operations share a transaction.
@@ -146,30 +141,57 @@ pub(crate) struct Batches {
     /// Operations that skip locked rows, without savepoints (PostgreSQL);
     /// `None`: they batch as any other.
     pub skipping_locks: Option<usize>,
-    /// Results recorded together by one set-oriented operation
-    /// (PostgreSQL); `None`: each is an operation like any other.
-    pub results: Option<usize>,
+    /// Results recorded together by one set-oriented operation, on
+    /// threads of their own (PostgreSQL); `None`: each is an operation
+    /// like any other.
+    pub results: Option<ResultBatches>,
+}
+
+/// Threads that record only results, and how many a batch takes at most.
+/// Fewer threads than could take results one at a time is what makes the
+/// batches: while one is recorded, the next gathers (measured: with the
+/// results sharing four threads with everything else, most batches were
+/// of one; docs/benchmarks.md).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ResultBatches {
+    pub threads: usize,
+    pub max: usize,
 }
 
 impl StoreWriter {
     /// One thread per store (each its own connection), taking up to
     /// `batches` operations per transaction.
     pub fn start(stores: Vec<Store>, batches: Batches, metrics: Arc<metrics::Replica>) -> std::io::Result<Self> {
-        let (ops, queue) = mpsc::channel::<Work>();
+        let (ops, queue) = mpsc::channel::<Box<dyn Op>>();
         let queue: Queue = Arc::new(Mutex::new(queue));
-        for (i, store) in stores.into_iter().enumerate() {
+        let mut stores = stores.into_iter().enumerate();
+        let results = match batches.results {
+            Some(rb) => {
+                let (results, result_queue) = mpsc::channel::<PendingResult>();
+                let result_queue: ResultQueue = Arc::new(Mutex::new(result_queue));
+                for (i, store) in stores.by_ref().take(rb.threads) {
+                    let (queue, metrics) = (result_queue.clone(), metrics.clone());
+                    std::thread::Builder::new()
+                        .name(format!("pool-results-{i}"))
+                        .spawn(move || serve_results(store, &queue, rb.max, &metrics))?;
+                }
+                Some(results)
+            }
+            None => None,
+        };
+        for (i, store) in stores {
             let (queue, metrics) = (queue.clone(), metrics.clone());
             std::thread::Builder::new()
                 .name(format!("pool-store-{i}"))
                 .spawn(move || serve(store, &queue, batches, &metrics))?;
         }
-        Ok(Self { ops, batch_results: batches.results.is_some() })
+        Ok(Self { ops, results })
     }
 
     /// Records a device's result (and spends its request's signature);
     /// resolves once committed.
     pub async fn submit_result(&self, work: ResultWork) -> Result<ResultOutcome, StoreError> {
-        if !self.batch_results {
+        let Some(results) = &self.results else {
             return self
                 .run(move |s| {
                     s.spend_signature(&work.signature, work.expires_ms, crate::now_ms())?;
@@ -186,9 +208,9 @@ impl StoreWriter {
                     )
                 })
                 .await;
-        }
+        };
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.ops.send(Work::Result(Box::new(PendingResult { work, reply }))).map_err(|_| StoreError::Closed)?;
+        results.send(PendingResult { work, reply }).map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -216,23 +238,19 @@ impl StoreWriter {
         skips_locks: bool,
     ) -> Result<T, StoreError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let op = Work::Op(Box::new(Pending { f, skips_locks, result: None, reply }));
-        self.ops.send(op).map_err(|_| StoreError::Closed)?;
+        self.ops.send(Box::new(Pending { f, skips_locks, result: None, reply })).map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 }
 
 fn serve(mut store: Store, queue: &Queue, batches: Batches, metrics: &metrics::Replica) {
-    // Work taken from the queue that did not fit the last batch: it runs
-    // next, alone, without waiting for the queue, which another thread may
-    // hold while it waits for work.
-    let mut carried: Option<Work> = None;
+    // An operation taken from the queue that did not fit the last batch (of
+    // operations skipping locks): it runs next, alone, without waiting for
+    // the queue, which another thread may hold while it waits for work.
+    let mut carried: Option<Box<dyn Op>> = None;
     loop {
-        if let Some(work) = carried.take() {
-            match work {
-                Work::Op(op) => run_alone(&mut store, op, metrics),
-                Work::Result(r) => run_results(&mut store, vec![r], metrics),
-            }
+        if let Some(op) = carried.take() {
+            run_alone(&mut store, op, metrics);
             continue;
         }
         let batch = {
@@ -240,63 +258,52 @@ fn serve(mut store: Store, queue: &Queue, batches: Batches, metrics: &metrics::R
             // for the same reason.
             let Ok(queue) = queue.lock() else { return };
             let Ok(first) = queue.recv() else { return };
-            match first {
-                Work::Result(first) => {
-                    let max = batches.results.unwrap_or(1);
-                    let mut results = vec![first];
-                    while results.len() < max {
-                        match queue.try_recv() {
-                            Ok(Work::Result(r)) => results.push(r),
-                            Ok(other) => {
-                                carried = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
+            let sharing = batches.skipping_locks.filter(|_| first.skips_locks());
+            let max = sharing.unwrap_or(batches.any);
+            let mut batch = vec![first];
+            while batch.len() < max {
+                match queue.try_recv() {
+                    Ok(op) if sharing.is_none() || op.skips_locks() => batch.push(op),
+                    Ok(op) => {
+                        carried = Some(op);
+                        break;
                     }
-                    Batch::Results(results)
-                }
-                Work::Op(first) => {
-                    let sharing = batches.skipping_locks.filter(|_| first.skips_locks());
-                    let max = sharing.unwrap_or(batches.any);
-                    let mut ops = vec![first];
-                    while ops.len() < max {
-                        match queue.try_recv() {
-                            Ok(Work::Op(op)) if sharing.is_none() || op.skips_locks() => ops.push(op),
-                            Ok(other) => {
-                                carried = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    if sharing.is_some() { Batch::Sharing(ops) } else { Batch::Any(ops) }
+                    Err(_) => break,
                 }
             }
+            (batch, sharing.is_some())
         };
         match batch {
-            Batch::Sharing(ops) => run_sharing(&mut store, ops, metrics),
-            Batch::Any(ops) => run_batch(&mut store, ops, metrics),
-            Batch::Results(results) => run_results(&mut store, results, metrics),
+            (batch, true) => run_sharing(&mut store, batch, metrics),
+            (batch, false) => run_batch(&mut store, batch, metrics),
         }
     }
 }
 
-/// What a database thread took from the queue to run together.
-enum Batch {
-    /// Operations that skip locked rows, in one transaction.
-    Sharing(Vec<Box<dyn Op>>),
-    /// Any operations, each in its savepoint of one transaction.
-    Any(Vec<Box<dyn Op>>),
-    /// Results, recorded by one operation.
-    Results(Vec<Box<PendingResult>>),
+/// A results thread: every result waiting (up to `max`) recorded as one batch.
+fn serve_results(mut store: Store, queue: &ResultQueue, max: usize, metrics: &metrics::Replica) {
+    loop {
+        let batch = {
+            let Ok(queue) = queue.lock() else { return };
+            let Ok(first) = queue.recv() else { return };
+            let mut batch = vec![first];
+            while batch.len() < max {
+                match queue.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        run_results(&mut store, batch, metrics);
+    }
 }
 
 /// Results recorded together in one transaction (store/results.rs), their
 /// signatures spent in it; run again while PostgreSQL picks it to break a
 /// deadlock. If the batch fails otherwise, each is recorded on its own, so
 /// that one result's failure (a replay) is its own answer only.
-fn run_results(store: &mut Store, mut batch: Vec<Box<PendingResult>>, metrics: &metrics::Replica) {
+fn run_results(store: &mut Store, mut batch: Vec<PendingResult>, metrics: &metrics::Replica) {
     for attempt in 1..=MAX_ATTEMPTS {
         let failure = match record(store, &batch) {
             Ok(answers) => match commit(store) {
@@ -339,7 +346,7 @@ fn run_results(store: &mut Store, mut batch: Vec<Box<PendingResult>>, metrics: &
 /// left open for the caller to commit.
 fn record(
     store: &mut Store,
-    batch: &[Box<PendingResult>],
+    batch: &[PendingResult],
 ) -> Result<Vec<Result<ResultOutcome, StoreError>>, StoreError> {
     store.begin_lone()?;
     let now = crate::now_ms();
@@ -481,7 +488,7 @@ mod tests {
         let mut stores: Vec<Store> = vec![first];
         stores.extend((1..4).map(|_| Store::on_migrated(connect(), rules)));
         let writer =
-            StoreWriter::start(stores, Batches { any: 1, skipping_locks: Some(16), results: Some(16) }, Arc::default())
+            StoreWriter::start(stores, Batches { any: 1, skipping_locks: Some(16), results: None }, Arc::default())
                 .unwrap();
 
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -513,5 +520,89 @@ mod tests {
                 .expect("an operation was never answered")
         });
         assert_eq!((leased, looked_up), (devices.len(), devices.len()));
+    }
+
+    /// Results sent at once to the results threads, as a busy replica gets
+    /// them: recorded in batches, every one answered, each as it would be
+    /// alone. Among them a replay (the same signature twice: it fails its
+    /// batch, and each is then recorded alone, the second refused) and a
+    /// stale token. The job completes once, with every task's credit paid
+    /// once.
+    #[test]
+    fn results_recorded_in_batches_on_postgresql_are_answered_each_as_alone() {
+        let url = crate::test_cluster::Cluster::shared().create_database().unwrap();
+        let connect = || Box::new(crate::db::Postgres::connect(&url).unwrap());
+        let rules = TrustRules::single_owner();
+        let mut first = Store::open(connect(), rules).unwrap();
+        let tasks = 120;
+        let job = crate::store::tests::range_job(&mut first, tasks, 1, 1);
+        let caps = Capabilities { wasm: true, wgpu_adapter: None, cores: 2, memory_bytes: 0 };
+        let leased: Vec<_> = (0..tasks)
+            .map(|_| {
+                let device = first.enroll(&Keypair::generate().unwrap().public(), "{}", None, 1_000).unwrap().0;
+                first.lease(device, &caps, 1, 2_000, None).unwrap().remove(0)
+            })
+            .collect();
+        let mut stores: Vec<Store> = vec![first];
+        stores.extend((1..4).map(|_| Store::on_migrated(connect(), rules)));
+        let batches =
+            Batches { any: 1, skipping_locks: Some(16), results: Some(ResultBatches { threads: 2, max: 16 }) };
+        let writer = StoreWriter::start(stores, batches, Arc::default()).unwrap();
+        let key = Arc::new(Keypair::generate().unwrap());
+        let work = |m: &idlemesh_protocol::TaskManifest, signature: Vec<u8>, token: &str| ResultWork {
+            device_id: m.device_id,
+            lease_id: m.lease_id,
+            token: token.to_owned(),
+            output: m.task_id.to_le_bytes().to_vec(),
+            fuel: None,
+            wall_ms: 1,
+            cpu_ms: 1,
+            signature,
+            expires_ms: crate::now_ms() + 60_000,
+            key: key.clone(),
+        };
+        let mut all: Vec<ResultWork> = leased
+            .iter()
+            .enumerate()
+            .map(|(i, m)| work(m, format!("signature {i}").into_bytes(), &m.lease_token))
+            .collect();
+        // The first result's request again (a replay), and a stale token for the second's lease.
+        all.push(work(&leased[0], b"signature 0".to_vec(), &leased[0].lease_token));
+        all.push(work(&leased[1], b"stale".to_vec(), "not the token"));
+
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let answers = rt.block_on(async {
+            let pending: Vec<_> = all
+                .into_iter()
+                .map(|w| {
+                    let writer = writer.clone();
+                    tokio::spawn(async move { writer.submit_result(w).await })
+                })
+                .collect();
+            let all = async {
+                let mut answers = Vec::new();
+                for p in pending {
+                    answers.push(p.await.unwrap());
+                }
+                answers
+            };
+            tokio::time::timeout(std::time::Duration::from_secs(60), all).await.expect("a result was never answered")
+        });
+        let (done, rest) = answers.split_at(tasks as usize);
+        for (i, a) in done.iter().enumerate() {
+            let outcome = a.as_ref().unwrap_or_else(|e| panic!("result {i}: {e}"));
+            assert_eq!(outcome.task_state, idlemesh_protocol::api::TaskState::Done, "result {i}");
+            assert!(outcome.receipt.is_some(), "result {i}");
+        }
+        assert!(matches!(rest[0], Err(StoreError::Replayed)), "{:?}", rest[0].as_ref().map(|o| o.task_state));
+        assert!(matches!(&rest[1], Err(StoreError::Conflict(m)) if m.contains("stale")));
+
+        let status = rt.block_on(writer.run(move |s| s.job_status(job))).unwrap();
+        assert_eq!(status.state, idlemesh_protocol::api::JobState::Done);
+        assert_eq!(status.tasks.done, tasks as u64);
+        let receipts = rt.block_on(writer.run(move |s| s.stats())).unwrap();
+        let valid: u64 = receipts.devices.iter().map(|d| d.valid_results).sum();
+        assert_eq!(valid, tasks as u64, "every task credited once");
+        assert_eq!(status.credits_granted, receipts.devices.iter().map(|d| d.credits).sum::<f64>());
     }
 }
