@@ -189,7 +189,7 @@ fn load(bases: &[String], devices_n: usize, seconds: u64, concurrency: usize) {
         let deadline = Instant::now() + Duration::from_secs(seconds);
         let caps = Capabilities { wasm: true, wgpu_adapter: None, cores: 4, memory_bytes: 8 << 30 };
         let dry = Arc::new(std::sync::OnceLock::<Instant>::new());
-        let (busy0, server0) = (cpu_seconds().0, postgres_cpu_seconds());
+        let (busy0, server0, steal0) = (cpu_seconds().0, postgres_cpu_seconds(), steal_seconds());
         let started = Instant::now();
         let workers: Vec<_> = (0..concurrency).map(|_| {
             let (http, devices, next, caps, dry) = (http.clone(), devices.clone(), next.clone(), caps.clone(), dry.clone());
@@ -242,7 +242,8 @@ fn load(bases: &[String], devices_n: usize, seconds: u64, concurrency: usize) {
         // Ran dry: over the time until the last result, not until the
         // deadline (the workers stopped early).
         let elapsed = if dry.get().is_some() { last } else { Instant::now() }.duration_since(started).as_secs_f64();
-        let (busy, server) = (cpu_seconds().0 - busy0, postgres_cpu_seconds() - server0);
+        let (busy, server, steal) =
+            (cpu_seconds().0 - busy0, postgres_cpu_seconds() - server0, steal_seconds() - steal0);
         all.sort();
         let pct = |p: f64| all[((all.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
         println!(
@@ -251,10 +252,12 @@ fn load(bases: &[String], devices_n: usize, seconds: u64, concurrency: usize) {
         );
         // Over the run until every worker stopped (a dry job's tail included).
         let n = all.len() as f64;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         println!(
-            "CPU a round trip: {:.3} ms for the whole machine, of which PostgreSQL's processes {:.3} ms",
+            "CPU a round trip: {:.3} ms for the whole machine, of which PostgreSQL's processes {:.3} ms; the hypervisor kept {:.0} % of the CPUs for other machines (steal)",
             busy / n * 1e3,
-            server / n * 1e3
+            server / n * 1e3,
+            steal / (elapsed * cores) * 100.0
         );
         if let Some(at) = dry.get() {
             println!(
@@ -263,6 +266,16 @@ fn load(bases: &[String], devices_n: usize, seconds: u64, concurrency: usize) {
             );
         }
     });
+}
+
+/// CPU time the hypervisor gave other machines while this one wanted it
+/// (steal), in seconds: on a shared VM, what makes one run slower than the
+/// next with nothing else changed.
+fn steal_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let steal: u64 = stat.lines().next().unwrap().split_whitespace().nth(8).and_then(|v| v.parse().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    steal as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
 /// CPU time of the whole machine (all cores, busy) and of this process's

@@ -49,17 +49,6 @@ impl Dialect {
         }
     }
 
-    /// Makes the transaction's commit return before its changes are on
-    /// disk (they follow within a fraction of a second; a database crash
-    /// in between loses them, never half of them). Each commit otherwise
-    /// waits for its own flush while the transaction's locks are held.
-    pub fn commit_without_waiting(self) -> Option<&'static str> {
-        match self {
-            Self::Sqlite => None,
-            Self::Postgres => Some("SET LOCAL synchronous_commit = off"),
-        }
-    }
-
     /// A query for `?1` new ids of `table`'s `id` column: from its
     /// sequence on PostgreSQL (shared by every pool replica), after the
     /// highest on SQLite (one writer, inside its transaction).
@@ -275,6 +264,14 @@ pub(crate) trait Db: Send {
     /// Whether the transaction is [`Db::begin_lone`]'s.
     fn lone(&self) -> bool {
         false
+    }
+    /// Makes the open transaction's commit return before its changes are
+    /// on disk (they follow within a fraction of a second; a database crash
+    /// in between loses them, never half of them). Each commit otherwise
+    /// waits for its own flush while the transaction's locks are held.
+    /// SQLite: nothing (its writer shares one commit among many operations).
+    fn commit_without_waiting(&self) -> Result<(), DbError> {
+        Ok(())
     }
     fn commit(&self) -> Result<(), DbError>;
     fn rollback(&self) -> Result<(), DbError>;

@@ -344,10 +344,7 @@ fn run_results(store: &mut Store, mut batch: Vec<PendingResult>, metrics: &metri
 
 /// Spends the batch's signatures and records its results, in a transaction
 /// left open for the caller to commit.
-fn record(
-    store: &mut Store,
-    batch: &[PendingResult],
-) -> Result<Vec<Result<ResultOutcome, StoreError>>, StoreError> {
+fn record(store: &mut Store, batch: &[PendingResult]) -> Result<Vec<Result<ResultOutcome, StoreError>>, StoreError> {
     store.begin_lone()?;
     let now = crate::now_ms();
     let signatures: Vec<(&[u8], u64)> =

@@ -28,6 +28,9 @@ pub(crate) struct Postgres {
     in_transaction: Cell<bool>,
     /// A `BEGIN` not sent yet: it goes with the transaction's first statement.
     begin_pending: Cell<bool>,
+    /// The pending `BEGIN` also makes the commit not wait for the disk
+    /// (one message, not a statement of its own).
+    begin_relaxed: Cell<bool>,
     /// Statements deferred ([`Db::defer`]): they go with the next one.
     deferred: RefCell<Vec<(Statement, Vec<Value>)>>,
     lone: Cell<bool>,
@@ -111,6 +114,7 @@ impl Postgres {
                     statements: RefCell::default(),
                     in_transaction: Cell::default(),
                     begin_pending: Cell::default(),
+                    begin_relaxed: Cell::default(),
                     deferred: RefCell::default(),
                     lone: Cell::default(),
                 })
@@ -135,7 +139,11 @@ impl Postgres {
         if !begin && deferred.is_empty() {
             return Ok(work.await?);
         }
-        let began = async { if begin { self.client.batch_execute("BEGIN").await } else { Ok(()) } };
+        let begin_sql = match self.begin_relaxed.replace(false) {
+            true => "BEGIN; SET LOCAL synchronous_commit = off",
+            false => "BEGIN",
+        };
+        let began = async { if begin { self.client.batch_execute(begin_sql).await } else { Ok(()) } };
         let deferred = futures_util::future::join_all(deferred.iter().map(|(statement, params)| {
             let params = refs(params);
             async move { self.client.execute(statement, &params).await }
@@ -150,6 +158,7 @@ impl Postgres {
 
     fn end(&self, how: &str) -> Result<(), DbError> {
         self.in_transaction.set(false);
+        self.begin_relaxed.set(false);
         self.lone.set(false);
         if how == "ROLLBACK" {
             self.deferred.borrow_mut().clear();
@@ -313,6 +322,7 @@ impl Db for Postgres {
 
     fn begin(&self) -> Result<(), DbError> {
         self.begin_pending.set(true);
+        self.begin_relaxed.set(false);
         self.in_transaction.set(true);
         self.lone.set(false);
         Ok(())
@@ -326,6 +336,14 @@ impl Db for Postgres {
 
     fn lone(&self) -> bool {
         self.lone.get()
+    }
+
+    fn commit_without_waiting(&self) -> Result<(), DbError> {
+        if self.begin_pending.get() {
+            self.begin_relaxed.set(true);
+            return Ok(());
+        }
+        self.defer("SET LOCAL synchronous_commit = off", &[])
     }
 
     fn commit(&self) -> Result<(), DbError> {
@@ -349,6 +367,7 @@ impl Db for Postgres {
             self.statements.borrow_mut().clear();
             self.in_transaction.set(false);
             self.begin_pending.set(false);
+            self.begin_relaxed.set(false);
             self.deferred.borrow_mut().clear();
         }
         Ok(())

@@ -207,8 +207,8 @@ impl Store {
         // device's result is then refused as an unknown lease, and the
         // replica goes out again. Only a lease's own transaction: a batch
         // may hold results, which must not be lost.
-        if let (true, false, Some(sql)) = (tx.lone(), self.commit_relaxed, tx.dialect().commit_without_waiting()) {
-            tx.defer(sql, &[])?;
+        if tx.lone() && !self.commit_relaxed {
+            tx.commit_without_waiting()?;
             self.commit_relaxed = true;
         }
         let queries: Vec<(&str, &[Value])> = halves.iter().map(|(_, sql, p)| (sql.as_str(), p.0.as_slice())).collect();
