@@ -461,9 +461,6 @@ fn write(db: &dyn Db, w: &Writes<'_>, key: &Keypair, now: u64) -> Result<(Vec<Si
         let tasks = list(&mut p, w.failed.iter().copied());
         db.defer(&format!("UPDATE tasks SET state = 'failed' WHERE id IN {tasks}"), &p.0)?;
     }
-    for (job_id, error) in &w.failed_jobs {
-        db.defer("UPDATE jobs SET state = 'failed', error = ?1 WHERE id = ?2", args![error, *job_id])?;
-    }
     if !w.devices.is_empty() {
         let mut p = Params::default();
         let rows: Vec<String> = w
@@ -581,6 +578,11 @@ fn write(db: &dyn Db, w: &Writes<'_>, key: &Keypair, now: u64) -> Result<(Vec<Si
             ),
             &p.0,
         )?;
+    }
+    // Jobs last: a batch closing a job's last task takes its shard and
+    // then its row (finish_job_if_complete), and so must one failing it.
+    for (job_id, error) in &w.failed_jobs {
+        db.defer("UPDATE jobs SET state = 'failed', error = ?1 WHERE id = ?2", args![error, *job_id])?;
     }
     Ok((signed, emptied))
 }
