@@ -305,7 +305,11 @@ fn serve_results(mut store: Store, queue: &ResultQueue, max: usize, metrics: &me
 /// that one result's failure (a replay) is its own answer only.
 fn run_results(store: &mut Store, mut batch: Vec<PendingResult>, metrics: &metrics::Replica) {
     for attempt in 1..=MAX_ATTEMPTS {
-        let failure = match record(store, &batch) {
+        // A panic answers with an error, as an operation's does (Pending::run),
+        // and the thread lives on to record the next batch.
+        let recorded = catch_unwind(AssertUnwindSafe(|| record(store, &batch)))
+            .unwrap_or_else(|_| Err(StoreError::Commit("recording the results failed unexpectedly".into())));
+        let failure = match recorded {
             Ok(answers) => match commit(store) {
                 None => {
                     for (r, answer) in batch.into_iter().zip(answers) {
@@ -329,14 +333,22 @@ fn run_results(store: &mut Store, mut batch: Vec<PendingResult>, metrics: &metri
             std::thread::sleep(std::time::Duration::from_millis(5 * u64::from(attempt)));
             continue;
         }
-        if batch.len() > 1 {
+        // Split only what one result may have caused (a replay, a bad
+        // value): a database that stays unreachable is every result's error,
+        // not worth five more attempts each.
+        if batch.len() > 1 && !failure.retryable() {
             for r in batch {
                 run_results(store, vec![r], metrics);
             }
             return;
         }
-        if let Some(r) = batch.pop() {
-            let _ = r.reply.send(Err(failure));
+        if let [_] = batch.as_slice() {
+            let _ = batch.pop().map(|r| r.reply.send(Err(failure)));
+            return;
+        }
+        let failure = failure.to_string();
+        for r in batch {
+            let _ = r.reply.send(Err(StoreError::Commit(failure.clone())));
         }
         return;
     }

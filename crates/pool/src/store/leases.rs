@@ -330,7 +330,10 @@ impl Store {
         let live = tx.query(
             &format!(
                 "SELECT id FROM replicas WHERE state = 'leased' AND device_id = ?1 AND lease_deadline_ms >= ?2 ORDER BY id{}",
-                tx.dialect().for_update()
+                // A lease locked now is being worked on (a result for it is
+                // being recorded): passed over, not waited for while this
+                // holds the device's other leases.
+                tx.dialect().skip_locked("replicas")
             ),
             args![device_id, now],
         )?;

@@ -103,7 +103,8 @@ struct Writes<'a> {
     cancelled: Vec<i64>,
     done: Vec<(i64, String)>,
     failed: Vec<i64>,
-    failed_jobs: Vec<(i64, String)>,
+    /// By job id (jobs' rows in one order), the last error for each.
+    failed_jobs: BTreeMap<i64, String>,
     /// By device id (every pool replica updates devices in one order): valid, invalid, credits.
     devices: BTreeMap<i64, (i64, i64, f64)>,
     /// Tasks closed by (job, shard of its count of open tasks).
@@ -290,7 +291,7 @@ impl Batch<'_> {
             Decision::Fail => {
                 let (job_id, results) = (task.job_id, reported.len());
                 self.fail_task(task_id);
-                self.writes.failed_jobs.push((job_id, format!("task {task_id}: no quorum among {results} results")));
+                self.writes.failed_jobs.insert(job_id, format!("task {task_id}: no quorum among {results} results"));
                 Answer::Judged { task_state: TaskState::Failed, receipt: ReceiptRef::None }
             }
         }
@@ -537,6 +538,8 @@ fn write(db: &dyn Db, w: &Writes<'_>, key: &Keypair, now: u64) -> Result<(Vec<Si
             }
         }
     }
+    // Jobs' rows in one order, as everywhere.
+    emptied.sort_unstable();
     let mut p = Params::default();
     let mut rows = Vec::with_capacity(w.receipts.len());
     let mut signed = Vec::with_capacity(w.receipts.len());
