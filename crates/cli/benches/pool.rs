@@ -107,7 +107,7 @@ fn main() {
         // one, to compare two builds in alternating runs of one invocation.
         let (setup, bin) = setup.split_once('=').unwrap_or((setup, env!("CARGO_BIN_EXE_idlemesh")));
         if setup == "floor" {
-            floor(cluster.as_ref().unwrap(), seconds, concurrency);
+            floor(cluster.as_ref().unwrap(), seconds);
             continue;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -189,7 +189,7 @@ fn load(bases: &[String], devices_n: usize, seconds: u64, concurrency: usize) {
         let deadline = Instant::now() + Duration::from_secs(seconds);
         let caps = Capabilities { wasm: true, wgpu_adapter: None, cores: 4, memory_bytes: 8 << 30 };
         let dry = Arc::new(std::sync::OnceLock::<Instant>::new());
-        let (busy0, server0, steal0) = (cpu_seconds().0, postgres_cpu_seconds(), steal_seconds());
+        let ((busy0, steal0), server0) = (machine_seconds(), postgres_cpu_seconds());
         let started = Instant::now();
         let workers: Vec<_> = (0..concurrency).map(|_| {
             let (http, devices, next, caps, dry) = (http.clone(), devices.clone(), next.clone(), caps.clone(), dry.clone());
@@ -242,8 +242,8 @@ fn load(bases: &[String], devices_n: usize, seconds: u64, concurrency: usize) {
         // Ran dry: over the time until the last result, not until the
         // deadline (the workers stopped early).
         let elapsed = if dry.get().is_some() { last } else { Instant::now() }.duration_since(started).as_secs_f64();
-        let (busy, server, steal) =
-            (cpu_seconds().0 - busy0, postgres_cpu_seconds() - server0, steal_seconds() - steal0);
+        let ((busy1, steal1), server1) = (machine_seconds(), postgres_cpu_seconds());
+        let (busy, server, steal) = (busy1 - busy0, server1 - server0, steal1 - steal0);
         all.sort();
         let pct = |p: f64| all[((all.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
         println!(
@@ -268,40 +268,42 @@ fn load(bases: &[String], devices_n: usize, seconds: u64, concurrency: usize) {
     });
 }
 
-/// CPU time the hypervisor gave other machines while this one wanted it
-/// (steal), in seconds: on a shared VM, what makes one run slower than the
-/// next with nothing else changed.
-fn steal_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap();
-    let steal: u64 = stat.lines().next().unwrap().split_whitespace().nth(8).and_then(|v| v.parse().ok()).unwrap_or(0);
+/// Clock ticks a second, the unit of `/proc`'s CPU times.
+fn ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions.
-    steal as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
 }
 
-/// CPU time of the whole machine (all cores, busy) and of this process's
-/// waited-for children, in seconds.
-fn cpu_seconds() -> (f64, f64) {
+/// CPU time of the whole machine so far, in seconds: busy (all cores) and
+/// stolen (what the hypervisor gave other machines while this one wanted
+/// it: on a shared VM, what makes one run slower than the next with
+/// nothing else changed).
+fn machine_seconds() -> (f64, f64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap();
     let ticks: Vec<u64> =
         stat.lines().next().unwrap().split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
     // user nice system idle iowait irq softirq steal: busy is all but idle and iowait.
     let busy = ticks.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, t)| t).sum::<u64>();
-    // SAFETY: getrusage fills the struct it is given; sysconf has no preconditions.
-    let (children, hz) = unsafe {
+    let steal = ticks.get(7).copied().unwrap_or(0);
+    (busy as f64 / ticks_per_second(), steal as f64 / ticks_per_second())
+}
+
+/// CPU time of this process's waited-for children so far, in seconds.
+fn children_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
         let mut usage: libc::rusage = std::mem::zeroed();
         libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
-        let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-        (t(usage.ru_utime) + t(usage.ru_stime), libc::sysconf(libc::_SC_CLK_TCK) as f64)
+        usage
     };
-    (busy as f64 / hz, children)
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(usage.ru_utime) + t(usage.ru_stime)
 }
 
 /// CPU seconds used so far by the PostgreSQL server's processes (its
 /// backends live as long as the pool's connections, so a run's difference
 /// is the server's work for it).
 fn postgres_cpu_seconds() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let ticks: u64 = std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
@@ -313,14 +315,13 @@ fn postgres_cpu_seconds() -> f64 {
             Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
         })
         .sum();
-    ticks as f64 / hz
+    ticks as f64 / ticks_per_second()
 }
 
 /// The floor under any pool on this machine: `pgbench` runs the least SQL a
-/// round trip needs, per request and eight requests at a time, with the
-/// same number of connections in flight as the pool's writer uses (4).
-fn floor(cluster: &idlemesh_pool::test_cluster::Cluster, seconds: u64, concurrency: usize) {
-    let _ = concurrency; // pgbench's clients stand for the pool's database threads, not its devices
+/// round trip needs, per request and eight requests at a time, over four
+/// connections (standing for the pool's database threads, not its devices).
+fn floor(cluster: &idlemesh_pool::test_cluster::Cluster, seconds: u64) {
     let db = cluster.create_database().unwrap();
     let name = db.split('/').nth(3).and_then(|n| n.split('?').next()).unwrap().to_owned();
     cluster.psql(&name, include_str!("pg_floor/schema.sql")).unwrap();
@@ -341,7 +342,7 @@ fn floor(cluster: &idlemesh_pool::test_cluster::Cluster, seconds: u64, concurren
     ] {
         let file = dir.path().join("script.sql");
         std::fs::write(&file, sql).unwrap();
-        let (busy0, children0) = cpu_seconds();
+        let (busy0, children0) = (machine_seconds().0, children_seconds());
         let out = cluster
             .pgbench(
                 &name,
@@ -360,7 +361,7 @@ fn floor(cluster: &idlemesh_pool::test_cluster::Cluster, seconds: u64, concurren
                 ],
             )
             .unwrap();
-        let (busy1, children1) = cpu_seconds();
+        let (busy1, children1) = (machine_seconds().0, children_seconds());
         let tps: f64 = out
             .lines()
             .find_map(|l| l.strip_prefix("tps = ")?.split_whitespace().next()?.parse().ok())

@@ -86,12 +86,7 @@ impl Device {
     ) -> Result<crate::store::results::ResultOutcome, StoreError> {
         let work = crate::writer::ResultWork {
             device_id: self.id,
-            lease_id: req.lease_id,
-            token: req.lease_token,
-            output: req.output.0,
-            fuel: req.fuel,
-            wall_ms: req.wall_ms,
-            cpu_ms: req.cpu_ms,
+            submission: req,
             signature: self.signature,
             expires_ms: self.expires_ms,
             key: pool.inner.key.clone(),

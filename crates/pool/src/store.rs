@@ -158,6 +158,40 @@ impl Params {
         self.0.push(v.into());
         format!("?{}", self.0.len())
     }
+
+    /// `(?1, ?2, …)`, `values` bound: the right side of an `IN`.
+    fn list(&mut self, values: impl IntoIterator<Item = impl Into<Value>>) -> String {
+        let items: Vec<String> = values.into_iter().map(|v| self.bind(v)).collect();
+        format!("({})", items.join(", "))
+    }
+
+    /// The rows of a `VALUES` list, bound, each value cast to its column's
+    /// type in `casts` where one is given ("": none). PostgreSQL types a
+    /// `VALUES` list by its values, not by the `UPDATE ... FROM` it feeds,
+    /// and takes a parameter's type from that; an `INSERT`'s needs none.
+    fn rows<const N: usize>(&mut self, casts: [&str; N], rows: impl IntoIterator<Item = [Value; N]>) -> String {
+        let rows: Vec<String> = rows
+            .into_iter()
+            .map(|row| {
+                let values: Vec<String> = row
+                    .into_iter()
+                    .zip(casts)
+                    .map(|(v, cast)| match cast {
+                        "" => self.bind(v),
+                        cast => format!("CAST({} AS {cast})", self.bind(v)),
+                    })
+                    .collect();
+                format!("({})", values.join(", "))
+            })
+            .collect();
+        rows.join(", ")
+    }
+}
+
+/// What the replay guard keeps of a request signature (its bytes): a
+/// digest keeps the table small; 128 bits do not collide by chance.
+fn signature_key(signature: &[u8]) -> String {
+    Sha256::of(signature).to_hex()[..32].to_owned()
 }
 
 fn task_state(state: &str) -> TaskState {
@@ -255,13 +289,21 @@ impl Store {
     /// Records a request's signature as used; [`StoreError::Replayed`] if
     /// some pool replica saw it already. Signatures are kept until their
     /// request's timestamp would be refused as stale anyway (`expires_ms`).
+    /// `signature`: its bytes (decoded), so that one signature has one key
+    /// however it was written.
+    pub fn spend_signature(&mut self, signature: &[u8], expires_ms: u64, now: u64) -> Result<(), StoreError> {
+        self.spend_signatures(&[(signature, expires_ms)], now)
+    }
+
+    /// [`Store::spend_signature`] for several requests at once, in one
+    /// statement: a replay among them refuses them all (the writer then
+    /// spends them one by one, writer.rs).
     ///
     /// On PostgreSQL the insert is deferred: it goes out with the
     /// operation's first statement, and a replay fails it (a duplicate
     /// key), which aborts the transaction and reads as `Replayed` from that
     /// statement on. That saves a round trip on every device request.
-    /// `signature`: its bytes (decoded), so that one signature has one key however it was written.
-    pub fn spend_signature(&mut self, signature: &[u8], expires_ms: u64, now: u64) -> Result<(), StoreError> {
+    pub fn spend_signatures(&mut self, signatures: &[(&[u8], u64)], now: u64) -> Result<(), StoreError> {
         if now.saturating_sub(self.pruned_ms) >= 1_000 {
             // A minute's margin: another replica whose clock runs behind
             // this one's still accepts a timestamp this one calls stale.
@@ -275,44 +317,18 @@ impl Store {
             self.db.defer(&sql, args![now.saturating_sub(60_000)])?;
             self.pruned_ms = now;
         }
-        // A digest keeps the table small; 128 bits do not collide by chance.
-        let digest = &Sha256::of(signature).to_hex()[..32];
+        let mut p = Params::default();
+        let rows = p.rows(
+            ["", ""],
+            signatures.iter().map(|(signature, expires_ms)| [signature_key(signature).into(), (*expires_ms).into()]),
+        );
+        let sql = format!("INSERT INTO seen_signatures (signature, expires_ms) VALUES {rows}");
         if self.db.dialect() == Dialect::Postgres {
-            self.db.defer(
-                "INSERT INTO seen_signatures (signature, expires_ms) VALUES (?1, ?2)",
-                args![digest, expires_ms],
-            )?;
+            self.db.defer(&sql, &p.0)?;
             return Ok(());
         }
-        let added = self.db.execute(
-            "INSERT INTO seen_signatures (signature, expires_ms) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-            args![digest, expires_ms],
-        )?;
-        if added == 1 { Ok(()) } else { Err(StoreError::Replayed) }
-    }
-
-    /// [`Store::spend_signature`] for a batch of requests: on PostgreSQL one
-    /// statement, which a replay among them fails as a whole.
-    pub fn spend_signatures(&mut self, signatures: &[(&[u8], u64)], now: u64) -> Result<(), StoreError> {
-        if self.db.dialect() != Dialect::Postgres || signatures.len() < 2 {
-            return signatures
-                .iter()
-                .try_for_each(|(signature, expires_ms)| self.spend_signature(signature, *expires_ms, now));
-        }
-        let (first, rest) = signatures.split_first().expect("two or more");
-        // The first alone, for its pruning now and then.
-        self.spend_signature(first.0, first.1, now)?;
-        let mut p = Params::default();
-        let rows: Vec<String> = rest
-            .iter()
-            .map(|(signature, expires_ms)| {
-                let digest = Sha256::of(signature).to_hex()[..32].to_owned();
-                format!("({}, {})", p.bind(digest), p.bind(*expires_ms))
-            })
-            .collect();
-        self.db
-            .defer(&format!("INSERT INTO seen_signatures (signature, expires_ms) VALUES {}", rows.join(", ")), &p.0)?;
-        Ok(())
+        let added = self.db.execute(&format!("{sql} ON CONFLICT DO NOTHING"), &p.0)?;
+        if added == signatures.len() as u64 { Ok(()) } else { Err(StoreError::Replayed) }
     }
 
     pub fn put_blob(&mut self, bytes: &[u8]) -> Result<Sha256, StoreError> {

@@ -34,6 +34,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, mpsc};
 
 use idlemesh_protocol::Keypair;
+use idlemesh_protocol::api::ResultSubmission;
 
 use crate::metrics;
 use crate::store::results::{ResultOutcome, Submission};
@@ -104,18 +105,37 @@ impl<T: Send, F: FnMut(&mut Store) -> Result<T, StoreError> + Send> Op for Pendi
 /// A device's result, waiting to be recorded with others.
 pub(crate) struct ResultWork {
     pub device_id: u64,
-    pub lease_id: u64,
-    pub token: String,
-    pub output: Vec<u8>,
-    pub fuel: Option<u64>,
-    pub wall_ms: u64,
-    pub cpu_ms: u64,
+    pub submission: ResultSubmission,
     /// The request's signature (its bytes), spent in the same transaction,
     /// and when it may be forgotten.
     pub signature: Vec<u8>,
     pub expires_ms: u64,
     /// Signs the receipts.
     pub key: Arc<Keypair>,
+}
+
+/// Spends the results' request signatures and records the results, in the
+/// transaction open: one answer each, in order. `works` is not empty.
+fn record_results(
+    store: &mut Store,
+    works: &[&ResultWork],
+) -> Result<Vec<Result<ResultOutcome, StoreError>>, StoreError> {
+    let now = crate::now_ms();
+    let signatures: Vec<(&[u8], u64)> = works.iter().map(|w| (w.signature.as_slice(), w.expires_ms)).collect();
+    store.spend_signatures(&signatures, now)?;
+    let submissions: Vec<Submission<'_>> = works
+        .iter()
+        .map(|w| Submission {
+            device_id: w.device_id,
+            lease_id: w.submission.lease_id,
+            token: &w.submission.lease_token,
+            output: &w.submission.output.0,
+            fuel: w.submission.fuel,
+            wall_ms: w.submission.wall_ms,
+            cpu_ms: w.submission.cpu_ms,
+        })
+        .collect();
+    store.submit_results(&submissions, &works[0].key, now)
 }
 
 struct PendingResult {
@@ -192,22 +212,7 @@ impl StoreWriter {
     /// resolves once committed.
     pub async fn submit_result(&self, work: ResultWork) -> Result<ResultOutcome, StoreError> {
         let Some(results) = &self.results else {
-            return self
-                .run(move |s| {
-                    s.spend_signature(&work.signature, work.expires_ms, crate::now_ms())?;
-                    s.submit_result(
-                        work.device_id,
-                        work.lease_id,
-                        &work.token,
-                        &work.output,
-                        work.fuel,
-                        work.wall_ms,
-                        work.cpu_ms,
-                        &work.key,
-                        crate::now_ms(),
-                    )
-                })
-                .await;
+            return self.run(move |s| record_results(s, &[&work])?.pop().ok_or(StoreError::Closed)?).await;
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
         results.send(PendingResult { work, reply }).map_err(|_| StoreError::Closed)?;
@@ -358,23 +363,7 @@ fn run_results(store: &mut Store, mut batch: Vec<PendingResult>, metrics: &metri
 /// left open for the caller to commit.
 fn record(store: &mut Store, batch: &[PendingResult]) -> Result<Vec<Result<ResultOutcome, StoreError>>, StoreError> {
     store.begin_lone()?;
-    let now = crate::now_ms();
-    let signatures: Vec<(&[u8], u64)> =
-        batch.iter().map(|r| (r.work.signature.as_slice(), r.work.expires_ms)).collect();
-    store.spend_signatures(&signatures, now)?;
-    let submissions: Vec<Submission<'_>> = batch
-        .iter()
-        .map(|r| Submission {
-            device_id: r.work.device_id,
-            lease_id: r.work.lease_id,
-            token: &r.work.token,
-            output: &r.work.output,
-            fuel: r.work.fuel,
-            wall_ms: r.work.wall_ms,
-            cpu_ms: r.work.cpu_ms,
-        })
-        .collect();
-    store.submit_results(&submissions, &batch[0].work.key, now)
+    record_results(store, &batch.iter().map(|r| &r.work).collect::<Vec<_>>())
 }
 
 /// Operations that skip locked rows, in one transaction without
@@ -484,18 +473,24 @@ mod tests {
     /// every one is answered, including an operation a thread took from the
     /// queue while gathering leases and the last ones, after which nothing
     /// more arrives to wake a waiting thread.
-    #[test]
-    fn mixed_operations_on_postgresql_are_all_answered() {
+    /// Four connections to a new PostgreSQL database, the first having migrated it.
+    fn four_stores() -> Vec<Store> {
         let url = crate::test_cluster::Cluster::shared().create_database().unwrap();
         let connect = || Box::new(crate::db::Postgres::connect(&url).unwrap());
         let rules = TrustRules::single_owner();
-        let mut first = Store::open(connect(), rules).unwrap();
-        crate::store::tests::range_job(&mut first, 400, 1, 1);
+        let mut stores = vec![Store::open(connect(), rules).unwrap()];
+        stores.extend((1..4).map(|_| Store::on_migrated(connect(), rules)));
+        stores
+    }
+
+    #[test]
+    fn mixed_operations_on_postgresql_are_all_answered() {
+        let mut stores = four_stores();
+        let first = &mut stores[0];
+        crate::store::tests::range_job(first, 400, 1, 1);
         let devices: Vec<u64> = (0..200)
             .map(|_| first.enroll(&Keypair::generate().unwrap().public(), "{}", None, 1_000).unwrap().0)
             .collect();
-        let mut stores: Vec<Store> = vec![first];
-        stores.extend((1..4).map(|_| Store::on_migrated(connect(), rules)));
         let writer =
             StoreWriter::start(stores, Batches { any: 1, skipping_locks: Some(16), results: None }, Arc::default())
                 .unwrap();
@@ -539,12 +534,10 @@ mod tests {
     /// once.
     #[test]
     fn results_recorded_in_batches_on_postgresql_are_answered_each_as_alone() {
-        let url = crate::test_cluster::Cluster::shared().create_database().unwrap();
-        let connect = || Box::new(crate::db::Postgres::connect(&url).unwrap());
-        let rules = TrustRules::single_owner();
-        let mut first = Store::open(connect(), rules).unwrap();
+        let mut stores = four_stores();
+        let first = &mut stores[0];
         let tasks = 120;
-        let job = crate::store::tests::range_job(&mut first, tasks, 1, 1);
+        let job = crate::store::tests::range_job(first, tasks, 1, 1);
         let caps = Capabilities { wasm: true, wgpu_adapter: None, cores: 2, memory_bytes: 0 };
         let leased: Vec<_> = (0..tasks)
             .map(|_| {
@@ -552,20 +545,21 @@ mod tests {
                 first.lease(device, &caps, 1, 2_000, None).unwrap().remove(0)
             })
             .collect();
-        let mut stores: Vec<Store> = vec![first];
-        stores.extend((1..4).map(|_| Store::on_migrated(connect(), rules)));
         let batches =
             Batches { any: 1, skipping_locks: Some(16), results: Some(ResultBatches { threads: 2, max: 16 }) };
         let writer = StoreWriter::start(stores, batches, Arc::default()).unwrap();
         let key = Arc::new(Keypair::generate().unwrap());
         let work = |m: &idlemesh_protocol::TaskManifest, signature: Vec<u8>, token: &str| ResultWork {
             device_id: m.device_id,
-            lease_id: m.lease_id,
-            token: token.to_owned(),
-            output: m.task_id.to_le_bytes().to_vec(),
-            fuel: None,
-            wall_ms: 1,
-            cpu_ms: 1,
+            submission: ResultSubmission {
+                lease_id: m.lease_id,
+                lease_token: token.to_owned(),
+                output_sha256: idlemesh_protocol::Sha256::of(&m.task_id.to_le_bytes()),
+                output: m.task_id.to_le_bytes().to_vec().into(),
+                fuel: None,
+                wall_ms: 1,
+                cpu_ms: 1,
+            },
             signature,
             expires_ms: crate::now_ms() + 60_000,
             key: key.clone(),

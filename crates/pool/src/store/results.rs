@@ -298,19 +298,13 @@ impl Batch<'_> {
     }
 }
 
-/// `(?1, ?2, …)` for `values`, bound in `p`.
-fn list(p: &mut Params, values: impl IntoIterator<Item = impl Into<Value>>) -> String {
-    let items: Vec<String> = values.into_iter().map(|v| p.bind(v)).collect();
-    format!("({})", items.join(", "))
-}
-
 /// Locks the batch's tasks (in id order, every pool replica taking them in
 /// one order) and then its leases, and reads every replica of those tasks
 /// with its device's record: one round trip on PostgreSQL.
 fn lock_and_read<'a>(db: &dyn Db, lease_ids: &[i64]) -> Result<(HashMap<i64, Locked>, Batch<'a>), StoreError> {
     let dialect = db.dialect();
     let mut p = Params::default();
-    let leases = list(&mut p, lease_ids.iter().copied());
+    let leases = p.list(lease_ids.iter().copied());
     let lock = format!(
         "WITH t AS MATERIALIZED (SELECT id, job_id, state, expected_sha256, idx FROM tasks
            WHERE id IN (SELECT task_id FROM replicas WHERE id IN {leases}) ORDER BY id{})
@@ -376,50 +370,32 @@ fn stored_receipt(db: &dyn Db, replica_id: i64) -> Result<ReceiptRef, StoreError
 fn write(db: &dyn Db, w: &Writes<'_>, key: &Keypair, now: u64) -> Result<(Vec<Signed<Receipt>>, Vec<i64>), StoreError> {
     if !w.blobs.is_empty() {
         let mut p = Params::default();
-        let rows: Vec<String> =
-            w.blobs.iter().map(|(sha, bytes)| format!("({}, {})", p.bind(sha), p.bind(*bytes))).collect();
-        db.defer(
-            &format!("INSERT INTO blobs (sha256, bytes) VALUES {} ON CONFLICT DO NOTHING", rows.join(", ")),
-            &p.0,
-        )?;
+        let rows = p.rows(["", ""], w.blobs.iter().map(|(sha, bytes)| [sha.into(), (*bytes).into()]));
+        db.defer(&format!("INSERT INTO blobs (sha256, bytes) VALUES {rows} ON CONFLICT DO NOTHING"), &p.0)?;
     }
     if !w.reported.is_empty() {
         let mut p = Params::default();
-        let rows: Vec<String> = w
-            .reported
-            .iter()
-            .map(|(id, sha, fuel, wall, cpu)| {
-                format!(
-                    "(CAST({} AS BIGINT), CAST({} AS TEXT), CAST({} AS BIGINT), CAST({} AS BIGINT), CAST({} AS BIGINT))",
-                    p.bind(*id),
-                    p.bind(sha),
-                    p.bind(*fuel),
-                    p.bind(*wall),
-                    p.bind(*cpu)
-                )
-            })
-            .collect();
+        let rows = p.rows(
+            ["BIGINT", "TEXT", "BIGINT", "BIGINT", "BIGINT"],
+            w.reported.iter().map(|(id, sha, fuel, wall, cpu)| {
+                [(*id).into(), sha.into(), (*fuel).into(), (*wall).into(), (*cpu).into()]
+            }),
+        );
         db.defer(
             &format!(
-                "WITH v (id, sha, fuel, wall, cpu) AS (VALUES {})
+                "WITH v (id, sha, fuel, wall, cpu) AS (VALUES {rows})
                  UPDATE replicas SET state = 'reported', output_sha256 = v.sha, fuel = v.fuel, wall_ms = v.wall, cpu_ms = v.cpu
-                 FROM v WHERE replicas.id = v.id",
-                rows.join(", ")
+                 FROM v WHERE replicas.id = v.id"
             ),
             &p.0,
         )?;
     }
     if !w.verdicts.is_empty() {
         let mut p = Params::default();
-        let rows: Vec<String> = w
-            .verdicts
-            .iter()
-            .map(|(id, valid)| format!("(CAST({} AS BIGINT), CAST({} AS BIGINT))", p.bind(*id), p.bind(*valid)))
-            .collect();
+        let rows = p.rows(["BIGINT", "BIGINT"], w.verdicts.iter().map(|(id, valid)| [(*id).into(), (*valid).into()]));
         db.defer(
             &format!(
-                "WITH v (id, ok) AS (VALUES {}) UPDATE replicas SET valid = v.ok FROM v WHERE replicas.id = v.id",
-                rows.join(", ")
+                "WITH v (id, ok) AS (VALUES {rows}) UPDATE replicas SET valid = v.ok FROM v WHERE replicas.id = v.id"
             ),
             &p.0,
         )?;
@@ -428,12 +404,12 @@ fn write(db: &dyn Db, w: &Writes<'_>, key: &Keypair, now: u64) -> Result<(Vec<Si
     // the batch goes in queued and out cancelled, as one after the other would.
     if !w.asked.is_empty() {
         let mut p = Params::default();
-        let rows: Vec<String> = w.asked.iter().map(|task| format!("({}, 'queued')", p.bind(*task))).collect();
-        db.defer(&format!("INSERT INTO replicas (task_id, state) VALUES {}", rows.join(", ")), &p.0)?;
+        let rows = p.rows(["", ""], w.asked.iter().map(|task| [(*task).into(), "queued".into()]));
+        db.defer(&format!("INSERT INTO replicas (task_id, state) VALUES {rows}"), &p.0)?;
     }
     if !w.cancelled.is_empty() {
         let mut p = Params::default();
-        let tasks = list(&mut p, w.cancelled.iter().copied());
+        let tasks = p.list(w.cancelled.iter().copied());
         db.defer(
             &format!(
                 "UPDATE replicas SET state = 'cancelled' WHERE task_id IN {tasks} AND state IN ('queued', 'leased')"
@@ -443,47 +419,32 @@ fn write(db: &dyn Db, w: &Writes<'_>, key: &Keypair, now: u64) -> Result<(Vec<Si
     }
     if !w.done.is_empty() {
         let mut p = Params::default();
-        let rows: Vec<String> = w
-            .done
-            .iter()
-            .map(|(id, sha)| format!("(CAST({} AS BIGINT), CAST({} AS TEXT))", p.bind(*id), p.bind(sha)))
-            .collect();
+        let rows = p.rows(["BIGINT", "TEXT"], w.done.iter().map(|(id, sha)| [(*id).into(), sha.into()]));
         db.defer(
             &format!(
-                "WITH v (id, sha) AS (VALUES {})
-                 UPDATE tasks SET state = 'done', canonical_sha256 = v.sha FROM v WHERE tasks.id = v.id",
-                rows.join(", ")
+                "WITH v (id, sha) AS (VALUES {rows})
+                 UPDATE tasks SET state = 'done', canonical_sha256 = v.sha FROM v WHERE tasks.id = v.id"
             ),
             &p.0,
         )?;
     }
     if !w.failed.is_empty() {
         let mut p = Params::default();
-        let tasks = list(&mut p, w.failed.iter().copied());
+        let tasks = p.list(w.failed.iter().copied());
         db.defer(&format!("UPDATE tasks SET state = 'failed' WHERE id IN {tasks}"), &p.0)?;
     }
     if !w.devices.is_empty() {
         let mut p = Params::default();
-        let rows: Vec<String> = w
-            .devices
-            .iter()
-            .map(|(id, (ok, bad, paid))| {
-                format!(
-                    "(CAST({} AS BIGINT), CAST({} AS BIGINT), CAST({} AS BIGINT), CAST({} AS DOUBLE PRECISION))",
-                    p.bind(*id),
-                    p.bind(*ok),
-                    p.bind(*bad),
-                    p.bind(*paid)
-                )
-            })
-            .collect();
+        let rows = p.rows(
+            ["BIGINT", "BIGINT", "BIGINT", "DOUBLE PRECISION"],
+            w.devices.iter().map(|(id, (ok, bad, paid))| [(*id).into(), (*ok).into(), (*bad).into(), (*paid).into()]),
+        );
         db.defer(
             &format!(
-                "WITH v (id, ok, bad, paid) AS (VALUES {})
+                "WITH v (id, ok, bad, paid) AS (VALUES {rows})
                  UPDATE devices SET valid_results = valid_results + v.ok, invalid_results = invalid_results + v.bad,
                      credits = devices.credits + v.paid
-                 FROM v WHERE devices.id = v.id",
-                rows.join(", ")
+                 FROM v WHERE devices.id = v.id"
             ),
             &p.0,
         )?;
@@ -498,23 +459,14 @@ fn write(db: &dyn Db, w: &Writes<'_>, key: &Keypair, now: u64) -> Result<(Vec<Si
     let next_ids = db.dialect().next_ids("receipts");
     let mut counts = Params::default();
     let count_sql = (!w.counts.is_empty()).then(|| {
-        let rows: Vec<String> = w
-            .counts
-            .iter()
-            .map(|((job, shard), n)| {
-                format!(
-                    "(CAST({} AS BIGINT), CAST({} AS BIGINT), CAST({} AS BIGINT))",
-                    counts.bind(*job),
-                    counts.bind(*shard),
-                    counts.bind(*n)
-                )
-            })
-            .collect();
+        let rows = counts.rows(
+            ["BIGINT", "BIGINT", "BIGINT"],
+            w.counts.iter().map(|((job, shard), n)| [(*job).into(), (*shard).into(), (*n).into()]),
+        );
         format!(
-            "WITH v (job_id, shard, n) AS (VALUES {})
+            "WITH v (job_id, shard, n) AS (VALUES {rows})
              UPDATE job_counts SET open_tasks = open_tasks - v.n FROM v
-             WHERE job_counts.job_id = v.job_id AND job_counts.shard = v.shard RETURNING job_counts.job_id, job_counts.open_tasks",
-            rows.join(", ")
+             WHERE job_counts.job_id = v.job_id AND job_counts.shard = v.shard RETURNING job_counts.job_id, job_counts.open_tasks"
         )
     });
     let mut queries: Vec<(&str, &[Value])> = Vec::new();
@@ -540,9 +492,8 @@ fn write(db: &dyn Db, w: &Writes<'_>, key: &Keypair, now: u64) -> Result<(Vec<Si
     }
     // Jobs' rows in one order, as everywhere.
     emptied.sort_unstable();
-    let mut p = Params::default();
-    let mut rows = Vec::with_capacity(w.receipts.len());
     let mut signed = Vec::with_capacity(w.receipts.len());
+    let mut rows = Vec::with_capacity(w.receipts.len());
     for r in &w.receipts {
         let receipt_id = receipt_ids.next().ok_or(DbError::NoRow)?.u64(0)?;
         let receipt = Signed::sign(
@@ -561,23 +512,23 @@ fn write(db: &dyn Db, w: &Writes<'_>, key: &Keypair, now: u64) -> Result<(Vec<Si
             },
             key,
         );
-        let values = [
-            p.bind(receipt_id),
-            p.bind(r.replica_id),
-            p.bind(r.device_id),
-            p.bind(r.job_id),
-            p.bind(r.credits),
-            p.bind(&receipt.payload),
-            p.bind(&receipt.signature),
-        ];
-        rows.push(format!("({})", values.join(", ")));
+        rows.push([
+            receipt_id.into(),
+            r.replica_id.into(),
+            r.device_id.into(),
+            r.job_id.into(),
+            r.credits.into(),
+            (&receipt.payload).into(),
+            (&receipt.signature).into(),
+        ]);
         signed.push(receipt);
     }
     if !rows.is_empty() {
+        let mut p = Params::default();
+        let rows = p.rows([""; 7], rows);
         db.defer(
             &format!(
-                "INSERT INTO receipts (id, replica_id, device_id, job_id, credits, payload, signature) VALUES {}",
-                rows.join(", ")
+                "INSERT INTO receipts (id, replica_id, device_id, job_id, credits, payload, signature) VALUES {rows}"
             ),
             &p.0,
         )?;
@@ -591,9 +542,9 @@ fn write(db: &dyn Db, w: &Writes<'_>, key: &Keypair, now: u64) -> Result<(Vec<Si
 }
 
 impl Store {
-    /// Records a result and, when a quorum agrees, finishes the task: credits
-    /// and receipts for the agreeing replicas, invalid marks for the others,
-    /// and the job's combined output once every task is done.
+    /// One result alone ([`Store::submit_results`] with one): the tests'
+    /// shorthand.
+    #[cfg(test)]
     #[allow(clippy::too_many_arguments, reason = "one call per field of a result submission")]
     pub fn submit_result(
         &mut self,
@@ -611,7 +562,10 @@ impl Store {
         self.submit_results(&[one], key, now)?.pop().ok_or(StoreError::Db(DbError::NoRow))?
     }
 
-    /// Records several results (module doc): one answer each, in order.
+    /// Records results and, where a quorum agrees, finishes their tasks:
+    /// credits and receipts for the agreeing replicas, invalid marks for the
+    /// others, and a job's combined output once every task is done. Several
+    /// at once as a batch (module doc): one answer each, in order.
     /// `Err` only when the database failed, and then nothing is written.
     pub fn submit_results(
         &mut self,
