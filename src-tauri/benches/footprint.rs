@@ -145,7 +145,6 @@ fn main() {
             .env("IDLEMESH_POLICY", p("policy.toml"))
             .env("IDLEMESH_CONTROL_SOCKET", p("agent.sock"))
             .env("IDLEMESH_KEYRING", "keyutils")
-            .env("WEBKIT_DISABLE_DMABUF_RENDERER", "1")
             .env("NO_AT_BRIDGE", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

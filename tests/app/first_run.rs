@@ -134,7 +134,6 @@ fn empty_home(root: &Path, x: &xvfb::Xvfb, bus: &session_bus::SessionBus) -> Vec
         ("DISPLAY", x.display.clone()),
         ("DBUS_SESSION_BUS_ADDRESS", bus.address.clone()),
         ("IDLEMESH_LOG", "info".into()),
-        ("WEBKIT_DISABLE_DMABUF_RENDERER", "1".into()),
         ("NO_AT_BRIDGE", "1".into()),
     ]
     .into_iter()

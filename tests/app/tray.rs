@@ -202,6 +202,12 @@ fn the_tray_shows_the_state_and_its_menu_pauses_resumes_opens_and_quits() {
             luma < 60.0 && luma > 5.0
         })
     });
+    // Drawn, and without the GL driver WebKit would load in the dashboard
+    // process only to look for a GPU (its web process has its own).
+    let maps = std::fs::read_to_string(format!("/proc/{dashboard}/maps")).unwrap();
+    for library in ["libLLVM", "_dri.so", "libgallium"] {
+        assert!(!maps.contains(library), "the dashboard process maps {library}");
+    }
 
     // A second "Open dashboard" brings the open window forward: still one.
     item.click("Open dashboard");

@@ -104,8 +104,7 @@ pub fn app_env(root: &Path, pool_url: &str, x: &xvfb::Xvfb, bus: &session_bus::S
             ("DBUS_SESSION_BUS_ADDRESS", bus.address.as_str()),
             ("IDLEMESH_KEYRING", "keyutils"),
             ("IDLEMESH_LOG", "info"),
-            // Saves ~60 MiB under Xvfb and silences the accessibility bus.
-            ("WEBKIT_DISABLE_DMABUF_RENDERER", "1"),
+            // Silences the accessibility bus.
             ("NO_AT_BRIDGE", "1"),
         ]
         .into_iter()

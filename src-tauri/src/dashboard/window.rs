@@ -96,10 +96,14 @@ impl Dashboard {
 }
 
 pub fn run() -> ExitCode {
-    // As in the tray (which sets it for the dashboard it starts); this
-    // covers a dashboard started on its own.
+    // GDK's GL off as in the tray (whose setting the dashboard it starts
+    // inherits; this covers a dashboard started on its own), and with it
+    // the GL driver WebKit would load here only to look for a GPU.
     #[cfg(target_os = "linux")]
-    crate::gl::keep_gl_out_of_gtk();
+    {
+        crate::gl::keep_gl_out_of_gtk();
+        crate::gl::keep_gl_out_of_webkit();
+    }
     idlemesh_agent::init_logging("info", Some("dashboard"));
     rustls::crypto::ring::default_provider().install_default().ok();
     let dashboard = Arc::new(Dashboard::new());
