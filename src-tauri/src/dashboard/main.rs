@@ -13,6 +13,8 @@ mod gl;
 #[allow(dead_code, reason = "shared with the tray, which needs the dashboard's name")]
 #[path = "../programs.rs"]
 mod programs;
+#[cfg(target_os = "linux")]
+mod webkit_gl;
 mod window;
 
 fn main() -> std::process::ExitCode {

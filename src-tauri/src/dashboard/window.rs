@@ -102,7 +102,7 @@ pub fn run() -> ExitCode {
     #[cfg(target_os = "linux")]
     {
         crate::gl::keep_gl_out_of_gtk();
-        crate::gl::keep_gl_out_of_webkit();
+        crate::webkit_gl::keep_gl_out_of_webkit();
     }
     idlemesh_agent::init_logging("info", Some("dashboard"));
     rustls::crypto::ring::default_provider().install_default().ok();
